@@ -1,0 +1,168 @@
+//! The one error type of the library, with structured context.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which on-disk structure an error is about.
+pub type Structure = &'static str;
+
+/// Everything that can go wrong in libckpt.
+///
+/// Errors name the structure, the offset and the values involved, so that a
+/// message tells the user what is wrong with which file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// An error about a particular file (wraps the underlying error).
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file the error is about.
+        path: PathBuf,
+        /// What went wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A structure does not start with its signature.
+    #[error("{structure} at offset {offset:#x}: bad signature {found:#x}")]
+    BadSignature {
+        /// Which structure.
+        structure: Structure,
+        /// File offset of the structure.
+        offset: u64,
+        /// The value found where the signature should be.
+        found: u64,
+    },
+
+    /// A checksum does not match.
+    #[error("{structure} at offset {offset:#x}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadChecksum {
+        /// Which structure.
+        structure: Structure,
+        /// File offset of the structure.
+        offset: u64,
+        /// Checksum stored in the file.
+        stored: u32,
+        /// Checksum computed over the bytes.
+        computed: u32,
+    },
+
+    /// A field holds a value that is not allowed.
+    #[error("{structure}: invalid {field} {value:#x}: {reason}")]
+    BadField {
+        /// Which structure.
+        structure: Structure,
+        /// Which field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is not allowed.
+        reason: &'static str,
+    },
+
+    /// The file is damaged in a way described in words.
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+
+    /// The file uses a feature libckpt does not support (for example an
+    /// unknown required region or metadata item).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// A caller passed a bad argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A read or write reaches past the end of the virtual disk.
+    #[error("range {offset}+{len} is outside the virtual disk of {size} bytes")]
+    OutOfRange {
+        /// Start of the request.
+        offset: u64,
+        /// Length of the request.
+        len: u64,
+        /// Virtual disk size.
+        size: u64,
+    },
+
+    /// A write was attempted on a disk opened read-only.
+    #[error("the disk is open read-only")]
+    ReadOnly,
+
+    /// The operation was cancelled by a callback.
+    #[error("operation cancelled")]
+    Cancelled,
+}
+
+/// Coarse classes of [`Error`], stable for mapping to C status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Operating-system I/O error.
+    Io,
+    /// A file or directory does not exist.
+    NotFound,
+    /// The file is damaged.
+    Corrupt,
+    /// The file uses a feature that is not supported.
+    Unsupported,
+    /// Bad argument.
+    InvalidArgument,
+    /// Request past the end of the disk.
+    OutOfRange,
+    /// Write to a read-only disk.
+    ReadOnly,
+    /// Cancelled by a callback.
+    Cancelled,
+}
+
+impl Error {
+    /// Attach the file this error is about (once; an error that already
+    /// names a file is returned unchanged).
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
+        match self {
+            e @ Error::InFile { .. } => e,
+            e => Error::InFile {
+                path: path.into(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            Error::Io(_) => ErrorKind::Io,
+            Error::InFile { source, .. } => source.kind(),
+            Error::BadSignature { .. }
+            | Error::BadChecksum { .. }
+            | Error::BadField { .. }
+            | Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::OutOfRange { .. } => ErrorKind::OutOfRange,
+            Error::ReadOnly => ErrorKind::ReadOnly,
+            Error::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+}
+
+/// Shorthand for a [`Error::BadField`].
+pub(crate) fn bad_field(
+    structure: Structure,
+    field: &'static str,
+    value: u64,
+    reason: &'static str,
+) -> Error {
+    Error::BadField {
+        structure,
+        field,
+        value,
+        reason,
+    }
+}

@@ -1,0 +1,381 @@
+//! Storage: the only way the engine touches bytes.
+//!
+//! Every read, write, resize and sync of an image goes through [`Storage`],
+//! so that tests can run the engine on memory ([`MemStorage`]) and cut the
+//! write stream at any point ([`FaultStorage`]) to prove crash safety.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Random-access storage under a virtual disk file.
+///
+/// Implementations must be safe to call from many threads at once.
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fill `buf` from `offset`. Bytes past the end read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`, extending the storage if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncate or extend (with zeros) to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Give back the space of a range; afterwards it reads as zeros.
+    /// The default writes zeros.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        write_zeros(self, offset, len)
+    }
+    /// Reserve space for `[offset, offset+len)` (grows the storage if
+    /// needed); the range reads as zeros if it was past the end.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range overflows"))?;
+        if end > self.len()? {
+            self.set_len(end)?;
+        }
+        Ok(())
+    }
+    /// Whether this storage can be written.
+    fn is_writable(&self) -> bool {
+        true
+    }
+}
+
+/// Write `len` zero bytes at `offset` in bounded chunks.
+pub fn write_zeros<S: Storage + ?Sized>(s: &S, mut offset: u64, mut len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    while len > 0 {
+        let n = (len as usize).min(CHUNK);
+        s.write_at(&zeros[..n], offset)?;
+        offset += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+fn read_only_error() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "storage is read-only")
+}
+
+/// A file on the host file system (positional I/O, safe to share between threads).
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    writable: bool,
+}
+
+impl FileStorage {
+    /// Open an existing file. A writable open takes an exclusive advisory
+    /// lock (`flock`), so that two processes cannot write one image.
+    pub fn open(path: &Path, writable: bool) -> io::Result<FileStorage> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        if writable {
+            lock_exclusive(&file)?;
+        }
+        Ok(FileStorage { file, writable })
+    }
+
+    /// Create a new file; fails if it already exists.
+    pub fn create(path: &Path) -> io::Result<FileStorage> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        lock_exclusive(&file)?;
+        Ok(FileStorage {
+            file,
+            writable: true,
+        })
+    }
+}
+
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the file is open for writing by another process",
+            ));
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+        };
+        // SAFETY: fallocate on a descriptor we own; no memory is involved.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                l,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // File systems without hole punching: write zeros instead.
+        write_zeros(self, offset, len)
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+        };
+        // SAFETY: posix_fallocate on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), off, l) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        if end > self.len()? {
+            self.file.set_len(end)?;
+        }
+        Ok(())
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+/// Storage in memory. Clones share the same bytes.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    data: Arc<RwLock<Vec<u8>>>,
+}
+
+impl MemStorage {
+    /// Empty storage.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+    /// Storage holding `bytes`.
+    pub fn from_vec(bytes: Vec<u8>) -> MemStorage {
+        MemStorage {
+            data: Arc::new(RwLock::new(bytes)),
+        }
+    }
+    /// A copy of the current bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+const MAX_MEM: u64 = 1 << 40;
+
+impl Storage for MemStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.read().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let d = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let len = d.len() as u64;
+        if offset >= len {
+            buf.fill(0);
+            return Ok(());
+        }
+        let start = offset as usize;
+        let n = ((len - offset) as usize).min(buf.len());
+        buf[..n].copy_from_slice(&d[start..start + n]);
+        buf[n..].fill(0);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= MAX_MEM)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write too large"))?;
+        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        if (d.len() as u64) < end {
+            d.resize(end as usize, 0);
+        }
+        d[offset as usize..end as usize].copy_from_slice(buf);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > MAX_MEM {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too large"));
+        }
+        self.data
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a [`FaultStorage`] does at its cut point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The operation at the cut point does not happen at all.
+    Clean,
+    /// A write at the cut point lands only partly: its last 512-byte sector
+    /// is half old, half new (or, for a one-sector write, only its first half lands).
+    Torn,
+}
+
+/// A storage that "crashes" after a number of mutating operations.
+///
+/// Every `write_at`, `set_len`, `discard`, `allocate` and `sync` counts as
+/// one event. The event numbered `crash_at` (0-based) and everything after
+/// it fails with an error, as if the machine had lost power; what had
+/// happened before it stays in the inner [`MemStorage`], which the test then
+/// reopens. Reads keep working.
+#[derive(Debug)]
+pub struct FaultStorage {
+    inner: MemStorage,
+    crash_at: u64,
+    cut: Cut,
+    events: AtomicU64,
+}
+
+impl FaultStorage {
+    /// Wrap `inner`; crash at event `crash_at` (use `u64::MAX` to only count).
+    pub fn new(inner: MemStorage, crash_at: u64, cut: Cut) -> FaultStorage {
+        FaultStorage {
+            inner,
+            crash_at,
+            cut,
+            events: AtomicU64::new(0),
+        }
+    }
+    /// Events seen so far (including refused ones).
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::SeqCst)
+    }
+    /// Whether the crash point has been reached.
+    pub fn crashed(&self) -> bool {
+        self.events() > self.crash_at
+    }
+    /// The underlying memory (what survived the crash).
+    pub fn inner(&self) -> &MemStorage {
+        &self.inner
+    }
+    fn event(&self) -> io::Result<u64> {
+        let n = self.events.fetch_add(1, Ordering::SeqCst);
+        if n > self.crash_at {
+            return Err(io::Error::other("simulated crash: storage is gone"));
+        }
+        Ok(n)
+    }
+    fn crash_error() -> io::Error {
+        io::Error::other("simulated crash")
+    }
+}
+
+impl Storage for FaultStorage {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let n = self.event()?;
+        if n == self.crash_at {
+            if self.cut == Cut::Torn && !buf.is_empty() {
+                // Everything but the last sector lands; the last sector
+                // lands half.
+                let last = if buf.len() > 512 { buf.len() - 512 } else { 0 };
+                let keep = last + (buf.len() - last) / 2;
+                self.inner.write_at(&buf[..keep], offset)?;
+            }
+            return Err(Self::crash_error());
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.event()? == self.crash_at {
+            return Err(Self::crash_error());
+        }
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        if self.event()? == self.crash_at {
+            return Err(Self::crash_error());
+        }
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.event()? == self.crash_at {
+            return Err(Self::crash_error());
+        }
+        write_zeros(&self.inner, offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.event()? == self.crash_at {
+            return Err(Self::crash_error());
+        }
+        self.inner.allocate(offset, len)
+    }
+}

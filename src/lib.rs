@@ -1,0 +1,39 @@
+//! # libckpt
+//!
+//! A pure-Rust engine for Hyper-V virtual disks (VHDX) with a checkpoint
+//! tree on top, usable from Rust and, through `include/libckpt.h`, from C.
+//!
+//! Layers, each depending only on the ones before it:
+//! [`io`] (storage) → [`format`] (on-disk structures) → [`disk`] (an open
+//! virtual disk) → [`ckpt`] (checkpoint tree) → `ffi` (C ABI) and the `ckpt` CLI.
+//!
+//! ```
+//! use ckpt::{CreateOptions, Disk, OpenMode};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("disk.vhdx");
+//! let disk = Disk::create(&path, &CreateOptions::new(64 << 20))?;
+//! disk.write_at(b"hello", 4096)?;
+//! disk.close()?;
+//!
+//! let disk = Disk::open(&path, OpenMode::ReadOnly)?;
+//! let mut buf = [0u8; 5];
+//! disk.read_at(&mut buf, 4096)?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok::<(), ckpt::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod ckpt;
+pub mod disk;
+mod error;
+pub mod ffi;
+pub mod format;
+pub mod io;
+
+pub use disk::check::{check, CheckReport};
+pub use disk::{CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode};
+pub use error::{Error, ErrorKind, Result};
+
+/// The library version (the crate version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
