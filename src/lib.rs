@@ -5,7 +5,7 @@
 //!
 //! Layers, each depending only on the ones before it:
 //! [`io`] (storage) → [`format`] (on-disk structures) → [`disk`] (an open
-//! virtual disk) → [`ckpt`] (checkpoint tree) → `ffi` (C ABI) and the `ckpt` CLI.
+//! virtual disk) → [`checkpoint`] (checkpoint tree, in `src/ckpt/`) → `ffi` (C ABI) and the `ckpt` CLI.
 //!
 //! ```
 //! use ckpt::{CreateOptions, Disk, OpenMode};
@@ -24,7 +24,8 @@
 
 #![warn(missing_docs)]
 
-pub mod ckpt;
+#[path = "ckpt/mod.rs"]
+pub mod checkpoint;
 pub mod disk;
 mod error;
 pub mod ffi;

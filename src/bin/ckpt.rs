@@ -1,1 +1,10 @@
-fn main(){}
+//! `ckpt`: the command-line tool of libckpt (create, info, check, convert,
+//! read, write and bench on VHDX files). A thin shell over the library; the
+//! code lives in `src/cli/`.
+
+#[path = "../cli/mod.rs"]
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

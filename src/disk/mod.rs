@@ -4,12 +4,13 @@
 //! Knows blocks and sectors, not checkpoints.
 
 pub mod check;
+mod vhdx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::io::Storage;
+use crate::io::{FileStorage, Storage};
 
 /// 1 MiB.
 pub const MIB: u64 = 1 << 20;
@@ -146,77 +147,154 @@ pub struct Extent {
 }
 
 /// An open virtual disk. `Send + Sync`: share it between threads with
-/// `Arc`, or by reference; reads and writes may run concurrently.
+/// `Arc`, or by reference; reads and writes may run concurrently and run in
+/// parallel where they touch different blocks.
+///
+/// Dropping a disk opened read-write closes it cleanly (as [`Disk::close`],
+/// ignoring errors); call `close` to see them.
 #[derive(Debug)]
 pub struct Disk {
     path: Option<PathBuf>,
-    _storage: Arc<dyn Storage>,
+    file: vhdx::Vhdx,
+    closed: bool,
+}
+
+/// The creator string written into new files.
+pub(crate) fn creator() -> String {
+    format!("libckpt {}", crate::VERSION)
 }
 
 impl Disk {
     /// Create a new VHDX at `path` (which must not exist) and open it read-write.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Disk> {
-        let _ = (path, opts);
-        Err(Error::Unsupported("not yet written".into()))
+        let path = path.as_ref();
+        let storage = FileStorage::create(path).map_err(|e| Error::from(e).in_file(path))?;
+        let storage: Arc<dyn Storage> = Arc::new(storage);
+        if let Err(e) = vhdx::Vhdx::create(storage.as_ref(), opts, &creator()) {
+            drop(storage);
+            let _ = std::fs::remove_file(path);
+            return Err(e.in_file(path));
+        }
+        let file = vhdx::Vhdx::open(storage, false).map_err(|e| e.in_file(path))?;
+        Ok(Disk { path: Some(path.to_path_buf()), file, closed: false })
     }
+
     /// Create a new VHDX on empty storage and open it read-write.
     pub fn create_on(storage: Arc<dyn Storage>, opts: &CreateOptions) -> Result<Disk> {
-        let _ = (storage, opts);
-        Err(Error::Unsupported("not yet written".into()))
+        if storage.len()? != 0 {
+            return Err(Error::InvalidArgument("storage for a new disk must be empty".into()));
+        }
+        vhdx::Vhdx::create(storage.as_ref(), opts, &creator())?;
+        let file = vhdx::Vhdx::open(storage, false)?;
+        Ok(Disk { path: None, file, closed: false })
     }
+
     /// Open a VHDX file.
     pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Disk> {
-        let _ = (path, mode);
-        Err(Error::Unsupported("not yet written".into()))
+        let path = path.as_ref();
+        let rw = mode == OpenMode::ReadWrite;
+        let storage = FileStorage::open(path, rw).map_err(|e| Error::from(e).in_file(path))?;
+        let file = vhdx::Vhdx::open(Arc::new(storage), !rw).map_err(|e| e.in_file(path))?;
+        Ok(Disk { path: Some(path.to_path_buf()), file, closed: false })
     }
+
     /// Open a VHDX held by `storage`.
     pub fn open_storage(storage: Arc<dyn Storage>, mode: OpenMode) -> Result<Disk> {
-        let _ = (storage, mode);
-        Err(Error::Unsupported("not yet written".into()))
+        let file = vhdx::Vhdx::open(storage, mode == OpenMode::ReadOnly)?;
+        Ok(Disk { path: None, file, closed: false })
     }
+
+    fn ctx<T>(&self, r: Result<T>) -> Result<T> {
+        match (&self.path, r) {
+            (Some(p), Err(e)) if !matches!(e, Error::OutOfRange { .. } | Error::ReadOnly) => Err(e.in_file(p)),
+            (_, r) => r,
+        }
+    }
+
     /// The file's path, when opened from a path.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+
     /// Virtual size in bytes.
     pub fn virtual_size(&self) -> u64 {
-        0
+        self.file.geo.virtual_size
     }
+
+    /// Logical sector size in bytes.
+    pub fn logical_sector_size(&self) -> u32 {
+        self.file.meta.logical_sector_size
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.file.geo.block_size
+    }
+
     /// Read `buf.len()` bytes at `offset` (any alignment).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        Err(Error::Unsupported("not yet written".into()))
+        self.ctx(self.file.read_at(buf, offset))
     }
+
     /// Write `buf` at `offset` (any alignment). Durable after [`Disk::flush`].
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        Err(Error::Unsupported("not yet written".into()))
+        self.ctx(self.file.write_at(buf, offset))
     }
+
     /// Make every completed write durable.
     pub fn flush(&self) -> Result<()> {
-        Err(Error::Unsupported("not yet written".into()))
+        self.ctx(self.file.flush())
     }
+
     /// Discard `[offset, offset+len)`: afterwards it reads as zeros; whole
-    /// blocks stop using space in the file.
+    /// blocks of a dynamic disk stop using space in the file (once flushed).
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        Err(Error::Unsupported("not yet written".into()))
+        self.ctx(self.file.trim(offset, len))
     }
+
     /// Facts about the disk.
     pub fn info(&self) -> DiskInfo {
-        unimplemented!()
+        let h = self.file.header();
+        DiskInfo {
+            kind: self.file.kind(),
+            virtual_size: self.file.geo.virtual_size,
+            block_size: self.file.geo.block_size,
+            logical_sector_size: self.file.meta.logical_sector_size,
+            physical_sector_size: self.file.meta.physical_sector_size,
+            file_size: self.file.file_len().unwrap_or(0),
+            allocated_bytes: self.file.allocated_bytes(),
+            parent: None,
+            log_dirty: self.file.log_dirty,
+            creator: self.file.creator.clone(),
+            disk_id: self.file.meta.disk_id,
+            data_write_guid: h.data_write_guid,
+            file_write_guid: h.file_write_guid,
+            read_only: self.file.is_read_only(),
+        }
     }
+
     /// The whole virtual disk as extents, allocated or not, in order.
     pub fn extents(&self) -> Result<Vec<Extent>> {
-        Err(Error::Unsupported("not yet written".into()))
+        Ok(self.file.extents())
     }
+
     /// Flush, leave an empty log, and close.
-    pub fn close(self) -> Result<()> {
-        Err(Error::Unsupported("not yet written".into()))
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.ctx(self.file.close())
     }
+
     /// A `Read + Write + Seek` view of the disk starting at offset 0.
     pub fn cursor(&self) -> DiskCursor<'_> {
         DiskCursor { disk: self, pos: 0 }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.file.close();
+        }
     }
 }
 

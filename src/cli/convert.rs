@@ -1,0 +1,335 @@
+//! `ckpt convert`: raw → VHDX, VHDX → raw and VHDX → VHDX, sparse on output.
+//!
+//! Depends only on the library and `std` (no CLI crates), so that the
+//! quickstart example and the benchmarks can include this file as it is.
+//!
+//! * The source's format is read from its content: a file starting with
+//!   `vhdxfile` is a VHDX, anything else is raw.
+//! * A raw source whose length is not a multiple of 512 is **rounded up** to
+//!   the next multiple of 512 (the tail reads as zeros), because a VHDX's
+//!   virtual size must be a whole number of sectors; VHDX → raw then gives
+//!   back the rounded length. [`ConvertStats::rounded_up`] says when it
+//!   happened.
+//! * Output is sparse: unallocated ranges of a VHDX source are skipped, and
+//!   so is every all-zero 4 KiB piece of data; a raw output is made with
+//!   `set_len` and has holes there, a VHDX output leaves its blocks
+//!   unallocated.
+//! * An existing destination is never overwritten; a destination left
+//!   half-written by a failure is removed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use ckpt::{CreateOptions, Disk, Error, Extent, OpenMode, Result};
+
+/// How much is read and written at a time.
+const CHUNK: u64 = 1 << 20;
+/// The granularity of zero detection (what becomes a hole).
+const ZERO_GRAIN: usize = 4096;
+/// Raw sizes are rounded up to this.
+const SECTOR: u64 = 512;
+
+/// An image format `convert` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A plain byte-for-byte image.
+    Raw,
+    /// A Hyper-V VHDX.
+    Vhdx,
+}
+
+impl Format {
+    /// "raw" or "vhdx".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// What the destination should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// The destination format; `None`: from the destination's extension.
+    pub format: Option<Format>,
+    /// Make a fixed VHDX (VHDX output only).
+    pub fixed: bool,
+    /// Block size of a VHDX output; `None`: the source's, or the default.
+    pub block_size: Option<u32>,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// The source's format (from its content).
+    pub src_format: Format,
+    /// The destination's format.
+    pub dst_format: Format,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Bytes of non-zero data written to the destination.
+    pub data_bytes: u64,
+    /// The raw source's length was not a multiple of 512 and was rounded up.
+    pub rounded_up: bool,
+}
+
+fn in_file(e: impl Into<Error>, path: &Path) -> Error {
+    e.into().in_file(path)
+}
+
+/// The format of the file at `path`, from its first 8 bytes.
+pub fn detect_format(path: &Path) -> Result<Format> {
+    let mut f = File::open(path).map_err(|e| in_file(e, path))?;
+    let mut magic = [0u8; 8];
+    let mut n = 0;
+    while n < magic.len() {
+        match f.read(&mut magic[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(in_file(e, path)),
+        }
+    }
+    Ok(if &magic[..n] == b"vhdxfile" {
+        Format::Vhdx
+    } else {
+        Format::Raw
+    })
+}
+
+/// The format a destination path asks for: `.vhdx` / `.avhdx` → VHDX,
+/// anything else → raw.
+pub fn format_from_extension(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("vhdx") || e.eq_ignore_ascii_case("avhdx") => {
+            Format::Vhdx
+        }
+        _ => Format::Raw,
+    }
+}
+
+/// Whether every byte of `buf` is zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    static ZEROS: [u8; ZERO_GRAIN] = [0; ZERO_GRAIN];
+    // Slice comparison is a memcmp: fast even in a debug build.
+    buf.chunks(ZERO_GRAIN).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// Whether `e` says a file already exists.
+pub fn is_already_exists(e: &Error) -> bool {
+    match e {
+        Error::InFile { source, .. } => is_already_exists(source),
+        Error::Io(io) => io.kind() == std::io::ErrorKind::AlreadyExists,
+        _ => false,
+    }
+}
+
+/// Create a new VHDX at `path`, which did not exist a moment ago. If the
+/// creation fails, nothing is left at `path` (unless someone else made a
+/// file there meanwhile).
+pub fn create_vhdx(path: &Path, opts: &CreateOptions) -> Result<Disk> {
+    Disk::create(path, opts).map_err(|e| {
+        if !is_already_exists(&e) {
+            let _ = std::fs::remove_file(path);
+        }
+        e.in_file(path)
+    })
+}
+
+/// The source image, read-only.
+enum Source {
+    Raw { file: File, len: u64 },
+    Vhdx(Disk),
+}
+
+impl Source {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            Source::Vhdx(d) => d.read_at(buf, offset),
+            Source::Raw { file, len } => {
+                // Bytes past the end of the file (the rounding) read as zeros.
+                let avail = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+                let (data, tail) = buf.split_at_mut(avail);
+                file.read_exact_at(data, offset)?;
+                tail.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The destination image, being written.
+enum Sink {
+    Raw(File),
+    Vhdx(Disk),
+}
+
+impl Sink {
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        match self {
+            Sink::Raw(f) => Ok(f.write_all_at(buf, offset)?),
+            Sink::Vhdx(d) => d.write_at(buf, offset),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Raw(f) => Ok(f.sync_all()?),
+            Sink::Vhdx(d) => d.close(),
+        }
+    }
+}
+
+/// Convert `src` into a new file `dst`. `progress(done, total)` is called
+/// as the work advances (bytes of the virtual disk). On failure a
+/// destination this call created is removed.
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ConvertStats> {
+    let dst_format = opts.format.unwrap_or_else(|| format_from_extension(dst));
+    if dst_format == Format::Raw && (opts.fixed || opts.block_size.is_some()) {
+        return Err(Error::InvalidArgument(
+            "--fixed and --block-size apply to VHDX output only".into(),
+        ));
+    }
+    // Refuse early, before reading anything (create_new below closes the race).
+    if std::fs::symlink_metadata(dst).is_ok() {
+        return Err(in_file(
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists; refusing to overwrite it",
+            ),
+            dst,
+        ));
+    }
+
+    let src_format = detect_format(src)?;
+    let mut rounded_up = false;
+    let source = match src_format {
+        Format::Vhdx => Source::Vhdx(Disk::open(src, OpenMode::ReadOnly).map_err(|e| e.in_file(src))?),
+        Format::Raw => {
+            let mut file = File::open(src).map_err(|e| in_file(e, src))?;
+            // Seeking works for block devices too, where metadata says 0.
+            let len = file.seek(SeekFrom::End(0)).map_err(|e| in_file(e, src))?;
+            if len == 0 {
+                return Err(in_file(
+                    Error::InvalidArgument("the raw image is empty".into()),
+                    src,
+                ));
+            }
+            rounded_up = len % SECTOR != 0;
+            Source::Raw { file, len }
+        }
+    };
+    let (virtual_size, extents, create) = match &source {
+        Source::Vhdx(d) => {
+            let info = d.info();
+            let extents = d.extents().map_err(|e| e.in_file(src))?;
+            let create = CreateOptions::new(info.virtual_size)
+                .block_size(info.block_size)
+                .logical_sector_size(info.logical_sector_size)
+                .physical_sector_size(info.physical_sector_size);
+            (info.virtual_size, extents, create)
+        }
+        Source::Raw { len, .. } => {
+            let size = len.div_ceil(SECTOR) * SECTOR;
+            let extents = vec![Extent {
+                offset: 0,
+                length: size,
+                allocated: true,
+            }];
+            (size, extents, CreateOptions::new(size))
+        }
+    };
+    let mut create = create.fixed(opts.fixed);
+    if let Some(bs) = opts.block_size {
+        create = create.block_size(bs);
+    }
+
+    let sink = match dst_format {
+        Format::Vhdx => Sink::Vhdx(create_vhdx(dst, &create)?),
+        Format::Raw => {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dst)
+                .map_err(|e| in_file(e, dst))?;
+            Sink::Raw(f)
+        }
+    };
+    // From here on the destination is ours: remove it if anything fails.
+    let result = copy(&source, sink, virtual_size, &extents, src, dst, progress);
+    match result {
+        Ok(data_bytes) => Ok(ConvertStats {
+            src_format,
+            dst_format,
+            virtual_size,
+            data_bytes,
+            rounded_up,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(dst);
+            Err(e)
+        }
+    }
+}
+
+fn copy(
+    source: &Source,
+    sink: Sink,
+    virtual_size: u64,
+    extents: &[Extent],
+    src: &Path,
+    dst: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    let dst_err = |e: Error| e.in_file(dst);
+    if let Sink::Raw(f) = &sink {
+        f.set_len(virtual_size).map_err(|e| in_file(e, dst))?;
+    }
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut data_bytes = 0u64;
+    progress(0, virtual_size);
+    for ext in extents {
+        let end = ext.offset.saturating_add(ext.length).min(virtual_size);
+        if !ext.allocated {
+            progress(end, virtual_size);
+            continue;
+        }
+        let mut pos = ext.offset;
+        while pos < end {
+            // Chunks aligned to CHUNK in the virtual disk.
+            let next = ((pos / CHUNK + 1) * CHUNK).min(end);
+            let len = (next - pos) as usize;
+            let chunk = &mut buf[..len];
+            source.read_at(chunk, pos).map_err(|e| e.in_file(src))?;
+            // Write each run of non-zero grains as one request.
+            let mut i = 0;
+            while i < len {
+                let grain = |at: usize| &chunk[at..(at + ZERO_GRAIN).min(len)];
+                if is_zero(grain(i)) {
+                    i += ZERO_GRAIN;
+                    continue;
+                }
+                let start = i;
+                while i < len && !is_zero(grain(i)) {
+                    i += ZERO_GRAIN;
+                }
+                let stop = i.min(len);
+                sink.write_at(&chunk[start..stop], pos + start as u64)
+                    .map_err(dst_err)?;
+                data_bytes += (stop - start) as u64;
+            }
+            pos = next;
+            progress(pos, virtual_size);
+        }
+    }
+    sink.finish().map_err(dst_err)?;
+    Ok(data_bytes)
+}

@@ -1,0 +1,667 @@
+//! The `ckpt` command-line tool: argument parsing, output and exit codes.
+//! A thin shell over the library; no format logic here.
+//!
+//! Exit status: 0 on success, 1 on any error (including usage errors), with
+//! one `error: …` line on stderr (`check` prints one per problem).
+
+pub mod bench;
+pub mod convert;
+pub mod size;
+
+use std::io::{IsTerminal, Read, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use clap::error::ErrorKind as ClapErrorKind;
+use clap::{Parser, Subcommand};
+
+use ckpt::{CreateOptions, Disk, DiskInfo, OpenMode};
+
+use self::convert::{ConvertOptions, Format};
+use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
+
+/// Streaming chunk for `read` and `write`.
+const IO_CHUNK: u64 = 1 << 20;
+
+/// Hyper-V VHDX virtual disks: create, inspect, check, convert, read, write, benchmark.
+///
+/// SIZE is a byte count or a number with K, M, G or T (powers of 1024).
+#[derive(Debug, Parser)]
+#[command(name = "ckpt", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new VHDX (dynamic unless --fixed).
+    Create {
+        /// The new file (must not exist).
+        file: PathBuf,
+        /// Virtual size (a multiple of the logical sector size).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Allocate every block now (a fixed disk).
+        #[arg(long)]
+        fixed: bool,
+        /// Block size: a power of two from 1M to 256M [default: 32M].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
+        block_size: Option<u32>,
+        /// Logical sector size, 512 or 4096 [default: 512].
+        #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
+        logical_sector: Option<u32>,
+        /// Physical sector size, 512 or 4096 [default: 4096].
+        #[arg(long, value_name = "BYTES", value_parser = parse_sector_size)]
+        physical_sector: Option<u32>,
+        /// Log size, a multiple of 1M [default: 1M].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
+        log_size: Option<u32>,
+    },
+    /// Show facts about a VHDX (opens it read-only).
+    Info {
+        /// The VHDX.
+        file: PathBuf,
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a VHDX's structure without writing to it.
+    Check {
+        /// The VHDX.
+        file: PathBuf,
+    },
+    /// Convert between raw and VHDX images (output is sparse).
+    ///
+    /// SRC's format comes from its content ("vhdxfile" → VHDX, else raw);
+    /// DST's from -O, else its extension (.vhdx/.avhdx → VHDX, else raw).
+    /// A raw SRC whose length is not a multiple of 512 is rounded up with
+    /// zeros. An existing DST is never overwritten.
+    Convert {
+        /// The source image.
+        src: PathBuf,
+        /// The new image (must not exist).
+        dst: PathBuf,
+        /// Output format.
+        #[arg(short = 'O', value_name = "FORMAT", value_parser = parse_format)]
+        output_format: Option<Format>,
+        /// Make a fixed VHDX.
+        #[arg(long)]
+        fixed: bool,
+        /// Block size of a VHDX output [default: the source's, or 32M].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
+        block_size: Option<u32>,
+    },
+    /// Copy LENGTH bytes of the virtual disk at OFFSET to stdout.
+    Read {
+        /// The VHDX.
+        file: PathBuf,
+        /// Where to start (SIZE).
+        #[arg(value_parser = parse_size)]
+        offset: u64,
+        /// How many bytes (SIZE).
+        #[arg(value_parser = parse_size)]
+        length: u64,
+    },
+    /// Write stdin's bytes into the virtual disk at OFFSET, then flush and close.
+    Write {
+        /// The VHDX.
+        file: PathBuf,
+        /// Where to start (SIZE).
+        #[arg(value_parser = parse_size)]
+        offset: u64,
+    },
+    /// Run the workload of `qemu-img bench` (same options and defaults).
+    ///
+    /// COUNT requests of SIZE bytes, the first at OFFSET, each next one STEP
+    /// further, wrapping around before the end of the disk like qemu-img.
+    Bench {
+        /// The VHDX.
+        file: PathBuf,
+        /// Write test (default: read test).
+        #[arg(short = 'w', long = "write")]
+        write: bool,
+        /// Size of each request.
+        #[arg(short = 's', long = "buffer-size", value_name = "SIZE", value_parser = parse_size, default_value = "4K")]
+        size: u64,
+        /// Number of requests.
+        #[arg(short = 'c', long = "count", default_value_t = 75000)]
+        count: u64,
+        /// Offset increment between requests [default: SIZE].
+        #[arg(short = 'S', long = "step-size", value_name = "STEP", value_parser = parse_size)]
+        step: Option<u64>,
+        /// Offset of the first request.
+        #[arg(short = 'o', long = "offset", value_parser = parse_size, default_value = "0")]
+        offset: u64,
+        /// Threads sharing the disk; requests are dealt out round-robin.
+        #[arg(short = 't', long = "threads", default_value_t = 1)]
+        threads: usize,
+        /// Byte a write test writes.
+        #[arg(long, default_value_t = 0)]
+        pattern: u8,
+        /// Flush whenever the number of remaining requests is a multiple of this (write test).
+        #[arg(long, value_name = "INTERVAL")]
+        flush_interval: Option<u64>,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "raw" => Ok(Format::Raw),
+        "vhdx" => Ok(Format::Vhdx),
+        _ => Err(format!("unknown format '{s}' (expected raw or vhdx)")),
+    }
+}
+
+/// A failure to report: one or more `error: ` lines.
+#[derive(Debug)]
+struct Failure(Vec<String>);
+
+impl From<ckpt::Error> for Failure {
+    fn from(e: ckpt::Error) -> Failure {
+        Failure(vec![e.to_string()])
+    }
+}
+
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure(vec![msg.into()])
+}
+
+type CliResult = Result<(), Failure>;
+
+/// Run the tool on the process's arguments; returns the exit status.
+pub fn main() -> i32 {
+    // A panic (a bug) must not end in exit 101 with a backtrace on
+    // stderr: keep its message and report it as one error line.
+    let panic_msg = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let slot = panic_msg.clone();
+        panic::set_hook(Box::new(move |info| {
+            let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = info.payload().downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "panic".to_string()
+            };
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            if let Ok(mut g) = slot.lock() {
+                g.get_or_insert(format!("{msg}{at}"));
+            }
+        }));
+    }
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            Err(e) => return usage_error(e),
+        };
+        run(cli)
+    }));
+    let result = match outcome {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = panic_msg
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .unwrap_or_else(|| "panic".into());
+            Err(fail(format!("internal error (a bug in libckpt): {msg}")))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure(lines)) => {
+            let mut err = std::io::stderr().lock();
+            for l in lines {
+                let _ = writeln!(err, "error: {}", one_line(&l));
+            }
+            1
+        }
+    }
+}
+
+/// Keep a message on one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Help and version go to stdout with status 0; every usage error becomes
+/// one `error:` line and status 1 (clap's own status would be 2).
+fn usage_error(e: clap::Error) -> CliResult {
+    match e.kind() {
+        ClapErrorKind::DisplayHelp | ClapErrorKind::DisplayVersion => {
+            let _ = e.print();
+            Ok(())
+        }
+        ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ClapErrorKind::MissingSubcommand => {
+            Err(fail("no command given (try 'ckpt --help')"))
+        }
+        _ => {
+            let text = e.render().to_string();
+            let mut parts = Vec::new();
+            for line in text.lines() {
+                let line = line.trim();
+                if line.starts_with("Usage:") || line.starts_with("For more information") {
+                    break;
+                }
+                if line.is_empty() || line.starts_with("tip:") {
+                    continue;
+                }
+                parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+            }
+            let mut msg = parts.join(" ");
+            if msg.is_empty() {
+                msg = "invalid command line".into();
+            }
+            Err(fail(format!("{msg} (try 'ckpt --help')")))
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Create {
+            file,
+            size,
+            fixed,
+            block_size,
+            logical_sector,
+            physical_sector,
+            log_size,
+        } => {
+            let mut opts = CreateOptions::new(size).fixed(fixed);
+            if let Some(v) = block_size {
+                opts = opts.block_size(v);
+            }
+            if let Some(v) = logical_sector {
+                opts = opts.logical_sector_size(v);
+            }
+            if let Some(v) = physical_sector {
+                opts = opts.physical_sector_size(v);
+            }
+            if let Some(v) = log_size {
+                opts = opts.log_size(v);
+            }
+            create(&file, &opts)
+        }
+        Command::Info { file, json } => info(&file, json),
+        Command::Check { file } => check(&file),
+        Command::Convert {
+            src,
+            dst,
+            output_format,
+            fixed,
+            block_size,
+        } => convert_cmd(
+            &src,
+            &dst,
+            &ConvertOptions {
+                format: output_format,
+                fixed,
+                block_size,
+            },
+        ),
+        Command::Read {
+            file,
+            offset,
+            length,
+        } => read(&file, offset, length),
+        Command::Write { file, offset } => write(&file, offset),
+        Command::Bench {
+            file,
+            write,
+            size,
+            count,
+            step,
+            offset,
+            threads,
+            pattern,
+            flush_interval,
+        } => bench_cmd(
+            &file,
+            &bench::BenchParams {
+                write,
+                bufsize: size,
+                count,
+                step: step.unwrap_or(size),
+                offset,
+                threads,
+                pattern,
+                flush_interval,
+            },
+        ),
+    }
+}
+
+/// Open `path`, naming it in any error.
+fn open(path: &Path, mode: OpenMode) -> Result<Disk, Failure> {
+    Ok(Disk::open(path, mode).map_err(|e| e.in_file(path))?)
+}
+
+fn create(path: &Path, opts: &CreateOptions) -> CliResult {
+    // Refuse an existing file before the library gets to it, so that a
+    // failed creation can safely remove what it left behind.
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(fail(format!(
+            "{}: already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    let disk = convert::create_vhdx(path, opts)?;
+    disk.close().map_err(|e| e.in_file(path))?;
+    println!(
+        "Created {} ({}, virtual size {}, block size {})",
+        path.display(),
+        if opts.fixed { "fixed" } else { "dynamic" },
+        human(opts.virtual_size),
+        human(opts.block_size as u64),
+    );
+    Ok(())
+}
+
+/// The JSON object `ckpt info --json` prints.
+fn info_json(path: &Path, i: &DiskInfo) -> serde_json::Value {
+    serde_json::json!({
+        "path": path.to_string_lossy(),
+        "format": "vhdx",
+        "kind": i.kind.as_str(),
+        "virtual_size": i.virtual_size,
+        "block_size": i.block_size,
+        "logical_sector_size": i.logical_sector_size,
+        "physical_sector_size": i.physical_sector_size,
+        "file_size": i.file_size,
+        "allocated_bytes": i.allocated_bytes,
+        "parent": i.parent.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        "log_dirty": i.log_dirty,
+        "creator": i.creator,
+        "disk_id": i.disk_id.to_string(),
+        "data_write_guid": i.data_write_guid.to_string(),
+        "file_write_guid": i.file_write_guid.to_string(),
+    })
+}
+
+/// "64 MiB (67108864 bytes)", or "512 bytes".
+fn with_bytes(n: u64) -> String {
+    if n < 1024 {
+        human(n)
+    } else {
+        format!("{} ({n} bytes)", human(n))
+    }
+}
+
+fn info(path: &Path, json: bool) -> CliResult {
+    let disk = open(path, OpenMode::ReadOnly)?;
+    let i = disk.info();
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        let v = info_json(path, &i);
+        serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
+    } else {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
+        line("image:", path.display().to_string());
+        line("format:", format!("vhdx ({})", i.kind.as_str()));
+        line("virtual size:", with_bytes(i.virtual_size));
+        line("file size:", with_bytes(i.file_size));
+        line("allocated:", with_bytes(i.allocated_bytes));
+        line("block size:", human(i.block_size as u64));
+        line(
+            "sector size:",
+            format!(
+                "{} logical, {} physical",
+                i.logical_sector_size, i.physical_sector_size
+            ),
+        );
+        line(
+            "parent:",
+            i.parent
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+        );
+        line(
+            "log:",
+            if i.log_dirty {
+                "dirty (replayed in memory; open read-write to replay into the file)".into()
+            } else {
+                "clean".into()
+            },
+        );
+        line("creator:", i.creator.clone());
+        line("disk id:", i.disk_id.to_string());
+        line("data write guid:", i.data_write_guid.to_string());
+        line("file write guid:", i.file_write_guid.to_string());
+        s
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| fail(format!("writing to stdout: {e}")))
+}
+
+fn check(path: &Path) -> CliResult {
+    let report = ckpt::check(path).map_err(|e| e.in_file(path))?;
+    let mut out = std::io::stdout().lock();
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {}", one_line(note));
+    }
+    if report.is_ok() {
+        let _ = writeln!(out, "{}: ok: {}", path.display(), one_line(&report.summary));
+        Ok(())
+    } else {
+        let _ = out.flush();
+        let mut lines: Vec<String> = report
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", path.display(), p))
+            .collect();
+        lines.push(format!(
+            "{}: {} problem(s) found",
+            path.display(),
+            report.problems.len()
+        ));
+        Err(Failure(lines))
+    }
+}
+
+fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        ) {
+            bar.set_style(style);
+        }
+        Some(bar)
+    } else {
+        None
+    };
+    let mut progress = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let result = convert::convert(src, dst, opts, &mut progress);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let stats = result?;
+    println!(
+        "Converted {} ({}) to {} ({}): virtual size {}, {} of data written",
+        src.display(),
+        stats.src_format.as_str(),
+        dst.display(),
+        stats.dst_format.as_str(),
+        human(stats.virtual_size),
+        human(stats.data_bytes),
+    );
+    if stats.rounded_up {
+        println!(
+            "note: {}'s length is not a multiple of 512; rounded up to {} bytes with zeros",
+            src.display(),
+            stats.virtual_size
+        );
+    }
+    Ok(())
+}
+
+fn read(path: &Path, offset: u64, length: u64) -> CliResult {
+    let disk = open(path, OpenMode::ReadOnly)?;
+    let size = disk.virtual_size();
+    if offset.checked_add(length).is_none_or_past(size) {
+        return Err(ckpt::Error::OutOfRange {
+            offset,
+            len: length,
+            size,
+        }
+        .in_file(path)
+        .into());
+    }
+    let mut buf = vec![0u8; length.min(IO_CHUNK) as usize];
+    let mut out = std::io::stdout().lock();
+    let mut done = 0u64;
+    while done < length {
+        let n = (length - done).min(IO_CHUNK) as usize;
+        disk.read_at(&mut buf[..n], offset + done)
+            .map_err(|e| e.in_file(path))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| fail(format!("writing to stdout: {e}")))?;
+        done += n as u64;
+    }
+    out.flush()
+        .map_err(|e| fail(format!("writing to stdout: {e}")))
+}
+
+/// `a + b` overflowed or ends past `size`.
+trait PastEnd {
+    fn is_none_or_past(self, size: u64) -> bool;
+}
+
+impl PastEnd for Option<u64> {
+    fn is_none_or_past(self, size: u64) -> bool {
+        !matches!(self, Some(end) if end <= size)
+    }
+}
+
+/// Fill `buf` from `r` as far as possible; returns the bytes read (short
+/// only at end of input).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The bytes left in stdin when it is a regular file.
+fn stdin_file_len() -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let mut file = std::fs::File::from(fd);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    use std::io::Seek;
+    let pos = file.stream_position().ok()?;
+    Some(meta.len().saturating_sub(pos))
+}
+
+fn write(path: &Path, offset: u64) -> CliResult {
+    let disk = open(path, OpenMode::ReadWrite)?;
+    let size = disk.virtual_size();
+    let result = (|| -> CliResult {
+        if offset > size {
+            return Err(ckpt::Error::OutOfRange {
+                offset,
+                len: 0,
+                size,
+            }
+            .in_file(path)
+            .into());
+        }
+        // When stdin is a regular file its length is known: refuse before
+        // writing anything if it does not fit.
+        if let Some(len) = stdin_file_len() {
+            if offset.checked_add(len).is_none_or_past(size) {
+                return Err(ckpt::Error::OutOfRange {
+                    offset,
+                    len,
+                    size,
+                }
+                .in_file(path)
+                .into());
+            }
+        }
+        let mut input = std::io::stdin().lock();
+        let mut buf = vec![0u8; IO_CHUNK as usize];
+        let mut pos = offset;
+        loop {
+            let n = read_full(&mut input, &mut buf)
+                .map_err(|e| fail(format!("reading stdin: {e}")))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if pos.checked_add(n as u64).is_none_or_past(size) {
+                return Err(fail(format!(
+                    "{}: the input runs past the end of the virtual disk ({size} bytes): \
+                     it does not fit at offset {offset} (the {} bytes before offset {pos} were written)",
+                    path.display(),
+                    pos - offset,
+                )));
+            }
+            disk.write_at(&buf[..n], pos).map_err(|e| e.in_file(path))?;
+            pos += n as u64;
+        }
+    })();
+    // Close in any case, so that what was written is flushed and the log
+    // left empty; report the first error.
+    let closed = disk.close().map_err(|e| Failure::from(e.in_file(path)));
+    result.and(closed)
+}
+
+fn bench_cmd(path: &Path, p: &bench::BenchParams) -> CliResult {
+    let mode = if p.write {
+        OpenMode::ReadWrite
+    } else {
+        OpenMode::ReadOnly
+    };
+    let disk = open(path, mode)?;
+    println!(
+        "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
+        p.count,
+        if p.write { "write" } else { "read" },
+        p.bufsize,
+        p.threads,
+        p.offset,
+        p.step
+    );
+    if let Some(n) = p.flush_interval {
+        println!("Sending flush every {n} requests");
+    }
+    let run = bench::run(&disk, p).map_err(|e| e.in_file(path));
+    let closed = disk.close().map_err(|e| e.in_file(path));
+    let elapsed = run?;
+    closed?;
+    let secs = elapsed.as_secs_f64();
+    println!("Run completed in {secs:3.3} seconds.");
+    if secs > 0.0 {
+        println!(
+            "{:.0} requests/s, {:.1} MiB/s",
+            p.count as f64 / secs,
+            p.count as f64 * p.bufsize as f64 / secs / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

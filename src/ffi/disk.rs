@@ -1,0 +1,475 @@
+//! `ckpt_disk`: one open VHDX (a base disk), with create, open, info, read,
+//! write, flush, trim and close.
+
+use std::ffi::c_char;
+use std::mem::size_of;
+
+use super::{c_path, ckpt_status, ffi_boundary, non_null, out_ptr, FfiError, FfiResult};
+use crate::{CreateOptions, Disk, DiskKind, OpenMode};
+
+/// An open virtual disk (opaque).
+///
+/// Ownership: `ckpt_disk_create` and `ckpt_disk_open` give the caller a
+/// handle; the caller gives it back with `ckpt_disk_close`, exactly once.
+///
+/// Thread safety: a handle may be used from several threads at the same
+/// time. `ckpt_disk_read`, `ckpt_disk_write`, `ckpt_disk_flush`,
+/// `ckpt_disk_trim` and `ckpt_disk_get_info` may run concurrently on one handle
+/// (overlapping concurrent writes leave one of the writes' bytes, as with a
+/// file). `ckpt_disk_close` must not run at the same time as, or before,
+/// any other call on the same handle.
+pub struct ckpt_disk {
+    disk: Disk,
+}
+
+/// `flags` of `ckpt_disk_open`: open for reading only (the file is never
+/// written; a dirty log is replayed in memory).
+pub const CKPT_OPEN_READ_ONLY: u32 = 0;
+/// `flags` of `ckpt_disk_open`: open for reading and writing (a dirty log
+/// is replayed into the file).
+pub const CKPT_OPEN_READ_WRITE: u32 = 1;
+
+/// `ckpt_create_options.flags`: allocate every block now (a fixed disk).
+/// Without it the disk is dynamic (blocks are allocated on first write).
+pub const CKPT_CREATE_FIXED: u32 = 1;
+
+/// Options of `ckpt_disk_create` (a versioned struct).
+///
+/// Set `struct_size` to `sizeof(ckpt_create_options)` and every other
+/// field to 0 (for example `ckpt_create_options o = { sizeof o };` or
+/// `memset` + assignment), then change the fields you need. A field left at
+/// 0 takes the default. Fields added in later versions go at the end; the
+/// library uses `struct_size` to know which fields the caller has, and
+/// rejects (with `CKPT_STATUS_UNSUPPORTED`) a larger struct whose fields
+/// unknown to it are not 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ckpt_create_options {
+    /// `sizeof(ckpt_create_options)` as compiled by the caller.
+    pub struct_size: u32,
+    /// `CKPT_CREATE_*` bits; other bits must be 0.
+    pub flags: u32,
+    /// Block size in bytes: a power of two from 1 MiB to 256 MiB.
+    /// 0: 32 MiB.
+    pub block_size: u32,
+    /// Logical sector size, 512 or 4096. 0: 512.
+    pub logical_sector_size: u32,
+    /// Physical sector size, 512 or 4096. 0: 4096.
+    pub physical_sector_size: u32,
+    /// Log size in bytes, a multiple of 1 MiB. 0: 1 MiB.
+    pub log_size: u32,
+}
+
+/// The kind of a VHDX, in `ckpt_disk_info.kind`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_disk_kind {
+    /// Every block allocated at creation.
+    Fixed = 1,
+    /// Blocks allocated on first write.
+    Dynamic = 2,
+    /// A child of another VHDX (a checkpoint's disk).
+    Differencing = 3,
+}
+
+/// Facts about an open disk, filled by `ckpt_disk_get_info` (a versioned
+/// struct).
+///
+/// Set `struct_size` to `sizeof(ckpt_disk_info)` before the call. The
+/// library writes the fields it knows that fit in `struct_size` bytes and
+/// sets `struct_size` to the number of bytes it wrote; fields past that
+/// (from a newer header than the library) are left as they were.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ckpt_disk_info {
+    /// In: `sizeof(ckpt_disk_info)` as compiled by the caller. Out: the
+    /// number of bytes the library wrote.
+    pub struct_size: u32,
+    /// Fixed, dynamic or differencing.
+    pub kind: ckpt_disk_kind,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// Bytes of payload blocks allocated in the file.
+    pub allocated_bytes: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Logical sector size in bytes (512 or 4096).
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes (512 or 4096).
+    pub physical_sector_size: u32,
+    /// Whether the log held entries to replay when the disk was opened.
+    pub log_dirty: bool,
+    /// Whether the disk has a parent (it is a differencing disk).
+    pub has_parent: bool,
+    /// Whether the handle was opened read-only.
+    pub read_only: bool,
+    /// Always 0.
+    pub reserved: u8,
+    /// The virtual disk ID, in the byte order of its string form: printing
+    /// the bytes in order as hex, with a dash after bytes 4, 6, 8 and 10,
+    /// gives the usual GUID text.
+    pub disk_id: [u8; 16],
+}
+
+// The layout is ABI: no hidden padding, fixed size.
+const _: () = assert!(size_of::<ckpt_create_options>() == 24);
+const _: () = assert!(size_of::<ckpt_disk_info>() == 64);
+
+/// The largest `struct_size` accepted for an input struct (a guard against
+/// garbage in the field).
+const MAX_STRUCT_SIZE: usize = 4096;
+
+/// The library's options from the caller's versioned struct.
+///
+/// # Safety
+///
+/// `p` is NULL or points to a readable struct of at least `p->struct_size`
+/// bytes.
+unsafe fn create_options(
+    p: *const ckpt_create_options,
+    virtual_size: u64,
+) -> FfiResult<CreateOptions> {
+    let mut o = CreateOptions::new(virtual_size);
+    if p.is_null() {
+        return Ok(o);
+    }
+    let ours = size_of::<ckpt_create_options>();
+    // SAFETY: not NULL; the first field of every version is the u32 size.
+    let size = unsafe { p.cast::<u32>().read() } as usize;
+    if size < ours {
+        return Err(FfiError::invalid(format!(
+            "options->struct_size is {size}, expected at least {ours} (sizeof(ckpt_create_options))"
+        )));
+    }
+    if size > MAX_STRUCT_SIZE {
+        return Err(FfiError::invalid(format!(
+            "options->struct_size is {size}, larger than any version of ckpt_create_options"
+        )));
+    }
+    // SAFETY: the caller promises `size` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
+    if bytes[ours..].iter().any(|&b| b != 0) {
+        return Err(FfiError::new(
+            ckpt_status::Unsupported,
+            format!(
+                "options set fields that this version of libckpt ({}) does not know",
+                crate::VERSION
+            ),
+        ));
+    }
+    // SAFETY: at least `ours` readable bytes; every bit pattern is valid.
+    let c = unsafe { p.read() };
+    if c.flags & !CKPT_CREATE_FIXED != 0 {
+        return Err(FfiError::invalid(format!(
+            "options->flags has unknown bits {:#x}",
+            c.flags & !CKPT_CREATE_FIXED
+        )));
+    }
+    o = o.fixed(c.flags & CKPT_CREATE_FIXED != 0);
+    if c.block_size != 0 {
+        o = o.block_size(c.block_size);
+    }
+    if c.logical_sector_size != 0 {
+        o = o.logical_sector_size(c.logical_sector_size);
+    }
+    if c.physical_sector_size != 0 {
+        o = o.physical_sector_size(c.physical_sector_size);
+    }
+    if c.log_size != 0 {
+        o = o.log_size(c.log_size);
+    }
+    Ok(o)
+}
+
+fn new_handle(disk: Disk) -> *mut ckpt_disk {
+    Box::into_raw(Box::new(ckpt_disk { disk }))
+}
+
+/// Create a new VHDX file at `path` (which must not exist yet) holding a
+/// virtual disk of `virtual_size` bytes, and open it read-write.
+///
+/// `options` may be NULL for the defaults (a dynamic disk with 32 MiB
+/// blocks, 512-byte logical and 4096-byte physical sectors, a 1 MiB log).
+/// On success `*out` receives a new handle to close with
+/// `ckpt_disk_close`; on failure `*out` is not written.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER` (`path` or `out` NULL),
+/// `CKPT_STATUS_INVALID_ARGUMENT` (bad path string, size or option),
+/// `CKPT_STATUS_UNSUPPORTED` (options from a newer header using fields this
+/// library does not know), `CKPT_STATUS_IO`, `CKPT_STATUS_NOT_FOUND` (the
+/// directory does not exist).
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string; `options` is NULL or points
+/// to a readable `ckpt_create_options` of at least `options->struct_size`
+/// bytes; `out` is NULL or valid for writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_create(
+    path: *const c_char,
+    virtual_size: u64,
+    options: *const ckpt_create_options,
+    out: *mut *mut ckpt_disk,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_create", {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: per this function's contract.
+        let path = unsafe { c_path(path, "path")? };
+        // SAFETY: per this function's contract.
+        let opts = unsafe { create_options(options, virtual_size)? };
+        let disk = Disk::create(path, &opts)?;
+        // SAFETY: `out` is not NULL and writable per the contract.
+        unsafe { out.write(new_handle(disk)) };
+        Ok(())
+    })
+}
+
+/// Open the VHDX file at `path`.
+///
+/// `flags` is `CKPT_OPEN_READ_ONLY` or `CKPT_OPEN_READ_WRITE`; other bits
+/// are rejected. On success `*out` receives a new handle to close with
+/// `ckpt_disk_close`; on failure `*out` is not written.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+/// `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT` (the
+/// file is not a sound VHDX), `CKPT_STATUS_UNSUPPORTED`.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or valid for
+/// writing one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_open(
+    path: *const c_char,
+    flags: u32,
+    out: *mut *mut ckpt_disk,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_open", {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: per this function's contract.
+        let path = unsafe { c_path(path, "path")? };
+        let mode = match flags {
+            CKPT_OPEN_READ_ONLY => OpenMode::ReadOnly,
+            CKPT_OPEN_READ_WRITE => OpenMode::ReadWrite,
+            f => {
+                return Err(FfiError::invalid(format!(
+                    "flags {f:#x}: expected CKPT_OPEN_READ_ONLY or CKPT_OPEN_READ_WRITE"
+                )))
+            }
+        };
+        let disk = Disk::open(path, mode)?;
+        // SAFETY: `out` is not NULL and writable per the contract.
+        unsafe { out.write(new_handle(disk)) };
+        Ok(())
+    })
+}
+
+/// Fill `*info` with facts about `disk`. Set `info->struct_size` to
+/// `sizeof(ckpt_disk_info)` first (see `ckpt_disk_info`). `*info` is
+/// written only on success.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+/// (`struct_size` smaller than the first version of the struct).
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle; `info` is NULL or points to a
+/// `ckpt_disk_info` of at least `info->struct_size` bytes, readable and
+/// writable, not used by another thread during the call.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_get_info(
+    disk: *const ckpt_disk,
+    info: *mut ckpt_disk_info,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_get_info", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        let info = out_ptr(info, "info")?;
+        let ours = size_of::<ckpt_disk_info>();
+        // SAFETY: not NULL; the first field of every version is the u32 size.
+        let size = unsafe { info.cast::<u32>().read() } as usize;
+        if size < ours {
+            return Err(FfiError::invalid(format!(
+                "info->struct_size is {size}, expected at least {ours} (sizeof(ckpt_disk_info))"
+            )));
+        }
+        let i = disk.disk.info();
+        let value = ckpt_disk_info {
+            struct_size: ours as u32,
+            kind: match i.kind {
+                DiskKind::Fixed => ckpt_disk_kind::Fixed,
+                DiskKind::Dynamic => ckpt_disk_kind::Dynamic,
+                DiskKind::Differencing => ckpt_disk_kind::Differencing,
+            },
+            virtual_size: i.virtual_size,
+            file_size: i.file_size,
+            allocated_bytes: i.allocated_bytes,
+            block_size: i.block_size,
+            logical_sector_size: i.logical_sector_size,
+            physical_sector_size: i.physical_sector_size,
+            log_dirty: i.log_dirty,
+            has_parent: i.parent.is_some(),
+            read_only: i.read_only,
+            reserved: 0,
+            disk_id: *i.disk_id.as_bytes(),
+        };
+        // SAFETY: the caller's struct has at least `size >= ours` writable
+        // bytes; `value` is a local, so they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&value as *const ckpt_disk_info).cast::<u8>(),
+                info.cast::<u8>(),
+                ours.min(size),
+            )
+        };
+        Ok(())
+    })
+}
+
+/// Read `len` bytes of the virtual disk at byte `offset` (any alignment)
+/// into `buf`. Unallocated ranges read as zeros.
+///
+/// A request reaching past the end of the disk fails with
+/// `CKPT_STATUS_OUT_OF_RANGE` and leaves `buf` untouched; after another
+/// failure (`CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`) the contents of `buf`
+/// are unspecified. With `len == 0`, `buf` is not touched and may be NULL.
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle; `buf` is valid for writes of `len`
+/// bytes when `len > 0`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_read(
+    disk: *const ckpt_disk,
+    buf: *mut u8,
+    len: usize,
+    offset: u64,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_read", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        if len == 0 {
+            disk.disk.read_at(&mut [], offset)?;
+            return Ok(());
+        }
+        let buf = out_ptr(buf, "buf")?;
+        let size = disk.disk.virtual_size();
+        let past_end = match offset.checked_add(len as u64) {
+            Some(end) => end > size,
+            None => true,
+        };
+        if past_end {
+            return Err(crate::Error::OutOfRange {
+                offset,
+                len: len as u64,
+                size,
+            }
+            .into());
+        }
+        // SAFETY: not NULL, `len` writable bytes per the contract, owned by
+        // the caller for the duration of the call.
+        let buf = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        disk.disk.read_at(buf, offset)?;
+        Ok(())
+    })
+}
+
+/// Write `len` bytes from `buf` to the virtual disk at byte `offset` (any
+/// alignment). The data is durable after `ckpt_disk_flush` (or
+/// `ckpt_disk_close`). With `len == 0`, `buf` is not touched and may be
+/// NULL.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_OUT_OF_RANGE` (nothing
+/// is written), `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_IO`.
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle; `buf` is valid for reads of `len` bytes
+/// when `len > 0`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_write(
+    disk: *mut ckpt_disk,
+    buf: *const u8,
+    len: usize,
+    offset: u64,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_write", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        let data: &[u8] = if len == 0 {
+            &[]
+        } else if buf.is_null() {
+            return Err(FfiError::null("buf"));
+        } else {
+            // SAFETY: not NULL, `len` readable bytes per the contract.
+            unsafe { std::slice::from_raw_parts(buf, len) }
+        };
+        disk.disk.write_at(data, offset)?;
+        Ok(())
+    })
+}
+
+/// Make every write completed on `disk` durable (metadata and data).
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_IO`.
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_flush(disk: *mut ckpt_disk) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_flush", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        disk.disk.flush()?;
+        Ok(())
+    })
+}
+
+/// Discard the range `[offset, offset + len)` of the virtual disk:
+/// afterwards it reads as zeros, and whole blocks inside it stop using
+/// space in the file.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_OUT_OF_RANGE`,
+/// `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_IO`.
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_trim(disk: *mut ckpt_disk, offset: u64, len: u64) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_trim", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        disk.disk.trim(offset, len)?;
+        Ok(())
+    })
+}
+
+/// Flush, leave an empty log, close the file and free the handle.
+///
+/// The handle is freed whatever the status: do not use it again. A
+/// non-OK status means the final flush failed, so writes since the last
+/// successful `ckpt_disk_flush` may be lost. `disk` may be NULL (then
+/// nothing happens and the result is `CKPT_STATUS_OK`).
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle from `ckpt_disk_create` /
+/// `ckpt_disk_open` that is not closed yet and that no other thread is
+/// using.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_close(disk: *mut ckpt_disk) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_close", {
+        if disk.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a live handle made by `new_handle` (Box::into_raw), given
+        // back exactly once per the contract.
+        let handle = unsafe { Box::from_raw(disk) };
+        handle.disk.close()?;
+        Ok(())
+    })
+}

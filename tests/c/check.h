@@ -1,0 +1,78 @@
+/*
+ * A tiny test harness for the C tests of libckpt (run by tests/c_api.rs).
+ *
+ * CHECK(cond) records a failure (with the file, line and the thread's last
+ * error) and goes on; EXPECT_STATUS(call, status) checks a call's status.
+ * A test's main() returns check_finish(), which prints "N passed, N failed"
+ * and gives the exit code.
+ */
+#ifndef CKPT_TEST_CHECK_H
+#define CKPT_TEST_CHECK_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "libckpt.h"
+
+static int check_passed = 0;
+static int check_failed = 0;
+
+static inline void check_report(const char *file, int line, const char *what) {
+    char msg[512];
+    size_t len = 0;
+    ckpt_status s = ckpt_last_error(msg, sizeof msg, &len);
+    if (s != CKPT_STATUS_OK && s != CKPT_STATUS_BUFFER_TOO_SMALL) {
+        msg[0] = '\0';
+    }
+    fprintf(stderr, "%s:%d: FAILED: %s\n    last error: %s\n", file, line, what, msg);
+    check_failed++;
+}
+
+#define CHECK(cond)                                          \
+    do {                                                     \
+        if (cond) {                                          \
+            check_passed++;                                  \
+        } else {                                             \
+            check_report(__FILE__, __LINE__, #cond);         \
+        }                                                    \
+    } while (0)
+
+#define EXPECT_STATUS(call, expected)                                                      \
+    do {                                                                                   \
+        ckpt_status got_ = (call);                                                         \
+        if (got_ == (expected)) {                                                          \
+            check_passed++;                                                                \
+        } else {                                                                           \
+            char what_[512];                                                               \
+            snprintf(what_, sizeof what_, "%s returned %s, expected %s", #call,            \
+                     ckpt_status_name(got_), ckpt_status_name(expected));                  \
+            check_report(__FILE__, __LINE__, what_);                                       \
+        }                                                                                  \
+    } while (0)
+
+#define EXPECT_OK(call) EXPECT_STATUS(call, CKPT_STATUS_OK)
+
+/* The thread's last error message, copied into a static buffer. */
+static inline const char *last_error_text(void) {
+    static char buf[1024];
+    size_t len = 0;
+    if (ckpt_last_error(buf, sizeof buf, &len) != CKPT_STATUS_OK) {
+        buf[0] = '\0';
+    }
+    return buf;
+}
+
+/* dir + "/" + name into a static buffer (one at a time). */
+static inline const char *path_in(const char *dir, const char *name) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", dir, name);
+    return buf;
+}
+
+static inline int check_finish(const char *test) {
+    printf("%s: %d passed, %d failed\n", test, check_passed, check_failed);
+    return check_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+#endif /* CKPT_TEST_CHECK_H */

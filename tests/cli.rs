@@ -1,0 +1,580 @@
+//! The `ckpt` command-line tool, driven as scripts drive it: every
+//! subcommand, the JSON of `info`, the exit codes and the one-line errors,
+//! and converted images judged by `qemu-img compare`.
+
+#![cfg(feature = "cli")]
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const MIB: u64 = 1 << 20;
+
+fn ckpt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+}
+
+/// Run `ckpt args…` with `stdin` on its standard input.
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = ckpt()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ckpt");
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    // The tool may stop reading early (an error); a broken pipe is fine.
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    child.wait_with_output().expect("wait for ckpt")
+}
+
+fn run(args: &[&str]) -> Output {
+    ckpt()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ckpt")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Exit status 0, nothing on stderr.
+#[track_caller]
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert_ok(args, &o);
+    o
+}
+
+#[track_caller]
+fn assert_ok(args: &[&str], o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "ckpt {args:?} failed\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    assert!(o.stderr.is_empty(), "ckpt {args:?} wrote to stderr: {}", stderr(o));
+}
+
+/// Exit status 1 and exactly one line on stderr, starting with `error: `;
+/// returns that line.
+#[track_caller]
+fn fails(args: &[&str], o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "ckpt {args:?}: want exit 1\nstdout: {}\nstderr: {err}",
+        stdout(o)
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "ckpt {args:?}: want one stderr line, got: {err:?}");
+    assert!(lines[0].starts_with("error: "), "ckpt {args:?}: {err:?}");
+    assert!(
+        !err.contains("internal error") && !err.contains("panicked"),
+        "ckpt {args:?} hit a bug: {err}"
+    );
+    lines[0].to_string()
+}
+
+#[track_caller]
+fn fail(args: &[&str]) -> String {
+    let o = run(args);
+    fails(args, &o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+fn info_json(path: &Path) -> serde_json::Value {
+    let o = ok(&["info", s(path), "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("info --json is not JSON ({e}): {}", stdout(&o));
+    })
+}
+
+/// Whether `qemu-img` can be used; under CI=true its absence is a failure.
+fn have_qemu_img() -> bool {
+    let found = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu-img is required under CI=true"
+        );
+        eprintln!("notice: qemu-img not found; skipping the comparison with QEMU");
+    }
+    found
+}
+
+/// `qemu-img compare` of two images (formats given), asserting it agrees.
+#[track_caller]
+fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) {
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", fa, "-F", fb, s(a), s(b)])
+        .output()
+        .expect("run qemu-img compare");
+    assert!(
+        o.status.success(),
+        "qemu-img compare {a:?} {b:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+/// Deterministic bytes that are not all zero.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x9e37_79b9u32 ^ seed as u32;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as u8
+        })
+        .collect()
+}
+
+/// A raw image of `size` bytes: zeros, with data at a few places.
+fn make_raw(path: &Path, size: u64) -> Vec<u8> {
+    let mut img = vec![0u8; size as usize];
+    for (at, len, seed) in [
+        (0u64, 4096usize, 1u8),
+        (MIB + 512, 70_000, 2),
+        (3 * MIB - 1000, 3000, 3),
+        (size - 512, 512, 4),
+    ] {
+        img[at as usize..at as usize + len].copy_from_slice(&pattern(len, seed));
+    }
+    std::fs::write(path, &img).expect("write raw image");
+    img
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+#[test]
+fn create_defaults_and_info_json() {
+    let dir = tmp();
+    let f = dir.path().join("a.vhdx");
+    let o = ok(&["create", s(&f), "--size", "8M"]);
+    assert!(!o.stdout.is_empty());
+    let v = info_json(&f);
+    assert_eq!(v["format"], "vhdx");
+    assert_eq!(v["kind"], "dynamic");
+    assert_eq!(v["virtual_size"], 8 * MIB);
+    assert_eq!(v["block_size"], 32 * MIB);
+    assert_eq!(v["logical_sector_size"], 512);
+    assert_eq!(v["physical_sector_size"], 4096);
+    assert_eq!(v["file_size"], std::fs::metadata(&f).unwrap().len());
+    assert_eq!(v["allocated_bytes"], 0);
+    assert!(v["parent"].is_null());
+    assert_eq!(v["log_dirty"], false);
+    assert!(v["creator"].is_string());
+    for k in ["disk_id", "data_write_guid"] {
+        let g = v[k].as_str().unwrap_or_else(|| panic!("{k} missing: {v}"));
+        assert_eq!(g.len(), 36, "{k} = {g}");
+    }
+    // Human output names the kind and the size.
+    let o = ok(&["info", s(&f)]);
+    let text = stdout(&o);
+    assert!(text.contains("dynamic"), "{text}");
+    assert!(text.contains("8388608"), "{text}");
+    // An existing file is never overwritten.
+    let e = fail(&["create", s(&f), "--size", "8M"]);
+    assert!(e.contains("a.vhdx"), "{e}");
+}
+
+#[test]
+fn create_every_option() {
+    let dir = tmp();
+    let f = dir.path().join("fixed.vhdx");
+    ok(&[
+        "create",
+        s(&f),
+        "--size",
+        "4M",
+        "--fixed",
+        "--block-size",
+        "1M",
+        "--logical-sector",
+        "4096",
+        "--physical-sector",
+        "512",
+        "--log-size",
+        "2M",
+    ]);
+    let v = info_json(&f);
+    assert_eq!(v["kind"], "fixed");
+    assert_eq!(v["virtual_size"], 4 * MIB);
+    assert_eq!(v["block_size"], MIB);
+    assert_eq!(v["logical_sector_size"], 4096);
+    assert_eq!(v["physical_sector_size"], 512);
+    assert_eq!(v["allocated_bytes"], 4 * MIB);
+    ok(&["check", s(&f)]);
+    if have_qemu_img() {
+        let o = Command::new("qemu-img")
+            .args(["info", "--output=json", "-f", "vhdx", s(&f)])
+            .output()
+            .expect("qemu-img info");
+        assert!(o.status.success(), "qemu-img info: {}", stderr(&o));
+        let q: serde_json::Value = serde_json::from_slice(&o.stdout).expect("qemu JSON");
+        assert_eq!(q["virtual-size"], 4 * MIB);
+        assert_eq!(q["cluster-size"], MIB);
+        // The 2 MiB log makes the file bigger than one with the default log.
+        let g = dir.path().join("log1.vhdx");
+        ok(&["create", s(&g), "--size", "4M", "--fixed", "--block-size", "1M"]);
+        assert!(std::fs::metadata(&f).unwrap().len() > std::fs::metadata(&g).unwrap().len());
+    }
+}
+
+#[test]
+fn check_ok() {
+    let dir = tmp();
+    let f = dir.path().join("c.vhdx");
+    ok(&["create", s(&f), "--size", "16M", "--block-size", "1M"]);
+    let o = ok(&["check", s(&f)]);
+    assert_eq!(stdout(&o).lines().filter(|l| !l.starts_with("note:")).count(), 1, "{}", stdout(&o));
+}
+
+#[test]
+fn check_reports_damage() {
+    let dir = tmp();
+    let f = dir.path().join("bad.vhdx");
+    ok(&["create", s(&f), "--size", "16M", "--block-size", "1M"]);
+    // Spoil both region tables (64 KiB copies at 192 KiB and 256 KiB).
+    let mut bytes = std::fs::read(&f).unwrap();
+    for at in [0x30000usize, 0x40000] {
+        for b in &mut bytes[at + 16..at + 48] {
+            *b ^= 0xff;
+        }
+    }
+    std::fs::write(&f, &bytes).unwrap();
+    let o = run(&["check", s(&f)]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.is_empty());
+    for l in err.lines() {
+        assert!(l.starts_with("error: "), "{err}");
+    }
+    assert!(!err.contains("internal error"), "{err}");
+    // info refuses the file too, naming it.
+    let e = fail(&["info", s(&f)]);
+    assert!(e.contains("bad.vhdx"), "{e}");
+}
+
+#[test]
+fn write_read_round_trip() {
+    let dir = tmp();
+    let f = dir.path().join("rw.vhdx");
+    ok(&["create", s(&f), "--size", "8M", "--block-size", "1M"]);
+    // Unaligned, crossing a block boundary, longer than the 1 MiB chunk.
+    let data = pattern(MIB as usize + 12345, 7);
+    let off = MIB / 2 + 3;
+    let args = ["write", s(&f), &off.to_string()];
+    let o = run_with_input(&args, &data);
+    assert_ok(&args, &o);
+    let o = ok(&["read", s(&f), &off.to_string(), &data.len().to_string()]);
+    assert!(o.stdout == data, "read back differs");
+    // Around it: zeros. SIZE suffixes work for offset and length.
+    let o = ok(&["read", s(&f), "0", "512K"]);
+    assert_eq!(o.stdout.len(), 512 * 1024);
+    assert!(o.stdout.iter().all(|&b| b == 0));
+    let o = ok(&["read", s(&f), "0", "8M"]);
+    assert_eq!(o.stdout.len() as u64, 8 * MIB);
+    let mut want = vec![0u8; 8 * MIB as usize];
+    want[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    assert!(o.stdout == want, "whole disk differs");
+    // Zero bytes are fine, at the very end too.
+    assert!(ok(&["read", s(&f), "8M", "0"]).stdout.is_empty());
+    ok(&["check", s(&f)]);
+    let v = info_json(&f);
+    assert_eq!(v["allocated_bytes"], 2 * MIB);
+
+    if have_qemu_img() {
+        // QEMU reads the same bytes.
+        let raw = dir.path().join("rw.raw");
+        let o = Command::new("qemu-img")
+            .args(["convert", "-f", "vhdx", "-O", "raw", s(&f), s(&raw)])
+            .output()
+            .expect("qemu-img convert");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::read(&raw).unwrap() == want, "QEMU reads other bytes");
+    }
+}
+
+#[test]
+fn write_from_a_file_past_the_end_writes_nothing() {
+    let dir = tmp();
+    let f = dir.path().join("w.vhdx");
+    ok(&["create", s(&f), "--size", "1M", "--block-size", "1M"]);
+    let input = dir.path().join("input");
+    std::fs::write(&input, pattern(8192, 9)).unwrap();
+    let o = ckpt()
+        .args(["write", s(&f), "1020K"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    fails(&["write", "w.vhdx", "1020K", "< input"], &o);
+    assert_eq!(info_json(&f)["allocated_bytes"], 0);
+    // From a pipe the error comes when the input runs past the end.
+    let args = ["write", s(&f), "1020K"];
+    let o = run_with_input(&args, &pattern(8192, 9));
+    fails(&args, &o);
+    ok(&["check", s(&f)]);
+}
+
+#[test]
+fn convert_round_trip_is_exact_and_sparse() {
+    let dir = tmp();
+    let raw = dir.path().join("orig.raw");
+    let size = 6 * MIB;
+    let img = make_raw(&raw, size);
+    let vhdx = dir.path().join("conv.vhdx");
+    let back = dir.path().join("back.img");
+    ok(&["convert", s(&raw), s(&vhdx), "--block-size", "1M"]);
+    let v = info_json(&vhdx);
+    assert_eq!(v["virtual_size"], size);
+    assert_eq!(v["kind"], "dynamic");
+    assert_eq!(v["block_size"], MIB);
+    // Data in blocks 0, 1, 2 and 5 only: the all-zero blocks stay unallocated.
+    assert_eq!(v["allocated_bytes"], 4 * MIB);
+    ok(&["check", s(&vhdx)]);
+    ok(&["convert", s(&vhdx), s(&back)]);
+    let got = std::fs::read(&back).unwrap();
+    assert!(got == img, "raw → vhdx → raw changed the bytes");
+    let meta = std::fs::metadata(&back).unwrap();
+    assert!(
+        meta.blocks() * 512 < meta.len(),
+        "raw output not sparse: {} blocks for {} bytes",
+        meta.blocks(),
+        meta.len()
+    );
+    // vhdx → vhdx, fixed, explicit -O with an extension that says raw.
+    let fixed = dir.path().join("fixed.img");
+    ok(&["convert", "-O", "vhdx", "--fixed", s(&vhdx), s(&fixed)]);
+    let v = info_json(&fixed);
+    assert_eq!(v["kind"], "fixed");
+    assert_eq!(v["virtual_size"], size);
+    assert_eq!(v["block_size"], MIB);
+    let o = ok(&["read", s(&fixed), "0", &size.to_string()]);
+    assert!(o.stdout == img, "vhdx → fixed vhdx changed the bytes");
+    // -O raw into a .vhdx name gives raw bytes.
+    let raw2 = dir.path().join("raw2.vhdx");
+    ok(&["convert", "-O", "raw", s(&fixed), s(&raw2)]);
+    assert!(std::fs::read(&raw2).unwrap() == img);
+
+    if have_qemu_img() {
+        qemu_compare(&vhdx, "vhdx", &raw, "raw");
+        qemu_compare(&fixed, "vhdx", &raw, "raw");
+        qemu_compare(&back, "raw", &raw, "raw");
+    }
+}
+
+#[test]
+fn convert_rounds_up_odd_raw_sizes() {
+    let dir = tmp();
+    let raw = dir.path().join("odd.raw");
+    let data = pattern(1000, 5);
+    std::fs::write(&raw, &data).unwrap();
+    let vhdx = dir.path().join("odd.vhdx");
+    let o = ok(&["convert", s(&raw), s(&vhdx)]);
+    assert!(stdout(&o).contains("rounded up"), "{}", stdout(&o));
+    assert_eq!(info_json(&vhdx)["virtual_size"], 1024);
+    let o = ok(&["read", s(&vhdx), "0", "1024"]);
+    assert_eq!(&o.stdout[..1000], &data[..]);
+    assert!(o.stdout[1000..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn convert_errors() {
+    let dir = tmp();
+    let raw = dir.path().join("r.raw");
+    make_raw(&raw, 4 * MIB);
+    let vhdx = dir.path().join("r.vhdx");
+    ok(&["convert", s(&raw), s(&vhdx)]);
+    // Never overwrite; the existing file is left alone.
+    let before = std::fs::read(&vhdx).unwrap();
+    let e = fail(&["convert", s(&raw), s(&vhdx)]);
+    assert!(e.contains("r.vhdx") && e.contains("exists"), "{e}");
+    assert!(std::fs::read(&vhdx).unwrap() == before);
+    // A missing source, a bad format, a bad block size (the partial
+    // destination is removed).
+    let out = dir.path().join("out.vhdx");
+    let e = fail(&["convert", s(&dir.path().join("nope.raw")), s(&out)]);
+    assert!(e.contains("nope.raw"), "{e}");
+    fail(&["convert", "-O", "qcow2", s(&raw), s(&out)]);
+    fail(&["convert", s(&raw), s(&out), "--block-size", "3M"]);
+    assert!(!out.exists(), "a failed convert left {out:?}");
+    // A damaged VHDX source: the error names it and no output is left.
+    let mut bytes = std::fs::read(&vhdx).unwrap();
+    for at in [0x10000usize, 0x20000] {
+        bytes[at + 100] ^= 0xff;
+    }
+    let damaged = dir.path().join("damaged.vhdx");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out2 = dir.path().join("out2.raw");
+    let e = fail(&["convert", s(&damaged), s(&out2)]);
+    assert!(e.contains("damaged.vhdx"), "{e}");
+    assert!(!out2.exists());
+}
+
+#[test]
+fn errors_are_one_line_with_status_1() {
+    let dir = tmp();
+    let f = dir.path().join("e.vhdx");
+    let missing = dir.path().join("missing.vhdx");
+    ok(&["create", s(&f), "--size", "2M", "--block-size", "1M"]);
+    // A missing file, for every command that opens one.
+    for args in [
+        vec!["info", s(&missing)],
+        vec!["info", s(&missing), "--json"],
+        vec!["check", s(&missing)],
+        vec!["read", s(&missing), "0", "1"],
+        vec!["bench", s(&missing), "-c", "1"],
+    ] {
+        let e = fail(&args);
+        assert!(e.contains("missing.vhdx"), "{args:?}: {e}");
+    }
+    let o = run_with_input(&["write", s(&missing), "0"], b"x");
+    let e = fails(&["write", "missing"], &o);
+    assert!(e.contains("missing.vhdx"), "{e}");
+    // Bad sizes.
+    for bad in ["12X", "", "1.5G", "M", "99999999T"] {
+        let e = fail(&["create", s(&dir.path().join("x.vhdx")), "--size", bad]);
+        assert!(e.contains("size"), "{e}");
+    }
+    fail(&["create", s(&dir.path().join("x.vhdx")), "--size", "-5"]);
+    fail(&["read", s(&f), "0", "lots"]);
+    // Reading past the end: nothing on stdout.
+    for (off, len) in [("2M", "1"), ("0", "3M"), ("1M", "1M1"), ("18446744073709551615", "2")] {
+        let o = run(&["read", s(&f), off, len]);
+        fails(&["read", off, len], &o);
+        assert!(o.stdout.is_empty(), "read {off} {len} printed data");
+    }
+    // Bad sector sizes.
+    for flag in ["--logical-sector", "--physical-sector"] {
+        for v in ["1024", "0", "abc"] {
+            let e = fail(&["create", s(&dir.path().join("y.vhdx")), "--size", "1M", flag, v]);
+            assert!(e.contains("sector") || e.contains("size"), "{e}");
+        }
+    }
+    assert!(!dir.path().join("y.vhdx").exists());
+    // Values the engine refuses: the file is not created (or is removed).
+    let z = dir.path().join("z.vhdx");
+    fail(&["create", s(&z), "--size", "1M", "--block-size", "3M"]);
+    fail(&["create", s(&z), "--size", "1000"]);
+    fail(&["create", s(&z), "--size", "1M", "--log-size", "1000K"]);
+    assert!(!z.exists(), "a failed create left {z:?}");
+    // Usage errors: status 1 (not clap's 2), one line.
+    fail(&[]);
+    fail(&["frobnicate"]);
+    fail(&["create", s(&z)]);
+    fail(&["info"]);
+    fail(&["info", s(&f), "--bogus"]);
+    fail(&["convert", s(&f)]);
+    // Not a VHDX.
+    let raw = dir.path().join("plain.raw");
+    std::fs::write(&raw, vec![1u8; 4096]).unwrap();
+    let e = fail(&["info", s(&raw)]);
+    assert!(e.contains("plain.raw"), "{e}");
+    // Help and version are not errors.
+    let o = ok(&["--help"]);
+    assert!(stdout(&o).contains("convert"));
+    ok(&["--version"]);
+    ok(&["bench", "--help"]);
+}
+
+#[test]
+fn bench_reads_and_writes() {
+    let dir = tmp();
+    let f = dir.path().join("b.vhdx");
+    ok(&["create", s(&f), "--size", "4M", "--block-size", "1M"]);
+    let o = ok(&["bench", s(&f), "-c", "2000"]);
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("Sending 2000 read requests, 4096 bytes each, 1 in parallel (starting at offset 0, step size 4096)"),
+        "{text}"
+    );
+    assert!(text.contains("Run completed in "), "{text}");
+    // A write test wraps around before the end (4 MiB / 64 KiB = 64 requests
+    // per lap) and writes the pattern everywhere, like qemu-img bench.
+    let o = ok(&[
+        "bench", s(&f), "-w", "-c", "200", "-s", "64K", "-t", "2", "--pattern", "165",
+        "--flush-interval", "50",
+    ]);
+    assert!(stdout(&o).contains("200 write requests, 65536 bytes each, 2 in parallel"));
+    ok(&["check", s(&f)]);
+    // Offsets 0, 64K, … wrap modulo (4M - 64K): the last 64 KiB is never written.
+    let o = ok(&["read", s(&f), "0", "4M"]);
+    let split = (4 * MIB - 64 * 1024) as usize;
+    assert!(o.stdout[..split].iter().all(|&b| b == 165), "pattern missing");
+    assert!(o.stdout[split..].iter().all(|&b| b == 0), "wrote past the wrap point");
+    // Step and offset, with suffixes; an offset that does not fit is an error.
+    ok(&["bench", s(&f), "-c", "100", "-S", "8K", "-o", "1M", "-s", "512"]);
+    fail(&["bench", s(&f), "-c", "1", "-o", "4M"]);
+    fail(&["bench", s(&f), "-t", "0"]);
+    fail(&["bench", s(&f), "--flush-interval", "5"]);
+}
+
+#[test]
+fn real_images_read_like_qemu() {
+    let dir = std::env::var_os("CKPT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+    let src = dir.join("iotest-dynamic-1G.vhdx.bz2");
+    if !src.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "test data missing under CI=true: {src:?}"
+        );
+        eprintln!("notice: {src:?} not found; skipping");
+        return;
+    }
+    let tmp = tmp();
+    let img = tmp.path().join("dyn.vhdx");
+    let o = Command::new("bzip2")
+        .args(["-dc", s(&src)])
+        .output()
+        .expect("bzip2");
+    assert!(o.status.success());
+    std::fs::write(&img, &o.stdout).unwrap();
+    let v = info_json(&img);
+    assert_eq!(v["virtual_size"], 1u64 << 30);
+    assert_eq!(v["block_size"], 32 * MIB);
+    ok(&["check", s(&img)]);
+    // 0xa5 over [0, 33 MiB), 0x96 over [33 MiB, 66 MiB), zeros after.
+    let o = ok(&["read", s(&img), "33M", "1M"]);
+    assert!(o.stdout.iter().all(|&b| b == 0x96));
+    let o = ok(&["read", s(&img), "32M", "1M"]);
+    assert!(o.stdout.iter().all(|&b| b == 0xa5));
+    // Converted to raw, sparse: the 1 GiB image holds 66 MiB of data.
+    let raw = tmp.path().join("dyn.raw");
+    ok(&["convert", s(&img), s(&raw)]);
+    let meta = std::fs::metadata(&raw).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 128 * MIB, "not sparse: {} blocks", meta.blocks());
+    if have_qemu_img() {
+        qemu_compare(&img, "vhdx", &raw, "raw");
+        // And back to VHDX, judged by QEMU against the original.
+        let again = tmp.path().join("again.vhdx");
+        ok(&["convert", s(&raw), s(&again)]);
+        qemu_compare(&again, "vhdx", &img, "vhdx");
+    }
+}
