@@ -29,7 +29,10 @@ fn main() {
     if let Err(e) = result {
         let e = e.replace('\n', " ");
         println!("cargo:warning=libckpt.h was not generated: {e}");
-        let text = format!("#error \"libckpt.h generation failed: {}\"\n", e.replace('"', "'"));
+        let text = format!(
+            "#error \"libckpt.h generation failed: {}\"\n",
+            e.replace('"', "'")
+        );
         if let Err(w) = std::fs::write(&header, text) {
             println!("cargo:warning=cannot write {}: {w}", header.display());
         }

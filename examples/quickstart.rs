@@ -25,7 +25,10 @@ fn patterns() -> Vec<(u64, Vec<u8>)> {
         (0, b"hello from libckpt".to_vec()),
         // Crosses the boundary between the first two 2 MiB blocks.
         (2 * MIB - 1000, vec![0xa5; 5000]),
-        (10 * MIB + 12_345, (0..=255u8).cycle().take(300_000).collect()),
+        (
+            10 * MIB + 12_345,
+            (0..=255u8).cycle().take(300_000).collect(),
+        ),
         // The very last sector.
         (64 * MIB - 512, vec![0x5a; 512]),
     ]
@@ -61,7 +64,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let vhdx = dir.path().join("disk.vhdx");
     let raw = dir.path().join("disk.raw");
     let again = dir.path().join("again.vhdx");
-    println!("libckpt {} — working in {}", ckpt::VERSION, dir.path().display());
+    println!(
+        "libckpt {} — working in {}",
+        ckpt::VERSION,
+        dir.path().display()
+    );
 
     step(1, "create a 64 MiB dynamic VHDX with 2 MiB blocks");
     let disk = Disk::create(&vhdx, &CreateOptions::new(64 * MIB).block_size(2 << 20))?;
@@ -142,7 +149,11 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     step(5, "ask QEMU");
     if have_qemu_img() {
-        let mut ok = show(Command::new("qemu-img").args(["info", "-f", "vhdx"]).arg(&vhdx))?;
+        let mut ok = show(
+            Command::new("qemu-img")
+                .args(["info", "-f", "vhdx"])
+                .arg(&vhdx),
+        )?;
         for img in [&vhdx, &again] {
             ok &= show(
                 Command::new("qemu-img")

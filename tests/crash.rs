@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use ckpt::io::{Cut, FaultStorage, MemStorage};
-use ckpt::{check_storage, CreateOptions, Disk, ErrorKind, OpenMode};
+use ckpt::disk::check::check_storage;
+use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
 
 use support::{first_diff, pattern, qemu_img, read_all, run_ok, Ctx, KIB, MIB};
 

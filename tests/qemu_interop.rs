@@ -271,8 +271,7 @@ fn qemu_to_ckpt(c: QemuMade) {
     }
 
     // A read-write open and close that writes nothing leaves it sound.
-    Disk::open(&path, OpenMode::ReadWrite)
-        .unwrap_or_else(|e| panic!("{what}: open read-write: {e}"))
+    open_rw(&path)
         .close()
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
     assert_image(&path, &model, &what);
@@ -667,7 +666,7 @@ fn ckpt_then_qemu(fixed: bool) {
 
     // libckpt again, read-write.
     {
-        let disk = Disk::open(&path, OpenMode::ReadWrite).expect("open rw");
+        let disk = open_rw(&path);
         assert_disk_matches("libckpt sees qemu's writes", &disk, &model);
         let data = pattern(11, 5 * MIB - 100, 6 << 20);
         disk.write_at(&data, 5 * MIB - 100).expect("write");
@@ -698,7 +697,7 @@ fn qemu_then_ckpt(fixed: bool, zero_state: bool) {
     let mut model = Model::new(size);
     qemu_fill(&path, &mut model, &qemu_fills(size, block, 0x11));
     {
-        let disk = Disk::open(&path, OpenMode::ReadWrite).expect("open rw");
+        let disk = open_rw(&path);
         assert_disk_matches("libckpt reads qemu's writes", &disk, &model);
         // Over QEMU's data, into never-written blocks, across boundaries,
         // and at the end.
@@ -799,7 +798,7 @@ fn trim_case(path: &Path, model: &mut Model, block: u64, expect_shrink: bool) {
     let before = allocated_bytes(path);
     let whole = (2 * block, 3 * block);
     {
-        let disk = Disk::open(path, OpenMode::ReadWrite).expect("open rw");
+        let disk = open_rw(path);
         disk.trim(whole.0, whole.1).expect("trim whole blocks");
         model.zero(whole.0, whole.1);
         disk.trim(6 * block + 100, 5000)

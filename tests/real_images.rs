@@ -112,7 +112,7 @@ fn hyperv_dynamic_1g_read_write_no_writes() {
     let orig = dir.path().join("orig.vhdx");
     snapshot(&img, &orig);
     {
-        let disk = Disk::open(&img, OpenMode::ReadWrite).expect("open read-write");
+        let disk = open_rw(&img);
         check_dynamic_1g("Hyper-V 1G, read-write", &disk);
         assert!(!disk.info().read_only);
         disk.close().expect("close");
@@ -213,7 +213,7 @@ fn qemu16_dirty_log_read_write_replays_into_file() {
     let orig = dir.path().join("orig.vhdx");
     snapshot(&img, &orig);
     {
-        let disk = Disk::open(&img, OpenMode::ReadWrite).expect("open read-write");
+        let disk = open_rw(&img);
         assert!(
             disk.info().log_dirty,
             "info must report the log it replayed"

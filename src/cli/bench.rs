@@ -157,7 +157,12 @@ mod tests {
     #[test]
     fn offsets_match_qemu_loop() {
         let size = 1 << 20;
-        for (offset, step, bufsize) in [(0, 4096, 4096), (12345, 65536, 4096), (0, 0, 512), (8192, 3 << 19, 65536)] {
+        for (offset, step, bufsize) in [
+            (0, 4096, 4096),
+            (12345, 65536, 4096),
+            (0, 0, 512),
+            (8192, 3 << 19, 65536),
+        ] {
             let p = params(offset, step, bufsize);
             let mut o = offset;
             for i in 0..1000 {

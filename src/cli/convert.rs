@@ -142,7 +142,7 @@ pub fn create_vhdx(path: &Path, opts: &CreateOptions) -> Result<Disk> {
 /// The source image, read-only.
 enum Source {
     Raw { file: File, len: u64 },
-    Vhdx(Disk),
+    Vhdx(Box<Disk>),
 }
 
 impl Source {
@@ -164,7 +164,7 @@ impl Source {
 /// The destination image, being written.
 enum Sink {
     Raw(File),
-    Vhdx(Disk),
+    Vhdx(Box<Disk>),
 }
 
 impl Sink {
@@ -212,7 +212,9 @@ pub fn convert(
     let src_format = detect_format(src)?;
     let mut rounded_up = false;
     let source = match src_format {
-        Format::Vhdx => Source::Vhdx(Disk::open(src, OpenMode::ReadOnly).map_err(|e| e.in_file(src))?),
+        Format::Vhdx => Source::Vhdx(Box::new(
+            Disk::open(src, OpenMode::ReadOnly).map_err(|e| e.in_file(src))?,
+        )),
         Format::Raw => {
             let mut file = File::open(src).map_err(|e| in_file(e, src))?;
             // Seeking works for block devices too, where metadata says 0.
@@ -253,7 +255,7 @@ pub fn convert(
     }
 
     let sink = match dst_format {
-        Format::Vhdx => Sink::Vhdx(create_vhdx(dst, &create)?),
+        Format::Vhdx => Sink::Vhdx(Box::new(create_vhdx(dst, &create)?)),
         Format::Raw => {
             let f = OpenOptions::new()
                 .write(true)

@@ -236,9 +236,8 @@ fn usage_error(e: clap::Error) -> CliResult {
             let _ = e.print();
             Ok(())
         }
-        ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ClapErrorKind::MissingSubcommand => {
-            Err(fail("no command given (try 'ckpt --help')"))
-        }
+        ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        | ClapErrorKind::MissingSubcommand => Err(fail("no command given (try 'ckpt --help')")),
         _ => {
             let text = e.render().to_string();
             let mut parts = Vec::new();
@@ -444,26 +443,27 @@ fn info(path: &Path, json: bool) -> CliResult {
 fn check(path: &Path) -> CliResult {
     let report = ckpt::check(path).map_err(|e| e.in_file(path))?;
     let mut out = std::io::stdout().lock();
+    let verdict = if report.is_ok() { "ok" } else { "DAMAGED" };
+    let _ = writeln!(
+        out,
+        "{}: {verdict}: {}",
+        path.display(),
+        one_line(&report.summary)
+    );
     for note in &report.notes {
         let _ = writeln!(out, "note: {}", one_line(note));
     }
+    let _ = out.flush();
     if report.is_ok() {
-        let _ = writeln!(out, "{}: ok: {}", path.display(), one_line(&report.summary));
-        Ok(())
-    } else {
-        let _ = out.flush();
-        let mut lines: Vec<String> = report
+        return Ok(());
+    }
+    Err(Failure(
+        report
             .problems
             .iter()
             .map(|p| format!("{}: {}", path.display(), p))
-            .collect();
-        lines.push(format!(
-            "{}: {} problem(s) found",
-            path.display(),
-            report.problems.len()
-        ));
-        Err(Failure(lines))
-    }
+            .collect(),
+    ))
 }
 
 fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
@@ -514,7 +514,7 @@ fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
 fn read(path: &Path, offset: u64, length: u64) -> CliResult {
     let disk = open(path, OpenMode::ReadOnly)?;
     let size = disk.virtual_size();
-    if offset.checked_add(length).is_none_or_past(size) {
+    if !fits(offset, length, size) {
         return Err(ckpt::Error::OutOfRange {
             offset,
             len: length,
@@ -538,15 +538,9 @@ fn read(path: &Path, offset: u64, length: u64) -> CliResult {
         .map_err(|e| fail(format!("writing to stdout: {e}")))
 }
 
-/// `a + b` overflowed or ends past `size`.
-trait PastEnd {
-    fn is_none_or_past(self, size: u64) -> bool;
-}
-
-impl PastEnd for Option<u64> {
-    fn is_none_or_past(self, size: u64) -> bool {
-        !matches!(self, Some(end) if end <= size)
-    }
+/// Whether `[offset, offset + len)` lies inside a disk of `size` bytes.
+fn fits(offset: u64, len: u64, size: u64) -> bool {
+    matches!(offset.checked_add(len), Some(end) if end <= size)
 }
 
 /// Fill `buf` from `r` as far as possible; returns the bytes read (short
@@ -594,26 +588,22 @@ fn write(path: &Path, offset: u64) -> CliResult {
         // When stdin is a regular file its length is known: refuse before
         // writing anything if it does not fit.
         if let Some(len) = stdin_file_len() {
-            if offset.checked_add(len).is_none_or_past(size) {
-                return Err(ckpt::Error::OutOfRange {
-                    offset,
-                    len,
-                    size,
-                }
-                .in_file(path)
-                .into());
+            if !fits(offset, len, size) {
+                return Err(ckpt::Error::OutOfRange { offset, len, size }
+                    .in_file(path)
+                    .into());
             }
         }
         let mut input = std::io::stdin().lock();
         let mut buf = vec![0u8; IO_CHUNK as usize];
         let mut pos = offset;
         loop {
-            let n = read_full(&mut input, &mut buf)
-                .map_err(|e| fail(format!("reading stdin: {e}")))?;
+            let n =
+                read_full(&mut input, &mut buf).map_err(|e| fail(format!("reading stdin: {e}")))?;
             if n == 0 {
                 return Ok(());
             }
-            if pos.checked_add(n as u64).is_none_or_past(size) {
+            if !fits(pos, n as u64, size) {
                 return Err(fail(format!(
                     "{}: the input runs past the end of the virtual disk ({size} bytes): \
                      it does not fit at offset {offset} (the {} bytes before offset {pos} were written)",

@@ -5,7 +5,9 @@
 /// (powers of 1024, case-insensitive, optionally followed by `iB` or `B`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || {
-        format!("invalid size '{s}' (expected a byte count or a number with K, M, G or T, e.g. 64M)")
+        format!(
+            "invalid size '{s}' (expected a byte count or a number with K, M, G or T, e.g. 64M)"
+        )
     };
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -77,7 +79,16 @@ mod tests {
         assert_eq!(parse_size("2G"), Ok(2 << 30));
         assert_eq!(parse_size("1T"), Ok(1 << 40));
         assert_eq!(parse_size("512B"), Ok(512));
-        for bad in ["", "M", "12X", "-1", "1.5G", "1 G", "0x10", "99999999999999999999"] {
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-1",
+            "1.5G",
+            "1 G",
+            "0x10",
+            "99999999999999999999",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_size("17000000T").is_err());

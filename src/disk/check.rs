@@ -3,8 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::disk::vhdx::Vhdx;
 use crate::error::{Error, Result};
-use crate::io::Storage;
+use crate::format::bat::{BatEntry, PayloadState, SB_PRESENT};
+use crate::format::MIB;
+use crate::io::{FileStorage, Storage};
 
 /// The outcome of [`check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,12 +30,98 @@ impl CheckReport {
 /// Check the VHDX at `path` without writing to it. Errors only when the file
 /// cannot be read at all; damage is reported in the [`CheckReport`].
 pub fn check(path: &Path) -> Result<CheckReport> {
-    let _ = path;
-    Err(Error::Unsupported("not yet written".into()))
+    let storage = FileStorage::open(path, false).map_err(|e| Error::from(e).in_file(path))?;
+    Ok(check_storage(Arc::new(storage)))
 }
 
 /// Check the VHDX held by `storage` without writing to it.
 pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
-    let _ = storage;
-    CheckReport::default()
+    let mut r = CheckReport::default();
+    let (v, layout) = match Vhdx::open_with_layout(storage, true) {
+        Ok(x) => x,
+        Err(e) => {
+            r.problems.push(e.to_string());
+            r.summary = "not a usable VHDX file".into();
+            return r;
+        }
+    };
+    if let Some(p) = &layout.header_problem {
+        r.notes.push(format!(
+            "one header copy is damaged and the other is used (the next write repairs it): {p}"
+        ));
+    }
+    if let Some(p) = &layout.region_problem {
+        r.problems.push(format!("{p} (region table 2 is used)"));
+    }
+    if v.log_dirty {
+        r.notes.push("the log holds updates that a read-write open will replay".into());
+    }
+    // Every object in the file, to find overlaps.
+    let mut objects: Vec<(u64, u64, String)> = Vec::new();
+    let h = v.header();
+    if h.log_length > 0 {
+        objects.push((h.log_offset, h.log_length as u64, "the log".into()));
+    }
+    for e in &layout.regions {
+        objects.push((e.file_offset, e.length as u64, format!("region {}", e.guid)));
+    }
+    let bat = v.bat_snapshot();
+    let geo = v.geo;
+    let bs = geo.block_size as u64;
+    let mut allocated = 0u64;
+    for b in 0..geo.data_blocks {
+        let i = geo.payload_index(b);
+        let e = BatEntry(bat[i]);
+        if e.payload_state() == Some(PayloadState::FullyPresent) {
+            allocated += 1;
+            let off = e.offset();
+            if off + bs > layout.file_len {
+                let end = (b * bs + bs).min(geo.virtual_size) - b * bs;
+                if off + end > layout.file_len {
+                    r.problems.push(format!(
+                        "block {b} at {off:#x} extends past the end of the file ({:#x})",
+                        layout.file_len
+                    ));
+                }
+            }
+            objects.push((off, bs, format!("block {b}")));
+        }
+    }
+    for c in 0..geo.bitmap_blocks {
+        let i = geo.bitmap_index(c);
+        if let Some(&raw) = bat.get(i) {
+            let e = BatEntry(raw);
+            if e.state_bits() == SB_PRESENT && v.meta.has_parent() {
+                objects.push((e.offset(), MIB, format!("sector bitmap {c}")));
+            }
+        }
+    }
+    objects.sort();
+    for w in objects.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.0 + a.1 > b.0 {
+            r.problems.push(format!(
+                "{} at {:#x} overlaps {} at {:#x}",
+                a.2, a.0, b.2, b.0
+            ));
+            if r.problems.len() > 100 {
+                r.problems.push("more overlaps not listed".into());
+                break;
+            }
+        }
+    }
+    r.summary = format!(
+        "{} VHDX, virtual size {} bytes, block size {} bytes, {} of {} blocks allocated, {}",
+        v.kind().as_str(),
+        geo.virtual_size,
+        bs,
+        allocated,
+        geo.data_blocks,
+        if r.problems.is_empty() {
+            "no problems found".to_string()
+        } else {
+            format!("{} problem(s)", r.problems.len())
+        }
+    );
+    r
 }

@@ -487,10 +487,6 @@ impl Vhdx {
         rlock(&self.bat).clone()
     }
 
-    pub(crate) fn bat_offset(&self) -> u64 {
-        self.bat_offset
-    }
-
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let bat = rlock(&self.bat);
         let n = (0..self.geo.data_blocks)

@@ -439,7 +439,11 @@ pub unsafe extern "C" fn ckpt_disk_flush(disk: *mut ckpt_disk) -> ckpt_status {
 ///
 /// `disk` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn ckpt_disk_trim(disk: *mut ckpt_disk, offset: u64, len: u64) -> ckpt_status {
+pub unsafe extern "C" fn ckpt_disk_trim(
+    disk: *mut ckpt_disk,
+    offset: u64,
+    len: u64,
+) -> ckpt_status {
     ffi_boundary!("ckpt_disk_trim", {
         // SAFETY: per this function's contract.
         let disk = unsafe { non_null(disk, "disk")? };

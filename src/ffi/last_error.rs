@@ -61,38 +61,41 @@ pub unsafe extern "C" fn ckpt_last_error(
     len: usize,
     out_len: *mut usize,
 ) -> ckpt_status {
-    ffi_boundary!("ckpt_last_error", {
-        if len > 0 && buf.is_null() {
-            return ckpt_status::NullPointer;
-        }
-        LAST_ERROR.with(|e| {
-            let e = e.borrow();
-            let msg = e.as_deref().unwrap_or("");
-            let (n, status) = if msg.len() < len {
-                (msg.len(), ckpt_status::Ok)
-            } else {
-                let mut n = len.saturating_sub(1);
-                while !msg.is_char_boundary(n) {
-                    n -= 1;
-                }
-                (n, ckpt_status::BufferTooSmall)
-            };
-            if len > 0 {
-                // SAFETY: `buf` is not NULL and valid for `len` bytes, and
-                // `n < len`, so `n + 1` bytes fit; `msg` does not overlap a
-                // buffer owned by C.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
-                    *buf.add(n) = 0;
-                }
+    ffi_boundary!(
+        "ckpt_last_error",
+        {
+            if len > 0 && buf.is_null() {
+                return ckpt_status::NullPointer;
             }
-            if !out_len.is_null() {
-                // SAFETY: not NULL; the caller promises it is writable.
-                unsafe { *out_len = msg.len() };
-            }
-            status
-        })
-    } ?= ckpt_status::Panic)
+            LAST_ERROR.with(|e| {
+                let e = e.borrow();
+                let msg = e.as_deref().unwrap_or("");
+                let (n, status) = if msg.len() < len {
+                    (msg.len(), ckpt_status::Ok)
+                } else {
+                    let mut n = len.saturating_sub(1);
+                    while !msg.is_char_boundary(n) {
+                        n -= 1;
+                    }
+                    (n, ckpt_status::BufferTooSmall)
+                };
+                if len > 0 {
+                    // SAFETY: `buf` is not NULL and valid for `len` bytes, and
+                    // `n < len`, so `n + 1` bytes fit; `msg` does not overlap a
+                    // buffer owned by C.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
+                        *buf.add(n) = 0;
+                    }
+                }
+                if !out_len.is_null() {
+                    // SAFETY: not NULL; the caller promises it is writable.
+                    unsafe { *out_len = msg.len() };
+                }
+                status
+            })
+        }? = ckpt_status::Panic
+    )
 }
 
 /// The length in bytes of this thread's last error message, without the
@@ -104,9 +107,10 @@ pub unsafe extern "C" fn ckpt_last_error(
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_last_error_length() -> usize {
-    ffi_boundary!("ckpt_last_error_length", {
-        LAST_ERROR.with(|e| e.borrow().as_ref().map_or(0, |m| m.len()))
-    } ?= 0)
+    ffi_boundary!(
+        "ckpt_last_error_length",
+        { LAST_ERROR.with(|e| e.borrow().as_ref().map_or(0, |m| m.len())) }? = 0
+    )
 }
 
 #[cfg(test)]

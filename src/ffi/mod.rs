@@ -211,9 +211,7 @@ mod tests {
 
     #[test]
     fn error_sets_and_success_clears_last_error() {
-        let s = ffi_boundary!("ckpt_test_err", {
-            Err(crate::Error::ReadOnly.into())
-        });
+        let s = ffi_boundary!("ckpt_test_err", { Err(crate::Error::ReadOnly.into()) });
         assert_eq!(s, ckpt_status::ReadOnly);
         assert_eq!(last(), "the disk is open read-only");
         let s = ffi_boundary!("ckpt_test_ok", { Ok(()) });
@@ -223,13 +221,16 @@ mod tests {
 
     #[test]
     fn value_boundary_returns_default_on_panic() {
-        let v = ffi_boundary!("ckpt_test_value", {
-            let n: u32 = "x".parse().unwrap_or(7);
-            if n == 7 {
-                panic!("static str payload");
-            }
-            n
-        } ?= 99u32);
+        let v = ffi_boundary!(
+            "ckpt_test_value",
+            {
+                let n: u32 = "x".parse().unwrap_or(7);
+                if n == 7 {
+                    panic!("static str payload");
+                }
+                n
+            }? = 99u32
+        );
         assert_eq!(v, 99);
         assert!(last().contains("static str payload"));
     }
@@ -251,7 +252,10 @@ mod tests {
                 c_path(bad.as_ptr(), "path").unwrap_err().status,
                 ckpt_status::InvalidArgument
             );
-            assert_eq!(c_path(c"a.vhdx".as_ptr(), "path").unwrap(), Path::new("a.vhdx"));
+            assert_eq!(
+                c_path(c"a.vhdx".as_ptr(), "path").unwrap(),
+                Path::new("a.vhdx")
+            );
         }
     }
 }

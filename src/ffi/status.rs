@@ -69,24 +69,27 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
 /// Always safe to call (any value is accepted).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
-    super::ffi_boundary!("ckpt_status_name", {
-        let s: &'static std::ffi::CStr = match status {
-            0 => c"CKPT_STATUS_OK",
-            1 => c"CKPT_STATUS_INVALID_ARGUMENT",
-            2 => c"CKPT_STATUS_NULL_POINTER",
-            3 => c"CKPT_STATUS_IO",
-            4 => c"CKPT_STATUS_NOT_FOUND",
-            5 => c"CKPT_STATUS_CORRUPT",
-            6 => c"CKPT_STATUS_UNSUPPORTED",
-            7 => c"CKPT_STATUS_OUT_OF_RANGE",
-            8 => c"CKPT_STATUS_READ_ONLY",
-            9 => c"CKPT_STATUS_CANCELLED",
-            10 => c"CKPT_STATUS_BUFFER_TOO_SMALL",
-            11 => c"CKPT_STATUS_PANIC",
-            _ => c"CKPT_STATUS_UNKNOWN",
-        };
-        s.as_ptr()
-    } ?= c"CKPT_STATUS_UNKNOWN".as_ptr())
+    super::ffi_boundary!(
+        "ckpt_status_name",
+        {
+            let s: &'static std::ffi::CStr = match status {
+                0 => c"CKPT_STATUS_OK",
+                1 => c"CKPT_STATUS_INVALID_ARGUMENT",
+                2 => c"CKPT_STATUS_NULL_POINTER",
+                3 => c"CKPT_STATUS_IO",
+                4 => c"CKPT_STATUS_NOT_FOUND",
+                5 => c"CKPT_STATUS_CORRUPT",
+                6 => c"CKPT_STATUS_UNSUPPORTED",
+                7 => c"CKPT_STATUS_OUT_OF_RANGE",
+                8 => c"CKPT_STATUS_READ_ONLY",
+                9 => c"CKPT_STATUS_CANCELLED",
+                10 => c"CKPT_STATUS_BUFFER_TOO_SMALL",
+                11 => c"CKPT_STATUS_PANIC",
+                _ => c"CKPT_STATUS_UNKNOWN",
+            };
+            s.as_ptr()
+        }? = c"CKPT_STATUS_UNKNOWN".as_ptr()
+    )
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ fn number(s: &str) -> u32 {
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_version() -> *const c_char {
-    ffi_boundary!("ckpt_version", {
-        VERSION_C.as_ptr().cast::<c_char>()
-    } ?= c"0.0.0".as_ptr())
+    ffi_boundary!(
+        "ckpt_version",
+        { VERSION_C.as_ptr().cast::<c_char>() }? = c"0.0.0".as_ptr()
+    )
 }
 
 /// The major version number of the linked library.
@@ -32,9 +33,10 @@ pub unsafe extern "C" fn ckpt_version() -> *const c_char {
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_version_major() -> u32 {
-    ffi_boundary!("ckpt_version_major", {
-        number(env!("CARGO_PKG_VERSION_MAJOR"))
-    } ?= 0)
+    ffi_boundary!(
+        "ckpt_version_major",
+        { number(env!("CARGO_PKG_VERSION_MAJOR")) }? = 0
+    )
 }
 
 /// The minor version number of the linked library.
@@ -44,9 +46,10 @@ pub unsafe extern "C" fn ckpt_version_major() -> u32 {
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_version_minor() -> u32 {
-    ffi_boundary!("ckpt_version_minor", {
-        number(env!("CARGO_PKG_VERSION_MINOR"))
-    } ?= 0)
+    ffi_boundary!(
+        "ckpt_version_minor",
+        { number(env!("CARGO_PKG_VERSION_MINOR")) }? = 0
+    )
 }
 
 /// The patch version number of the linked library.
@@ -56,9 +59,10 @@ pub unsafe extern "C" fn ckpt_version_minor() -> u32 {
 /// Always safe to call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_version_patch() -> u32 {
-    ffi_boundary!("ckpt_version_patch", {
-        number(env!("CARGO_PKG_VERSION_PATCH"))
-    } ?= 0)
+    ffi_boundary!(
+        "ckpt_version_patch",
+        { number(env!("CARGO_PKG_VERSION_PATCH")) }? = 0
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,258 @@
+//! The C API seen from C: the checked-in header matches the generated one,
+//! compiles as C11 and C++, and the C tests (`tests/c/*.c`) and the C
+//! example (`examples/c/example.c`) build with
+//! `-std=c11 -Wall -Wextra -Werror -pedantic` against `libckpt.a` and pass.
+//!
+//! `CKPT_UPDATE_HEADER=1 cargo test --test c_api` rewrites
+//! `include/libckpt.h` from the generated header.
+//!
+//! Without a C compiler the C tests print a notice and pass, except under
+//! `CI=true`, where that is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+fn root() -> &'static Path {
+    Path::new(MANIFEST_DIR)
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `tool` runs; under CI a missing tool is a failure.
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!in_ci(), "{tool} is required under CI=true");
+        eprintln!("notice: {tool} not found; skipping this C API check");
+    }
+    ok
+}
+
+fn c_compiler() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_string())
+}
+
+fn cxx_compiler() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "g++".to_string())
+}
+
+fn generated_header() -> PathBuf {
+    Path::new(env!("OUT_DIR")).join("libckpt.h")
+}
+
+fn checked_in_header() -> PathBuf {
+    root().join("include/libckpt.h")
+}
+
+#[test]
+fn header_is_up_to_date() {
+    let generated = std::fs::read_to_string(generated_header())
+        .expect("build.rs did not write $OUT_DIR/libckpt.h");
+    assert!(
+        !generated.starts_with("#error"),
+        "cbindgen failed in build.rs: {generated}"
+    );
+    let path = checked_in_header();
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current == generated {
+        return;
+    }
+    if std::env::var("CKPT_UPDATE_HEADER").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &generated).expect("write include/libckpt.h");
+        eprintln!("notice: rewrote {}", path.display());
+        return;
+    }
+    let first_diff = current
+        .lines()
+        .zip(generated.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or_else(|| current.lines().count().min(generated.lines().count()));
+    panic!(
+        "include/libckpt.h is out of date (first difference at line {}); \
+         run `CKPT_UPDATE_HEADER=1 cargo test --test c_api header_is_up_to_date` and commit it",
+        first_diff + 1
+    );
+}
+
+#[test]
+fn header_compiles_as_c11_and_cpp() {
+    let header = checked_in_header();
+    if have(&c_compiler()) {
+        run_ok(
+            Command::new(c_compiler())
+                .args([
+                    "-fsyntax-only",
+                    "-x",
+                    "c",
+                    "-std=c11",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-pedantic",
+                ])
+                .arg(&header),
+        );
+    }
+    if have(&cxx_compiler()) {
+        run_ok(
+            Command::new(cxx_compiler())
+                .args([
+                    "-fsyntax-only",
+                    "-x",
+                    "c++",
+                    "-std=c++11",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-pedantic",
+                ])
+                .arg(&header),
+        );
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// The profile directory this test binary was built into
+/// (`<target-dir>/[<triple>/]<profile>`), from `<that>/deps/c_api-<hash>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// Build `libckpt.a` for the profile, target and features of this test run
+/// (a no-op when `cargo test` already built it, as it does for every
+/// crate-type of the library) and return its path.
+///
+/// This runs a nested `cargo build --lib`. It does not deadlock: `cargo
+/// test` releases the build-directory lock before it runs test binaries.
+fn staticlib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = profile_dir();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name")
+            .to_string();
+        let mut up = dir.parent().expect("target dir").to_path_buf();
+        let mut triple = None;
+        // `<target-dir>/<triple>/<profile>` when built with --target.
+        if !up.join("CACHEDIR.TAG").exists()
+            && up.parent().is_some_and(|p| p.join("CACHEDIR.TAG").exists())
+        {
+            triple = up.file_name().and_then(|n| n.to_str()).map(str::to_string);
+            up = up.parent().expect("checked above").to_path_buf();
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(root())
+            .args(["build", "--lib", "--quiet", "--target-dir"])
+            .arg(&up);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            p => {
+                cmd.args(["--profile", p]);
+            }
+        }
+        if let Some(t) = &triple {
+            cmd.args(["--target", t]);
+        }
+        if !cfg!(feature = "cli") {
+            cmd.arg("--no-default-features");
+        }
+        run_ok(&mut cmd);
+        let lib = dir.join("libckpt.a");
+        assert!(
+            lib.exists(),
+            "{} missing after cargo build --lib",
+            lib.display()
+        );
+        lib
+    })
+}
+
+/// Compile one C file against include/libckpt.h and libckpt.a into `out`.
+fn compile_c(source: &Path, out: &Path) {
+    let mut cmd = Command::new(c_compiler());
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(source)
+        .arg(staticlib())
+        .args(["-lpthread", "-ldl", "-lm"])
+        .arg("-o")
+        .arg(out);
+    run_ok(&mut cmd);
+}
+
+/// Compile `source`, run it with a fresh scratch directory as its argument,
+/// and fail with its output unless it exits 0.
+fn run_c_program(source: &str) {
+    if !have(&c_compiler()) {
+        return;
+    }
+    let source = root().join(source);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let exe = scratch.path().join("prog");
+    compile_c(&source, &exe);
+    let data = scratch.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let stdout = run_ok(Command::new(&exe).arg(&data));
+    eprint!("{stdout}");
+}
+
+#[test]
+fn c_null_arguments() {
+    run_c_program("tests/c/test_null_args.c");
+}
+
+#[test]
+fn c_errors_and_last_error() {
+    run_c_program("tests/c/test_errors.c");
+}
+
+#[test]
+fn c_disk_io() {
+    run_c_program("tests/c/test_disk_io.c");
+}
+
+#[test]
+fn c_example() {
+    if !have(&c_compiler()) {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let exe = scratch.path().join("example");
+    compile_c(&root().join("examples/c/example.c"), &exe);
+    let disk = scratch.path().join("example.vhdx");
+    let stdout = run_ok(Command::new(&exe).arg(&disk));
+    assert!(stdout.contains("read back: \"hello from C\""), "{stdout}");
+    assert!(stdout.contains("kind: dynamic"), "{stdout}");
+    assert!(stdout.contains("virtual size: 67108864 bytes"), "{stdout}");
+    assert!(disk.exists());
+}
