@@ -97,6 +97,29 @@ pub enum Error {
     /// The operation was cancelled by a callback.
     #[error("operation cancelled")]
     Cancelled,
+
+    /// The parent of a differencing disk could not be found.
+    #[error("{}: parent disk not found (tried {})", child.display(), tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    ParentNotFound {
+        /// The differencing disk.
+        child: PathBuf,
+        /// Every path tried, in order.
+        tried: Vec<PathBuf>,
+    },
+
+    /// A parent's DataWriteGuid does not match its child's linkage: the
+    /// parent was modified, replaced or mounted since the child was made.
+    #[error("{}: parent {} does not match: the child expects DataWriteGuid {expected}, the parent has {found} (the parent was modified, replaced or mounted since the child was created)", child.display(), parent.display())]
+    ParentMismatch {
+        /// The differencing disk.
+        child: PathBuf,
+        /// The parent found.
+        parent: PathBuf,
+        /// The linkage the child records.
+        expected: uuid::Uuid,
+        /// The parent's DataWriteGuid.
+        found: uuid::Uuid,
+    },
 }
 
 /// Coarse classes of [`Error`], stable for mapping to C status codes.
@@ -118,6 +141,8 @@ pub enum ErrorKind {
     ReadOnly,
     /// Cancelled by a callback.
     Cancelled,
+    /// A differencing disk's parent does not match its linkage.
+    ParentMismatch,
 }
 
 impl Error {
@@ -125,7 +150,7 @@ impl Error {
     /// names a file is returned unchanged).
     pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
         match self {
-            e @ Error::InFile { .. } => e,
+            e @ (Error::InFile { .. } | Error::ParentNotFound { .. } | Error::ParentMismatch { .. }) => e,
             e => Error::InFile {
                 path: path.into(),
                 source: Box::new(e),
@@ -148,6 +173,8 @@ impl Error {
             Error::OutOfRange { .. } => ErrorKind::OutOfRange,
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::ParentNotFound { .. } => ErrorKind::NotFound,
+            Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
         }
     }
 }

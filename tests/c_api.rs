@@ -256,3 +256,68 @@ fn c_example() {
     assert!(stdout.contains("virtual size: 67108864 bytes"), "{stdout}");
     assert!(disk.exists());
 }
+
+/// Every `extern "C"` function in src/ffi is `#[no_mangle]`, named
+/// `ckpt_*`, documented with a `# Safety` section, declared in the header,
+/// and runs its whole body inside `ffi_boundary!` (the one panic boundary).
+#[test]
+fn every_export_is_documented_and_inside_the_panic_boundary() {
+    let header = std::fs::read_to_string(checked_in_header()).unwrap_or_default();
+    let mut count = 0;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("src/ffi"))
+        .expect("src/ffi")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(rest) = line.split("extern \"C\" fn ").nth(1) else {
+                continue;
+            };
+            let name = rest.split('(').next().unwrap_or_default();
+            let at = format!("{}:{}", file.display(), i + 1);
+            count += 1;
+            assert!(
+                name.starts_with("ckpt_"),
+                "{at}: {name} is not named ckpt_*"
+            );
+            assert!(
+                i > 0 && lines[i - 1].trim() == "#[no_mangle]",
+                "{at}: {name} is not #[no_mangle]"
+            );
+            let docs: Vec<&str> = lines[..i - 1]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("///"))
+                .copied()
+                .collect();
+            assert!(
+                docs.iter().any(|l| l.trim() == "/// # Safety"),
+                "{at}: {name} has no `# Safety` section"
+            );
+            // The first statement of the body is the boundary for this name.
+            let body_start = lines[i..]
+                .iter()
+                .position(|l| l.trim_end().ends_with('{'))
+                .expect("function body");
+            let first: String = lines[i + body_start + 1..]
+                .iter()
+                .take(2)
+                .flat_map(|l| l.chars())
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            assert!(
+                first.starts_with(&format!("ffi_boundary!(\"{name}\",")),
+                "{at}: the body of {name} does not start with the panic boundary"
+            );
+            assert!(
+                header.contains(&format!(" {name}(")) || header.contains(&format!("*{name}(")),
+                "{at}: {name} is not declared in include/libckpt.h"
+            );
+        }
+    }
+    assert!(count >= 15, "found only {count} exported functions");
+}

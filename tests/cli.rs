@@ -130,6 +130,24 @@ fn have_qemu_img() -> bool {
     found
 }
 
+/// Whether libvhdi's Python binding can be used; under CI=true its absence
+/// is a failure.
+fn have_pyvhdi() -> bool {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3-libvhdi is required under CI=true"
+        );
+        eprintln!("notice: pyvhdi not found; skipping the comparison with libvhdi");
+    }
+    found
+}
+
 /// `qemu-img compare` of two images (formats given), asserting it agrees.
 #[track_caller]
 fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) {
@@ -213,21 +231,24 @@ fn create_defaults_and_info_json() {
 fn create_every_option() {
     let dir = tmp();
     let f = dir.path().join("fixed.vhdx");
-    ok(&[
-        "create",
-        s(&f),
-        "--size",
-        "4M",
-        "--fixed",
-        "--block-size",
-        "1M",
-        "--logical-sector",
-        "4096",
-        "--physical-sector",
-        "512",
-        "--log-size",
-        "2M",
-    ]);
+    let create = |path: &Path, logical: &str| {
+        ok(&[
+            "create",
+            s(path),
+            "--size",
+            "4M",
+            "--fixed",
+            "--block-size",
+            "1M",
+            "--logical-sector",
+            logical,
+            "--physical-sector",
+            "512",
+            "--log-size",
+            "2M",
+        ]);
+    };
+    create(&f, "4096");
     let v = info_json(&f);
     assert_eq!(v["kind"], "fixed");
     assert_eq!(v["virtual_size"], 4 * MIB);
@@ -236,28 +257,63 @@ fn create_every_option() {
     assert_eq!(v["physical_sector_size"], 512);
     assert_eq!(v["allocated_bytes"], 4 * MIB);
     ok(&["check", s(&f)]);
+    // QEMU cannot open 4 KiB logical sectors ("Operation not supported");
+    // libvhdi can.
+    if have_pyvhdi() {
+        let o = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import pyvhdi,sys; f=pyvhdi.file(); f.open(sys.argv[1]); \
+                 print(f.get_media_size(), f.get_bytes_per_sector())",
+                s(&f),
+            ])
+            .output()
+            .expect("python3");
+        assert!(o.status.success(), "pyvhdi: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), format!("{} 4096", 4 * MIB));
+    }
+    // The same with 512-byte logical sectors, judged by QEMU.
+    let g = dir.path().join("fixed512.vhdx");
+    create(&g, "512");
+    let v = info_json(&g);
+    assert_eq!(v["logical_sector_size"], 512);
+    assert_eq!(v["physical_sector_size"], 512);
     if have_qemu_img() {
         let o = Command::new("qemu-img")
-            .args(["info", "--output=json", "-f", "vhdx", s(&f)])
+            .args(["info", "--output=json", "-f", "vhdx", s(&g)])
             .output()
             .expect("qemu-img info");
         assert!(o.status.success(), "qemu-img info: {}", stderr(&o));
         let q: serde_json::Value = serde_json::from_slice(&o.stdout).expect("qemu JSON");
         assert_eq!(q["virtual-size"], 4 * MIB);
         assert_eq!(q["cluster-size"], MIB);
-        // The 2 MiB log makes the file bigger than one with the default log.
-        let g = dir.path().join("log1.vhdx");
-        ok(&[
-            "create",
-            s(&g),
-            "--size",
-            "4M",
-            "--fixed",
-            "--block-size",
-            "1M",
-        ]);
-        assert!(std::fs::metadata(&f).unwrap().len() > std::fs::metadata(&g).unwrap().len());
+        let o = Command::new("qemu-img")
+            .args(["check", "-f", "vhdx", s(&g)])
+            .output()
+            .expect("qemu-img check");
+        assert!(
+            o.status.success(),
+            "qemu-img check: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
     }
+    // The 2 MiB log makes the file 1 MiB bigger than with the default log.
+    let h = dir.path().join("log1.vhdx");
+    ok(&[
+        "create",
+        s(&h),
+        "--size",
+        "4M",
+        "--fixed",
+        "--block-size",
+        "1M",
+    ]);
+    let (big, small) = (
+        std::fs::metadata(&g).unwrap().len(),
+        std::fs::metadata(&h).unwrap().len(),
+    );
+    assert!(big >= small + MIB, "log size ignored: {big} vs {small}");
 }
 
 #[test]
@@ -602,26 +658,12 @@ fn bench_reads_and_writes() {
 
 #[test]
 fn real_images_read_like_qemu() {
-    let dir = std::env::var_os("CKPT_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
-    let src = dir.join("iotest-dynamic-1G.vhdx.bz2");
-    if !src.exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "test data missing under CI=true: {src:?}"
-        );
-        eprintln!("notice: {src:?} not found; skipping");
+    let Some(src) = testdata("iotest-dynamic-1G.vhdx.bz2") else {
         return;
-    }
+    };
     let tmp = tmp();
     let img = tmp.path().join("dyn.vhdx");
-    let o = Command::new("bzip2")
-        .args(["-dc", s(&src)])
-        .output()
-        .expect("bzip2");
-    assert!(o.status.success());
-    std::fs::write(&img, &o.stdout).unwrap();
+    unpack(&src, &img);
     let v = info_json(&img);
     assert_eq!(v["virtual_size"], 1u64 << 30);
     assert_eq!(v["block_size"], 32 * MIB);
@@ -647,5 +689,71 @@ fn real_images_read_like_qemu() {
         let again = tmp.path().join("again.vhdx");
         ok(&["convert", s(&raw), s(&again)]);
         qemu_compare(&again, "vhdx", &img, "vhdx");
+    }
+}
+
+/// The folder of the real test images, or None (a notice; a failure under CI=true).
+fn testdata(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CKPT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+    let src = dir.join(name);
+    if src.exists() {
+        return Some(src);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "test data missing under CI=true: {src:?}"
+    );
+    eprintln!("notice: {src:?} not found; skipping");
+    None
+}
+
+/// Decompress a `.bz2` test image into `dir`.
+fn unpack(src: &Path, dst: &Path) {
+    let o = Command::new("bzip2")
+        .args(["-dc", s(src)])
+        .output()
+        .expect("bzip2");
+    assert!(o.status.success(), "bzip2 -dc {src:?}");
+    std::fs::write(dst, &o.stdout).unwrap();
+}
+
+#[test]
+fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
+    let Some(src) = testdata("iotest-dirtylog-10G-4M.vhdx.bz2") else {
+        return;
+    };
+    let dir = tmp();
+    let img = dir.path().join("dirty.vhdx");
+    unpack(&src, &img);
+    let before = std::fs::read(&img).unwrap();
+    let v = info_json(&img);
+    assert_eq!(v["log_dirty"], true);
+    assert_eq!(v["kind"], "dynamic");
+    assert_eq!(v["virtual_size"], 10u64 << 30);
+    assert_eq!(v["block_size"], MIB);
+    // MiB 17 only holds 0xa5 once the log is replayed.
+    let o = ok(&["read", s(&img), "17M", "1M"]);
+    assert!(o.stdout.iter().all(|&b| b == 0xa5), "log not replayed");
+    let o = ok(&["check", s(&img)]);
+    assert!(stdout(&o).contains("note:"), "{}", stdout(&o));
+    let raw = dir.path().join("dirty.raw");
+    ok(&["convert", s(&img), s(&raw)]);
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "info/read/check/convert wrote to the image"
+    );
+    let meta = std::fs::metadata(&raw).unwrap();
+    assert_eq!(meta.len(), 10 << 30);
+    assert!(meta.blocks() * 512 <= 32 * MIB, "not sparse");
+    // A read-write open (an empty write) replays the log into the file.
+    let args = ["write", s(&img), "0"];
+    let o = run_with_input(&args, b"");
+    assert_ok(&args, &o);
+    assert_eq!(info_json(&img)["log_dirty"], false);
+    if have_qemu_img() {
+        // QEMU refuses a dirty log read-only; now it can judge.
+        qemu_compare(&img, "vhdx", &raw, "raw");
     }
 }

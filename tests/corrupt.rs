@@ -716,7 +716,7 @@ fn huge_counts_are_refused_before_allocating() {
                 }
             }
         }
-        // In a child under a 1 GiB address-space limit: no allocation that
+        // In a child under a 256 MiB address-space limit: no allocation that
         // large may even be attempted (an abort fails the child).
         let exe = std::env::current_exe().expect("current exe");
         if !Path::new("/usr/bin/prlimit").exists() && Command::new("prlimit").arg("--version").output().is_err() {
@@ -725,7 +725,7 @@ fn huge_counts_are_refused_before_allocating() {
             return;
         }
         let out = Command::new("prlimit")
-            .arg(format!("--as={}", 1u64 << 30))
+            .arg(format!("--as={}", 256u64 << 20))
             .arg("--")
             .arg(exe)
             .args(["--exact", "huge_counts_are_refused_before_allocating", "--test-threads=1", "--nocapture"])
@@ -734,7 +734,7 @@ fn huge_counts_are_refused_before_allocating() {
             .expect("run the child under prlimit");
         assert!(
             out.status.success(),
-            "the child under a 1 GiB address-space limit failed ({}): some damage makes the engine \
+            "the child under a 256 MiB address-space limit failed ({}): some damage makes the engine \
              allocate a huge buffer:\n{}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),

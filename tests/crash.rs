@@ -277,20 +277,25 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
         out.open_failed
     );
     let _guard = Ctx(ctx.clone());
+    let t0 = std::time::Instant::now();
     let exp = expectation(sc, out);
 
     // (b) the structural check on the surviving bytes.
     let report = check_storage(Arc::new(MemStorage::from_vec(out.bytes.clone())));
     assert!(report.is_ok(), "{ctx}: check_storage problems: {:?}", report.problems);
 
+    eprintln!("T check {:?}", t0.elapsed());
     // (a) + (c) read-only open: never writes, contents follow the model.
     let ro_mem = MemStorage::from_vec(out.bytes.clone());
     let ro = Disk::open_storage(Arc::new(ro_mem.clone()), OpenMode::ReadOnly)
         .unwrap_or_else(|e| panic!("{ctx}: read-only open failed: {e}"));
     assert_eq!(ro.virtual_size(), sc.content.len() as u64, "{ctx}");
+    eprintln!("T ro open {:?}", t0.elapsed());
     let got = read_all(&ro);
+    eprintln!("T ro read {:?}", t0.elapsed());
     drop(ro);
     verify(&format!("{ctx} [read-only]"), &got, &exp, cut);
+    eprintln!("T verify {:?}", t0.elapsed());
     assert!(
         ro_mem.snapshot() == out.bytes,
         "{ctx}: the read-only open wrote to the image: {}",
@@ -310,6 +315,7 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
     rw.close()
         .unwrap_or_else(|e| panic!("{ctx}: close after the read-write open failed: {e}"));
     let after = rw_mem.snapshot();
+    eprintln!("T rw {:?}", t0.elapsed());
     let report = check_storage(Arc::new(MemStorage::from_vec(after.clone())));
     assert!(
         report.is_ok(),
@@ -325,6 +331,7 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
         first_diff(&got_again, &got)
     );
     drop(again);
+    eprintln!("T again {:?}", t0.elapsed());
 
     // (d) QEMU as the independent judge, on a subset of cut points.
     if qemu {

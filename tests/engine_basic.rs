@@ -78,3 +78,39 @@ fn fixed_disk() {
     d.read_at(&mut b, (5 << 20) - 3).unwrap();
     assert_eq!(&b, b"xyz");
 }
+
+#[test]
+fn differencing_chain_in_memory() {
+    use ckpt::ChildOptions;
+    let base = MemStorage::new();
+    let d = Disk::create_on(Arc::new(base.clone()), &CreateOptions::new(16 << 20).block_size(1 << 20)).unwrap();
+    let mut model = vec![0u8; 16 << 20];
+    let a = pattern(5 << 20, 3);
+    d.write_at(&a, 1000).unwrap();
+    model[1000..1000 + a.len()].copy_from_slice(&a);
+    d.close().unwrap();
+    let base_disk = Disk::open_storage(Arc::new(base.clone()), OpenMode::ReadOnly).unwrap();
+    let child = MemStorage::new();
+    Disk::create_child_on(Arc::new(child.clone()), &base_disk, &ChildOptions::default()).unwrap();
+    let chain = Disk::open_storage_chain(vec![Arc::new(child.clone()), Arc::new(base.clone())], OpenMode::ReadWrite).unwrap();
+    assert_eq!(chain.info().kind, DiskKind::Differencing);
+    let mut b = vec![0u8; 16 << 20];
+    chain.read_at(&mut b, 0).unwrap();
+    assert!(b == model);
+    // sub-sector, partial-block and whole-block writes, trims
+    for (off, len, seed) in [(7u64, 1usize, 1u8), (4095, 3, 2), (2 << 20, 2 << 20, 3), (3 << 20, 700, 4), (9 << 20, 100_000, 5)] {
+        let p = pattern(len, seed);
+        chain.write_at(&p, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&p);
+    }
+    chain.trim(4 << 20, 2 << 20).unwrap();
+    model[4 << 20..6 << 20].fill(0);
+    chain.trim(100, 50).unwrap();
+    model[100..150].fill(0);
+    chain.read_at(&mut b, 0).unwrap();
+    assert!(b == model);
+    chain.close().unwrap();
+    let chain = Disk::open_storage_chain(vec![Arc::new(child.clone()), Arc::new(base.clone())], OpenMode::ReadOnly).unwrap();
+    chain.read_at(&mut b, 0).unwrap();
+    assert!(b == model);
+}

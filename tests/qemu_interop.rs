@@ -27,6 +27,11 @@ struct Fill {
     byte: u8,
 }
 
+/// Shorthand for a [`Fill`].
+fn fl(off: u64, len: u64, byte: u8) -> Fill {
+    Fill { off, len, byte }
+}
+
 /// Apply fills with one `qemu-io` run and record them in the model.
 fn qemu_fill(path: &Path, model: &mut Model, fills: &[Fill]) {
     let cmds: Vec<String> = fills
@@ -52,83 +57,31 @@ fn qemu_fill(path: &Path, model: &mut Model, fills: &[Fill]) {
 fn qemu_fills(size: u64, block: u64, salt: u8) -> Vec<Fill> {
     let b = |x: u8| x.wrapping_add(salt) | 1; // never 0: 0 means write -z
     let mut v = vec![
-        Fill {
-            off: 0,
-            len: 512,
-            byte: b(0x10),
-        },
-        Fill {
-            off: 100,
-            len: 5000,
-            byte: b(0x22),
-        },
-        Fill {
-            off: 2100,
-            len: 100,
-            byte: b(0x34),
-        },
-        Fill {
-            off: size / 2 + 123,
-            len: MIB + 7,
-            byte: b(0x46),
-        },
-        Fill {
-            off: size / 3,
-            len: 4096,
-            byte: 0,
-        },
-        Fill {
-            off: size - 777,
-            len: 777,
-            byte: b(0x58),
-        },
-        Fill {
-            off: size - 512,
-            len: 512,
-            byte: b(0x6a),
-        },
-        Fill {
-            off: size - 1,
-            len: 1,
-            byte: b(0x7c),
-        },
+        fl(0, 512, b(0x10)),
+        fl(100, 5000, b(0x22)),
+        fl(2100, 100, b(0x34)),
+        fl(size / 2 + 123, MIB + 7, b(0x46)),
+        fl(size / 3, 4096, 0),
+        fl(size - 777, 777, b(0x58)),
+        fl(size - 512, 512, b(0x6a)),
+        fl(size - 1, 1, b(0x7c)),
     ];
     // Across block boundaries (the first two and the last one).
     for k in [1, 2] {
         let bound = block * k;
         if bound < size {
-            v.push(Fill {
-                off: bound - 3000,
-                len: 7000,
-                byte: b(0x80 + k as u8),
-            });
-            v.push(Fill {
-                off: bound - 1,
-                len: 2,
-                byte: b(0x90 + k as u8),
-            });
+            v.push(fl(bound - 3000, 7000, b(0x80 + k as u8)));
+            v.push(fl(bound - 1, 2, b(0x90 + k as u8)));
         }
     }
     let last = (size - 1) / block * block;
     if last > 0 {
-        v.push(Fill {
-            off: last - 10,
-            len: 20,
-            byte: b(0xa2),
-        });
+        v.push(fl(last - 10, 20, b(0xa2)));
     }
     // A whole block, then a zero write inside it.
     if block <= 8 * MIB && 2 * block <= size {
-        v.push(Fill {
-            off: block,
-            len: block,
-            byte: b(0xb4),
-        });
-        v.push(Fill {
-            off: block + 4096,
-            len: 8192,
-            byte: 0,
-        });
+        v.push(fl(block, block, b(0xb4)));
+        v.push(fl(block + 4096, 8192, 0));
     }
     // Clip to the disk (small disks).
     v.into_iter()
@@ -225,6 +178,8 @@ fn qemu_to_ckpt(c: QemuMade) {
     );
 
     // libckpt reads what QEMU wrote.
+    let orig = dir.path().join("orig.vhdx");
+    snapshot(&path, &orig);
     assert_ckpt_check(&path);
     let what = format!("{c:?}");
     {
@@ -270,10 +225,21 @@ fn qemu_to_ckpt(c: QemuMade) {
         );
     }
 
-    // A read-write open and close that writes nothing leaves it sound.
+    assert_files_identical(
+        &format!("{what}: ckpt::check and a read-only open must not write"),
+        &path,
+        &orig,
+    );
+
+    // A read-write open and close that writes nothing leaves it unchanged.
     open_rw(&path)
         .close()
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_files_identical(
+        &format!("{what}: a read-write open and close without writes"),
+        &path,
+        &orig,
+    );
     assert_image(&path, &model, &what);
 }
 
@@ -650,16 +616,8 @@ fn ckpt_then_qemu(fixed: bool) {
         &path,
         &mut model,
         &[
-            Fill {
-                off: 3 * MIB + 17,
-                len: 5 * MIB,
-                byte: 0x3c,
-            },
-            Fill {
-                off: 14 * MIB - 5,
-                len: 3 * MIB,
-                byte: 0xc3,
-            },
+            fl(3 * MIB + 17, 5 * MIB, 0x3c),
+            fl(14 * MIB - 5, 3 * MIB, 0xc3),
         ],
     );
     assert_image(&path, &model, "after qemu-io");
@@ -721,18 +679,7 @@ fn qemu_then_ckpt(fixed: bool, zero_state: bool) {
     qemu_fill(
         &path,
         &mut model,
-        &[
-            Fill {
-                off: 4 * block - 1,
-                len: 2 * block + 2,
-                byte: 0xee,
-            },
-            Fill {
-                off: 60,
-                len: 10,
-                byte: 0x01,
-            },
-        ],
+        &[fl(4 * block - 1, 2 * block + 2, 0xee), fl(60, 10, 0x01)],
     );
     assert_image(&path, &model, "qemu again");
 }
@@ -846,15 +793,7 @@ fn trim_ckpt_made_dynamic() {
     assert!(allocated_bytes(&path) >= 16 * MIB);
     trim_case(&path, &mut model, MIB, true);
     // QEMU writes into the trimmed blocks again; libckpt reads them.
-    qemu_fill(
-        &path,
-        &mut model,
-        &[Fill {
-            off: 2 * MIB + 5,
-            len: 2 * MIB,
-            byte: 0x5e,
-        }],
-    );
+    qemu_fill(&path, &mut model, &[fl(2 * MIB + 5, 2 * MIB, 0x5e)]);
     assert_image(&path, &model, "qemu writes into trimmed blocks");
 }
 
@@ -874,15 +813,7 @@ fn trim_qemu_made(zero_state: bool) {
         ),
     );
     let mut model = Model::new(size);
-    qemu_fill(
-        &path,
-        &mut model,
-        &[Fill {
-            off: 0,
-            len: size,
-            byte: 0xd7,
-        }],
-    );
+    qemu_fill(&path, &mut model, &[fl(0, size, 0xd7)]);
     trim_case(&path, &mut model, MIB, true);
 }
 

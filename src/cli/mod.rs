@@ -601,7 +601,7 @@ fn write(path: &Path, offset: u64) -> CliResult {
             let n =
                 read_full(&mut input, &mut buf).map_err(|e| fail(format!("reading stdin: {e}")))?;
             if n == 0 {
-                return Ok(());
+                break;
             }
             if !fits(pos, n as u64, size) {
                 return Err(fail(format!(
@@ -614,6 +614,7 @@ fn write(path: &Path, offset: u64) -> CliResult {
             disk.write_at(&buf[..n], pos).map_err(|e| e.in_file(path))?;
             pos += n as u64;
         }
+        Ok(disk.flush().map_err(|e| e.in_file(path))?)
     })();
     // Close in any case, so that what was written is flushed and the log
     // left empty; report the first error.

@@ -91,7 +91,7 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
         let i = geo.bitmap_index(c);
         if let Some(&raw) = bat.get(i) {
             let e = BatEntry(raw);
-            if e.state_bits() == SB_PRESENT && v.meta.has_parent() {
+            if e.state_bits() == SB_PRESENT && v.has_parent() {
                 objects.push((e.offset(), MIB, format!("sector bitmap {c}")));
             }
         }

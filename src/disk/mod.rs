@@ -1,16 +1,21 @@
-//! An open virtual disk: one VHDX file (fixed or dynamic), with read, write,
-//! flush, trim, create and information.
+//! An open virtual disk: one VHDX file (fixed, dynamic or differencing) or a
+//! chain of them, with read, write, flush, trim, create and information.
 //!
 //! Knows blocks and sectors, not checkpoints.
 
+mod chain;
 pub mod check;
 mod vhdx;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::format::bat::PayloadState;
+use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
+use vhdx::Src;
 
 /// 1 MiB.
 pub const MIB: u64 = 1 << 20;
@@ -146,18 +151,33 @@ pub struct Extent {
     pub allocated: bool,
 }
 
-/// An open virtual disk. `Send + Sync`: share it between threads with
-/// `Arc`, or by reference; reads and writes may run concurrently and run in
-/// parallel where they touch different blocks.
+/// An open virtual disk: one VHDX, or a differencing VHDX with the chain of
+/// parents under it. `Send + Sync`: share it between threads with `Arc`, or
+/// by reference; reads and writes may run concurrently and run in parallel
+/// where they touch different blocks.
 ///
+/// Writes go to the top file only; parents are opened read-only.
 /// Dropping a disk opened read-write closes it cleanly (as [`Disk::close`],
 /// ignoring errors); call `close` to see them.
 #[derive(Debug)]
 pub struct Disk {
-    path: Option<PathBuf>,
-    file: vhdx::Vhdx,
+    layers: Vec<Layer>,
+    /// Per block of the top layer: which layer answers the whole block
+    /// (0 unknown, k+1 layer k, `MIXED`), valid while the top layer does
+    /// not hold the block.
+    owner: Vec<AtomicU8>,
     closed: bool,
 }
+
+#[derive(Debug)]
+struct Layer {
+    path: Option<PathBuf>,
+    file: vhdx::Vhdx,
+}
+
+const MIXED: u8 = u8::MAX;
+/// Deepest chain opened.
+pub const MAX_CHAIN_DEPTH: usize = 64;
 
 /// The creator string written into new files.
 pub(crate) fn creator() -> String {
@@ -165,18 +185,26 @@ pub(crate) fn creator() -> String {
 }
 
 impl Disk {
+    fn from_layers(layers: Vec<Layer>) -> Disk {
+        let blocks = layers[0].file.geo.data_blocks as usize;
+        let owner = if layers.len() > 1 {
+            (0..blocks).map(|_| AtomicU8::new(0)).collect()
+        } else {
+            Vec::new()
+        };
+        Disk { layers, owner, closed: false }
+    }
+
+    fn top(&self) -> &vhdx::Vhdx {
+        &self.layers[0].file
+    }
+
     /// Create a new VHDX at `path` (which must not exist) and open it read-write.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Disk> {
         let path = path.as_ref();
-        let storage = FileStorage::create(path).map_err(|e| Error::from(e).in_file(path))?;
-        let storage: Arc<dyn Storage> = Arc::new(storage);
-        if let Err(e) = vhdx::Vhdx::create(storage.as_ref(), opts, &creator()) {
-            drop(storage);
-            let _ = std::fs::remove_file(path);
-            return Err(e.in_file(path));
-        }
+        let storage = create_file(path, |s| vhdx::Vhdx::create(s, opts, &creator(), None))?;
         let file = vhdx::Vhdx::open(storage, false).map_err(|e| e.in_file(path))?;
-        Ok(Disk { path: Some(path.to_path_buf()), file, closed: false })
+        Ok(Disk::from_layers(vec![Layer { path: Some(path.to_path_buf()), file }]))
     }
 
     /// Create a new VHDX on empty storage and open it read-write.
@@ -184,104 +212,372 @@ impl Disk {
         if storage.len()? != 0 {
             return Err(Error::InvalidArgument("storage for a new disk must be empty".into()));
         }
-        vhdx::Vhdx::create(storage.as_ref(), opts, &creator())?;
+        vhdx::Vhdx::create(storage.as_ref(), opts, &creator(), None)?;
         let file = vhdx::Vhdx::open(storage, false)?;
-        Ok(Disk { path: None, file, closed: false })
+        Ok(Disk::from_layers(vec![Layer { path: None, file }]))
     }
 
-    /// Open a VHDX file.
-    pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Disk> {
+    /// Create a differencing disk at `path` (which must not exist) on top of
+    /// the VHDX at `parent`, and open the new chain read-write.
+    pub fn create_child(path: impl AsRef<Path>, parent: impl AsRef<Path>, opts: &ChildOptions) -> Result<Disk> {
         let path = path.as_ref();
-        let rw = mode == OpenMode::ReadWrite;
-        let storage = FileStorage::open(path, rw).map_err(|e| Error::from(e).in_file(path))?;
-        let file = vhdx::Vhdx::open(Arc::new(storage), !rw).map_err(|e| e.in_file(path))?;
-        Ok(Disk { path: Some(path.to_path_buf()), file, closed: false })
+        let parent = parent.as_ref();
+        let pdisk = Disk::open(parent, OpenMode::ReadOnly)?;
+        let spec = chain::parent_spec(path, parent, pdisk.top())?;
+        let copts = child_create_options(&pdisk, opts);
+        drop(pdisk);
+        create_file(path, |s| vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
+        Disk::open(path, OpenMode::ReadWrite)
     }
 
-    /// Open a VHDX held by `storage`.
+    /// Create a differencing disk on empty `storage` whose parent is the
+    /// top file of `parent` (in-memory chains, for tests and embedders).
+    /// Open the result with [`Disk::open_storage_chain`].
+    pub fn create_child_on(storage: Arc<dyn Storage>, parent: &Disk, opts: &ChildOptions) -> Result<()> {
+        if storage.len()? != 0 {
+            return Err(Error::InvalidArgument("storage for a new disk must be empty".into()));
+        }
+        let h = parent.top().header();
+        let mut loc = ParentLocator::new(Vec::new());
+        loc.set(locator::PARENT_LINKAGE, locator::linkage_string(&h.data_write_guid));
+        loc.set(locator::RELATIVE_PATH, ".\\parent.vhdx".into());
+        let spec = vhdx::ParentSpec { disk_id: parent.top().metadata().disk_id, locator: loc };
+        let copts = child_create_options(parent, opts);
+        vhdx::Vhdx::create(storage.as_ref(), &copts, &creator(), Some(&spec))
+    }
+
+    /// Open a VHDX file; for a differencing disk, its whole chain of parents
+    /// (read-only), found through each parent locator and checked against
+    /// its linkage.
+    pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Disk> {
+        let layers = chain::open_chain(path.as_ref(), mode)?;
+        Ok(Disk::from_layers(layers))
+    }
+
+    /// Open a VHDX held by `storage` (a base disk; a differencing disk needs
+    /// [`Disk::open_storage_chain`]).
     pub fn open_storage(storage: Arc<dyn Storage>, mode: OpenMode) -> Result<Disk> {
-        let file = vhdx::Vhdx::open(storage, mode == OpenMode::ReadOnly)?;
-        Ok(Disk { path: None, file, closed: false })
+        Disk::open_storage_chain(vec![storage], mode)
+    }
+
+    /// Open a chain held by storages, top first then each parent. The
+    /// linkage of every child to its parent is checked.
+    pub fn open_storage_chain(storages: Vec<Arc<dyn Storage>>, mode: OpenMode) -> Result<Disk> {
+        if storages.is_empty() || storages.len() > MAX_CHAIN_DEPTH {
+            return Err(Error::InvalidArgument(format!(
+                "a chain has 1 to {MAX_CHAIN_DEPTH} layers, not {}",
+                storages.len()
+            )));
+        }
+        let mut layers: Vec<Layer> = Vec::new();
+        for (i, s) in storages.into_iter().enumerate() {
+            let ro = i > 0 || mode == OpenMode::ReadOnly;
+            let file = vhdx::Vhdx::open(s, ro)?;
+            if let Some(child) = layers.last() {
+                chain::check_linkage(&child.file, &file, None, None)?;
+            }
+            layers.push(Layer { path: None, file });
+        }
+        match layers.last() {
+            Some(l) if l.file.has_parent() => Err(Error::InvalidArgument(
+                "the last storage of the chain is a differencing disk: its parent is missing".into(),
+            )),
+            _ => Ok(Disk::from_layers(layers)),
+        }
     }
 
     fn ctx<T>(&self, r: Result<T>) -> Result<T> {
-        match (&self.path, r) {
+        match (&self.layers[0].path, r) {
             (Some(p), Err(e)) if !matches!(e, Error::OutOfRange { .. } | Error::ReadOnly) => Err(e.in_file(p)),
             (_, r) => r,
         }
     }
 
-    /// The file's path, when opened from a path.
+    /// The top file's path, when opened from a path.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.layers[0].path.as_deref()
+    }
+
+    /// The files of the chain, top first (one entry for a base disk).
+    /// Entries are `None` for layers not opened from a path.
+    pub fn chain(&self) -> Vec<Option<PathBuf>> {
+        self.layers.iter().map(|l| l.path.clone()).collect()
+    }
+
+    /// Number of layers (1 for a base disk).
+    pub fn depth(&self) -> usize {
+        self.layers.len()
     }
 
     /// Virtual size in bytes.
     pub fn virtual_size(&self) -> u64 {
-        self.file.geo.virtual_size
+        self.top().geo.virtual_size
     }
 
     /// Logical sector size in bytes.
     pub fn logical_sector_size(&self) -> u32 {
-        self.file.meta.logical_sector_size
+        self.top().geo.logical_sector_size
     }
 
-    /// Block size in bytes.
+    /// Block size of the top file in bytes.
     pub fn block_size(&self) -> u32 {
-        self.file.geo.block_size
+        self.top().geo.block_size
     }
 
-    /// Read `buf.len()` bytes at `offset` (any alignment).
+    /// Read `buf.len()` bytes at `offset` (any alignment), through the chain.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.ctx(self.file.read_at(buf, offset))
+        let r = self.top().check_range(offset, buf.len() as u64).and_then(|_| {
+            if self.layers.len() == 1 {
+                self.top().read_at(buf, offset)
+            } else {
+                self.read_chain(buf, offset)
+            }
+        });
+        self.ctx(r)
     }
 
-    /// Write `buf` at `offset` (any alignment). Durable after [`Disk::flush`].
+    fn read_chain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let bs = self.top().geo.block_size as u64;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let block = pos / bs;
+            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
+            let dst = &mut buf[done..done + n];
+            let top_state = self.top().block_entry(block).payload_state();
+            if top_state == Some(PayloadState::NotPresent) {
+                let owner = self.block_owner(block)?;
+                if owner != MIXED {
+                    let level = owner as usize - 1;
+                    if level >= self.layers.len() {
+                        dst.fill(0);
+                    } else {
+                        self.resolve(level, dst, pos)?;
+                    }
+                    done += n;
+                    continue;
+                }
+            }
+            self.resolve(0, dst, pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Which layer answers the whole of `block` (of the top layer's
+    /// geometry) when the top does not hold it; cached.
+    fn block_owner(&self, block: u64) -> Result<u8> {
+        let slot = &self.owner[block as usize];
+        let v = slot.load(Ordering::Relaxed);
+        if v != 0 {
+            return Ok(v);
+        }
+        let bs = self.top().geo.block_size as u64;
+        let start = block * bs;
+        let len = bs.min(self.virtual_size() - start);
+        let mut runs = Vec::new();
+        let mut answer = MIXED;
+        for level in 1..=self.layers.len() {
+            if level == self.layers.len() {
+                answer = level as u8 + 1;
+                break;
+            }
+            runs.clear();
+            self.layers[level].file.map(start, len, &mut runs)?;
+            match runs.as_slice() {
+                [(_, Src::Parent)] => continue,
+                [(_, Src::Data(_))] | [(_, Src::Zero)] => {
+                    answer = level as u8 + 1;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let answer = if self.layers.len() >= MIXED as usize - 1 { MIXED } else { answer };
+        slot.store(answer, Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    /// Read `buf` at `offset` as layer `level` and the layers under it see it.
+    fn resolve(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
+        let layer = &self.layers[level].file;
+        let mut runs = Vec::new();
+        layer.map(offset, buf.len() as u64, &mut runs)?;
+        let mut at = 0usize;
+        for (l, src) in runs {
+            let l = l as usize;
+            let dst = &mut buf[at..at + l];
+            match src {
+                Src::Data(f) => layer.read_raw(dst, f)?,
+                Src::Zero => dst.fill(0),
+                Src::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, dst, offset + at as u64)?,
+                Src::Parent => dst.fill(0),
+            }
+            at += l;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` at `offset` (any alignment) into the top file. Durable
+    /// after [`Disk::flush`].
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.ctx(self.file.write_at(buf, offset))
+        let r = self.write_inner(buf, offset);
+        self.ctx(r)
+    }
+
+    fn write_inner(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let top = self.top();
+        if top.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        top.check_range(offset, buf.len() as u64)?;
+        let lss = top.geo.logical_sector_size as u64;
+        if !top.has_parent() || (offset % lss == 0 && buf.len() as u64 % lss == 0) {
+            return top.write_at(buf, offset);
+        }
+        // A differencing layer holds whole sectors: merge a partial first or
+        // last sector with what the chain reads there.
+        let start = offset / lss * lss;
+        let end = (offset + buf.len() as u64).div_ceil(lss) * lss;
+        let head = (offset - start) as usize;
+        if end - start <= 2 * lss || buf.len() < 1 << 16 {
+            let mut tmp = vec![0u8; (end - start) as usize];
+            self.read_partial_sectors(&mut tmp, start, lss)?;
+            tmp[head..head + buf.len()].copy_from_slice(buf);
+            return top.write_at(&tmp, start);
+        }
+        // Large unaligned write: edges separately, the aligned middle as is.
+        let mid_start = offset.div_ceil(lss) * lss;
+        let mid_end = (offset + buf.len() as u64) / lss * lss;
+        self.write_inner(&buf[..(mid_start - offset) as usize], offset)?;
+        let a = (mid_start - offset) as usize;
+        let b = (mid_end - offset) as usize;
+        top.write_at(&buf[a..b], mid_start)?;
+        self.write_inner(&buf[b..], mid_end)
+    }
+
+    fn read_partial_sectors(&self, tmp: &mut [u8], start: u64, lss: u64) -> Result<()> {
+        let l = lss as usize;
+        let n = tmp.len();
+        self.read_chain_or_single(&mut tmp[..l], start)?;
+        if n > l {
+            self.read_chain_or_single(&mut tmp[n - l..], start + (n - l) as u64)?;
+        }
+        Ok(())
+    }
+
+    fn read_chain_or_single(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.layers.len() == 1 {
+            self.top().read_at(buf, offset)
+        } else {
+            self.read_chain(buf, offset)
+        }
     }
 
     /// Make every completed write durable.
     pub fn flush(&self) -> Result<()> {
-        self.ctx(self.file.flush())
+        self.ctx(self.top().flush())
     }
 
-    /// Discard `[offset, offset+len)`: afterwards it reads as zeros; whole
-    /// blocks of a dynamic disk stop using space in the file (once flushed).
+    /// Discard `[offset, offset+len)`: afterwards it reads as zeros (in a
+    /// differencing disk this hides the parent's data); whole blocks of a
+    /// dynamic or differencing disk stop using space in the file (once flushed).
     pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        self.ctx(self.file.trim(offset, len))
+        let r = self.trim_inner(offset, len);
+        self.ctx(r)
     }
 
-    /// Facts about the disk.
+    fn trim_inner(&self, offset: u64, len: u64) -> Result<()> {
+        let top = self.top();
+        if top.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        top.check_range(offset, len)?;
+        if !top.has_parent() {
+            return top.trim(offset, len);
+        }
+        let bs = top.geo.block_size as u64;
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let bstart = block * bs;
+            let bend = (bstart + bs).min(self.virtual_size());
+            let n = (bend - pos).min(end - pos);
+            if !(pos == bstart && pos + n == bend && top.trim_block(block)?) {
+                // Part of a block: write zeros over it (this hides the parent).
+                let zeros = vec![0u8; n.min(4 << 20) as usize];
+                let mut p = pos;
+                while p < pos + n {
+                    let m = (pos + n - p).min(zeros.len() as u64);
+                    self.write_inner(&zeros[..m as usize], p)?;
+                    p += m;
+                }
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Facts about the disk (about its top file).
     pub fn info(&self) -> DiskInfo {
-        let h = self.file.header();
+        let top = self.top();
+        let h = top.header();
+        let m = top.metadata();
         DiskInfo {
-            kind: self.file.kind(),
-            virtual_size: self.file.geo.virtual_size,
-            block_size: self.file.geo.block_size,
-            logical_sector_size: self.file.meta.logical_sector_size,
-            physical_sector_size: self.file.meta.physical_sector_size,
-            file_size: self.file.file_len().unwrap_or(0),
-            allocated_bytes: self.file.allocated_bytes(),
-            parent: None,
-            log_dirty: self.file.log_dirty,
-            creator: self.file.creator.clone(),
-            disk_id: self.file.meta.disk_id,
+            kind: top.kind(),
+            virtual_size: top.geo.virtual_size,
+            block_size: top.geo.block_size,
+            logical_sector_size: m.logical_sector_size,
+            physical_sector_size: m.physical_sector_size,
+            file_size: top.file_len().unwrap_or(0),
+            allocated_bytes: top.allocated_bytes(),
+            parent: self.layers.get(1).and_then(|l| l.path.clone()),
+            log_dirty: top.log_dirty,
+            creator: top.creator.clone(),
+            disk_id: m.disk_id,
             data_write_guid: h.data_write_guid,
             file_write_guid: h.file_write_guid,
-            read_only: self.file.is_read_only(),
+            read_only: top.is_read_only(),
         }
     }
 
-    /// The whole virtual disk as extents, allocated or not, in order.
+    /// The whole virtual disk as extents, in order: `allocated` when some
+    /// layer of the chain holds data there (false: reads as zeros).
     pub fn extents(&self) -> Result<Vec<Extent>> {
-        Ok(self.file.extents())
+        let mut out: Vec<Extent> = Vec::new();
+        let size = self.virtual_size();
+        let step = self.layers.iter().map(|l| l.file.geo.block_size as u64).min().unwrap_or(MIB);
+        let mut runs = Vec::new();
+        let mut pos = 0u64;
+        while pos < size {
+            let n = step.min(size - pos);
+            let mut allocated = false;
+            for l in &self.layers {
+                runs.clear();
+                l.file.map(pos, n, &mut runs)?;
+                if runs.iter().any(|(_, s)| matches!(s, Src::Data(_))) {
+                    allocated = true;
+                    break;
+                }
+                if !runs.iter().any(|(_, s)| *s == Src::Parent) {
+                    break;
+                }
+            }
+            match out.last_mut() {
+                Some(x) if x.allocated == allocated => x.length += n,
+                _ => out.push(Extent { offset: pos, length: n, allocated }),
+            }
+            pos += n;
+        }
+        Ok(out)
     }
 
     /// Flush, leave an empty log, and close.
     pub fn close(mut self) -> Result<()> {
         self.closed = true;
-        self.ctx(self.file.close())
+        let r = self.top().close();
+        self.ctx(r)
     }
 
     /// A `Read + Write + Seek` view of the disk starting at offset 0.
@@ -293,8 +589,48 @@ impl Disk {
 impl Drop for Disk {
     fn drop(&mut self) {
         if !self.closed {
-            let _ = self.file.close();
+            let _ = self.top().close();
         }
+    }
+}
+
+/// Create `path` (which must not exist) with `init`, removing it again if
+/// that fails.
+fn create_file(path: &Path, init: impl FnOnce(&dyn Storage) -> Result<()>) -> Result<Arc<dyn Storage>> {
+    let storage = FileStorage::create(path).map_err(|e| Error::from(e).in_file(path))?;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    if let Err(e) = init(storage.as_ref()) {
+        drop(storage);
+        let _ = std::fs::remove_file(path);
+        return Err(e.in_file(path));
+    }
+    Ok(storage)
+}
+
+fn child_create_options(parent: &Disk, opts: &ChildOptions) -> CreateOptions {
+    let m = parent.top().metadata();
+    CreateOptions {
+        virtual_size: m.virtual_size,
+        fixed: false,
+        block_size: opts.block_size,
+        logical_sector_size: m.logical_sector_size,
+        physical_sector_size: m.physical_sector_size,
+        log_size: opts.log_size,
+    }
+}
+
+/// Parameters of a new differencing disk. Defaults follow Hyper-V.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildOptions {
+    /// Block size (power of two, 1 MiB ..= 256 MiB). Default 2 MiB.
+    pub block_size: u32,
+    /// Log size. Default 1 MiB.
+    pub log_size: u32,
+}
+
+impl Default for ChildOptions {
+    fn default() -> Self {
+        ChildOptions { block_size: 2 << 20, log_size: 1 << 20 }
     }
 }
 

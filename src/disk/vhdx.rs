@@ -1,14 +1,14 @@
 //! One VHDX file: open (with log replay), create, read, write, trim, flush, close.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use uuid::Uuid;
 
-use crate::disk::{CreateOptions, DiskKind, Extent};
+use crate::disk::{CreateOptions, DiskKind};
 use crate::error::{Error, Result};
-use crate::format::bat::{self, BatEntry, Geometry, PayloadState};
+use crate::format::bat::{self, BatEntry, Geometry, PayloadState, SB_PRESENT};
 use crate::format::fileid::{self, FileIdentifier};
 use crate::format::header::{self, Header, Slot};
 use crate::format::log::{self as vlog, Descriptor};
@@ -70,6 +70,28 @@ impl Overlay {
     }
 }
 
+/// A metadata sector waiting for the next flush.
+#[derive(Debug, Clone)]
+enum Dirty {
+    /// A 4 KiB sector of the BAT (its index).
+    Bat(u64),
+    /// A 4 KiB sector of the sector bitmap of a chunk.
+    Bitmap(u64, u64),
+    /// A sector of the metadata region with its new content.
+    Bytes(Vec<u8>),
+}
+
+/// Where a run of a layer's sectors is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// In this file, at a file offset.
+    Data(u64),
+    /// Reads as zeros.
+    Zero,
+    /// In the parent.
+    Parent,
+}
+
 /// Mutable state of a writable file, behind one mutex.
 #[derive(Debug)]
 struct WriteState {
@@ -78,11 +100,13 @@ struct WriteState {
     session: bool,
     log_pos: u64,
     log_seq: u64,
-    dirty_sectors: BTreeSet<u64>,
+    /// Metadata sectors changed since the last flush, by file offset.
+    dirty: BTreeMap<u64, Dirty>,
+    /// DataWriteGuid to use when the next session starts (merges choose it in advance).
+    next_data_write_guid: Option<Uuid>,
     pending_free: Vec<u64>,
     free_blocks: Vec<u64>,
     file_end: u64,
-    unsynced: bool,
 }
 
 /// One open VHDX file.
@@ -91,9 +115,14 @@ pub(crate) struct Vhdx {
     storage: Arc<dyn Storage>,
     read_only: bool,
     pub(crate) geo: Geometry,
-    pub(crate) meta: Metadata,
+    meta: RwLock<Metadata>,
     pub(crate) creator: String,
     bat_offset: u64,
+    meta_offset: u64,
+    meta_len: u64,
+    overlay: Overlay,
+    /// Sector-bitmap sectors read so far, by (chunk, sector).
+    bitmaps: RwLock<HashMap<(u64, u64), Box<[u8]>>>,
     log_offset: u64,
     log_length: u64,
     bat: RwLock<Vec<u64>>,
@@ -319,11 +348,6 @@ impl Vhdx {
             items.push((e, data));
         }
         let meta = Metadata::from_items(items)?;
-        if meta.has_parent() {
-            return Err(Error::Unsupported(
-                "differencing disks (AVHDX with a parent) are not supported yet".into(),
-            ));
-        }
         let geo = Geometry::new(meta.virtual_size, meta.block_size, meta.logical_sector_size, meta.has_parent())?;
         if geo.total_entries * 8 > bat_region.length as u64 {
             return Err(Error::Corrupt(format!(
@@ -341,23 +365,27 @@ impl Vhdx {
             file_end = file_end.max(e.end());
         }
         for (i, &e) in entries.iter().enumerate() {
-            if !geo.is_bitmap_index(i) && BatEntry(e).payload_state() == Some(PayloadState::FullyPresent) {
-                file_end = file_end.max(BatEntry(e).offset() + geo.block_size as u64);
+            let e = BatEntry(e);
+            if geo.is_bitmap_index(i) {
+                if meta.has_parent() && e.state_bits() == SB_PRESENT {
+                    file_end = file_end.max(e.offset() + MIB);
+                }
+            } else if matches!(e.payload_state(), Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)) {
+                file_end = file_end.max(e.offset() + geo.block_size as u64);
             }
         }
-        let kind = if meta.file_flags.contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED) {
-            DiskKind::Fixed
-        } else {
-            DiskKind::Dynamic
-        };
-        let _ = kind;
+        drop(reader);
         let vhdx = Vhdx {
             storage: storage.clone(),
             read_only,
             geo,
-            meta,
+            meta: RwLock::new(meta),
             creator: fid.creator,
             bat_offset: bat_region.file_offset,
+            meta_offset: meta_region.file_offset,
+            meta_len: meta_region.length as u64,
+            overlay,
+            bitmaps: RwLock::new(HashMap::new()),
             log_offset,
             log_length,
             bat: RwLock::new(entries),
@@ -367,11 +395,11 @@ impl Vhdx {
                 session: false,
                 log_pos: 0,
                 log_seq: 0,
-                dirty_sectors: BTreeSet::new(),
+                dirty: BTreeMap::new(),
+                next_data_write_guid: None,
                 pending_free: Vec::new(),
                 free_blocks: Vec::new(),
                 file_end,
-                unsynced: false,
             }),
             session_started: AtomicBool::new(false),
             log_dirty,
@@ -385,28 +413,41 @@ impl Vhdx {
         Ok((vhdx, layout))
     }
 
-    /// Create a VHDX on empty storage.
-    pub(crate) fn create(storage: &dyn Storage, opts: &CreateOptions, creator: &str) -> Result<()> {
+    /// Create a VHDX on empty storage; `parent` makes it a differencing disk.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        opts: &CreateOptions,
+        creator: &str,
+        parent: Option<&ParentSpec>,
+    ) -> Result<()> {
         validate_create(opts)?;
-        let geo = Geometry::new(opts.virtual_size, opts.block_size, opts.logical_sector_size, false)?;
+        let has_parent = parent.is_some();
+        let geo = Geometry::new(opts.virtual_size, opts.block_size, opts.logical_sector_size, has_parent)?;
+        let fixed = opts.fixed && !has_parent;
         let log_offset = MIB;
         let meta_offset = log_offset + opts.log_size as u64;
         let meta_len = MIB;
         let bat_offset = meta_offset + meta_len;
         let bat_len = geo.bat_region_len();
+        if bat_len > u32::MAX as u64 {
+            return Err(Error::InvalidArgument("the BAT would exceed 4 GiB".into()));
+        }
         let data_start = bat_offset + bat_len;
         let mut flags = FileParameterFlags::empty();
-        if opts.fixed {
+        if fixed {
             flags |= FileParameterFlags::LEAVE_BLOCK_ALLOCATED;
+        }
+        if has_parent {
+            flags |= FileParameterFlags::HAS_PARENT;
         }
         let meta = Metadata {
             block_size: opts.block_size,
             file_flags: flags,
             virtual_size: opts.virtual_size,
-            disk_id: Uuid::new_v4(),
+            disk_id: parent.map(|p| p.disk_id).unwrap_or_else(Uuid::new_v4),
             logical_sector_size: opts.logical_sector_size,
             physical_sector_size: opts.physical_sector_size,
-            parent_locator: None,
+            parent_locator: parent.map(|p| p.locator.to_bytes()),
             other_items: Vec::new(),
         };
         let regions = RegionTable {
@@ -415,14 +456,10 @@ impl Vhdx {
                 RegionEntry { guid: METADATA_REGION, file_offset: meta_offset, length: meta_len as u32, required: true },
             ],
         };
-        if bat_len > u32::MAX as u64 {
-            return Err(Error::InvalidArgument("the BAT would exceed 4 GiB".into()));
-        }
-        let data_write_guid = Uuid::new_v4();
         let mut h = Header {
             sequence_number: 0,
             file_write_guid: Uuid::new_v4(),
-            data_write_guid,
+            data_write_guid: Uuid::new_v4(),
             log_guid: Uuid::nil(),
             log_version: 0,
             version: 1,
@@ -431,13 +468,9 @@ impl Vhdx {
         };
         // Everything but the file identifier first; the identifier last, so
         // that an interrupted create is never taken for a valid disk.
-        let end = if opts.fixed {
-            data_start + geo.data_blocks * opts.block_size as u64
-        } else {
-            data_start
-        };
+        let end = if fixed { data_start + geo.data_blocks * opts.block_size as u64 } else { data_start };
         storage.set_len(end)?;
-        if opts.fixed {
+        if fixed {
             storage.allocate(data_start, end - data_start)?;
             let mut raw = vec![0u8; (geo.total_entries * 8) as usize];
             for b in 0..geo.data_blocks {
@@ -461,10 +494,19 @@ impl Vhdx {
         Ok(())
     }
 
+    pub(crate) fn has_parent(&self) -> bool {
+        rlock(&self.meta).has_parent()
+    }
+
+    pub(crate) fn metadata(&self) -> Metadata {
+        rlock(&self.meta).clone()
+    }
+
     pub(crate) fn kind(&self) -> DiskKind {
-        if self.meta.has_parent() {
+        let m = rlock(&self.meta);
+        if m.has_parent() {
             DiskKind::Differencing
-        } else if self.meta.file_flags.contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED) {
+        } else if m.file_flags.contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED) {
             DiskKind::Fixed
         } else {
             DiskKind::Dynamic
@@ -487,55 +529,194 @@ impl Vhdx {
         rlock(&self.bat).clone()
     }
 
+    /// The state of payload block `block`.
+    pub(crate) fn block_entry(&self, block: u64) -> BatEntry {
+        BatEntry(rlock(&self.bat)[self.geo.payload_index(block)])
+    }
+
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let bat = rlock(&self.bat);
         let n = (0..self.geo.data_blocks)
-            .filter(|&b| BatEntry(bat[self.geo.payload_index(b)]).payload_state() == Some(PayloadState::FullyPresent))
+            .filter(|&b| {
+                matches!(
+                    BatEntry(bat[self.geo.payload_index(b)]).payload_state(),
+                    Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+                )
+            })
             .count() as u64;
         n * self.geo.block_size as u64
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.geo.virtual_size => Ok(()),
             _ => Err(Error::OutOfRange { offset, len, size: self.geo.virtual_size }),
         }
     }
 
-    /// Read any range inside the disk.
-    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
-        let bs = self.geo.block_size as u64;
-        // Collect (buffer start, len, Some(file offset) | None) under the lock, then do I/O.
-        let mut runs: Vec<(usize, usize, Option<u64>)> = Vec::new();
-        {
-            let bat = rlock(&self.bat);
-            let mut done = 0usize;
-            while done < buf.len() {
-                let pos = offset + done as u64;
-                let block = pos / bs;
-                let within = pos % bs;
-                let n = ((bs - within) as usize).min(buf.len() - done);
-                let e = BatEntry(bat[self.geo.payload_index(block)]);
-                let src = match e.payload_state() {
-                    Some(PayloadState::FullyPresent) => Some(e.offset() + within),
-                    _ => None,
-                };
-                match runs.last_mut() {
-                    Some((s, l, Some(f))) if src == Some(*f + *l as u64) && *s + *l == done => *l += n,
-                    Some((s, l, None)) if src.is_none() && *s + *l == done => *l += n,
-                    _ => runs.push((done, n, src)),
-                }
-                done += n;
+    fn sectors_per_block(&self) -> u64 {
+        self.geo.block_size as u64 / self.geo.logical_sector_size as u64
+    }
+
+    /// Load (and cache) sector `k` of the bitmap of `chunk`.
+    fn bitmap_sector(&self, chunk: u64, k: u64) -> Result<()> {
+        if rlock(&self.bitmaps).contains_key(&(chunk, k)) {
+            return Ok(());
+        }
+        let e = BatEntry(rlock(&self.bat)[self.geo.bitmap_index(chunk)]);
+        let mut buf = vec![0u8; SECTOR as usize].into_boxed_slice();
+        if e.state_bits() == SB_PRESENT {
+            let off = e.offset() + k * SECTOR;
+            self.storage.read_at(&mut buf, off)?;
+            if !self.overlay.is_empty() {
+                self.overlay.patch(&mut buf, off);
             }
         }
-        for (s, l, src) in runs {
-            match src {
-                Some(f) => self.storage.read_at(&mut buf[s..s + l], f)?,
-                None => buf[s..s + l].fill(0),
+        self.bitmaps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((chunk, k))
+            .or_insert(buf);
+        Ok(())
+    }
+
+    /// The value of the bitmap bit of `sector` (in `block`) and how many
+    /// following bits (at most `max`) share it.
+    fn bit_run(&self, block: u64, sector: u64, max: u64) -> Result<(bool, u64)> {
+        let chunk = block / self.geo.chunk_ratio;
+        let first = (block % self.geo.chunk_ratio) * self.sectors_per_block() + sector;
+        let bits_per_sector = SECTOR * 8;
+        let mut bit = first;
+        let mut value = None;
+        while bit < first + max {
+            let k = bit / bits_per_sector;
+            self.bitmap_sector(chunk, k)?;
+            let maps = rlock(&self.bitmaps);
+            let sec = &maps[&(chunk, k)];
+            let sector_end = ((k + 1) * bits_per_sector).min(first + max);
+            while bit < sector_end {
+                let i = (bit % bits_per_sector) as usize;
+                let byte = sec[i / 8];
+                // Skip whole bytes when they are uniform.
+                if i % 8 == 0 && bit + 8 <= sector_end {
+                    if let Some(v) = value {
+                        let want = if v { 0xff } else { 0 };
+                        if byte == want {
+                            bit += 8;
+                            continue;
+                        }
+                    }
+                }
+                let b = byte >> (i % 8) & 1 == 1;
+                match value {
+                    None => value = Some(b),
+                    Some(v) if v != b => return Ok((v, bit - first)),
+                    _ => {}
+                }
+                bit += 1;
             }
+        }
+        Ok((value.unwrap_or(false), max))
+    }
+
+    /// Set the bitmap bits of `count` sectors from `sector` in `block` (state lock held).
+    fn set_bits(&self, st: &mut WriteState, block: u64, sector: u64, count: u64) -> Result<()> {
+        let chunk = block / self.geo.chunk_ratio;
+        let first = (block % self.geo.chunk_ratio) * self.sectors_per_block() + sector;
+        let bits_per_sector = SECTOR * 8;
+        let mut bit = first;
+        while bit < first + count {
+            let k = bit / bits_per_sector;
+            self.bitmap_sector(chunk, k)?;
+            let end = ((k + 1) * bits_per_sector).min(first + count);
+            let mut maps = self.bitmaps.write().unwrap_or_else(|e| e.into_inner());
+            let sec = maps
+                .get_mut(&(chunk, k))
+                .ok_or_else(|| Error::Corrupt("sector bitmap vanished from the cache".into()))?;
+            while bit < end {
+                let i = (bit % bits_per_sector) as usize;
+                if i % 8 == 0 && bit + 8 <= end {
+                    sec[i / 8] = 0xff;
+                    bit += 8;
+                } else {
+                    sec[i / 8] |= 1 << (i % 8);
+                    bit += 1;
+                }
+            }
+            drop(maps);
+            let sb = BatEntry(rlock(&self.bat)[self.geo.bitmap_index(chunk)]).offset();
+            st.dirty.insert(sb + k * SECTOR, Dirty::Bitmap(chunk, k));
         }
         Ok(())
+    }
+
+    /// Where the bytes `[offset, offset+len)` of this layer are: runs in order.
+    pub(crate) fn map(&self, offset: u64, len: u64, out: &mut Vec<(u64, Src)>) -> Result<()> {
+        let bs = self.geo.block_size as u64;
+        let lss = self.geo.logical_sector_size as u64;
+        let parent = self.has_parent();
+        let push = |out: &mut Vec<(u64, Src)>, n: u64, src: Src| match (out.last_mut(), src) {
+            (Some((l, Src::Data(f))), Src::Data(g)) if *f + *l == g => *l += n,
+            (Some((l, Src::Zero)), Src::Zero) => *l += n,
+            (Some((l, Src::Parent)), Src::Parent) => *l += n,
+            _ => out.push((n, src)),
+        };
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let block = pos / bs;
+            let within = pos % bs;
+            let n = (bs - within).min(end - pos);
+            let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
+            match e.payload_state() {
+                Some(PayloadState::FullyPresent) => push(out, n, Src::Data(e.offset() + within)),
+                Some(PayloadState::NotPresent) if parent => push(out, n, Src::Parent),
+                Some(PayloadState::PartiallyPresent) if parent => {
+                    // Per sector, through the bitmap.
+                    let mut p = pos;
+                    while p < pos + n {
+                        let w = p % bs;
+                        let sector = w / lss;
+                        let max_sectors = (w + (pos + n - p)).div_ceil(lss) - sector;
+                        let (present, run) = self.bit_run(block, sector, max_sectors)?;
+                        let run_end = ((sector + run) * lss).min(w + (pos + n - p));
+                        let m = run_end - w;
+                        push(out, m, if present { Src::Data(e.offset() + w) } else { Src::Parent });
+                        p += m;
+                    }
+                }
+                _ => push(out, n, Src::Zero),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Read from this layer alone (parent runs read as zeros).
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut runs = Vec::new();
+        self.map(offset, buf.len() as u64, &mut runs)?;
+        let mut at = 0usize;
+        for (l, src) in runs {
+            let l = l as usize;
+            match src {
+                Src::Data(f) => self.storage.read_at(&mut buf[at..at + l], f)?,
+                Src::Zero | Src::Parent => buf[at..at + l].fill(0),
+            }
+            at += l;
+        }
+        Ok(())
+    }
+
+    /// Read file bytes of this layer (for runs returned by [`Vhdx::map`]).
+    pub(crate) fn read_raw(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
+        Ok(self.storage.read_at(buf, file_offset)?)
+    }
+
+    /// Choose the DataWriteGuid the next write session will use.
+    pub(crate) fn set_next_data_write_guid(&self, g: Uuid) {
+        lock(&self.state).next_data_write_guid = Some(g);
     }
 
     fn begin_session(&self) -> Result<()> {
@@ -563,7 +744,7 @@ impl Vhdx {
         self.storage.sync()?;
         let mut h = st.header.clone();
         h.file_write_guid = Uuid::new_v4();
-        h.data_write_guid = Uuid::new_v4();
+        h.data_write_guid = st.next_data_write_guid.take().unwrap_or_else(Uuid::new_v4);
         h.log_guid = log_guid;
         st.slot = write_headers(self.storage.as_ref(), &mut h, st.slot)?;
         st.header = h;
@@ -574,34 +755,67 @@ impl Vhdx {
         Ok(())
     }
 
-    /// Allocate a payload block for `block` (under the state lock); returns its file offset.
-    fn allocate_block(&self, st: &mut WriteState, block: u64) -> Result<u64> {
-        let bs = self.geo.block_size as u64;
-        let idx = self.geo.payload_index(block);
-        {
-            let bat = rlock(&self.bat);
-            let e = BatEntry(bat[idx]);
-            if e.payload_state() == Some(PayloadState::FullyPresent) {
-                return Ok(e.offset());
+    /// A zeroed payload-sized (or 1 MiB) area of the file.
+    fn take_space(&self, st: &mut WriteState, len: u64, reuse: bool) -> Result<u64> {
+        if reuse {
+            if let Some(off) = st.free_blocks.pop() {
+                return Ok(off);
             }
         }
-        let off = match st.free_blocks.pop() {
-            Some(off) => off,
-            None => {
-                let off = st.file_end;
-                self.storage.allocate(off, bs)?;
-                st.file_end = off + bs;
-                off
-            }
-        };
-        self.bat.write().unwrap_or_else(|e| e.into_inner())[idx] =
-            BatEntry::new(PayloadState::FullyPresent.bits(), off).0;
-        st.dirty_sectors.insert(idx as u64 * 8 / SECTOR);
-        st.unsynced = true;
+        let off = st.file_end;
+        self.storage.allocate(off, len)?;
+        st.file_end = off + len;
         Ok(off)
     }
 
-    /// Write any range inside the disk.
+    fn set_entry(&self, st: &mut WriteState, idx: usize, e: BatEntry) {
+        self.bat.write().unwrap_or_else(|e| e.into_inner())[idx] = e.0;
+        let sector = idx as u64 * 8 / SECTOR;
+        st.dirty.insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
+    }
+
+    /// Prepare `block` for a write of `[within, within+n)`; returns the
+    /// block's file offset and whether the bitmap must be updated after.
+    fn prepare_write(&self, block: u64, within: u64, n: u64) -> Result<(u64, bool)> {
+        let idx = self.geo.payload_index(block);
+        let bs = self.geo.block_size as u64;
+        let e = BatEntry(rlock(&self.bat)[idx]);
+        match e.payload_state() {
+            Some(PayloadState::FullyPresent) => return Ok((e.offset(), false)),
+            Some(PayloadState::PartiallyPresent) => return Ok((e.offset(), true)),
+            _ => {}
+        }
+        let mut st = lock(&self.state);
+        let e = BatEntry(rlock(&self.bat)[idx]);
+        match e.payload_state() {
+            Some(PayloadState::FullyPresent) => Ok((e.offset(), false)),
+            Some(PayloadState::PartiallyPresent) => Ok((e.offset(), true)),
+            Some(PayloadState::NotPresent) if self.has_parent() && !(within == 0 && n == bs) => {
+                // A partial write into a block of the parent: this layer holds
+                // only the written sectors, marked in the sector bitmap.
+                let chunk = block / self.geo.chunk_ratio;
+                let sbi = self.geo.bitmap_index(chunk);
+                if BatEntry(rlock(&self.bat)[sbi]).state_bits() != SB_PRESENT {
+                    let sb = self.take_space(&mut st, MIB, false)?;
+                    // Drop any cached all-zero sectors read before the block existed.
+                    self.set_entry(&mut st, sbi, BatEntry::new(SB_PRESENT, sb));
+                }
+                let off = self.take_space(&mut st, bs, true)?;
+                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::PartiallyPresent.bits(), off));
+                Ok((off, true))
+            }
+            _ => {
+                // Unallocated, zero, unmapped or undefined: a whole new block
+                // that reads as zeros where it is not written.
+                let off = self.take_space(&mut st, bs, true)?;
+                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::FullyPresent.bits(), off));
+                Ok((off, false))
+            }
+        }
+    }
+
+    /// Write any range inside the disk. In a differencing disk the range
+    /// must be aligned to logical sectors (the chain handles the rest).
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -610,6 +824,12 @@ impl Vhdx {
         if buf.is_empty() {
             return Ok(());
         }
+        let lss = self.geo.logical_sector_size as u64;
+        if self.has_parent() && (offset % lss != 0 || buf.len() as u64 % lss != 0) {
+            return Err(Error::InvalidArgument(
+                "writes into a differencing layer must be sector-aligned".into(),
+            ));
+        }
         self.begin_session()?;
         let bs = self.geo.block_size as u64;
         let mut done = 0usize;
@@ -617,22 +837,47 @@ impl Vhdx {
             let pos = offset + done as u64;
             let block = pos / bs;
             let within = pos % bs;
-            let n = ((bs - within) as usize).min(buf.len() - done);
-            let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
-            let base = if e.payload_state() == Some(PayloadState::FullyPresent) {
-                e.offset()
-            } else {
+            let n = (bs - within).min((buf.len() - done) as u64);
+            let (base, bits) = self.prepare_write(block, within, n)?;
+            self.storage.write_at(&buf[done..done + n as usize], base + within)?;
+            if bits {
                 let mut st = lock(&self.state);
-                self.allocate_block(&mut st, block)?
-            };
-            self.storage.write_at(&buf[done..done + n], base + within)?;
-            done += n;
+                self.set_bits(&mut st, block, within / lss, n / lss)?;
+            }
+            done += n as usize;
         }
         Ok(())
     }
 
-    /// Trim a range: it reads as zeros afterwards; whole blocks of a dynamic
-    /// disk give their space back (after the next flush).
+    /// Make a whole block read as zeros: a dynamic disk gives its space
+    /// back (after the next flush); a differencing disk also hides the
+    /// parent's data. Returns false when the block must be zeroed by writing.
+    pub(crate) fn trim_block(&self, block: u64) -> Result<bool> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let parent = self.has_parent();
+        if self.kind() == DiskKind::Fixed {
+            return Ok(false);
+        }
+        self.begin_session()?;
+        let idx = self.geo.payload_index(block);
+        let mut st = lock(&self.state);
+        let cur = BatEntry(rlock(&self.bat)[idx]);
+        match cur.payload_state() {
+            Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent) => {
+                st.pending_free.push(cur.offset());
+                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
+            }
+            Some(PayloadState::NotPresent) if parent => {
+                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// Trim a range of a base disk: it reads as zeros afterwards.
     pub(crate) fn trim(&self, offset: u64, len: u64) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
@@ -643,7 +888,6 @@ impl Vhdx {
         }
         self.begin_session()?;
         let bs = self.geo.block_size as u64;
-        let fixed = self.kind() == DiskKind::Fixed;
         let end = offset + len;
         let mut pos = offset;
         while pos < end {
@@ -651,28 +895,53 @@ impl Vhdx {
             let bstart = block * bs;
             let bend = (bstart + bs).min(self.geo.virtual_size);
             let n = (bend - pos).min(end - pos);
-            let idx = self.geo.payload_index(block);
-            let e = BatEntry(rlock(&self.bat)[idx]);
-            if e.payload_state() == Some(PayloadState::FullyPresent) {
-                let whole = pos == bstart && pos + n == bend;
-                if whole && !fixed {
-                    let mut st = lock(&self.state);
-                    let mut bat = self.bat.write().unwrap_or_else(|e| e.into_inner());
-                    let cur = BatEntry(bat[idx]);
-                    if cur.payload_state() == Some(PayloadState::FullyPresent) {
-                        bat[idx] = BatEntry::new(PayloadState::Zero.bits(), 0).0;
-                        st.pending_free.push(cur.offset());
-                        st.dirty_sectors.insert(idx as u64 * 8 / SECTOR);
-                        st.unsynced = true;
-                    }
-                } else {
+            let whole = pos == bstart && pos + n == bend;
+            if !(whole && self.trim_block(block)?) {
+                let e = self.block_entry(block);
+                if e.payload_state() == Some(PayloadState::FullyPresent) {
                     crate::io::write_zeros(self.storage.as_ref(), e.offset() + (pos - bstart), n)?;
-                    lock(&self.state).unsynced = true;
                 }
             }
             pos += n;
         }
         Ok(())
+    }
+
+    /// Replace the parent locator (through the log).
+    pub(crate) fn set_parent_locator(&self, locator: Vec<u8>) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut m = self.metadata();
+        m.parent_locator = Some(locator);
+        self.set_metadata(m)
+    }
+
+    /// Replace the virtual-disk metadata (through the log): the items a
+    /// merge copies from the child.
+    pub(crate) fn set_metadata(&self, m: Metadata) -> Result<()> {
+        if m.virtual_size != self.geo.virtual_size
+            || m.logical_sector_size != self.geo.logical_sector_size
+            || m.block_size != self.geo.block_size
+        {
+            return Err(Error::Unsupported("changing the size, sector size or block size of a disk".into()));
+        }
+        self.begin_session()?;
+        let new = m.to_region_bytes(self.meta_len as usize)?;
+        let old = {
+            let mut v = vec![0u8; self.meta_len as usize];
+            self.storage.read_at(&mut v, self.meta_offset)?;
+            v
+        };
+        let mut st = lock(&self.state);
+        for (k, (a, b)) in old.chunks(SECTOR as usize).zip(new.chunks(SECTOR as usize)).enumerate() {
+            if a != b {
+                st.dirty.insert(self.meta_offset + k as u64 * SECTOR, Dirty::Bytes(b.to_vec()));
+            }
+        }
+        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
+        // Metadata changes are made durable at once.
+        self.flush_locked(&mut st)
     }
 
     /// Make everything written so far durable; metadata goes through the log.
@@ -693,24 +962,34 @@ impl Vhdx {
         }
         // Data first, so that no BAT entry can point at unwritten data.
         self.storage.sync()?;
-        st.unsynced = false;
-        if st.dirty_sectors.is_empty() {
+        if st.dirty.is_empty() {
             return Ok(());
         }
-        let sectors: Vec<u64> = std::mem::take(&mut st.dirty_sectors).into_iter().collect();
+        let dirty = std::mem::take(&mut st.dirty);
         let images: Vec<(u64, Vec<u8>)> = {
             let bat = rlock(&self.bat);
-            sectors
-                .iter()
-                .map(|&s| {
-                    let mut img = vec![0u8; SECTOR as usize];
-                    let first = (s * SECTOR / 8) as usize;
-                    for (k, chunk) in img.chunks_exact_mut(8).enumerate() {
-                        if let Some(v) = bat.get(first + k) {
-                            chunk.copy_from_slice(&v.to_le_bytes());
+            let maps = rlock(&self.bitmaps);
+            dirty
+                .into_iter()
+                .map(|(off, d)| {
+                    let img = match d {
+                        Dirty::Bat(s) => {
+                            let mut img = vec![0u8; SECTOR as usize];
+                            let first = (s * SECTOR / 8) as usize;
+                            for (k, chunk) in img.chunks_exact_mut(8).enumerate() {
+                                if let Some(v) = bat.get(first + k) {
+                                    chunk.copy_from_slice(&v.to_le_bytes());
+                                }
+                            }
+                            img
                         }
-                    }
-                    (self.bat_offset + s * SECTOR, img)
+                        Dirty::Bitmap(c, k) => maps
+                            .get(&(c, k))
+                            .map(|b| b.to_vec())
+                            .unwrap_or_else(|| vec![0u8; SECTOR as usize]),
+                        Dirty::Bytes(b) => b,
+                    };
+                    (off, img)
                 })
                 .collect()
         };
@@ -767,23 +1046,13 @@ impl Vhdx {
         self.session_started.store(false, Ordering::Release);
         Ok(())
     }
+}
 
-    /// Allocated/unallocated runs of the whole disk.
-    pub(crate) fn extents(&self) -> Vec<Extent> {
-        let bs = self.geo.block_size as u64;
-        let bat = rlock(&self.bat);
-        let mut out: Vec<Extent> = Vec::new();
-        for b in 0..self.geo.data_blocks {
-            let allocated = BatEntry(bat[self.geo.payload_index(b)]).payload_state() == Some(PayloadState::FullyPresent);
-            let offset = b * bs;
-            let length = bs.min(self.geo.virtual_size - offset);
-            match out.last_mut() {
-                Some(x) if x.allocated == allocated => x.length += length,
-                _ => out.push(Extent { offset, length, allocated }),
-            }
-        }
-        out
-    }
+/// What a child copies from its parent at creation.
+#[derive(Debug, Clone)]
+pub(crate) struct ParentSpec {
+    pub(crate) disk_id: Uuid,
+    pub(crate) locator: crate::format::locator::ParentLocator,
 }
 
 /// Write `h` into both header slots (the non-current one first), with a
@@ -839,6 +1108,35 @@ fn validate_bat(
     file_len: u64,
 ) -> Result<()> {
     let bs = geo.block_size as u64;
+    let check_offset = |what: String, off: u64, len: u64| -> Result<()> {
+        if off < HEADER_SECTION_SIZE {
+            return Err(Error::Corrupt(format!("{what} points into the header section ({off:#x})")));
+        }
+        if off >= file_len {
+            return Err(Error::Corrupt(format!(
+                "{what} points past the end of the file ({off:#x} >= {file_len:#x})"
+            )));
+        }
+        let end = off + len;
+        if log_length > 0 && off < log_offset + log_length && log_offset < end {
+            return Err(Error::Corrupt(format!("{what} overlaps the log")));
+        }
+        for r in regions {
+            if off < r.end() && r.file_offset < end {
+                return Err(Error::Corrupt(format!("{what} overlaps region {}", r.guid)));
+            }
+        }
+        Ok(())
+    };
+    if meta.has_parent() {
+        for c in 0..geo.bitmap_blocks {
+            let i = geo.bitmap_index(c);
+            let e = BatEntry(entries[i]);
+            if e.state_bits() == SB_PRESENT {
+                check_offset(format!("BAT entry {i} (sector bitmap {c})"), e.offset(), MIB)?;
+            }
+        }
+    }
     for b in 0..geo.data_blocks {
         let i = geo.payload_index(b);
         let e = BatEntry(entries[i]);
@@ -855,23 +1153,13 @@ fn validate_bat(
                 )));
             }
             PayloadState::FullyPresent | PayloadState::PartiallyPresent => {
-                let off = e.offset();
-                if off < HEADER_SECTION_SIZE {
-                    return Err(Error::Corrupt(format!("BAT entry {i} (block {b}) points into the header section ({off:#x})")));
-                }
-                if off >= file_len {
+                check_offset(format!("BAT entry {i} (block {b})"), e.offset(), bs)?;
+                if state == PayloadState::PartiallyPresent
+                    && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits() != SB_PRESENT
+                {
                     return Err(Error::Corrupt(format!(
-                        "BAT entry {i} (block {b}) points past the end of the file ({off:#x} >= {file_len:#x})"
+                        "block {b} is PARTIALLY_PRESENT but its sector bitmap block is not present"
                     )));
-                }
-                let end = off + bs;
-                if log_length > 0 && off < log_offset + log_length && log_offset < end {
-                    return Err(Error::Corrupt(format!("BAT entry {i} (block {b}) overlaps the log")));
-                }
-                for r in regions {
-                    if off < r.end() && r.file_offset < end {
-                        return Err(Error::Corrupt(format!("BAT entry {i} (block {b}) overlaps region {}", r.guid)));
-                    }
                 }
             }
             _ => {}

@@ -7,10 +7,10 @@
 //!
 //! How the module is built:
 //!
-//! - every exported body runs inside [`ffi_boundary!`], the one panic
+//! - every exported body runs inside `ffi_boundary!`, the one panic
 //!   boundary: it clears the thread's last error, catches a panic (which
 //!   becomes [`ckpt_status::Panic`] with a message), and turns an
-//!   [`FfiError`] into its status plus the last-error message;
+//!   `FfiError` into its status plus the last-error message;
 //! - [`ckpt::Error`](crate::Error) becomes a status in one place,
 //!   [`status::status_of`];
 //! - raw pointers are turned into references only through the helpers
@@ -34,16 +34,16 @@ pub use status::ckpt_status;
 /// An error on its way to C: the status to return and the message for the
 /// thread's last error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FfiError {
+pub(crate) struct FfiError {
     /// The status the exported function returns.
-    pub status: ckpt_status,
+    pub(crate) status: ckpt_status,
     /// The text `ckpt_last_error` will give back.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl FfiError {
     /// An error with an explicit status.
-    pub fn new(status: ckpt_status, message: impl Into<String>) -> FfiError {
+    pub(crate) fn new(status: ckpt_status, message: impl Into<String>) -> FfiError {
         FfiError {
             status,
             message: message.into(),
@@ -51,12 +51,12 @@ impl FfiError {
     }
 
     /// `what` was NULL.
-    pub fn null(what: &str) -> FfiError {
+    pub(crate) fn null(what: &str) -> FfiError {
         FfiError::new(ckpt_status::NullPointer, format!("{what} is NULL"))
     }
 
     /// `what` is not acceptable.
-    pub fn invalid(message: impl Into<String>) -> FfiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> FfiError {
         FfiError::new(ckpt_status::InvalidArgument, message)
     }
 }
@@ -68,12 +68,12 @@ impl From<crate::Error> for FfiError {
 }
 
 /// What every status-returning body evaluates to.
-pub type FfiResult<T = ()> = Result<T, FfiError>;
+pub(crate) type FfiResult<T = ()> = Result<T, FfiError>;
 
 /// The one panic boundary around every exported body.
 ///
 /// `ffi_boundary!("name", { body })`: `body` is a block evaluating to
-/// [`FfiResult<()>`](FfiResult) (it may use `?` and `return Err(..)`); the
+/// [`FfiResult<()>`] (it may use `?` and `return Err(..)`); the
 /// macro evaluates to a [`ckpt_status`]. The thread's last error is cleared
 /// first, set from the error on failure, and set to a "panic" message when
 /// the body panics.
@@ -91,8 +91,8 @@ macro_rules! ffi_boundary {
 }
 pub(crate) use ffi_boundary;
 
-/// The status half of [`ffi_boundary!`]; call it only through the macro.
-pub fn run_status<F>(name: &'static str, body: F) -> ckpt_status
+/// The status half of `ffi_boundary!`; call it only through the macro.
+pub(crate) fn run_status<F>(name: &'static str, body: F) -> ckpt_status
 where
     F: FnOnce() -> FfiResult,
 {
@@ -110,8 +110,8 @@ where
     }
 }
 
-/// The value half of [`ffi_boundary!`]; call it only through the macro.
-pub fn run_value<T, F>(name: &'static str, body: F, default: T) -> T
+/// The value half of `ffi_boundary!`; call it only through the macro.
+pub(crate) fn run_value<T, F>(name: &'static str, body: F, default: T) -> T
 where
     F: FnOnce() -> T,
 {

@@ -3,6 +3,7 @@
 
 use std::ffi::c_char;
 
+use super::ffi_boundary;
 use crate::ErrorKind;
 
 /// The result of every fallible libckpt function.
@@ -41,6 +42,9 @@ pub enum ckpt_status {
     /// A bug inside libckpt was caught at the API boundary. The message
     /// says where; the handle involved should be closed.
     Panic = 11,
+    /// The parent of a differencing disk does not match the child's
+    /// linkage: it was modified, replaced or mounted since the child was made.
+    ParentMismatch = 12,
 }
 
 /// The status for a class of library error. This is the only place that
@@ -55,6 +59,7 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
         ErrorKind::OutOfRange => ckpt_status::OutOfRange,
         ErrorKind::ReadOnly => ckpt_status::ReadOnly,
         ErrorKind::Cancelled => ckpt_status::Cancelled,
+        ErrorKind::ParentMismatch => ckpt_status::ParentMismatch,
     }
 }
 
@@ -69,7 +74,7 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
 /// Always safe to call (any value is accepted).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
-    super::ffi_boundary!(
+    ffi_boundary!(
         "ckpt_status_name",
         {
             let s: &'static std::ffi::CStr = match status {

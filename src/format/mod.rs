@@ -4,6 +4,7 @@
 pub mod bat;
 pub mod fileid;
 pub mod header;
+pub mod locator;
 pub mod log;
 pub mod metadata;
 pub mod region;

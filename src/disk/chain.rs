@@ -1,0 +1,191 @@
+//! Opening a chain of differencing disks: finding each parent through its
+//! locator, checking the linkage, depth and cycles.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::disk::vhdx::{ParentSpec, Vhdx};
+use crate::disk::{Layer, OpenMode, MAX_CHAIN_DEPTH};
+use crate::error::{Error, Result};
+use crate::format::locator::{self, ParentLocator};
+use crate::io::FileStorage;
+
+/// Open `path` and every parent under it.
+pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut next = path.to_path_buf();
+    loop {
+        let ro = !layers.is_empty() || mode == OpenMode::ReadOnly;
+        let canon = std::fs::canonicalize(&next).map_err(|e| Error::from(e).in_file(&next))?;
+        if !seen.insert(canon.clone()) {
+            return Err(Error::Corrupt(format!(
+                "the chain of {} loops back to {}",
+                path.display(),
+                canon.display()
+            )));
+        }
+        if layers.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::Corrupt(format!(
+                "the chain of {} is deeper than {MAX_CHAIN_DEPTH} disks",
+                path.display()
+            )));
+        }
+        let storage = FileStorage::open(&next, !ro).map_err(|e| Error::from(e).in_file(&next))?;
+        let file = Vhdx::open(Arc::new(storage), ro).map_err(|e| e.in_file(&next))?;
+        if let Some(child) = layers.last() {
+            check_linkage(&child.file, &file, child.path.as_deref(), Some(&next))?;
+        }
+        let parent = if file.has_parent() { Some(find_parent(&file, &next)?) } else { None };
+        layers.push(Layer { path: Some(next.clone()), file });
+        match parent {
+            Some(p) => next = p,
+            None => return Ok(layers),
+        }
+    }
+}
+
+/// The parent locator of a differencing file.
+pub(super) fn locator_of(file: &Vhdx) -> Result<ParentLocator> {
+    let raw = file
+        .metadata()
+        .parent_locator
+        .ok_or_else(|| Error::Corrupt("differencing disk without a parent locator".into()))?;
+    ParentLocator::parse(&raw)
+}
+
+/// Turn a Windows-style locator path into a host path.
+fn host_path(p: &str) -> PathBuf {
+    let p = p.strip_prefix("\\\\?\\").unwrap_or(p);
+    PathBuf::from(p.replace('\\', "/"))
+}
+
+/// Candidate parent paths of `child_path`, in the order they are tried:
+/// relative path, then absolute path.
+pub(super) fn parent_candidates(loc: &ParentLocator, child_path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(rel) = loc.get(locator::RELATIVE_PATH) {
+        let dir = child_path.parent().unwrap_or(Path::new("."));
+        out.push(normalize(&dir.join(host_path(rel))));
+    }
+    if let Some(abs) = loc.get(locator::ABSOLUTE_WIN32_PATH) {
+        out.push(host_path(abs));
+    }
+    out
+}
+
+fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
+    let loc = locator_of(file).map_err(|e| e.in_file(child_path))?;
+    let tried = parent_candidates(&loc, child_path);
+    tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| Error::ParentNotFound { child: child_path.to_path_buf(), tried })
+}
+
+/// Check that `parent`'s DataWriteGuid is what `child` links to.
+pub(super) fn check_linkage(
+    child: &Vhdx,
+    parent: &Vhdx,
+    child_path: Option<&Path>,
+    parent_path: Option<&Path>,
+) -> Result<()> {
+    let loc = locator_of(child)?;
+    let found = parent.header().data_write_guid;
+    let l1 = loc.linkage(locator::PARENT_LINKAGE);
+    let l2 = loc.linkage(locator::PARENT_LINKAGE2).filter(|g| !g.is_nil());
+    if l1 == Some(found) || l2 == Some(found) {
+        let (cm, pm) = (child.metadata(), parent.metadata());
+        if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
+            return Err(Error::Corrupt(format!(
+                "{}: the parent's virtual size or sector size differs from the child's",
+                child_path.unwrap_or(Path::new("(child)")).display()
+            )));
+        }
+        return Ok(());
+    }
+    let expected = l1.ok_or_else(|| Error::Corrupt("the parent locator has no valid parent_linkage".into()))?;
+    Err(Error::ParentMismatch {
+        child: child_path.unwrap_or(Path::new("(child)")).to_path_buf(),
+        parent: parent_path.unwrap_or(Path::new("(parent)")).to_path_buf(),
+        expected,
+        found,
+    })
+}
+
+/// Lexically clean `p` (resolve `.` and `..`).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    Ok(normalize(&p))
+}
+
+/// `target` relative to the folder `from`, Windows style (`.\x`, `..\d\x`).
+pub(super) fn relative_windows_path(from_dir: &Path, target: &Path) -> Result<String> {
+    let from: Vec<_> = absolute(from_dir)?.components().map(|c| c.as_os_str().to_os_string()).collect();
+    let to: Vec<_> = absolute(target)?.components().map(|c| c.as_os_str().to_os_string()).collect();
+    let common = from.iter().zip(to.iter()).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = Vec::new();
+    if common == from.len() {
+        parts.push(".".into());
+    }
+    for _ in common..from.len() {
+        parts.push("..".into());
+    }
+    for c in &to[common..] {
+        parts.push(c.to_string_lossy().into_owned());
+    }
+    Ok(parts.join("\\"))
+}
+
+/// The locator entries pointing a child at `parent_path`, in Hyper-V's
+/// order (linkage, absolute path, relative path).
+pub(super) fn locator_for(child_path: &Path, parent_path: &Path, linkage: &uuid::Uuid) -> Result<ParentLocator> {
+    let abs = std::fs::canonicalize(parent_path).or_else(|_| absolute(parent_path))?;
+    let child_dir = child_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let child_dir = std::fs::canonicalize(child_dir).or_else(|_| absolute(child_dir))?;
+    let mut loc = ParentLocator::new(Vec::new());
+    loc.set(locator::PARENT_LINKAGE, locator::linkage_string(linkage));
+    loc.set(locator::ABSOLUTE_WIN32_PATH, abs.to_string_lossy().replace('/', "\\"));
+    loc.set(locator::RELATIVE_PATH, relative_windows_path(&child_dir, &abs)?);
+    Ok(loc)
+}
+
+/// What a new child of `parent` copies from it.
+pub(super) fn parent_spec(child_path: &Path, parent_path: &Path, parent: &Vhdx) -> Result<ParentSpec> {
+    let h = parent.header();
+    Ok(ParentSpec {
+        disk_id: parent.metadata().disk_id,
+        locator: locator_for(child_path, parent_path, &h.data_write_guid)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_windows_style() {
+        assert_eq!(relative_windows_path(Path::new("/a/b"), Path::new("/a/b/p.vhdx")).unwrap(), ".\\p.vhdx");
+        assert_eq!(relative_windows_path(Path::new("/a/b"), Path::new("/a/c/p.vhdx")).unwrap(), "..\\c\\p.vhdx");
+        assert_eq!(host_path("..\\c\\p.vhdx"), PathBuf::from("../c/p.vhdx"));
+        assert_eq!(host_path("\\\\?\\C:\\x\\p.vhdx"), PathBuf::from("C:/x/p.vhdx"));
+    }
+}
