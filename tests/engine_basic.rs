@@ -114,3 +114,70 @@ fn differencing_chain_in_memory() {
     chain.read_at(&mut b, 0).unwrap();
     assert!(b == model);
 }
+
+#[test]
+fn merge_changes_flatten_reparent_on_files() {
+    use ckpt::disk::merge::{self, MergeOptions, Range};
+    use ckpt::ChildOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    let d = Disk::create(&base, &CreateOptions::new(32 << 20).block_size(1 << 20)).unwrap();
+    let mut model = vec![0u8; 32 << 20];
+    let a = pattern(6 << 20, 9);
+    d.write_at(&a, 0).unwrap();
+    model[..6 << 20].copy_from_slice(&a);
+    d.close().unwrap();
+    // base <- c1 <- c2 <- c3
+    let mut parent = base.clone();
+    let mut files = vec![];
+    for i in 1..=3u8 {
+        let p = dir.path().join(format!("c{i}.avhdx"));
+        let c = Disk::create_child(&p, &parent, &ChildOptions::default()).unwrap();
+        let off = i as u64 * (5 << 20) + 3;
+        let data = pattern(1 << 20, i);
+        c.write_at(&data, off).unwrap();
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        if i == 2 {
+            c.trim(0, 2 << 20).unwrap();
+            model[..2 << 20].fill(0);
+        }
+        c.close().unwrap();
+        files.push(p.clone());
+        parent = p;
+    }
+    let check = |path: &std::path::Path, model: &[u8]| {
+        let d = Disk::open(path, OpenMode::ReadOnly).unwrap();
+        let mut b = vec![0u8; model.len()];
+        d.read_at(&mut b, 0).unwrap();
+        assert!(b == model, "content differs for {}", path.display());
+    };
+    check(&files[2], &model);
+    // changes of c3's own layer: one byte-exact range rounded to sectors
+    let top = Disk::open(&files[2], OpenMode::ReadOnly).unwrap();
+    let ch = top.changed_ranges(1).unwrap();
+    assert_eq!(ch, vec![Range { offset: 15 << 20, length: (1 << 20) + 512 }]);
+    drop(top);
+    // merge c2 into c1: c3 gets re-pointed at c1
+    let rep = merge::merge(&files[1], MergeOptions::default()).unwrap();
+    assert_eq!(rep.repointed, vec![files[2].clone()]);
+    assert!(!files[1].exists());
+    check(&files[2], &model);
+    assert_eq!(Disk::open(&files[2], OpenMode::ReadOnly).unwrap().depth(), 3);
+    // merge c3 into the base directly
+    merge::merge(&files[2], MergeOptions { into: Some(base.clone()), ..Default::default() }).unwrap();
+    assert!(!files[2].exists() && !files[0].exists());
+    check(&base, &model);
+    // flatten a new chain and reparent
+    let c4 = dir.path().join("c4.avhdx");
+    Disk::create_child(&c4, &base, &ChildOptions::default()).unwrap().close().unwrap();
+    let flat = dir.path().join("flat.vhdx");
+    merge::flatten(&c4, &flat, &CreateOptions::new(0), None).unwrap();
+    check(&flat, &model);
+    let moved = dir.path().join("moved.vhdx");
+    std::fs::rename(&base, &moved).unwrap();
+    assert!(Disk::open(&c4, OpenMode::ReadOnly).is_err());
+    merge::reparent(&c4, &moved, false).unwrap();
+    check(&c4, &model);
+    // a parent that is another disk: refused unless forced
+    assert!(matches!(merge::reparent(&c4, &flat, false), Err(ckpt::Error::ParentMismatch { .. })));
+}

@@ -5,6 +5,7 @@
 
 mod chain;
 pub mod check;
+pub mod merge;
 mod vhdx;
 
 use std::path::{Path, PathBuf};
@@ -185,6 +186,12 @@ pub(crate) fn creator() -> String {
 }
 
 impl Disk {
+    /// A chain without the per-block owner cache (for chains whose lower
+    /// layers change while open, as during a merge).
+    fn from_layers_uncached(layers: Vec<Layer>) -> Disk {
+        Disk { layers, owner: Vec::new(), closed: false }
+    }
+
     fn from_layers(layers: Vec<Layer>) -> Disk {
         let blocks = layers[0].file.geo.data_blocks as usize;
         let owner = if layers.len() > 1 {
@@ -345,7 +352,7 @@ impl Disk {
             let n = ((bs - pos % bs) as usize).min(buf.len() - done);
             let dst = &mut buf[done..done + n];
             let top_state = self.top().block_entry(block).payload_state();
-            if top_state == Some(PayloadState::NotPresent) {
+            if top_state == Some(PayloadState::NotPresent) && !self.owner.is_empty() {
                 let owner = self.block_owner(block)?;
                 if owner != MIXED {
                     let level = owner as usize - 1;
@@ -583,14 +590,6 @@ impl Disk {
     /// A `Read + Write + Seek` view of the disk starting at offset 0.
     pub fn cursor(&self) -> DiskCursor<'_> {
         DiskCursor { disk: self, pos: 0 }
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        if !self.closed {
-            let _ = self.top().close();
-        }
     }
 }
 

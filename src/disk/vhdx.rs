@@ -98,6 +98,7 @@ struct WriteState {
     header: Header,
     slot: Slot,
     session: bool,
+    data_changed: bool,
     log_pos: u64,
     log_seq: u64,
     /// Metadata sectors changed since the last flush, by file offset.
@@ -128,6 +129,7 @@ pub(crate) struct Vhdx {
     bat: RwLock<Vec<u64>>,
     state: Mutex<WriteState>,
     session_started: AtomicBool,
+    data_changed: AtomicBool,
     pub(crate) log_dirty: bool,
 }
 
@@ -393,6 +395,7 @@ impl Vhdx {
                 header: hdr,
                 slot,
                 session: false,
+                data_changed: false,
                 log_pos: 0,
                 log_seq: 0,
                 dirty: BTreeMap::new(),
@@ -402,6 +405,7 @@ impl Vhdx {
                 file_end,
             }),
             session_started: AtomicBool::new(false),
+            data_changed: AtomicBool::new(false),
             log_dirty,
         };
         let layout = Layout {
@@ -719,39 +723,50 @@ impl Vhdx {
         lock(&self.state).next_data_write_guid = Some(g);
     }
 
-    fn begin_session(&self) -> Result<()> {
-        if self.session_started.load(Ordering::Acquire) {
+    /// Start a write session if none is running; `visible` says the change
+    /// alters what the disk reads (then the DataWriteGuid changes first).
+    fn begin_session(&self, visible: bool) -> Result<()> {
+        if self.session_started.load(Ordering::Acquire) && (!visible || self.data_changed.load(Ordering::Acquire)) {
             return Ok(());
         }
         let mut st = lock(&self.state);
-        self.begin_session_locked(&mut st)
+        self.begin_session_locked(&mut st, visible)
     }
 
     /// The header update protocol on the first modification after open:
-    /// an empty log entry under a new LogGuid, then both headers with new
-    /// FileWriteGuid, DataWriteGuid and LogGuid.
-    fn begin_session_locked(&self, st: &mut WriteState) -> Result<()> {
+    /// an empty log entry under a new LogGuid, then both headers with a new
+    /// FileWriteGuid and LogGuid (and a new DataWriteGuid before the first
+    /// user-visible change).
+    fn begin_session_locked(&self, st: &mut WriteState, visible: bool) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if st.session {
+        if st.session && (!visible || st.data_changed) {
             return Ok(());
         }
-        let log_guid = Uuid::new_v4();
-        let len = self.storage.len()?;
-        let entry = vlog::build_entry(&log_guid, 1, 0, len, len, &[]);
-        self.storage.write_at(&entry, self.log_offset)?;
-        self.storage.sync()?;
         let mut h = st.header.clone();
-        h.file_write_guid = Uuid::new_v4();
-        h.data_write_guid = st.next_data_write_guid.take().unwrap_or_else(Uuid::new_v4);
-        h.log_guid = log_guid;
+        if !st.session {
+            let log_guid = Uuid::new_v4();
+            let len = self.storage.len()?;
+            let entry = vlog::build_entry(&log_guid, 1, 0, len, len, &[]);
+            self.storage.write_at(&entry, self.log_offset)?;
+            self.storage.sync()?;
+            h.file_write_guid = Uuid::new_v4();
+            h.log_guid = log_guid;
+            st.log_pos = entry.len() as u64 % self.log_length;
+            st.log_seq = 1;
+        }
+        if visible {
+            h.data_write_guid = st.next_data_write_guid.take().unwrap_or_else(Uuid::new_v4);
+        }
         st.slot = write_headers(self.storage.as_ref(), &mut h, st.slot)?;
         st.header = h;
-        st.log_pos = entry.len() as u64 % self.log_length;
-        st.log_seq = 1;
         st.session = true;
         self.session_started.store(true, Ordering::Release);
+        if visible {
+            st.data_changed = true;
+            self.data_changed.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -830,7 +845,7 @@ impl Vhdx {
                 "writes into a differencing layer must be sector-aligned".into(),
             ));
         }
-        self.begin_session()?;
+        self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
         let mut done = 0usize;
         while done < buf.len() {
@@ -860,7 +875,7 @@ impl Vhdx {
         if self.kind() == DiskKind::Fixed {
             return Ok(false);
         }
-        self.begin_session()?;
+        self.begin_session(true)?;
         let idx = self.geo.payload_index(block);
         let mut st = lock(&self.state);
         let cur = BatEntry(rlock(&self.bat)[idx]);
@@ -886,7 +901,7 @@ impl Vhdx {
         if len == 0 {
             return Ok(());
         }
-        self.begin_session()?;
+        self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
         let end = offset + len;
         let mut pos = offset;
@@ -926,7 +941,7 @@ impl Vhdx {
         {
             return Err(Error::Unsupported("changing the size, sector size or block size of a disk".into()));
         }
-        self.begin_session()?;
+        self.begin_session(false)?;
         let new = m.to_region_bytes(self.meta_len as usize)?;
         let old = {
             let mut v = vec![0u8; self.meta_len as usize];
@@ -1043,8 +1058,16 @@ impl Vhdx {
         st.slot = write_headers(self.storage.as_ref(), &mut h, st.slot)?;
         st.header = h;
         st.session = false;
+        st.data_changed = false;
         self.session_started.store(false, Ordering::Release);
+        self.data_changed.store(false, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Drop for Vhdx {
+    fn drop(&mut self) {
+        let _ = self.close();
     }
 }
 

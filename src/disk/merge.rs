@@ -1,0 +1,414 @@
+//! Operations on chains: changed ranges, merge, flatten and re-parent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::disk::chain::{self, locator_of};
+use crate::disk::vhdx::{Src, Vhdx};
+use crate::disk::{CreateOptions, Disk, Layer, OpenMode};
+use crate::error::{Error, Result};
+use crate::format::locator;
+use crate::io::FileStorage;
+
+/// A byte range of the virtual disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    /// Start in bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// Progress callback: `(bytes done, bytes total)`; return `false` to cancel.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
+
+/// Sort and coalesce ranges (overlapping or adjacent ones become one).
+pub fn coalesce(mut v: Vec<Range>) -> Vec<Range> {
+    v.sort();
+    let mut out: Vec<Range> = Vec::with_capacity(v.len());
+    for r in v {
+        if r.length == 0 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(l) if l.offset + l.length >= r.offset => {
+                l.length = l.length.max(r.offset + r.length - l.offset);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The ranges a single layer holds (data, or zeros that hide its parent).
+fn layer_ranges(file: &Vhdx) -> Result<Vec<Range>> {
+    let size = file.geo.virtual_size;
+    let bs = file.geo.block_size as u64;
+    let has_parent = file.has_parent();
+    let mut out = Vec::new();
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let n = bs.min(size - pos);
+        runs.clear();
+        file.map(pos, n, &mut runs)?;
+        let mut at = pos;
+        for (l, src) in &runs {
+            let counts = match src {
+                Src::Data(_) => true,
+                Src::Zero => has_parent,
+                Src::Parent => false,
+            };
+            if counts {
+                out.push(Range { offset: at, length: *l });
+            }
+            at += l;
+        }
+        pos += n;
+    }
+    Ok(out)
+}
+
+impl Disk {
+    /// The byte ranges whose content may differ between the layer `levels`
+    /// below the top and the top of the chain, exact to the logical sector,
+    /// sorted and coalesced. `levels == 1` gives the changes of the top file
+    /// alone; `levels == depth()` compares against an empty disk.
+    pub fn changed_ranges(&self, levels: usize) -> Result<Vec<Range>> {
+        if levels == 0 || levels > self.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "levels must be 1 to {} for this chain, not {levels}",
+                self.layers.len()
+            )));
+        }
+        let mut all = Vec::new();
+        for l in &self.layers[..levels] {
+            all.extend(layer_ranges(&l.file)?);
+        }
+        Ok(coalesce(all))
+    }
+
+    /// The index in the chain (0 = top) of the layer stored at `path`.
+    pub fn level_of(&self, path: &Path) -> Result<usize> {
+        let want = std::fs::canonicalize(path).map_err(|e| Error::from(e).in_file(path))?;
+        self.layers
+            .iter()
+            .position(|l| l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone()))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{} is not in the chain of this disk", path.display()))
+            })
+    }
+
+    /// Copy the whole content of this disk (through its chain) into `dst`,
+    /// skipping ranges no layer holds and all-zero chunks.
+    pub fn copy_to(&self, dst: &Disk, mut progress: Option<Progress>) -> Result<()> {
+        if dst.virtual_size() != self.virtual_size() {
+            return Err(Error::InvalidArgument(format!(
+                "destination size {} differs from source size {}",
+                dst.virtual_size(),
+                self.virtual_size()
+            )));
+        }
+        let extents = self.extents()?;
+        let total: u64 = extents.iter().filter(|e| e.allocated).map(|e| e.length).sum();
+        let mut done = 0u64;
+        let mut buf = vec![0u8; CHUNK as usize];
+        for e in extents.iter().filter(|e| e.allocated) {
+            let mut pos = e.offset;
+            while pos < e.offset + e.length {
+                let n = CHUNK.min(e.offset + e.length - pos) as usize;
+                self.read_at(&mut buf[..n], pos)?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    dst.write_at(&buf[..n], pos)?;
+                }
+                pos += n as u64;
+                done += n as u64;
+                if let Some(p) = progress.as_mut() {
+                    if !p(done, total) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+        }
+        dst.flush()
+    }
+}
+
+const CHUNK: u64 = 4 << 20;
+
+/// Flatten the chain under `src` into a new standalone VHDX at `dst` (which
+/// must not exist). `opts.virtual_size` is ignored (the source's is used).
+pub fn flatten(src: &Path, dst: &Path, opts: &CreateOptions, progress: Option<Progress>) -> Result<()> {
+    let s = Disk::open(src, OpenMode::ReadOnly)?;
+    let mut o = opts.clone();
+    o.virtual_size = s.virtual_size();
+    o.logical_sector_size = s.logical_sector_size();
+    o.physical_sector_size = s.info().physical_sector_size;
+    let d = Disk::create(dst, &o)?;
+    let r = s.copy_to(&d, progress).and_then(|_| d.close());
+    if r.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    r
+}
+
+/// Open one file of a chain alone (no parents).
+fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
+    let s = FileStorage::open(path, writable).map_err(|e| Error::from(e).in_file(path))?;
+    Vhdx::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
+}
+
+/// Point `child` at `new_parent` (like `Set-VHD -ParentPath`). Refuses when
+/// the new parent's DataWriteGuid matches neither linkage of the child,
+/// unless `force` is set (then the linkage is rewritten to the new parent).
+pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
+    let c = open_single(child, true)?;
+    if !c.has_parent() {
+        return Err(Error::InvalidArgument(format!("{} is not a differencing disk", child.display())));
+    }
+    let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
+    match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
+        Ok(()) => {}
+        Err(Error::ParentMismatch { .. }) if force => {
+            let (cm, pm) = (c.metadata(), p.top().metadata());
+            if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
+                return Err(Error::InvalidArgument(format!(
+                    "{} has another virtual size or sector size than {}",
+                    new_parent.display(),
+                    child.display()
+                )));
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let loc = chain::locator_for(child, new_parent, &p.top().header().data_write_guid)?;
+    c.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(child))?;
+    c.close().map_err(|e| e.in_file(child))
+}
+
+/// What [`merge`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// The file the data was merged into.
+    pub destination: PathBuf,
+    /// Files removed (the merged layers).
+    pub removed: Vec<PathBuf>,
+    /// Descendants re-pointed at the destination.
+    pub repointed: Vec<PathBuf>,
+    /// Bytes of virtual disk copied.
+    pub bytes_copied: u64,
+}
+
+/// Options of [`merge`].
+#[derive(Default)]
+pub struct MergeOptions<'a> {
+    /// Merge into this ancestor instead of the immediate parent.
+    pub into: Option<PathBuf>,
+    /// Differencing disks whose parent is the merged child, to re-point at
+    /// the destination. `None`: search the child's folder for them.
+    pub descendants: Option<Vec<PathBuf>>,
+    /// Progress of the copy.
+    pub progress: Option<Progress<'a>>,
+    /// Skip the free-space check.
+    pub skip_space_check: bool,
+}
+
+impl std::fmt::Debug for MergeOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeOptions")
+            .field("into", &self.into)
+            .field("descendants", &self.descendants)
+            .field("skip_space_check", &self.skip_space_check)
+            .finish()
+    }
+}
+
+/// The differencing disks in `child`'s folder whose parent is `child`.
+pub fn find_children(child: &Path) -> Result<Vec<PathBuf>> {
+    let want = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
+    let dir = want.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::from(e).in_file(&dir))? {
+        let p = entry?.path();
+        let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
+            continue;
+        }
+        let Ok(f) = open_single(&p, false) else { continue };
+        if !f.has_parent() {
+            continue;
+        }
+        let Ok(loc) = locator_of(&f) else { continue };
+        let found = chain::parent_candidates(&loc, &p)
+            .into_iter()
+            .find(|c| c.is_file())
+            .and_then(|c| std::fs::canonicalize(c).ok());
+        if found.as_ref() == Some(&want) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Merge the differencing disk `child` into its parent (or into the ancestor
+/// `opts.into`), like deleting a checkpoint: only data present in the merged
+/// layers is copied; zeroed ranges propagate; descendants of `child` are
+/// re-pointed at the destination; the merged files are removed on success.
+///
+/// Interrupted merges (a crash, an error, a cancel) leave a chain that
+/// reads the same data; running the same merge again finishes it.
+pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
+    let view = Disk::open(child, OpenMode::ReadOnly)?;
+    if view.depth() < 2 {
+        return Err(Error::InvalidArgument(format!("{} has no parent to merge into", child.display())));
+    }
+    let k = match &opts.into {
+        Some(p) => view.level_of(p)?,
+        None => 1,
+    };
+    if k == 0 {
+        return Err(Error::InvalidArgument("cannot merge a disk into itself".into()));
+    }
+    let paths: Vec<PathBuf> = view.chain().into_iter().map(|p| p.unwrap_or_default()).collect();
+    let dest = paths[k].clone();
+    let ranges = view.changed_ranges(k)?;
+    let total: u64 = ranges.iter().map(|r| r.length).sum();
+
+    // Space: every destination block the copy touches that is not yet allocated.
+    if !opts.skip_space_check {
+        let d = &view.layers[k].file;
+        let bs = d.geo.block_size as u64;
+        let mut need = 0u64;
+        let mut last_block = u64::MAX;
+        for r in &ranges {
+            for b in r.offset / bs..(r.offset + r.length).div_ceil(bs) {
+                if b == last_block {
+                    continue;
+                }
+                last_block = b;
+                use crate::format::bat::PayloadState;
+                if d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent) {
+                    need += bs;
+                }
+            }
+        }
+        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let free = crate::io::free_space(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        if need > free {
+            return Err(Error::InvalidArgument(format!(
+                "merging {} into {} needs up to {need} bytes, but only {free} are free there",
+                child.display(),
+                dest.display()
+            )));
+        }
+    }
+    let descendants = match opts.descendants.take() {
+        Some(d) => d,
+        None => find_children(child)?,
+    };
+    drop(view);
+
+    // 1. Let the layer above the destination accept the destination's new
+    //    DataWriteGuid (parent_linkage2) before the destination changes.
+    let above = &paths[k - 1];
+    let new_guid = {
+        let d = open_single(&dest, false)?;
+        let a = open_single(above, true)?;
+        let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
+        let current = d.header().data_write_guid;
+        let pending = loc.linkage(locator::PARENT_LINKAGE2).filter(|g| !g.is_nil());
+        match pending {
+            // A merge was interrupted after the destination changed: keep its GUID.
+            Some(g) if g == current => g,
+            _ => {
+                let g = uuid::Uuid::new_v4();
+                loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
+                a.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(above))?;
+                a.close().map_err(|e| e.in_file(above))?;
+                g
+            }
+        }
+    };
+
+    // 2. Copy through a chain whose bottom is the live, writable destination.
+    let dest_file = open_single(&dest, true)?;
+    dest_file.set_next_data_write_guid(new_guid);
+    let mut layers = Vec::new();
+    for p in &paths[..k] {
+        layers.push(Layer { path: Some(p.clone()), file: open_single(p, false)? });
+    }
+    layers.push(Layer { path: Some(dest.clone()), file: dest_file });
+    // The destination's own parents, when it is a differencing disk too.
+    let mut below = chain::open_chain(&dest, OpenMode::ReadOnly)?;
+    below.remove(0);
+    layers.extend(below);
+    let work = Disk::from_layers_uncached(layers);
+    let d = &work.layers[k].file;
+    let mut done = 0u64;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for r in &ranges {
+        let mut pos = r.offset;
+        while pos < r.offset + r.length {
+            let n = CHUNK.min(r.offset + r.length - pos) as usize;
+            work.resolve(0, &mut buf[..n], pos)?;
+            if buf[..n].iter().all(|&b| b == 0) {
+                zero_range(d, pos, n as u64)?;
+            } else {
+                d.write_at(&buf[..n], pos).map_err(|e| e.in_file(&dest))?;
+            }
+            pos += n as u64;
+            done += n as u64;
+            if let Some(p) = opts.progress.as_mut() {
+                if !p(done, total) {
+                    d.flush()?;
+                    return Err(Error::Cancelled);
+                }
+            }
+        }
+    }
+    d.close().map_err(|e| e.in_file(&dest))?;
+    let dest_guid = d.header().data_write_guid;
+    drop(work);
+
+    // 3. Re-point the descendants at the destination (one atomic metadata update each).
+    let mut repointed = Vec::new();
+    for x in &descendants {
+        let f = open_single(x, true)?;
+        let loc = chain::locator_for(x, &dest, &dest_guid)?;
+        f.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(x))?;
+        f.close().map_err(|e| e.in_file(x))?;
+        repointed.push(x.clone());
+    }
+
+    // 4. Remove the merged layers, top first.
+    let mut removed = Vec::new();
+    for p in &paths[..k] {
+        std::fs::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
+        removed.push(p.clone());
+    }
+    Ok(MergeReport { destination: dest, removed, repointed, bytes_copied: total })
+}
+
+/// Make `[pos, pos+len)` of `d` read as zeros.
+fn zero_range(d: &Vhdx, pos: u64, len: u64) -> Result<()> {
+    let bs = d.geo.block_size as u64;
+    let end = pos + len;
+    let mut p = pos;
+    while p < end {
+        let block = p / bs;
+        let bstart = block * bs;
+        let bend = (bstart + bs).min(d.geo.virtual_size);
+        let n = (bend - p).min(end - p);
+        let whole = p == bstart && p + n == bend;
+        if !(whole && d.trim_block(block)?) {
+            if d.has_parent() {
+                d.write_at(&vec![0u8; n as usize], p)?;
+            } else {
+                d.trim(p, n)?;
+            }
+        }
+        p += n;
+    }
+    Ok(())
+}
