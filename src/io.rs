@@ -64,6 +64,66 @@ fn read_only_error() -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, "storage is read-only")
 }
 
+/// Crash simulation for code that works on files by path (merges, the
+/// checkpoint tree): while armed on a thread, every mutating operation that
+/// thread makes through [`FileStorage`] (and [`remove_file`]) counts as an
+/// event, and the event numbered `crash_at` and all after it fail, as if
+/// the machine had stopped there. Disarmed, it costs one thread-local read
+/// per operation.
+pub mod faults {
+    use std::cell::Cell;
+    use std::io;
+
+    use super::Cut;
+
+    thread_local! {
+        static PLAN: Cell<Option<(u64, Cut)>> = const { Cell::new(None) };
+        static EVENTS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Start counting on this thread; crash at event `crash_at` (`u64::MAX`: only count).
+    pub fn arm(crash_at: u64, cut: Cut) {
+        PLAN.with(|p| p.set(Some((crash_at, cut))));
+        EVENTS.with(|e| e.set(0));
+    }
+
+    /// Stop; returns the number of events seen.
+    pub fn disarm() -> u64 {
+        PLAN.with(|p| p.set(None));
+        EVENTS.with(|e| e.get())
+    }
+
+    /// Count one event. `Ok(None)`: go ahead; `Ok(Some(cut))`: this is the
+    /// crash point (a write may land torn); `Err`: already crashed.
+    pub(crate) fn event() -> io::Result<Option<Cut>> {
+        let Some((crash_at, cut)) = PLAN.with(|p| p.get()) else {
+            return Ok(None);
+        };
+        let n = EVENTS.with(|e| {
+            let n = e.get();
+            e.set(n + 1);
+            n
+        });
+        if n > crash_at {
+            return Err(io::Error::other("simulated crash: storage is gone"));
+        }
+        Ok((n == crash_at).then_some(cut))
+    }
+
+    /// The error of the operation at the crash point.
+    pub(crate) fn crash() -> io::Error {
+        io::Error::other("simulated crash")
+    }
+}
+
+/// Remove a file (counted as one event by [`faults`]).
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    if faults::event()?.is_some() {
+        return Err(faults::crash());
+    }
+    std::fs::remove_file(path)
+}
+
 /// A file on the host file system (positional I/O, safe to share between threads).
 #[derive(Debug)]
 pub struct FileStorage {
@@ -99,19 +159,27 @@ impl FileStorage {
 
 fn lock_exclusive(file: &File) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "the file is open for writing by another process",
-            ));
+    // A lock can look taken for a moment while another thread of this
+    // process forks (the child shares the descriptor until it execs), so a
+    // busy lock is retried briefly before giving up.
+    for attempt in 0..20 {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
         }
-        return Err(e);
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if attempt < 19 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
-    Ok(())
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "the file is open for writing by another process",
+    ))
 }
 
 impl Storage for FileStorage {
@@ -139,12 +207,23 @@ impl Storage for FileStorage {
         if !self.writable {
             return Err(read_only_error());
         }
+        if let Some(cut) = faults::event()? {
+            if cut == Cut::Torn && !buf.is_empty() {
+                let last = if buf.len() > 512 { buf.len() - 512 } else { 0 };
+                let keep = last + (buf.len() - last) / 2;
+                self.file.write_all_at(&buf[..keep], offset)?;
+            }
+            return Err(faults::crash());
+        }
         self.file.write_all_at(buf, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
         }
         self.file.set_len(len)
     }
@@ -153,12 +232,18 @@ impl Storage for FileStorage {
         if !self.writable {
             return Ok(());
         }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
+        }
         self.file.sync_data()
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
         }
         use std::os::unix::io::AsRawFd;
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -183,6 +268,9 @@ impl Storage for FileStorage {
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
         }
         use std::os::unix::io::AsRawFd;
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {

@@ -40,9 +40,20 @@ impl Op {
             Op::Flush | Op::Close => None,
         }
     }
+    /// The bytes a write writes (empty for the other operations).
+    fn data(&self) -> Vec<u8> {
+        match *self {
+            Op::Write { len, seed, .. } => pattern(seed, len as usize),
+            _ => Vec::new(),
+        }
+    }
     /// Apply to a byte range of the model that starts at virtual offset
     /// `base` (only the overlapping part changes).
     fn apply(&self, model: &mut [u8], base: u64) {
+        self.apply_data(&self.data(), model, base)
+    }
+    /// Like [`Op::apply`], with the write's bytes already made.
+    fn apply_data(&self, data: &[u8], model: &mut [u8], base: u64) {
         let Some((off, len)) = self.range() else {
             return;
         };
@@ -53,8 +64,7 @@ impl Op {
         }
         let dst = &mut model[(lo - base) as usize..(hi - base) as usize];
         match *self {
-            Op::Write { seed, .. } => {
-                let data = pattern(seed, len as usize);
+            Op::Write { .. } => {
                 dst.copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
             }
             Op::Trim { .. } => dst.fill(0),
@@ -171,7 +181,8 @@ fn run(sc: &Scenario, crash_at: u64, cut: Cut) -> Outcome {
 /// and the operations after it whose effect may or may not have survived.
 struct Expect {
     durable: Vec<u8>,
-    pending: Vec<Op>,
+    /// With each write's bytes.
+    pending: Vec<(Op, Vec<u8>)>,
     /// The operation in flight at the crash (also the last of `pending`).
     in_flight: Option<Op>,
 }
@@ -195,6 +206,7 @@ fn expectation(sc: &Scenario, out: &Outcome) -> Expect {
             in_flight = Some(op);
         }
     }
+    let pending = pending.into_iter().map(|op| (op, op.data())).collect();
     Expect {
         durable,
         pending,
@@ -211,7 +223,7 @@ fn verify(ctx: &str, got: &[u8], exp: &Expect, cut: Cut) {
     assert_eq!(got.len(), exp.durable.len(), "{ctx}: virtual size");
     let nsec = got.len() / SECTOR;
     let mut touched = vec![false; nsec];
-    for op in &exp.pending {
+    for (op, _) in &exp.pending {
         if let Some((off, len)) = op.range() {
             let first = (off / SECTOR as u64) as usize;
             let last = ((off + len - 1) / SECTOR as u64) as usize;
@@ -236,9 +248,9 @@ fn verify(ctx: &str, got: &[u8], exp: &Expect, cut: Cut) {
         let mut states = vec![durable.to_vec()];
         let mut state = durable.to_vec();
         let mut last_in_flight: Option<(Vec<u8>, Vec<u8>)> = None;
-        for (i, op) in exp.pending.iter().enumerate() {
+        for (i, (op, data)) in exp.pending.iter().enumerate() {
             let before = state.clone();
-            op.apply(&mut state, base);
+            op.apply_data(data, &mut state, base);
             if exp.in_flight.is_some() && i + 1 == exp.pending.len() {
                 last_in_flight = Some((before, state.clone()));
             }
@@ -259,7 +271,7 @@ fn verify(ctx: &str, got: &[u8], exp: &Expect, cut: Cut) {
              (pending ops {:?}); vs durable: {}; vs newest: {}",
             s * SECTOR,
             states.len(),
-            exp.pending,
+            exp.pending.iter().map(|(op, _)| op).collect::<Vec<_>>(),
             first_diff(g, durable),
             first_diff(g, states.last().expect("states"))
         );
@@ -277,25 +289,20 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
         out.open_failed
     );
     let _guard = Ctx(ctx.clone());
-    let t0 = std::time::Instant::now();
     let exp = expectation(sc, out);
 
     // (b) the structural check on the surviving bytes.
     let report = check_storage(Arc::new(MemStorage::from_vec(out.bytes.clone())));
     assert!(report.is_ok(), "{ctx}: check_storage problems: {:?}", report.problems);
 
-    eprintln!("T check {:?}", t0.elapsed());
     // (a) + (c) read-only open: never writes, contents follow the model.
     let ro_mem = MemStorage::from_vec(out.bytes.clone());
     let ro = Disk::open_storage(Arc::new(ro_mem.clone()), OpenMode::ReadOnly)
         .unwrap_or_else(|e| panic!("{ctx}: read-only open failed: {e}"));
     assert_eq!(ro.virtual_size(), sc.content.len() as u64, "{ctx}");
-    eprintln!("T ro open {:?}", t0.elapsed());
     let got = read_all(&ro);
-    eprintln!("T ro read {:?}", t0.elapsed());
     drop(ro);
     verify(&format!("{ctx} [read-only]"), &got, &exp, cut);
-    eprintln!("T verify {:?}", t0.elapsed());
     assert!(
         ro_mem.snapshot() == out.bytes,
         "{ctx}: the read-only open wrote to the image: {}",
@@ -315,7 +322,6 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
     rw.close()
         .unwrap_or_else(|e| panic!("{ctx}: close after the read-write open failed: {e}"));
     let after = rw_mem.snapshot();
-    eprintln!("T rw {:?}", t0.elapsed());
     let report = check_storage(Arc::new(MemStorage::from_vec(after.clone())));
     assert!(
         report.is_ok(),
@@ -331,7 +337,6 @@ fn check_cut(sc: &Scenario, crash_at: u64, cut: Cut, out: &Outcome, qemu: bool) 
         first_diff(&got_again, &got)
     );
     drop(again);
-    eprintln!("T again {:?}", t0.elapsed());
 
     // (d) QEMU as the independent judge, on a subset of cut points.
     if qemu {

@@ -384,7 +384,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     // 4. Remove the merged layers, top first.
     let mut removed = Vec::new();
     for p in &paths[..k] {
-        std::fs::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
+        crate::io::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
         removed.push(p.clone());
     }
     Ok(MergeReport { destination: dest, removed, repointed, bytes_copied: total })
