@@ -163,6 +163,11 @@ enum ckpt_status
      * says where; the handle involved should be closed.
      */
     CKPT_STATUS_PANIC = 11,
+    /**
+     * The parent of a differencing disk does not match the child's
+     * linkage: it was modified, replaced or mounted since the child was made.
+     */
+    CKPT_STATUS_PARENT_MISMATCH = 12,
 };
 #ifndef __cplusplus
 typedef uint32_t ckpt_status;

@@ -17,6 +17,10 @@ use std::sync::{Arc, RwLock};
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the storage holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Fill `buf` from `offset`. Bytes past the end read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Write all of `buf` at `offset`, extending the storage if needed.
@@ -482,5 +486,5 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

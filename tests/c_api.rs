@@ -254,7 +254,21 @@ fn c_example() {
     assert!(stdout.contains("read back: \"hello from C\""), "{stdout}");
     assert!(stdout.contains("kind: dynamic"), "{stdout}");
     assert!(stdout.contains("virtual size: 67108864 bytes"), "{stdout}");
-    assert!(disk.exists());
+    // QEMU, an independent implementation, reads what the C program wrote.
+    if have("qemu-img") {
+        let raw = scratch.path().join("example.raw");
+        run_ok(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "vhdx", "-O", "raw"])
+                .arg(&disk)
+                .arg(&raw),
+        );
+        let bytes = std::fs::read(&raw).expect("read raw image");
+        assert_eq!(bytes.len(), 64 << 20);
+        assert_eq!(&bytes[1_000_000..1_000_013], b"hello from C\0");
+        assert!(bytes[..1_000_000].iter().all(|&b| b == 0));
+        assert!(bytes[1_000_013..].iter().all(|&b| b == 0));
+    }
 }
 
 /// Every `extern "C"` function in src/ffi is `#[no_mangle]`, named

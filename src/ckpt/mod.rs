@@ -2,3 +2,4 @@
 //!
 //! This layer will know files, chains and the tree, not bytes: it sits on
 //! top of [`crate::disk`] and below the C ABI and the CLI.
+pub mod model;

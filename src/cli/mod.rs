@@ -27,7 +27,7 @@ const IO_CHUNK: u64 = 1 << 20;
 ///
 /// SIZE is a byte count or a number with K, M, G or T (powers of 1024).
 #[derive(Debug, Parser)]
-#[command(name = "ckpt", version, about, max_term_width = 100)]
+#[command(name = "ckpt", version, max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +82,7 @@ enum Command {
         src: PathBuf,
         /// The new image (must not exist).
         dst: PathBuf,
-        /// Output format.
+        /// Output format, raw or vhdx [default: from DST's extension].
         #[arg(short = 'O', value_name = "FORMAT", value_parser = parse_format)]
         output_format: Option<Format>,
         /// Make a fixed VHDX.
@@ -605,9 +605,10 @@ fn write(path: &Path, offset: u64) -> CliResult {
             }
             if !fits(pos, n as u64, size) {
                 return Err(fail(format!(
-                    "{}: the input runs past the end of the virtual disk ({size} bytes): \
-                     it does not fit at offset {offset} (the {} bytes before offset {pos} were written)",
+                    "{}: the input is longer than the {} bytes from offset {offset} to the end of \
+                     the virtual disk ({size} bytes); the first {} bytes were written",
                     path.display(),
+                    size - offset,
                     pos - offset,
                 )));
             }

@@ -92,6 +92,9 @@ pub(crate) enum Src {
     Parent,
 }
 
+/// Cached sector-bitmap sectors, by (chunk, sector of the bitmap block).
+type BitmapCache = HashMap<(u64, u64), Box<[u8]>>;
+
 /// Mutable state of a writable file, behind one mutex.
 #[derive(Debug)]
 struct WriteState {
@@ -123,7 +126,7 @@ pub(crate) struct Vhdx {
     meta_len: u64,
     overlay: Overlay,
     /// Sector-bitmap sectors read so far, by (chunk, sector).
-    bitmaps: RwLock<HashMap<(u64, u64), Box<[u8]>>>,
+    bitmaps: RwLock<BitmapCache>,
     log_offset: u64,
     log_length: u64,
     bat: RwLock<Vec<u64>>,
@@ -376,7 +379,6 @@ impl Vhdx {
                 file_end = file_end.max(e.offset() + geo.block_size as u64);
             }
         }
-        drop(reader);
         let vhdx = Vhdx {
             storage: storage.clone(),
             read_only,

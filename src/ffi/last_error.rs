@@ -94,7 +94,8 @@ pub unsafe extern "C" fn ckpt_last_error(
                 }
                 status
             })
-        }? = ckpt_status::Panic
+        },
+        panic_default = ckpt_status::Panic
     )
 }
 
@@ -109,7 +110,8 @@ pub unsafe extern "C" fn ckpt_last_error(
 pub unsafe extern "C" fn ckpt_last_error_length() -> usize {
     ffi_boundary!(
         "ckpt_last_error_length",
-        { LAST_ERROR.with(|e| e.borrow().as_ref().map_or(0, |m| m.len())) }? = 0
+        { LAST_ERROR.with(|e| e.borrow().as_ref().map_or(0, |m| m.len())) },
+        panic_default = 0
     )
 }
 

@@ -78,14 +78,14 @@ pub(crate) type FfiResult<T = ()> = Result<T, FfiError>;
 /// first, set from the error on failure, and set to a "panic" message when
 /// the body panics.
 ///
-/// `ffi_boundary!("name", { body } ?= default)`: for the few functions that
+/// `ffi_boundary!("name", { body }, panic_default = value)`: for the few functions that
 /// return a plain value and not a status (they never fail); a panic yields
-/// `default` and sets the last error, a normal return leaves it unchanged.
+/// `value` and sets the last error, a normal return leaves it unchanged.
 macro_rules! ffi_boundary {
     ($name:literal, $body:block) => {
         $crate::ffi::run_status($name, move || -> $crate::ffi::FfiResult { $body })
     };
-    ($name:literal, $body:block ?= $default:expr) => {
+    ($name:literal, $body:block, panic_default = $default:expr) => {
         $crate::ffi::run_value($name, move || $body, $default)
     };
 }
@@ -229,7 +229,8 @@ mod tests {
                     panic!("static str payload");
                 }
                 n
-            }? = 99u32
+            },
+            panic_default = 99u32
         );
         assert_eq!(v, 99);
         assert!(last().contains("static str payload"));

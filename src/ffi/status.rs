@@ -1,7 +1,7 @@
 //! `ckpt_status`: what every fallible C function returns, and the one place
 //! where library errors become statuses.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 
 use super::ffi_boundary;
 use crate::ErrorKind;
@@ -63,6 +63,42 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
     }
 }
 
+/// Every status, in number order (used by `ckpt_status_name`).
+const ALL: [ckpt_status; 13] = [
+    ckpt_status::Ok,
+    ckpt_status::InvalidArgument,
+    ckpt_status::NullPointer,
+    ckpt_status::Io,
+    ckpt_status::NotFound,
+    ckpt_status::Corrupt,
+    ckpt_status::Unsupported,
+    ckpt_status::OutOfRange,
+    ckpt_status::ReadOnly,
+    ckpt_status::Cancelled,
+    ckpt_status::BufferTooSmall,
+    ckpt_status::Panic,
+    ckpt_status::ParentMismatch,
+];
+
+/// The C name of a status, as cbindgen writes it in the header.
+fn c_name(s: ckpt_status) -> &'static CStr {
+    match s {
+        ckpt_status::Ok => c"CKPT_STATUS_OK",
+        ckpt_status::InvalidArgument => c"CKPT_STATUS_INVALID_ARGUMENT",
+        ckpt_status::NullPointer => c"CKPT_STATUS_NULL_POINTER",
+        ckpt_status::Io => c"CKPT_STATUS_IO",
+        ckpt_status::NotFound => c"CKPT_STATUS_NOT_FOUND",
+        ckpt_status::Corrupt => c"CKPT_STATUS_CORRUPT",
+        ckpt_status::Unsupported => c"CKPT_STATUS_UNSUPPORTED",
+        ckpt_status::OutOfRange => c"CKPT_STATUS_OUT_OF_RANGE",
+        ckpt_status::ReadOnly => c"CKPT_STATUS_READ_ONLY",
+        ckpt_status::Cancelled => c"CKPT_STATUS_CANCELLED",
+        ckpt_status::BufferTooSmall => c"CKPT_STATUS_BUFFER_TOO_SMALL",
+        ckpt_status::Panic => c"CKPT_STATUS_PANIC",
+        ckpt_status::ParentMismatch => c"CKPT_STATUS_PARENT_MISMATCH",
+    }
+}
+
 /// The status's C name as a NUL-terminated string, for example
 /// `"CKPT_STATUS_NOT_FOUND"`; `"CKPT_STATUS_UNKNOWN"` for a number this
 /// version does not know.
@@ -77,23 +113,12 @@ pub unsafe extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
     ffi_boundary!(
         "ckpt_status_name",
         {
-            let s: &'static std::ffi::CStr = match status {
-                0 => c"CKPT_STATUS_OK",
-                1 => c"CKPT_STATUS_INVALID_ARGUMENT",
-                2 => c"CKPT_STATUS_NULL_POINTER",
-                3 => c"CKPT_STATUS_IO",
-                4 => c"CKPT_STATUS_NOT_FOUND",
-                5 => c"CKPT_STATUS_CORRUPT",
-                6 => c"CKPT_STATUS_UNSUPPORTED",
-                7 => c"CKPT_STATUS_OUT_OF_RANGE",
-                8 => c"CKPT_STATUS_READ_ONLY",
-                9 => c"CKPT_STATUS_CANCELLED",
-                10 => c"CKPT_STATUS_BUFFER_TOO_SMALL",
-                11 => c"CKPT_STATUS_PANIC",
-                _ => c"CKPT_STATUS_UNKNOWN",
-            };
-            s.as_ptr()
-        }? = c"CKPT_STATUS_UNKNOWN".as_ptr()
+            ALL.iter()
+                .find(|s| **s as u32 == status)
+                .map_or(c"CKPT_STATUS_UNKNOWN", |s| c_name(*s))
+                .as_ptr()
+        },
+        panic_default = c"CKPT_STATUS_UNKNOWN".as_ptr()
     )
 }
 
@@ -102,30 +127,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_are_stable() {
-        let all = [
-            (ckpt_status::Ok, 0, "OK"),
-            (ckpt_status::InvalidArgument, 1, "INVALID_ARGUMENT"),
-            (ckpt_status::NullPointer, 2, "NULL_POINTER"),
-            (ckpt_status::Io, 3, "IO"),
-            (ckpt_status::NotFound, 4, "NOT_FOUND"),
-            (ckpt_status::Corrupt, 5, "CORRUPT"),
-            (ckpt_status::Unsupported, 6, "UNSUPPORTED"),
-            (ckpt_status::OutOfRange, 7, "OUT_OF_RANGE"),
-            (ckpt_status::ReadOnly, 8, "READ_ONLY"),
-            (ckpt_status::Cancelled, 9, "CANCELLED"),
-            (ckpt_status::BufferTooSmall, 10, "BUFFER_TOO_SMALL"),
-            (ckpt_status::Panic, 11, "PANIC"),
+    fn numbers_are_stable_and_names_follow_the_variants() {
+        let numbers = [
+            (ckpt_status::Ok, 0),
+            (ckpt_status::InvalidArgument, 1),
+            (ckpt_status::NullPointer, 2),
+            (ckpt_status::Io, 3),
+            (ckpt_status::NotFound, 4),
+            (ckpt_status::Corrupt, 5),
+            (ckpt_status::Unsupported, 6),
+            (ckpt_status::OutOfRange, 7),
+            (ckpt_status::ReadOnly, 8),
+            (ckpt_status::Cancelled, 9),
+            (ckpt_status::BufferTooSmall, 10),
+            (ckpt_status::Panic, 11),
+            (ckpt_status::ParentMismatch, 12),
         ];
-        for (s, n, name) in all {
+        assert_eq!(numbers.len(), ALL.len());
+        for (i, (s, n)) in numbers.into_iter().enumerate() {
             assert_eq!(s as u32, n);
+            assert_eq!(ALL[i], s);
+            // The name is the variant in SCREAMING_SNAKE_CASE, as cbindgen
+            // writes it.
+            let mut want = String::from("CKPT_STATUS");
+            for c in format!("{s:?}").chars() {
+                if c.is_ascii_uppercase() {
+                    want.push('_');
+                }
+                want.push(c.to_ascii_uppercase());
+            }
             // SAFETY: any value is accepted; the result is a static C string.
-            let got = unsafe { std::ffi::CStr::from_ptr(ckpt_status_name(n)) };
-            assert_eq!(got.to_str().unwrap(), format!("CKPT_STATUS_{name}"));
+            let got = unsafe { CStr::from_ptr(ckpt_status_name(n)) };
+            assert_eq!(got.to_str().unwrap(), want);
         }
         // SAFETY: as above.
-        let unknown = unsafe { std::ffi::CStr::from_ptr(ckpt_status_name(12345)) };
+        let unknown = unsafe { CStr::from_ptr(ckpt_status_name(12345)) };
         assert_eq!(unknown.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+    }
+
+    /// Every `CKPT_STATUS_*` enumerator in the generated header has its
+    /// name in `ckpt_status_name` (so `ALL` cannot miss a new status).
+    #[test]
+    fn header_statuses_all_have_names() {
+        let header = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/libckpt.h")).unwrap();
+        let mut seen = 0;
+        for line in header.lines() {
+            let Some((name, rest)) = line.trim().split_once(" = ") else {
+                continue;
+            };
+            if !name.starts_with("CKPT_STATUS_") {
+                continue;
+            }
+            let n: u32 = rest.trim_end_matches(',').parse().unwrap();
+            // SAFETY: any value is accepted; the result is a static C string.
+            let got = unsafe { CStr::from_ptr(ckpt_status_name(n)) };
+            assert_eq!(got.to_str().unwrap(), name);
+            seen += 1;
+        }
+        assert_eq!(seen, ALL.len());
     }
 
     #[test]

@@ -22,7 +22,8 @@ fn number(s: &str) -> u32 {
 pub unsafe extern "C" fn ckpt_version() -> *const c_char {
     ffi_boundary!(
         "ckpt_version",
-        { VERSION_C.as_ptr().cast::<c_char>() }? = c"0.0.0".as_ptr()
+        { VERSION_C.as_ptr().cast::<c_char>() },
+        panic_default = c"0.0.0".as_ptr()
     )
 }
 
@@ -35,7 +36,8 @@ pub unsafe extern "C" fn ckpt_version() -> *const c_char {
 pub unsafe extern "C" fn ckpt_version_major() -> u32 {
     ffi_boundary!(
         "ckpt_version_major",
-        { number(env!("CARGO_PKG_VERSION_MAJOR")) }? = 0
+        { number(env!("CARGO_PKG_VERSION_MAJOR")) },
+        panic_default = 0
     )
 }
 
@@ -48,7 +50,8 @@ pub unsafe extern "C" fn ckpt_version_major() -> u32 {
 pub unsafe extern "C" fn ckpt_version_minor() -> u32 {
     ffi_boundary!(
         "ckpt_version_minor",
-        { number(env!("CARGO_PKG_VERSION_MINOR")) }? = 0
+        { number(env!("CARGO_PKG_VERSION_MINOR")) },
+        panic_default = 0
     )
 }
 
@@ -61,7 +64,8 @@ pub unsafe extern "C" fn ckpt_version_minor() -> u32 {
 pub unsafe extern "C" fn ckpt_version_patch() -> u32 {
     ffi_boundary!(
         "ckpt_version_patch",
-        { number(env!("CARGO_PKG_VERSION_PATCH")) }? = 0
+        { number(env!("CARGO_PKG_VERSION_PATCH")) },
+        panic_default = 0
     )
 }
 

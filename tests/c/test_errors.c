@@ -171,13 +171,16 @@ static void names_and_version(void) {
     CHECK(strcmp(ckpt_status_name(CKPT_STATUS_PANIC), "CKPT_STATUS_PANIC") == 0);
     CHECK(strcmp(ckpt_status_name(CKPT_STATUS_BUFFER_TOO_SMALL), "CKPT_STATUS_BUFFER_TOO_SMALL") ==
           0);
+    CHECK(strcmp(ckpt_status_name(CKPT_STATUS_PARENT_MISMATCH), "CKPT_STATUS_PARENT_MISMATCH") ==
+          0);
     CHECK(strcmp(ckpt_status_name(999), "CKPT_STATUS_UNKNOWN") == 0);
     /* The numbers are ABI. */
     CHECK(CKPT_STATUS_OK == 0 && CKPT_STATUS_INVALID_ARGUMENT == 1 && CKPT_STATUS_NULL_POINTER == 2 &&
           CKPT_STATUS_IO == 3 && CKPT_STATUS_NOT_FOUND == 4 && CKPT_STATUS_CORRUPT == 5 &&
           CKPT_STATUS_UNSUPPORTED == 6 && CKPT_STATUS_OUT_OF_RANGE == 7 &&
           CKPT_STATUS_READ_ONLY == 8 && CKPT_STATUS_CANCELLED == 9 &&
-          CKPT_STATUS_BUFFER_TOO_SMALL == 10 && CKPT_STATUS_PANIC == 11);
+          CKPT_STATUS_BUFFER_TOO_SMALL == 10 && CKPT_STATUS_PANIC == 11 &&
+          CKPT_STATUS_PARENT_MISMATCH == 12);
 
     char v[64];
     snprintf(v, sizeof v, "%u.%u.%u", (unsigned)ckpt_version_major(),

@@ -610,34 +610,10 @@ pub fn assert_disk_matches(what: &str, disk: &ckpt::Disk, model: &Model) {
     );
 }
 
-/// Whether an error is the exclusive-lock conflict of a read-write open.
-fn is_lock_conflict(e: &ckpt::Error) -> bool {
-    match e {
-        ckpt::Error::InFile { source, .. } => is_lock_conflict(source),
-        ckpt::Error::Io(io) => io.kind() == std::io::ErrorKind::WouldBlock,
-        _ => false,
-    }
-}
-
-/// Open a disk read-write, retrying for up to two seconds while another
-/// handle still holds the file's write lock.
-///
-/// Why: the tests of one binary run on several threads and spawn QEMU. A
-/// child process briefly inherits every open descriptor of the test
-/// process (until its `exec` closes them), and with them the `flock` of a
-/// disk another test has just closed; a read-write open in that window
-/// sees "open for writing by another process".
+/// Open a disk read-write, panicking with the path and the error.
 pub fn open_rw(path: &Path) -> ckpt::Disk {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        match ckpt::Disk::open(path, ckpt::OpenMode::ReadWrite) {
-            Ok(d) => return d,
-            Err(e) if is_lock_conflict(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("open {} read-write: {e}", path.display()),
-        }
-    }
+    ckpt::Disk::open(path, ckpt::OpenMode::ReadWrite)
+        .unwrap_or_else(|e| panic!("open {} read-write: {e}", path.display()))
 }
 
 /// `ckpt::check` must find no problems.

@@ -1,0 +1,273 @@
+//! What a VM folder holds: the VM file (configuration, settings, state, the
+//! checkpoint tree) and the journal of an operation under way.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The file holding a VM's configuration and checkpoint tree.
+pub const VM_FILE: &str = "vm.json";
+/// The journal of the operation under way (absent when none is).
+pub const JOURNAL_FILE: &str = "journal.json";
+/// The per-VM lock file.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The per-VM checkpoint setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointType {
+    /// No checkpoints.
+    Disabled,
+    /// Disks, configuration and memory state.
+    Standard,
+    /// Quiesce the guest, keep no memory; fall back to standard when quiescing fails.
+    #[default]
+    Production,
+    /// Quiesce the guest or fail.
+    ProductionOnly,
+}
+
+impl CheckpointType {
+    /// The setting's name: "disabled", "standard", "production", "production-only".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointType::Disabled => "disabled",
+            CheckpointType::Standard => "standard",
+            CheckpointType::Production => "production",
+            CheckpointType::ProductionOnly => "production-only",
+        }
+    }
+    /// Parse a setting's name.
+    pub fn parse(s: &str) -> Result<CheckpointType> {
+        Ok(match s {
+            "disabled" => CheckpointType::Disabled,
+            "standard" => CheckpointType::Standard,
+            "production" => CheckpointType::Production,
+            "production-only" | "productiononly" | "production_only" => CheckpointType::ProductionOnly,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint type {s:?} (use disabled, standard, production or production-only)"
+                )))
+            }
+        })
+    }
+}
+
+/// The kind a checkpoint really got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakenType {
+    /// With memory state (when the hypervisor handed one over).
+    Standard,
+    /// The guest was quiesced; no memory state.
+    Production,
+}
+
+impl TakenType {
+    /// "standard" or "production".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TakenType::Standard => "standard",
+            TakenType::Production => "production",
+        }
+    }
+}
+
+/// The VM's state as the library knows it (the hypervisor tells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Not running.
+    #[default]
+    Off,
+    /// Running.
+    Running,
+    /// Saved: memory state waits to be resumed.
+    Saved,
+}
+
+impl VmState {
+    /// "off", "running" or "saved".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Off => "off",
+            VmState::Running => "running",
+            VmState::Saved => "saved",
+        }
+    }
+    /// Parse a state name.
+    pub fn parse(s: &str) -> Result<VmState> {
+        Ok(match s {
+            "off" => VmState::Off,
+            "running" => VmState::Running,
+            "saved" => VmState::Saved,
+            _ => return Err(Error::InvalidArgument(format!("VM state {s:?} (use off, running or saved)"))),
+        })
+    }
+}
+
+/// The part of a VM a checkpoint keeps and apply restores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// The VM's name.
+    pub name: String,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Pass-through disks (host devices): never checkpointed.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    /// The hypervisor's own settings, kept as they are.
+    #[serde(default)]
+    pub hypervisor: serde_json::Value,
+}
+
+/// Per-VM checkpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    /// Which checkpoints to take.
+    pub checkpoint_type: CheckpointType,
+    /// Where configuration copies and memory state go (default: `DIR/checkpoints`).
+    #[serde(default)]
+    pub checkpoint_location: Option<PathBuf>,
+    /// Warn about checkpoints older than this many seconds.
+    #[serde(default)]
+    pub age_warning_seconds: Option<u64>,
+}
+
+/// One checkpoint: the frozen disks, a configuration copy, maybe memory state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Stable identifier.
+    pub id: String,
+    /// The name admins see.
+    pub name: String,
+    /// The checkpoint this one hangs under (None for the root).
+    pub parent: Option<String>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The kind it really got.
+    pub taken: TakenType,
+    /// The kind the setting asked for.
+    pub requested: CheckpointType,
+    /// Why `taken` differs from what was asked for.
+    pub fallback_reason: Option<String>,
+    /// The frozen disk files, in the VM's disk order.
+    pub disks: Vec<PathBuf>,
+    /// Pass-through disks that were not checkpointed.
+    pub skipped_passthrough: Vec<String>,
+    /// The configuration copy (a file in the checkpoint location).
+    pub config_file: Option<PathBuf>,
+    /// The memory state (a file in the checkpoint location).
+    pub saved_state: Option<PathBuf>,
+    /// Kept only because two or more states depend on its disks (a deleted branch point).
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+/// The running state of the VM ("Now").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Current {
+    /// The checkpoint it hangs under.
+    pub parent: Option<String>,
+    /// The files the VM writes to now, in the VM's disk order.
+    pub disks: Vec<PathBuf>,
+    /// Memory state to resume from (after applying a standard checkpoint).
+    pub saved_state: Option<PathBuf>,
+}
+
+/// Everything in `vm.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmFile {
+    /// Format version of this file.
+    pub version: u32,
+    /// The configuration.
+    pub config: VmConfig,
+    /// The VM's disks as given at creation (VHDX files).
+    pub disks: Vec<PathBuf>,
+    /// Checkpoint settings.
+    pub settings: Settings,
+    /// The VM's state.
+    pub state: VmState,
+    /// The running state.
+    pub current: Current,
+    /// Every checkpoint, parents before children.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// An operation under way, recorded before its first step so that
+/// reopening the VM after a crash can finish or undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Journal {
+    /// Creating checkpoint `id`; `files` are the files it makes.
+    Create {
+        /// The new checkpoint.
+        id: String,
+        /// Files made by the operation (removed on rollback).
+        files: Vec<PathBuf>,
+    },
+    /// Applying: `new_files` become the current disks; `old_files` go.
+    Apply {
+        /// The new current disks.
+        new_files: Vec<PathBuf>,
+        /// The old current disks (removed once the apply is committed).
+        old_files: Vec<PathBuf>,
+    },
+    /// Deleting checkpoint `id` by merging dependant `into`'s disks into it.
+    Merge {
+        /// The deleted checkpoint.
+        id: String,
+        /// The dependant: a checkpoint id, or None for the current state.
+        dependant: Option<String>,
+    },
+    /// Removing checkpoint `id` (a leaf, or hiding a branch point); `files` go after commit.
+    Remove {
+        /// The checkpoint.
+        id: String,
+        /// Whether it stays as a hidden node.
+        hide: bool,
+        /// Files removed once the tree no longer needs them.
+        files: Vec<PathBuf>,
+    },
+    /// Exporting into `files` (removed if interrupted).
+    Export {
+        /// Files made by the export.
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Write `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| Error::from(e).in_file(path))
+}
+
+/// Read and parse a JSON file.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::from(e).in_file(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
+}
+
+/// Serialise to pretty JSON and write atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
