@@ -168,6 +168,18 @@ enum ckpt_status
      * linkage: it was modified, replaced or mounted since the child was made.
      */
     CKPT_STATUS_PARENT_MISMATCH = 12,
+    /**
+     * The file to create exists already.
+     */
+    CKPT_STATUS_ALREADY_EXISTS = 13,
+    /**
+     * The operating system denied access to a file.
+     */
+    CKPT_STATUS_PERMISSION_DENIED = 14,
+    /**
+     * Another process is changing the same VM or disk; try again later.
+     */
+    CKPT_STATUS_BUSY = 15,
 };
 #ifndef __cplusplus
 typedef uint32_t ckpt_status;

@@ -98,6 +98,10 @@ pub enum Error {
     #[error("operation cancelled")]
     Cancelled,
 
+    /// Another process is changing the same object (a VM, a disk).
+    #[error("busy: {0}")]
+    Busy(String),
+
     /// The parent of a differencing disk could not be found.
     #[error("{}: parent disk not found (tried {})", child.display(), tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     ParentNotFound {
@@ -143,6 +147,12 @@ pub enum ErrorKind {
     Cancelled,
     /// A differencing disk's parent does not match its linkage.
     ParentMismatch,
+    /// Another process holds the object.
+    Busy,
+    /// The file to create exists already.
+    AlreadyExists,
+    /// The operating system denied access.
+    PermissionDenied,
 }
 
 impl Error {
@@ -150,7 +160,9 @@ impl Error {
     /// names a file is returned unchanged).
     pub fn in_file(self, path: impl Into<PathBuf>) -> Error {
         match self {
-            e @ (Error::InFile { .. } | Error::ParentNotFound { .. } | Error::ParentMismatch { .. }) => e,
+            e @ (Error::InFile { .. }
+            | Error::ParentNotFound { .. }
+            | Error::ParentMismatch { .. }) => e,
             e => Error::InFile {
                 path: path.into(),
                 source: Box::new(e),
@@ -162,6 +174,13 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            Error::Io(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                ErrorKind::AlreadyExists
+            }
+            Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                ErrorKind::PermissionDenied
+            }
+            Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock => ErrorKind::Busy,
             Error::Io(_) => ErrorKind::Io,
             Error::InFile { source, .. } => source.kind(),
             Error::BadSignature { .. }
@@ -175,6 +194,7 @@ impl Error {
             Error::Cancelled => ErrorKind::Cancelled,
             Error::ParentNotFound { .. } => ErrorKind::NotFound,
             Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
+            Error::Busy(_) => ErrorKind::Busy,
         }
     }
 }

@@ -251,7 +251,10 @@ impl Storage for FileStorage {
         }
         use std::os::unix::io::AsRawFd;
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
         };
         // SAFETY: fallocate on a descriptor we own; no memory is involved.
         let rc = unsafe {
@@ -278,7 +281,10 @@ impl Storage for FileStorage {
         }
         use std::os::unix::io::AsRawFd;
         let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
         };
         // SAFETY: posix_fallocate on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), off, l) };

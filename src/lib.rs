@@ -33,7 +33,9 @@ pub mod format;
 pub mod io;
 
 pub use disk::check::{check, CheckReport};
-pub use disk::{ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode};
+pub use disk::{
+    ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode,
+};
 pub use error::{Error, ErrorKind, Result};
 
 /// The library version (the crate version).

@@ -19,7 +19,9 @@ use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
 use uuid::Uuid;
 
 use support::raw::*;
-use support::{first_diff, open_with_timeout, qemu_img, qemu_io, read_all, run_ok, Counting, Ctx, Rng};
+use support::{
+    first_diff, open_with_timeout, qemu_img, qemu_io, read_all, run_ok, Counting, Ctx, Rng,
+};
 
 const SIZE: u64 = 8 * MIB;
 const KIB: u64 = 1024;
@@ -73,7 +75,14 @@ fn qemu_image() -> Option<Vec<u8>> {
         );
         run_ok(
             Command::new(qio)
-                .args(["-f", "vhdx", "-c", "write -P 0xab 0 1536k", "-c", "write -P 0xcd 3M 100k"])
+                .args([
+                    "-f",
+                    "vhdx",
+                    "-c",
+                    "write -P 0xab 0 1536k",
+                    "-c",
+                    "write -P 0xcd 3M 100k",
+                ])
                 .arg(&p),
         );
         Some(std::fs::read(&p).expect("read qemu image"))
@@ -146,14 +155,19 @@ fn judge(ctx: &str, img: &[u8], expect: &Expect) {
                     let d = open_with_timeout(&path, OpenMode::ReadOnly, OPEN_TIMEOUT)
                         .unwrap_or_else(|e| panic!("{ctx}: reopen after read-write: {e}"));
                     let again = read_all(&d);
-                    assert!(again == want, "{ctx}: contents changed after the read-write session");
+                    assert!(
+                        again == want,
+                        "{ctx}: contents changed after the read-write session"
+                    );
                 } else {
                     drop(disk);
                 }
             }
             (Ok(disk), Expect::Fails(kinds, words)) => {
                 drop(disk);
-                panic!("{ctx} {mode:?}: opens, but should fail with {kinds:?} naming one of {words:?}");
+                panic!(
+                    "{ctx} {mode:?}: opens, but should fail with {kinds:?} naming one of {words:?}"
+                );
             }
             (Err(e), Expect::Opens(_)) => {
                 panic!("{ctx} {mode:?}: should open (the damage is tolerated), but: {e}");
@@ -227,7 +241,11 @@ fn add_meta_item(img: &mut [u8], l: &Layout, flags: u32) {
     wr32(img, e + 20, 8);
     wr32(img, e + 24, flags);
     wr32(img, e + 28, 0);
-    wr64(img, l.meta_offset as usize + off as usize, 0x1122_3344_5566_7788);
+    wr64(
+        img,
+        l.meta_offset as usize + off as usize,
+        0x1122_3344_5566_7788,
+    );
     wr16(img, l.meta_offset as usize + 10, (count + 1) as u16);
 }
 
@@ -620,7 +638,9 @@ fn random_single_byte_mutations() {
         };
         let old = base[pos];
         let new = old ^ (1 + rng.below(255) as u8);
-        let _ctx = Ctx(format!("mutation #{i}: byte {pos:#x} {old:#04x} -> {new:#04x}"));
+        let _ctx = Ctx(format!(
+            "mutation #{i}: byte {pos:#x} {old:#04x} -> {new:#04x}"
+        ));
         let mut img = base.clone();
         img[pos] = new;
 
@@ -665,6 +685,9 @@ fn poke(disk: &Disk) {
     let _ = disk.extents();
 }
 
+/// A way to damage an image.
+type Damage = dyn Fn(&mut Vec<u8>, &Layout);
+
 const CHILD_ENV: &str = "CKPT_CORRUPT_ALLOC_CHILD";
 
 /// Damage that announces huge sizes or counts must be refused before the
@@ -672,35 +695,60 @@ const CHILD_ENV: &str = "CKPT_CORRUPT_ALLOC_CHILD";
 /// child process under a small address-space limit (`prlimit --as`).
 #[test]
 fn huge_counts_are_refused_before_allocating() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>, &Layout)>)> = vec![
-        ("virtual size 64 TiB", Box::new(|img, l| wr64(img, l.item_pos(VIRTUAL_SIZE), 64u64 << 40))),
-        ("virtual size 2^63", Box::new(|img, l| wr64(img, l.item_pos(VIRTUAL_SIZE), 1u64 << 63))),
-        ("region entry count", Box::new(|img, _l| edit_region_tables(img, |t| wr32(t, 8, u32::MAX)))),
-        ("metadata entry count", Box::new(|img, l| wr16(img, l.meta_offset as usize + 10, u16::MAX))),
-        ("metadata item length", Box::new(|img, l| {
-            let e = l.meta_entry_pos(l.item(FILE_PARAMETERS).index);
-            wr32(img, e + 20, u32::MAX)
-        })),
-        ("BAT region length 4 GiB - 1 MiB", Box::new(|img, l| {
-            edit_region(img, l, BAT_GUID, None, Some(u32::MAX - (MIB as u32) + 1))
-        })),
-        ("log length 4 GiB - 1 MiB", Box::new(|img, _l| {
-            edit_headers(img, |h| wr32(h, 68, u32::MAX - (MIB as u32) + 1))
-        })),
-        ("log entry length 4 GiB - 4 KiB", Box::new(|img, l| {
-            let at = craft_log(img, l, None);
-            let mut e = img[at..at + 8192].to_vec();
-            wr32(&mut e, 8, u32::MAX - 4095);
-            seal(&mut e, 4);
-            img[at..at + 8192].copy_from_slice(&e);
-        })),
-        ("log descriptor count", Box::new(|img, l| {
-            let at = craft_log(img, l, None);
-            let mut e = img[at..at + 8192].to_vec();
-            wr32(&mut e, 24, u32::MAX);
-            seal(&mut e, 4);
-            img[at..at + 8192].copy_from_slice(&e);
-        })),
+    let cases: Vec<(&str, Box<Damage>)> = vec![
+        (
+            "virtual size 64 TiB",
+            Box::new(|img, l| wr64(img, l.item_pos(VIRTUAL_SIZE), 64u64 << 40)),
+        ),
+        (
+            "virtual size 2^63",
+            Box::new(|img, l| wr64(img, l.item_pos(VIRTUAL_SIZE), 1u64 << 63)),
+        ),
+        (
+            "region entry count",
+            Box::new(|img, _l| edit_region_tables(img, |t| wr32(t, 8, u32::MAX))),
+        ),
+        (
+            "metadata entry count",
+            Box::new(|img, l| wr16(img, l.meta_offset as usize + 10, u16::MAX)),
+        ),
+        (
+            "metadata item length",
+            Box::new(|img, l| {
+                let e = l.meta_entry_pos(l.item(FILE_PARAMETERS).index);
+                wr32(img, e + 20, u32::MAX)
+            }),
+        ),
+        (
+            "BAT region length 4 GiB - 1 MiB",
+            Box::new(|img, l| {
+                edit_region(img, l, BAT_GUID, None, Some(u32::MAX - (MIB as u32) + 1))
+            }),
+        ),
+        (
+            "log length 4 GiB - 1 MiB",
+            Box::new(|img, _l| edit_headers(img, |h| wr32(h, 68, u32::MAX - (MIB as u32) + 1))),
+        ),
+        (
+            "log entry length 4 GiB - 4 KiB",
+            Box::new(|img, l| {
+                let at = craft_log(img, l, None);
+                let mut e = img[at..at + 8192].to_vec();
+                wr32(&mut e, 8, u32::MAX - 4095);
+                seal(&mut e, 4);
+                img[at..at + 8192].copy_from_slice(&e);
+            }),
+        ),
+        (
+            "log descriptor count",
+            Box::new(|img, l| {
+                let at = craft_log(img, l, None);
+                let mut e = img[at..at + 8192].to_vec();
+                wr32(&mut e, 24, u32::MAX);
+                seal(&mut e, 4);
+                img[at..at + 8192].copy_from_slice(&e);
+            }),
+        ),
     ];
     let child = std::env::var_os(CHILD_ENV).is_some();
     if !child {
@@ -719,7 +767,9 @@ fn huge_counts_are_refused_before_allocating() {
         // In a child under a 256 MiB address-space limit: no allocation that
         // large may even be attempted (an abort fails the child).
         let exe = std::env::current_exe().expect("current exe");
-        if !Path::new("/usr/bin/prlimit").exists() && Command::new("prlimit").arg("--version").output().is_err() {
+        if !Path::new("/usr/bin/prlimit").exists()
+            && Command::new("prlimit").arg("--version").output().is_err()
+        {
             assert!(!support::in_ci(), "CI=true but prlimit is missing");
             eprintln!("NOTICE: prlimit is missing; skipping the allocation bound check");
             return;
@@ -734,7 +784,12 @@ fn huge_counts_are_refused_before_allocating() {
             .arg(format!("--as={}", 256u64 << 20))
             .arg("--")
             .arg(exe)
-            .args(["--exact", "huge_counts_are_refused_before_allocating", "--test-threads=1", "--nocapture"])
+            .args([
+                "--exact",
+                "huge_counts_are_refused_before_allocating",
+                "--test-threads=1",
+                "--nocapture",
+            ])
             .env(CHILD_ENV, &qemu_copy)
             .output()
             .expect("run the child under prlimit");
@@ -764,5 +819,95 @@ fn huge_counts_are_refused_before_allocating() {
                 let _ = Disk::open_storage(Arc::new(MemStorage::from_vec(img.clone())), mode);
             }
         }
+    }
+}
+
+/// The real dirty-log image from QEMU's test suite: its one valid log entry
+/// (sequence 7) is what makes MiB 17 read as data. With one byte of that
+/// entry flipped, the log is dirty with no valid sequence: both modes must
+/// refuse it, without writing.
+#[test]
+fn real_dirty_log_with_a_damaged_entry() {
+    let dir = std::env::var_os("CKPT_TESTDATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+    let src = dir.join("iotest-dirtylog-10G-4M.vhdx.bz2");
+    if !src.exists() {
+        assert!(
+            !support::in_ci(),
+            "CI=true but {} is missing",
+            src.display()
+        );
+        eprintln!("NOTICE: {} is missing; skipping", src.display());
+        return;
+    }
+    let out = Command::new("bzip2").arg("-dc").arg(&src).output();
+    let img = match out {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => {
+            assert!(
+                !support::in_ci(),
+                "CI=true but bzip2 cannot decompress {}",
+                src.display()
+            );
+            eprintln!("NOTICE: bzip2 is missing; skipping");
+            return;
+        }
+    };
+    let l = Layout::parse(&img);
+    assert!(!l.log_guid.is_nil(), "the sample has a dirty log");
+    // Find the entries carrying the header's LogGuid.
+    let log = l.log_offset as usize..l.log_offset as usize + l.log_length as usize;
+    let live: Vec<usize> = log
+        .clone()
+        .step_by(4096)
+        .filter(|&p| rd32(&img, p) == 0x6567_6F6C && rdguid(&img, p + 32) == l.log_guid)
+        .collect();
+    assert_eq!(live.len(), 1, "one entry with the live LogGuid");
+
+    // Undamaged: the replay makes MiB 17 read as data (0xa5), without writing.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("damaged.vhdx");
+    std::fs::write(&path, &img).expect("write");
+    let d =
+        open_with_timeout(&path, OpenMode::ReadOnly, OPEN_TIMEOUT).expect("undamaged sample opens");
+    let mut buf = vec![0u8; 4096];
+    d.read_at(&mut buf, 17 * MIB).expect("read");
+    assert!(
+        buf.iter().all(|&b| b == 0xa5),
+        "the log entry was not replayed"
+    );
+    drop(d);
+
+    let mut bad = img.clone();
+    bad[live[0] + 4096 + 200] ^= 0x10;
+    judge_failure("real dirty log, entry damaged", &bad, &["log"]);
+}
+
+/// Both modes fail with a Corrupt error naming one of `words`; no write.
+fn judge_failure(ctx: &str, img: &[u8], words: &'static [&'static str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("damaged.vhdx");
+    std::fs::write(&path, img).expect("write");
+    for mode in [OpenMode::ReadOnly, OpenMode::ReadWrite] {
+        match open_with_timeout(&path, mode, OPEN_TIMEOUT) {
+            Ok(_) => panic!("{ctx} {mode:?}: opens"),
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("{ctx} {mode:?}: {msg}");
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{ctx} {mode:?}: {msg}");
+                let lower = msg.to_lowercase();
+                assert!(
+                    words.iter().any(|w| lower.contains(w)),
+                    "{ctx} {mode:?}: {msg}"
+                );
+            }
+        }
+        let now = std::fs::read(&path).expect("read back");
+        assert!(
+            now == img,
+            "{ctx} {mode:?}: the failed open wrote: {}",
+            first_diff(&now, img)
+        );
     }
 }

@@ -7,13 +7,19 @@ use ckpt::io::MemStorage;
 use ckpt::{CreateOptions, Disk, DiskKind, OpenMode};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
 fn dynamic_roundtrip_in_memory() {
     let mem = MemStorage::new();
-    let d = Disk::create_on(Arc::new(mem.clone()), &CreateOptions::new(64 << 20).block_size(1 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(mem.clone()),
+        &CreateOptions::new(64 << 20).block_size(1 << 20),
+    )
+    .unwrap();
     assert_eq!(d.info().kind, DiskKind::Dynamic);
     let a = pattern(3 << 20, 7);
     d.write_at(&a, 12345).unwrap();
@@ -22,7 +28,11 @@ fn dynamic_roundtrip_in_memory() {
     d.read_at(&mut b, 12345).unwrap();
     assert_eq!(a, b);
     d.close().unwrap();
-    let d = Disk::open_storage(Arc::new(MemStorage::from_vec(mem.snapshot())), OpenMode::ReadOnly).unwrap();
+    let d = Disk::open_storage(
+        Arc::new(MemStorage::from_vec(mem.snapshot())),
+        OpenMode::ReadOnly,
+    )
+    .unwrap();
     let mut b = vec![0u8; a.len()];
     d.read_at(&mut b, 12345).unwrap();
     assert_eq!(a, b);
@@ -37,7 +47,10 @@ fn out_of_range_and_read_only() {
     let mem = MemStorage::new();
     let d = Disk::create_on(Arc::new(mem.clone()), &CreateOptions::new(8 << 20)).unwrap();
     let mut b = [0u8; 2];
-    assert!(matches!(d.read_at(&mut b, (8 << 20) - 1), Err(ckpt::Error::OutOfRange { .. })));
+    assert!(matches!(
+        d.read_at(&mut b, (8 << 20) - 1),
+        Err(ckpt::Error::OutOfRange { .. })
+    ));
     d.close().unwrap();
     let before = mem.snapshot();
     let d = Disk::open_storage(Arc::new(mem.clone()), OpenMode::ReadOnly).unwrap();
@@ -49,7 +62,11 @@ fn out_of_range_and_read_only() {
 #[test]
 fn trim_frees_whole_blocks() {
     let mem = MemStorage::new();
-    let d = Disk::create_on(Arc::new(mem.clone()), &CreateOptions::new(16 << 20).block_size(1 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(mem.clone()),
+        &CreateOptions::new(16 << 20).block_size(1 << 20),
+    )
+    .unwrap();
     d.write_at(&vec![0xabu8; 4 << 20], 0).unwrap();
     assert_eq!(d.info().allocated_bytes, 4 << 20);
     d.trim(1 << 20, 2 << 20).unwrap();
@@ -69,7 +86,11 @@ fn trim_frees_whole_blocks() {
 #[test]
 fn fixed_disk() {
     let mem = MemStorage::new();
-    let d = Disk::create_on(Arc::new(mem.clone()), &CreateOptions::new(5 << 20).fixed(true).block_size(2 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(mem.clone()),
+        &CreateOptions::new(5 << 20).fixed(true).block_size(2 << 20),
+    )
+    .unwrap();
     assert_eq!(d.info().kind, DiskKind::Fixed);
     d.write_at(b"xyz", (5 << 20) - 3).unwrap();
     d.close().unwrap();
@@ -83,7 +104,11 @@ fn fixed_disk() {
 fn differencing_chain_in_memory() {
     use ckpt::ChildOptions;
     let base = MemStorage::new();
-    let d = Disk::create_on(Arc::new(base.clone()), &CreateOptions::new(16 << 20).block_size(1 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(base.clone()),
+        &CreateOptions::new(16 << 20).block_size(1 << 20),
+    )
+    .unwrap();
     let mut model = vec![0u8; 16 << 20];
     let a = pattern(5 << 20, 3);
     d.write_at(&a, 1000).unwrap();
@@ -91,14 +116,29 @@ fn differencing_chain_in_memory() {
     d.close().unwrap();
     let base_disk = Disk::open_storage(Arc::new(base.clone()), OpenMode::ReadOnly).unwrap();
     let child = MemStorage::new();
-    Disk::create_child_on(Arc::new(child.clone()), &base_disk, &ChildOptions::default()).unwrap();
-    let chain = Disk::open_storage_chain(vec![Arc::new(child.clone()), Arc::new(base.clone())], OpenMode::ReadWrite).unwrap();
+    Disk::create_child_on(
+        Arc::new(child.clone()),
+        &base_disk,
+        &ChildOptions::default(),
+    )
+    .unwrap();
+    let chain = Disk::open_storage_chain(
+        vec![Arc::new(child.clone()), Arc::new(base.clone())],
+        OpenMode::ReadWrite,
+    )
+    .unwrap();
     assert_eq!(chain.info().kind, DiskKind::Differencing);
     let mut b = vec![0u8; 16 << 20];
     chain.read_at(&mut b, 0).unwrap();
     assert!(b == model);
     // sub-sector, partial-block and whole-block writes, trims
-    for (off, len, seed) in [(7u64, 1usize, 1u8), (4095, 3, 2), (2 << 20, 2 << 20, 3), (3 << 20, 700, 4), (9 << 20, 100_000, 5)] {
+    for (off, len, seed) in [
+        (7u64, 1usize, 1u8),
+        (4095, 3, 2),
+        (2 << 20, 2 << 20, 3),
+        (3 << 20, 700, 4),
+        (9 << 20, 100_000, 5),
+    ] {
         let p = pattern(len, seed);
         chain.write_at(&p, off).unwrap();
         model[off as usize..off as usize + len].copy_from_slice(&p);
@@ -110,7 +150,11 @@ fn differencing_chain_in_memory() {
     chain.read_at(&mut b, 0).unwrap();
     assert!(b == model);
     chain.close().unwrap();
-    let chain = Disk::open_storage_chain(vec![Arc::new(child.clone()), Arc::new(base.clone())], OpenMode::ReadOnly).unwrap();
+    let chain = Disk::open_storage_chain(
+        vec![Arc::new(child.clone()), Arc::new(base.clone())],
+        OpenMode::ReadOnly,
+    )
+    .unwrap();
     chain.read_at(&mut b, 0).unwrap();
     assert!(b == model);
 }
@@ -155,21 +199,40 @@ fn merge_changes_flatten_reparent_on_files() {
     // changes of c3's own layer: one byte-exact range rounded to sectors
     let top = Disk::open(&files[2], OpenMode::ReadOnly).unwrap();
     let ch = top.changed_ranges(1).unwrap();
-    assert_eq!(ch, vec![Range { offset: 15 << 20, length: (1 << 20) + 512 }]);
+    assert_eq!(
+        ch,
+        vec![Range {
+            offset: 15 << 20,
+            length: (1 << 20) + 512
+        }]
+    );
     drop(top);
     // merge c2 into c1: c3 gets re-pointed at c1
     let rep = merge::merge(&files[1], MergeOptions::default()).unwrap();
     assert_eq!(rep.repointed, vec![files[2].clone()]);
     assert!(!files[1].exists());
     check(&files[2], &model);
-    assert_eq!(Disk::open(&files[2], OpenMode::ReadOnly).unwrap().depth(), 3);
+    assert_eq!(
+        Disk::open(&files[2], OpenMode::ReadOnly).unwrap().depth(),
+        3
+    );
     // merge c3 into the base directly
-    merge::merge(&files[2], MergeOptions { into: Some(base.clone()), ..Default::default() }).unwrap();
+    merge::merge(
+        &files[2],
+        MergeOptions {
+            into: Some(base.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!files[2].exists() && !files[0].exists());
     check(&base, &model);
     // flatten a new chain and reparent
     let c4 = dir.path().join("c4.avhdx");
-    Disk::create_child(&c4, &base, &ChildOptions::default()).unwrap().close().unwrap();
+    Disk::create_child(&c4, &base, &ChildOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
     let flat = dir.path().join("flat.vhdx");
     merge::flatten(&c4, &flat, &CreateOptions::new(0), None).unwrap();
     check(&flat, &model);
@@ -179,5 +242,8 @@ fn merge_changes_flatten_reparent_on_files() {
     merge::reparent(&c4, &moved, false).unwrap();
     check(&c4, &model);
     // a parent that is another disk: refused unless forced
-    assert!(matches!(merge::reparent(&c4, &flat, false), Err(ckpt::Error::ParentMismatch { .. })));
+    assert!(matches!(
+        merge::reparent(&c4, &flat, false),
+        Err(ckpt::Error::ParentMismatch { .. })
+    ));
 }

@@ -11,7 +11,9 @@ use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
 const SIZE: u64 = 8 << 20;
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 1)
+        .collect()
 }
 
 /// base <- mid <- top, plus a grandchild `leaf` of `mid`'s child `top`.
@@ -27,9 +29,16 @@ fn build(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, Vec<u8>) {
     d.write_at(&a, 0).unwrap();
     model[..a.len()].copy_from_slice(&a);
     d.close().unwrap();
-    let opts = ChildOptions { block_size: 1 << 20, log_size: 1 << 20 };
+    let opts = ChildOptions {
+        block_size: 1 << 20,
+        log_size: 1 << 20,
+    };
     let d = Disk::create_child(&mid, &base, &opts).unwrap();
-    for (off, len, seed) in [(100u64, 5000usize, 2u8), (2 << 20, 1 << 20, 3), (5 << 20, 70_000, 4)] {
+    for (off, len, seed) in [
+        (100u64, 5000usize, 2u8),
+        (2 << 20, 1 << 20, 3),
+        (5 << 20, 70_000, 4),
+    ] {
         let p = pattern(len, seed);
         d.write_at(&p, off).unwrap();
         model[off as usize..off as usize + len].copy_from_slice(&p);
@@ -42,25 +51,45 @@ fn build(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, Vec<u8>) {
     d.write_at(&p, 7 << 20).unwrap();
     model[7 << 20..(7 << 20) + 4096].copy_from_slice(&p);
     d.close().unwrap();
-    Disk::create_child(&leaf, &top, &opts).unwrap().close().unwrap();
+    Disk::create_child(&leaf, &top, &opts)
+        .unwrap()
+        .close()
+        .unwrap();
     (base, mid, top, leaf, model)
 }
 
 fn read_all(path: &Path) -> Vec<u8> {
-    let d = Disk::open(path, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let d = Disk::open(path, OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut b = vec![0u8; SIZE as usize];
     d.read_at(&mut b, 0).unwrap();
     b
 }
 
 fn qemu_check(path: &Path) {
-    if std::process::Command::new("qemu-img").arg("--version").output().is_err() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "qemu-img is required under CI=true");
+    if std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu-img is required under CI=true"
+        );
         eprintln!("notice: qemu-img not installed; skipping qemu-img check");
         return;
     }
-    let out = std::process::Command::new("qemu-img").args(["check", "-f", "vhdx"]).arg(path).output().unwrap();
-    assert!(out.status.success(), "qemu-img check {}: {}", path.display(), String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", "-f", "vhdx"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img check {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn run(which: &str, cut: Cut) {
@@ -72,28 +101,57 @@ fn run(which: &str, cut: Cut) {
         _ => (top.clone(), Some(base.clone())),
     };
     faults::arm(u64::MAX, cut);
-    merge::merge(&child, MergeOptions { into: into.clone(), ..Default::default() }).unwrap();
+    merge::merge(
+        &child,
+        MergeOptions {
+            into: into.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let events = faults::disarm();
-    assert!(events > 10, "a merge should write something ({events} events)");
+    assert!(
+        events > 10,
+        "a merge should write something ({events} events)"
+    );
     assert_eq!(read_all(&leaf), model);
 
     for n in 0..events {
         let dir = tempfile::tempdir().unwrap();
         let (base, _mid, _top, leaf, model) = build(dir.path());
         faults::arm(n, cut);
-        let r = merge::merge(&child_in(dir.path(), &child), MergeOptions { into: into.as_ref().map(|_| base.clone()), ..Default::default() });
+        let r = merge::merge(
+            &child_in(dir.path(), &child),
+            MergeOptions {
+                into: into.as_ref().map(|_| base.clone()),
+                ..Default::default()
+            },
+        );
         faults::disarm();
-        assert!(r.is_err(), "cut at {n} of {events}: the merge should have failed");
+        assert!(
+            r.is_err(),
+            "cut at {n} of {events}: the merge should have failed"
+        );
         // Every state reads the same data.
         assert_eq!(read_all(&leaf), model, "cut at {n}: content changed");
         // Running the merge again finishes it (unless the cut came after the
         // merged file was already removed).
         let c = child_in(dir.path(), &child);
         if c.exists() {
-            merge::merge(&c, MergeOptions { into: into.as_ref().map(|_| base.clone()), ..Default::default() })
-                .unwrap_or_else(|e| panic!("cut at {n}: re-running the merge: {e}"));
+            merge::merge(
+                &c,
+                MergeOptions {
+                    into: into.as_ref().map(|_| base.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("cut at {n}: re-running the merge: {e}"));
         }
-        assert_eq!(read_all(&leaf), model, "cut at {n}: content after the re-run");
+        assert_eq!(
+            read_all(&leaf),
+            model,
+            "cut at {n}: content after the re-run"
+        );
         assert!(!c.exists());
         if n % 5 == 0 {
             qemu_check(&base);

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ckpt::io::MemStorage;
 use ckpt::disk::check::check_storage;
+use ckpt::io::MemStorage;
 use ckpt::{CreateOptions, Disk, OpenMode};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -41,9 +41,8 @@ enum Op {
 fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![
         0..SIZE,
-        (0..=SIZE / BLOCK, -1536i64..1536).prop_map(|(b, d)| {
-            (b as i64 * BLOCK as i64 + d).clamp(0, SIZE as i64 - 1) as u64
-        }),
+        (0..=SIZE / BLOCK, -1536i64..1536)
+            .prop_map(|(b, d)| { (b as i64 * BLOCK as i64 + d).clamp(0, SIZE as i64 - 1) as u64 }),
         (0..SIZE / 512).prop_map(|s| s * 512),
     ]
 }
@@ -165,7 +164,11 @@ fn run_model(opts: &CreateOptions, file: bool, ops: &[Op]) -> Result<(), TestCas
     }
     let d = disk.take().expect("open");
     let all = read_all(&d);
-    prop_assert!(all == model, "whole disk before close: {}", first_diff(&all, &model));
+    prop_assert!(
+        all == model,
+        "whole disk before close: {}",
+        first_diff(&all, &model)
+    );
     d.close()
         .map_err(|e| TestCaseError::fail(format!("final close: {e}")))?;
     let report = backend.check();
@@ -174,7 +177,11 @@ fn run_model(opts: &CreateOptions, file: bool, ops: &[Op]) -> Result<(), TestCas
         .open(OpenMode::ReadOnly)
         .map_err(|e| TestCaseError::fail(format!("final read-only open: {e}")))?;
     let all = read_all(&d);
-    prop_assert!(all == model, "whole disk after reopen: {}", first_diff(&all, &model));
+    prop_assert!(
+        all == model,
+        "whole disk after reopen: {}",
+        first_diff(&all, &model)
+    );
     Ok(())
 }
 
@@ -227,21 +234,57 @@ proptest! {
 #[test]
 fn edge_sequence() {
     let ops = vec![
-        Op::Write { off: BLOCK - 1, len: 2, seed: 1 },
-        Op::Write { off: SIZE - 1, len: 1, seed: 2 },
-        Op::Write { off: 0, len: 1, seed: 3 },
+        Op::Write {
+            off: BLOCK - 1,
+            len: 2,
+            seed: 1,
+        },
+        Op::Write {
+            off: SIZE - 1,
+            len: 1,
+            seed: 2,
+        },
+        Op::Write {
+            off: 0,
+            len: 1,
+            seed: 3,
+        },
         Op::Trim { off: 1, len: 1 },
-        Op::Write { off: 3 * BLOCK + 5, len: 2 * BLOCK as usize, seed: 4 },
-        Op::Trim { off: 4 * BLOCK, len: BLOCK },
-        Op::Read { off: 3 * BLOCK, len: 3 * BLOCK as usize },
+        Op::Write {
+            off: 3 * BLOCK + 5,
+            len: 2 * BLOCK as usize,
+            seed: 4,
+        },
+        Op::Trim {
+            off: 4 * BLOCK,
+            len: BLOCK,
+        },
+        Op::Read {
+            off: 3 * BLOCK,
+            len: 3 * BLOCK as usize,
+        },
         Op::Reopen,
-        Op::Trim { off: 3 * BLOCK + 100, len: 3 * BLOCK },
-        Op::Write { off: 4 * BLOCK + 7, len: 7, seed: 5 },
+        Op::Trim {
+            off: 3 * BLOCK + 100,
+            len: 3 * BLOCK,
+        },
+        Op::Write {
+            off: 4 * BLOCK + 7,
+            len: 7,
+            seed: 5,
+        },
         Op::Flush,
         Op::Trim { off: 0, len: SIZE },
-        Op::Write { off: 10 * BLOCK - 300, len: 600, seed: 6 },
+        Op::Write {
+            off: 10 * BLOCK - 300,
+            len: 600,
+            seed: 6,
+        },
         Op::Reopen,
-        Op::Read { off: 0, len: SIZE as usize },
+        Op::Read {
+            off: 0,
+            len: SIZE as usize,
+        },
     ];
     for (opts, file) in [
         (dynamic(), false),
@@ -303,7 +346,8 @@ fn concurrent(file: bool) {
                     }
                     done[k as usize].store(true, Ordering::Release);
                     if n % 16 == 15 {
-                        disk.flush().unwrap_or_else(|e| panic!("writer {t}: flush: {e}"));
+                        disk.flush()
+                            .unwrap_or_else(|e| panic!("writer {t}: flush: {e}"));
                     }
                 }
                 writers_left.fetch_sub(1, Ordering::AcqRel);
@@ -342,7 +386,11 @@ fn concurrent(file: bool) {
                 }
                 let mut got = vec![0u8; BLOCK as usize];
                 disk.read_at(&mut got, base).expect("owner: read");
-                assert!(got == *m, "owner: block {b} after step {i}: {}", first_diff(&got, m));
+                assert!(
+                    got == *m,
+                    "owner: block {b} after step {i}: {}",
+                    first_diff(&got, m)
+                );
             }
             writers_left.fetch_sub(1, Ordering::AcqRel);
             model
@@ -367,8 +415,11 @@ fn concurrent(file: bool) {
                         checked += 1;
                     } else {
                         // Mid-write: every byte is either still zero or new.
-                        if let Some(i) = buf.iter().zip(&want).position(|(g, w)| *g != 0 && g != w) {
-                            panic!("reader {r}: chunk {k} (being written) has a foreign byte at +{i}");
+                        if let Some(i) = buf.iter().zip(&want).position(|(g, w)| *g != 0 && g != w)
+                        {
+                            panic!(
+                                "reader {r}: chunk {k} (being written) has a foreign byte at +{i}"
+                            );
                         }
                     }
                 }
@@ -384,7 +435,11 @@ fn concurrent(file: bool) {
     model[own_start as usize..].copy_from_slice(&own_model);
     disk.flush().expect("flush");
     let all = read_all(&disk);
-    assert!(all == model, "after the threads: {}", first_diff(&all, &model));
+    assert!(
+        all == model,
+        "after the threads: {}",
+        first_diff(&all, &model)
+    );
     disk.close().expect("close");
     let report = backend.check();
     assert!(report.is_ok(), "check: {:?}", report.problems);

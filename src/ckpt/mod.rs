@@ -3,3 +3,9 @@
 //! This layer will know files, chains and the tree, not bytes: it sits on
 //! top of [`crate::disk`] and below the C ABI and the CLI.
 pub mod model;
+pub mod vm;
+
+pub use model::{
+    Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile, VmState,
+};
+pub use vm::{list_of, CheckpointView, Hooks, NoHooks, Vm, VmSpec};

@@ -47,7 +47,9 @@ impl CheckpointType {
             "disabled" => CheckpointType::Disabled,
             "standard" => CheckpointType::Standard,
             "production" => CheckpointType::Production,
-            "production-only" | "productiononly" | "production_only" => CheckpointType::ProductionOnly,
+            "production-only" | "productiononly" | "production_only" => {
+                CheckpointType::ProductionOnly
+            }
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "checkpoint type {s:?} (use disabled, standard, production or production-only)"
@@ -105,7 +107,11 @@ impl VmState {
             "off" => VmState::Off,
             "running" => VmState::Running,
             "saved" => VmState::Saved,
-            _ => return Err(Error::InvalidArgument(format!("VM state {s:?} (use off, running or saved)"))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "VM state {s:?} (use off, running or saved)"
+                )))
+            }
         })
     }
 }
@@ -250,7 +256,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
     let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -268,6 +278,7 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 /// Serialise to pretty JSON and write atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     write_atomic(path, &bytes)
 }

@@ -5,6 +5,7 @@
 //! one `error: …` line on stderr (`check` prints one per problem).
 
 pub mod bench;
+pub mod chain;
 pub mod convert;
 pub mod size;
 
@@ -23,9 +24,12 @@ use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
 /// Streaming chunk for `read` and `write`.
 const IO_CHUNK: u64 = 1 << 20;
 
-/// Hyper-V VHDX virtual disks: create, inspect, check, convert, read, write, benchmark.
+/// Hyper-V VHDX virtual disks and differencing chains: create, inspect,
+/// check, convert, read, write, benchmark, merge, list changes, re-parent.
 ///
 /// SIZE is a byte count or a number with K, M, G or T (powers of 1024).
+/// Every command that opens a differencing disk (AVHDX) opens its whole
+/// chain of parents (read-only) and checks that each parent still matches.
 #[derive(Debug, Parser)]
 #[command(name = "ckpt", version, max_term_width = 100)]
 struct Cli {
@@ -35,17 +39,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a new VHDX (dynamic unless --fixed).
+    /// Create a new VHDX (dynamic unless --fixed), or with --parent a
+    /// differencing disk on top of PARENT.
     Create {
         /// The new file (must not exist).
         file: PathBuf,
-        /// Virtual size (a multiple of the logical sector size).
+        /// Virtual size (a multiple of the logical sector size); required
+        /// unless --parent is given.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        size: u64,
+        size: Option<u64>,
+        /// Make a differencing disk whose parent is PARENT; it takes its
+        /// virtual size and sector sizes from PARENT.
+        #[arg(long, value_name = "PARENT")]
+        parent: Option<PathBuf>,
         /// Allocate every block now (a fixed disk).
         #[arg(long)]
         fixed: bool,
-        /// Block size: a power of two from 1M to 256M [default: 32M].
+        /// Block size: a power of two from 1M to 256M [default: 32M, or 2M
+        /// with --parent].
         #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
         block_size: Option<u32>,
         /// Logical sector size, 512 or 4096 [default: 512].
@@ -58,7 +69,7 @@ enum Command {
         #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
         log_size: Option<u32>,
     },
-    /// Show facts about a VHDX (opens it read-only).
+    /// Show facts about a VHDX and its chain of parents (opens it read-only).
     Info {
         /// The VHDX.
         file: PathBuf,
@@ -66,12 +77,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a VHDX's structure without writing to it.
+    /// Check a VHDX's structure without writing to it (this one file, not
+    /// its parents).
     Check {
         /// The VHDX.
         file: PathBuf,
     },
     /// Convert between raw and VHDX images (output is sparse).
+    ///
+    /// A differencing SRC is read through its chain: the output is a
+    /// standalone image with the chain's content and no parent.
     ///
     /// SRC's format comes from its content ("vhdxfile" → VHDX, else raw);
     /// DST's from -O, else its extension (.vhdx/.avhdx → VHDX, else raw).
@@ -142,6 +157,53 @@ enum Command {
         /// Flush whenever the number of remaining requests is a multiple of this (write test).
         #[arg(long, value_name = "INTERVAL")]
         flush_interval: Option<u64>,
+    },
+    /// Merge a differencing disk into its parent (or into an older ancestor),
+    /// then remove it, like deleting a checkpoint.
+    ///
+    /// Only the data the merged layers hold is copied. Differencing disks in
+    /// CHILD's folder whose parent is CHILD are re-pointed at the
+    /// destination. With --into, the layers between CHILD and ANCESTOR are
+    /// merged too and removed as well. Refused when a disk that would change
+    /// or disappear has other children (they would be broken). An
+    /// interrupted merge leaves a chain that reads the same; running it again
+    /// finishes it.
+    Merge {
+        /// The differencing disk to merge (removed on success).
+        child: PathBuf,
+        /// The ancestor to merge into [default: CHILD's parent].
+        #[arg(long, value_name = "ANCESTOR")]
+        into: Option<PathBuf>,
+    },
+    /// List the byte ranges a differencing disk changed.
+    ///
+    /// Without --base: the ranges FILE itself holds (its own layer). With
+    /// --base: every range that may differ between ANCESTOR (a disk of FILE's
+    /// chain below FILE) and FILE. Ranges are sorted and adjacent ones joined.
+    Changes {
+        /// The VHDX.
+        file: PathBuf,
+        /// Report the changes since this ancestor.
+        #[arg(long, value_name = "ANCESTOR")]
+        base: Option<PathBuf>,
+        /// Print {"ranges": [{"offset": N, "length": N}, …]} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point a differencing disk at another parent file (after the parent
+    /// was moved or copied).
+    ///
+    /// NEWPARENT must be the disk the child was made on (its DataWriteGuid
+    /// must match the child's linkage) unless --force is given.
+    Reparent {
+        /// The differencing disk.
+        child: PathBuf,
+        /// Its new parent.
+        new_parent: PathBuf,
+        /// Accept a NEWPARENT that does not match (same virtual size and
+        /// sector size only); the child then reads NEWPARENT's data.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -265,12 +327,54 @@ fn run(cli: Cli) -> CliResult {
         Command::Create {
             file,
             size,
+            parent: Some(parent),
             fixed,
             block_size,
             logical_sector,
             physical_sector,
             log_size,
         } => {
+            let refused: Vec<&str> = [
+                (size.is_some(), "--size"),
+                (fixed, "--fixed"),
+                (logical_sector.is_some(), "--logical-sector"),
+                (physical_sector.is_some(), "--physical-sector"),
+            ]
+            .into_iter()
+            .filter_map(|(given, flag)| given.then_some(flag))
+            .collect();
+            if !refused.is_empty() {
+                return Err(fail(format!(
+                    "{} cannot be combined with --parent: a differencing disk is dynamic and takes \
+                     its virtual size and sector sizes from its parent",
+                    refused.join(", ")
+                )));
+            }
+            let mut opts = ckpt::ChildOptions::default();
+            if let Some(v) = block_size {
+                opts.block_size = v;
+            }
+            if let Some(v) = log_size {
+                opts.log_size = v;
+            }
+            chain::create_child(&file, &parent, &opts)
+        }
+        Command::Create {
+            file,
+            size,
+            parent: None,
+            fixed,
+            block_size,
+            logical_sector,
+            physical_sector,
+            log_size,
+        } => {
+            let Some(size) = size else {
+                return Err(fail(
+                    "missing --size SIZE (or --parent PARENT for a differencing disk) \
+                     (try 'ckpt --help')",
+                ));
+            };
             let mut opts = CreateOptions::new(size).fixed(fixed);
             if let Some(v) = block_size {
                 opts = opts.block_size(v);
@@ -332,6 +436,13 @@ fn run(cli: Cli) -> CliResult {
                 flush_interval,
             },
         ),
+        Command::Merge { child, into } => chain::merge_cmd(&child, into.as_deref()),
+        Command::Changes { file, base, json } => chain::changes_cmd(&file, base.as_deref(), json),
+        Command::Reparent {
+            child,
+            new_parent,
+            force,
+        } => chain::reparent_cmd(&child, &new_parent, force),
     }
 }
 
@@ -361,8 +472,10 @@ fn create(path: &Path, opts: &CreateOptions) -> CliResult {
     Ok(())
 }
 
-/// The JSON object `ckpt info --json` prints.
-fn info_json(path: &Path, i: &DiskInfo) -> serde_json::Value {
+/// The JSON object `ckpt info --json` prints. `chain` holds the absolute
+/// paths of the files of the chain, `path`'s first, then each parent.
+fn info_json(path: &Path, i: &DiskInfo, chain: &[PathBuf]) -> serde_json::Value {
+    let text = |p: &PathBuf| p.to_string_lossy().into_owned();
     serde_json::json!({
         "path": path.to_string_lossy(),
         "format": "vhdx",
@@ -373,7 +486,8 @@ fn info_json(path: &Path, i: &DiskInfo) -> serde_json::Value {
         "physical_sector_size": i.physical_sector_size,
         "file_size": i.file_size,
         "allocated_bytes": i.allocated_bytes,
-        "parent": i.parent.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        "parent": chain.get(1).map(text),
+        "chain": chain.iter().map(text).collect::<Vec<_>>(),
         "log_dirty": i.log_dirty,
         "creator": i.creator,
         "disk_id": i.disk_id.to_string(),
@@ -394,9 +508,10 @@ fn with_bytes(n: u64) -> String {
 fn info(path: &Path, json: bool) -> CliResult {
     let disk = open(path, OpenMode::ReadOnly)?;
     let i = disk.info();
+    let files = chain::chain_paths(&disk, path);
     let mut out = std::io::stdout().lock();
     let text = if json {
-        let v = info_json(path, &i);
+        let v = info_json(path, &i, &files);
         serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
     } else {
         let mut s = String::new();
@@ -416,11 +531,22 @@ fn info(path: &Path, json: bool) -> CliResult {
         );
         line(
             "parent:",
-            i.parent
-                .as_ref()
+            files
+                .get(1)
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "none".into()),
         );
+        if files.len() > 1 {
+            // Top first: the file itself, then each parent down to the base.
+            let mut list = String::new();
+            for (level, f) in files.iter().enumerate() {
+                if level > 0 {
+                    list.push_str(&format!("\n{:<22}", ""));
+                }
+                list.push_str(&format!("{level}: {}", f.display()));
+            }
+            line(&format!("chain ({} files):", files.len()), list);
+        }
         line(
             "log:",
             if i.log_dirty {
@@ -466,21 +592,23 @@ fn check(path: &Path) -> CliResult {
     ))
 }
 
+/// A progress bar on stderr when stderr is a terminal (none otherwise).
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
 fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(0),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-        ) {
-            bar.set_style(style);
-        }
-        Some(bar)
-    } else {
-        None
-    };
+    let bar = progress_bar();
     let mut progress = |done: u64, total: u64| {
         if let Some(bar) = &bar {
             bar.set_length(total);

@@ -37,8 +37,15 @@ pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
         if let Some(child) = layers.last() {
             check_linkage(&child.file, &file, child.path.as_deref(), Some(&next))?;
         }
-        let parent = if file.has_parent() { Some(find_parent(&file, &next)?) } else { None };
-        layers.push(Layer { path: Some(next.clone()), file });
+        let parent = if file.has_parent() {
+            Some(find_parent(&file, &next)?)
+        } else {
+            None
+        };
+        layers.push(Layer {
+            path: Some(next.clone()),
+            file,
+        });
         match parent {
             Some(p) => next = p,
             None => return Ok(layers),
@@ -82,7 +89,10 @@ fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| Error::ParentNotFound { child: child_path.to_path_buf(), tried })
+        .ok_or_else(|| Error::ParentNotFound {
+            child: child_path.to_path_buf(),
+            tried,
+        })
 }
 
 /// Check that `parent`'s DataWriteGuid is what `child` links to.
@@ -95,7 +105,9 @@ pub(super) fn check_linkage(
     let loc = locator_of(child)?;
     let found = parent.header().data_write_guid;
     let l1 = loc.linkage(locator::PARENT_LINKAGE);
-    let l2 = loc.linkage(locator::PARENT_LINKAGE2).filter(|g| !g.is_nil());
+    let l2 = loc
+        .linkage(locator::PARENT_LINKAGE2)
+        .filter(|g| !g.is_nil());
     if l1 == Some(found) || l2 == Some(found) {
         let (cm, pm) = (child.metadata(), parent.metadata());
         if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
@@ -106,7 +118,8 @@ pub(super) fn check_linkage(
         }
         return Ok(());
     }
-    let expected = l1.ok_or_else(|| Error::Corrupt("the parent locator has no valid parent_linkage".into()))?;
+    let expected =
+        l1.ok_or_else(|| Error::Corrupt("the parent locator has no valid parent_linkage".into()))?;
     Err(Error::ParentMismatch {
         child: child_path.unwrap_or(Path::new("(child)")).to_path_buf(),
         parent: parent_path.unwrap_or(Path::new("(parent)")).to_path_buf(),
@@ -133,15 +146,29 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    let p = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
     Ok(normalize(&p))
 }
 
 /// `target` relative to the folder `from`, Windows style (`.\x`, `..\d\x`).
 pub(super) fn relative_windows_path(from_dir: &Path, target: &Path) -> Result<String> {
-    let from: Vec<_> = absolute(from_dir)?.components().map(|c| c.as_os_str().to_os_string()).collect();
-    let to: Vec<_> = absolute(target)?.components().map(|c| c.as_os_str().to_os_string()).collect();
-    let common = from.iter().zip(to.iter()).take_while(|(a, b)| a == b).count();
+    let from: Vec<_> = absolute(from_dir)?
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let to: Vec<_> = absolute(target)?
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let common = from
+        .iter()
+        .zip(to.iter())
+        .take_while(|(a, b)| a == b)
+        .count();
     let mut parts: Vec<String> = Vec::new();
     if common == from.len() {
         parts.push(".".into());
@@ -157,19 +184,36 @@ pub(super) fn relative_windows_path(from_dir: &Path, target: &Path) -> Result<St
 
 /// The locator entries pointing a child at `parent_path`, in Hyper-V's
 /// order (linkage, absolute path, relative path).
-pub(super) fn locator_for(child_path: &Path, parent_path: &Path, linkage: &uuid::Uuid) -> Result<ParentLocator> {
+pub(super) fn locator_for(
+    child_path: &Path,
+    parent_path: &Path,
+    linkage: &uuid::Uuid,
+) -> Result<ParentLocator> {
     let abs = std::fs::canonicalize(parent_path).or_else(|_| absolute(parent_path))?;
-    let child_dir = child_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let child_dir = child_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let child_dir = std::fs::canonicalize(child_dir).or_else(|_| absolute(child_dir))?;
     let mut loc = ParentLocator::new(Vec::new());
     loc.set(locator::PARENT_LINKAGE, locator::linkage_string(linkage));
-    loc.set(locator::ABSOLUTE_WIN32_PATH, abs.to_string_lossy().replace('/', "\\"));
-    loc.set(locator::RELATIVE_PATH, relative_windows_path(&child_dir, &abs)?);
+    loc.set(
+        locator::ABSOLUTE_WIN32_PATH,
+        abs.to_string_lossy().replace('/', "\\"),
+    );
+    loc.set(
+        locator::RELATIVE_PATH,
+        relative_windows_path(&child_dir, &abs)?,
+    );
     Ok(loc)
 }
 
 /// What a new child of `parent` copies from it.
-pub(super) fn parent_spec(child_path: &Path, parent_path: &Path, parent: &Vhdx) -> Result<ParentSpec> {
+pub(super) fn parent_spec(
+    child_path: &Path,
+    parent_path: &Path,
+    parent: &Vhdx,
+) -> Result<ParentSpec> {
     let h = parent.header();
     Ok(ParentSpec {
         disk_id: parent.metadata().disk_id,
@@ -183,9 +227,18 @@ mod tests {
 
     #[test]
     fn relative_paths_are_windows_style() {
-        assert_eq!(relative_windows_path(Path::new("/a/b"), Path::new("/a/b/p.vhdx")).unwrap(), ".\\p.vhdx");
-        assert_eq!(relative_windows_path(Path::new("/a/b"), Path::new("/a/c/p.vhdx")).unwrap(), "..\\c\\p.vhdx");
+        assert_eq!(
+            relative_windows_path(Path::new("/a/b"), Path::new("/a/b/p.vhdx")).unwrap(),
+            ".\\p.vhdx"
+        );
+        assert_eq!(
+            relative_windows_path(Path::new("/a/b"), Path::new("/a/c/p.vhdx")).unwrap(),
+            "..\\c\\p.vhdx"
+        );
         assert_eq!(host_path("..\\c\\p.vhdx"), PathBuf::from("../c/p.vhdx"));
-        assert_eq!(host_path("\\\\?\\C:\\x\\p.vhdx"), PathBuf::from("C:/x/p.vhdx"));
+        assert_eq!(
+            host_path("\\\\?\\C:\\x\\p.vhdx"),
+            PathBuf::from("C:/x/p.vhdx")
+        );
     }
 }

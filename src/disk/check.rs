@@ -54,7 +54,8 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
         r.problems.push(format!("{p} (region table 2 is used)"));
     }
     if v.log_dirty {
-        r.notes.push("the log holds updates that a read-write open will replay".into());
+        r.notes
+            .push("the log holds updates that a read-write open will replay".into());
     }
     // Every object in the file, to find overlaps.
     let mut objects: Vec<(u64, u64, String)> = Vec::new();

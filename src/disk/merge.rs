@@ -60,7 +60,10 @@ fn layer_ranges(file: &Vhdx) -> Result<Vec<Range>> {
                 Src::Parent => false,
             };
             if counts {
-                out.push(Range { offset: at, length: *l });
+                out.push(Range {
+                    offset: at,
+                    length: *l,
+                });
             }
             at += l;
         }
@@ -93,9 +96,14 @@ impl Disk {
         let want = std::fs::canonicalize(path).map_err(|e| Error::from(e).in_file(path))?;
         self.layers
             .iter()
-            .position(|l| l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone()))
+            .position(|l| {
+                l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone())
+            })
             .ok_or_else(|| {
-                Error::InvalidArgument(format!("{} is not in the chain of this disk", path.display()))
+                Error::InvalidArgument(format!(
+                    "{} is not in the chain of this disk",
+                    path.display()
+                ))
             })
     }
 
@@ -110,7 +118,11 @@ impl Disk {
             )));
         }
         let extents = self.extents()?;
-        let total: u64 = extents.iter().filter(|e| e.allocated).map(|e| e.length).sum();
+        let total: u64 = extents
+            .iter()
+            .filter(|e| e.allocated)
+            .map(|e| e.length)
+            .sum();
         let mut done = 0u64;
         let mut buf = vec![0u8; CHUNK as usize];
         for e in extents.iter().filter(|e| e.allocated) {
@@ -138,7 +150,12 @@ const CHUNK: u64 = 4 << 20;
 
 /// Flatten the chain under `src` into a new standalone VHDX at `dst` (which
 /// must not exist). `opts.virtual_size` is ignored (the source's is used).
-pub fn flatten(src: &Path, dst: &Path, opts: &CreateOptions, progress: Option<Progress>) -> Result<()> {
+pub fn flatten(
+    src: &Path,
+    dst: &Path,
+    opts: &CreateOptions,
+    progress: Option<Progress>,
+) -> Result<()> {
     let s = Disk::open(src, OpenMode::ReadOnly)?;
     let mut o = opts.clone();
     o.virtual_size = s.virtual_size();
@@ -164,14 +181,19 @@ fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
 pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
     let c = open_single(child, true)?;
     if !c.has_parent() {
-        return Err(Error::InvalidArgument(format!("{} is not a differencing disk", child.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a differencing disk",
+            child.display()
+        )));
     }
     let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
     match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
         Ok(()) => {}
         Err(Error::ParentMismatch { .. }) if force => {
             let (cm, pm) = (c.metadata(), p.top().metadata());
-            if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
+            if cm.virtual_size != pm.virtual_size
+                || cm.logical_sector_size != pm.logical_sector_size
+            {
                 return Err(Error::InvalidArgument(format!(
                     "{} has another virtual size or sector size than {}",
                     new_parent.display(),
@@ -182,7 +204,8 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     }
     let loc = chain::locator_for(child, new_parent, &p.top().header().data_write_guid)?;
-    c.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(child))?;
+    c.set_parent_locator(loc.to_bytes())
+        .map_err(|e| e.in_file(child))?;
     c.close().map_err(|e| e.in_file(child))
 }
 
@@ -230,11 +253,16 @@ pub fn find_children(child: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| Error::from(e).in_file(&dir))? {
         let p = entry?.path();
-        let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase());
         if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
             continue;
         }
-        let Ok(f) = open_single(&p, false) else { continue };
+        let Ok(f) = open_single(&p, false) else {
+            continue;
+        };
         if !f.has_parent() {
             continue;
         }
@@ -261,16 +289,25 @@ pub fn find_children(child: &Path) -> Result<Vec<PathBuf>> {
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     let view = Disk::open(child, OpenMode::ReadOnly)?;
     if view.depth() < 2 {
-        return Err(Error::InvalidArgument(format!("{} has no parent to merge into", child.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} has no parent to merge into",
+            child.display()
+        )));
     }
     let k = match &opts.into {
         Some(p) => view.level_of(p)?,
         None => 1,
     };
     if k == 0 {
-        return Err(Error::InvalidArgument("cannot merge a disk into itself".into()));
+        return Err(Error::InvalidArgument(
+            "cannot merge a disk into itself".into(),
+        ));
     }
-    let paths: Vec<PathBuf> = view.chain().into_iter().map(|p| p.unwrap_or_default()).collect();
+    let paths: Vec<PathBuf> = view
+        .chain()
+        .into_iter()
+        .map(|p| p.unwrap_or_default())
+        .collect();
     let dest = paths[k].clone();
     let ranges = view.changed_ranges(k)?;
     let total: u64 = ranges.iter().map(|r| r.length).sum();
@@ -293,7 +330,10 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
                 }
             }
         }
-        let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dest
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let free = crate::io::free_space(dir).map_err(|e| Error::from(e).in_file(dir))?;
         if need > free {
             return Err(Error::InvalidArgument(format!(
@@ -317,14 +357,17 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
         let a = open_single(above, true)?;
         let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
         let current = d.header().data_write_guid;
-        let pending = loc.linkage(locator::PARENT_LINKAGE2).filter(|g| !g.is_nil());
+        let pending = loc
+            .linkage(locator::PARENT_LINKAGE2)
+            .filter(|g| !g.is_nil());
         match pending {
             // A merge was interrupted after the destination changed: keep its GUID.
             Some(g) if g == current => g,
             _ => {
                 let g = uuid::Uuid::new_v4();
                 loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
-                a.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(above))?;
+                a.set_parent_locator(loc.to_bytes())
+                    .map_err(|e| e.in_file(above))?;
                 a.close().map_err(|e| e.in_file(above))?;
                 g
             }
@@ -336,9 +379,15 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
-        layers.push(Layer { path: Some(p.clone()), file: open_single(p, false)? });
+        layers.push(Layer {
+            path: Some(p.clone()),
+            file: open_single(p, false)?,
+        });
     }
-    layers.push(Layer { path: Some(dest.clone()), file: dest_file });
+    layers.push(Layer {
+        path: Some(dest.clone()),
+        file: dest_file,
+    });
     // The destination's own parents, when it is a differencing disk too.
     let mut below = chain::open_chain(&dest, OpenMode::ReadOnly)?;
     below.remove(0);
@@ -376,7 +425,8 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     for x in &descendants {
         let f = open_single(x, true)?;
         let loc = chain::locator_for(x, &dest, &dest_guid)?;
-        f.set_parent_locator(loc.to_bytes()).map_err(|e| e.in_file(x))?;
+        f.set_parent_locator(loc.to_bytes())
+            .map_err(|e| e.in_file(x))?;
         f.close().map_err(|e| e.in_file(x))?;
         repointed.push(x.clone());
     }
@@ -387,7 +437,12 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
         crate::io::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
         removed.push(p.clone());
     }
-    Ok(MergeReport { destination: dest, removed, repointed, bytes_copied: total })
+    Ok(MergeReport {
+        destination: dest,
+        removed,
+        repointed,
+        bytes_copied: total,
+    })
 }
 
 /// Make `[pos, pos+len)` of `d` read as zeros.

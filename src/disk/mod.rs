@@ -189,7 +189,11 @@ impl Disk {
     /// A chain without the per-block owner cache (for chains whose lower
     /// layers change while open, as during a merge).
     fn from_layers_uncached(layers: Vec<Layer>) -> Disk {
-        Disk { layers, owner: Vec::new(), closed: false }
+        Disk {
+            layers,
+            owner: Vec::new(),
+            closed: false,
+        }
     }
 
     fn from_layers(layers: Vec<Layer>) -> Disk {
@@ -199,7 +203,11 @@ impl Disk {
         } else {
             Vec::new()
         };
-        Disk { layers, owner, closed: false }
+        Disk {
+            layers,
+            owner,
+            closed: false,
+        }
     }
 
     fn top(&self) -> &vhdx::Vhdx {
@@ -211,13 +219,18 @@ impl Disk {
         let path = path.as_ref();
         let storage = create_file(path, |s| vhdx::Vhdx::create(s, opts, &creator(), None))?;
         let file = vhdx::Vhdx::open(storage, false).map_err(|e| e.in_file(path))?;
-        Ok(Disk::from_layers(vec![Layer { path: Some(path.to_path_buf()), file }]))
+        Ok(Disk::from_layers(vec![Layer {
+            path: Some(path.to_path_buf()),
+            file,
+        }]))
     }
 
     /// Create a new VHDX on empty storage and open it read-write.
     pub fn create_on(storage: Arc<dyn Storage>, opts: &CreateOptions) -> Result<Disk> {
         if storage.len()? != 0 {
-            return Err(Error::InvalidArgument("storage for a new disk must be empty".into()));
+            return Err(Error::InvalidArgument(
+                "storage for a new disk must be empty".into(),
+            ));
         }
         vhdx::Vhdx::create(storage.as_ref(), opts, &creator(), None)?;
         let file = vhdx::Vhdx::open(storage, false)?;
@@ -226,29 +239,47 @@ impl Disk {
 
     /// Create a differencing disk at `path` (which must not exist) on top of
     /// the VHDX at `parent`, and open the new chain read-write.
-    pub fn create_child(path: impl AsRef<Path>, parent: impl AsRef<Path>, opts: &ChildOptions) -> Result<Disk> {
+    pub fn create_child(
+        path: impl AsRef<Path>,
+        parent: impl AsRef<Path>,
+        opts: &ChildOptions,
+    ) -> Result<Disk> {
         let path = path.as_ref();
         let parent = parent.as_ref();
         let pdisk = Disk::open(parent, OpenMode::ReadOnly)?;
         let spec = chain::parent_spec(path, parent, pdisk.top())?;
         let copts = child_create_options(&pdisk, opts);
         drop(pdisk);
-        create_file(path, |s| vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
+        create_file(path, |s| {
+            vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec))
+        })?;
         Disk::open(path, OpenMode::ReadWrite)
     }
 
     /// Create a differencing disk on empty `storage` whose parent is the
     /// top file of `parent` (in-memory chains, for tests and embedders).
     /// Open the result with [`Disk::open_storage_chain`].
-    pub fn create_child_on(storage: Arc<dyn Storage>, parent: &Disk, opts: &ChildOptions) -> Result<()> {
+    pub fn create_child_on(
+        storage: Arc<dyn Storage>,
+        parent: &Disk,
+        opts: &ChildOptions,
+    ) -> Result<()> {
         if storage.len()? != 0 {
-            return Err(Error::InvalidArgument("storage for a new disk must be empty".into()));
+            return Err(Error::InvalidArgument(
+                "storage for a new disk must be empty".into(),
+            ));
         }
         let h = parent.top().header();
         let mut loc = ParentLocator::new(Vec::new());
-        loc.set(locator::PARENT_LINKAGE, locator::linkage_string(&h.data_write_guid));
+        loc.set(
+            locator::PARENT_LINKAGE,
+            locator::linkage_string(&h.data_write_guid),
+        );
         loc.set(locator::RELATIVE_PATH, ".\\parent.vhdx".into());
-        let spec = vhdx::ParentSpec { disk_id: parent.top().metadata().disk_id, locator: loc };
+        let spec = vhdx::ParentSpec {
+            disk_id: parent.top().metadata().disk_id,
+            locator: loc,
+        };
         let copts = child_create_options(parent, opts);
         vhdx::Vhdx::create(storage.as_ref(), &copts, &creator(), Some(&spec))
     }
@@ -287,7 +318,8 @@ impl Disk {
         }
         match layers.last() {
             Some(l) if l.file.has_parent() => Err(Error::InvalidArgument(
-                "the last storage of the chain is a differencing disk: its parent is missing".into(),
+                "the last storage of the chain is a differencing disk: its parent is missing"
+                    .into(),
             )),
             _ => Ok(Disk::from_layers(layers)),
         }
@@ -295,7 +327,9 @@ impl Disk {
 
     fn ctx<T>(&self, r: Result<T>) -> Result<T> {
         match (&self.layers[0].path, r) {
-            (Some(p), Err(e)) if !matches!(e, Error::OutOfRange { .. } | Error::ReadOnly) => Err(e.in_file(p)),
+            (Some(p), Err(e)) if !matches!(e, Error::OutOfRange { .. } | Error::ReadOnly) => {
+                Err(e.in_file(p))
+            }
             (_, r) => r,
         }
     }
@@ -333,13 +367,16 @@ impl Disk {
 
     /// Read `buf.len()` bytes at `offset` (any alignment), through the chain.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let r = self.top().check_range(offset, buf.len() as u64).and_then(|_| {
-            if self.layers.len() == 1 {
-                self.top().read_at(buf, offset)
-            } else {
-                self.read_chain(buf, offset)
-            }
-        });
+        let r = self
+            .top()
+            .check_range(offset, buf.len() as u64)
+            .and_then(|_| {
+                if self.layers.len() == 1 {
+                    self.top().read_at(buf, offset)
+                } else {
+                    self.read_chain(buf, offset)
+                }
+            });
         self.ctx(r)
     }
 
@@ -400,7 +437,11 @@ impl Disk {
                 _ => break,
             }
         }
-        let answer = if self.layers.len() >= MIXED as usize - 1 { MIXED } else { answer };
+        let answer = if self.layers.len() >= MIXED as usize - 1 {
+            MIXED
+        } else {
+            answer
+        };
         slot.store(answer, Ordering::Relaxed);
         Ok(answer)
     }
@@ -417,7 +458,9 @@ impl Disk {
             match src {
                 Src::Data(f) => layer.read_raw(dst, f)?,
                 Src::Zero => dst.fill(0),
-                Src::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, dst, offset + at as u64)?,
+                Src::Parent if level + 1 < self.layers.len() => {
+                    self.resolve(level + 1, dst, offset + at as u64)?
+                }
                 Src::Parent => dst.fill(0),
             }
             at += l;
@@ -554,7 +597,12 @@ impl Disk {
     pub fn extents(&self) -> Result<Vec<Extent>> {
         let mut out: Vec<Extent> = Vec::new();
         let size = self.virtual_size();
-        let step = self.layers.iter().map(|l| l.file.geo.block_size as u64).min().unwrap_or(MIB);
+        let step = self
+            .layers
+            .iter()
+            .map(|l| l.file.geo.block_size as u64)
+            .min()
+            .unwrap_or(MIB);
         let mut runs = Vec::new();
         let mut pos = 0u64;
         while pos < size {
@@ -573,7 +621,11 @@ impl Disk {
             }
             match out.last_mut() {
                 Some(x) if x.allocated == allocated => x.length += n,
-                _ => out.push(Extent { offset: pos, length: n, allocated }),
+                _ => out.push(Extent {
+                    offset: pos,
+                    length: n,
+                    allocated,
+                }),
             }
             pos += n;
         }
@@ -595,7 +647,10 @@ impl Disk {
 
 /// Create `path` (which must not exist) with `init`, removing it again if
 /// that fails.
-fn create_file(path: &Path, init: impl FnOnce(&dyn Storage) -> Result<()>) -> Result<Arc<dyn Storage>> {
+fn create_file(
+    path: &Path,
+    init: impl FnOnce(&dyn Storage) -> Result<()>,
+) -> Result<Arc<dyn Storage>> {
     let storage = FileStorage::create(path).map_err(|e| Error::from(e).in_file(path))?;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     if let Err(e) = init(storage.as_ref()) {
@@ -629,7 +684,10 @@ pub struct ChildOptions {
 
 impl Default for ChildOptions {
     fn default() -> Self {
-        ChildOptions { block_size: 2 << 20, log_size: 1 << 20 }
+        ChildOptions {
+            block_size: 2 << 20,
+            log_size: 1 << 20,
+        }
     }
 }
 

@@ -181,7 +181,10 @@ impl Vhdx {
         Self::open_with_layout(storage, read_only).map(|(v, _)| v)
     }
 
-    pub(crate) fn open_with_layout(storage: Arc<dyn Storage>, read_only: bool) -> Result<(Vhdx, Layout)> {
+    pub(crate) fn open_with_layout(
+        storage: Arc<dyn Storage>,
+        read_only: bool,
+    ) -> Result<(Vhdx, Layout)> {
         if !read_only && !storage.is_writable() {
             return Err(Error::ReadOnly);
         }
@@ -206,7 +209,11 @@ impl Vhdx {
         let header_problem = header_err.map(|e| e.to_string());
         let log_offset = hdr.log_offset;
         let log_length = hdr.log_length as u64;
-        if log_length > 0 && log_offset.checked_add(log_length).is_none_or(|e| e > file_len) {
+        if log_length > 0
+            && log_offset
+                .checked_add(log_length)
+                .is_none_or(|e| e > file_len)
+        {
             return Err(Error::Corrupt(format!(
                 "the log at {log_offset:#x}+{log_length:#x} lies past the end of the file ({file_len:#x})"
             )));
@@ -221,7 +228,9 @@ impl Vhdx {
                 Ok(())
             };
             let seq = vlog::find_active_sequence(&reader, log_length, &hdr.log_guid)?;
-            let head = seq.last().ok_or_else(|| Error::Corrupt("empty log sequence".into()))?;
+            let head = seq
+                .last()
+                .ok_or_else(|| Error::Corrupt("empty log sequence".into()))?;
             if file_len < head.flushed_file_offset {
                 return Err(Error::Corrupt(format!(
                     "file is truncated: {file_len:#x} bytes, the log says at least {:#x}",
@@ -239,11 +248,13 @@ impl Vhdx {
             for e in &seq {
                 for d in &e.descriptors {
                     let (start, end) = match d {
-                        Descriptor::Data { file_offset, .. } | Descriptor::Zero { file_offset, .. } => {
-                            (*file_offset, d.end())
-                        }
+                        Descriptor::Data { file_offset, .. }
+                        | Descriptor::Zero { file_offset, .. } => (*file_offset, d.end()),
                     };
-                    if start < REGION1_OFFSET || end > limit || (start < log_end && log_offset < end) {
+                    if start < REGION1_OFFSET
+                        || end > limit
+                        || (start < log_end && log_offset < end)
+                    {
                         return Err(Error::Corrupt(format!(
                             "log entry {} writes {start:#x}..{end:#x}, outside the file's structures",
                             e.sequence
@@ -260,7 +271,10 @@ impl Vhdx {
                                 overlay.order.push((false, overlay.writes.len()));
                                 overlay.writes.push((*file_offset, data.clone()));
                             }
-                            Descriptor::Zero { file_offset, length } => {
+                            Descriptor::Zero {
+                                file_offset,
+                                length,
+                            } => {
                                 overlay.order.push((true, overlay.zeros.len()));
                                 overlay.zeros.push((*file_offset, *length));
                             }
@@ -272,10 +286,13 @@ impl Vhdx {
                 for e in &seq {
                     for d in &e.descriptors {
                         match d {
-                            Descriptor::Data { file_offset, data } => storage.write_at(data, *file_offset)?,
-                            Descriptor::Zero { file_offset, length } => {
-                                crate::io::write_zeros(storage.as_ref(), *file_offset, *length)?
+                            Descriptor::Data { file_offset, data } => {
+                                storage.write_at(data, *file_offset)?
                             }
+                            Descriptor::Zero {
+                                file_offset,
+                                length,
+                            } => crate::io::write_zeros(storage.as_ref(), *file_offset, *length)?,
                         }
                     }
                 }
@@ -292,7 +309,11 @@ impl Vhdx {
                 file_len = storage.len()?;
             }
         }
-        let reader = Reader { storage: storage.as_ref(), overlay: &overlay, len: file_len };
+        let reader = Reader {
+            storage: storage.as_ref(),
+            overlay: &overlay,
+            len: file_len,
+        };
 
         // Region tables.
         let (regions, region_problem) = {
@@ -306,7 +327,9 @@ impl Vhdx {
                         .read_vec(REGION2_OFFSET, region::SIZE as u64, "region table 2")
                         .and_then(|b| RegionTable::parse(&b, REGION2_OFFSET))
                         .map_err(|e2| {
-                            Error::Corrupt(format!("no valid region table: table 1: {e1}; table 2: {e2}"))
+                            Error::Corrupt(format!(
+                                "no valid region table: table 1: {e1}; table 2: {e2}"
+                            ))
                         })?;
                     (t, Some(format!("region table 1: {e1}")))
                 }
@@ -323,7 +346,10 @@ impl Vhdx {
                 )));
             }
             if log_length > 0 && e.file_offset < log_offset + log_length && log_offset < e.end() {
-                return Err(Error::Corrupt(format!("region {} overlaps the log", e.guid)));
+                return Err(Error::Corrupt(format!(
+                    "region {} overlaps the log",
+                    e.guid
+                )));
             }
         }
         let bat_region = *regions
@@ -334,26 +360,44 @@ impl Vhdx {
             .ok_or_else(|| Error::Corrupt("the region table has no metadata region".into()))?;
 
         // Metadata.
-        let table = reader.read_vec(meta_region.file_offset, metadata::TABLE_SIZE as u64, "metadata table")?;
-        let entries = metadata::parse_table(&table, meta_region.length as u64).map_err(|e| match e {
-            Error::BadSignature { structure, found, .. } => Error::BadSignature {
-                structure,
-                offset: meta_region.file_offset,
-                found,
-            },
-            e => e,
-        })?;
+        let table = reader.read_vec(
+            meta_region.file_offset,
+            metadata::TABLE_SIZE as u64,
+            "metadata table",
+        )?;
+        let entries =
+            metadata::parse_table(&table, meta_region.length as u64).map_err(|e| match e {
+                Error::BadSignature {
+                    structure, found, ..
+                } => Error::BadSignature {
+                    structure,
+                    offset: meta_region.file_offset,
+                    found,
+                },
+                e => e,
+            })?;
         let total: u64 = entries.iter().map(|e| e.length as u64).sum();
         if total > MAX_METADATA_BYTES {
-            return Err(Error::Corrupt(format!("metadata items total {total} bytes")));
+            return Err(Error::Corrupt(format!(
+                "metadata items total {total} bytes"
+            )));
         }
         let mut items: Vec<(MetadataEntry, Vec<u8>)> = Vec::with_capacity(entries.len());
         for e in entries {
-            let data = reader.read_vec(meta_region.file_offset + e.offset as u64, e.length as u64, "metadata item")?;
+            let data = reader.read_vec(
+                meta_region.file_offset + e.offset as u64,
+                e.length as u64,
+                "metadata item",
+            )?;
             items.push((e, data));
         }
         let meta = Metadata::from_items(items)?;
-        let geo = Geometry::new(meta.virtual_size, meta.block_size, meta.logical_sector_size, meta.has_parent())?;
+        let geo = Geometry::new(
+            meta.virtual_size,
+            meta.block_size,
+            meta.logical_sector_size,
+            meta.has_parent(),
+        )?;
         if geo.total_entries * 8 > bat_region.length as u64 {
             return Err(Error::Corrupt(format!(
                 "the BAT region ({} bytes) is too small for {} entries",
@@ -363,7 +407,15 @@ impl Vhdx {
         let raw = reader.read_vec(bat_region.file_offset, geo.total_entries * 8, "BAT")?;
         let entries = bat::parse(&raw, &geo)?;
         drop(raw);
-        validate_bat(&entries, &geo, &meta, &regions.entries, log_offset, log_length, file_len)?;
+        validate_bat(
+            &entries,
+            &geo,
+            &meta,
+            &regions.entries,
+            log_offset,
+            log_length,
+            file_len,
+        )?;
 
         let mut file_end = align_up(file_len, MIB).unwrap_or(file_len);
         for e in &regions.entries {
@@ -375,7 +427,10 @@ impl Vhdx {
                 if meta.has_parent() && e.state_bits() == SB_PRESENT {
                     file_end = file_end.max(e.offset() + MIB);
                 }
-            } else if matches!(e.payload_state(), Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)) {
+            } else if matches!(
+                e.payload_state(),
+                Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+            ) {
                 file_end = file_end.max(e.offset() + geo.block_size as u64);
             }
         }
@@ -428,7 +483,12 @@ impl Vhdx {
     ) -> Result<()> {
         validate_create(opts)?;
         let has_parent = parent.is_some();
-        let geo = Geometry::new(opts.virtual_size, opts.block_size, opts.logical_sector_size, has_parent)?;
+        let geo = Geometry::new(
+            opts.virtual_size,
+            opts.block_size,
+            opts.logical_sector_size,
+            has_parent,
+        )?;
         let fixed = opts.fixed && !has_parent;
         let log_offset = MIB;
         let meta_offset = log_offset + opts.log_size as u64;
@@ -458,8 +518,18 @@ impl Vhdx {
         };
         let regions = RegionTable {
             entries: vec![
-                RegionEntry { guid: BAT_REGION, file_offset: bat_offset, length: bat_len as u32, required: true },
-                RegionEntry { guid: METADATA_REGION, file_offset: meta_offset, length: meta_len as u32, required: true },
+                RegionEntry {
+                    guid: BAT_REGION,
+                    file_offset: bat_offset,
+                    length: bat_len as u32,
+                    required: true,
+                },
+                RegionEntry {
+                    guid: METADATA_REGION,
+                    file_offset: meta_offset,
+                    length: meta_len as u32,
+                    required: true,
+                },
             ],
         };
         let mut h = Header {
@@ -474,14 +544,21 @@ impl Vhdx {
         };
         // Everything but the file identifier first; the identifier last, so
         // that an interrupted create is never taken for a valid disk.
-        let end = if fixed { data_start + geo.data_blocks * opts.block_size as u64 } else { data_start };
+        let end = if fixed {
+            data_start + geo.data_blocks * opts.block_size as u64
+        } else {
+            data_start
+        };
         storage.set_len(end)?;
         if fixed {
             storage.allocate(data_start, end - data_start)?;
             let mut raw = vec![0u8; (geo.total_entries * 8) as usize];
             for b in 0..geo.data_blocks {
                 let i = geo.payload_index(b);
-                let e = BatEntry::new(PayloadState::FullyPresent.bits(), data_start + b * opts.block_size as u64);
+                let e = BatEntry::new(
+                    PayloadState::FullyPresent.bits(),
+                    data_start + b * opts.block_size as u64,
+                );
                 raw[i * 8..i * 8 + 8].copy_from_slice(&e.0.to_le_bytes());
             }
             storage.write_at(&raw, bat_offset)?;
@@ -494,7 +571,9 @@ impl Vhdx {
         h.sequence_number = 1;
         storage.write_at(&h.to_bytes(), HEADER2_OFFSET)?;
         storage.sync()?;
-        let fid = FileIdentifier { creator: creator.to_string() };
+        let fid = FileIdentifier {
+            creator: creator.to_string(),
+        };
         storage.write_at(&fid.to_bytes(), 0)?;
         storage.sync()?;
         Ok(())
@@ -512,7 +591,10 @@ impl Vhdx {
         let m = rlock(&self.meta);
         if m.has_parent() {
             DiskKind::Differencing
-        } else if m.file_flags.contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED) {
+        } else if m
+            .file_flags
+            .contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED)
+        {
             DiskKind::Fixed
         } else {
             DiskKind::Dynamic
@@ -556,7 +638,11 @@ impl Vhdx {
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.geo.virtual_size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len, size: self.geo.virtual_size }),
+            _ => Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.geo.virtual_size,
+            }),
         }
     }
 
@@ -687,7 +773,15 @@ impl Vhdx {
                         let (present, run) = self.bit_run(block, sector, max_sectors)?;
                         let run_end = ((sector + run) * lss).min(w + (pos + n - p));
                         let m = run_end - w;
-                        push(out, m, if present { Src::Data(e.offset() + w) } else { Src::Parent });
+                        push(
+                            out,
+                            m,
+                            if present {
+                                Src::Data(e.offset() + w)
+                            } else {
+                                Src::Parent
+                            },
+                        );
                         p += m;
                     }
                 }
@@ -728,7 +822,9 @@ impl Vhdx {
     /// Start a write session if none is running; `visible` says the change
     /// alters what the disk reads (then the DataWriteGuid changes first).
     fn begin_session(&self, visible: bool) -> Result<()> {
-        if self.session_started.load(Ordering::Acquire) && (!visible || self.data_changed.load(Ordering::Acquire)) {
+        if self.session_started.load(Ordering::Acquire)
+            && (!visible || self.data_changed.load(Ordering::Acquire))
+        {
             return Ok(());
         }
         let mut st = lock(&self.state);
@@ -788,7 +884,8 @@ impl Vhdx {
     fn set_entry(&self, st: &mut WriteState, idx: usize, e: BatEntry) {
         self.bat.write().unwrap_or_else(|e| e.into_inner())[idx] = e.0;
         let sector = idx as u64 * 8 / SECTOR;
-        st.dirty.insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
+        st.dirty
+            .insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
     }
 
     /// Prepare `block` for a write of `[within, within+n)`; returns the
@@ -818,14 +915,22 @@ impl Vhdx {
                     self.set_entry(&mut st, sbi, BatEntry::new(SB_PRESENT, sb));
                 }
                 let off = self.take_space(&mut st, bs, true)?;
-                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::PartiallyPresent.bits(), off));
+                self.set_entry(
+                    &mut st,
+                    idx,
+                    BatEntry::new(PayloadState::PartiallyPresent.bits(), off),
+                );
                 Ok((off, true))
             }
             _ => {
                 // Unallocated, zero, unmapped or undefined: a whole new block
                 // that reads as zeros where it is not written.
                 let off = self.take_space(&mut st, bs, true)?;
-                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::FullyPresent.bits(), off));
+                self.set_entry(
+                    &mut st,
+                    idx,
+                    BatEntry::new(PayloadState::FullyPresent.bits(), off),
+                );
                 Ok((off, false))
             }
         }
@@ -856,7 +961,8 @@ impl Vhdx {
             let within = pos % bs;
             let n = (bs - within).min((buf.len() - done) as u64);
             let (base, bits) = self.prepare_write(block, within, n)?;
-            self.storage.write_at(&buf[done..done + n as usize], base + within)?;
+            self.storage
+                .write_at(&buf[done..done + n as usize], base + within)?;
             if bits {
                 let mut st = lock(&self.state);
                 self.set_bits(&mut st, block, within / lss, n / lss)?;
@@ -941,7 +1047,9 @@ impl Vhdx {
             || m.logical_sector_size != self.geo.logical_sector_size
             || m.block_size != self.geo.block_size
         {
-            return Err(Error::Unsupported("changing the size, sector size or block size of a disk".into()));
+            return Err(Error::Unsupported(
+                "changing the size, sector size or block size of a disk".into(),
+            ));
         }
         self.begin_session(false)?;
         let new = m.to_region_bytes(self.meta_len as usize)?;
@@ -951,9 +1059,16 @@ impl Vhdx {
             v
         };
         let mut st = lock(&self.state);
-        for (k, (a, b)) in old.chunks(SECTOR as usize).zip(new.chunks(SECTOR as usize)).enumerate() {
+        for (k, (a, b)) in old
+            .chunks(SECTOR as usize)
+            .zip(new.chunks(SECTOR as usize))
+            .enumerate()
+        {
             if a != b {
-                st.dirty.insert(self.meta_offset + k as u64 * SECTOR, Dirty::Bytes(b.to_vec()));
+                st.dirty.insert(
+                    self.meta_offset + k as u64 * SECTOR,
+                    Dirty::Bytes(b.to_vec()),
+                );
             }
         }
         *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
@@ -1030,7 +1145,8 @@ impl Vhdx {
             let pos = st.log_pos;
             let entry = vlog::build_entry(&st.header.log_guid, seq, pos, file_len, last, &writes);
             let first = ((self.log_length - pos) as usize).min(entry.len());
-            self.storage.write_at(&entry[..first], self.log_offset + pos)?;
+            self.storage
+                .write_at(&entry[..first], self.log_offset + pos)?;
             if first < entry.len() {
                 self.storage.write_at(&entry[first..], self.log_offset)?;
             }
@@ -1100,16 +1216,29 @@ fn write_headers(storage: &dyn Storage, h: &mut Header, current: Slot) -> Result
 fn validate_create(o: &CreateOptions) -> Result<()> {
     let bad = |s: String| Err(Error::InvalidArgument(s));
     if o.logical_sector_size != 512 && o.logical_sector_size != 4096 {
-        return bad(format!("logical sector size {} (must be 512 or 4096)", o.logical_sector_size));
+        return bad(format!(
+            "logical sector size {} (must be 512 or 4096)",
+            o.logical_sector_size
+        ));
     }
     if o.physical_sector_size != 512 && o.physical_sector_size != 4096 {
-        return bad(format!("physical sector size {} (must be 512 or 4096)", o.physical_sector_size));
+        return bad(format!(
+            "physical sector size {} (must be 512 or 4096)",
+            o.physical_sector_size
+        ));
     }
-    if !o.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) {
-        return bad(format!("block size {} (must be a power of two from 1 MiB to 256 MiB)", o.block_size));
+    if !o.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size)
+    {
+        return bad(format!(
+            "block size {} (must be a power of two from 1 MiB to 256 MiB)",
+            o.block_size
+        ));
     }
     if o.virtual_size == 0 || o.virtual_size > MAX_VIRTUAL_SIZE {
-        return bad(format!("virtual size {} (must be from one sector to 64 TiB)", o.virtual_size));
+        return bad(format!(
+            "virtual size {} (must be from one sector to 64 TiB)",
+            o.virtual_size
+        ));
     }
     if o.virtual_size % o.logical_sector_size as u64 != 0 {
         return bad(format!(
@@ -1118,7 +1247,10 @@ fn validate_create(o: &CreateOptions) -> Result<()> {
         ));
     }
     if o.log_size == 0 || o.log_size as u64 % MIB != 0 {
-        return bad(format!("log size {} (must be a non-zero multiple of 1 MiB)", o.log_size));
+        return bad(format!(
+            "log size {} (must be a non-zero multiple of 1 MiB)",
+            o.log_size
+        ));
     }
     Ok(())
 }
@@ -1135,7 +1267,9 @@ fn validate_bat(
     let bs = geo.block_size as u64;
     let check_offset = |what: String, off: u64, len: u64| -> Result<()> {
         if off < HEADER_SECTION_SIZE {
-            return Err(Error::Corrupt(format!("{what} points into the header section ({off:#x})")));
+            return Err(Error::Corrupt(format!(
+                "{what} points into the header section ({off:#x})"
+            )));
         }
         if off >= file_len {
             return Err(Error::Corrupt(format!(
@@ -1158,7 +1292,11 @@ fn validate_bat(
             let i = geo.bitmap_index(c);
             let e = BatEntry(entries[i]);
             if e.state_bits() == SB_PRESENT {
-                check_offset(format!("BAT entry {i} (sector bitmap {c})"), e.offset(), MIB)?;
+                check_offset(
+                    format!("BAT entry {i} (sector bitmap {c})"),
+                    e.offset(),
+                    MIB,
+                )?;
             }
         }
     }
@@ -1166,10 +1304,16 @@ fn validate_bat(
         let i = geo.payload_index(b);
         let e = BatEntry(entries[i]);
         let Some(state) = e.payload_state() else {
-            return Err(Error::Corrupt(format!("BAT entry {i} (block {b}) has the reserved state {}", e.state_bits())));
+            return Err(Error::Corrupt(format!(
+                "BAT entry {i} (block {b}) has the reserved state {}",
+                e.state_bits()
+            )));
         };
         if e.0 & bat::RESERVED_MASK != 0 {
-            return Err(Error::Corrupt(format!("BAT entry {i} (block {b}) has reserved bits set: {:#x}", e.0)));
+            return Err(Error::Corrupt(format!(
+                "BAT entry {i} (block {b}) has reserved bits set: {:#x}",
+                e.0
+            )));
         }
         match state {
             PayloadState::PartiallyPresent if !meta.has_parent() => {
@@ -1180,7 +1324,8 @@ fn validate_bat(
             PayloadState::FullyPresent | PayloadState::PartiallyPresent => {
                 check_offset(format!("BAT entry {i} (block {b})"), e.offset(), bs)?;
                 if state == PayloadState::PartiallyPresent
-                    && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits() != SB_PRESENT
+                    && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits()
+                        != SB_PRESENT
                 {
                     return Err(Error::Corrupt(format!(
                         "block {b} is PARTIALLY_PRESENT but its sector bitmap block is not present"

@@ -45,6 +45,12 @@ pub enum ckpt_status {
     /// The parent of a differencing disk does not match the child's
     /// linkage: it was modified, replaced or mounted since the child was made.
     ParentMismatch = 12,
+    /// The file to create exists already.
+    AlreadyExists = 13,
+    /// The operating system denied access to a file.
+    PermissionDenied = 14,
+    /// Another process is changing the same VM or disk; try again later.
+    Busy = 15,
 }
 
 /// The status for a class of library error. This is the only place that
@@ -60,6 +66,9 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
         ErrorKind::ReadOnly => ckpt_status::ReadOnly,
         ErrorKind::Cancelled => ckpt_status::Cancelled,
         ErrorKind::ParentMismatch => ckpt_status::ParentMismatch,
+        ErrorKind::Busy => ckpt_status::Busy,
+        ErrorKind::AlreadyExists => ckpt_status::AlreadyExists,
+        ErrorKind::PermissionDenied => ckpt_status::PermissionDenied,
     }
 }
 
@@ -96,6 +105,9 @@ fn c_name(s: ckpt_status) -> &'static CStr {
         ckpt_status::BufferTooSmall => c"CKPT_STATUS_BUFFER_TOO_SMALL",
         ckpt_status::Panic => c"CKPT_STATUS_PANIC",
         ckpt_status::ParentMismatch => c"CKPT_STATUS_PARENT_MISMATCH",
+        ckpt_status::AlreadyExists => c"CKPT_STATUS_ALREADY_EXISTS",
+        ckpt_status::PermissionDenied => c"CKPT_STATUS_PERMISSION_DENIED",
+        ckpt_status::Busy => c"CKPT_STATUS_BUSY",
     }
 }
 

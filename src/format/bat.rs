@@ -2,7 +2,7 @@
 //! payload blocks and sector-bitmap blocks in it.
 
 use crate::error::{bad_field, Error, Result};
-use crate::format::{SECTORS_PER_BITMAP, MIB};
+use crate::format::{MIB, SECTORS_PER_BITMAP};
 
 /// Mask of the file offset bits of a BAT entry.
 pub const OFFSET_MASK: u64 = 0xFFFF_FFFF_FFF0_0000;
@@ -101,14 +101,29 @@ pub struct Geometry {
 
 impl Geometry {
     /// Compute the geometry (inputs validated by the metadata parser or create).
-    pub fn new(virtual_size: u64, block_size: u32, logical_sector_size: u32, has_parent: bool) -> Result<Geometry> {
+    pub fn new(
+        virtual_size: u64,
+        block_size: u32,
+        logical_sector_size: u32,
+        has_parent: bool,
+    ) -> Result<Geometry> {
         if block_size == 0 || logical_sector_size == 0 {
-            return Err(bad_field("geometry", "BlockSize", block_size as u64, "zero"));
+            return Err(bad_field(
+                "geometry",
+                "BlockSize",
+                block_size as u64,
+                "zero",
+            ));
         }
         let chunk = SECTORS_PER_BITMAP * logical_sector_size as u64;
         let chunk_ratio = chunk / block_size as u64;
         if chunk_ratio == 0 {
-            return Err(bad_field("geometry", "BlockSize", block_size as u64, "larger than a chunk"));
+            return Err(bad_field(
+                "geometry",
+                "BlockSize",
+                block_size as u64,
+                "larger than a chunk",
+            ));
         }
         let data_blocks = virtual_size.div_ceil(block_size as u64);
         let bitmap_blocks = data_blocks.div_ceil(chunk_ratio);

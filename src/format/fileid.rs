@@ -19,7 +19,9 @@ impl FileIdentifier {
     /// Parse the first [`SIZE`] bytes of a file.
     pub fn parse(b: &[u8]) -> Result<FileIdentifier> {
         if b.len() < SIZE {
-            return Err(Error::Corrupt("file is too short for a VHDX file identifier".into()));
+            return Err(Error::Corrupt(
+                "file is too short for a VHDX file identifier".into(),
+            ));
         }
         let sig = le64(b, 0);
         if sig != SIGNATURE {

@@ -3,7 +3,9 @@
 use uuid::Uuid;
 
 use crate::error::{bad_field, Error, Result};
-use crate::format::{crc_with_zeroed_field, guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB};
+use crate::format::{
+    crc_with_zeroed_field, guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB,
+};
 
 /// "head".
 pub const SIGNATURE: u32 = 0x6461_6568;
@@ -41,12 +43,21 @@ impl Header {
         let b = &b[..SIZE];
         let sig = le32(b, 0);
         if sig != SIGNATURE {
-            return Err(Error::BadSignature { structure: S, offset, found: sig as u64 });
+            return Err(Error::BadSignature {
+                structure: S,
+                offset,
+                found: sig as u64,
+            });
         }
         let stored = le32(b, 4);
         let computed = crc_with_zeroed_field(b, 4);
         if stored != computed {
-            return Err(Error::BadChecksum { structure: S, offset, stored, computed });
+            return Err(Error::BadChecksum {
+                structure: S,
+                offset,
+                stored,
+                computed,
+            });
         }
         let h = Header {
             sequence_number: le64(b, 8),
@@ -65,13 +76,28 @@ impl Header {
             return Err(Error::Unsupported(format!("log version {}", h.log_version)));
         }
         if h.log_length as u64 % MIB != 0 {
-            return Err(bad_field(S, "LogLength", h.log_length as u64, "not a multiple of 1 MiB"));
+            return Err(bad_field(
+                S,
+                "LogLength",
+                h.log_length as u64,
+                "not a multiple of 1 MiB",
+            ));
         }
         if h.log_offset % MIB != 0 {
-            return Err(bad_field(S, "LogOffset", h.log_offset, "not a multiple of 1 MiB"));
+            return Err(bad_field(
+                S,
+                "LogOffset",
+                h.log_offset,
+                "not a multiple of 1 MiB",
+            ));
         }
         if h.log_length != 0 && h.log_offset < MIB {
-            return Err(bad_field(S, "LogOffset", h.log_offset, "inside the header section"));
+            return Err(bad_field(
+                S,
+                "LogOffset",
+                h.log_offset,
+                "inside the header section",
+            ));
         }
         if h.log_length == 0 && !h.log_guid.is_nil() {
             return Err(bad_field(S, "LogLength", 0, "zero with a non-empty log"));

@@ -28,7 +28,12 @@ pub struct ParentLocator {
 fn utf16(b: &[u8], off: u32, len: u16, what: &'static str) -> Result<String> {
     let (off, len) = (off as usize, len as usize);
     if len % 2 != 0 || off.checked_add(len).is_none_or(|e| e > b.len()) {
-        return Err(bad_field("parent locator", what, off as u64, "outside the item"));
+        return Err(bad_field(
+            "parent locator",
+            what,
+            off as u64,
+            "outside the item",
+        ));
     }
     let units: Vec<u16> = b[off..off + len]
         .chunks_exact(2)
@@ -48,7 +53,12 @@ impl ParentLocator {
         let locator_type = guid_at(b, 0);
         let count = le16(b, 18) as usize;
         if 20 + count * 12 > b.len() {
-            return Err(bad_field(S, "KeyValueCount", count as u64, "entries do not fit the item"));
+            return Err(bad_field(
+                S,
+                "KeyValueCount",
+                count as u64,
+                "entries do not fit the item",
+            ));
         }
         let mut entries: Vec<(String, String)> = Vec::with_capacity(count);
         for i in 0..count {
@@ -56,26 +66,42 @@ impl ParentLocator {
             let (ko, vo) = (le32(b, o), le32(b, o + 4));
             let (kl, vl) = (le16(b, o + 8), le16(b, o + 10));
             if ko == 0 || vo == 0 || kl == 0 || vl == 0 {
-                return Err(bad_field(S, "key/value entry", i as u64, "zero offset or length"));
+                return Err(bad_field(
+                    S,
+                    "key/value entry",
+                    i as u64,
+                    "zero offset or length",
+                ));
             }
             let k = utf16(b, ko, kl, "key")?;
             let v = utf16(b, vo, vl, "value")?;
             if entries.iter().any(|(x, _)| *x == k) {
-                return Err(Error::Corrupt(format!("parent locator: key {k} appears twice")));
+                return Err(Error::Corrupt(format!(
+                    "parent locator: key {k} appears twice"
+                )));
             }
             entries.push((k, v));
         }
-        Ok(ParentLocator { locator_type, entries })
+        Ok(ParentLocator {
+            locator_type,
+            entries,
+        })
     }
 
     /// A VHDX locator with the given pairs.
     pub fn new(entries: Vec<(String, String)>) -> ParentLocator {
-        ParentLocator { locator_type: PARENT_LOCATOR_VHDX, entries }
+        ParentLocator {
+            locator_type: PARENT_LOCATOR_VHDX,
+            entries,
+        }
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Set (or add) `key`.

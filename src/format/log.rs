@@ -45,7 +45,10 @@ impl Descriptor {
     pub fn end(&self) -> u64 {
         match self {
             Descriptor::Data { file_offset, .. } => file_offset.saturating_add(SECTOR as u64),
-            Descriptor::Zero { file_offset, length } => file_offset.saturating_add(*length),
+            Descriptor::Zero {
+                file_offset,
+                length,
+            } => file_offset.saturating_add(*length),
         }
     }
 }
@@ -128,7 +131,12 @@ pub fn read_entry(read: &LogReader, log_len: u64, guid: &Uuid, pos: u64) -> Resu
     let mut raw = vec![0u8; length as usize];
     raw[..SECTOR].copy_from_slice(&head);
     if sectors > 1 {
-        read_wrapped(read, log_len, (pos + SECTOR as u64) % log_len, &mut raw[SECTOR..])?;
+        read_wrapped(
+            read,
+            log_len,
+            (pos + SECTOR as u64) % log_len,
+            &mut raw[SECTOR..],
+        )?;
     }
     if le32(&raw, 4) != crc_with_zeroed_field(&raw, 4) {
         return Ok(None);
@@ -148,7 +156,10 @@ pub fn read_entry(read: &LogReader, log_len: u64, guid: &Uuid, pos: u64) -> Resu
                 if length % SECTOR as u64 != 0 || file_offset.checked_add(length).is_none() {
                     return Ok(None);
                 }
-                descriptors.push(Descriptor::Zero { file_offset, length });
+                descriptors.push(Descriptor::Zero {
+                    file_offset,
+                    length,
+                });
             }
             DATA_DESC_SIGNATURE => {
                 if data_sector >= sectors {
@@ -196,7 +207,9 @@ pub fn find_active_sequence(read: &LogReader, log_len: u64, guid: &Uuid) -> Resu
         let mut head = tail;
         let mut covered = 0u64;
         while covered < log_len {
-            let Some(e) = read_entry(read, log_len, guid, head)? else { break };
+            let Some(e) = read_entry(read, log_len, guid, head)? else {
+                break;
+            };
             if let Some(last) = current.last() {
                 if e.sequence != last.sequence.wrapping_add(1) {
                     break;

@@ -74,11 +74,20 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
     }
     let sig = le64(b, 0);
     if sig != SIGNATURE {
-        return Err(Error::BadSignature { structure: S, offset: 0, found: sig });
+        return Err(Error::BadSignature {
+            structure: S,
+            offset: 0,
+            found: sig,
+        });
     }
     let count = le16(b, 10);
     if count > MAX_ENTRIES {
-        return Err(bad_field(S, "EntryCount", count as u64, "more than 2047 entries"));
+        return Err(bad_field(
+            S,
+            "EntryCount",
+            count as u64,
+            "more than 2047 entries",
+        ));
     }
     let mut out: Vec<MetadataEntry> = Vec::with_capacity(count as usize);
     let mut users = 0;
@@ -92,24 +101,47 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
             flags: EntryFlags::from_bits_retain(raw_flags),
         };
         if e.length > MAX_ITEM_LEN {
-            return Err(bad_field(S, "item Length", e.length as u64, "larger than 1 MiB"));
+            return Err(bad_field(
+                S,
+                "item Length",
+                e.length as u64,
+                "larger than 1 MiB",
+            ));
         }
         if e.length == 0 {
             if e.offset != 0 {
-                return Err(bad_field(S, "item Offset", e.offset as u64, "non-zero for an empty item"));
+                return Err(bad_field(
+                    S,
+                    "item Offset",
+                    e.offset as u64,
+                    "non-zero for an empty item",
+                ));
             }
         } else if (e.offset as u64) < 64 * KIB || e.offset as u64 + e.length as u64 > region_len {
-            return Err(bad_field(S, "item Offset", e.offset as u64, "outside the metadata region"));
+            return Err(bad_field(
+                S,
+                "item Offset",
+                e.offset as u64,
+                "outside the metadata region",
+            ));
         }
         let user = e.flags.contains(EntryFlags::IS_USER);
         if user {
             users += 1;
             if users > 1024 {
-                return Err(Error::Corrupt("metadata table: more than 1024 user items".into()));
+                return Err(Error::Corrupt(
+                    "metadata table: more than 1024 user items".into(),
+                ));
             }
         }
-        if out.iter().any(|x| x.item_id == e.item_id && x.flags.contains(EntryFlags::IS_USER) == user) {
-            return Err(Error::Corrupt(format!("metadata table: item {} appears twice", e.item_id)));
+        if out
+            .iter()
+            .any(|x| x.item_id == e.item_id && x.flags.contains(EntryFlags::IS_USER) == user)
+        {
+            return Err(Error::Corrupt(format!(
+                "metadata table: item {} appears twice",
+                e.item_id
+            )));
         }
         out.push(e);
     }
@@ -137,13 +169,23 @@ pub struct Metadata {
     pub other_items: Vec<(MetadataEntry, Vec<u8>)>,
 }
 
-fn need(items: &[(MetadataEntry, Vec<u8>)], id: &Uuid, name: &'static str, len: usize) -> Result<Vec<u8>> {
+fn need(
+    items: &[(MetadataEntry, Vec<u8>)],
+    id: &Uuid,
+    name: &'static str,
+    len: usize,
+) -> Result<Vec<u8>> {
     let (_, data) = items
         .iter()
         .find(|(e, _)| e.item_id == *id && !e.flags.contains(EntryFlags::IS_USER))
         .ok_or_else(|| Error::Corrupt(format!("metadata: required item {name} is missing")))?;
     if data.len() < len {
-        return Err(bad_field("metadata", name, data.len() as u64, "item too short"));
+        return Err(bad_field(
+            "metadata",
+            name,
+            data.len() as u64,
+            "item too short",
+        ));
     }
     Ok(data.clone())
 }
@@ -155,22 +197,60 @@ impl Metadata {
         let fp = need(&items, &META_FILE_PARAMETERS, "file parameters", 8)?;
         let block_size = le32(&fp, 0);
         let file_flags = FileParameterFlags::from_bits_retain(le32(&fp, 4));
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(bad_field(S, "BlockSize", block_size as u64, "not a power of two from 1 MiB to 256 MiB"));
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(bad_field(
+                S,
+                "BlockSize",
+                block_size as u64,
+                "not a power of two from 1 MiB to 256 MiB",
+            ));
         }
-        let ls = le32(&need(&items, &META_LOGICAL_SECTOR_SIZE, "logical sector size", 4)?, 0);
+        let ls = le32(
+            &need(&items, &META_LOGICAL_SECTOR_SIZE, "logical sector size", 4)?,
+            0,
+        );
         if ls != 512 && ls != 4096 {
-            return Err(bad_field(S, "LogicalSectorSize", ls as u64, "must be 512 or 4096"));
+            return Err(bad_field(
+                S,
+                "LogicalSectorSize",
+                ls as u64,
+                "must be 512 or 4096",
+            ));
         }
-        let ps = le32(&need(&items, &META_PHYSICAL_SECTOR_SIZE, "physical sector size", 4)?, 0);
+        let ps = le32(
+            &need(
+                &items,
+                &META_PHYSICAL_SECTOR_SIZE,
+                "physical sector size",
+                4,
+            )?,
+            0,
+        );
         if ps != 512 && ps != 4096 {
-            return Err(bad_field(S, "PhysicalSectorSize", ps as u64, "must be 512 or 4096"));
+            return Err(bad_field(
+                S,
+                "PhysicalSectorSize",
+                ps as u64,
+                "must be 512 or 4096",
+            ));
         }
-        let vs = le64(&need(&items, &META_VIRTUAL_DISK_SIZE, "virtual disk size", 8)?, 0);
+        let vs = le64(
+            &need(&items, &META_VIRTUAL_DISK_SIZE, "virtual disk size", 8)?,
+            0,
+        );
         if vs == 0 || vs > MAX_VIRTUAL_SIZE || vs % ls as u64 != 0 {
-            return Err(bad_field(S, "VirtualDiskSize", vs, "zero, above 64 TiB or not a multiple of the logical sector size"));
+            return Err(bad_field(
+                S,
+                "VirtualDiskSize",
+                vs,
+                "zero, above 64 TiB or not a multiple of the logical sector size",
+            ));
         }
-        let disk_id = guid_at(&need(&items, &META_VIRTUAL_DISK_ID, "virtual disk id", 16)?, 0);
+        let disk_id = guid_at(
+            &need(&items, &META_VIRTUAL_DISK_ID, "virtual disk id", 16)?,
+            0,
+        );
         let has_parent = file_flags.contains(FileParameterFlags::HAS_PARENT);
         let mut parent_locator = None;
         let mut other_items = Vec::new();
@@ -198,12 +278,17 @@ impl Metadata {
                 ));
             }
             if e.flags.contains(EntryFlags::IS_REQUIRED) {
-                return Err(Error::Unsupported(format!("required metadata item {}", e.item_id)));
+                return Err(Error::Unsupported(format!(
+                    "required metadata item {}",
+                    e.item_id
+                )));
             }
             other_items.push((e, data));
         }
         if has_parent && parent_locator.is_none() {
-            return Err(Error::Corrupt("metadata: differencing disk without a parent locator".into()));
+            return Err(Error::Corrupt(
+                "metadata: differencing disk without a parent locator".into(),
+            ));
         }
         Ok(Metadata {
             block_size,
@@ -230,10 +315,26 @@ impl Metadata {
         put32(&mut fp, 0, self.block_size);
         put32(&mut fp, 4, self.file_flags.bits());
         items.push((META_FILE_PARAMETERS, EntryFlags::IS_REQUIRED, fp));
-        items.push((META_VIRTUAL_DISK_SIZE, vd, self.virtual_size.to_le_bytes().to_vec()));
-        items.push((META_VIRTUAL_DISK_ID, vd, self.disk_id.to_bytes_le().to_vec()));
-        items.push((META_LOGICAL_SECTOR_SIZE, vd, self.logical_sector_size.to_le_bytes().to_vec()));
-        items.push((META_PHYSICAL_SECTOR_SIZE, vd, self.physical_sector_size.to_le_bytes().to_vec()));
+        items.push((
+            META_VIRTUAL_DISK_SIZE,
+            vd,
+            self.virtual_size.to_le_bytes().to_vec(),
+        ));
+        items.push((
+            META_VIRTUAL_DISK_ID,
+            vd,
+            self.disk_id.to_bytes_le().to_vec(),
+        ));
+        items.push((
+            META_LOGICAL_SECTOR_SIZE,
+            vd,
+            self.logical_sector_size.to_le_bytes().to_vec(),
+        ));
+        items.push((
+            META_PHYSICAL_SECTOR_SIZE,
+            vd,
+            self.physical_sector_size.to_le_bytes().to_vec(),
+        ));
         if let Some(pl) = &self.parent_locator {
             items.push((META_PARENT_LOCATOR, EntryFlags::IS_REQUIRED, pl.clone()));
         }
@@ -247,7 +348,9 @@ impl Metadata {
         for (i, (id, flags, data)) in items.iter().enumerate() {
             let o = 32 + 32 * i;
             if pos + data.len() > region_len || o + 32 > TABLE_SIZE {
-                return Err(Error::InvalidArgument("metadata does not fit its region".into()));
+                return Err(Error::InvalidArgument(
+                    "metadata does not fit its region".into(),
+                ));
             }
             put_guid(&mut b, o, id);
             put32(&mut b, o + 16, if data.is_empty() { 0 } else { pos as u32 });

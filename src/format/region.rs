@@ -49,16 +49,30 @@ impl RegionTable {
         let b = &b[..SIZE];
         let sig = le32(b, 0);
         if sig != SIGNATURE {
-            return Err(Error::BadSignature { structure: S, offset, found: sig as u64 });
+            return Err(Error::BadSignature {
+                structure: S,
+                offset,
+                found: sig as u64,
+            });
         }
         let stored = le32(b, 4);
         let computed = crc_with_zeroed_field(b, 4);
         if stored != computed {
-            return Err(Error::BadChecksum { structure: S, offset, stored, computed });
+            return Err(Error::BadChecksum {
+                structure: S,
+                offset,
+                stored,
+                computed,
+            });
         }
         let count = le32(b, 8);
         if count > MAX_ENTRIES {
-            return Err(bad_field(S, "EntryCount", count as u64, "more than 2047 entries"));
+            return Err(bad_field(
+                S,
+                "EntryCount",
+                count as u64,
+                "more than 2047 entries",
+            ));
         }
         let mut entries: Vec<RegionEntry> = Vec::with_capacity(count as usize);
         for i in 0..count as usize {
@@ -70,17 +84,35 @@ impl RegionTable {
                 required: le32(b, o + 28) & 1 != 0,
             };
             if e.file_offset % MIB != 0 || e.file_offset < MIB {
-                return Err(bad_field(S, "region FileOffset", e.file_offset, "not a 1 MiB multiple past the header section"));
+                return Err(bad_field(
+                    S,
+                    "region FileOffset",
+                    e.file_offset,
+                    "not a 1 MiB multiple past the header section",
+                ));
             }
             if e.length as u64 % MIB != 0 || e.length == 0 {
-                return Err(bad_field(S, "region Length", e.length as u64, "not a non-zero 1 MiB multiple"));
+                return Err(bad_field(
+                    S,
+                    "region Length",
+                    e.length as u64,
+                    "not a non-zero 1 MiB multiple",
+                ));
             }
             if e.file_offset.checked_add(e.length as u64).is_none() {
-                return Err(bad_field(S, "region FileOffset", e.file_offset, "overflows"));
+                return Err(bad_field(
+                    S,
+                    "region FileOffset",
+                    e.file_offset,
+                    "overflows",
+                ));
             }
             for other in &entries {
                 if other.guid == e.guid {
-                    return Err(Error::Corrupt(format!("region table: region {} appears twice", e.guid)));
+                    return Err(Error::Corrupt(format!(
+                        "region table: region {} appears twice",
+                        e.guid
+                    )));
                 }
                 if e.file_offset < other.end() && other.file_offset < e.end() {
                     return Err(Error::Corrupt(format!(

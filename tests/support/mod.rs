@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod lossy;
 pub mod raw;
 
 use std::io;
@@ -201,7 +202,10 @@ pub fn open_with_timeout(path: &Path, mode: OpenMode, secs: u64) -> ckpt::Result
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(r) => r,
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("Disk::open({}, {mode:?}) hangs (> {secs} s)", path.display())
+            panic!(
+                "Disk::open({}, {mode:?}) hangs (> {secs} s)",
+                path.display()
+            )
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             panic!("Disk::open({}, {mode:?}) panicked", path.display())

@@ -1,0 +1,1037 @@
+//! A VM and its checkpoint tree: create, apply, revert, delete (merge),
+//! rename, export; every multi-step operation journaled and reconciled.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::checkpoint::model::*;
+use crate::disk::merge::{self, MergeOptions};
+use crate::disk::{ChildOptions, CreateOptions, Disk, OpenMode};
+use crate::error::{Error, Result};
+
+/// What the hypervisor does for the library during checkpoint operations.
+/// Every method has a default that does nothing.
+pub trait Hooks {
+    /// Quiesce the guest (flush applications, freeze file systems) for a
+    /// production checkpoint. `Err(reason)` when it could not.
+    fn quiesce(&mut self) -> std::result::Result<(), String> {
+        Err("no quiesce hook is installed".into())
+    }
+    /// Undo [`Hooks::quiesce`]; called after the disks are checkpointed.
+    fn thaw(&mut self) {}
+    /// Write the VM's memory and CPU state for a standard checkpoint.
+    /// Return `Ok(false)` when there is none (the VM is off).
+    fn save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
+        let _ = out;
+        Ok(false)
+    }
+    /// Progress of a long step (merge, export): return false to cancel.
+    fn progress(&mut self, done: u64, total: u64) -> bool {
+        let _ = (done, total);
+        true
+    }
+}
+
+/// Hooks that do nothing: no quiesce (production falls back to standard),
+/// no memory state.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// Parameters of a new VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The VM's name.
+    pub name: String,
+    /// Its VHDX disks.
+    pub disks: Vec<PathBuf>,
+    /// Pass-through devices (never checkpointed).
+    pub passthrough: Vec<String>,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Checkpoint settings.
+    pub settings: Settings,
+    /// The hypervisor's own settings.
+    pub hypervisor: serde_json::Value,
+}
+
+impl VmSpec {
+    /// A VM with defaults: 1024 MiB, 1 CPU, production checkpoints.
+    pub fn new(name: &str, disks: Vec<PathBuf>) -> VmSpec {
+        VmSpec {
+            name: name.to_string(),
+            disks,
+            passthrough: Vec::new(),
+            memory_mib: 1024,
+            cpus: 1,
+            settings: Settings::default(),
+            hypervisor: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A checkpoint as listed, with what monitoring wants to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointView {
+    /// The record.
+    pub checkpoint: Checkpoint,
+    /// Seconds since it was taken.
+    pub age_seconds: u64,
+    /// Whether it is older than the VM's age warning.
+    pub age_warning: bool,
+    /// Bytes its differencing disks use on the host.
+    pub size_bytes: u64,
+    /// Layers under its first disk (1 for a base disk).
+    pub chain_depth: usize,
+    /// Upper bound of the bytes deleting it would have to copy.
+    pub delete_copy_bytes: u64,
+}
+
+/// An open VM folder. Holding it holds the VM's lock: another process
+/// trying to change the same VM is refused until it is dropped.
+#[derive(Debug)]
+pub struct Vm {
+    dir: PathBuf,
+    data: VmFile,
+    _lock: File,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn lock_vm(dir: &Path) -> Result<File> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::from(e).in_file(&path))?;
+    for attempt in 0..20 {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::from(e).in_file(&path));
+        }
+        if attempt < 19 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Err(Error::Busy(format!(
+        "{}: the VM is being changed by another process",
+        dir.display()
+    )))
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match crate::io::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).in_file(p)),
+    }
+}
+
+/// A name for a new differencing disk next to `parent`, unique by `id`.
+fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
+    let stem = original
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("disk");
+    parent
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{stem}_{id}.avhdx"))
+}
+
+impl Vm {
+    /// Create a VM folder `dir` (made if missing; must not hold a VM yet).
+    pub fn create(dir: &Path, spec: &VmSpec) -> Result<Vm> {
+        if spec.name.trim().is_empty() {
+            return Err(Error::InvalidArgument("the VM needs a name".into()));
+        }
+        if spec.memory_mib == 0 || spec.cpus == 0 {
+            return Err(Error::InvalidArgument(
+                "memory and CPU count must be at least 1".into(),
+            ));
+        }
+        let mut disks = Vec::new();
+        for d in &spec.disks {
+            let d = absolute(d)?;
+            // A VM disk must be a usable VHDX (a chain is fine).
+            Disk::open(&d, OpenMode::ReadOnly)?;
+            if disks.contains(&d) {
+                return Err(Error::InvalidArgument(format!(
+                    "disk {} is given twice",
+                    d.display()
+                )));
+            }
+            disks.push(d);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        let lock = lock_vm(&dir)?;
+        if dir.join(VM_FILE).exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds a VM",
+                dir.display()
+            )));
+        }
+        let mut settings = spec.settings.clone();
+        if let Some(l) = &settings.checkpoint_location {
+            settings.checkpoint_location = Some(absolute(l)?);
+        }
+        let data = VmFile {
+            version: 1,
+            config: VmConfig {
+                name: spec.name.clone(),
+                memory_mib: spec.memory_mib,
+                cpus: spec.cpus,
+                passthrough: spec.passthrough.clone(),
+                hypervisor: spec.hypervisor.clone(),
+            },
+            disks: disks.clone(),
+            settings,
+            state: VmState::Off,
+            current: Current {
+                parent: None,
+                disks,
+                saved_state: None,
+            },
+            checkpoints: Vec::new(),
+        };
+        write_json(&dir.join(VM_FILE), &data)?;
+        Ok(Vm {
+            dir,
+            data,
+            _lock: lock,
+        })
+    }
+
+    /// Open a VM folder for changes: takes the VM's lock (refused while
+    /// another process holds it) and finishes or undoes an operation a
+    /// crash interrupted.
+    pub fn open(dir: &Path) -> Result<Vm> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        let lock = lock_vm(&dir)?;
+        let data: VmFile = read_json(&dir.join(VM_FILE))?;
+        let mut vm = Vm {
+            dir,
+            data,
+            _lock: lock,
+        };
+        vm.reconcile()?;
+        Ok(vm)
+    }
+
+    /// Read a VM's file without locking it or finishing interrupted work
+    /// (for showing and listing).
+    pub fn load(dir: &Path) -> Result<VmFile> {
+        read_json(&dir.join(VM_FILE))
+    }
+
+    /// The VM folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything the VM file holds.
+    pub fn data(&self) -> &VmFile {
+        &self.data
+    }
+
+    /// The checkpoint location (configuration copies and memory state).
+    pub fn checkpoint_location(&self) -> PathBuf {
+        self.data
+            .settings
+            .checkpoint_location
+            .clone()
+            .unwrap_or_else(|| self.dir.join("checkpoints"))
+    }
+
+    fn save(&self) -> Result<()> {
+        write_json(&self.dir.join(VM_FILE), &self.data)
+    }
+
+    fn journal(&self, j: &Journal) -> Result<()> {
+        write_json(&self.dir.join(JOURNAL_FILE), j)
+    }
+
+    fn end_journal(&self) -> Result<()> {
+        remove_if_exists(&self.dir.join(JOURNAL_FILE))
+    }
+
+    /// Set the VM's state (the hypervisor reports it).
+    pub fn set_state(&mut self, state: VmState) -> Result<()> {
+        self.data.state = state;
+        if state != VmState::Saved {
+            self.data.current.saved_state = None;
+        }
+        self.save()
+    }
+
+    /// Change memory and CPU count.
+    pub fn set_resources(&mut self, memory_mib: Option<u64>, cpus: Option<u32>) -> Result<()> {
+        if memory_mib == Some(0) || cpus == Some(0) {
+            return Err(Error::InvalidArgument(
+                "memory and CPU count must be at least 1".into(),
+            ));
+        }
+        if let Some(m) = memory_mib {
+            self.data.config.memory_mib = m;
+        }
+        if let Some(c) = cpus {
+            self.data.config.cpus = c;
+        }
+        self.save()
+    }
+
+    /// Replace the hypervisor's own settings.
+    pub fn set_hypervisor_settings(&mut self, v: serde_json::Value) -> Result<()> {
+        self.data.config.hypervisor = v;
+        self.save()
+    }
+
+    /// Change the checkpoint settings.
+    pub fn set_settings(&mut self, s: Settings) -> Result<()> {
+        let mut s = s;
+        if let Some(l) = &s.checkpoint_location {
+            s.checkpoint_location = Some(absolute(l)?);
+        }
+        self.data.settings = s;
+        self.save()
+    }
+
+    /// The checkpoint called `name` (hidden ones are not found by name).
+    pub fn find(&self, name: &str) -> Result<&Checkpoint> {
+        self.data
+            .checkpoints
+            .iter()
+            .find(|c| c.name == name && !c.hidden)
+            .ok_or_else(|| Error::InvalidArgument(format!("no checkpoint is called {name:?}")))
+    }
+
+    fn index(&self, id: &str) -> Result<usize> {
+        self.data
+            .checkpoints
+            .iter()
+            .position(|c| c.id == id)
+            .ok_or_else(|| Error::Corrupt(format!("the tree refers to a missing checkpoint {id}")))
+    }
+
+    /// The states that depend on checkpoint `id`: child checkpoints, and
+    /// `None` for the current state when it hangs under it.
+    fn dependants(&self, id: &str) -> Vec<Option<String>> {
+        let mut v: Vec<Option<String>> = self
+            .data
+            .checkpoints
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(id))
+            .map(|c| Some(c.id.clone()))
+            .collect();
+        if self.data.current.parent.as_deref() == Some(id) {
+            v.push(None);
+        }
+        v
+    }
+
+    fn disks_of(&self, dep: &Option<String>) -> Result<Vec<PathBuf>> {
+        Ok(match dep {
+            Some(id) => self.data.checkpoints[self.index(id)?].disks.clone(),
+            None => self.data.current.disks.clone(),
+        })
+    }
+
+    fn check_name(&self, name: &str) -> Result<()> {
+        if name.trim().is_empty() {
+            return Err(Error::InvalidArgument("a checkpoint needs a name".into()));
+        }
+        if self
+            .data
+            .checkpoints
+            .iter()
+            .any(|c| c.name == name && !c.hidden)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a checkpoint called {name:?} already exists"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Take a checkpoint of the current state. `memory_file`, when given,
+    /// is used as the memory state of a standard checkpoint instead of
+    /// [`Hooks::save_memory`].
+    pub fn create_checkpoint(
+        &mut self,
+        name: &str,
+        memory_file: Option<&Path>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Checkpoint> {
+        self.check_name(name)?;
+        let requested = self.data.settings.checkpoint_type;
+        let (taken, fallback_reason, quiesced) = match requested {
+            CheckpointType::Disabled => {
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoints are disabled for VM {:?}",
+                    self.data.config.name
+                )))
+            }
+            CheckpointType::Standard => (TakenType::Standard, None, false),
+            CheckpointType::Production | CheckpointType::ProductionOnly => match hooks.quiesce() {
+                Ok(()) => (TakenType::Production, None, true),
+                Err(reason) if requested == CheckpointType::Production => (
+                    TakenType::Standard,
+                    Some(format!("quiesce failed: {reason}")),
+                    false,
+                ),
+                Err(reason) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "production-only checkpoint refused: quiesce failed: {reason}"
+                    )))
+                }
+            },
+        };
+        let r = self.create_inner(name, memory_file, hooks, taken, requested, fallback_reason);
+        if quiesced {
+            hooks.thaw();
+        }
+        if r.is_err() {
+            // Undo what was made (the journal says what).
+            let _ = self.reconcile();
+        }
+        r
+    }
+
+    fn create_inner(
+        &mut self,
+        name: &str,
+        memory_file: Option<&Path>,
+        hooks: &mut dyn Hooks,
+        taken: TakenType,
+        requested: CheckpointType,
+        fallback_reason: Option<String>,
+    ) -> Result<Checkpoint> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let loc = self.checkpoint_location();
+        let config_file = loc.join(format!("{id}.json"));
+        let memory_path = loc.join(format!("{id}.vmrs"));
+        let new_disks: Vec<PathBuf> = self
+            .data
+            .current
+            .disks
+            .iter()
+            .zip(&self.data.disks)
+            .map(|(cur, orig)| child_path(cur, orig, &id))
+            .collect();
+        let mut files = new_disks.clone();
+        files.push(config_file.clone());
+        files.push(memory_path.clone());
+        self.journal(&Journal::Create {
+            id: id.clone(),
+            files,
+        })?;
+        std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
+
+        let mut saved_state = None;
+        if taken == TakenType::Standard {
+            if let Some(src) = memory_file {
+                std::fs::copy(src, &memory_path).map_err(|e| Error::from(e).in_file(src))?;
+                File::open(&memory_path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::from(e).in_file(&memory_path))?;
+                saved_state = Some(memory_path.clone());
+            } else {
+                let mut f =
+                    File::create(&memory_path).map_err(|e| Error::from(e).in_file(&memory_path))?;
+                let wrote = hooks
+                    .save_memory(&mut f)
+                    .map_err(|e| Error::from(e).in_file(&memory_path))?;
+                f.sync_all()
+                    .map_err(|e| Error::from(e).in_file(&memory_path))?;
+                drop(f);
+                if wrote {
+                    saved_state = Some(memory_path.clone());
+                } else {
+                    remove_if_exists(&memory_path)?;
+                }
+            }
+        }
+        // All disks together or none: the journal removes a partial set.
+        for (cur, new) in self.data.current.disks.iter().zip(&new_disks) {
+            Disk::create_child(new, cur, &ChildOptions::default())?.close()?;
+        }
+        write_json(&config_file, &self.data.config)?;
+        let ck = Checkpoint {
+            id: id.clone(),
+            name: name.to_string(),
+            parent: self.data.current.parent.clone(),
+            created: now(),
+            taken,
+            requested,
+            fallback_reason,
+            disks: self.data.current.disks.clone(),
+            skipped_passthrough: self.data.config.passthrough.clone(),
+            config_file: Some(config_file),
+            saved_state,
+            hidden: false,
+        };
+        self.data.checkpoints.push(ck.clone());
+        self.data.current.parent = Some(id);
+        self.data.current.disks = new_disks;
+        self.save()?;
+        self.end_journal()?;
+        Ok(ck)
+    }
+
+    /// Make checkpoint `name` the active state: new differencing disks on
+    /// its disks, its configuration restored, the VM saved (standard, with
+    /// memory state) or off. With `save_current`, the current state is first
+    /// kept as a new checkpoint of that name; otherwise it is discarded.
+    pub fn apply(
+        &mut self,
+        name: &str,
+        save_current: Option<&str>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<()> {
+        let target = self.find(name)?.id.clone();
+        if let Some(n) = save_current {
+            self.check_name(n)?;
+            self.create_checkpoint(n, None, hooks)?;
+        }
+        self.apply_id(&target)
+    }
+
+    /// Apply the checkpoint the current state hangs under, discarding the current state.
+    pub fn revert(&mut self) -> Result<()> {
+        let id = self.data.current.parent.clone().ok_or_else(|| {
+            Error::InvalidArgument("the VM has no checkpoint to revert to".into())
+        })?;
+        self.apply_id(&id)
+    }
+
+    fn apply_id(&mut self, id: &str) -> Result<()> {
+        let target = self.data.checkpoints[self.index(id)?].clone();
+        let stamp = uuid::Uuid::new_v4().to_string();
+        let new_files: Vec<PathBuf> = target
+            .disks
+            .iter()
+            .zip(&self.data.disks)
+            .map(|(d, orig)| child_path(d, orig, &stamp))
+            .collect();
+        // The old current disks are ours to remove only when they are
+        // differencing disks made for a checkpoint.
+        let old_parent = self.data.current.parent.clone();
+        let old_files = if old_parent.is_some() {
+            self.data.current.disks.clone()
+        } else {
+            Vec::new()
+        };
+        if old_parent.is_none() {
+            return Err(Error::InvalidArgument(
+                "the current state does not hang under a checkpoint; take one first".into(),
+            ));
+        }
+        self.journal(&Journal::Apply {
+            new_files: new_files.clone(),
+            old_files: old_files.clone(),
+        })?;
+        let r = (|| -> Result<()> {
+            for (d, new) in target.disks.iter().zip(&new_files) {
+                Disk::create_child(new, d, &ChildOptions::default())?.close()?;
+            }
+            let config: VmConfig = match &target.config_file {
+                Some(f) => read_json(f)?,
+                None => self.data.config.clone(),
+            };
+            self.data.config = config;
+            self.data.current = Current {
+                parent: Some(target.id.clone()),
+                disks: new_files.clone(),
+                saved_state: target.saved_state.clone(),
+            };
+            self.data.state = if target.saved_state.is_some() {
+                VmState::Saved
+            } else {
+                VmState::Off
+            };
+            self.save()
+        })();
+        if let Err(e) = r {
+            let _ = self.reconcile();
+            return Err(e);
+        }
+        for f in &old_files {
+            remove_if_exists(f)?;
+        }
+        self.end_journal()?;
+        if let Some(p) = old_parent {
+            self.collapse(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Rename a checkpoint.
+    pub fn rename(&mut self, name: &str, new_name: &str) -> Result<()> {
+        let i = self.index(&self.find(name)?.id.clone())?;
+        if name == new_name {
+            return Ok(());
+        }
+        self.check_name(new_name)?;
+        self.data.checkpoints[i].name = new_name.to_string();
+        self.save()
+    }
+
+    /// Delete checkpoint `name` (and with `subtree` every checkpoint under
+    /// it). Its data is merged so that nothing the current state or any
+    /// other checkpoint reads changes; its configuration copy and memory
+    /// state are dropped. A branch point stays as a hidden node until one
+    /// dependant is left.
+    pub fn delete(&mut self, name: &str, subtree: bool, hooks: &mut dyn Hooks) -> Result<()> {
+        let id = self.find(name)?.id.clone();
+        if subtree {
+            // Deepest first.
+            let mut order = Vec::new();
+            let mut stack = vec![id.clone()];
+            while let Some(x) = stack.pop() {
+                order.push(x.clone());
+                for c in self
+                    .data
+                    .checkpoints
+                    .iter()
+                    .filter(|c| c.parent.as_deref() == Some(&x))
+                {
+                    stack.push(c.id.clone());
+                }
+            }
+            for x in order.into_iter().rev() {
+                if self.data.checkpoints.iter().any(|c| c.id == x) {
+                    self.delete_id(&x, hooks)?;
+                }
+            }
+            Ok(())
+        } else {
+            self.delete_id(&id, hooks)
+        }
+    }
+
+    fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
+        let deps = self.dependants(id);
+        match deps.len() {
+            0 => self.remove_node(id, false),
+            1 => {
+                self.journal(&Journal::Merge {
+                    id: id.to_string(),
+                    dependant: deps[0].clone(),
+                })?;
+                self.finish_merge(id, &deps[0], Some(hooks))
+            }
+            _ => self.remove_node(id, true),
+        }
+    }
+
+    /// Remove a node with no dependants (its disks go), or hide a branch
+    /// point (its disks stay); its configuration copy and memory state go.
+    fn remove_node(&mut self, id: &str, hide: bool) -> Result<()> {
+        let i = self.index(id)?;
+        let c = self.data.checkpoints[i].clone();
+        let mut files: Vec<PathBuf> = c
+            .config_file
+            .iter()
+            .chain(c.saved_state.iter())
+            .cloned()
+            .collect();
+        if !hide && c.parent.is_some() {
+            files.extend(c.disks.iter().cloned());
+        }
+        self.journal(&Journal::Remove {
+            id: id.to_string(),
+            hide,
+            files: files.clone(),
+        })?;
+        self.commit_remove(id, hide)?;
+        for f in &files {
+            remove_if_exists(f)?;
+        }
+        self.end_journal()?;
+        if !hide {
+            if let Some(p) = c.parent {
+                self.collapse(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_remove(&mut self, id: &str, hide: bool) -> Result<()> {
+        if let Ok(i) = self.index(id) {
+            if hide {
+                let c = &mut self.data.checkpoints[i];
+                c.hidden = true;
+                c.config_file = None;
+                c.saved_state = None;
+            } else {
+                self.data.checkpoints.remove(i);
+            }
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// A hidden node left with one dependant is merged away; with none, removed.
+    fn collapse(&mut self, id: &str) -> Result<()> {
+        let Ok(i) = self.index(id) else { return Ok(()) };
+        if !self.data.checkpoints[i].hidden {
+            return Ok(());
+        }
+        let deps = self.dependants(id);
+        match deps.len() {
+            0 => self.remove_node(id, false),
+            1 => {
+                self.journal(&Journal::Merge {
+                    id: id.to_string(),
+                    dependant: deps[0].clone(),
+                })?;
+                self.finish_merge(id, &deps[0], None)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Merge the disks of `dep` (the only dependant of `id`) into `id`'s
+    /// disks, then drop `id` from the tree. Safe to run again after a crash.
+    fn finish_merge(
+        &mut self,
+        id: &str,
+        dep: &Option<String>,
+        hooks: Option<&mut dyn Hooks>,
+    ) -> Result<()> {
+        let i = self.index(id)?;
+        let node = self.data.checkpoints[i].clone();
+        let dep_disks = self.disks_of(dep)?;
+        // The states that hang under the dependant: their disks get re-pointed.
+        let grand: Vec<Option<String>> = match dep {
+            Some(d) => self.dependants(d),
+            None => Vec::new(),
+        };
+        let mut hooks = hooks;
+        let total_disks = node.disks.len();
+        for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
+            if src == target || !src.exists() {
+                continue; // already merged
+            }
+            let mut descendants = Vec::new();
+            for g in &grand {
+                descendants.push(self.disks_of(g)?[k].clone());
+            }
+            let mut cb = |done: u64, total: u64| -> bool {
+                match hooks.as_mut() {
+                    Some(h) => h.progress(done + k as u64 * total, total * total_disks as u64),
+                    None => true,
+                }
+            };
+            let opts = MergeOptions {
+                into: Some(target.clone()),
+                descendants: Some(descendants),
+                progress: Some(&mut cb),
+                skip_space_check: false,
+            };
+            merge::merge(src, opts)?;
+        }
+        // Commit: the dependant takes over the merged disks.
+        match dep {
+            Some(d) => {
+                let j = self.index(d)?;
+                self.data.checkpoints[j].disks = node.disks.clone();
+                self.data.checkpoints[j].parent = node.parent.clone();
+            }
+            None => {
+                self.data.current.disks = node.disks.clone();
+                self.data.current.parent = node.parent.clone();
+            }
+        }
+        let i = self.index(id)?;
+        self.data.checkpoints.remove(i);
+        self.save()?;
+        for f in node.config_file.iter().chain(node.saved_state.iter()) {
+            remove_if_exists(f)?;
+        }
+        self.end_journal()
+    }
+
+    /// Export checkpoint `name` (or the current state when `None`) into the
+    /// folder `dest`: one standalone VHDX per disk, the configuration, and
+    /// the memory state if any.
+    pub fn export(
+        &mut self,
+        name: Option<&str>,
+        dest: &Path,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<PathBuf>> {
+        let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
+            Some(n) => {
+                let c = self.find(n)?.clone();
+                let config = match &c.config_file {
+                    Some(f) => read_json(f)?,
+                    None => self.data.config.clone(),
+                };
+                (c.disks, config, c.saved_state)
+            }
+            None => (
+                self.data.current.disks.clone(),
+                self.data.config.clone(),
+                self.data.current.saved_state.clone(),
+            ),
+        };
+        if dest.exists()
+            && std::fs::read_dir(dest)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists and is not an empty folder",
+                dest.display()
+            )));
+        }
+        std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
+        let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (k, orig) in self.data.disks.iter().enumerate() {
+            let name = orig
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| format!("disk{k}.vhdx").into());
+            let mut p = dest.join(name);
+            p.set_extension("vhdx");
+            if files.contains(&p) {
+                p = dest.join(format!("disk{k}.vhdx"));
+            }
+            files.push(p);
+        }
+        files.push(dest.join("config.json"));
+        if saved.is_some() {
+            files.push(dest.join("memory.vmrs"));
+        }
+        self.journal(&Journal::Export {
+            files: files.clone(),
+        })?;
+        let r = (|| -> Result<()> {
+            let n = disks.len() as u64;
+            for (k, (src, out)) in disks.iter().zip(&files).enumerate() {
+                let s = Disk::open(src, OpenMode::ReadOnly)?;
+                let opts = CreateOptions::new(s.virtual_size())
+                    .logical_sector_size(s.logical_sector_size())
+                    .physical_sector_size(s.info().physical_sector_size);
+                let d = Disk::create(out, &opts)?;
+                let mut cb =
+                    |done: u64, total: u64| hooks.progress(done + k as u64 * total, total * n);
+                s.copy_to(&d, Some(&mut cb))?;
+                d.close()?;
+            }
+            write_json(&dest.join("config.json"), &config)?;
+            if let Some(m) = &saved {
+                let out = dest.join("memory.vmrs");
+                std::fs::copy(m, &out).map_err(|e| Error::from(e).in_file(m))?;
+                File::open(&out)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::from(e).in_file(&out))?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                self.end_journal()?;
+                Ok(files)
+            }
+            Err(e) => {
+                let _ = self.reconcile();
+                Err(e)
+            }
+        }
+    }
+
+    /// Finish or undo an operation a crash (or an error) interrupted.
+    pub fn reconcile(&mut self) -> Result<()> {
+        let jpath = self.dir.join(JOURNAL_FILE);
+        if !jpath.exists() {
+            return Ok(());
+        }
+        // The committed tree is what the VM file says now.
+        self.data = read_json(&self.dir.join(VM_FILE))?;
+        let j: Journal = read_json(&jpath)?;
+        match j {
+            Journal::Create { id, files } => {
+                if self.data.checkpoints.iter().any(|c| c.id == id) {
+                    // Committed: nothing left to do.
+                } else {
+                    for f in &files {
+                        remove_if_exists(f)?;
+                    }
+                }
+                self.end_journal()
+            }
+            Journal::Apply {
+                new_files,
+                old_files,
+            } => {
+                let committed = self.data.current.disks == new_files;
+                let gone = if committed { &old_files } else { &new_files };
+                for f in gone {
+                    remove_if_exists(f)?;
+                }
+                self.end_journal()
+            }
+            Journal::Merge { id, dependant } => {
+                if self.data.checkpoints.iter().any(|c| c.id == id) {
+                    self.finish_merge(&id, &dependant, None)
+                } else {
+                    self.end_journal()
+                }
+            }
+            Journal::Remove { id, hide, files } => {
+                self.commit_remove(&id, hide)?;
+                for f in &files {
+                    remove_if_exists(f)?;
+                }
+                self.end_journal()
+            }
+            Journal::Export { files } => {
+                for f in &files {
+                    remove_if_exists(f)?;
+                }
+                self.end_journal()
+            }
+        }
+    }
+
+    /// Files that look like ours (differencing disks next to the VM's disks,
+    /// configuration copies and memory state in the checkpoint location)
+    /// but that no node of the tree owns.
+    pub fn strays(&self) -> Result<Vec<PathBuf>> {
+        let mut owned: Vec<PathBuf> = self.data.current.disks.clone();
+        owned.extend(self.data.current.saved_state.iter().cloned());
+        for c in &self.data.checkpoints {
+            owned.extend(c.disks.iter().cloned());
+            owned.extend(c.config_file.iter().cloned());
+            owned.extend(c.saved_state.iter().cloned());
+        }
+        let mut dirs: Vec<PathBuf> = owned
+            .iter()
+            .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+            .collect();
+        dirs.push(self.checkpoint_location());
+        dirs.sort();
+        dirs.dedup();
+        let stems: Vec<String> = self
+            .data
+            .disks
+            .iter()
+            .filter_map(|d| {
+                d.file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| format!("{s}_"))
+            })
+            .collect();
+        let loc = self.checkpoint_location();
+        let mut out = Vec::new();
+        for d in dirs {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_string();
+                let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
+                    || (d == loc && (name.ends_with(".vmrs") || name.ends_with(".json")));
+                if ours && !owned.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every checkpoint with its monitoring facts, parents before children.
+    pub fn list(&self) -> Result<Vec<CheckpointView>> {
+        list_of(&self.data)
+    }
+}
+
+/// Monitoring facts for every checkpoint of a VM file.
+pub fn list_of(data: &VmFile) -> Result<Vec<CheckpointView>> {
+    let t = now();
+    let mut out = Vec::new();
+    for c in &data.checkpoints {
+        let age = t.saturating_sub(c.created);
+        let mut size = 0u64;
+        for d in &c.disks {
+            if let Ok(disk) = Disk::open(d, OpenMode::ReadOnly) {
+                if disk.depth() > 1 {
+                    use std::os::unix::fs::MetadataExt;
+                    size += std::fs::metadata(d).map(|m| m.blocks() * 512).unwrap_or(0);
+                }
+            }
+        }
+        let chain_depth = c
+            .disks
+            .first()
+            .and_then(|d| Disk::open(d, OpenMode::ReadOnly).ok())
+            .map(|d| d.depth())
+            .unwrap_or(0);
+        // Deleting copies the only dependant's own changes (if it has one).
+        let deps: Vec<&[PathBuf]> = data
+            .checkpoints
+            .iter()
+            .filter(|x| x.parent.as_deref() == Some(&c.id))
+            .map(|x| x.disks.as_slice())
+            .chain(
+                (data.current.parent.as_deref() == Some(&c.id))
+                    .then_some(data.current.disks.as_slice()),
+            )
+            .collect();
+        let mut delete_copy_bytes = 0;
+        if deps.len() == 1 {
+            for d in deps[0] {
+                if let Ok(disk) = Disk::open(d, OpenMode::ReadOnly) {
+                    if let Ok(r) = disk.changed_ranges(1) {
+                        delete_copy_bytes += r.iter().map(|r| r.length).sum::<u64>();
+                    }
+                }
+            }
+        }
+        out.push(CheckpointView {
+            checkpoint: c.clone(),
+            age_seconds: age,
+            age_warning: data.settings.age_warning_seconds.is_some_and(|w| age > w),
+            size_bytes: size,
+            chain_depth,
+            delete_copy_bytes,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,378 @@
+//! libvhdi (Debian `python3-libvhdi`, module `pyvhdi`) as the independent
+//! reader of differencing chains written by libckpt.
+//!
+//! Each test grows one chain layer by layer (a base, then up to eight
+//! differencing children with varied block sizes). Every layer writes a few
+//! unaligned patterns, sub-sector writes, a write across a block boundary, a
+//! whole-block write, a write at the very end of the disk, a trim of a whole
+//! block and a partial trim. After every layer is closed, the whole chain is
+//! read three ways and compared:
+//!
+//! - by libvhdi: every file opened with `pyvhdi.file()`, the chain composed
+//!   with `child.set_parent(parent)` from the base upward (libvhdi checks
+//!   each child's `parent_linkage` against its parent's DataWriteGuid), the
+//!   whole top read with `read_buffer_at_offset(size, 0)`;
+//! - by libckpt (`Disk::open` of the top, which opens the chain);
+//! - from a plain byte vector that received the same writes and trims.
+//!
+//! Logical sector 4096 chains are included (QEMU cannot read those, libvhdi
+//! can). Under `CI=true` a missing `pyvhdi` is a failure; otherwise the tests
+//! print a notice and return.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
+use common::{assert_same, Rng, MIB};
+
+/// The Python interpreter that has `pyvhdi` (Debian's).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Reads a chain with libvhdi. Arguments: the output file, then the chain's
+/// files from the base up to the top. Prints one line per file
+/// (`media_size bytes_per_sector disk_type`) and writes the top's whole
+/// content into the output file.
+const READ_CHAIN: &str = r#"
+import sys
+import pyvhdi
+
+out = sys.argv[1]
+paths = sys.argv[2:]
+files = []
+for p in paths:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(1, len(files)):
+    files[i].set_parent(files[i - 1])
+for f in files:
+    print(f.get_media_size(), f.get_bytes_per_sector(), f.get_disk_type())
+top = files[-1]
+size = top.get_media_size()
+data = bytearray()
+chunk = 4 << 20
+pos = 0
+while pos < size:
+    n = min(chunk, size - pos)
+    b = top.read_buffer_at_offset(n, pos)
+    if len(b) != n:
+        sys.exit("short read at %d: %d of %d bytes" % (pos, len(b), n))
+    data += b
+    pos += n
+with open(out, "wb") as o:
+    o.write(data)
+for f in reversed(files):
+    f.close()
+"#;
+
+/// libvhdi's disk type numbers (`LIBVHDI_DISK_TYPE_*`).
+const LIBVHDI_FIXED: u32 = 2;
+const LIBVHDI_DYNAMIC: u32 = 3;
+const LIBVHDI_DIFFERENTIAL: u32 = 4;
+
+/// `true` when `pyvhdi` can be imported; otherwise a notice (a panic under
+/// `CI=true`) and `false`.
+fn have_pyvhdi() -> bool {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        common::missing(
+            "the Python module pyvhdi (Debian package python3-libvhdi) for /usr/bin/python3",
+        );
+    }
+    ok
+}
+
+/// What libvhdi reports about one file of the chain.
+#[derive(Debug, PartialEq, Eq)]
+struct VhdiFile {
+    media_size: u64,
+    bytes_per_sector: u32,
+    disk_type: u32,
+}
+
+/// Read the chain `base_first` (base first, top last) with libvhdi: the
+/// per-file facts and the top's whole content.
+fn libvhdi_read(base_first: &[PathBuf], scratch: &Path) -> (Vec<VhdiFile>, Vec<u8>) {
+    let out = scratch.join("libvhdi-read.raw");
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-c").arg(READ_CHAIN).arg(&out).args(base_first);
+    let stdout = common::run(&mut cmd);
+    let facts = stdout
+        .lines()
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .map(|x| {
+                    x.parse()
+                        .unwrap_or_else(|e| panic!("libvhdi output {l:?}: {e}"))
+                })
+                .collect();
+            assert_eq!(v.len(), 3, "libvhdi output line {l:?}");
+            VhdiFile {
+                media_size: v[0],
+                bytes_per_sector: v[1] as u32,
+                disk_type: v[2] as u32,
+            }
+        })
+        .collect();
+    let data = std::fs::read(&out).expect("read libvhdi's output");
+    std::fs::remove_file(&out).expect("remove libvhdi's output");
+    (facts, data)
+}
+
+/// The same writes and trims applied to the disk and to a byte vector.
+struct Writer<'a> {
+    disk: &'a Disk,
+    model: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn write(&mut self, off: u64, data: &[u8]) {
+        self.disk
+            .write_at(data, off)
+            .unwrap_or_else(|e| panic!("write {off}+{}: {e}", data.len()));
+        self.model[off as usize..off as usize + data.len()].copy_from_slice(data);
+    }
+    fn trim(&mut self, off: u64, len: u64) {
+        self.disk
+            .trim(off, len)
+            .unwrap_or_else(|e| panic!("trim {off}+{len}: {e}"));
+        self.model[off as usize..(off + len) as usize].fill(0);
+    }
+}
+
+/// One layer's share of writes: unaligned patterns, sub-sector writes, a
+/// write across a block boundary, a whole-block write, the last bytes of the
+/// disk, a whole-block trim and a partial trim.
+fn write_layer(disk: &Disk, model: &mut Vec<u8>, rng: &mut Rng) {
+    let size = disk.virtual_size();
+    let bs = disk.block_size() as u64;
+    let lss = disk.logical_sector_size() as u64;
+    let blocks = size.div_ceil(bs);
+    let mut w = Writer { disk, model };
+    // Unaligned patterns, 1 byte to 300 KiB.
+    for _ in 0..4 {
+        let len = rng.range(1, 300 << 10).min(size);
+        let off = rng.below(size - len + 1);
+        w.write(off, &rng.bytes(len as usize));
+    }
+    // Sub-sector writes (inside one sector, or straddling two).
+    for _ in 0..4 {
+        let len = rng.range(1, lss - 1);
+        let off = rng.below(size - len + 1);
+        w.write(off, &rng.bytes(len as usize));
+    }
+    // A partial-block write across a block boundary.
+    if blocks > 1 {
+        let b = rng.range(1, blocks - 1);
+        let before = rng.range(1, bs / 2);
+        let after = rng.range(1, bs / 2).min(size - b * bs);
+        w.write(b * bs - before, &rng.bytes((before + after) as usize));
+    }
+    // A whole block of this layer.
+    let b = rng.below(blocks);
+    let len = bs.min(size - b * bs);
+    w.write(b * bs, &rng.bytes(len as usize));
+    // The last bytes of the disk.
+    let len = rng.range(1, 3 * lss);
+    w.write(size - len, &rng.bytes(len as usize));
+    // A whole block trimmed (in a child this hides the parent's data).
+    let b = rng.below(blocks);
+    w.trim(b * bs, bs.min(size - b * bs));
+    // A partial, unaligned trim.
+    let len = rng.range(1, 200 << 10);
+    let off = rng.below(size - len + 1);
+    w.trim(off, len);
+}
+
+/// Read the whole disk through libckpt.
+fn read_all(disk: &Disk) -> Vec<u8> {
+    let mut v = vec![0u8; disk.virtual_size() as usize];
+    for (i, chunk) in v.chunks_mut(4 << 20).enumerate() {
+        let off = i as u64 * (4 << 20);
+        disk.read_at(chunk, off)
+            .unwrap_or_else(|e| panic!("read {off}+{}: {e}", chunk.len()));
+    }
+    v
+}
+
+/// Compare the chain (top last in `base_first`) as read by libvhdi and by
+/// libckpt against `model`.
+fn verify(
+    what: &str,
+    base_first: &[PathBuf],
+    model: &[u8],
+    lss: u32,
+    base_fixed: bool,
+    dir: &Path,
+) {
+    let top = base_first.last().expect("a chain has a top");
+    let disk = Disk::open(top, OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("{what}: open {}: {e}", top.display()));
+    assert_eq!(disk.depth(), base_first.len(), "{what}: depth");
+    let chain: Vec<PathBuf> = disk
+        .chain()
+        .into_iter()
+        .map(|p| p.expect("opened from a path"))
+        .collect();
+    let mut want_chain = base_first.to_vec();
+    want_chain.reverse();
+    assert_eq!(
+        chain, want_chain,
+        "{what}: chain() lists the files top first"
+    );
+    assert_same(
+        &format!("{what}: libckpt read vs model"),
+        &read_all(&disk),
+        model,
+        0,
+    );
+    drop(disk);
+
+    let (facts, data) = libvhdi_read(base_first, dir);
+    assert_eq!(facts.len(), base_first.len(), "{what}: libvhdi facts");
+    for (i, f) in facts.iter().enumerate() {
+        let want_type = match (i, base_fixed) {
+            (0, true) => LIBVHDI_FIXED,
+            (0, false) => LIBVHDI_DYNAMIC,
+            _ => LIBVHDI_DIFFERENTIAL,
+        };
+        let want = VhdiFile {
+            media_size: model.len() as u64,
+            bytes_per_sector: lss,
+            disk_type: want_type,
+        };
+        assert_eq!(
+            *f,
+            want,
+            "{what}: what libvhdi reports about {}",
+            base_first[i].display()
+        );
+    }
+    assert_same(&format!("{what}: libvhdi read vs model"), &data, model, 0);
+}
+
+/// Grow a chain from a base made with `base` up to `children` differencing
+/// layers (block sizes taken in turn from `child_blocks`), writing each
+/// layer and checking the whole chain with libvhdi after each.
+fn grow_and_check(
+    name: &str,
+    base: CreateOptions,
+    child_blocks: &[u32],
+    children: usize,
+    seed: u64,
+) {
+    if !have_pyvhdi() {
+        return;
+    }
+    let dir = common::tempdir();
+    let size = base.virtual_size;
+    let lss = base.logical_sector_size;
+    let fixed = base.fixed;
+    let mut rng = Rng::new(seed);
+    let mut model = vec![0u8; size as usize];
+    let mut files = vec![dir.path().join("base.vhdx")];
+
+    let disk = Disk::create(&files[0], &base).expect("create the base");
+    write_layer(&disk, &mut model, &mut rng);
+    disk.close().expect("close the base");
+    verify(
+        &format!("{name}: base alone"),
+        &files,
+        &model,
+        lss,
+        fixed,
+        dir.path(),
+    );
+
+    for level in 1..=children {
+        let path = dir.path().join(format!("child{level}.avhdx"));
+        let opts = ChildOptions {
+            block_size: child_blocks[(level - 1) % child_blocks.len()],
+            ..Default::default()
+        };
+        let parent = files.last().expect("a parent").clone();
+        let disk = Disk::create_child(&path, &parent, &opts).unwrap_or_else(|e| {
+            panic!("{name}: create child {level} on {}: {e}", parent.display())
+        });
+        assert_eq!(disk.depth(), level + 1, "{name}: depth of a new child");
+        write_layer(&disk, &mut model, &mut rng);
+        disk.close()
+            .unwrap_or_else(|e| panic!("{name}: close child {level}: {e}"));
+        files.push(path);
+        let what = format!(
+            "{name}: {level} children (block size {} MiB)",
+            opts.block_size as u64 / MIB
+        );
+        verify(&what, &files, &model, lss, fixed, dir.path());
+    }
+}
+
+#[test]
+fn libvhdi_reads_chains_512() {
+    let base = CreateOptions::new(24 * MIB).block_size(4 << 20);
+    let blocks = [
+        2 << 20,
+        1 << 20,
+        8 << 20,
+        2 << 20,
+        4 << 20,
+        1 << 20,
+        32 << 20,
+        2 << 20,
+    ];
+    grow_and_check("512-byte sectors", base, &blocks, 8, 0x5eed_0512);
+}
+
+#[test]
+fn libvhdi_reads_chains_4k_sectors() {
+    let base = CreateOptions::new(16 * MIB)
+        .block_size(1 << 20)
+        .logical_sector_size(4096)
+        .physical_sector_size(4096);
+    let blocks = [
+        2 << 20,
+        1 << 20,
+        4 << 20,
+        1 << 20,
+        2 << 20,
+        8 << 20,
+        1 << 20,
+        2 << 20,
+    ];
+    grow_and_check("4096-byte sectors", base, &blocks, 8, 0x5eed_4096);
+}
+
+#[test]
+fn libvhdi_reads_chains_on_a_fixed_base() {
+    let base = CreateOptions::new(16 * MIB).fixed(true).block_size(2 << 20);
+    grow_and_check(
+        "fixed base",
+        base,
+        &[1 << 20, 2 << 20, 4 << 20],
+        3,
+        0x5eed_f1ed,
+    );
+}
+
+#[test]
+fn libvhdi_reads_4k_chain_on_a_fixed_base() {
+    let base = CreateOptions::new(16 * MIB)
+        .fixed(true)
+        .block_size(1 << 20)
+        .logical_sector_size(4096)
+        .physical_sector_size(4096);
+    grow_and_check(
+        "4096-byte sectors, fixed base",
+        base,
+        &[2 << 20, 1 << 20],
+        2,
+        0x5eed_4512,
+    );
+}
