@@ -1,6 +1,8 @@
 //! libckpt in two minutes: create a dynamic VHDX, write to it, reopen it
 //! read-only and read the bytes back, check it, convert it to raw and back,
-//! and — when `qemu-img` is installed — let QEMU judge the result.
+//! and — when `qemu-img` is installed — let QEMU judge the result. Then put
+//! a differencing disk (a checkpoint's AVHDX) on top, write to it, list what
+//! it changed and merge it back into its parent.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -10,7 +12,8 @@ use std::error::Error;
 use std::path::Path;
 use std::process::Command;
 
-use ckpt::{CreateOptions, Disk, OpenMode};
+use ckpt::disk::merge::{self, MergeOptions};
+use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
 
 // The conversion logic of `ckpt convert` (library and std only).
 #[allow(dead_code)]
@@ -169,21 +172,50 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("    qemu-img is not installed; skipped");
     }
 
+    step(
+        6,
+        "a differencing child: write to it, list its changes, merge it back",
+    );
+    let child = dir.path().join("child.avhdx");
+    let disk = Disk::create_child(&child, &vhdx, &ChildOptions::default())?;
+    println!("    chain, top first: {:?}", disk.chain());
+    disk.write_at(b"written in the child", 40 * MIB + 100)?;
+    expected[(40 * MIB + 100) as usize..(40 * MIB + 120) as usize]
+        .copy_from_slice(b"written in the child");
+    for r in disk.changed_ranges(1)? {
+        println!("    changed: {} bytes at offset {}", r.length, r.offset);
+    }
+    disk.close()?;
+    same_bytes_as(&child, &expected)?;
+    let report = merge::merge(&child, MergeOptions::default())?;
+    println!(
+        "    merged into {}: {} bytes copied, {} removed",
+        report.destination.display(),
+        report.bytes_copied,
+        child.display()
+    );
+    same_bytes_as(&vhdx, &expected)?;
+    println!("    the parent now holds the child's data; the child is gone");
+
     println!("\ndone");
     Ok(())
 }
 
 /// The virtual disk `vhdx` holds exactly the bytes of the file `raw`.
 fn same_bytes(vhdx: &Path, raw: &Path) -> Result<(), Box<dyn Error>> {
+    same_bytes_as(vhdx, &std::fs::read(raw)?)
+}
+
+/// The virtual disk `vhdx` (through its chain) holds exactly `want`.
+fn same_bytes_as(vhdx: &Path, want: &[u8]) -> Result<(), Box<dyn Error>> {
     let disk = Disk::open(vhdx, OpenMode::ReadOnly)?;
-    let want = std::fs::read(raw)?;
     if disk.virtual_size() != want.len() as u64 {
-        return Err(format!("{} has another size than {}", vhdx.display(), raw.display()).into());
+        return Err(format!("{} has another size than expected", vhdx.display()).into());
     }
     let mut got = vec![0u8; want.len()];
     disk.read_at(&mut got, 0)?;
     if got != want {
-        return Err(format!("{} and {} differ", vhdx.display(), raw.display()).into());
+        return Err(format!("{} does not hold the expected bytes", vhdx.display()).into());
     }
     Ok(())
 }

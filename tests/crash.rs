@@ -410,6 +410,14 @@ fn qemu_judge(ctx: &str, qemu_img: &Path, image: &[u8], contents: &[u8]) {
 
 /// Run the scenario uncut to count events, then cut at every event.
 fn crash_everywhere(sc: &Scenario, cut: Cut) {
+    let total = uncut_events(sc, cut);
+    eprintln!("{}: {total} events, cutting at each ({cut:?})", sc.name);
+    crash_at_points(sc, cut, 0..=total, total);
+}
+
+/// The uncut run (judged like the others: everything is durable); returns
+/// the number of events it made.
+fn uncut_events(sc: &Scenario, cut: Cut) -> u64 {
     let full = run(sc, u64::MAX, cut);
     assert!(
         !full.open_failed && full.failed.is_none() && full.completed == sc.ops.len(),
@@ -417,11 +425,13 @@ fn crash_everywhere(sc: &Scenario, cut: Cut) {
         sc.name,
         full.failed.map(|i| sc.ops[i])
     );
-    // The uncut run, judged like the others (everything is durable).
     check_cut(sc, &format!("cut={cut:?}"), u64::MAX, cut, &full, true);
-    let total = full.events;
-    eprintln!("{}: {total} events, cutting at each ({cut:?})", sc.name);
-    for n in 0..=total {
+    full.events
+}
+
+/// Cut at each of `points` (`total`: the uncut run's event count).
+fn crash_at_points(sc: &Scenario, cut: Cut, points: impl IntoIterator<Item = u64>, total: u64) {
+    for n in points {
         let out = run(sc, n, cut);
         if n < total {
             assert!(
@@ -697,19 +707,26 @@ fn crash_during_create_fixed() {
 /// pseudo-random subsets. The model's promise is the same: flushed data is
 /// exact, the rest is per sector old or new.
 fn lossy_everywhere(sc: &Scenario) {
-    let total = {
-        let st = Arc::new(LossyStorage::new(sc.image.clone(), u64::MAX));
-        let out = run_on(sc, st.clone(), &|| st.crashed(), u64::MAX);
-        assert_eq!(
-            out.completed,
-            sc.ops.len(),
-            "{}: the uncut run failed",
-            sc.name
-        );
-        st.events()
-    };
+    let total = lossy_events(sc);
     eprintln!("{}: {total} events, lossy crash at each", sc.name);
-    for n in 0..=total {
+    lossy_at_points(sc, 0..=total);
+}
+
+/// Events of the uncut run on a [`LossyStorage`].
+fn lossy_events(sc: &Scenario) -> u64 {
+    let st = Arc::new(LossyStorage::new(sc.image.clone(), u64::MAX));
+    let out = run_on(sc, st.clone(), &|| st.crashed(), u64::MAX);
+    assert_eq!(
+        out.completed,
+        sc.ops.len(),
+        "{}: the uncut run failed",
+        sc.name
+    );
+    st.events()
+}
+
+fn lossy_at_points(sc: &Scenario, points: impl IntoIterator<Item = u64>) {
+    for n in points {
         let st = Arc::new(LossyStorage::new(sc.image.clone(), n));
         let mut out = run_on(sc, st.clone(), &|| st.crashed(), n);
         out.events = st.events();
@@ -740,4 +757,105 @@ fn dynamic_disk_lossy_cache() {
 #[test]
 fn fixed_disk_lossy_cache() {
     lossy_everywhere(&fixed_scenario());
+}
+
+/// Enough allocations, trims and flushes to go round the 1 MiB log more
+/// than once.
+fn log_wrap_scenario() -> Scenario {
+    let opts = CreateOptions::new(DYN_SIZE).block_size(MIB as u32);
+    let mut ops = Vec::new();
+    for i in 0..200u64 {
+        let block = i % 8;
+        ops.push(Op::Write {
+            off: block * MIB + (i * 4096 + 512 * (i % 3)) % MIB,
+            len: 512 + 100 * (i % 5),
+            seed: 100 + i,
+        });
+        if i % 3 != 2 {
+            ops.push(Op::Trim {
+                off: ((i + 3) % 8) * MIB,
+                len: MIB,
+            });
+        }
+        if i % 2 == 1 {
+            ops.push(Op::Flush);
+        }
+    }
+    ops.push(Op::Close);
+    make_scenario(
+        "log-wrap",
+        &opts,
+        &[Op::Write {
+            off: 0,
+            len: 4096,
+            seed: 99,
+        }],
+        ops,
+    )
+}
+
+/// The events around the points where the log goes round: the first write
+/// into the log below the previous one. Cut points: 40 events either side
+/// of each of the first two wraps.
+fn log_wrap_points(sc: &Scenario) -> (Vec<u64>, u64) {
+    let layout = support::raw::Layout::parse(&sc.image);
+    let log = layout.log_offset..layout.log_offset + layout.log_length as u64;
+    let rec = support::Recorder::new(MemStorage::from_vec(sc.image.clone()));
+    let out = run_on(sc, rec.clone(), &|| false, u64::MAX);
+    assert_eq!(out.completed, sc.ops.len());
+    let events = rec.events();
+    let mut last: Option<u64> = None;
+    let mut wraps = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if let support::Event::Write { offset, .. } = *e {
+            if log.contains(&offset) {
+                if last.is_some_and(|l| offset < l) {
+                    wraps.push(i as u64);
+                }
+                last = Some(offset);
+            }
+        }
+    }
+    assert!(
+        !wraps.is_empty(),
+        "the scenario never went round the log ({} events); make it longer",
+        events.len()
+    );
+    let mut points: Vec<u64> = wraps
+        .iter()
+        .take(2)
+        .flat_map(|&w| w.saturating_sub(40)..=w + 40)
+        .filter(|&n| n <= events.len() as u64)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    eprintln!(
+        "log-wrap: {} events, log wraps at events {:?}; cutting at {} points",
+        events.len(),
+        wraps,
+        points.len()
+    );
+    (points, events.len() as u64)
+}
+
+#[test]
+fn log_wraparound_cuts() {
+    let sc = log_wrap_scenario();
+    let (points, total) = log_wrap_points(&sc);
+    for cut in [Cut::Clean, Cut::Torn] {
+        assert_eq!(
+            uncut_events(&sc, cut),
+            total,
+            "event count differs from the recorded run"
+        );
+        crash_at_points(&sc, cut, points.iter().copied(), total);
+    }
+}
+
+#[test]
+fn log_wraparound_lossy_cache() {
+    let sc = log_wrap_scenario();
+    let (points, total) = log_wrap_points(&sc);
+    assert_eq!(lossy_events(&sc), total);
+    lossy_at_points(&sc, points);
 }

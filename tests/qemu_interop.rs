@@ -709,6 +709,100 @@ fn mixed_qemu_then_ckpt_fixed() {
     qemu_then_ckpt(true, false);
 }
 
+/// Random rounds: libckpt writes and trims, then QEMU writes, again and
+/// again on one image, each side checking the other's result.
+fn mixed_random_rounds(qemu_creates: bool, fixed: bool, seed: u64) {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempdir();
+    let path = dir.path().join("rounds.vhdx");
+    let size = 24 * MIB + 512;
+    let block = MIB;
+    if qemu_creates {
+        qemu_create_vhdx(
+            &path,
+            size,
+            &format!(
+                "subformat={},block_size={block}",
+                if fixed { "fixed" } else { "dynamic" }
+            ),
+        );
+    } else {
+        let opts = CreateOptions::new(size)
+            .fixed(fixed)
+            .block_size(block as u32);
+        Disk::create(&path, &opts)
+            .expect("create")
+            .close()
+            .expect("close");
+    }
+    let mut model = Model::new(size);
+    let mut rng = Rng::new(seed);
+    for round in 0..5 {
+        {
+            let disk = open_rw(&path);
+            assert_disk_matches(&format!("round {round}: libckpt reads"), &disk, &model);
+            for _ in 0..6 {
+                let off = rng.below(size);
+                let len = rng.range(1, (size - off).min(2 * MIB));
+                match rng.below(4) {
+                    0 => {
+                        // Whole blocks (and a ragged edge when unaligned).
+                        let start = off / block * block;
+                        let len = (rng.range(1, 3) * block).min(size - start);
+                        disk.trim(start, len).expect("trim");
+                        model.zero(start, len);
+                    }
+                    1 => {
+                        disk.trim(off, len).expect("trim");
+                        model.zero(off, len);
+                    }
+                    _ => {
+                        let data = rng.bytes(len as usize);
+                        disk.write_at(&data, off).expect("write");
+                        model.write(off, &data);
+                    }
+                }
+            }
+            disk.close().expect("close");
+        }
+        assert_image(&path, &model, &format!("round {round} after libckpt"));
+        let fills: Vec<Fill> = (0..4)
+            .map(|i| {
+                let off = rng.below(size);
+                let len = rng.range(1, (size - off).min(2 * MIB));
+                fl(
+                    off,
+                    len,
+                    if i == 3 {
+                        0
+                    } else {
+                        (rng.below(255) + 1) as u8
+                    },
+                )
+            })
+            .collect();
+        qemu_fill(&path, &mut model, &fills);
+    }
+    assert_image(&path, &model, "after the last round");
+}
+
+#[test]
+fn mixed_random_rounds_ckpt_made_dynamic() {
+    mixed_random_rounds(false, false, 1);
+}
+
+#[test]
+fn mixed_random_rounds_qemu_made_dynamic() {
+    mixed_random_rounds(true, false, 2);
+}
+
+#[test]
+fn mixed_random_rounds_qemu_made_fixed() {
+    mixed_random_rounds(true, true, 3);
+}
+
 // ---------------------------------------------------------------- trim
 
 fn allocated_bytes(path: &Path) -> u64 {

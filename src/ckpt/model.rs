@@ -217,9 +217,15 @@ pub enum Journal {
         id: String,
         /// Files made by the operation (removed on rollback).
         files: Vec<PathBuf>,
+        /// The checkpoint to apply once this one is taken (apply with capture).
+        #[serde(default)]
+        then_apply: Option<String>,
     },
     /// Applying: `new_files` become the current disks; `old_files` go.
     Apply {
+        /// The checkpoint applied.
+        #[serde(default)]
+        target: Option<String>,
         /// The new current disks.
         new_files: Vec<PathBuf>,
         /// The old current disks (removed once the apply is committed).
@@ -231,6 +237,9 @@ pub enum Journal {
         id: String,
         /// The dependant: a checkpoint id, or None for the current state.
         dependant: Option<String>,
+        /// The checkpoint's configuration copy and memory state, removed at the end.
+        #[serde(default)]
+        files: Vec<PathBuf>,
     },
     /// Removing checkpoint `id` (a leaf, or hiding a branch point); `files` go after commit.
     Remove {

@@ -389,6 +389,16 @@ impl Vm {
         memory_file: Option<&Path>,
         hooks: &mut dyn Hooks,
     ) -> Result<Checkpoint> {
+        self.create_then(name, memory_file, hooks, None)
+    }
+
+    fn create_then(
+        &mut self,
+        name: &str,
+        memory_file: Option<&Path>,
+        hooks: &mut dyn Hooks,
+        then_apply: Option<String>,
+    ) -> Result<Checkpoint> {
         self.check_name(name)?;
         let requested = self.data.settings.checkpoint_type;
         let (taken, fallback_reason, quiesced) = match requested {
@@ -413,7 +423,7 @@ impl Vm {
                 }
             },
         };
-        let r = self.create_inner(name, memory_file, hooks, taken, requested, fallback_reason);
+        let r = self.create_inner(name, memory_file, hooks, taken, requested, fallback_reason, then_apply);
         if quiesced {
             hooks.thaw();
         }
@@ -432,6 +442,7 @@ impl Vm {
         taken: TakenType,
         requested: CheckpointType,
         fallback_reason: Option<String>,
+        then_apply: Option<String>,
     ) -> Result<Checkpoint> {
         let id = uuid::Uuid::new_v4().to_string();
         let loc = self.checkpoint_location();
@@ -448,9 +459,11 @@ impl Vm {
         let mut files = new_disks.clone();
         files.push(config_file.clone());
         files.push(memory_path.clone());
+        let chained = then_apply.is_some();
         self.journal(&Journal::Create {
             id: id.clone(),
             files,
+            then_apply,
         })?;
         std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
 
@@ -501,7 +514,9 @@ impl Vm {
         self.data.current.parent = Some(id);
         self.data.current.disks = new_disks;
         self.save()?;
-        self.end_journal()?;
+        if !chained {
+            self.end_journal()?;
+        }
         Ok(ck)
     }
 
@@ -516,9 +531,15 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<()> {
         let target = self.find(name)?.id.clone();
+        if self.data.current.parent.is_none() {
+            return Err(Error::InvalidArgument(
+                "the current state does not hang under a checkpoint; take one first".into(),
+            ));
+        }
         if let Some(n) = save_current {
-            self.check_name(n)?;
-            self.create_checkpoint(n, None, hooks)?;
+            // One journaled operation: once the capture is taken, a crash
+            // finishes the apply on reopen.
+            self.create_then(n, None, hooks, Some(target.clone()))?;
         }
         self.apply_id(&target)
     }
@@ -554,6 +575,7 @@ impl Vm {
             ));
         }
         self.journal(&Journal::Apply {
+            target: Some(target.id.clone()),
             new_files: new_files.clone(),
             old_files: old_files.clone(),
         })?;
@@ -579,7 +601,16 @@ impl Vm {
             self.save()
         })();
         if let Err(e) = r {
-            let _ = self.reconcile();
+            // Roll back here (a reopen after a crash rolls forward instead).
+            if let Ok(d) = read_json::<VmFile>(&self.dir.join(VM_FILE)) {
+                self.data = d;
+            }
+            if self.data.current.disks != new_files {
+                let undone = new_files.iter().all(|f| remove_if_exists(f).is_ok());
+                if undone {
+                    let _ = self.end_journal();
+                }
+            }
             return Err(e);
         }
         for f in &old_files {
@@ -641,10 +672,7 @@ impl Vm {
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => {
-                self.journal(&Journal::Merge {
-                    id: id.to_string(),
-                    dependant: deps[0].clone(),
-                })?;
+                self.journal_merge(id, &deps[0])?;
                 self.finish_merge(id, &deps[0], Some(hooks))
             }
             _ => self.remove_node(id, true),
@@ -708,14 +736,17 @@ impl Vm {
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => {
-                self.journal(&Journal::Merge {
-                    id: id.to_string(),
-                    dependant: deps[0].clone(),
-                })?;
+                self.journal_merge(id, &deps[0])?;
                 self.finish_merge(id, &deps[0], None)
             }
             _ => Ok(()),
         }
+    }
+
+    fn journal_merge(&self, id: &str, dep: &Option<String>) -> Result<()> {
+        let c = &self.data.checkpoints[self.index(id)?];
+        let files = c.config_file.iter().chain(c.saved_state.iter()).cloned().collect();
+        self.journal(&Journal::Merge { id: id.to_string(), dependant: dep.clone(), files })
     }
 
     /// Merge the disks of `dep` (the only dependant of `id`) into `id`'s
@@ -880,9 +911,14 @@ impl Vm {
         self.data = read_json(&self.dir.join(VM_FILE))?;
         let j: Journal = read_json(&jpath)?;
         match j {
-            Journal::Create { id, files } => {
+            Journal::Create { id, files, then_apply } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
-                    // Committed: nothing left to do.
+                    // Committed; finish an apply that was to follow.
+                    if let Some(target) = then_apply {
+                        if self.data.checkpoints.iter().any(|c| c.id == target) {
+                            return self.apply_id(&target);
+                        }
+                    }
                 } else {
                     for f in &files {
                         remove_if_exists(f)?;
@@ -891,20 +927,34 @@ impl Vm {
                 self.end_journal()
             }
             Journal::Apply {
+                target,
                 new_files,
                 old_files,
             } => {
-                let committed = self.data.current.disks == new_files;
-                let gone = if committed { &old_files } else { &new_files };
-                for f in gone {
+                if self.data.current.disks == new_files {
+                    // Committed: the old current disks go.
+                    for f in &old_files {
+                        remove_if_exists(f)?;
+                    }
+                    return self.end_journal();
+                }
+                // Not committed: drop the partial new disks and apply again
+                // (an apply, once started, is finished).
+                for f in &new_files {
                     remove_if_exists(f)?;
                 }
-                self.end_journal()
+                match target {
+                    Some(t) if self.data.checkpoints.iter().any(|c| c.id == t) => self.apply_id(&t),
+                    _ => self.end_journal(),
+                }
             }
-            Journal::Merge { id, dependant } => {
+            Journal::Merge { id, dependant, files } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
                     self.finish_merge(&id, &dependant, None)
                 } else {
+                    for f in &files {
+                        remove_if_exists(f)?;
+                    }
                     self.end_journal()
                 }
             }

@@ -1,10 +1,13 @@
-//! `ckpt_disk`: one open VHDX (a base disk), with create, open, info, read,
-//! write, flush, trim and close.
+//! `ckpt_disk`: one open VHDX (a base disk, or a differencing disk with its
+//! chain), with create, open, info, read, write, flush, trim and close.
+//! Chains (children, merge, flatten, re-parent) are in `chain.rs`.
 
 use std::ffi::c_char;
 use std::mem::size_of;
 
-use super::{c_path, ckpt_status, ffi_boundary, non_null, out_ptr, FfiError, FfiResult};
+use super::{
+    c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, FfiError, FfiResult,
+};
 use crate::{CreateOptions, Disk, DiskKind, OpenMode};
 
 /// An open virtual disk (opaque).
@@ -19,7 +22,7 @@ use crate::{CreateOptions, Disk, DiskKind, OpenMode};
 /// file). `ckpt_disk_close` must not run at the same time as, or before,
 /// any other call on the same handle.
 pub struct ckpt_disk {
-    disk: Disk,
+    pub(crate) disk: Disk,
 }
 
 /// `flags` of `ckpt_disk_open`: open for reading only (the file is never
@@ -117,50 +120,22 @@ pub struct ckpt_disk_info {
 const _: () = assert!(size_of::<ckpt_create_options>() == 24);
 const _: () = assert!(size_of::<ckpt_disk_info>() == 64);
 
-/// The largest `struct_size` accepted for an input struct (a guard against
-/// garbage in the field).
-const MAX_STRUCT_SIZE: usize = 4096;
-
-/// The library's options from the caller's versioned struct.
+/// The library's options from the caller's versioned struct (NULL: the
+/// defaults).
 ///
 /// # Safety
 ///
 /// `p` is NULL or points to a readable struct of at least `p->struct_size`
 /// bytes.
-unsafe fn create_options(
+pub(crate) unsafe fn create_options(
     p: *const ckpt_create_options,
     virtual_size: u64,
 ) -> FfiResult<CreateOptions> {
     let mut o = CreateOptions::new(virtual_size);
-    if p.is_null() {
+    // SAFETY: forwarded from the caller; the struct has only integers.
+    let Some(c) = (unsafe { read_versioned(p, "options", "ckpt_create_options")? }) else {
         return Ok(o);
-    }
-    let ours = size_of::<ckpt_create_options>();
-    // SAFETY: not NULL; the first field of every version is the u32 size.
-    let size = unsafe { p.cast::<u32>().read() } as usize;
-    if size < ours {
-        return Err(FfiError::invalid(format!(
-            "options->struct_size is {size}, expected at least {ours} (sizeof(ckpt_create_options))"
-        )));
-    }
-    if size > MAX_STRUCT_SIZE {
-        return Err(FfiError::invalid(format!(
-            "options->struct_size is {size}, larger than any version of ckpt_create_options"
-        )));
-    }
-    // SAFETY: the caller promises `size` readable bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
-    if bytes[ours..].iter().any(|&b| b != 0) {
-        return Err(FfiError::new(
-            ckpt_status::Unsupported,
-            format!(
-                "options set fields that this version of libckpt ({}) does not know",
-                crate::VERSION
-            ),
-        ));
-    }
-    // SAFETY: at least `ours` readable bytes; every bit pattern is valid.
-    let c = unsafe { p.read() };
+    };
     if c.flags & !CKPT_CREATE_FIXED != 0 {
         return Err(FfiError::invalid(format!(
             "options->flags has unknown bits {:#x}",
@@ -183,7 +158,7 @@ unsafe fn create_options(
     Ok(o)
 }
 
-fn new_handle(disk: Disk) -> *mut ckpt_disk {
+pub(crate) fn new_handle(disk: Disk) -> *mut ckpt_disk {
     Box::into_raw(Box::new(ckpt_disk { disk }))
 }
 

@@ -23,13 +23,20 @@
 use std::ffi::{c_char, CStr};
 use std::path::Path;
 
+pub mod chain;
 pub mod disk;
 pub mod last_error;
 pub mod status;
 pub mod version;
+pub mod vm;
 
+pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
 pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind};
 pub use status::ckpt_status;
+pub use vm::{
+    ckpt_checkpoint_info, ckpt_checkpoint_type, ckpt_hooks, ckpt_taken_type, ckpt_vm,
+    ckpt_vm_info, ckpt_vm_spec, ckpt_vm_state, ckpt_writer,
+};
 
 /// An error on its way to C: the status to return and the message for the
 /// thread's last error.
@@ -184,6 +191,150 @@ pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> FfiResult<*mut T> {
     } else {
         Ok(p)
     }
+}
+
+/// The largest `struct_size` accepted for an input struct (a guard against
+/// garbage in the field).
+const MAX_STRUCT_SIZE: usize = 4096;
+
+/// Read a versioned input struct (one whose first field is the `u32`
+/// `struct_size`): `Ok(None)` when `p` is NULL.
+///
+/// `struct_size` must be at least `size_of::<T>()` (the first version of
+/// every input struct is the current one) and at most [`MAX_STRUCT_SIZE`];
+/// bytes past `size_of::<T>()` (fields of a newer header) must be 0, or the
+/// call fails with `CKPT_STATUS_UNSUPPORTED`. `what` names the argument and
+/// `c_type` the C type in messages.
+///
+/// # Safety
+///
+/// `p` is NULL or points to a readable struct of at least `p->struct_size`
+/// bytes; every bit pattern of those bytes is a valid `T` (no `bool`, no
+/// enums in input structs).
+pub(crate) unsafe fn read_versioned<T: Copy>(
+    p: *const T,
+    what: &str,
+    c_type: &str,
+) -> FfiResult<Option<T>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    let ours = std::mem::size_of::<T>();
+    // SAFETY: not NULL; the first field of every version is the u32 size.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    if size < ours {
+        return Err(FfiError::invalid(format!(
+            "{what}->struct_size is {size}, expected at least {ours} (sizeof({c_type}))"
+        )));
+    }
+    if size > MAX_STRUCT_SIZE {
+        return Err(FfiError::invalid(format!(
+            "{what}->struct_size is {size}, larger than any version of {c_type}"
+        )));
+    }
+    // SAFETY: the caller promises `size` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
+    if bytes[ours..].iter().any(|&b| b != 0) {
+        return Err(FfiError::new(
+            ckpt_status::Unsupported,
+            format!(
+                "{what} sets fields of {c_type} that this version of libckpt ({}) does not know",
+                crate::VERSION
+            ),
+        ));
+    }
+    // SAFETY: at least `ours` readable bytes; every bit pattern is a valid
+    // `T` per the contract.
+    Ok(Some(unsafe { p.read_unaligned() }))
+}
+
+/// Copy `bytes` and a NUL into the caller's `(buf, len)` and the length
+/// (without the NUL) into `*out_len`: the one implementation of every
+/// `(buf, len, out_len)` string getter.
+///
+/// - the whole string fits (`bytes.len() < len`): it and its NUL are
+///   written, `*out_len` is set, `Ok`;
+/// - it does not: `buf` is not touched, `*out_len` is still set to the
+///   length (so the caller can retry with `*out_len + 1` bytes) and the
+///   result is `CKPT_STATUS_BUFFER_TOO_SMALL`;
+/// - `buf` NULL with `len > 0`: `CKPT_STATUS_NULL_POINTER`, nothing written.
+///
+/// `out_len` may be NULL. The caller has already checked the other
+/// arguments, so `*out_len` is written only when the call otherwise
+/// succeeds.
+///
+/// # Safety
+///
+/// `buf` is NULL or valid for writes of `len` bytes; `out_len` is NULL or
+/// valid for a write of one `size_t`.
+pub(crate) unsafe fn write_string(
+    bytes: &[u8],
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+    what: &str,
+) -> FfiResult {
+    if len > 0 && buf.is_null() {
+        return Err(FfiError::null("buf"));
+    }
+    if bytes.contains(&0) {
+        return Err(FfiError::invalid(format!(
+            "{what} contains a NUL byte and cannot be returned as a C string"
+        )));
+    }
+    if !out_len.is_null() {
+        // SAFETY: not NULL; writable per the contract.
+        unsafe { out_len.write(bytes.len()) };
+    }
+    if bytes.len() >= len {
+        return Err(FfiError::new(
+            ckpt_status::BufferTooSmall,
+            format!(
+                "{what} needs {} bytes with its NUL, the buffer has {len}",
+                bytes.len() + 1
+            ),
+        ));
+    }
+    // SAFETY: `buf` is not NULL (len > bytes.len() >= 0) and valid for `len`
+    // bytes; `bytes.len() + 1 <= len`; `bytes` is ours, so no overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len());
+        buf.add(bytes.len()).write(0);
+    }
+    Ok(())
+}
+
+/// A path's bytes as the operating system holds them.
+pub(crate) fn path_bytes(p: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes()
+}
+
+/// An optional C path argument: NULL is `None`.
+///
+/// # Safety
+///
+/// As for [`c_str`].
+pub(crate) unsafe fn c_path_opt<'a>(s: *const c_char, what: &str) -> FfiResult<Option<&'a Path>> {
+    if s.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { c_path(s, what) }.map(Some)
+}
+
+/// A required string argument that must not be empty.
+///
+/// # Safety
+///
+/// As for [`c_str`].
+pub(crate) unsafe fn c_name<'a>(s: *const c_char, what: &str) -> FfiResult<&'a str> {
+    // SAFETY: forwarded from the caller.
+    let s = unsafe { c_str(s, what)? };
+    if s.is_empty() {
+        return Err(FfiError::invalid(format!("{what} is empty")));
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

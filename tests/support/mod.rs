@@ -285,3 +285,81 @@ impl<S: Storage> Storage for Counting<S> {
         self.writable
     }
 }
+
+/// One mutating call seen by a [`Recorder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// `write_at(len bytes, offset)`.
+    Write { offset: u64, len: u64 },
+    /// `set_len`.
+    SetLen(u64),
+    /// `sync`.
+    Sync,
+    /// `discard(offset, len)`.
+    Discard { offset: u64, len: u64 },
+    /// `allocate(offset, len)`.
+    Allocate { offset: u64, len: u64 },
+}
+
+/// A storage wrapper that records every mutating call, numbered the way
+/// `FaultStorage` numbers its events.
+#[derive(Debug)]
+pub struct Recorder<S> {
+    inner: S,
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl<S: Storage> Recorder<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S) -> Arc<Recorder<S>> {
+        Arc::new(Recorder {
+            inner,
+            events: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+    /// The events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    fn push(&self, e: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e);
+    }
+}
+
+impl<S: Storage> Storage for Recorder<S> {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.push(Event::Write {
+            offset,
+            len: buf.len() as u64,
+        });
+        self.inner.write_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.push(Event::SetLen(len));
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.push(Event::Sync);
+        self.inner.sync()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.push(Event::Discard { offset, len });
+        self.inner.discard(offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.push(Event::Allocate { offset, len });
+        self.inner.allocate(offset, len)
+    }
+}

@@ -1,0 +1,162 @@
+//! Crash at every step of checkpoint create, apply, delete and export:
+//! reopening the VM reconciles, nothing is lost, no orphan files remain.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ckpt::checkpoint::{Hooks, NoHooks, Vm, VmSpec};
+use ckpt::io::{faults, Cut};
+use ckpt::{CreateOptions, Disk, OpenMode};
+
+const SIZE: u64 = 4 << 20;
+
+struct Mem;
+impl Hooks for Mem {
+    fn save_memory(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        out.write_all(&[7u8; 1000])?;
+        Ok(true)
+    }
+}
+
+fn head(p: &Path) -> Vec<u8> {
+    let d = Disk::open(p, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = vec![0u8; 16];
+    d.read_at(&mut b, 3 << 20).unwrap();
+    b
+}
+
+fn put(p: &Path, tag: &str) {
+    let d = Disk::open(p, OpenMode::ReadWrite).unwrap();
+    let mut b = tag.as_bytes().to_vec();
+    b.resize(16, b'.');
+    d.write_at(&b, 3 << 20).unwrap();
+    d.close().unwrap();
+}
+
+fn tag(t: &str) -> Vec<u8> {
+    let mut b = t.as_bytes().to_vec();
+    b.resize(16, b'.');
+    b
+}
+
+/// a -> b -> now, two disks; returns the VM dir.
+fn build(root: &Path, leaf: bool) -> PathBuf {
+    let mut disks = Vec::new();
+    for i in 0..2 {
+        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20)).unwrap().close().unwrap();
+        disks.push(p);
+    }
+    let dir = root.join("vm");
+    let mut spec = VmSpec::new("crashy", disks);
+    spec.settings.checkpoint_type = ckpt::checkpoint::CheckpointType::Standard;
+    let mut vm = Vm::create(&dir, &spec).unwrap();
+    for (i, d) in vm.data().current.disks.clone().iter().enumerate() {
+        put(d, &format!("s0-{i}"));
+    }
+    vm.create_checkpoint("a", None, &mut Mem).unwrap();
+    for (i, d) in vm.data().current.disks.clone().iter().enumerate() {
+        put(d, &format!("s1-{i}"));
+    }
+    vm.create_checkpoint("b", None, &mut Mem).unwrap();
+    for (i, d) in vm.data().current.disks.clone().iter().enumerate() {
+        put(d, &format!("s2-{i}"));
+    }
+    if leaf {
+        vm.apply("a", None, &mut NoHooks).unwrap();
+    }
+    dir
+}
+
+type State = (BTreeMap<String, Vec<Vec<u8>>>, Vec<Vec<u8>>);
+
+fn state(vm: &Vm) -> State {
+    let mut m = BTreeMap::new();
+    for c in vm.data().checkpoints.iter().filter(|c| !c.hidden) {
+        m.insert(c.name.clone(), c.disks.iter().map(|d| head(d)).collect());
+    }
+    let cur = vm.data().current.disks.iter().map(|d| head(d)).collect();
+    (m, cur)
+}
+
+fn run(op: &str, leaf: bool, cut: Cut) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = build(t.path(), leaf);
+    let mut vm = Vm::open(&dir).unwrap();
+    let before = state(&vm);
+    faults::arm(u64::MAX, cut);
+    do_op(&mut vm, op, t.path()).unwrap();
+    let events = faults::disarm();
+    let after = state(&vm);
+    drop(vm);
+    assert!(events > 3, "{op}: {events} events");
+    for n in 0..events {
+        let t = tempfile::tempdir().unwrap();
+        let dir = build(t.path(), leaf);
+        let mut vm = Vm::open(&dir).unwrap();
+        faults::arm(n, cut);
+        let r = do_op(&mut vm, op, t.path());
+        faults::disarm();
+        assert!(r.is_err(), "{op}: cut at {n} of {events} should fail");
+        drop(vm);
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{op}: cut at {n}: reopen: {e}"));
+        assert!(!dir.join("journal.json").exists(), "{op}: cut at {n}: journal left");
+        let s = state(&vm);
+        assert!(s == before || s == after, "{op}: cut at {n}: state {s:?}\nbefore {before:?}\nafter {after:?}");
+        let strays = vm.strays().unwrap();
+        assert!(strays.is_empty(), "{op}: cut at {n}: orphan files {strays:?}");
+        if op == "export" {
+            let out = t.path().join("export");
+            let files: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().collect()).unwrap_or_default();
+            assert!(files.is_empty(), "{op}: cut at {n}: partial export left {files:?}");
+        }
+    }
+}
+
+fn do_op(vm: &mut Vm, op: &str, root: &Path) -> ckpt::Result<()> {
+    match op {
+        "create" => vm.create_checkpoint("c", None, &mut Mem).map(|_| ()),
+        "apply" => vm.apply("a", Some("keep"), &mut Mem),
+        "revert" => vm.revert(),
+        "delete" => vm.delete("b", false, &mut NoHooks),
+        "delete-root" => vm.delete("a", false, &mut NoHooks),
+        "export" => vm.export(Some("b"), &root.join("export"), &mut NoHooks).map(|_| ()),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn crash_during_create() {
+    run("create", false, Cut::Clean);
+}
+
+#[test]
+fn crash_during_apply_with_capture() {
+    run("apply", false, Cut::Torn);
+}
+
+#[test]
+fn crash_during_revert() {
+    run("revert", false, Cut::Clean);
+}
+
+#[test]
+fn crash_during_delete_of_a_middle_checkpoint() {
+    run("delete", false, Cut::Clean);
+}
+
+#[test]
+fn crash_during_delete_of_the_root() {
+    run("delete-root", false, Cut::Torn);
+}
+
+#[test]
+fn crash_during_delete_of_a_leaf() {
+    run("delete", true, Cut::Clean);
+}
+
+#[test]
+fn crash_during_export() {
+    run("export", false, Cut::Clean);
+}
