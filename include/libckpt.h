@@ -1,5 +1,6 @@
 /*
- * libckpt — Hyper-V virtual disks (VHDX) from C.
+ * libckpt — Hyper-V virtual disks (VHDX), differencing chains and VM
+ * checkpoint trees from C.
  *
  * Link with libckpt.a (plus -lpthread -ldl -lm on Linux) or libckpt.so.
  *
@@ -26,24 +27,48 @@
  * Buffers are (pointer, length) pairs; with length 0 the pointer is never
  *   touched and may be NULL.
  *
+ * String getters take (char *buf, size_t len, size_t *out_len): *out_len
+ *   (out_len may be NULL) receives the string's length without its NUL.
+ *   When len is at least that + 1, the string and a NUL are written;
+ *   otherwise buf is not touched and the result is
+ *   CKPT_STATUS_BUFFER_TOO_SMALL (call with len 0 to learn the length).
+ *   Array getters (ckpt_disk_changed_ranges) work the same way with a
+ *   capacity and a count.
+ *
  * Strings passed in are UTF-8 and NUL-terminated; they are only borrowed for
  *   the duration of the call. Strings returned by the library (version,
  *   status names) are static: never free them.
  *
- * Ownership: a handle (ckpt_disk *) comes from a create/open function and is
- *   given back exactly once to its close function, which accepts NULL.
+ * Ownership: a handle (ckpt_disk *, ckpt_vm *) comes from a create/open
+ *   function and is given back exactly once to its close function, which
+ *   accepts NULL.
  *
- * Versioned structs (ckpt_create_options, ckpt_disk_info) start with a
- *   uint32_t struct_size that the caller sets to sizeof(the struct), so that
- *   later versions of the library can add fields at the end without breaking
- *   programs built against this header.
+ * Versioned structs (ckpt_create_options, ckpt_child_options, ckpt_vm_spec,
+ *   ckpt_hooks in; ckpt_disk_info, ckpt_vm_info, ckpt_checkpoint_info out)
+ *   start with a uint32_t struct_size that the caller sets to sizeof(the
+ *   struct), so that later versions of the library can add fields at the
+ *   end without breaking programs built against this header. Zero every
+ *   other field of an input struct first: 0 and NULL mean "the default".
+ *
+ * Enumerations taken as input (checkpoint type, VM state) are passed as
+ *   uint32_t; a value the library does not know is refused with
+ *   CKPT_STATUS_INVALID_ARGUMENT.
+ *
+ * Callbacks (progress, and the ckpt_hooks of checkpoint operations) are
+ *   plain C function pointers with a void *user argument, called on the
+ *   calling thread during the call that received them. A progress callback
+ *   cancels by returning non-zero (the call then returns
+ *   CKPT_STATUS_CANCELLED). A callback must return normally: never longjmp
+ *   out of it, never let a C++ exception escape it.
  *
  * Panics: a bug inside libckpt never unwinds into C and never aborts; the
  *   function returns CKPT_STATUS_PANIC and the last error says where.
  *
  * Threads: the library has no global state except the per-thread last
  *   error. Each handle type states what may run concurrently on one handle;
- *   a ckpt_disk allows concurrent reads and writes from several threads.
+ *   a ckpt_disk allows concurrent reads and writes from several threads; a
+ *   ckpt_vm takes one call at a time (an overlapping call on the same
+ *   handle fails with CKPT_STATUS_BUSY).
  */
 
 
@@ -73,6 +98,41 @@
  * Without it the disk is dynamic (blocks are allocated on first write).
  */
 #define CKPT_CREATE_FIXED 1
+
+/**
+ * The per-VM checkpoint setting (`ckpt_vm_spec.checkpoint_type`,
+ * `ckpt_vm_set_checkpoint_type`, `ckpt_vm_info.checkpoint_type`,
+ * `ckpt_checkpoint_info.requested`). Where a function takes it as a
+ * `uint32_t`, other values are refused with
+ * `CKPT_STATUS_INVALID_ARGUMENT`.
+ */
+enum ckpt_checkpoint_type
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+    /**
+     * No checkpoints can be taken.
+     */
+    CKPT_CHECKPOINT_TYPE_DISABLED = 1,
+    /**
+     * Disks, configuration and memory state (from the `save_memory` hook).
+     */
+    CKPT_CHECKPOINT_TYPE_STANDARD = 2,
+    /**
+     * Quiesce the guest (the `quiesce` hook), keep no memory state; when
+     * quiescing fails, take a standard checkpoint instead and record why.
+     * The default.
+     */
+    CKPT_CHECKPOINT_TYPE_PRODUCTION = 3,
+    /**
+     * Quiesce the guest or fail.
+     */
+    CKPT_CHECKPOINT_TYPE_PRODUCTION_ONLY = 4,
+};
+#ifndef __cplusplus
+typedef uint32_t ckpt_checkpoint_type;
+#endif // __cplusplus
 
 /**
  * The kind of a VHDX, in `ckpt_disk_info.kind`.
@@ -186,6 +246,55 @@ typedef uint32_t ckpt_status;
 #endif // __cplusplus
 
 /**
+ * The kind a checkpoint really is (`ckpt_checkpoint_info.taken`).
+ */
+enum ckpt_taken_type
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+    /**
+     * Taken without quiescing; holds memory state when the `save_memory`
+     * hook gave one.
+     */
+    CKPT_TAKEN_TYPE_STANDARD = 1,
+    /**
+     * The guest was quiesced; no memory state.
+     */
+    CKPT_TAKEN_TYPE_PRODUCTION = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t ckpt_taken_type;
+#endif // __cplusplus
+
+/**
+ * The VM's state as the hypervisor reports it (`ckpt_vm_set_state`,
+ * `ckpt_vm_info.state`).
+ */
+enum ckpt_vm_state
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+    /**
+     * Not running.
+     */
+    CKPT_VM_STATE_OFF = 1,
+    /**
+     * Running.
+     */
+    CKPT_VM_STATE_RUNNING = 2,
+    /**
+     * Saved: memory state waits to be resumed (after applying a standard
+     * checkpoint).
+     */
+    CKPT_VM_STATE_SAVED = 3,
+};
+#ifndef __cplusplus
+typedef uint32_t ckpt_vm_state;
+#endif // __cplusplus
+
+/**
  * An open virtual disk (opaque).
  *
  * Ownership: `ckpt_disk_create` and `ckpt_disk_open` give the caller a
@@ -199,6 +308,81 @@ typedef uint32_t ckpt_status;
  * any other call on the same handle.
  */
 typedef struct ckpt_disk ckpt_disk;
+
+/**
+ * An open VM folder (opaque): its configuration, checkpoint settings,
+ * state and checkpoint tree.
+ *
+ * Ownership: `ckpt_vm_create` and `ckpt_vm_open` give the caller a handle;
+ * the caller gives it back with `ckpt_vm_close`, exactly once. While the
+ * handle is open it holds the VM's lock: another process (or another
+ * handle) opening the same VM gets `CKPT_STATUS_BUSY`.
+ *
+ * Thread safety: one call at a time per handle. A call made while another
+ * call on the same handle is running (from another thread, or from a
+ * callback of the running call) fails with `CKPT_STATUS_BUSY` instead of
+ * waiting. `ckpt_vm_close` must not run at the same time as, or before,
+ * any other call on the same handle.
+ */
+typedef struct ckpt_vm ckpt_vm;
+
+/**
+ * The stream a `save_memory` hook writes the memory state into (opaque;
+ * only valid during that callback).
+ */
+typedef struct ckpt_writer ckpt_writer;
+
+/**
+ * Options of `ckpt_disk_create_child` (a versioned struct, used like
+ * `ckpt_create_options`: set `struct_size` to `sizeof(ckpt_child_options)`,
+ * everything else to 0, then change what you need; 0 takes the default).
+ *
+ * The virtual size and the sector sizes always come from the parent.
+ */
+typedef struct ckpt_child_options {
+    /**
+     * `sizeof(ckpt_child_options)` as compiled by the caller.
+     */
+    uint32_t struct_size;
+    /**
+     * No flags are defined yet: must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Block size in bytes: a power of two from 1 MiB to 256 MiB.
+     * 0: 2 MiB (as Hyper-V makes checkpoint disks).
+     */
+    uint32_t block_size;
+    /**
+     * Log size in bytes, a multiple of 1 MiB. 0: 1 MiB.
+     */
+    uint32_t log_size;
+} ckpt_child_options;
+
+/**
+ * A byte range of the virtual disk, filled by `ckpt_disk_changed_ranges`.
+ */
+typedef struct ckpt_range {
+    /**
+     * Start in bytes.
+     */
+    uint64_t offset;
+    /**
+     * Length in bytes (never 0).
+     */
+    uint64_t length;
+} ckpt_range;
+
+/**
+ * A progress callback: `done` of `total` bytes (or units) are finished.
+ * Return 0 to go on, any other value to cancel (the operation then stops
+ * as soon as it safely can and returns `CKPT_STATUS_CANCELLED`).
+ *
+ * The callback runs on the calling thread, inside the library call. It
+ * must return normally: it must not `longjmp` out, throw a C++ exception
+ * or call back into libckpt with the object the running call uses.
+ */
+typedef int (*ckpt_progress_fn)(uint64_t done, uint64_t total, void *user);
 
 /**
  * Options of `ckpt_disk_create` (a versioned struct).
@@ -306,9 +490,525 @@ typedef struct ckpt_disk_info {
     uint8_t disk_id[16];
 } ckpt_disk_info;
 
+/**
+ * Parameters of `ckpt_vm_create` (a versioned struct, used like
+ * `ckpt_create_options`: set `struct_size` to `sizeof(ckpt_vm_spec)`,
+ * everything else to 0 or NULL, then fill in what you need; 0 and NULL
+ * take the default).
+ */
+typedef struct ckpt_vm_spec {
+    /**
+     * `sizeof(ckpt_vm_spec)` as compiled by the caller.
+     */
+    uint32_t struct_size;
+    /**
+     * A `CKPT_CHECKPOINT_TYPE_*` value. 0: production.
+     */
+    uint32_t checkpoint_type;
+    /**
+     * The VM's name (required, not empty).
+     */
+    const char *name;
+    /**
+     * `disk_count` paths of the VM's VHDX disks (each a base disk or a
+     * chain). NULL only when `disk_count` is 0.
+     */
+    const char *const *disks;
+    /**
+     * Number of entries in `disks`.
+     */
+    size_t disk_count;
+    /**
+     * `passthrough_count` pass-through devices (host disks the VM uses
+     * directly; never checkpointed, recorded as skipped). NULL only when
+     * `passthrough_count` is 0.
+     */
+    const char *const *passthrough;
+    /**
+     * Number of entries in `passthrough`.
+     */
+    size_t passthrough_count;
+    /**
+     * Memory in MiB. 0: 1024.
+     */
+    uint64_t memory_mib;
+    /**
+     * Virtual CPUs. 0: 1.
+     */
+    uint32_t cpus;
+    /**
+     * Must be 0.
+     */
+    uint32_t reserved;
+    /**
+     * Where configuration copies and memory state of checkpoints go.
+     * NULL: the folder `checkpoints` in the VM folder.
+     */
+    const char *checkpoint_location;
+    /**
+     * The hypervisor's own settings, as a JSON text kept as it is (and
+     * restored by apply). NULL: none.
+     */
+    const char *hypervisor_json;
+    /**
+     * Warn (in `ckpt_checkpoint_info.age_warning` and the JSON) about
+     * checkpoints older than this many seconds. 0: never.
+     */
+    uint64_t age_warning_seconds;
+} ckpt_vm_spec;
+
+/**
+ * Facts about an open VM, filled by `ckpt_vm_get_info` (a versioned output
+ * struct, used like `ckpt_disk_info`).
+ */
+typedef struct ckpt_vm_info {
+    /**
+     * In: `sizeof(ckpt_vm_info)` as compiled by the caller. Out: the
+     * number of bytes the library wrote.
+     */
+    uint32_t struct_size;
+    /**
+     * Off, running or saved.
+     */
+    ckpt_vm_state state;
+    /**
+     * The checkpoint setting.
+     */
+    ckpt_checkpoint_type checkpoint_type;
+    /**
+     * Virtual CPUs.
+     */
+    uint32_t cpus;
+    /**
+     * Memory in MiB.
+     */
+    uint64_t memory_mib;
+    /**
+     * Number of VHDX disks (see `ckpt_vm_current_disk_path`).
+     */
+    uint32_t disk_count;
+    /**
+     * Number of pass-through devices.
+     */
+    uint32_t passthrough_count;
+    /**
+     * Number of checkpoints, hidden ones included (see
+     * `ckpt_vm_checkpoint_get`).
+     */
+    uint32_t checkpoint_count;
+    /**
+     * Whether the current state hangs under a checkpoint.
+     */
+    bool has_current_checkpoint;
+    /**
+     * Whether the current state has memory state to resume from.
+     */
+    bool has_saved_state;
+    /**
+     * Always 0.
+     */
+    uint8_t reserved[2];
+    /**
+     * The age warning in seconds (0: none).
+     */
+    uint64_t age_warning_seconds;
+} ckpt_vm_info;
+
+/**
+ * One checkpoint, filled by `ckpt_vm_checkpoint_get` (a versioned output
+ * struct, used like `ckpt_disk_info`). Its strings (name, id, fallback
+ * reason, disk paths) come from the `ckpt_vm_checkpoint_*` getters with
+ * the same index.
+ */
+typedef struct ckpt_checkpoint_info {
+    /**
+     * In: `sizeof(ckpt_checkpoint_info)` as compiled by the caller. Out:
+     * the number of bytes the library wrote.
+     */
+    uint32_t struct_size;
+    /**
+     * The kind the checkpoint really is.
+     */
+    ckpt_taken_type taken;
+    /**
+     * The kind the VM's setting asked for when it was taken.
+     */
+    ckpt_checkpoint_type requested;
+    /**
+     * Number of frozen disks (see `ckpt_vm_checkpoint_disk_path`).
+     */
+    uint32_t disk_count;
+    /**
+     * The index of the parent checkpoint in the same list, or -1 for a
+     * root. Parents come before their children.
+     */
+    int64_t parent_index;
+    /**
+     * Creation time, seconds since the Unix epoch.
+     */
+    uint64_t created;
+    /**
+     * Seconds since it was taken.
+     */
+    uint64_t age_seconds;
+    /**
+     * Bytes the differencing disks of the checkpoint use on the host.
+     */
+    uint64_t size_bytes;
+    /**
+     * Upper bound of the bytes deleting it would copy.
+     */
+    uint64_t delete_copy_bytes;
+    /**
+     * Files in the chain under its first disk (1 for a base disk).
+     */
+    uint32_t chain_depth;
+    /**
+     * Number of pass-through devices that were not checkpointed.
+     */
+    uint32_t skipped_passthrough_count;
+    /**
+     * A deleted branch point kept only because two or more states still
+     * read its disks; it has no name lookups and cannot be applied.
+     */
+    bool hidden;
+    /**
+     * Whether it holds memory state.
+     */
+    bool has_saved_state;
+    /**
+     * Whether it has a fallback reason (`taken` differs from what was
+     * asked for; see `ckpt_vm_checkpoint_fallback_reason`).
+     */
+    bool has_fallback_reason;
+    /**
+     * Whether it is older than the VM's age warning.
+     */
+    bool age_warning;
+    /**
+     * Whether the current state hangs directly under it.
+     */
+    bool is_current_parent;
+    /**
+     * Always 0.
+     */
+    uint8_t reserved[3];
+} ckpt_checkpoint_info;
+
+/**
+ * The `quiesce` hook: ask the guest to flush its applications and freeze
+ * its file systems for a production checkpoint. Return 0 when it is
+ * quiesced; any other value means it could not be (a production
+ * checkpoint then falls back to standard, a production-only one fails).
+ */
+typedef int (*ckpt_quiesce_fn)(void *user);
+
+/**
+ * The `thaw` hook: undo a successful `quiesce`; called once the disks are
+ * checkpointed (also when taking the checkpoint failed).
+ */
+typedef void (*ckpt_thaw_fn)(void *user);
+
+/**
+ * The `save_memory` hook: write the VM's memory and CPU state for a
+ * standard checkpoint, through `ckpt_writer_write(writer, ...)` as many
+ * times as needed. Return 0 when the state was written, 1 when there is
+ * none (the VM is off; the checkpoint then holds no memory state), any
+ * other value on failure (the checkpoint is not taken). `writer` is
+ * valid only during the call.
+ */
+typedef int (*ckpt_save_memory_fn)(struct ckpt_writer *writer, void *user);
+
+/**
+ * What the hypervisor does for the library during checkpoint operations
+ * (a versioned struct: set `struct_size` to `sizeof(ckpt_hooks)`, the rest
+ * to 0/NULL, then set the callbacks you have). Every callback may be NULL;
+ * a function taking `const ckpt_hooks *` also accepts NULL for "no hooks".
+ *
+ * Without `quiesce`, quiescing fails (production checkpoints fall back to
+ * standard); without `save_memory`, standard checkpoints hold no memory
+ * state; without `progress`, nothing is reported and nothing cancels.
+ *
+ * Every callback gets `user` as its last argument, runs on the calling
+ * thread inside the library call, and must return normally: never
+ * `longjmp` out of it or let a C++ exception escape it. It must not call
+ * functions on the `ckpt_vm` the running call uses (they fail with
+ * `CKPT_STATUS_BUSY`); other libckpt calls are fine.
+ */
+typedef struct ckpt_hooks {
+    /**
+     * `sizeof(ckpt_hooks)` as compiled by the caller.
+     */
+    uint32_t struct_size;
+    /**
+     * Must be 0.
+     */
+    uint32_t reserved;
+    /**
+     * Quiesce the guest (production checkpoints); NULL: cannot.
+     */
+    ckpt_quiesce_fn quiesce;
+    /**
+     * Thaw the guest after a successful quiesce; NULL: nothing to do.
+     */
+    ckpt_thaw_fn thaw;
+    /**
+     * Write memory state (standard checkpoints); NULL: none.
+     */
+    ckpt_save_memory_fn save_memory;
+    /**
+     * Progress of long steps (the merges of a delete, the copies of an
+     * export); non-zero cancels with `CKPT_STATUS_CANCELLED`.
+     */
+    ckpt_progress_fn progress;
+    /**
+     * Passed to every callback.
+     */
+    void *user;
+} ckpt_hooks;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Create a differencing disk at `path` (which must not exist) whose parent
+ * is the VHDX at `parent_path` (a base disk or itself a differencing
+ * disk), and open the new chain read-write. Writes go to the new file; the
+ * parents are never written.
+ *
+ * The child records the parent both by relative and by absolute path.
+ * `options` may be NULL for the defaults (2 MiB blocks, 1 MiB log). On
+ * success `*out` receives a handle to close with `ckpt_disk_close`.
+ *
+ * Do not write to the parent afterwards (through another handle): that
+ * breaks the child's linkage, and opening the child then fails with
+ * `CKPT_STATUS_PARENT_MISMATCH`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+ * `CKPT_STATUS_UNSUPPORTED` (options from a newer header),
+ * `CKPT_STATUS_ALREADY_EXISTS`, `CKPT_STATUS_NOT_FOUND` (no parent, or no
+ * folder for the child), `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `path` and `parent_path` are NULL or NUL-terminated strings; `options`
+ * is NULL or points to a readable `ckpt_child_options` of at least
+ * `options->struct_size` bytes; `out` is NULL or valid for writing one
+ * pointer.
+ */
+ckpt_status ckpt_disk_create_child(const char *path,
+                                   const char *parent_path,
+                                   const struct ckpt_child_options *options,
+                                   struct ckpt_disk **out);
+
+/**
+ * Copy the path of `disk`'s parent (the file under it in the chain) into
+ * `buf` as a NUL-terminated string: the path where the parent was found
+ * when the chain was opened.
+ *
+ * String getters (this one and the other `(buf, len, out_len)`
+ * functions) all work alike: `*out_len` (when `out_len` is not NULL)
+ * receives the length without the NUL. If `len` is at least that + 1, the
+ * string and its NUL are written and the result is `CKPT_STATUS_OK`;
+ * otherwise `buf` is not touched, `*out_len` is still set, and the result
+ * is `CKPT_STATUS_BUFFER_TOO_SMALL`. `buf` may be NULL when `len` is 0.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (a base disk: it has no parent; check
+ * `ckpt_disk_info.has_parent`).
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_disk_get_parent_path(const struct ckpt_disk *disk,
+                                      char *buf,
+                                      size_t len,
+                                      size_t *out_len);
+
+/**
+ * Copy the creator string of `disk`'s top file (the program that made it,
+ * for example `"libckpt 0.1.0"` or `"Microsoft Windows 10.0.17763.0"`)
+ * into `buf`, as described at `ckpt_disk_get_parent_path`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_disk_get_creator(const struct ckpt_disk *disk,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *out_len);
+
+/**
+ * Set `*out` to the number of files in `disk`'s chain: 1 for a base disk,
+ * 2 for a differencing disk on a base disk, and so on.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `out` is NULL or valid for writing one
+ * `size_t`.
+ */
+ckpt_status ckpt_disk_chain_length(const struct ckpt_disk *disk, size_t *out);
+
+/**
+ * Copy the path of file `index` of `disk`'s chain into `buf` (0 is the
+ * file the handle was opened on, 1 its parent, ..., `chain length - 1`
+ * the base disk), as described at `ckpt_disk_get_parent_path`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` is not less than the chain
+ * length).
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_disk_chain_path(const struct ckpt_disk *disk,
+                                 size_t index,
+                                 char *buf,
+                                 size_t len,
+                                 size_t *out_len);
+
+/**
+ * Set `*out` to the index in `disk`'s chain (0 = top) of the file at
+ * `path` (compared after resolving symbolic links and `..`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_NOT_FOUND` (no such
+ * file), `CKPT_STATUS_INVALID_ARGUMENT` (the file is not in the chain).
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `path` is NULL or a NUL-terminated
+ * string; `out` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_disk_level_of(const struct ckpt_disk *disk, const char *path, size_t *out);
+
+/**
+ * The byte ranges whose content may differ between the file `levels`
+ * below the top of `disk`'s chain and the top (what changed since that
+ * checkpoint: the raw material of an incremental backup), exact to the
+ * logical sector, sorted, non-overlapping and coalesced.
+ *
+ * `levels` is 1 for the changes of the top file alone, 2 for the top two
+ * files, ..., and the chain length to compare with an empty disk (every
+ * range any file holds).
+ *
+ * The ranges go into `buf`, which has room for `cap` of them. `*out_count`
+ * receives the number of ranges. If `cap` is too small, nothing is
+ * written to `buf`, `*out_count` is still set and the result is
+ * `CKPT_STATUS_BUFFER_TOO_SMALL`: call once with `cap = 0` (`buf` may then
+ * be NULL) to learn the count, then again with a buffer that big. Each
+ * call reads the chain's allocation tables again.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk` or `out_count` NULL, or `buf`
+ * NULL with `cap > 0`), `CKPT_STATUS_INVALID_ARGUMENT` (`levels` is 0 or
+ * more than the chain length), `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `cap` `ckpt_range`s; `out_count` is NULL or valid for writing one
+ * `size_t`.
+ */
+ckpt_status ckpt_disk_changed_ranges(const struct ckpt_disk *disk,
+                                     size_t levels,
+                                     struct ckpt_range *buf,
+                                     size_t cap,
+                                     size_t *out_count);
+
+/**
+ * Merge the differencing disk `child_path` into its parent, or into the
+ * ancestor `into_path` (a file further down its chain), like deleting a
+ * checkpoint: only the data the merged files hold is copied, ranges they
+ * zeroed are zeroed, the differencing disks in the child's folder whose
+ * parent is the child are re-pointed at the destination, and the merged
+ * files are removed.
+ *
+ * Before it starts, the merge checks that the destination's file system
+ * has room for the blocks it may allocate, and refuses
+ * (`CKPT_STATUS_INVALID_ARGUMENT`) otherwise.
+ *
+ * `progress` (may be NULL) is called after every chunk with the bytes
+ * copied and the bytes to copy; returning non-zero cancels. A cancelled,
+ * failed or interrupted merge leaves a chain that reads the same data
+ * as before; running the same merge again finishes it.
+ *
+ * No handle may have any file of the chain open during the merge.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (not
+ * a differencing disk, `into_path` not in its chain, no room),
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
+ * `CKPT_STATUS_PARENT_MISMATCH`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `child_path` is NULL or a NUL-terminated string; `into_path` is NULL or
+ * a NUL-terminated string; `progress` is NULL or a function that may be
+ * called with `user` during this call.
+ */
+ckpt_status ckpt_merge(const char *child_path,
+                       const char *into_path,
+                       ckpt_progress_fn progress,
+                       void *user);
+
+/**
+ * Copy everything `src_path` reads (through its whole chain) into a new
+ * standalone VHDX at `dst_path` (which must not exist; it has no parent).
+ * Ranges no file of the chain holds, and all-zero chunks, are not written.
+ *
+ * `options` (may be NULL) chooses the kind and block size of the new file
+ * as for `ckpt_disk_create`; the virtual size and the sector sizes are
+ * always the source's. `progress` (may be NULL) is called as for
+ * `ckpt_merge`; on cancel or failure `dst_path` is removed.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+ * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_ALREADY_EXISTS`,
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
+ * `CKPT_STATUS_PARENT_MISMATCH`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `src_path` and `dst_path` are NULL or NUL-terminated strings; `options`
+ * is NULL or points to a readable `ckpt_create_options` of at least
+ * `options->struct_size` bytes; `progress` is NULL or a function that may
+ * be called with `user` during this call.
+ */
+ckpt_status ckpt_flatten(const char *src_path,
+                         const char *dst_path,
+                         const struct ckpt_create_options *options,
+                         ckpt_progress_fn progress,
+                         void *user);
+
+/**
+ * Point the differencing disk `child_path` at `new_parent_path` (like
+ * `Set-VHD -ParentPath`), for example after the parent was moved.
+ *
+ * With `force == 0`, the new parent must be the same disk as the old one
+ * (its DataWriteGuid matches the child's linkage), or the call fails with
+ * `CKPT_STATUS_PARENT_MISMATCH` and nothing changes. With `force != 0`
+ * the linkage is rewritten to the new parent, which must have the same
+ * virtual and sector sizes: only do this when you know the new parent
+ * holds the data the child was made on.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (not
+ * a differencing disk, other sizes), `CKPT_STATUS_PARENT_MISMATCH`,
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `child_path` and `new_parent_path` are NULL or NUL-terminated strings.
+ */
+ckpt_status ckpt_reparent(const char *child_path, const char *new_parent_path, int force);
 
 /**
  * Create a new VHDX file at `path` (which must not exist yet) holding a
@@ -539,6 +1239,543 @@ uint32_t ckpt_version_minor(void);
  * Always safe to call.
  */
 uint32_t ckpt_version_patch(void);
+
+/**
+ * Write `len` bytes from `buf` to the memory-state stream of a
+ * `save_memory` callback. Call it only from inside that callback, with
+ * the `writer` it received. With `len == 0`, `buf` is not touched.
+ *
+ * After a failed write the checkpoint fails, whatever the callback
+ * returns; the callback should return a non-zero value.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_IO` (for example the
+ * disk is full).
+ *
+ * # Safety
+ *
+ * `writer` is NULL or the pointer a running `save_memory` callback
+ * received; `buf` is valid for reads of `len` bytes when `len > 0`.
+ */
+ckpt_status ckpt_writer_write(struct ckpt_writer *writer, const uint8_t *buf, size_t len);
+
+/**
+ * Create a VM in the folder `dir` (made if missing; it must not hold a VM
+ * yet) from `spec`, and open it. The VM starts off, with no checkpoints;
+ * its disks must exist and be sound VHDX files (they are not copied: the
+ * VM refers to them by absolute path).
+ *
+ * On success `*out` receives a handle (holding the VM's lock) to close
+ * with `ckpt_vm_close`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`dir`, `spec`, `out`, `spec->name`
+ * or an array entry NULL), `CKPT_STATUS_INVALID_ARGUMENT` (empty name,
+ * a disk given twice, the folder holds a VM, bad JSON, unknown checkpoint
+ * type), `CKPT_STATUS_UNSUPPORTED` (a spec from a newer header),
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT` (a disk),
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `dir` is NULL or a NUL-terminated string; `spec` is NULL or a readable
+ * `ckpt_vm_spec` of at least `spec->struct_size` bytes whose pointers are
+ * NULL or valid as their field docs say; `out` is NULL or valid for
+ * writing one pointer.
+ */
+ckpt_status ckpt_vm_create(const char *dir, const struct ckpt_vm_spec *spec, struct ckpt_vm **out);
+
+/**
+ * Open the VM in the folder `dir` for changes: take its lock, and finish
+ * or undo an operation a crash interrupted there.
+ *
+ * On success `*out` receives a handle to close with `ckpt_vm_close`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+ * `CKPT_STATUS_BUSY` (another process or handle has the VM open),
+ * `CKPT_STATUS_NOT_FOUND` (no such folder or no VM in it),
+ * `CKPT_STATUS_CORRUPT` (the VM file cannot be read), `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `dir` is NULL or a NUL-terminated string; `out` is NULL or valid for
+ * writing one pointer.
+ */
+ckpt_status ckpt_vm_open(const char *dir, struct ckpt_vm **out);
+
+/**
+ * Release the VM's lock and free the handle. Every change was saved when
+ * the call that made it returned, so this cannot fail; it returns
+ * `CKPT_STATUS_OK`. `vm` may be NULL.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle from `ckpt_vm_create` / `ckpt_vm_open`
+ * that is not closed yet and that no other thread is using.
+ */
+ckpt_status ckpt_vm_close(struct ckpt_vm *vm);
+
+/**
+ * Fill `*info` with facts about the VM. Set `info->struct_size` to
+ * `sizeof(ckpt_vm_info)` first; `*info` is written only on success.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`struct_size` too small), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `info` is NULL or points to a readable
+ * and writable `ckpt_vm_info` of at least `info->struct_size` bytes.
+ */
+ckpt_status ckpt_vm_get_info(const struct ckpt_vm *vm, struct ckpt_vm_info *info);
+
+/**
+ * Copy the VM's name into `buf` (a string getter, as described at
+ * `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_get_name(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
+
+/**
+ * Copy the absolute path of the VM folder into `buf` (a string getter, as
+ * described at `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_get_dir(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
+
+/**
+ * Copy the path of the file the VM writes disk `index` to now (its
+ * newest differencing disk, or the base disk before any checkpoint) into
+ * `buf` (a string getter, as described at `ckpt_disk_get_parent_path`).
+ * This is the file to give the hypervisor, or to open with
+ * `ckpt_disk_open`. It changes with every checkpoint operation.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` not less than
+ * `ckpt_vm_info.disk_count`), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_current_disk_path(const struct ckpt_vm *vm,
+                                      size_t index,
+                                      char *buf,
+                                      size_t len,
+                                      size_t *out_len);
+
+/**
+ * Record the VM's state as the hypervisor reports it: a `ckpt_vm_state`
+ * value. Leaving the saved state drops the memory state the current state
+ * would have resumed from.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (unknown state), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_set_state(struct ckpt_vm *vm, uint32_t state);
+
+/**
+ * Change the VM's memory (MiB) and CPU count; 0 keeps the current value.
+ * Checkpoints keep the values they were taken with, and apply restores
+ * them.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_set_resources(struct ckpt_vm *vm, uint64_t memory_mib, uint32_t cpus);
+
+/**
+ * Change the kind of checkpoints the VM takes: a `ckpt_checkpoint_type`
+ * value.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (unknown type), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_set_checkpoint_type(struct ckpt_vm *vm, uint32_t checkpoint_type);
+
+/**
+ * Change where new checkpoints keep their configuration copy and memory
+ * state (`location` NULL: the folder `checkpoints` in the VM folder). A
+ * relative path is taken from the current directory. Existing checkpoints
+ * stay where they are.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty or non-UTF-8 path), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `location` is NULL or a NUL-terminated
+ * string.
+ */
+ckpt_status ckpt_vm_set_checkpoint_location(struct ckpt_vm *vm, const char *location);
+
+/**
+ * Warn about checkpoints older than `seconds` (0: never warn).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_set_age_warning(struct ckpt_vm *vm, uint64_t seconds);
+
+/**
+ * Replace the hypervisor's own settings with the JSON text `json` (kept as
+ * it is, copied into checkpoints, restored by apply).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (not
+ * JSON), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `json` is NULL or a NUL-terminated
+ * string.
+ */
+ckpt_status ckpt_vm_set_hypervisor_settings(struct ckpt_vm *vm, const char *json);
+
+/**
+ * Copy the VM as JSON into `buf` (a string getter, as described at
+ * `ckpt_disk_get_parent_path`): the object `ckpt vm show --json` prints,
+ * with `name`, `state` ("off", "running", "saved"), `memory_mib`, `cpus`,
+ * `checkpoint_type` ("disabled", "standard", "production",
+ * "production-only"), `checkpoint_location` (null: the default),
+ * `age_warning_seconds`, `current_checkpoint` (the name of the
+ * checkpoint the current state hangs under, or null),
+ * `current_checkpoint_id`, `saved_state`, `disks` (`[{"path": the file
+ * written now, "base": the disk the VM was created with}]`),
+ * `passthrough`, `hypervisor` and `settings`. Paths are absolute.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_show_json(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
+
+/**
+ * Copy the checkpoint tree as JSON into `buf` (a string getter, as
+ * described at `ckpt_disk_get_parent_path`):
+ * `{"checkpoints": [{"name", "id", "parent" (the parent's id or null),
+ * "type", "requested_type", "fallback_reason", "created", "age_seconds",
+ * "age_warning", "size_bytes", "chain_depth", "delete_copy_bytes",
+ * "saved_state", "disks", "skipped_passthrough", "hidden"}, ...],
+ * "current": {"parent", "disks", "saved_state"}}`, parents before
+ * children, paths absolute. The sizes are measured on every call (each
+ * checkpoint's disks are opened).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoints_json(const struct ckpt_vm *vm,
+                                     char *buf,
+                                     size_t len,
+                                     size_t *out_len);
+
+/**
+ * Set `*out` to the number of checkpoints of the VM, hidden ones
+ * included. Indexes `0 .. *out - 1` are valid for `ckpt_vm_checkpoint_get`
+ * and the other `ckpt_vm_checkpoint_*` getters until the next change
+ * through the handle; parents come before their children.
+ *
+ * This also starts a fresh measurement: the ages and sizes
+ * `ckpt_vm_checkpoint_get` reports are measured at its first call after
+ * this one (or after a change), for all checkpoints at once.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `out` is NULL or valid for writing one
+ * `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_count(const struct ckpt_vm *vm, size_t *out);
+
+/**
+ * Fill `*info` with checkpoint `index` (see `ckpt_vm_checkpoint_count`).
+ * Set `info->struct_size` to `sizeof(ckpt_checkpoint_info)` first;
+ * `*info` is written only on success.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`index` out of range, `struct_size` too small), `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `info` is NULL or points to a readable
+ * and writable `ckpt_checkpoint_info` of at least `info->struct_size`
+ * bytes.
+ */
+ckpt_status ckpt_vm_checkpoint_get(const struct ckpt_vm *vm,
+                                   size_t index,
+                                   struct ckpt_checkpoint_info *info);
+
+/**
+ * Copy the name of checkpoint `index` into `buf` (a string getter, as
+ * described at `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` out of range), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_name(const struct ckpt_vm *vm,
+                                    size_t index,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *out_len);
+
+/**
+ * Copy the stable id of checkpoint `index` (the `id` and `parent` of the
+ * JSON) into `buf` (a string getter, as described at
+ * `ckpt_disk_get_parent_path`).
+ *
+ * Errors: as for `ckpt_vm_checkpoint_name`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_id(const struct ckpt_vm *vm,
+                                  size_t index,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *out_len);
+
+/**
+ * Copy why checkpoint `index` is not the kind that was asked for (for
+ * example `"quiesce failed: the quiesce callback returned 5"`) into `buf`
+ * (a string getter, as described at `ckpt_disk_get_parent_path`); the
+ * empty string when it is.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_name`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_fallback_reason(const struct ckpt_vm *vm,
+                                               size_t index,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *out_len);
+
+/**
+ * Copy the path of frozen disk `disk_index` of checkpoint `index` into
+ * `buf` (a string getter, as described at `ckpt_disk_get_parent_path`).
+ * Open it read-only to read the disk as it was at the checkpoint; never
+ * write to it.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_name`, and
+ * `CKPT_STATUS_INVALID_ARGUMENT` for `disk_index` out of range.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_disk_path(const struct ckpt_vm *vm,
+                                         size_t index,
+                                         size_t disk_index,
+                                         char *buf,
+                                         size_t len,
+                                         size_t *out_len);
+
+/**
+ * Set `*out_index` to the index of the checkpoint called `name` (hidden
+ * checkpoints have no name lookups).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * checkpoint has that name), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `out_index` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_find(const struct ckpt_vm *vm, const char *name, size_t *out_index);
+
+/**
+ * Take a checkpoint called `name` (unique among the VM's checkpoints) of
+ * the current state, as the VM's checkpoint type says:
+ *
+ * - standard: `hooks->save_memory` writes the memory state (none without
+ *   it);
+ * - production: `hooks->quiesce` is called; on success no memory state is
+ *   kept and `hooks->thaw` is called once the disks are checkpointed; on
+ *   failure (or without a quiesce callback) a standard checkpoint is
+ *   taken instead, and its fallback reason says why;
+ * - production-only: as production, but a failed quiesce fails the call
+ *   (`CKPT_STATUS_INVALID_ARGUMENT`);
+ * - disabled: refused (`CKPT_STATUS_INVALID_ARGUMENT`).
+ *
+ * Every VHDX disk gets a new differencing disk next to its current file;
+ * the VM writes there from now on (see `ckpt_vm_current_disk_path`).
+ * Pass-through devices are recorded as skipped. `hooks` may be NULL. On
+ * failure nothing is left behind.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty or taken name, disabled, production-only quiesce failure),
+ * `CKPT_STATUS_UNSUPPORTED` (hooks from a newer header),
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO` (including a failed `save_memory`),
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `hooks` is NULL or a readable `ckpt_hooks` of at least
+ * `hooks->struct_size` bytes whose callbacks may be called with its `user`
+ * during this call.
+ */
+ckpt_status ckpt_vm_checkpoint_create(struct ckpt_vm *vm,
+                                      const char *name,
+                                      const struct ckpt_hooks *hooks);
+
+/**
+ * Make checkpoint `name` the active state: new differencing disks are
+ * made on its disks, its configuration (memory, CPUs, hypervisor
+ * settings) is restored, and the VM is saved (a checkpoint with memory
+ * state: resume it) or off.
+ *
+ * With `save_current_name` not NULL, the current state is first kept as
+ * a new checkpoint of that name (taken as `ckpt_vm_checkpoint_create`
+ * does, with `hooks`); with NULL it is discarded for good.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * such checkpoint, a taken `save_current_name`, the current state hangs
+ * under no checkpoint), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `save_current_name` is NULL or a NUL-terminated string; `hooks`
+ * as for `ckpt_vm_checkpoint_create`.
+ */
+ckpt_status ckpt_vm_checkpoint_apply(struct ckpt_vm *vm,
+                                     const char *name,
+                                     const char *save_current_name,
+                                     const struct ckpt_hooks *hooks);
+
+/**
+ * Go back to the checkpoint the current state hangs under, discarding
+ * everything since (apply without capture).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * checkpoint to revert to), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_checkpoint_revert(struct ckpt_vm *vm);
+
+/**
+ * Delete checkpoint `name` (with `subtree != 0`, also every checkpoint
+ * under it). No data the current state or another checkpoint reads is
+ * lost: the checkpoint's disk data is merged into the state that depends
+ * on it; only its configuration copy and memory state go. A branch point
+ * (two or more states depend on it) stays as a hidden checkpoint until
+ * only one is left.
+ *
+ * `hooks->progress` (if any) follows the merges and may cancel them
+ * (`CKPT_STATUS_CANCELLED`); a cancelled or interrupted delete is
+ * finished by the next `ckpt_vm_open`. `hooks` may be NULL.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * such checkpoint, no room for a merge), `CKPT_STATUS_CANCELLED`,
+ * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `hooks` as for `ckpt_vm_checkpoint_create`.
+ */
+ckpt_status ckpt_vm_checkpoint_delete(struct ckpt_vm *vm,
+                                      const char *name,
+                                      int subtree,
+                                      const struct ckpt_hooks *hooks);
+
+/**
+ * Rename checkpoint `name` to `new_name` (unique among the VM's
+ * checkpoints).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * such checkpoint, empty or taken new name), `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` and `new_name` are NULL or
+ * NUL-terminated strings.
+ */
+ckpt_status ckpt_vm_checkpoint_rename(struct ckpt_vm *vm, const char *name, const char *new_name);
+
+/**
+ * Export checkpoint `name` (NULL: the current state) into the folder
+ * `dest_dir` (made if missing; it must be empty): a standalone copy of the
+ * VM as it was then, with one flattened VHDX per disk (no parent; named
+ * after the VM's disk), `config.json` (the configuration), and
+ * `memory.vmrs` when it has memory state.
+ *
+ * `hooks->progress` (if any) follows the copies and may cancel them
+ * (`CKPT_STATUS_CANCELLED`; the files made so far are removed). `hooks`
+ * may be NULL.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
+ * such checkpoint, `dest_dir` not empty), `CKPT_STATUS_CANCELLED`,
+ * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `dest_dir` is NULL or a NUL-terminated string; `hooks` as for
+ * `ckpt_vm_checkpoint_create`.
+ */
+ckpt_status ckpt_vm_checkpoint_export(struct ckpt_vm *vm,
+                                      const char *name,
+                                      const char *dest_dir,
+                                      const struct ckpt_hooks *hooks);
 
 #ifdef __cplusplus
 }  // extern "C"

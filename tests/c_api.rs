@@ -198,8 +198,14 @@ fn staticlib() -> &'static Path {
 
 /// Compile one C file against include/libckpt.h and libckpt.a into `out`.
 fn compile_c(source: &Path, out: &Path) {
+    compile_c_with(source, out, &[]);
+}
+
+/// As [`compile_c`], with extra compiler flags.
+fn compile_c_with(source: &Path, out: &Path, extra: &[&str]) {
     let mut cmd = Command::new(c_compiler());
     cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+        .args(extra)
         .arg("-I")
         .arg(root().join("include"))
         .arg(source)
@@ -239,6 +245,85 @@ fn c_errors_and_last_error() {
 #[test]
 fn c_disk_io() {
     run_c_program("tests/c/test_disk_io.c");
+}
+
+#[test]
+fn c_chains() {
+    run_c_program("tests/c/test_chain.c");
+}
+
+#[test]
+fn c_vm_checkpoints() {
+    run_c_program("tests/c/test_vm.c");
+}
+
+/// The flags of the sanitizer builds: AddressSanitizer (with leak
+/// detection, so a handle that is never freed fails the test) and
+/// UndefinedBehaviorSanitizer, both fatal.
+const SANITIZE: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+
+/// Whether the C compiler can build and run a sanitized program; under CI
+/// that is required.
+fn have_sanitizers(scratch: &Path) -> bool {
+    let src = scratch.join("probe.c");
+    let exe = scratch.join("probe");
+    std::fs::write(&src, "int main(void) { return 0; }\n").expect("write probe");
+    let ok = Command::new(c_compiler())
+        .args(SANITIZE)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new(&exe)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!in_ci(), "ASan/UBSan are required under CI=true");
+        eprintln!("notice: the C compiler cannot build sanitized programs; skipping");
+    }
+    ok
+}
+
+/// The C tests of chains, VMs and NULL arguments again, built with
+/// AddressSanitizer and UndefinedBehaviorSanitizer: no invalid access, no
+/// undefined behaviour and no leak on the C side of the boundary (the Rust
+/// allocations go through the same intercepted `malloc`, so a handle that
+/// is never freed is a leak too).
+#[test]
+fn c_tests_under_sanitizers() {
+    if !have(&c_compiler()) {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    if !have_sanitizers(scratch.path()) {
+        return;
+    }
+    for test in [
+        "tests/c/test_chain.c",
+        "tests/c/test_vm.c",
+        "tests/c/test_null_args.c",
+    ] {
+        let name = Path::new(test).file_stem().expect("file name");
+        let exe = scratch.path().join(name);
+        compile_c_with(&root().join(test), &exe, SANITIZE);
+        let data = scratch.path().join(name).with_extension("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        let stdout = run_ok(
+            Command::new(&exe)
+                .arg(&data)
+                .env(
+                    "ASAN_OPTIONS",
+                    "detect_leaks=1:abort_on_error=0:exitcode=23",
+                )
+                .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1"),
+        );
+        eprint!("{stdout}");
+    }
 }
 
 #[test]

@@ -531,6 +531,16 @@ fn errors_are_one_line_with_status_1() {
         vec!["check", s(&missing)],
         vec!["read", s(&missing), "0", "1"],
         vec!["bench", s(&missing), "-c", "1"],
+        vec!["merge", s(&missing)],
+        vec!["changes", s(&missing)],
+        vec!["changes", s(&missing), "--json"],
+        vec!["reparent", s(&missing), s(&f)],
+        vec![
+            "create",
+            s(&dir.path().join("c.avhdx")),
+            "--parent",
+            s(&missing),
+        ],
     ] {
         let e = fail(&args);
         assert!(e.contains("missing.vhdx"), "{args:?}: {e}");
@@ -584,6 +594,9 @@ fn errors_are_one_line_with_status_1() {
     fail(&["info"]);
     fail(&["info", s(&f), "--bogus"]);
     fail(&["convert", s(&f)]);
+    fail(&["merge"]);
+    fail(&["reparent", s(&f)]);
+    fail(&["changes", s(&f), "--base"]);
     // Not a VHDX.
     let raw = dir.path().join("plain.raw");
     std::fs::write(&raw, vec![1u8; 4096]).unwrap();

@@ -526,7 +526,7 @@ fn merge_into_parent_then_into_ancestor() {
     write(&a, &mut model, 7 * MIB, &pattern(4096, 8));
     create_child(&b, &a);
     write(&b, &mut model, 2 * MIB - 512, &pattern(1024, 9));
-    write(&b, &mut model, 10, &vec![0u8; 100]);
+    write(&b, &mut model, 10, &[0u8; 100]);
     create_child(&c, &b);
     write(&c, &mut model, 3 * MIB, &pattern(512, 10));
     assert_reads(&c, &model);

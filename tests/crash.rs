@@ -412,7 +412,7 @@ fn qemu_judge(ctx: &str, qemu_img: &Path, image: &[u8], contents: &[u8]) {
 fn crash_everywhere(sc: &Scenario, cut: Cut) {
     let total = uncut_events(sc, cut);
     eprintln!("{}: {total} events, cutting at each ({cut:?})", sc.name);
-    crash_at_points(sc, cut, 0..=total, total);
+    crash_at_points(sc, cut, 0..=total, total, 7);
 }
 
 /// The uncut run (judged like the others: everything is durable); returns
@@ -430,7 +430,14 @@ fn uncut_events(sc: &Scenario, cut: Cut) -> u64 {
 }
 
 /// Cut at each of `points` (`total`: the uncut run's event count).
-fn crash_at_points(sc: &Scenario, cut: Cut, points: impl IntoIterator<Item = u64>, total: u64) {
+/// QEMU judges every `qemu_every`-th point.
+fn crash_at_points(
+    sc: &Scenario,
+    cut: Cut,
+    points: impl IntoIterator<Item = u64>,
+    total: u64,
+    qemu_every: u64,
+) {
     for n in points {
         let out = run(sc, n, cut);
         if n < total {
@@ -440,7 +447,14 @@ fn crash_at_points(sc: &Scenario, cut: Cut, points: impl IntoIterator<Item = u64
                 sc.name
             );
         }
-        check_cut(sc, &format!("cut={cut:?}"), n, cut, &out, n % 7 == 0);
+        check_cut(
+            sc,
+            &format!("cut={cut:?}"),
+            n,
+            cut,
+            &out,
+            n % qemu_every == 0,
+        );
     }
 }
 
@@ -709,7 +723,7 @@ fn crash_during_create_fixed() {
 fn lossy_everywhere(sc: &Scenario) {
     let total = lossy_events(sc);
     eprintln!("{}: {total} events, lossy crash at each", sc.name);
-    lossy_at_points(sc, 0..=total);
+    lossy_at_points(sc, 0..=total, 7);
 }
 
 /// Events of the uncut run on a [`LossyStorage`].
@@ -725,7 +739,7 @@ fn lossy_events(sc: &Scenario) -> u64 {
     st.events()
 }
 
-fn lossy_at_points(sc: &Scenario, points: impl IntoIterator<Item = u64>) {
+fn lossy_at_points(sc: &Scenario, points: impl IntoIterator<Item = u64>, qemu_every: u64) {
     for n in points {
         let st = Arc::new(LossyStorage::new(sc.image.clone(), n));
         let mut out = run_on(sc, st.clone(), &|| st.crashed(), n);
@@ -744,7 +758,14 @@ fn lossy_at_points(sc: &Scenario, points: impl IntoIterator<Item = u64>) {
             out.bytes = st.survivor(|i| mask[i]);
             let label = format!("lossy cache, survivor #{m} (kept unsynced writes {mask:?})");
             // Torn tolerance is not needed: whole writes survive or not.
-            check_cut(sc, &label, n, Cut::Clean, &out, m == 0 && n % 7 == 3);
+            check_cut(
+                sc,
+                &label,
+                n,
+                Cut::Clean,
+                &out,
+                m == 0 && n % qemu_every == 3,
+            );
         }
     }
 }
@@ -764,7 +785,7 @@ fn fixed_disk_lossy_cache() {
 fn log_wrap_scenario() -> Scenario {
     let opts = CreateOptions::new(DYN_SIZE).block_size(MIB as u32);
     let mut ops = Vec::new();
-    for i in 0..200u64 {
+    for i in 0..300u64 {
         let block = i % 8;
         ops.push(Op::Write {
             off: block * MIB + (i * 4096 + 512 * (i % 3)) % MIB,
@@ -795,7 +816,7 @@ fn log_wrap_scenario() -> Scenario {
 }
 
 /// The events around the points where the log goes round: the first write
-/// into the log below the previous one. Cut points: 40 events either side
+/// into the log below the previous one. Cut points: 20 events either side
 /// of each of the first two wraps.
 fn log_wrap_points(sc: &Scenario) -> (Vec<u64>, u64) {
     let layout = support::raw::Layout::parse(&sc.image);
@@ -806,9 +827,11 @@ fn log_wrap_points(sc: &Scenario) -> (Vec<u64>, u64) {
     let events = rec.events();
     let mut last: Option<u64> = None;
     let mut wraps = Vec::new();
+    let mut log_writes = 0;
     for (i, e) in events.iter().enumerate() {
         if let support::Event::Write { offset, .. } = *e {
             if log.contains(&offset) {
+                log_writes += 1;
                 if last.is_some_and(|l| offset < l) {
                     wraps.push(i as u64);
                 }
@@ -818,13 +841,14 @@ fn log_wrap_points(sc: &Scenario) -> (Vec<u64>, u64) {
     }
     assert!(
         !wraps.is_empty(),
-        "the scenario never went round the log ({} events); make it longer",
+        "the scenario never went round the log ({} events, {log_writes} log writes, last at {last:?}); \
+         make it longer",
         events.len()
     );
     let mut points: Vec<u64> = wraps
         .iter()
         .take(2)
-        .flat_map(|&w| w.saturating_sub(40)..=w + 40)
+        .flat_map(|&w| w.saturating_sub(20)..=w + 20)
         .filter(|&n| n <= events.len() as u64)
         .collect();
     points.sort_unstable();
@@ -848,7 +872,7 @@ fn log_wraparound_cuts() {
             total,
             "event count differs from the recorded run"
         );
-        crash_at_points(&sc, cut, points.iter().copied(), total);
+        crash_at_points(&sc, cut, points.iter().copied(), total, 20);
     }
 }
 
@@ -857,5 +881,5 @@ fn log_wraparound_lossy_cache() {
     let sc = log_wrap_scenario();
     let (points, total) = log_wrap_points(&sc);
     assert_eq!(lossy_events(&sc), total);
-    lossy_at_points(&sc, points);
+    lossy_at_points(&sc, points, 20);
 }

@@ -15,13 +15,13 @@
 //! - by libckpt (`Disk::open` of the top, which opens the chain);
 //! - from a plain byte vector that received the same writes and trims.
 //!
-//! libvhdi differs from MS-VHDX (and from libckpt) in one documented way: it
-//! reads a zero block (PAYLOAD_BLOCK_ZERO) of a differencing file as "not
-//! present" and returns the parent's data there instead of zeros. The test
+//! libvhdi 20210425 cannot read a zero block (PAYLOAD_BLOCK_ZERO, what a
+//! whole-block trim of a child leaves) of a differencing file: it consults
+//! the sector bitmap whatever the block state, and returns the parent's data
+//! or the child file's own first bytes there instead of zeros. The test
 //! tracks what every layer holds (its sectors and its zero blocks) and
-//! predicts libvhdi's view exactly, so libvhdi still judges every byte: the
-//! parent's data under a zero block must be what libvhdi finds, and
-//! libckpt must read zeros there.
+//! leaves exactly the sectors under such blocks out of the libvhdi
+//! comparison; libckpt must read zeros there (checked against the model).
 //!
 //! Logical sector 4096 chains are included (QEMU cannot read those, libvhdi
 //! can). Under `CI=true` a missing `pyvhdi` is a failure; otherwise the tests
@@ -213,7 +213,6 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn write(&mut self, off: u64, data: &[u8]) {
-        eprintln!("DBG write {off}+{} end {}", data.len(), off + data.len() as u64);
         self.disk
             .write_at(data, off)
             .unwrap_or_else(|e| panic!("write {off}+{}: {e}", data.len()));
@@ -221,7 +220,6 @@ impl Writer<'_> {
         self.track.write(off, data.len() as u64);
     }
     fn trim(&mut self, off: u64, len: u64) {
-        eprintln!("DBG trim {off}+{len} end {}", off + len);
         self.disk
             .trim(off, len)
             .unwrap_or_else(|e| panic!("trim {off}+{len}: {e}"));
@@ -287,21 +285,48 @@ fn write_layer(disk: &Disk, model: &mut Vec<u8>, rng: &mut Rng) -> LayerTrack {
     track
 }
 
-/// What libvhdi 20210425 reads for a chain: the same as the real content,
-/// except that it treats a zero block (PAYLOAD_BLOCK_ZERO, and any state
-/// below FULLY_PRESENT) of a differencing file as "not present" and reads
-/// the parent's content there (`libvhdi_block_descriptor.c`: `block_state <
-/// 6` gives an unallocated sector range), where MS-VHDX says such a block
-/// reads as zeros. `below` is libvhdi's view of the layers under `track`,
-/// `model` the real content after this layer; updated in place.
-fn libvhdi_view(below: &mut [u8], model: &[u8], track: &LayerTrack) {
+/// Which sectors libvhdi 20210425 reads correctly. It reads a payload
+/// block of a differencing file whose state is not FULLY_PRESENT through
+/// the sector bitmap whatever the state (`libvhdi_block_allocation_table.c`,
+/// `libvhdi_block_descriptor.c`): for a zero block (PAYLOAD_BLOCK_ZERO,
+/// which MS-VHDX says reads as zeros) it returns the parent's data where the
+/// block's (stale) bitmap bits are 0 and the child file's own bytes from
+/// offset 0 where they are 1. So the sectors under a zero block of any
+/// child, and not redefined by a layer above it, are left out of the
+/// libvhdi comparison (libckpt must still read them as zeros: the model
+/// checks that). `known` is per logical sector, for the chain below
+/// `track`; updated in place.
+fn libvhdi_known(known: &mut [bool], track: &LayerTrack) {
     let (bs, lss) = (track.bs as usize, track.lss as usize);
-    for (i, sector) in below.chunks_mut(lss).enumerate() {
-        let zeroed = track.has_parent && track.zero[i * lss / bs];
-        if !track.has_parent || (track.defined[i] && !zeroed) {
-            sector.copy_from_slice(&model[i * lss..(i + 1) * lss]);
+    for (i, k) in known.iter_mut().enumerate() {
+        if !track.has_parent {
+            *k = true;
+        } else if track.zero[i * lss / bs] {
+            *k = false;
+        } else if track.defined[i] {
+            *k = true;
         }
     }
+}
+
+/// Compare libvhdi's read with the model on the sectors it reads correctly;
+/// returns the number of bytes compared.
+fn assert_same_known(what: &str, got: &[u8], want: &[u8], known: &[bool], lss: usize) -> usize {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut compared = 0;
+    let mut i = 0;
+    while i < known.len() {
+        if !known[i] {
+            i += 1;
+            continue;
+        }
+        let j = i + known[i..].iter().take_while(|k| **k).count();
+        let (s, e) = (i * lss, j * lss);
+        assert_same(what, &got[s..e], &want[s..e], s as u64);
+        compared += e - s;
+        i = j;
+    }
+    compared
 }
 
 /// Read the whole disk through libckpt.
@@ -316,13 +341,12 @@ fn read_all(disk: &Disk) -> Vec<u8> {
 }
 
 /// Compare the chain (top last in `base_first`) as read by libckpt against
-/// `model` and as read by libvhdi against `vhdi_model` (which equals
-/// `model` outside the zero blocks of children).
+/// `model`, and as read by libvhdi against `model` on the `known` sectors.
 fn verify(
     what: &str,
     base_first: &[PathBuf],
     model: &[u8],
-    vhdi_model: &[u8],
+    known: &[bool],
     lss: u32,
     base_fixed: bool,
     dir: &Path,
@@ -367,23 +391,26 @@ fn verify(
             base_first[i].display()
         );
     }
-    if let Some(i) = data.iter().zip(vhdi_model).position(|(a, b)| a != b) {
-        eprintln!("DBG diff at {i}: libvhdi {:#x} vhdi_model {:#x} model {:#x}", data[i], vhdi_model[i], model[i]);
-    }
-    assert_same(
-        &format!("{what}: libvhdi read vs model (zero blocks of children read through, as libvhdi does)"),
+    let compared = assert_same_known(
+        &format!("{what}: libvhdi read vs model"),
         &data,
-        vhdi_model,
-        0,
+        model,
+        known,
+        lss as usize,
+    );
+    // Most of the disk is judged by libvhdi; only zero blocks are left out.
+    assert!(
+        compared as u64 >= model.len() as u64 / 2,
+        "{what}: libvhdi judged only {compared} of {} bytes",
+        model.len()
     );
 }
 
 /// Grow a chain from a base made with `base` up to `children` differencing
 /// layers (block sizes taken in turn from `child_blocks`), writing each
 /// layer and checking the whole chain with libvhdi after each. Returns how
-/// many bytes libvhdi read differently from the real content because of
-/// zero blocks in children (its documented divergence); `None` when
-/// `pyvhdi` is missing (outside CI).
+/// the most bytes of any step's chain that libvhdi was not judged on (under
+/// zero blocks of children); `None` when `pyvhdi` is missing (outside CI).
 fn grow_and_check(
     name: &str,
     base: CreateOptions,
@@ -395,26 +422,24 @@ fn grow_and_check(
         return None;
     }
     let dir = common::tempdir();
-    eprintln!("DBG dir {}", dir.path().display());
-    let dir = Box::leak(Box::new(dir));
     let size = base.virtual_size;
     let lss = base.logical_sector_size;
     let fixed = base.fixed;
     let mut rng = Rng::new(seed);
     let mut model = vec![0u8; size as usize];
-    let mut vhdi_model = vec![0u8; size as usize];
+    let mut known = vec![true; (size / lss as u64) as usize];
     let mut files = vec![dir.path().join("base.vhdx")];
 
     let disk = Disk::create(&files[0], &base).expect("create the base");
     let track = write_layer(&disk, &mut model, &mut rng);
     disk.close().expect("close the base");
-    libvhdi_view(&mut vhdi_model, &model, &track);
-    assert_same(&format!("{name}: base model"), &vhdi_model, &model, 0);
+    libvhdi_known(&mut known, &track);
+    let mut unjudged = 0;
     verify(
         &format!("{name}: base alone"),
         &files,
         &model,
-        &vhdi_model,
+        &known,
         lss,
         fixed,
         dir.path(),
@@ -437,15 +462,16 @@ fn grow_and_check(
         let track = write_layer(&disk, &mut model, &mut rng);
         disk.close()
             .unwrap_or_else(|e| panic!("{name}: close child {level}: {e}"));
-        libvhdi_view(&mut vhdi_model, &model, &track);
+        libvhdi_known(&mut known, &track);
+        unjudged = unjudged.max(known.iter().filter(|k| !**k).count() * lss as usize);
         files.push(path);
         let what = format!(
             "{name}: {level} children (block size {} MiB)",
             opts.block_size as u64 / MIB
         );
-        verify(&what, &files, &model, &vhdi_model, lss, fixed, dir.path());
+        verify(&what, &files, &model, &known, lss, fixed, dir.path());
     }
-    Some(model.iter().zip(&vhdi_model).filter(|(a, b)| a != b).count())
+    Some(unjudged)
 }
 
 #[test]
@@ -462,9 +488,8 @@ fn libvhdi_reads_chains_512() {
         2 << 20,
     ];
     if let Some(n) = grow_and_check("512-byte sectors", base, &blocks, 8, 0x5eed_0512) {
-        // The zero blocks of children hid parent data somewhere, so the
-        // libvhdi divergence path was exercised.
-        assert!(n > 0, "no whole-block trim of a child covered parent data");
+        // Some chain had zero blocks of children (whole-block trims).
+        assert!(n > 0, "no chain had a zero block of a child");
     }
 }
 
@@ -485,9 +510,8 @@ fn libvhdi_reads_chains_4k_sectors() {
         2 << 20,
     ];
     if let Some(n) = grow_and_check("4096-byte sectors", base, &blocks, 8, 0x5eed_4096) {
-        // The zero blocks of children hid parent data somewhere, so the
-        // libvhdi divergence path was exercised.
-        assert!(n > 0, "no whole-block trim of a child covered parent data");
+        // Some chain had zero blocks of children (whole-block trims).
+        assert!(n > 0, "no chain had a zero block of a child");
     }
 }
 

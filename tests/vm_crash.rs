@@ -33,12 +33,6 @@ fn put(p: &Path, tag: &str) {
     d.close().unwrap();
 }
 
-fn tag(t: &str) -> Vec<u8> {
-    let mut b = t.as_bytes().to_vec();
-    b.resize(16, b'.');
-    b
-}
-
 /// a -> b -> now, two disks; returns the VM dir.
 fn build(root: &Path, leaf: bool) -> PathBuf {
     let mut disks = Vec::new();

@@ -1,6 +1,7 @@
 //! `ckpt`: the command-line tool of libckpt (create, info, check, convert,
-//! read, write and bench on VHDX files). A thin shell over the library; the
-//! code lives in `src/cli/`.
+//! read, write and bench on VHDX files and differencing chains; merge,
+//! changes and reparent on chains). A thin shell over the library; the code
+//! lives in `src/cli/`.
 
 #[path = "../cli/mod.rs"]
 mod cli;

@@ -2,6 +2,7 @@
 //!
 //! This layer will know files, chains and the tree, not bytes: it sits on
 //! top of [`crate::disk`] and below the C ABI and the CLI.
+pub mod json;
 pub mod model;
 pub mod vm;
 

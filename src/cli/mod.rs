@@ -177,9 +177,10 @@ enum Command {
     },
     /// List the byte ranges a differencing disk changed.
     ///
-    /// Without --base: the ranges FILE itself holds (its own layer). With
-    /// --base: every range that may differ between ANCESTOR (a disk of FILE's
-    /// chain below FILE) and FILE. Ranges are sorted and adjacent ones joined.
+    /// Without --base: the ranges FILE itself holds (its own layer; for a
+    /// base disk, the ranges it holds data for). With --base: every range
+    /// that may differ between ANCESTOR (a disk of FILE's chain below FILE)
+    /// and FILE. Exact to the logical sector; sorted, adjacent ones joined.
     Changes {
         /// The VHDX.
         file: PathBuf,

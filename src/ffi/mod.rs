@@ -34,8 +34,8 @@ pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
 pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind};
 pub use status::ckpt_status;
 pub use vm::{
-    ckpt_checkpoint_info, ckpt_checkpoint_type, ckpt_hooks, ckpt_taken_type, ckpt_vm,
-    ckpt_vm_info, ckpt_vm_spec, ckpt_vm_state, ckpt_writer,
+    ckpt_checkpoint_info, ckpt_checkpoint_type, ckpt_hooks, ckpt_taken_type, ckpt_vm, ckpt_vm_info,
+    ckpt_vm_spec, ckpt_vm_state, ckpt_writer,
 };
 
 /// An error on its way to C: the status to return and the message for the
@@ -301,6 +301,36 @@ pub(crate) unsafe fn write_string(
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len());
         buf.add(bytes.len()).write(0);
     }
+    Ok(())
+}
+
+/// Write a versioned output struct (one whose first field is the `u32`
+/// `struct_size`): the caller's `struct_size` must be at least
+/// `size_of::<T>()`; the library writes `size_of::<T>()` bytes (`value`,
+/// whose `struct_size` says so) and leaves bytes past them (fields of a
+/// newer header) as they were.
+///
+/// # Safety
+///
+/// `p` is NULL or points to a readable and writable struct of at least
+/// `p->struct_size` bytes.
+pub(crate) unsafe fn write_versioned<T: Copy>(
+    p: *mut T,
+    value: T,
+    what: &str,
+    c_type: &str,
+) -> FfiResult {
+    let p = out_ptr(p, what)?;
+    let ours = std::mem::size_of::<T>();
+    // SAFETY: not NULL; the first field of every version is the u32 size.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    if size < ours {
+        return Err(FfiError::invalid(format!(
+            "{what}->struct_size is {size}, expected at least {ours} (sizeof({c_type}))"
+        )));
+    }
+    // SAFETY: at least `size >= ours` writable bytes per the contract.
+    unsafe { p.write_unaligned(value) };
     Ok(())
 }
 

@@ -73,7 +73,7 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
 }
 
 /// Every status, in number order (used by `ckpt_status_name`).
-const ALL: [ckpt_status; 13] = [
+const ALL: [ckpt_status; 16] = [
     ckpt_status::Ok,
     ckpt_status::InvalidArgument,
     ckpt_status::NullPointer,
@@ -87,6 +87,9 @@ const ALL: [ckpt_status; 13] = [
     ckpt_status::BufferTooSmall,
     ckpt_status::Panic,
     ckpt_status::ParentMismatch,
+    ckpt_status::AlreadyExists,
+    ckpt_status::PermissionDenied,
+    ckpt_status::Busy,
 ];
 
 /// The C name of a status, as cbindgen writes it in the header.
@@ -154,6 +157,9 @@ mod tests {
             (ckpt_status::BufferTooSmall, 10),
             (ckpt_status::Panic, 11),
             (ckpt_status::ParentMismatch, 12),
+            (ckpt_status::AlreadyExists, 13),
+            (ckpt_status::PermissionDenied, 14),
+            (ckpt_status::Busy, 15),
         ];
         assert_eq!(numbers.len(), ALL.len());
         for (i, (s, n)) in numbers.into_iter().enumerate() {

@@ -1,0 +1,223 @@
+//! The JSON views of a VM and of its checkpoint tree: the one place that
+//! builds them, for the CLI (`vm show --json`, `checkpoint list --json`)
+//! and the C API (`ckpt_vm_show_json`, `ckpt_vm_checkpoints_json`).
+//!
+//! Paths are absolute. Times are seconds since the Unix epoch.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::checkpoint::model::VmFile;
+use crate::checkpoint::vm::list_of;
+use crate::error::Result;
+
+/// `p` as an absolute path (relative paths are taken from the current
+/// directory; if that is unknown, `p` is kept as it is).
+fn abs(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn path_value(p: &Path) -> Value {
+    Value::String(abs(p).to_string_lossy().into_owned())
+}
+
+fn opt_path_value(p: Option<&Path>) -> Value {
+    p.map_or(Value::Null, path_value)
+}
+
+/// The VM as `vm show --json` prints it:
+///
+/// ```json
+/// {"name": "web", "state": "off", "memory_mib": 1024, "cpus": 2,
+///  "checkpoint_type": "production", "checkpoint_location": null,
+///  "age_warning_seconds": null, "current_checkpoint": "before-upgrade",
+///  "current_checkpoint_id": "…", "saved_state": null,
+///  "disks": [{"path": "/vms/web/os_….avhdx", "base": "/vms/web/os.vhdx"}],
+///  "passthrough": ["/dev/sdb"], "hypervisor": {…},
+///  "settings": {"checkpoint_type": "production", "checkpoint_location": null,
+///               "age_warning_seconds": null}}
+/// ```
+///
+/// `disks[].path` is the file the VM writes to now; `base` is the disk the
+/// VM was created with. `current_checkpoint` is the name of the checkpoint
+/// the current state hangs under (null when there is none);
+/// `checkpoint_location` null means the default, `checkpoints` in the VM
+/// folder.
+pub fn vm_json(data: &VmFile) -> Value {
+    let current = data.current.parent.as_deref().and_then(|id| {
+        data.checkpoints
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.name.clone())
+    });
+    let disks: Vec<Value> = data
+        .current
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            json!({
+                "path": path_value(p),
+                "base": opt_path_value(data.disks.get(k).map(PathBuf::as_path)),
+            })
+        })
+        .collect();
+    let s = &data.settings;
+    let settings = json!({
+        "checkpoint_type": s.checkpoint_type.as_str(),
+        "checkpoint_location": opt_path_value(s.checkpoint_location.as_deref()),
+        "age_warning_seconds": s.age_warning_seconds,
+    });
+    json!({
+        "name": data.config.name,
+        "state": data.state.as_str(),
+        "memory_mib": data.config.memory_mib,
+        "cpus": data.config.cpus,
+        "checkpoint_type": s.checkpoint_type.as_str(),
+        "checkpoint_location": opt_path_value(s.checkpoint_location.as_deref()),
+        "age_warning_seconds": s.age_warning_seconds,
+        "current_checkpoint": current,
+        "current_checkpoint_id": data.current.parent,
+        "saved_state": opt_path_value(data.current.saved_state.as_deref()),
+        "disks": disks,
+        "passthrough": data.config.passthrough,
+        "hypervisor": data.config.hypervisor,
+        "settings": settings,
+    })
+}
+
+/// The checkpoint tree as `checkpoint list --json` prints it:
+///
+/// ```json
+/// {"checkpoints": [{"name": "a", "id": "…", "parent": null,
+///    "type": "production", "requested_type": "production",
+///    "fallback_reason": null, "created": 1700000000, "age_seconds": 12,
+///    "age_warning": false, "size_bytes": 4096, "chain_depth": 1,
+///    "delete_copy_bytes": 0, "saved_state": null,
+///    "disks": ["/vms/web/os.vhdx"], "skipped_passthrough": [],
+///    "hidden": false}],
+///  "current": {"parent": "…", "disks": ["…"], "saved_state": null}}
+/// ```
+///
+/// Checkpoints come parents first; `parent` is the parent's `id`; hidden
+/// checkpoints (deleted branch points kept for their disks) are listed
+/// with `"hidden": true`. `type` is what the checkpoint really is,
+/// `requested_type` what the VM's setting asked for, and
+/// `fallback_reason` why they differ.
+pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
+    let list: Vec<Value> = list_of(data)?
+        .into_iter()
+        .map(|v| {
+            let c = &v.checkpoint;
+            json!({
+                "name": c.name,
+                "id": c.id,
+                "parent": c.parent,
+                "type": c.taken.as_str(),
+                "requested_type": c.requested.as_str(),
+                "fallback_reason": c.fallback_reason,
+                "created": c.created,
+                "age_seconds": v.age_seconds,
+                "age_warning": v.age_warning,
+                "size_bytes": v.size_bytes,
+                "chain_depth": v.chain_depth,
+                "delete_copy_bytes": v.delete_copy_bytes,
+                "saved_state": opt_path_value(c.saved_state.as_deref()),
+                "disks": c.disks.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
+                "skipped_passthrough": c.skipped_passthrough,
+                "hidden": c.hidden,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "checkpoints": list,
+        "current": {
+            "parent": data.current.parent,
+            "disks": data.current.disks.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
+            "saved_state": opt_path_value(data.current.saved_state.as_deref()),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::model::{
+        Checkpoint, CheckpointType, Current, Settings, TakenType, VmConfig, VmState,
+    };
+
+    fn sample() -> VmFile {
+        VmFile {
+            version: 1,
+            config: VmConfig {
+                name: "web".into(),
+                memory_mib: 2048,
+                cpus: 2,
+                passthrough: vec!["/dev/sdz".into()],
+                hypervisor: json!({"secure_boot": true}),
+            },
+            disks: vec![PathBuf::from("/vms/os.vhdx")],
+            settings: Settings {
+                checkpoint_type: CheckpointType::ProductionOnly,
+                checkpoint_location: None,
+                age_warning_seconds: Some(3600),
+            },
+            state: VmState::Saved,
+            current: Current {
+                parent: Some("id-a".into()),
+                disks: vec![PathBuf::from("rel/os_x.avhdx")],
+                saved_state: None,
+            },
+            checkpoints: vec![Checkpoint {
+                id: "id-a".into(),
+                name: "a".into(),
+                parent: None,
+                created: 1,
+                taken: TakenType::Standard,
+                requested: CheckpointType::Production,
+                fallback_reason: Some("quiesce failed: no agent".into()),
+                disks: vec![PathBuf::from("/vms/os.vhdx")],
+                skipped_passthrough: vec!["/dev/sdz".into()],
+                config_file: None,
+                saved_state: Some(PathBuf::from("/vms/checkpoints/id-a.vmrs")),
+                hidden: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn vm_fields() {
+        let v = vm_json(&sample());
+        assert_eq!(v["name"], "web");
+        assert_eq!(v["state"], "saved");
+        assert_eq!(v["memory_mib"], 2048);
+        assert_eq!(v["cpus"], 2);
+        assert_eq!(v["checkpoint_type"], "production-only");
+        assert_eq!(v["settings"]["age_warning_seconds"], 3600);
+        assert_eq!(v["current_checkpoint"], "a");
+        assert_eq!(v["disks"][0]["base"], "/vms/os.vhdx");
+        // Relative paths come out absolute.
+        let p = v["disks"][0]["path"].as_str().unwrap();
+        assert!(p.starts_with('/') && p.ends_with("rel/os_x.avhdx"), "{p}");
+        assert_eq!(v["hypervisor"]["secure_boot"], true);
+    }
+
+    #[test]
+    fn checkpoint_fields() {
+        let v = checkpoints_json(&sample()).unwrap();
+        let c = &v["checkpoints"][0];
+        assert_eq!(c["name"], "a");
+        assert_eq!(c["id"], "id-a");
+        assert_eq!(c["parent"], Value::Null);
+        assert_eq!(c["type"], "standard");
+        assert_eq!(c["requested_type"], "production");
+        assert_eq!(c["fallback_reason"], "quiesce failed: no agent");
+        assert_eq!(c["saved_state"], "/vms/checkpoints/id-a.vmrs");
+        assert_eq!(c["skipped_passthrough"][0], "/dev/sdz");
+        assert_eq!(c["hidden"], false);
+        assert!(c["age_seconds"].as_u64().unwrap() > 1000);
+        assert_eq!(c["age_warning"], true);
+        assert_eq!(v["current"]["parent"], "id-a");
+    }
+}
