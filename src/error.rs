@@ -113,7 +113,7 @@ pub enum Error {
 
     /// A parent's DataWriteGuid does not match its child's linkage: the
     /// parent was modified, replaced or mounted since the child was made.
-    #[error("{}: parent {} does not match: the child expects DataWriteGuid {expected}, the parent has {found} (the parent was modified, replaced or mounted since the child was created)", child.display(), parent.display())]
+    #[error("{}: parent {} does not match: the child expects DataWriteGuid {expected}, the parent has {found} (it was modified, replaced or mounted since the child was created, or it is not the child's parent)", child.display(), parent.display())]
     ParentMismatch {
         /// The differencing disk.
         child: PathBuf,

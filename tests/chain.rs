@@ -42,7 +42,8 @@ fn make_base(path: &Path, size: u64, lss: u32, seed: u64) -> Vec<u8> {
         .block_size(4 << 20)
         .logical_sector_size(lss)
         .physical_sector_size(4096);
-    let disk = Disk::create(path, &opts).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let disk =
+        Disk::create(path, &opts).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     let mut model = vec![0u8; size as usize];
     let mut rng = Rng::new(seed);
     for _ in 0..6 {
@@ -58,8 +59,13 @@ fn make_base(path: &Path, size: u64, lss: u32, seed: u64) -> Vec<u8> {
 
 /// A child of `parent` with a few writes of its own, closed. Updates `model`.
 fn make_child(path: &Path, parent: &Path, model: &mut [u8], seed: u64) {
-    let disk = Disk::create_child(path, parent, &ChildOptions::default())
-        .unwrap_or_else(|e| panic!("create child {} of {}: {e}", path.display(), parent.display()));
+    let disk = Disk::create_child(path, parent, &ChildOptions::default()).unwrap_or_else(|e| {
+        panic!(
+            "create child {} of {}: {e}",
+            path.display(),
+            parent.display()
+        )
+    });
     let mut rng = Rng::new(seed);
     for _ in 0..4 {
         let len = rng.range(1, 300 * KIB);
@@ -85,12 +91,23 @@ fn file_bytes(path: &Path) -> Vec<u8> {
 
 fn assert_unchanged(what: &str, path: &Path, before: &[u8]) {
     let after = file_bytes(path);
-    assert_eq!(after.len(), before.len(), "{what}: {} changed length", path.display());
-    assert_same(&format!("{what}: {} must not be written", path.display()), &after, before, 0);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "{what}: {} changed length",
+        path.display()
+    );
+    assert_same(
+        &format!("{what}: {} must not be written", path.display()),
+        &after,
+        before,
+        0,
+    );
 }
 
 fn data_write_guid(path: &Path) -> Uuid {
-    let disk = Disk::open(path, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let disk = Disk::open(path, OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     disk.info().data_write_guid
 }
 
@@ -133,7 +150,11 @@ fn locator_item(entries: &[(&str, &str)]) -> Vec<u8> {
     let mut b = vec![0u8; table];
     b[..16].copy_from_slice(&guid_le(VHDX_LOCATOR_TYPE));
     b[18..20].copy_from_slice(&(entries.len() as u16).to_le_bytes());
-    let utf16 = |s: &str| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+    let utf16 = |s: &str| {
+        s.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
     for (i, (k, v)) in entries.iter().enumerate() {
         let (k, v) = (utf16(k), utf16(v));
         let o = 20 + 12 * i;
@@ -153,7 +174,8 @@ fn locator_item(entries: &[(&str, &str)]) -> Vec<u8> {
 /// table: `(region offset, region length, table bytes)`.
 fn metadata_region(f: &File) -> (u64, u64, Vec<u8>) {
     let mut rt = vec![0u8; 64 * 1024];
-    f.read_exact_at(&mut rt, 192 * 1024).expect("read the region table");
+    f.read_exact_at(&mut rt, 192 * 1024)
+        .expect("read the region table");
     assert_eq!(le32(&rt, 0), 0x6967_6572, "region table signature");
     let count = le32(&rt, 8) as usize;
     let want = guid_le(METADATA_REGION);
@@ -163,8 +185,13 @@ fn metadata_region(f: &File) -> (u64, u64, Vec<u8>) {
         .map(|o| (le64(&rt, o + 16), le32(&rt, o + 24) as u64))
         .expect("a metadata region");
     let mut table = vec![0u8; 64 * 1024];
-    f.read_exact_at(&mut table, off).expect("read the metadata table");
-    assert_eq!(le64(&table, 0), 0x6174_6164_6174_656D, "metadata table signature");
+    f.read_exact_at(&mut table, off)
+        .expect("read the metadata table");
+    assert_eq!(
+        le64(&table, 0),
+        0x6174_6164_6174_656D,
+        "metadata table signature"
+    );
     (off, len, table)
 }
 
@@ -193,11 +220,16 @@ fn set_locator(path: &Path, entries: &[(&str, &str)]) {
     let slot = slot.expect("the file has a parent locator item");
     let item = locator_item(entries);
     let at = end.div_ceil(8) * 8;
-    assert!(at + item.len() as u64 <= region_len, "the new locator fits the metadata region");
-    f.write_all_at(&item, region + at).expect("write the locator item");
+    assert!(
+        at + item.len() as u64 <= region_len,
+        "the new locator fits the metadata region"
+    );
+    f.write_all_at(&item, region + at)
+        .expect("write the locator item");
     table[slot + 16..slot + 20].copy_from_slice(&(at as u32).to_le_bytes());
     table[slot + 20..slot + 24].copy_from_slice(&(item.len() as u32).to_le_bytes());
-    f.write_all_at(&table, region).expect("write the metadata table");
+    f.write_all_at(&table, region)
+        .expect("write the metadata table");
     f.sync_all().expect("sync");
 }
 
@@ -217,7 +249,10 @@ fn get_locator(path: &Path) -> Vec<(String, String)> {
     let n = u16::from_le_bytes([item[18], item[19]]) as usize;
     let s = |off: u32, len: u16| {
         let b = &item[off as usize..off as usize + len as usize];
-        let units: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let units: Vec<u16> = b
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         String::from_utf16(&units).expect("UTF-16")
     };
     (0..n)
@@ -248,7 +283,12 @@ fn assert_mismatch(child: &Path, parent: &Path, expected: Uuid, found: Uuid) {
         let err = Disk::open(child, mode).expect_err("a child of a changed parent must not open");
         assert_eq!(err.kind(), ErrorKind::ParentMismatch, "{mode:?}: {err}");
         match &err {
-            Error::ParentMismatch { child: c, parent: p, expected: e, found: f } => {
+            Error::ParentMismatch {
+                child: c,
+                parent: p,
+                expected: e,
+                found: f,
+            } => {
                 assert_eq!(canon(c), canon(child), "{mode:?}: the child named");
                 assert_eq!(canon(p), canon(parent), "{mode:?}: the parent named");
                 assert_eq!(*e, expected, "{mode:?}: the linkage the child records");
@@ -258,12 +298,23 @@ fn assert_mismatch(child: &Path, parent: &Path, expected: Uuid, found: Uuid) {
         }
         let msg = err.to_string();
         for needle in [
-            child.file_name().and_then(|n| n.to_str()).expect("a file name").to_string(),
-            parent.file_name().and_then(|n| n.to_str()).expect("a file name").to_string(),
+            child
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("a file name")
+                .to_string(),
+            parent
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("a file name")
+                .to_string(),
             expected.to_string(),
             found.to_string(),
         ] {
-            assert!(msg.contains(&needle), "{mode:?}: the message {msg:?} names {needle}");
+            assert!(
+                msg.contains(&needle),
+                "{mode:?}: the message {msg:?} names {needle}"
+            );
         }
     }
     assert_unchanged("after the refused opens", child, &child_before);
@@ -283,7 +334,10 @@ fn parent_changed_by_qemu_is_refused_and_nothing_is_written() {
     // QEMU writes one sector of the parent (and gives it a new DataWriteGuid).
     common::qemu_io("vhdx", &base, &["write -P 1 0 512"]);
     let now = data_write_guid(&base);
-    assert_ne!(now, linked, "QEMU's write gave the parent a new DataWriteGuid");
+    assert_ne!(
+        now, linked,
+        "QEMU's write gave the parent a new DataWriteGuid"
+    );
     assert_mismatch(&child, &base, linked, now);
 }
 
@@ -296,9 +350,18 @@ fn parent_changed_by_libckpt_is_refused() {
     let linked = data_write_guid(&base);
     // Opening and closing the parent read-write without writing keeps the link.
     common::open_rw(&base).close().expect("close the parent");
-    assert_eq!(data_write_guid(&base), linked, "an open without writes keeps the DataWriteGuid");
+    assert_eq!(
+        data_write_guid(&base),
+        linked,
+        "an open without writes keeps the DataWriteGuid"
+    );
     let disk = Disk::open(&child, OpenMode::ReadOnly).expect("the chain still opens");
-    assert_same("chain after a no-op open of the parent", &read_all(&disk), &model, 0);
+    assert_same(
+        "chain after a no-op open of the parent",
+        &read_all(&disk),
+        &model,
+        0,
+    );
     drop(disk);
     // A write into the parent breaks it.
     let p = common::open_rw(&base);
@@ -321,7 +384,8 @@ fn middle_of_a_chain_changed_is_refused() {
     let linked = data_write_guid(&mid);
     // Write into the middle layer as the top of its own chain.
     let d = common::open_rw(&mid);
-    d.write_at(b"changed", 4096).expect("write the middle layer");
+    d.write_at(b"changed", 4096)
+        .expect("write the middle layer");
     d.close().expect("close");
     let now = data_write_guid(&mid);
     assert_mismatch(&top, &mid, linked, now);
@@ -347,11 +411,23 @@ fn missing_parent_lists_the_paths_tried() {
             Error::ParentNotFound { child: c, tried } => {
                 assert_eq!(c, &child, "the child named");
                 // The relative path (beside the child) and the absolute path.
-                assert!(tried.contains(&base), "{mode:?}: tried {tried:?} includes {}", base.display());
-                assert!(tried.contains(&abs), "{mode:?}: tried {tried:?} includes {}", abs.display());
+                assert!(
+                    tried.contains(&base),
+                    "{mode:?}: tried {tried:?} includes {}",
+                    base.display()
+                );
+                assert!(
+                    tried.contains(&abs),
+                    "{mode:?}: tried {tried:?} includes {}",
+                    abs.display()
+                );
                 let msg = err.to_string();
                 for t in tried {
-                    assert!(msg.contains(&t.display().to_string()), "the message {msg:?} lists {}", t.display());
+                    assert!(
+                        msg.contains(&t.display().to_string()),
+                        "the message {msg:?} lists {}",
+                        t.display()
+                    );
                 }
             }
             other => panic!("expected ParentNotFound, got {other:?}"),
@@ -403,7 +479,11 @@ fn a_moved_child_falls_back_to_the_absolute_path() {
     std::fs::rename(&child, &moved).expect("move the child");
     let disk = Disk::open(&moved, OpenMode::ReadOnly).expect("found through the absolute path");
     assert_eq!(disk.depth(), 2);
-    assert_eq!(disk.chain()[1].as_deref().map(canon), Some(canon(&base)), "the parent found");
+    assert_eq!(
+        disk.chain()[1].as_deref().map(canon),
+        Some(canon(&base)),
+        "the parent found"
+    );
     assert_same("moved child", &read_all(&disk), &model, 0);
 }
 
@@ -423,21 +503,36 @@ fn a_cycle_of_parents_is_an_error_not_a_hang() {
     reparent(&b, &a, true).expect("point B at A");
     for (start, other) in [(&a, &b), (&b, &a)] {
         let p = start.clone();
-        let err = within(30, "opening a cycle", move || Disk::open(&p, OpenMode::ReadOnly))
-            .expect_err("a cycle must not open");
+        let err = within(30, "opening a cycle", move || {
+            Disk::open(&p, OpenMode::ReadOnly)
+        })
+        .expect_err("a cycle must not open");
         let msg = err.to_string();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{msg}");
-        assert!(msg.contains("loop"), "the message says the chain loops: {msg}");
-        let names = [start, other].map(|p| p.file_name().and_then(|n| n.to_str()).expect("name").to_string());
-        assert!(names.iter().any(|n| msg.contains(n)), "the message names a file of the cycle: {msg}");
+        assert!(
+            msg.contains("loop"),
+            "the message says the chain loops: {msg}"
+        );
+        let names = [start, other].map(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .expect("name")
+                .to_string()
+        });
+        assert!(
+            names.iter().any(|n| msg.contains(n)),
+            "the message names a file of the cycle: {msg}"
+        );
     }
     // A self-loop too.
     let c = dir.path().join("c.avhdx");
     make_child(&c, &base, &mut model.clone(), 19);
     reparent(&c, &c, true).expect("point C at itself");
     let p = c.clone();
-    let err = within(30, "opening a self-loop", move || Disk::open(&p, OpenMode::ReadWrite))
-        .expect_err("a self-loop must not open");
+    let err = within(30, "opening a self-loop", move || {
+        Disk::open(&p, OpenMode::ReadWrite)
+    })
+    .expect_err("a self-loop must not open");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
@@ -450,12 +545,16 @@ fn a_chain_deeper_than_the_limit_is_refused() {
     let base = Disk::create(&files[0], &opts).expect("create the base");
     base.write_at(b"base", 0).expect("write");
     base.close().expect("close");
-    let copts = ChildOptions { block_size: 1 << 20, ..Default::default() };
+    let copts = ChildOptions {
+        block_size: 1 << 20,
+        ..Default::default()
+    };
     for i in 1..MAX_CHAIN_DEPTH {
         let p = dir.path().join(format!("d{i:02}.avhdx"));
         let d = Disk::create_child(&p, files.last().expect("parent"), &copts)
             .unwrap_or_else(|e| panic!("create layer {i}: {e}"));
-        d.write_at(&[i as u8], i as u64 * 512).expect("write a layer");
+        d.write_at(&[i as u8], i as u64 * 512)
+            .expect("write a layer");
         d.close().expect("close a layer");
         files.push(p);
     }
@@ -485,17 +584,27 @@ fn a_chain_deeper_than_the_limit_is_refused() {
         .expect_err("a chain deeper than the limit must not open"),
     };
     let msg = err.to_string();
-    assert!(msg.contains(&MAX_CHAIN_DEPTH.to_string()), "the message names the limit: {msg}");
+    assert!(
+        msg.contains(&MAX_CHAIN_DEPTH.to_string()),
+        "the message names the limit: {msg}"
+    );
     let deep = dir.path().join("too-deep.avhdx");
     if deep.exists() {
-        let err = Disk::open(&deep, OpenMode::ReadWrite).map(|_| ()).expect_err("past the limit");
-        assert!(err.to_string().contains(&MAX_CHAIN_DEPTH.to_string()), "{err}");
+        let err = Disk::open(&deep, OpenMode::ReadWrite)
+            .map(|_| ())
+            .expect_err("past the limit");
+        assert!(
+            err.to_string().contains(&MAX_CHAIN_DEPTH.to_string()),
+            "{err}"
+        );
     }
     // The same limit for in-memory chains.
     let storages: Vec<std::sync::Arc<dyn Storage>> = (0..=MAX_CHAIN_DEPTH)
         .map(|_| std::sync::Arc::new(MemStorage::new()) as std::sync::Arc<dyn Storage>)
         .collect();
-    let err = Disk::open_storage_chain(storages, OpenMode::ReadOnly).map(|_| ()).expect_err("too deep");
+    let err = Disk::open_storage_chain(storages, OpenMode::ReadOnly)
+        .map(|_| ())
+        .expect_err("too deep");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
 
@@ -523,7 +632,8 @@ fn parents_are_never_written() {
             model[off as usize..(off + len) as usize].copy_from_slice(&data);
         }
         // A whole block, a whole-block trim and a partial trim.
-        disk.write_at(&vec![0xAB; 2 << 20], 4 << 20).expect("whole block");
+        disk.write_at(&vec![0xAB; 2 << 20], 4 << 20)
+            .expect("whole block");
         model[4 << 20..6 << 20].fill(0xAB);
         disk.trim(8 << 20, 2 << 20).expect("trim a block");
         model[8 << 20..10 << 20].fill(0);
@@ -542,8 +652,14 @@ fn parents_are_never_written() {
     let disk = Disk::open(&top, OpenMode::ReadOnly).expect("reopen");
     assert_same("after reopening", &read_all(&disk), &model, 0);
     // Writes to a read-only chain are refused.
-    assert_eq!(disk.write_at(b"x", 0).map_err(|e| e.kind()), Err(ErrorKind::ReadOnly));
-    assert_eq!(disk.trim(0, 512).map_err(|e| e.kind()), Err(ErrorKind::ReadOnly));
+    assert_eq!(
+        disk.write_at(b"x", 0).map_err(|e| e.kind()),
+        Err(ErrorKind::ReadOnly)
+    );
+    assert_eq!(
+        disk.trim(0, 512).map_err(|e| e.kind()),
+        Err(ErrorKind::ReadOnly)
+    );
 }
 
 // ------------------------------------------------------------ re-parent
@@ -570,8 +686,17 @@ fn reparent_refuses_what_it_must() {
     // Another size or sector size, even with force.
     for bad in [&bigger, &sectors4k] {
         let err = reparent(&child, bad, true).expect_err("another geometry, even with force");
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{}: {err}", bad.display());
-        assert_unchanged(&format!("refused re-parent onto {}", bad.display()), &child, &before);
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "{}: {err}",
+            bad.display()
+        );
+        assert_unchanged(
+            &format!("refused re-parent onto {}", bad.display()),
+            &child,
+            &before,
+        );
     }
     // A base disk has no parent to change.
     let other_before = file_bytes(&other);
@@ -579,7 +704,8 @@ fn reparent_refuses_what_it_must() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert_unchanged("refused re-parent of a base disk", &other, &other_before);
     // A parent that does not exist.
-    let err = reparent(&child, &dir.path().join("nowhere.vhdx"), true).expect_err("a missing parent");
+    let err =
+        reparent(&child, &dir.path().join("nowhere.vhdx"), true).expect_err("a missing parent");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert_unchanged("refused re-parent onto a missing file", &child, &before);
     // The chain is intact after all that.
@@ -598,8 +724,15 @@ fn reparent_refuses_what_it_must() {
     assert_same("on the copy", &read_all(&disk), &model, 0);
     drop(disk);
     let loc = get_locator(&child);
-    let rel = loc.iter().find(|(k, _)| k == "relative_path").map(|(_, v)| v.as_str());
-    assert_eq!(rel, Some(".\\copies\\base-copy.vhdx"), "relative path, Windows style: {loc:?}");
+    let rel = loc
+        .iter()
+        .find(|(k, _)| k == "relative_path")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        rel,
+        Some(".\\copies\\base-copy.vhdx"),
+        "relative path, Windows style: {loc:?}"
+    );
     // The original parent can be deleted now.
     std::fs::remove_file(&base).expect("remove the original");
     Disk::open(&child, OpenMode::ReadOnly).expect("still opens on the copy");
@@ -637,9 +770,14 @@ fn hyper_v_style_locators_open() {
 
     let open_ok = |what: &str| {
         for mode in [OpenMode::ReadOnly, OpenMode::ReadWrite] {
-            let disk = Disk::open(&child, mode).unwrap_or_else(|e| panic!("{what} ({mode:?}): {e}"));
+            let disk =
+                Disk::open(&child, mode).unwrap_or_else(|e| panic!("{what} ({mode:?}): {e}"));
             assert_eq!(disk.depth(), 2, "{what}");
-            assert_eq!(disk.chain()[1].as_deref().map(canon), Some(canon(&base)), "{what}");
+            assert_eq!(
+                disk.chain()[1].as_deref().map(canon),
+                Some(canon(&base)),
+                "{what}"
+            );
             assert_same(what, &read_all(&disk), &model, 0);
         }
     };
@@ -655,7 +793,10 @@ fn hyper_v_style_locators_open() {
             ("parent_linkage2", &zero),
         ],
     );
-    assert_eq!(get_locator(&child)[2], ("relative_path".into(), ".\\parent.vhdx".into()));
+    assert_eq!(
+        get_locator(&child)[2],
+        ("relative_path".into(), ".\\parent.vhdx".into())
+    );
     open_ok("Hyper-V locator");
 
     // Only a relative path, up and down again.
@@ -665,7 +806,10 @@ fn hyper_v_style_locators_open() {
     std::fs::rename(&child, &moved).expect("move the child");
     set_locator(
         &moved,
-        &[("parent_linkage", &guid), ("relative_path", "..\\Virtual Hard Disks\\parent.vhdx")],
+        &[
+            ("parent_linkage", &guid),
+            ("relative_path", "..\\Virtual Hard Disks\\parent.vhdx"),
+        ],
     );
     let disk = Disk::open(&moved, OpenMode::ReadOnly).expect("..\\ relative path");
     assert_same("..\\ relative path", &read_all(&disk), &model, 0);
@@ -687,10 +831,16 @@ fn hyper_v_style_locators_open() {
     let stale = Uuid::new_v4();
     set_locator(
         &child,
-        &[("parent_linkage", &linkage(&stale)), ("relative_path", ".\\parent.vhdx"), ("parent_linkage2", &zero)],
+        &[
+            ("parent_linkage", &linkage(&stale)),
+            ("relative_path", ".\\parent.vhdx"),
+            ("parent_linkage2", &zero),
+        ],
     );
     match Disk::open(&child, OpenMode::ReadOnly) {
-        Err(Error::ParentMismatch { expected, found, .. }) => {
+        Err(Error::ParentMismatch {
+            expected, found, ..
+        }) => {
             assert_eq!(expected, stale);
             assert_eq!(linkage(&found), guid);
         }
@@ -700,14 +850,20 @@ fn hyper_v_style_locators_open() {
     // The relative path leads nowhere and the C:\ path does not exist here.
     set_locator(
         &child,
-        &[("parent_linkage", &guid), ("absolute_win32_path", abs), ("relative_path", ".\\gone.vhdx")],
+        &[
+            ("parent_linkage", &guid),
+            ("absolute_win32_path", abs),
+            ("relative_path", ".\\gone.vhdx"),
+        ],
     );
     match Disk::open(&child, OpenMode::ReadOnly) {
         Err(Error::ParentNotFound { child: c, tried }) => {
             assert_eq!(c, child);
             assert!(tried.contains(&vms.join("gone.vhdx")), "tried {tried:?}");
             assert!(
-                tried.iter().any(|t| t.to_string_lossy().contains("ProgramData")),
+                tried
+                    .iter()
+                    .any(|t| t.to_string_lossy().contains("ProgramData")),
                 "the absolute path was tried too: {tried:?}"
             );
         }
@@ -729,7 +885,11 @@ struct Track {
 
 impl Track {
     fn new(disk: &Disk) -> Track {
-        let (size, bs, lss) = (disk.virtual_size(), disk.block_size() as u64, disk.logical_sector_size() as u64);
+        let (size, bs, lss) = (
+            disk.virtual_size(),
+            disk.block_size() as u64,
+            disk.logical_sector_size() as u64,
+        );
         Track {
             size,
             bs,
@@ -769,13 +929,19 @@ impl Track {
         let mut v = Vec::new();
         for (i, d) in self.defined.iter().enumerate() {
             if *d {
-                v.push(Range { offset: i as u64 * self.lss, length: self.lss });
+                v.push(Range {
+                    offset: i as u64 * self.lss,
+                    length: self.lss,
+                });
             }
         }
         for (b, z) in self.zero.iter().enumerate() {
             if *z {
                 let s = b as u64 * self.bs;
-                v.push(Range { offset: s, length: self.bs.min(self.size - s) });
+                v.push(Range {
+                    offset: s,
+                    length: self.bs.min(self.size - s),
+                });
             }
         }
         v
@@ -807,7 +973,8 @@ fn random_changes(disk: &Disk, track: &mut Track, rng: &mut Rng, n: usize) {
             0 => {
                 let b = rng.below(size.div_ceil(bs));
                 let len = bs.min(size - b * bs);
-                disk.write_at(&rng.bytes(len as usize), b * bs).expect("whole-block write");
+                disk.write_at(&rng.bytes(len as usize), b * bs)
+                    .expect("whole-block write");
                 track.write(b * bs, len);
             }
             1 => {
@@ -825,7 +992,8 @@ fn random_changes(disk: &Disk, track: &mut Track, rng: &mut Rng, n: usize) {
             3 => {
                 let len = rng.range(1, 511);
                 let off = rng.below(size - len + 1);
-                disk.write_at(&rng.bytes(len as usize), off).expect("small write");
+                disk.write_at(&rng.bytes(len as usize), off)
+                    .expect("small write");
                 track.write(off, len);
             }
             _ => {
@@ -845,51 +1013,97 @@ fn changed_ranges_case(seed: u64, lss: u32, child_block: u32) {
     let top = dir.path().join("top.avhdx");
     let model = make_base(&base, SIZE, lss, seed);
     let mut rng = Rng::new(seed ^ 0xC4A7);
-    let opts = ChildOptions { block_size: child_block, ..Default::default() };
-    let what = format!("seed {seed}, {lss}-byte sectors, {} MiB blocks", child_block >> 20);
+    let opts = ChildOptions {
+        block_size: child_block,
+        ..Default::default()
+    };
+    let what = format!(
+        "seed {seed}, {lss}-byte sectors, {} MiB blocks",
+        child_block >> 20
+    );
 
     let disk = Disk::create_child(&mid, &base, &opts).expect("create mid");
     let mut t_mid = Track::new(&disk);
-    assert_eq!(disk.changed_ranges(1).expect("ranges"), vec![], "{what}: a new child changed nothing");
+    assert_eq!(
+        disk.changed_ranges(1).expect("ranges"),
+        vec![],
+        "{what}: a new child changed nothing"
+    );
     random_changes(&disk, &mut t_mid, &mut rng, 12);
     let want_mid = coalesce(t_mid.ranges());
-    assert_eq!(disk.changed_ranges(1).expect("ranges"), want_mid, "{what}: mid, while open");
+    assert_eq!(
+        disk.changed_ranges(1).expect("ranges"),
+        want_mid,
+        "{what}: mid, while open"
+    );
     disk.close().expect("close");
 
-    let disk = Disk::create_child(&top, &mid, &ChildOptions { block_size: 1 << 20, ..Default::default() })
-        .expect("create top");
+    let disk = Disk::create_child(
+        &top,
+        &mid,
+        &ChildOptions {
+            block_size: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("create top");
     let mut t_top = Track::new(&disk);
     random_changes(&disk, &mut t_top, &mut rng, 12);
     disk.close().expect("close");
 
     let disk = Disk::open(&top, OpenMode::ReadOnly).expect("open");
     let want_top = coalesce(t_top.ranges());
-    assert_eq!(disk.changed_ranges(1).expect("ranges"), want_top, "{what}: top");
+    assert_eq!(
+        disk.changed_ranges(1).expect("ranges"),
+        want_top,
+        "{what}: top"
+    );
     let mut both = t_top.ranges();
     both.extend(t_mid.ranges());
-    assert_eq!(disk.changed_ranges(2).expect("ranges"), coalesce(both.clone()), "{what}: top and mid");
+    assert_eq!(
+        disk.changed_ranges(2).expect("ranges"),
+        coalesce(both.clone()),
+        "{what}: top and mid"
+    );
     // Against an empty disk: also every byte the base holds.
     let all = disk.changed_ranges(3).expect("ranges");
     let covered = |o: u64| all.iter().any(|r| r.offset <= o && o < r.offset + r.length);
     for r in coalesce(both) {
-        assert!(covered(r.offset) && covered(r.offset + r.length - 1), "{what}: levels 3 covers {r:?}");
+        assert!(
+            covered(r.offset) && covered(r.offset + r.length - 1),
+            "{what}: levels 3 covers {r:?}"
+        );
     }
     for (i, sector) in model.chunks(lss as usize).enumerate() {
         let at = i as u64 * lss as u64;
         if sector.iter().any(|b| *b != 0) {
-            assert!(covered(at), "{what}: levels 3 covers the base's data at {at}");
+            assert!(
+                covered(at),
+                "{what}: levels 3 covers the base's data at {at}"
+            );
         }
     }
     for w in all.windows(2) {
-        assert!(w[0].offset + w[0].length < w[1].offset, "{what}: sorted and coalesced: {w:?}");
+        assert!(
+            w[0].offset + w[0].length < w[1].offset,
+            "{what}: sorted and coalesced: {w:?}"
+        );
     }
     for bad in [0, 4] {
         let err = disk.changed_ranges(bad).expect_err("levels out of range");
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: levels {bad}");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "{what}: levels {bad}"
+        );
     }
     // The mid layer opened on its own reports its changes as the top.
     let m = Disk::open(&mid, OpenMode::ReadOnly).expect("open mid");
-    assert_eq!(m.changed_ranges(1).expect("ranges"), want_mid, "{what}: mid reopened");
+    assert_eq!(
+        m.changed_ranges(1).expect("ranges"),
+        want_mid,
+        "{what}: mid reopened"
+    );
     assert_eq!(disk.level_of(&mid).expect("level"), 1);
     assert_eq!(disk.level_of(&base).expect("level"), 2);
     assert_eq!(disk.level_of(&top).expect("level"), 0);
@@ -914,7 +1128,11 @@ fn changed_ranges_are_the_sectors_written_4k() {
 fn changed_ranges_in_memory() {
     // The same through MemStorage chains (no files).
     let base_s: std::sync::Arc<dyn Storage> = std::sync::Arc::new(MemStorage::new());
-    let base = Disk::create_on(base_s.clone(), &CreateOptions::new(SIZE).block_size(2 << 20)).expect("base");
+    let base = Disk::create_on(
+        base_s.clone(),
+        &CreateOptions::new(SIZE).block_size(2 << 20),
+    )
+    .expect("base");
     base.write_at(&[1u8; 10000], 5000).expect("write base");
     base.close().expect("close");
     let base = Disk::open_storage(base_s.clone(), OpenMode::ReadOnly).expect("open base");
@@ -926,5 +1144,8 @@ fn changed_ranges_in_memory() {
     let mut t = Track::new(&disk);
     let mut rng = Rng::new(77);
     random_changes(&disk, &mut t, &mut rng, 30);
-    assert_eq!(disk.changed_ranges(1).expect("ranges"), coalesce(t.ranges()));
+    assert_eq!(
+        disk.changed_ranges(1).expect("ranges"),
+        coalesce(t.ranges())
+    );
 }

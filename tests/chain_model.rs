@@ -42,7 +42,11 @@ enum Op {
     MergeMiddle { pick: usize, search: bool },
     /// Merge the layer picked by `child` into the ancestor picked by `dest`
     /// (at least two layers below it).
-    MergeInto { child: usize, dest: usize, search: bool },
+    MergeInto {
+        child: usize,
+        dest: usize,
+        search: bool,
+    },
 }
 
 /// Offsets: anywhere, near a 1 MiB boundary, or sector-aligned.
@@ -95,7 +99,13 @@ impl Chain {
         let base = dir.path().join("base.vhdx");
         let disk = Disk::create(&base, &CreateOptions::new(SIZE).block_size(base_block))
             .map_err(|e| fail(format!("create the base: {e}")))?;
-        Ok(Chain { dir, files: vec![base], disk: Some(disk), model: vec![0u8; SIZE as usize], made: 0 })
+        Ok(Chain {
+            dir,
+            files: vec![base],
+            disk: Some(disk),
+            model: vec![0u8; SIZE as usize],
+            made: 0,
+        })
     }
 
     fn disk(&self) -> &Disk {
@@ -110,8 +120,14 @@ impl Chain {
     fn check_range(&self, what: &str, off: u64, len: u64) -> R {
         let end = (off + len).min(SIZE);
         let mut buf = vec![0u8; (end - off) as usize];
-        self.disk().read_at(&mut buf, off).map_err(|e| fail(format!("{what}: read {off}+{}: {e}", buf.len())))?;
-        if let Some(i) = buf.iter().zip(&self.model[off as usize..end as usize]).position(|(a, b)| a != b) {
+        self.disk()
+            .read_at(&mut buf, off)
+            .map_err(|e| fail(format!("{what}: read {off}+{}: {e}", buf.len())))?;
+        if let Some(i) = buf
+            .iter()
+            .zip(&self.model[off as usize..end as usize])
+            .position(|(a, b)| a != b)
+        {
             let at = off + i as u64;
             return Err(fail(format!(
                 "{what}: byte {at} ({at:#x}) reads {:#04x}, the model has {:#04x} (chain of {} layers)",
@@ -156,11 +172,17 @@ impl Chain {
             descendants: if search { None } else { Some(above.clone()) },
             ..MergeOptions::default()
         };
-        let report = merge(&child, opts).map_err(|e| fail(format!("{what}: merge {}: {e}", child.display())))?;
+        let report = merge(&child, opts)
+            .map_err(|e| fail(format!("{what}: merge {}: {e}", child.display())))?;
         let removed: Vec<PathBuf> = self.files[d + 1..=c].iter().rev().cloned().collect();
         prop_assert_eq!(&report.destination, &self.files[d], "{}: destination", what);
         prop_assert_eq!(&report.removed, &removed, "{}: removed files", what);
-        prop_assert_eq!(&report.repointed, &above, "{}: re-pointed descendants", what);
+        prop_assert_eq!(
+            &report.repointed,
+            &above,
+            "{}: re-pointed descendants",
+            what
+        );
         for p in &removed {
             prop_assert!(!p.exists(), "{}: {} is gone", what, p.display());
         }
@@ -178,24 +200,35 @@ impl Chain {
             Op::Write { off, len, seed } => {
                 let len = len.min(SIZE - off);
                 let data = pattern(seed, off, len as usize);
-                self.disk().write_at(&data, off).map_err(|e| fail(format!("{what}: {e}")))?;
+                self.disk()
+                    .write_at(&data, off)
+                    .map_err(|e| fail(format!("{what}: {e}")))?;
                 self.model[off as usize..(off + len) as usize].copy_from_slice(&data);
                 self.check_range(&what, off.saturating_sub(4096), len + 8192)?;
             }
             Op::Trim { off, len } => {
                 let len = len.min(SIZE - off);
-                self.disk().trim(off, len).map_err(|e| fail(format!("{what}: {e}")))?;
+                self.disk()
+                    .trim(off, len)
+                    .map_err(|e| fail(format!("{what}: {e}")))?;
                 self.model[off as usize..(off + len) as usize].fill(0);
                 self.check_range(&what, off.saturating_sub(4096), len + 8192)?;
             }
-            Op::Flush => self.disk().flush().map_err(|e| fail(format!("{what}: {e}")))?,
+            Op::Flush => self
+                .disk()
+                .flush()
+                .map_err(|e| fail(format!("{what}: {e}")))?,
             Op::Reopen { via_ro } => {
                 self.close()?;
                 if via_ro {
                     self.open(OpenMode::ReadOnly)?;
                     self.check_all(&format!("{what}, read-only"))?;
                     let refused = self.disk().write_at(b"x", 0);
-                    prop_assert!(refused.is_err(), "{}: a read-only chain refuses writes", what);
+                    prop_assert!(
+                        refused.is_err(),
+                        "{}: a read-only chain refuses writes",
+                        what
+                    );
                     self.disk = None;
                 }
                 self.open(OpenMode::ReadWrite)?;
@@ -208,8 +241,12 @@ impl Chain {
                 self.close()?;
                 self.made += 1;
                 let path = self.dir.path().join(format!("layer{}.avhdx", self.made));
-                let opts = ChildOptions { block_size: block_mib << 20, ..ChildOptions::default() };
-                let d = Disk::create_child(&path, self.top(), &opts).map_err(|e| fail(format!("{what}: {e}")))?;
+                let opts = ChildOptions {
+                    block_size: block_mib << 20,
+                    ..ChildOptions::default()
+                };
+                let d = Disk::create_child(&path, self.top(), &opts)
+                    .map_err(|e| fail(format!("{what}: {e}")))?;
                 self.files.push(path);
                 self.disk = Some(d);
                 self.check_all(&what)?;
@@ -228,7 +265,11 @@ impl Chain {
                     self.merge(c, c - 1, search, &what)?;
                 }
             }
-            Op::MergeInto { child, dest, search } => {
+            Op::MergeInto {
+                child,
+                dest,
+                search,
+            } => {
                 let n = self.files.len();
                 if n >= 3 {
                     // A child 2 ..= n-1 and an ancestor at least two below it.
@@ -249,7 +290,13 @@ impl Chain {
         self.disk = None;
         for p in &self.files {
             let report = ckpt::check(p).map_err(|e| fail(format!("check {}: {e}", p.display())))?;
-            prop_assert!(report.is_ok(), "check {}: {:?} ({})", p.display(), report.problems, report.summary);
+            prop_assert!(
+                report.is_ok(),
+                "check {}: {:?} ({})",
+                p.display(),
+                report.problems,
+                report.summary
+            );
         }
         // Nothing else is left in the folder.
         let mut left: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
@@ -275,7 +322,10 @@ fn run(base_block: u32, ops: &[Op]) -> R {
 }
 
 fn cases() -> u32 {
-    std::env::var("CKPT_CHAIN_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+    std::env::var("CKPT_CHAIN_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
 }
 
 proptest! {
@@ -303,18 +353,31 @@ fn every_merge_kind_in_one_sequence() {
         w(100, 3 * MIB, 1),
         Op::NewLayer { block_mib: 1 },
         w(MIB - 7, 10_000, 2),
-        Op::Trim { off: 2 * MIB, len: MIB },
+        Op::Trim {
+            off: 2 * MIB,
+            len: MIB,
+        },
         Op::NewLayer { block_mib: 2 },
         w(5 * MIB + 3, 700_000, 3),
-        Op::Trim { off: 4 * MIB, len: 2 * MIB },
+        Op::Trim {
+            off: 4 * MIB,
+            len: 2 * MIB,
+        },
         Op::NewLayer { block_mib: 1 },
         w(0, 1, 4),
         Op::Flush,
-        Op::MergeMiddle { pick: 1, search: true },
+        Op::MergeMiddle {
+            pick: 1,
+            search: true,
+        },
         w(11 * MIB, MIB, 5),
         Op::NewLayer { block_mib: 2 },
         w(3 * MIB + 511, 513, 6),
-        Op::MergeInto { child: 1, dest: 0, search: false },
+        Op::MergeInto {
+            child: 1,
+            dest: 0,
+            search: false,
+        },
         Op::Reopen { via_ro: true },
         Op::NewLayer { block_mib: 1 },
         Op::Trim { off: 0, len: SIZE },

@@ -362,7 +362,10 @@ fn verify(
         .collect();
     let mut want_chain = base_first.to_vec();
     want_chain.reverse();
-    assert_eq!(chain, want_chain, "{what}: chain() lists the files top first");
+    assert_eq!(
+        chain, want_chain,
+        "{what}: chain() lists the files top first"
+    );
     assert_same(
         &format!("{what}: libckpt read vs model"),
         &read_all(&disk),
@@ -453,10 +456,7 @@ fn grow_and_check(
         };
         let parent = files.last().expect("a parent").clone();
         let disk = Disk::create_child(&path, &parent, &opts).unwrap_or_else(|e| {
-            panic!(
-                "{name}: create child {level} on {}: {e}",
-                parent.display()
-            )
+            panic!("{name}: create child {level} on {}: {e}", parent.display())
         });
         assert_eq!(disk.depth(), level + 1, "{name}: depth of a new child");
         let track = write_layer(&disk, &mut model, &mut rng);

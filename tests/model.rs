@@ -189,7 +189,7 @@ fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(32)
 }
 
 fn dynamic() -> CreateOptions {

@@ -47,7 +47,7 @@ pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
             file,
         });
         match parent {
-            Some(p) => next = p,
+            Some(p) => next = std::fs::canonicalize(&p).unwrap_or(p),
             None => return Ok(layers),
         }
     }
@@ -84,7 +84,10 @@ pub(super) fn parent_candidates(loc: &ParentLocator, child_path: &Path) -> Vec<P
 
 fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
     let loc = locator_of(file).map_err(|e| e.in_file(child_path))?;
-    let tried = parent_candidates(&loc, child_path);
+    let tried: Vec<PathBuf> = parent_candidates(&loc, child_path)
+        .into_iter()
+        .map(|p| absolute(&p).unwrap_or(p))
+        .collect();
     tried
         .iter()
         .find(|p| p.is_file())

@@ -73,7 +73,7 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
     for b in 0..geo.data_blocks {
         let i = geo.payload_index(b);
         let e = BatEntry(bat[i]);
-        if e.payload_state() == Some(PayloadState::FullyPresent) {
+        if matches!(e.payload_state(), Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)) {
             allocated += 1;
             let off = e.offset();
             if off + bs > layout.file_len {

@@ -101,8 +101,9 @@ impl Disk {
             })
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "{} is not in the chain of this disk",
-                    path.display()
+                    "{} is not in the chain of {}",
+                    path.display(),
+                    self.path().map(|p| p.display().to_string()).unwrap_or_else(|| "this disk".into())
                 ))
             })
     }
@@ -345,7 +346,26 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     }
     let descendants = match opts.descendants.take() {
         Some(d) => d,
-        None => find_children(child)?,
+        None => {
+            // The caller did not say which disks depend on what: refuse
+            // when the merge would break a sibling (another child of the
+            // destination, or of a layer removed on the way).
+            for i in 1..=k {
+                for c in find_children(&paths[i])? {
+                    let c = std::fs::canonicalize(&c).unwrap_or(c);
+                    let above = std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
+                    if c != above {
+                        return Err(Error::InvalidArgument(format!(
+                            "merging {} would break {}, another child of {}",
+                            child.display(),
+                            c.display(),
+                            paths[i].display()
+                        )));
+                    }
+                }
+            }
+            find_children(child)?
+        }
     };
     drop(view);
 

@@ -1300,6 +1300,17 @@ fn validate_bat(
             }
         }
     }
+    // Every block's file range, to find two entries sharing space.
+    let mut used: Vec<(u64, u64, usize)> = Vec::new();
+    if meta.has_parent() {
+        for c in 0..geo.bitmap_blocks {
+            let i = geo.bitmap_index(c);
+            let e = BatEntry(entries[i]);
+            if e.state_bits() == SB_PRESENT {
+                used.push((e.offset(), MIB, i));
+            }
+        }
+    }
     for b in 0..geo.data_blocks {
         let i = geo.payload_index(b);
         let e = BatEntry(entries[i]);
@@ -1323,6 +1334,7 @@ fn validate_bat(
             }
             PayloadState::FullyPresent | PayloadState::PartiallyPresent => {
                 check_offset(format!("BAT entry {i} (block {b})"), e.offset(), bs)?;
+                used.push((e.offset(), bs, i));
                 if state == PayloadState::PartiallyPresent
                     && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits()
                         != SB_PRESENT
@@ -1333,6 +1345,15 @@ fn validate_bat(
                 }
             }
             _ => {}
+        }
+    }
+    used.sort_unstable();
+    for w in used.windows(2) {
+        let ((a, alen, ai), (b, _, bi)) = (w[0], w[1]);
+        if a + alen > b {
+            return Err(Error::Corrupt(format!(
+                "BAT entries {ai} and {bi} use the same file space (at {a:#x} and {b:#x})"
+            )));
         }
     }
     Ok(())
