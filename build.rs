@@ -40,7 +40,8 @@ fn main() {
 }
 
 fn generate(crate_dir: &Path, header: &Path) -> Result<(), String> {
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))?;
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))?;
+    config.after_includes = Some(version_macros()?);
     // Parse only src/ffi (it follows its `mod` declarations): no
     // `cargo metadata`, and nothing outside the C boundary can leak in.
     let bindings = cbindgen::Builder::new()
@@ -51,4 +52,37 @@ fn generate(crate_dir: &Path, header: &Path) -> Result<(), String> {
     let mut text = Vec::new();
     bindings.write(&mut text);
     std::fs::write(header, text).map_err(|e| format!("{}: {e}", header.display()))
+}
+
+/// The compile-time version macros of the header, from the crate version
+/// (`CARGO_PKG_VERSION_*`), so that the header and the library it was
+/// made with always agree.
+fn version_macros() -> Result<String, String> {
+    let var = |name: &str| std::env::var(name).map_err(|e| format!("{name}: {e}"));
+    let (major, minor, patch) = (
+        var("CARGO_PKG_VERSION_MAJOR")?,
+        var("CARGO_PKG_VERSION_MINOR")?,
+        var("CARGO_PKG_VERSION_PATCH")?,
+    );
+    let version = var("CARGO_PKG_VERSION")?;
+    Ok(format!(
+        r#"
+/*
+ * The version of libckpt this header belongs to (semantic versioning).
+ * ckpt_version_major/minor/patch() and ckpt_version() give the version of
+ * the library actually linked; CKPT_VERSION_CHECK() compares the two.
+ */
+#define CKPT_VERSION_MAJOR {major}
+#define CKPT_VERSION_MINOR {minor}
+#define CKPT_VERSION_PATCH {patch}
+#define CKPT_VERSION_STRING "{version}"
+
+/*
+ * CKPT_VERSION_CHECK(): CKPT_STATUS_OK when the linked library can be used
+ * by a program compiled with this header, otherwise
+ * CKPT_STATUS_UNSUPPORTED (see ckpt_version_check). Call it once at start-up.
+ */
+#define CKPT_VERSION_CHECK() ckpt_version_check(CKPT_VERSION_MAJOR, CKPT_VERSION_MINOR)
+"#
+    ))
 }

@@ -102,6 +102,18 @@ pub enum Error {
     #[error("busy: {0}")]
     Busy(String),
 
+    /// A named thing (a checkpoint, a VM) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// A named thing (a checkpoint name, a VM) exists already.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+
+    /// The volume lacks the space an operation needs; nothing was changed.
+    #[error("not enough space: {0}")]
+    NoSpace(String),
+
     /// The parent of a differencing disk could not be found.
     #[error("{}: parent disk not found (tried {})", child.display(), tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     ParentNotFound {
@@ -153,6 +165,8 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The operating system denied access.
     PermissionDenied,
+    /// Not enough free space.
+    NoSpace,
 }
 
 impl Error {
@@ -181,6 +195,7 @@ impl Error {
                 ErrorKind::PermissionDenied
             }
             Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock => ErrorKind::Busy,
+            Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ErrorKind::NoSpace,
             Error::Io(_) => ErrorKind::Io,
             Error::InFile { source, .. } => source.kind(),
             Error::BadSignature { .. }
@@ -195,6 +210,9 @@ impl Error {
             Error::ParentNotFound { .. } => ErrorKind::NotFound,
             Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
             Error::Busy(_) => ErrorKind::Busy,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::NoSpace(_) => ErrorKind::NoSpace,
         }
     }
 }

@@ -498,9 +498,23 @@ fn a_cycle_of_parents_is_an_error_not_a_hang() {
     let model = make_base(&base, SIZE, 512, 15);
     make_child(&a, &base, &mut model.clone(), 16);
     make_child(&b, &base, &mut model.clone(), 17);
-    // A's parent becomes B, then B's parent becomes A.
-    reparent(&a, &b, true).expect("point A at B");
-    reparent(&b, &a, true).expect("point B at A");
+    // A's parent becomes B and B's parent becomes A, with matching
+    // linkages (rewritten raw, whatever re-parent would allow).
+    let (ga, gb) = (data_write_guid(&a), data_write_guid(&b));
+    set_locator(
+        &a,
+        &[
+            ("parent_linkage", &linkage(&gb)),
+            ("relative_path", ".\\b.avhdx"),
+        ],
+    );
+    set_locator(
+        &b,
+        &[
+            ("parent_linkage", &linkage(&ga)),
+            ("relative_path", ".\\a.avhdx"),
+        ],
+    );
     for (start, other) in [(&a, &b), (&b, &a)] {
         let p = start.clone();
         let err = within(30, "opening a cycle", move || {
@@ -524,10 +538,17 @@ fn a_cycle_of_parents_is_an_error_not_a_hang() {
             "the message names a file of the cycle: {msg}"
         );
     }
-    // A self-loop too.
+    // A self-loop too, read-write.
     let c = dir.path().join("c.avhdx");
     make_child(&c, &base, &mut model.clone(), 19);
-    reparent(&c, &c, true).expect("point C at itself");
+    let gc = data_write_guid(&c);
+    set_locator(
+        &c,
+        &[
+            ("parent_linkage", &linkage(&gc)),
+            ("relative_path", ".\\c.avhdx"),
+        ],
+    );
     let p = c.clone();
     let err = within(30, "opening a self-loop", move || {
         Disk::open(&p, OpenMode::ReadWrite)
@@ -1147,5 +1168,69 @@ fn changed_ranges_in_memory() {
     assert_eq!(
         disk.changed_ranges(1).expect("ranges"),
         coalesce(t.ranges())
+    );
+}
+
+#[test]
+fn in_memory_chains_check_their_linkage() {
+    type S = std::sync::Arc<dyn Storage>;
+    let mem = || -> S { std::sync::Arc::new(MemStorage::new()) };
+    let base_s = mem();
+    let base = Disk::create_on(
+        base_s.clone(),
+        &CreateOptions::new(SIZE).block_size(2 << 20),
+    )
+    .expect("base");
+    base.write_at(b"base data", 0).expect("write");
+    base.close().expect("close");
+    let base = Disk::open_storage(base_s.clone(), OpenMode::ReadOnly).expect("open base");
+    let child_m = std::sync::Arc::new(MemStorage::new());
+    let child_s: S = child_m.clone();
+    Disk::create_child_on(child_s.clone(), &base, &ChildOptions::default()).expect("child");
+    let linked = base.info().data_write_guid;
+    drop(base);
+
+    let chain =
+        Disk::open_storage_chain(vec![child_s.clone(), base_s.clone()], OpenMode::ReadWrite)
+            .expect("the chain opens");
+    chain.write_at(b"child", 5).expect("write the child");
+    let mut b = [0u8; 10];
+    chain.read_at(&mut b, 0).expect("read");
+    assert_eq!(&b, b"base child");
+    chain.close().expect("close");
+
+    // Wrong order, or a missing base: refused.
+    let err = Disk::open_storage_chain(vec![base_s.clone(), child_s.clone()], OpenMode::ReadOnly)
+        .map(|_| ())
+        .expect_err("base first");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::InvalidArgument | ErrorKind::Corrupt | ErrorKind::ParentMismatch
+        ),
+        "{err}"
+    );
+    let err = Disk::open_storage_chain(vec![child_s.clone()], OpenMode::ReadOnly)
+        .map(|_| ())
+        .expect_err("no base");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+
+    // The base changed behind the child's back.
+    let base = Disk::open_storage(base_s.clone(), OpenMode::ReadWrite).expect("open base rw");
+    base.write_at(b"X", 100).expect("write the base");
+    base.close().expect("close");
+    let child_before = child_m.snapshot();
+    match Disk::open_storage_chain(vec![child_s.clone(), base_s.clone()], OpenMode::ReadWrite) {
+        Err(Error::ParentMismatch {
+            expected, found, ..
+        }) => {
+            assert_eq!(expected, linked);
+            assert_ne!(found, linked);
+        }
+        other => panic!("expected ParentMismatch, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        child_m.snapshot() == child_before,
+        "a refused open writes nothing"
     );
 }

@@ -8,7 +8,8 @@
 //! `ckpt::check` and the chain must list exactly the expected files.
 //!
 //! Files live in a temporary folder (merges work on paths). Disks are
-//! 12 MiB with 1 or 2 MiB blocks so that every case stays small.
+//! 12 MiB (or 3.5 KiB less, so that every layer's last block is partial)
+//! with 1, 2 or 4 MiB blocks so that every case stays small.
 
 mod common;
 
@@ -21,6 +22,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 const SIZE: u64 = 12 * MIB;
+/// A size whose last block is partial in every layer.
+const ODD_SIZE: u64 = SIZE - 7 * 512;
 /// Most layers a case builds (the base included).
 const MAX_LAYERS: usize = 6;
 
@@ -85,6 +88,7 @@ struct Chain {
     disk: Option<Disk>,
     model: Vec<u8>,
     made: usize,
+    size: u64,
 }
 
 type R<T = ()> = Result<T, TestCaseError>;
@@ -94,17 +98,18 @@ fn fail(what: impl std::fmt::Display) -> TestCaseError {
 }
 
 impl Chain {
-    fn new(base_block: u32) -> R<Chain> {
+    fn new(base_block: u32, size: u64) -> R<Chain> {
         let dir = common::tempdir();
         let base = dir.path().join("base.vhdx");
-        let disk = Disk::create(&base, &CreateOptions::new(SIZE).block_size(base_block))
+        let disk = Disk::create(&base, &CreateOptions::new(size).block_size(base_block))
             .map_err(|e| fail(format!("create the base: {e}")))?;
         Ok(Chain {
             dir,
             files: vec![base],
             disk: Some(disk),
-            model: vec![0u8; SIZE as usize],
+            model: vec![0u8; size as usize],
             made: 0,
+            size,
         })
     }
 
@@ -118,7 +123,8 @@ impl Chain {
 
     /// Compare `[off, off+len)` (clamped) with the model.
     fn check_range(&self, what: &str, off: u64, len: u64) -> R {
-        let end = (off + len).min(SIZE);
+        let off = off.min(self.size);
+        let end = (off + len).min(self.size);
         let mut buf = vec![0u8; (end - off) as usize];
         self.disk()
             .read_at(&mut buf, off)
@@ -144,7 +150,7 @@ impl Chain {
         prop_assert_eq!(d.depth(), self.files.len(), "{}: depth", what);
         let want: Vec<Option<PathBuf>> = self.files.iter().rev().cloned().map(Some).collect();
         prop_assert_eq!(d.chain(), want, "{}: the chain's files", what);
-        self.check_range(what, 0, SIZE)
+        self.check_range(what, 0, self.size)
     }
 
     fn close(&mut self) -> R {
@@ -198,7 +204,8 @@ impl Chain {
         let what = format!("step {i} ({op:?})");
         match *op {
             Op::Write { off, len, seed } => {
-                let len = len.min(SIZE - off);
+                let off = off.min(self.size - 1);
+                let len = len.min(self.size - off);
                 let data = pattern(seed, off, len as usize);
                 self.disk()
                     .write_at(&data, off)
@@ -207,7 +214,8 @@ impl Chain {
                 self.check_range(&what, off.saturating_sub(4096), len + 8192)?;
             }
             Op::Trim { off, len } => {
-                let len = len.min(SIZE - off);
+                let off = off.min(self.size - 1);
+                let len = len.min(self.size - off);
                 self.disk()
                     .trim(off, len)
                     .map_err(|e| fail(format!("{what}: {e}")))?;
@@ -311,8 +319,8 @@ impl Chain {
     }
 }
 
-fn run(base_block: u32, ops: &[Op]) -> R {
-    let mut chain = Chain::new(base_block)?;
+fn run(base_block: u32, size: u64, ops: &[Op]) -> R {
+    let mut chain = Chain::new(base_block, size)?;
     // Start from a child so that most operations run on a differencing layer.
     chain.apply(0, &Op::NewLayer { block_mib: 2 })?;
     for (i, op) in ops.iter().enumerate() {
@@ -339,9 +347,10 @@ proptest! {
     #[test]
     fn chains_match_the_model(
         base_block in prop_oneof![Just(1u32 << 20), Just(2u32 << 20), Just(4u32 << 20)],
+        size in prop_oneof![3 => Just(SIZE), 1 => Just(ODD_SIZE)],
         ops in prop::collection::vec(op(), 1..40),
     ) {
-        run(base_block, &ops)?;
+        run(base_block, size, &ops)?;
     }
 }
 
@@ -385,7 +394,9 @@ fn every_merge_kind_in_one_sequence() {
         Op::MergeTop { search: true },
         Op::MergeTop { search: false },
     ];
-    if let Err(e) = run(2 << 20, &ops) {
-        panic!("{e}");
+    for size in [SIZE, ODD_SIZE] {
+        if let Err(e) = run(2 << 20, size, &ops) {
+            panic!("size {size}: {e}");
+        }
     }
 }

@@ -56,19 +56,14 @@ for p in paths:
 for i in range(1, len(files)):
     files[i].set_parent(files[i - 1])
 for f in files:
-    print(f.get_media_size(), f.get_bytes_per_sector(), f.get_disk_type())
+    print(f.get_media_size(), f.get_bytes_per_sector(), f.get_disk_type(),
+          f.get_identifier(), f.get_parent_identifier() or "-",
+          f.get_parent_filename() or "-", sep="\t")
 top = files[-1]
 size = top.get_media_size()
-data = bytearray()
-chunk = 4 << 20
-pos = 0
-while pos < size:
-    n = min(chunk, size - pos)
-    b = top.read_buffer_at_offset(n, pos)
-    if len(b) != n:
-        sys.exit("short read at %d: %d of %d bytes" % (pos, len(b), n))
-    data += b
-    pos += n
+data = top.read_buffer_at_offset(size, 0)
+if len(data) != size:
+    sys.exit("short read: %d of %d bytes" % (len(data), size))
 with open(out, "wb") as o:
     o.write(data)
 for f in reversed(files):
@@ -102,6 +97,12 @@ struct VhdiFile {
     media_size: u64,
     bytes_per_sector: u32,
     disk_type: u32,
+    /// libvhdi's "identifier": the DataWriteGuid.
+    identifier: String,
+    /// The child's `parent_linkage` ("-" for a base).
+    parent_identifier: String,
+    /// The parent file name libvhdi finds in the locator ("-" for a base).
+    parent_filename: String,
 }
 
 /// Read the chain `base_first` (base first, top last) with libvhdi: the
@@ -111,21 +112,22 @@ fn libvhdi_read(base_first: &[PathBuf], scratch: &Path) -> (Vec<VhdiFile>, Vec<u
     let mut cmd = Command::new(PYTHON);
     cmd.arg("-c").arg(READ_CHAIN).arg(&out).args(base_first);
     let stdout = common::run(&mut cmd);
+    let num = |x: &str, l: &str| -> u64 {
+        x.parse()
+            .unwrap_or_else(|e| panic!("libvhdi output {l:?}: {e}"))
+    };
     let facts = stdout
         .lines()
         .map(|l| {
-            let v: Vec<u64> = l
-                .split_whitespace()
-                .map(|x| {
-                    x.parse()
-                        .unwrap_or_else(|e| panic!("libvhdi output {l:?}: {e}"))
-                })
-                .collect();
-            assert_eq!(v.len(), 3, "libvhdi output line {l:?}");
+            let v: Vec<&str> = l.split('\t').collect();
+            assert_eq!(v.len(), 6, "libvhdi output line {l:?}");
             VhdiFile {
-                media_size: v[0],
-                bytes_per_sector: v[1] as u32,
-                disk_type: v[2] as u32,
+                media_size: num(v[0], l),
+                bytes_per_sector: num(v[1], l) as u32,
+                disk_type: num(v[2], l) as u32,
+                identifier: v[3].to_string(),
+                parent_identifier: v[4].to_string(),
+                parent_filename: v[5].to_string(),
             }
         })
         .collect();
@@ -377,22 +379,52 @@ fn verify(
     let (facts, data) = libvhdi_read(base_first, dir);
     assert_eq!(facts.len(), base_first.len(), "{what}: libvhdi facts");
     for (i, f) in facts.iter().enumerate() {
+        let file = &base_first[i];
         let want_type = match (i, base_fixed) {
             (0, true) => LIBVHDI_FIXED,
             (0, false) => LIBVHDI_DYNAMIC,
             _ => LIBVHDI_DIFFERENTIAL,
         };
-        let want = VhdiFile {
-            media_size: model.len() as u64,
-            bytes_per_sector: lss,
-            disk_type: want_type,
-        };
         assert_eq!(
-            *f,
-            want,
-            "{what}: what libvhdi reports about {}",
-            base_first[i].display()
+            (f.media_size, f.bytes_per_sector, f.disk_type),
+            (model.len() as u64, lss, want_type),
+            "{what}: size, sector size and type libvhdi reports for {}",
+            file.display()
         );
+        let ours = Disk::open(file, OpenMode::ReadOnly)
+            .unwrap_or_else(|e| panic!("{what}: open {}: {e}", file.display()))
+            .info()
+            .data_write_guid;
+        assert_eq!(
+            f.identifier,
+            ours.to_string(),
+            "{what}: DataWriteGuid of {}",
+            file.display()
+        );
+        if i == 0 {
+            assert_eq!(
+                (f.parent_identifier.as_str(), f.parent_filename.as_str()),
+                ("-", "-")
+            );
+        } else {
+            let parent = &facts[i - 1];
+            assert_eq!(
+                f.parent_identifier,
+                parent.identifier,
+                "{what}: the linkage of {} is its parent's DataWriteGuid",
+                file.display()
+            );
+            let name = base_first[i - 1]
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("a name");
+            assert!(
+                f.parent_filename.ends_with(&format!("\\{name}")),
+                "{what}: libvhdi finds the parent {name} in the locator of {}: {:?}",
+                file.display(),
+                f.parent_filename
+            );
+        }
     }
     let compared = assert_same_known(
         &format!("{what}: libvhdi read vs model"),
@@ -540,5 +572,18 @@ fn libvhdi_reads_4k_chain_on_a_fixed_base() {
         &[2 << 20, 1 << 20],
         2,
         0x5eed_4512,
+    );
+}
+
+#[test]
+fn libvhdi_reads_chains_of_an_odd_size() {
+    // The last block of every layer is partial.
+    let base = CreateOptions::new(20 * MIB + 5 * 512).block_size(2 << 20);
+    grow_and_check(
+        "odd size",
+        base,
+        &[1 << 20, 4 << 20, 2 << 20, 8 << 20],
+        4,
+        0x5eed_0dd5,
     );
 }

@@ -130,3 +130,31 @@ fn create_apply_delete_export() {
     assert!(vm.data().checkpoints.is_empty());
     assert!(vm.strays().unwrap().is_empty());
 }
+
+#[test]
+fn deleting_a_checkpoint_keeps_the_memory_state_the_current_state_resumes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("os.vhdx");
+    Disk::create(&disk, &CreateOptions::new(SIZE).block_size(1 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut spec = VmSpec::new("m", vec![disk]);
+    spec.settings.checkpoint_type = CheckpointType::Standard;
+    let mut vm = Vm::create(&dir.path().join("vm"), &spec).unwrap();
+    vm.create_checkpoint("a", None, &mut Quiesce(true)).unwrap();
+    vm.create_checkpoint("b", None, &mut Quiesce(true)).unwrap();
+    vm.apply("b", None, &mut NoHooks).unwrap();
+    let mem = vm.data().current.saved_state.clone().unwrap();
+    vm.delete("b", false, &mut NoHooks).unwrap();
+    assert!(
+        mem.exists(),
+        "the saved state the VM resumes from was removed"
+    );
+    vm.export(None, &dir.path().join("exp"), &mut NoHooks)
+        .unwrap();
+    assert!(vm.strays().unwrap().is_empty());
+    vm.set_state(VmState::Running).unwrap();
+    assert!(!mem.exists(), "an unused memory state was left behind");
+    assert!(vm.strays().unwrap().is_empty());
+}

@@ -39,7 +39,10 @@ fn build(root: &Path, leaf: bool) -> PathBuf {
     for i in 0..2 {
         let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20)).unwrap().close().unwrap();
+        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
+            .unwrap()
+            .close()
+            .unwrap();
         disks.push(p);
     }
     let dir = root.join("vm");
@@ -95,15 +98,29 @@ fn run(op: &str, leaf: bool, cut: Cut) {
         assert!(r.is_err(), "{op}: cut at {n} of {events} should fail");
         drop(vm);
         let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{op}: cut at {n}: reopen: {e}"));
-        assert!(!dir.join("journal.json").exists(), "{op}: cut at {n}: journal left");
+        assert!(
+            !dir.join("journal.json").exists(),
+            "{op}: cut at {n}: journal left"
+        );
         let s = state(&vm);
-        assert!(s == before || s == after, "{op}: cut at {n}: state {s:?}\nbefore {before:?}\nafter {after:?}");
+        assert!(
+            s == before || s == after,
+            "{op}: cut at {n}: state {s:?}\nbefore {before:?}\nafter {after:?}"
+        );
         let strays = vm.strays().unwrap();
-        assert!(strays.is_empty(), "{op}: cut at {n}: orphan files {strays:?}");
+        assert!(
+            strays.is_empty(),
+            "{op}: cut at {n}: orphan files {strays:?}"
+        );
         if op == "export" {
             let out = t.path().join("export");
-            let files: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().collect()).unwrap_or_default();
-            assert!(files.is_empty(), "{op}: cut at {n}: partial export left {files:?}");
+            let files: Vec<_> = std::fs::read_dir(&out)
+                .map(|d| d.flatten().collect())
+                .unwrap_or_default();
+            assert!(
+                files.is_empty(),
+                "{op}: cut at {n}: partial export left {files:?}"
+            );
         }
     }
 }
@@ -115,7 +132,9 @@ fn do_op(vm: &mut Vm, op: &str, root: &Path) -> ckpt::Result<()> {
         "revert" => vm.revert(),
         "delete" => vm.delete("b", false, &mut NoHooks),
         "delete-root" => vm.delete("a", false, &mut NoHooks),
-        "export" => vm.export(Some("b"), &root.join("export"), &mut NoHooks).map(|_| ()),
+        "export" => vm
+            .export(Some("b"), &root.join("export"), &mut NoHooks)
+            .map(|_| ()),
         _ => unreachable!(),
     }
 }

@@ -34,6 +34,13 @@ pub trait Hooks {
     }
 }
 
+/// The kind a new checkpoint gets, and why.
+struct Taken {
+    taken: TakenType,
+    requested: CheckpointType,
+    fallback_reason: Option<String>,
+}
+
 /// Hooks that do nothing: no quiesce (production falls back to standard),
 /// no memory state.
 #[derive(Debug, Default, Clone, Copy)]
@@ -193,7 +200,7 @@ impl Vm {
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let lock = lock_vm(&dir)?;
         if dir.join(VM_FILE).exists() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::AlreadyExists(format!(
                 "{} already holds a VM",
                 dir.display()
             )));
@@ -234,6 +241,12 @@ impl Vm {
     /// crash interrupted.
     pub fn open(dir: &Path) -> Result<Vm> {
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        if !dir.join(VM_FILE).is_file() {
+            return Err(Error::NotFound(format!(
+                "{} holds no VM ({VM_FILE} is missing)",
+                dir.display()
+            )));
+        }
         let lock = lock_vm(&dir)?;
         let data: VmFile = read_json(&dir.join(VM_FILE))?;
         let mut vm = Vm {
@@ -285,10 +298,44 @@ impl Vm {
     /// Set the VM's state (the hypervisor reports it).
     pub fn set_state(&mut self, state: VmState) -> Result<()> {
         self.data.state = state;
-        if state != VmState::Saved {
-            self.data.current.saved_state = None;
+        let old = if state != VmState::Saved {
+            self.data.current.saved_state.take()
+        } else {
+            None
+        };
+        self.save()?;
+        self.release_saved_state(old)
+    }
+
+    /// Remove a memory-state file the current state no longer uses, unless
+    /// a checkpoint still owns it.
+    fn release_saved_state(&self, old: Option<PathBuf>) -> Result<()> {
+        let Some(p) = old else { return Ok(()) };
+        let owned = self.data.current.saved_state.as_ref() == Some(&p)
+            || self
+                .data
+                .checkpoints
+                .iter()
+                .any(|c| c.saved_state.as_ref() == Some(&p));
+        if owned {
+            Ok(())
+        } else {
+            remove_if_exists(&p)
         }
-        self.save()
+    }
+
+    /// The configuration copy and memory state of checkpoint `c` that can
+    /// go with it (the current state may still need its memory state).
+    fn own_files(&self, c: &Checkpoint) -> Vec<PathBuf> {
+        c.config_file
+            .iter()
+            .chain(
+                c.saved_state
+                    .iter()
+                    .filter(|p| self.data.current.saved_state.as_ref() != Some(*p)),
+            )
+            .cloned()
+            .collect()
     }
 
     /// Change memory and CPU count.
@@ -329,7 +376,7 @@ impl Vm {
             .checkpoints
             .iter()
             .find(|c| c.name == name && !c.hidden)
-            .ok_or_else(|| Error::InvalidArgument(format!("no checkpoint is called {name:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no checkpoint is called {name:?}")))
     }
 
     fn index(&self, id: &str) -> Result<usize> {
@@ -373,7 +420,7 @@ impl Vm {
             .iter()
             .any(|c| c.name == name && !c.hidden)
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::AlreadyExists(format!(
                 "a checkpoint called {name:?} already exists"
             )));
         }
@@ -423,7 +470,12 @@ impl Vm {
                 }
             },
         };
-        let r = self.create_inner(name, memory_file, hooks, taken, requested, fallback_reason, then_apply);
+        let kind = Taken {
+            taken,
+            requested,
+            fallback_reason,
+        };
+        let r = self.create_inner(name, memory_file, hooks, kind, then_apply);
         if quiesced {
             hooks.thaw();
         }
@@ -439,11 +491,14 @@ impl Vm {
         name: &str,
         memory_file: Option<&Path>,
         hooks: &mut dyn Hooks,
-        taken: TakenType,
-        requested: CheckpointType,
-        fallback_reason: Option<String>,
+        kind: Taken,
         then_apply: Option<String>,
     ) -> Result<Checkpoint> {
+        let Taken {
+            taken,
+            requested,
+            fallback_reason,
+        } = kind;
         let id = uuid::Uuid::new_v4().to_string();
         let loc = self.checkpoint_location();
         let config_file = loc.join(format!("{id}.json"));
@@ -564,6 +619,7 @@ impl Vm {
         // The old current disks are ours to remove only when they are
         // differencing disks made for a checkpoint.
         let old_parent = self.data.current.parent.clone();
+        let old_saved = self.data.current.saved_state.clone();
         let old_files = if old_parent.is_some() {
             self.data.current.disks.clone()
         } else {
@@ -616,6 +672,7 @@ impl Vm {
         for f in &old_files {
             remove_if_exists(f)?;
         }
+        self.release_saved_state(old_saved)?;
         self.end_journal()?;
         if let Some(p) = old_parent {
             self.collapse(&p)?;
@@ -684,12 +741,7 @@ impl Vm {
     fn remove_node(&mut self, id: &str, hide: bool) -> Result<()> {
         let i = self.index(id)?;
         let c = self.data.checkpoints[i].clone();
-        let mut files: Vec<PathBuf> = c
-            .config_file
-            .iter()
-            .chain(c.saved_state.iter())
-            .cloned()
-            .collect();
+        let mut files = self.own_files(&c);
         if !hide && c.parent.is_some() {
             files.extend(c.disks.iter().cloned());
         }
@@ -745,8 +797,12 @@ impl Vm {
 
     fn journal_merge(&self, id: &str, dep: &Option<String>) -> Result<()> {
         let c = &self.data.checkpoints[self.index(id)?];
-        let files = c.config_file.iter().chain(c.saved_state.iter()).cloned().collect();
-        self.journal(&Journal::Merge { id: id.to_string(), dependant: dep.clone(), files })
+        let files = self.own_files(c);
+        self.journal(&Journal::Merge {
+            id: id.to_string(),
+            dependant: dep.clone(),
+            files,
+        })
     }
 
     /// Merge the disks of `dep` (the only dependant of `id`) into `id`'s
@@ -804,7 +860,7 @@ impl Vm {
         let i = self.index(id)?;
         self.data.checkpoints.remove(i);
         self.save()?;
-        for f in node.config_file.iter().chain(node.saved_state.iter()) {
+        for f in &self.own_files(&node) {
             remove_if_exists(f)?;
         }
         self.end_journal()
@@ -911,7 +967,11 @@ impl Vm {
         self.data = read_json(&self.dir.join(VM_FILE))?;
         let j: Journal = read_json(&jpath)?;
         match j {
-            Journal::Create { id, files, then_apply } => {
+            Journal::Create {
+                id,
+                files,
+                then_apply,
+            } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
                     // Committed; finish an apply that was to follow.
                     if let Some(target) = then_apply {
@@ -948,7 +1008,11 @@ impl Vm {
                     _ => self.end_journal(),
                 }
             }
-            Journal::Merge { id, dependant, files } => {
+            Journal::Merge {
+                id,
+                dependant,
+                files,
+            } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
                     self.finish_merge(&id, &dependant, None)
                 } else {

@@ -73,7 +73,10 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
     for b in 0..geo.data_blocks {
         let i = geo.payload_index(b);
         let e = BatEntry(bat[i]);
-        if matches!(e.payload_state(), Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)) {
+        if matches!(
+            e.payload_state(),
+            Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+        ) {
             allocated += 1;
             let off = e.offset();
             if off + bs > layout.file_len {

@@ -103,7 +103,9 @@ impl Disk {
                 Error::InvalidArgument(format!(
                     "{} is not in the chain of {}",
                     path.display(),
-                    self.path().map(|p| p.display().to_string()).unwrap_or_else(|| "this disk".into())
+                    self.path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "this disk".into())
                 ))
             })
     }
@@ -337,7 +339,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             .unwrap_or(Path::new("."));
         let free = crate::io::free_space(dir).map_err(|e| Error::from(e).in_file(dir))?;
         if need > free {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::NoSpace(format!(
                 "merging {} into {} needs up to {need} bytes, but only {free} are free there",
                 child.display(),
                 dest.display()
@@ -350,11 +352,26 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             // The caller did not say which disks depend on what: refuse
             // when the merge would break a sibling (another child of the
             // destination, or of a layer removed on the way).
+            // Descendants an interrupted run of this merge already re-pointed
+            // link to the destination's pending new DataWriteGuid.
+            let pending = open_single(&paths[k - 1], false)
+                .ok()
+                .and_then(|f| locator_of(&f).ok())
+                .and_then(|l| l.linkage(locator::PARENT_LINKAGE2))
+                .filter(|g| !g.is_nil());
             for i in 1..=k {
+                let guid = open_single(&paths[i], false)?.header().data_write_guid;
                 for c in find_children(&paths[i])? {
                     let c = std::fs::canonicalize(&c).unwrap_or(c);
-                    let above = std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
-                    if c != above {
+                    let above =
+                        std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
+                    let link = open_single(&c, false)
+                        .ok()
+                        .and_then(|f| locator_of(&f).ok())
+                        .and_then(|l| l.linkage(locator::PARENT_LINKAGE));
+                    let live = link == Some(guid);
+                    let ours = i == k && pending.is_some() && link == pending;
+                    if c != above && live && !ours {
                         return Err(Error::InvalidArgument(format!(
                             "merging {} would break {}, another child of {}",
                             child.display(),

@@ -51,6 +51,8 @@ pub enum ckpt_status {
     PermissionDenied = 14,
     /// Another process is changing the same VM or disk; try again later.
     Busy = 15,
+    /// Not enough free space on the volume for the operation (nothing was changed).
+    NoSpace = 16,
 }
 
 /// The status for a class of library error. This is the only place that
@@ -69,11 +71,12 @@ pub fn status_of(kind: ErrorKind) -> ckpt_status {
         ErrorKind::Busy => ckpt_status::Busy,
         ErrorKind::AlreadyExists => ckpt_status::AlreadyExists,
         ErrorKind::PermissionDenied => ckpt_status::PermissionDenied,
+        ErrorKind::NoSpace => ckpt_status::NoSpace,
     }
 }
 
 /// Every status, in number order (used by `ckpt_status_name`).
-const ALL: [ckpt_status; 16] = [
+const ALL: [ckpt_status; 17] = [
     ckpt_status::Ok,
     ckpt_status::InvalidArgument,
     ckpt_status::NullPointer,
@@ -90,6 +93,7 @@ const ALL: [ckpt_status; 16] = [
     ckpt_status::AlreadyExists,
     ckpt_status::PermissionDenied,
     ckpt_status::Busy,
+    ckpt_status::NoSpace,
 ];
 
 /// The C name of a status, as cbindgen writes it in the header.
@@ -111,6 +115,7 @@ fn c_name(s: ckpt_status) -> &'static CStr {
         ckpt_status::AlreadyExists => c"CKPT_STATUS_ALREADY_EXISTS",
         ckpt_status::PermissionDenied => c"CKPT_STATUS_PERMISSION_DENIED",
         ckpt_status::Busy => c"CKPT_STATUS_BUSY",
+        ckpt_status::NoSpace => c"CKPT_STATUS_NO_SPACE",
     }
 }
 

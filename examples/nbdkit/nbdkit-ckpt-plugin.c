@@ -1,0 +1,328 @@
+/*
+ * nbdkit-ckpt-plugin: serve a Hyper-V virtual disk (a VHDX, or a
+ * differencing AVHDX together with the whole chain of parents under it)
+ * over NBD, through libckpt.
+ *
+ *   nbdkit target/release/nbdkit-ckpt-plugin.so file=DISK.avhdx [readonly=true]
+ *
+ * Written against include/libckpt.h alone; examples/nbdkit/build.sh builds
+ * it. The export is the virtual disk the file reads as: reads go through
+ * the chain, writes, trims and zeroes go to the top file only (the parents
+ * are never written), flush makes every completed write durable.
+ *
+ * Design:
+ *
+ * - One libckpt disk handle is shared by every connection. It is opened
+ *   in .get_ready (before nbdkit forks into the background, so a bad file
+ *   stops nbdkit at start-up with libckpt's message) and closed in
+ *   .unload, which flushes and leaves the file with an empty log.
+ *
+ * - A ckpt_disk allows concurrent reads, writes, flushes and trims from
+ *   several threads (see ckpt_disk in libckpt.h), so the thread model is
+ *   NBDKIT_THREAD_MODEL_PARALLEL.
+ *
+ * - Because all connections share the handle, a write completed on one
+ *   connection is seen by reads on every other, and a flush on any
+ *   connection makes the writes of all connections durable: that is what
+ *   NBD multi-conn promises, so .can_multi_conn is true.
+ *
+ * - FUA is native: a write, trim or zero with the FUA flag is followed by
+ *   ckpt_disk_flush before it completes.
+ *
+ * - readonly=true opens the file read-only: it is never written (a dirty
+ *   log is replayed in memory only) and clients cannot write. Without it
+ *   the file is opened read-write (libckpt takes an exclusive lock on it)
+ *   even if nbdkit runs with -r; use readonly=true to leave the file
+ *   untouched.
+ *
+ * Errors: every libckpt failure is reported with nbdkit_error() and
+ * libckpt's own message (ckpt_last_error), and the NBD error is chosen
+ * from the status: EROFS, ENOSPC, EINVAL, ENOTSUP, EPERM or EIO.
+ */
+
+#define NBDKIT_API_VERSION 2
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <nbdkit-plugin.h>
+
+#include "libckpt.h"
+
+/* Configuration (set before .get_ready, read-only afterwards). */
+static char *file;              /* absolute path, from nbdkit_realpath */
+static bool readonly_param;     /* readonly=true */
+
+/* The shared disk (set in .get_ready, freed in .unload). */
+static ckpt_disk *disk;
+static uint64_t disk_size;
+static bool disk_read_only;
+
+/* An errno value for a libckpt status (what the NBD client will see). */
+static int status_errno(ckpt_status s) {
+    switch (s) {
+    case CKPT_STATUS_READ_ONLY:
+        return EROFS;
+    case CKPT_STATUS_NO_SPACE:
+        return ENOSPC;
+    case CKPT_STATUS_OUT_OF_RANGE:
+    case CKPT_STATUS_INVALID_ARGUMENT:
+    case CKPT_STATUS_NULL_POINTER:
+        return EINVAL;
+    case CKPT_STATUS_UNSUPPORTED:
+        return ENOTSUP;
+    case CKPT_STATUS_PERMISSION_DENIED:
+        return EPERM;
+    default:
+        return EIO;
+    }
+}
+
+/*
+ * Report a failed libckpt call: nbdkit_error with the operation, the
+ * status name and libckpt's message (of this thread), and the NBD error.
+ * Returns -1, for `return fail(...)`.
+ */
+static int fail(const char *what, ckpt_status s) {
+    char msg[1024];
+    ckpt_status m = ckpt_last_error(msg, sizeof msg, NULL);
+    if (m != CKPT_STATUS_OK && m != CKPT_STATUS_BUFFER_TOO_SMALL) {
+        msg[0] = '\0';
+    }
+    nbdkit_error("ckpt: %s: %s: %s", what, ckpt_status_name(s), msg);
+    nbdkit_set_error(status_errno(s));
+    return -1;
+}
+
+static void ckpt_unload(void) {
+    if (disk != NULL) {
+        ckpt_status s = ckpt_disk_close(disk);
+        disk = NULL;
+        if (s != CKPT_STATUS_OK) {
+            fail("close (writes since the last flush may be lost)", s);
+        }
+    }
+    free(file);
+    file = NULL;
+}
+
+static int ckpt_config(const char *key, const char *value) {
+    if (strcmp(key, "file") == 0) {
+        free(file);
+        file = nbdkit_realpath(value);
+        return file == NULL ? -1 : 0;
+    }
+    if (strcmp(key, "readonly") == 0) {
+        int r = nbdkit_parse_bool(value);
+        if (r == -1) {
+            return -1;
+        }
+        readonly_param = r != 0;
+        return 0;
+    }
+    nbdkit_error("ckpt: unknown parameter '%s'", key);
+    return -1;
+}
+
+static int ckpt_config_complete(void) {
+    if (file == NULL) {
+        nbdkit_error("ckpt: the file parameter is required (file=DISK.vhdx)");
+        return -1;
+    }
+    return 0;
+}
+
+#define ckpt_config_help                                                     \
+    "file=<DISK>         (required) The VHDX, or the differencing AVHDX at\n" \
+    "                    the top of a chain, to serve.\n"                     \
+    "readonly=true       Open the file read-only (never written)."
+
+static void ckpt_dump_plugin(void) {
+    printf("libckpt_version=%s\n", ckpt_version());
+    printf("libckpt_header_version=%s\n", CKPT_VERSION_STRING);
+}
+
+static int ckpt_get_ready(void) {
+    ckpt_status s = CKPT_VERSION_CHECK();
+    if (s != CKPT_STATUS_OK) {
+        return fail("version check", s);
+    }
+    uint32_t flags = readonly_param ? CKPT_OPEN_READ_ONLY : CKPT_OPEN_READ_WRITE;
+    s = ckpt_disk_open(file, flags, &disk);
+    if (s != CKPT_STATUS_OK) {
+        return fail(file, s);
+    }
+    ckpt_disk_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    s = ckpt_disk_get_info(disk, &info);
+    if (s != CKPT_STATUS_OK) {
+        return fail("get info", s);
+    }
+    if (info.virtual_size > INT64_MAX) {
+        nbdkit_error("ckpt: %s: virtual size %" PRIu64 " is too large for NBD", file,
+                     info.virtual_size);
+        return -1;
+    }
+    disk_size = info.virtual_size;
+    disk_read_only = info.read_only;
+    size_t depth = 0;
+    if (ckpt_disk_chain_length(disk, &depth) == CKPT_STATUS_OK) {
+        nbdkit_debug("ckpt: %s: %" PRIu64 " bytes, %zu file(s) in the chain, %s", file,
+                     disk_size, depth, disk_read_only ? "read-only" : "read-write");
+    }
+    return 0;
+}
+
+/* Every connection uses the shared disk: no per-connection state. */
+static void *ckpt_open(int readonly) {
+    (void)readonly;
+    return NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+static int64_t ckpt_get_size(void *handle) {
+    (void)handle;
+    return (int64_t)disk_size;
+}
+
+static int ckpt_can_write(void *handle) {
+    (void)handle;
+    return !disk_read_only;
+}
+
+static int ckpt_can_flush(void *handle) {
+    (void)handle;
+    return !disk_read_only;
+}
+
+static int ckpt_can_trim(void *handle) {
+    (void)handle;
+    return !disk_read_only;
+}
+
+static int ckpt_can_zero(void *handle) {
+    (void)handle;
+    return !disk_read_only;
+}
+
+/* A zero request may write zeros, which is not faster than a write. */
+static int ckpt_can_fast_zero(void *handle) {
+    (void)handle;
+    return 0;
+}
+
+static int ckpt_can_fua(void *handle) {
+    (void)handle;
+    return disk_read_only ? NBDKIT_FUA_NONE : NBDKIT_FUA_NATIVE;
+}
+
+static int ckpt_can_multi_conn(void *handle) {
+    (void)handle;
+    return 1;
+}
+
+static int flush_if_fua(uint32_t flags) {
+    if (flags & NBDKIT_FLAG_FUA) {
+        ckpt_status s = ckpt_disk_flush(disk);
+        if (s != CKPT_STATUS_OK) {
+            return fail("flush (FUA)", s);
+        }
+    }
+    return 0;
+}
+
+static int ckpt_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
+                      uint32_t flags) {
+    (void)handle;
+    (void)flags;
+    ckpt_status s = ckpt_disk_read(disk, buf, count, offset);
+    return s == CKPT_STATUS_OK ? 0 : fail("read", s);
+}
+
+static int ckpt_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
+                       uint32_t flags) {
+    (void)handle;
+    ckpt_status s = ckpt_disk_write(disk, buf, count, offset);
+    if (s != CKPT_STATUS_OK) {
+        return fail("write", s);
+    }
+    return flush_if_fua(flags);
+}
+
+static int ckpt_flush(void *handle, uint32_t flags) {
+    (void)handle;
+    (void)flags;
+    ckpt_status s = ckpt_disk_flush(disk);
+    return s == CKPT_STATUS_OK ? 0 : fail("flush", s);
+}
+
+static int ckpt_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
+    (void)handle;
+    ckpt_status s = ckpt_disk_trim(disk, offset, count);
+    if (s != CKPT_STATUS_OK) {
+        return fail("trim", s);
+    }
+    return flush_if_fua(flags);
+}
+
+/* Zeros for writing zeroes when the client does not allow a trim. */
+static const uint8_t zeros[64 * 1024];
+
+static int ckpt_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
+    (void)handle;
+    ckpt_status s;
+    if (flags & NBDKIT_FLAG_MAY_TRIM) {
+        /* A trimmed range reads as zeros, also over a parent with data. */
+        s = ckpt_disk_trim(disk, offset, count);
+        if (s != CKPT_STATUS_OK) {
+            return fail("zero (trim)", s);
+        }
+    } else {
+        while (count > 0) {
+            uint32_t n = count < sizeof zeros ? count : (uint32_t)sizeof zeros;
+            s = ckpt_disk_write(disk, zeros, n, offset);
+            if (s != CKPT_STATUS_OK) {
+                return fail("zero (write)", s);
+            }
+            count -= n;
+            offset += n;
+        }
+    }
+    return flush_if_fua(flags);
+}
+
+static struct nbdkit_plugin plugin = {
+    .name = "ckpt",
+    .longname = "nbdkit libckpt plugin (Hyper-V VHDX and AVHDX chains)",
+    .version = CKPT_VERSION_STRING,
+    .description = "Serve a VHDX, or a differencing AVHDX with its chain, through libckpt",
+    .unload = ckpt_unload,
+    .config = ckpt_config,
+    .config_complete = ckpt_config_complete,
+    .config_help = ckpt_config_help,
+    .magic_config_key = "file",
+    .dump_plugin = ckpt_dump_plugin,
+    .get_ready = ckpt_get_ready,
+    .open = ckpt_open,
+    .get_size = ckpt_get_size,
+    .can_write = ckpt_can_write,
+    .can_flush = ckpt_can_flush,
+    .can_trim = ckpt_can_trim,
+    .can_zero = ckpt_can_zero,
+    .can_fast_zero = ckpt_can_fast_zero,
+    .can_fua = ckpt_can_fua,
+    .can_multi_conn = ckpt_can_multi_conn,
+    .pread = ckpt_pread,
+    .pwrite = ckpt_pwrite,
+    .flush = ckpt_flush,
+    .trim = ckpt_trim,
+    .zero = ckpt_zero,
+    .errno_is_preserved = 0,
+};
+
+NBDKIT_REGISTER_PLUGIN(plugin)
