@@ -12,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=src/ffi");
+    set_soname();
 
     let Some(out_dir) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
         println!("cargo:warning=OUT_DIR is not set; libckpt.h not generated");
@@ -85,4 +86,23 @@ fn version_macros() -> Result<String, String> {
 #define CKPT_VERSION_CHECK() ckpt_version_check(CKPT_VERSION_MAJOR, CKPT_VERSION_MINOR)
 "#
     ))
+}
+
+/// Give `libckpt.so` a soname that changes with the ABI (what
+/// `scripts/install.sh` installs the links under): `libckpt.so.0.MINOR`
+/// before 1.0, where every minor version may break the ABI, then
+/// `libckpt.so.MAJOR`. Only for Linux / ELF targets.
+fn set_soname() {
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if !matches!(os.as_str(), "linux" | "android" | "freebsd" | "netbsd" | "openbsd") {
+        return;
+    }
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default();
+    let minor = std::env::var("CARGO_PKG_VERSION_MINOR").unwrap_or_default();
+    let abi = if major == "0" {
+        format!("0.{minor}")
+    } else {
+        major
+    };
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libckpt.so.{abi}");
 }

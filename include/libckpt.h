@@ -81,6 +81,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * The version of libckpt this header belongs to (semantic versioning).
+ * ckpt_version_major/minor/patch() and ckpt_version() give the version of
+ * the library actually linked; CKPT_VERSION_CHECK() compares the two.
+ */
+#define CKPT_VERSION_MAJOR 0
+#define CKPT_VERSION_MINOR 1
+#define CKPT_VERSION_PATCH 0
+#define CKPT_VERSION_STRING "0.1.0"
+
+/*
+ * CKPT_VERSION_CHECK(): CKPT_STATUS_OK when the linked library can be used
+ * by a program compiled with this header, otherwise
+ * CKPT_STATUS_UNSUPPORTED (see ckpt_version_check). Call it once at start-up.
+ */
+#define CKPT_VERSION_CHECK() ckpt_version_check(CKPT_VERSION_MAJOR, CKPT_VERSION_MINOR)
+
+
 /**
  * `flags` of `ckpt_disk_open`: open for reading only (the file is never
  * written; a dirty log is replayed in memory).
@@ -240,6 +258,10 @@ enum ckpt_status
      * Another process is changing the same VM or disk; try again later.
      */
     CKPT_STATUS_BUSY = 15,
+    /**
+     * Not enough free space on the volume for the operation (nothing was changed).
+     */
+    CKPT_STATUS_NO_SPACE = 16,
 };
 #ifndef __cplusplus
 typedef uint32_t ckpt_status;
@@ -1239,6 +1261,31 @@ uint32_t ckpt_version_minor(void);
  * Always safe to call.
  */
 uint32_t ckpt_version_patch(void);
+
+/**
+ * Whether a program built against the header of version
+ * `major.minor` can use the linked library, whose version is
+ * `ckpt_version_major()`.`ckpt_version_minor()`.
+ *
+ * Pass the header's `CKPT_VERSION_MAJOR` and `CKPT_VERSION_MINOR` (the
+ * macro `CKPT_VERSION_CHECK()` does exactly that). The rule is semantic
+ * versioning as Cargo applies it:
+ *
+ * - from 1.0 on, the library must have the same major version and a minor
+ *   version at least as new as the header's (a newer minor version only
+ *   adds functions, statuses and struct fields at the end);
+ * - before 1.0 (major 0), every minor version may change the ABI, so the
+ *   minor versions must be equal (the patch versions may differ).
+ *
+ * Returns `CKPT_STATUS_OK` when compatible, otherwise
+ * `CKPT_STATUS_UNSUPPORTED` with a last error that names both versions.
+ * Never touches anything else; safe to call from any thread at any time.
+ *
+ * # Safety
+ *
+ * Always safe to call (any values are accepted).
+ */
+ckpt_status ckpt_version_check(uint32_t major, uint32_t minor);
 
 /**
  * Write `len` bytes from `buf` to the memory-state stream of a

@@ -26,6 +26,15 @@
  *   connection makes the writes of all connections durable: that is what
  *   NBD multi-conn promises, so .can_multi_conn is true.
  *
+ * - One exception to "fully parallel": on a differencing disk libckpt
+ *   completes a write that does not cover whole logical sectors by reading
+ *   and rewriting the rest of its first and last sector, so two such
+ *   writes at once may undo each other's bytes in a shared sector (see
+ *   ckpt_disk in libckpt.h). Unaligned writes, trims and zeroes therefore
+ *   take a lock exclusively, aligned ones take it shared, reads not at
+ *   all. NBD clients such as QEMU send aligned requests, so the lock is
+ *   never contended in practice.
+ *
  * - FUA is native: a write, trim or zero with the FUA flag is followed by
  *   ckpt_disk_flush before it completes.
  *
@@ -40,15 +49,19 @@
  * from the status: EROFS, ENOSPC, EINVAL, ENOTSUP, EPERM or EIO.
  */
 
+#define _POSIX_C_SOURCE 200809L /* pthread_rwlock_t under -std=c11 */
 #define NBDKIT_API_VERSION 2
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-plugin.h>
 
@@ -62,6 +75,27 @@ static bool readonly_param;     /* readonly=true */
 static ckpt_disk *disk;
 static uint64_t disk_size;
 static bool disk_read_only;
+static uint32_t sector_size;    /* logical sector size of the disk */
+
+/* Exclusive for unaligned changes, shared for aligned ones (see above). */
+static pthread_rwlock_t rmw_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static bool aligned(uint64_t offset, uint64_t count) {
+    return offset % sector_size == 0 && count % sector_size == 0;
+}
+
+/* Take the lock for a change of [offset, offset + count). */
+static void lock_range(uint64_t offset, uint64_t count) {
+    if (aligned(offset, count)) {
+        pthread_rwlock_rdlock(&rmw_lock);
+    } else {
+        pthread_rwlock_wrlock(&rmw_lock);
+    }
+}
+
+static void unlock_range(void) {
+    pthread_rwlock_unlock(&rmw_lock);
+}
 
 /* An errno value for a libckpt status (what the NBD client will see). */
 static int status_errno(ckpt_status s) {
@@ -171,6 +205,7 @@ static int ckpt_get_ready(void) {
     }
     disk_size = info.virtual_size;
     disk_read_only = info.read_only;
+    sector_size = info.logical_sector_size != 0 ? info.logical_sector_size : 512;
     size_t depth = 0;
     if (ckpt_disk_chain_length(disk, &depth) == CKPT_STATUS_OK) {
         nbdkit_debug("ckpt: %s: %" PRIu64 " bytes, %zu file(s) in the chain, %s", file,
@@ -247,7 +282,9 @@ static int ckpt_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
 static int ckpt_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
                        uint32_t flags) {
     (void)handle;
+    lock_range(offset, count);
     ckpt_status s = ckpt_disk_write(disk, buf, count, offset);
+    unlock_range();
     if (s != CKPT_STATUS_OK) {
         return fail("write", s);
     }
@@ -263,7 +300,9 @@ static int ckpt_flush(void *handle, uint32_t flags) {
 
 static int ckpt_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
     (void)handle;
+    lock_range(offset, count);
     ckpt_status s = ckpt_disk_trim(disk, offset, count);
+    unlock_range();
     if (s != CKPT_STATUS_OK) {
         return fail("trim", s);
     }
@@ -275,23 +314,22 @@ static const uint8_t zeros[64 * 1024];
 
 static int ckpt_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
     (void)handle;
-    ckpt_status s;
+    ckpt_status s = CKPT_STATUS_OK;
+    lock_range(offset, count);
     if (flags & NBDKIT_FLAG_MAY_TRIM) {
         /* A trimmed range reads as zeros, also over a parent with data. */
         s = ckpt_disk_trim(disk, offset, count);
-        if (s != CKPT_STATUS_OK) {
-            return fail("zero (trim)", s);
-        }
     } else {
-        while (count > 0) {
+        while (count > 0 && s == CKPT_STATUS_OK) {
             uint32_t n = count < sizeof zeros ? count : (uint32_t)sizeof zeros;
             s = ckpt_disk_write(disk, zeros, n, offset);
-            if (s != CKPT_STATUS_OK) {
-                return fail("zero (write)", s);
-            }
             count -= n;
             offset += n;
         }
+    }
+    unlock_range();
+    if (s != CKPT_STATUS_OK) {
+        return fail(flags & NBDKIT_FLAG_MAY_TRIM ? "zero (trim)" : "zero (write)", s);
     }
     return flush_if_fua(flags);
 }

@@ -6,8 +6,10 @@
 
 pub mod bench;
 pub mod chain;
+pub mod checkpoint;
 pub mod convert;
 pub mod size;
+pub mod vm;
 
 use std::io::{IsTerminal, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
@@ -25,7 +27,8 @@ use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
 const IO_CHUNK: u64 = 1 << 20;
 
 /// Hyper-V VHDX virtual disks and differencing chains: create, inspect,
-/// check, convert, read, write, benchmark, merge, list changes, re-parent.
+/// check, convert, read, write, benchmark, merge, list changes, re-parent;
+/// VMs and their checkpoint trees.
 ///
 /// SIZE is a byte count or a number with K, M, G or T (powers of 1024).
 /// Every command that opens a differencing disk (AVHDX) opens its whole
@@ -206,6 +209,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Create, show and change VMs (a VM folder holds vm.json: the
+    /// configuration, checkpoint settings, state and checkpoint tree).
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Take, list, apply, revert, delete, rename and export the
+    /// checkpoints of a VM.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCommand),
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -300,9 +311,13 @@ fn usage_error(e: clap::Error) -> CliResult {
             Ok(())
         }
         ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        | ClapErrorKind::MissingSubcommand => Err(fail("no command given (try 'ckpt --help')")),
+        | ClapErrorKind::MissingSubcommand => Err(fail(format!(
+            "no command given (try '{} --help')",
+            usage_command(&e.render().to_string())
+        ))),
         _ => {
             let text = e.render().to_string();
+            let hint = usage_command(&text);
             let mut parts = Vec::new();
             for line in text.lines() {
                 let line = line.trim();
@@ -318,8 +333,27 @@ fn usage_error(e: clap::Error) -> CliResult {
             if msg.is_empty() {
                 msg = "invalid command line".into();
             }
-            Err(fail(format!("{msg} (try 'ckpt --help')")))
+            Err(fail(format!("{msg} (try '{hint} --help')")))
         }
+    }
+}
+
+/// The command a clap error is about ("ckpt", "ckpt vm create"), from the
+/// "Usage:" line of its rendered text.
+fn usage_command(rendered: &str) -> String {
+    let words: Vec<&str> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage:"))
+        .map(|u| {
+            u.split_whitespace()
+                .take_while(|w| !w.starts_with(['<', '[', '-']))
+                .collect()
+        })
+        .unwrap_or_default();
+    if words.first() == Some(&"ckpt") {
+        words.join(" ")
+    } else {
+        "ckpt".to_string()
     }
 }
 
@@ -444,6 +478,8 @@ fn run(cli: Cli) -> CliResult {
             new_parent,
             force,
         } => chain::reparent_cmd(&child, &new_parent, force),
+        Command::Vm(cmd) => vm::run(cmd),
+        Command::Checkpoint(cmd) => checkpoint::run(cmd),
     }
 }
 

@@ -10,10 +10,10 @@ mod vhdx;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
-use crate::format::bat::PayloadState;
 use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
 use vhdx::Src;
@@ -167,6 +167,8 @@ pub struct Disk {
     /// (0 unknown, k+1 layer k, `MIXED`), valid while the top layer does
     /// not hold the block.
     owner: Vec<AtomicU8>,
+    /// Page maps of mixed blocks (see [`Disk::page_owners`]).
+    pages: RwLock<HashMap<u64, Arc<[u8]>>>,
     closed: bool,
 }
 
@@ -177,6 +179,10 @@ struct Layer {
 }
 
 const MIXED: u8 = u8::MAX;
+/// Granularity of the per-page owner maps of mixed blocks.
+const PAGE: u64 = 4096;
+/// Most mixed blocks whose page map is kept.
+const MAX_PAGE_MAPS: usize = 1 << 16;
 /// Deepest chain opened.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
@@ -192,13 +198,15 @@ impl Disk {
         Disk {
             layers,
             owner: Vec::new(),
+            pages: RwLock::new(HashMap::new()),
             closed: false,
         }
     }
 
     fn from_layers(layers: Vec<Layer>) -> Disk {
         let blocks = layers[0].file.geo.data_blocks as usize;
-        let owner = if layers.len() > 1 {
+        // The caches name layers in a byte; deeper chains go without.
+        let owner = if layers.len() > 1 && layers.len() < MIXED as usize - 1 {
             (0..blocks).map(|_| AtomicU8::new(0)).collect()
         } else {
             Vec::new()
@@ -206,6 +214,7 @@ impl Disk {
         Disk {
             layers,
             owner,
+            pages: RwLock::new(HashMap::new()),
             closed: false,
         }
     }
@@ -381,6 +390,28 @@ impl Disk {
     }
 
     fn read_chain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let top = self.top();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (l, src) = top.map_first(pos, (buf.len() - done) as u64)?;
+            let dst = &mut buf[done..done + l as usize];
+            match src {
+                Src::Data(f) => top.read_raw(dst, f)?,
+                Src::Zero => dst.fill(0),
+                Src::Parent => self.read_below(dst, pos)?,
+            }
+            done += l as usize;
+        }
+        Ok(())
+    }
+
+    /// Read what the layers under the top hold, using the owner caches:
+    /// per top block the one layer that answers all of it, else per page.
+    fn read_below(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.owner.is_empty() {
+            return self.resolve(1, buf, offset);
+        }
         let bs = self.top().geo.block_size as u64;
         let mut done = 0usize;
         while done < buf.len() {
@@ -388,28 +419,57 @@ impl Disk {
             let block = pos / bs;
             let n = ((bs - pos % bs) as usize).min(buf.len() - done);
             let dst = &mut buf[done..done + n];
-            let top_state = self.top().block_entry(block).payload_state();
-            if top_state == Some(PayloadState::NotPresent) && !self.owner.is_empty() {
-                let owner = self.block_owner(block)?;
-                if owner != MIXED {
-                    let level = owner as usize - 1;
-                    if level >= self.layers.len() {
-                        dst.fill(0);
-                    } else {
-                        self.resolve(level, dst, pos)?;
-                    }
-                    done += n;
-                    continue;
-                }
+            match self.block_owner(block)? {
+                MIXED => self.read_pages(block, dst, pos)?,
+                owner => self.read_level(owner as usize - 1, dst, pos)?,
             }
-            self.resolve(0, dst, pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Read from `level` down (a level past the base reads zeros).
+    fn read_level(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
+        if level >= self.layers.len() {
+            buf.fill(0);
+            Ok(())
+        } else {
+            self.resolve(level, buf, offset)
+        }
+    }
+
+    /// Read part of a mixed top block page by page through its page map.
+    fn read_pages(&self, block: u64, buf: &mut [u8], offset: u64) -> Result<()> {
+        let Some(pages) = self.page_owners(block)? else {
+            return self.resolve(1, buf, offset);
+        };
+        let bs = self.top().geo.block_size as u64;
+        let base = block * bs;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let page = ((pos - base) / PAGE) as usize;
+            let owner = pages[page];
+            // Extend over following pages with the same owner.
+            let mut end = (base + (page as u64 + 1) * PAGE).min(offset + buf.len() as u64);
+            let mut next = page + 1;
+            while end < offset + buf.len() as u64 && pages.get(next) == Some(&owner) {
+                end = (base + (next as u64 + 1) * PAGE).min(offset + buf.len() as u64);
+                next += 1;
+            }
+            let n = (end - pos) as usize;
+            let dst = &mut buf[done..done + n];
+            match owner {
+                MIXED => self.resolve(1, dst, pos)?,
+                o => self.read_level(o as usize - 1, dst, pos)?,
+            }
             done += n;
         }
         Ok(())
     }
 
     /// Which layer answers the whole of `block` (of the top layer's
-    /// geometry) when the top does not hold it; cached.
+    /// geometry) under the top; cached.
     fn block_owner(&self, block: u64) -> Result<u8> {
         let slot = &self.owner[block as usize];
         let v = slot.load(Ordering::Relaxed);
@@ -419,51 +479,95 @@ impl Disk {
         let bs = self.top().geo.block_size as u64;
         let start = block * bs;
         let len = bs.min(self.virtual_size() - start);
-        let mut runs = Vec::new();
         let mut answer = MIXED;
         for level in 1..=self.layers.len() {
             if level == self.layers.len() {
                 answer = level as u8 + 1;
                 break;
             }
-            runs.clear();
-            self.layers[level].file.map(start, len, &mut runs)?;
-            match runs.as_slice() {
-                [(_, Src::Parent)] => continue,
-                [(_, Src::Data(_))] | [(_, Src::Zero)] => {
+            let (l, src) = self.layers[level].file.map_first(start, len)?;
+            if l < len {
+                break;
+            }
+            match src {
+                Src::Parent => continue,
+                Src::Data(_) | Src::Zero => {
                     answer = level as u8 + 1;
                     break;
                 }
-                _ => break,
             }
         }
-        let answer = if self.layers.len() >= MIXED as usize - 1 {
-            MIXED
-        } else {
-            answer
-        };
         slot.store(answer, Ordering::Relaxed);
         Ok(answer)
+    }
+
+    /// Per page of a mixed top block: the layer that answers the whole page
+    /// (`MIXED` when none does). Computed once per block, then cached (up to
+    /// a bound; past it, reads walk the chain).
+    fn page_owners(&self, block: u64) -> Result<Option<Arc<[u8]>>> {
+        if let Some(p) = self.pages.read().unwrap_or_else(|e| e.into_inner()).get(&block) {
+            return Ok(Some(p.clone()));
+        }
+        let bs = self.top().geo.block_size as u64;
+        let start = block * bs;
+        let len = bs.min(self.virtual_size() - start);
+        let npages = len.div_ceil(PAGE) as usize;
+        // 0: still falls through to the next layer.
+        let mut owners = vec![0u8; npages];
+        let mut runs = Vec::new();
+        for level in 1..self.layers.len() {
+            runs.clear();
+            self.layers[level].file.map(start, len, &mut runs)?;
+            // Per page: 0 all of it falls through, 1 this layer holds all
+            // of it, 2 partly.
+            const UNSET: u8 = u8::MAX;
+            let mut class = vec![UNSET; npages];
+            let mut at = 0u64;
+            for (l, src) in &runs {
+                let kind = if *src == Src::Parent { 0 } else { 1 };
+                let (pa, pb) = ((at / PAGE) as usize, (at + l).div_ceil(PAGE) as usize);
+                for c in &mut class[pa..pb.min(npages)] {
+                    *c = if *c == UNSET || *c == kind { kind } else { 2 };
+                }
+                at += l;
+            }
+            for (o, c) in owners.iter_mut().zip(&class) {
+                if *o == 0 {
+                    *o = match c {
+                        0 => 0,
+                        1 => level as u8 + 1,
+                        _ => MIXED,
+                    };
+                }
+            }
+        }
+        let past_base = self.layers.len() as u8 + 1;
+        for o in owners.iter_mut().filter(|o| **o == 0) {
+            *o = past_base;
+        }
+        let owners: Arc<[u8]> = owners.into();
+        let mut map = self.pages.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() < MAX_PAGE_MAPS {
+            map.insert(block, owners.clone());
+        }
+        Ok(Some(owners))
     }
 
     /// Read `buf` at `offset` as layer `level` and the layers under it see it.
     fn resolve(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
         let layer = &self.layers[level].file;
-        let mut runs = Vec::new();
-        layer.map(offset, buf.len() as u64, &mut runs)?;
-        let mut at = 0usize;
-        for (l, src) in runs {
-            let l = l as usize;
-            let dst = &mut buf[at..at + l];
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (l, src) = layer.map_first(pos, (buf.len() - done) as u64)?;
+            let dst = &mut buf[done..done + l as usize];
             match src {
                 Src::Data(f) => layer.read_raw(dst, f)?,
                 Src::Zero => dst.fill(0),
-                Src::Parent if level + 1 < self.layers.len() => {
-                    self.resolve(level + 1, dst, offset + at as u64)?
-                }
+                Src::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, dst, pos)?,
                 Src::Parent => dst.fill(0),
             }
-            at += l;
+            done += l as usize;
         }
         Ok(())
     }

@@ -120,6 +120,8 @@ pub(crate) struct Vhdx {
     read_only: bool,
     pub(crate) geo: Geometry,
     meta: RwLock<Metadata>,
+    /// Whether this is a differencing disk (fixed for the life of the file).
+    parent: bool,
     pub(crate) creator: String,
     bat_offset: u64,
     meta_offset: u64,
@@ -438,6 +440,7 @@ impl Vhdx {
             storage: storage.clone(),
             read_only,
             geo,
+            parent: meta.has_parent(),
             meta: RwLock::new(meta),
             creator: fid.creator,
             bat_offset: bat_region.file_offset,
@@ -580,7 +583,7 @@ impl Vhdx {
     }
 
     pub(crate) fn has_parent(&self) -> bool {
-        rlock(&self.meta).has_parent()
+        self.parent
     }
 
     pub(crate) fn metadata(&self) -> Metadata {
@@ -790,6 +793,29 @@ impl Vhdx {
             pos += n;
         }
         Ok(())
+    }
+
+    /// The first run of `[offset, offset+len)` (never past the end of its
+    /// block): its length and where it is. No allocation.
+    pub(crate) fn map_first(&self, offset: u64, len: u64) -> Result<(u64, Src)> {
+        let bs = self.geo.block_size as u64;
+        let block = offset / bs;
+        let within = offset % bs;
+        let n = (bs - within).min(len);
+        let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
+        Ok(match e.payload_state() {
+            Some(PayloadState::FullyPresent) => (n, Src::Data(e.offset() + within)),
+            Some(PayloadState::NotPresent) if self.parent => (n, Src::Parent),
+            Some(PayloadState::PartiallyPresent) if self.parent => {
+                let lss = self.geo.logical_sector_size as u64;
+                let sector = within / lss;
+                let max_sectors = (within + n).div_ceil(lss) - sector;
+                let (present, run) = self.bit_run(block, sector, max_sectors)?;
+                let m = ((sector + run) * lss).min(within + n) - within;
+                (m, if present { Src::Data(e.offset() + within) } else { Src::Parent })
+            }
+            _ => (n, Src::Zero),
+        })
     }
 
     /// Read from this layer alone (parent runs read as zeros).

@@ -165,6 +165,7 @@ mod tests {
             (ckpt_status::AlreadyExists, 13),
             (ckpt_status::PermissionDenied, 14),
             (ckpt_status::Busy, 15),
+            (ckpt_status::NoSpace, 16),
         ];
         assert_eq!(numbers.len(), ALL.len());
         for (i, (s, n)) in numbers.into_iter().enumerate() {

@@ -180,12 +180,33 @@ static void names_and_version(void) {
           CKPT_STATUS_UNSUPPORTED == 6 && CKPT_STATUS_OUT_OF_RANGE == 7 &&
           CKPT_STATUS_READ_ONLY == 8 && CKPT_STATUS_CANCELLED == 9 &&
           CKPT_STATUS_BUFFER_TOO_SMALL == 10 && CKPT_STATUS_PANIC == 11 &&
-          CKPT_STATUS_PARENT_MISMATCH == 12);
+          CKPT_STATUS_PARENT_MISMATCH == 12 && CKPT_STATUS_ALREADY_EXISTS == 13 &&
+          CKPT_STATUS_PERMISSION_DENIED == 14 && CKPT_STATUS_BUSY == 15 &&
+          CKPT_STATUS_NO_SPACE == 16);
+    CHECK(strcmp(ckpt_status_name(CKPT_STATUS_NO_SPACE), "CKPT_STATUS_NO_SPACE") == 0);
 
     char v[64];
     snprintf(v, sizeof v, "%u.%u.%u", (unsigned)ckpt_version_major(),
              (unsigned)ckpt_version_minor(), (unsigned)ckpt_version_patch());
     CHECK(strcmp(ckpt_version(), v) == 0);
+
+    /* The header's version is the library's, and the checks agree. */
+    CHECK(strcmp(CKPT_VERSION_STRING, ckpt_version()) == 0);
+    CHECK(CKPT_VERSION_MAJOR == ckpt_version_major() && CKPT_VERSION_MINOR == ckpt_version_minor() &&
+          CKPT_VERSION_PATCH == ckpt_version_patch());
+    EXPECT_OK(CKPT_VERSION_CHECK());
+    CHECK(ckpt_last_error_length() == 0);
+    EXPECT_STATUS(ckpt_version_check(CKPT_VERSION_MAJOR + 1, 0), CKPT_STATUS_UNSUPPORTED);
+    CHECK(strstr(last_error_text(), ckpt_version()) != NULL);
+    if (CKPT_VERSION_MAJOR == 0) {
+        /* Before 1.0 every minor version is its own ABI. */
+        EXPECT_STATUS(ckpt_version_check(0, CKPT_VERSION_MINOR + 1), CKPT_STATUS_UNSUPPORTED);
+    } else {
+        /* A program built for an older minor version runs on this one. */
+        EXPECT_OK(ckpt_version_check(CKPT_VERSION_MAJOR, 0));
+        EXPECT_STATUS(ckpt_version_check(CKPT_VERSION_MAJOR, CKPT_VERSION_MINOR + 1),
+                      CKPT_STATUS_UNSUPPORTED);
+    }
 }
 
 int main(int argc, char **argv) {

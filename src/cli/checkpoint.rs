@@ -1,0 +1,625 @@
+//! `ckpt checkpoint …`: take, list, apply, revert, delete, rename and
+//! export the checkpoints of a VM folder. The quiesce and thaw hooks of a
+//! production checkpoint are shell commands (`--quiesce-cmd`, `--thaw-cmd`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use clap::Subcommand;
+
+use ckpt::checkpoint::{json, CheckpointType, CheckpointView, Hooks, TakenType, Vm, VmFile};
+
+use super::chain::absolute;
+use super::size::human;
+use super::vm::{human_duration, json_text, load_vm, open_vm, plural, print, vm_error};
+use super::{fail, progress_bar, CliResult, Failure};
+
+/// The `checkpoint` commands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Take a checkpoint of the VM's current state, of the kind its
+    /// checkpoint type asks for.
+    ///
+    /// production: run the quiesce command; if it fails (or none is
+    /// given) take a standard checkpoint instead and record why.
+    /// production-only: refuse when it fails. standard: keep the memory
+    /// state given with --memory-state. disabled: refuse.
+    Create {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The checkpoint's name (unique in the VM).
+        name: String,
+        /// Memory state of a standard checkpoint (copied into the
+        /// checkpoint location).
+        #[arg(long, value_name = "FILE")]
+        memory_state: Option<PathBuf>,
+        /// Quiesce the guest by running CMD with `sh -c` (exit status 0:
+        /// quiesced).
+        #[arg(long, value_name = "CMD")]
+        quiesce_cmd: Option<String>,
+        /// Run CMD with `sh -c` once the disks are checkpointed, after a
+        /// successful quiesce.
+        #[arg(long, value_name = "CMD", requires = "quiesce_cmd")]
+        thaw_cmd: Option<String>,
+    },
+    /// Show the checkpoint tree: children under their parents, "now" where
+    /// the current state hangs, with type, age, size and warnings.
+    List {
+        /// The VM folder.
+        dir: PathBuf,
+        /// Print {"checkpoints": […], "current": {…}} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a checkpoint the current state: its disks and configuration
+    /// come back; the VM is then off, or saved if it has memory state.
+    ///
+    /// The current state is discarded unless --save-current keeps it as a
+    /// new checkpoint first.
+    Apply {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The checkpoint to apply.
+        name: String,
+        /// First keep the current state as a checkpoint called NEWNAME.
+        #[arg(long, value_name = "NEWNAME")]
+        save_current: Option<String>,
+        /// Quiesce command for the --save-current checkpoint.
+        #[arg(long, value_name = "CMD", requires = "save_current")]
+        quiesce_cmd: Option<String>,
+        /// Thaw command for the --save-current checkpoint.
+        #[arg(long, value_name = "CMD", requires = "quiesce_cmd")]
+        thaw_cmd: Option<String>,
+    },
+    /// Go back to the checkpoint the current state hangs under, discarding
+    /// the changes made since.
+    Revert {
+        /// The VM folder.
+        dir: PathBuf,
+    },
+    /// Delete a checkpoint: its data is merged so that nothing the current
+    /// state or another checkpoint reads changes.
+    Delete {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The checkpoint.
+        name: String,
+        /// Delete every checkpoint under it too.
+        #[arg(long)]
+        subtree: bool,
+    },
+    /// Rename a checkpoint.
+    Rename {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The checkpoint.
+        name: String,
+        /// Its new name (unique in the VM).
+        new_name: String,
+    },
+    /// Export a checkpoint (or with --current the current state) into the
+    /// folder DEST: one standalone VHDX per disk (no parent), the
+    /// configuration (config.json) and the memory state if any.
+    Export {
+        /// The VM folder.
+        dir: PathBuf,
+        /// NAME DEST: the checkpoint and the new (or empty) folder; with
+        /// --current only DEST.
+        #[arg(value_names = ["NAME", "DEST"], num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Export the current state instead of a checkpoint.
+        #[arg(long)]
+        current: bool,
+    },
+}
+
+/// Run a `checkpoint` command.
+pub fn run(cmd: CheckpointCommand) -> CliResult {
+    match cmd {
+        CheckpointCommand::Create {
+            dir,
+            name,
+            memory_state,
+            quiesce_cmd,
+            thaw_cmd,
+        } => create(
+            &dir,
+            &name,
+            memory_state.as_deref(),
+            CmdHooks::new(quiesce_cmd, thaw_cmd, false),
+        ),
+        CheckpointCommand::List { dir, json } => list(&dir, json),
+        CheckpointCommand::Apply {
+            dir,
+            name,
+            save_current,
+            quiesce_cmd,
+            thaw_cmd,
+        } => apply(
+            &dir,
+            &name,
+            save_current.as_deref(),
+            CmdHooks::new(quiesce_cmd, thaw_cmd, false),
+        ),
+        CheckpointCommand::Revert { dir } => revert(&dir),
+        CheckpointCommand::Delete { dir, name, subtree } => delete(&dir, &name, subtree),
+        CheckpointCommand::Rename {
+            dir,
+            name,
+            new_name,
+        } => rename(&dir, &name, &new_name),
+        CheckpointCommand::Export { dir, args, current } => {
+            let (name, dest) = match (current, args.as_slice()) {
+                (false, [name, dest]) => (Some(name.as_str()), dest),
+                (true, [dest]) => (None, dest),
+                (false, [_]) => {
+                    return Err(fail(
+                        "missing DEST: give NAME DEST, or --current DEST (try 'ckpt checkpoint \
+                         export --help')",
+                    ))
+                }
+                _ => {
+                    return Err(fail(
+                        "--current exports the current state: give only DEST, not a checkpoint \
+                         name (try 'ckpt checkpoint export --help')",
+                    ))
+                }
+            };
+            export(&dir, name, Path::new(dest))
+        }
+    }
+}
+
+/// Run `cmd` with `sh -c`; `Err(reason)` unless it exits with status 0.
+/// The reason is "command exited with status N", then the last line the
+/// command wrote to stderr.
+pub fn run_hook(cmd: &str) -> Result<(), String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("could not run sh: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut reason = match out.status.code() {
+        Some(n) => format!("command exited with status {n}"),
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            match out.status.signal() {
+                Some(s) => format!("command was killed by signal {s}"),
+                None => "command failed".to_string(),
+            }
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Some(last) = stderr.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+        reason.push_str(": ");
+        reason.push_str(last);
+    }
+    Err(reason)
+}
+
+/// The hooks of the tool: shell commands to quiesce and thaw, and a
+/// progress bar on a terminal.
+struct CmdHooks {
+    quiesce_cmd: Option<String>,
+    thaw_cmd: Option<String>,
+    /// Why the thaw command failed, if it did.
+    thaw_failure: Option<String>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl CmdHooks {
+    fn new(quiesce_cmd: Option<String>, thaw_cmd: Option<String>, bar: bool) -> CmdHooks {
+        CmdHooks {
+            quiesce_cmd,
+            thaw_cmd,
+            thaw_failure: None,
+            bar: if bar { progress_bar() } else { None },
+        }
+    }
+
+    fn with_bar() -> CmdHooks {
+        CmdHooks::new(None, None, true)
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// An error when the thaw command failed (the guest may still be quiesced).
+    fn thaw_result(&self, what: &str) -> CliResult {
+        match &self.thaw_failure {
+            None => Ok(()),
+            Some(reason) => Err(fail(format!(
+                "{what}, but the thaw command failed ({reason}); the guest may still be quiesced"
+            ))),
+        }
+    }
+}
+
+impl Hooks for CmdHooks {
+    fn quiesce(&mut self) -> Result<(), String> {
+        match &self.quiesce_cmd {
+            Some(cmd) => run_hook(cmd),
+            None => Err("no quiesce command was given (--quiesce-cmd)".into()),
+        }
+    }
+
+    fn thaw(&mut self) {
+        if let Some(cmd) = &self.thaw_cmd {
+            if let Err(reason) = run_hook(cmd) {
+                self.thaw_failure = Some(reason);
+            }
+        }
+    }
+
+    fn progress(&mut self, done: u64, total: u64) -> bool {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        true
+    }
+}
+
+/// "production", or "standard (production fell back: REASON)".
+fn kind_text(taken: TakenType, requested: CheckpointType, reason: Option<&str>) -> String {
+    let mut s = taken.as_str().to_string();
+    if let Some(r) = reason {
+        s.push_str(&format!(" ({} fell back: {r})", requested.as_str()));
+    }
+    s
+}
+
+fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) -> CliResult {
+    // A memory-state file that cannot be read is refused before anything changes.
+    if let Some(m) = memory {
+        match std::fs::metadata(m) {
+            Ok(md) if md.is_file() => {}
+            Ok(_) => {
+                return Err(fail(format!(
+                    "--memory-state {}: not a regular file",
+                    m.display()
+                )))
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "--memory-state {}: {}",
+                    m.display(),
+                    ckpt::Error::from(e)
+                )))
+            }
+        }
+        std::fs::File::open(m)
+            .map_err(|e| fail(format!("--memory-state {}: {}", m.display(), ckpt::Error::from(e))))?;
+    }
+    let mut vm = open_vm(dir)?;
+    if memory.is_some() && vm.data().settings.checkpoint_type == CheckpointType::ProductionOnly {
+        return Err(fail(format!(
+            "--memory-state: VM \"{}\" takes production-only checkpoints, which keep no memory \
+             state",
+            vm.data().config.name
+        )));
+    }
+    let r = vm.create_checkpoint(name, memory, &mut hooks);
+    hooks.finish();
+    let ck = r.map_err(vm_error)?;
+    let mut line = format!(
+        "Created checkpoint \"{}\" of VM \"{}\": {}",
+        ck.name,
+        vm.data().config.name,
+        kind_text(ck.taken, ck.requested, ck.fallback_reason.as_deref())
+    );
+    match &ck.saved_state {
+        Some(m) => line.push_str(&format!(", memory state {}", absolute(m).display())),
+        None if memory.is_some() => {
+            line.push_str(", memory state not kept (a production checkpoint has none)")
+        }
+        None => {}
+    }
+    if !ck.skipped_passthrough.is_empty() {
+        line.push_str(&format!(
+            ", pass-through not checkpointed: {}",
+            ck.skipped_passthrough.join(", ")
+        ));
+    }
+    println!("{line}");
+    hooks.thaw_result(&format!("checkpoint \"{}\" was taken", ck.name))
+}
+
+/// One line of the tree for a checkpoint.
+fn node_text(v: &CheckpointView, age_warning: Option<u64>) -> String {
+    let c = &v.checkpoint;
+    let mut s = format!(
+        "{}  {}, {} old, {}",
+        c.name,
+        c.taken.as_str(),
+        human_duration(v.age_seconds),
+        human(v.size_bytes)
+    );
+    if c.saved_state.is_some() {
+        s.push_str(", memory state");
+    }
+    if !c.skipped_passthrough.is_empty() {
+        s.push_str(&format!(
+            ", without pass-through {}",
+            c.skipped_passthrough.join(", ")
+        ));
+    }
+    let mut warnings = Vec::new();
+    if v.age_warning {
+        warnings.push(format!(
+            "older than {}",
+            human_duration(age_warning.unwrap_or(0))
+        ));
+    }
+    if let Some(r) = &c.fallback_reason {
+        warnings.push(format!("{} fell back: {r}", c.requested.as_str()));
+    }
+    for w in warnings {
+        s.push_str(&format!("  [warning: {w}]"));
+    }
+    s
+}
+
+/// The nearest visible ancestor of a node whose parent is `parent` (None:
+/// a root).
+fn visible_parent<'a>(
+    by_id: &HashMap<&'a str, &'a CheckpointView>,
+    mut parent: Option<&'a str>,
+) -> Option<&'a str> {
+    // Bounded, in case a damaged file has a cycle.
+    for _ in 0..=by_id.len() {
+        let v = by_id.get(parent?)?;
+        if !v.checkpoint.hidden {
+            return parent;
+        }
+        parent = v.checkpoint.parent.as_deref();
+    }
+    None
+}
+
+/// The tree as text: children indented under their parents, "now" where
+/// the current state hangs. Hidden nodes (deleted branch points kept for
+/// their disks) are left out; their children show under the nearest
+/// visible ancestor.
+fn tree_text(data: &VmFile, views: &[CheckpointView]) -> String {
+    let by_id: HashMap<&str, &CheckpointView> = views
+        .iter()
+        .map(|v| (v.checkpoint.id.as_str(), v))
+        .collect();
+    // Children of each node (None: the roots), in creation order; "now"
+    // is the entry None in the list.
+    let mut children: HashMap<Option<&str>, Vec<Option<&CheckpointView>>> = HashMap::new();
+    for v in views.iter().filter(|v| !v.checkpoint.hidden) {
+        let p = visible_parent(&by_id, v.checkpoint.parent.as_deref());
+        children.entry(p).or_default().push(Some(v));
+    }
+    let now_parent = visible_parent(&by_id, data.current.parent.as_deref());
+    children.entry(now_parent).or_default().push(None);
+
+    let mut now = format!("now  ({}", data.state.as_str());
+    if let Some(m) = &data.current.saved_state {
+        now.push_str(&format!(", memory state {}", absolute(m).display()));
+    }
+    now.push(')');
+
+    let mut out = String::new();
+    let mut stack: Vec<(Option<&CheckpointView>, String, String)> = Vec::new();
+    // Roots at column 0, in reverse so that the first is popped first.
+    for node in children.get(&None).into_iter().flatten().rev() {
+        stack.push((*node, String::new(), String::new()));
+    }
+    while let Some((node, lead, indent)) = stack.pop() {
+        match node {
+            None => out.push_str(&format!("{lead}{now}\n")),
+            Some(v) => {
+                out.push_str(&format!(
+                    "{lead}{}\n",
+                    node_text(v, data.settings.age_warning_seconds)
+                ));
+                let kids = children
+                    .get(&Some(v.checkpoint.id.as_str()))
+                    .cloned()
+                    .unwrap_or_default();
+                let n = kids.len();
+                for (k, kid) in kids.into_iter().enumerate().rev() {
+                    let last = k + 1 == n;
+                    let (branch, more) = if last {
+                        ("└── ", "    ")
+                    } else {
+                        ("├── ", "│   ")
+                    };
+                    stack.push((kid, format!("{indent}{branch}"), format!("{indent}{more}")));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn list(dir: &Path, as_json: bool) -> CliResult {
+    let data = load_vm(dir)?;
+    if as_json {
+        return print(&json_text(&json::checkpoints_json(&data).map_err(vm_error)?)?);
+    }
+    let views = ckpt::checkpoint::list_of(&data).map_err(vm_error)?;
+    let n = views.iter().filter(|v| !v.checkpoint.hidden).count();
+    let mut s = format!(
+        "VM \"{}\": {n} checkpoint{} ({} checkpoints)\n",
+        data.config.name,
+        plural(n),
+        data.settings.checkpoint_type.as_str()
+    );
+    s.push_str(&tree_text(&data, &views));
+    print(&s)
+}
+
+/// The checkpoint called `name`, or an error naming the ones there are.
+fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
+    if let Ok(c) = vm.find(name) {
+        return Ok(c.id.clone());
+    }
+    let names: Vec<String> = vm
+        .data()
+        .checkpoints
+        .iter()
+        .filter(|c| !c.hidden)
+        .map(|c| format!("\"{}\"", c.name))
+        .collect();
+    Err(fail(format!(
+        "VM \"{}\" has no checkpoint called \"{name}\" ({})",
+        vm.data().config.name,
+        if names.is_empty() {
+            "it has no checkpoints".to_string()
+        } else {
+            format!("its checkpoints: {}", names.join(", "))
+        }
+    )))
+}
+
+/// The name of the checkpoint the current state hangs under.
+fn current_name(vm: &Vm) -> Option<String> {
+    let id = vm.data().current.parent.as_deref()?;
+    vm.data()
+        .checkpoints
+        .iter()
+        .find(|c| c.id == id)
+        .map(|c| c.name.clone())
+}
+
+/// "off, 1024 MiB, 2 CPUs".
+fn vm_summary(vm: &Vm) -> String {
+    let d = vm.data();
+    format!(
+        "VM \"{}\" is now {}, {} MiB, {} CPU{}",
+        d.config.name,
+        d.state.as_str(),
+        d.config.memory_mib,
+        d.config.cpus,
+        plural(d.config.cpus as usize)
+    )
+}
+
+fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    find(&vm, name)?;
+    let r = vm.apply(name, save_current, &mut hooks);
+    hooks.finish();
+    r.map_err(vm_error)?;
+    println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));
+    if let Some(kept) = save_current {
+        if let Some(c) = vm
+            .data()
+            .checkpoints
+            .iter()
+            .find(|c| c.name == kept && !c.hidden)
+        {
+            println!(
+                "The previous state was kept as checkpoint \"{kept}\": {}",
+                kind_text(c.taken, c.requested, c.fallback_reason.as_deref())
+            );
+        }
+        return hooks.thaw_result(&format!(
+            "checkpoint \"{kept}\" was taken and \"{name}\" applied"
+        ));
+    }
+    Ok(())
+}
+
+fn revert(dir: &Path) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    let Some(name) = current_name(&vm) else {
+        return Err(fail(format!(
+            "VM \"{}\" has no checkpoint to revert to",
+            vm.data().config.name
+        )));
+    };
+    vm.revert().map_err(vm_error)?;
+    println!(
+        "Reverted to checkpoint \"{name}\" (the changes since it were discarded): {}",
+        vm_summary(&vm)
+    );
+    Ok(())
+}
+
+fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    let id = find(&vm, name)?;
+    // The visible checkpoints under it (what --subtree deletes too).
+    let mut under = 0usize;
+    let mut stack = vec![id.clone()];
+    while let Some(x) = stack.pop() {
+        for c in vm
+            .data()
+            .checkpoints
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(x.as_str()))
+        {
+            if !c.hidden {
+                under += 1;
+            }
+            stack.push(c.id.clone());
+        }
+    }
+    let mut hooks = CmdHooks::with_bar();
+    let r = vm.delete(name, subtree, &mut hooks);
+    hooks.finish();
+    r.map_err(vm_error)?;
+    let mut line = format!("Deleted checkpoint \"{name}\"");
+    if subtree && under > 0 {
+        line.push_str(&format!(
+            " and the {under} checkpoint{} under it",
+            plural(under)
+        ));
+    }
+    if vm.data().checkpoints.iter().any(|c| c.id == id) {
+        line.push_str(
+            " (its disks stay, hidden, while more than one state still depends on them)",
+        );
+    }
+    println!("{line}");
+    Ok(())
+}
+
+fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    find(&vm, name)?;
+    vm.rename(name, new_name).map_err(vm_error)?;
+    println!("Renamed checkpoint \"{name}\" to \"{new_name}\"");
+    Ok(())
+}
+
+fn export(dir: &Path, name: Option<&str>, dest: &Path) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    if let Some(n) = name {
+        find(&vm, n)?;
+    }
+    let mut hooks = CmdHooks::with_bar();
+    let r = vm.export(name, dest, &mut hooks);
+    hooks.finish();
+    let files = r.map_err(vm_error)?;
+    let what = match name {
+        Some(n) => format!("checkpoint \"{n}\""),
+        None => "the current state".to_string(),
+    };
+    println!(
+        "Exported {what} of VM \"{}\" to {}: {}",
+        vm.data().config.name,
+        absolute(dest).display(),
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

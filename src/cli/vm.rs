@@ -1,0 +1,487 @@
+//! `ckpt vm …`: create, show and change a VM folder (its `vm.json`: the
+//! configuration, the checkpoint settings, the state and the checkpoint
+//! tree). The checkpoint commands are in `checkpoint.rs`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+
+use ckpt::checkpoint::model::{JOURNAL_FILE, VM_FILE};
+use ckpt::checkpoint::{json, CheckpointType, Settings, Vm, VmFile, VmSpec, VmState};
+use ckpt::OpenMode;
+
+use super::chain::absolute;
+use super::{fail, open, CliResult, Failure};
+
+/// The `vm` commands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Make a VM folder DIR (created if missing) holding a new VM with the
+    /// given VHDX disks.
+    ///
+    /// The disks stay where they are; checkpoints add differencing disks
+    /// next to them. Configuration copies and memory state go to the
+    /// checkpoint location (default: DIR/checkpoints).
+    Create {
+        /// The VM folder (must not hold a VM yet).
+        dir: PathBuf,
+        /// The VM's name.
+        #[arg(long)]
+        name: String,
+        /// The VM's VHDX disks, in order (repeat --disk or give several).
+        #[arg(long = "disk", value_name = "PATH", required = true, num_args = 1..)]
+        disks: Vec<PathBuf>,
+        /// Pass-through host devices (never checkpointed).
+        #[arg(long = "passthrough", value_name = "DEVICE", num_args = 1..)]
+        passthrough: Vec<String>,
+        /// disabled, standard, production or production-only.
+        #[arg(long, value_name = "TYPE", value_parser = parse_checkpoint_type, default_value = "production")]
+        checkpoint_type: CheckpointType,
+        /// Where configuration copies and memory state go [default: DIR/checkpoints].
+        #[arg(long, value_name = "DIR")]
+        checkpoint_location: Option<PathBuf>,
+        /// Memory in MiB.
+        #[arg(long = "memory", value_name = "MIB", default_value_t = 1024)]
+        memory_mib: u64,
+        /// Virtual CPUs.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        cpus: u32,
+        /// Flag checkpoints older than this (e.g. 72h, 30d, or seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        age_warning: Option<u64>,
+    },
+    /// Show a VM: name, state, resources, checkpoint settings, the
+    /// checkpoint the current state hangs under, and the files it writes to.
+    Show {
+        /// The VM folder.
+        dir: PathBuf,
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a VM's resources, checkpoint settings or state (what is not
+    /// given stays as it is).
+    ///
+    /// Memory and CPUs belong to the configuration a checkpoint keeps:
+    /// applying a checkpoint brings back the values it was taken with.
+    Set {
+        /// The VM folder.
+        dir: PathBuf,
+        /// Memory in MiB.
+        #[arg(long = "memory", value_name = "MIB")]
+        memory_mib: Option<u64>,
+        /// Virtual CPUs.
+        #[arg(long, value_name = "N")]
+        cpus: Option<u32>,
+        /// disabled, standard, production or production-only.
+        #[arg(long, value_name = "TYPE", value_parser = parse_checkpoint_type)]
+        checkpoint_type: Option<CheckpointType>,
+        /// Where new configuration copies and memory state go ("default":
+        /// DIR/checkpoints).
+        #[arg(long, value_name = "DIR")]
+        checkpoint_location: Option<PathBuf>,
+        /// Flag checkpoints older than this (e.g. 72h, 30d, or seconds;
+        /// "off" for never).
+        #[arg(long, value_name = "DURATION", value_parser = parse_age_warning)]
+        age_warning: Option<AgeWarning>,
+        /// off, running or saved (as the hypervisor reports it).
+        #[arg(long, value_name = "STATE", value_parser = parse_state)]
+        state: Option<VmState>,
+    },
+}
+
+/// `--age-warning` of `vm set`: a duration in seconds, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeWarning(Option<u64>);
+
+fn parse_checkpoint_type(s: &str) -> Result<CheckpointType, String> {
+    CheckpointType::parse(&s.to_ascii_lowercase()).map_err(|_| {
+        format!(
+            "unknown checkpoint type '{s}' (expected disabled, standard, production or \
+             production-only)"
+        )
+    })
+}
+
+fn parse_state(s: &str) -> Result<VmState, String> {
+    VmState::parse(&s.to_ascii_lowercase())
+        .map_err(|_| format!("unknown VM state '{s}' (expected off, running or saved)"))
+}
+
+/// A duration in seconds: `3600`, `45s`, `90m`, `72h`, `30d`, `2w`.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid duration '{s}' (expected seconds, or a number with s, m, h, d or w, e.g. 72h)"
+        )
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("duration '{s}' is too long"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("duration '{s}' is too long"))
+}
+
+fn parse_age_warning(s: &str) -> Result<AgeWarning, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" | "none" | "never" => Ok(AgeWarning(None)),
+        _ => parse_duration(s).map(|n| AgeWarning(Some(n))),
+    }
+}
+
+/// `secs` for people: "45s", "12m", "3h 5m", "2d 4h".
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match () {
+        _ if d > 0 && h > 0 => format!("{d}d {h}h"),
+        _ if d > 0 => format!("{d}d"),
+        _ if h > 0 && m > 0 => format!("{h}h {m}m"),
+        _ if h > 0 => format!("{h}h"),
+        _ if m > 0 => format!("{m}m"),
+        _ => format!("{secs}s"),
+    }
+}
+
+/// A library error as one message. Refusals (a bad argument, an unknown
+/// or taken name) read better without the kind's prefix; "busy: " stays.
+pub fn vm_error(e: ckpt::Error) -> Failure {
+    match e {
+        ckpt::Error::InvalidArgument(msg)
+        | ckpt::Error::NotFound(msg)
+        | ckpt::Error::AlreadyExists(msg) => fail(msg),
+        e => e.into(),
+    }
+}
+
+/// Refuse a folder that holds no VM, with a message that says so.
+pub fn require_vm(dir: &Path) -> CliResult {
+    if dir.join(VM_FILE).is_file() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(fail(format!(
+            "{}: no such VM folder (create one with 'ckpt vm create')",
+            dir.display()
+        )));
+    }
+    Err(fail(format!(
+        "{}: not a VM folder (it has no {VM_FILE}; create one with 'ckpt vm create')",
+        dir.display()
+    )))
+}
+
+/// Open a VM for a change (takes its lock; finishes interrupted work).
+pub fn open_vm(dir: &Path) -> Result<Vm, Failure> {
+    require_vm(dir)?;
+    Vm::open(dir).map_err(vm_error)
+}
+
+/// Read a VM's file for showing (no lock).
+pub fn load_vm(dir: &Path) -> Result<VmFile, Failure> {
+    require_vm(dir)?;
+    Vm::load(dir).map_err(vm_error)
+}
+
+/// Pretty JSON with a final newline.
+pub fn json_text(v: &serde_json::Value) -> Result<String, Failure> {
+    Ok(serde_json::to_string_pretty(v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n")
+}
+
+/// Write `text` to stdout.
+pub fn print(text: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| fail(format!("writing to stdout: {e}")))
+}
+
+/// Run a `vm` command.
+pub fn run(cmd: VmCommand) -> CliResult {
+    match cmd {
+        VmCommand::Create {
+            dir,
+            name,
+            disks,
+            passthrough,
+            checkpoint_type,
+            checkpoint_location,
+            memory_mib,
+            cpus,
+            age_warning,
+        } => {
+            let mut spec = VmSpec::new(&name, disks);
+            spec.passthrough = passthrough;
+            spec.memory_mib = memory_mib;
+            spec.cpus = cpus;
+            spec.settings = Settings {
+                checkpoint_type,
+                checkpoint_location,
+                age_warning_seconds: age_warning,
+            };
+            create(&dir, &spec)
+        }
+        VmCommand::Show { dir, json } => show(&dir, json),
+        VmCommand::Set {
+            dir,
+            memory_mib,
+            cpus,
+            checkpoint_type,
+            checkpoint_location,
+            age_warning,
+            state,
+        } => set(
+            &dir,
+            &Changes {
+                memory_mib,
+                cpus,
+                checkpoint_type,
+                checkpoint_location,
+                age_warning,
+                state,
+            },
+        ),
+    }
+}
+
+fn create(dir: &Path, spec: &VmSpec) -> CliResult {
+    if spec.name.trim().is_empty() {
+        return Err(fail("--name: the VM needs a name"));
+    }
+    if spec.memory_mib == 0 {
+        return Err(fail("--memory: must be at least 1 MiB"));
+    }
+    if spec.cpus == 0 {
+        return Err(fail("--cpus: must be at least 1"));
+    }
+    if dir.join(VM_FILE).exists() {
+        return Err(fail(format!(
+            "{}: already holds a VM; refusing to replace it",
+            dir.display()
+        )));
+    }
+    // Each disk must be a usable VHDX (or chain); say which one is not.
+    for d in &spec.disks {
+        drop(open(d, OpenMode::ReadOnly)?);
+    }
+    let vm = Vm::create(dir, spec).map_err(vm_error)?;
+    let data = vm.data();
+    println!(
+        "Created VM \"{}\" in {}: {} disk{}, {} MiB, {} CPU{}, {} checkpoints",
+        data.config.name,
+        vm.dir().display(),
+        data.disks.len(),
+        plural(data.disks.len()),
+        data.config.memory_mib,
+        data.config.cpus,
+        plural(data.config.cpus as usize),
+        data.settings.checkpoint_type.as_str(),
+    );
+    Ok(())
+}
+
+/// "s" unless `n` is 1.
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The checkpoint location a VM file names, or the default one.
+pub fn location_of(dir: &Path, data: &VmFile) -> (PathBuf, bool) {
+    match &data.settings.checkpoint_location {
+        Some(l) => (l.clone(), false),
+        None => (absolute(dir).join("checkpoints"), true),
+    }
+}
+
+fn show(dir: &Path, as_json: bool) -> CliResult {
+    let data = load_vm(dir)?;
+    if as_json {
+        return print(&json_text(&json::vm_json(&data))?);
+    }
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
+    line("name:", data.config.name.clone());
+    line("folder:", absolute(dir).display().to_string());
+    line("state:", data.state.as_str().to_string());
+    line("memory:", format!("{} MiB", data.config.memory_mib));
+    line("cpus:", data.config.cpus.to_string());
+    line(
+        "checkpoint type:",
+        data.settings.checkpoint_type.as_str().to_string(),
+    );
+    let (loc, default) = location_of(dir, &data);
+    line(
+        "checkpoint location:",
+        format!(
+            "{}{}",
+            loc.display(),
+            if default { " (default)" } else { "" }
+        ),
+    );
+    line(
+        "age warning:",
+        match data.settings.age_warning_seconds {
+            Some(n) => format!("checkpoints older than {}", human_duration(n)),
+            None => "off".into(),
+        },
+    );
+    let visible = data.checkpoints.iter().filter(|c| !c.hidden).count();
+    line("checkpoints:", visible.to_string());
+    line(
+        "current checkpoint:",
+        data.current
+            .parent
+            .as_deref()
+            .and_then(|id| data.checkpoints.iter().find(|c| c.id == id))
+            .map(|c| format!("\"{}\"", c.name))
+            .unwrap_or_else(|| "none".into()),
+    );
+    if let Some(m) = &data.current.saved_state {
+        line("saved state:", absolute(m).display().to_string());
+    }
+    for (k, p) in data.current.disks.iter().enumerate() {
+        line(&format!("disk {k}:"), absolute(p).display().to_string());
+        if let Some(base) = data.disks.get(k).filter(|b| *b != p) {
+            line("", format!("(on {})", absolute(base).display()));
+        }
+    }
+    for p in &data.config.passthrough {
+        line("pass-through:", format!("{p} (not checkpointed)"));
+    }
+    if dir.join(JOURNAL_FILE).exists() {
+        s.push_str(
+            "note: an operation was interrupted; the next change to this VM finishes or undoes it\n",
+        );
+    }
+    print(&s)
+}
+
+/// What `vm set` changes.
+struct Changes {
+    memory_mib: Option<u64>,
+    cpus: Option<u32>,
+    checkpoint_type: Option<CheckpointType>,
+    checkpoint_location: Option<PathBuf>,
+    age_warning: Option<AgeWarning>,
+    state: Option<VmState>,
+}
+
+fn set(dir: &Path, c: &Changes) -> CliResult {
+    let settings_change = c.checkpoint_type.is_some()
+        || c.checkpoint_location.is_some()
+        || c.age_warning.is_some();
+    let resources_change = c.memory_mib.is_some() || c.cpus.is_some();
+    if !settings_change && !resources_change && c.state.is_none() {
+        return Err(fail(
+            "nothing to change: give --memory, --cpus, --checkpoint-type, \
+             --checkpoint-location, --age-warning or --state",
+        ));
+    }
+    // Refuse bad values before anything changes.
+    if c.memory_mib == Some(0) {
+        return Err(fail("--memory: must be at least 1 MiB"));
+    }
+    if c.cpus == Some(0) {
+        return Err(fail("--cpus: must be at least 1"));
+    }
+    let mut vm = open_vm(dir)?;
+    if resources_change {
+        vm.set_resources(c.memory_mib, c.cpus).map_err(vm_error)?;
+    }
+    if settings_change {
+        let mut s = vm.data().settings.clone();
+        if let Some(t) = c.checkpoint_type {
+            s.checkpoint_type = t;
+        }
+        if let Some(l) = &c.checkpoint_location {
+            s.checkpoint_location = if l.as_os_str() == "default" {
+                None
+            } else {
+                Some(l.clone())
+            };
+        }
+        if let Some(AgeWarning(a)) = c.age_warning {
+            s.age_warning_seconds = a;
+        }
+        vm.set_settings(s).map_err(vm_error)?;
+    }
+    if let Some(state) = c.state {
+        vm.set_state(state).map_err(vm_error)?;
+    }
+    let d = vm.data();
+    let (loc, _) = location_of(vm.dir(), d);
+    println!(
+        "VM \"{}\": {}, {} MiB, {} CPU{}, {} checkpoints in {}, age warning {}",
+        d.config.name,
+        d.state.as_str(),
+        d.config.memory_mib,
+        d.config.cpus,
+        plural(d.config.cpus as usize),
+        d.settings.checkpoint_type.as_str(),
+        loc.display(),
+        d.settings
+            .age_warning_seconds
+            .map(human_duration)
+            .unwrap_or_else(|| "off".into()),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3600"), Ok(3600));
+        assert_eq!(parse_duration("45s"), Ok(45));
+        assert_eq!(parse_duration("90m"), Ok(5400));
+        assert_eq!(parse_duration("72h"), Ok(72 * 3600));
+        assert_eq!(parse_duration("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration("2W"), Ok(14 * 86_400));
+        for bad in ["", "h", "1.5h", "-1", "3y", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_age_warning("off"), Ok(AgeWarning(None)));
+        assert_eq!(parse_age_warning("1d"), Ok(AgeWarning(Some(86_400))));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(120), "2m");
+        assert_eq!(human_duration(3600 + 300), "1h 5m");
+        assert_eq!(human_duration(3 * 86_400), "3d");
+        assert_eq!(human_duration(3 * 86_400 + 7200), "3d 2h");
+    }
+
+    #[test]
+    fn types_and_states() {
+        assert_eq!(
+            parse_checkpoint_type("Production-Only"),
+            Ok(CheckpointType::ProductionOnly)
+        );
+        assert!(parse_checkpoint_type("fast").is_err());
+        assert_eq!(parse_state("saved"), Ok(VmState::Saved));
+        assert!(parse_state("paused").is_err());
+    }
+}

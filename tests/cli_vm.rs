@@ -1,0 +1,938 @@
+//! The `ckpt vm …` and `ckpt checkpoint …` commands, driven as scripts
+//! drive them: a whole scenario through the checkpoint tree with the disk
+//! bytes of every state checked after each step (against a plain byte
+//! model, through the library and `ckpt read`, and the exported disks
+//! through QEMU), every refusal (exit 1, one `error:` line, nothing on
+//! disk changed), and two processes on one VM.
+
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use ckpt::{Disk, OpenMode};
+
+const MIB: u64 = 1 << 20;
+/// Virtual sizes of the VM's two disks (os, data).
+const SIZES: [u64; 2] = [2 * MIB, MIB];
+
+fn ckpt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+}
+
+fn run(args: &[&str]) -> Output {
+    ckpt()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ckpt")
+}
+
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = ckpt()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ckpt");
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    child.wait_with_output().expect("wait for ckpt")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit status 0 and nothing on stderr (so no progress bar either: the
+/// tests do not run on a terminal).
+#[track_caller]
+fn assert_ok(args: &[&str], o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "ckpt {args:?} failed\nstdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "ckpt {args:?} wrote to stderr: {}",
+        stderr(o)
+    );
+}
+
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert_ok(args, &o);
+    stdout(&o)
+}
+
+/// Exit status 1, exactly one `error: ` line on stderr and nothing on
+/// stdout; returns the line.
+#[track_caller]
+fn fails(args: &[&str], o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "ckpt {args:?}: want exit 1\nstdout: {}\nstderr: {err}",
+        stdout(o)
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "ckpt {args:?}: want one stderr line: {err:?}"
+    );
+    assert!(lines[0].starts_with("error: "), "ckpt {args:?}: {err:?}");
+    assert!(
+        !err.contains("internal error") && !err.contains("panicked"),
+        "ckpt {args:?} hit a bug: {err}"
+    );
+    lines[0].to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+#[track_caller]
+fn json(args: &[&str]) -> Value {
+    let out = ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ckpt {args:?}: not JSON ({e}): {out}"))
+}
+
+/// Everything under `root` (relative path → content), to prove that a
+/// refusal changed nothing: the VM file, the disks, the checkpoint files.
+/// The lock file is left out (taking the lock may create it).
+fn tree_snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != ".lock") {
+                let bytes = std::fs::read(&p).expect("read file");
+                out.insert(p.strip_prefix(root).expect("under root").to_path_buf(), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// A test folder: `disks/` with the VM's two VHDX disks, the VM folder
+/// `vm/`, and room for exports.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    vm: PathBuf,
+    disks: [PathBuf; 2],
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = common::tempdir();
+        let root = std::fs::canonicalize(tmp.path()).expect("canonical temp dir");
+        std::fs::create_dir(root.join("disks")).expect("mkdir disks");
+        let disks = [root.join("disks/os.vhdx"), root.join("disks/data.vhdx")];
+        for (d, size) in disks.iter().zip(SIZES) {
+            ok(&[
+                "create",
+                s(d),
+                "--size",
+                &size.to_string(),
+                "--block-size",
+                "1M",
+            ]);
+        }
+        Fixture {
+            vm: root.join("vm"),
+            _tmp: tmp,
+            root,
+            disks,
+        }
+    }
+
+    fn vm(&self) -> &str {
+        s(&self.vm)
+    }
+
+    fn show(&self) -> Value {
+        json(&["vm", "show", self.vm(), "--json"])
+    }
+
+    fn list(&self) -> Value {
+        json(&["checkpoint", "list", self.vm(), "--json"])
+    }
+
+    /// The files the VM writes to now, as `vm show --json` reports them.
+    fn current_disks(&self) -> Vec<PathBuf> {
+        let v = self.show();
+        let disks = v["disks"].as_array().expect("disks");
+        disks
+            .iter()
+            .map(|d| PathBuf::from(d["path"].as_str().expect("disk path")))
+            .collect()
+    }
+
+    /// Refused: exit 1, one error line containing every `needle`, and not
+    /// one byte under the test folder changed.
+    #[track_caller]
+    fn refused(&self, args: &[&str], needles: &[&str]) -> String {
+        let before = tree_snapshot(&self.root);
+        let o = run(args);
+        let line = fails(args, &o);
+        assert!(o.stdout.is_empty(), "ckpt {args:?} printed {}", stdout(&o));
+        for n in needles {
+            assert!(
+                line.to_lowercase().contains(&n.to_lowercase()),
+                "ckpt {args:?}: {line:?} does not say {n:?}"
+            );
+        }
+        let after = tree_snapshot(&self.root);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "ckpt {args:?} (refused) added or removed files"
+        );
+        for (k, v) in &before {
+            assert!(
+                after.get(k) == Some(v),
+                "ckpt {args:?} (refused) changed {}",
+                k.display()
+            );
+        }
+        line
+    }
+}
+
+/// What every disk of one state holds.
+type Content = Vec<Vec<u8>>;
+
+fn zero_content() -> Content {
+    SIZES.iter().map(|&n| vec![0u8; n as usize]).collect()
+}
+
+/// Deterministic bytes for a write tagged `tag`.
+fn pattern(tag: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| tag.wrapping_mul(37) ^ (i as u8).wrapping_mul(13) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// Write through `ckpt write` into disk `k` of the state whose files are
+/// `disks`, and into the model.
+fn put(disks: &[PathBuf], model: &mut Content, k: usize, off: u64, tag: u8, len: usize) {
+    let data = pattern(tag, len);
+    let args = ["write", s(&disks[k]), &off.to_string()];
+    let o = run_with_input(&args, &data);
+    assert_ok(&args, &o);
+    model[k][off as usize..off as usize + len].copy_from_slice(&data);
+}
+
+/// The disks `disks` read (through their chains) exactly as `want`.
+#[track_caller]
+fn assert_reads(what: &str, disks: &[PathBuf], want: &Content) {
+    assert_eq!(disks.len(), want.len(), "{what}: number of disks");
+    for (k, (p, w)) in disks.iter().zip(want).enumerate() {
+        let d = Disk::open(p, OpenMode::ReadOnly)
+            .unwrap_or_else(|e| panic!("{what}: open disk {k} {}: {e}", p.display()));
+        assert_eq!(d.virtual_size(), w.len() as u64, "{what}: disk {k} size");
+        let mut got = vec![0u8; w.len()];
+        d.read_at(&mut got, 0)
+            .unwrap_or_else(|e| panic!("{what}: read disk {k}: {e}"));
+        if let Some(i) = got.iter().zip(w).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: disk {k} ({}) differs at byte {i}: got {:#04x}, want {:#04x}",
+                p.display(),
+                got[i],
+                w[i]
+            );
+        }
+    }
+}
+
+/// The entry of checkpoint `name` in `list --json` output.
+#[track_caller]
+fn entry<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["checkpoints"]
+        .as_array()
+        .expect("checkpoints array")
+        .iter()
+        .find(|c| c["name"] == name && c["hidden"] != true)
+        .unwrap_or_else(|| panic!("no checkpoint {name:?} in {list:#}"))
+}
+
+fn paths(v: &Value) -> Vec<PathBuf> {
+    v.as_array()
+        .expect("array of paths")
+        .iter()
+        .map(|p| {
+            let p = p.as_str().expect("path");
+            assert!(p.starts_with('/'), "path {p:?} is not absolute");
+            PathBuf::from(p)
+        })
+        .collect()
+}
+
+/// The disks of checkpoint `name`.
+fn ck_disks(f: &Fixture, name: &str) -> Vec<PathBuf> {
+    paths(&entry(&f.list(), name)["disks"])
+}
+
+/// Every state's content is what the model says: each named checkpoint
+/// (read through its own disk files) and the current state.
+#[track_caller]
+fn assert_tree(f: &Fixture, models: &BTreeMap<&str, Content>, current: &Content, step: &str) {
+    let list = f.list();
+    let visible: Vec<&str> = list["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .filter(|c| c["hidden"] != true)
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    let mut want: Vec<&str> = models.keys().copied().collect();
+    let mut got = visible.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{step}: the checkpoints listed");
+    for (name, content) in models {
+        assert_reads(
+            &format!("{step}: checkpoint {name}"),
+            &paths(&entry(&list, name)["disks"]),
+            content,
+        );
+    }
+    assert_reads(&format!("{step}: now"), &f.current_disks(), current);
+}
+
+/// The indentation (column of the name) of the tree line for `name`.
+#[track_caller]
+fn tree_column(tree: &str, name: &str) -> usize {
+    for line in tree.lines() {
+        let body = line.trim_start_matches(['│', '├', '└', '─', ' ']);
+        if body == name || body.starts_with(&format!("{name}  ")) {
+            return line.chars().count() - body.chars().count();
+        }
+    }
+    panic!("no line for {name:?} in the tree:\n{tree}");
+}
+
+#[track_caller]
+fn tree_line<'a>(tree: &'a str, name: &str) -> &'a str {
+    tree.lines()
+        .find(|l| {
+            let body = l.trim_start_matches(['│', '├', '└', '─', ' ']);
+            body == name || body.starts_with(&format!("{name}  "))
+        })
+        .unwrap_or_else(|| panic!("no line for {name:?} in the tree:\n{tree}"))
+}
+
+#[test]
+fn whole_scenario() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    let mut now: Content = zero_content();
+    put(&f.disks, &mut now, 0, 0, 1, 8192);
+    put(&f.disks, &mut now, 1, 4096, 2, 4096);
+    let base = now.clone();
+
+    // ---- vm create / show
+    let out = ok(&[
+        "vm",
+        "create",
+        vm,
+        "--name",
+        "web",
+        "--disk",
+        s(&f.disks[0]),
+        s(&f.disks[1]),
+        "--passthrough",
+        "/dev/sdz",
+        "--memory",
+        "2048",
+        "--cpus",
+        "2",
+    ]);
+    assert!(out.contains("web"), "{out}");
+    let v = f.show();
+    assert_eq!(v["name"], "web");
+    assert_eq!(v["state"], "off");
+    assert_eq!(v["memory_mib"], 2048);
+    assert_eq!(v["cpus"], 2);
+    assert_eq!(v["checkpoint_type"], "production");
+    assert_eq!(v["current_checkpoint"], Value::Null);
+    assert_eq!(v["passthrough"][0], "/dev/sdz");
+    assert_eq!(f.current_disks(), f.disks.to_vec(), "disks in the given order");
+    let text = ok(&["vm", "show", vm]);
+    for want in ["web", "off", "2048 MiB", "production", "/dev/sdz", s(&f.disks[0])] {
+        assert!(text.contains(want), "vm show lacks {want:?}:\n{text}");
+    }
+    assert_reads("created", &f.current_disks(), &now);
+    // No checkpoint yet: nothing to revert to.
+    f.refused(&["checkpoint", "revert", vm], &["no checkpoint"]);
+
+    // ---- vm set
+    ok(&[
+        "vm",
+        "set",
+        vm,
+        "--memory",
+        "3072",
+        "--cpus",
+        "4",
+        "--age-warning",
+        "72h",
+        "--state",
+        "running",
+    ]);
+    let v = f.show();
+    assert_eq!(v["memory_mib"], 3072);
+    assert_eq!(v["cpus"], 4);
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["age_warning_seconds"], 72 * 3600);
+
+    // ---- production checkpoint: the quiesce command succeeds, thaw runs
+    let thawed = f.root.join("thawed");
+    let thaw = format!("touch '{}'", thawed.display());
+    let out = ok(&[
+        "checkpoint",
+        "create",
+        vm,
+        "a",
+        "--quiesce-cmd",
+        "true",
+        "--thaw-cmd",
+        &thaw,
+    ]);
+    assert!(out.contains("production"), "{out}");
+    assert!(thawed.exists(), "the thaw command did not run");
+    let v = f.show();
+    assert_eq!(v["current_checkpoint"], "a");
+    let cur = f.current_disks();
+    assert_ne!(cur, f.disks.to_vec(), "the VM writes to new files now");
+    for (c, d) in cur.iter().zip(&f.disks) {
+        assert_eq!(c.parent(), d.parent(), "new disks go next to the old ones");
+        let info = json(&["info", s(c), "--json"]);
+        assert_eq!(info["parent"], s(d), "{} is a child of {}", c.display(), d.display());
+    }
+    let mut models: BTreeMap<&str, Content> = BTreeMap::new();
+    models.insert("a", now.clone());
+    put(&cur, &mut now, 0, MIB, 3, 4096);
+    put(&cur, &mut now, 1, 0, 4, 512);
+    assert_tree(&f, &models, &now, "after a");
+
+    // ---- production falls back to standard: the quiesce command fails
+    let out = ok(&["checkpoint", "create", vm, "b", "--quiesce-cmd", "false"]);
+    assert!(out.contains("standard"), "{out}");
+    models.insert("b", now.clone());
+    let cur = f.current_disks();
+    put(&cur, &mut now, 0, 0, 5, 1024);
+    assert_tree(&f, &models, &now, "after b");
+
+    // ---- standard with memory state
+    ok(&["vm", "set", vm, "--checkpoint-type", "standard"]);
+    let mem = f.root.join("mem.bin");
+    std::fs::write(&mem, b"memory and CPU state").expect("write mem.bin");
+    ok(&["checkpoint", "create", vm, "c", "--memory-state", s(&mem)]);
+    models.insert("c", now.clone());
+    let cur = f.current_disks();
+    put(&cur, &mut now, 0, 2 * MIB - 4096, 6, 4096);
+    put(&cur, &mut now, 1, MIB - 512, 7, 512);
+    // Changed after c: comes back from c's capture below, not from c.
+    ok(&["vm", "set", vm, "--memory", "8192"]);
+    assert_tree(&f, &models, &now, "after c");
+
+    // ---- list: JSON fields
+    let list = f.list();
+    let (a, b, c) = (entry(&list, "a"), entry(&list, "b"), entry(&list, "c"));
+    assert_eq!(a["parent"], Value::Null);
+    assert_eq!(b["parent"], a["id"]);
+    assert_eq!(c["parent"], b["id"]);
+    assert_eq!(list["current"]["parent"], c["id"]);
+    assert_eq!(a["type"], "production");
+    assert_eq!(a["requested_type"], "production");
+    assert_eq!(a["fallback_reason"], Value::Null);
+    assert_eq!(b["type"], "standard");
+    assert_eq!(b["requested_type"], "production");
+    let reason = b["fallback_reason"].as_str().expect("fallback reason");
+    assert!(
+        reason.contains("command exited with status 1"),
+        "fallback reason {reason:?}"
+    );
+    assert_eq!(c["type"], "standard");
+    assert_eq!(c["requested_type"], "standard");
+    assert_eq!(a["saved_state"], Value::Null);
+    assert_eq!(b["saved_state"], Value::Null);
+    let saved = PathBuf::from(c["saved_state"].as_str().expect("c's memory state"));
+    assert!(saved.starts_with(f.vm.join("checkpoints")), "{}", saved.display());
+    assert_eq!(
+        std::fs::read(&saved).expect("read memory state"),
+        b"memory and CPU state"
+    );
+    for x in [a, b, c] {
+        assert_eq!(x["skipped_passthrough"][0], "/dev/sdz");
+        assert_eq!(x["disks"].as_array().expect("disks").len(), 2);
+        assert!(x["created"].as_u64().expect("created") > 1_600_000_000);
+        assert!(x["age_seconds"].as_u64().expect("age") < 3600);
+        assert!(x["size_bytes"].as_u64().is_some());
+        assert_eq!(x["age_warning"], false);
+        assert!(x["id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    // b's and c's own layers hold data; a is the base disks.
+    assert!(b["size_bytes"].as_u64() > Some(0));
+
+    // ---- list: the tree
+    let tree = ok(&["checkpoint", "list", vm]);
+    let (ca, cb, cc, cn) = (
+        tree_column(&tree, "a"),
+        tree_column(&tree, "b"),
+        tree_column(&tree, "c"),
+        tree_column(&tree, "now"),
+    );
+    assert!(ca < cb && cb < cc && cc < cn, "indentation:\n{tree}");
+    assert!(tree_line(&tree, "a").contains("production"), "{tree}");
+    let lb = tree_line(&tree, "b");
+    assert!(lb.contains("standard") && lb.contains("warning"), "{tree}");
+    assert!(lb.contains("status 1"), "b's fallback is shown:\n{tree}");
+    assert!(tree_line(&tree, "c").contains("memory state"), "{tree}");
+    assert!(tree_line(&tree, "now").contains("running"), "{tree}");
+    assert!(!tree.contains("older than"), "no age warning yet:\n{tree}");
+
+    // ---- apply b, keeping the current state as d
+    let before_apply = now.clone();
+    ok(&["checkpoint", "apply", vm, "b", "--save-current", "d"]);
+    models.insert("d", before_apply.clone());
+    now = models["b"].clone();
+    let v = f.show();
+    assert_eq!(v["current_checkpoint"], "b");
+    assert_eq!(v["memory_mib"], 3072, "b's configuration came back");
+    assert_eq!(v["cpus"], 4);
+    assert_eq!(v["state"], "off", "b has no memory state");
+    let list = f.list();
+    assert_eq!(
+        entry(&list, "d")["parent"],
+        entry(&list, "c")["id"],
+        "the captured state hangs where the current state did"
+    );
+    assert_eq!(list["current"]["parent"], entry(&list, "b")["id"]);
+    assert_tree(&f, &models, &now, "after apply b --save-current d");
+    let cur = f.current_disks();
+    put(&cur, &mut now, 0, 512 * 1024, 8, 4096);
+
+    // ---- apply c without saving: the change above is discarded; c's
+    // memory state makes the VM saved
+    ok(&["checkpoint", "apply", vm, "c"]);
+    now = models["c"].clone();
+    let v = f.show();
+    assert_eq!(v["current_checkpoint"], "c");
+    assert_eq!(v["state"], "saved");
+    assert_eq!(v["saved_state"], s(&saved));
+    assert_eq!(v["memory_mib"], 3072);
+    assert_tree(&f, &models, &now, "after apply c");
+
+    // ---- revert discards what was written since
+    put(&f.current_disks(), &mut now, 1, 0, 9, 4096);
+    ok(&["checkpoint", "revert", vm]);
+    now = models["c"].clone();
+    assert_eq!(f.show()["current_checkpoint"], "c");
+    assert_tree(&f, &models, &now, "after revert");
+
+    // ---- apply d: config isolation (vm set --memory 8192 after c comes
+    // back with d, which captured it)
+    ok(&["checkpoint", "apply", vm, "d"]);
+    now = models["d"].clone();
+    let v = f.show();
+    assert_eq!(v["memory_mib"], 8192, "d's configuration came back");
+    assert_eq!(v["current_checkpoint"], "d");
+    assert_tree(&f, &models, &now, "after apply d");
+    put(&f.current_disks(), &mut now, 0, 1536 * 1024, 10, 8192);
+
+    // ---- rename
+    ok(&["checkpoint", "rename", vm, "d", "d2"]);
+    let m = models.remove("d").expect("d");
+    models.insert("d2", m);
+    assert_eq!(f.show()["current_checkpoint"], "d2");
+    assert_tree(&f, &models, &now, "after rename");
+
+    // ---- export: standalone disks reading as the checkpoint did
+    let exp = f.root.join("export-c");
+    let out = ok(&["checkpoint", "export", vm, "c", s(&exp)]);
+    assert!(out.contains("export-c"), "{out}");
+    let exported = [exp.join("os.vhdx"), exp.join("data.vhdx")];
+    for (k, e) in exported.iter().enumerate() {
+        let info = json(&["info", s(e), "--json"]);
+        assert_eq!(info["parent"], Value::Null, "{}: has a parent", e.display());
+        assert_eq!(info["chain"].as_array().map(Vec::len), Some(1));
+        assert_eq!(info["virtual_size"], SIZES[k]);
+        let o = run(&["read", s(e), "0", &SIZES[k].to_string()]);
+        assert_ok(&["read"], &o);
+        assert!(o.stdout == models["c"][k], "exported disk {k} differs from c");
+        ok(&["check", s(e)]);
+    }
+    if common::require_tool("qemu-img") {
+        for (k, e) in exported.iter().enumerate() {
+            let raw = f.root.join(format!("c-{k}.raw"));
+            std::fs::write(&raw, &models["c"][k]).expect("write raw");
+            common::qemu_compare_raw(e, &raw);
+            std::fs::remove_file(&raw).expect("remove raw");
+        }
+    }
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(exp.join("config.json")).expect("config.json"))
+            .expect("config JSON");
+    assert_eq!(cfg["memory_mib"], 3072);
+    assert_eq!(
+        std::fs::read(exp.join("memory.vmrs")).expect("exported memory state"),
+        b"memory and CPU state"
+    );
+    // The current state (optional --current form).
+    let exp_now = f.root.join("export-now");
+    ok(&["checkpoint", "export", vm, "--current", s(&exp_now)]);
+    assert_reads(
+        "exported current state",
+        &[exp_now.join("os.vhdx"), exp_now.join("data.vhdx")],
+        &now,
+    );
+    assert_tree(&f, &models, &now, "after export");
+
+    // ---- delete a leaf (c: nothing hangs under it now)
+    let c_disks = ck_disks(&f, "c");
+    ok(&["checkpoint", "delete", vm, "c"]);
+    models.remove("c");
+    assert!(!saved.exists(), "c's memory state was removed");
+    assert!(
+        !c_disks[0].exists() || f.current_disks().contains(&c_disks[0]) || {
+            let l = f.list();
+            l["checkpoints"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .any(|x| paths(&x["disks"]).contains(&c_disks[0]))
+        },
+        "c's own disk file stays only if another state uses it"
+    );
+    assert_tree(&f, &models, &now, "after delete leaf c");
+
+    // ---- delete a middle checkpoint (b: one child, d2): merged away
+    ok(&["checkpoint", "delete", vm, "b"]);
+    models.remove("b");
+    let list = f.list();
+    assert_eq!(entry(&list, "d2")["parent"], entry(&list, "a")["id"]);
+    assert_tree(&f, &models, &now, "after delete middle b");
+
+    // ---- make a a branch point (d2 and, after apply with capture, now)
+    ok(&["checkpoint", "apply", vm, "a", "--save-current", "e"]);
+    models.insert("e", now.clone());
+    now = models["a"].clone();
+    put(&f.current_disks(), &mut now, 0, 4096, 11, 4096);
+    let list = f.list();
+    assert_eq!(entry(&list, "e")["parent"], entry(&list, "d2")["id"]);
+    assert_eq!(list["current"]["parent"], entry(&list, "a")["id"]);
+    let tree = ok(&["checkpoint", "list", vm]);
+    assert!(
+        tree_column(&tree, "d2") == tree_column(&tree, "now")
+            && tree_column(&tree, "a") < tree_column(&tree, "d2")
+            && tree_column(&tree, "d2") < tree_column(&tree, "e"),
+        "tree:\n{tree}"
+    );
+    assert_tree(&f, &models, &now, "before delete branch point");
+
+    // ---- delete the branch point a: every state still reads the same
+    ok(&["checkpoint", "delete", vm, "a"]);
+    models.remove("a");
+    assert_tree(&f, &models, &now, "after delete branch point a");
+    let tree = ok(&["checkpoint", "list", vm]);
+    assert!(
+        !tree.lines().any(|l| l.trim_start_matches(['│', '├', '└', '─', ' ']).starts_with("a  ")),
+        "a is not shown:\n{tree}"
+    );
+    assert_eq!(tree_column(&tree, "d2"), tree_column(&tree, "now"), "{tree}");
+    f.refused(&["checkpoint", "apply", vm, "a"], &["no checkpoint", "\"a\""]);
+
+    // ---- delete d2 --subtree (d2 and e)
+    let out = ok(&["checkpoint", "delete", vm, "d2", "--subtree"]);
+    assert!(out.contains("1 checkpoint under it"), "{out}");
+    models.clear();
+    assert_tree(&f, &models, &now, "after delete --subtree");
+    let list = f.list();
+    assert_eq!(list["checkpoints"].as_array().map(Vec::len), Some(0), "{list:#}");
+    assert_eq!(list["current"]["parent"], Value::Null);
+    assert_eq!(f.show()["current_checkpoint"], Value::Null);
+    // Only the files of the current state are left next to the disks.
+    let mut left: Vec<PathBuf> = std::fs::read_dir(f.root.join("disks"))
+        .expect("read disks")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    left.sort();
+    let mut cur = f.current_disks();
+    cur.sort();
+    assert_eq!(left, cur, "stray files next to the disks");
+    // The memory state of the export's source went with c; nothing stays
+    // in the checkpoint location.
+    let loc = f.vm.join("checkpoints");
+    let stray: Vec<_> = std::fs::read_dir(&loc)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(stray.is_empty(), "left in the checkpoint location: {stray:?}");
+    assert!(!f.vm.join("journal.json").exists());
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    let missing_disk = f.root.join("disks/none.vhdx");
+    f.refused(
+        &["vm", "create", vm, "--name", "x", "--disk", s(&missing_disk)],
+        &["none.vhdx"],
+    );
+    assert!(!f.vm.exists(), "a refused vm create made the folder");
+    f.refused(
+        &["vm", "create", vm, "--name", "x", "--disk", s(&f.disks[0]), "--cpus", "0"],
+        &["--cpus"],
+    );
+    f.refused(
+        &["vm", "create", vm, "--name", "x", "--disk", s(&f.disks[0]), "--checkpoint-type", "fast"],
+        &["checkpoint type"],
+    );
+    f.refused(&["vm", "create", vm, "--name", "x"], &["--disk"]);
+    f.refused(&["vm", "show", vm], &["no such VM folder"]);
+    f.refused(&["vm", "show", s(&f.root)], &["not a VM folder"]);
+    f.refused(&["checkpoint", "list", s(&f.root)], &["not a VM folder"]);
+    f.refused(&["checkpoint", "create", s(&f.root), "x"], &["not a VM folder"]);
+
+    ok(&[
+        "vm",
+        "create",
+        vm,
+        "--name",
+        "db",
+        "--disk",
+        s(&f.disks[0]),
+        "--disk",
+        s(&f.disks[1]),
+        "--checkpoint-type",
+        "production-only",
+    ]);
+    assert_eq!(f.show()["checkpoint_type"], "production-only");
+    f.refused(
+        &["vm", "create", vm, "--name", "again", "--disk", s(&f.disks[0])],
+        &["already holds a VM"],
+    );
+    f.refused(&["vm", "set", vm], &["nothing to change"]);
+    f.refused(&["vm", "set", vm, "--memory", "0"], &["--memory"]);
+    f.refused(&["vm", "set", vm, "--cpus", "0", "--memory", "10"], &["--cpus"]);
+    f.refused(&["vm", "set", vm, "--state", "paused"], &["paused"]);
+    f.refused(&["vm", "set", vm, "--age-warning", "3y"], &["duration"]);
+    f.refused(&["vm"], &["no command given", "ckpt vm --help"]);
+    f.refused(&["checkpoint", "create", vm], &["<NAME>"]);
+
+    // production-only: no quiesce command, or a failing one, is refused.
+    f.refused(
+        &["checkpoint", "create", vm, "x"],
+        &["production-only", "quiesce"],
+    );
+    let out = f.refused(
+        &[
+            "checkpoint",
+            "create",
+            vm,
+            "x",
+            "--quiesce-cmd",
+            "echo first >&2; echo guest agent not running >&2; exit 3",
+        ],
+        &["production-only", "command exited with status 3"],
+    );
+    assert!(out.ends_with("guest agent not running"), "{out}");
+    let mem = f.root.join("mem.bin");
+    std::fs::write(&mem, b"MEM").expect("write mem");
+    f.refused(
+        &["checkpoint", "create", vm, "x", "--quiesce-cmd", "true", "--memory-state", s(&mem)],
+        &["production-only", "memory state"],
+    );
+    f.refused(&["checkpoint", "create", vm, "x", "--thaw-cmd", "true"], &["--quiesce-cmd"]);
+
+    // A first checkpoint to refuse things about.
+    ok(&["checkpoint", "create", vm, "one", "--quiesce-cmd", "exit 0"]);
+    let list = f.list();
+    assert_eq!(entry(&list, "one")["type"], "production");
+    f.refused(
+        &["checkpoint", "create", vm, "one", "--quiesce-cmd", "true"],
+        &["\"one\"", "already exists"],
+    );
+    f.refused(
+        &["checkpoint", "create", vm, "x", "--memory-state", s(&f.root.join("nothere.bin"))],
+        &["--memory-state", "nothere.bin"],
+    );
+    for args in [
+        vec!["checkpoint", "apply", vm, "nope"],
+        vec!["checkpoint", "delete", vm, "nope"],
+        vec!["checkpoint", "delete", vm, "nope", "--subtree"],
+        vec!["checkpoint", "rename", vm, "nope", "other"],
+        vec!["checkpoint", "export", vm, "nope", s(&f.root.join("exp"))],
+    ] {
+        f.refused(&args, &["no checkpoint called \"nope\"", "\"one\""]);
+    }
+    f.refused(
+        &["checkpoint", "apply", vm, "one", "--save-current", "one"],
+        &["already exists"],
+    );
+    // Capturing the current state under production-only needs a quiesce.
+    f.refused(
+        &["checkpoint", "apply", vm, "one", "--save-current", "two"],
+        &["production-only"],
+    );
+    f.refused(&["checkpoint", "apply", vm, "one", "--quiesce-cmd", "true"], &["--save-current"]);
+    ok(&["checkpoint", "create", vm, "two", "--quiesce-cmd", "true"]);
+    f.refused(&["checkpoint", "rename", vm, "two", "one"], &["already exists"]);
+    f.refused(&["checkpoint", "export", vm, "one"], &["DEST"]);
+    f.refused(
+        &["checkpoint", "export", vm, "one", s(&f.root.join("e")), "--current"],
+        &["--current"],
+    );
+    // An export into a folder that holds something.
+    f.refused(&["checkpoint", "export", vm, "one", s(&f.root.join("disks"))], &["not an empty folder"]);
+
+    // Disabled checkpoints.
+    ok(&["vm", "set", vm, "--checkpoint-type", "disabled"]);
+    f.refused(&["checkpoint", "create", vm, "x"], &["disabled"]);
+    f.refused(
+        &["checkpoint", "create", vm, "x", "--memory-state", s(&mem)],
+        &["disabled"],
+    );
+    f.refused(
+        &["checkpoint", "apply", vm, "one", "--save-current", "x"],
+        &["disabled"],
+    );
+    ok(&["vm", "set", vm, "--checkpoint-type", "production"]);
+
+    // A failing thaw command: the checkpoint is taken, but the tool says
+    // the guest may still be frozen (exit 1, one line).
+    let args = [
+        "checkpoint",
+        "create",
+        vm,
+        "three",
+        "--quiesce-cmd",
+        "true",
+        "--thaw-cmd",
+        "echo cannot thaw >&2; exit 4",
+    ];
+    let o = run(&args);
+    let line = fails(&args, &o);
+    assert!(
+        line.contains("\"three\" was taken")
+            && line.contains("status 4: cannot thaw")
+            && line.contains("quiesced"),
+        "{line}"
+    );
+    assert_eq!(entry(&f.list(), "three")["type"], "production");
+
+    // Without a quiesce command, production falls back to standard and
+    // says why.
+    ok(&["checkpoint", "create", vm, "four"]);
+    let list = f.list();
+    let four = entry(&list, "four");
+    assert_eq!(four["type"], "standard");
+    assert_eq!(four["requested_type"], "production");
+    assert!(
+        four["fallback_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("--quiesce-cmd")),
+        "{four:#}"
+    );
+    // A production checkpoint does not keep a --memory-state file.
+    let out = ok(&[
+        "checkpoint",
+        "create",
+        vm,
+        "five",
+        "--quiesce-cmd",
+        "true",
+        "--memory-state",
+        s(&mem),
+    ]);
+    assert!(out.contains("memory state not kept"), "{out}");
+    assert_eq!(entry(&f.list(), "five")["saved_state"], Value::Null);
+}
+
+#[test]
+fn age_warnings_show_in_list() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    ok(&[
+        "vm",
+        "create",
+        vm,
+        "--name",
+        "old",
+        "--disk",
+        s(&f.disks[0]),
+        "--checkpoint-type",
+        "standard",
+    ]);
+    ok(&["checkpoint", "create", vm, "young"]);
+    ok(&["checkpoint", "create", vm, "aged"]);
+    ok(&["vm", "set", vm, "--age-warning", "3d"]);
+    // Pretend "aged" was taken four days ago.
+    let file = f.vm.join("vm.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).expect("vm.json")).expect("JSON");
+    for c in v["checkpoints"].as_array_mut().expect("checkpoints") {
+        if c["name"] == "aged" {
+            let t = c["created"].as_u64().expect("created");
+            c["created"] = Value::from(t - 4 * 86_400);
+        }
+    }
+    std::fs::write(&file, serde_json::to_vec_pretty(&v).expect("JSON")).expect("write vm.json");
+
+    let list = f.list();
+    assert_eq!(entry(&list, "aged")["age_warning"], true);
+    assert!(entry(&list, "aged")["age_seconds"].as_u64() >= Some(4 * 86_400));
+    assert_eq!(entry(&list, "young")["age_warning"], false);
+    let tree = ok(&["checkpoint", "list", vm]);
+    let aged = tree_line(&tree, "aged");
+    assert!(aged.contains("older than 3d") && aged.contains("4d"), "{tree}");
+    assert!(!tree_line(&tree, "young").contains("warning"), "{tree}");
+    assert_eq!(f.show()["age_warning_seconds"], 3 * 86_400);
+    ok(&["vm", "set", vm, "--age-warning", "off"]);
+    assert_eq!(f.show()["age_warning_seconds"], Value::Null);
+    assert_eq!(entry(&f.list(), "aged")["age_warning"], false);
+}
+
+#[test]
+fn two_processes_on_one_vm() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    ok(&["vm", "create", vm, "--name", "shared", "--disk", s(&f.disks[0])]);
+    let held = ckpt::checkpoint::Vm::open(&f.vm).expect("open the VM in the test process");
+    f.refused(&["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"], &["busy"]);
+    f.refused(&["vm", "set", vm, "--memory", "4096"], &["busy"]);
+    // Reading needs no lock.
+    assert_eq!(f.show()["name"], "shared");
+    assert_eq!(f.list()["checkpoints"].as_array().map(Vec::len), Some(0));
+    drop(held);
+    ok(&["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"]);
+    assert_eq!(entry(&f.list(), "x")["type"], "production");
+    // And the other way round: the library is refused while... the tool
+    // is done, so it opens fine now.
+    ckpt::checkpoint::Vm::open(&f.vm).expect("open after the tool finished");
+}
