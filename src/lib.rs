@@ -32,7 +32,7 @@ pub mod ffi;
 pub mod format;
 pub mod io;
 
-pub use disk::check::{check, CheckReport};
+pub use disk::check::{check, check_storage, CheckReport};
 pub use disk::{
     ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode,
 };

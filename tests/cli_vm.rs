@@ -129,7 +129,10 @@ fn tree_snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n != ".lock") {
                 let bytes = std::fs::read(&p).expect("read file");
-                out.insert(p.strip_prefix(root).expect("under root").to_path_buf(), bytes);
+                out.insert(
+                    p.strip_prefix(root).expect("under root").to_path_buf(),
+                    bytes,
+                );
             }
         }
     }
@@ -380,9 +383,20 @@ fn whole_scenario() {
     assert_eq!(v["checkpoint_type"], "production");
     assert_eq!(v["current_checkpoint"], Value::Null);
     assert_eq!(v["passthrough"][0], "/dev/sdz");
-    assert_eq!(f.current_disks(), f.disks.to_vec(), "disks in the given order");
+    assert_eq!(
+        f.current_disks(),
+        f.disks.to_vec(),
+        "disks in the given order"
+    );
     let text = ok(&["vm", "show", vm]);
-    for want in ["web", "off", "2048 MiB", "production", "/dev/sdz", s(&f.disks[0])] {
+    for want in [
+        "web",
+        "off",
+        "2048 MiB",
+        "production",
+        "/dev/sdz",
+        s(&f.disks[0]),
+    ] {
         assert!(text.contains(want), "vm show lacks {want:?}:\n{text}");
     }
     assert_reads("created", &f.current_disks(), &now);
@@ -431,7 +445,13 @@ fn whole_scenario() {
     for (c, d) in cur.iter().zip(&f.disks) {
         assert_eq!(c.parent(), d.parent(), "new disks go next to the old ones");
         let info = json(&["info", s(c), "--json"]);
-        assert_eq!(info["parent"], s(d), "{} is a child of {}", c.display(), d.display());
+        assert_eq!(
+            info["parent"],
+            s(d),
+            "{} is a child of {}",
+            c.display(),
+            d.display()
+        );
     }
     let mut models: BTreeMap<&str, Content> = BTreeMap::new();
     models.insert("a", now.clone());
@@ -482,7 +502,11 @@ fn whole_scenario() {
     assert_eq!(a["saved_state"], Value::Null);
     assert_eq!(b["saved_state"], Value::Null);
     let saved = PathBuf::from(c["saved_state"].as_str().expect("c's memory state"));
-    assert!(saved.starts_with(f.vm.join("checkpoints")), "{}", saved.display());
+    assert!(
+        saved.starts_with(f.vm.join("checkpoints")),
+        "{}",
+        saved.display()
+    );
     assert_eq!(
         std::fs::read(&saved).expect("read memory state"),
         b"memory and CPU state"
@@ -584,7 +608,10 @@ fn whole_scenario() {
         assert_eq!(info["virtual_size"], SIZES[k]);
         let o = run(&["read", s(e), "0", &SIZES[k].to_string()]);
         assert_ok(&["read"], &o);
-        assert!(o.stdout == models["c"][k], "exported disk {k} differs from c");
+        assert!(
+            o.stdout == models["c"][k],
+            "exported disk {k} differs from c"
+        );
         ok(&["check", s(e)]);
     }
     if common::require_tool("qemu-img") {
@@ -613,69 +640,82 @@ fn whole_scenario() {
     );
     assert_tree(&f, &models, &now, "after export");
 
-    // ---- delete a leaf (c: nothing hangs under it now)
-    let c_disks = ck_disks(&f, "c");
+    // ---- a leaf: keep the current state as "leaf", go back to b
+    ok(&["checkpoint", "apply", vm, "b", "--save-current", "leaf"]);
+    models.insert("leaf", now.clone());
+    now = models["b"].clone();
+    put(&f.current_disks(), &mut now, 1, 8192, 11, 4096);
+    let list = f.list();
+    assert_eq!(entry(&list, "leaf")["parent"], entry(&list, "d2")["id"]);
+    assert_eq!(list["current"]["parent"], entry(&list, "b")["id"]);
+    assert_tree(&f, &models, &now, "before delete leaf");
+
+    // ---- delete the leaf: its own disk files go
+    let leaf_disks = ck_disks(&f, "leaf");
+    ok(&["checkpoint", "delete", vm, "leaf"]);
+    models.remove("leaf");
+    for p in &leaf_disks {
+        assert!(!p.exists(), "{} outlived its checkpoint", p.display());
+    }
+    assert_tree(&f, &models, &now, "after delete leaf");
+
+    // ---- delete a middle checkpoint (c: one child, d2): merged away
     ok(&["checkpoint", "delete", vm, "c"]);
     models.remove("c");
     assert!(!saved.exists(), "c's memory state was removed");
-    assert!(
-        !c_disks[0].exists() || f.current_disks().contains(&c_disks[0]) || {
-            let l = f.list();
-            l["checkpoints"]
-                .as_array()
-                .expect("list")
-                .iter()
-                .any(|x| paths(&x["disks"]).contains(&c_disks[0]))
-        },
-        "c's own disk file stays only if another state uses it"
-    );
-    assert_tree(&f, &models, &now, "after delete leaf c");
+    let list = f.list();
+    assert_eq!(entry(&list, "d2")["parent"], entry(&list, "b")["id"]);
+    assert_tree(&f, &models, &now, "after delete middle c");
 
-    // ---- delete a middle checkpoint (b: one child, d2): merged away
-    ok(&["checkpoint", "delete", vm, "b"]);
+    // ---- delete a branch point (b: d2 and the current state hang under it)
+    let out = ok(&["checkpoint", "delete", vm, "b"]);
+    assert!(out.contains("hidden"), "{out}");
     models.remove("b");
-    let list = f.list();
-    assert_eq!(entry(&list, "d2")["parent"], entry(&list, "a")["id"]);
-    assert_tree(&f, &models, &now, "after delete middle b");
-
-    // ---- make a a branch point (d2 and, after apply with capture, now)
-    ok(&["checkpoint", "apply", vm, "a", "--save-current", "e"]);
-    models.insert("e", now.clone());
-    now = models["a"].clone();
-    put(&f.current_disks(), &mut now, 0, 4096, 11, 4096);
-    let list = f.list();
-    assert_eq!(entry(&list, "e")["parent"], entry(&list, "d2")["id"]);
-    assert_eq!(list["current"]["parent"], entry(&list, "a")["id"]);
+    assert_tree(&f, &models, &now, "after delete branch point b");
     let tree = ok(&["checkpoint", "list", vm]);
     assert!(
-        tree_column(&tree, "d2") == tree_column(&tree, "now")
-            && tree_column(&tree, "a") < tree_column(&tree, "d2")
-            && tree_column(&tree, "d2") < tree_column(&tree, "e"),
-        "tree:\n{tree}"
+        tree_column(&tree, "a") < tree_column(&tree, "d2")
+            && tree_column(&tree, "d2") == tree_column(&tree, "now"),
+        "d2 and now show under a:\n{tree}"
     );
-    assert_tree(&f, &models, &now, "before delete branch point");
-
-    // ---- delete the branch point a: every state still reads the same
-    ok(&["checkpoint", "delete", vm, "a"]);
-    models.remove("a");
-    assert_tree(&f, &models, &now, "after delete branch point a");
-    let tree = ok(&["checkpoint", "list", vm]);
     assert!(
-        !tree.lines().any(|l| l.trim_start_matches(['│', '├', '└', '─', ' ']).starts_with("a  ")),
-        "a is not shown:\n{tree}"
+        !tree.lines().any(|l| l
+            .trim_start_matches(['│', '├', '└', '─', ' '])
+            .starts_with("b  ")),
+        "b is not shown:\n{tree}"
     );
-    assert_eq!(tree_column(&tree, "d2"), tree_column(&tree, "now"), "{tree}");
-    f.refused(&["checkpoint", "apply", vm, "a"], &["no checkpoint", "\"a\""]);
+    f.refused(
+        &["checkpoint", "apply", vm, "b"],
+        &["no checkpoint", "\"b\""],
+    );
+    f.refused(
+        &["checkpoint", "rename", vm, "a", "d2"],
+        &["already exists"],
+    );
+    let list = f.list();
+    assert_eq!(
+        list["checkpoints"]
+            .as_array()
+            .map(|v| v.iter().filter(|c| c["hidden"] == true).count()),
+        Some(1),
+        "b stays as a hidden node: {list:#}"
+    );
 
-    // ---- delete d2 --subtree (d2 and e)
-    let out = ok(&["checkpoint", "delete", vm, "d2", "--subtree"]);
+    // ---- delete a --subtree (a, the hidden b, d2)
+    let out = ok(&["checkpoint", "delete", vm, "a", "--subtree"]);
     assert!(out.contains("1 checkpoint under it"), "{out}");
     models.clear();
     assert_tree(&f, &models, &now, "after delete --subtree");
     let list = f.list();
-    assert_eq!(list["checkpoints"].as_array().map(Vec::len), Some(0), "{list:#}");
+    assert_eq!(
+        list["checkpoints"].as_array().map(Vec::len),
+        Some(0),
+        "{list:#}"
+    );
     assert_eq!(list["current"]["parent"], Value::Null);
     assert_eq!(f.show()["current_checkpoint"], Value::Null);
+    let tree = ok(&["checkpoint", "list", vm]);
+    assert_eq!(tree_column(&tree, "now"), 0, "{tree}");
     // Only the files of the current state are left next to the disks.
     let mut left: Vec<PathBuf> = std::fs::read_dir(f.root.join("disks"))
         .expect("read disks")
@@ -686,13 +726,15 @@ fn whole_scenario() {
     let mut cur = f.current_disks();
     cur.sort();
     assert_eq!(left, cur, "stray files next to the disks");
-    // The memory state of the export's source went with c; nothing stays
-    // in the checkpoint location.
+    // Configuration copies and memory states went with their checkpoints.
     let loc = f.vm.join("checkpoints");
     let stray: Vec<_> = std::fs::read_dir(&loc)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(stray.is_empty(), "left in the checkpoint location: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "left in the checkpoint location: {stray:?}"
+    );
     assert!(!f.vm.join("journal.json").exists());
 }
 
@@ -702,23 +744,54 @@ fn refusals_change_nothing() {
     let vm = f.vm();
     let missing_disk = f.root.join("disks/none.vhdx");
     f.refused(
-        &["vm", "create", vm, "--name", "x", "--disk", s(&missing_disk)],
+        &[
+            "vm",
+            "create",
+            vm,
+            "--name",
+            "x",
+            "--disk",
+            s(&missing_disk),
+        ],
         &["none.vhdx"],
     );
     assert!(!f.vm.exists(), "a refused vm create made the folder");
     f.refused(
-        &["vm", "create", vm, "--name", "x", "--disk", s(&f.disks[0]), "--cpus", "0"],
+        &[
+            "vm",
+            "create",
+            vm,
+            "--name",
+            "x",
+            "--disk",
+            s(&f.disks[0]),
+            "--cpus",
+            "0",
+        ],
         &["--cpus"],
     );
     f.refused(
-        &["vm", "create", vm, "--name", "x", "--disk", s(&f.disks[0]), "--checkpoint-type", "fast"],
+        &[
+            "vm",
+            "create",
+            vm,
+            "--name",
+            "x",
+            "--disk",
+            s(&f.disks[0]),
+            "--checkpoint-type",
+            "fast",
+        ],
         &["checkpoint type"],
     );
     f.refused(&["vm", "create", vm, "--name", "x"], &["--disk"]);
     f.refused(&["vm", "show", vm], &["no such VM folder"]);
     f.refused(&["vm", "show", s(&f.root)], &["not a VM folder"]);
     f.refused(&["checkpoint", "list", s(&f.root)], &["not a VM folder"]);
-    f.refused(&["checkpoint", "create", s(&f.root), "x"], &["not a VM folder"]);
+    f.refused(
+        &["checkpoint", "create", s(&f.root), "x"],
+        &["not a VM folder"],
+    );
 
     ok(&[
         "vm",
@@ -735,12 +808,23 @@ fn refusals_change_nothing() {
     ]);
     assert_eq!(f.show()["checkpoint_type"], "production-only");
     f.refused(
-        &["vm", "create", vm, "--name", "again", "--disk", s(&f.disks[0])],
+        &[
+            "vm",
+            "create",
+            vm,
+            "--name",
+            "again",
+            "--disk",
+            s(&f.disks[0]),
+        ],
         &["already holds a VM"],
     );
     f.refused(&["vm", "set", vm], &["nothing to change"]);
     f.refused(&["vm", "set", vm, "--memory", "0"], &["--memory"]);
-    f.refused(&["vm", "set", vm, "--cpus", "0", "--memory", "10"], &["--cpus"]);
+    f.refused(
+        &["vm", "set", vm, "--cpus", "0", "--memory", "10"],
+        &["--cpus"],
+    );
     f.refused(&["vm", "set", vm, "--state", "paused"], &["paused"]);
     f.refused(&["vm", "set", vm, "--age-warning", "3y"], &["duration"]);
     f.refused(&["vm"], &["no command given", "ckpt vm --help"]);
@@ -766,10 +850,22 @@ fn refusals_change_nothing() {
     let mem = f.root.join("mem.bin");
     std::fs::write(&mem, b"MEM").expect("write mem");
     f.refused(
-        &["checkpoint", "create", vm, "x", "--quiesce-cmd", "true", "--memory-state", s(&mem)],
+        &[
+            "checkpoint",
+            "create",
+            vm,
+            "x",
+            "--quiesce-cmd",
+            "true",
+            "--memory-state",
+            s(&mem),
+        ],
         &["production-only", "memory state"],
     );
-    f.refused(&["checkpoint", "create", vm, "x", "--thaw-cmd", "true"], &["--quiesce-cmd"]);
+    f.refused(
+        &["checkpoint", "create", vm, "x", "--thaw-cmd", "true"],
+        &["--quiesce-cmd"],
+    );
 
     // A first checkpoint to refuse things about.
     ok(&["checkpoint", "create", vm, "one", "--quiesce-cmd", "exit 0"]);
@@ -780,7 +876,14 @@ fn refusals_change_nothing() {
         &["\"one\"", "already exists"],
     );
     f.refused(
-        &["checkpoint", "create", vm, "x", "--memory-state", s(&f.root.join("nothere.bin"))],
+        &[
+            "checkpoint",
+            "create",
+            vm,
+            "x",
+            "--memory-state",
+            s(&f.root.join("nothere.bin")),
+        ],
         &["--memory-state", "nothere.bin"],
     );
     for args in [
@@ -801,16 +904,32 @@ fn refusals_change_nothing() {
         &["checkpoint", "apply", vm, "one", "--save-current", "two"],
         &["production-only"],
     );
-    f.refused(&["checkpoint", "apply", vm, "one", "--quiesce-cmd", "true"], &["--save-current"]);
+    f.refused(
+        &["checkpoint", "apply", vm, "one", "--quiesce-cmd", "true"],
+        &["--save-current"],
+    );
     ok(&["checkpoint", "create", vm, "two", "--quiesce-cmd", "true"]);
-    f.refused(&["checkpoint", "rename", vm, "two", "one"], &["already exists"]);
+    f.refused(
+        &["checkpoint", "rename", vm, "two", "one"],
+        &["already exists"],
+    );
     f.refused(&["checkpoint", "export", vm, "one"], &["DEST"]);
     f.refused(
-        &["checkpoint", "export", vm, "one", s(&f.root.join("e")), "--current"],
+        &[
+            "checkpoint",
+            "export",
+            vm,
+            "one",
+            s(&f.root.join("e")),
+            "--current",
+        ],
         &["--current"],
     );
     // An export into a folder that holds something.
-    f.refused(&["checkpoint", "export", vm, "one", s(&f.root.join("disks"))], &["not an empty folder"]);
+    f.refused(
+        &["checkpoint", "export", vm, "one", s(&f.root.join("disks"))],
+        &["not an empty folder"],
+    );
 
     // Disabled checkpoints.
     ok(&["vm", "set", vm, "--checkpoint-type", "disabled"]);
@@ -895,7 +1014,8 @@ fn age_warnings_show_in_list() {
     ok(&["vm", "set", vm, "--age-warning", "3d"]);
     // Pretend "aged" was taken four days ago.
     let file = f.vm.join("vm.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).expect("vm.json")).expect("JSON");
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("vm.json")).expect("JSON");
     for c in v["checkpoints"].as_array_mut().expect("checkpoints") {
         if c["name"] == "aged" {
             let t = c["created"].as_u64().expect("created");
@@ -910,7 +1030,10 @@ fn age_warnings_show_in_list() {
     assert_eq!(entry(&list, "young")["age_warning"], false);
     let tree = ok(&["checkpoint", "list", vm]);
     let aged = tree_line(&tree, "aged");
-    assert!(aged.contains("older than 3d") && aged.contains("4d"), "{tree}");
+    assert!(
+        aged.contains("older than 3d") && aged.contains("4d"),
+        "{tree}"
+    );
     assert!(!tree_line(&tree, "young").contains("warning"), "{tree}");
     assert_eq!(f.show()["age_warning_seconds"], 3 * 86_400);
     ok(&["vm", "set", vm, "--age-warning", "off"]);
@@ -922,9 +1045,20 @@ fn age_warnings_show_in_list() {
 fn two_processes_on_one_vm() {
     let f = Fixture::new();
     let vm = f.vm();
-    ok(&["vm", "create", vm, "--name", "shared", "--disk", s(&f.disks[0])]);
+    ok(&[
+        "vm",
+        "create",
+        vm,
+        "--name",
+        "shared",
+        "--disk",
+        s(&f.disks[0]),
+    ]);
     let held = ckpt::checkpoint::Vm::open(&f.vm).expect("open the VM in the test process");
-    f.refused(&["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"], &["busy"]);
+    f.refused(
+        &["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"],
+        &["busy"],
+    );
     f.refused(&["vm", "set", vm, "--memory", "4096"], &["busy"]);
     // Reading needs no lock.
     assert_eq!(f.show()["name"], "shared");
@@ -932,7 +1066,42 @@ fn two_processes_on_one_vm() {
     drop(held);
     ok(&["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"]);
     assert_eq!(entry(&f.list(), "x")["type"], "production");
-    // And the other way round: the library is refused while... the tool
-    // is done, so it opens fine now.
+
+    // Two processes of the tool: the first holds the VM (its quiesce
+    // command waits for a go file); the second is refused, then the first
+    // finishes.
+    let started = f.root.join("started");
+    let go = f.root.join("go");
+    let quiesce = format!(
+        "touch '{}'; i=0; while [ ! -e '{}' ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done",
+        started.display(),
+        go.display()
+    );
+    let first = ckpt()
+        .args(["checkpoint", "create", vm, "y", "--quiesce-cmd", &quiesce])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the first ckpt");
+    let t0 = std::time::Instant::now();
+    while !started.exists() {
+        assert!(t0.elapsed().as_secs() < 30, "the first ckpt never quiesced");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let args = ["checkpoint", "delete", vm, "x"];
+    let o = run(&args);
+    let line = fails(&args, &o);
+    assert!(line.contains("busy"), "{line}");
+    match ckpt::checkpoint::Vm::open(&f.vm) {
+        Err(e) => assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e}"),
+        Ok(_) => panic!("the library opened a VM the tool holds"),
+    }
+    std::fs::write(&go, b"").expect("write go");
+    let o = first.wait_with_output().expect("wait for the first ckpt");
+    assert_ok(&["checkpoint", "create", "y"], &o);
+    let list = f.list();
+    assert_eq!(entry(&list, "y")["type"], "production");
+    assert_eq!(entry(&list, "x")["type"], "production");
     ckpt::checkpoint::Vm::open(&f.vm).expect("open after the tool finished");
 }

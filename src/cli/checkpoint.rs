@@ -150,22 +150,19 @@ pub fn run(cmd: CheckpointCommand) -> CliResult {
             new_name,
         } => rename(&dir, &name, &new_name),
         CheckpointCommand::Export { dir, args, current } => {
-            let (name, dest) = match (current, args.as_slice()) {
-                (false, [name, dest]) => (Some(name.as_str()), dest),
-                (true, [dest]) => (None, dest),
-                (false, [_]) => {
-                    return Err(fail(
+            let (name, dest) =
+                match (current, args.as_slice()) {
+                    (false, [name, dest]) => (Some(name.as_str()), dest),
+                    (true, [dest]) => (None, dest),
+                    (false, [_]) => return Err(fail(
                         "missing DEST: give NAME DEST, or --current DEST (try 'ckpt checkpoint \
                          export --help')",
-                    ))
-                }
-                _ => {
-                    return Err(fail(
+                    )),
+                    _ => return Err(fail(
                         "--current exports the current state: give only DEST, not a checkpoint \
                          name (try 'ckpt checkpoint export --help')",
-                    ))
-                }
-            };
+                    )),
+                };
             export(&dir, name, Path::new(dest))
         }
     }
@@ -298,8 +295,13 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
                 )))
             }
         }
-        std::fs::File::open(m)
-            .map_err(|e| fail(format!("--memory-state {}: {}", m.display(), ckpt::Error::from(e))))?;
+        std::fs::File::open(m).map_err(|e| {
+            fail(format!(
+                "--memory-state {}: {}",
+                m.display(),
+                ckpt::Error::from(e)
+            ))
+        })?;
     }
     let mut vm = open_vm(dir)?;
     if memory.is_some() && vm.data().settings.checkpoint_type == CheckpointType::ProductionOnly {
@@ -449,7 +451,9 @@ fn tree_text(data: &VmFile, views: &[CheckpointView]) -> String {
 fn list(dir: &Path, as_json: bool) -> CliResult {
     let data = load_vm(dir)?;
     if as_json {
-        return print(&json_text(&json::checkpoints_json(&data).map_err(vm_error)?)?);
+        return print(&json_text(
+            &json::checkpoints_json(&data).map_err(vm_error)?,
+        )?);
     }
     let views = ckpt::checkpoint::list_of(&data).map_err(vm_error)?;
     let n = views.iter().filter(|v| !v.checkpoint.hidden).count();
@@ -582,9 +586,7 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
         ));
     }
     if vm.data().checkpoints.iter().any(|c| c.id == id) {
-        line.push_str(
-            " (its disks stay, hidden, while more than one state still depends on them)",
-        );
+        line.push_str(" (its disks stay, hidden, while more than one state still depends on them)");
     }
     println!("{line}");
     Ok(())

@@ -385,9 +385,8 @@ struct Changes {
 }
 
 fn set(dir: &Path, c: &Changes) -> CliResult {
-    let settings_change = c.checkpoint_type.is_some()
-        || c.checkpoint_location.is_some()
-        || c.age_warning.is_some();
+    let settings_change =
+        c.checkpoint_type.is_some() || c.checkpoint_location.is_some() || c.age_warning.is_some();
     let resources_change = c.memory_mib.is_some() || c.cpus.is_some();
     if !settings_change && !resources_change && c.state.is_none() {
         return Err(fail(

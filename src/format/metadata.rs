@@ -203,7 +203,7 @@ impl Metadata {
                 S,
                 "BlockSize",
                 block_size as u64,
-                "not a power of two from 1 MiB to 256 MiB",
+                "must be a power of two from 1 MiB to 256 MiB",
             ));
         }
         let ls = le32(

@@ -1,7 +1,8 @@
 /*
  * Base disks through the C API: create, info, write, read back, flush,
  * trim, read/write past the end, reopen read-only (writes refused),
- * reopen read-write, fixed disks, and concurrent writes on one handle.
+ * reopen read-write, fixed disks, and concurrent I/O on one handle (of a
+ * base disk, and of a differencing chain with trims, flushes and getters).
  *
  * Usage: test_disk_io DIR (a scratch directory)
  */
@@ -289,6 +290,135 @@ static void concurrent(const char *path) {
     EXPECT_OK(ckpt_disk_close(disk));
 }
 
+/*
+ * Several threads on one handle of a differencing chain, mixing every call
+ * a disk handle allows concurrently: each thread writes (sector-aligned,
+ * as the ckpt_disk thread-safety note asks for differencing disks) and
+ * reads back its own ranges, trims a part of them (which must then read as
+ * zeros although the parent holds data there), flushes, and calls the
+ * getters. Afterwards the chain reopens with every thread's data, and the
+ * parent is unchanged.
+ */
+#define CHAIN_THREADS 4
+#define SLICE (DISK_SIZE / CHAIN_THREADS)
+#define ROUNDS 24
+#define CHUNK 16384u
+
+typedef struct {
+    ckpt_disk *disk;
+    unsigned index;
+    uint8_t *want; /* what the thread's slice must read as at the end */
+    int ok;
+} chain_worker;
+
+static void *chain_work(void *arg) {
+    chain_worker *w = arg;
+    uint8_t *buf = malloc(CHUNK), *back = malloc(CHUNK);
+    int ok = buf != NULL && back != NULL;
+    uint64_t base = (uint64_t)w->index * SLICE;
+    for (unsigned r = 0; ok && r < ROUNDS; r++) {
+        uint64_t at = (uint64_t)r * (SLICE / ROUNDS) / 512 * 512;
+        fill(buf, CHUNK, 1000 * w->index + r);
+        ok &= ckpt_disk_write(w->disk, buf, CHUNK, base + at) == CKPT_STATUS_OK;
+        ok &= ckpt_disk_read(w->disk, back, CHUNK, base + at) == CKPT_STATUS_OK;
+        ok &= memcmp(buf, back, CHUNK) == 0;
+        memcpy(w->want + at, buf, CHUNK);
+        if (r % 3 == 1) {
+            /* Trim the middle of what was just written, over parent data. */
+            ok &= ckpt_disk_trim(w->disk, base + at + 4096, 8192) == CKPT_STATUS_OK;
+            memset(w->want + at + 4096, 0, 8192);
+            ok &= ckpt_disk_read(w->disk, back, CHUNK, base + at) == CKPT_STATUS_OK;
+            ok &= memcmp(w->want + at, back, CHUNK) == 0;
+        }
+        if (r % 4 == 2) {
+            ok &= ckpt_disk_flush(w->disk) == CKPT_STATUS_OK;
+        }
+        ckpt_disk_info info;
+        size_t depth = 0;
+        ok &= get_info(w->disk, &info) && info.has_parent;
+        ok &= ckpt_disk_chain_length(w->disk, &depth) == CKPT_STATUS_OK && depth == 2;
+    }
+    /* The whole slice, written and untouched parts, reads as expected. */
+    uint8_t *all = malloc(SLICE);
+    ok &= all != NULL;
+    if (all != NULL) {
+        ok &= ckpt_disk_read(w->disk, all, SLICE, base) == CKPT_STATUS_OK;
+        ok &= memcmp(all, w->want, SLICE) == 0;
+    }
+    free(all);
+    free(buf);
+    free(back);
+    w->ok = ok;
+    return NULL;
+}
+
+static void concurrent_chain(const char *dir) {
+    char base[4096], child[4096];
+    snprintf(base, sizeof base, "%s/cbase.vhdx", dir);
+    snprintf(child, sizeof child, "%s/cchild.avhdx", dir);
+    uint8_t *parent = malloc(DISK_SIZE);
+    CHECK(parent != NULL);
+    if (parent == NULL) {
+        return;
+    }
+    fill(parent, DISK_SIZE, 77);
+    ckpt_disk *disk = NULL;
+    EXPECT_OK(ckpt_disk_create(base, DISK_SIZE, NULL, &disk));
+    if (disk == NULL) {
+        free(parent);
+        return;
+    }
+    EXPECT_OK(ckpt_disk_write(disk, parent, DISK_SIZE, 0));
+    EXPECT_OK(ckpt_disk_close(disk));
+
+    ckpt_child_options co;
+    memset(&co, 0, sizeof co);
+    co.struct_size = sizeof co;
+    co.block_size = MIB;
+    disk = NULL;
+    EXPECT_OK(ckpt_disk_create_child(child, base, &co, &disk));
+    if (disk == NULL) {
+        free(parent);
+        return;
+    }
+    pthread_t t[CHAIN_THREADS];
+    chain_worker w[CHAIN_THREADS];
+    for (unsigned i = 0; i < CHAIN_THREADS; i++) {
+        w[i].disk = disk;
+        w[i].index = i;
+        w[i].want = parent + (size_t)i * SLICE; /* starts as the parent's bytes */
+        w[i].ok = 0;
+        CHECK(pthread_create(&t[i], NULL, chain_work, &w[i]) == 0);
+    }
+    for (unsigned i = 0; i < CHAIN_THREADS; i++) {
+        CHECK(pthread_join(t[i], NULL) == 0);
+        CHECK(w[i].ok);
+    }
+    EXPECT_OK(ckpt_disk_close(disk));
+
+    /* Reopened: the chain reads as the threads left it ... */
+    uint8_t *got = malloc(DISK_SIZE);
+    CHECK(got != NULL);
+    disk = NULL;
+    EXPECT_OK(ckpt_disk_open(child, CKPT_OPEN_READ_ONLY, &disk));
+    if (disk != NULL && got != NULL) {
+        EXPECT_OK(ckpt_disk_read(disk, got, DISK_SIZE, 0));
+        CHECK(memcmp(got, parent, DISK_SIZE) == 0);
+    }
+    EXPECT_OK(ckpt_disk_close(disk));
+    /* ... and the parent still holds its own bytes. */
+    fill(parent, DISK_SIZE, 77);
+    disk = NULL;
+    EXPECT_OK(ckpt_disk_open(base, CKPT_OPEN_READ_ONLY, &disk));
+    if (disk != NULL && got != NULL) {
+        EXPECT_OK(ckpt_disk_read(disk, got, DISK_SIZE, 0));
+        CHECK(memcmp(got, parent, DISK_SIZE) == 0);
+    }
+    EXPECT_OK(ckpt_disk_close(disk));
+    free(got);
+    free(parent);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -302,5 +432,6 @@ int main(int argc, char **argv) {
     reopen_read_only(a);
     fixed_disk(b);
     concurrent(c);
+    concurrent_chain(argv[1]);
     return check_finish("test_disk_io");
 }
