@@ -323,11 +323,23 @@ typedef uint32_t ckpt_vm_state;
  * handle; the caller gives it back with `ckpt_disk_close`, exactly once.
  *
  * Thread safety: a handle may be used from several threads at the same
- * time. `ckpt_disk_read`, `ckpt_disk_write`, `ckpt_disk_flush`,
- * `ckpt_disk_trim` and `ckpt_disk_get_info` may run concurrently on one handle
- * (overlapping concurrent writes leave one of the writes' bytes, as with a
- * file). `ckpt_disk_close` must not run at the same time as, or before,
- * any other call on the same handle.
+ * time. Every function that takes a `ckpt_disk` except `ckpt_disk_close`
+ * (read, write, flush, trim, get_info and the chain getters) may run
+ * concurrently on one handle, and they run in parallel where they touch
+ * different blocks. A flush makes the writes of every thread durable.
+ * Overlapping concurrent writes leave, for each byte, the value of one of
+ * them, as with a file; with one exception: on a differencing disk
+ * (`has_parent`), a write or trim that does not cover whole logical
+ * sectors rewrites the rest of its first and last sector with what it
+ * read there, so two such calls at the same time that share a sector
+ * (even without sharing bytes) may undo one another in that sector.
+ * Callers that issue unaligned writes from several threads to a
+ * differencing disk serialise them (the nbdkit example plugin does).
+ * `ckpt_disk_close` must not run at the same time as, or before, any other
+ * call on the same handle.
+ *
+ * The last error is per thread: after a failed call, call
+ * `ckpt_last_error` on the same thread.
  */
 typedef struct ckpt_disk ckpt_disk;
 
@@ -1100,6 +1112,13 @@ ckpt_status ckpt_disk_get_info(const struct ckpt_disk *disk, struct ckpt_disk_in
  * `CKPT_STATUS_OUT_OF_RANGE` and leaves `buf` untouched; after another
  * failure (`CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`) the contents of `buf`
  * are unspecified. With `len == 0`, `buf` is not touched and may be NULL.
+ * Reads never change the disk and may run concurrently with any other
+ * call on the handle except `ckpt_disk_close`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk` NULL, or `buf` NULL with
+ * `len > 0`), `CKPT_STATUS_OUT_OF_RANGE`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_CORRUPT` (a damaged allocation table or sector bitmap, or
+ * a parent file that changed under the chain).
  *
  * # Safety
  *
@@ -1110,12 +1129,20 @@ ckpt_status ckpt_disk_read(const struct ckpt_disk *disk, uint8_t *buf, size_t le
 
 /**
  * Write `len` bytes from `buf` to the virtual disk at byte `offset` (any
- * alignment). The data is durable after `ckpt_disk_flush` (or
- * `ckpt_disk_close`). With `len == 0`, `buf` is not touched and may be
- * NULL.
+ * alignment). On a differencing disk the data goes into the top file
+ * only; its parents are never written. Reads on any thread see the data
+ * once the call returns; it is durable (survives a power failure) after a
+ * later `ckpt_disk_flush` (or `ckpt_disk_close`) returns
+ * `CKPT_STATUS_OK`. With `len == 0`, `buf` is not touched and may be
+ * NULL. See `ckpt_disk` for concurrent unaligned writes to a differencing
+ * disk.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_OUT_OF_RANGE` (nothing
- * is written), `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_IO`.
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk` NULL, or `buf` NULL with
+ * `len > 0`), `CKPT_STATUS_OUT_OF_RANGE` (nothing is written),
+ * `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_NO_SPACE` (the file system is
+ * full), `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`. After a failure other
+ * than `CKPT_STATUS_OUT_OF_RANGE` and `CKPT_STATUS_READ_ONLY`, the range
+ * may hold a part of the new data.
  *
  * # Safety
  *
@@ -1128,9 +1155,14 @@ ckpt_status ckpt_disk_write(struct ckpt_disk *disk,
                             uint64_t offset);
 
 /**
- * Make every write completed on `disk` durable (metadata and data).
+ * Make every write and trim completed on `disk` before the call (from any
+ * thread) durable, metadata and data: after `CKPT_STATUS_OK` they survive
+ * a crash or power failure. On a read-only handle there is nothing to do
+ * and the result is `CKPT_STATUS_OK`.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_IO`.
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_NO_SPACE`,
+ * `CKPT_STATUS_IO` (then it is unknown which writes are durable; a later
+ * flush may be tried again).
  *
  * # Safety
  *
@@ -1139,12 +1171,15 @@ ckpt_status ckpt_disk_write(struct ckpt_disk *disk,
 ckpt_status ckpt_disk_flush(struct ckpt_disk *disk);
 
 /**
- * Discard the range `[offset, offset + len)` of the virtual disk:
- * afterwards it reads as zeros, and whole blocks inside it stop using
- * space in the file.
+ * Discard the range `[offset, offset + len)` of the virtual disk (any
+ * alignment): afterwards it reads as zeros (on a differencing disk too,
+ * whatever its parents hold there), and whole blocks inside it stop using
+ * space in the file. Durable after `ckpt_disk_flush`, like a write. Note
+ * the argument order: offset, then length (as `ckpt_disk_read` /
+ * `ckpt_disk_write` have buffer, length, offset).
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_OUT_OF_RANGE`,
- * `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_IO`.
+ * `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`.
  *
  * # Safety
  *

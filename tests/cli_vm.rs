@@ -355,7 +355,6 @@ fn whole_scenario() {
     let mut now: Content = zero_content();
     put(&f.disks, &mut now, 0, 0, 1, 8192);
     put(&f.disks, &mut now, 1, 4096, 2, 4096);
-    let base = now.clone();
 
     // ---- vm create / show
     let out = ok(&[

@@ -307,3 +307,25 @@ fn deep_chain_reads_match_the_model() {
         assert!(all == model);
     }
 }
+
+#[test]
+fn merge_refuses_without_space_and_changes_nothing() {
+    use ckpt::disk::merge::{self, MergeOptions};
+    use ckpt::ChildOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    Disk::create(&base, &CreateOptions::new(64 << 20)).unwrap().close().unwrap();
+    let child = dir.path().join("child.avhdx");
+    let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
+    c.write_at(&[5u8; 4096], 40 << 20).unwrap();
+    c.close().unwrap();
+    let before = (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap());
+    // One 32 MiB block of the base must be allocated.
+    let opts = MergeOptions { space_limit: Some((32 << 20) - 1), ..Default::default() };
+    let e = merge::merge(&child, opts).unwrap_err();
+    assert_eq!(e.kind(), ckpt::ErrorKind::NoSpace, "{e}");
+    assert!(e.to_string().contains("needs up to 33554432 bytes"), "{e}");
+    assert_eq!(before, (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap()));
+    let opts = MergeOptions { space_limit: Some(32 << 20), ..Default::default() };
+    merge::merge(&child, opts).unwrap();
+}

@@ -842,6 +842,7 @@ impl Vm {
                 descendants: Some(descendants),
                 progress: Some(&mut cb),
                 skip_space_check: false,
+                space_limit: None,
             };
             merge::merge(src, opts)?;
         }

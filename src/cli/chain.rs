@@ -159,6 +159,7 @@ pub(super) fn merge_cmd(child: &Path, into: Option<&Path>) -> CliResult {
             descendants: None,
             progress: Some(&mut progress),
             skip_space_check: false,
+            space_limit: None,
         },
     );
     if let Some(bar) = &bar {

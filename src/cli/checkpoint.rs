@@ -101,21 +101,22 @@ pub enum CheckpointCommand {
     /// Export a checkpoint (or with --current the current state) into the
     /// folder DEST: one standalone VHDX per disk (no parent), the
     /// configuration (config.json) and the memory state if any.
+    #[command(override_usage = "ckpt checkpoint export <DIR> <NAME> <DEST>\n       \
+                                ckpt checkpoint export <DIR> --current <DEST>")]
     Export {
         /// The VM folder.
         dir: PathBuf,
-        /// NAME DEST: the checkpoint and the new (or empty) folder; with
-        /// --current only DEST.
-        #[arg(value_names = ["NAME", "DEST"], num_args = 1..=2, required = true)]
-        args: Vec<String>,
+        /// The checkpoint (with --current: DEST).
+        name: String,
+        /// The new (or empty) folder to export into.
+        dest: Option<PathBuf>,
         /// Export the current state instead of a checkpoint.
         #[arg(long)]
         current: bool,
     },
-}
 
 /// Run a `checkpoint` command.
-pub fn run(cmd: CheckpointCommand) -> CliResult {
+pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
     match cmd {
         CheckpointCommand::Create {
             dir,
@@ -149,21 +150,29 @@ pub fn run(cmd: CheckpointCommand) -> CliResult {
             name,
             new_name,
         } => rename(&dir, &name, &new_name),
-        CheckpointCommand::Export { dir, args, current } => {
-            let (name, dest) =
-                match (current, args.as_slice()) {
-                    (false, [name, dest]) => (Some(name.as_str()), dest),
-                    (true, [dest]) => (None, dest),
-                    (false, [_]) => return Err(fail(
+        CheckpointCommand::Export {
+            dir,
+            name,
+            dest,
+            current,
+        } => {
+            let (name, dest) = match (current, dest) {
+                (false, Some(dest)) => (Some(name), dest),
+                (true, None) => (None, PathBuf::from(name)),
+                (false, None) => {
+                    return Err(fail(
                         "missing DEST: give NAME DEST, or --current DEST (try 'ckpt checkpoint \
                          export --help')",
-                    )),
-                    _ => return Err(fail(
+                    ))
+                }
+                (true, Some(_)) => {
+                    return Err(fail(
                         "--current exports the current state: give only DEST, not a checkpoint \
                          name (try 'ckpt checkpoint export --help')",
-                    )),
-                };
-            export(&dir, name, Path::new(dest))
+                    ))
+                }
+            };
+            export(&dir, name.as_deref(), &dest)
         }
     }
 }

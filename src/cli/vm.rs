@@ -159,7 +159,7 @@ pub fn human_duration(secs: u64) -> String {
 
 /// A library error as one message. Refusals (a bad argument, an unknown
 /// or taken name) read better without the kind's prefix; "busy: " stays.
-pub fn vm_error(e: ckpt::Error) -> Failure {
+pub(super) fn vm_error(e: ckpt::Error) -> Failure {
     match e {
         ckpt::Error::InvalidArgument(msg)
         | ckpt::Error::NotFound(msg)
@@ -169,7 +169,7 @@ pub fn vm_error(e: ckpt::Error) -> Failure {
 }
 
 /// Refuse a folder that holds no VM, with a message that says so.
-pub fn require_vm(dir: &Path) -> CliResult {
+pub(super) fn require_vm(dir: &Path) -> CliResult {
     if dir.join(VM_FILE).is_file() {
         return Ok(());
     }
@@ -186,24 +186,24 @@ pub fn require_vm(dir: &Path) -> CliResult {
 }
 
 /// Open a VM for a change (takes its lock; finishes interrupted work).
-pub fn open_vm(dir: &Path) -> Result<Vm, Failure> {
+pub(super) fn open_vm(dir: &Path) -> Result<Vm, Failure> {
     require_vm(dir)?;
     Vm::open(dir).map_err(vm_error)
 }
 
 /// Read a VM's file for showing (no lock).
-pub fn load_vm(dir: &Path) -> Result<VmFile, Failure> {
+pub(super) fn load_vm(dir: &Path) -> Result<VmFile, Failure> {
     require_vm(dir)?;
     Vm::load(dir).map_err(vm_error)
 }
 
 /// Pretty JSON with a final newline.
-pub fn json_text(v: &serde_json::Value) -> Result<String, Failure> {
+pub(super) fn json_text(v: &serde_json::Value) -> Result<String, Failure> {
     Ok(serde_json::to_string_pretty(v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n")
 }
 
 /// Write `text` to stdout.
-pub fn print(text: &str) -> CliResult {
+pub(super) fn print(text: &str) -> CliResult {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -211,7 +211,7 @@ pub fn print(text: &str) -> CliResult {
 }
 
 /// Run a `vm` command.
-pub fn run(cmd: VmCommand) -> CliResult {
+pub(super) fn run(cmd: VmCommand) -> CliResult {
     match cmd {
         VmCommand::Create {
             dir,

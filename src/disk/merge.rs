@@ -237,6 +237,9 @@ pub struct MergeOptions<'a> {
     pub progress: Option<Progress<'a>>,
     /// Skip the free-space check.
     pub skip_space_check: bool,
+    /// Refuse when the merge needs more than this many bytes, even if the
+    /// volume has them (a quota the caller keeps).
+    pub space_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for MergeOptions<'_> {
@@ -245,6 +248,7 @@ impl std::fmt::Debug for MergeOptions<'_> {
             .field("into", &self.into)
             .field("descendants", &self.descendants)
             .field("skip_space_check", &self.skip_space_check)
+            .field("space_limit", &self.space_limit)
             .finish()
     }
 }
@@ -338,6 +342,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let free = crate::io::free_space(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        let free = free.min(opts.space_limit.unwrap_or(u64::MAX));
         if need > free {
             return Err(Error::NoSpace(format!(
                 "merging {} into {} needs up to {need} bytes, but only {free} are free there",

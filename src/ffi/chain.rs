@@ -420,6 +420,7 @@ pub unsafe extern "C" fn ckpt_merge(
             descendants: None,
             progress: Some(&mut call),
             skip_space_check: false,
+            space_limit: None,
         };
         merge::merge(child, opts)?;
         Ok(())
