@@ -970,7 +970,7 @@ ckpt_status ckpt_disk_changed_ranges(const struct ckpt_disk *disk,
  *
  * Before it starts, the merge checks that the destination's file system
  * has room for the blocks it may allocate, and refuses
- * (`CKPT_STATUS_INVALID_ARGUMENT`) otherwise.
+ * (`CKPT_STATUS_NO_SPACE`, nothing changed) otherwise.
  *
  * `progress` (may be NULL) is called after every chunk with the bytes
  * copied and the bytes to copy; returning non-zero cancels. A cancelled,
@@ -980,8 +980,8 @@ ckpt_status ckpt_disk_changed_ranges(const struct ckpt_disk *disk,
  * No handle may have any file of the chain open during the merge.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (not
- * a differencing disk, `into_path` not in its chain, no room),
- * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
+ * a differencing disk, `into_path` not in its chain),
+ * `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
  * `CKPT_STATUS_PARENT_MISMATCH`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
  *
  * # Safety
@@ -1351,8 +1351,9 @@ ckpt_status ckpt_writer_write(struct ckpt_writer *writer, const uint8_t *buf, si
  *
  * Errors: `CKPT_STATUS_NULL_POINTER` (`dir`, `spec`, `out`, `spec->name`
  * or an array entry NULL), `CKPT_STATUS_INVALID_ARGUMENT` (empty name,
- * a disk given twice, the folder holds a VM, bad JSON, unknown checkpoint
- * type), `CKPT_STATUS_UNSUPPORTED` (a spec from a newer header),
+ * a disk given twice, bad JSON, unknown checkpoint type),
+ * `CKPT_STATUS_ALREADY_EXISTS` (the folder holds a VM),
+ * `CKPT_STATUS_UNSUPPORTED` (a spec from a newer header),
  * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT` (a disk),
  * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
  *
@@ -1704,8 +1705,9 @@ ckpt_status ckpt_vm_checkpoint_disk_path(const struct ckpt_vm *vm,
  * Set `*out_index` to the index of the checkpoint called `name` (hidden
  * checkpoints have no name lookups).
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * checkpoint has that name), `CKPT_STATUS_BUSY`.
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty or non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has
+ * that name), `CKPT_STATUS_BUSY`.
  *
  * # Safety
  *
@@ -1734,8 +1736,10 @@ ckpt_status ckpt_vm_checkpoint_find(const struct ckpt_vm *vm, const char *name, 
  * failure nothing is left behind.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (empty or taken name, disabled, production-only quiesce failure),
+ * (empty name, disabled, production-only quiesce failure),
+ * `CKPT_STATUS_ALREADY_EXISTS` (the name is taken),
  * `CKPT_STATUS_UNSUPPORTED` (hooks from a newer header),
+ * `CKPT_STATUS_NO_SPACE`,
  * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO` (including a failed `save_memory`),
  * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
  *
@@ -1760,10 +1764,12 @@ ckpt_status ckpt_vm_checkpoint_create(struct ckpt_vm *vm,
  * a new checkpoint of that name (taken as `ckpt_vm_checkpoint_create`
  * does, with `hooks`); with NULL it is discarded for good.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * such checkpoint, a taken `save_current_name`, the current state hangs
- * under no checkpoint), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
- * `CKPT_STATUS_IO`, `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (the
+ * current state hangs under no checkpoint), `CKPT_STATUS_NOT_FOUND` (no
+ * such checkpoint, or a missing file), `CKPT_STATUS_ALREADY_EXISTS` (a
+ * taken `save_current_name`), `CKPT_STATUS_UNSUPPORTED`,
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
  *
@@ -1802,10 +1808,11 @@ ckpt_status ckpt_vm_checkpoint_revert(struct ckpt_vm *vm);
  * (`CKPT_STATUS_CANCELLED`); a cancelled or interrupted delete is
  * finished by the next `ckpt_vm_open`. `hooks` may be NULL.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * such checkpoint, no room for a merge), `CKPT_STATUS_CANCELLED`,
- * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
- * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+ * `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a missing file),
+ * `CKPT_STATUS_NO_SPACE` (no room for a merge; nothing changed),
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
  *
@@ -1821,8 +1828,9 @@ ckpt_status ckpt_vm_checkpoint_delete(struct ckpt_vm *vm,
  * Rename checkpoint `name` to `new_name` (unique among the VM's
  * checkpoints).
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * such checkpoint, empty or taken new name), `CKPT_STATUS_BUSY`,
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+ * `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken), `CKPT_STATUS_BUSY`,
  * `CKPT_STATUS_IO`.
  *
  * # Safety
@@ -1843,10 +1851,11 @@ ckpt_status ckpt_vm_checkpoint_rename(struct ckpt_vm *vm, const char *name, cons
  * (`CKPT_STATUS_CANCELLED`; the files made so far are removed). `hooks`
  * may be NULL.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * such checkpoint, `dest_dir` not empty), `CKPT_STATUS_CANCELLED`,
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`dest_dir` not empty), `CKPT_STATUS_NOT_FOUND` (no such checkpoint,
+ * or a missing file), `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`,
  * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
- * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+ * `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
  *

@@ -114,6 +114,7 @@ pub enum CheckpointCommand {
         #[arg(long)]
         current: bool,
     },
+}
 
 /// Run a `checkpoint` command.
 pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
@@ -156,22 +157,19 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             dest,
             current,
         } => {
-            let (name, dest) = match (current, dest) {
-                (false, Some(dest)) => (Some(name), dest),
-                (true, None) => (None, PathBuf::from(name)),
-                (false, None) => {
-                    return Err(fail(
+            let (name, dest) =
+                match (current, dest) {
+                    (false, Some(dest)) => (Some(name), dest),
+                    (true, None) => (None, PathBuf::from(name)),
+                    (false, None) => return Err(fail(
                         "missing DEST: give NAME DEST, or --current DEST (try 'ckpt checkpoint \
                          export --help')",
-                    ))
-                }
-                (true, Some(_)) => {
-                    return Err(fail(
+                    )),
+                    (true, Some(_)) => return Err(fail(
                         "--current exports the current state: give only DEST, not a checkpoint \
                          name (try 'ckpt checkpoint export --help')",
-                    ))
-                }
-            };
+                    )),
+                };
             export(&dir, name.as_deref(), &dest)
         }
     }

@@ -382,7 +382,7 @@ pub unsafe extern "C" fn ckpt_disk_changed_ranges(
 ///
 /// Before it starts, the merge checks that the destination's file system
 /// has room for the blocks it may allocate, and refuses
-/// (`CKPT_STATUS_INVALID_ARGUMENT`) otherwise.
+/// (`CKPT_STATUS_NO_SPACE`, nothing changed) otherwise.
 ///
 /// `progress` (may be NULL) is called after every chunk with the bytes
 /// copied and the bytes to copy; returning non-zero cancels. A cancelled,
@@ -392,8 +392,8 @@ pub unsafe extern "C" fn ckpt_disk_changed_ranges(
 /// No handle may have any file of the chain open during the merge.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (not
-/// a differencing disk, `into_path` not in its chain, no room),
-/// `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
+/// a differencing disk, `into_path` not in its chain),
+/// `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_NOT_FOUND`,
 /// `CKPT_STATUS_PARENT_MISMATCH`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
 ///
 /// # Safety

@@ -585,8 +585,9 @@ fn parse_json(text: &str, what: &str) -> FfiResult<serde_json::Value> {
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER` (`dir`, `spec`, `out`, `spec->name`
 /// or an array entry NULL), `CKPT_STATUS_INVALID_ARGUMENT` (empty name,
-/// a disk given twice, the folder holds a VM, bad JSON, unknown checkpoint
-/// type), `CKPT_STATUS_UNSUPPORTED` (a spec from a newer header),
+/// a disk given twice, bad JSON, unknown checkpoint type),
+/// `CKPT_STATUS_ALREADY_EXISTS` (the folder holds a VM),
+/// `CKPT_STATUS_UNSUPPORTED` (a spec from a newer header),
 /// `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT` (a disk),
 /// `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
 ///
@@ -1290,8 +1291,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_disk_path(
 /// Set `*out_index` to the index of the checkpoint called `name` (hidden
 /// checkpoints have no name lookups).
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
-/// checkpoint has that name), `CKPT_STATUS_BUSY`.
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+/// (empty or non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has
+/// that name), `CKPT_STATUS_BUSY`.
 ///
 /// # Safety
 ///
@@ -1340,8 +1342,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_find(
 /// failure nothing is left behind.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (empty or taken name, disabled, production-only quiesce failure),
+/// (empty name, disabled, production-only quiesce failure),
+/// `CKPT_STATUS_ALREADY_EXISTS` (the name is taken),
 /// `CKPT_STATUS_UNSUPPORTED` (hooks from a newer header),
+/// `CKPT_STATUS_NO_SPACE`,
 /// `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO` (including a failed `save_memory`),
 /// `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
 ///
@@ -1377,10 +1381,12 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_create(
 /// a new checkpoint of that name (taken as `ckpt_vm_checkpoint_create`
 /// does, with `hooks`); with NULL it is discarded for good.
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
-/// such checkpoint, a taken `save_current_name`, the current state hangs
-/// under no checkpoint), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
-/// `CKPT_STATUS_IO`, `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (the
+/// current state hangs under no checkpoint), `CKPT_STATUS_NOT_FOUND` (no
+/// such checkpoint, or a missing file), `CKPT_STATUS_ALREADY_EXISTS` (a
+/// taken `save_current_name`), `CKPT_STATUS_UNSUPPORTED`,
+/// `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`,
+/// `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety
 ///
@@ -1439,10 +1445,11 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_revert(vm: *mut ckpt_vm) -> ckpt_sta
 /// (`CKPT_STATUS_CANCELLED`); a cancelled or interrupted delete is
 /// finished by the next `ckpt_vm_open`. `hooks` may be NULL.
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
-/// such checkpoint, no room for a merge), `CKPT_STATUS_CANCELLED`,
-/// `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
-/// `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+/// `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a missing file),
+/// `CKPT_STATUS_NO_SPACE` (no room for a merge; nothing changed),
+/// `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
+/// `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety
 ///
@@ -1468,8 +1475,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_delete(
 /// Rename checkpoint `name` to `new_name` (unique among the VM's
 /// checkpoints).
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
-/// such checkpoint, empty or taken new name), `CKPT_STATUS_BUSY`,
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+/// (empty new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+/// `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken), `CKPT_STATUS_BUSY`,
 /// `CKPT_STATUS_IO`.
 ///
 /// # Safety
@@ -1502,10 +1510,11 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_rename(
 /// (`CKPT_STATUS_CANCELLED`; the files made so far are removed). `hooks`
 /// may be NULL.
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
-/// such checkpoint, `dest_dir` not empty), `CKPT_STATUS_CANCELLED`,
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+/// (`dest_dir` not empty), `CKPT_STATUS_NOT_FOUND` (no such checkpoint,
+/// or a missing file), `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`,
 /// `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
-/// `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
+/// `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety
 ///

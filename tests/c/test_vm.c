@@ -402,7 +402,7 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_vm_set_checkpoint_type(vm, CKPT_CHECKPOINT_TYPE_PRODUCTION));
     CHECK(checkpoint_count(vm) == 3);
     /* names: empty and taken ones are refused */
-    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "a", &h), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "a", &h), CKPT_STATUS_ALREADY_EXISTS);
     EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "", &h), CKPT_STATUS_INVALID_ARGUMENT);
     write_tag(current(vm, 0), "state-3");
     EXPECT_OK(ckpt_vm_set_resources(vm, 4096, 0));
@@ -423,7 +423,7 @@ int main(int argc, char **argv) {
     CHECK(has_tag(current(vm, 1), "data-0"));
     CHECK(has_tag(checkpoint_disk(vm, "d", 0), "state-3"));
     EXPECT_STATUS(ckpt_vm_checkpoint_apply(vm, "missing", NULL, &h),
-                  CKPT_STATUS_INVALID_ARGUMENT);
+                  CKPT_STATUS_NOT_FOUND);
 
     /* ---- revert: everything since "a" is discarded ---- */
     write_tag(current(vm, 0), "state-4");
@@ -453,7 +453,7 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_vm_checkpoint_delete(vm, "c", 0, NULL));
     CHECK(has_tag(checkpoint_disk(vm, "d", 0), "state-3")); /* d reads the same */
     size_t id_ = 0;
-    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "c", &id_), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "c", &id_), CKPT_STATUS_NOT_FOUND);
     /* ---- delete a leaf: "d"; its files go ---- */
     char d_disk[4096];
     snprintf(d_disk, sizeof d_disk, "%s", checkpoint_disk(vm, "d", 0));
@@ -485,13 +485,13 @@ int main(int argc, char **argv) {
 
     /* ---- rename ---- */
     EXPECT_OK(ckpt_vm_checkpoint_rename(vm, "a", "golden"));
-    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "a", &id_), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "a", &id_), CKPT_STATUS_NOT_FOUND);
     EXPECT_OK(ckpt_vm_checkpoint_find(vm, "golden", &id_));
     EXPECT_OK(ckpt_vm_checkpoint_name(vm, id_, text, sizeof text, NULL));
     CHECK(strcmp(text, "golden") == 0);
     EXPECT_OK(ckpt_vm_checkpoint_create(vm, "f", &h));
-    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "f", "golden"), CKPT_STATUS_INVALID_ARGUMENT);
-    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "nope", "x"), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "f", "golden"), CKPT_STATUS_ALREADY_EXISTS);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "nope", "x"), CKPT_STATUS_NOT_FOUND);
 
     /* ---- export "golden": flattened disks with no parent ---- */
     char exp[2048], path[4096];
