@@ -548,9 +548,8 @@ fn install_and_pkg_config() {
     for l in ["-lckpt", "-lpthread", "-ldl", "-lm"] {
         assert!(static_libs.contains(l), "{l} missing in {static_libs}");
     }
-    let split = |flags: &str| -> Vec<String> {
-        flags.split_whitespace().map(str::to_string).collect()
-    };
+    let split =
+        |flags: &str| -> Vec<String> { flags.split_whitespace().map(str::to_string).collect() };
 
     let example = root().join("examples/c/example.c");
     // Shared: found at run time through an rpath to the install's libdir.

@@ -1104,3 +1104,78 @@ fn two_processes_on_one_vm() {
     assert_eq!(entry(&list, "x")["type"], "production");
     ckpt::checkpoint::Vm::open(&f.vm).expect("open after the tool finished");
 }
+
+#[test]
+fn relative_paths_and_checkpoint_location() {
+    let f = Fixture::new();
+    // Relative paths, from the test folder: JSON output has them absolute.
+    let in_root = |args: &[&str]| -> String {
+        let o = ckpt()
+            .args(args)
+            .current_dir(&f.root)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ckpt");
+        assert_ok(args, &o);
+        stdout(&o)
+    };
+    in_root(&[
+        "vm",
+        "create",
+        "vm",
+        "--name",
+        "rel",
+        "--disk",
+        "disks/os.vhdx",
+        "--checkpoint-type",
+        "standard",
+        "--checkpoint-location",
+        "states",
+        "--memory",
+        "512",
+    ]);
+    let v = f.show();
+    assert_eq!(v["disks"][0]["path"], s(&f.disks[0]));
+    assert_eq!(v["checkpoint_location"], s(&f.root.join("states")));
+    assert_eq!(v["memory_mib"], 512);
+    std::fs::write(f.root.join("mem.bin"), b"RAM").expect("write mem");
+    in_root(&[
+        "checkpoint",
+        "create",
+        "vm",
+        "s1",
+        "--memory-state",
+        "mem.bin",
+    ]);
+    let saved = PathBuf::from(
+        entry(&f.list(), "s1")["saved_state"]
+            .as_str()
+            .expect("saved_state"),
+    );
+    assert_eq!(saved.parent(), Some(f.root.join("states").as_path()));
+    assert_eq!(std::fs::read(&saved).expect("memory state"), b"RAM");
+
+    // Back to the default location: new checkpoints go to DIR/checkpoints.
+    ok(&["vm", "set", f.vm(), "--checkpoint-location", "default"]);
+    assert_eq!(f.show()["checkpoint_location"], Value::Null);
+    ok(&[
+        "checkpoint",
+        "create",
+        f.vm(),
+        "s2",
+        "--memory-state",
+        s(&f.root.join("mem.bin")),
+    ]);
+    let saved2 = PathBuf::from(
+        entry(&f.list(), "s2")["saved_state"]
+            .as_str()
+            .expect("saved_state"),
+    );
+    assert_eq!(saved2.parent(), Some(f.vm.join("checkpoints").as_path()));
+    assert!(saved.exists(), "s1's memory state stays where it was taken");
+    let text = ok(&["vm", "show", f.vm()]);
+    assert!(
+        text.contains(&format!("{} (default)", f.vm.join("checkpoints").display())),
+        "{text}"
+    );
+}

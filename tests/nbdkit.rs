@@ -354,7 +354,12 @@ fn readonly_export_reads_the_chain_and_refuses_writes() {
     run(Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "raw", &server.uri()])
         .arg(&out));
-    assert_same("qemu-img convert over NBD", &file_bytes(&out), &chain.model, 0);
+    assert_same(
+        "qemu-img convert over NBD",
+        &file_bytes(&out),
+        &chain.model,
+        0,
+    );
 
     // Writes are refused, whatever kind.
     for cmd in [
@@ -453,7 +458,12 @@ fn writes_go_to_the_top_file() {
     assert_same("NBD after writes", &file_bytes(&out), &chain.model, 0);
     server.stop();
 
-    assert_same("libckpt after writes", &read_all(&chain.top), &chain.model, 0);
+    assert_same(
+        "libckpt after writes",
+        &read_all(&chain.top),
+        &chain.model,
+        0,
+    );
     assert!(file_bytes(&chain.base) == base_before, "base.vhdx changed");
     assert!(file_bytes(&chain.mid) == mid_before, "mid.avhdx changed");
     assert_sound(&chain.top);
@@ -493,9 +503,10 @@ fn sigkill_keeps_every_flushed_write() {
     const M: u64 = 2000;
     for i in 0..M {
         let off = 4 * MIB + (i * 2048) % (4 * MIB - 4096);
-        stream
-            .arg("-c")
-            .arg(format!("write -P {:#04x} {off} 4096", 0x80 + (i % 64) as u8));
+        stream.arg("-c").arg(format!(
+            "write -P {:#04x} {off} 4096",
+            0x80 + (i % 64) as u8
+        ));
     }
     let mut writer = stream
         .arg(&uri)
@@ -577,7 +588,10 @@ fn bad_file_fails_at_start_up() {
             .args(["-f", "--exit-with-parent", "-U"])
             .arg(dir.path().join("s.sock"))
             .arg(plugin())
-            .arg(format!("file={}", dir.path().join("missing.vhdx").display())),
+            .arg(format!(
+                "file={}",
+                dir.path().join("missing.vhdx").display()
+            )),
     );
     assert!(!o.status.success());
 }

@@ -190,6 +190,14 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
         )));
     }
     let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
+    let me = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
+    if p.chain().iter().flatten().any(|q| std::fs::canonicalize(q).ok().as_ref() == Some(&me)) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is in the chain of {}: making it the parent would make a cycle",
+            child.display(),
+            new_parent.display()
+        )));
+    }
     match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
         Ok(()) => {}
         Err(Error::ParentMismatch { .. }) if force => {

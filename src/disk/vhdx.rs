@@ -716,6 +716,11 @@ impl Vhdx {
 
     /// Set the bitmap bits of `count` sectors from `sector` in `block` (state lock held).
     fn set_bits(&self, st: &mut WriteState, block: u64, sector: u64, count: u64) -> Result<()> {
+        self.write_bits(st, block, sector, count, true)
+    }
+
+    /// Set or clear the bitmap bits of `count` sectors from `sector` in `block`.
+    fn write_bits(&self, st: &mut WriteState, block: u64, sector: u64, count: u64, on: bool) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
         let first = (block % self.geo.chunk_ratio) * self.sectors_per_block() + sector;
         let bits_per_sector = SECTOR * 8;
@@ -731,10 +736,14 @@ impl Vhdx {
             while bit < end {
                 let i = (bit % bits_per_sector) as usize;
                 if i % 8 == 0 && bit + 8 <= end {
-                    sec[i / 8] = 0xff;
+                    sec[i / 8] = if on { 0xff } else { 0 };
                     bit += 8;
                 } else {
-                    sec[i / 8] |= 1 << (i % 8);
+                    if on {
+                        sec[i / 8] |= 1 << (i % 8);
+                    } else {
+                        sec[i / 8] &= !(1 << (i % 8));
+                    }
                     bit += 1;
                 }
             }
@@ -1014,9 +1023,14 @@ impl Vhdx {
         let mut st = lock(&self.state);
         let cur = BatEntry(rlock(&self.bat)[idx]);
         match cur.payload_state() {
-            Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent) => {
+            Some(state @ (PayloadState::FullyPresent | PayloadState::PartiallyPresent)) => {
                 st.pending_free.push(cur.offset());
                 self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
+                if state == PayloadState::PartiallyPresent {
+                    // Leave no stale bits behind (readers that consult the
+                    // bitmap of a zero block then see the parent, not junk).
+                    self.write_bits(&mut st, block, 0, self.sectors_per_block(), false)?;
+                }
             }
             Some(PayloadState::NotPresent) if parent => {
                 self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
