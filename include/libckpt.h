@@ -2,12 +2,16 @@
  * libckpt — Hyper-V virtual disks (VHDX), differencing chains and VM
  * checkpoint trees from C.
  *
- * Link with libckpt.a (plus -lpthread -ldl -lm on Linux) or libckpt.so.
+ * Link with libckpt.a (plus -lpthread -ldl -lm on Linux) or libckpt.so;
+ * after scripts/install.sh, `pkg-config --cflags --libs libckpt` gives the
+ * flags.
  *
  * API conventions
  * ---------------
- * Names: functions are ckpt_<object>_<verb>; types are ckpt_<name>; constants
- *   are CKPT_<NAME>.
+ * Names: functions are ckpt_<object>_<verb> (ckpt_disk_* for disks and
+ *   chains, ckpt_vm_* for VMs and their checkpoints); types are ckpt_<name>;
+ *   constants are CKPT_<NAME>. A handle is the first argument; out-
+ *   parameters (out, out_len, out_count, out_index) are the last ones.
  *
  * Statuses: every function that can fail returns a ckpt_status. 0
  *   (CKPT_STATUS_OK) is success; the other numbers are stable and never
@@ -63,6 +67,12 @@
  *
  * Panics: a bug inside libckpt never unwinds into C and never aborts; the
  *   function returns CKPT_STATUS_PANIC and the last error says where.
+ *
+ * Versions: CKPT_VERSION_MAJOR/MINOR/PATCH and CKPT_VERSION_STRING give the
+ *   version of this header; ckpt_version() and ckpt_version_major/minor/
+ *   patch() the version of the library linked at run time. Call
+ *   CKPT_VERSION_CHECK() once at start-up: it returns CKPT_STATUS_OK when
+ *   the two are compatible (see ckpt_version_check).
  *
  * Threads: the library has no global state except the per-thread last
  *   error. Each handle type states what may run concurrently on one handle;
@@ -990,10 +1000,10 @@ ckpt_status ckpt_disk_changed_ranges(const struct ckpt_disk *disk,
  * a NUL-terminated string; `progress` is NULL or a function that may be
  * called with `user` during this call.
  */
-ckpt_status ckpt_merge(const char *child_path,
-                       const char *into_path,
-                       ckpt_progress_fn progress,
-                       void *user);
+ckpt_status ckpt_disk_merge(const char *child_path,
+                            const char *into_path,
+                            ckpt_progress_fn progress,
+                            void *user);
 
 /**
  * Copy everything `src_path` reads (through its whole chain) into a new
@@ -1003,7 +1013,7 @@ ckpt_status ckpt_merge(const char *child_path,
  * `options` (may be NULL) chooses the kind and block size of the new file
  * as for `ckpt_disk_create`; the virtual size and the sector sizes are
  * always the source's. `progress` (may be NULL) is called as for
- * `ckpt_merge`; on cancel or failure `dst_path` is removed.
+ * `ckpt_disk_merge`; on cancel or failure `dst_path` is removed.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
  * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_ALREADY_EXISTS`,
@@ -1017,11 +1027,11 @@ ckpt_status ckpt_merge(const char *child_path,
  * `options->struct_size` bytes; `progress` is NULL or a function that may
  * be called with `user` during this call.
  */
-ckpt_status ckpt_flatten(const char *src_path,
-                         const char *dst_path,
-                         const struct ckpt_create_options *options,
-                         ckpt_progress_fn progress,
-                         void *user);
+ckpt_status ckpt_disk_flatten(const char *src_path,
+                              const char *dst_path,
+                              const struct ckpt_create_options *options,
+                              ckpt_progress_fn progress,
+                              void *user);
 
 /**
  * Point the differencing disk `child_path` at `new_parent_path` (like
@@ -1042,7 +1052,7 @@ ckpt_status ckpt_flatten(const char *src_path,
  *
  * `child_path` and `new_parent_path` are NULL or NUL-terminated strings.
  */
-ckpt_status ckpt_reparent(const char *child_path, const char *new_parent_path, int force);
+ckpt_status ckpt_disk_reparent(const char *child_path, const char *new_parent_path, int force);
 
 /**
  * Create a new VHDX file at `path` (which must not exist yet) holding a

@@ -7,6 +7,10 @@
  *     cc -std=c11 -Wall -Wextra -pedantic -Iinclude examples/c/example.c \
  *        target/debug/libckpt.a -lpthread -ldl -lm -o example
  *     ./example /tmp/example.vhdx
+ *
+ * or, against an installed libckpt (scripts/install.sh):
+ *
+ *     cc examples/c/example.c $(pkg-config --cflags --libs libckpt) -o example
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -30,7 +34,13 @@ static int fail(const char *what, ckpt_status status) {
 
 int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : "example.vhdx";
-    printf("libckpt %s\n", ckpt_version());
+
+    /* The library we run with must serve the header we were built with. */
+    ckpt_status s = CKPT_VERSION_CHECK();
+    if (s != CKPT_STATUS_OK) {
+        return fail("CKPT_VERSION_CHECK", s);
+    }
+    printf("libckpt %s (built with the %s header)\n", ckpt_version(), CKPT_VERSION_STRING);
 
     /* A 64 MiB dynamic disk with 1 MiB blocks; the other options keep
      * their defaults (0). Passing NULL instead takes every default. */
@@ -40,7 +50,7 @@ int main(int argc, char **argv) {
     options.block_size = 1024 * 1024;
 
     ckpt_disk *disk = NULL;
-    ckpt_status s = ckpt_disk_create(path, 64u * 1024 * 1024, &options, &disk);
+    s = ckpt_disk_create(path, 64u * 1024 * 1024, &options, &disk);
     if (s != CKPT_STATUS_OK) {
         return fail("ckpt_disk_create", s);
     }

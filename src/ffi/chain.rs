@@ -402,13 +402,13 @@ pub unsafe extern "C" fn ckpt_disk_changed_ranges(
 /// a NUL-terminated string; `progress` is NULL or a function that may be
 /// called with `user` during this call.
 #[no_mangle]
-pub unsafe extern "C" fn ckpt_merge(
+pub unsafe extern "C" fn ckpt_disk_merge(
     child_path: *const c_char,
     into_path: *const c_char,
     progress: ckpt_progress_fn,
     user: *mut c_void,
 ) -> ckpt_status {
-    ffi_boundary!("ckpt_merge", {
+    ffi_boundary!("ckpt_disk_merge", {
         // SAFETY: per this function's contract.
         let child = unsafe { c_path(child_path, "child_path")? };
         // SAFETY: per this function's contract.
@@ -434,7 +434,7 @@ pub unsafe extern "C" fn ckpt_merge(
 /// `options` (may be NULL) chooses the kind and block size of the new file
 /// as for `ckpt_disk_create`; the virtual size and the sector sizes are
 /// always the source's. `progress` (may be NULL) is called as for
-/// `ckpt_merge`; on cancel or failure `dst_path` is removed.
+/// `ckpt_disk_merge`; on cancel or failure `dst_path` is removed.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
 /// `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_ALREADY_EXISTS`,
@@ -448,14 +448,14 @@ pub unsafe extern "C" fn ckpt_merge(
 /// `options->struct_size` bytes; `progress` is NULL or a function that may
 /// be called with `user` during this call.
 #[no_mangle]
-pub unsafe extern "C" fn ckpt_flatten(
+pub unsafe extern "C" fn ckpt_disk_flatten(
     src_path: *const c_char,
     dst_path: *const c_char,
     options: *const ckpt_create_options,
     progress: ckpt_progress_fn,
     user: *mut c_void,
 ) -> ckpt_status {
-    ffi_boundary!("ckpt_flatten", {
+    ffi_boundary!("ckpt_disk_flatten", {
         // SAFETY: per this function's contract.
         let src = unsafe { c_path(src_path, "src_path")? };
         // SAFETY: per this function's contract.
@@ -488,12 +488,12 @@ pub unsafe extern "C" fn ckpt_flatten(
 ///
 /// `child_path` and `new_parent_path` are NULL or NUL-terminated strings.
 #[no_mangle]
-pub unsafe extern "C" fn ckpt_reparent(
+pub unsafe extern "C" fn ckpt_disk_reparent(
     child_path: *const c_char,
     new_parent_path: *const c_char,
     force: c_int,
 ) -> ckpt_status {
-    ffi_boundary!("ckpt_reparent", {
+    ffi_boundary!("ckpt_disk_reparent", {
         // SAFETY: per this function's contract.
         let child = unsafe { c_path(child_path, "child_path")? };
         // SAFETY: per this function's contract.

@@ -249,23 +249,23 @@ int main(int argc, char **argv) {
 
     /* Flatten, cancelled on the first progress call: nothing is left. */
     progress_state p = progress_new(1);
-    EXPECT_STATUS(ckpt_flatten(child2, flat, NULL, on_progress, &p), CKPT_STATUS_CANCELLED);
+    EXPECT_STATUS(ckpt_disk_flatten(child2, flat, NULL, on_progress, &p), CKPT_STATUS_CANCELLED);
     CHECK(p.calls == 1);
     CHECK(!file_exists(flat));
     /* Flatten for real: a standalone disk with the same bytes. */
     p = progress_new(0);
-    EXPECT_OK(ckpt_flatten(child2, flat, &o, on_progress, &p));
+    EXPECT_OK(ckpt_disk_flatten(child2, flat, &o, on_progress, &p));
     CHECK(p.calls >= 1 && p.monotonic && p.last_done == p.last_total && p.last_total > 0);
     CHECK(chain_length(flat) == 1);
     CHECK(reads_as_model(flat));
     /* Without a callback and with default options. */
-    EXPECT_OK(ckpt_flatten(child2, flat2, NULL, NULL, NULL));
+    EXPECT_OK(ckpt_disk_flatten(child2, flat2, NULL, NULL, NULL));
     CHECK(reads_as_model(flat2));
 
     /* Merge child2 into child1, cancelled by the progress callback: the
      * chain is still whole and reads the same bytes. */
     p = progress_new(1);
-    EXPECT_STATUS(ckpt_merge(child2, NULL, on_progress, &p), CKPT_STATUS_CANCELLED);
+    EXPECT_STATUS(ckpt_disk_merge(child2, NULL, on_progress, &p), CKPT_STATUS_CANCELLED);
     CHECK(p.calls == 1);
     CHECK(strstr(last_error_text(), "cancel") != NULL);
     CHECK(file_exists(child2));
@@ -273,7 +273,7 @@ int main(int argc, char **argv) {
     CHECK(reads_as_model(child2));
     /* The same merge again finishes it: child2 is gone, child1 has its data. */
     p = progress_new(0);
-    EXPECT_OK(ckpt_merge(child2, NULL, on_progress, &p));
+    EXPECT_OK(ckpt_disk_merge(child2, NULL, on_progress, &p));
     CHECK(p.calls >= 1 && p.monotonic);
     CHECK(!file_exists(child2));
     CHECK(chain_length(child1) == 2);
@@ -286,12 +286,12 @@ int main(int argc, char **argv) {
         put(disk, 6 * MIB, 512, 7);
         EXPECT_OK(ckpt_disk_close(disk));
     }
-    EXPECT_OK(ckpt_merge(child2, base, NULL, NULL));
+    EXPECT_OK(ckpt_disk_merge(child2, base, NULL, NULL));
     CHECK(!file_exists(child2) && !file_exists(child1));
     CHECK(chain_length(base) == 1);
     CHECK(reads_as_model(base));
     /* A base disk cannot be merged. */
-    EXPECT_STATUS(ckpt_merge(base, NULL, NULL, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_disk_merge(base, NULL, NULL, NULL), CKPT_STATUS_INVALID_ARGUMENT);
 
     /* Re-parent after the parent moved. */
     char moved[4096], other[4096];
@@ -307,15 +307,15 @@ int main(int argc, char **argv) {
     disk = NULL;
     ckpt_status s = ckpt_disk_open(child1, CKPT_OPEN_READ_ONLY, &disk);
     CHECK(s != CKPT_STATUS_OK && disk == NULL); /* the parent is not found */
-    EXPECT_OK(ckpt_reparent(child1, moved, 0));
+    EXPECT_OK(ckpt_disk_reparent(child1, moved, 0));
     CHECK(reads_as_model(child1));
     /* An unrelated disk of the same size: refused unless forced. */
     disk = NULL;
     EXPECT_OK(ckpt_disk_create(other, SIZE, &o, &disk));
     EXPECT_OK(ckpt_disk_close(disk));
-    EXPECT_STATUS(ckpt_reparent(child1, other, 0), CKPT_STATUS_PARENT_MISMATCH);
+    EXPECT_STATUS(ckpt_disk_reparent(child1, other, 0), CKPT_STATUS_PARENT_MISMATCH);
     CHECK(reads_as_model(child1)); /* unchanged */
-    EXPECT_OK(ckpt_reparent(child1, other, 1));
+    EXPECT_OK(ckpt_disk_reparent(child1, other, 1));
     disk = NULL;
     EXPECT_OK(ckpt_disk_open(child1, CKPT_OPEN_READ_ONLY, &disk));
     if (disk != NULL) {
@@ -330,7 +330,7 @@ int main(int argc, char **argv) {
         EXPECT_OK(ckpt_disk_close(disk));
     }
     /* Re-parenting a base disk is refused. */
-    EXPECT_STATUS(ckpt_reparent(moved, other, 1), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_disk_reparent(moved, other, 1), CKPT_STATUS_INVALID_ARGUMENT);
 
     /* Options: bad struct_size, unknown flags. */
     ckpt_child_options bad = co;

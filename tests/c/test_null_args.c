@@ -76,12 +76,12 @@ static void chain_nulls(const char *dir) {
         EXPECT_OK(ckpt_disk_close(disk));
     }
 
-    EXPECT_STATUS(ckpt_merge(NULL, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
-    EXPECT_STATUS(ckpt_merge(NULL, base, ignore_progress, NULL), CKPT_STATUS_NULL_POINTER);
-    EXPECT_STATUS(ckpt_flatten(NULL, child, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
-    EXPECT_STATUS(ckpt_flatten(child, NULL, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
-    EXPECT_STATUS(ckpt_reparent(NULL, base, 0), CKPT_STATUS_NULL_POINTER);
-    EXPECT_STATUS(ckpt_reparent(child, NULL, 1), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_merge(NULL, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_merge(NULL, base, ignore_progress, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_flatten(NULL, child, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_flatten(child, NULL, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_reparent(NULL, base, 0), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_reparent(child, NULL, 1), CKPT_STATUS_NULL_POINTER);
     CHECK(file_exists(child)); /* nothing was merged */
 }
 
