@@ -169,6 +169,8 @@ pub struct Disk {
     owner: Vec<AtomicU8>,
     /// Page maps of mixed blocks (see [`Disk::page_owners`]).
     pages: RwLock<HashMap<u64, Arc<[u8]>>>,
+    /// Stripe locks by top block (see [`Disk::write_inner`]).
+    stripes: Vec<RwLock<()>>,
     closed: bool,
 }
 
@@ -181,6 +183,8 @@ struct Layer {
 const MIXED: u8 = u8::MAX;
 /// Granularity of the per-page owner maps of mixed blocks.
 const PAGE: u64 = 4096;
+/// Stripe locks guarding sector read-modify-writes in a differencing top.
+const STRIPES: usize = 64;
 /// Most mixed blocks whose page map is kept.
 const MAX_PAGE_MAPS: usize = 1 << 16;
 /// Deepest chain opened.
@@ -199,6 +203,7 @@ impl Disk {
             layers,
             owner: Vec::new(),
             pages: RwLock::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             closed: false,
         }
     }
@@ -215,6 +220,7 @@ impl Disk {
             layers,
             owner,
             pages: RwLock::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             closed: false,
         }
     }
@@ -586,15 +592,21 @@ impl Disk {
         }
         top.check_range(offset, buf.len() as u64)?;
         let lss = top.geo.logical_sector_size as u64;
-        if !top.has_parent() || (offset % lss == 0 && buf.len() as u64 % lss == 0) {
+        if !top.has_parent() {
             return top.write_at(buf, offset);
         }
+        if offset % lss == 0 && buf.len() as u64 % lss == 0 {
+            return self.write_sectors(buf, offset);
+        }
         // A differencing layer holds whole sectors: merge a partial first or
-        // last sector with what the chain reads there.
+        // last sector with what the chain reads there. The read-modify-write
+        // holds its blocks' stripe locks, so that a concurrent write to other
+        // bytes of the same sector is not undone.
         let start = offset / lss * lss;
         let end = (offset + buf.len() as u64).div_ceil(lss) * lss;
         let head = (offset - start) as usize;
         if end - start <= 2 * lss || buf.len() < 1 << 16 {
+            let _guards = self.lock_exclusive(start, end);
             let mut tmp = vec![0u8; (end - start) as usize];
             self.read_partial_sectors(&mut tmp, start, lss)?;
             tmp[head..head + buf.len()].copy_from_slice(buf);
@@ -606,8 +618,42 @@ impl Disk {
         self.write_inner(&buf[..(mid_start - offset) as usize], offset)?;
         let a = (mid_start - offset) as usize;
         let b = (mid_end - offset) as usize;
-        top.write_at(&buf[a..b], mid_start)?;
+        self.write_sectors(&buf[a..b], mid_start)?;
         self.write_inner(&buf[b..], mid_end)
+    }
+
+    /// Write whole sectors into a differencing top, block by block under
+    /// the blocks' stripe locks (shared).
+    fn write_sectors(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let top = self.top();
+        let bs = top.geo.block_size as u64;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
+            let _g = self.stripe(pos / bs).read().unwrap_or_else(|e| e.into_inner());
+            top.write_at(&buf[done..done + n], pos)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn stripe(&self, block: u64) -> &RwLock<()> {
+        &self.stripes[(block % STRIPES as u64) as usize]
+    }
+
+    /// Take the stripe locks of every block of `[start, end)` exclusively,
+    /// in stripe order.
+    fn lock_exclusive(&self, start: u64, end: u64) -> Vec<std::sync::RwLockWriteGuard<'_, ()>> {
+        let bs = self.top().geo.block_size as u64;
+        let mut ids: Vec<usize> = (start / bs..end.div_ceil(bs))
+            .map(|b| (b % STRIPES as u64) as usize)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|i| self.stripes[i].write().unwrap_or_else(|e| e.into_inner()))
+            .collect()
     }
 
     fn read_partial_sectors(&self, tmp: &mut [u8], start: u64, lss: u64) -> Result<()> {
@@ -658,7 +704,12 @@ impl Disk {
             let bstart = block * bs;
             let bend = (bstart + bs).min(self.virtual_size());
             let n = (bend - pos).min(end - pos);
-            if !(pos == bstart && pos + n == bend && top.trim_block(block)?) {
+            let whole = pos == bstart && pos + n == bend;
+            let trimmed = whole && {
+                let _g = self.stripe(block).read().unwrap_or_else(|e| e.into_inner());
+                top.trim_block(block)?
+            };
+            if !trimmed {
                 // Part of a block: write zeros over it (this hides the parent).
                 let zeros = vec![0u8; n.min(4 << 20) as usize];
                 let mut p = pos;
