@@ -750,8 +750,15 @@ impl Disk {
     /// The whole virtual disk as extents, in order: `allocated` when some
     /// layer of the chain holds data there (false: reads as zeros).
     pub fn extents(&self) -> Result<Vec<Extent>> {
+        self.extents_in(0, self.virtual_size())
+    }
+
+    /// The extents of `[offset, offset+len)`, in order, at block
+    /// granularity (the first and last are cut to the range).
+    pub fn extents_in(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.top().check_range(offset, len)?;
         let mut out: Vec<Extent> = Vec::new();
-        let size = self.virtual_size();
+        let size = offset + len;
         let step = self
             .layers
             .iter()
@@ -759,9 +766,9 @@ impl Disk {
             .min()
             .unwrap_or(MIB);
         let mut runs = Vec::new();
-        let mut pos = 0u64;
+        let mut pos = offset;
         while pos < size {
-            let n = step.min(size - pos);
+            let n = (step - pos % step).min(size - pos);
             let mut allocated = false;
             for l in &self.layers {
                 runs.clear();
