@@ -128,6 +128,21 @@
 #define CKPT_CREATE_FIXED 1
 
 /**
+ * `ckpt_extent.flags`: no file of the chain holds data for the range (no
+ * space is allocated for it). Always set together with
+ * `CKPT_EXTENT_ZERO`. The same value as NBD's `NBD_STATE_HOLE` (and
+ * nbdkit's `NBDKIT_EXTENT_HOLE`).
+ */
+#define CKPT_EXTENT_HOLE 1
+
+/**
+ * `ckpt_extent.flags`: the range reads as zeros. The same value as NBD's
+ * `NBD_STATE_ZERO` (and nbdkit's `NBDKIT_EXTENT_ZERO`). Only set for
+ * holes: an allocated range that happens to hold zeros has no flag.
+ */
+#define CKPT_EXTENT_ZERO 2
+
+/**
  * The per-VM checkpoint setting (`ckpt_vm_spec.checkpoint_type`,
  * `ckpt_vm_set_checkpoint_type`, `ckpt_vm_info.checkpoint_type`,
  * `ckpt_checkpoint_info.requested`). Where a function takes it as a
@@ -533,6 +548,33 @@ typedef struct ckpt_disk_info {
      */
     uint8_t disk_id[16];
 } ckpt_disk_info;
+
+/**
+ * A range of the virtual disk and whether the chain holds data there,
+ * filled by `ckpt_disk_extents`.
+ */
+typedef struct ckpt_extent {
+    /**
+     * Start in bytes.
+     */
+    uint64_t offset;
+    /**
+     * Length in bytes (never 0).
+     */
+    uint64_t length;
+    /**
+     * 0 when some file of the chain holds data for the range (it may
+     * still read as zeros); `CKPT_EXTENT_HOLE | CKPT_EXTENT_ZERO` when no
+     * file does and the range reads as zeros (never allocated, or
+     * trimmed). Other bits are 0 in this version; treat unknown bits as
+     * "nothing known".
+     */
+    uint32_t flags;
+    /**
+     * Always 0.
+     */
+    uint32_t reserved;
+} ckpt_extent;
 
 /**
  * Parameters of `ckpt_vm_create` (a versioned struct, used like
@@ -1196,6 +1238,52 @@ ckpt_status ckpt_disk_flush(struct ckpt_disk *disk);
  * `disk` is NULL or a live handle.
  */
 ckpt_status ckpt_disk_trim(struct ckpt_disk *disk, uint64_t offset, uint64_t len);
+
+/**
+ * Map `[offset, offset + len)` of the virtual disk: which parts some file
+ * of the chain holds data for, and which are holes that read as zeros
+ * (what a sparse copy or backup can skip; the NBD `base:allocation`
+ * context).
+ *
+ * The extents go into `buf`, which has room for `cap` of them, sorted,
+ * contiguous and covering the range exactly: the first starts at
+ * `offset`, each next one where the one before ends, and two neighbours
+ * never have the same `flags`. The boundaries fall on blocks of the chain
+ * (the smallest block size of its files), except that the first and last
+ * extent are cut to the range, so there are at most as many extents as
+ * blocks the range touches.
+ *
+ * `*out_count` receives the number of extents (0 when `len` is 0). If
+ * `cap` is too small, nothing is written to `buf`, `*out_count` is still
+ * set and the result is `CKPT_STATUS_BUFFER_TOO_SMALL`: call with
+ * `cap = 0` (`buf` may then be NULL) to learn the count, or map a smaller
+ * range. Each call reads the allocation tables again, and a write or trim
+ * between two calls may change the count; a large disk is best mapped in
+ * pieces with a fixed buffer. Like a read, the call may run concurrently
+ * with any other call on the handle except `ckpt_disk_close`.
+ *
+ * A block (for the first and last extent: its part inside the range) is
+ * data as soon as some file of the chain holds any sector of it, so a
+ * data extent may contain zeros, or sectors no file holds; a hole always
+ * reads as zeros.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk` or `out_count` NULL, or `buf`
+ * NULL with `cap > 0`), `CKPT_STATUS_OUT_OF_RANGE` (the range reaches past
+ * the end of the disk), `CKPT_STATUS_BUFFER_TOO_SMALL`, `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `cap` `ckpt_extent`s; `out_count` is NULL or valid for writing one
+ * `size_t`.
+ */
+ckpt_status ckpt_disk_extents(const struct ckpt_disk *disk,
+                              uint64_t offset,
+                              uint64_t len,
+                              struct ckpt_extent *buf,
+                              size_t cap,
+                              size_t *out_count);
 
 /**
  * Flush, leave an empty log, close the file and free the handle.

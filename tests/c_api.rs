@@ -257,6 +257,11 @@ fn c_vm_checkpoints() {
     run_c_program("tests/c/test_vm.c");
 }
 
+#[test]
+fn c_extents() {
+    run_c_program("tests/c/test_extents.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -309,6 +314,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_null_args.c",
         "tests/c/test_disk_io.c",
         "tests/c/test_errors.c",
+        "tests/c/test_extents.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

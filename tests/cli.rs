@@ -4,176 +4,22 @@
 
 #![cfg(feature = "cli")]
 
-use std::io::Write;
+mod common;
+
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-const MIB: u64 = 1 << 20;
+use common::cli::{
+    ckpt, fail, fails, have_pyvhdi, info_json, ok, ok_text, pattern, python, run, run_with_input,
+    s, stderr, stdout, write_at,
+};
+use common::{require_tool, tempdir as tmp, MIB};
 
-fn ckpt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
-}
-
-/// Run `ckpt args…` with `stdin` on its standard input.
-fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = ckpt()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ckpt");
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    // The tool may stop reading early (an error); a broken pipe is fine.
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    child.wait_with_output().expect("wait for ckpt")
-}
-
-fn run(args: &[&str]) -> Output {
-    ckpt()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ckpt")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Exit status 0, nothing on stderr.
-#[track_caller]
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert_ok(args, &o);
-    o
-}
-
-#[track_caller]
-fn assert_ok(args: &[&str], o: &Output) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "ckpt {args:?} failed\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    assert!(
-        o.stderr.is_empty(),
-        "ckpt {args:?} wrote to stderr: {}",
-        stderr(o)
-    );
-}
-
-/// Exit status 1 and exactly one line on stderr, starting with `error: `;
-/// returns that line.
-#[track_caller]
-fn fails(args: &[&str], o: &Output) -> String {
-    let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "ckpt {args:?}: want exit 1\nstdout: {}\nstderr: {err}",
-        stdout(o)
-    );
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "ckpt {args:?}: want one stderr line, got: {err:?}"
-    );
-    assert!(lines[0].starts_with("error: "), "ckpt {args:?}: {err:?}");
-    assert!(
-        !err.contains("internal error") && !err.contains("panicked"),
-        "ckpt {args:?} hit a bug: {err}"
-    );
-    lines[0].to_string()
-}
-
-#[track_caller]
-fn fail(args: &[&str]) -> String {
-    let o = run(args);
-    fails(args, &o)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
-fn info_json(path: &Path) -> serde_json::Value {
-    let o = ok(&["info", s(path), "--json"]);
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("info --json is not JSON ({e}): {}", stdout(&o));
-    })
-}
-
-/// Whether `qemu-img` can be used; under CI=true its absence is a failure.
-fn have_qemu_img() -> bool {
-    let found = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "qemu-img is required under CI=true"
-        );
-        eprintln!("notice: qemu-img not found; skipping the comparison with QEMU");
-    }
-    found
-}
-
-/// Whether libvhdi's Python binding can be used; under CI=true its absence
-/// is a failure.
-fn have_pyvhdi() -> bool {
-    let found = Command::new("/usr/bin/python3")
-        .args(["-c", "import pyvhdi"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3-libvhdi is required under CI=true"
-        );
-        eprintln!("notice: pyvhdi not found; skipping the comparison with libvhdi");
-    }
-    found
-}
-
-/// `qemu-img compare` of two images (formats given), asserting it agrees.
+/// `qemu-img compare` of two images (formats given) must find them equal.
 #[track_caller]
 fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) {
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", fa, "-F", fb, s(a), s(b)])
-        .output()
-        .expect("run qemu-img compare");
-    assert!(
-        o.status.success(),
-        "qemu-img compare {a:?} {b:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-}
-
-/// Deterministic bytes that are not all zero.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e37_79b9u32 ^ seed as u32;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as u8
-        })
-        .collect()
+    common::qemu_img(&["compare", "-f", fa, "-F", fb, s(a), s(b)]);
 }
 
 /// A raw image of `size` bytes: zeros, with data at a few places.
@@ -189,10 +35,6 @@ fn make_raw(path: &Path, size: u64) -> Vec<u8> {
     }
     std::fs::write(path, &img).expect("write raw image");
     img
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
 }
 
 #[test]
@@ -218,8 +60,7 @@ fn create_defaults_and_info_json() {
         assert_eq!(g.len(), 36, "{k} = {g}");
     }
     // Human output names the kind and the size.
-    let o = ok(&["info", s(&f)]);
-    let text = stdout(&o);
+    let text = ok_text(&["info", s(&f)]);
     assert!(text.contains("dynamic"), "{text}");
     assert!(text.contains("8388608"), "{text}");
     // An existing file is never overwritten.
@@ -260,17 +101,15 @@ fn create_every_option() {
     // QEMU cannot open 4 KiB logical sectors ("Operation not supported");
     // libvhdi can.
     if have_pyvhdi() {
-        let o = Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import pyvhdi,sys; f=pyvhdi.file(); f.open(sys.argv[1]); \
-                 print(f.get_media_size(), f.get_bytes_per_sector())",
-                s(&f),
-            ])
-            .output()
-            .expect("python3");
-        assert!(o.status.success(), "pyvhdi: {}", stderr(&o));
-        assert_eq!(stdout(&o).trim(), format!("{} 4096", 4 * MIB));
+        let out = python(
+            "import pyvhdi,sys; f=pyvhdi.file(); f.open(sys.argv[1]); \
+             print(f.get_media_size(), f.get_bytes_per_sector())",
+            &[s(&f)],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out).trim(),
+            format!("{} 4096", 4 * MIB)
+        );
     }
     // The same with 512-byte logical sectors, judged by QEMU.
     let g = dir.path().join("fixed512.vhdx");
@@ -278,25 +117,12 @@ fn create_every_option() {
     let v = info_json(&g);
     assert_eq!(v["logical_sector_size"], 512);
     assert_eq!(v["physical_sector_size"], 512);
-    if have_qemu_img() {
-        let o = Command::new("qemu-img")
-            .args(["info", "--output=json", "-f", "vhdx", s(&g)])
-            .output()
-            .expect("qemu-img info");
-        assert!(o.status.success(), "qemu-img info: {}", stderr(&o));
-        let q: serde_json::Value = serde_json::from_slice(&o.stdout).expect("qemu JSON");
+    if require_tool("qemu-img") {
+        let out = common::qemu_img(&["info", "--output=json", "-f", "vhdx", s(&g)]);
+        let q: serde_json::Value = serde_json::from_str(&out).expect("qemu JSON");
         assert_eq!(q["virtual-size"], 4 * MIB);
         assert_eq!(q["cluster-size"], MIB);
-        let o = Command::new("qemu-img")
-            .args(["check", "-f", "vhdx", s(&g)])
-            .output()
-            .expect("qemu-img check");
-        assert!(
-            o.status.success(),
-            "qemu-img check: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
+        common::qemu_check(&g);
     }
     // The 2 MiB log makes the file 1 MiB bigger than with the default log.
     let h = dir.path().join("log1.vhdx");
@@ -367,9 +193,7 @@ fn write_read_round_trip() {
     // Unaligned, crossing a block boundary, longer than the 1 MiB chunk.
     let data = pattern(MIB as usize + 12345, 7);
     let off = MIB / 2 + 3;
-    let args = ["write", s(&f), &off.to_string()];
-    let o = run_with_input(&args, &data);
-    assert_ok(&args, &o);
+    write_at(&f, off, &data);
     let o = ok(&["read", s(&f), &off.to_string(), &data.len().to_string()]);
     assert!(o.stdout == data, "read back differs");
     // Around it: zeros. SIZE suffixes work for offset and length.
@@ -387,14 +211,10 @@ fn write_read_round_trip() {
     let v = info_json(&f);
     assert_eq!(v["allocated_bytes"], 2 * MIB);
 
-    if have_qemu_img() {
+    if require_tool("qemu-img") {
         // QEMU reads the same bytes.
         let raw = dir.path().join("rw.raw");
-        let o = Command::new("qemu-img")
-            .args(["convert", "-f", "vhdx", "-O", "raw", s(&f), s(&raw)])
-            .output()
-            .expect("qemu-img convert");
-        assert!(o.status.success(), "{}", stderr(&o));
+        common::qemu_convert_raw(&f, &raw);
         assert!(
             std::fs::read(&raw).unwrap() == want,
             "QEMU reads other bytes"
@@ -463,7 +283,7 @@ fn convert_round_trip_is_exact_and_sparse() {
     ok(&["convert", "-O", "raw", s(&fixed), s(&raw2)]);
     assert!(std::fs::read(&raw2).unwrap() == img);
 
-    if have_qemu_img() {
+    if require_tool("qemu-img") {
         qemu_compare(&vhdx, "vhdx", &raw, "raw");
         qemu_compare(&fixed, "vhdx", &raw, "raw");
         qemu_compare(&back, "raw", &raw, "raw");
@@ -671,12 +491,10 @@ fn bench_reads_and_writes() {
 
 #[test]
 fn real_images_read_like_qemu() {
-    let Some(src) = testdata("iotest-dynamic-1G.vhdx.bz2") else {
+    let tmp = tmp();
+    let Some(img) = common::testdata_image("iotest-dynamic-1G.vhdx.bz2", tmp.path()) else {
         return;
     };
-    let tmp = tmp();
-    let img = tmp.path().join("dyn.vhdx");
-    unpack(&src, &img);
     let v = info_json(&img);
     assert_eq!(v["virtual_size"], 1u64 << 30);
     assert_eq!(v["block_size"], 32 * MIB);
@@ -696,7 +514,7 @@ fn real_images_read_like_qemu() {
         "not sparse: {} blocks",
         meta.blocks()
     );
-    if have_qemu_img() {
+    if require_tool("qemu-img") {
         qemu_compare(&img, "vhdx", &raw, "raw");
         // And back to VHDX, judged by QEMU against the original.
         let again = tmp.path().join("again.vhdx");
@@ -705,41 +523,12 @@ fn real_images_read_like_qemu() {
     }
 }
 
-/// The folder of the real test images, or None (a notice; a failure under CI=true).
-fn testdata(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("CKPT_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
-    let src = dir.join(name);
-    if src.exists() {
-        return Some(src);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "test data missing under CI=true: {src:?}"
-    );
-    eprintln!("notice: {src:?} not found; skipping");
-    None
-}
-
-/// Decompress a `.bz2` test image into `dir`.
-fn unpack(src: &Path, dst: &Path) {
-    let o = Command::new("bzip2")
-        .args(["-dc", s(src)])
-        .output()
-        .expect("bzip2");
-    assert!(o.status.success(), "bzip2 -dc {src:?}");
-    std::fs::write(dst, &o.stdout).unwrap();
-}
-
 #[test]
 fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
-    let Some(src) = testdata("iotest-dirtylog-10G-4M.vhdx.bz2") else {
+    let dir = tmp();
+    let Some(img) = common::testdata_image("iotest-dirtylog-10G-4M.vhdx.bz2", dir.path()) else {
         return;
     };
-    let dir = tmp();
-    let img = dir.path().join("dirty.vhdx");
-    unpack(&src, &img);
     let before = std::fs::read(&img).unwrap();
     let v = info_json(&img);
     assert_eq!(v["log_dirty"], true);
@@ -761,9 +550,7 @@ fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
     assert_eq!(meta.len(), 10 << 30);
     assert!(meta.blocks() * 512 <= 32 * MIB, "not sparse");
     // A read-write open (an empty write) replays the log into the file.
-    let args = ["write", s(&img), "0"];
-    let o = run_with_input(&args, b"");
-    assert_ok(&args, &o);
+    write_at(&img, 0, b"");
     assert_eq!(info_json(&img)["log_dirty"], false);
     let o = ok(&["read", s(&img), "0", "20M"]);
     let (data, zeros) = o.stdout.split_at(18 * MIB as usize);
@@ -773,23 +560,22 @@ fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
     std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&raw).unwrap(), &mut head, 0)
         .unwrap();
     assert!(head == o.stdout, "raw output differs");
-    if have_qemu_img() {
+    if require_tool("qemu-io") {
         // QEMU refuses a dirty log read-only; after the replay it reads the
         // file as we do (qemu-io exits 1 when a pattern does not match).
-        let o = Command::new("qemu-io")
-            .args([
-                "-r",
-                "-f",
-                "vhdx",
-                "-c",
-                "read -P 0xa5 0 18M",
-                "-c",
-                "read -P 0 18M 2M",
-            ])
-            .arg(&img)
-            .output()
-            .expect("qemu-io");
-        assert!(o.status.success(), "qemu-io: {}{}", stdout(&o), stderr(&o));
-        assert!(!stdout(&o).contains("failed"), "{}", stdout(&o));
+        let out = common::run(
+            Command::new("qemu-io")
+                .args([
+                    "-r",
+                    "-f",
+                    "vhdx",
+                    "-c",
+                    "read -P 0xa5 0 18M",
+                    "-c",
+                    "read -P 0 18M 2M",
+                ])
+                .arg(&img),
+        );
+        assert!(!out.contains("failed"), "{out}");
     }
 }

@@ -7,116 +7,19 @@
 
 #![cfg(feature = "cli")]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-const MIB: u64 = 1 << 20;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cli::{
+    fail, fails, have_pyvhdi, have_qemu, info_json, json, ok, ok_in, ok_text, pattern, python,
+    qemu_reads, run, run_with_input, s, stdout, write_at,
+};
+use common::{tempdir as tmp, MIB};
+
 /// Virtual size of every test disk.
 const SIZE: u64 = 8 * MIB;
-
-fn ckpt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
-}
-
-fn run(args: &[&str]) -> Output {
-    ckpt()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ckpt")
-}
-
-fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = ckpt()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ckpt");
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    // The tool may stop reading early (an error); a broken pipe is fine.
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    child.wait_with_output().expect("wait for ckpt")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(args: &[&str], o: &Output) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "ckpt {args:?} failed\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    assert!(
-        o.stderr.is_empty(),
-        "ckpt {args:?} wrote to stderr: {}",
-        stderr(o)
-    );
-}
-
-/// Exit status 0, nothing on stderr.
-#[track_caller]
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert_ok(args, &o);
-    o
-}
-
-/// Exit status 1 and exactly one `error: ` line on stderr; returns it.
-#[track_caller]
-fn fails(args: &[&str], o: &Output) -> String {
-    let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "ckpt {args:?}: want exit 1\nstdout: {}\nstderr: {err}",
-        stdout(o)
-    );
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "ckpt {args:?}: want one stderr line: {err:?}"
-    );
-    assert!(lines[0].starts_with("error: "), "ckpt {args:?}: {err:?}");
-    assert!(
-        !err.contains("internal error") && !err.contains("panicked"),
-        "ckpt {args:?} hit a bug: {err}"
-    );
-    lines[0].to_string()
-}
-
-#[track_caller]
-fn fail(args: &[&str]) -> String {
-    let o = run(args);
-    fails(args, &o)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    let o = ok(args);
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("ckpt {args:?}: not JSON ({e}): {}", stdout(&o)))
-}
-
-fn info_json(path: &Path) -> serde_json::Value {
-    json(&["info", s(path), "--json"])
-}
 
 /// The canonical path, as `info` reports it.
 fn canon(p: &Path) -> String {
@@ -129,11 +32,19 @@ fn canon(p: &Path) -> String {
 /// `ckpt write FILE OFFSET` with `data`, and the same into the model.
 #[track_caller]
 fn write(path: &Path, model: &mut [u8], offset: u64, data: &[u8]) {
-    let off = offset.to_string();
-    let args = ["write", s(path), &off];
-    let o = run_with_input(&args, data);
-    assert_ok(&args, &o);
+    write_at(path, offset, data);
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+/// A VHDX without a parent reads as `model` through `ckpt read` and QEMU,
+/// and `ckpt check` finds it sound.
+#[track_caller]
+fn assert_standalone(path: &Path, model: &[u8], dir: &Path) {
+    assert_reads(path, model);
+    ok(&["check", s(path)]);
+    if have_qemu() {
+        qemu_reads(path, model, dir);
+    }
 }
 
 /// The whole virtual disk, through `ckpt read`.
@@ -142,58 +53,10 @@ fn read_all(path: &Path) -> Vec<u8> {
     ok(&["read", s(path), "0", &SIZE.to_string()]).stdout
 }
 
+/// `ckpt read` gives exactly `model` for the whole disk.
 #[track_caller]
 fn assert_reads(path: &Path, model: &[u8]) {
-    let got = read_all(path);
-    assert_eq!(got.len(), model.len());
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != model[i]) {
-        panic!(
-            "{path:?} differs from the model at byte {i}: {} instead of {}",
-            got[i], model[i]
-        );
-    }
-}
-
-/// Deterministic bytes that are not all zero.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e37_79b9u32 ^ (seed as u32 * 0x0101_0101);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as u8 | 1
-        })
-        .collect()
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-/// Whether a tool can be run; under CI=true its absence is a failure.
-fn have(tool: &str, args: &[&str]) -> bool {
-    let found = Command::new(tool)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required under CI=true"
-        );
-        eprintln!("notice: {tool} {args:?} does not work; skipping that comparison");
-    }
-    found
-}
-
-fn have_qemu() -> bool {
-    have("qemu-img", &["--version"]) && have("qemu-io", &["--version"])
-}
-
-fn have_pyvhdi() -> bool {
-    have("/usr/bin/python3", &["-c", "import pyvhdi"])
+    common::assert_same(&format!("{path:?}"), &read_all(path), model, 0);
 }
 
 /// The virtual disk of the chain `top` (top first: each file then its
@@ -207,31 +70,8 @@ fn libvhdi_read(chain: &[&Path]) -> Vec<u8> {
                   \x20   child.set_parent(parent)\n\
                   top = files[0]\n\
                   sys.stdout.buffer.write(top.read_buffer_at_offset(top.get_media_size(), 0))\n";
-    let o = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .args(chain.iter().map(|p| s(p)))
-        .output()
-        .expect("python3");
-    assert!(o.status.success(), "pyvhdi: {}", stderr(&o));
-    o.stdout
-}
-
-/// QEMU reads the base VHDX `vhdx` as exactly `model`.
-fn qemu_reads(vhdx: &Path, model: &[u8], dir: &Path) {
-    let raw = dir.join("model.raw");
-    std::fs::write(&raw, model).unwrap();
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "vhdx", "-F", "raw", s(vhdx), s(&raw)])
-        .output()
-        .expect("qemu-img compare");
-    assert!(
-        o.status.success(),
-        "qemu-img compare {vhdx:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    std::fs::remove_file(&raw).unwrap();
+    let args: Vec<&str> = chain.iter().map(|p| s(p)).collect();
+    python(script, &args)
 }
 
 /// A base disk (1 MiB blocks) with data at a few places; returns its model.
@@ -243,30 +83,36 @@ fn make_base(path: &Path) -> Vec<u8> {
     model
 }
 
+/// `ckpt create CHILD --parent PARENT`, with the `extra` options.
+#[track_caller]
+fn create_child_with(child: &Path, parent: &Path, extra: &[&str]) {
+    let mut args = vec!["create", s(child), "--parent", s(parent)];
+    args.extend_from_slice(extra);
+    let out = ok_text(&args);
+    assert!(out.contains("differencing"), "{out}");
+}
+
 #[track_caller]
 fn create_child(child: &Path, parent: &Path) {
-    let o = ok(&["create", s(child), "--parent", s(parent)]);
-    assert!(stdout(&o).contains("differencing"), "{}", stdout(&o));
+    create_child_with(child, parent, &[]);
+}
+
+/// A new temporary folder with `base.vhdx` (see [`make_base`]) and a fresh
+/// child of it, `child.avhdx`: (folder, base, child, what both read).
+fn base_and_child() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
+    let dir = tmp();
+    let base = dir.path().join("base.vhdx");
+    let model = make_base(&base);
+    let child = dir.path().join("child.avhdx");
+    create_child(&child, &base);
+    (dir, base, child, model)
 }
 
 #[test]
 fn create_child_and_info() {
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    make_base(&base);
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
+    let (dir, base, child, _) = base_and_child();
     let grand = dir.path().join("grand.avhdx");
-    ok(&[
-        "create",
-        s(&grand),
-        "--parent",
-        s(&child),
-        "--block-size",
-        "1M",
-        "--log-size",
-        "2M",
-    ]);
+    create_child_with(&grand, &child, &["--block-size", "1M", "--log-size", "2M"]);
 
     let v = info_json(&base);
     assert_eq!(v["kind"], "dynamic");
@@ -298,23 +144,18 @@ fn create_child_and_info() {
     assert!(g >= c + MIB, "--log-size ignored: {g} vs {c}");
 
     // Relative paths on the command line: still absolute in the output.
-    let o = ckpt()
-        .args(["info", "--json", "grand.avhdx"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_ok(&["info", "grand.avhdx"], &o);
+    let o = ok_in(dir.path(), &["info", "--json", "grand.avhdx"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["parent"], canon(&child));
     assert_eq!(v["chain"][2], canon(&base));
 
     // Human output shows the parent and the whole chain.
-    let text = stdout(&ok(&["info", s(&grand)]));
+    let text = ok_text(&["info", s(&grand)]);
     assert!(text.contains("differencing"), "{text}");
     for p in [&grand, &child, &base] {
         assert!(text.contains(&canon(p)), "{p:?} missing from:\n{text}");
     }
-    let base_text = stdout(&ok(&["info", s(&base)]));
+    let base_text = ok_text(&["info", s(&base)]);
     assert!(!base_text.contains("chain"), "{base_text}");
 
     // check on a child checks that one file.
@@ -325,22 +166,20 @@ fn create_child_and_info() {
     assert_eq!(info_json(&child)["disk_id"], info_json(&base)["disk_id"]);
     // libvhdi agrees on the linkage: the child names the base's DataWriteGuid.
     if have_pyvhdi() {
-        let o = Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import pyvhdi,sys; f=pyvhdi.file(); f.open(sys.argv[1]); \
-                 print(f.get_disk_type(), f.get_parent_identifier(), f.get_media_size())",
-                s(&child),
-            ])
-            .output()
-            .expect("python3");
-        assert!(o.status.success(), "pyvhdi: {}", stderr(&o));
+        let out = python(
+            "import pyvhdi,sys; f=pyvhdi.file(); f.open(sys.argv[1]); \
+             print(f.get_disk_type(), f.get_parent_identifier(), f.get_media_size())",
+            &[s(&child)],
+        );
         let base_id = info_json(&base)["data_write_guid"]
             .as_str()
             .unwrap()
             .to_string();
         // Disk type 4 is "differential" in libvhdi.
-        assert_eq!(stdout(&o).trim(), format!("4 {base_id} {SIZE}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out).trim(),
+            format!("4 {base_id} {SIZE}")
+        );
     }
 }
 
@@ -395,12 +234,8 @@ fn create_child_refuses_base_options_and_bad_parents() {
 
 #[test]
 fn read_write_bench_through_a_chain() {
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    let mut model = make_base(&base);
+    let (dir, base, child, mut model) = base_and_child();
     let base_model = model.clone();
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
     // A fresh child reads as its parent.
     assert_reads(&child, &model);
     let base_bytes = std::fs::read(&base).unwrap();
@@ -415,14 +250,7 @@ fn read_write_bench_through_a_chain() {
         &pattern(MIB as usize + 5, 4),
     );
     let grand = dir.path().join("grand.avhdx");
-    ok(&[
-        "create",
-        s(&grand),
-        "--parent",
-        s(&child),
-        "--block-size",
-        "1M",
-    ]);
+    create_child_with(&grand, &child, &["--block-size", "1M"]);
     write(&grand, &mut model, 511, &pattern(2, 5));
     write(&grand, &mut model, 3 * MIB - 1, &pattern(600, 6));
     // A write of zeros hides the parents' data.
@@ -442,7 +270,7 @@ fn read_write_bench_through_a_chain() {
 
     // A bench write on the grandchild changes only it; a read bench works.
     let child_bytes = std::fs::read(&child).unwrap();
-    let o = ok(&[
+    let out = ok_text(&[
         "bench",
         s(&grand),
         "-w",
@@ -457,7 +285,7 @@ fn read_write_bench_through_a_chain() {
         "-t",
         "2",
     ]);
-    assert!(stdout(&o).contains("16 write requests"), "{}", stdout(&o));
+    assert!(out.contains("16 write requests"), "{out}");
     model[5 * MIB as usize..6 * MIB as usize].fill(9);
     assert_reads(&grand, &model);
     assert!(
@@ -476,11 +304,7 @@ fn read_write_bench_through_a_chain() {
 
 #[test]
 fn convert_flattens_a_chain() {
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    let mut model = make_base(&base);
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
+    let (dir, base, child, mut model) = base_and_child();
     write(&child, &mut model, 5 * MIB, &pattern(70_000, 7));
     write(&child, &mut model, MIB, &vec![0u8; MIB as usize]);
 
@@ -504,14 +328,10 @@ fn convert_flattens_a_chain() {
         let (o, l) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
         assert!(o + l <= MIB || o >= 2 * MIB, "zeroed range copied: {d}");
     }
-    ok(&["check", s(&flat)]);
     // The output stands alone: it reads the same without the chain.
     std::fs::remove_file(&child).unwrap();
     std::fs::remove_file(&base).unwrap();
-    assert_reads(&flat, &model);
-    if have_qemu() {
-        qemu_reads(&flat, &model, dir.path());
-    }
+    assert_standalone(&flat, &model, dir.path());
 }
 
 #[test]
@@ -539,8 +359,7 @@ fn merge_into_parent_then_into_ancestor() {
     assert_eq!(b_changed, 1024 + 512);
 
     // Into the immediate parent: b goes, c is re-pointed at a.
-    let o = ok(&["merge", s(&b)]);
-    let line = stdout(&o);
+    let line = ok_text(&["merge", s(&b)]);
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains(&canon(&a)), "{line}");
     assert!(line.contains(&format!("{b_changed} bytes")), "{line}");
@@ -562,8 +381,7 @@ fn merge_into_parent_then_into_ancestor() {
     }
 
     // Into the base, two levels down: c and a go, base holds everything.
-    let o = ok(&["merge", s(&c), "--into", s(&base)]);
-    let line = stdout(&o);
+    let line = ok_text(&["merge", s(&c), "--into", s(&base)]);
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains(&canon(&base)), "{line}");
     assert!(line.contains("re-pointed 0 descendants"), "{line}");
@@ -571,11 +389,7 @@ fn merge_into_parent_then_into_ancestor() {
     let v = info_json(&base);
     assert_eq!(v["chain"], serde_json::json!([canon(&base)]));
     assert!(v["parent"].is_null());
-    assert_reads(&base, &model);
-    ok(&["check", s(&base)]);
-    if have_qemu() {
-        qemu_reads(&base, &model, dir.path());
-    }
+    assert_standalone(&base, &model, dir.path());
 }
 
 #[test]
@@ -608,10 +422,13 @@ fn merge_errors() {
     // A sibling would be broken when the base changes: refused.
     let sibling = dir.path().join("sibling.avhdx");
     create_child(&sibling, &base);
-    let before: Vec<Vec<u8>> = [&base, &child, &grand]
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
+    let contents = || -> Vec<Vec<u8>> {
+        [&base, &child, &grand]
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    };
+    let before = contents();
     for args in [
         vec!["merge", s(&child)],
         vec!["merge", s(&grand), "--into", s(&base)],
@@ -619,11 +436,7 @@ fn merge_errors() {
         let e = fail(&args);
         assert!(e.contains("sibling.avhdx"), "{args:?}: {e}");
     }
-    let after: Vec<Vec<u8>> = [&base, &child, &grand]
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
-    assert!(before == after, "a refused merge changed a file");
+    assert!(before == contents(), "a refused merge changed a file");
     assert_reads(&sibling, &model);
     // Merging the grandchild into the child does not touch the base.
     ok(&["merge", s(&grand)]);
@@ -648,14 +461,10 @@ fn changes(args: &[&str]) -> Vec<(u64, u64)> {
 
 #[test]
 fn changes_are_exactly_the_sectors_written() {
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    make_base(&base);
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
+    let (dir, base, child, _) = base_and_child();
     let mut model = read_all(&child);
     assert!(changes(&["changes", s(&child), "--json"]).is_empty());
-    let text = stdout(&ok(&["changes", s(&child)]));
+    let text = ok_text(&["changes", s(&child)]);
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.starts_with("total: 0 bytes in 0 ranges"), "{text}");
 
@@ -671,7 +480,7 @@ fn changes_are_exactly_the_sectors_written() {
     let want = vec![(999_936, 1024), (2 * MIB - 512, 1024), (7 * MIB, 1024)];
     assert_eq!(c(&["changes", s(&child), "--json"]), want);
     // Human output: "offset length" lines, then the total.
-    let text = stdout(&ok(&["changes", s(&child)]));
+    let text = ok_text(&["changes", s(&child)]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), want.len() + 1, "{text}");
     for (line, (o, l)) in lines.iter().zip(&want) {
@@ -747,8 +556,7 @@ fn changes_follow_the_logical_sector_size() {
     let child = dir.path().join("child4k.avhdx");
     create_child(&child, &base);
     assert_eq!(info_json(&child)["logical_sector_size"], 4096);
-    let args = ["write", s(&child), "5000"];
-    assert_ok(&args, &run_with_input(&args, b"!"));
+    write_at(&child, 5000, b"!");
     assert_eq!(changes(&["changes", s(&child), "--json"]), [(4096, 4096)]);
 }
 
@@ -817,8 +625,8 @@ fn reparent_after_moving_the_parent() {
     assert!(e.contains("nope.vhdx"), "{e}");
 
     // The real parent at its new place: accepted, and the chain reads again.
-    let o = ok(&["reparent", s(&child), s(&moved)]);
-    assert!(stdout(&o).contains(&canon(&moved)), "{}", stdout(&o));
+    let out = ok_text(&["reparent", s(&child), s(&moved)]);
+    assert!(out.contains(&canon(&moved)), "{out}");
     assert_eq!(info_json(&child)["parent"], canon(&moved));
     assert_reads(&child, &model);
     if have_pyvhdi() {
@@ -842,8 +650,8 @@ fn reparent_after_moving_the_parent() {
 
     // --force re-points at the other disk: the child's own data over it.
     let other2 = together.join("new/other.vhdx");
-    let o = ok(&["reparent", s(&child2), s(&other2), "--force"]);
-    assert!(stdout(&o).contains(&canon(&other2)), "{}", stdout(&o));
+    let out = ok_text(&["reparent", s(&child2), s(&other2), "--force"]);
+    assert!(out.contains(&canon(&other2)), "{out}");
     // The child holds whole sectors (24 and 25, with the base's bytes
     // around the write): those read as before, the rest as the zeros of
     // the other disk.
@@ -867,59 +675,34 @@ fn a_parent_modified_by_qemu_is_refused() {
     if !have_qemu() {
         return;
     }
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    make_base(&base);
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
+    let (dir, base, child, _) = base_and_child();
     let guid = info_json(&base)["data_write_guid"].clone();
     // A read-only QEMU open changes nothing.
-    let o = Command::new("qemu-io")
-        .args(["-r", "-f", "vhdx", "-c", "read 0 4k", s(&base)])
-        .output()
-        .expect("qemu-io");
-    assert!(o.status.success(), "qemu-io: {}", stderr(&o));
+    common::run(Command::new("qemu-io").args(["-r", "-f", "vhdx", "-c", "read 0 4k", s(&base)]));
     ok(&["read", s(&child), "0", "1"]);
     // A write through QEMU gives the base a new DataWriteGuid.
-    let o = Command::new("qemu-io")
-        .args(["-f", "vhdx", "-c", "write -P 0x42 0 4k", s(&base)])
-        .output()
-        .expect("qemu-io");
-    assert!(o.status.success(), "qemu-io: {}{}", stdout(&o), stderr(&o));
+    common::run(Command::new("qemu-io").args(["-f", "vhdx", "-c", "write -P 0x42 0 4k", s(&base)]));
     assert_ne!(info_json(&base)["data_write_guid"], guid);
-    let child_bytes = std::fs::read(&child).unwrap();
     assert_mismatch_refused(&child, dir.path());
-    assert!(
-        std::fs::read(&child).unwrap() == child_bytes,
-        "the child changed"
-    );
 }
 
 #[test]
 fn a_parent_modified_by_ckpt_is_refused() {
-    let dir = tmp();
-    let base = dir.path().join("base.vhdx");
-    make_base(&base);
-    let child = dir.path().join("child.avhdx");
-    create_child(&child, &base);
+    let (dir, base, child, _) = base_and_child();
     // Opening the base read-write without writing keeps the linkage.
-    let args = ["write", s(&base), "0"];
-    assert_ok(&args, &run_with_input(&args, b""));
+    write_at(&base, 0, b"");
     ok(&["read", s(&child), "0", "1"]);
     // A write does not.
     let mut scratch = vec![0u8; SIZE as usize];
     write(&base, &mut scratch, 0, b"changed");
-    let child_bytes = std::fs::read(&child).unwrap();
     assert_mismatch_refused(&child, dir.path());
-    assert!(
-        std::fs::read(&child).unwrap() == child_bytes,
-        "the child changed"
-    );
 }
 
-/// Every command that opens `child`'s chain fails with the mismatch error.
+/// Every command that opens `child`'s chain fails with the mismatch error,
+/// and none of them changes the child.
 #[track_caller]
 fn assert_mismatch_refused(child: &Path, dir: &Path) {
+    let child_bytes = std::fs::read(child).unwrap();
     let out: PathBuf = dir.join("out.vhdx");
     for args in [
         vec!["read", s(child), "0", "1"],
@@ -945,4 +728,8 @@ fn assert_mismatch_refused(child: &Path, dir: &Path) {
     assert!(!out.exists() && !dir.join("grand.avhdx").exists());
     // The child itself is sound.
     ok(&["check", s(child)]);
+    assert!(
+        std::fs::read(child).unwrap() == child_bytes,
+        "the child changed"
+    );
 }

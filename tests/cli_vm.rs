@@ -10,111 +10,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
 use ckpt::{Disk, OpenMode};
 
-const MIB: u64 = 1 << 20;
+use common::cli::{
+    assert_ok, ckpt, fail, fails, info_json, json, ok, ok_in, ok_text, pattern, qemu_reads, run, s,
+    stdout, write_at,
+};
+use common::MIB;
+
 /// Virtual sizes of the VM's two disks (os, data).
 const SIZES: [u64; 2] = [2 * MIB, MIB];
-
-fn ckpt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ckpt"))
-}
-
-fn run(args: &[&str]) -> Output {
-    ckpt()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ckpt")
-}
-
-fn run_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = ckpt()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ckpt");
-    let mut pipe = child.stdin.take().expect("stdin pipe");
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    child.wait_with_output().expect("wait for ckpt")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit status 0 and nothing on stderr (so no progress bar either: the
-/// tests do not run on a terminal).
-#[track_caller]
-fn assert_ok(args: &[&str], o: &Output) {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "ckpt {args:?} failed\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    assert!(
-        o.stderr.is_empty(),
-        "ckpt {args:?} wrote to stderr: {}",
-        stderr(o)
-    );
-}
-
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert_ok(args, &o);
-    stdout(&o)
-}
-
-/// Exit status 1, exactly one `error: ` line on stderr and nothing on
-/// stdout; returns the line.
-#[track_caller]
-fn fails(args: &[&str], o: &Output) -> String {
-    let err = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "ckpt {args:?}: want exit 1\nstdout: {}\nstderr: {err}",
-        stdout(o)
-    );
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "ckpt {args:?}: want one stderr line: {err:?}"
-    );
-    assert!(lines[0].starts_with("error: "), "ckpt {args:?}: {err:?}");
-    assert!(
-        !err.contains("internal error") && !err.contains("panicked"),
-        "ckpt {args:?} hit a bug: {err}"
-    );
-    lines[0].to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
-#[track_caller]
-fn json(args: &[&str]) -> Value {
-    let out = ok(args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ckpt {args:?}: not JSON ({e}): {out}"))
-}
 
 /// Everything under `root` (relative path → content), to prove that a
 /// refusal changed nothing: the VM file, the disks, the checkpoint files.
@@ -176,6 +86,23 @@ impl Fixture {
         s(&self.vm)
     }
 
+    /// `ckpt vm create` of a VM called `name` on the first disk, with the
+    /// `extra` options.
+    #[track_caller]
+    fn create_vm(&self, name: &str, extra: &[&str]) {
+        let mut args = vec![
+            "vm",
+            "create",
+            self.vm(),
+            "--name",
+            name,
+            "--disk",
+            s(&self.disks[0]),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+    }
+
     fn show(&self) -> Value {
         json(&["vm", "show", self.vm(), "--json"])
     }
@@ -232,20 +159,12 @@ fn zero_content() -> Content {
     SIZES.iter().map(|&n| vec![0u8; n as usize]).collect()
 }
 
-/// Deterministic bytes for a write tagged `tag`.
-fn pattern(tag: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| tag.wrapping_mul(37) ^ (i as u8).wrapping_mul(13) ^ (i >> 9) as u8)
-        .collect()
-}
-
 /// Write through `ckpt write` into disk `k` of the state whose files are
-/// `disks`, and into the model.
+/// `disks` (the bytes [`pattern`] makes for `tag`), and into the model.
+#[track_caller]
 fn put(disks: &[PathBuf], model: &mut Content, k: usize, off: u64, tag: u8, len: usize) {
-    let data = pattern(tag, len);
-    let args = ["write", s(&disks[k]), &off.to_string()];
-    let o = run_with_input(&args, &data);
-    assert_ok(&args, &o);
+    let data = pattern(len, tag);
+    write_at(&disks[k], off, &data);
     model[k][off as usize..off as usize + len].copy_from_slice(&data);
 }
 
@@ -260,14 +179,7 @@ fn assert_reads(what: &str, disks: &[PathBuf], want: &Content) {
         let mut got = vec![0u8; w.len()];
         d.read_at(&mut got, 0)
             .unwrap_or_else(|e| panic!("{what}: read disk {k}: {e}"));
-        if let Some(i) = got.iter().zip(w).position(|(a, b)| a != b) {
-            panic!(
-                "{what}: disk {k} ({}) differs at byte {i}: got {:#04x}, want {:#04x}",
-                p.display(),
-                got[i],
-                w[i]
-            );
-        }
+        common::assert_same(&format!("{what}: disk {k} ({})", p.display()), &got, w, 0);
     }
 }
 
@@ -326,26 +238,31 @@ fn assert_tree(f: &Fixture, models: &BTreeMap<&str, Content>, current: &Content,
     assert_reads(&format!("{step}: now"), &f.current_disks(), current);
 }
 
+/// A line of `checkpoint list` without the tree drawing in front of it.
+fn tree_body(line: &str) -> &str {
+    line.trim_start_matches(['│', '├', '└', '─', ' '])
+}
+
+/// The tree line for `name`, if there is one.
+fn find_tree_line<'a>(tree: &'a str, name: &str) -> Option<&'a str> {
+    tree.lines().find(|l| {
+        let body = tree_body(l);
+        body == name || body.starts_with(&format!("{name}  "))
+    })
+}
+
+/// The tree line for `name`.
+#[track_caller]
+fn tree_line<'a>(tree: &'a str, name: &str) -> &'a str {
+    find_tree_line(tree, name)
+        .unwrap_or_else(|| panic!("no line for {name:?} in the tree:\n{tree}"))
+}
+
 /// The indentation (column of the name) of the tree line for `name`.
 #[track_caller]
 fn tree_column(tree: &str, name: &str) -> usize {
-    for line in tree.lines() {
-        let body = line.trim_start_matches(['│', '├', '└', '─', ' ']);
-        if body == name || body.starts_with(&format!("{name}  ")) {
-            return line.chars().count() - body.chars().count();
-        }
-    }
-    panic!("no line for {name:?} in the tree:\n{tree}");
-}
-
-#[track_caller]
-fn tree_line<'a>(tree: &'a str, name: &str) -> &'a str {
-    tree.lines()
-        .find(|l| {
-            let body = l.trim_start_matches(['│', '├', '└', '─', ' ']);
-            body == name || body.starts_with(&format!("{name}  "))
-        })
-        .unwrap_or_else(|| panic!("no line for {name:?} in the tree:\n{tree}"))
+    let line = tree_line(tree, name);
+    line.chars().count() - tree_body(line).chars().count()
 }
 
 #[test]
@@ -357,7 +274,7 @@ fn whole_scenario() {
     put(&f.disks, &mut now, 1, 4096, 2, 4096);
 
     // ---- vm create / show
-    let out = ok(&[
+    let out = ok_text(&[
         "vm",
         "create",
         vm,
@@ -387,7 +304,7 @@ fn whole_scenario() {
         f.disks.to_vec(),
         "disks in the given order"
     );
-    let text = ok(&["vm", "show", vm]);
+    let text = ok_text(&["vm", "show", vm]);
     for want in [
         "web",
         "off",
@@ -425,7 +342,7 @@ fn whole_scenario() {
     // ---- production checkpoint: the quiesce command succeeds, thaw runs
     let thawed = f.root.join("thawed");
     let thaw = format!("touch '{}'", thawed.display());
-    let out = ok(&[
+    let out = ok_text(&[
         "checkpoint",
         "create",
         vm,
@@ -443,7 +360,7 @@ fn whole_scenario() {
     assert_ne!(cur, f.disks.to_vec(), "the VM writes to new files now");
     for (c, d) in cur.iter().zip(&f.disks) {
         assert_eq!(c.parent(), d.parent(), "new disks go next to the old ones");
-        let info = json(&["info", s(c), "--json"]);
+        let info = info_json(c);
         assert_eq!(
             info["parent"],
             s(d),
@@ -459,7 +376,7 @@ fn whole_scenario() {
     assert_tree(&f, &models, &now, "after a");
 
     // ---- production falls back to standard: the quiesce command fails
-    let out = ok(&["checkpoint", "create", vm, "b", "--quiesce-cmd", "false"]);
+    let out = ok_text(&["checkpoint", "create", vm, "b", "--quiesce-cmd", "false"]);
     assert!(out.contains("standard"), "{out}");
     models.insert("b", now.clone());
     let cur = f.current_disks();
@@ -523,7 +440,7 @@ fn whole_scenario() {
     assert!(b["size_bytes"].as_u64() > Some(0));
 
     // ---- list: the tree
-    let tree = ok(&["checkpoint", "list", vm]);
+    let tree = ok_text(&["checkpoint", "list", vm]);
     let (ca, cb, cc, cn) = (
         tree_column(&tree, "a"),
         tree_column(&tree, "b"),
@@ -597,16 +514,15 @@ fn whole_scenario() {
 
     // ---- export: standalone disks reading as the checkpoint did
     let exp = f.root.join("export-c");
-    let out = ok(&["checkpoint", "export", vm, "c", s(&exp)]);
+    let out = ok_text(&["checkpoint", "export", vm, "c", s(&exp)]);
     assert!(out.contains("export-c"), "{out}");
     let exported = [exp.join("os.vhdx"), exp.join("data.vhdx")];
     for (k, e) in exported.iter().enumerate() {
-        let info = json(&["info", s(e), "--json"]);
+        let info = info_json(e);
         assert_eq!(info["parent"], Value::Null, "{}: has a parent", e.display());
         assert_eq!(info["chain"].as_array().map(Vec::len), Some(1));
         assert_eq!(info["virtual_size"], SIZES[k]);
-        let o = run(&["read", s(e), "0", &SIZES[k].to_string()]);
-        assert_ok(&["read"], &o);
+        let o = ok(&["read", s(e), "0", &SIZES[k].to_string()]);
         assert!(
             o.stdout == models["c"][k],
             "exported disk {k} differs from c"
@@ -615,10 +531,7 @@ fn whole_scenario() {
     }
     if common::require_tool("qemu-img") {
         for (k, e) in exported.iter().enumerate() {
-            let raw = f.root.join(format!("c-{k}.raw"));
-            std::fs::write(&raw, &models["c"][k]).expect("write raw");
-            common::qemu_compare_raw(e, &raw);
-            std::fs::remove_file(&raw).expect("remove raw");
+            qemu_reads(e, &models["c"][k], &f.root);
         }
     }
     let cfg: Value =
@@ -667,20 +580,18 @@ fn whole_scenario() {
     assert_tree(&f, &models, &now, "after delete middle c");
 
     // ---- delete a branch point (b: d2 and the current state hang under it)
-    let out = ok(&["checkpoint", "delete", vm, "b"]);
+    let out = ok_text(&["checkpoint", "delete", vm, "b"]);
     assert!(out.contains("hidden"), "{out}");
     models.remove("b");
     assert_tree(&f, &models, &now, "after delete branch point b");
-    let tree = ok(&["checkpoint", "list", vm]);
+    let tree = ok_text(&["checkpoint", "list", vm]);
     assert!(
         tree_column(&tree, "a") < tree_column(&tree, "d2")
             && tree_column(&tree, "d2") == tree_column(&tree, "now"),
         "d2 and now show under a:\n{tree}"
     );
     assert!(
-        !tree.lines().any(|l| l
-            .trim_start_matches(['│', '├', '└', '─', ' '])
-            .starts_with("b  ")),
+        find_tree_line(&tree, "b").is_none(),
         "b is not shown:\n{tree}"
     );
     f.refused(
@@ -701,7 +612,7 @@ fn whole_scenario() {
     );
 
     // ---- delete a --subtree (a, the hidden b, d2)
-    let out = ok(&["checkpoint", "delete", vm, "a", "--subtree"]);
+    let out = ok_text(&["checkpoint", "delete", vm, "a", "--subtree"]);
     assert!(out.contains("1 checkpoint under it"), "{out}");
     models.clear();
     assert_tree(&f, &models, &now, "after delete --subtree");
@@ -713,7 +624,7 @@ fn whole_scenario() {
     );
     assert_eq!(list["current"]["parent"], Value::Null);
     assert_eq!(f.show()["current_checkpoint"], Value::Null);
-    let tree = ok(&["checkpoint", "list", vm]);
+    let tree = ok_text(&["checkpoint", "list", vm]);
     assert_eq!(tree_column(&tree, "now"), 0, "{tree}");
     // Only the files of the current state are left next to the disks.
     let mut left: Vec<PathBuf> = std::fs::read_dir(f.root.join("disks"))
@@ -741,49 +652,23 @@ fn whole_scenario() {
 fn refusals_change_nothing() {
     let f = Fixture::new();
     let vm = f.vm();
+    // vm create: a missing disk, bad values, no disk at all.
     let missing_disk = f.root.join("disks/none.vhdx");
-    f.refused(
-        &[
-            "vm",
-            "create",
-            vm,
-            "--name",
-            "x",
-            "--disk",
-            s(&missing_disk),
-        ],
-        &["none.vhdx"],
-    );
-    assert!(!f.vm.exists(), "a refused vm create made the folder");
-    f.refused(
-        &[
-            "vm",
-            "create",
-            vm,
-            "--name",
-            "x",
-            "--disk",
-            s(&f.disks[0]),
-            "--cpus",
-            "0",
-        ],
-        &["--cpus"],
-    );
-    f.refused(
-        &[
-            "vm",
-            "create",
-            vm,
-            "--name",
-            "x",
-            "--disk",
-            s(&f.disks[0]),
-            "--checkpoint-type",
-            "fast",
-        ],
-        &["checkpoint type"],
-    );
-    f.refused(&["vm", "create", vm, "--name", "x"], &["--disk"]);
+    let os = s(&f.disks[0]);
+    for (extra, needle) in [
+        (&["--disk", s(&missing_disk)][..], "none.vhdx"),
+        (&["--disk", os, "--cpus", "0"], "--cpus"),
+        (
+            &["--disk", os, "--checkpoint-type", "fast"],
+            "checkpoint type",
+        ),
+        (&[], "--disk"),
+    ] {
+        let mut args = vec!["vm", "create", vm, "--name", "x"];
+        args.extend_from_slice(extra);
+        f.refused(&args, &[needle]);
+        assert!(!f.vm.exists(), "a refused vm create made the folder");
+    }
     f.refused(&["vm", "show", vm], &["no such VM folder"]);
     f.refused(&["vm", "show", s(&f.root)], &["not a VM folder"]);
     f.refused(&["checkpoint", "list", s(&f.root)], &["not a VM folder"]);
@@ -955,8 +840,7 @@ fn refusals_change_nothing() {
         "--thaw-cmd",
         "echo cannot thaw >&2; exit 4",
     ];
-    let o = run(&args);
-    let line = fails(&args, &o);
+    let line = fail(&args);
     assert!(
         line.contains("\"three\" was taken")
             && line.contains("status 4: cannot thaw")
@@ -979,7 +863,7 @@ fn refusals_change_nothing() {
         "{four:#}"
     );
     // A production checkpoint does not keep a --memory-state file.
-    let out = ok(&[
+    let out = ok_text(&[
         "checkpoint",
         "create",
         vm,
@@ -997,17 +881,7 @@ fn refusals_change_nothing() {
 fn age_warnings_show_in_list() {
     let f = Fixture::new();
     let vm = f.vm();
-    ok(&[
-        "vm",
-        "create",
-        vm,
-        "--name",
-        "old",
-        "--disk",
-        s(&f.disks[0]),
-        "--checkpoint-type",
-        "standard",
-    ]);
+    f.create_vm("old", &["--checkpoint-type", "standard"]);
     ok(&["checkpoint", "create", vm, "young"]);
     ok(&["checkpoint", "create", vm, "aged"]);
     ok(&["vm", "set", vm, "--age-warning", "3d"]);
@@ -1027,7 +901,7 @@ fn age_warnings_show_in_list() {
     assert_eq!(entry(&list, "aged")["age_warning"], true);
     assert!(entry(&list, "aged")["age_seconds"].as_u64() >= Some(4 * 86_400));
     assert_eq!(entry(&list, "young")["age_warning"], false);
-    let tree = ok(&["checkpoint", "list", vm]);
+    let tree = ok_text(&["checkpoint", "list", vm]);
     let aged = tree_line(&tree, "aged");
     assert!(
         aged.contains("older than 3d") && aged.contains("4d"),
@@ -1044,15 +918,7 @@ fn age_warnings_show_in_list() {
 fn two_processes_on_one_vm() {
     let f = Fixture::new();
     let vm = f.vm();
-    ok(&[
-        "vm",
-        "create",
-        vm,
-        "--name",
-        "shared",
-        "--disk",
-        s(&f.disks[0]),
-    ]);
+    f.create_vm("shared", &[]);
     let held = ckpt::checkpoint::Vm::open(&f.vm).expect("open the VM in the test process");
     f.refused(
         &["checkpoint", "create", vm, "x", "--quiesce-cmd", "true"],
@@ -1089,8 +955,7 @@ fn two_processes_on_one_vm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let args = ["checkpoint", "delete", vm, "x"];
-    let o = run(&args);
-    let line = fails(&args, &o);
+    let line = fail(&args);
     assert!(line.contains("busy"), "{line}");
     match ckpt::checkpoint::Vm::open(&f.vm) {
         Err(e) => assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e}"),
@@ -1109,44 +974,40 @@ fn two_processes_on_one_vm() {
 fn relative_paths_and_checkpoint_location() {
     let f = Fixture::new();
     // Relative paths, from the test folder: JSON output has them absolute.
-    let in_root = |args: &[&str]| -> String {
-        let o = ckpt()
-            .args(args)
-            .current_dir(&f.root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ckpt");
-        assert_ok(args, &o);
-        stdout(&o)
-    };
-    in_root(&[
-        "vm",
-        "create",
-        "vm",
-        "--name",
-        "rel",
-        "--disk",
-        "disks/os.vhdx",
-        "--checkpoint-type",
-        "standard",
-        "--checkpoint-location",
-        "states",
-        "--memory",
-        "512",
-    ]);
+    ok_in(
+        &f.root,
+        &[
+            "vm",
+            "create",
+            "vm",
+            "--name",
+            "rel",
+            "--disk",
+            "disks/os.vhdx",
+            "--checkpoint-type",
+            "standard",
+            "--checkpoint-location",
+            "states",
+            "--memory",
+            "512",
+        ],
+    );
     let v = f.show();
     assert_eq!(v["disks"][0]["path"], s(&f.disks[0]));
     assert_eq!(v["checkpoint_location"], s(&f.root.join("states")));
     assert_eq!(v["memory_mib"], 512);
     std::fs::write(f.root.join("mem.bin"), b"RAM").expect("write mem");
-    in_root(&[
-        "checkpoint",
-        "create",
-        "vm",
-        "s1",
-        "--memory-state",
-        "mem.bin",
-    ]);
+    ok_in(
+        &f.root,
+        &[
+            "checkpoint",
+            "create",
+            "vm",
+            "s1",
+            "--memory-state",
+            "mem.bin",
+        ],
+    );
     let saved = PathBuf::from(
         entry(&f.list(), "s1")["saved_state"]
             .as_str()
@@ -1173,7 +1034,7 @@ fn relative_paths_and_checkpoint_location() {
     );
     assert_eq!(saved2.parent(), Some(f.vm.join("checkpoints").as_path()));
     assert!(saved.exists(), "s1's memory state stays where it was taken");
-    let text = ok(&["vm", "show", f.vm()]);
+    let text = ok_text(&["vm", "show", f.vm()]);
     assert!(
         text.contains(&format!("{} (default)", f.vm.join("checkpoints").display())),
         "{text}"

@@ -12,7 +12,13 @@
 //!   opens, passes `ckpt::check`, and holds every write a completed flush
 //!   covered;
 //! - a file libckpt cannot open stops nbdkit at start-up with libckpt's
-//!   message.
+//!   message;
+//! - extents: `qemu-img map` of the export shows data exactly where
+//!   `ckpt::Disk::extents` does and holes elsewhere; `qemu-img convert`
+//!   writes a sparse file with the chain's bytes and never reads a hole;
+//!   block status without `REQ_ONE` (which QEMU never sends; a small NBD
+//!   client here does) returns every extent, and a disk with more extents
+//!   than one call maps is walked in several replies.
 //!
 //! Without nbdkit, qemu-img, qemu-io, a C compiler or nbdkit-plugin.h the
 //! tests print a notice and pass, except under `CI=true`.
@@ -130,18 +136,28 @@ struct Server {
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
+    /// Started with `-v`: the log has nbdkit's debug lines (one per
+    /// request).
+    verbose: bool,
 }
 
 impl Server {
     fn start(dir: &Path, disk: &Path, readonly: bool) -> Server {
+        Server::start_with(dir, disk, readonly, false)
+    }
+
+    /// As [`Server::start`]; `verbose` runs nbdkit with `-v`, so that the
+    /// log records every request the plugin served.
+    fn start_with(dir: &Path, disk: &Path, readonly: bool, verbose: bool) -> Server {
         let socket = dir.join("nbd.sock");
         let log = dir.join("nbdkit.log");
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("nbdkit");
-        cmd.args(["-f", "--exit-with-parent", "-U"])
-            .arg(&socket)
-            .arg(plugin())
-            .arg(format!("file={}", disk.display()));
+        cmd.args(["-f", "--exit-with-parent", "-U"]).arg(&socket);
+        if verbose {
+            cmd.arg("-v");
+        }
+        cmd.arg(plugin()).arg(format!("file={}", disk.display()));
         if readonly {
             cmd.arg("readonly=true");
         }
@@ -156,6 +172,7 @@ impl Server {
             child: Some(child),
             socket,
             log,
+            verbose,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !server.socket.exists() {
@@ -202,7 +219,13 @@ impl Server {
             self.log_text()
         );
         let log = self.log_text();
-        assert!(!log.contains("ckpt:"), "the plugin reported errors:\n{log}");
+        // Without -v the log holds only errors; with it, debug lines too.
+        let bad = if self.verbose {
+            log.lines().any(|l| l.contains("error:"))
+        } else {
+            log.contains("ckpt:")
+        };
+        assert!(!bad, "the plugin reported errors:\n{log}");
     }
 
     /// SIGKILL: the process dies at once, wherever it is.
@@ -594,4 +617,402 @@ fn bad_file_fails_at_start_up() {
             )),
     );
     assert!(!o.status.success());
+}
+
+// ------------------------------------------------------------ extents
+
+/// Virtual size of the sparse chain.
+const SPARSE_SIZE: u64 = 32 * MIB;
+
+/// base.vhdx (1 MiB blocks) ← top.avhdx (1 MiB blocks) with data in a few
+/// blocks of each, a whole-block trim in the top file over the base's data
+/// and the last sector of the disk written; the bytes it reads as and the
+/// extents it must have, as (offset, length, data) in MiB.
+fn make_sparse_chain(dir: &Path) -> (PathBuf, Vec<u8>, Vec<(u64, u64, bool)>) {
+    let base = dir.join("sparse-base.vhdx");
+    let top = dir.join("sparse-top.avhdx");
+    let mut model = vec![0u8; SPARSE_SIZE as usize];
+    let opts = CreateOptions::new(SPARSE_SIZE).block_size(MIB as u32);
+    let d = Disk::create(&base, &opts).expect("base");
+    write(&d, &mut model, 11, 0, 65_536);
+    write(&d, &mut model, 12, 5 * MIB + 100, 4096);
+    write(&d, &mut model, 13, 6 * MIB, MIB as usize);
+    write(&d, &mut model, 14, 20 * MIB + 512 * 1024, 8192);
+    d.close().expect("close base");
+    let child = ChildOptions {
+        block_size: MIB as u32,
+        ..ChildOptions::default()
+    };
+    let d = Disk::create_child(&top, &base, &child).expect("top");
+    write(&d, &mut model, 15, 9 * MIB + 4096, 4096);
+    write(&d, &mut model, 16, 20 * MIB, 4096);
+    write(&d, &mut model, 17, SPARSE_SIZE - 512, 512);
+    d.trim(5 * MIB, MIB)
+        .expect("trim a block over the base's data");
+    model[5 * MIB as usize..6 * MIB as usize].fill(0);
+    d.close().expect("close top");
+    let want = vec![
+        (0, 1, true),
+        (1, 5, false),
+        (6, 1, true),
+        (7, 2, false),
+        (9, 1, true),
+        (10, 10, false),
+        (20, 1, true),
+        (21, 10, false),
+        (31, 1, true),
+    ];
+    (top, model, want)
+}
+
+/// `qemu-img map --output=json` of an NBD export as (offset, length, data)
+/// runs, neighbours with the same `data` merged. Asserts that every entry
+/// without data is reported as reading zeros and every entry with data is
+/// not (the plugin reports data as plain data).
+fn qemu_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = run(Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", uri]));
+    let entries: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("qemu-img map JSON ({e}):\n{out}"));
+    let entries = entries.as_array().expect("qemu-img map gives an array");
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+    for e in entries {
+        let num = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("no {k} in {e}"));
+        let flag = |k: &str| e[k].as_bool().unwrap_or_else(|| panic!("no {k} in {e}"));
+        let (start, length, data, zero) = (num("start"), num("length"), flag("data"), flag("zero"));
+        assert_eq!(
+            zero, !data,
+            "a hole that does not read as zeros, or data that does: {e}"
+        );
+        match runs.last_mut() {
+            Some(r) if r.2 == data && r.0 + r.1 == start => r.1 += length,
+            _ => runs.push((start, length, data)),
+        }
+    }
+    runs
+}
+
+/// The (offset, count) of every pread the plugin served, from nbdkit's
+/// `-v` log.
+fn preads(log: &str) -> Vec<(u64, u64)> {
+    let field = |line: &str, key: &str| -> u64 {
+        let rest = line
+            .split(key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("bad {key} in {line:?}"))
+    };
+    log.lines()
+        .filter(|l| l.contains(": pread count="))
+        .map(|l| (field(l, "offset="), field(l, "count=")))
+        .collect()
+}
+
+/// Extents through NBD: `qemu-img map` of the export shows data exactly
+/// where libckpt's extents of the chain say some file holds data (holes
+/// elsewhere, a trimmed block over the parent's data included); `qemu-img
+/// convert` gives the chain's bytes in a sparse file and never reads a
+/// hole.
+#[test]
+fn extents_map_the_chain_and_convert_skips_holes() {
+    if !tools() {
+        return;
+    }
+    let dir = tempdir();
+    let (top, model, want) = make_sparse_chain(dir.path());
+    let want: Vec<(u64, u64, bool)> = want
+        .into_iter()
+        .map(|(o, l, d)| (o * MIB, l * MIB, d))
+        .collect();
+
+    // libckpt's own map of the chain is the expected one.
+    let d = Disk::open(&top, OpenMode::ReadOnly).expect("open the chain");
+    let ours: Vec<(u64, u64, bool)> = d
+        .extents()
+        .expect("extents")
+        .iter()
+        .map(|e| (e.offset, e.length, e.allocated))
+        .collect();
+    drop(d);
+    assert_eq!(ours, want, "ckpt::Disk::extents of the chain");
+
+    let server = Server::start_with(dir.path(), &top, true, true);
+    let uri = server.uri();
+    assert_eq!(qemu_map(&uri), want, "qemu-img map over NBD");
+
+    let out = dir.path().join("sparse.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&out));
+    let log = server.log_text();
+    server.stop();
+    assert_same("qemu-img convert over NBD", &file_bytes(&out), &model, 0);
+
+    // The plugin answered block-status requests, and no read touched a
+    // hole: qemu-img skipped them because of the extents.
+    assert!(
+        log.contains(": extents count="),
+        "no extents request reached the plugin:\n{log}"
+    );
+    let reads = preads(&log);
+    assert!(!reads.is_empty(), "no pread in the nbdkit log:\n{log}");
+    for &(off, count) in &reads {
+        for &(h, hl, data) in &want {
+            assert!(
+                data || off + count <= h || h + hl <= off,
+                "pread [{off}, +{count}) reads the hole [{h}, +{hl})"
+            );
+        }
+    }
+    // A sparse output: at most the data extents take space.
+    use std::os::unix::fs::MetadataExt;
+    let used = std::fs::metadata(&out).expect("stat").blocks() * 512;
+    let data: u64 = want.iter().filter(|e| e.2).map(|e| e.1).sum();
+    assert!(
+        used <= data,
+        "{} uses {used} bytes, more than the {data} bytes of data extents",
+        out.display()
+    );
+}
+
+/// A minimal NBD client (fixed newstyle handshake, structured replies,
+/// the `base:allocation` meta context) for what QEMU never sends: a
+/// block-status request without `REQ_ONE`.
+mod nbd {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+
+    const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+    const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+    const OPT_GO: u32 = 7;
+    const OPT_STRUCTURED_REPLY: u32 = 8;
+    const OPT_SET_META_CONTEXT: u32 = 10;
+    const REP_ACK: u32 = 1;
+    const REP_META_CONTEXT: u32 = 4;
+    const REQUEST_MAGIC: u32 = 0x2560_9513;
+    const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+    const CMD_DISC: u16 = 2;
+    const CMD_BLOCK_STATUS: u16 = 7;
+    const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+    const REPLY_FLAG_DONE: u16 = 1;
+    const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+
+    /// A connection in the transmission phase.
+    pub struct Client {
+        s: UnixStream,
+        context: u32,
+    }
+
+    fn u16_of(b: &[u8]) -> u16 {
+        u16::from_be_bytes([b[0], b[1]])
+    }
+    fn u32_of(b: &[u8]) -> u32 {
+        u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
+    }
+    fn u64_of(b: &[u8]) -> u64 {
+        u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+    }
+
+    impl Client {
+        fn read(&mut self, n: usize) -> Vec<u8> {
+            let mut b = vec![0u8; n];
+            self.s.read_exact(&mut b).expect("read from the NBD server");
+            b
+        }
+
+        fn option(&mut self, opt: u32, data: &[u8]) {
+            let mut m = IHAVEOPT.to_be_bytes().to_vec();
+            m.extend(opt.to_be_bytes());
+            m.extend((data.len() as u32).to_be_bytes());
+            m.extend(data);
+            self.s.write_all(&m).expect("send an option");
+        }
+
+        /// One option reply: (type, data).
+        fn option_reply(&mut self, opt: u32) -> (u32, Vec<u8>) {
+            let h = self.read(20);
+            assert_eq!(u64_of(&h), OPT_REPLY_MAGIC, "option reply magic");
+            assert_eq!(u32_of(&h[8..]), opt, "reply to another option");
+            let (kind, len) = (u32_of(&h[12..]), u32_of(&h[16..]) as usize);
+            assert!(kind < 1 << 31, "option {opt} refused: reply type {kind:#x}");
+            (kind, self.read(len))
+        }
+
+        /// Connect, negotiate structured replies and `base:allocation`, and
+        /// enter the transmission phase of the default export.
+        pub fn connect(socket: &Path) -> Client {
+            let s = UnixStream::connect(socket).expect("connect to nbdkit");
+            let mut c = Client { s, context: 0 };
+            let h = c.read(18);
+            assert_eq!(&h[..8], b"NBDMAGIC");
+            assert_eq!(u64_of(&h[8..]), IHAVEOPT, "not a newstyle server");
+            assert!(u16_of(&h[16..]) & 3 == 3, "no fixed newstyle / no zeroes");
+            c.s.write_all(&3u32.to_be_bytes()).expect("client flags");
+            c.option(OPT_STRUCTURED_REPLY, &[]);
+            assert_eq!(c.option_reply(OPT_STRUCTURED_REPLY).0, REP_ACK);
+            let query = b"base:allocation";
+            let mut d = 0u32.to_be_bytes().to_vec(); // export name ""
+            d.extend(1u32.to_be_bytes());
+            d.extend((query.len() as u32).to_be_bytes());
+            d.extend(query);
+            c.option(OPT_SET_META_CONTEXT, &d);
+            let mut got = None;
+            loop {
+                let (kind, data) = c.option_reply(OPT_SET_META_CONTEXT);
+                if kind == REP_ACK {
+                    break;
+                }
+                assert_eq!(kind, REP_META_CONTEXT);
+                assert_eq!(&data[4..], query);
+                got = Some(u32_of(&data));
+            }
+            c.context = got.expect("the server has no base:allocation context");
+            let mut d = 0u32.to_be_bytes().to_vec(); // export name ""
+            d.extend(0u16.to_be_bytes()); // no information requests
+            c.option(OPT_GO, &d);
+            while c.option_reply(OPT_GO).0 != REP_ACK {}
+            c
+        }
+
+        /// NBD_CMD_BLOCK_STATUS of `[offset, offset + len)`: the
+        /// (length, flags) descriptors of the `base:allocation` chunk.
+        pub fn block_status(&mut self, offset: u64, len: u32, req_one: bool) -> Vec<(u32, u32)> {
+            let flags = if req_one { CMD_FLAG_REQ_ONE } else { 0 };
+            let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+            r.extend(flags.to_be_bytes());
+            r.extend(CMD_BLOCK_STATUS.to_be_bytes());
+            r.extend(7u64.to_be_bytes()); // handle
+            r.extend(offset.to_be_bytes());
+            r.extend(len.to_be_bytes());
+            self.s.write_all(&r).expect("send a block-status request");
+            let mut out = Vec::new();
+            loop {
+                let h = self.read(20);
+                assert_eq!(u32_of(&h), STRUCTURED_REPLY_MAGIC, "structured reply magic");
+                let (flags, kind) = (u16_of(&h[4..]), u16_of(&h[6..]));
+                assert_eq!(u64_of(&h[8..]), 7, "reply to another handle");
+                let data = self.read(u32_of(&h[16..]) as usize);
+                if kind == REPLY_TYPE_BLOCK_STATUS {
+                    assert_eq!(u32_of(&data), self.context, "another meta context");
+                    for d in data[4..].chunks_exact(8) {
+                        out.push((u32_of(d), u32_of(&d[4..])));
+                    }
+                } else {
+                    assert_eq!(kind, 0, "error reply {kind:#x}: {data:?}");
+                }
+                if flags & REPLY_FLAG_DONE != 0 {
+                    return out;
+                }
+            }
+        }
+
+        /// NBD_CMD_DISC: a clean disconnect.
+        pub fn disconnect(mut self) {
+            let mut r = REQUEST_MAGIC.to_be_bytes().to_vec();
+            r.extend(0u16.to_be_bytes());
+            r.extend(CMD_DISC.to_be_bytes());
+            r.extend([0u8; 20]);
+            self.s.write_all(&r).expect("send NBD_CMD_DISC");
+        }
+    }
+}
+
+/// Block status without and with `REQ_ONE` (QEMU always sets it), from
+/// the start and from inside an extent: all the chain's extents as NBD
+/// holes (`HOLE | ZERO` = 3) and data (0), or just the first one.
+#[test]
+fn block_status_with_and_without_req_one() {
+    if !tools() {
+        return;
+    }
+    let dir = tempdir();
+    let (top, _, want) = make_sparse_chain(dir.path());
+    let as_nbd = |from: u64| -> Vec<(u32, u32)> {
+        want.iter()
+            .map(|&(o, l, d)| (o * MIB, (o + l) * MIB, d))
+            .filter(|&(_, end, _)| end > from)
+            .map(|(o, end, d)| ((end - o.max(from)) as u32, if d { 0 } else { 3 }))
+            .collect()
+    };
+    let server = Server::start(dir.path(), &top, true);
+    let mut c = nbd::Client::connect(&server.socket);
+    let size = SPARSE_SIZE as u32;
+    assert_eq!(c.block_status(0, size, false), as_nbd(0), "whole disk");
+    assert_eq!(c.block_status(0, size, true), as_nbd(0)[..1], "REQ_ONE");
+    let mid = 12 * MIB + 4096; // inside the hole [10, 20) MiB
+    let rest = (SPARSE_SIZE - mid) as u32;
+    assert_eq!(c.block_status(mid, rest, false), as_nbd(mid), "from {mid}");
+    // With REQ_ONE the one extent is cut to the request (nbdkit does that).
+    assert_eq!(
+        c.block_status(mid, 4096, true),
+        [(4096, 3)],
+        "REQ_ONE from {mid}"
+    );
+    assert_eq!(
+        c.block_status(0, 4096, true),
+        [(4096, 0)],
+        "REQ_ONE in data"
+    );
+    c.disconnect();
+    server.stop();
+}
+
+/// A disk with more extents than one `.extents` call returns (300 data
+/// blocks alternating with holes) and more than the 1 GiB one call maps:
+/// each block-status reply covers a prefix of what was asked, and asking
+/// again from where it ends walks the whole disk through exactly the
+/// extents libckpt reports.
+#[test]
+fn block_status_of_a_disk_with_many_extents() {
+    if !tools() {
+        return;
+    }
+    const BIG: u64 = 2048 * MIB;
+    let dir = tempdir();
+    let path = dir.path().join("many.vhdx");
+    let d = Disk::create(&path, &CreateOptions::new(BIG).block_size(MIB as u32)).expect("create");
+    for i in 0..300 {
+        d.write_at(&[0x42; 512], 2 * i * MIB + 4096).expect("write");
+    }
+    let want: Vec<(u64, u64, u32)> = d
+        .extents()
+        .expect("extents")
+        .iter()
+        .map(|e| (e.offset, e.length, if e.allocated { 0 } else { 3 }))
+        .collect();
+    d.close().expect("close");
+    assert_eq!(want.len(), 600, "libckpt's extents of the disk");
+
+    let server = Server::start(dir.path(), &path, true);
+    let mut c = nbd::Client::connect(&server.socket);
+    let mut got: Vec<(u64, u64, u32)> = Vec::new();
+    let mut replies = 0;
+    let mut pos = 0u64;
+    while pos < BIG {
+        let len = (BIG - pos).min(u32::MAX as u64 & !4095) as u32;
+        let reply = c.block_status(pos, len, false);
+        replies += 1;
+        assert!(!reply.is_empty(), "an empty reply at {pos}");
+        let covered: u64 = reply.iter().map(|r| r.0 as u64).sum();
+        assert!(
+            covered <= 1 << 30,
+            "one reply covers {covered} bytes at {pos}"
+        );
+        for (l, f) in reply {
+            match got.last_mut() {
+                Some(g) if g.2 == f => g.1 += l as u64,
+                _ => got.push((pos, l as u64, f)),
+            }
+            pos += l as u64;
+        }
+    }
+    c.disconnect();
+    server.stop();
+    assert_eq!(got, want, "the disk walked through NBD block status");
+    // 600 extents do not fit in one reply; the trailing 1448 MiB hole
+    // takes two (1 GiB at most each).
+    assert!(replies >= 4, "only {replies} replies");
 }

@@ -38,6 +38,15 @@
  * - FUA is native: a write, trim or zero with the FUA flag is followed by
  *   ckpt_disk_flush before it completes.
  *
+ * - Extents (NBD block status, base:allocation) come from
+ *   ckpt_disk_extents: a range no file of the chain holds data for is
+ *   reported as a hole that reads as zeros (NBDKIT_EXTENT_HOLE |
+ *   NBDKIT_EXTENT_ZERO), everything else as data (0), at the block
+ *   granularity of the chain. So `qemu-img map` shows the chain's layout
+ *   and `qemu-img convert` and other sparse-aware clients skip the holes
+ *   without reading them. One call maps at most MAX_MAP bytes from the
+ *   requested offset (the client asks again for the rest).
+ *
  * - readonly=true opens the file read-only: it is never written (a dirty
  *   log is replayed in memory only) and clients cannot write. Without it
  *   the file is opened read-write (libckpt takes an exclusive lock on it)
@@ -309,6 +318,61 @@ static int ckpt_trim(void *handle, uint32_t count, uint64_t offset, uint32_t fla
     return flush_if_fua(flags);
 }
 
+static int ckpt_can_extents(void *handle) {
+    (void)handle;
+    return 1;
+}
+
+/* The most one .extents call maps (from the requested offset), and the
+ * room for extents. ckpt_disk_extents gives at most one extent per block
+ * (1 MiB at the smallest), so MAX_EXTENTS covers any 255 MiB, and 1 GiB
+ * unless data and holes alternate in blocks smaller than 4 MiB; then the
+ * range is halved until it fits. */
+#define MAX_MAP (UINT64_C(1) << 30)
+#define MAX_EXTENTS 256
+
+static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+                        struct nbdkit_extents *extents) {
+    (void)handle;
+    (void)count; /* mapping past count is allowed and saves round trips */
+    if (offset >= disk_size) {
+        nbdkit_error("ckpt: extents: offset %" PRIu64 " is past the end", offset);
+        nbdkit_set_error(EINVAL);
+        return -1;
+    }
+    uint64_t len = disk_size - offset;
+    if (len > MAX_MAP) {
+        len = MAX_MAP;
+    }
+    ckpt_extent e[MAX_EXTENTS];
+    size_t n = 0;
+    ckpt_status s;
+    while ((s = ckpt_disk_extents(disk, offset, len, e, MAX_EXTENTS, &n)) ==
+               CKPT_STATUS_BUFFER_TOO_SMALL &&
+           len > 1) {
+        len /= 2;
+    }
+    if (s != CKPT_STATUS_OK) {
+        return fail("extents", s);
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t type = 0;
+        if (e[i].flags & CKPT_EXTENT_HOLE) {
+            type |= NBDKIT_EXTENT_HOLE;
+        }
+        if (e[i].flags & CKPT_EXTENT_ZERO) {
+            type |= NBDKIT_EXTENT_ZERO;
+        }
+        if (nbdkit_add_extent(extents, e[i].offset, e[i].length, type) == -1) {
+            return -1; /* nbdkit has reported the error */
+        }
+        if (flags & NBDKIT_FLAG_REQ_ONE) {
+            break; /* the client wants only the extent at offset */
+        }
+    }
+    return 0;
+}
+
 /* Zeros for writing zeroes when the client does not allow a trim. */
 static const uint8_t zeros[64 * 1024];
 
@@ -355,11 +419,13 @@ static struct nbdkit_plugin plugin = {
     .can_fast_zero = ckpt_can_fast_zero,
     .can_fua = ckpt_can_fua,
     .can_multi_conn = ckpt_can_multi_conn,
+    .can_extents = ckpt_can_extents,
     .pread = ckpt_pread,
     .pwrite = ckpt_pwrite,
     .flush = ckpt_flush,
     .trim = ckpt_trim,
     .zero = ckpt_zero,
+    .extents = ckpt_extents,
     .errno_is_preserved = 0,
 };
 

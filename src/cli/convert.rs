@@ -84,20 +84,27 @@ fn in_file(e: impl Into<Error>, path: &Path) -> Error {
 pub fn detect_format(path: &Path) -> Result<Format> {
     let mut f = File::open(path).map_err(|e| in_file(e, path))?;
     let mut magic = [0u8; 8];
-    let mut n = 0;
-    while n < magic.len() {
-        match f.read(&mut magic[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(in_file(e, path)),
-        }
-    }
+    let n = read_full(&mut f, &mut magic).map_err(|e| in_file(e, path))?;
     Ok(if &magic[..n] == b"vhdxfile" {
         Format::Vhdx
     } else {
         Format::Raw
     })
+}
+
+/// Fill `buf` from `r` as far as possible; returns the bytes read (short
+/// only at end of input).
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The format a destination path asks for: `.vhdx` / `.avhdx` → VHDX,

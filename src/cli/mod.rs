@@ -11,7 +11,7 @@ pub mod convert;
 pub mod size;
 pub mod vm;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use ckpt::{CreateOptions, Disk, DiskInfo, OpenMode};
 
-use self::convert::{ConvertOptions, Format};
+use self::convert::{read_full, ConvertOptions, Format};
 use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
 
 /// Streaming chunk for `read` and `write`.
@@ -706,21 +706,6 @@ fn read(path: &Path, offset: u64, length: u64) -> CliResult {
 /// Whether `[offset, offset + len)` lies inside a disk of `size` bytes.
 fn fits(offset: u64, len: u64, size: u64) -> bool {
     matches!(offset.checked_add(len), Some(end) if end <= size)
-}
-
-/// Fill `buf` from `r` as far as possible; returns the bytes read (short
-/// only at end of input).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// The bytes left in stdin when it is a regular file.

@@ -462,6 +462,122 @@ pub unsafe extern "C" fn ckpt_disk_trim(
     })
 }
 
+/// `ckpt_extent.flags`: no file of the chain holds data for the range (no
+/// space is allocated for it). Always set together with
+/// `CKPT_EXTENT_ZERO`. The same value as NBD's `NBD_STATE_HOLE` (and
+/// nbdkit's `NBDKIT_EXTENT_HOLE`).
+pub const CKPT_EXTENT_HOLE: u32 = 1;
+/// `ckpt_extent.flags`: the range reads as zeros. The same value as NBD's
+/// `NBD_STATE_ZERO` (and nbdkit's `NBDKIT_EXTENT_ZERO`). Only set for
+/// holes: an allocated range that happens to hold zeros has no flag.
+pub const CKPT_EXTENT_ZERO: u32 = 2;
+
+/// A range of the virtual disk and whether the chain holds data there,
+/// filled by `ckpt_disk_extents`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ckpt_extent {
+    /// Start in bytes.
+    pub offset: u64,
+    /// Length in bytes (never 0).
+    pub length: u64,
+    /// 0 when some file of the chain holds data for the range (it may
+    /// still read as zeros); `CKPT_EXTENT_HOLE | CKPT_EXTENT_ZERO` when no
+    /// file does and the range reads as zeros (never allocated, or
+    /// trimmed). Other bits are 0 in this version; treat unknown bits as
+    /// "nothing known".
+    pub flags: u32,
+    /// Always 0.
+    pub reserved: u32,
+}
+
+const _: () = assert!(size_of::<ckpt_extent>() == 24);
+
+/// Map `[offset, offset + len)` of the virtual disk: which parts some file
+/// of the chain holds data for, and which are holes that read as zeros
+/// (what a sparse copy or backup can skip; the NBD `base:allocation`
+/// context).
+///
+/// The extents go into `buf`, which has room for `cap` of them, sorted,
+/// contiguous and covering the range exactly: the first starts at
+/// `offset`, each next one where the one before ends, and two neighbours
+/// never have the same `flags`. The boundaries fall on blocks of the chain
+/// (the smallest block size of its files), except that the first and last
+/// extent are cut to the range, so there are at most as many extents as
+/// blocks the range touches.
+///
+/// `*out_count` receives the number of extents (0 when `len` is 0). If
+/// `cap` is too small, nothing is written to `buf`, `*out_count` is still
+/// set and the result is `CKPT_STATUS_BUFFER_TOO_SMALL`: call with
+/// `cap = 0` (`buf` may then be NULL) to learn the count, or map a smaller
+/// range. Each call reads the allocation tables again, and a write or trim
+/// between two calls may change the count; a large disk is best mapped in
+/// pieces with a fixed buffer. Like a read, the call may run concurrently
+/// with any other call on the handle except `ckpt_disk_close`.
+///
+/// A block (for the first and last extent: its part inside the range) is
+/// data as soon as some file of the chain holds any sector of it, so a
+/// data extent may contain zeros, or sectors no file holds; a hole always
+/// reads as zeros.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER` (`disk` or `out_count` NULL, or `buf`
+/// NULL with `cap > 0`), `CKPT_STATUS_OUT_OF_RANGE` (the range reaches past
+/// the end of the disk), `CKPT_STATUS_BUFFER_TOO_SMALL`, `CKPT_STATUS_IO`,
+/// `CKPT_STATUS_CORRUPT`.
+///
+/// # Safety
+///
+/// `disk` is NULL or a live handle; `buf` is NULL or valid for writes of
+/// `cap` `ckpt_extent`s; `out_count` is NULL or valid for writing one
+/// `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_disk_extents(
+    disk: *const ckpt_disk,
+    offset: u64,
+    len: u64,
+    buf: *mut ckpt_extent,
+    cap: usize,
+    out_count: *mut usize,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_disk_extents", {
+        // SAFETY: per this function's contract.
+        let disk = unsafe { non_null(disk, "disk")? };
+        let out_count = out_ptr(out_count, "out_count")?;
+        if cap > 0 && buf.is_null() {
+            return Err(FfiError::null("buf"));
+        }
+        let extents = disk.disk.extents_in(offset, len)?;
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { out_count.write(extents.len()) };
+        if extents.len() > cap {
+            return Err(FfiError::new(
+                ckpt_status::BufferTooSmall,
+                format!(
+                    "{} extents of [{offset}, +{len}) do not fit in a buffer of {cap}",
+                    extents.len()
+                ),
+            ));
+        }
+        for (i, e) in extents.iter().enumerate() {
+            let value = ckpt_extent {
+                offset: e.offset,
+                length: e.length,
+                flags: if e.allocated {
+                    0
+                } else {
+                    CKPT_EXTENT_HOLE | CKPT_EXTENT_ZERO
+                },
+                reserved: 0,
+            };
+            // SAFETY: `i < extents.len() <= cap`, and `buf` (not NULL here,
+            // since cap > 0 when there is an extent) has `cap` writable
+            // slots owned by the caller.
+            unsafe { buf.add(i).write(value) };
+        }
+        Ok(())
+    })
+}
+
 /// Flush, leave an empty log, close the file and free the handle.
 ///
 /// The handle is freed whatever the status: do not use it again. A

@@ -477,6 +477,22 @@ unsafe fn change<T>(
     Ok(f(&mut h.vm)?)
 }
 
+/// Change the VM's checkpoint settings: `f` edits a copy, which is saved.
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle.
+unsafe fn change_settings(vm: *const ckpt_vm, f: impl FnOnce(&mut Settings)) -> FfiResult {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        change(vm, |v| {
+            let mut s = v.data().settings.clone();
+            f(&mut s);
+            v.set_settings(s)
+        })
+    }
+}
+
 /// Run `f` on the handle (read only).
 ///
 /// # Safety
@@ -872,13 +888,7 @@ pub unsafe extern "C" fn ckpt_vm_set_checkpoint_type(
     ffi_boundary!("ckpt_vm_set_checkpoint_type", {
         let t = checkpoint_type_of(checkpoint_type)?;
         // SAFETY: per this function's contract.
-        unsafe {
-            change(vm, |v| {
-                let mut s = v.data().settings.clone();
-                s.checkpoint_type = t;
-                v.set_settings(s)
-            })
-        }
+        unsafe { change_settings(vm, |s| s.checkpoint_type = t) }
     })
 }
 
@@ -903,13 +913,7 @@ pub unsafe extern "C" fn ckpt_vm_set_checkpoint_location(
         // SAFETY: per this function's contract.
         let loc = unsafe { c_path_opt(location, "location")? }.map(|p| p.to_path_buf());
         // SAFETY: per this function's contract.
-        unsafe {
-            change(vm, |v| {
-                let mut s = v.data().settings.clone();
-                s.checkpoint_location = loc;
-                v.set_settings(s)
-            })
-        }
+        unsafe { change_settings(vm, |s| s.checkpoint_location = loc) }
     })
 }
 
@@ -923,14 +927,9 @@ pub unsafe extern "C" fn ckpt_vm_set_checkpoint_location(
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_vm_set_age_warning(vm: *mut ckpt_vm, seconds: u64) -> ckpt_status {
     ffi_boundary!("ckpt_vm_set_age_warning", {
+        let warn = (seconds != 0).then_some(seconds);
         // SAFETY: per this function's contract.
-        unsafe {
-            change(vm, |v| {
-                let mut s = v.data().settings.clone();
-                s.age_warning_seconds = (seconds != 0).then_some(seconds);
-                v.set_settings(s)
-            })
-        }
+        unsafe { change_settings(vm, |s| s.age_warning_seconds = warn) }
     })
 }
 

@@ -39,6 +39,7 @@ static void chain_nulls(const char *dir) {
     char text[64];
     size_t n = 777;
     ckpt_range r[2];
+    ckpt_extent e[2];
 
     EXPECT_OK(ckpt_disk_create(base, 1 << 20, NULL, &disk));
     EXPECT_OK(ckpt_disk_close(disk));
@@ -55,6 +56,8 @@ static void chain_nulls(const char *dir) {
     EXPECT_STATUS(ckpt_disk_chain_path(NULL, 0, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_disk_level_of(NULL, base, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_disk_changed_ranges(NULL, 1, r, 2, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_extents(NULL, 0, 4096, e, 2, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_extents(NULL, 0, 0, NULL, 0, &n), CKPT_STATUS_NULL_POINTER);
     CHECK(n == 777);
 
     EXPECT_OK(ckpt_disk_create_child(child, base, NULL, &disk));
@@ -69,6 +72,16 @@ static void chain_nulls(const char *dir) {
         EXPECT_STATUS(ckpt_disk_changed_ranges(disk, 1, r, 2, NULL), CKPT_STATUS_NULL_POINTER);
         EXPECT_STATUS(ckpt_disk_changed_ranges(disk, 1, NULL, 2, &n), CKPT_STATUS_NULL_POINTER);
         CHECK(n == 777);
+        memset(e, 0x5a, sizeof e);
+        EXPECT_STATUS(ckpt_disk_extents(disk, 0, 4096, e, 2, NULL), CKPT_STATUS_NULL_POINTER);
+        CHECK(strstr(last_error_text(), "out_count") != NULL);
+        EXPECT_STATUS(ckpt_disk_extents(disk, 0, 4096, NULL, 2, &n), CKPT_STATUS_NULL_POINTER);
+        CHECK(strstr(last_error_text(), "buf") != NULL);
+        CHECK(n == 777 && e[0].offset == 0x5a5a5a5a5a5a5a5aULL);
+        /* cap 0 never touches buf: the count comes back */
+        EXPECT_STATUS(ckpt_disk_extents(disk, 0, 4096, NULL, 0, &n), CKPT_STATUS_BUFFER_TOO_SMALL);
+        CHECK(n == 1);
+        n = 777;
         /* out_len may be NULL; len 0 never touches buf */
         EXPECT_OK(ckpt_disk_get_creator(disk, text, sizeof text, NULL));
         EXPECT_STATUS(ckpt_disk_get_creator(disk, NULL, 0, &n), CKPT_STATUS_BUFFER_TOO_SMALL);

@@ -4,7 +4,8 @@
 //! small sparse reference model of a virtual disk.
 //!
 //! Every test file that uses it says `mod common;`. Not every test file uses
-//! every helper, hence the `dead_code` allowance.
+//! every helper, hence the `dead_code` allowance. The CLI tests also use
+//! [`cli`]: running the `ckpt` tool (only with the `cli` feature).
 //!
 //! Oracles: [`require_tool`] and [`testdata_image`] return `false`/`None`
 //! with a notice when something is missing, so that a developer without
@@ -12,6 +13,9 @@
 //! instead, so that CI never passes by skipping.
 
 #![allow(dead_code)]
+
+#[cfg(feature = "cli")]
+pub mod cli;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
