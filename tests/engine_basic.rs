@@ -264,20 +264,40 @@ fn deep_chain_reads_match_the_model() {
     };
     let mut model = vec![0u8; size as usize];
     let base = MemStorage::new();
-    let d = Disk::create_on(Arc::new(base.clone()), &CreateOptions::new(size).block_size(2 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(base.clone()),
+        &CreateOptions::new(size).block_size(2 << 20),
+    )
+    .unwrap();
     let p = pattern(3 << 20, 1);
     d.write_at(&p, 1 << 20).unwrap();
     model[1 << 20..4 << 20].copy_from_slice(&p);
     d.close().unwrap();
     let mut stores = vec![base];
     for layer in 0..7u8 {
-        let parents: Vec<Arc<dyn ckpt::io::Storage>> = stores.iter().rev().map(|s| Arc::new(s.clone()) as _).collect();
+        let parents: Vec<Arc<dyn ckpt::io::Storage>> = stores
+            .iter()
+            .rev()
+            .map(|s| Arc::new(s.clone()) as _)
+            .collect();
         let parent = Disk::open_storage_chain(parents, OpenMode::ReadOnly).unwrap();
         let child = MemStorage::new();
-        Disk::create_child_on(Arc::new(child.clone()), &parent, &ChildOptions { block_size: 1 << 20, log_size: 1 << 20 }).unwrap();
+        Disk::create_child_on(
+            Arc::new(child.clone()),
+            &parent,
+            &ChildOptions {
+                block_size: 1 << 20,
+                log_size: 1 << 20,
+            },
+        )
+        .unwrap();
         drop(parent);
         stores.push(child);
-        let chain: Vec<Arc<dyn ckpt::io::Storage>> = stores.iter().rev().map(|s| Arc::new(s.clone()) as _).collect();
+        let chain: Vec<Arc<dyn ckpt::io::Storage>> = stores
+            .iter()
+            .rev()
+            .map(|s| Arc::new(s.clone()) as _)
+            .collect();
         let d = Disk::open_storage_chain(chain, OpenMode::ReadWrite).unwrap();
         for _ in 0..20 {
             let off = next() % size;
@@ -293,14 +313,21 @@ fn deep_chain_reads_match_the_model() {
         d.close().unwrap();
     }
     for round in 0..3 {
-        let chain: Vec<Arc<dyn ckpt::io::Storage>> = stores.iter().rev().map(|s| Arc::new(s.clone()) as _).collect();
+        let chain: Vec<Arc<dyn ckpt::io::Storage>> = stores
+            .iter()
+            .rev()
+            .map(|s| Arc::new(s.clone()) as _)
+            .collect();
         let d = Disk::open_storage_chain(chain, OpenMode::ReadOnly).unwrap();
         for _ in 0..400 {
             let off = next() % size;
             let len = (next() % 70000 + 1).min(size - off) as usize;
             let mut b = vec![0u8; len];
             d.read_at(&mut b, off).unwrap();
-            assert!(b == model[off as usize..off as usize + len], "round {round}: read {off}+{len} differs");
+            assert!(
+                b == model[off as usize..off as usize + len],
+                "round {round}: read {off}+{len} differs"
+            );
         }
         let mut all = vec![0u8; size as usize];
         d.read_at(&mut all, 0).unwrap();
@@ -314,19 +341,37 @@ fn merge_refuses_without_space_and_changes_nothing() {
     use ckpt::ChildOptions;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhdx");
-    Disk::create(&base, &CreateOptions::new(64 << 20)).unwrap().close().unwrap();
+    Disk::create(&base, &CreateOptions::new(64 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
     let child = dir.path().join("child.avhdx");
     let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
     c.write_at(&[5u8; 4096], 40 << 20).unwrap();
     c.close().unwrap();
-    let before = (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap());
+    let before = (
+        std::fs::read(&base).unwrap(),
+        std::fs::read(&child).unwrap(),
+    );
     // One 32 MiB block of the base must be allocated.
-    let opts = MergeOptions { space_limit: Some((32 << 20) - 1), ..Default::default() };
+    let opts = MergeOptions {
+        space_limit: Some((32 << 20) - 1),
+        ..Default::default()
+    };
     let e = merge::merge(&child, opts).unwrap_err();
     assert_eq!(e.kind(), ckpt::ErrorKind::NoSpace, "{e}");
     assert!(e.to_string().contains("needs up to 33554432 bytes"), "{e}");
-    assert_eq!(before, (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap()));
-    let opts = MergeOptions { space_limit: Some(32 << 20), ..Default::default() };
+    assert_eq!(
+        before,
+        (
+            std::fs::read(&base).unwrap(),
+            std::fs::read(&child).unwrap()
+        )
+    );
+    let opts = MergeOptions {
+        space_limit: Some(32 << 20),
+        ..Default::default()
+    };
     merge::merge(&child, opts).unwrap();
 }
 
@@ -336,13 +381,21 @@ fn merge_refuses_without_space_and_changes_nothing() {
 fn concurrent_sub_sector_writes_in_a_child_are_not_lost() {
     use ckpt::ChildOptions;
     let base = MemStorage::new();
-    let d = Disk::create_on(Arc::new(base.clone()), &CreateOptions::new(4 << 20).block_size(1 << 20)).unwrap();
+    let d = Disk::create_on(
+        Arc::new(base.clone()),
+        &CreateOptions::new(4 << 20).block_size(1 << 20),
+    )
+    .unwrap();
     d.close().unwrap();
     let parent = Disk::open_storage(Arc::new(base.clone()), OpenMode::ReadOnly).unwrap();
     let child = MemStorage::new();
     Disk::create_child_on(Arc::new(child.clone()), &parent, &ChildOptions::default()).unwrap();
     drop(parent);
-    let chain = Disk::open_storage_chain(vec![Arc::new(child.clone()), Arc::new(base.clone())], OpenMode::ReadWrite).unwrap();
+    let chain = Disk::open_storage_chain(
+        vec![Arc::new(child.clone()), Arc::new(base.clone())],
+        OpenMode::ReadWrite,
+    )
+    .unwrap();
     const THREADS: usize = 4;
     const BYTES: usize = 8192;
     std::thread::scope(|s| {
@@ -350,7 +403,9 @@ fn concurrent_sub_sector_writes_in_a_child_are_not_lost() {
             let chain = &chain;
             s.spawn(move || {
                 for i in (t..BYTES).step_by(THREADS) {
-                    chain.write_at(&[(i % 251) as u8 + 1], 1000 + i as u64).unwrap();
+                    chain
+                        .write_at(&[(i % 251) as u8 + 1], 1000 + i as u64)
+                        .unwrap();
                 }
             });
         }

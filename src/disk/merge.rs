@@ -191,7 +191,11 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
     }
     let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
     let me = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
-    if p.chain().iter().flatten().any(|q| std::fs::canonicalize(q).ok().as_ref() == Some(&me)) {
+    if p.chain()
+        .iter()
+        .flatten()
+        .any(|q| std::fs::canonicalize(q).ok().as_ref() == Some(&me))
+    {
         return Err(Error::InvalidArgument(format!(
             "{} is in the chain of {}: making it the parent would make a cycle",
             child.display(),

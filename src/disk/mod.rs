@@ -8,9 +8,9 @@ pub mod check;
 pub mod merge;
 mod vhdx;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
@@ -511,7 +511,12 @@ impl Disk {
     /// (`MIXED` when none does). Computed once per block, then cached (up to
     /// a bound; past it, reads walk the chain).
     fn page_owners(&self, block: u64) -> Result<Option<Arc<[u8]>>> {
-        if let Some(p) = self.pages.read().unwrap_or_else(|e| e.into_inner()).get(&block) {
+        if let Some(p) = self
+            .pages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&block)
+        {
             return Ok(Some(p.clone()));
         }
         let bs = self.top().geo.block_size as u64;
@@ -570,7 +575,9 @@ impl Disk {
             match src {
                 Src::Data(f) => layer.read_raw(dst, f)?,
                 Src::Zero => dst.fill(0),
-                Src::Parent if level + 1 < self.layers.len() => self.resolve(level + 1, dst, pos)?,
+                Src::Parent if level + 1 < self.layers.len() => {
+                    self.resolve(level + 1, dst, pos)?
+                }
                 Src::Parent => dst.fill(0),
             }
             done += l as usize;
@@ -631,7 +638,10 @@ impl Disk {
         while done < buf.len() {
             let pos = offset + done as u64;
             let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            let _g = self.stripe(pos / bs).read().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .stripe(pos / bs)
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             top.write_at(&buf[done..done + n], pos)?;
             done += n;
         }

@@ -720,7 +720,14 @@ impl Vhdx {
     }
 
     /// Set or clear the bitmap bits of `count` sectors from `sector` in `block`.
-    fn write_bits(&self, st: &mut WriteState, block: u64, sector: u64, count: u64, on: bool) -> Result<()> {
+    fn write_bits(
+        &self,
+        st: &mut WriteState,
+        block: u64,
+        sector: u64,
+        count: u64,
+        on: bool,
+    ) -> Result<()> {
         let chunk = block / self.geo.chunk_ratio;
         let first = (block % self.geo.chunk_ratio) * self.sectors_per_block() + sector;
         let bits_per_sector = SECTOR * 8;
@@ -821,7 +828,14 @@ impl Vhdx {
                 let max_sectors = (within + n).div_ceil(lss) - sector;
                 let (present, run) = self.bit_run(block, sector, max_sectors)?;
                 let m = ((sector + run) * lss).min(within + n) - within;
-                (m, if present { Src::Data(e.offset() + within) } else { Src::Parent })
+                (
+                    m,
+                    if present {
+                        Src::Data(e.offset() + within)
+                    } else {
+                        Src::Parent
+                    },
+                )
             }
             _ => (n, Src::Zero),
         })
