@@ -36,7 +36,7 @@
  *   When len is at least that + 1, the string and a NUL are written;
  *   otherwise buf is not touched and the result is
  *   CKPT_STATUS_BUFFER_TOO_SMALL (call with len 0 to learn the length).
- *   Array getters (ckpt_disk_changed_ranges) work the same way with a
+ *   Array getters (ckpt_disk_changed_ranges, ckpt_disk_extents) work the same way with a
  *   capacity and a count.
  *
  * Strings passed in are UTF-8 and NUL-terminated; they are only borrowed for

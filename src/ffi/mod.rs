@@ -31,7 +31,7 @@ pub mod version;
 pub mod vm;
 
 pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
-pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind};
+pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind, ckpt_extent};
 pub use status::ckpt_status;
 pub use vm::{
     ckpt_checkpoint_info, ckpt_checkpoint_type, ckpt_hooks, ckpt_taken_type, ckpt_vm, ckpt_vm_info,
