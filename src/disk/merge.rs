@@ -449,19 +449,13 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     let work = Disk::from_layers_uncached(layers);
     let d = &work.layers[k].file;
     let mut done = 0u64;
-    let mut buf = vec![0u8; CHUNK as usize];
     for r in &ranges {
         let mut pos = r.offset;
         while pos < r.offset + r.length {
-            let n = CHUNK.min(r.offset + r.length - pos) as usize;
-            work.resolve(0, &mut buf[..n], pos)?;
-            if buf[..n].iter().all(|&b| b == 0) {
-                zero_range(d, pos, n as u64)?;
-            } else {
-                d.write_at(&buf[..n], pos).map_err(|e| e.in_file(&dest))?;
-            }
-            pos += n as u64;
-            done += n as u64;
+            let n = CHUNK.min(r.offset + r.length - pos);
+            copy_down(&work, 0, k, pos, n).map_err(|e| e.in_file(&dest))?;
+            pos += n;
+            done += n;
             if let Some(p) = opts.progress.as_mut() {
                 if !p(done, total) {
                     d.flush()?;
@@ -497,6 +491,27 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
         repointed,
         bytes_copied: total,
     })
+}
+
+/// Copy what layers `level..k` of `work` hold in `[pos, pos+len)` into
+/// layer `k` (the destination), run by run: data straight from the layer's
+/// file, zeroed ranges as zeros; what they leave to the destination stays.
+fn copy_down(work: &Disk, level: usize, k: usize, pos: u64, len: u64) -> Result<()> {
+    let layer = &work.layers[level].file;
+    let d = &work.layers[k].file;
+    let mut done = 0u64;
+    while done < len {
+        let p = pos + done;
+        let (l, src) = layer.map_first(p, len - done)?;
+        match src {
+            Src::Data(f) => d.copy_in(p, l, layer.storage(), f)?,
+            Src::Zero => zero_range(d, p, l)?,
+            Src::Parent if level + 1 < k => copy_down(work, level + 1, k, p, l)?,
+            Src::Parent => {}
+        }
+        done += l;
+    }
+    Ok(())
 }
 
 /// Make `[pos, pos+len)` of `d` read as zeros.

@@ -988,37 +988,64 @@ impl Vhdx {
     /// Write any range inside the disk. In a differencing disk the range
     /// must be aligned to logical sectors (the chain handles the rest).
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_with(offset, buf.len() as u64, |storage, done, file_offset, n| {
+            let done = done as usize;
+            Ok(storage.write_at(&buf[done..done + n as usize], file_offset)?)
+        })
+    }
+
+    /// Copy `len` bytes at `src_offset` of the storage `src` (another
+    /// layer's file) into the disk at `offset`, without passing them
+    /// through user memory where the storages allow it.
+    pub(crate) fn copy_in(&self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+        self.write_with(offset, len, |storage, done, file_offset, n| {
+            Ok(crate::io::copy_range(src, src_offset + done, storage, file_offset, n)?)
+        })
+    }
+
+    /// The write path: `put(storage, done, file_offset, n)` stores bytes
+    /// `[done, done+n)` of the request at `file_offset` of this file.
+    fn write_with(
+        &self,
+        offset: u64,
+        len: u64,
+        mut put: impl FnMut(&dyn Storage, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        self.check_range(offset, buf.len() as u64)?;
-        if buf.is_empty() {
+        self.check_range(offset, len)?;
+        if len == 0 {
             return Ok(());
         }
         let lss = self.geo.logical_sector_size as u64;
-        if self.has_parent() && (offset % lss != 0 || buf.len() as u64 % lss != 0) {
+        if self.has_parent() && (offset % lss != 0 || len % lss != 0) {
             return Err(Error::InvalidArgument(
                 "writes into a differencing layer must be sector-aligned".into(),
             ));
         }
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
+        let mut done = 0u64;
+        while done < len {
+            let pos = offset + done;
             let block = pos / bs;
             let within = pos % bs;
-            let n = (bs - within).min((buf.len() - done) as u64);
+            let n = (bs - within).min(len - done);
             let (base, bits) = self.prepare_write(block, within, n)?;
-            self.storage
-                .write_at(&buf[done..done + n as usize], base + within)?;
+            put(self.storage.as_ref(), done, base + within, n)?;
             if bits {
                 let mut st = lock(&self.state);
                 self.set_bits(&mut st, block, within / lss, n / lss)?;
             }
-            done += n as usize;
+            done += n;
         }
         Ok(())
+    }
+
+    /// The storage under this file.
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
     /// Make a whole block read as zeros: a dynamic disk gives its space
