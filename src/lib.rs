@@ -4,7 +4,7 @@
 //! tree on top, usable from Rust and, through `include/libckpt.h`, from C.
 //!
 //! Layers, each depending only on the ones before it:
-//! [`io`] (storage) → [`format`] (on-disk structures) → [`disk`] (an open
+//! [`io`] (storage) → [`format`](mod@format) (on-disk structures) → [`disk`] (an open
 //! virtual disk) → [`checkpoint`] (checkpoint tree, in `src/ckpt/`) → `ffi` (C ABI) and the `ckpt` CLI.
 //!
 //! ```
