@@ -73,9 +73,10 @@ pub fn copy_range<S: Storage + ?Sized, D: Storage + ?Sized>(
                 return Err(faults::crash());
             }
             while done < len && kernel {
-                let (Ok(mut so), Ok(mut doff)) =
-                    (i64::try_from(src_offset + done), i64::try_from(dst_offset + done))
-                else {
+                let (Ok(mut so), Ok(mut doff)) = (
+                    i64::try_from(src_offset + done),
+                    i64::try_from(dst_offset + done),
+                ) else {
                     break;
                 };
                 let want = (len - done).min(1 << 30) as usize;
@@ -575,7 +576,10 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, src.snapshot()).unwrap();
         std::fs::write(&b, b"").unwrap();
-        let (fa, fb) = (FileStorage::open(&a, false).unwrap(), FileStorage::open(&b, true).unwrap());
+        let (fa, fb) = (
+            FileStorage::open(&a, false).unwrap(),
+            FileStorage::open(&b, true).unwrap(),
+        );
         copy_range(&fa, 100, &fb, 7, 6000).unwrap();
         let mut back = vec![0u8; 6007];
         fb.read_at(&mut back, 0).unwrap();

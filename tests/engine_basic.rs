@@ -416,3 +416,51 @@ fn concurrent_sub_sector_writes_in_a_child_are_not_lost() {
         assert_eq!(*v, (i % 251) as u8 + 1, "byte {i} was lost");
     }
 }
+
+/// A read-write open brings stale locator paths up to date, so a chain
+/// keeps opening after the child moves away and then the whole tree moves.
+#[test]
+fn read_write_open_refreshes_stale_parent_paths() {
+    use ckpt::ChildOptions;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("one");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    let base = root.join("a").join("base.vhdx");
+    let d = Disk::create(&base, &CreateOptions::new(8 << 20)).unwrap();
+    d.write_at(b"parent", 0).unwrap();
+    d.close().unwrap();
+    let child = root.join("a").join("child.avhdx");
+    Disk::create_child(&child, &base, &ChildOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    // The child moves: only its absolute path still leads to the parent.
+    let moved = root.join("b").join("child.avhdx");
+    std::fs::rename(&child, &moved).unwrap();
+    Disk::open(&moved, OpenMode::ReadWrite)
+        .unwrap()
+        .close()
+        .unwrap();
+    // The whole tree moves: only the refreshed relative path can work.
+    let root2 = t.path().join("two");
+    std::fs::rename(&root, &root2).unwrap();
+    let moved2 = root2.join("b").join("child.avhdx");
+    let d = Disk::open(&moved2, OpenMode::ReadWrite).unwrap();
+    let mut b = [0u8; 6];
+    d.read_at(&mut b, 0).unwrap();
+    assert_eq!(&b, b"parent");
+    d.close().unwrap();
+    // The child moves again: only the refreshed absolute path can work.
+    let elsewhere = t.path().join("child.avhdx");
+    std::fs::rename(&moved2, &elsewhere).unwrap();
+    let d = Disk::open(&elsewhere, OpenMode::ReadOnly).unwrap();
+    assert_eq!(
+        d.chain()[1].as_deref(),
+        Some(
+            std::fs::canonicalize(root2.join("a").join("base.vhdx"))
+                .unwrap()
+                .as_path()
+        )
+    );
+}

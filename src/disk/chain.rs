@@ -48,9 +48,56 @@ pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
         });
         match parent {
             Some(p) => next = std::fs::canonicalize(&p).unwrap_or(p),
-            None => return Ok(layers),
+            None => break,
         }
     }
+    if mode == OpenMode::ReadWrite && layers.len() > 1 {
+        refresh_stale_paths(&layers[0], &layers[1]).map_err(|e| e.in_file(path))?;
+    }
+    Ok(layers)
+}
+
+/// After a chain opened read-write, bring the top's stale locator paths up
+/// to date (the spec asks for it): a relative path that no longer leads to
+/// the parent found, and an absolute path of this host's form (one a
+/// Windows host wrote, `C:\…`, is kept).
+fn refresh_stale_paths(child: &Layer, parent: &Layer) -> Result<()> {
+    let (Some(cpath), Some(ppath)) = (child.path.as_deref(), parent.path.as_deref()) else {
+        return Ok(());
+    };
+    let mut loc = locator_of(&child.file)?;
+    let found = std::fs::canonicalize(ppath)?;
+    let leads_to_parent = |v: Option<&str>, relative: bool| -> bool {
+        v.map(|v| {
+            let p = if relative {
+                cpath.parent().unwrap_or(Path::new(".")).join(host_path(v))
+            } else {
+                host_path(v)
+            };
+            std::fs::canonicalize(p).ok().as_ref() == Some(&found)
+        })
+        .unwrap_or(false)
+    };
+    let fresh = locator_for(cpath, ppath, &uuid::Uuid::nil())?;
+    let mut changed = false;
+    if !leads_to_parent(loc.get(locator::RELATIVE_PATH), true) {
+        if let Some(v) = fresh.get(locator::RELATIVE_PATH) {
+            loc.set(locator::RELATIVE_PATH, v.to_string());
+            changed = true;
+        }
+    }
+    let abs = loc.get(locator::ABSOLUTE_WIN32_PATH);
+    let host_form = abs.is_none_or(|a| a.starts_with('\\') && !a.starts_with("\\\\"));
+    if host_form && !leads_to_parent(abs, false) {
+        if let Some(v) = fresh.get(locator::ABSOLUTE_WIN32_PATH) {
+            loc.set(locator::ABSOLUTE_WIN32_PATH, v.to_string());
+            changed = true;
+        }
+    }
+    if changed {
+        child.file.set_parent_locator(loc.to_bytes())?;
+    }
+    Ok(())
 }
 
 /// The parent locator of a differencing file.

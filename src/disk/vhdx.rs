@@ -997,9 +997,21 @@ impl Vhdx {
     /// Copy `len` bytes at `src_offset` of the storage `src` (another
     /// layer's file) into the disk at `offset`, without passing them
     /// through user memory where the storages allow it.
-    pub(crate) fn copy_in(&self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+    pub(crate) fn copy_in(
+        &self,
+        offset: u64,
+        len: u64,
+        src: &dyn Storage,
+        src_offset: u64,
+    ) -> Result<()> {
         self.write_with(offset, len, |storage, done, file_offset, n| {
-            Ok(crate::io::copy_range(src, src_offset + done, storage, file_offset, n)?)
+            Ok(crate::io::copy_range(
+                src,
+                src_offset + done,
+                storage,
+                file_offset,
+                n,
+            )?)
         })
     }
 
