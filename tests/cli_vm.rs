@@ -1040,3 +1040,26 @@ fn relative_paths_and_checkpoint_location() {
         "{text}"
     );
 }
+
+/// `vm show` names files that look like checkpoint files but that no
+/// checkpoint owns (left by other tools), in text and in JSON.
+#[test]
+fn show_reports_stray_checkpoint_files() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("os.vhdx");
+    ok(&["create", s(&disk), "--size", "4M"]);
+    let vm = t.path().join("vm");
+    ok(&["vm", "create", s(&vm), "--name", "s", "--disk", s(&disk)]);
+    ok(&["checkpoint", "create", s(&vm), "one"]);
+    let v = json(&["vm", "show", s(&vm), "--json"]);
+    assert_eq!(v["strays"], serde_json::json!([]));
+    let stray = t.path().join("os_0000-left-by-a-backup-tool.avhdx");
+    std::fs::copy(&disk, &stray).unwrap();
+    let v = json(&["vm", "show", s(&vm), "--json"]);
+    assert_eq!(
+        v["strays"],
+        serde_json::json!([stray.canonicalize().unwrap().display().to_string()])
+    );
+    let text = ok_text(&["vm", "show", s(&vm)]);
+    assert!(text.contains("no checkpoint owns it"), "{text}");
+}

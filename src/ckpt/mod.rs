@@ -9,4 +9,6 @@ pub mod vm;
 pub use model::{
     Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile, VmState,
 };
-pub use vm::{list_of, CheckpointView, Hooks, NoHooks, Vm, VmSpec};
+pub use vm::{
+    checkpoint_location_of, list_of, strays_of, CheckpointView, Hooks, NoHooks, Vm, VmSpec,
+};

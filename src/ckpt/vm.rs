@@ -276,11 +276,7 @@ impl Vm {
 
     /// The checkpoint location (configuration copies and memory state).
     pub fn checkpoint_location(&self) -> PathBuf {
-        self.data
-            .settings
-            .checkpoint_location
-            .clone()
-            .unwrap_or_else(|| self.dir.join("checkpoints"))
+        checkpoint_location_of(&self.dir, &self.data)
     }
 
     fn save(&self) -> Result<()> {
@@ -1043,52 +1039,7 @@ impl Vm {
     /// configuration copies and memory state in the checkpoint location)
     /// but that no node of the tree owns.
     pub fn strays(&self) -> Result<Vec<PathBuf>> {
-        let mut owned: Vec<PathBuf> = self.data.current.disks.clone();
-        owned.extend(self.data.current.saved_state.iter().cloned());
-        for c in &self.data.checkpoints {
-            owned.extend(c.disks.iter().cloned());
-            owned.extend(c.config_file.iter().cloned());
-            owned.extend(c.saved_state.iter().cloned());
-        }
-        let mut dirs: Vec<PathBuf> = owned
-            .iter()
-            .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
-            .collect();
-        dirs.push(self.checkpoint_location());
-        dirs.sort();
-        dirs.dedup();
-        let stems: Vec<String> = self
-            .data
-            .disks
-            .iter()
-            .filter_map(|d| {
-                d.file_stem()
-                    .and_then(|s| s.to_str())
-                    .map(|s| format!("{s}_"))
-            })
-            .collect();
-        let loc = self.checkpoint_location();
-        let mut out = Vec::new();
-        for d in dirs {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                let name = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("")
-                    .to_string();
-                let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
-                    || (d == loc && (name.ends_with(".vmrs") || name.ends_with(".json")));
-                if ours && !owned.contains(&p) {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        strays_of(&self.dir, &self.data)
     }
 
     /// Every checkpoint with its monitoring facts, parents before children.
@@ -1148,5 +1099,65 @@ pub fn list_of(data: &VmFile) -> Result<Vec<CheckpointView>> {
             delete_copy_bytes,
         });
     }
+    Ok(out)
+}
+
+/// The checkpoint location of a VM: its setting, or `DIR/checkpoints`.
+pub fn checkpoint_location_of(dir: &Path, data: &VmFile) -> PathBuf {
+    data.settings
+        .checkpoint_location
+        .clone()
+        .unwrap_or_else(|| dir.join("checkpoints"))
+}
+
+/// Files that look like ours (differencing disks next to the VM's disks,
+/// configuration copies and memory state in the checkpoint location)
+/// but that no node of the tree owns.
+pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
+    let location = checkpoint_location_of(dir, data);
+    let mut owned: Vec<PathBuf> = data.current.disks.clone();
+    owned.extend(data.current.saved_state.iter().cloned());
+    for c in &data.checkpoints {
+        owned.extend(c.disks.iter().cloned());
+        owned.extend(c.config_file.iter().cloned());
+        owned.extend(c.saved_state.iter().cloned());
+    }
+    let mut dirs: Vec<PathBuf> = owned
+        .iter()
+        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+        .collect();
+    dirs.push(location.clone());
+    dirs.sort();
+    dirs.dedup();
+    let stems: Vec<String> = data
+        .disks
+        .iter()
+        .filter_map(|d| {
+            d.file_stem()
+                .and_then(|s| s.to_str())
+                .map(|s| format!("{s}_"))
+        })
+        .collect();
+    let loc = location;
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
+                || (d == loc && (name.ends_with(".vmrs") || name.ends_with(".json")));
+            if ours && !owned.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
     Ok(out)
 }

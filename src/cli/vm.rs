@@ -314,7 +314,10 @@ pub fn location_of(dir: &Path, data: &VmFile) -> (PathBuf, bool) {
 fn show(dir: &Path, as_json: bool) -> CliResult {
     let data = load_vm(dir)?;
     if as_json {
-        return print(&json_text(&json::vm_json(&data))?);
+        let mut v = json::vm_json(&data);
+        let strays = ckpt::checkpoint::strays_of(&absolute(dir), &data).unwrap_or_default();
+        v["strays"] = strays.iter().map(|p| p.display().to_string()).collect();
+        return print(&json_text(&v)?);
     }
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
@@ -370,6 +373,12 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
         s.push_str(
             "note: an operation was interrupted; the next change to this VM finishes or undoes it\n",
         );
+    }
+    for p in ckpt::checkpoint::strays_of(&absolute(dir), &data).unwrap_or_default() {
+        s.push_str(&format!(
+            "warning: {} looks like a checkpoint file but no checkpoint owns it\n",
+            p.display()
+        ));
     }
     print(&s)
 }
