@@ -464,3 +464,62 @@ fn read_write_open_refreshes_stale_parent_paths() {
         )
     );
 }
+
+/// Patch a system metadata item of a VHDX file in place (no checksum
+/// covers the metadata region).
+fn patch_metadata_item(path: &std::path::Path, item: &str, value: &[u8]) {
+    let mut img = std::fs::read(path).unwrap();
+    let rd64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let rd32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let guid = |s: &str| uuid::Uuid::parse_str(s).unwrap().to_bytes_le();
+    let rt = 192 * 1024;
+    let meta_guid = guid("8B7CA206-4790-4B9A-B8FE-575F050F886E");
+    let count = rd32(&img, rt + 8) as usize;
+    let meta = (0..count)
+        .map(|i| rt + 16 + 32 * i)
+        .find(|&o| img[o..o + 16] == meta_guid)
+        .map(|o| rd64(&img, o + 16) as usize)
+        .unwrap();
+    let n = u16::from_le_bytes([img[meta + 10], img[meta + 11]]) as usize;
+    let id = guid(item);
+    let off = (0..n)
+        .map(|i| meta + 32 + 32 * i)
+        .find(|&o| img[o..o + 16] == id)
+        .map(|o| rd32(&img, o + 16) as usize)
+        .unwrap();
+    img[meta + off..meta + off + value.len()].copy_from_slice(value);
+    std::fs::write(path, img).unwrap();
+}
+
+/// A merge gives the destination the child's virtual-disk items.
+#[test]
+fn merge_copies_the_childs_virtual_disk_metadata() {
+    use ckpt::disk::merge::{self, MergeOptions};
+    use ckpt::ChildOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    Disk::create(&base, &CreateOptions::new(8 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let child = dir.path().join("child.avhdx");
+    let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
+    c.write_at(b"x", 0).unwrap();
+    c.close().unwrap();
+    let new_id = uuid::Uuid::new_v4();
+    patch_metadata_item(
+        &child,
+        "BECA12AB-B2E6-4523-93EF-C309E000C746",
+        &new_id.to_bytes_le(),
+    );
+    patch_metadata_item(
+        &child,
+        "CDA348C7-445D-4471-9CC9-E9885251C556",
+        &512u32.to_le_bytes(),
+    );
+    merge::merge(&child, MergeOptions::default()).unwrap();
+    let info = Disk::open(&base, OpenMode::ReadOnly).unwrap().info();
+    assert_eq!(info.disk_id, new_id);
+    assert_eq!(info.physical_sector_size, 512);
+    assert!(ckpt::check(&base).unwrap().is_ok());
+}

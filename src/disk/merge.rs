@@ -464,6 +464,14 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             }
         }
     }
+    // The destination takes the merged child's virtual-disk items (the disk
+    // ID and sector sizes; sizes themselves are equal in any chain we open).
+    let (cm, mut dm) = (work.layers[0].file.metadata(), d.metadata());
+    if (cm.disk_id, cm.physical_sector_size) != (dm.disk_id, dm.physical_sector_size) {
+        dm.disk_id = cm.disk_id;
+        dm.physical_sector_size = cm.physical_sector_size;
+        d.set_metadata(dm).map_err(|e| e.in_file(&dest))?;
+    }
     d.close().map_err(|e| e.in_file(&dest))?;
     let dest_guid = d.header().data_write_guid;
     drop(work);
