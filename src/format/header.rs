@@ -3,9 +3,7 @@
 use uuid::Uuid;
 
 use crate::error::{bad_field, Error, Result};
-use crate::format::{
-    crc_with_zeroed_field, guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB,
-};
+use crate::format::{guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB};
 
 /// "head".
 pub const SIGNATURE: u32 = 0x6461_6568;
@@ -37,28 +35,7 @@ impl Header {
     /// Parse and validate 4096 bytes read at `offset`.
     pub fn parse(b: &[u8], offset: u64) -> Result<Header> {
         const S: &str = "header";
-        if b.len() < SIZE {
-            return Err(Error::Corrupt("header is truncated".into()));
-        }
-        let b = &b[..SIZE];
-        let sig = le32(b, 0);
-        if sig != SIGNATURE {
-            return Err(Error::BadSignature {
-                structure: S,
-                offset,
-                found: sig as u64,
-            });
-        }
-        let stored = le32(b, 4);
-        let computed = crc_with_zeroed_field(b, 4);
-        if stored != computed {
-            return Err(Error::BadChecksum {
-                structure: S,
-                offset,
-                stored,
-                computed,
-            });
-        }
+        let b = super::checked_structure(b, SIZE, SIGNATURE, S, offset)?;
         let h = Header {
             sequence_number: le64(b, 8),
             file_write_guid: guid_at(b, 16),

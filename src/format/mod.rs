@@ -114,6 +114,42 @@ pub fn crc_with_zeroed_field(b: &[u8], field: usize) -> u32 {
     crc32c::crc32c_append(c, &b[field + 4..])
 }
 
+/// The first `size` bytes of `b`, once its 4-byte signature (at 0) and
+/// CRC-32C (at 4, over `size` bytes) check out: the validation shared by
+/// the headers and the region tables.
+pub(crate) fn checked_structure<'a>(
+    b: &'a [u8],
+    size: usize,
+    signature: u32,
+    structure: crate::error::Structure,
+    offset: u64,
+) -> crate::error::Result<&'a [u8]> {
+    use crate::error::Error;
+    if b.len() < size {
+        return Err(Error::Corrupt(format!("{structure} is truncated")));
+    }
+    let b = &b[..size];
+    let sig = le32(b, 0);
+    if sig != signature {
+        return Err(Error::BadSignature {
+            structure,
+            offset,
+            found: sig as u64,
+        });
+    }
+    let stored = le32(b, 4);
+    let computed = crc_with_zeroed_field(b, 4);
+    if stored != computed {
+        return Err(Error::BadChecksum {
+            structure,
+            offset,
+            stored,
+            computed,
+        });
+    }
+    Ok(b)
+}
+
 /// Round `v` up to a multiple of `align` (a power of two), None on overflow.
 pub fn align_up(v: u64, align: u64) -> Option<u64> {
     Some(v.checked_add(align - 1)? & !(align - 1))

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use crate::error::{bad_field, Error, Result};
-use crate::format::{crc_with_zeroed_field, guid_at, le32, le64, put32, put64, put_guid, MIB};
+use crate::format::{guid_at, le32, le64, put32, put64, put_guid, MIB};
 
 /// "regi".
 pub const SIGNATURE: u32 = 0x6967_6572;
@@ -43,28 +43,7 @@ impl RegionTable {
     /// Parse and validate 64 KiB read at `offset`.
     pub fn parse(b: &[u8], offset: u64) -> Result<RegionTable> {
         const S: &str = "region table";
-        if b.len() < SIZE {
-            return Err(Error::Corrupt("region table is truncated".into()));
-        }
-        let b = &b[..SIZE];
-        let sig = le32(b, 0);
-        if sig != SIGNATURE {
-            return Err(Error::BadSignature {
-                structure: S,
-                offset,
-                found: sig as u64,
-            });
-        }
-        let stored = le32(b, 4);
-        let computed = crc_with_zeroed_field(b, 4);
-        if stored != computed {
-            return Err(Error::BadChecksum {
-                structure: S,
-                offset,
-                stored,
-                computed,
-            });
-        }
+        let b = super::checked_structure(b, SIZE, SIGNATURE, S, offset)?;
         let count = le32(b, 8);
         if count > MAX_ENTRIES {
             return Err(bad_field(
