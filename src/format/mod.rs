@@ -117,13 +117,13 @@ pub fn crc_with_zeroed_field(b: &[u8], field: usize) -> u32 {
 /// The first `size` bytes of `b`, once its 4-byte signature (at 0) and
 /// CRC-32C (at 4, over `size` bytes) check out: the validation shared by
 /// the headers and the region tables.
-pub(crate) fn checked_structure<'a>(
-    b: &'a [u8],
+pub(crate) fn checked_structure(
+    b: &[u8],
     size: usize,
     signature: u32,
     structure: crate::error::Structure,
     offset: u64,
-) -> crate::error::Result<&'a [u8]> {
+) -> crate::error::Result<&[u8]> {
     use crate::error::Error;
     if b.len() < size {
         return Err(Error::Corrupt(format!("{structure} is truncated")));
