@@ -960,7 +960,7 @@ impl Vhdx {
                 let sbi = self.geo.bitmap_index(chunk);
                 if BatEntry(rlock(&self.bat)[sbi]).state_bits() != SB_PRESENT {
                     let sb = self.take_space(&mut st, MIB, false)?;
-                    // Drop any cached all-zero sectors read before the block existed.
+                    // New space reads as zeros, like any bitmap sector cached before.
                     self.set_entry(&mut st, sbi, BatEntry::new(SB_PRESENT, sb));
                 }
                 let off = self.take_space(&mut st, bs, true)?;
