@@ -171,7 +171,6 @@ pub struct Disk {
     pages: RwLock<HashMap<u64, Arc<[u8]>>>,
     /// Stripe locks by top block (see [`Disk::write_inner`]).
     stripes: Vec<RwLock<()>>,
-    closed: bool,
 }
 
 #[derive(Debug)]
@@ -204,7 +203,6 @@ impl Disk {
             owner: Vec::new(),
             pages: RwLock::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
-            closed: false,
         }
     }
 
@@ -221,7 +219,6 @@ impl Disk {
             owner,
             pages: RwLock::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
-            closed: false,
         }
     }
 
@@ -805,8 +802,7 @@ impl Disk {
     }
 
     /// Flush, leave an empty log, and close.
-    pub fn close(mut self) -> Result<()> {
-        self.closed = true;
+    pub fn close(self) -> Result<()> {
         let r = self.top().close();
         self.ctx(r)
     }
