@@ -219,7 +219,9 @@ impl FileStorage {
     }
 }
 
-fn lock_exclusive(file: &File) -> io::Result<()> {
+/// Take an exclusive advisory lock (`flock`) on `file`, or fail with
+/// `WouldBlock` when another process holds it.
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
     // A lock can look taken for a moment while another thread of this
     // process forks (the child shares the descriptor until it execs), so a

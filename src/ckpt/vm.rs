@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::model::*;
+use crate::disk::absolute;
 use crate::disk::merge::{self, MergeOptions};
 use crate::disk::{ChildOptions, CreateOptions, Disk, OpenMode};
 use crate::error::{Error, Result};
@@ -114,16 +115,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
-}
-
 fn lock_vm(dir: &Path) -> Result<File> {
-    use std::os::unix::io::AsRawFd;
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .read(true)
@@ -132,24 +124,14 @@ fn lock_vm(dir: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::from(e).in_file(&path))?;
-    for attempt in 0..20 {
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(f);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(Error::from(e).in_file(&path));
-        }
-        if attempt < 19 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+    match crate::io::lock_exclusive(&f) {
+        Ok(()) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Busy(format!(
+            "{}: the VM is being changed by another process",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::from(e).in_file(&path)),
     }
-    Err(Error::Busy(format!(
-        "{}: the VM is being changed by another process",
-        dir.display()
-    )))
 }
 
 fn remove_if_exists(p: &Path) -> Result<()> {
@@ -922,15 +904,9 @@ impl Vm {
         let r = (|| -> Result<()> {
             let n = disks.len() as u64;
             for (k, (src, out)) in disks.iter().zip(&files).enumerate() {
-                let s = Disk::open(src, OpenMode::ReadOnly)?;
-                let opts = CreateOptions::new(s.virtual_size())
-                    .logical_sector_size(s.logical_sector_size())
-                    .physical_sector_size(s.info().physical_sector_size);
-                let d = Disk::create(out, &opts)?;
                 let mut cb =
                     |done: u64, total: u64| hooks.progress(done + k as u64 * total, total * n);
-                s.copy_to(&d, Some(&mut cb))?;
-                d.close()?;
+                merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
             }
             write_json(&dest.join("config.json"), &config)?;
             if let Some(m) = &saved {

@@ -195,7 +195,8 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+/// `p` made absolute (against the current folder) and lexically cleaned.
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     let p = if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -18,8 +18,8 @@ use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
 use vhdx::Src;
 
-/// 1 MiB.
-pub const MIB: u64 = 1 << 20;
+pub use crate::format::MIB;
+pub(crate) use chain::absolute;
 
 /// How a disk is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
