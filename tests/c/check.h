@@ -70,6 +70,15 @@ static inline const char *path_in(const char *dir, const char *name) {
     return buf;
 }
 
+/* Child options with one block size and defaults for the rest. */
+static inline ckpt_child_options child_options(uint32_t block_size) {
+    ckpt_child_options co;
+    memset(&co, 0, sizeof co);
+    co.struct_size = sizeof co;
+    co.block_size = block_size;
+    return co;
+}
+
 static inline int check_finish(const char *test) {
     printf("%s: %d passed, %d failed\n", test, check_passed, check_failed);
     return check_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -142,10 +142,7 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_disk_close(disk));
 
     /* A child with 1 MiB blocks: a sector-aligned write and an unaligned one. */
-    ckpt_child_options co;
-    memset(&co, 0, sizeof co);
-    co.struct_size = sizeof co;
-    co.block_size = MIB;
+    ckpt_child_options co = child_options(MIB);
     disk = NULL;
     EXPECT_OK(ckpt_disk_create_child(child1, base, &co, &disk));
     if (disk == NULL) {

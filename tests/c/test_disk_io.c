@@ -371,10 +371,7 @@ static void concurrent_chain(const char *dir) {
     EXPECT_OK(ckpt_disk_write(disk, parent, DISK_SIZE, 0));
     EXPECT_OK(ckpt_disk_close(disk));
 
-    ckpt_child_options co;
-    memset(&co, 0, sizeof co);
-    co.struct_size = sizeof co;
-    co.block_size = MIB;
+    ckpt_child_options co = child_options(MIB);
     disk = NULL;
     EXPECT_OK(ckpt_disk_create_child(child, base, &co, &disk));
     if (disk == NULL) {

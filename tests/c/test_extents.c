@@ -111,10 +111,7 @@ int main(int argc, char **argv) {
 
     /* A child (1 MiB blocks): data in block 5, block 3 trimmed over the
      * base's data. */
-    ckpt_child_options co;
-    memset(&co, 0, sizeof co);
-    co.struct_size = sizeof co;
-    co.block_size = MIB;
+    ckpt_child_options co = child_options(MIB);
     disk = NULL;
     EXPECT_OK(ckpt_disk_create_child(child, base, &co, &disk));
     if (disk == NULL) {
