@@ -394,6 +394,8 @@ impl Disk {
 
     fn read_chain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let top = self.top();
+        // Offsets found in the top stay its until the read is done.
+        let _io = top.io_guard();
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;

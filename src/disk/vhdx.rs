@@ -92,10 +92,45 @@ pub(crate) enum Src {
     Parent,
 }
 
+/// What [`Vhdx::prepare_write`] found for a block.
+enum Prep {
+    /// Write at `base` (the block's file offset); `bits`: bitmap sectors
+    /// reserved, to set once the data is written; `undo`: the entry to
+    /// restore (index, old entry, new space) if the data cannot be written.
+    Ready {
+        base: u64,
+        bits: Option<usize>,
+        undo: Option<(usize, BatEntry, u64)>,
+    },
+    /// The dirty set is full: flush, then try again.
+    NeedFlush,
+}
+
 /// Cached sector-bitmap sectors, by (chunk, sector of the bitmap block).
 type BitmapCache = HashMap<(u64, u64), Box<[u8]>>;
 
+/// A log entry that was built (and perhaps partly written) by a flush that
+/// failed before the entry was known to be applied. The next flush writes
+/// the same bytes at the same place and applies them before anything else,
+/// so that whatever part of it reached the disk is completed, never mixed.
+#[derive(Debug)]
+struct PendingEntry {
+    /// Position inside the log.
+    pos: u64,
+    /// The whole entry.
+    bytes: Vec<u8>,
+    /// The sectors it carries, by file offset.
+    images: Vec<(u64, Vec<u8>)>,
+    /// Payload space of trimmed blocks that becomes free once it is applied.
+    frees: Vec<u64>,
+}
+
 /// Mutable state of a writable file, behind one mutex.
+///
+/// Invariants: `dirty.len() + reserved` never exceeds `entry_cap`, so that
+/// every flush is exactly one log entry (and so atomic); a change reaches
+/// `dirty` only while the state is consistent (each block entirely old or
+/// entirely new).
 #[derive(Debug)]
 struct WriteState {
     header: Header,
@@ -104,8 +139,19 @@ struct WriteState {
     data_changed: bool,
     log_pos: u64,
     log_seq: u64,
+    /// LogGuid of the session being started (kept across a failed start,
+    /// so that a retry never strands a header naming a vanished entry).
+    session_log_guid: Option<Uuid>,
     /// Metadata sectors changed since the last flush, by file offset.
     dirty: BTreeMap<u64, Dirty>,
+    /// Dirty sectors promised to writes in flight (their bitmap bits are
+    /// set once their data is written).
+    reserved: usize,
+    /// An entry of a failed flush, to finish first.
+    pending: Option<PendingEntry>,
+    /// Set when a sync failed: what reached the disk is unknown, so no later
+    /// write or flush may report success (until the file is reopened).
+    poisoned: Option<String>,
     /// DataWriteGuid to use when the next session starts (merges choose it in advance).
     next_data_write_guid: Option<Uuid>,
     pending_free: Vec<u64>,
@@ -133,6 +179,16 @@ pub(crate) struct Vhdx {
     log_length: u64,
     bat: RwLock<Vec<u64>>,
     state: Mutex<WriteState>,
+    /// Held shared by every read or write that looks a block's file offset
+    /// up and then uses it, exclusively by a flush while it takes its
+    /// snapshot: no space freed by a trim is reused while an I/O that found
+    /// it is still running, and no BAT entry is committed before the data
+    /// of the write that made it.
+    gate: RwLock<()>,
+    /// Most data sectors one log entry can carry (the bound of a flush).
+    entry_cap: usize,
+    /// Mirrors `WriteState::poisoned` for the lock-free data path.
+    poisoned_flag: AtomicBool,
     session_started: AtomicBool,
     data_changed: AtomicBool,
     pub(crate) log_dirty: bool,
@@ -458,12 +514,19 @@ impl Vhdx {
                 data_changed: false,
                 log_pos: 0,
                 log_seq: 0,
+                session_log_guid: None,
                 dirty: BTreeMap::new(),
+                reserved: 0,
+                pending: None,
+                poisoned: None,
                 next_data_write_guid: None,
                 pending_free: Vec::new(),
                 free_blocks: Vec::new(),
                 file_end,
             }),
+            gate: RwLock::new(()),
+            entry_cap: vlog::max_data_sectors(log_length),
+            poisoned_flag: AtomicBool::new(false),
             session_started: AtomicBool::new(false),
             data_changed: AtomicBool::new(false),
             log_dirty,
@@ -844,6 +907,7 @@ impl Vhdx {
     /// Read from this layer alone (parent runs read as zeros).
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        let _io = self.io_guard();
         let mut runs = Vec::new();
         self.map(offset, buf.len() as u64, &mut runs)?;
         let mut at = 0usize;
@@ -858,6 +922,15 @@ impl Vhdx {
         Ok(())
     }
 
+    /// Hold while using file offsets looked up with [`Vhdx::map`] or
+    /// [`Vhdx::map_first`] on a file that may be written meanwhile: the
+    /// space they name is not given to another block until it is dropped.
+    /// Never take it twice on one thread (a flush waiting in between would
+    /// deadlock).
+    pub(crate) fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
+        rlock(&self.gate)
+    }
+
     /// Read file bytes of this layer (for runs returned by [`Vhdx::map`]).
     pub(crate) fn read_raw(&self, buf: &mut [u8], file_offset: u64) -> Result<()> {
         Ok(self.storage.read_at(buf, file_offset)?)
@@ -866,6 +939,46 @@ impl Vhdx {
     /// Choose the DataWriteGuid the next write session will use.
     pub(crate) fn set_next_data_write_guid(&self, g: Uuid) {
         lock(&self.state).next_data_write_guid = Some(g);
+    }
+
+    /// The error every write and flush gets once a sync failed.
+    fn poisoned_error(why: &str) -> Error {
+        Error::Io(std::io::Error::other(format!(
+            "an earlier sync of this file failed ({why}), so what reached the disk since the \
+             last successful flush is unknown; nothing more is written through this handle: \
+             reopen the disk (the log is replayed) and write again what was not flushed"
+        )))
+    }
+
+    /// Refuse writes and flushes on a read-only or poisoned handle.
+    fn check_writable(&self, st: &WriteState) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        match &st.poisoned {
+            Some(why) => Err(Self::poisoned_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The lock-free form of [`Vhdx::check_writable`] for the data path.
+    fn check_not_poisoned(&self) -> Result<()> {
+        if self.poisoned_flag.load(Ordering::Acquire) {
+            self.check_writable(&lock(&self.state))?;
+        }
+        Ok(())
+    }
+
+    /// Sync the storage. A failed sync leaves unknown what reached the
+    /// disk (the kernel may have dropped the unwritten pages), so it
+    /// poisons the handle: no later write or flush can report success.
+    fn sync(&self, st: &mut WriteState) -> Result<()> {
+        if let Err(e) = self.storage.sync() {
+            st.poisoned.get_or_insert_with(|| e.to_string());
+            self.poisoned_flag.store(true, Ordering::Release);
+            return Err(Error::Io(e));
+        }
+        Ok(())
     }
 
     /// Start a write session if none is running; `visible` says the change
@@ -883,38 +996,64 @@ impl Vhdx {
     /// The header update protocol on the first modification after open:
     /// an empty log entry under a new LogGuid, then both headers with a new
     /// FileWriteGuid and LogGuid (and a new DataWriteGuid before the first
-    /// user-visible change).
+    /// user-visible change). A start that fails is retried with the same
+    /// LogGuid and DataWriteGuid, so that whatever part of it reached the
+    /// disk stays valid.
     fn begin_session_locked(&self, st: &mut WriteState, visible: bool) -> Result<()> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
+        self.check_writable(st)?;
         if st.session && (!visible || st.data_changed) {
             return Ok(());
         }
         let mut h = st.header.clone();
+        let mut first_entry = 0;
         if !st.session {
-            let log_guid = Uuid::new_v4();
+            let log_guid = *st.session_log_guid.get_or_insert_with(Uuid::new_v4);
             let len = self.storage.len()?;
-            let entry = vlog::build_entry(&log_guid, 1, 0, len, len, &[]);
+            let last = align_up(len, MIB).unwrap_or(len).max(st.file_end);
+            let entry = vlog::build_entry(&log_guid, 1, 0, len, last, &[]);
             self.storage.write_at(&entry, self.log_offset)?;
-            self.storage.sync()?;
+            self.sync(st)?;
             h.file_write_guid = Uuid::new_v4();
             h.log_guid = log_guid;
-            st.log_pos = entry.len() as u64 % self.log_length;
-            st.log_seq = 1;
+            first_entry = entry.len() as u64;
         }
         if visible {
-            h.data_write_guid = st.next_data_write_guid.take().unwrap_or_else(Uuid::new_v4);
+            h.data_write_guid = *st.next_data_write_guid.get_or_insert_with(Uuid::new_v4);
         }
-        st.slot = write_headers(self.storage.as_ref(), &mut h, st.slot)?;
+        st.slot = self.write_headers(st, &mut h)?;
         st.header = h;
-        st.session = true;
-        self.session_started.store(true, Ordering::Release);
+        if !st.session {
+            st.log_pos = first_entry % self.log_length;
+            st.log_seq = 1;
+            st.session_log_guid = None;
+            st.session = true;
+            self.session_started.store(true, Ordering::Release);
+        }
         if visible {
+            st.next_data_write_guid = None;
             st.data_changed = true;
             self.data_changed.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Write `h` into both header slots (the non-current one first), with a
+    /// sync after each. Returns the slot that is current afterwards.
+    fn write_headers(&self, st: &mut WriteState, h: &mut Header) -> Result<Slot> {
+        let mut slot = st.slot;
+        for _ in 0..2 {
+            h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
+                Error::Unsupported("the header sequence number is exhausted".into())
+            })?;
+            let (next, off) = match slot {
+                Slot::First => (Slot::Second, HEADER2_OFFSET),
+                Slot::Second => (Slot::First, HEADER1_OFFSET),
+            };
+            self.storage.write_at(&h.to_bytes(), off)?;
+            self.sync(st)?;
+            slot = next;
+        }
+        Ok(slot)
     }
 
     /// A zeroed payload-sized (or 1 MiB) area of the file.
@@ -925,8 +1064,11 @@ impl Vhdx {
             }
         }
         let off = st.file_end;
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| Error::Corrupt(format!("no room in the file after {off:#x}")))?;
         self.storage.allocate(off, len)?;
-        st.file_end = off + len;
+        st.file_end = end;
         Ok(off)
     }
 
@@ -937,25 +1079,67 @@ impl Vhdx {
             .insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
     }
 
-    /// Prepare `block` for a write of `[within, within+n)`; returns the
-    /// block's file offset and whether the bitmap must be updated after.
-    fn prepare_write(&self, block: u64, within: u64, n: u64) -> Result<(u64, bool)> {
+    /// Most bitmap sectors the bits of one block span.
+    fn bitmap_sectors_per_block(&self) -> usize {
+        (self.sectors_per_block().div_ceil(SECTOR * 8) + 1) as usize
+    }
+
+    /// Whether `need` more dirty sectors still fit in one log entry.
+    fn room(&self, st: &WriteState, need: usize) -> bool {
+        st.dirty.len() + st.reserved + need <= self.entry_cap
+    }
+
+    /// Flush because the dirty set is full (or wait for writes in flight
+    /// that hold reservations).
+    fn flush_for_room(&self) -> Result<()> {
+        let mut st = self.lock_for_flush();
+        if st.dirty.is_empty() && st.pending.is_none() {
+            drop(st);
+            std::thread::yield_now();
+            return Ok(());
+        }
+        self.flush_locked(&mut st)
+    }
+
+    /// Prepare `block` for a write of `[within, within+n)`.
+    fn prepare_write(&self, block: u64, within: u64, n: u64) -> Result<Prep> {
         let idx = self.geo.payload_index(block);
         let bs = self.geo.block_size as u64;
         let e = BatEntry(rlock(&self.bat)[idx]);
-        match e.payload_state() {
-            Some(PayloadState::FullyPresent) => return Ok((e.offset(), false)),
-            Some(PayloadState::PartiallyPresent) => return Ok((e.offset(), true)),
-            _ => {}
+        if e.payload_state() == Some(PayloadState::FullyPresent) {
+            return Ok(Prep::Ready {
+                base: e.offset(),
+                bits: None,
+                undo: None,
+            });
         }
         let mut st = lock(&self.state);
+        self.check_writable(&st)?;
         let e = BatEntry(rlock(&self.bat)[idx]);
+        let bits = self.bitmap_sectors_per_block();
         match e.payload_state() {
-            Some(PayloadState::FullyPresent) => Ok((e.offset(), false)),
-            Some(PayloadState::PartiallyPresent) => Ok((e.offset(), true)),
+            Some(PayloadState::FullyPresent) => Ok(Prep::Ready {
+                base: e.offset(),
+                bits: None,
+                undo: None,
+            }),
+            Some(PayloadState::PartiallyPresent) => {
+                if !self.room(&st, bits) {
+                    return Ok(Prep::NeedFlush);
+                }
+                st.reserved += bits;
+                Ok(Prep::Ready {
+                    base: e.offset(),
+                    bits: Some(bits),
+                    undo: None,
+                })
+            }
             Some(PayloadState::NotPresent) if self.has_parent() && !(within == 0 && n == bs) => {
                 // A partial write into a block of the parent: this layer holds
                 // only the written sectors, marked in the sector bitmap.
+                if !self.room(&st, 2 + bits) {
+                    return Ok(Prep::NeedFlush);
+                }
                 let chunk = block / self.geo.chunk_ratio;
                 let sbi = self.geo.bitmap_index(chunk);
                 if BatEntry(rlock(&self.bat)[sbi]).state_bits() != SB_PRESENT {
@@ -969,18 +1153,30 @@ impl Vhdx {
                     idx,
                     BatEntry::new(PayloadState::PartiallyPresent.bits(), off),
                 );
-                Ok((off, true))
+                st.reserved += bits;
+                Ok(Prep::Ready {
+                    base: off,
+                    bits: Some(bits),
+                    undo: Some((idx, e, off)),
+                })
             }
             _ => {
                 // Unallocated, zero, unmapped or undefined: a whole new block
                 // that reads as zeros where it is not written.
+                if !self.room(&st, 1) {
+                    return Ok(Prep::NeedFlush);
+                }
                 let off = self.take_space(&mut st, bs, true)?;
                 self.set_entry(
                     &mut st,
                     idx,
                     BatEntry::new(PayloadState::FullyPresent.bits(), off),
                 );
-                Ok((off, false))
+                Ok(Prep::Ready {
+                    base: off,
+                    bits: None,
+                    undo: Some((idx, e, off)),
+                })
             }
         }
     }
@@ -1017,6 +1213,12 @@ impl Vhdx {
 
     /// The write path: `put(storage, done, file_offset, n)` stores bytes
     /// `[done, done+n)` of the request at `file_offset` of this file.
+    ///
+    /// Block by block, under the I/O gate: find or allocate the block's
+    /// space, store the data, then set the bitmap bits. A block that got
+    /// its space for this write goes back to its old state when the data
+    /// cannot be stored, so a failed write never leaves a block pointing
+    /// at space that was never written.
     fn write_with(
         &self,
         offset: u64,
@@ -1036,6 +1238,7 @@ impl Vhdx {
                 "writes into a differencing layer must be sector-aligned".into(),
             ));
         }
+        self.check_not_poisoned()?;
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
         let mut done = 0u64;
@@ -1044,12 +1247,34 @@ impl Vhdx {
             let block = pos / bs;
             let within = pos % bs;
             let n = (bs - within).min(len - done);
-            let (base, bits) = self.prepare_write(block, within, n)?;
-            put(self.storage.as_ref(), done, base + within, n)?;
-            if bits {
+            let io = self.io_guard();
+            let (base, bits, undo) = match self.prepare_write(block, within, n)? {
+                Prep::NeedFlush => {
+                    drop(io);
+                    self.flush_for_room()?;
+                    continue;
+                }
+                Prep::Ready { base, bits, undo } => (base, bits, undo),
+            };
+            if let Err(e) = put(self.storage.as_ref(), done, base + within, n) {
                 let mut st = lock(&self.state);
+                if let Some(r) = bits {
+                    st.reserved -= r;
+                }
+                if let Some((idx, old, off)) = undo {
+                    self.set_entry(&mut st, idx, old);
+                    // Freed like a trimmed block: after the next flush, when
+                    // no I/O can still be using it.
+                    st.pending_free.push(off);
+                }
+                return Err(e);
+            }
+            if let Some(r) = bits {
+                let mut st = lock(&self.state);
+                st.reserved -= r;
                 self.set_bits(&mut st, block, within / lss, n / lss)?;
             }
+            drop(io);
             done += n;
         }
         Ok(())
@@ -1071,26 +1296,35 @@ impl Vhdx {
         if self.kind() == DiskKind::Fixed {
             return Ok(false);
         }
+        self.check_not_poisoned()?;
         self.begin_session(true)?;
         let idx = self.geo.payload_index(block);
-        let mut st = lock(&self.state);
-        let cur = BatEntry(rlock(&self.bat)[idx]);
-        match cur.payload_state() {
-            Some(state @ (PayloadState::FullyPresent | PayloadState::PartiallyPresent)) => {
-                st.pending_free.push(cur.offset());
-                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
-                if state == PayloadState::PartiallyPresent {
-                    // Leave no stale bits behind (readers that consult the
-                    // bitmap of a zero block then see the parent, not junk).
-                    self.write_bits(&mut st, block, 0, self.sectors_per_block(), false)?;
+        loop {
+            let mut st = lock(&self.state);
+            self.check_writable(&st)?;
+            if !self.room(&st, 1 + self.bitmap_sectors_per_block()) {
+                drop(st);
+                self.flush_for_room()?;
+                continue;
+            }
+            let cur = BatEntry(rlock(&self.bat)[idx]);
+            match cur.payload_state() {
+                Some(state @ (PayloadState::FullyPresent | PayloadState::PartiallyPresent)) => {
+                    st.pending_free.push(cur.offset());
+                    self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
+                    if state == PayloadState::PartiallyPresent {
+                        // Leave no stale bits behind (readers that consult the
+                        // bitmap of a zero block then see the parent, not junk).
+                        self.write_bits(&mut st, block, 0, self.sectors_per_block(), false)?;
+                    }
                 }
+                Some(PayloadState::NotPresent) if parent => {
+                    self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
+                }
+                _ => {}
             }
-            Some(PayloadState::NotPresent) if parent => {
-                self.set_entry(&mut st, idx, BatEntry::new(PayloadState::Zero.bits(), 0));
-            }
-            _ => {}
+            return Ok(true);
         }
-        Ok(true)
     }
 
     /// Trim a range of a base disk: it reads as zeros afterwards.
@@ -1102,6 +1336,7 @@ impl Vhdx {
         if len == 0 {
             return Ok(());
         }
+        self.check_not_poisoned()?;
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
         let end = offset + len;
@@ -1113,6 +1348,9 @@ impl Vhdx {
             let n = (bend - pos).min(end - pos);
             let whole = pos == bstart && pos + n == bend;
             if !(whole && self.trim_block(block)?) {
+                // The offset is used under the gate, so that the space is
+                // not given away meanwhile by a trim of the whole block.
+                let _io = self.io_guard();
                 let e = self.block_entry(block);
                 if e.payload_state() == Some(PayloadState::FullyPresent) {
                     crate::io::write_zeros(self.storage.as_ref(), e.offset() + (pos - bstart), n)?;
@@ -1134,7 +1372,8 @@ impl Vhdx {
     }
 
     /// Replace the virtual-disk metadata (through the log): the items a
-    /// merge copies from the child.
+    /// merge copies from the child. Durable when it returns; the change is
+    /// one log entry of its own, so it lands whole or not at all.
     pub(crate) fn set_metadata(&self, m: Metadata) -> Result<()> {
         if m.virtual_size != self.geo.virtual_size
             || m.logical_sector_size != self.geo.logical_sector_size
@@ -1146,26 +1385,33 @@ impl Vhdx {
         }
         self.begin_session(false)?;
         let new = m.to_region_bytes(self.meta_len as usize)?;
+        let mut st = self.lock_for_flush();
+        // Whatever else is dirty goes first, in its own entry.
+        self.flush_locked(&mut st)?;
         let old = {
             let mut v = vec![0u8; self.meta_len as usize];
             self.storage.read_at(&mut v, self.meta_offset)?;
             v
         };
-        let mut st = lock(&self.state);
-        for (k, (a, b)) in old
+        let changed: Vec<(u64, Vec<u8>)> = old
             .chunks(SECTOR as usize)
             .zip(new.chunks(SECTOR as usize))
             .enumerate()
-        {
-            if a != b {
-                st.dirty.insert(
-                    self.meta_offset + k as u64 * SECTOR,
-                    Dirty::Bytes(b.to_vec()),
-                );
-            }
+            .filter(|(_, (a, b))| a != b)
+            .map(|(k, (_, b))| (self.meta_offset + k as u64 * SECTOR, b.to_vec()))
+            .collect();
+        if changed.len() > self.entry_cap {
+            return Err(Error::Unsupported(format!(
+                "a metadata change of {} sectors does not fit in one entry of this file's \
+                 {} KiB log",
+                changed.len(),
+                self.log_length / 1024
+            )));
+        }
+        for (off, b) in changed {
+            st.dirty.insert(off, Dirty::Bytes(b));
         }
         *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
-        // Metadata changes are made durable at once.
         self.flush_locked(&mut st)
     }
 
@@ -1174,84 +1420,146 @@ impl Vhdx {
         if self.read_only {
             return Ok(());
         }
-        if !self.session_started.load(Ordering::Acquire) {
+        if !self.session_started.load(Ordering::Acquire)
+            && !self.poisoned_flag.load(Ordering::Acquire)
+        {
             return Ok(());
         }
-        let mut st = lock(&self.state);
+        let mut st = self.lock_for_flush();
         self.flush_locked(&mut st)
     }
 
+    /// The state lock, taken once no read or write is between looking a
+    /// block up and using it (the gate is held exclusively for a moment):
+    /// every change in `dirty` then has its data written.
+    fn lock_for_flush(&self) -> MutexGuard<'_, WriteState> {
+        let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let st = lock(&self.state);
+        drop(gate);
+        st
+    }
+
+    /// The flush protocol. Every flush is one log entry (the dirty set is
+    /// bounded by what one entry holds), so a crash leaves the whole flush
+    /// or none of it. What is dirty stays dirty until its entry is applied:
+    /// a flush that fails leaves its entry pending, and the next flush
+    /// writes it again, at the same place with the same sequence number,
+    /// before anything else.
     fn flush_locked(&self, st: &mut WriteState) -> Result<()> {
+        self.check_writable(st)?;
         if !st.session {
             return Ok(());
         }
+        if let Some(p) = st.pending.take() {
+            if let Err(e) = self.commit_entry(st, &p) {
+                st.pending = Some(p);
+                return Err(e);
+            }
+            self.release_space(st, p.frees);
+        }
         // Data first, so that no BAT entry can point at unwritten data.
-        self.storage.sync()?;
+        self.sync(st)?;
         if st.dirty.is_empty() {
             return Ok(());
         }
-        let dirty = std::mem::take(&mut st.dirty);
-        let images: Vec<(u64, Vec<u8>)> = {
-            let bat = rlock(&self.bat);
-            let maps = rlock(&self.bitmaps);
-            dirty
-                .into_iter()
-                .map(|(off, d)| {
-                    let img = match d {
-                        Dirty::Bat(s) => {
-                            let mut img = vec![0u8; SECTOR as usize];
-                            let first = (s * SECTOR / 8) as usize;
-                            for (k, chunk) in img.chunks_exact_mut(8).enumerate() {
-                                if let Some(v) = bat.get(first + k) {
-                                    chunk.copy_from_slice(&v.to_le_bytes());
-                                }
-                            }
-                            img
-                        }
-                        Dirty::Bitmap(c, k) => maps
-                            .get(&(c, k))
-                            .map(|b| b.to_vec())
-                            .unwrap_or_else(|| vec![0u8; SECTOR as usize]),
-                        Dirty::Bytes(b) => b,
-                    };
-                    (off, img)
-                })
-                .collect()
-        };
-        self.log_and_apply(st, &images)?;
-        // Space of trimmed blocks can go now that no durable entry points at it.
-        for off in std::mem::take(&mut st.pending_free) {
-            self.storage.discard(off, self.geo.block_size as u64)?;
-            st.free_blocks.push(off);
+        debug_assert_eq!(st.reserved, 0);
+        let images = self.dirty_images(st);
+        if images.len() > self.entry_cap {
+            return Err(Error::Corrupt(format!(
+                "{} metadata sectors to flush exceed one log entry ({})",
+                images.len(),
+                self.entry_cap
+            )));
         }
+        let file_len = self.storage.len()?;
+        let last = align_up(file_len, MIB).unwrap_or(file_len).max(st.file_end);
+        let seq = st
+            .log_seq
+            .checked_add(1)
+            .ok_or_else(|| Error::Unsupported("the log sequence number is exhausted".into()))?;
+        let pos = st.log_pos;
+        let writes: Vec<(u64, &[u8])> = images.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        let bytes = vlog::build_entry(&st.header.log_guid, seq, pos, file_len, last, &writes);
+        drop(writes);
+        st.log_seq = seq;
+        st.dirty.clear();
+        let p = PendingEntry {
+            pos,
+            bytes,
+            images,
+            frees: std::mem::take(&mut st.pending_free),
+        };
+        if let Err(e) = self.commit_entry(st, &p) {
+            st.pending = Some(p);
+            return Err(e);
+        }
+        self.release_space(st, p.frees);
         Ok(())
     }
 
-    /// Write metadata sectors through the log: entry, flush, apply, flush.
-    fn log_and_apply(&self, st: &mut WriteState, images: &[(u64, Vec<u8>)]) -> Result<()> {
-        let per_entry = vlog::max_data_sectors(self.log_length).max(1);
-        for batch in images.chunks(per_entry) {
-            let file_len = self.storage.len()?;
-            let last = align_up(file_len, MIB).unwrap_or(file_len).max(st.file_end);
-            let writes: Vec<(u64, &[u8])> = batch.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-            let seq = st.log_seq + 1;
-            let pos = st.log_pos;
-            let entry = vlog::build_entry(&st.header.log_guid, seq, pos, file_len, last, &writes);
-            let first = ((self.log_length - pos) as usize).min(entry.len());
-            self.storage
-                .write_at(&entry[..first], self.log_offset + pos)?;
-            if first < entry.len() {
-                self.storage.write_at(&entry[first..], self.log_offset)?;
-            }
-            self.storage.sync()?;
-            st.log_seq = seq;
-            st.log_pos = (pos + entry.len() as u64) % self.log_length;
-            for (off, data) in batch {
-                self.storage.write_at(data, *off)?;
-            }
-            self.storage.sync()?;
+    /// The images of every dirty sector, by file offset.
+    fn dirty_images(&self, st: &WriteState) -> Vec<(u64, Vec<u8>)> {
+        let bat = rlock(&self.bat);
+        let maps = rlock(&self.bitmaps);
+        st.dirty
+            .iter()
+            .map(|(&off, d)| {
+                let img = match d {
+                    Dirty::Bat(s) => {
+                        let mut img = vec![0u8; SECTOR as usize];
+                        let first = (s * SECTOR / 8) as usize;
+                        for (k, chunk) in img.chunks_exact_mut(8).enumerate() {
+                            if let Some(v) = bat.get(first + k) {
+                                chunk.copy_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                        img
+                    }
+                    Dirty::Bitmap(c, k) => maps
+                        .get(&(*c, *k))
+                        .map(|b| b.to_vec())
+                        .unwrap_or_else(|| vec![0u8; SECTOR as usize]),
+                    Dirty::Bytes(b) => b.clone(),
+                };
+                (off, img)
+            })
+            .collect()
+    }
+
+    /// Write an entry into the log, sync, write its sectors to their
+    /// places, sync. The entry is its own sequence (its tail is itself), and
+    /// the one before it stays intact until it is written: an entry never
+    /// exceeds half the log.
+    fn commit_entry(&self, st: &mut WriteState, p: &PendingEntry) -> Result<()> {
+        let first = ((self.log_length - p.pos) as usize).min(p.bytes.len());
+        self.storage
+            .write_at(&p.bytes[..first], self.log_offset + p.pos)?;
+        if first < p.bytes.len() {
+            self.storage.write_at(&p.bytes[first..], self.log_offset)?;
         }
+        self.sync(st)?;
+        for (off, data) in &p.images {
+            self.storage.write_at(data, *off)?;
+        }
+        self.sync(st)?;
+        st.log_pos = (p.pos + p.bytes.len() as u64) % self.log_length;
         Ok(())
+    }
+
+    /// Space of trimmed blocks can be reused once no durable entry points at
+    /// it (and no I/O can still use it: the flush took the gate).
+    fn release_space(&self, st: &mut WriteState, frees: Vec<u64>) {
+        for off in frees {
+            // Reused space must read as zeros; space that cannot be zeroed
+            // is left unused.
+            if self
+                .storage
+                .discard(off, self.geo.block_size as u64)
+                .is_ok()
+            {
+                st.free_blocks.push(off);
+            }
+        }
     }
 
     /// Flush and leave an empty log behind.
@@ -1259,20 +1567,30 @@ impl Vhdx {
         if self.read_only {
             return Ok(());
         }
-        let mut st = lock(&self.state);
+        let mut st = self.lock_for_flush();
+        self.check_writable(&st)?;
         if !st.session {
             return Ok(());
         }
         self.flush_locked(&mut st)?;
         let mut h = st.header.clone();
         h.log_guid = Uuid::nil();
-        st.slot = write_headers(self.storage.as_ref(), &mut h, st.slot)?;
-        st.header = h;
+        let written = self.write_headers(&mut st, &mut h);
+        // Whether or not a header saying "empty log" reached the disk, the
+        // session is over: a later change starts a new one, under a new
+        // LogGuid, instead of logging under one a header may have dropped.
         st.session = false;
         st.data_changed = false;
         self.session_started.store(false, Ordering::Release);
         self.data_changed.store(false, Ordering::Release);
-        Ok(())
+        match written {
+            Ok(slot) => {
+                st.slot = slot;
+                st.header = h;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
