@@ -60,6 +60,10 @@ fn assert_injected(ctx: &str, e: &ckpt::Error, kind: Transient) {
 /// operations to run on it.
 struct Scenario {
     name: &'static str,
+    /// Each 1 MiB block of the model lives [`GAP`] apart on the disk, so
+    /// that every block has a BAT sector of its own (a lost BAT update is
+    /// then not repaired by a later change to a neighbour).
+    spread: bool,
     image: Vec<u8>,
     parent: Option<Vec<u8>>,
     content: Vec<u8>,
@@ -86,6 +90,49 @@ fn open_ro(sc: &Scenario, bytes: &[u8]) -> Disk {
         ),
     };
     r.unwrap_or_else(|e| panic!("{}: the file does not open: {e}", sc.name))
+}
+
+/// Distance between the model's blocks on a spread disk (more than the
+/// 512 blocks one 4 KiB BAT sector describes).
+const GAP: u64 = 520 * MIB;
+
+fn disk_size(spread: bool) -> u64 {
+    if spread {
+        SIZE / MIB * GAP
+    } else {
+        SIZE
+    }
+}
+
+/// Run `op` (whose offsets are in the 8 MiB model) on the disk; on a spread
+/// disk, one call per model block, at its place.
+fn run_op(spread: bool, disk: &Disk, op: &Op) -> ckpt::Result<()> {
+    let Some((off, len)) = op.range().filter(|_| spread) else {
+        return op.run(disk);
+    };
+    let data = op.data();
+    let mut pos = off;
+    while pos < off + len {
+        let end = ((pos / MIB + 1) * MIB).min(off + len);
+        let at = pos / MIB * GAP + pos % MIB;
+        let piece = &data[(pos - off) as usize..(end - off) as usize];
+        match op {
+            Op::Trim { .. } => disk.trim(at, end - pos)?,
+            _ => disk.write_at(piece, at)?,
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+/// The model's 8 MiB as the disk reads them.
+fn read_model(spread: bool, disk: &Disk) -> Vec<u8> {
+    if !spread {
+        return read_window(disk, 0, SIZE);
+    }
+    (0..SIZE / MIB)
+        .flat_map(|b| read_window(disk, b * GAP, MIB))
+        .collect()
 }
 
 fn ops_scenario() -> Vec<Op> {
@@ -151,22 +198,23 @@ fn ops_scenario() -> Vec<Op> {
     ]
 }
 
-fn initial(disk: &Disk, content: &mut [u8], ops: &[Op]) {
+fn initial(spread: bool, disk: &Disk, content: &mut [u8], ops: &[Op]) {
     for op in ops {
-        op.run(disk).expect("initial op");
+        run_op(spread, disk, op).expect("initial op");
         op.apply(content, 0);
     }
 }
 
-fn dynamic_scenario() -> Scenario {
+fn dynamic_scenario(spread: bool) -> Scenario {
     let mem = MemStorage::new();
     let disk = Disk::create_on(
         Arc::new(mem.clone()),
-        &CreateOptions::new(SIZE).block_size(MIB as u32),
+        &CreateOptions::new(disk_size(spread)).block_size(MIB as u32),
     )
     .unwrap();
     let mut content = vec![0u8; SIZE as usize];
     initial(
+        spread,
         &disk,
         &mut content,
         &[
@@ -184,7 +232,8 @@ fn dynamic_scenario() -> Scenario {
     );
     disk.close().unwrap();
     Scenario {
-        name: "dynamic",
+        name: if spread { "dynamic, spread" } else { "dynamic" },
+        spread,
         image: mem.snapshot(),
         parent: None,
         content,
@@ -192,15 +241,16 @@ fn dynamic_scenario() -> Scenario {
     }
 }
 
-fn differencing_scenario() -> Scenario {
+fn differencing_scenario(spread: bool) -> Scenario {
     let pmem = MemStorage::new();
     let parent = Disk::create_on(
         Arc::new(pmem.clone()),
-        &CreateOptions::new(SIZE).block_size(MIB as u32),
+        &CreateOptions::new(disk_size(spread)).block_size(MIB as u32),
     )
     .unwrap();
     let mut content = vec![0u8; SIZE as usize];
     initial(
+        spread,
         &parent,
         &mut content,
         &[Op::Write {
@@ -222,7 +272,12 @@ fn differencing_scenario() -> Scenario {
     .unwrap();
     parent.close().unwrap();
     let sc = Scenario {
-        name: "differencing",
+        name: if spread {
+            "differencing, spread"
+        } else {
+            "differencing"
+        },
+        spread,
         image: cmem.snapshot(),
         parent: Some(pmem.snapshot()),
         content,
@@ -232,6 +287,7 @@ fn differencing_scenario() -> Scenario {
     let disk = open_on(&sc, Arc::new(cmem.clone())).unwrap();
     let mut content = sc.content.clone();
     initial(
+        spread,
         &disk,
         &mut content,
         &[Op::Write {
@@ -264,7 +320,7 @@ fn uncut_events(sc: &Scenario) -> u64 {
     for op in &sc.ops {
         match op {
             Op::Close => disk.take().unwrap().close().unwrap(),
-            op => op.run(disk.as_ref().unwrap()).unwrap(),
+            op => run_op(sc.spread, disk.as_ref().unwrap(), op).unwrap(),
         }
     }
     f.events()
@@ -288,7 +344,7 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
     for (i, op) in sc.ops.iter().enumerate() {
         let r = match op {
             Op::Close => disk.take().unwrap().close(),
-            op => op.run(disk.as_ref().unwrap()),
+            op => run_op(sc.spread, disk.as_ref().unwrap(), op),
         };
         match r {
             Ok(()) => {}
@@ -301,7 +357,7 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
                 hit = true;
                 assert_injected(&ctx, &e, kind);
                 if after == After::Retry && *op != Op::Close {
-                    op.run(disk.as_ref().unwrap()).unwrap_or_else(|e| {
+                    run_op(sc.spread, disk.as_ref().unwrap(), op).unwrap_or_else(|e| {
                         panic!("{ctx}: the retry after a transient {kind:?} failed: {e}")
                     });
                 } else {
@@ -316,7 +372,7 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
                     );
                     let d = open_on(sc, Arc::new(mem.clone()))
                         .unwrap_or_else(|e| panic!("{ctx}: reopen after the failure: {e}"));
-                    let got = read_window(&d, 0, SIZE);
+                    let got = read_model(sc.spread, &d);
                     let mut maybe = pending.clone();
                     maybe.push(*op);
                     verify_old_or_new(&format!("{ctx} [after reopen]"), &got, 0, &durable, &maybe);
@@ -332,7 +388,7 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
                         durable = model.clone();
                         continue;
                     }
-                    op.run(disk.as_ref().unwrap()).unwrap_or_else(|e| {
+                    run_op(sc.spread, disk.as_ref().unwrap(), op).unwrap_or_else(|e| {
                         panic!("{ctx}: the operation failed again after the reopen: {e}")
                     });
                 }
@@ -355,7 +411,7 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
         report.problems
     );
     let d = open_ro(sc, &bytes);
-    let got = read_window(&d, 0, SIZE);
+    let got = read_model(sc.spread, &d);
     assert!(
         got == model,
         "{ctx}: after every operation and the close reported Ok (the fault was {}), the reopened \
@@ -398,7 +454,7 @@ fn qemu_check(ctx: &str, q: &Path, p: &Path) {
 
 fn disk_sweep(sc: &Scenario, after: After) {
     let total = uncut_events(sc);
-    let points = sample(total, 240);
+    let points = sample(total, 160);
     eprintln!(
         "{} {after:?}: {total} events, {} fault points x 2 kinds",
         sc.name,
@@ -419,22 +475,37 @@ fn disk_sweep(sc: &Scenario, after: After) {
 
 #[test]
 fn dynamic_disk_transient_errors_then_retry() {
-    disk_sweep(&dynamic_scenario(), After::Retry);
+    disk_sweep(&dynamic_scenario(false), After::Retry);
 }
 
 #[test]
 fn dynamic_disk_transient_errors_then_reopen() {
-    disk_sweep(&dynamic_scenario(), After::Reopen);
+    disk_sweep(&dynamic_scenario(false), After::Reopen);
+}
+
+#[test]
+fn spread_dynamic_disk_transient_errors_then_retry() {
+    disk_sweep(&dynamic_scenario(true), After::Retry);
+}
+
+#[test]
+fn spread_dynamic_disk_transient_errors_then_reopen() {
+    disk_sweep(&dynamic_scenario(true), After::Reopen);
 }
 
 #[test]
 fn differencing_disk_transient_errors_then_retry() {
-    disk_sweep(&differencing_scenario(), After::Retry);
+    disk_sweep(&differencing_scenario(false), After::Retry);
 }
 
 #[test]
 fn differencing_disk_transient_errors_then_reopen() {
-    disk_sweep(&differencing_scenario(), After::Reopen);
+    disk_sweep(&differencing_scenario(false), After::Reopen);
+}
+
+#[test]
+fn spread_differencing_disk_transient_errors_then_retry() {
+    disk_sweep(&differencing_scenario(true), After::Retry);
 }
 
 /// The smallest form of bug 1: the first flush's log write fails once; the
