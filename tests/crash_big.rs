@@ -1,5 +1,10 @@
 //! Crash sweeps over flushes that span many log entries.
 //!
+//! Second scenario: 1200 allocating writes into a 256 GiB dynamic disk (a
+//! 2 MiB BAT) plus trims that feed the free list, in one flush, then
+//! allocations that reuse the freed space — on a sparse storage, cut at
+//! every event near a sync and every 37th other one, clean and torn.
+//!
 //! A differencing disk of 128 GiB with 1 MiB blocks has a 1 MiB BAT (256
 //! sectors of 4 KiB, 32 chunks with their sector-bitmap entries), while a
 //! 1 MiB log entry holds ~126 sectors. The scenario trims the whole disk
@@ -19,6 +24,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ckpt::disk::check::check_storage;
@@ -27,6 +33,7 @@ use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
 
 use support::lossy::LossyStorage;
 use support::ops::{read_window, Op};
+use support::sparse::SparseStorage;
 use support::{first_diff, Ctx, Event, Recorder, Rng, MIB};
 
 const SIZE: u64 = 128 << 30;
@@ -360,4 +367,231 @@ fn big_flush_lossy_cache() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Thousands of allocations in one flush, on a sparse storage.
+
+/// A 256 GiB dynamic disk (2 MiB BAT: 512 sectors, five log entries).
+const BIG: u64 = 256 << 30;
+const ALLOCS: u64 = 1200;
+
+struct Many {
+    image: SparseStorage,
+    initial: Vec<Op>,
+    ops: Vec<Op>,
+    /// Probed ranges: (offset, length), each inside one block.
+    probes: Vec<(u64, u64)>,
+}
+
+fn many_block(i: u64) -> u64 {
+    i * (BIG / BS / ALLOCS)
+}
+
+fn many_scenario() -> Many {
+    let image = SparseStorage::new(u64::MAX, Cut::Clean);
+    let image = Arc::new(image);
+    let d = Disk::create_on(
+        image.clone(),
+        &CreateOptions::new(BIG).block_size(BS as u32),
+    )
+    .unwrap();
+    // Data before the run in 64 blocks, which the run trims (their space
+    // goes to the free list and is given to later allocations).
+    let initial: Vec<Op> = (0..64)
+        .map(|j| Op::Write {
+            off: (many_block(j * 31 % ALLOCS) + 1) * BS,
+            len: 4096,
+            seed: 50 + j,
+        })
+        .collect();
+    for op in &initial {
+        op.run(&d).unwrap();
+    }
+    d.close().unwrap();
+    let mut ops: Vec<Op> = Vec::new();
+    for i in 0..ALLOCS {
+        ops.push(Op::Write {
+            off: many_block(i) * BS + (i * 4096) % BS,
+            len: 512,
+            seed: 10_000 + i,
+        });
+    }
+    for op in &initial {
+        let (off, _) = op.range().unwrap();
+        ops.push(Op::Trim {
+            off: off / BS * BS,
+            len: BS,
+        });
+    }
+    ops.push(Op::Flush);
+    // Allocations that reuse the freed space, more trims, close.
+    for i in 0..64 {
+        ops.push(Op::Write {
+            off: (many_block(i * 29 % ALLOCS) + 2) * BS + 512,
+            len: 1024,
+            seed: 20_000 + i,
+        });
+    }
+    for i in (0..ALLOCS).step_by(59) {
+        ops.push(Op::Trim {
+            off: many_block(i) * BS,
+            len: BS,
+        });
+    }
+    ops.push(Op::Close);
+    let mut probes: Vec<(u64, u64)> = ops
+        .iter()
+        .chain(&initial)
+        .filter_map(|o| match *o {
+            Op::Write { off, len, .. } => Some((off, len)),
+            _ => None,
+        })
+        .collect();
+    // The first and last sector of a few blocks too.
+    for i in (0..ALLOCS).step_by(50) {
+        let b = many_block(i) * BS;
+        probes.push((b, 512));
+        probes.push((b + BS - 512, 512));
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    let image = Arc::try_unwrap(image).unwrap();
+    Many {
+        image,
+        initial,
+        ops,
+        probes,
+    }
+}
+
+fn many_run(sc: &Many, top: Arc<dyn Storage>) -> (usize, Option<usize>) {
+    let Ok(disk) = Disk::open_storage(top, OpenMode::ReadWrite) else {
+        return (0, Some(0));
+    };
+    let mut disk = Some(disk);
+    for (i, op) in sc.ops.iter().enumerate() {
+        let r = match op {
+            Op::Close => disk.take().unwrap().close(),
+            op => op.run(disk.as_ref().unwrap()),
+        };
+        if r.is_err() {
+            return (i, Some(i));
+        }
+    }
+    (sc.ops.len(), None)
+}
+
+fn many_judge(sc: &Many, ctx: &str, st: SparseStorage, completed: usize) {
+    let _g = Ctx(ctx.to_string());
+    let st = Arc::new(st);
+    let report = check_storage(st.clone());
+    assert!(
+        report.is_ok(),
+        "{ctx}: structural check of the surviving file: {:?}",
+        report.problems
+    );
+    let disk = Disk::open_storage(st.clone(), OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("{ctx}: the surviving file does not open: {e}"));
+    let split = sc.ops[..completed]
+        .iter()
+        .rposition(|o| o.is_barrier())
+        .map_or(0, |i| i + 1);
+    let pending: Vec<Op> = sc.ops[split..(completed + 1).min(sc.ops.len())]
+        .iter()
+        .copied()
+        .filter(|o| !o.is_barrier())
+        .collect();
+    // Per block: the probed sectors must all come from one state of the block.
+    let mut by_block: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for &(o, l) in &sc.probes {
+        by_block.entry(o / BS).or_default().push((o, l));
+    }
+    for (b, ranges) in by_block {
+        let (base, end) = (b * BS, (b + 1) * BS);
+        let touches = |op: &Op| op.range().is_some_and(|(o, l)| o < end && base < o + l);
+        // The block's states since the last flush, each as the bytes of the
+        // probed ranges.
+        let mut cur: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|&(o, l)| {
+                let mut v = vec![0u8; l as usize];
+                for op in sc
+                    .initial
+                    .iter()
+                    .chain(&sc.ops[..split])
+                    .filter(|o| touches(o))
+                {
+                    op.apply(&mut v, o);
+                }
+                v
+            })
+            .collect();
+        let mut states = vec![cur.clone()];
+        for op in pending.iter().filter(|o| touches(o)) {
+            for (v, &(o, _)) in cur.iter_mut().zip(&ranges) {
+                op.apply(v, o);
+            }
+            states.push(cur.clone());
+        }
+        let got: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|&(o, l)| read_window(&disk, o, l))
+            .collect();
+        assert!(
+            states.contains(&got),
+            "{ctx}: block {b} reads none of its {} states since the last completed flush \
+             (probed {ranges:?}; first probe vs old: {})",
+            states.len(),
+            first_diff(&got[0], &states[0][0])
+        );
+    }
+}
+
+fn many_sweep(cut: Cut) {
+    let sc = many_scenario();
+    let rec = Recorder::new(sc.image.copy(u64::MAX, Cut::Clean));
+    assert_eq!(many_run(&sc, rec.clone()), (sc.ops.len(), None));
+    let events = rec.events();
+    let total = events.len() as u64;
+    let syncs: Vec<u64> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| **e == Event::Sync)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let points: Vec<u64> = (0..=total)
+        .filter(|&n| n % 37 == 0 || n == total || syncs.iter().any(|&s| s.abs_diff(n) <= 3))
+        .collect();
+    eprintln!(
+        "{ALLOCS} allocations: {total} events, {} syncs, {} cut points ({cut:?})",
+        syncs.len(),
+        points.len()
+    );
+    for &n in &points {
+        let st = Arc::new(sc.image.copy(n, cut));
+        let (done, failed) = many_run(&sc, st.clone());
+        if n < total {
+            assert!(
+                failed.is_some(),
+                "cut at {n} of {total}: the run did not fail"
+            );
+        }
+        many_judge(
+            &sc,
+            &format!("{ALLOCS} allocations, {cut:?} cut at {n} of {total} (ops done {done})"),
+            st.copy(u64::MAX, Cut::Clean),
+            done,
+        );
+    }
+}
+
+#[test]
+fn thousands_of_allocations_clean_cuts() {
+    many_sweep(Cut::Clean);
+}
+
+#[test]
+fn thousands_of_allocations_torn_cuts() {
+    many_sweep(Cut::Torn);
 }

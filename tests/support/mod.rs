@@ -11,6 +11,7 @@
 pub mod lossy;
 pub mod ops;
 pub mod raw;
+pub mod sparse;
 
 use std::io;
 use std::path::{Path, PathBuf};
