@@ -130,23 +130,44 @@ fn read_only_error() -> io::Error {
 /// checkpoint tree): while armed on a thread, every mutating operation that
 /// thread makes through [`FileStorage`] (and [`remove_file`]) counts as an
 /// event, and the event numbered `crash_at` and all after it fail, as if
-/// the machine had stopped there. Disarmed, it costs one thread-local read
-/// per operation.
+/// the machine had stopped there ([`arm`]); or only that one event fails,
+/// with a transient error, and everything after it works again
+/// ([`arm_transient`]). Disarmed, it costs one thread-local read per
+/// operation.
 pub mod faults {
     use std::cell::Cell;
     use std::io;
 
-    use super::Cut;
+    use super::{Cut, Transient};
+
+    #[derive(Clone, Copy)]
+    enum Plan {
+        Crash(u64, Cut),
+        Once(u64, Transient),
+    }
 
     thread_local! {
-        static PLAN: Cell<Option<(u64, Cut)>> = const { Cell::new(None) };
+        static PLAN: Cell<Option<Plan>> = const { Cell::new(None) };
         static EVENTS: Cell<u64> = const { Cell::new(0) };
     }
 
     /// Start counting on this thread; crash at event `crash_at` (`u64::MAX`: only count).
     pub fn arm(crash_at: u64, cut: Cut) {
-        PLAN.with(|p| p.set(Some((crash_at, cut))));
+        PLAN.with(|p| p.set(Some(Plan::Crash(crash_at, cut))));
         EVENTS.with(|e| e.set(0));
+    }
+
+    /// Start counting on this thread; event `fail_at` (0-based) fails once
+    /// with the error of `kind` and has no effect; every other event works.
+    pub fn arm_transient(fail_at: u64, kind: Transient) {
+        PLAN.with(|p| p.set(Some(Plan::Once(fail_at, kind))));
+        EVENTS.with(|e| e.set(0));
+    }
+
+    /// Events seen so far on this thread since the last [`arm`] or
+    /// [`arm_transient`] (still armed).
+    pub fn events() -> u64 {
+        EVENTS.with(|e| e.get())
     }
 
     /// Stop; returns the number of events seen.
@@ -158,7 +179,7 @@ pub mod faults {
     /// Count one event. `Ok(None)`: go ahead; `Ok(Some(cut))`: this is the
     /// crash point (a write may land torn); `Err`: already crashed.
     pub(crate) fn event() -> io::Result<Option<Cut>> {
-        let Some((crash_at, cut)) = PLAN.with(|p| p.get()) else {
+        let Some(plan) = PLAN.with(|p| p.get()) else {
             return Ok(None);
         };
         let n = EVENTS.with(|e| {
@@ -166,6 +187,11 @@ pub mod faults {
             e.set(n + 1);
             n
         });
+        let (crash_at, cut) = match plan {
+            Plan::Crash(at, cut) => (at, cut),
+            Plan::Once(at, kind) if n == at => return Err(kind.error()),
+            Plan::Once(..) => return Ok(None),
+        };
         if n > crash_at {
             return Err(io::Error::other("simulated crash: storage is gone"));
         }
@@ -447,18 +473,45 @@ pub enum Cut {
     Torn,
 }
 
-/// A storage that "crashes" after a number of mutating operations.
+/// The error of a transient fault ([`FaultStorage::transient`],
+/// [`faults::arm_transient`]): the failing operation has no effect, and the
+/// storage works again afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// An I/O error (`EIO`).
+    Eio,
+    /// No space left on the device (`ENOSPC`, [`io::ErrorKind::StorageFull`]).
+    NoSpace,
+}
+
+impl Transient {
+    /// The error the failing operation returns.
+    pub fn error(self) -> io::Error {
+        let code = match self {
+            Transient::Eio => libc::EIO,
+            Transient::NoSpace => libc::ENOSPC,
+        };
+        io::Error::from_raw_os_error(code)
+    }
+}
+
+/// A storage that "crashes" after a number of mutating operations, or
+/// fails one of them once.
 ///
 /// Every `write_at`, `set_len`, `discard`, `allocate` and `sync` counts as
-/// one event. The event numbered `crash_at` (0-based) and everything after
-/// it fails with an error, as if the machine had lost power; what had
-/// happened before it stays in the inner [`MemStorage`], which the test then
-/// reopens. Reads keep working.
+/// one event. Made with [`FaultStorage::new`], the event numbered
+/// `crash_at` (0-based) and everything after it fails with an error, as if
+/// the machine had lost power; what had happened before it stays in the
+/// inner [`MemStorage`], which the test then reopens. Made with
+/// [`FaultStorage::transient`], only the event numbered `fail_at` fails
+/// (without effect) and the storage goes on working. Reads keep working.
 #[derive(Debug)]
 pub struct FaultStorage {
     inner: MemStorage,
     crash_at: u64,
     cut: Cut,
+    /// Fail only event `crash_at`, with this error.
+    once: Option<Transient>,
     events: AtomicU64,
 }
 
@@ -469,6 +522,18 @@ impl FaultStorage {
             inner,
             crash_at,
             cut,
+            once: None,
+            events: AtomicU64::new(0),
+        }
+    }
+    /// Wrap `inner`; event `fail_at` fails once with the error of `kind`
+    /// and has no effect; all other events (before and after) work.
+    pub fn transient(inner: MemStorage, fail_at: u64, kind: Transient) -> FaultStorage {
+        FaultStorage {
+            inner,
+            crash_at: fail_at,
+            cut: Cut::Clean,
+            once: Some(kind),
             events: AtomicU64::new(0),
         }
     }
@@ -476,9 +541,15 @@ impl FaultStorage {
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::SeqCst)
     }
-    /// Whether the crash point has been reached.
+    /// Whether the crash point (or, for a transient fault, the failing
+    /// event) has been reached.
     pub fn crashed(&self) -> bool {
         self.events() > self.crash_at
+    }
+    /// Whether the injected transient fault has happened (always false for
+    /// a crashing storage).
+    pub fn fault_injected(&self) -> bool {
+        self.once.is_some() && self.crashed()
     }
     /// The underlying memory (what survived the crash).
     pub fn inner(&self) -> &MemStorage {
@@ -486,6 +557,13 @@ impl FaultStorage {
     }
     fn event(&self) -> io::Result<u64> {
         let n = self.events.fetch_add(1, Ordering::SeqCst);
+        if let Some(kind) = self.once {
+            if n == self.crash_at {
+                return Err(kind.error());
+            }
+            // `n` differs from the failing event: the operation goes ahead.
+            return Ok(n);
+        }
         if n > self.crash_at {
             return Err(io::Error::other("simulated crash: storage is gone"));
         }
@@ -586,5 +664,24 @@ mod tests {
         let mut back = vec![0u8; 6007];
         fb.read_at(&mut back, 0).unwrap();
         assert_eq!(back, got);
+    }
+
+    #[test]
+    fn a_transient_fault_fails_one_event_and_nothing_after_it() {
+        let f = FaultStorage::transient(MemStorage::new(), 1, Transient::NoSpace);
+        f.write_at(b"a", 0).unwrap();
+        assert!(!f.fault_injected());
+        let e = f.write_at(b"b", 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(f.fault_injected());
+        f.write_at(b"c", 2).unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.inner().snapshot(), b"a\0c");
+
+        faults::arm_transient(0, Transient::Eio);
+        let e = faults::event().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        assert_eq!(faults::event().unwrap(), None);
+        assert_eq!(faults::disarm(), 2);
     }
 }

@@ -9,7 +9,9 @@
 #![allow(dead_code)]
 
 pub mod lossy;
+pub mod ops;
 pub mod raw;
+pub mod sparse;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -362,4 +364,17 @@ impl<S: Storage> Storage for Recorder<S> {
         self.push(Event::Allocate { offset, len });
         self.inner.allocate(offset, len)
     }
+}
+
+/// A temporary folder on a memory file system (`/dev/shm`) when there is
+/// one, else in the default place: for tests that sync a lot and judge the
+/// bytes, not the durability of the host's disk.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::tempdir_in(shm) {
+            return t;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
 }

@@ -1,0 +1,597 @@
+//! Crash sweeps over flushes that span many log entries.
+//!
+//! Second scenario: 1200 allocating writes into a 256 GiB dynamic disk (a
+//! 2 MiB BAT) plus trims that feed the free list, in one flush, then
+//! allocations that reuse the freed space — on a sparse storage, cut at
+//! every event near a sync and every 37th other one, clean and torn.
+//!
+//! A differencing disk of 128 GiB with 1 MiB blocks has a 1 MiB BAT (256
+//! sectors of 4 KiB, 32 chunks with their sector-bitmap entries), while a
+//! 1 MiB log entry holds ~126 sectors. The scenario trims the whole disk
+//! except one block per chunk (every BAT sector becomes dirty), writes a
+//! few sectors into the spared block of every chunk (new PARTIALLY_PRESENT
+//! entries and a new SB_PRESENT entry per chunk), flushes — one flush of
+//! hundreds of metadata sectors — then changes a few blocks more and closes.
+//!
+//! The run is cut at a deterministic dense sample of its storage events
+//! (every event near a sync or a write into the log, every 5th elsewhere),
+//! with clean and torn cuts, and on the lossy storage of
+//! `support::lossy` (any subset of the writes since the last sync may be
+//! lost). After each cut the file must open, pass the structural check,
+//! and every probed block must read, as a whole block, one of the states
+//! the model gives it between the last completed flush and the cut (old or
+//! new — never half a flush, never a block another flush left behind).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ckpt::disk::check::check_storage;
+use ckpt::io::{Cut, FaultStorage, MemStorage, Storage};
+use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
+
+use support::lossy::LossyStorage;
+use support::ops::{read_window, Op};
+use support::sparse::SparseStorage;
+use support::{first_diff, Ctx, Event, Recorder, Rng, MIB};
+
+const SIZE: u64 = 128 << 30;
+const BS: u64 = MIB;
+/// Blocks per chunk (512-byte sectors, 1 MiB blocks).
+const CHUNK: u64 = 4096;
+const CHUNKS: u64 = SIZE / BS / CHUNK;
+
+struct Scenario {
+    parent: Vec<u8>,
+    child: Vec<u8>,
+    /// Ops that built the parent's and the child's contents (already in the images).
+    initial: Vec<Op>,
+    ops: Vec<Op>,
+    /// Blocks whose contents are judged.
+    probes: Vec<u64>,
+}
+
+fn kept(c: u64) -> u64 {
+    c * CHUNK + 7
+}
+
+fn hidden(c: u64) -> u64 {
+    c * CHUNK + 100
+}
+
+fn scenario() -> Scenario {
+    let pmem = MemStorage::new();
+    let parent = Disk::create_on(
+        Arc::new(pmem.clone()),
+        &CreateOptions::new(SIZE).block_size(BS as u32),
+    )
+    .unwrap();
+    let mut initial = Vec::new();
+    for c in 0..CHUNKS {
+        // Parent data under the spared block and under a block the trim hides.
+        for b in [kept(c), hidden(c)] {
+            if c % 2 == 0 || b == kept(c) {
+                initial.push(Op::Write {
+                    off: b * BS,
+                    len: BS,
+                    seed: 1000 + b,
+                });
+            }
+        }
+    }
+    for op in &initial {
+        op.run(&parent).unwrap();
+    }
+    parent.flush().unwrap();
+    let cmem = MemStorage::new();
+    Disk::create_child_on(
+        Arc::new(cmem.clone()),
+        &parent,
+        &ChildOptions {
+            block_size: BS as u32,
+            log_size: MIB as u32,
+        },
+    )
+    .unwrap();
+    parent.close().unwrap();
+    let pbytes = pmem.snapshot();
+    // The child's own data before the run: a partial block in chunk 1.
+    let child = Disk::open_storage_chain(
+        vec![
+            Arc::new(cmem.clone()),
+            Arc::new(MemStorage::from_vec(pbytes.clone())),
+        ],
+        OpenMode::ReadWrite,
+    )
+    .unwrap();
+    let own = Op::Write {
+        off: (CHUNK + 20) * BS + 4096,
+        len: 8192,
+        seed: 5,
+    };
+    own.run(&child).unwrap();
+    child.close().unwrap();
+    initial.push(own);
+
+    let mut ops = Vec::new();
+    // 1. Trim all but the spared block of each chunk.
+    let mut pos = 0;
+    for c in 0..CHUNKS {
+        let k = kept(c) * BS;
+        ops.push(Op::Trim {
+            off: pos,
+            len: k - pos,
+        });
+        pos = k + BS;
+    }
+    ops.push(Op::Trim {
+        off: pos,
+        len: SIZE - pos,
+    });
+    // 2. A few unaligned sectors into every spared block (partially present).
+    for c in 0..CHUNKS {
+        ops.push(Op::Write {
+            off: kept(c) * BS + 1000,
+            len: 3000,
+            seed: 2000 + c,
+        });
+    }
+    ops.push(Op::Flush);
+    // 3. More changes after the big flush, then close.
+    for c in (0..CHUNKS).step_by(4) {
+        ops.push(Op::Write {
+            off: hidden(c) * BS + 512,
+            len: 4096,
+            seed: 3000 + c,
+        });
+    }
+    for c in (0..CHUNKS).step_by(3) {
+        ops.push(Op::Trim {
+            off: kept(c) * BS,
+            len: BS,
+        });
+    }
+    ops.push(Op::Close);
+
+    let mut probes: Vec<u64> = (0..CHUNKS)
+        .flat_map(|c| [kept(c), hidden(c), kept(c) + 1, c * CHUNK])
+        .collect();
+    probes.push(CHUNK + 20);
+    let mut rng = Rng::new(8);
+    for _ in 0..32 {
+        probes.push(rng.below(SIZE / BS));
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    Scenario {
+        parent: pbytes,
+        child: cmem.snapshot(),
+        initial,
+        ops,
+        probes,
+    }
+}
+
+fn open_chain(sc: &Scenario, top: Arc<dyn Storage>, mode: OpenMode) -> ckpt::Result<Disk> {
+    Disk::open_storage_chain(
+        vec![top, Arc::new(MemStorage::from_vec(sc.parent.clone()))],
+        mode,
+    )
+}
+
+/// Run the operations on `top` until the first error; returns how many
+/// completed and the failed one.
+fn run_on(sc: &Scenario, top: Arc<dyn Storage>) -> (usize, Option<usize>) {
+    let Ok(disk) = open_chain(sc, top, OpenMode::ReadWrite) else {
+        return (0, Some(0));
+    };
+    let mut disk = Some(disk);
+    for (i, op) in sc.ops.iter().enumerate() {
+        let r = match op {
+            Op::Close => disk.take().unwrap().close(),
+            op => op.run(disk.as_ref().unwrap()),
+        };
+        if r.is_err() {
+            return (i, Some(i));
+        }
+    }
+    (sc.ops.len(), None)
+}
+
+/// Cut points: every event within 4 of a sync or a write into the log,
+/// every 5th other one, and the last.
+fn cut_points(sc: &Scenario) -> (Vec<u64>, u64) {
+    let layout = support::raw::Layout::parse(&sc.child);
+    let log = layout.log_offset..layout.log_offset + layout.log_length as u64;
+    let rec = Recorder::new(MemStorage::from_vec(sc.child.clone()));
+    let (done, failed) = run_on(sc, rec.clone());
+    assert_eq!((done, failed), (sc.ops.len(), None), "the uncut run failed");
+    let events = rec.events();
+    let total = events.len() as u64;
+    let near: Vec<u64> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| match e {
+            Event::Sync => true,
+            Event::Write { offset, .. } => log.contains(offset),
+            _ => false,
+        })
+        .map(|(i, _)| i as u64)
+        .collect();
+    let mut points: Vec<u64> = (0..=total)
+        .filter(|&n| n % 5 == 0 || n == total || near.iter().any(|&s| s.abs_diff(n) <= 4))
+        .collect();
+    points.dedup();
+    let log_writes = events
+        .iter()
+        .filter(|e| matches!(e, Event::Write { offset, .. } if log.contains(offset)))
+        .count();
+    eprintln!(
+        "{total} events, {log_writes} writes into the log, {} syncs; {} cut points",
+        events.iter().filter(|e| **e == Event::Sync).count(),
+        points.len()
+    );
+    (points, total)
+}
+
+/// Judge the bytes left by a cut.
+fn judge(sc: &Scenario, ctx: &str, bytes: Vec<u8>, completed: usize, failed: Option<usize>) {
+    let _g = Ctx(ctx.to_string());
+    let report = check_storage(Arc::new(MemStorage::from_vec(bytes.clone())));
+    assert!(
+        report.is_ok(),
+        "{ctx}: structural check of the surviving file: {:?}",
+        report.problems
+    );
+    let disk = open_chain(
+        sc,
+        Arc::new(MemStorage::from_vec(bytes.clone())),
+        OpenMode::ReadOnly,
+    )
+    .unwrap_or_else(|e| panic!("{ctx}: the surviving file does not open: {e}"));
+    // Durable = initial + ops up to the last completed barrier; pending = the
+    // rest of the completed ones plus the one in flight.
+    let last_barrier = sc.ops[..completed].iter().rposition(|o| o.is_barrier());
+    let split = last_barrier.map_or(0, |i| i + 1);
+    let mut pending: Vec<Op> = sc.ops[split..completed].to_vec();
+    if let Some(i) = failed {
+        if !sc.ops[i].is_barrier() || i == completed {
+            pending.push(sc.ops[i]);
+        }
+    }
+    pending.retain(|o| !o.is_barrier());
+    for &b in &sc.probes {
+        let base = b * BS;
+        let mut state = vec![0u8; BS as usize];
+        for op in sc.initial.iter().chain(&sc.ops[..split]) {
+            op.apply(&mut state, base);
+        }
+        let mut states = vec![state.clone()];
+        for op in &pending {
+            if op
+                .range()
+                .is_some_and(|(o, l)| o < base + BS && base < o + l)
+            {
+                op.apply(&mut state, base);
+                states.push(state.clone());
+            }
+        }
+        let got = read_window(&disk, base, BS);
+        assert!(
+            states.iter().any(|s| *s == got),
+            "{ctx}: block {b} (chunk {}) reads none of its {} states since the last completed \
+             flush: vs old: {}; vs new: {}",
+            b / CHUNK,
+            states.len(),
+            first_diff(&got, &states[0]),
+            first_diff(&got, states.last().unwrap())
+        );
+    }
+    drop(disk);
+    // A read-write open replays the log; the result is clean and reads the same.
+    let mem = MemStorage::from_vec(bytes);
+    let rw = open_chain(sc, Arc::new(mem.clone()), OpenMode::ReadWrite)
+        .unwrap_or_else(|e| panic!("{ctx}: read-write open: {e}"));
+    rw.close()
+        .unwrap_or_else(|e| panic!("{ctx}: close after replay: {e}"));
+    let report = check_storage(Arc::new(mem));
+    assert!(
+        report.is_ok(),
+        "{ctx}: structural check after replay: {:?}",
+        report.problems
+    );
+}
+
+fn sweep(cut: Cut) {
+    let sc = scenario();
+    let (points, total) = cut_points(&sc);
+    for &n in &points {
+        let f = Arc::new(FaultStorage::new(
+            MemStorage::from_vec(sc.child.clone()),
+            n,
+            cut,
+        ));
+        let (done, failed) = run_on(&sc, f.clone());
+        if n < total {
+            assert!(
+                failed.is_some(),
+                "cut at {n} of {total}: the run did not fail"
+            );
+        }
+        judge(
+            &sc,
+            &format!("{cut:?} cut at {n} of {total} (ops done {done}, failed {failed:?})"),
+            f.inner().snapshot(),
+            done,
+            failed,
+        );
+    }
+}
+
+#[test]
+fn big_flush_clean_cuts() {
+    sweep(Cut::Clean);
+}
+
+#[test]
+fn big_flush_torn_cuts() {
+    sweep(Cut::Torn);
+}
+
+#[test]
+fn big_flush_lossy_cache() {
+    let sc = scenario();
+    let (points, total) = cut_points(&sc);
+    // Every 3rd point: each costs three survivors.
+    for &n in points.iter().step_by(3) {
+        let st = Arc::new(LossyStorage::new(sc.child.clone(), n));
+        let (done, failed) = run_on(&sc, st.clone());
+        let k = st.unsynced();
+        let mut rng = Rng::new(n + 17);
+        let masks: [Vec<bool>; 3] = [
+            vec![false; k],
+            (0..k).map(|_| rng.below(2) == 0).collect(),
+            (0..k).map(|_| rng.below(4) == 0).collect(),
+        ];
+        for (m, mask) in masks.iter().enumerate() {
+            judge(
+                &sc,
+                &format!(
+                    "lossy cut at {n} of {total} (ops done {done}, failed {failed:?}), survivor \
+                     #{m} of {k} unsynced writes"
+                ),
+                st.survivor(|i| mask[i]),
+                done,
+                failed,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Thousands of allocations in one flush, on a sparse storage.
+
+/// A 256 GiB dynamic disk (2 MiB BAT: 512 sectors, five log entries).
+const BIG: u64 = 256 << 30;
+const ALLOCS: u64 = 1200;
+
+struct Many {
+    image: SparseStorage,
+    initial: Vec<Op>,
+    ops: Vec<Op>,
+    /// Probed ranges: (offset, length), each inside one block.
+    probes: Vec<(u64, u64)>,
+}
+
+fn many_block(i: u64) -> u64 {
+    i * (BIG / BS / ALLOCS)
+}
+
+fn many_scenario() -> Many {
+    let image = SparseStorage::new(u64::MAX, Cut::Clean);
+    let image = Arc::new(image);
+    let d = Disk::create_on(
+        image.clone(),
+        &CreateOptions::new(BIG).block_size(BS as u32),
+    )
+    .unwrap();
+    // Data before the run in 64 blocks, which the run trims (their space
+    // goes to the free list and is given to later allocations).
+    let initial: Vec<Op> = (0..64)
+        .map(|j| Op::Write {
+            off: (many_block(j * 31 % ALLOCS) + 1) * BS,
+            len: 4096,
+            seed: 50 + j,
+        })
+        .collect();
+    for op in &initial {
+        op.run(&d).unwrap();
+    }
+    d.close().unwrap();
+    let mut ops: Vec<Op> = Vec::new();
+    for i in 0..ALLOCS {
+        ops.push(Op::Write {
+            off: many_block(i) * BS + (i * 4096) % BS,
+            len: 512,
+            seed: 10_000 + i,
+        });
+    }
+    for op in &initial {
+        let (off, _) = op.range().unwrap();
+        ops.push(Op::Trim {
+            off: off / BS * BS,
+            len: BS,
+        });
+    }
+    ops.push(Op::Flush);
+    // Allocations that reuse the freed space, more trims, close.
+    for i in 0..64 {
+        ops.push(Op::Write {
+            off: (many_block(i * 29 % ALLOCS) + 2) * BS + 512,
+            len: 1024,
+            seed: 20_000 + i,
+        });
+    }
+    for i in (0..ALLOCS).step_by(59) {
+        ops.push(Op::Trim {
+            off: many_block(i) * BS,
+            len: BS,
+        });
+    }
+    ops.push(Op::Close);
+    let mut probes: Vec<(u64, u64)> = ops
+        .iter()
+        .chain(&initial)
+        .filter_map(|o| match *o {
+            Op::Write { off, len, .. } => Some((off, len)),
+            _ => None,
+        })
+        .collect();
+    // The first and last sector of a few blocks too.
+    for i in (0..ALLOCS).step_by(50) {
+        let b = many_block(i) * BS;
+        probes.push((b, 512));
+        probes.push((b + BS - 512, 512));
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    let image = Arc::try_unwrap(image).unwrap();
+    Many {
+        image,
+        initial,
+        ops,
+        probes,
+    }
+}
+
+fn many_run(sc: &Many, top: Arc<dyn Storage>) -> (usize, Option<usize>) {
+    let Ok(disk) = Disk::open_storage(top, OpenMode::ReadWrite) else {
+        return (0, Some(0));
+    };
+    let mut disk = Some(disk);
+    for (i, op) in sc.ops.iter().enumerate() {
+        let r = match op {
+            Op::Close => disk.take().unwrap().close(),
+            op => op.run(disk.as_ref().unwrap()),
+        };
+        if r.is_err() {
+            return (i, Some(i));
+        }
+    }
+    (sc.ops.len(), None)
+}
+
+fn many_judge(sc: &Many, ctx: &str, st: SparseStorage, completed: usize) {
+    let _g = Ctx(ctx.to_string());
+    let st = Arc::new(st);
+    let report = check_storage(st.clone());
+    assert!(
+        report.is_ok(),
+        "{ctx}: structural check of the surviving file: {:?}",
+        report.problems
+    );
+    let disk = Disk::open_storage(st.clone(), OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("{ctx}: the surviving file does not open: {e}"));
+    let split = sc.ops[..completed]
+        .iter()
+        .rposition(|o| o.is_barrier())
+        .map_or(0, |i| i + 1);
+    let pending: Vec<Op> = sc.ops[split..(completed + 1).min(sc.ops.len())]
+        .iter()
+        .copied()
+        .filter(|o| !o.is_barrier())
+        .collect();
+    // Per block: the probed sectors must all come from one state of the block.
+    let mut by_block: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for &(o, l) in &sc.probes {
+        by_block.entry(o / BS).or_default().push((o, l));
+    }
+    for (b, ranges) in by_block {
+        let (base, end) = (b * BS, (b + 1) * BS);
+        let touches = |op: &Op| op.range().is_some_and(|(o, l)| o < end && base < o + l);
+        // The block's states since the last flush, each as the bytes of the
+        // probed ranges.
+        let mut cur: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|&(o, l)| {
+                let mut v = vec![0u8; l as usize];
+                for op in sc
+                    .initial
+                    .iter()
+                    .chain(&sc.ops[..split])
+                    .filter(|o| touches(o))
+                {
+                    op.apply(&mut v, o);
+                }
+                v
+            })
+            .collect();
+        let mut states = vec![cur.clone()];
+        for op in pending.iter().filter(|o| touches(o)) {
+            for (v, &(o, _)) in cur.iter_mut().zip(&ranges) {
+                op.apply(v, o);
+            }
+            states.push(cur.clone());
+        }
+        let got: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|&(o, l)| read_window(&disk, o, l))
+            .collect();
+        assert!(
+            states.contains(&got),
+            "{ctx}: block {b} reads none of its {} states since the last completed flush \
+             (probed {ranges:?}; first probe vs old: {})",
+            states.len(),
+            first_diff(&got[0], &states[0][0])
+        );
+    }
+}
+
+fn many_sweep(cut: Cut) {
+    let sc = many_scenario();
+    let rec = Recorder::new(sc.image.copy(u64::MAX, Cut::Clean));
+    assert_eq!(many_run(&sc, rec.clone()), (sc.ops.len(), None));
+    let events = rec.events();
+    let total = events.len() as u64;
+    let syncs: Vec<u64> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| **e == Event::Sync)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let points: Vec<u64> = (0..=total)
+        .filter(|&n| n % 37 == 0 || n == total || syncs.iter().any(|&s| s.abs_diff(n) <= 3))
+        .collect();
+    eprintln!(
+        "{ALLOCS} allocations: {total} events, {} syncs, {} cut points ({cut:?})",
+        syncs.len(),
+        points.len()
+    );
+    for &n in &points {
+        let st = Arc::new(sc.image.copy(n, cut));
+        let (done, failed) = many_run(&sc, st.clone());
+        if n < total {
+            assert!(
+                failed.is_some(),
+                "cut at {n} of {total}: the run did not fail"
+            );
+        }
+        many_judge(
+            &sc,
+            &format!("{ALLOCS} allocations, {cut:?} cut at {n} of {total} (ops done {done})"),
+            st.copy(u64::MAX, Cut::Clean),
+            done,
+        );
+    }
+}
+
+#[test]
+fn thousands_of_allocations_clean_cuts() {
+    many_sweep(Cut::Clean);
+}
+
+#[test]
+fn thousands_of_allocations_torn_cuts() {
+    many_sweep(Cut::Torn);
+}
