@@ -54,6 +54,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
         None
     }
+    /// Whether a `sync` that failed may simply be retried: true only for a
+    /// storage that keeps every write it accepted until a sync succeeds
+    /// (memory; a network client that keeps its buffers). The default is
+    /// false, as for files: after a failed `fsync` the kernel may have
+    /// dropped the unwritten pages, so what was written since the last
+    /// successful sync is unknown, and a disk on such a storage refuses
+    /// every later write and flush until it is reopened.
+    fn sync_retry_is_safe(&self) -> bool {
+        false
+    }
 }
 
 /// Copy `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`:
@@ -461,6 +471,10 @@ impl Storage for MemStorage {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
+    fn sync_retry_is_safe(&self) -> bool {
+        // Memory never loses a write it accepted.
+        true
+    }
 }
 
 /// What a [`FaultStorage`] does at its cut point.
@@ -513,6 +527,8 @@ pub struct FaultStorage {
     /// Fail only event `crash_at`, with this error.
     once: Option<Transient>,
     events: AtomicU64,
+    /// Whether the failing event was a `discard`.
+    discard_failed: std::sync::atomic::AtomicBool,
 }
 
 impl FaultStorage {
@@ -524,6 +540,7 @@ impl FaultStorage {
             cut,
             once: None,
             events: AtomicU64::new(0),
+            discard_failed: Default::default(),
         }
     }
     /// Wrap `inner`; event `fail_at` fails once with the error of `kind`
@@ -535,6 +552,7 @@ impl FaultStorage {
             cut: Cut::Clean,
             once: Some(kind),
             events: AtomicU64::new(0),
+            discard_failed: Default::default(),
         }
     }
     /// Events seen so far (including refused ones).
@@ -550,6 +568,11 @@ impl FaultStorage {
     /// a crashing storage).
     pub fn fault_injected(&self) -> bool {
         self.once.is_some() && self.crashed()
+    }
+    /// Whether the event that failed was a `discard` (giving space back:
+    /// a disk may go on without it, so no operation need report it).
+    pub fn failed_a_discard(&self) -> bool {
+        self.discard_failed.load(Ordering::SeqCst)
     }
     /// The underlying memory (what survived the crash).
     pub fn inner(&self) -> &MemStorage {
@@ -607,8 +630,19 @@ impl Storage for FaultStorage {
         }
         Ok(())
     }
+    fn sync_retry_is_safe(&self) -> bool {
+        // Memory never loses a write it accepted.
+        true
+    }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.event()? == self.crash_at {
+        // A transient fault is the only error `event` gives before a crash.
+        let n = self.event().inspect_err(|_| {
+            if self.once.is_some() {
+                self.discard_failed.store(true, Ordering::SeqCst);
+            }
+        })?;
+        if n == self.crash_at {
+            self.discard_failed.store(true, Ordering::SeqCst);
             return Err(Self::crash_error());
         }
         write_zeros(&self.inner, offset, len)

@@ -426,7 +426,9 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
     if qemu && sc.parent.is_none() {
         qemu_check_bytes(&ctx, &bytes);
     }
-    hit
+    // A failed hole punch (space given back after a flush) is no failure
+    // of the operation: the space is only not reused.
+    hit || f.failed_a_discard()
 }
 
 fn qemu_check_bytes(ctx: &str, bytes: &[u8]) {
@@ -537,7 +539,15 @@ fn a_retried_flush_persists_what_the_failed_one_did_not() {
                 failed_flushes += 1;
                 d.flush().expect("retried flush");
             }
-            d.close().expect("close");
+            if let Err(e) = d.close() {
+                // A close that failed (writing the headers) is retried on a
+                // new handle: everything flushed must be there.
+                assert_injected("close", &e, kind);
+                Disk::open_storage(f.clone(), OpenMode::ReadWrite)
+                    .unwrap()
+                    .close()
+                    .expect("close after a failed close");
+            }
             let r = Disk::open_storage(Arc::new(mem.clone()), OpenMode::ReadOnly).unwrap();
             let got = read_window(&r, 2 * MIB, data.len() as u64);
             assert!(
@@ -610,9 +620,17 @@ fn path_sweep<S>(
             if let Err(e) = r {
                 assert_injected(&ctx, &e, kind);
                 judge_failed(&ctx, t.path(), &s);
-                op(t.path(), &s).unwrap_or_else(|e| {
-                    panic!("{ctx}: the retry after a transient {kind:?} failed: {e}")
-                });
+                if let Err(e) = op(t.path(), &s) {
+                    // A merge of several layers removes them top first once
+                    // it is complete: when removing a lower one fails, the
+                    // named child is gone already, so the retry finds
+                    // nothing to merge (the lower file is left as a stray).
+                    let removal = name == "merge into ancestor" && k + 2 >= total;
+                    assert!(
+                        removal && e.kind() == ckpt::ErrorKind::NotFound,
+                        "{ctx}: the retry after a transient {kind:?} failed: {e}"
+                    );
+                }
             }
             judge_done(&ctx, t.path(), &s);
         }

@@ -152,6 +152,8 @@ struct WriteState {
     /// Set when a sync failed: what reached the disk is unknown, so no later
     /// write or flush may report success (until the file is reopened).
     poisoned: Option<String>,
+    /// A close failed while writing the headers: the next close writes them again.
+    close_failed: bool,
     /// DataWriteGuid to use when the next session starts (merges choose it in advance).
     next_data_write_guid: Option<Uuid>,
     pending_free: Vec<u64>,
@@ -519,6 +521,7 @@ impl Vhdx {
                 reserved: 0,
                 pending: None,
                 poisoned: None,
+                close_failed: false,
                 next_data_write_guid: None,
                 pending_free: Vec::new(),
                 free_blocks: Vec::new(),
@@ -969,13 +972,17 @@ impl Vhdx {
         Ok(())
     }
 
-    /// Sync the storage. A failed sync leaves unknown what reached the
-    /// disk (the kernel may have dropped the unwritten pages), so it
-    /// poisons the handle: no later write or flush can report success.
+    /// Sync the storage. On a file, a failed sync leaves unknown what
+    /// reached the disk (the kernel may have dropped the unwritten pages),
+    /// so it poisons the handle: no later write or flush can report
+    /// success. A storage that keeps its writes until a sync succeeds
+    /// ([`Storage::sync_retry_is_safe`]) is simply synced again next time.
     fn sync(&self, st: &mut WriteState) -> Result<()> {
         if let Err(e) = self.storage.sync() {
-            st.poisoned.get_or_insert_with(|| e.to_string());
-            self.poisoned_flag.store(true, Ordering::Release);
+            if !self.storage.sync_retry_is_safe() {
+                st.poisoned.get_or_insert_with(|| e.to_string());
+                self.poisoned_flag.store(true, Ordering::Release);
+            }
             return Err(Error::Io(e));
         }
         Ok(())
@@ -1026,6 +1033,7 @@ impl Vhdx {
             st.log_pos = first_entry % self.log_length;
             st.log_seq = 1;
             st.session_log_guid = None;
+            st.close_failed = false;
             st.session = true;
             self.session_started.store(true, Ordering::Release);
         }
@@ -1569,7 +1577,7 @@ impl Vhdx {
         }
         let mut st = self.lock_for_flush();
         self.check_writable(&st)?;
-        if !st.session {
+        if !st.session && !st.close_failed {
             return Ok(());
         }
         self.flush_locked(&mut st)?;
@@ -1578,19 +1586,17 @@ impl Vhdx {
         let written = self.write_headers(&mut st, &mut h);
         // Whether or not a header saying "empty log" reached the disk, the
         // session is over: a later change starts a new one, under a new
-        // LogGuid, instead of logging under one a header may have dropped.
+        // LogGuid, instead of logging under one a header may have dropped;
+        // a retried close writes the headers again.
         st.session = false;
         st.data_changed = false;
         self.session_started.store(false, Ordering::Release);
         self.data_changed.store(false, Ordering::Release);
-        match written {
-            Ok(slot) => {
-                st.slot = slot;
-                st.header = h;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        st.close_failed = written.is_err();
+        let slot = written?;
+        st.slot = slot;
+        st.header = h;
+        Ok(())
     }
 }
 
