@@ -182,7 +182,8 @@ pub struct ckpt_vm_info {
     /// Number of checkpoints, hidden ones included (see
     /// `ckpt_vm_checkpoint_get`).
     pub checkpoint_count: u32,
-    /// Whether the current state hangs under a checkpoint.
+    /// Whether the current state hangs under a checkpoint (one that is not
+    /// hidden: the one `ckpt_vm_checkpoint_revert` goes back to).
     pub has_current_checkpoint: bool,
     /// Whether the current state has memory state to resume from.
     pub has_saved_state: bool,
@@ -233,10 +234,17 @@ pub struct ckpt_checkpoint_info {
     pub has_fallback_reason: bool,
     /// Whether it is older than the VM's age warning.
     pub age_warning: bool,
-    /// Whether the current state hangs directly under it.
+    /// Whether it is the checkpoint the current state hangs under (the one
+    /// revert goes back to; never a hidden one: after the checkpoint the
+    /// current state hung under is deleted, that is its parent).
     pub is_current_parent: bool,
+    /// Whether it is being deleted: a delete was cancelled or failed after
+    /// its disks began to change, so they no longer hold its data. It can
+    /// no longer be applied or exported (`CKPT_STATUS_BUSY`), and the next
+    /// change to the VM (or `ckpt_vm_open`) finishes the delete first.
+    pub deleting: bool,
     /// Always 0.
-    pub reserved: [u8; 3],
+    pub reserved: [u8; 2],
 }
 
 // The layouts are ABI (on 64-bit targets, where the pointer-holding
@@ -514,13 +522,18 @@ unsafe fn look<T>(
 ///
 /// `p` is NULL or points to `count` readable pointers, each NULL or a
 /// NUL-terminated string.
-unsafe fn c_strings(p: *const *const c_char, count: usize, what: &str) -> FfiResult<Vec<String>> {
+unsafe fn c_strings(
+    p: *const *const c_char,
+    count: usize,
+    what: &str,
+    count_field: &str,
+) -> FfiResult<Vec<String>> {
     if count == 0 {
         return Ok(Vec::new());
     }
     if p.is_null() {
         return Err(FfiError::null(
-            format!("{what} (with {what}_count {count})").as_str(),
+            format!("{what} (with {count_field} {count})").as_str(),
         ));
     }
     let mut out = Vec::with_capacity(count.min(1024));
@@ -554,10 +567,16 @@ unsafe fn vm_spec(p: *const ckpt_vm_spec) -> FfiResult<VmSpec> {
     // SAFETY: per the contract, for each pointer below.
     let name = unsafe { c_name(c.name, "spec->name")? };
     // SAFETY: as above.
-    let disks = unsafe { c_strings(c.disks, c.disk_count, "spec->disks")? };
+    let disks = unsafe { c_strings(c.disks, c.disk_count, "spec->disks", "spec->disk_count")? };
     // SAFETY: as above.
-    let passthrough =
-        unsafe { c_strings(c.passthrough, c.passthrough_count, "spec->passthrough")? };
+    let passthrough = unsafe {
+        c_strings(
+            c.passthrough,
+            c.passthrough_count,
+            "spec->passthrough",
+            "spec->passthrough_count",
+        )?
+    };
     // SAFETY: as above.
     let location = unsafe { c_path_opt(c.checkpoint_location, "spec->checkpoint_location")? };
     let hypervisor = if c.hypervisor_json.is_null() {
@@ -710,7 +729,7 @@ pub unsafe extern "C" fn ckpt_vm_get_info(
                     disk_count: count_u32(d.current.disks.len()),
                     passthrough_count: count_u32(d.config.passthrough.len()),
                     checkpoint_count: count_u32(d.checkpoints.len()),
-                    has_current_checkpoint: d.current.parent.is_some(),
+                    has_current_checkpoint: d.current_checkpoint().is_some(),
                     has_saved_state: d.current.saved_state.is_some(),
                     reserved: [0; 2],
                     age_warning_seconds: d.settings.age_warning_seconds.unwrap_or(0),
@@ -1131,8 +1150,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_get(
                     has_saved_state: c.saved_state.is_some(),
                     has_fallback_reason: c.fallback_reason.is_some(),
                     age_warning: v.age_warning,
-                    is_current_parent: data.current.parent.as_deref() == Some(c.id.as_str()),
-                    reserved: [0; 3],
+                    is_current_parent: data.current_checkpoint().map(|x| x.id.as_str())
+                        == Some(c.id.as_str()),
+                    deleting: c.deleting,
+                    reserved: [0; 2],
                 })
             })?
         };
