@@ -144,6 +144,32 @@ pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
     }))
 }
 
+/// The files an export made (as [`Vm::export`](crate::checkpoint::Vm::export)
+/// returns them: `disk_count` disks, then the configuration, then the
+/// memory state if any), for `ckpt_vm_export_files_json`:
+///
+/// ```json
+/// {"files": [{"path": "/out/os.vhdx", "kind": "disk", "disk_index": 0},
+///            {"path": "/out/config.json", "kind": "config"},
+///            {"path": "/out/memory.vmrs", "kind": "memory"}]}
+/// ```
+pub fn export_json(files: &[PathBuf], disk_count: usize) -> Value {
+    let list: Vec<Value> = files
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            if k < disk_count {
+                json!({"path": path_value(p), "kind": "disk", "disk_index": k})
+            } else if k == disk_count {
+                json!({"path": path_value(p), "kind": "config"})
+            } else {
+                json!({"path": path_value(p), "kind": "memory"})
+            }
+        })
+        .collect();
+    json!({ "files": list })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
