@@ -304,7 +304,15 @@ pub enum Journal {
 }
 
 /// Write `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+///
+/// One event for the crash hook ([`crate::io::faults`]): a crash there
+/// leaves the old file (the rename is the only step that shows).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    match crate::io::faults::event() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(Error::from(crate::io::faults::crash()).in_file(path)),
+        Err(e) => return Err(Error::from(e).in_file(path)),
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
