@@ -382,6 +382,12 @@ typedef struct ckpt_disk ckpt_disk;
  * callback of the running call) fails with `CKPT_STATUS_BUSY` instead of
  * waiting. `ckpt_vm_close` must not run at the same time as, or before,
  * any other call on the same handle.
+ *
+ * String getters (names, paths, the JSON views): a call that fails with
+ * `CKPT_STATUS_BUFFER_TOO_SMALL` keeps the text it measured for the next
+ * call of the same getter with the same arguments, so the size-then-fill
+ * idiom never fails, even when ages tick between the two calls (see
+ * `ckpt_vm_checkpoints_json`).
  */
 typedef struct ckpt_vm ckpt_vm;
 
