@@ -460,8 +460,10 @@ fn list(dir: &Path, as_json: bool) -> CliResult {
 
 /// The checkpoint called `name`, or an error naming the ones there are.
 fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
-    if let Ok(c) = vm.find(name) {
-        return Ok(c.id.clone());
+    match vm.find(name) {
+        Ok(c) => return Ok(c.id.clone()),
+        Err(e) if e.kind() == ckpt::ErrorKind::InvalidArgument => return Err(vm_error(e)),
+        Err(_) => {}
     }
     let names: Vec<String> = vm
         .data()
