@@ -420,3 +420,57 @@ fn a_crash_while_undoing_a_cancelled_delete_is_reconciled() {
         assert_never_mixed(&mut vm, t.path(), &format!("undo-cut-{n}"));
     }
 }
+
+/// Records every progress call.
+#[derive(Default)]
+struct Record(Vec<(u64, u64)>);
+impl Hooks for Record {
+    fn progress(&mut self, done: u64, total: u64) -> bool {
+        self.0.push((done, total));
+        true
+    }
+}
+
+/// Progress over a delete or an export of disks of different sizes is one
+/// count: the total never changes, `done` never goes back, and ends at the
+/// total.
+#[test]
+fn progress_is_one_count_over_all_disks() {
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("a").join("big.vhdx");
+    let small = t.path().join("b").join("small.vhdx");
+    make_disk(&big);
+    std::fs::create_dir_all(small.parent().unwrap()).unwrap();
+    Disk::create(&small, &CreateOptions::new(1 << 20).block_size(1 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut vm = standard_vm(t.path(), vec![big, small]);
+    vm.create_checkpoint("X", None, &mut NoHooks).unwrap();
+    let cur = vm.data().current.disks.clone();
+    fill(&cur[0], 0x11);
+    let d = Disk::open(&cur[1], OpenMode::ReadWrite).unwrap();
+    d.write_at(&[0x22; 1 << 20], 0).unwrap();
+    d.close().unwrap();
+    vm.create_checkpoint("Y", None, &mut NoHooks).unwrap();
+    let check = |calls: &[(u64, u64)], what: &str| {
+        assert!(calls.len() >= 2, "{what}: {calls:?}");
+        let total = calls[0].1;
+        assert!(total > 0, "{what}: {calls:?}");
+        for w in calls.windows(2) {
+            assert!(w[0].0 <= w[1].0, "{what}: went back {calls:?}");
+        }
+        assert!(
+            calls.iter().all(|c| c.1 == total && c.0 <= total),
+            "{what}: {calls:?}"
+        );
+        assert_eq!(calls.last().unwrap().0, total, "{what}: {calls:?}");
+    };
+    let mut r = Record::default();
+    vm.export(Some("Y"), &t.path().join("out"), &mut r).unwrap();
+    check(&r.0, "export");
+    let mut r = Record::default();
+    vm.delete("X", false, &mut r).unwrap();
+    check(&r.0, "delete");
+    assert_eq!(r.0[0].0, 0, "delete: no call before anything changes");
+}

@@ -1063,11 +1063,25 @@ impl Vm {
             files: files.clone(),
         })?;
         let r = (|| -> Result<()> {
-            let n = disks.len() as u64;
-            for (k, (src, out)) in disks.iter().zip(&files).enumerate() {
-                let mut cb =
-                    |done: u64, total: u64| hooks.progress(done + k as u64 * total, total * n);
+            // One progress over all disks: the bytes each copy reads.
+            let mut sizes = Vec::with_capacity(disks.len());
+            for src in &disks {
+                let d = Disk::open(src, OpenMode::ReadOnly)?;
+                let extents = d.extents()?;
+                sizes.push(
+                    extents
+                        .iter()
+                        .filter(|e| e.allocated)
+                        .map(|e| e.length)
+                        .sum::<u64>(),
+                );
+            }
+            let grand_total: u64 = sizes.iter().sum();
+            let mut base = 0u64;
+            for ((src, out), size) in disks.iter().zip(&files).zip(sizes) {
+                let mut cb = |done: u64, _total: u64| hooks.progress(base + done, grand_total);
                 merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
+                base += size;
             }
             write_json(&dest.join(CONFIG_FILE), &config)?;
             if let Some(m) = &saved {
