@@ -1827,9 +1827,14 @@ ckpt_status ckpt_vm_checkpoint_disk_path(const struct ckpt_vm *vm,
  * Set `*out_index` to the index of the checkpoint called `name` (hidden
  * checkpoints have no name lookups).
  *
+ * A checkpoint being deleted (`ckpt_checkpoint_info.deleting`) is still
+ * found until the delete is finished.
+ *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (empty or non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has
- * that name), `CKPT_STATUS_BUSY`.
+ * (an empty name, or one of blanks only, which no checkpoint can have; a
+ * non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has that name),
+ * `CKPT_STATUS_BUSY`. Every function taking a checkpoint name refuses an
+ * empty one the same way.
  *
  * # Safety
  *
