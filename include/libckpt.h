@@ -382,6 +382,12 @@ typedef struct ckpt_disk ckpt_disk;
  * callback of the running call) fails with `CKPT_STATUS_BUSY` instead of
  * waiting. `ckpt_vm_close` must not run at the same time as, or before,
  * any other call on the same handle.
+ *
+ * String getters (names, paths, the JSON views): a call that fails with
+ * `CKPT_STATUS_BUFFER_TOO_SMALL` keeps the text it measured for the next
+ * call of the same getter with the same arguments, so the size-then-fill
+ * idiom never fails, even when ages tick between the two calls (see
+ * `ckpt_vm_checkpoints_json`).
  */
 typedef struct ckpt_vm ckpt_vm;
 
@@ -683,7 +689,8 @@ typedef struct ckpt_vm_info {
      */
     uint32_t checkpoint_count;
     /**
-     * Whether the current state hangs under a checkpoint.
+     * Whether the current state hangs under a checkpoint (one that is not
+     * hidden: the one `ckpt_vm_checkpoint_revert` goes back to).
      */
     bool has_current_checkpoint;
     /**
@@ -772,13 +779,22 @@ typedef struct ckpt_checkpoint_info {
      */
     bool age_warning;
     /**
-     * Whether the current state hangs directly under it.
+     * Whether it is the checkpoint the current state hangs under (the one
+     * revert goes back to; never a hidden one: after the checkpoint the
+     * current state hung under is deleted, that is its parent).
      */
     bool is_current_parent;
     /**
+     * Whether it is being deleted: a delete was cancelled or failed after
+     * its disks began to change, so they no longer hold its data. It can
+     * no longer be applied or exported (`CKPT_STATUS_BUSY`), and the next
+     * change to the VM (or `ckpt_vm_open`) finishes the delete first.
+     */
+    bool deleting;
+    /**
      * Always 0.
      */
-    uint8_t reserved[3];
+    uint8_t reserved[2];
 } ckpt_checkpoint_info;
 
 /**
@@ -1646,7 +1662,8 @@ ckpt_status ckpt_vm_set_hypervisor_settings(struct ckpt_vm *vm, const char *json
  * `checkpoint_type` ("disabled", "standard", "production",
  * "production-only"), `checkpoint_location` (null: the default),
  * `age_warning_seconds`, `current_checkpoint` (the name of the
- * checkpoint the current state hangs under, or null),
+ * checkpoint the current state hangs under, the one revert goes back to;
+ * never a hidden or a being-deleted one; or null),
  * `current_checkpoint_id`, `saved_state`, `disks` (`[{"path": the file
  * written now, "base": the disk the VM was created with}]`),
  * `passthrough`, `hypervisor` and `settings`. Paths are absolute.
@@ -1663,13 +1680,20 @@ ckpt_status ckpt_vm_show_json(const struct ckpt_vm *vm, char *buf, size_t len, s
 
 /**
  * Copy the checkpoint tree as JSON into `buf` (a string getter, as
- * described at `ckpt_disk_get_parent_path`):
+ * described at `ckpt_disk_get_parent_path`; for every string getter of a
+ * `ckpt_vm`, a call that fails with `CKPT_STATUS_BUFFER_TOO_SMALL` keeps
+ * the text it measured, and the next call of the same getter with the
+ * same arguments on the handle returns exactly that text, unless the VM
+ * was changed through the handle in between: a buffer of the reported
+ * size plus one always suffices, although ages tick between the calls):
  * `{"checkpoints": [{"name", "id", "parent" (the parent's id or null),
  * "type", "requested_type", "fallback_reason", "created", "age_seconds",
  * "age_warning", "size_bytes", "chain_depth", "delete_copy_bytes",
- * "saved_state", "disks", "skipped_passthrough", "hidden"}, ...],
- * "current": {"parent", "disks", "saved_state"}}`, parents before
- * children, paths absolute. The sizes are measured on every call (each
+ * "saved_state", "disks", "skipped_passthrough", "hidden", "deleting"},
+ * ...], "current": {"parent", "disks", "saved_state"}}`, parents before
+ * children, paths absolute. `current.parent` is the id of the checkpoint
+ * the current state hangs under (never a hidden one; see
+ * `ckpt_vm_checkpoint_revert`). The sizes are measured on every call (each
  * checkpoint's disks are opened).
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
@@ -1803,9 +1827,14 @@ ckpt_status ckpt_vm_checkpoint_disk_path(const struct ckpt_vm *vm,
  * Set `*out_index` to the index of the checkpoint called `name` (hidden
  * checkpoints have no name lookups).
  *
+ * A checkpoint being deleted (`ckpt_checkpoint_info.deleting`) is still
+ * found until the delete is finished.
+ *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (empty or non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has
- * that name), `CKPT_STATUS_BUSY`.
+ * (an empty name, or one of blanks only, which no checkpoint can have; a
+ * non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has that name),
+ * `CKPT_STATUS_BUSY`. Every function taking a checkpoint name refuses an
+ * empty one the same way.
  *
  * # Safety
  *
@@ -1862,12 +1891,12 @@ ckpt_status ckpt_vm_checkpoint_create(struct ckpt_vm *vm,
  * a new checkpoint of that name (taken as `ckpt_vm_checkpoint_create`
  * does, with `hooks`); with NULL it is discarded for good.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (the
- * current state hangs under no checkpoint), `CKPT_STATUS_NOT_FOUND` (no
- * such checkpoint, or a missing file), `CKPT_STATUS_ALREADY_EXISTS` (a
- * taken `save_current_name`), `CKPT_STATUS_UNSUPPORTED`,
- * `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`,
- * `CKPT_STATUS_CORRUPT`.
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (an
+ * empty `name` or `save_current_name`, or the current state hangs under
+ * no checkpoint), `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
+ * missing file), `CKPT_STATUS_ALREADY_EXISTS` (a taken
+ * `save_current_name`), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
  *
@@ -1882,7 +1911,10 @@ ckpt_status ckpt_vm_checkpoint_apply(struct ckpt_vm *vm,
 
 /**
  * Go back to the checkpoint the current state hangs under, discarding
- * everything since (apply without capture).
+ * everything since (apply without capture). That is never a hidden
+ * checkpoint: once the checkpoint the current state hung under is
+ * deleted, it is that checkpoint's parent (as `current_checkpoint` in
+ * `ckpt_vm_show_json` says).
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
  * checkpoint to revert to), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
@@ -1903,10 +1935,19 @@ ckpt_status ckpt_vm_checkpoint_revert(struct ckpt_vm *vm);
  * only one is left.
  *
  * `hooks->progress` (if any) follows the merges and may cancel them
- * (`CKPT_STATUS_CANCELLED`); a cancelled or interrupted delete is
- * finished by the next `ckpt_vm_open`. `hooks` may be NULL.
+ * (`CKPT_STATUS_CANCELLED`). It is called once with `done == 0` before
+ * anything changes. A delete cancelled (or failed) before the
+ * checkpoint's disks changed leaves it exactly as it was. One cancelled
+ * (or failed) later cannot be undone — its disks already hold part of the
+ * merged data — so the checkpoint is left being deleted
+ * (`ckpt_checkpoint_info.deleting`, `"deleting": true` in the JSON): it
+ * can no longer be applied or exported, and the next change to the VM
+ * through any handle (this delete again, any other operation, or
+ * `ckpt_vm_open`) finishes the delete before doing anything else. `hooks`
+ * may be NULL.
  *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty name),
  * `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a missing file),
  * `CKPT_STATUS_NO_SPACE` (no room for a merge; nothing changed),
  * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
@@ -1927,7 +1968,7 @@ ckpt_status ckpt_vm_checkpoint_delete(struct ckpt_vm *vm,
  * checkpoints).
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (empty new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+ * (empty name or new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
  * `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken), `CKPT_STATUS_BUSY`,
  * `CKPT_STATUS_IO`.
  *
@@ -1941,18 +1982,28 @@ ckpt_status ckpt_vm_checkpoint_rename(struct ckpt_vm *vm, const char *name, cons
 /**
  * Export checkpoint `name` (NULL: the current state) into the folder
  * `dest_dir` (made if missing; it must be empty): a standalone copy of the
- * VM as it was then, with one flattened VHDX per disk (no parent; named
- * after the VM's disk), `config.json` (the configuration), and
- * `memory.vmrs` when it has memory state.
+ * VM as it was then, with one flattened VHDX per disk (no parent),
+ * `config.json` (the configuration), and `memory.vmrs` when it has memory
+ * state.
+ *
+ * Disk files are named after the VM's disks: `NAME.vhdx` when no other
+ * disk of the VM has the same file name `NAME` (ignoring ASCII case and
+ * the extension), else `NAME-K.vhdx` with K the disk's index in the VM's
+ * disk order (0 first), with `-K` added again while that name is taken
+ * too. So `a/disk1.vhdx`, `b/disk1.vhdx` and `c/os.vhdx` export as
+ * `disk1-0.vhdx`, `disk1-1.vhdx` and `os.vhdx`. Names never collide, and
+ * depend only on the VM's disks. `ckpt_vm_export_files_json` lists the
+ * files made.
  *
  * `hooks->progress` (if any) follows the copies and may cancel them
- * (`CKPT_STATUS_CANCELLED`; the files made so far are removed). `hooks`
- * may be NULL.
+ * (`CKPT_STATUS_CANCELLED`). An export that fails or is cancelled leaves
+ * none of its files. `hooks` may be NULL.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (`dest_dir` not empty), `CKPT_STATUS_NOT_FOUND` (no such checkpoint,
- * or a missing file), `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`,
- * `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+ * (`dest_dir` not empty, an empty name), `CKPT_STATUS_NOT_FOUND` (no
+ * such checkpoint, or a missing file), `CKPT_STATUS_BUSY` (also: the
+ * checkpoint is being deleted), `CKPT_STATUS_NO_SPACE`,
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_IO`,
  * `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
@@ -1965,6 +2016,30 @@ ckpt_status ckpt_vm_checkpoint_export(struct ckpt_vm *vm,
                                       const char *name,
                                       const char *dest_dir,
                                       const struct ckpt_hooks *hooks);
+
+/**
+ * Copy the list of the files the last successful
+ * `ckpt_vm_checkpoint_export` through this handle made into `buf` (a
+ * string getter, as described at `ckpt_disk_get_parent_path`), as JSON:
+ * `{"files": [{"path": "/abs/dest/os.vhdx", "kind": "disk",
+ * "disk_index": 0}, ..., {"path": "/abs/dest/config.json", "kind":
+ * "config"}, {"path": "/abs/dest/memory.vmrs", "kind": "memory"}]}` —
+ * disks first, in the VM's disk order, then the configuration, then the
+ * memory state when there is one. More keys (and kinds) may be added.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_NOT_FOUND` (no export through this handle succeeded since
+ * it was opened, or the last one failed), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_export_files_json(const struct ckpt_vm *vm,
+                                      char *buf,
+                                      size_t len,
+                                      size_t *out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

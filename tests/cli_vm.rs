@@ -1063,3 +1063,57 @@ fn show_reports_stray_checkpoint_files() {
     let text = ok_text(&["vm", "show", s(&vm)]);
     assert!(text.contains("no checkpoint owns it"), "{text}");
 }
+
+/// Issue 8: two disks sharing a file name export under distinct names,
+/// printed by the tool; revert after deleting the branch point the current
+/// state hangs under goes to that checkpoint's parent.
+#[test]
+fn export_names_and_revert_after_a_branch_point_delete() {
+    let f = Fixture::new();
+    let twin = f.root.join("other").join("os.vhdx");
+    std::fs::create_dir_all(twin.parent().unwrap()).unwrap();
+    ok(&["create", s(&twin), "--size", &SIZES[0].to_string()]);
+    ok(&[
+        "vm",
+        "create",
+        f.vm(),
+        "--name",
+        "twins",
+        "--disk",
+        s(&f.disks[0]),
+        "--disk",
+        s(&twin),
+        "--checkpoint-type",
+        "standard",
+    ]);
+    let vm = f.vm();
+    let cur = f.current_disks();
+    write_at(&cur[0], 0, &[1; 512]);
+    write_at(&cur[1], 0, &[5; 512]);
+    ok(&["checkpoint", "create", vm, "root"]);
+    write_at(&f.current_disks()[0], 0, &[2; 512]);
+    ok(&["checkpoint", "create", vm, "X"]);
+    write_at(&f.current_disks()[0], 0, &[3; 512]);
+    ok(&["checkpoint", "create", vm, "Y"]);
+    ok(&["checkpoint", "apply", vm, "X"]);
+    write_at(&f.current_disks()[0], 0, &[4; 512]);
+    ok(&["checkpoint", "delete", vm, "X"]);
+    assert_eq!(f.show()["current_checkpoint"], "root");
+    let out = ok_text(&["checkpoint", "revert", vm]);
+    assert!(out.contains("\"root\""), "{out}");
+    let read = |p: &Path| {
+        let d = Disk::open(p, OpenMode::ReadOnly).unwrap();
+        let mut b = [0u8];
+        d.read_at(&mut b, 0).unwrap();
+        b[0]
+    };
+    assert_eq!(read(&f.current_disks()[0]), 1);
+
+    let exp = f.root.join("export");
+    let out = ok_text(&["checkpoint", "export", vm, "root", s(&exp)]);
+    for name in ["os-0.vhdx", "os-1.vhdx", "config.json"] {
+        assert!(out.contains(s(&exp.join(name))), "{name} not listed: {out}");
+    }
+    assert_eq!(read(&exp.join("os-0.vhdx")), 1);
+    assert_eq!(read(&exp.join("os-1.vhdx")), 5);
+}

@@ -145,17 +145,21 @@ int main(int argc, char **argv) {
                info.is_current_parent ? " (the VM runs on it)" : "");
     }
 
-    /* The same as JSON, sized with a first call. */
+    /* The same as JSON: ask for the size, then fill. The library keeps the
+     * text it measured for the next call, so the size suffices; the loop
+     * also copes with a VM changed in between (grow and ask again). */
     size_t len = 0;
+    char *json = NULL;
     ckpt_status s = ckpt_vm_checkpoints_json(vm, NULL, 0, &len);
-    if (s != CKPT_STATUS_BUFFER_TOO_SMALL) {
-        return fail("ckpt_vm_checkpoints_json", s);
+    while (s == CKPT_STATUS_BUFFER_TOO_SMALL) {
+        char *bigger = realloc(json, len + 1);
+        if (bigger == NULL) {
+            free(json);
+            return EXIT_FAILURE;
+        }
+        json = bigger;
+        s = ckpt_vm_checkpoints_json(vm, json, len + 1, &len);
     }
-    char *json = malloc(len + 1);
-    if (json == NULL) {
-        return EXIT_FAILURE;
-    }
-    s = ckpt_vm_checkpoints_json(vm, json, len + 1, NULL);
     if (s != CKPT_STATUS_OK) {
         free(json);
         return fail("ckpt_vm_checkpoints_json", s);

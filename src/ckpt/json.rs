@@ -41,16 +41,13 @@ fn opt_path_value(p: Option<&Path>) -> Value {
 ///
 /// `disks[].path` is the file the VM writes to now; `base` is the disk the
 /// VM was created with. `current_checkpoint` is the name of the checkpoint
-/// the current state hangs under (null when there is none);
+/// the current state hangs under, the one revert goes back to: never a
+/// hidden one nor one being deleted, but the nearest checkpoint above them
+/// (null when there is none);
 /// `checkpoint_location` null means the default, `checkpoints` in the VM
 /// folder.
 pub fn vm_json(data: &VmFile) -> Value {
-    let current = data.current.parent.as_deref().and_then(|id| {
-        data.checkpoints
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| c.name.clone())
-    });
+    let current = data.current_checkpoint();
     let disks: Vec<Value> = data
         .current
         .disks
@@ -77,8 +74,8 @@ pub fn vm_json(data: &VmFile) -> Value {
         "checkpoint_type": s.checkpoint_type.as_str(),
         "checkpoint_location": opt_path_value(s.checkpoint_location.as_deref()),
         "age_warning_seconds": s.age_warning_seconds,
-        "current_checkpoint": current,
-        "current_checkpoint_id": data.current.parent,
+        "current_checkpoint": current.map(|c| c.name.as_str()),
+        "current_checkpoint_id": current.map(|c| c.id.as_str()),
         "saved_state": opt_path_value(data.current.saved_state.as_deref()),
         "disks": disks,
         "passthrough": data.config.passthrough,
@@ -96,9 +93,15 @@ pub fn vm_json(data: &VmFile) -> Value {
 ///    "age_warning": false, "size_bytes": 4096, "chain_depth": 1,
 ///    "delete_copy_bytes": 0, "saved_state": null,
 ///    "disks": ["/vms/web/os.vhdx"], "skipped_passthrough": [],
-///    "hidden": false}],
+///    "hidden": false, "deleting": false}],
 ///  "current": {"parent": "…", "disks": ["…"], "saved_state": null}}
 /// ```
+///
+/// `current.parent` is the id of the checkpoint the current state hangs
+/// under, as in [`vm_json`] (never a hidden checkpoint).
+/// `"deleting": true` marks a checkpoint whose delete was cancelled or
+/// failed after its disks began to change: it can no longer be applied or
+/// exported, and the next operation on the VM finishes the delete.
 ///
 /// Checkpoints come parents first; `parent` is the parent's `id`; hidden
 /// checkpoints (deleted branch points kept for their disks) are listed
@@ -127,17 +130,44 @@ pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
                 "disks": c.disks.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
                 "skipped_passthrough": c.skipped_passthrough,
                 "hidden": c.hidden,
+                "deleting": c.deleting,
             })
         })
         .collect();
     Ok(json!({
         "checkpoints": list,
         "current": {
-            "parent": data.current.parent,
+            "parent": data.current_checkpoint().map(|c| c.id.as_str()),
             "disks": data.current.disks.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
             "saved_state": opt_path_value(data.current.saved_state.as_deref()),
         },
     }))
+}
+
+/// The files an export made (as [`Vm::export`](crate::checkpoint::Vm::export)
+/// returns them: `disk_count` disks, then the configuration, then the
+/// memory state if any), for `ckpt_vm_export_files_json`:
+///
+/// ```json
+/// {"files": [{"path": "/out/os.vhdx", "kind": "disk", "disk_index": 0},
+///            {"path": "/out/config.json", "kind": "config"},
+///            {"path": "/out/memory.vmrs", "kind": "memory"}]}
+/// ```
+pub fn export_json(files: &[PathBuf], disk_count: usize) -> Value {
+    let list: Vec<Value> = files
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            if k < disk_count {
+                json!({"path": path_value(p), "kind": "disk", "disk_index": k})
+            } else if k == disk_count {
+                json!({"path": path_value(p), "kind": "config"})
+            } else {
+                json!({"path": path_value(p), "kind": "memory"})
+            }
+        })
+        .collect();
+    json!({ "files": list })
 }
 
 #[cfg(test)]
@@ -182,6 +212,7 @@ mod tests {
                 config_file: None,
                 saved_state: Some(PathBuf::from("/vms/checkpoints/id-a.vmrs")),
                 hidden: false,
+                deleting: false,
             }],
         }
     }

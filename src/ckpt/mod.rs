@@ -2,10 +2,12 @@
 //!
 //! This layer will know files, chains and the tree, not bytes: it sits on
 //! top of [`crate::disk`] and below the C ABI and the CLI.
+pub mod export;
 pub mod json;
 pub mod model;
 pub mod vm;
 
+pub use export::export_names;
 pub use model::{
     Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile, VmState,
 };

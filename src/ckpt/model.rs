@@ -174,6 +174,12 @@ pub struct Checkpoint {
     /// Kept only because two or more states depend on its disks (a deleted branch point).
     #[serde(default)]
     pub hidden: bool,
+    /// Being deleted: a merge into its disks has started and was cancelled
+    /// or failed, so they no longer hold the checkpoint's data. The next
+    /// operation on the VM (or opening it) finishes the delete first; it
+    /// can no longer be applied or exported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// The running state of the VM ("Now").
@@ -188,6 +194,11 @@ pub struct Current {
 }
 
 /// Everything in `vm.json`.
+///
+/// The tree keeps hidden nodes (deleted branch points) and nodes being
+/// deleted for their disks; neither is ever the checkpoint the current state
+/// is reported to hang under, nor a revert target:
+/// [`VmFile::current_checkpoint`] is the one place that says which is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmFile {
     /// Format version of this file.
@@ -206,6 +217,32 @@ pub struct VmFile {
     pub checkpoints: Vec<Checkpoint>,
 }
 
+impl VmFile {
+    /// The nearest ancestor of a node whose tree parent is `parent` that is
+    /// neither hidden nor being deleted (None: there is none).
+    pub fn visible_ancestor(&self, parent: Option<&str>) -> Option<&Checkpoint> {
+        let mut parent = parent;
+        // Bounded, in case a damaged file has a cycle.
+        for _ in 0..=self.checkpoints.len() {
+            let c = self
+                .checkpoints
+                .iter()
+                .find(|c| Some(c.id.as_str()) == parent)?;
+            if !c.hidden && !c.deleting {
+                return Some(c);
+            }
+            parent = c.parent.as_deref();
+        }
+        None
+    }
+
+    /// The checkpoint the current state hangs under, as reported and as
+    /// revert goes back to: the nearest visible ancestor of its disks.
+    pub fn current_checkpoint(&self) -> Option<&Checkpoint> {
+        self.visible_ancestor(self.current.parent.as_deref())
+    }
+}
+
 /// An operation under way, recorded before its first step so that
 /// reopening the VM after a crash can finish or undo it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +257,10 @@ pub enum Journal {
         /// The checkpoint to apply once this one is taken (apply with capture).
         #[serde(default)]
         then_apply: Option<String>,
+        /// Folders made by the operation, outermost first (removed on
+        /// rollback when empty).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dirs: Vec<PathBuf>,
     },
     /// Applying: `new_files` become the current disks; `old_files` go.
     Apply {
@@ -240,6 +281,11 @@ pub enum Journal {
         /// The checkpoint's configuration copy and memory state, removed at the end.
         #[serde(default)]
         files: Vec<PathBuf>,
+        /// The DataWriteGuid of each of the checkpoint's disks before the
+        /// merge: while they all still match, its data is untouched and the
+        /// delete can be undone instead of finished.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        guids: Vec<String>,
     },
     /// Removing checkpoint `id` (a leaf, or hiding a branch point); `files` go after commit.
     Remove {
@@ -258,7 +304,15 @@ pub enum Journal {
 }
 
 /// Write `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+///
+/// One event for the crash hook ([`crate::io::faults`]): a crash there
+/// leaves the old file (the rename is the only step that shows).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    match crate::io::faults::event() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(Error::from(crate::io::faults::crash()).in_file(path)),
+        Err(e) => return Err(Error::from(e).in_file(path)),
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",

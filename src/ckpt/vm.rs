@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::checkpoint::export::{export_names, CONFIG_FILE, MEMORY_FILE};
 use crate::checkpoint::model::*;
 use crate::disk::absolute;
 use crate::disk::merge::{self, MergeOptions};
@@ -142,6 +143,55 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// Every checkpoint name is refused when empty (or only blanks): the one
+/// check for names given to create, find, apply, delete, rename and export.
+fn name_given(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument(
+            "a checkpoint name must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The DataWriteGuid of the disk file at `p` ("" when it cannot be read).
+/// A merge changes it before it changes the first byte of what the disk reads.
+fn data_write_guid(p: &Path) -> String {
+    Disk::open(p, OpenMode::ReadOnly)
+        .map(|d| d.info().data_write_guid.to_string())
+        .unwrap_or_default()
+}
+
+/// The bytes a merge of `src` into its ancestor `target` copies.
+fn merge_size(src: &Path, target: &Path) -> Result<u64> {
+    let d = Disk::open(src, OpenMode::ReadOnly)?;
+    let k = d.level_of(target)?;
+    Ok(d.changed_ranges(k)?.iter().map(|r| r.length).sum())
+}
+
+/// The folders `create_dir_all(dir)` would make, outermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Remove the folders a rolled-back operation made, innermost first, as
+/// long as they are empty.
+fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        match std::fs::remove_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => break, // not empty: neither are the folders around it
+        }
+    }
+}
+
 /// A name for a new differencing disk next to `parent`, unique by `id`.
 fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
     let stem = original
@@ -275,6 +325,7 @@ impl Vm {
 
     /// Set the VM's state (the hypervisor reports it).
     pub fn set_state(&mut self, state: VmState) -> Result<()> {
+        self.settle(None)?;
         self.data.state = state;
         let old = if state != VmState::Saved {
             self.data.current.saved_state.take()
@@ -318,6 +369,7 @@ impl Vm {
 
     /// Change memory and CPU count.
     pub fn set_resources(&mut self, memory_mib: Option<u64>, cpus: Option<u32>) -> Result<()> {
+        self.settle(None)?;
         if memory_mib == Some(0) || cpus == Some(0) {
             return Err(Error::InvalidArgument(
                 "memory and CPU count must be at least 1".into(),
@@ -334,12 +386,14 @@ impl Vm {
 
     /// Replace the hypervisor's own settings.
     pub fn set_hypervisor_settings(&mut self, v: serde_json::Value) -> Result<()> {
+        self.settle(None)?;
         self.data.config.hypervisor = v;
         self.save()
     }
 
     /// Change the checkpoint settings.
     pub fn set_settings(&mut self, s: Settings) -> Result<()> {
+        self.settle(None)?;
         let mut s = s;
         if let Some(l) = &s.checkpoint_location {
             s.checkpoint_location = Some(absolute(l)?);
@@ -348,13 +402,29 @@ impl Vm {
         self.save()
     }
 
-    /// The checkpoint called `name` (hidden ones are not found by name).
+    /// The checkpoint called `name` (hidden ones are not found by name; one
+    /// being deleted is, with [`Checkpoint::deleting`] set). An empty name
+    /// is an invalid argument.
     pub fn find(&self, name: &str) -> Result<&Checkpoint> {
+        name_given(name)?;
         self.data
             .checkpoints
             .iter()
             .find(|c| c.name == name && !c.hidden)
             .ok_or_else(|| Error::NotFound(format!("no checkpoint is called {name:?}")))
+    }
+
+    /// The checkpoint called `name`, refused while it is being deleted
+    /// (its disks no longer hold its data).
+    fn usable(&self, name: &str) -> Result<&Checkpoint> {
+        let c = self.find(name)?;
+        if c.deleting {
+            return Err(Error::Busy(format!(
+                "checkpoint {name:?} is being deleted; the delete is finished by the next \
+                 operation on the VM"
+            )));
+        }
+        Ok(c)
     }
 
     fn index(&self, id: &str) -> Result<usize> {
@@ -389,9 +459,7 @@ impl Vm {
     }
 
     fn check_name(&self, name: &str) -> Result<()> {
-        if name.trim().is_empty() {
-            return Err(Error::InvalidArgument("a checkpoint needs a name".into()));
-        }
+        name_given(name)?;
         if self
             .data
             .checkpoints
@@ -414,6 +482,7 @@ impl Vm {
         memory_file: Option<&Path>,
         hooks: &mut dyn Hooks,
     ) -> Result<Checkpoint> {
+        self.settle(None)?;
         self.create_then(name, memory_file, hooks, None)
     }
 
@@ -497,6 +566,7 @@ impl Vm {
             id: id.clone(),
             files,
             then_apply,
+            dirs: missing_dirs(&loc),
         })?;
         std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
 
@@ -542,6 +612,7 @@ impl Vm {
             config_file: Some(config_file),
             saved_state,
             hidden: false,
+            deleting: false,
         };
         self.data.checkpoints.push(ck.clone());
         self.data.current.parent = Some(id);
@@ -563,7 +634,8 @@ impl Vm {
         save_current: Option<&str>,
         hooks: &mut dyn Hooks,
     ) -> Result<()> {
-        let target = self.find(name)?.id.clone();
+        self.settle(None)?;
+        let target = self.usable(name)?.id.clone();
         if self.data.current.parent.is_none() {
             return Err(Error::InvalidArgument(
                 "the current state does not hang under a checkpoint; take one first".into(),
@@ -578,10 +650,19 @@ impl Vm {
     }
 
     /// Apply the checkpoint the current state hangs under, discarding the current state.
+    ///
+    /// That is the nearest checkpoint above the current state that is not
+    /// hidden ([`VmFile::current_checkpoint`]): after the checkpoint it hung
+    /// under was deleted, its parent.
     pub fn revert(&mut self) -> Result<()> {
-        let id = self.data.current.parent.clone().ok_or_else(|| {
-            Error::InvalidArgument("the VM has no checkpoint to revert to".into())
-        })?;
+        self.settle(None)?;
+        let id = self
+            .data
+            .current_checkpoint()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument("the VM has no checkpoint to revert to".into())
+            })?;
         self.apply_id(&id)
     }
 
@@ -660,6 +741,7 @@ impl Vm {
 
     /// Rename a checkpoint.
     pub fn rename(&mut self, name: &str, new_name: &str) -> Result<()> {
+        self.settle(None)?;
         let i = self.index(&self.find(name)?.id.clone())?;
         if name == new_name {
             return Ok(());
@@ -674,8 +756,19 @@ impl Vm {
     /// other checkpoint reads changes; its configuration copy and memory
     /// state are dropped. A branch point stays as a hidden node until one
     /// dependant is left.
+    ///
+    /// A delete cancelled (or failed) before it changed the checkpoint's
+    /// disks leaves it as it was. Once they changed, the checkpoint is left
+    /// [`Checkpoint::deleting`]: it can no longer be applied or exported,
+    /// and the next operation on the VM (this one again, any other, or
+    /// opening it) finishes the delete first.
     pub fn delete(&mut self, name: &str, subtree: bool, hooks: &mut dyn Hooks) -> Result<()> {
         let id = self.find(name)?.id.clone();
+        // A pending delete (perhaps of this very checkpoint) goes first.
+        self.settle(Some(hooks))?;
+        if self.index(&id).is_err() {
+            return Ok(());
+        }
         if subtree {
             // Deepest first.
             let mut order = Vec::new();
@@ -706,12 +799,24 @@ impl Vm {
         let deps = self.dependants(id);
         match deps.len() {
             0 => self.remove_node(id, false),
-            1 => {
-                self.journal_merge(id, &deps[0])?;
-                self.finish_merge(id, &deps[0], Some(hooks))
-            }
+            1 => self.merge_away(id, &deps[0], Some(hooks)),
             _ => self.remove_node(id, true),
         }
+    }
+
+    /// Delete `id` by merging its only dependant `dep` into it: journaled,
+    /// marked as being deleted, then merged.
+    fn merge_away(
+        &mut self,
+        id: &str,
+        dep: &Option<String>,
+        hooks: Option<&mut dyn Hooks>,
+    ) -> Result<()> {
+        let guids = self.journal_merge(id, dep)?;
+        let i = self.index(id)?;
+        self.data.checkpoints[i].deleting = true;
+        self.save()?;
+        self.finish_merge(id, dep, hooks, &guids)
     }
 
     /// Remove a node with no dependants (its disks go), or hide a branch
@@ -765,53 +870,108 @@ impl Vm {
         let deps = self.dependants(id);
         match deps.len() {
             0 => self.remove_node(id, false),
-            1 => {
-                self.journal_merge(id, &deps[0])?;
-                self.finish_merge(id, &deps[0], None)
-            }
+            1 => self.merge_away(id, &deps[0], None),
             _ => Ok(()),
         }
     }
 
-    fn journal_merge(&self, id: &str, dep: &Option<String>) -> Result<()> {
+    /// Journal the merge of `dep` into `id`; returns the DataWriteGuids of
+    /// `id`'s disks it recorded.
+    fn journal_merge(&self, id: &str, dep: &Option<String>) -> Result<Vec<String>> {
         let c = &self.data.checkpoints[self.index(id)?];
         let files = self.own_files(c);
+        let guids: Vec<String> = c.disks.iter().map(|d| data_write_guid(d)).collect();
         self.journal(&Journal::Merge {
             id: id.to_string(),
             dependant: dep.clone(),
             files,
-        })
+            guids: guids.clone(),
+        })?;
+        Ok(guids)
+    }
+
+    /// Whether every disk of `node` still has the DataWriteGuid the journal
+    /// recorded before the merge: then none of its data changed.
+    fn untouched(node: &Checkpoint, guids: &[String]) -> bool {
+        guids.len() == node.disks.len()
+            && node
+                .disks
+                .iter()
+                .zip(guids)
+                .all(|(d, g)| !g.is_empty() && data_write_guid(d) == *g)
+    }
+
+    /// Undo a merge that never changed `id`'s disks: it is no longer being
+    /// deleted and the journal goes.
+    fn undo_merge(&mut self, id: &str) -> Result<()> {
+        if let Ok(i) = self.index(id) {
+            self.data.checkpoints[i].deleting = false;
+        }
+        self.save()?;
+        self.end_journal()
     }
 
     /// Merge the disks of `dep` (the only dependant of `id`) into `id`'s
     /// disks, then drop `id` from the tree. Safe to run again after a crash.
+    ///
+    /// Progress is reported once with `done == 0` before anything changes;
+    /// a cancel or an error while `id`'s disks are untouched (their
+    /// DataWriteGuids still those in `guids`) undoes the delete instead.
     fn finish_merge(
         &mut self,
         id: &str,
         dep: &Option<String>,
         hooks: Option<&mut dyn Hooks>,
+        guids: &[String],
     ) -> Result<()> {
         let i = self.index(id)?;
         let node = self.data.checkpoints[i].clone();
+        let r = self.merge_disks(&node, dep, hooks);
+        if let Err(e) = r {
+            if Self::untouched(&node, guids) {
+                let _ = self.undo_merge(id);
+            }
+            return Err(e);
+        }
+        self.commit_merge(&node, dep)
+    }
+
+    /// Merge every disk of `dep` into `node`'s (the ones not merged yet).
+    fn merge_disks(
+        &self,
+        node: &Checkpoint,
+        dep: &Option<String>,
+        hooks: Option<&mut dyn Hooks>,
+    ) -> Result<()> {
         let dep_disks = self.disks_of(dep)?;
         // The states that hang under the dependant: their disks get re-pointed.
         let grand: Vec<Option<String>> = match dep {
             Some(d) => self.dependants(d),
             None => Vec::new(),
         };
-        let mut hooks = hooks;
-        let total_disks = node.disks.len();
+        let mut todo = Vec::new();
         for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
             if src == target || !src.exists() {
                 continue; // already merged
             }
+            todo.push((k, target, src, merge_size(src, target)?));
+        }
+        let grand_total: u64 = todo.iter().map(|t| t.3).sum();
+        let mut hooks = hooks;
+        if let Some(h) = hooks.as_mut() {
+            if !h.progress(0, grand_total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let mut base = 0u64;
+        for (k, target, src, size) in todo {
             let mut descendants = Vec::new();
             for g in &grand {
                 descendants.push(self.disks_of(g)?[k].clone());
             }
-            let mut cb = |done: u64, total: u64| -> bool {
+            let mut cb = |done: u64, _total: u64| -> bool {
                 match hooks.as_mut() {
-                    Some(h) => h.progress(done + k as u64 * total, total * total_disks as u64),
+                    Some(h) => h.progress(base + done, grand_total),
                     None => true,
                 }
             };
@@ -823,7 +983,14 @@ impl Vm {
                 space_limit: None,
             };
             merge::merge(src, opts)?;
+            base += size;
         }
+        Ok(())
+    }
+
+    /// The merged disks belong to the dependant now; `node` leaves the tree.
+    fn commit_merge(&mut self, node: &Checkpoint, dep: &Option<String>) -> Result<()> {
+        let id = node.id.as_str();
         // Commit: the dependant takes over the merged disks.
         match dep {
             Some(d) => {
@@ -839,7 +1006,7 @@ impl Vm {
         let i = self.index(id)?;
         self.data.checkpoints.remove(i);
         self.save()?;
-        for f in &self.own_files(&node) {
+        for f in &self.own_files(node) {
             remove_if_exists(f)?;
         }
         self.end_journal()
@@ -847,16 +1014,19 @@ impl Vm {
 
     /// Export checkpoint `name` (or the current state when `None`) into the
     /// folder `dest`: one standalone VHDX per disk, the configuration, and
-    /// the memory state if any.
+    /// the memory state if any. Returns the files made, disks first (in the
+    /// VM's disk order), named as [`export_names`] says; an export that
+    /// fails leaves none of them.
     pub fn export(
         &mut self,
         name: Option<&str>,
         dest: &Path,
         hooks: &mut dyn Hooks,
     ) -> Result<Vec<PathBuf>> {
+        self.settle(None)?;
         let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
             Some(n) => {
-                let c = self.find(n)?.clone();
+                let c = self.usable(n)?.clone();
                 let config = match &c.config_file {
                     Some(f) => read_json(f)?,
                     None => self.data.config.clone(),
@@ -881,36 +1051,41 @@ impl Vm {
         }
         std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for (k, orig) in self.data.disks.iter().enumerate() {
-            let name = orig
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_else(|| format!("disk{k}.vhdx").into());
-            let mut p = dest.join(name);
-            p.set_extension("vhdx");
-            if files.contains(&p) {
-                p = dest.join(format!("disk{k}.vhdx"));
-            }
-            files.push(p);
-        }
-        files.push(dest.join("config.json"));
+        let mut files: Vec<PathBuf> = export_names(&self.data.disks)
+            .into_iter()
+            .map(|n| dest.join(n))
+            .collect();
+        files.push(dest.join(CONFIG_FILE));
         if saved.is_some() {
-            files.push(dest.join("memory.vmrs"));
+            files.push(dest.join(MEMORY_FILE));
         }
         self.journal(&Journal::Export {
             files: files.clone(),
         })?;
         let r = (|| -> Result<()> {
-            let n = disks.len() as u64;
-            for (k, (src, out)) in disks.iter().zip(&files).enumerate() {
-                let mut cb =
-                    |done: u64, total: u64| hooks.progress(done + k as u64 * total, total * n);
-                merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
+            // One progress over all disks: the bytes each copy reads.
+            let mut sizes = Vec::with_capacity(disks.len());
+            for src in &disks {
+                let d = Disk::open(src, OpenMode::ReadOnly)?;
+                let extents = d.extents()?;
+                sizes.push(
+                    extents
+                        .iter()
+                        .filter(|e| e.allocated)
+                        .map(|e| e.length)
+                        .sum::<u64>(),
+                );
             }
-            write_json(&dest.join("config.json"), &config)?;
+            let grand_total: u64 = sizes.iter().sum();
+            let mut base = 0u64;
+            for ((src, out), size) in disks.iter().zip(&files).zip(sizes) {
+                let mut cb = |done: u64, _total: u64| hooks.progress(base + done, grand_total);
+                merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
+                base += size;
+            }
+            write_json(&dest.join(CONFIG_FILE), &config)?;
             if let Some(m) = &saved {
-                let out = dest.join("memory.vmrs");
+                let out = dest.join(MEMORY_FILE);
                 std::fs::copy(m, &out).map_err(|e| Error::from(e).in_file(m))?;
                 File::open(&out)
                     .and_then(|f| f.sync_all())
@@ -932,6 +1107,22 @@ impl Vm {
 
     /// Finish or undo an operation a crash (or an error) interrupted.
     pub fn reconcile(&mut self) -> Result<()> {
+        self.reconcile_with(None)
+    }
+
+    /// Before any operation: finish (or undo) the one a cancel, an error or
+    /// a crash left pending, so that no operation ever starts on a tree
+    /// with a checkpoint half deleted.
+    fn settle(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
+        if self.dir.join(JOURNAL_FILE).exists() {
+            self.reconcile_with(hooks)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Vm::reconcile`], following a pending merge with `hooks`.
+    fn reconcile_with(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
         let jpath = self.dir.join(JOURNAL_FILE);
         if !jpath.exists() {
             return Ok(());
@@ -944,6 +1135,7 @@ impl Vm {
                 id,
                 files,
                 then_apply,
+                dirs,
             } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
                     // Committed; finish an apply that was to follow.
@@ -956,6 +1148,7 @@ impl Vm {
                     for f in &files {
                         remove_if_exists(f)?;
                     }
+                    remove_empty_dirs(&dirs);
                 }
                 self.end_journal()
             }
@@ -985,9 +1178,10 @@ impl Vm {
                 id,
                 dependant,
                 files,
+                guids,
             } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
-                    self.finish_merge(&id, &dependant, None)
+                    self.finish_merge(&id, &dependant, hooks, &guids)
                 } else {
                     for f in &files {
                         remove_if_exists(f)?;

@@ -376,43 +376,27 @@ fn node_text(v: &CheckpointView, age_warning: Option<u64>) -> String {
     for w in warnings {
         s.push_str(&format!("  [warning: {w}]"));
     }
-    s
-}
-
-/// The nearest visible ancestor of a node whose parent is `parent` (None:
-/// a root).
-fn visible_parent<'a>(
-    by_id: &HashMap<&'a str, &'a CheckpointView>,
-    mut parent: Option<&'a str>,
-) -> Option<&'a str> {
-    // Bounded, in case a damaged file has a cycle.
-    for _ in 0..=by_id.len() {
-        let v = by_id.get(parent?)?;
-        if !v.checkpoint.hidden {
-            return parent;
-        }
-        parent = v.checkpoint.parent.as_deref();
+    if c.deleting {
+        s.push_str("  [being deleted: the next change to the VM finishes it]");
     }
-    None
+    s
 }
 
 /// The tree as text: children indented under their parents, "now" where
 /// the current state hangs. Hidden nodes (deleted branch points kept for
-/// their disks) are left out; their children show under the nearest
-/// visible ancestor.
+/// their disks) are left out; their children (and those of a checkpoint
+/// being deleted) show under the nearest visible ancestor.
 fn tree_text(data: &VmFile, views: &[CheckpointView]) -> String {
-    let by_id: HashMap<&str, &CheckpointView> = views
-        .iter()
-        .map(|v| (v.checkpoint.id.as_str(), v))
-        .collect();
     // Children of each node (None: the roots), in creation order; "now"
     // is the entry None in the list.
     let mut children: HashMap<Option<&str>, Vec<Option<&CheckpointView>>> = HashMap::new();
     for v in views.iter().filter(|v| !v.checkpoint.hidden) {
-        let p = visible_parent(&by_id, v.checkpoint.parent.as_deref());
+        let p = data
+            .visible_ancestor(v.checkpoint.parent.as_deref())
+            .map(|c| c.id.as_str());
         children.entry(p).or_default().push(Some(v));
     }
-    let now_parent = visible_parent(&by_id, data.current.parent.as_deref());
+    let now_parent = data.current_checkpoint().map(|c| c.id.as_str());
     children.entry(now_parent).or_default().push(None);
 
     let mut now = format!("now  ({}", data.state.as_str());
@@ -476,8 +460,10 @@ fn list(dir: &Path, as_json: bool) -> CliResult {
 
 /// The checkpoint called `name`, or an error naming the ones there are.
 fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
-    if let Ok(c) = vm.find(name) {
-        return Ok(c.id.clone());
+    match vm.find(name) {
+        Ok(c) => return Ok(c.id.clone()),
+        Err(e) if e.kind() == ckpt::ErrorKind::InvalidArgument => return Err(vm_error(e)),
+        Err(_) => {}
     }
     let names: Vec<String> = vm
         .data()
@@ -497,14 +483,9 @@ fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
     )))
 }
 
-/// The name of the checkpoint the current state hangs under.
+/// The name of the checkpoint the current state hangs under (revert's target).
 fn current_name(vm: &Vm) -> Option<String> {
-    let id = vm.data().current.parent.as_deref()?;
-    vm.data()
-        .checkpoints
-        .iter()
-        .find(|c| c.id == id)
-        .map(|c| c.name.clone())
+    vm.data().current_checkpoint().map(|c| c.name.clone())
 }
 
 /// "off, 1024 MiB, 2 CPUs".

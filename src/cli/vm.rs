@@ -350,10 +350,7 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
     line("checkpoints:", visible.to_string());
     line(
         "current checkpoint:",
-        data.current
-            .parent
-            .as_deref()
-            .and_then(|id| data.checkpoints.iter().find(|c| c.id == id))
+        data.current_checkpoint()
             .map(|c| format!("\"{}\"", c.name))
             .unwrap_or_else(|| "none".into()),
     );

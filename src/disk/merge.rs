@@ -243,7 +243,12 @@ pub struct MergeOptions<'a> {
     /// Merge into this ancestor instead of the immediate parent.
     pub into: Option<PathBuf>,
     /// Differencing disks whose parent is the merged child, to re-point at
-    /// the destination. `None`: search the child's folder for them.
+    /// the destination. `None`: search for them, and for siblings the merge
+    /// would break (other children of the destination or of a removed
+    /// layer, which make it refuse), in the folders of every file of the
+    /// chain. A differencing disk in any other folder cannot be known: a
+    /// caller that knows the tree (as the checkpoint tree does) passes the
+    /// list, and is then responsible for there being no siblings.
     pub descendants: Option<Vec<PathBuf>>,
     /// Progress of the copy.
     pub progress: Option<Progress<'a>>,
@@ -269,8 +274,38 @@ impl std::fmt::Debug for MergeOptions<'_> {
 pub fn find_children(child: &Path) -> Result<Vec<PathBuf>> {
     let want = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
     let dir = want.parent().unwrap_or(Path::new("/")).to_path_buf();
+    find_children_in(child, &[dir])
+}
+
+/// The folders of the files of a chain (each once, in chain order).
+fn folders_of(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let d = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// The differencing disks in any of the folders `dirs` whose parent is `child`.
+pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let want = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| Error::from(e).in_file(&dir))? {
+    for dir in dirs {
+        out.extend(children_in(&want, dir)?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The differencing disks in `dir` whose parent is the file `want` (canonical).
+fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::from(e).in_file(dir))? {
         let p = entry?.path();
         let ext = p
             .extension()
@@ -290,11 +325,10 @@ pub fn find_children(child: &Path) -> Result<Vec<PathBuf>> {
             .into_iter()
             .find(|c| c.is_file())
             .and_then(|c| std::fs::canonicalize(c).ok());
-        if found.as_ref() == Some(&want) {
+        if found.as_deref() == Some(want) {
             out.push(p);
         }
     }
-    out.sort();
     Ok(out)
 }
 
@@ -376,9 +410,11 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
                 .and_then(|f| locator_of(&f).ok())
                 .and_then(|l| l.linkage(locator::PARENT_LINKAGE2))
                 .filter(|g| !g.is_nil());
+            // Siblings may sit in the folder of any file of the chain.
+            let dirs = folders_of(&paths);
             for i in 1..=k {
                 let guid = open_single(&paths[i], false)?.header().data_write_guid;
-                for c in find_children(&paths[i])? {
+                for c in find_children_in(&paths[i], &dirs)? {
                     let c = std::fs::canonicalize(&c).unwrap_or(c);
                     let above =
                         std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
@@ -398,7 +434,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
                     }
                 }
             }
-            find_children(child)?
+            find_children_in(child, &dirs)?
         }
     };
     drop(view);

@@ -2,6 +2,7 @@
 //! callbacks (`ckpt_hooks`) for quiescing the guest, saving its memory
 //! state and following progress.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::io::Write;
 use std::mem::size_of;
@@ -13,7 +14,7 @@ use super::{
     c_name, c_path, c_path_opt, c_str, ckpt_status, ffi_boundary, non_null, out_ptr, path_bytes,
     read_versioned, write_string, write_versioned, FfiError, FfiResult,
 };
-use crate::checkpoint::json::{checkpoints_json, vm_json};
+use crate::checkpoint::json::{checkpoints_json, export_json, vm_json};
 use crate::checkpoint::{
     list_of, CheckpointType, CheckpointView, Hooks, Settings, TakenType, Vm, VmSpec, VmState,
 };
@@ -31,6 +32,12 @@ use crate::checkpoint::{
 /// callback of the running call) fails with `CKPT_STATUS_BUSY` instead of
 /// waiting. `ckpt_vm_close` must not run at the same time as, or before,
 /// any other call on the same handle.
+///
+/// String getters (names, paths, the JSON views): a call that fails with
+/// `CKPT_STATUS_BUFFER_TOO_SMALL` keeps the text it measured for the next
+/// call of the same getter with the same arguments, so the size-then-fill
+/// idiom never fails, even when ages tick between the two calls (see
+/// `ckpt_vm_checkpoints_json`).
 pub struct ckpt_vm {
     inner: Mutex<VmHandle>,
 }
@@ -40,6 +47,46 @@ struct VmHandle {
     /// The measured checkpoint list `ckpt_vm_checkpoint_get` reads; dropped
     /// by every change and by `ckpt_vm_checkpoint_count`.
     views: Option<Vec<CheckpointView>>,
+    /// Texts a string getter measured for a buffer that was too small,
+    /// handed out as they are by the next call of the same getter with the
+    /// same arguments (so the size it reported is the size it fills).
+    /// Dropped by every change.
+    snapshots: HashMap<SnapshotKey, Vec<u8>>,
+    /// The files the last successful export through this handle made.
+    last_export: Option<serde_json::Value>,
+}
+
+/// A string getter and its index arguments.
+type SnapshotKey = (&'static str, usize, usize);
+
+/// The size-then-fill contract of every string getter of a VM handle: the
+/// text `produce` makes, unless a call that found the buffer too small
+/// measured one for `key`; that text is kept for the next call instead of
+/// being measured again, so that the length it reported always suffices
+/// (the ages in the checkpoint list tick between the two calls).
+///
+/// # Safety
+///
+/// As for [`write_string`].
+unsafe fn snapshot_string(
+    h: &mut VmHandle,
+    key: SnapshotKey,
+    what: &str,
+    produce: impl FnOnce(&VmHandle) -> FfiResult<Vec<u8>>,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> FfiResult {
+    let bytes = match h.snapshots.remove(&key) {
+        Some(b) => b,
+        None => produce(h)?,
+    };
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { write_string(&bytes, buf, len, out_len, what) };
+    if matches!(&r, Err(e) if e.status == ckpt_status::BufferTooSmall) {
+        h.snapshots.insert(key, bytes);
+    }
+    r
 }
 
 /// The per-VM checkpoint setting (`ckpt_vm_spec.checkpoint_type`,
@@ -182,7 +229,8 @@ pub struct ckpt_vm_info {
     /// Number of checkpoints, hidden ones included (see
     /// `ckpt_vm_checkpoint_get`).
     pub checkpoint_count: u32,
-    /// Whether the current state hangs under a checkpoint.
+    /// Whether the current state hangs under a checkpoint (one that is not
+    /// hidden: the one `ckpt_vm_checkpoint_revert` goes back to).
     pub has_current_checkpoint: bool,
     /// Whether the current state has memory state to resume from.
     pub has_saved_state: bool,
@@ -233,10 +281,17 @@ pub struct ckpt_checkpoint_info {
     pub has_fallback_reason: bool,
     /// Whether it is older than the VM's age warning.
     pub age_warning: bool,
-    /// Whether the current state hangs directly under it.
+    /// Whether it is the checkpoint the current state hangs under (the one
+    /// revert goes back to; never a hidden one: after the checkpoint the
+    /// current state hung under is deleted, that is its parent).
     pub is_current_parent: bool,
+    /// Whether it is being deleted: a delete was cancelled or failed after
+    /// its disks began to change, so they no longer hold its data. It can
+    /// no longer be applied or exported (`CKPT_STATUS_BUSY`), and the next
+    /// change to the VM (or `ckpt_vm_open`) finishes the delete first.
+    pub deleting: bool,
     /// Always 0.
-    pub reserved: [u8; 3],
+    pub reserved: [u8; 2],
 }
 
 // The layouts are ABI (on 64-bit targets, where the pointer-holding
@@ -441,7 +496,12 @@ pub unsafe extern "C" fn ckpt_writer_write(
 
 fn new_handle(vm: Vm) -> *mut ckpt_vm {
     Box::into_raw(Box::new(ckpt_vm {
-        inner: Mutex::new(VmHandle { vm, views: None }),
+        inner: Mutex::new(VmHandle {
+            vm,
+            views: None,
+            snapshots: HashMap::new(),
+            last_export: None,
+        }),
     }))
 }
 
@@ -474,6 +534,7 @@ unsafe fn change<T>(
     let vm = unsafe { non_null(vm, "vm")? };
     let mut h = lock(vm)?;
     h.views = None;
+    h.snapshots.clear();
     Ok(f(&mut h.vm)?)
 }
 
@@ -514,13 +575,18 @@ unsafe fn look<T>(
 ///
 /// `p` is NULL or points to `count` readable pointers, each NULL or a
 /// NUL-terminated string.
-unsafe fn c_strings(p: *const *const c_char, count: usize, what: &str) -> FfiResult<Vec<String>> {
+unsafe fn c_strings(
+    p: *const *const c_char,
+    count: usize,
+    what: &str,
+    count_field: &str,
+) -> FfiResult<Vec<String>> {
     if count == 0 {
         return Ok(Vec::new());
     }
     if p.is_null() {
         return Err(FfiError::null(
-            format!("{what} (with {what}_count {count})").as_str(),
+            format!("{what} (with {count_field} {count})").as_str(),
         ));
     }
     let mut out = Vec::with_capacity(count.min(1024));
@@ -554,10 +620,16 @@ unsafe fn vm_spec(p: *const ckpt_vm_spec) -> FfiResult<VmSpec> {
     // SAFETY: per the contract, for each pointer below.
     let name = unsafe { c_name(c.name, "spec->name")? };
     // SAFETY: as above.
-    let disks = unsafe { c_strings(c.disks, c.disk_count, "spec->disks")? };
+    let disks = unsafe { c_strings(c.disks, c.disk_count, "spec->disks", "spec->disk_count")? };
     // SAFETY: as above.
-    let passthrough =
-        unsafe { c_strings(c.passthrough, c.passthrough_count, "spec->passthrough")? };
+    let passthrough = unsafe {
+        c_strings(
+            c.passthrough,
+            c.passthrough_count,
+            "spec->passthrough",
+            "spec->passthrough_count",
+        )?
+    };
     // SAFETY: as above.
     let location = unsafe { c_path_opt(c.checkpoint_location, "spec->checkpoint_location")? };
     let hypervisor = if c.hypervisor_json.is_null() {
@@ -710,7 +782,7 @@ pub unsafe extern "C" fn ckpt_vm_get_info(
                     disk_count: count_u32(d.current.disks.len()),
                     passthrough_count: count_u32(d.config.passthrough.len()),
                     checkpoint_count: count_u32(d.checkpoints.len()),
-                    has_current_checkpoint: d.current.parent.is_some(),
+                    has_current_checkpoint: d.current_checkpoint().is_some(),
                     has_saved_state: d.current.saved_state.is_some(),
                     reserved: [0; 2],
                     age_warning_seconds: d.settings.age_warning_seconds.unwrap_or(0),
@@ -747,8 +819,8 @@ pub unsafe extern "C" fn ckpt_vm_get_name(
         // SAFETY: per this function's contract.
         unsafe {
             look(vm, |h| {
-                let name = h.vm.data().config.name.as_bytes();
-                write_string(name, buf, len, out_len, "the VM name")
+                let produce = |h: &VmHandle| Ok(h.vm.data().config.name.as_bytes().to_vec());
+                snapshot_string(h, ("name", 0, 0), "the VM name", produce, buf, len, out_len)
             })
         }
     })
@@ -775,7 +847,16 @@ pub unsafe extern "C" fn ckpt_vm_get_dir(
         // SAFETY: per this function's contract.
         unsafe {
             look(vm, |h| {
-                write_string(path_bytes(h.vm.dir()), buf, len, out_len, "the VM folder")
+                let produce = |h: &VmHandle| Ok(path_bytes(h.vm.dir()).to_vec());
+                snapshot_string(
+                    h,
+                    ("dir", 0, 0),
+                    "the VM folder",
+                    produce,
+                    buf,
+                    len,
+                    out_len,
+                )
             })
         }
     })
@@ -807,14 +888,18 @@ pub unsafe extern "C" fn ckpt_vm_current_disk_path(
         // SAFETY: per this function's contract.
         unsafe {
             look(vm, |h| {
-                let disks = &h.vm.data().current.disks;
-                let p = disks.get(index).ok_or_else(|| {
-                    FfiError::invalid(format!(
-                        "disk index {index}: the VM has {} disks",
-                        disks.len()
-                    ))
-                })?;
-                write_string(path_bytes(p), buf, len, out_len, "the disk path")
+                let produce = |h: &VmHandle| {
+                    let disks = &h.vm.data().current.disks;
+                    let p = disks.get(index).ok_or_else(|| {
+                        FfiError::invalid(format!(
+                            "disk index {index}: the VM has {} disks",
+                            disks.len()
+                        ))
+                    })?;
+                    Ok(path_bytes(p).to_vec())
+                };
+                let key = ("current_disk_path", index, 0);
+                snapshot_string(h, key, "the disk path", produce, buf, len, out_len)
             })
         }
     })
@@ -968,7 +1053,8 @@ fn json_text(v: &serde_json::Value) -> FfiResult<String> {
 /// `checkpoint_type` ("disabled", "standard", "production",
 /// "production-only"), `checkpoint_location` (null: the default),
 /// `age_warning_seconds`, `current_checkpoint` (the name of the
-/// checkpoint the current state hangs under, or null),
+/// checkpoint the current state hangs under, the one revert goes back to;
+/// never a hidden or a being-deleted one; or null),
 /// `current_checkpoint_id`, `saved_state`, `disks` (`[{"path": the file
 /// written now, "base": the disk the VM was created with}]`),
 /// `passthrough`, `hypervisor` and `settings`. Paths are absolute.
@@ -991,21 +1077,28 @@ pub unsafe extern "C" fn ckpt_vm_show_json(
         // SAFETY: per this function's contract.
         unsafe {
             look(vm, |h| {
-                let text = json_text(&vm_json(h.vm.data()))?;
-                write_string(text.as_bytes(), buf, len, out_len, "the VM JSON")
+                let produce = |h: &VmHandle| Ok(json_text(&vm_json(h.vm.data()))?.into_bytes());
+                snapshot_string(h, ("show", 0, 0), "the VM JSON", produce, buf, len, out_len)
             })
         }
     })
 }
 
 /// Copy the checkpoint tree as JSON into `buf` (a string getter, as
-/// described at `ckpt_disk_get_parent_path`):
+/// described at `ckpt_disk_get_parent_path`; for every string getter of a
+/// `ckpt_vm`, a call that fails with `CKPT_STATUS_BUFFER_TOO_SMALL` keeps
+/// the text it measured, and the next call of the same getter with the
+/// same arguments on the handle returns exactly that text, unless the VM
+/// was changed through the handle in between: a buffer of the reported
+/// size plus one always suffices, although ages tick between the calls):
 /// `{"checkpoints": [{"name", "id", "parent" (the parent's id or null),
 /// "type", "requested_type", "fallback_reason", "created", "age_seconds",
 /// "age_warning", "size_bytes", "chain_depth", "delete_copy_bytes",
-/// "saved_state", "disks", "skipped_passthrough", "hidden"}, ...],
-/// "current": {"parent", "disks", "saved_state"}}`, parents before
-/// children, paths absolute. The sizes are measured on every call (each
+/// "saved_state", "disks", "skipped_passthrough", "hidden", "deleting"},
+/// ...], "current": {"parent", "disks", "saved_state"}}`, parents before
+/// children, paths absolute. `current.parent` is the id of the checkpoint
+/// the current state hangs under (never a hidden one; see
+/// `ckpt_vm_checkpoint_revert`). The sizes are measured on every call (each
 /// checkpoint's disks are opened).
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
@@ -1026,8 +1119,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoints_json(
         // SAFETY: per this function's contract.
         unsafe {
             look(vm, |h| {
-                let text = json_text(&checkpoints_json(h.vm.data())?)?;
-                write_string(text.as_bytes(), buf, len, out_len, "the checkpoints JSON")
+                let produce =
+                    |h: &VmHandle| Ok(json_text(&checkpoints_json(h.vm.data())?)?.into_bytes());
+                let what = "the checkpoints JSON";
+                snapshot_string(h, ("checkpoints", 0, 0), what, produce, buf, len, out_len)
             })
         }
     })
@@ -1131,8 +1226,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_get(
                     has_saved_state: c.saved_state.is_some(),
                     has_fallback_reason: c.fallback_reason.is_some(),
                     age_warning: v.age_warning,
-                    is_current_parent: data.current.parent.as_deref() == Some(c.id.as_str()),
-                    reserved: [0; 3],
+                    is_current_parent: data.current_checkpoint().map(|x| x.id.as_str())
+                        == Some(c.id.as_str()),
+                    deleting: c.deleting,
+                    reserved: [0; 2],
                 })
             })?
         };
@@ -1161,28 +1258,34 @@ unsafe fn checkpoint_string(
     out_len: *mut usize,
 ) -> FfiResult {
     // SAFETY: forwarded from the caller.
+    let (key, what) = match field {
+        Field::Name => (("checkpoint_name", index, 0), "the checkpoint name"),
+        Field::Id => (("checkpoint_id", index, 0), "the checkpoint id"),
+        Field::FallbackReason => (("fallback_reason", index, 0), "the fallback reason"),
+        Field::Disk(k) => (("checkpoint_disk_path", index, k), "the disk path"),
+    };
+    let produce = |h: &VmHandle| -> FfiResult<Vec<u8>> {
+        let all = &h.vm.data().checkpoints;
+        let c = all.get(index).ok_or_else(|| bad_index(index, all.len()))?;
+        Ok(match field {
+            Field::Name => c.name.as_bytes().to_vec(),
+            Field::Id => c.id.as_bytes().to_vec(),
+            Field::FallbackReason => c.fallback_reason.as_deref().unwrap_or("").into(),
+            Field::Disk(k) => {
+                let p = c.disks.get(k).ok_or_else(|| {
+                    FfiError::invalid(format!(
+                        "disk index {k}: the checkpoint has {} disks",
+                        c.disks.len()
+                    ))
+                })?;
+                path_bytes(p).to_vec()
+            }
+        })
+    };
+    // SAFETY: forwarded from the caller.
     unsafe {
         look(vm, |h| {
-            let all = &h.vm.data().checkpoints;
-            let c = all.get(index).ok_or_else(|| bad_index(index, all.len()))?;
-            let (bytes, what): (&[u8], &str) = match field {
-                Field::Name => (c.name.as_bytes(), "the checkpoint name"),
-                Field::Id => (c.id.as_bytes(), "the checkpoint id"),
-                Field::FallbackReason => (
-                    c.fallback_reason.as_deref().unwrap_or("").as_bytes(),
-                    "the fallback reason",
-                ),
-                Field::Disk(k) => {
-                    let p = c.disks.get(k).ok_or_else(|| {
-                        FfiError::invalid(format!(
-                            "disk index {k}: the checkpoint has {} disks",
-                            c.disks.len()
-                        ))
-                    })?;
-                    (path_bytes(p), "the disk path")
-                }
-            };
-            write_string(bytes, buf, len, out_len, what)
+            snapshot_string(h, key, what, produce, buf, len, out_len)
         })
     }
 }
@@ -1290,9 +1393,14 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_disk_path(
 /// Set `*out_index` to the index of the checkpoint called `name` (hidden
 /// checkpoints have no name lookups).
 ///
+/// A checkpoint being deleted (`ckpt_checkpoint_info.deleting`) is still
+/// found until the delete is finished.
+///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (empty or non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has
-/// that name), `CKPT_STATUS_BUSY`.
+/// (an empty name, or one of blanks only, which no checkpoint can have; a
+/// non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has that name),
+/// `CKPT_STATUS_BUSY`. Every function taking a checkpoint name refuses an
+/// empty one the same way.
 ///
 /// # Safety
 ///
@@ -1380,12 +1488,12 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_create(
 /// a new checkpoint of that name (taken as `ckpt_vm_checkpoint_create`
 /// does, with `hooks`); with NULL it is discarded for good.
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (the
-/// current state hangs under no checkpoint), `CKPT_STATUS_NOT_FOUND` (no
-/// such checkpoint, or a missing file), `CKPT_STATUS_ALREADY_EXISTS` (a
-/// taken `save_current_name`), `CKPT_STATUS_UNSUPPORTED`,
-/// `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`,
-/// `CKPT_STATUS_CORRUPT`.
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (an
+/// empty `name` or `save_current_name`, or the current state hangs under
+/// no checkpoint), `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
+/// missing file), `CKPT_STATUS_ALREADY_EXISTS` (a taken
+/// `save_current_name`), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
+/// `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety
 ///
@@ -1416,7 +1524,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_apply(
 }
 
 /// Go back to the checkpoint the current state hangs under, discarding
-/// everything since (apply without capture).
+/// everything since (apply without capture). That is never a hidden
+/// checkpoint: once the checkpoint the current state hung under is
+/// deleted, it is that checkpoint's parent (as `current_checkpoint` in
+/// `ckpt_vm_show_json` says).
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
 /// checkpoint to revert to), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
@@ -1441,10 +1552,19 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_revert(vm: *mut ckpt_vm) -> ckpt_sta
 /// only one is left.
 ///
 /// `hooks->progress` (if any) follows the merges and may cancel them
-/// (`CKPT_STATUS_CANCELLED`); a cancelled or interrupted delete is
-/// finished by the next `ckpt_vm_open`. `hooks` may be NULL.
+/// (`CKPT_STATUS_CANCELLED`). It is called once with `done == 0` before
+/// anything changes. A delete cancelled (or failed) before the
+/// checkpoint's disks changed leaves it exactly as it was. One cancelled
+/// (or failed) later cannot be undone — its disks already hold part of the
+/// merged data — so the checkpoint is left being deleted
+/// (`ckpt_checkpoint_info.deleting`, `"deleting": true` in the JSON): it
+/// can no longer be applied or exported, and the next change to the VM
+/// through any handle (this delete again, any other operation, or
+/// `ckpt_vm_open`) finishes the delete before doing anything else. `hooks`
+/// may be NULL.
 ///
-/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+/// (empty name),
 /// `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a missing file),
 /// `CKPT_STATUS_NO_SPACE` (no room for a merge; nothing changed),
 /// `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
@@ -1475,7 +1595,7 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_delete(
 /// checkpoints).
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (empty new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+/// (empty name or new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
 /// `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken), `CKPT_STATUS_BUSY`,
 /// `CKPT_STATUS_IO`.
 ///
@@ -1501,18 +1621,28 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_rename(
 
 /// Export checkpoint `name` (NULL: the current state) into the folder
 /// `dest_dir` (made if missing; it must be empty): a standalone copy of the
-/// VM as it was then, with one flattened VHDX per disk (no parent; named
-/// after the VM's disk), `config.json` (the configuration), and
-/// `memory.vmrs` when it has memory state.
+/// VM as it was then, with one flattened VHDX per disk (no parent),
+/// `config.json` (the configuration), and `memory.vmrs` when it has memory
+/// state.
+///
+/// Disk files are named after the VM's disks: `NAME.vhdx` when no other
+/// disk of the VM has the same file name `NAME` (ignoring ASCII case and
+/// the extension), else `NAME-K.vhdx` with K the disk's index in the VM's
+/// disk order (0 first), with `-K` added again while that name is taken
+/// too. So `a/disk1.vhdx`, `b/disk1.vhdx` and `c/os.vhdx` export as
+/// `disk1-0.vhdx`, `disk1-1.vhdx` and `os.vhdx`. Names never collide, and
+/// depend only on the VM's disks. `ckpt_vm_export_files_json` lists the
+/// files made.
 ///
 /// `hooks->progress` (if any) follows the copies and may cancel them
-/// (`CKPT_STATUS_CANCELLED`; the files made so far are removed). `hooks`
-/// may be NULL.
+/// (`CKPT_STATUS_CANCELLED`). An export that fails or is cancelled leaves
+/// none of its files. `hooks` may be NULL.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (`dest_dir` not empty), `CKPT_STATUS_NOT_FOUND` (no such checkpoint,
-/// or a missing file), `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`,
-/// `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+/// (`dest_dir` not empty, an empty name), `CKPT_STATUS_NOT_FOUND` (no
+/// such checkpoint, or a missing file), `CKPT_STATUS_BUSY` (also: the
+/// checkpoint is being deleted), `CKPT_STATUS_NO_SPACE`,
+/// `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_IO`,
 /// `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety
@@ -1539,8 +1669,57 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_export(
         // SAFETY: per this function's contract.
         let mut hooks = unsafe { hooks_of(hooks)? };
         // SAFETY: per this function's contract.
-        unsafe { change(vm, |v| v.export(name, dest, &mut hooks)) }?;
+        let vm = unsafe { non_null(vm, "vm")? };
+        let mut h = lock(vm)?;
+        h.views = None;
+        h.snapshots.clear();
+        h.last_export = None;
+        let disk_count = h.vm.data().disks.len();
+        let files = h.vm.export(name, dest, &mut hooks)?;
+        h.last_export = Some(export_json(&files, disk_count));
         Ok(())
+    })
+}
+
+/// Copy the list of the files the last successful
+/// `ckpt_vm_checkpoint_export` through this handle made into `buf` (a
+/// string getter, as described at `ckpt_disk_get_parent_path`), as JSON:
+/// `{"files": [{"path": "/abs/dest/os.vhdx", "kind": "disk",
+/// "disk_index": 0}, ..., {"path": "/abs/dest/config.json", "kind":
+/// "config"}, {"path": "/abs/dest/memory.vmrs", "kind": "memory"}]}` —
+/// disks first, in the VM's disk order, then the configuration, then the
+/// memory state when there is one. More keys (and kinds) may be added.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+/// `CKPT_STATUS_NOT_FOUND` (no export through this handle succeeded since
+/// it was opened, or the last one failed), `CKPT_STATUS_BUSY`.
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+/// `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_vm_export_files_json(
+    vm: *const ckpt_vm,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_vm_export_files_json", {
+        // SAFETY: per this function's contract.
+        unsafe {
+            look(vm, |h| {
+                let produce = |h: &VmHandle| match &h.last_export {
+                    Some(v) => Ok(json_text(v)?.into_bytes()),
+                    None => Err(FfiError::new(
+                        ckpt_status::NotFound,
+                        "no export through this VM handle has succeeded yet",
+                    )),
+                };
+                let what = "the export JSON";
+                snapshot_string(h, ("export", 0, 0), what, produce, buf, len, out_len)
+            })
+        }
     })
 }
 
@@ -1611,6 +1790,73 @@ mod tests {
         assert!(!h.save_memory(&mut Vec::new()).unwrap());
         assert!(h.progress(1, 2));
         h.thaw();
+    }
+
+    /// Size-then-fill on the checkpoint list never fails, even when an age
+    /// gains a digit between the two calls (9 s -> 10 s).
+    #[test]
+    fn size_then_fill_survives_an_age_rolling_over() {
+        use std::ffi::CString;
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("os.vhdx");
+        crate::Disk::create(&disk, &crate::CreateOptions::new(1 << 20))
+            .unwrap()
+            .close()
+            .unwrap();
+        let vmdir = dir.path().join("vm");
+        let mut v = Vm::create(&vmdir, &VmSpec::new("t", vec![disk])).unwrap();
+        v.create_checkpoint("one", None, &mut crate::checkpoint::NoHooks)
+            .unwrap();
+        drop(v);
+        let now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let vmdir_c = CString::new(vmdir.to_str().unwrap()).unwrap();
+        let mut rolled = false;
+        for _ in 0..5 {
+            // The checkpoint is 9 seconds old now, 10 a second from now.
+            let path = vmdir.join(crate::checkpoint::model::VM_FILE);
+            let mut data: crate::checkpoint::VmFile =
+                crate::checkpoint::model::read_json(&path).unwrap();
+            let t0 = now();
+            data.checkpoints[0].created = t0 - 9;
+            crate::checkpoint::model::write_json(&path, &data).unwrap();
+            let mut vm = std::ptr::null_mut();
+            let (mut len, mut len2, mut fresh) = (0usize, 0usize, 0usize);
+            // SAFETY: valid strings, out pointers and buffers of the sizes given.
+            unsafe {
+                assert_eq!(ckpt_vm_open(vmdir_c.as_ptr(), &mut vm), ckpt_status::Ok);
+                let s = ckpt_vm_checkpoints_json(vm, std::ptr::null_mut(), 0, &mut len);
+                assert_eq!(s, ckpt_status::BufferTooSmall);
+                let measured_at = now();
+                while now() < measured_at + 1 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let mut buf = vec![0u8; len + 1];
+                let s = ckpt_vm_checkpoints_json(vm, buf.as_mut_ptr().cast(), len + 1, &mut len2);
+                assert_eq!(
+                    s,
+                    ckpt_status::Ok,
+                    "the size the first call gave was too small"
+                );
+                assert_eq!(len2, len);
+                let text: serde_json::Value = serde_json::from_slice(&buf[..len]).unwrap();
+                // A new measurement now sees the new age.
+                let s = ckpt_vm_checkpoints_json(vm, std::ptr::null_mut(), 0, &mut fresh);
+                assert_eq!(s, ckpt_status::BufferTooSmall);
+                assert_eq!(ckpt_vm_close(vm), ckpt_status::Ok);
+                if measured_at == t0 && text["checkpoints"][0]["age_seconds"] == 9 {
+                    assert_eq!(fresh, len + 1, "the age gained a digit");
+                    rolled = true;
+                    break;
+                }
+            }
+        }
+        assert!(rolled, "could not measure at 9 seconds of age");
     }
 
     /// The JSON getters give exactly what `checkpoint::json` builds for the

@@ -7,7 +7,10 @@
  * checkpoint, a leaf, one under the current state, a cancelled one),
  * rename, export (of a checkpoint, of the current state, cancelled),
  * the JSON views, walking the tree without JSON, re-entrant calls from a
- * callback, and the VM lock against a forked process.
+ * callback, and the VM lock against a forked process. Then the regressions
+ * of issue 8: deletes cancelled at the first and a later progress call,
+ * revert after deleting a branch point, exports of disks sharing a file
+ * name, empty names, and the messages naming C fields.
  *
  * Usage: test_vm DIR (a scratch directory)
  */
@@ -236,6 +239,286 @@ static const char *slurp(const char *path, char *buf, size_t len) {
         fclose(f);
     }
     return buf;
+}
+
+/* ---- issue 8: the checkpoint-tree regressions ---- */
+
+/* Fill the whole disk at `path` with `byte`. */
+static void fill_disk(const char *path, uint8_t byte) {
+    ckpt_disk *disk = NULL;
+    EXPECT_OK(ckpt_disk_open(path, CKPT_OPEN_READ_WRITE, &disk));
+    if (disk == NULL) {
+        return;
+    }
+    uint8_t *buf = malloc(SIZE);
+    if (buf != NULL) {
+        memset(buf, byte, SIZE);
+        EXPECT_OK(ckpt_disk_write(disk, buf, SIZE, 0));
+        free(buf);
+    }
+    EXPECT_OK(ckpt_disk_close(disk));
+}
+
+/* The first byte of the disk at `path` (-1 when it cannot be read). */
+static int first_byte(const char *path) {
+    ckpt_disk *disk = NULL;
+    uint8_t b = 0;
+    if (ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk) != CKPT_STATUS_OK) {
+        return -1;
+    }
+    int ok = ckpt_disk_read(disk, &b, 1, 0) == CKPT_STATUS_OK;
+    ckpt_disk_close(disk);
+    return ok ? b : -1;
+}
+
+typedef struct {
+    int calls;
+    int cancel_at; /* the call (1 = the first) that cancels */
+} canceller;
+
+static int cancel_progress(uint64_t done, uint64_t total, void *user) {
+    canceller *c = user;
+    (void)done;
+    (void)total;
+    c->calls++;
+    return c->calls >= c->cancel_at;
+}
+
+/* A standard VM on one disk in DIR/NAME: checkpoint X (zeros), 0x11 over
+ * the whole disk, checkpoint Y. */
+static ckpt_vm *x_then_y(const char *dir, const char *name, char *vmdir, size_t vmdir_len) {
+    char sub[2048], disk[4096];
+    snprintf(sub, sizeof sub, "%s/%s", dir, name);
+    CHECK(mkdir(sub, 0755) == 0);
+    snprintf(disk, sizeof disk, "%s/os.vhdx", sub);
+    make_disk(disk);
+    snprintf(vmdir, vmdir_len, "%s/vm", sub);
+    const char *disks[] = {disk};
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = name;
+    spec.disks = disks;
+    spec.disk_count = 1;
+    spec.checkpoint_type = CKPT_CHECKPOINT_TYPE_STANDARD;
+    ckpt_vm *vm = NULL;
+    EXPECT_OK(ckpt_vm_create(vmdir, &spec, &vm));
+    if (vm == NULL) {
+        return NULL;
+    }
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "X", NULL));
+    fill_disk(current(vm, 0), 0x11);
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "Y", NULL));
+    return vm;
+}
+
+/* X is never served with Y's data: apply and export either refuse it or
+ * give zeros. */
+static void x_never_mixed(ckpt_vm *vm, const char *exp) {
+    size_t i = 0;
+    if (ckpt_vm_checkpoint_find(vm, "X", &i) == CKPT_STATUS_OK &&
+        !checkpoint(vm, "X", NULL).deleting) {
+        CHECK(first_byte(checkpoint_disk(vm, "X", 0)) == 0);
+    }
+    ckpt_status s = ckpt_vm_checkpoint_export(vm, "X", exp, NULL);
+    CHECK(s == CKPT_STATUS_OK || s == CKPT_STATUS_NOT_FOUND);
+    if (s == CKPT_STATUS_OK) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/os.vhdx", exp);
+        CHECK(first_byte(path) == 0);
+    }
+    s = ckpt_vm_checkpoint_apply(vm, "X", NULL, NULL);
+    CHECK(s == CKPT_STATUS_OK || s == CKPT_STATUS_NOT_FOUND);
+    if (s == CKPT_STATUS_OK) {
+        CHECK(first_byte(current(vm, 0)) == 0);
+    }
+    CHECK(first_byte(checkpoint_disk(vm, "Y", 0)) == 0x11);
+}
+
+/* Item 10: a delete cancelled at progress call `at`. */
+static void cancelled_delete(const char *dir, int at) {
+    char name[32], vmdir[2048], exp[4096];
+    snprintf(name, sizeof name, "cancel-%d", at);
+    ckpt_vm *vm = x_then_y(dir, name, vmdir, sizeof vmdir);
+    if (vm == NULL) {
+        return;
+    }
+    canceller c = {0, at};
+    ckpt_hooks h;
+    memset(&h, 0, sizeof h);
+    h.struct_size = sizeof h;
+    h.progress = cancel_progress;
+    h.user = &c;
+    EXPECT_STATUS(ckpt_vm_checkpoint_delete(vm, "X", 0, &h), CKPT_STATUS_CANCELLED);
+    CHECK(c.calls == at);
+    size_t i = 0;
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "X", &i));
+    ckpt_checkpoint_info info = checkpoint(vm, "X", NULL);
+    if (at == 1) {
+        /* cancelled before anything changed: X is as it was */
+        CHECK(!info.deleting);
+        CHECK(first_byte(checkpoint_disk(vm, "X", 0)) == 0);
+    } else {
+        /* X's disk holds part of Y's data: visibly pending, refused */
+        CHECK(info.deleting);
+        char *list = json_of(ckpt_vm_checkpoints_json, vm);
+        CHECK(list != NULL && strstr(list, "\"deleting\": true") != NULL);
+        free(list);
+    }
+    snprintf(exp, sizeof exp, "%s/%s/export", dir, name);
+    x_never_mixed(vm, exp);
+    EXPECT_OK(ckpt_vm_close(vm));
+    vm = NULL;
+    EXPECT_OK(ckpt_vm_open(vmdir, &vm));
+    if (vm != NULL) {
+        snprintf(exp, sizeof exp, "%s/%s/export-again", dir, name);
+        x_never_mixed(vm, exp);
+        EXPECT_OK(ckpt_vm_close(vm));
+    }
+}
+
+/* Item 10: pending, then another operation first finishes the delete. */
+static void cancelled_delete_then_create(const char *dir) {
+    char vmdir[2048];
+    ckpt_vm *vm = x_then_y(dir, "cancel-then-create", vmdir, sizeof vmdir);
+    if (vm == NULL) {
+        return;
+    }
+    canceller c = {0, 2};
+    ckpt_hooks h;
+    memset(&h, 0, sizeof h);
+    h.struct_size = sizeof h;
+    h.progress = cancel_progress;
+    h.user = &c;
+    EXPECT_STATUS(ckpt_vm_checkpoint_delete(vm, "X", 0, &h), CKPT_STATUS_CANCELLED);
+    CHECK(checkpoint(vm, "X", NULL).deleting);
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "Z", NULL));
+    size_t i = 0;
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "X", &i), CKPT_STATUS_NOT_FOUND);
+    CHECK(first_byte(checkpoint_disk(vm, "Y", 0)) == 0x11);
+    CHECK(checkpoint_count(vm) == 2);
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
+/* Item 11: revert after deleting the branch point the current state hangs under. */
+static void revert_after_branch_delete(const char *dir) {
+    char sub[2048], disk[4096], vmdir[4096];
+    snprintf(sub, sizeof sub, "%s/branch", dir);
+    CHECK(mkdir(sub, 0755) == 0);
+    snprintf(disk, sizeof disk, "%s/os.vhdx", sub);
+    make_disk(disk);
+    snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
+    const char *disks[] = {disk};
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = "branch";
+    spec.disks = disks;
+    spec.disk_count = 1;
+    spec.checkpoint_type = CKPT_CHECKPOINT_TYPE_STANDARD;
+    ckpt_vm *vm = NULL;
+    EXPECT_OK(ckpt_vm_create(vmdir, &spec, &vm));
+    if (vm == NULL) {
+        return;
+    }
+    write_tag(current(vm, 0), "one");
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "root", NULL));
+    write_tag(current(vm, 0), "two");
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "X", NULL));
+    write_tag(current(vm, 0), "three");
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "Y", NULL));
+    EXPECT_OK(ckpt_vm_checkpoint_apply(vm, "X", NULL, NULL));
+    write_tag(current(vm, 0), "four");
+    EXPECT_OK(ckpt_vm_checkpoint_delete(vm, "X", 0, NULL));
+    size_t i = 0;
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "X", &i), CKPT_STATUS_NOT_FOUND);
+    char *show = json_of(ckpt_vm_show_json, vm);
+    CHECK(show != NULL && strstr(show, "\"current_checkpoint\": \"root\"") != NULL);
+    free(show);
+    CHECK(checkpoint(vm, "root", NULL).is_current_parent);
+    CHECK(!checkpoint(vm, "Y", NULL).is_current_parent);
+    CHECK(vm_info(vm).has_current_checkpoint);
+    CHECK(has_tag(current(vm, 0), "four"));
+    EXPECT_OK(ckpt_vm_checkpoint_revert(vm));
+    CHECK(has_tag(current(vm, 0), "one"));
+    CHECK(has_tag(checkpoint_disk(vm, "Y", 0), "three"));
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
+/* Item 12: two disks with the same file name export under distinct names. */
+static void export_shared_names(const char *dir) {
+    char sub[2048], a[4096], b[4096], vmdir[4096], exp[4096], path[8192];
+    snprintf(sub, sizeof sub, "%s/names", dir);
+    CHECK(mkdir(sub, 0755) == 0);
+    snprintf(a, sizeof a, "%s/a", sub);
+    CHECK(mkdir(a, 0755) == 0);
+    snprintf(b, sizeof b, "%s/b", sub);
+    CHECK(mkdir(b, 0755) == 0);
+    snprintf(a, sizeof a, "%s/a/disk1.vhdx", sub);
+    snprintf(b, sizeof b, "%s/b/disk1.vhdx", sub);
+    make_disk(a);
+    make_disk(b);
+    snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
+    const char *disks[] = {a, b};
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = "names";
+    spec.disks = disks;
+    spec.disk_count = 2;
+    ckpt_vm *vm = NULL;
+    EXPECT_OK(ckpt_vm_create(vmdir, &spec, &vm));
+    if (vm == NULL) {
+        return;
+    }
+    write_tag(current(vm, 0), "first");
+    write_tag(current(vm, 1), "second");
+    char text[64];
+    EXPECT_STATUS(ckpt_vm_export_files_json(vm, text, sizeof text, NULL), CKPT_STATUS_NOT_FOUND);
+    snprintf(exp, sizeof exp, "%s/out", sub);
+    EXPECT_OK(ckpt_vm_checkpoint_export(vm, NULL, exp, NULL));
+    snprintf(path, sizeof path, "%s/disk1-0.vhdx", exp);
+    CHECK(has_tag(path, "first"));
+    snprintf(path, sizeof path, "%s/disk1-1.vhdx", exp);
+    CHECK(has_tag(path, "second"));
+    char *files = json_of(ckpt_vm_export_files_json, vm);
+    CHECK(files != NULL && strstr(files, path) != NULL);
+    CHECK(files != NULL && strstr(files, "config.json") != NULL);
+    CHECK(files != NULL && strstr(files, "\"disk_index\": 1") != NULL);
+    free(files);
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
+/* Item 13 and the messages naming C fields. */
+static void names_and_messages(const char *dir) {
+    char vmdir[2048], exp[4096];
+    ckpt_vm *vm = x_then_y(dir, "names-empty", vmdir, sizeof vmdir);
+    if (vm == NULL) {
+        return;
+    }
+    size_t i = 99;
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "", &i), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(i == 99);
+    EXPECT_STATUS(ckpt_vm_checkpoint_apply(vm, "", NULL, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_apply(vm, "X", "", NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_delete(vm, "", 0, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "", "x"), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "X", ""), CKPT_STATUS_INVALID_ARGUMENT);
+    snprintf(exp, sizeof exp, "%s/names-empty/export", dir);
+    EXPECT_STATUS(ckpt_vm_checkpoint_export(vm, "", exp, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "", NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(checkpoint_count(vm) == 2);
+    EXPECT_OK(ckpt_vm_close(vm));
+
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = "m";
+    spec.disk_count = 3;
+    snprintf(vmdir, sizeof vmdir, "%s/names-empty/vm2", dir);
+    EXPECT_STATUS(ckpt_vm_create(vmdir, &spec, &vm), CKPT_STATUS_NULL_POINTER);
+    CHECK(strstr(last_error_text(), "spec->disk_count") != NULL);
+    CHECK(strstr(last_error_text(), "disks_count") == NULL);
 }
 
 int main(int argc, char **argv) {
@@ -657,6 +940,13 @@ int main(int argc, char **argv) {
     }
     EXPECT_STATUS(ckpt_vm_open(dir, &second), CKPT_STATUS_NOT_FOUND); /* no VM there */
     CHECK(second == SENTINEL);
+
+    cancelled_delete(dir, 1);
+    cancelled_delete(dir, 2);
+    cancelled_delete_then_create(dir);
+    revert_after_branch_delete(dir);
+    export_shared_names(dir);
+    names_and_messages(dir);
 
     return check_finish("test_vm");
 }

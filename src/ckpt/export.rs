@@ -1,0 +1,100 @@
+//! How an export names its files: the one place that decides, for
+//! [`Vm::export`](crate::checkpoint::Vm::export), the CLI and the C API.
+//!
+//! An export folder holds one VHDX per disk, `config.json`, and
+//! `memory.vmrs` when the state has memory. A disk file is named after the
+//! VM's disk (`NAME.vhdx`, whatever its extension was) when no other disk
+//! of the VM has that name; disks sharing a name get `-K` appended, K being
+//! the disk's index in the VM's disk order (0 first), and `-K` again while
+//! the name is still taken. Names are compared ignoring ASCII case, so that
+//! an export stays valid when copied to a case-insensitive file system.
+//! The names depend only on the VM's disk list: the same VM always exports
+//! under the same names.
+
+use std::path::PathBuf;
+
+/// The configuration file of an export.
+pub const CONFIG_FILE: &str = "config.json";
+/// The memory-state file of an export (when the state has one).
+pub const MEMORY_FILE: &str = "memory.vmrs";
+
+/// The file names an export gives the VM's disks `disks` (the VM's disks
+/// as created, in order), following the rule of this module.
+pub fn export_names(disks: &[PathBuf]) -> Vec<String> {
+    let stems: Vec<String> = disks
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            d.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("disk{k}"))
+        })
+        .collect();
+    let key = |s: &str| s.to_ascii_lowercase();
+    let shared = |k: usize| {
+        stems
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != k && key(s) == key(&stems[k]))
+    };
+    // Unique names first: they are kept as they are.
+    let mut taken: Vec<String> = (0..stems.len())
+        .filter(|&k| !shared(k))
+        .map(|k| key(&stems[k]))
+        .collect();
+    let mut out = Vec::with_capacity(stems.len());
+    for (k, stem) in stems.iter().enumerate() {
+        if !shared(k) {
+            out.push(format!("{stem}.vhdx"));
+            continue;
+        }
+        let mut name = format!("{stem}-{k}");
+        while taken.contains(&key(&name)) {
+            name.push_str(&format!("-{k}"));
+        }
+        taken.push(key(&name));
+        out.push(format!("{name}.vhdx"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(p: &[&str]) -> Vec<String> {
+        export_names(&p.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn unique_names_are_kept_and_shared_ones_get_the_index() {
+        assert_eq!(
+            names(&["/a/os.vhdx", "/b/data.avhdx"]),
+            ["os.vhdx", "data.vhdx"]
+        );
+        assert_eq!(
+            names(&["/a/disk1.vhdx", "/b/disk1.vhdx", "/c/Disk1.VHDX"]),
+            ["disk1-0.vhdx", "disk1-1.vhdx", "Disk1-2.vhdx"]
+        );
+        // An added index that another disk already has as its name.
+        assert_eq!(
+            names(&["/a/x.vhdx", "/b/x.vhdx", "/c/x-0.vhdx", "/d/x-0-0.vhdx"]),
+            ["x-0-0-0.vhdx", "x-1.vhdx", "x-0.vhdx", "x-0-0.vhdx"]
+        );
+    }
+
+    #[test]
+    fn names_never_collide() {
+        let all = ["a", "a-1", "A", "a-1-1", "a-2", "a"];
+        let disks: Vec<PathBuf> = all
+            .iter()
+            .map(|s| PathBuf::from(format!("/{s}.vhdx")))
+            .collect();
+        let n = export_names(&disks);
+        let mut lower: Vec<String> = n.iter().map(|s| s.to_ascii_lowercase()).collect();
+        lower.sort();
+        lower.dedup();
+        assert_eq!(lower.len(), all.len(), "{n:?}");
+    }
+}
