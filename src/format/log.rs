@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::format::{crc_with_zeroed_field, guid_at, le32, le64, put32, put64, put_guid};
+use crate::format::{guid_at, le32, le64, put32, put64, put_guid};
 
 /// "loge".
 pub const ENTRY_SIGNATURE: u32 = 0x6567_6F6C;
@@ -21,15 +21,20 @@ pub const DESCS_IN_FIRST: usize = 126;
 /// Descriptors in each further descriptor sector.
 pub const DESCS_PER_SECTOR: usize = 128;
 
-/// One update carried by a log entry.
+/// One update carried by a log entry, as found by [`for_each_update`]:
+/// no sector data is held, a data update names where its sector is in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Descriptor {
+pub enum Update {
     /// Write one 4 KiB sector.
     Data {
         /// Target file offset (4 KiB multiple).
         file_offset: u64,
-        /// The full sector to write.
-        data: Vec<u8>,
+        /// Where the data sector is, relative to the start of the log.
+        log_position: u64,
+        /// Bytes 0..8 of the sector (kept in the descriptor).
+        leading: [u8; 8],
+        /// Bytes 4092..4096 of the sector (kept in the descriptor).
+        trailing: [u8; 4],
     },
     /// Write zeros.
     Zero {
@@ -40,20 +45,28 @@ pub enum Descriptor {
     },
 }
 
-impl Descriptor {
-    /// The end of the range this descriptor writes.
-    pub fn end(&self) -> u64 {
+impl Update {
+    /// The range this update writes (the end saturates).
+    pub fn range(&self) -> (u64, u64) {
         match self {
-            Descriptor::Data { file_offset, .. } => file_offset.saturating_add(SECTOR as u64),
-            Descriptor::Zero {
+            Update::Data { file_offset, .. } => {
+                (*file_offset, file_offset.saturating_add(SECTOR as u64))
+            }
+            Update::Zero {
                 file_offset,
                 length,
-            } => file_offset.saturating_add(*length),
+            } => (*file_offset, file_offset.saturating_add(*length)),
         }
     }
 }
 
-/// A validated log entry.
+/// Restore a data sector read from the log into the sector it stands for.
+pub fn restore_sector(sector: &mut [u8], leading: &[u8; 8], trailing: &[u8; 4]) {
+    sector[0..8].copy_from_slice(leading);
+    sector[4092..4096].copy_from_slice(trailing);
+}
+
+/// A validated log entry: its header fields, not its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Offset of the entry inside the log.
@@ -68,12 +81,21 @@ pub struct Entry {
     pub flushed_file_offset: u64,
     /// Every structure lies below this offset.
     pub last_file_offset: u64,
-    /// The updates.
-    pub descriptors: Vec<Descriptor>,
+    /// Number of descriptors.
+    pub descriptor_count: u32,
 }
 
 /// Reads `buf.len()` bytes at a log-relative position (no wrap; the caller splits).
 pub type LogReader<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+
+/// Given a log-relative position, the next log-relative range `[start, end)`
+/// at or after it that may hold data (`None`: only holes follow). Lets a
+/// scan skip the holes of a sparse file; `|p| Ok(Some((p, u64::MAX)))`
+/// scans everything.
+pub type DataFinder<'a> = dyn Fn(u64) -> Result<Option<(u64, u64)>> + 'a;
+
+/// Bytes read at once while scanning or checksumming.
+const CHUNK: usize = 64 * SECTOR;
 
 fn read_wrapped(read: &LogReader, log_len: u64, pos: u64, buf: &mut [u8]) -> Result<()> {
     let first = ((log_len - pos) as usize).min(buf.len());
@@ -101,141 +123,346 @@ fn desc_offset(i: usize) -> usize {
     }
 }
 
-/// Read and fully validate the entry at `pos`; `None` when there is no
-/// valid entry with `guid` there.
-pub fn read_entry(read: &LogReader, log_len: u64, guid: &Uuid, pos: u64) -> Result<Option<Entry>> {
-    let mut head = vec![0u8; SECTOR];
-    read_wrapped(read, log_len, pos, &mut head)?;
-    if le32(&head, 0) != ENTRY_SIGNATURE {
-        return Ok(None);
+/// The header fields of an entry header sector, when they are plausible for
+/// a log of `log_len` bytes and `guid` (the body is not looked at).
+fn parse_entry_header(head: &[u8], log_len: u64, guid: &Uuid, pos: u64) -> Option<Entry> {
+    if le32(head, 0) != ENTRY_SIGNATURE {
+        return None;
     }
-    let length = le32(&head, 8) as u64;
-    let tail = le32(&head, 12) as u64;
-    let sequence = le64(&head, 16);
-    let count = le32(&head, 24) as usize;
+    let length = le32(head, 8) as u64;
+    let tail = le32(head, 12) as u64;
+    let sequence = le64(head, 16);
+    let count = le32(head, 24) as usize;
     if length == 0
         || length % SECTOR as u64 != 0
         || length > log_len
         || tail % SECTOR as u64 != 0
         || tail >= log_len
         || sequence == 0
-        || guid_at(&head, 32) != *guid
+        || guid_at(head, 32) != *guid
     {
-        return Ok(None);
+        return None;
     }
     let sectors = (length / SECTOR as u64) as usize;
-    // Bound the descriptor count by the entry length before allocating.
     if count > DESCS_IN_FIRST + DESCS_PER_SECTOR * (sectors - 1) || desc_sectors(count) > sectors {
-        return Ok(None);
+        return None;
     }
-    let mut raw = vec![0u8; length as usize];
-    raw[..SECTOR].copy_from_slice(&head);
-    if sectors > 1 {
-        read_wrapped(
-            read,
-            log_len,
-            (pos + SECTOR as u64) % log_len,
-            &mut raw[SECTOR..],
-        )?;
-    }
-    if le32(&raw, 4) != crc_with_zeroed_field(&raw, 4) {
-        return Ok(None);
-    }
-    let mut data_sector = desc_sectors(count);
-    let mut descriptors = Vec::with_capacity(count);
-    for i in 0..count {
-        let o = desc_offset(i);
-        let sig = le32(&raw, o);
-        let file_offset = le64(&raw, o + 16);
-        if le64(&raw, o + 24) != sequence || file_offset % SECTOR as u64 != 0 {
-            return Ok(None);
-        }
-        match sig {
-            ZERO_DESC_SIGNATURE => {
-                let length = le64(&raw, o + 8);
-                if length % SECTOR as u64 != 0 || file_offset.checked_add(length).is_none() {
-                    return Ok(None);
-                }
-                descriptors.push(Descriptor::Zero {
-                    file_offset,
-                    length,
-                });
-            }
-            DATA_DESC_SIGNATURE => {
-                if data_sector >= sectors {
-                    return Ok(None);
-                }
-                let s = &raw[data_sector * SECTOR..(data_sector + 1) * SECTOR];
-                if le32(s, 0) != DATA_SECTOR_SIGNATURE
-                    || le32(s, 4) != (sequence >> 32) as u32
-                    || le32(s, 4092) != sequence as u32
-                {
-                    return Ok(None);
-                }
-                let mut data = s.to_vec();
-                data[0..8].copy_from_slice(&raw[o + 8..o + 16]);
-                data[4092..4096].copy_from_slice(&raw[o + 4..o + 8]);
-                descriptors.push(Descriptor::Data { file_offset, data });
-                data_sector += 1;
-            }
-            _ => return Ok(None),
-        }
-    }
-    Ok(Some(Entry {
+    Some(Entry {
         position: pos,
         length,
         tail,
         sequence,
-        flushed_file_offset: le64(&raw, 48),
-        last_file_offset: le64(&raw, 56),
-        descriptors,
-    }))
+        flushed_file_offset: le64(head, 48),
+        last_file_offset: le64(head, 56),
+        descriptor_count: count as u32,
+    })
+}
+
+/// Check one descriptor (32 bytes); returns whether it is a data descriptor.
+fn check_descriptor(d: &[u8], sequence: u64) -> Option<bool> {
+    let file_offset = le64(d, 16);
+    if le64(d, 24) != sequence || file_offset % SECTOR as u64 != 0 {
+        return None;
+    }
+    match le32(d, 0) {
+        ZERO_DESC_SIGNATURE => {
+            let length = le64(d, 8);
+            if length % SECTOR as u64 != 0 || file_offset.checked_add(length).is_none() {
+                return None;
+            }
+            Some(false)
+        }
+        DATA_DESC_SIGNATURE => Some(true),
+        _ => None,
+    }
+}
+
+/// Validate the whole body of the entry `e` (checksum, descriptors, data
+/// sector signatures), reading it in bounded chunks.
+fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry) -> Result<bool> {
+    let count = e.descriptor_count as usize;
+    let sectors = (e.length / SECTOR as u64) as usize;
+    let ds = desc_sectors(count);
+    let mut buf = vec![0u8; CHUNK.min(e.length as usize)];
+    let mut crc = 0u32;
+    let mut stored = 0u32;
+    let mut data_descs = 0usize;
+    let mut s = 0usize;
+    while s < sectors {
+        let n = (sectors - s).min(buf.len() / SECTOR);
+        let chunk = &mut buf[..n * SECTOR];
+        read_wrapped(
+            read,
+            log_len,
+            (e.position + (s * SECTOR) as u64) % log_len,
+            chunk,
+        )?;
+        for k in 0..n {
+            let sector = s + k;
+            let b = &chunk[k * SECTOR..(k + 1) * SECTOR];
+            if sector == 0 {
+                stored = le32(b, 4);
+                crc = crc32c::crc32c(&b[..4]);
+                crc = crc32c::crc32c_append(crc, &[0u8; 4]);
+                crc = crc32c::crc32c_append(crc, &b[8..]);
+            } else {
+                crc = crc32c::crc32c_append(crc, b);
+            }
+            if sector < ds {
+                let first = if sector == 0 {
+                    0
+                } else {
+                    DESCS_IN_FIRST + (sector - 1) * DESCS_PER_SECTOR
+                };
+                let last = if sector == 0 {
+                    DESCS_IN_FIRST
+                } else {
+                    first + DESCS_PER_SECTOR
+                }
+                .min(count);
+                for i in first..last {
+                    let o = desc_offset(i) - sector * SECTOR;
+                    match check_descriptor(&b[o..o + 32], e.sequence) {
+                        Some(true) => data_descs += 1,
+                        Some(false) => {}
+                        None => return Ok(false),
+                    }
+                }
+                if sector + 1 == ds && ds + data_descs > sectors {
+                    return Ok(false);
+                }
+            } else if sector < ds + data_descs
+                && (le32(b, 0) != DATA_SECTOR_SIGNATURE
+                    || le32(b, 4) != (e.sequence >> 32) as u32
+                    || le32(b, 4092) != e.sequence as u32)
+            {
+                return Ok(false);
+            }
+        }
+        s += n;
+    }
+    Ok(crc == stored)
+}
+
+/// Read and fully validate the entry at `pos`; `None` when there is no
+/// valid entry with `guid` there. Memory is bounded whatever the entry's length.
+pub fn read_entry(read: &LogReader, log_len: u64, guid: &Uuid, pos: u64) -> Result<Option<Entry>> {
+    let mut head = vec![0u8; SECTOR];
+    read_wrapped(read, log_len, pos, &mut head)?;
+    let Some(e) = parse_entry_header(&head, log_len, guid, pos) else {
+        return Ok(None);
+    };
+    Ok(body_is_valid(read, log_len, &e)?.then_some(e))
+}
+
+/// Call `f` with every update of the (validated) entry `e`, in order,
+/// reading its descriptor sectors one at a time.
+pub fn for_each_update(
+    read: &LogReader,
+    log_len: u64,
+    e: &Entry,
+    mut f: impl FnMut(Update) -> Result<()>,
+) -> Result<()> {
+    let count = e.descriptor_count as usize;
+    let ds = desc_sectors(count);
+    let mut sector = vec![0u8; SECTOR];
+    let mut loaded = usize::MAX;
+    let mut data = 0u64;
+    for i in 0..count {
+        let o = desc_offset(i);
+        let k = o / SECTOR;
+        if k != loaded {
+            read_wrapped(
+                read,
+                log_len,
+                (e.position + (k * SECTOR) as u64) % log_len,
+                &mut sector,
+            )?;
+            loaded = k;
+        }
+        let d = &sector[o % SECTOR..o % SECTOR + 32];
+        if check_descriptor(d, e.sequence).is_none() {
+            return Err(Error::Corrupt(format!(
+                "log entry {} changed while it was replayed",
+                e.sequence
+            )));
+        }
+        let file_offset = le64(d, 16);
+        if le32(d, 0) == ZERO_DESC_SIGNATURE {
+            f(Update::Zero {
+                file_offset,
+                length: le64(d, 8),
+            })?;
+        } else {
+            let mut leading = [0u8; 8];
+            let mut trailing = [0u8; 4];
+            leading.copy_from_slice(&d[8..16]);
+            trailing.copy_from_slice(&d[4..8]);
+            let log_position = (e.position + (ds as u64 + data) * SECTOR as u64) % log_len;
+            data += 1;
+            f(Update::Data {
+                file_offset,
+                log_position,
+                leading,
+                trailing,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Read the data sector of a [`Update::Data`] and restore its bytes.
+pub fn read_data_sector(
+    read: &LogReader,
+    log_len: u64,
+    log_position: u64,
+    leading: &[u8; 8],
+    trailing: &[u8; 4],
+    out: &mut [u8],
+) -> Result<()> {
+    read_wrapped(read, log_len, log_position, &mut out[..SECTOR])?;
+    restore_sector(out, leading, trailing);
+    Ok(())
+}
+
+/// Positions (4 KiB sector indices) of every sector of the log that starts
+/// with the entry signature, in order: one pass over the data really there.
+fn entry_signatures(read: &LogReader, data: &DataFinder, log_len: u64) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; CHUNK.min(log_len as usize)];
+    let mut pos = 0u64;
+    while pos < log_len {
+        let Some((start, end)) = data(pos)? else {
+            break;
+        };
+        let start = start.max(pos) / SECTOR as u64 * SECTOR as u64;
+        let end = crate::format::align_up(end.min(log_len), SECTOR as u64)
+            .unwrap_or(log_len)
+            .min(log_len);
+        if start >= end {
+            break;
+        }
+        let mut p = start;
+        while p < end {
+            let n = ((end - p) as usize).min(buf.len());
+            read(p, &mut buf[..n])?;
+            for (k, s) in buf[..n].chunks_exact(SECTOR).enumerate() {
+                if le32(s, 0) == ENTRY_SIGNATURE {
+                    out.push(((p / SECTOR as u64) + k as u64) as u32);
+                }
+            }
+            p += n as u64;
+        }
+        pos = end;
+    }
+    Ok(out)
 }
 
 /// Find the active sequence of a log (spec §2.3.3). Returns its entries
 /// from tail to head, or an error when the log holds no valid sequence.
-pub fn find_active_sequence(read: &LogReader, log_len: u64, guid: &Uuid) -> Result<Vec<Entry>> {
-    if log_len == 0 || log_len % SECTOR as u64 != 0 {
+///
+/// The result is that of the spec's scan, computed in time linear in the
+/// log and memory bounded by a few bytes per entry:
+///
+/// 1. One pass finds every sector that starts with "loge" (holes skipped).
+/// 2. No valid entry contains another entry's header sector (its other
+///    sectors start with "desc"/"zero"/"data", or are trailing sectors it
+///    wrote itself), so a candidate whose span holds another "loge" sector
+///    is rejected unread. The spans left are disjoint: checksumming them all
+///    reads the log at most once.
+/// 3. Valid entries chain (an entry followed, right after its end, by one
+///    whose sequence number is one greater) into disjoint paths. A walk of
+///    the spec's step 3 from any entry of a path ends at the path's last
+///    entry, so the tail check of step 4 is one comparison per entry.
+/// 4. The scan of steps 2-7 then visits each entry once.
+pub fn find_active_sequence(
+    read: &LogReader,
+    data: &DataFinder,
+    log_len: u64,
+    guid: &Uuid,
+) -> Result<Vec<Entry>> {
+    if log_len == 0 || log_len % SECTOR as u64 != 0 || log_len > u32::MAX as u64 + 1 {
         return Err(Error::Corrupt("log has an invalid length".into()));
     }
-    let mut candidate: Vec<Entry> = Vec::new();
-    let mut tail = 0u64;
-    let mut old_tail = 0u64;
-    let mut first = true;
-    loop {
-        let mut current: Vec<Entry> = Vec::new();
-        let mut head = tail;
-        let mut covered = 0u64;
-        while covered < log_len {
-            let Some(e) = read_entry(read, log_len, guid, head)? else {
-                break;
-            };
-            if let Some(last) = current.last() {
-                if e.sequence != last.sequence.wrapping_add(1) {
-                    break;
-                }
-            }
-            covered += e.length;
-            if covered > log_len {
-                break;
-            }
-            head = (head + e.length) % log_len;
-            current.push(e);
+    let sectors = log_len / SECTOR as u64;
+    let sigs = entry_signatures(read, data, log_len)?;
+    // Valid entries, by position.
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut head = vec![0u8; SECTOR];
+    for (n, &s) in sigs.iter().enumerate() {
+        let pos = s as u64 * SECTOR as u64;
+        read_wrapped(read, log_len, pos, &mut head)?;
+        let Some(e) = parse_entry_header(&head, log_len, guid, pos) else {
+            continue;
+        };
+        // Distance to the next "loge" sector, going round the log.
+        let next = match sigs.get(n + 1) {
+            Some(&t) => (t - s) as u64,
+            None => sectors - s as u64 + sigs[0] as u64,
+        };
+        if next * (SECTOR as u64) < e.length {
+            continue;
         }
-        let valid = current
-            .last()
-            .and_then(|h| current.iter().position(|e| e.position == h.tail))
-            .map(|start| current.split_off(start));
-        match valid {
-            Some(seq) => {
-                let head_seq = seq.last().map(|e| e.sequence).unwrap_or(0);
-                let cand_seq = candidate.last().map(|e| e.sequence).unwrap_or(0);
-                if head_seq > cand_seq {
-                    candidate = seq;
-                }
-                tail = head;
+        if body_is_valid(read, log_len, &e)? {
+            entries.push(e);
+        }
+    }
+    let at = |pos: u64| entries.binary_search_by_key(&pos, |e| e.position).ok();
+    // Links: succ[i] = the entry right after i that continues its sequence.
+    let none = usize::MAX;
+    let mut succ = vec![none; entries.len()];
+    let mut has_pred = vec![false; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(j) = at((e.position + e.length) % log_len) {
+            if j != i && e.sequence.checked_add(1) == Some(entries[j].sequence) {
+                succ[i] = j;
+                has_pred[j] = true;
             }
-            None => tail = (tail + SECTOR as u64) % log_len,
+        }
+    }
+    // For every entry: the head its walk reaches and whether that walk is a
+    // valid sequence (the head's tail is an entry at or after it on the path).
+    let mut walk_head = vec![none; entries.len()];
+    let mut walk_valid = vec![false; entries.len()];
+    let mut path = Vec::new();
+    for start in 0..entries.len() {
+        if has_pred[start] {
+            continue;
+        }
+        path.clear();
+        let mut i = start;
+        while i != none && path.len() < entries.len() {
+            path.push(i);
+            i = succ[i];
+        }
+        let h = *path.last().unwrap_or(&start);
+        let tail_at = path
+            .iter()
+            .position(|&k| entries[k].position == entries[h].tail);
+        for (idx, &k) in path.iter().enumerate() {
+            walk_head[k] = h;
+            walk_valid[k] = tail_at.is_some_and(|t| idx <= t);
+        }
+    }
+    // The scan of §2.3.3.
+    let mut candidate: Option<(usize, usize)> = None;
+    let (mut tail, mut old_tail, mut first) = (0u64, 0u64, true);
+    loop {
+        match at(tail) {
+            Some(i) if walk_valid[i] => {
+                let h = walk_head[i];
+                let better =
+                    candidate.is_none_or(|(_, ch)| entries[h].sequence > entries[ch].sequence);
+                if better {
+                    candidate = Some((i, h));
+                }
+                tail = (entries[h].position + entries[h].length) % log_len;
+            }
+            _ => {
+                // Step by 4 KiB until the next entry: nothing in between.
+                let next = entries.partition_point(|e| e.position <= tail);
+                tail = entries.get(next).map(|e| e.position).unwrap_or(0);
+            }
         }
         if !first && tail <= old_tail {
             break;
@@ -246,12 +473,17 @@ pub fn find_active_sequence(read: &LogReader, log_len: u64, guid: &Uuid) -> Resu
         first = false;
         old_tail = tail;
     }
-    if candidate.is_empty() {
+    let Some((mut i, h)) = candidate else {
         return Err(Error::Corrupt(
             "the log is dirty but holds no valid entry sequence".into(),
         ));
+    };
+    let mut seq = vec![entries[i].clone()];
+    while i != h {
+        i = succ[i];
+        seq.push(entries[i].clone());
     }
-    Ok(candidate)
+    Ok(seq)
 }
 
 /// Largest number of 4 KiB data sectors one entry can carry in a log of `log_len` bytes
@@ -267,6 +499,11 @@ pub fn max_data_sectors(log_len: u64) -> usize {
 }
 
 /// Build an entry holding 4 KiB sector writes `(file_offset, sector)`.
+///
+/// [MS-VHDX] §2.3.1.1 wants FlushedFileOffset and LastFileOffset to be
+/// multiples of 1 MiB: `flushed_file_offset` (a size the file durably has)
+/// is rounded down and `last_file_offset` (a size every structure fits in)
+/// up, so callers may pass raw file lengths.
 pub fn build_entry(
     guid: &Uuid,
     sequence: u64,
@@ -275,6 +512,10 @@ pub fn build_entry(
     last_file_offset: u64,
     writes: &[(u64, &[u8])],
 ) -> Vec<u8> {
+    let mib = crate::format::MIB;
+    let flushed_file_offset = flushed_file_offset / mib * mib;
+    let last_file_offset =
+        crate::format::align_up(last_file_offset, mib).unwrap_or(u64::MAX / mib * mib);
     let ds = desc_sectors(writes.len());
     let length = SECTOR * (ds + writes.len());
     let mut b = vec![0u8; length];
