@@ -573,7 +573,7 @@ fn bat_padding_and_bitmap_entries_are_validated() {
     wr64(
         &mut img,
         entry(ratio - 1),
-        align_up(child.len() as u64, MIB) + 64 * MIB | 6,
+        (align_up(child.len() as u64, MIB) + 64 * MIB) | 6,
     );
     child_fails(&parent, &img, ErrorKind::Corrupt, "padding");
     // Padding slot with reserved bits.

@@ -177,17 +177,51 @@ fn check_descriptor(d: &[u8], sequence: u64) -> Option<bool> {
     }
 }
 
-/// Validate the whole body of the entry `e` (checksum, descriptors, data
-/// sector signatures), reading it in bounded chunks.
-fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry) -> Result<bool> {
+/// Validate the whole body of the entry `e` whose header sector is `head`
+/// (checksum, descriptors, data sector signatures), reading the rest in
+/// bounded chunks.
+fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry, head: &[u8]) -> Result<bool> {
     let count = e.descriptor_count as usize;
     let sectors = (e.length / SECTOR as u64) as usize;
     let ds = desc_sectors(count);
-    let mut buf = vec![0u8; CHUNK.min(e.length as usize)];
-    let mut crc = 0u32;
-    let mut stored = 0u32;
+    let stored = le32(head, 4);
+    let mut crc = crc32c::crc32c(&head[..4]);
+    crc = crc32c::crc32c_append(crc, &[0u8; 4]);
+    crc = crc32c::crc32c_append(crc, &head[8..SECTOR]);
     let mut data_descs = 0usize;
-    let mut s = 0usize;
+    // Check sector `sector` (its bytes `b`) of the entry.
+    let mut visit = |sector: usize, b: &[u8], crc: &mut u32| -> bool {
+        if sector > 0 {
+            *crc = crc32c::crc32c_append(*crc, b);
+        }
+        if sector < ds {
+            let (first, last) = if sector == 0 {
+                (0, DESCS_IN_FIRST)
+            } else {
+                let f = DESCS_IN_FIRST + (sector - 1) * DESCS_PER_SECTOR;
+                (f, f + DESCS_PER_SECTOR)
+            };
+            for i in first..last.min(count) {
+                let o = desc_offset(i) - sector * SECTOR;
+                match check_descriptor(&b[o..o + 32], e.sequence) {
+                    Some(true) => data_descs += 1,
+                    Some(false) => {}
+                    None => return false,
+                }
+            }
+            !(sector + 1 == ds && ds + data_descs > sectors)
+        } else {
+            sector >= ds + data_descs
+                || (le32(b, 0) == DATA_SECTOR_SIGNATURE
+                    && le32(b, 4) == (e.sequence >> 32) as u32
+                    && le32(b, 4092) == e.sequence as u32)
+        }
+    };
+    if !visit(0, head, &mut crc) {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; CHUNK.min(e.length as usize - SECTOR)];
+    let mut s = 1usize;
     while s < sectors {
         let n = (sectors - s).min(buf.len() / SECTOR);
         let chunk = &mut buf[..n * SECTOR];
@@ -198,44 +232,7 @@ fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry) -> Result<bool> {
             chunk,
         )?;
         for k in 0..n {
-            let sector = s + k;
-            let b = &chunk[k * SECTOR..(k + 1) * SECTOR];
-            if sector == 0 {
-                stored = le32(b, 4);
-                crc = crc32c::crc32c(&b[..4]);
-                crc = crc32c::crc32c_append(crc, &[0u8; 4]);
-                crc = crc32c::crc32c_append(crc, &b[8..]);
-            } else {
-                crc = crc32c::crc32c_append(crc, b);
-            }
-            if sector < ds {
-                let first = if sector == 0 {
-                    0
-                } else {
-                    DESCS_IN_FIRST + (sector - 1) * DESCS_PER_SECTOR
-                };
-                let last = if sector == 0 {
-                    DESCS_IN_FIRST
-                } else {
-                    first + DESCS_PER_SECTOR
-                }
-                .min(count);
-                for i in first..last {
-                    let o = desc_offset(i) - sector * SECTOR;
-                    match check_descriptor(&b[o..o + 32], e.sequence) {
-                        Some(true) => data_descs += 1,
-                        Some(false) => {}
-                        None => return Ok(false),
-                    }
-                }
-                if sector + 1 == ds && ds + data_descs > sectors {
-                    return Ok(false);
-                }
-            } else if sector < ds + data_descs
-                && (le32(b, 0) != DATA_SECTOR_SIGNATURE
-                    || le32(b, 4) != (e.sequence >> 32) as u32
-                    || le32(b, 4092) != e.sequence as u32)
-            {
+            if !visit(s + k, &chunk[k * SECTOR..(k + 1) * SECTOR], &mut crc) {
                 return Ok(false);
             }
         }
@@ -252,7 +249,7 @@ pub fn read_entry(read: &LogReader, log_len: u64, guid: &Uuid, pos: u64) -> Resu
     let Some(e) = parse_entry_header(&head, log_len, guid, pos) else {
         return Ok(None);
     };
-    Ok(body_is_valid(read, log_len, &e)?.then_some(e))
+    Ok(body_is_valid(read, log_len, &e, &head)?.then_some(e))
 }
 
 /// Call `f` with every update of the (validated) entry `e`, in order,
@@ -386,8 +383,16 @@ pub fn find_active_sequence(
     }
     let sectors = log_len / SECTOR as u64;
     let sigs = entry_signatures(read, data, log_len)?;
-    // Valid entries, by position.
-    let mut entries: Vec<Entry> = Vec::new();
+    // Valid entries, by position, as compact summaries (the fields of the
+    // active sequence's entries are read again at the end).
+    #[derive(Clone, Copy)]
+    struct Valid {
+        position: u64,
+        sequence: u64,
+        length: u32,
+        tail: u32,
+    }
+    let mut entries: Vec<Valid> = Vec::new();
     let mut head = vec![0u8; SECTOR];
     for (n, &s) in sigs.iter().enumerate() {
         let pos = s as u64 * SECTOR as u64;
@@ -403,64 +408,78 @@ pub fn find_active_sequence(
         if next * (SECTOR as u64) < e.length {
             continue;
         }
-        if body_is_valid(read, log_len, &e)? {
-            entries.push(e);
+        if body_is_valid(read, log_len, &e, &head)? {
+            // Lengths and tails are below the log's length (< 2^32).
+            entries.push(Valid {
+                position: pos,
+                sequence: e.sequence,
+                length: e.length as u32,
+                tail: e.tail as u32,
+            });
         }
     }
-    let at = |pos: u64| entries.binary_search_by_key(&pos, |e| e.position).ok();
+    drop(sigs);
+    let at = |pos: u64| {
+        entries
+            .binary_search_by_key(&pos, |e| e.position)
+            .ok()
+            .map(|i| i as u32)
+    };
     // Links: succ[i] = the entry right after i that continues its sequence.
-    let none = usize::MAX;
-    let mut succ = vec![none; entries.len()];
+    // (At most 2^20 entries: indices fit in u32.)
+    const NONE: u32 = u32::MAX;
+    let mut succ = vec![NONE; entries.len()];
     let mut has_pred = vec![false; entries.len()];
     for (i, e) in entries.iter().enumerate() {
-        if let Some(j) = at((e.position + e.length) % log_len) {
-            if j != i && e.sequence.checked_add(1) == Some(entries[j].sequence) {
+        if let Some(j) = at((e.position + e.length as u64) % log_len) {
+            if j as usize != i && e.sequence.checked_add(1) == Some(entries[j as usize].sequence) {
                 succ[i] = j;
-                has_pred[j] = true;
+                has_pred[j as usize] = true;
             }
         }
     }
     // For every entry: the head its walk reaches and, when that walk is a
     // valid sequence (the head's tail is an entry at or after it on the
     // path), the sequence's first entry.
-    let mut walk_head = vec![none; entries.len()];
-    let mut walk_tail = vec![none; entries.len()];
-    let mut path = Vec::new();
-    for start in 0..entries.len() {
-        if has_pred[start] {
+    let mut walk_head = vec![NONE; entries.len()];
+    let mut walk_tail = vec![NONE; entries.len()];
+    let mut path: Vec<u32> = Vec::new();
+    for (start, &pred) in has_pred.iter().enumerate() {
+        if pred {
             continue;
         }
         path.clear();
-        let mut i = start;
-        while i != none && path.len() < entries.len() {
+        let mut i = start as u32;
+        while i != NONE && path.len() < entries.len() {
             path.push(i);
-            i = succ[i];
+            i = succ[i as usize];
         }
-        let h = *path.last().unwrap_or(&start);
+        let h = *path.last().unwrap_or(&(start as u32));
         let tail_at = path
             .iter()
-            .position(|&k| entries[k].position == entries[h].tail);
+            .position(|&k| entries[k as usize].position == entries[h as usize].tail as u64);
         for (idx, &k) in path.iter().enumerate() {
-            walk_head[k] = h;
+            walk_head[k as usize] = h;
             // The valid sequence is the walk's suffix from the head's tail.
             if let Some(t) = tail_at.filter(|&t| idx <= t) {
-                walk_tail[k] = path[t];
+                walk_tail[k as usize] = path[t];
             }
         }
     }
+    drop(has_pred);
     // The scan of §2.3.3.
-    let mut candidate: Option<(usize, usize)> = None;
+    let mut candidate: Option<(u32, u32)> = None;
     let (mut tail, mut old_tail, mut first) = (0u64, 0u64, true);
     loop {
         match at(tail) {
-            Some(i) if walk_tail[i] != none => {
-                let h = walk_head[i];
-                let better =
-                    candidate.is_none_or(|(_, ch)| entries[h].sequence > entries[ch].sequence);
-                if better {
-                    candidate = Some((walk_tail[i], h));
+            Some(i) if walk_tail[i as usize] != NONE => {
+                let h = walk_head[i as usize];
+                let hs = entries[h as usize].sequence;
+                if candidate.is_none_or(|(_, ch)| hs > entries[ch as usize].sequence) {
+                    candidate = Some((walk_tail[i as usize], h));
                 }
-                tail = (entries[h].position + entries[h].length) % log_len;
+                let he = &entries[h as usize];
+                tail = (he.position + he.length as u64) % log_len;
             }
             _ => {
                 // Step by 4 KiB until the next entry: nothing in between.
@@ -482,10 +501,18 @@ pub fn find_active_sequence(
             "the log is dirty but holds no valid entry sequence".into(),
         ));
     };
-    let mut seq = vec![entries[i].clone()];
-    while i != h {
-        i = succ[i];
-        seq.push(entries[i].clone());
+    let mut seq = Vec::new();
+    loop {
+        let pos = entries[i as usize].position;
+        read_wrapped(read, log_len, pos, &mut head)?;
+        let e = parse_entry_header(&head, log_len, guid, pos).ok_or_else(|| {
+            Error::Corrupt(format!("log entry at {pos:#x} changed while it was read"))
+        })?;
+        seq.push(e);
+        if i == h {
+            break;
+        }
+        i = succ[i as usize];
     }
     Ok(seq)
 }
@@ -629,12 +656,8 @@ mod tests {
             first = false;
             old_tail = tail;
         }
-        (!candidate.is_empty()).then(|| {
-            candidate
-                .iter()
-                .map(|e| (e.position, e.sequence))
-                .collect()
-        })
+        (!candidate.is_empty())
+            .then(|| candidate.iter().map(|e| (e.position, e.sequence)).collect())
     }
 
     struct Rng(u64);
@@ -710,9 +733,11 @@ mod tests {
                 Ok(())
             };
             let all = |p: u64| -> Result<Option<(u64, u64)>> { Ok(Some((p, u64::MAX))) };
-            let got = find_active_sequence(&read, &all, len, &guid)
-                .ok()
-                .map(|v| v.iter().map(|e| (e.position, e.sequence)).collect::<Vec<_>>());
+            let got = find_active_sequence(&read, &all, len, &guid).ok().map(|v| {
+                v.iter()
+                    .map(|e| (e.position, e.sequence))
+                    .collect::<Vec<_>>()
+            });
             let want = reference(&log, &guid);
             assert_eq!(got, want, "round {round}: {sectors} sectors");
             found += got.is_some() as usize;
@@ -763,7 +788,11 @@ mod tests {
         };
         let seq = find_active_sequence(&read, &data, len as u64, &guid).expect("scan");
         assert_eq!(seq[0].position, at as u64);
-        assert!(bytes.get() <= 4 * SECTOR as u64, "{} bytes read", bytes.get());
+        assert!(
+            bytes.get() <= 4 * SECTOR as u64,
+            "{} bytes read",
+            bytes.get()
+        );
     }
 
     /// FlushedFileOffset is rounded down and LastFileOffset up to 1 MiB.
