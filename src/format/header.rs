@@ -153,10 +153,13 @@ pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)>
     let h2 = Header::decode(raw2, super::HEADER2_OFFSET);
     let (h, slot, problem) = match (h1, h2) {
         (Ok(a), Ok(b)) => {
+            // The older copy is not used; a bad field in it is only worth a note.
             if a.sequence_number > b.sequence_number {
-                (a, Slot::First, None)
+                let note = b.validate().err();
+                (a, Slot::First, note)
             } else if b.sequence_number > a.sequence_number {
-                (b, Slot::Second, None)
+                let note = a.validate().err();
+                (b, Slot::Second, note)
             } else if raw1[..SIZE] == raw2[..SIZE] {
                 (a, Slot::First, None)
             } else {
