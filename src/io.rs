@@ -64,6 +64,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn sync_retry_is_safe(&self) -> bool {
         false
     }
+    /// The next range `(start, end)` at or after `offset` that may hold
+    /// data, or `None` when only holes (or the end) follow: lets a scan skip
+    /// the holes of a sparse file. The default says every byte up to the
+    /// end may hold data.
+    fn data_after(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        Ok((offset < len).then_some((offset, len)))
+    }
 }
 
 /// Copy `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`:
@@ -401,6 +409,32 @@ impl Storage for FileStorage {
     fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
         use std::os::unix::io::AsRawFd;
         Some(self.file.as_raw_fd())
+    }
+
+    fn data_after(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        use std::os::unix::io::AsRawFd;
+        let len = self.len()?;
+        let Ok(off) = i64::try_from(offset) else {
+            return Ok(None);
+        };
+        if offset >= len {
+            return Ok(None);
+        }
+        let fd = self.file.as_raw_fd();
+        // SAFETY: lseek on a descriptor we own; no memory is involved. All
+        // I/O here is positional, so moving the file offset is harmless.
+        let start = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if start < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                // No SEEK_DATA on this file system: all of it may be data.
+                _ => Ok(Some((offset, len))),
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { len } else { end as u64 };
+        Ok(Some((start as u64, end.max(start as u64))))
     }
 }
 

@@ -8,6 +8,8 @@
 //! `tests/support/raw.rs`; checksums are re-sealed where the test wants the
 //! damaged field itself to be judged.
 
+#[path = "support/rawlog.rs"]
+mod rawlog;
 mod support;
 
 use std::path::Path;
@@ -18,6 +20,7 @@ use ckpt::io::MemStorage;
 use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
 use uuid::Uuid;
 
+use rawlog::{raw_entry, RawDesc};
 use support::raw::*;
 use support::{
     first_diff, open_with_timeout, qemu_img, qemu_io, read_all, run_ok, Counting, Ctx, Rng,
@@ -310,6 +313,29 @@ fn craft_log(img: &mut [u8], l: &Layout, flushed: Option<u64>) -> usize {
     at
 }
 
+/// Put `entry` at the start of the log and give both headers its LogGuid.
+fn install_log(img: &mut [u8], l: &Layout, g: Uuid, entry: &[u8]) {
+    let at = l.log_offset as usize;
+    img[at..at + entry.len()].copy_from_slice(entry);
+    edit_headers(img, |h| wrguid(h, 48, g));
+}
+
+/// Edit only the current header (and re-seal it).
+fn edit_current_header(img: &mut [u8], l: &Layout, f: impl Fn(&mut [u8])) {
+    let h = &mut img[l.current_header..l.current_header + HEADER_LEN];
+    f(h);
+    seal(h, 4);
+}
+
+/// The header that is not current.
+fn older_header(l: &Layout) -> usize {
+    if l.current_header == HEADERS[0] {
+        HEADERS[1]
+    } else {
+        HEADERS[0]
+    }
+}
+
 cases! {
     file_identifier_signature => |img, _l| {
         img[7] = b'X';
@@ -363,6 +389,80 @@ cases! {
         let bat = l.bat_offset;
         edit_headers(img, |h| wr64(h, 72, bat));
         corrupt(&["log", "overlap", "bat"])
+    };
+    header_log_length_zero => |img, _l| {
+        // Bug 3: the first write used to panic dividing by the log length.
+        edit_headers(img, |h| wr32(h, 68, 0));
+        corrupt(&["loglength"])
+    };
+    header_log_length_zero_offset_zero => |img, _l| {
+        // Bug 3: with LogOffset 0 the first write destroyed the signature.
+        edit_headers(img, |h| {
+            wr32(h, 68, 0);
+            wr64(h, 72, 0)
+        });
+        corrupt(&["loglength", "logoffset"])
+    };
+    header_log_past_eof => |img, _l| {
+        let past = align_up(img.len() as u64, MIB) + 4 * MIB;
+        edit_headers(img, |h| wr64(h, 72, past));
+        corrupt(&["log"])
+    };
+    current_header_log_version_with_dirty_log => |img, l| {
+        // Bug 6: the current header (dirty log, LogVersion 1) must not be
+        // skipped for the older, clean one.
+        let g = Uuid::new_v4();
+        let bat = l.bat_offset as usize;
+        let mut sector = img[bat..bat + 4096].to_vec();
+        wr64(&mut sector, 0, 2);
+        let end = (img.len() as u64) / MIB * MIB;
+        let e = raw_entry(g, 1, 0, end, end, &[RawDesc::Data(l.bat_offset, sector)]);
+        let at = l.log_offset as usize;
+        img[at..at + e.len()].copy_from_slice(&e);
+        edit_current_header(img, l, |h| {
+            wrguid(h, 48, g);
+            wr16(h, 64, 1);
+        });
+        Expect::Fails(&[ErrorKind::Unsupported, ErrorKind::Corrupt], &["logversion"])
+    };
+    current_header_bad_version_older_valid => |img, l| {
+        // Bug 6: a current header with a bad field is refused, not skipped.
+        let older = older_header(l);
+        assert!(rd64(img, older + 8) < rd64(img, l.current_header + 8));
+        edit_current_header(img, l, |h| wr16(h, 66, 2));
+        corrupt(&["version"])
+    };
+    current_header_log_length_zero_older_valid => |img, l| {
+        edit_current_header(img, l, |h| wr32(h, 68, 0));
+        corrupt(&["loglength"])
+    };
+    log_last_file_offset_huge_with_zero_range => |img, l| {
+        // F2: a log that zeroes up to 1 TiB and claims the file is that long.
+        let g = Uuid::new_v4();
+        let end = align_up(img.len() as u64, MIB);
+        let e = raw_entry(g, 1, 0, end / MIB * MIB - MIB, 1 << 40, &[RawDesc::Zero(end, (1 << 40) - end)]);
+        install_log(img, l, g, &e);
+        corrupt(&["lastfileoffset"])
+    };
+    log_zero_range_past_last_file_offset => |img, l| {
+        let g = Uuid::new_v4();
+        let end = align_up(img.len() as u64, MIB);
+        let e = raw_entry(g, 1, 0, end - MIB, end, &[RawDesc::Zero(end, 1 << 40)]);
+        install_log(img, l, g, &e);
+        corrupt(&["log entry", "outside"])
+    };
+    log_bat_region_past_real_end => |img, l| {
+        // F4: the BAT region lies past the real end of the file, inside
+        // what the log's LastFileOffset claims: nothing there to read.
+        let g = Uuid::new_v4();
+        let end = align_up(img.len() as u64, MIB);
+        let past = end + 16 * MIB;
+        edit_region(img, l, BAT_GUID, Some(past), None);
+        let meta = l.meta_offset as usize;
+        let same = img[meta..meta + 4096].to_vec();
+        let e = raw_entry(g, 1, 0, end - MIB, past + 2 * MIB, &[RawDesc::Data(l.meta_offset, same)]);
+        install_log(img, l, g, &e);
+        corrupt(&["past the end", "bat"])
     };
     region_table_1_checksum => |img, _l| {
         img[REGION_TABLES[0] + 0x8000] ^= 0x01;
@@ -737,6 +837,28 @@ fn huge_counts_are_refused_before_allocating() {
                 wr32(&mut e, 8, u32::MAX - 4095);
                 seal(&mut e, 4);
                 img[at..at + 8192].copy_from_slice(&e);
+            }),
+        ),
+        (
+            "64 TiB disk whose 513 MiB BAT lies past the real end, inside the log's LastFileOffset",
+            Box::new(|img, l| {
+                let g = Uuid::new_v4();
+                let end = align_up(img.len() as u64, MIB);
+                let bat_len = align_up(((64u64 << 40) / MIB + (64 << 40) / MIB / 4096) * 8, MIB);
+                let past = end + MIB;
+                wr64(img, l.item_pos(VIRTUAL_SIZE), 64u64 << 40);
+                edit_region(img, l, BAT_GUID, Some(past), Some(bat_len as u32));
+                let meta = l.meta_offset as usize;
+                let same = img[meta..meta + 4096].to_vec();
+                let e = raw_entry(
+                    g,
+                    1,
+                    0,
+                    end - MIB,
+                    past + bat_len,
+                    &[RawDesc::Data(l.meta_offset, same)],
+                );
+                install_log(img, l, g, &e);
             }),
         ),
         (

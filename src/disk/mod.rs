@@ -6,6 +6,7 @@
 mod chain;
 pub mod check;
 pub mod merge;
+mod replay;
 mod vhdx;
 
 use std::collections::HashMap;

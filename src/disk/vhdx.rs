@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use uuid::Uuid;
 
+use crate::disk::replay;
 use crate::disk::{CreateOptions, DiskKind};
 use crate::error::{Error, Result};
 use crate::format::bat::{self, BatEntry, Geometry, PayloadState, SB_PRESENT};
 use crate::format::fileid::{self, FileIdentifier};
 use crate::format::header::{self, Header, Slot};
-use crate::format::log::{self as vlog, Descriptor};
+use crate::format::log as vlog;
 use crate::format::metadata::{self, FileParameterFlags, Metadata, MetadataEntry};
 use crate::format::region::{self, RegionEntry, RegionTable};
 use crate::format::{
@@ -22,8 +23,9 @@ use crate::io::Storage;
 
 /// Bytes of metadata read at open are bounded by this.
 const MAX_METADATA_BYTES: u64 = 64 * MIB;
-/// Most a log replay may grow a file by.
-const MAX_LOG_GROWTH: u64 = 1 << 40;
+/// Highest current-header SequenceNumber a read-write open accepts: every
+/// session increments it a few times, and it must never wrap.
+const MAX_WRITABLE_SEQUENCE: u64 = u64::MAX - (1 << 32);
 /// BAT sector (log granularity).
 const SECTOR: u64 = 4096;
 
@@ -33,41 +35,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Writes replayed in memory for a read-only open of a dirty file.
-#[derive(Debug, Default)]
-struct Overlay {
-    writes: Vec<(u64, Vec<u8>)>,
-    zeros: Vec<(u64, u64)>,
-    order: Vec<(bool, usize)>,
-}
-
-impl Overlay {
-    fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-    fn patch(&self, buf: &mut [u8], offset: u64) {
-        let end = offset + buf.len() as u64;
-        for &(is_zero, i) in &self.order {
-            let (s, e, src): (u64, u64, Option<&[u8]>) = if is_zero {
-                let (o, l) = self.zeros[i];
-                (o, o + l, None)
-            } else {
-                let (o, ref d) = self.writes[i];
-                (o, o + d.len() as u64, Some(d))
-            };
-            let (lo, hi) = (s.max(offset), e.min(end));
-            if lo >= hi {
-                continue;
-            }
-            let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
-            match src {
-                Some(d) => dst.copy_from_slice(&d[(lo - s) as usize..(hi - s) as usize]),
-                None => dst.fill(0),
-            }
-        }
-    }
 }
 
 /// A metadata sector waiting for the next flush.
@@ -174,7 +141,6 @@ pub(crate) struct Vhdx {
     bat_offset: u64,
     meta_offset: u64,
     meta_len: u64,
-    overlay: Overlay,
     /// Sector-bitmap sectors read so far, by (chunk, sector).
     bitmaps: RwLock<BitmapCache>,
     log_offset: u64,
@@ -196,18 +162,16 @@ pub(crate) struct Vhdx {
     pub(crate) log_dirty: bool,
 }
 
+/// Reads of the structures at open: only inside the bytes that really
+/// exist (`len`), so that no allocation is sized past them.
 struct Reader<'a> {
     storage: &'a dyn Storage,
-    overlay: &'a Overlay,
     len: u64,
 }
 
 impl Reader<'_> {
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.storage.read_at(buf, offset)?;
-        if !self.overlay.is_empty() {
-            self.overlay.patch(buf, offset);
-        }
         Ok(())
     }
     fn read_vec(&self, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
@@ -279,100 +243,40 @@ impl Vhdx {
             )));
         }
 
-        // Log replay.
-        let mut overlay = Overlay::default();
+        if !read_only && hdr.sequence_number > MAX_WRITABLE_SEQUENCE {
+            return Err(Error::Corrupt(format!(
+                "the current header's SequenceNumber {:#x} is too close to 2^64 to be \
+                 incremented: the file can only be opened read-only",
+                hdr.sequence_number
+            )));
+        }
+
+        // Log replay: everything below reads the file as replayed, through
+        // the read-only view; a read-write open applies the log to the file
+        // once the replayed file has been judged sound.
         let log_dirty = !hdr.log_guid.is_nil();
+        let mut plan = None;
+        let mut backed_len = file_len;
+        let mut view: Arc<dyn Storage> = storage.clone();
+        let mut applied = false;
         if log_dirty {
-            let reader = |pos: u64, buf: &mut [u8]| -> Result<()> {
-                storage.read_at(buf, log_offset + pos)?;
-                Ok(())
-            };
-            let seq = vlog::find_active_sequence(&reader, log_length, &hdr.log_guid)?;
-            let head = seq
-                .last()
-                .ok_or_else(|| Error::Corrupt("empty log sequence".into()))?;
-            if file_len < head.flushed_file_offset {
-                return Err(Error::Corrupt(format!(
-                    "file is truncated: {file_len:#x} bytes, the log says at least {:#x}",
-                    head.flushed_file_offset
-                )));
-            }
-            if head.last_file_offset > file_len.saturating_add(MAX_LOG_GROWTH) {
-                return Err(Error::Corrupt(format!(
-                    "the log would grow the file from {file_len:#x} to {:#x} bytes",
-                    head.last_file_offset
-                )));
-            }
-            let limit = head.last_file_offset.max(file_len);
-            let log_end = log_offset + log_length;
-            for e in &seq {
-                for d in &e.descriptors {
-                    let (start, end) = match d {
-                        Descriptor::Data { file_offset, .. }
-                        | Descriptor::Zero { file_offset, .. } => (*file_offset, d.end()),
-                    };
-                    if start < REGION1_OFFSET
-                        || end > limit
-                        || (start < log_end && log_offset < end)
-                    {
-                        return Err(Error::Corrupt(format!(
-                            "log entry {} writes {start:#x}..{end:#x}, outside the file's structures",
-                            e.sequence
-                        )));
-                    }
+            let p = replay::plan(storage.as_ref(), log_offset, log_length, &hdr.log_guid)?;
+            backed_len = p.backed_len;
+            file_len = p.replayed_len;
+            match replay::Replayed::new(storage.clone(), &p) {
+                Ok(v) => view = Arc::new(v),
+                Err(e) if read_only => return Err(e),
+                Err(_) => {
+                    // Too large to hold in memory: replay into the file first.
+                    replay::apply(storage.as_ref(), &p)?;
+                    applied = true;
                 }
             }
-            let last = head.last_file_offset;
-            if read_only {
-                for e in &seq {
-                    for d in &e.descriptors {
-                        match d {
-                            Descriptor::Data { file_offset, data } => {
-                                overlay.order.push((false, overlay.writes.len()));
-                                overlay.writes.push((*file_offset, data.clone()));
-                            }
-                            Descriptor::Zero {
-                                file_offset,
-                                length,
-                            } => {
-                                overlay.order.push((true, overlay.zeros.len()));
-                                overlay.zeros.push((*file_offset, *length));
-                            }
-                        }
-                    }
-                }
-                file_len = file_len.max(last);
-            } else {
-                for e in &seq {
-                    for d in &e.descriptors {
-                        match d {
-                            Descriptor::Data { file_offset, data } => {
-                                storage.write_at(data, *file_offset)?
-                            }
-                            Descriptor::Zero {
-                                file_offset,
-                                length,
-                            } => crate::io::write_zeros(storage.as_ref(), *file_offset, *length)?,
-                        }
-                    }
-                }
-                if storage.len()? < last {
-                    storage.set_len(last)?;
-                }
-                storage.sync()?;
-                // The log is applied: mark it empty in both headers.
-                let mut h = hdr.clone();
-                h.log_guid = Uuid::nil();
-                h.file_write_guid = Uuid::new_v4();
-                slot = write_headers(storage.as_ref(), &mut h, slot)?;
-                hdr = h;
-                file_len = storage.len()?;
-            }
+            plan = Some(p);
         }
         let reader = Reader {
-            storage: storage.as_ref(),
-            overlay: &overlay,
-            len: file_len,
+            storage: view.as_ref(),
+            len: backed_len,
         };
 
         // Region tables.
@@ -399,10 +303,13 @@ impl Vhdx {
             if e.guid != BAT_REGION && e.guid != METADATA_REGION && e.required {
                 return Err(Error::Unsupported(format!("required region {}", e.guid)));
             }
-            if e.end() > file_len {
+            if e.end() > backed_len {
                 return Err(Error::Corrupt(format!(
-                    "region {} at {:#x}+{:#x} lies past the end of the file ({file_len:#x})",
-                    e.guid, e.file_offset, e.length
+                    "region {} at {:#x}+{:#x} lies past the end of the file ({backed_len:#x} bytes{})",
+                    e.guid,
+                    e.file_offset,
+                    e.length,
+                    if log_dirty { " with the log's writes" } else { "" }
                 )));
             }
             if log_length > 0 && e.file_offset < log_offset + log_length && log_offset < e.end() {
@@ -452,6 +359,11 @@ impl Vhdx {
             items.push((e, data));
         }
         let meta = Metadata::from_items(items)?;
+        if let Some(raw) = meta.parent_locator.as_deref().filter(|_| meta.has_parent()) {
+            // Refuse a locator this engine does not understand (its type
+            // first, [MS-VHDX] 2.6.2.6.1) before anything uses the file.
+            crate::format::locator::ParentLocator::parse(raw)?;
+        }
         let geo = Geometry::new(
             meta.virtual_size,
             meta.block_size,
@@ -483,17 +395,43 @@ impl Vhdx {
         }
         for (i, &e) in entries.iter().enumerate() {
             let e = BatEntry(e);
-            if geo.is_bitmap_index(i) {
+            let len = if geo.is_bitmap_index(i) {
                 if meta.has_parent() && e.state_bits() == SB_PRESENT {
-                    file_end = file_end.max(e.offset() + MIB);
+                    MIB
+                } else {
+                    continue;
                 }
             } else if matches!(
                 e.payload_state(),
                 Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
             ) {
-                file_end = file_end.max(e.offset() + geo.block_size as u64);
-            }
+                geo.block_size as u64
+            } else {
+                continue;
+            };
+            let end = e.offset().checked_add(len).ok_or_else(|| {
+                Error::Corrupt(format!("BAT entry {i} points past 2^64 ({:#x})", e.0))
+            })?;
+            file_end = file_end.max(end);
         }
+
+        // The replayed file is sound: a read-write open applies the log
+        // and marks it empty; a read-only one keeps reading through the view.
+        let storage = match plan {
+            Some(p) if !read_only => {
+                if !applied {
+                    replay::apply(storage.as_ref(), &p)?;
+                }
+                let mut h = hdr.clone();
+                h.log_guid = Uuid::nil();
+                h.file_write_guid = Uuid::new_v4();
+                slot = write_headers(storage.as_ref(), &mut h, slot)?;
+                hdr = h;
+                file_len = storage.len()?;
+                storage
+            }
+            _ => view,
+        };
         let vhdx = Vhdx {
             storage: storage.clone(),
             read_only,
@@ -504,7 +442,6 @@ impl Vhdx {
             bat_offset: bat_region.file_offset,
             meta_offset: meta_region.file_offset,
             meta_len: meta_region.length as u64,
-            overlay,
             bitmaps: RwLock::new(HashMap::new()),
             log_offset,
             log_length,
@@ -729,9 +666,6 @@ impl Vhdx {
         if e.state_bits() == SB_PRESENT {
             let off = e.offset() + k * SECTOR;
             self.storage.read_at(&mut buf, off)?;
-            if !self.overlay.is_empty() {
-                self.overlay.patch(&mut buf, off);
-            }
         }
         self.bitmaps
             .write()
@@ -1704,53 +1638,71 @@ fn validate_bat(
         }
         Ok(())
     };
-    if meta.has_parent() {
-        for c in 0..geo.bitmap_blocks {
-            let i = geo.bitmap_index(c);
-            let e = BatEntry(entries[i]);
-            if e.state_bits() == SB_PRESENT {
-                check_offset(
-                    format!("BAT entry {i} (sector bitmap {c})"),
-                    e.offset(),
-                    MIB,
-                )?;
-            }
-        }
-    }
-    // Every block's file range, to find two entries sharing space.
+    // Every entry, the padding beyond the last data block included: block
+    // entries decode to a known state, sector-bitmap entries are
+    // NOT_PRESENT or (in a differencing disk) PRESENT, reserved bits are
+    // clear, and every offset in use lies inside the file. Each block's
+    // file range is kept to find two entries sharing space.
     let mut used: Vec<(u64, u64, usize)> = Vec::new();
-    if meta.has_parent() {
-        for c in 0..geo.bitmap_blocks {
-            let i = geo.bitmap_index(c);
-            let e = BatEntry(entries[i]);
-            if e.state_bits() == SB_PRESENT {
-                used.push((e.offset(), MIB, i));
+    for (i, &raw) in entries.iter().enumerate() {
+        let e = BatEntry(raw);
+        if geo.is_bitmap_index(i) {
+            let c = i as u64 / (geo.chunk_ratio + 1);
+            if e.0 & bat::RESERVED_MASK != 0 {
+                return Err(Error::Corrupt(format!(
+                    "BAT entry {i} (sector bitmap {c}) has reserved bits set: {:#x}",
+                    e.0
+                )));
             }
+            match e.state_bits() {
+                bat::SB_NOT_PRESENT => {}
+                SB_PRESENT if meta.has_parent() => {
+                    check_offset(
+                        format!("BAT entry {i} (sector bitmap {c})"),
+                        e.offset(),
+                        MIB,
+                    )?;
+                    used.push((e.offset(), MIB, i));
+                }
+                SB_PRESENT => {
+                    return Err(Error::Corrupt(format!(
+                        "BAT entry {i} (sector bitmap {c}) is SB_BLOCK_PRESENT in a disk without a parent"
+                    )));
+                }
+                st => {
+                    return Err(Error::Corrupt(format!(
+                        "BAT entry {i} (sector bitmap {c}) has the reserved state {st}"
+                    )));
+                }
+            }
+            continue;
         }
-    }
-    for b in 0..geo.data_blocks {
-        let i = geo.payload_index(b);
-        let e = BatEntry(entries[i]);
+        let b = i as u64 - i as u64 / (geo.chunk_ratio + 1);
+        let what = if b < geo.data_blocks {
+            format!("BAT entry {i} (block {b})")
+        } else {
+            format!("BAT entry {i} (padding after the last block)")
+        };
         let Some(state) = e.payload_state() else {
             return Err(Error::Corrupt(format!(
-                "BAT entry {i} (block {b}) has the reserved state {}",
+                "{what} has the reserved state {}",
                 e.state_bits()
             )));
         };
         if e.0 & bat::RESERVED_MASK != 0 {
             return Err(Error::Corrupt(format!(
-                "BAT entry {i} (block {b}) has reserved bits set: {:#x}",
+                "{what} has reserved bits set: {:#x}",
                 e.0
             )));
         }
         match state {
             PayloadState::PartiallyPresent if !meta.has_parent() => {
                 return Err(Error::Corrupt(format!(
-                    "BAT entry {i} (block {b}) is PARTIALLY_PRESENT in a disk without a parent"
+                    "{what} is PARTIALLY_PRESENT in a disk without a parent"
                 )));
             }
             PayloadState::FullyPresent | PayloadState::PartiallyPresent => {
-                check_offset(format!("BAT entry {i} (block {b})"), e.offset(), bs)?;
+                check_offset(what, e.offset(), bs)?;
                 used.push((e.offset(), bs, i));
                 if state == PayloadState::PartiallyPresent
                     && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits()

@@ -32,11 +32,19 @@ pub struct Header {
 }
 
 impl Header {
-    /// Parse and validate 4096 bytes read at `offset`.
+    /// Parse 4096 bytes read at `offset` and validate every field.
     pub fn parse(b: &[u8], offset: u64) -> Result<Header> {
-        const S: &str = "header";
-        let b = super::checked_structure(b, SIZE, SIGNATURE, S, offset)?;
-        let h = Header {
+        let h = Header::decode(b, offset)?;
+        h.validate()?;
+        Ok(h)
+    }
+
+    /// Decode 4096 bytes read at `offset` once the signature and the
+    /// checksum check out; the fields are not judged (see [`Header::validate`]).
+    /// A header that fails here is "not a header" and the other copy may be used.
+    pub fn decode(b: &[u8], offset: u64) -> Result<Header> {
+        let b = super::checked_structure(b, SIZE, SIGNATURE, "header", offset)?;
+        Ok(Header {
             sequence_number: le64(b, 8),
             file_write_guid: guid_at(b, 16),
             data_write_guid: guid_at(b, 32),
@@ -45,12 +53,30 @@ impl Header {
             version: le16(b, 66),
             log_length: le32(b, 68),
             log_offset: le64(b, 72),
-        };
+        })
+    }
+
+    /// Judge the fields of a decoded header. A header that fails here is a
+    /// real header the engine must not use (and must not skip for the older one).
+    pub fn validate(&self) -> Result<()> {
+        const S: &str = "header";
+        let h = self;
         if h.version != 1 {
             return Err(bad_field(S, "Version", h.version as u64, "must be 1"));
         }
         if h.log_version != 0 && !h.log_guid.is_nil() {
-            return Err(Error::Unsupported(format!("log version {}", h.log_version)));
+            return Err(Error::Unsupported(format!(
+                "header LogVersion {} with a non-empty log (only version 0 can be replayed)",
+                h.log_version
+            )));
+        }
+        if h.log_length == 0 {
+            return Err(bad_field(
+                S,
+                "LogLength",
+                0,
+                "zero (every VHDX file has a log)",
+            ));
         }
         if h.log_length as u64 % MIB != 0 {
             return Err(bad_field(
@@ -68,7 +94,7 @@ impl Header {
                 "not a multiple of 1 MiB",
             ));
         }
-        if h.log_length != 0 && h.log_offset < MIB {
+        if h.log_offset < MIB {
             return Err(bad_field(
                 S,
                 "LogOffset",
@@ -76,10 +102,15 @@ impl Header {
                 "inside the header section",
             ));
         }
-        if h.log_length == 0 && !h.log_guid.is_nil() {
-            return Err(bad_field(S, "LogLength", 0, "zero with a non-empty log"));
+        if h.log_offset.checked_add(h.log_length as u64).is_none() {
+            return Err(bad_field(
+                S,
+                "LogOffset",
+                h.log_offset,
+                "the log would end past 2^64",
+            ));
         }
-        Ok(h)
+        Ok(())
     }
 
     /// Serialise with a valid checksum.
@@ -109,30 +140,55 @@ pub enum Slot {
     Second,
 }
 
-/// Choose the current header from the two raw copies. One damaged copy is
-/// tolerated; equal sequence numbers are accepted only for byte-identical
-/// copies (as Disk2vhd writes them).
+/// Choose the current header from the two raw copies ([MS-VHDX] §2.2.2).
+///
+/// A copy whose signature or checksum is bad is not a header, and the other
+/// copy is used (the returned error says what was wrong with it). The
+/// current header is the one with the higher sequence number; when it fails
+/// a field check the file is refused, never read through the older copy.
+/// Equal sequence numbers are accepted only for byte-identical copies (as
+/// Disk2vhd writes them).
 pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)> {
-    let h1 = Header::parse(raw1, super::HEADER1_OFFSET);
-    let h2 = Header::parse(raw2, super::HEADER2_OFFSET);
-    match (h1, h2) {
+    let h1 = Header::decode(raw1, super::HEADER1_OFFSET);
+    let h2 = Header::decode(raw2, super::HEADER2_OFFSET);
+    let (h, slot, problem) = match (h1, h2) {
         (Ok(a), Ok(b)) => {
+            // The older copy is not used; a bad field in it is only worth a note.
             if a.sequence_number > b.sequence_number {
-                Ok((a, Slot::First, None))
+                let note = b.validate().err();
+                (a, Slot::First, note)
             } else if b.sequence_number > a.sequence_number {
-                Ok((b, Slot::Second, None))
+                let note = a.validate().err();
+                (b, Slot::Second, note)
             } else if raw1[..SIZE] == raw2[..SIZE] {
-                Ok((a, Slot::First, None))
+                (a, Slot::First, None)
             } else {
-                Err(Error::Corrupt(
+                return Err(Error::Corrupt(
                     "both headers have the same sequence number but differ".into(),
-                ))
+                ));
             }
         }
-        (Ok(a), Err(e)) => Ok((a, Slot::First, Some(e))),
-        (Err(e), Ok(b)) => Ok((b, Slot::Second, Some(e))),
-        (Err(e1), Err(e2)) => Err(Error::Corrupt(format!(
-            "no valid header: header 1: {e1}; header 2: {e2}"
-        ))),
-    }
+        (Ok(a), Err(e)) => (a, Slot::First, Some(e)),
+        (Err(e), Ok(b)) => (b, Slot::Second, Some(e)),
+        (Err(e1), Err(e2)) => {
+            return Err(Error::Corrupt(format!(
+                "no valid header: header 1: {e1}; header 2: {e2}"
+            )))
+        }
+    };
+    h.validate().map_err(|e| {
+        let which = match slot {
+            Slot::First => 1,
+            Slot::Second => 2,
+        };
+        let what = format!(
+            "the current header (header {which}, sequence number {}) is not usable",
+            h.sequence_number
+        );
+        match e {
+            Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
+            e => Error::Corrupt(format!("{what}: {e}")),
+        }
+    })?;
+    Ok((h, slot, problem))
 }

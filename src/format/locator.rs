@@ -51,6 +51,13 @@ impl ParentLocator {
             return Err(Error::Corrupt("parent locator item is too short".into()));
         }
         let locator_type = guid_at(b, 0);
+        // [MS-VHDX] 2.6.2.6.1: an implementation must understand the type.
+        if locator_type != PARENT_LOCATOR_VHDX {
+            return Err(Error::Unsupported(format!(
+                "parent locator: LocatorType {locator_type} is not the VHDX locator type \
+                 {PARENT_LOCATOR_VHDX}"
+            )));
+        }
         let count = le16(b, 18) as usize;
         if 20 + count * 12 > b.len() {
             return Err(bad_field(
