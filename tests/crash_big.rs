@@ -568,22 +568,46 @@ fn many_sweep(cut: Cut) {
         syncs.len(),
         points.len()
     );
-    for &n in &points {
+    for (i, &n) in points.iter().enumerate() {
         let st = Arc::new(sc.image.copy(n, cut));
         let (done, failed) = many_run(&sc, st.clone());
         if n < total {
-            assert!(
-                failed.is_some(),
-                "cut at {n} of {total}: the run did not fail"
-            );
+            assert!(failed.is_some(), "cut at {n} of {total}: the run did not fail");
         }
-        many_judge(
-            &sc,
-            &format!("{ALLOCS} allocations, {cut:?} cut at {n} of {total} (ops done {done})"),
-            st.copy(u64::MAX, Cut::Clean),
-            done,
-        );
+        let ctx = format!("{ALLOCS} allocations, {cut:?} cut at {n} of {total} (ops done {done})");
+        many_judge(&sc, &ctx, st.copy(u64::MAX, Cut::Clean), done);
+        if i % 40 == 0 {
+            qemu_check_sparse(&ctx, &st);
+        }
     }
+}
+
+/// `qemu-img check` on the cut image (written as a sparse file), after
+/// replaying its log by a read-write open and close.
+fn qemu_check_sparse(ctx: &str, st: &SparseStorage) {
+    let Some(q) = support::qemu_img() else { return };
+    let st = Arc::new(st.copy(u64::MAX, Cut::Clean));
+    Disk::open_storage(st.clone(), OpenMode::ReadWrite)
+        .and_then(|d| d.close())
+        .unwrap_or_else(|e| panic!("{ctx}: replay: {e}"));
+    let dir = support::fast_tempdir();
+    let p = dir.path().join("cut.vhdx");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(st.len().unwrap()).unwrap();
+    use std::os::unix::fs::FileExt;
+    st.for_each_page(|off, page| f.write_all_at(page, off).unwrap());
+    drop(f);
+    let out = std::process::Command::new(q)
+        .args(["check", "-f", "vhdx"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{ctx}: qemu-img check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
