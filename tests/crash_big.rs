@@ -279,7 +279,7 @@ fn judge(sc: &Scenario, ctx: &str, bytes: Vec<u8>, completed: usize, failed: Opt
         }
         let got = read_window(&disk, base, BS);
         assert!(
-            states.iter().any(|s| *s == got),
+            states.contains(&got),
             "{ctx}: block {b} (chunk {}) reads none of its {} states since the last completed \
              flush: vs old: {}; vs new: {}",
             b / CHUNK,
@@ -572,7 +572,10 @@ fn many_sweep(cut: Cut) {
         let st = Arc::new(sc.image.copy(n, cut));
         let (done, failed) = many_run(&sc, st.clone());
         if n < total {
-            assert!(failed.is_some(), "cut at {n} of {total}: the run did not fail");
+            assert!(
+                failed.is_some(),
+                "cut at {n} of {total}: the run did not fail"
+            );
         }
         let ctx = format!("{ALLOCS} allocations, {cut:?} cut at {n} of {total} (ops done {done})");
         many_judge(&sc, &ctx, st.copy(u64::MAX, Cut::Clean), done);

@@ -159,13 +159,11 @@ struct Target {
     reopen: Box<dyn Fn() -> Disk + Send + Sync>,
 }
 
+/// What each thread runs: (disk, writer id, stop flag) -> operations done.
+type Body = dyn Fn(&Disk, u32, &AtomicBool) -> Result<u64, String> + Send + Sync;
+
 /// Spawn the threads; wait at most `secs` + a margin for them.
-fn threads(
-    ctx: &str,
-    disk: &Arc<Disk>,
-    secs: f64,
-    body: Arc<dyn Fn(&Disk, u32, &AtomicBool) -> Result<u64, String> + Send + Sync>,
-) -> u64 {
+fn threads(ctx: &str, disk: &Arc<Disk>, secs: f64, body: Arc<Body>) -> u64 {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     for w in 0..THREADS {
@@ -262,14 +260,12 @@ fn stress(t: Target) {
                 let mut m = m2.lock().unwrap();
                 let r0 = off as usize..(off + len) as usize;
                 match (op, r) {
-                    (Op::Read(..), Some(b)) => {
-                        if b != m[r0.clone()] {
-                            return Err(format!(
-                                "{name} phase 2, thread {w}: {op:?} reads other bytes than the \
-                                 model: {}",
-                                support::first_diff(&b, &m[r0])
-                            ));
-                        }
+                    (Op::Read(..), Some(b)) if b != m[r0.clone()] => {
+                        return Err(format!(
+                            "{name} phase 2, thread {w}: {op:?} reads other bytes than the \
+                             model: {}",
+                            support::first_diff(&b, &m[r0])
+                        ));
                     }
                     (Op::Write(o, l, seq), _) => m[r0].copy_from_slice(&units(o, l, w, seq)),
                     (Op::Zero(..) | Op::Trim(..), _) => m[r0].fill(0),
