@@ -1,7 +1,8 @@
 //! Transient errors: every mutating operation runs with its k-th storage
-//! event (write, resize, discard, allocate, sync) failing once with EIO or
-//! ENOSPC, for every k (sampled evenly, first and last always included,
-//! when there are many), and then
+//! event (write, resize, discard, allocate, sync) failing once — EIO and
+//! ENOSPC in turn, both at the first and the last event — for every k
+//! (sampled evenly, first and last always included, when there are many),
+//! and then
 //!
 //! - **retry**: the same operation again on the same handle. It must
 //!   succeed, and at the end everything any call reported Ok must be in the
@@ -17,7 +18,9 @@
 //!
 //! Disk operations run on `FaultStorage::transient`; file-based ones (create,
 //! child create, merge, flatten, reparent, the checkpoint tree) through the
-//! thread-local `faults::arm_transient` hook.
+//! thread-local `faults::arm_transient` hook. A "write-zeroes" is a write
+//! of zeros (`Disk` has no separate call; the C ABI and nbdkit do the same).
+//! A checkpoint rename has no event the hook sees (see below).
 
 mod support;
 
@@ -35,6 +38,19 @@ use support::ops::{read_window, sample, verify_old_or_new, Op};
 use support::{first_diff, pattern, qemu_img, Ctx, KIB, MIB};
 
 const SIZE: u64 = 8 * MIB;
+
+/// The errors to inject at the `i`-th of `n` fault points: both at the
+/// first and the last, else EIO and ENOSPC in turn (half the runs, every
+/// event still hit).
+fn kinds(i: usize, n: usize) -> Vec<Transient> {
+    if i == 0 || i + 1 == n {
+        vec![Transient::Eio, Transient::NoSpace]
+    } else if i % 2 == 0 {
+        vec![Transient::Eio]
+    } else {
+        vec![Transient::NoSpace]
+    }
+}
 
 fn expected_kind(kind: Transient) -> ErrorKind {
     match kind {
@@ -456,20 +472,21 @@ fn disk_sweep(sc: &Scenario, after: After) {
     let total = uncut_events(sc);
     let points = sample(total, 160);
     eprintln!(
-        "{} {after:?}: {total} events, {} fault points x 2 kinds",
+        "{} {after:?}: {total} events, {} fault points",
         sc.name,
         points.len()
     );
     let mut hits = 0;
+    let mut runs = 0;
     for (i, &k) in points.iter().enumerate() {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+        for kind in kinds(i, points.len()) {
             hits += disk_run(sc, k, kind, after, i % 40 == 0) as u32;
+            runs += 1;
         }
     }
     assert!(
-        hits as usize == 2 * points.len(),
-        "every sampled event must hit an operation ({hits} of {})",
-        2 * points.len()
+        hits == runs,
+        "every sampled event must hit an operation ({hits} of {runs})"
     );
 }
 
@@ -594,12 +611,9 @@ fn path_sweep<S>(
     let total = count_events(setup, op);
     assert!(total > 0, "{name}: no events to fail");
     let points = sample(total, max);
-    eprintln!(
-        "{name}: {total} events, {} fault points x 2 kinds",
-        points.len()
-    );
-    for &k in &points {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+    eprintln!("{name}: {total} events, {} fault points", points.len());
+    for (i, &k) in points.iter().enumerate() {
+        for kind in kinds(i, points.len()) {
             let ctx = format!("{name} {kind:?} k={k} of {total}");
             let _g = Ctx(ctx.clone());
             let t = support::fast_tempdir();
@@ -957,7 +971,6 @@ fn vm_op(vm: &mut Vm, op: &str, root: &Path) -> ckpt::Result<()> {
         "revert" => vm.revert(),
         "delete" => vm.delete("b", false, &mut NoHooks),
         "delete-root" => vm.delete("a", false, &mut NoHooks),
-        "rename" => vm.rename("a", "renamed"),
         "export" => vm
             .export(Some("b"), &root.join("export"), &mut NoHooks)
             .map(|_| ()),
@@ -989,20 +1002,14 @@ fn vm_sweep(op: &str) {
     let after = vm_state(&vm);
     drop(vm);
     drop(t);
-    if total == 0 {
-        eprintln!(
-            "NOTICE: checkpoint {op}: no storage events go through the fault hook \
-             (vm.json is written outside it), nothing to inject"
-        );
-        return;
-    }
+    assert!(total > 0, "checkpoint {op}: no storage event to fail");
     let points = sample(total, 24);
     eprintln!(
-        "checkpoint {op}: {total} events, {} fault points x 2 kinds x retry/reopen",
+        "checkpoint {op}: {total} events, {} fault points x retry/reopen",
         points.len()
     );
-    for &k in &points {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+    for (i, &k) in points.iter().enumerate() {
+        for kind in kinds(i, points.len()) {
             for reopen in [false, true] {
                 let ctx = format!("checkpoint {op} {kind:?} k={k} of {total} reopen={reopen}");
                 let _g = Ctx(ctx.clone());
@@ -1023,13 +1030,18 @@ fn vm_sweep(op: &str) {
                             "{ctx}: journal left after the reopen"
                         );
                         let s = vm_state(&vm);
+                        let mid = mid_state(op, &before, &after);
                         assert!(
-                            s == before || s == after,
+                            s == before || s == after || Some(&s) == mid.as_ref(),
                             "{ctx}: state after reopen {s:?}\nbefore {before:?}\nafter {after:?}"
                         );
                         if s == before {
                             vm_op(&mut vm, op, t.path()).unwrap_or_else(|e| {
                                 panic!("{ctx}: the retry after the reopen failed: {e}")
+                            });
+                        } else if s != after {
+                            vm_op(&mut vm, "apply-only", t.path()).unwrap_or_else(|e| {
+                                panic!("{ctx}: finishing the apply failed: {e}")
                             });
                         }
                     } else {
@@ -1126,10 +1138,8 @@ fn checkpoint_delete_root_with_transient_errors() {
     vm_sweep("delete-root");
 }
 
-#[test]
-fn checkpoint_rename_with_transient_errors() {
-    vm_sweep("rename");
-}
+// A rename only rewrites vm.json, which `model::write_atomic` writes
+// outside the fault hook: tests/disk_full.rs fails it on a full file system.
 
 #[test]
 fn checkpoint_export_with_transient_errors() {
