@@ -264,6 +264,11 @@ fn checkpoint_operations_on_a_full_file_system() {
         .rename("a", "renamed")
         .expect_err("a rename succeeded on a full file system");
     assert_no_space("checkpoint rename", &e);
+    // The handle must not show a rename the file does not hold (checked at
+    // the end, so that the rest runs first).
+    let renamed_in_memory_only = vm.find("a").is_err();
+    drop(vm);
+    let mut vm = Vm::open(&dir).expect("reopen after the failed rename");
     // An export writes whole disks.
     let out = fs.path().join("export");
     let e = vm
@@ -300,4 +305,9 @@ fn checkpoint_operations_on_a_full_file_system() {
     );
     assert!(vm.strays().unwrap().is_empty());
     check_path(&cur);
+    assert!(
+        !renamed_in_memory_only,
+        "after a rename failed with NoSpace, the same handle no longer finds the old name \
+         (the handle shows a rename that vm.json does not hold)"
+    );
 }
