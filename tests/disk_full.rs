@@ -1,7 +1,7 @@
 //! A real full file system, not an injected one: a small tmpfs is mounted
 //! (the tests run as root), filled with a filler file, and then writes with
-//! a flush, a merge, a child create and checkpoint create, rename and
-//! export must fail with the NoSpace kind, change nothing committed, and
+//! a flush, a merge, a child create and checkpoint create, rename, export
+//! and apply must fail with the NoSpace kind, change nothing committed, and
 //! succeed once the filler is removed (on the same handle for disk writes,
 //! by running the operation again otherwise).
 //!
@@ -275,8 +275,18 @@ fn checkpoint_operations_on_a_full_file_system() {
         .export(Some("a"), &out, &mut NoHooks)
         .expect_err("an export succeeded on a full file system");
     assert_no_space("checkpoint export", &e);
+    // An apply makes new differencing disks.
+    let e = vm
+        .apply("a", None, &mut NoHooks)
+        .expect_err("an apply succeeded on a full file system");
+    assert_no_space("checkpoint apply", &e);
     drop(vm);
-    let vm = Vm::open(&dir).expect("reopen after the failed rename and export");
+    let vm = Vm::open(&dir).expect("reopen after the failed rename, export and apply");
+    let cur_after = vm.data().current.disks[0].clone();
+    assert!(
+        read_path(&cur_after) == model,
+        "a failed apply changed the current state"
+    );
     assert!(
         vm.find("a").is_ok(),
         "checkpoint a is gone after a failed rename"
