@@ -246,24 +246,21 @@ fn cut_points(sc: &Scenario) -> (Vec<u64>, u64, std::collections::HashSet<u64>) 
 fn judge(
     sc: &Scenario,
     ctx: &str,
-    bytes: Vec<u8>,
+    surviving: MemStorage,
     completed: usize,
     failed: Option<usize>,
     replay: bool,
 ) {
     let _g = Ctx(ctx.to_string());
-    let report = check_storage(Arc::new(MemStorage::from_vec(bytes.clone())));
+    // Clones of a MemStorage share its bytes: the read-only uses need no copy.
+    let report = check_storage(Arc::new(surviving.clone()));
     assert!(
         report.is_ok(),
         "{ctx}: structural check of the surviving file: {:?}",
         report.problems
     );
-    let disk = open_chain(
-        sc,
-        Arc::new(MemStorage::from_vec(bytes.clone())),
-        OpenMode::ReadOnly,
-    )
-    .unwrap_or_else(|e| panic!("{ctx}: the surviving file does not open: {e}"));
+    let disk = open_chain(sc, Arc::new(surviving.clone()), OpenMode::ReadOnly)
+        .unwrap_or_else(|e| panic!("{ctx}: the surviving file does not open: {e}"));
     // Durable = initial + ops up to the last completed barrier; pending = the
     // rest of the completed ones plus the one in flight.
     let last_barrier = sc.ops[..completed].iter().rposition(|o| o.is_barrier());
@@ -286,7 +283,7 @@ fn judge(
         return;
     }
     // A read-write open replays the log; the result is clean.
-    let mem = MemStorage::from_vec(bytes);
+    let mem = MemStorage::from_vec(surviving.snapshot());
     let rw = open_chain(sc, Arc::new(mem.clone()), OpenMode::ReadWrite)
         .unwrap_or_else(|e| panic!("{ctx}: read-write open: {e}"));
     rw.close()
@@ -323,7 +320,7 @@ fn sweep(cut: Cut) {
         judge(
             &sc,
             &format!("{cut:?} cut at {n} of {total} (ops done {done}, failed {failed:?})"),
-            f.inner().snapshot(),
+            f.inner().clone(),
             done,
             failed,
             i % 4 == 0,
@@ -359,7 +356,7 @@ fn big_flush_lossy_cache() {
                     "lossy cut at {n} of {total} (ops done {done}, failed {failed:?}), survivor \
                      #{m} of {k} unsynced writes"
                 ),
-                st.survivor(|j| mask[j]),
+                MemStorage::from_vec(st.survivor(|j| mask[j])),
                 done,
                 failed,
                 i % 4 == 0,
