@@ -21,6 +21,9 @@
 //! and every probed block must read, as a whole block, one of the states
 //! the model gives it between the last completed flush and the cut (old or
 //! new — never half a flush, never a block another flush left behind).
+//! The same run with one event failing once (EIO or ENOSPC) and the
+//! failing operation retried must end, when all says Ok, with every block
+//! in its final state.
 
 mod support;
 
@@ -633,4 +636,68 @@ fn thousands_of_allocations_clean_cuts() {
 #[test]
 fn thousands_of_allocations_torn_cuts() {
     many_sweep(Cut::Torn);
+}
+
+/// The big flush with one event failing once (EIO, then ENOSPC in turn), at
+/// a sample of its events, and the failing operation retried on the same
+/// handle: once everything, the close included, says Ok, every probed block
+/// must hold its final state after a reopen — a retried flush must finish
+/// the entries the failed one did not write.
+#[test]
+fn big_flush_transient_errors_then_retry() {
+    use ckpt::io::Transient;
+    let sc = scenario();
+    let (_, total, _) = cut_points(&sc);
+    let probes: Vec<(u64, u64)> = sc
+        .probes
+        .iter()
+        .flat_map(|&b| [(b * BS, 8192), (b * BS + BS - 512, 512)])
+        .collect();
+    for (i, k) in support::ops::sample(total, 48).into_iter().enumerate() {
+        let kind = if i % 2 == 0 {
+            Transient::Eio
+        } else {
+            Transient::NoSpace
+        };
+        let ctx = format!("{kind:?} once at event {k} of {total}, retried");
+        let _g = Ctx(ctx.clone());
+        let mem = MemStorage::from_vec(sc.child.clone());
+        let f = Arc::new(FaultStorage::transient(mem.clone(), k, kind));
+        let mut disk = Some(open_chain(&sc, f.clone(), OpenMode::ReadWrite).unwrap());
+        let mut claimed = true;
+        for op in &sc.ops {
+            let r = match op {
+                Op::Close => disk.take().unwrap().close(),
+                op => op.run(disk.as_ref().unwrap()),
+            };
+            if let Err(e) = r {
+                assert!(f.fault_injected(), "{ctx}: {op:?} failed: {e}");
+                match op {
+                    Op::Close => claimed = false,
+                    op => {
+                        if let Err(e) = op.run(disk.as_ref().unwrap()) {
+                            // A handle that refuses everything until reopened
+                            // claims nothing more.
+                            eprintln!("{ctx}: NOTICE: the retry of {op:?} is refused: {e}");
+                            claimed = false;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        drop(disk);
+        let report = check_storage(Arc::new(mem.clone()));
+        assert!(
+            report.is_ok(),
+            "{ctx}: structural check: {:?}",
+            report.problems
+        );
+        let d = open_chain(&sc, Arc::new(mem.clone()), OpenMode::ReadOnly)
+            .unwrap_or_else(|e| panic!("{ctx}: the file does not open: {e}"));
+        if claimed {
+            // Everything said Ok: exactly the final state.
+            judge_probes(&ctx, &d, &sc.initial, &sc.ops, &[], &probes);
+        }
+    }
 }
