@@ -1,9 +1,9 @@
 //! A real full file system, not an injected one: a small tmpfs is mounted
 //! (the tests run as root), filled with a filler file, and then writes with
-//! a flush, a merge, a child create and a checkpoint create must fail with
-//! the NoSpace kind, change nothing committed, and succeed once the filler
-//! is removed (on the same handle for disk writes, by running the
-//! operation again otherwise).
+//! a flush, a merge, a child create and checkpoint create, rename, export
+//! and apply must fail with the NoSpace kind, change nothing committed, and
+//! succeed once the filler is removed (on the same handle for disk writes,
+//! by running the operation again otherwise).
 //!
 //! Without the right to mount, the tests skip with a notice, except under
 //! `CI=true`, where that is a failure.
@@ -255,18 +255,59 @@ fn checkpoint_operations_on_a_full_file_system() {
         .expect_err("a checkpoint create succeeded on a full file system");
     assert_no_space("checkpoint create", &e);
     drop(vm);
-    let vm = Vm::open(&dir).expect("reopen after the failed create");
+    let mut vm = Vm::open(&dir).expect("reopen after the failed create");
     assert!(vm.find("b").is_err(), "the failed checkpoint is listed");
     let cur = vm.data().current.disks[0].clone();
     assert!(read_path(&cur) == model, "the current state changed");
+    // A rename rewrites vm.json: no space for the new copy.
+    let e = vm
+        .rename("a", "renamed")
+        .expect_err("a rename succeeded on a full file system");
+    assert_no_space("checkpoint rename", &e);
+    // The handle must not show a rename the file does not hold (checked at
+    // the end, so that the rest runs first).
+    let renamed_in_memory_only = vm.find("a").is_err();
+    drop(vm);
+    let mut vm = Vm::open(&dir).expect("reopen after the failed rename");
+    // An export writes whole disks.
+    let out = fs.path().join("export");
+    let e = vm
+        .export(Some("a"), &out, &mut NoHooks)
+        .expect_err("an export succeeded on a full file system");
+    assert_no_space("checkpoint export", &e);
+    // An apply makes new differencing disks.
+    let e = vm
+        .apply("a", None, &mut NoHooks)
+        .expect_err("an apply succeeded on a full file system");
+    assert_no_space("checkpoint apply", &e);
+    drop(vm);
+    let vm = Vm::open(&dir).expect("reopen after the failed rename, export and apply");
+    let cur_after = vm.data().current.disks[0].clone();
+    assert!(
+        read_path(&cur_after) == model,
+        "a failed apply changed the current state"
+    );
+    assert!(
+        vm.find("a").is_ok(),
+        "checkpoint a is gone after a failed rename"
+    );
+    assert!(vm.find("renamed").is_err(), "a failed rename took effect");
+    let files: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "a failed export left {files:?}");
     drop(vm);
 
     std::fs::remove_file(&filler).unwrap();
     let mut vm = Vm::open(&dir).unwrap();
     vm.create_checkpoint("b", None, &mut NoHooks)
         .expect("checkpoint create after freeing space");
+    vm.rename("a", "renamed")
+        .expect("rename after freeing space");
+    vm.export(Some("renamed"), &fs.path().join("export"), &mut NoHooks)
+        .expect("export after freeing space");
     // And a delete (a merge) once space is there.
-    vm.delete("a", false, &mut NoHooks).expect("delete");
+    vm.delete("renamed", false, &mut NoHooks).expect("delete");
     let cur = vm.data().current.disks[0].clone();
     assert!(
         read_path(&cur) == model,
@@ -274,4 +315,9 @@ fn checkpoint_operations_on_a_full_file_system() {
     );
     assert!(vm.strays().unwrap().is_empty());
     check_path(&cur);
+    assert!(
+        !renamed_in_memory_only,
+        "after a rename failed with NoSpace, the same handle no longer finds the old name \
+         (the handle shows a rename that vm.json does not hold)"
+    );
 }

@@ -1,12 +1,15 @@
 //! Transient errors: every mutating operation runs with its k-th storage
-//! event (write, resize, discard, allocate, sync) failing once with EIO or
-//! ENOSPC, for every k (sampled evenly, first and last always included,
-//! when there are many), and then
+//! event (write, resize, discard, allocate, sync) failing once — EIO and
+//! ENOSPC in turn, both at the first and the last event — for every k
+//! (sampled evenly, first and last always included, when there are many),
+//! and then
 //!
 //! - **retry**: the same operation again on the same handle. It must
-//!   succeed, and at the end everything any call reported Ok must be in the
-//!   file after a reopen (a flush or close that returns Ok after an earlier
-//!   failure must have persisted what the failure left undone);
+//!   succeed (or the handle must refuse everything, a flush too, until it
+//!   is reopened — issue 8 allows that; the reopen path then applies), and
+//!   at the end everything any call reported Ok must be in the file after a
+//!   reopen (a flush or close that returns Ok after an earlier failure must
+//!   have persisted what the failure left undone);
 //! - **reopen**: the handle is dropped and the file reopened. What was
 //!   flushed before the failure is exact, the rest is per sector old or new,
 //!   and the rest of the scenario then succeeds on the new handle.
@@ -17,7 +20,9 @@
 //!
 //! Disk operations run on `FaultStorage::transient`; file-based ones (create,
 //! child create, merge, flatten, reparent, the checkpoint tree) through the
-//! thread-local `faults::arm_transient` hook.
+//! thread-local `faults::arm_transient` hook. A "write-zeroes" is a write
+//! of zeros (`Disk` has no separate call; the C ABI and nbdkit do the same).
+//! A checkpoint rename has no event the hook sees (see below).
 
 mod support;
 
@@ -35,6 +40,19 @@ use support::ops::{read_window, sample, verify_old_or_new, Op};
 use support::{first_diff, pattern, qemu_img, Ctx, KIB, MIB};
 
 const SIZE: u64 = 8 * MIB;
+
+/// The errors to inject at the `i`-th of `n` fault points: both at the
+/// first and the last, else EIO and ENOSPC in turn (half the runs, every
+/// event still hit).
+fn kinds(i: usize, n: usize) -> Vec<Transient> {
+    if i == 0 || i + 1 == n {
+        vec![Transient::Eio, Transient::NoSpace]
+    } else if i % 2 == 0 {
+        vec![Transient::Eio]
+    } else {
+        vec![Transient::NoSpace]
+    }
+}
 
 fn expected_kind(kind: Transient) -> ErrorKind {
     match kind {
@@ -356,10 +374,8 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
                 );
                 hit = true;
                 assert_injected(&ctx, &e, kind);
-                if after == After::Retry && *op != Op::Close {
-                    run_op(sc.spread, disk.as_ref().unwrap(), op).unwrap_or_else(|e| {
-                        panic!("{ctx}: the retry after a transient {kind:?} failed: {e}")
-                    });
+                if after == After::Retry && *op != Op::Close && retry(&ctx, sc, &disk, op) {
+                    // Retried on the same handle.
                 } else {
                     // Reopen (a failed close leaves no handle to retry on).
                     drop(disk.take());
@@ -431,6 +447,28 @@ fn disk_run(sc: &Scenario, k: u64, kind: Transient, after: After, qemu: bool) ->
     hit || f.failed_a_discard()
 }
 
+/// Retry `op` on the same handle. True when it succeeds. A handle may
+/// instead refuse everything after an error whose effect it cannot know
+/// (issue 8 allows that): then a flush must fail too — a handle that
+/// refuses the retry but flushes "successfully" is inconsistent — and the
+/// caller reopens. (This is also what a retry of the failing operation
+/// returning an error of its own looks like, so the refusal is printed.)
+fn retry(ctx: &str, sc: &Scenario, disk: &Option<Disk>, op: &Op) -> bool {
+    let d = disk.as_ref().unwrap();
+    match run_op(sc.spread, d, op) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("{ctx}: NOTICE: the handle refuses the retry ({e}); reopening");
+            assert!(
+                d.flush().is_err(),
+                "{ctx}: the retry after a transient fault failed ({e}), yet a flush on the same \
+                 handle says Ok"
+            );
+            false
+        }
+    }
+}
+
 fn qemu_check_bytes(ctx: &str, bytes: &[u8]) {
     let Some(q) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -458,20 +496,21 @@ fn disk_sweep(sc: &Scenario, after: After) {
     let total = uncut_events(sc);
     let points = sample(total, 160);
     eprintln!(
-        "{} {after:?}: {total} events, {} fault points x 2 kinds",
+        "{} {after:?}: {total} events, {} fault points",
         sc.name,
         points.len()
     );
     let mut hits = 0;
+    let mut runs = 0;
     for (i, &k) in points.iter().enumerate() {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+        for kind in kinds(i, points.len()) {
             hits += disk_run(sc, k, kind, after, i % 40 == 0) as u32;
+            runs += 1;
         }
     }
     assert!(
-        hits as usize == 2 * points.len(),
-        "every sampled event must hit an operation ({hits} of {})",
-        2 * points.len()
+        hits == runs,
+        "every sampled event must hit an operation ({hits} of {runs})"
     );
 }
 
@@ -534,19 +573,18 @@ fn a_retried_flush_persists_what_the_failed_one_did_not() {
             if d.write_at(&data, 2 * MIB).is_err() {
                 d.write_at(&data, 2 * MIB).expect("retried write");
             }
+            let mut durable = true;
             if let Err(e) = d.flush() {
                 assert_injected("flush", &e, kind);
                 failed_flushes += 1;
-                d.flush().expect("retried flush");
+                // A handle may refuse everything after such an error (then
+                // nothing is claimed durable); if it says Ok, it must be.
+                durable = d.flush().is_ok();
             }
-            if let Err(e) = d.close() {
-                // A close that failed (writing the headers) is retried on a
-                // new handle: everything flushed must be there.
-                assert_injected("close", &e, kind);
-                Disk::open_storage(f.clone(), OpenMode::ReadWrite)
-                    .unwrap()
-                    .close()
-                    .expect("close after a failed close");
+            durable |= d.close().is_ok();
+            if !durable {
+                eprintln!("{kind:?} k={k}: NOTICE: the handle refuses the retry and the close");
+                continue;
             }
             let r = Disk::open_storage(Arc::new(mem.clone()), OpenMode::ReadOnly).unwrap();
             let got = read_window(&r, 2 * MIB, data.len() as u64);
@@ -604,12 +642,9 @@ fn path_sweep<S>(
     let total = count_events(setup, op);
     assert!(total > 0, "{name}: no events to fail");
     let points = sample(total, max);
-    eprintln!(
-        "{name}: {total} events, {} fault points x 2 kinds",
-        points.len()
-    );
-    for &k in &points {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+    eprintln!("{name}: {total} events, {} fault points", points.len());
+    for (i, &k) in points.iter().enumerate() {
+        for kind in kinds(i, points.len()) {
             let ctx = format!("{name} {kind:?} k={k} of {total}");
             let _g = Ctx(ctx.clone());
             let t = support::fast_tempdir();
@@ -975,7 +1010,6 @@ fn vm_op(vm: &mut Vm, op: &str, root: &Path) -> ckpt::Result<()> {
         "revert" => vm.revert(),
         "delete" => vm.delete("b", false, &mut NoHooks),
         "delete-root" => vm.delete("a", false, &mut NoHooks),
-        "rename" => vm.rename("a", "renamed"),
         "export" => vm
             .export(Some("b"), &root.join("export"), &mut NoHooks)
             .map(|_| ()),
@@ -1007,20 +1041,14 @@ fn vm_sweep(op: &str) {
     let after = vm_state(&vm);
     drop(vm);
     drop(t);
-    if total == 0 {
-        eprintln!(
-            "NOTICE: checkpoint {op}: no storage events go through the fault hook \
-             (vm.json is written outside it), nothing to inject"
-        );
-        return;
-    }
+    assert!(total > 0, "checkpoint {op}: no storage event to fail");
     let points = sample(total, 24);
     eprintln!(
-        "checkpoint {op}: {total} events, {} fault points x 2 kinds x retry/reopen",
+        "checkpoint {op}: {total} events, {} fault points x retry/reopen",
         points.len()
     );
-    for &k in &points {
-        for kind in [Transient::Eio, Transient::NoSpace] {
+    for (i, &k) in points.iter().enumerate() {
+        for kind in kinds(i, points.len()) {
             for reopen in [false, true] {
                 let ctx = format!("checkpoint {op} {kind:?} k={k} of {total} reopen={reopen}");
                 let _g = Ctx(ctx.clone());
@@ -1041,13 +1069,18 @@ fn vm_sweep(op: &str) {
                             "{ctx}: journal left after the reopen"
                         );
                         let s = vm_state(&vm);
+                        let mid = mid_state(op, &before, &after);
                         assert!(
-                            s == before || s == after,
+                            s == before || s == after || Some(&s) == mid.as_ref(),
                             "{ctx}: state after reopen {s:?}\nbefore {before:?}\nafter {after:?}"
                         );
                         if s == before {
                             vm_op(&mut vm, op, t.path()).unwrap_or_else(|e| {
                                 panic!("{ctx}: the retry after the reopen failed: {e}")
+                            });
+                        } else if s != after {
+                            vm_op(&mut vm, "apply-only", t.path()).unwrap_or_else(|e| {
+                                panic!("{ctx}: finishing the apply failed: {e}")
                             });
                         }
                     } else {
@@ -1144,10 +1177,8 @@ fn checkpoint_delete_root_with_transient_errors() {
     vm_sweep("delete-root");
 }
 
-#[test]
-fn checkpoint_rename_with_transient_errors() {
-    vm_sweep("rename");
-}
+// A rename only rewrites vm.json, which `model::write_atomic` writes
+// outside the fault hook: tests/disk_full.rs fails it on a full file system.
 
 #[test]
 fn checkpoint_export_with_transient_errors() {

@@ -2,7 +2,12 @@
 //! tests/corrupt.rs, tests/model.rs): a deterministic random generator,
 //! panic context, the QEMU oracle, opens under a timeout, a storage that
 //! counts writes, and (in [`raw`]) an independent raw VHDX parser used to
-//! damage images one field at a time.
+//! damage images one field at a time. For the fault suites of issue 8
+//! (tests/transient.rs, tests/crash_big.rs, tests/disk_full.rs,
+//! tests/stress.rs): a byte model of operations with the old-or-new
+//! judgement ([`ops`]), a storage that loses any subset of unsynced writes
+//! ([`lossy`]), a sparse crashing storage for huge mostly-empty images
+//! ([`sparse`]), and temporary folders on tmpfs ([`fast_tempdir`]).
 //!
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 

@@ -116,6 +116,17 @@ impl SparseStorage {
     pub fn crashed(&self) -> bool {
         self.events() > self.crash_at
     }
+    /// Call `f(offset, bytes)` for every page held, in order (the bytes
+    /// past the end are left out).
+    pub fn for_each_page(&self, mut f: impl FnMut(u64, &[u8])) {
+        let st = self.lock();
+        for (&p, page) in &st.pages {
+            let off = p * PAGE;
+            if off < st.len {
+                f(off, &page[..(st.len - off).min(PAGE) as usize]);
+            }
+        }
+    }
     /// Bytes of memory the pages take.
     pub fn resident(&self) -> u64 {
         self.lock().pages.len() as u64 * PAGE
