@@ -994,7 +994,10 @@ fn vm_state(vm: &Vm) -> VmState {
         .data()
         .checkpoints
         .iter()
-        .filter(|c| !c.hidden)
+        // A checkpoint whose delete is pending is deleted as far as users
+        // can see: it is refused for apply and export (its disk may be
+        // half merged).
+        .filter(|c| !c.hidden && !c.deleting)
         .map(|c| (c.name.clone(), c.disks.iter().map(|d| head(d)).collect()))
         .collect();
     m.sort();

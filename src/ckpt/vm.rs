@@ -747,8 +747,14 @@ impl Vm {
             return Ok(());
         }
         self.check_name(new_name)?;
-        self.data.checkpoints[i].name = new_name.to_string();
-        self.save()
+        let old = std::mem::replace(&mut self.data.checkpoints[i].name, new_name.to_string());
+        // The handle shows what vm.json holds: a rename that could not be
+        // saved is undone.
+        let saved = self.save();
+        if saved.is_err() {
+            self.data.checkpoints[i].name = old;
+        }
+        saved
     }
 
     /// Delete checkpoint `name` (and with `subtree` every checkpoint under
@@ -930,10 +936,32 @@ impl Vm {
         if let Err(e) = r {
             if Self::untouched(&node, guids) {
                 let _ = self.undo_merge(id);
+            } else {
+                self.adopt_merged(&node, dep);
             }
             return Err(e);
         }
         self.commit_merge(&node, dep)
+    }
+
+    /// After a delete stopped half way: the disks of the dependant that
+    /// were merged already (their file is gone, their data is in the
+    /// checkpoint's) are the checkpoint's files now, so that this handle
+    /// never names a file that no longer exists. The journal finishes the
+    /// rest before the next operation.
+    fn adopt_merged(&mut self, node: &Checkpoint, dep: &Option<String>) {
+        let disks = match dep {
+            None => &mut self.data.current.disks,
+            Some(d) => match self.data.checkpoints.iter_mut().find(|c| &c.id == d) {
+                Some(c) => &mut c.disks,
+                None => return,
+            },
+        };
+        for (src, target) in disks.iter_mut().zip(&node.disks) {
+            if src != target && !src.exists() && target.exists() {
+                *src = target.clone();
+            }
+        }
     }
 
     /// Merge every disk of `dep` into `node`'s (the ones not merged yet).
