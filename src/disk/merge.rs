@@ -404,14 +404,18 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     };
     drop(view);
 
+    // The destination is locked (opened for writing) before anything
+    // changes and stays so to the end: a merge into a file another handle
+    // or process has open fails here, with nothing written.
+    let dest_file = open_single(&dest, true)?;
+
     // 1. Let the layer above the destination accept the destination's new
     //    DataWriteGuid (parent_linkage2) before the destination changes.
     let above = &paths[k - 1];
     let new_guid = {
-        let d = open_single(&dest, false)?;
         let a = open_single(above, true)?;
         let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
-        let current = d.header().data_write_guid;
+        let current = dest_file.header().data_write_guid;
         let pending = loc
             .linkage(locator::PARENT_LINKAGE2)
             .filter(|g| !g.is_nil());
@@ -430,7 +434,6 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     };
 
     // 2. Copy through a chain whose bottom is the live, writable destination.
-    let dest_file = open_single(&dest, true)?;
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
