@@ -75,10 +75,30 @@
  *   the two are compatible (see ckpt_version_check).
  *
  * Threads: the library has no global state except the per-thread last
- *   error. Each handle type states what may run concurrently on one handle;
- *   a ckpt_disk allows concurrent reads and writes from several threads; a
- *   ckpt_vm takes one call at a time (an overlapping call on the same
- *   handle fails with CKPT_STATUS_BUSY).
+ *   error and a record of the files this process holds locked (used only
+ *   to word BUSY messages). Each handle type states what may run
+ *   concurrently on one handle; a ckpt_disk allows concurrent reads and
+ *   writes from several threads; a ckpt_vm takes one call at a time (an
+ *   overlapping call on the same handle fails with CKPT_STATUS_BUSY).
+ *
+ * Locks: every image file the library opens is locked with flock(2),
+ *   without waiting: shared while it is open read-only (a read-only disk,
+ *   and every parent of an open chain), exclusive while it is open for
+ *   writing (the top of a read-write chain; a merge's destination and the
+ *   files it re-points). Readers coexist; a writer excludes everyone. So a
+ *   file another handle or process has open for writing cannot be opened,
+ *   checkpointed, given a child, merged, flattened or re-pointed, and a
+ *   file an open chain uses as a parent cannot be opened for writing:
+ *   these fail with CKPT_STATUS_BUSY, and the last error names the file and
+ *   says whether another handle in this process or another process holds
+ *   it. Two handles in one process conflict like two processes. Checkpoint
+ *   operations check the disks they will change before their first step,
+ *   so a refusal changes nothing. A refused lock is retried for about
+ *   0.2 s (a child being forked holds the parent's descriptors until it
+ *   execs; the library's descriptors are close-on-exec). The locks are
+ *   advisory: programs that do not use flock (QEMU uses fcntl locks) are
+ *   not kept out, and a process that forks without exec keeps the locks of
+ *   the descriptors it inherited.
  */
 
 

@@ -11,6 +11,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+mod lock;
+pub use lock::{lock_conflict, lock_file, FileLock, Holder, LockConflict, LockKind};
+
 /// Random-access storage under a virtual disk file.
 ///
 /// Implementations must be safe to call from many threads at once.
@@ -235,59 +238,53 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
 pub struct FileStorage {
     file: File,
     writable: bool,
+    /// Dropped after `file` (whose closing releases the lock).
+    _lock: FileLock,
 }
 
 impl FileStorage {
-    /// Open an existing file. A writable open takes an exclusive advisory
-    /// lock (`flock`), so that two processes cannot write one image.
+    /// Open an existing file and lock it (`flock`, see [`lock_file`]): a
+    /// writable open takes an exclusive lock, a read-only open a shared
+    /// one, so that nobody writes a file another handle or process reads or
+    /// writes. A refused lock is an error of kind `WouldBlock` that
+    /// carries a [`LockConflict`] (who holds the file).
     pub fn open(path: &Path, writable: bool) -> io::Result<FileStorage> {
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
-        if writable {
-            lock_exclusive(&file)?;
-        }
-        Ok(FileStorage { file, writable })
+        let kind = if writable {
+            LockKind::Exclusive
+        } else {
+            LockKind::Shared
+        };
+        let lock = lock_file(&file, kind)?;
+        Ok(FileStorage {
+            file,
+            writable,
+            _lock: lock,
+        })
     }
 
-    /// Create a new file; fails if it already exists.
+    /// Create a new file (locked exclusively); fails if it already exists.
     pub fn create(path: &Path) -> io::Result<FileStorage> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)?;
-        lock_exclusive(&file)?;
+        let lock = match lock_file(&file, LockKind::Exclusive) {
+            Ok(l) => l,
+            Err(e) => {
+                // Someone opened the new, empty file already: it is ours to remove.
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
         Ok(FileStorage {
             file,
             writable: true,
+            _lock: lock,
         })
     }
-}
-
-/// Take an exclusive advisory lock (`flock`) on `file`, or fail with
-/// `WouldBlock` when another process holds it.
-pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // A lock can look taken for a moment while another thread of this
-    // process forks (the child shares the descriptor until it execs), so a
-    // busy lock is retried briefly before giving up.
-    for attempt in 0..20 {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(e);
-        }
-        if attempt < 19 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::WouldBlock,
-        "the file is open for writing by another process",
-    ))
 }
 
 impl Storage for FileStorage {

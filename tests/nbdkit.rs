@@ -619,6 +619,135 @@ fn bad_file_fails_at_start_up() {
     assert!(!o.status.success());
 }
 
+// ------------------------------------------------------------ locks
+
+/// Every file under `root` with its bytes (the VM's lock file, nbdkit's
+/// log and socket left out).
+fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.push((p.clone(), b"(a folder)".to_vec()));
+                stack.push(p);
+            } else if p.is_file()
+                && p.file_name()
+                    .is_some_and(|n| n != ".lock" && n != "nbdkit.log")
+            {
+                out.push((p.clone(), file_bytes(&p)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The user scenario of issue 8, bug 9: nbdkit serves a VM's disk
+/// read-write; `ckpt checkpoint create VM c1` must fail with busy naming
+/// the disk and change nothing (vm.json, the disk, no new file), while the
+/// export keeps working; once nbdkit stops the same command succeeds, and
+/// serving the new current disk leaves the checkpoint's disk frozen (it can
+/// be read beside nbdkit, not written). A second nbdkit on a served file
+/// stops at start-up with CKPT_STATUS_BUSY.
+#[cfg(feature = "cli")]
+#[test]
+fn a_served_disk_cannot_be_checkpointed() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let disk = root.join("d.vhdx");
+    let vm = root.join("vm");
+    let ckpt = |args: &[&std::ffi::OsStr]| {
+        run_unchecked(Command::new(env!("CARGO_BIN_EXE_ckpt")).args(args))
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let o = ckpt(&[&os("create"), disk.as_os_str(), &os("--size"), &os("8M")]);
+    assert!(o.status.success(), "{o:?}");
+    let o = ckpt(&[
+        &os("vm"),
+        &os("create"),
+        vm.as_os_str(),
+        &os("--name"),
+        &os("v"),
+        &os("--disk"),
+        disk.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let create = [os("checkpoint"), os("create"), vm.clone().into(), os("c1")];
+    let create: Vec<&std::ffi::OsStr> = create.iter().map(|a| a.as_os_str()).collect();
+
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let server = Server::start(&sockdir, &disk, false);
+    qemu_io(
+        &server.uri(),
+        &["write -P 0x11 0 65536".into(), "flush".into()],
+    );
+    let before = tree(&root);
+    let o = ckpt(&create);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "checkpoint of a served disk succeeded");
+    assert!(
+        err.contains("busy") && err.contains(&disk.display().to_string()),
+        "the refusal does not say busy and name the disk: {err}"
+    );
+    assert!(err.contains("another process"), "{err}");
+    assert!(
+        tree(&root) == before,
+        "the refused checkpoint changed files"
+    );
+    // The served disk works on, and a second server is refused at start-up.
+    qemu_io(
+        &server.uri(),
+        &["write -P 0x22 4096 4096".into(), "flush".into()],
+    );
+    let o = run_unchecked(
+        Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(root.join("second.sock"))
+            .arg(plugin())
+            .arg(format!("file={}", disk.display())),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a second nbdkit served the disk:\n{err}"
+    );
+    assert!(err.contains("CKPT_STATUS_BUSY"), "{err}");
+    server.stop();
+
+    let o = ckpt(&create);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let show = ckpt(&[&os("vm"), &os("show"), vm.as_os_str(), &os("--json")]);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).expect("vm show --json");
+    let current = PathBuf::from(v["disks"][0]["path"].as_str().expect("path"));
+    assert_ne!(current, disk);
+    let frozen = file_bytes(&disk);
+
+    // Serving the new current disk: writes land in it; the checkpoint's
+    // disk reads beside nbdkit and refuses writers.
+    let server = Server::start(&sockdir, &current, false);
+    qemu_io(
+        &server.uri(),
+        &["write -P 0x33 0 65536".into(), "flush".into()],
+    );
+    let o = ckpt(&[&os("read"), disk.as_os_str(), &os("0"), &os("4096")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout.iter().all(|&b| b == 0x11),
+        "the checkpoint's disk changed"
+    );
+    let o = ckpt(&[&os("write"), disk.as_os_str(), &os("0")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("busy"), "{err}");
+    server.stop();
+    assert!(file_bytes(&disk) == frozen, "the checkpoint's disk changed");
+}
+
 // ------------------------------------------------------------ extents
 
 /// Virtual size of the sparse chain.

@@ -106,7 +106,7 @@ pub struct CheckpointView {
 pub struct Vm {
     dir: PathBuf,
     data: VmFile,
-    _lock: File,
+    _lock: (File, crate::io::FileLock),
 }
 
 fn now() -> u64 {
@@ -116,7 +116,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock_vm(dir: &Path) -> Result<File> {
+fn lock_vm(dir: &Path) -> Result<(File, crate::io::FileLock)> {
     let path = dir.join(LOCK_FILE);
     let f = OpenOptions::new()
         .read(true)
@@ -125,13 +125,16 @@ fn lock_vm(dir: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(|e| Error::from(e).in_file(&path))?;
-    match crate::io::lock_exclusive(&f) {
-        Ok(()) => Ok(f),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Busy(format!(
-            "{}: the VM is being changed by another process",
-            dir.display()
-        ))),
-        Err(e) => Err(Error::from(e).in_file(&path)),
+    match crate::io::lock_file(&f, crate::io::LockKind::Exclusive) {
+        Ok(l) => Ok((f, l)),
+        Err(e) => match crate::io::lock_conflict(&e) {
+            Some(c) => Err(Error::Busy(format!(
+                "{}: the VM is being changed by {}",
+                dir.display(),
+                c.holder_name()
+            ))),
+            None => Err(Error::from(e).in_file(&path)),
+        },
     }
 }
 
@@ -150,6 +153,16 @@ fn name_given(name: &str) -> Result<()> {
         return Err(Error::InvalidArgument(
             "a checkpoint name must not be empty".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Refuse (`Busy`, naming the disk) when another handle or process has
+/// one of `disks` open: for operations about to write or remove them,
+/// before their first step, so that a refusal changes nothing.
+fn check_disks_unused(disks: &[PathBuf]) -> Result<()> {
+    for d in disks.iter().filter(|d| d.exists()) {
+        crate::disk::check_not_in_use(d)?;
     }
     Ok(())
 }
@@ -494,6 +507,17 @@ impl Vm {
         then_apply: Option<String>,
     ) -> Result<Checkpoint> {
         self.check_name(name)?;
+        // The current disks stay open read-only (locked shared) until the
+        // checkpoint is taken: a disk another handle or process has open
+        // for writing is refused here, before anything changes, and none
+        // can be opened for writing before its new child exists.
+        let _held = self
+            .data
+            .current
+            .disks
+            .iter()
+            .map(|d| Disk::open(d, OpenMode::ReadOnly))
+            .collect::<Result<Vec<Disk>>>()?;
         let requested = self.data.settings.checkpoint_type;
         let (taken, fallback_reason, quiesced) = match requested {
             CheckpointType::Disabled => {
@@ -689,6 +713,8 @@ impl Vm {
                 "the current state does not hang under a checkpoint; take one first".into(),
             ));
         }
+        // The current disks are discarded: never while something uses them.
+        check_disks_unused(&old_files)?;
         self.journal(&Journal::Apply {
             target: Some(target.id.clone()),
             new_files: new_files.clone(),
@@ -803,6 +829,7 @@ impl Vm {
 
     fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
         let deps = self.dependants(id);
+        self.check_delete_unused(id, &deps)?;
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], Some(hooks)),
@@ -823,6 +850,23 @@ impl Vm {
         self.data.checkpoints[i].deleting = true;
         self.save()?;
         self.finish_merge(id, dep, hooks, &guids)
+    }
+
+    /// Refuse to delete `id` while a disk the delete writes (the merge's
+    /// destination) or removes is open elsewhere (a hidden branch point
+    /// keeps its disks untouched).
+    fn check_delete_unused(&self, id: &str, deps: &[Option<String>]) -> Result<()> {
+        let c = &self.data.checkpoints[self.index(id)?];
+        let mut disks = Vec::new();
+        match deps {
+            [] if c.parent.is_some() => disks.extend(c.disks.iter().cloned()),
+            [dep] => {
+                disks.extend(c.disks.iter().cloned());
+                disks.extend(self.disks_of(dep)?);
+            }
+            _ => {}
+        }
+        check_disks_unused(&disks)
     }
 
     /// Remove a node with no dependants (its disks go), or hide a branch

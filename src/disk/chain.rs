@@ -6,15 +6,36 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::vhdx::{ParentSpec, Vhdx};
-use crate::disk::{Layer, OpenMode, MAX_CHAIN_DEPTH};
+use crate::disk::{open_file, Layer, OpenMode, MAX_CHAIN_DEPTH};
 use crate::error::{Error, Result};
 use crate::format::locator::{self, ParentLocator};
-use crate::io::FileStorage;
 
 /// Open `path` and every parent under it.
 pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
+    walk_chain(path, mode, HashSet::new())
+}
+
+/// Open the parents of `file` (already open, stored at `path`), read-only,
+/// with the linkage of `file` to the first checked; empty for a base disk.
+pub(super) fn open_parents(file: &Vhdx, path: &Path) -> Result<Vec<Layer>> {
+    if !file.has_parent() {
+        return Ok(Vec::new());
+    }
+    let parent = find_parent(file, path)?;
+    let parent = std::fs::canonicalize(&parent).unwrap_or(parent);
+    let mut seen = HashSet::new();
+    if let Ok(me) = std::fs::canonicalize(path) {
+        seen.insert(me);
+    }
+    let layers = walk_chain(&parent, OpenMode::ReadOnly, seen)?;
+    check_linkage(file, &layers[0].file, Some(path), layers[0].path.as_deref())?;
+    Ok(layers)
+}
+
+/// Open `path` and its parents; a file in `seen` (the canonical paths of
+/// files open already) is a loop.
+fn walk_chain(path: &Path, mode: OpenMode, mut seen: HashSet<PathBuf>) -> Result<Vec<Layer>> {
     let mut layers: Vec<Layer> = Vec::new();
-    let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut next = path.to_path_buf();
     loop {
         let ro = !layers.is_empty() || mode == OpenMode::ReadOnly;
@@ -32,7 +53,7 @@ pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
                 path.display()
             )));
         }
-        let storage = FileStorage::open(&next, !ro).map_err(|e| Error::from(e).in_file(&next))?;
+        let storage = open_file(&next, !ro)?;
         let file = Vhdx::open(Arc::new(storage), ro).map_err(|e| e.in_file(&next))?;
         if let Some(child) = layers.last() {
             check_linkage(&child.file, &file, child.path.as_deref(), Some(&next))?;
@@ -131,10 +152,25 @@ pub(super) fn parent_candidates(loc: &ParentLocator, child_path: &Path) -> Vec<P
 
 fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
     let loc = locator_of(file).map_err(|e| e.in_file(child_path))?;
-    let tried: Vec<PathBuf> = parent_candidates(&loc, child_path)
-        .into_iter()
-        .map(|p| absolute(&p).unwrap_or(p))
-        .collect();
+    // Each path once: the relative and the absolute path often name the
+    // same file (compared with their folders resolved, as the file may be
+    // missing).
+    let same_key = |p: &Path| match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => std::fs::canonicalize(d)
+            .map(|d| d.join(n))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    };
+    let mut tried: Vec<PathBuf> = Vec::new();
+    let mut keys: Vec<PathBuf> = Vec::new();
+    for p in parent_candidates(&loc, child_path) {
+        let p = absolute(&p).unwrap_or(p);
+        let key = same_key(&p);
+        if !keys.contains(&key) {
+            keys.push(key);
+            tried.push(p);
+        }
+    }
     tried
         .iter()
         .find(|p| p.is_file())

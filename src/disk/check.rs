@@ -4,10 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::disk::vhdx::Vhdx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::bat::{BatEntry, PayloadState, SB_PRESENT};
 use crate::format::MIB;
-use crate::io::{FileStorage, Storage};
+use crate::io::Storage;
 
 /// The outcome of [`check`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl CheckReport {
 /// Check the VHDX at `path` without writing to it. Errors only when the file
 /// cannot be read at all; damage is reported in the [`CheckReport`].
 pub fn check(path: &Path) -> Result<CheckReport> {
-    let storage = FileStorage::open(path, false).map_err(|e| Error::from(e).in_file(path))?;
+    let storage = crate::disk::open_file(path, false)?;
     Ok(check_storage(Arc::new(storage)))
 }
 

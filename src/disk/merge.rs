@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use crate::disk::chain::{self, locator_of};
 use crate::disk::vhdx::{Src, Vhdx};
-use crate::disk::{CreateOptions, Disk, Layer, OpenMode};
+use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
 use crate::error::{Error, Result};
 use crate::format::locator;
-use crate::io::FileStorage;
 
 /// A byte range of the virtual disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,7 +173,7 @@ pub fn flatten(
 
 /// Open one file of a chain alone (no parents).
 fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
-    let s = FileStorage::open(path, writable).map_err(|e| Error::from(e).in_file(path))?;
+    let s = open_file(path, writable)?;
     Vhdx::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
 }
 
@@ -182,15 +181,10 @@ fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
 /// the new parent's DataWriteGuid matches neither linkage of the child,
 /// unless `force` is set (then the linkage is rewritten to the new parent).
 pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
-    let c = open_single(child, true)?;
-    if !c.has_parent() {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not a differencing disk",
-            child.display()
-        )));
-    }
-    let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
     let me = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
+    // The new parent's chain first (locked shared while the child is
+    // changed): a child inside it is refused before it is opened for writing.
+    let p = Disk::open(new_parent, OpenMode::ReadOnly)?;
     if p.chain()
         .iter()
         .flatten()
@@ -200,6 +194,13 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
             "{} is in the chain of {}: making it the parent would make a cycle",
             child.display(),
             new_parent.display()
+        )));
+    }
+    let c = open_single(child, true)?;
+    if !c.has_parent() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a differencing disk",
+            child.display()
         )));
     }
     match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
@@ -439,14 +440,18 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     };
     drop(view);
 
+    // The destination is locked (opened for writing) before anything
+    // changes and stays so to the end: a merge into a file another handle
+    // or process has open fails here, with nothing written.
+    let dest_file = open_single(&dest, true)?;
+
     // 1. Let the layer above the destination accept the destination's new
     //    DataWriteGuid (parent_linkage2) before the destination changes.
     let above = &paths[k - 1];
     let new_guid = {
-        let d = open_single(&dest, false)?;
         let a = open_single(above, true)?;
         let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
-        let current = d.header().data_write_guid;
+        let current = dest_file.header().data_write_guid;
         let pending = loc
             .linkage(locator::PARENT_LINKAGE2)
             .filter(|g| !g.is_nil());
@@ -465,7 +470,6 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     };
 
     // 2. Copy through a chain whose bottom is the live, writable destination.
-    let dest_file = open_single(&dest, true)?;
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
@@ -478,9 +482,9 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
         path: Some(dest.clone()),
         file: dest_file,
     });
-    // The destination's own parents, when it is a differencing disk too.
-    let mut below = chain::open_chain(&dest, OpenMode::ReadOnly)?;
-    below.remove(0);
+    // The destination's own parents, when it is a differencing disk too
+    // (the destination itself is open for writing above: not again).
+    let below = chain::open_parents(&layers[k].file, &dest)?;
     layers.extend(below);
     let work = Disk::from_layers_uncached(layers);
     let d = &work.layers[k].file;

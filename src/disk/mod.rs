@@ -259,14 +259,17 @@ impl Disk {
     ) -> Result<Disk> {
         let path = path.as_ref();
         let parent = parent.as_ref();
+        // The parent's chain stays open (locked shared) until the child's
+        // chain holds it: nobody can write the parent in between.
         let pdisk = Disk::open(parent, OpenMode::ReadOnly)?;
         let spec = chain::parent_spec(path, parent, pdisk.top())?;
         let copts = child_create_options(&pdisk, opts);
-        drop(pdisk);
         create_file(path, |s| {
             vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec))
         })?;
-        Disk::open(path, OpenMode::ReadWrite)
+        let child = Disk::open(path, OpenMode::ReadWrite);
+        drop(pdisk);
+        child
     }
 
     /// Create a differencing disk on empty `storage` whose parent is the
@@ -816,13 +819,37 @@ impl Disk {
     }
 }
 
+/// Open the image file `path` alone, locked: exclusively when `writable`,
+/// shared otherwise (see [`crate::io::lock_file`]). A refused lock is
+/// [`Error::Busy`] naming the file and who holds it.
+pub(crate) fn open_file(path: &Path, writable: bool) -> Result<FileStorage> {
+    FileStorage::open(path, writable).map_err(|e| file_error(e, path))
+}
+
+/// An error from opening `path`: a lock conflict becomes [`Error::Busy`].
+pub(crate) fn file_error(e: std::io::Error, path: &Path) -> Error {
+    match crate::io::lock_conflict(&e) {
+        Some(c) => Error::Busy(c.to_string()).in_file(path),
+        None => Error::from(e).in_file(path),
+    }
+}
+
+/// Fail with [`Error::Busy`] when another handle or process has the image
+/// `path` open (for writing, or read-only as a parent of an open chain):
+/// takes an exclusive lock for a moment and gives it back. For operations
+/// that are about to change or remove a file, checked before their first
+/// step so that a refusal changes nothing.
+pub fn check_not_in_use(path: &Path) -> Result<()> {
+    open_file(path, true).map(drop)
+}
+
 /// Create `path` (which must not exist) with `init`, removing it again if
 /// that fails.
 fn create_file(
     path: &Path,
     init: impl FnOnce(&dyn Storage) -> Result<()>,
 ) -> Result<Arc<dyn Storage>> {
-    let storage = FileStorage::create(path).map_err(|e| Error::from(e).in_file(path))?;
+    let storage = FileStorage::create(path).map_err(|e| file_error(e, path))?;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     if let Err(e) = init(storage.as_ref()) {
         drop(storage);

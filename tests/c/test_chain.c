@@ -56,16 +56,22 @@ static void put(ckpt_disk *disk, uint64_t off, size_t n, uint32_t seed) {
     free(buf);
 }
 
+/* Whether the whole of an open disk reads as the model. */
+static int handle_reads_as_model(ckpt_disk *disk) {
+    memset(back, 0xEE, sizeof back);
+    ckpt_status s = ckpt_disk_read(disk, back, sizeof back, 0);
+    return s == CKPT_STATUS_OK && memcmp(back, model, sizeof back) == 0;
+}
+
 /* Whether the whole disk at `path` reads as the model. */
 static int reads_as_model(const char *path) {
     ckpt_disk *disk = NULL;
     if (ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk) != CKPT_STATUS_OK) {
         return 0;
     }
-    memset(back, 0xEE, sizeof back);
-    ckpt_status s = ckpt_disk_read(disk, back, sizeof back, 0);
+    int same = handle_reads_as_model(disk);
     ckpt_disk_close(disk);
-    return s == CKPT_STATUS_OK && memcmp(back, model, sizeof back) == 0;
+    return same;
 }
 
 static size_t chain_length(const char *path) {
@@ -154,10 +160,31 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_disk_get_info(disk, &info));
     CHECK(info.kind == CKPT_DISK_KIND_DIFFERENCING && info.has_parent);
     CHECK(info.virtual_size == SIZE && info.block_size == MIB);
-    CHECK(reads_as_model(child1)); /* before any write: the parent's data */
+    CHECK(handle_reads_as_model(disk)); /* before any write: the parent's data */
     put(disk, MIB, 65536, 3);
     put(disk, 5 * MIB + 10, 100, 4);
     EXPECT_OK(ckpt_disk_flush(disk));
+
+    /* Locks: while child1 is open for writing (and base as its parent),
+     * nothing else may open child1, nor write base, nor give child1 a
+     * child, nor merge or flatten it: CKPT_STATUS_BUSY naming the file and
+     * this process as the holder. Read-only opens of base coexist. */
+    ckpt_disk *again = NULL;
+    EXPECT_STATUS(ckpt_disk_open(child1, CKPT_OPEN_READ_ONLY, &again), CKPT_STATUS_BUSY);
+    CHECK(again == NULL);
+    CHECK(strstr(last_error_text(), "child1.avhdx") != NULL);
+    CHECK(strstr(last_error_text(), "open for writing by another handle in this process") != NULL);
+    EXPECT_STATUS(ckpt_disk_open(base, CKPT_OPEN_READ_WRITE, &again), CKPT_STATUS_BUSY);
+    CHECK(again == NULL);
+    CHECK(strstr(last_error_text(), "base.vhdx") != NULL);
+    CHECK(strstr(last_error_text(), "read-only by another handle in this process") != NULL);
+    EXPECT_STATUS(ckpt_disk_create_child(child2, child1, NULL, &again), CKPT_STATUS_BUSY);
+    CHECK(again == NULL && !file_exists(child2));
+    EXPECT_STATUS(ckpt_disk_merge(child1, NULL, NULL, NULL), CKPT_STATUS_BUSY);
+    EXPECT_STATUS(ckpt_disk_flatten(child1, flat, NULL, NULL, NULL), CKPT_STATUS_BUSY);
+    CHECK(!file_exists(flat));
+    EXPECT_OK(ckpt_disk_open(base, CKPT_OPEN_READ_ONLY, &again));
+    ckpt_disk_close(again);
 
     /* The chain, seen from the child. */
     size_t n = 0;

@@ -1,0 +1,249 @@
+//! Advisory file locks (`flock`) on images and VM folders, and the registry
+//! of the locks this process holds.
+//!
+//! A writable open takes an exclusive lock, a read-only open a shared one,
+//! both non-blocking: readers coexist, a writer excludes everyone. `flock`
+//! locks belong to the open file description, so two opens of one file in
+//! one process conflict exactly as two processes would; the registry (files
+//! by device and inode, with how many shared and exclusive locks this
+//! process holds on each) only serves to say who holds a file when a lock
+//! is refused.
+//!
+//! Depends on nothing but `libc` and `std`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The kind of an advisory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// Many holders at once, no exclusive one (read-only opens).
+    Shared,
+    /// One holder, nobody else (writable opens, VM folders).
+    Exclusive,
+}
+
+/// Who holds a file whose lock was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Another open handle of this process.
+    ThisProcess,
+    /// Some other process.
+    OtherProcess,
+}
+
+/// A lock that could not be taken: carried inside the [`io::Error`]
+/// (of kind [`io::ErrorKind::WouldBlock`]) that [`lock_file`] returns; find
+/// it with [`lock_conflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockConflict {
+    /// The lock that was asked for.
+    pub wanted: LockKind,
+    /// Who holds the file.
+    pub holder: Holder,
+    /// Whether the holder has it open for writing (else only read-only
+    /// handles, such as the parents of an open chain, are in the way).
+    pub held_for_writing: bool,
+}
+
+impl LockConflict {
+    /// "another handle in this process" or "another process".
+    pub fn holder_name(&self) -> &'static str {
+        match self.holder {
+            Holder::ThisProcess => "another handle in this process",
+            Holder::OtherProcess => "another process",
+        }
+    }
+}
+
+impl fmt::Display for LockConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.held_for_writing {
+            write!(f, "the file is open for writing by {}", self.holder_name())
+        } else {
+            write!(
+                f,
+                "the file is open read-only by {} (for example as the parent of a disk in use), \
+                 so it cannot be opened for writing",
+                self.holder_name()
+            )
+        }
+    }
+}
+
+impl std::error::Error for LockConflict {}
+
+/// The lock conflict an error from [`lock_file`] (or from opening a
+/// [`super::FileStorage`]) carries, if it is one.
+pub fn lock_conflict(e: &io::Error) -> Option<&LockConflict> {
+    e.get_ref()?.downcast_ref::<LockConflict>()
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    shared: usize,
+    exclusive: usize,
+}
+
+/// The locks this process holds, by (device, inode).
+static HELD: Mutex<BTreeMap<(u64, u64), Held>> = Mutex::new(BTreeMap::new());
+
+fn held() -> std::sync::MutexGuard<'static, BTreeMap<(u64, u64), Held>> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This process's record of a lock it holds. The lock itself belongs to
+/// the file's open description and goes when the file is closed; drop this
+/// record after (or with) the [`File`] it was taken on.
+#[derive(Debug)]
+pub struct FileLock {
+    key: (u64, u64),
+    kind: LockKind,
+}
+
+impl FileLock {
+    /// The kind of lock held.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let mut map = held();
+        if let Some(h) = map.get_mut(&self.key) {
+            match self.kind {
+                LockKind::Shared => h.shared = h.shared.saturating_sub(1),
+                LockKind::Exclusive => h.exclusive = h.exclusive.saturating_sub(1),
+            }
+            if h.shared == 0 && h.exclusive == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor `file` owns for the duration of the
+    // call; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// How often, and how long apart, a refused lock is tried again.
+const ATTEMPTS: u32 = 20;
+const PAUSE: Duration = Duration::from_millis(10);
+
+/// Lock `file` (non-blocking). A refused lock is retried for about 0.2 s:
+/// a descriptor this process closed stays open in a child that another
+/// thread is forking until the child execs (every descriptor libckpt opens
+/// is close-on-exec), so a lock can look taken for a moment. Then the
+/// error (kind `WouldBlock`) carries a [`LockConflict`] saying who holds
+/// the file.
+pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
+    let meta = file.metadata()?;
+    let key = (meta.dev(), meta.ino());
+    let op = match kind {
+        LockKind::Shared => libc::LOCK_SH,
+        LockKind::Exclusive => libc::LOCK_EX,
+    };
+    let mut attempt = 0;
+    loop {
+        match flock(file, op) {
+            Ok(()) => {
+                let mut map = held();
+                let h = map.entry(key).or_default();
+                match kind {
+                    LockKind::Shared => h.shared += 1,
+                    LockKind::Exclusive => h.exclusive += 1,
+                }
+                return Ok(FileLock { key, kind });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if !would_block(&e) => return Err(e),
+            Err(_) => {}
+        }
+        attempt += 1;
+        if attempt >= ATTEMPTS {
+            break;
+        }
+        std::thread::sleep(PAUSE);
+    }
+    let conflict = who_holds(file, key, kind);
+    Err(io::Error::new(io::ErrorKind::WouldBlock, conflict))
+}
+
+/// Why `kind` was refused on `file`: this process's registry first, then
+/// (for an exclusive lock) a shared probe tells a writer from readers.
+fn who_holds(file: &File, key: (u64, u64), kind: LockKind) -> LockConflict {
+    let mine = held().get(&key).copied().unwrap_or_default();
+    let (holder, held_for_writing) = match kind {
+        LockKind::Shared if mine.exclusive > 0 => (Holder::ThisProcess, true),
+        LockKind::Shared => (Holder::OtherProcess, true),
+        LockKind::Exclusive if mine.exclusive > 0 => (Holder::ThisProcess, true),
+        LockKind::Exclusive if mine.shared > 0 => (Holder::ThisProcess, false),
+        LockKind::Exclusive => {
+            // Only a writer refuses a shared lock too.
+            let readers_only = flock(file, libc::LOCK_SH).is_ok();
+            if readers_only {
+                let _ = flock(file, libc::LOCK_UN);
+            }
+            (Holder::OtherProcess, !readers_only)
+        }
+    };
+    LockConflict {
+        wanted: kind,
+        holder,
+        held_for_writing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_opens_in_one_process_conflict_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let (a, b, c) = (
+            File::open(&p).unwrap(),
+            File::open(&p).unwrap(),
+            File::open(&p).unwrap(),
+        );
+        let la = lock_file(&a, LockKind::Shared).unwrap();
+        let lb = lock_file(&b, LockKind::Shared).unwrap();
+        let e = lock_file(&c, LockKind::Exclusive).unwrap_err();
+        let k = lock_conflict(&e).copied().unwrap();
+        assert_eq!(k.holder, Holder::ThisProcess);
+        assert!(!k.held_for_writing);
+        assert!(e
+            .to_string()
+            .contains("read-only by another handle in this process"));
+        drop((a, la, b, lb));
+        let lc = lock_file(&c, LockKind::Exclusive).unwrap();
+        let d = File::open(&p).unwrap();
+        let e = lock_file(&d, LockKind::Shared).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the file is open for writing by another handle in this process"
+        );
+        drop((c, lc));
+        let _ld = lock_file(&d, LockKind::Shared).unwrap();
+    }
+}
