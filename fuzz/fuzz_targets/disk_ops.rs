@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target `disk_ops`: see `harness::disk_ops`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(v) = harness::run("disk_ops", data) {
+        panic!("violation: {v}");
+    }
+});
