@@ -1836,18 +1836,10 @@ fn vm_verify(
             first_diff(&got, cur)
         ));
     }
-    let parent_name = data
-        .current
-        .parent
-        .as_ref()
-        .and_then(|id| data.checkpoints.iter().find(|c| &c.id == id))
-        .map(|c| (c.name.clone(), c.hidden));
+    // What users see (and revert goes back to): the nearest visible
+    // ancestor; the raw tree parent may be a hidden branch point.
+    let got_parent = data.current_checkpoint().map(|c| c.name.clone());
     let want = cur_parent.clone();
-    let got_parent = match parent_name {
-        Some((n, false)) => Some(n),
-        Some((n, true)) => Some(format!("(hidden) {n}")),
-        None => None,
-    };
     if got_parent != want {
         return Err(format!(
             "{ctx}: the current state hangs under {got_parent:?}, the model says {want:?}"
