@@ -653,11 +653,31 @@ struct Promises {
     bad_bat: Option<String>,
 }
 
+/// Whether region table 1 is one an implementation must use ([MS-VHDX]
+/// 2.2.3: signature and checksum; its BAT at or past 1 MiB, 1 MiB aligned).
+/// When it is not, the engine may use table 2, which `layout` does not read.
+fn region_table1_usable(b: &[u8], bat_offset: u64) -> bool {
+    let r = REGIONS[0];
+    let Some(t) = b.get(r..r + 64 * 1024) else {
+        return false;
+    };
+    let mut c = t.to_vec();
+    put(&mut c, 4, 4, 0);
+    le32(t, 0) == 0x6967_6572
+        && crc32c::crc32c(&c) == le32(t, 4)
+        && bat_offset >= MIB
+        && bat_offset % MIB == 0
+}
+
 fn bad_bat_entry(b: &[u8]) -> Option<String> {
     let l = layout(b);
     let (blocks, ratio, total) = l.bat_geometry;
     let (off, len) = l.bat;
-    if ratio == 0 || total > len / 8 || off.checked_add(len).is_none_or(|e| e > b.len() as u64) {
+    if ratio == 0
+        || total > len / 8
+        || off.checked_add(len).is_none_or(|e| e > b.len() as u64)
+        || !region_table1_usable(b, off)
+    {
         return None;
     }
     let file_len = b.len() as u64;
