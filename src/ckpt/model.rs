@@ -169,7 +169,10 @@ pub struct Checkpoint {
     pub skipped_passthrough: Vec<String>,
     /// The configuration copy (a file in the checkpoint location).
     pub config_file: Option<PathBuf>,
-    /// The memory state (a file in the checkpoint location).
+    /// The memory state (a file in the checkpoint location). Read-only once
+    /// taken, and shared, never copied: a checkpoint of a saved VM refers to
+    /// the file the VM resumes from, and the file goes with the last node
+    /// (checkpoint or current state) that refers to it.
     pub saved_state: Option<PathBuf>,
     /// Kept only because two or more states depend on its disks (a deleted branch point).
     #[serde(default)]
@@ -190,6 +193,12 @@ pub struct Current {
     /// The files the VM writes to now, in the VM's disk order.
     pub disks: Vec<PathBuf>,
     /// Memory state to resume from (after applying a standard checkpoint).
+    ///
+    /// Borrowed, read-only: it is the checkpoint's own memory file (and
+    /// checkpoints taken of the saved VM share it), so the hypervisor reads
+    /// it to resume and never writes into it. A new save of the VM goes to a
+    /// new file; the library frees this one when no node refers to it any
+    /// more (the VM leaves the saved state, or the apply of another one).
     pub saved_state: Option<PathBuf>,
 }
 

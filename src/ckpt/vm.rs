@@ -367,15 +367,21 @@ impl Vm {
     }
 
     /// The configuration copy and memory state of checkpoint `c` that can
-    /// go with it (the current state may still need its memory state).
+    /// go with it. A memory state is shared, never copied: the current state
+    /// and other checkpoints (taken of the saved VM) may still refer to it,
+    /// and it goes only with the last of them.
     fn own_files(&self, c: &Checkpoint) -> Vec<PathBuf> {
+        let shared = |p: &PathBuf| {
+            self.data.current.saved_state.as_ref() == Some(p)
+                || self
+                    .data
+                    .checkpoints
+                    .iter()
+                    .any(|o| o.id != c.id && o.saved_state.as_ref() == Some(p))
+        };
         c.config_file
             .iter()
-            .chain(
-                c.saved_state
-                    .iter()
-                    .filter(|p| self.data.current.saved_state.as_ref() != Some(*p)),
-            )
+            .chain(c.saved_state.iter().filter(|p| !shared(p)))
             .cloned()
             .collect()
     }
@@ -527,6 +533,15 @@ impl Vm {
                 )))
             }
             CheckpointType::Standard => (TakenType::Standard, None, false),
+            // Nothing to quiesce in a saved VM: its memory state is kept.
+            CheckpointType::Production
+                if self.data.state == VmState::Saved
+                    && self.data.current.saved_state.is_some()
+                    && memory_file.is_none() =>
+            {
+                let why = "the VM is saved: its memory state is kept".to_string();
+                (TakenType::Standard, Some(why), false)
+            }
             CheckpointType::Production | CheckpointType::ProductionOnly => match hooks.quiesce() {
                 Ok(()) => (TakenType::Production, None, true),
                 Err(reason) if requested == CheckpointType::Production => (
@@ -595,7 +610,15 @@ impl Vm {
         std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
 
         let mut saved_state = None;
-        if taken == TakenType::Standard {
+        // A saved VM's memory is its saved state: the checkpoint shares that
+        // file (read-only for both, freed with the last node using it).
+        let resumes_from = match (self.data.state, &self.data.current.saved_state) {
+            (VmState::Saved, Some(p)) if memory_file.is_none() => Some(p.clone()),
+            _ => None,
+        };
+        if let (TakenType::Standard, Some(p)) = (taken, resumes_from) {
+            saved_state = Some(p);
+        } else if taken == TakenType::Standard {
             if let Some(src) = memory_file {
                 std::fs::copy(src, &memory_path).map_err(|e| Error::from(e).in_file(src))?;
                 File::open(&memory_path)
@@ -652,6 +675,8 @@ impl Vm {
     /// its disks, its configuration restored, the VM saved (standard, with
     /// memory state) or off. With `save_current`, the current state is first
     /// kept as a new checkpoint of that name; otherwise it is discarded.
+    /// Refused (`InvalidArgument`, changing nothing) while the VM is
+    /// running, and (`Busy`) while a current disk is open elsewhere.
     pub fn apply(
         &mut self,
         name: &str,
@@ -659,6 +684,7 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<()> {
         self.settle(None)?;
+        self.refuse_running()?;
         let target = self.usable(name)?.id.clone();
         if self.data.current.parent.is_none() {
             return Err(Error::InvalidArgument(
@@ -677,9 +703,11 @@ impl Vm {
     ///
     /// That is the nearest checkpoint above the current state that is not
     /// hidden ([`VmFile::current_checkpoint`]): after the checkpoint it hung
-    /// under was deleted, its parent.
+    /// under was deleted, its parent. Refused like [`Vm::apply`] while the
+    /// VM is running or a current disk is open elsewhere.
     pub fn revert(&mut self) -> Result<()> {
         self.settle(None)?;
+        self.refuse_running()?;
         let id = self
             .data
             .current_checkpoint()
@@ -688,6 +716,18 @@ impl Vm {
                 Error::InvalidArgument("the VM has no checkpoint to revert to".into())
             })?;
         self.apply_id(&id)
+    }
+
+    /// Apply and revert discard the disks a running guest writes to: refused
+    /// (changing nothing) until the VM is stopped or saved.
+    fn refuse_running(&self) -> Result<()> {
+        if self.data.state == VmState::Running {
+            return Err(Error::InvalidArgument(format!(
+                "VM {:?} is running: stop or save the VM first",
+                self.data.config.name
+            )));
+        }
+        Ok(())
     }
 
     fn apply_id(&mut self, id: &str) -> Result<()> {
