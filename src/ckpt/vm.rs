@@ -146,6 +146,13 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// Remove a file an interrupted operation made, and the temporary file an
+/// interrupted [`write_atomic`] of it may have left.
+fn remove_made(p: &Path) -> Result<()> {
+    remove_if_exists(&temp_of(p))?;
+    remove_if_exists(p)
+}
+
 /// Every checkpoint name is refused when empty (or only blanks): the one
 /// check for names given to create, find, apply, delete, rename and export.
 fn name_given(name: &str) -> Result<()> {
@@ -759,6 +766,7 @@ impl Vm {
             target: Some(target.id.clone()),
             new_files: new_files.clone(),
             old_files: old_files.clone(),
+            old_saved: old_saved.clone(),
         })?;
         let r = (|| -> Result<()> {
             for (d, new) in target.disks.iter().zip(&new_files) {
@@ -1151,9 +1159,12 @@ impl Vm {
                 self.data.current.saved_state.clone(),
             ),
         };
+        // A folder holding only what an interrupted export's configuration
+        // write left (its temporary file) counts as empty.
+        let leftover = temp_of(&dest.join(CONFIG_FILE));
         if dest.exists()
             && std::fs::read_dir(dest)
-                .map(|mut d| d.next().is_some())
+                .map(|mut d| d.any(|e| e.map(|e| e.path() != leftover).unwrap_or(true)))
                 .unwrap_or(true)
         {
             return Err(Error::InvalidArgument(format!(
@@ -1161,6 +1172,7 @@ impl Vm {
                 dest.display()
             )));
         }
+        remove_if_exists(&leftover)?;
         std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let mut files: Vec<PathBuf> = export_names(&self.data.disks)
@@ -1236,6 +1248,10 @@ impl Vm {
     /// [`Vm::reconcile`], following a pending merge with `hooks`.
     fn reconcile_with(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
         let jpath = self.dir.join(JOURNAL_FILE);
+        // A write of the VM file or the journal killed before its rename
+        // leaves its temporary file (the VM's lock says no one is writing).
+        remove_if_exists(&temp_of(&self.dir.join(VM_FILE)))?;
+        remove_if_exists(&temp_of(&jpath))?;
         if !jpath.exists() {
             return Ok(());
         }
@@ -1258,7 +1274,7 @@ impl Vm {
                     }
                 } else {
                     for f in &files {
-                        remove_if_exists(f)?;
+                        remove_made(f)?;
                     }
                     remove_empty_dirs(&dirs);
                 }
@@ -1268,12 +1284,15 @@ impl Vm {
                 target,
                 new_files,
                 old_files,
+                old_saved,
             } => {
                 if self.data.current.disks == new_files {
-                    // Committed: the old current disks go.
+                    // Committed: the old current disks go, and the old
+                    // memory state unless a checkpoint still refers to it.
                     for f in &old_files {
                         remove_if_exists(f)?;
                     }
+                    self.release_saved_state(old_saved)?;
                     return self.end_journal();
                 }
                 // Not committed: drop the partial new disks and apply again
@@ -1310,7 +1329,7 @@ impl Vm {
             }
             Journal::Export { files } => {
                 for f in &files {
-                    remove_if_exists(f)?;
+                    remove_made(f)?;
                 }
                 self.end_journal()
             }
