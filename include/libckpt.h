@@ -1912,8 +1912,9 @@ ckpt_status ckpt_vm_checkpoint_create(struct ckpt_vm *vm,
  * does, with `hooks`); with NULL it is discarded for good.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (an
- * empty `name` or `save_current_name`, or the current state hangs under
- * no checkpoint), `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
+ * empty `name` or `save_current_name`, the current state hangs under
+ * no checkpoint, or the VM is running: stop or save it first),
+ * `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
  * missing file), `CKPT_STATUS_ALREADY_EXISTS` (a taken
  * `save_current_name`), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
  * `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
@@ -1937,7 +1938,8 @@ ckpt_status ckpt_vm_checkpoint_apply(struct ckpt_vm *vm,
  * `ckpt_vm_show_json` says).
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (no
- * checkpoint to revert to), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`,
+ * checkpoint to revert to, or the VM is running: stop or save it first),
+ * `CKPT_STATUS_BUSY` (a current disk is open elsewhere), `CKPT_STATUS_IO`,
  * `CKPT_STATUS_NOT_FOUND`, `CKPT_STATUS_CORRUPT`.
  *
  * # Safety

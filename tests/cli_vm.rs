@@ -456,7 +456,13 @@ fn whole_scenario() {
     assert!(tree_line(&tree, "now").contains("running"), "{tree}");
     assert!(!tree.contains("older than"), "no age warning yet:\n{tree}");
 
-    // ---- apply b, keeping the current state as d
+    // ---- apply b, keeping the current state as d (a running VM is
+    // refused: stop it first)
+    f.refused(
+        &["checkpoint", "apply", vm, "b", "--save-current", "d"],
+        &["stop or save the VM first"],
+    );
+    ok(&["vm", "set", vm, "--state", "off"]);
     let before_apply = now.clone();
     ok(&["checkpoint", "apply", vm, "b", "--save-current", "d"]);
     models.insert("d", before_apply.clone());
@@ -1116,4 +1122,83 @@ fn export_names_and_revert_after_a_branch_point_delete() {
     }
     assert_eq!(read(&exp.join("os-0.vhdx")), 1);
     assert_eq!(read(&exp.join("os-1.vhdx")), 5);
+}
+
+/// A checkpoint of a saved VM (`checkpoint create` and `apply
+/// --save-current`) keeps the memory state it resumes from, shared with it
+/// (one file, no copy), and applying it gives a saved VM again.
+#[test]
+fn checkpoints_of_a_saved_vm_keep_its_memory_state() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new();
+    f.create_vm("saved", &["--checkpoint-type", "standard"]);
+    let mem = f.root.join("mem.bin");
+    std::fs::write(&mem, b"RAM").expect("write mem");
+    ok(&[
+        "checkpoint",
+        "create",
+        f.vm(),
+        "a",
+        "--memory-state",
+        s(&mem),
+    ]);
+    ok(&["checkpoint", "apply", f.vm(), "a"]);
+    let v = f.show();
+    assert_eq!(v["state"], "saved");
+    let resume = PathBuf::from(v["saved_state"].as_str().expect("saved_state"));
+    let ino = std::fs::metadata(&resume).expect("memory state").ino();
+    let loc = f.vm.join("checkpoints");
+    let count = |ext: &str| {
+        std::fs::read_dir(&loc)
+            .expect("checkpoint location")
+            .filter(|e| {
+                let p = e.as_ref().expect("entry").path();
+                p.extension().and_then(|x| x.to_str()) == Some(ext)
+            })
+            .count()
+    };
+    assert_eq!(count("vmrs"), 1);
+
+    ok(&["checkpoint", "create", f.vm(), "s"]);
+    ok(&["checkpoint", "apply", f.vm(), "a", "--save-current", "k"]);
+    let list = f.list();
+    for name in ["s", "k"] {
+        assert_eq!(entry(&list, name)["saved_state"], s(&resume), "{name}");
+    }
+    assert_eq!(count("vmrs"), 1, "a memory state was copied");
+    for name in ["s", "k", "a"] {
+        ok(&["vm", "set", f.vm(), "--state", "off"]);
+        ok(&["checkpoint", "apply", f.vm(), name]);
+        let v = f.show();
+        assert_eq!(v["state"], "saved", "{name}");
+        let m = PathBuf::from(v["saved_state"].as_str().expect("saved_state"));
+        assert_eq!(std::fs::metadata(&m).expect("memory").ino(), ino, "{name}");
+        assert_eq!(std::fs::read(&m).expect("memory"), b"RAM");
+    }
+    assert_eq!(f.show()["strays"], Value::Array(vec![]));
+    ok(&["vm", "set", f.vm(), "--state", "off"]);
+    for name in ["a", "s"] {
+        ok(&["checkpoint", "delete", f.vm(), name]);
+        assert!(resume.exists(), "removed while another checkpoint uses it");
+    }
+    ok(&["checkpoint", "delete", f.vm(), "k"]);
+    assert!(!resume.exists(), "an unused memory state was left behind");
+}
+
+/// Apply and revert of a running VM are refused, changing nothing.
+#[test]
+fn apply_and_revert_of_a_running_vm_are_refused() {
+    let f = Fixture::new();
+    f.create_vm("run", &[]);
+    ok(&["checkpoint", "create", f.vm(), "a"]);
+    ok(&["vm", "set", f.vm(), "--state", "running"]);
+    let needles = ["running", "stop or save the VM first"];
+    f.refused(&["checkpoint", "apply", f.vm(), "a"], &needles);
+    f.refused(
+        &["checkpoint", "apply", f.vm(), "a", "--save-current", "k"],
+        &needles,
+    );
+    f.refused(&["checkpoint", "revert", f.vm()], &needles);
+    ok(&["vm", "set", f.vm(), "--state", "saved"]);
+    ok(&["checkpoint", "revert", f.vm()]);
 }

@@ -158,3 +158,114 @@ fn deleting_a_checkpoint_keeps_the_memory_state_the_current_state_resumes_from()
     assert!(!mem.exists(), "an unused memory state was left behind");
     assert!(vm.strays().unwrap().is_empty());
 }
+
+fn standard_vm(root: &Path) -> Vm {
+    let disk = root.join("os.vhdx");
+    Disk::create(&disk, &CreateOptions::new(SIZE).block_size(1 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut spec = VmSpec::new("m", vec![disk]);
+    spec.settings.checkpoint_type = CheckpointType::Standard;
+    Vm::create(&root.join("vm"), &spec).unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_checkpoint_of_a_saved_vm_keeps_its_memory_state_without_a_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = standard_vm(dir.path());
+    vm.create_checkpoint("a", None, &mut Quiesce(true)).unwrap();
+    vm.apply("a", None, &mut NoHooks).unwrap();
+    assert_eq!(vm.data().state, VmState::Saved);
+    let mem = vm.data().current.saved_state.clone().unwrap();
+    let ino = std::fs::metadata(&mem).unwrap().ino();
+    let loc = vm.checkpoint_location();
+    let before = files_in(&loc).len();
+
+    // A checkpoint of the saved VM, with the Standard and the Production setting.
+    let s = vm.create_checkpoint("s", None, &mut Quiesce(true)).unwrap();
+    assert_eq!(s.taken, TakenType::Standard);
+    assert_eq!(s.saved_state.as_ref(), Some(&mem), "not the saved state");
+    let mut settings = vm.data().settings.clone();
+    settings.checkpoint_type = CheckpointType::Production;
+    vm.set_settings(settings).unwrap();
+    let p = vm.create_checkpoint("p", None, &mut Quiesce(true)).unwrap();
+    assert_eq!(p.saved_state.as_ref(), Some(&mem));
+    // Only the two configuration copies were added: no memory copy.
+    assert_eq!(files_in(&loc).len(), before + 2);
+
+    // apply --save-current on the saved VM keeps it too.
+    vm.apply("a", Some("k"), &mut NoHooks).unwrap();
+    let k = vm.find("k").unwrap().clone();
+    assert_eq!(k.saved_state.as_ref(), Some(&mem));
+
+    // Every one of them applies to a saved VM resuming from that memory.
+    for name in ["s", "p", "k", "a"] {
+        vm.set_state(VmState::Off).unwrap();
+        vm.apply(name, None, &mut NoHooks).unwrap();
+        assert_eq!(vm.data().state, VmState::Saved, "{name}");
+        let m = vm.data().current.saved_state.clone().unwrap();
+        assert_eq!(std::fs::metadata(&m).unwrap().ino(), ino, "{name}");
+        assert_eq!(std::fs::read(&m).unwrap(), b"MEMORY");
+    }
+    assert!(vm.strays().unwrap().is_empty());
+
+    // The shared file goes only with the last node using it.
+    vm.set_state(VmState::Off).unwrap();
+    for name in ["a", "s", "p"] {
+        vm.delete(name, false, &mut NoHooks).unwrap();
+        assert!(mem.exists(), "removed while {name}'s siblings use it");
+    }
+    vm.delete("k", false, &mut NoHooks).unwrap();
+    assert!(!mem.exists(), "an unused memory state was left behind");
+    assert!(vm.strays().unwrap().is_empty());
+}
+
+#[test]
+fn apply_and_revert_of_a_running_vm_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = standard_vm(dir.path());
+    vm.create_checkpoint("a", None, &mut Quiesce(true)).unwrap();
+    vm.set_state(VmState::Running).unwrap();
+    let vm_json = std::fs::read(vm.dir().join("vm.json")).unwrap();
+    let listing = files_in(dir.path());
+    let e = vm.apply("a", None, &mut NoHooks).unwrap_err();
+    assert!(
+        e.kind() == ckpt::ErrorKind::InvalidArgument && e.to_string().contains("stop or save"),
+        "{e}"
+    );
+    let e = vm.apply("a", Some("k"), &mut NoHooks).unwrap_err();
+    assert!(e.to_string().contains("stop or save"), "{e}");
+    let e = vm.revert().unwrap_err();
+    assert!(e.to_string().contains("stop or save"), "{e}");
+    assert_eq!(std::fs::read(vm.dir().join("vm.json")).unwrap(), vm_json);
+    assert!(!vm.dir().join("journal.json").exists());
+    assert_eq!(files_in(dir.path()), listing);
+    assert_eq!(files_in(&vm.checkpoint_location()).len(), 2);
+
+    // A disk someone holds is never deleted, whatever the recorded state.
+    vm.set_state(VmState::Off).unwrap();
+    let cur = vm.data().current.disks[0].clone();
+    let held = Disk::open(&cur, OpenMode::ReadWrite).unwrap();
+    let vm_json = std::fs::read(vm.dir().join("vm.json")).unwrap();
+    let e = vm.revert().unwrap_err();
+    assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e:?}");
+    let e = vm.apply("a", None, &mut NoHooks).unwrap_err();
+    assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e:?}");
+    assert!(cur.exists());
+    assert_eq!(std::fs::read(vm.dir().join("vm.json")).unwrap(), vm_json);
+    assert!(!vm.dir().join("journal.json").exists());
+    held.close().unwrap();
+    vm.revert().unwrap();
+    assert!(!cur.exists());
+}

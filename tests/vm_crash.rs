@@ -81,6 +81,7 @@ fn run(op: &str, leaf: bool, cut: Cut) {
     let t = tempfile::tempdir().unwrap();
     let dir = build(t.path(), leaf);
     let mut vm = Vm::open(&dir).unwrap();
+    prepare(&mut vm, op);
     let before = state(&vm);
     faults::arm(u64::MAX, cut);
     do_op(&mut vm, op, t.path()).unwrap();
@@ -92,6 +93,7 @@ fn run(op: &str, leaf: bool, cut: Cut) {
         let t = tempfile::tempdir().unwrap();
         let dir = build(t.path(), leaf);
         let mut vm = Vm::open(&dir).unwrap();
+        prepare(&mut vm, op);
         faults::arm(n, cut);
         let r = do_op(&mut vm, op, t.path());
         faults::disarm();
@@ -112,6 +114,26 @@ fn run(op: &str, leaf: bool, cut: Cut) {
             strays.is_empty(),
             "{op}: cut at {n}: orphan files {strays:?}"
         );
+        let temps = temp_files(t.path());
+        assert!(
+            temps.is_empty(),
+            "{op}: cut at {n}: temporary files {temps:?}"
+        );
+        let memory = memory_files(&vm.checkpoint_location());
+        let referred: Vec<PathBuf> = vm
+            .data()
+            .checkpoints
+            .iter()
+            .filter_map(|c| c.saved_state.clone())
+            .chain(vm.data().current.saved_state.clone())
+            .collect();
+        for m in &memory {
+            assert!(
+                referred.contains(m),
+                "{op}: cut at {n}: orphan memory state {}",
+                m.display()
+            );
+        }
         if op == "export" {
             let out = t.path().join("export");
             let files: Vec<_> = std::fs::read_dir(&out)
@@ -125,8 +147,46 @@ fn run(op: &str, leaf: bool, cut: Cut) {
     }
 }
 
+/// Every `*.tmp` file under `root`.
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(temp_files(&p));
+        } else if p.extension().is_some_and(|x| x == "tmp") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every `*.vmrs` file in `dir`.
+fn memory_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "vmrs"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What an operation's sweep starts from, beyond [`build`].
+fn prepare(vm: &mut Vm, op: &str) {
+    if op == "apply-resumed" {
+        // The VM resumes from b's memory state, which only it still uses
+        // once b is deleted: applying another checkpoint releases it.
+        vm.apply("b", None, &mut NoHooks).unwrap();
+        vm.delete("b", false, &mut NoHooks).unwrap();
+        assert!(vm.data().current.saved_state.is_some());
+    }
+}
+
 fn do_op(vm: &mut Vm, op: &str, root: &Path) -> ckpt::Result<()> {
     match op {
+        "apply-resumed" => vm.apply("a", None, &mut NoHooks),
         "create" => vm.create_checkpoint("c", None, &mut Mem).map(|_| ()),
         "apply" => vm.apply("a", Some("keep"), &mut Mem),
         "revert" => vm.revert(),
@@ -172,4 +232,31 @@ fn crash_during_delete_of_a_leaf() {
 #[test]
 fn crash_during_export() {
     run("export", false, Cut::Clean);
+}
+
+#[test]
+fn crash_during_an_apply_that_releases_the_memory_state() {
+    run("apply-resumed", false, Cut::Clean);
+}
+
+/// An export folder holding only the temporary file an interrupted export
+/// left is accepted (and cleaned); anything else in it is still refused.
+#[test]
+fn export_into_a_folder_with_a_leftover_temporary_file() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = build(t.path(), false);
+    let mut vm = Vm::open(&dir).unwrap();
+    let out = t.path().join("export");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(".config.json.tmp"), b"{").unwrap();
+    let files = vm.export(Some("b"), &out, &mut NoHooks).unwrap();
+    assert!(!out.join(".config.json.tmp").exists());
+    assert!(temp_files(t.path()).is_empty());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), files.len());
+    let other = t.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), b"x").unwrap();
+    std::fs::write(other.join(".config.json.tmp"), b"{").unwrap();
+    assert!(vm.export(Some("b"), &other, &mut NoHooks).is_err());
+    assert!(other.join(".config.json.tmp").exists());
 }

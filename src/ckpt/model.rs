@@ -169,7 +169,10 @@ pub struct Checkpoint {
     pub skipped_passthrough: Vec<String>,
     /// The configuration copy (a file in the checkpoint location).
     pub config_file: Option<PathBuf>,
-    /// The memory state (a file in the checkpoint location).
+    /// The memory state (a file in the checkpoint location). Read-only once
+    /// taken, and shared, never copied: a checkpoint of a saved VM refers to
+    /// the file the VM resumes from, and the file goes with the last node
+    /// (checkpoint or current state) that refers to it.
     pub saved_state: Option<PathBuf>,
     /// Kept only because two or more states depend on its disks (a deleted branch point).
     #[serde(default)]
@@ -190,6 +193,12 @@ pub struct Current {
     /// The files the VM writes to now, in the VM's disk order.
     pub disks: Vec<PathBuf>,
     /// Memory state to resume from (after applying a standard checkpoint).
+    ///
+    /// Borrowed, read-only: it is the checkpoint's own memory file (and
+    /// checkpoints taken of the saved VM share it), so the hypervisor reads
+    /// it to resume and never writes into it. A new save of the VM goes to a
+    /// new file; the library frees this one when no node refers to it any
+    /// more (the VM leaves the saved state, or the apply of another one).
     pub saved_state: Option<PathBuf>,
 }
 
@@ -271,6 +280,10 @@ pub enum Journal {
         new_files: Vec<PathBuf>,
         /// The old current disks (removed once the apply is committed).
         old_files: Vec<PathBuf>,
+        /// The old current state's memory state (released once the apply
+        /// is committed, unless a checkpoint still refers to it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_saved: Option<PathBuf>,
     },
     /// Deleting checkpoint `id` by merging dependant `into`'s disks into it.
     Merge {
@@ -303,21 +316,31 @@ pub enum Journal {
     },
 }
 
-/// Write `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
-///
-/// One event for the crash hook ([`crate::io::faults`]): a crash there
-/// leaves the old file (the rename is the only step that shows).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    match crate::io::faults::event() {
-        Ok(None) => {}
-        Ok(Some(_)) => return Err(Error::from(crate::io::faults::crash()).in_file(path)),
-        Err(e) => return Err(Error::from(e).in_file(path)),
-    }
+/// The temporary file [`write_atomic`] writes `path` through: `.NAME.tmp`
+/// beside it. Whoever finishes or undoes an interrupted write of `path`
+/// (reconcile, a new export) removes it too.
+pub fn temp_of(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
+    dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    ))
+}
+
+/// Write `bytes` to `path` atomically: a temporary file ([`temp_of`]),
+/// fsync, rename, fsync of the folder. A failure removes the temporary file.
+///
+/// One event for the crash hook ([`crate::io::faults`]), once the temporary
+/// file is written: a crash there leaves the old file and the temporary
+/// one, as a kill before the rename would (the rename is the only step
+/// that shows).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_of(path);
+    let fail = |e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::from(e).in_file(path)
+    };
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -325,12 +348,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        f.sync_all()
     };
-    write().map_err(|e| Error::from(e).in_file(path))
+    write().map_err(fail)?;
+    match crate::io::faults::event() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(Error::from(crate::io::faults::crash()).in_file(path)),
+        Err(e) => return Err(fail(e)),
+    }
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::from(e).in_file(path))
 }
 
 /// Read and parse a JSON file.

@@ -146,6 +146,13 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// Remove a file an interrupted operation made, and the temporary file an
+/// interrupted [`write_atomic`] of it may have left.
+fn remove_made(p: &Path) -> Result<()> {
+    remove_if_exists(&temp_of(p))?;
+    remove_if_exists(p)
+}
+
 /// Every checkpoint name is refused when empty (or only blanks): the one
 /// check for names given to create, find, apply, delete, rename and export.
 fn name_given(name: &str) -> Result<()> {
@@ -367,15 +374,21 @@ impl Vm {
     }
 
     /// The configuration copy and memory state of checkpoint `c` that can
-    /// go with it (the current state may still need its memory state).
+    /// go with it. A memory state is shared, never copied: the current state
+    /// and other checkpoints (taken of the saved VM) may still refer to it,
+    /// and it goes only with the last of them.
     fn own_files(&self, c: &Checkpoint) -> Vec<PathBuf> {
+        let shared = |p: &PathBuf| {
+            self.data.current.saved_state.as_ref() == Some(p)
+                || self
+                    .data
+                    .checkpoints
+                    .iter()
+                    .any(|o| o.id != c.id && o.saved_state.as_ref() == Some(p))
+        };
         c.config_file
             .iter()
-            .chain(
-                c.saved_state
-                    .iter()
-                    .filter(|p| self.data.current.saved_state.as_ref() != Some(*p)),
-            )
+            .chain(c.saved_state.iter().filter(|p| !shared(p)))
             .cloned()
             .collect()
     }
@@ -527,6 +540,15 @@ impl Vm {
                 )))
             }
             CheckpointType::Standard => (TakenType::Standard, None, false),
+            // Nothing to quiesce in a saved VM: its memory state is kept.
+            CheckpointType::Production
+                if self.data.state == VmState::Saved
+                    && self.data.current.saved_state.is_some()
+                    && memory_file.is_none() =>
+            {
+                let why = "the VM is saved: its memory state is kept".to_string();
+                (TakenType::Standard, Some(why), false)
+            }
             CheckpointType::Production | CheckpointType::ProductionOnly => match hooks.quiesce() {
                 Ok(()) => (TakenType::Production, None, true),
                 Err(reason) if requested == CheckpointType::Production => (
@@ -595,7 +617,15 @@ impl Vm {
         std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
 
         let mut saved_state = None;
-        if taken == TakenType::Standard {
+        // A saved VM's memory is its saved state: the checkpoint shares that
+        // file (read-only for both, freed with the last node using it).
+        let resumes_from = match (self.data.state, &self.data.current.saved_state) {
+            (VmState::Saved, Some(p)) if memory_file.is_none() => Some(p.clone()),
+            _ => None,
+        };
+        if let (TakenType::Standard, Some(p)) = (taken, resumes_from) {
+            saved_state = Some(p);
+        } else if taken == TakenType::Standard {
             if let Some(src) = memory_file {
                 std::fs::copy(src, &memory_path).map_err(|e| Error::from(e).in_file(src))?;
                 File::open(&memory_path)
@@ -652,6 +682,8 @@ impl Vm {
     /// its disks, its configuration restored, the VM saved (standard, with
     /// memory state) or off. With `save_current`, the current state is first
     /// kept as a new checkpoint of that name; otherwise it is discarded.
+    /// Refused (`InvalidArgument`, changing nothing) while the VM is
+    /// running, and (`Busy`) while a current disk is open elsewhere.
     pub fn apply(
         &mut self,
         name: &str,
@@ -659,6 +691,7 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<()> {
         self.settle(None)?;
+        self.refuse_running()?;
         let target = self.usable(name)?.id.clone();
         if self.data.current.parent.is_none() {
             return Err(Error::InvalidArgument(
@@ -677,9 +710,11 @@ impl Vm {
     ///
     /// That is the nearest checkpoint above the current state that is not
     /// hidden ([`VmFile::current_checkpoint`]): after the checkpoint it hung
-    /// under was deleted, its parent.
+    /// under was deleted, its parent. Refused like [`Vm::apply`] while the
+    /// VM is running or a current disk is open elsewhere.
     pub fn revert(&mut self) -> Result<()> {
         self.settle(None)?;
+        self.refuse_running()?;
         let id = self
             .data
             .current_checkpoint()
@@ -688,6 +723,18 @@ impl Vm {
                 Error::InvalidArgument("the VM has no checkpoint to revert to".into())
             })?;
         self.apply_id(&id)
+    }
+
+    /// Apply and revert discard the disks a running guest writes to: refused
+    /// (changing nothing) until the VM is stopped or saved.
+    fn refuse_running(&self) -> Result<()> {
+        if self.data.state == VmState::Running {
+            return Err(Error::InvalidArgument(format!(
+                "VM {:?} is running: stop or save the VM first",
+                self.data.config.name
+            )));
+        }
+        Ok(())
     }
 
     fn apply_id(&mut self, id: &str) -> Result<()> {
@@ -719,6 +766,7 @@ impl Vm {
             target: Some(target.id.clone()),
             new_files: new_files.clone(),
             old_files: old_files.clone(),
+            old_saved: old_saved.clone(),
         })?;
         let r = (|| -> Result<()> {
             for (d, new) in target.disks.iter().zip(&new_files) {
@@ -1111,9 +1159,12 @@ impl Vm {
                 self.data.current.saved_state.clone(),
             ),
         };
+        // A folder holding only what an interrupted export's configuration
+        // write left (its temporary file) counts as empty.
+        let leftover = temp_of(&dest.join(CONFIG_FILE));
         if dest.exists()
             && std::fs::read_dir(dest)
-                .map(|mut d| d.next().is_some())
+                .map(|mut d| d.any(|e| e.map(|e| e.path() != leftover).unwrap_or(true)))
                 .unwrap_or(true)
         {
             return Err(Error::InvalidArgument(format!(
@@ -1121,6 +1172,7 @@ impl Vm {
                 dest.display()
             )));
         }
+        remove_if_exists(&leftover)?;
         std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let mut files: Vec<PathBuf> = export_names(&self.data.disks)
@@ -1196,6 +1248,10 @@ impl Vm {
     /// [`Vm::reconcile`], following a pending merge with `hooks`.
     fn reconcile_with(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
         let jpath = self.dir.join(JOURNAL_FILE);
+        // A write of the VM file or the journal killed before its rename
+        // leaves its temporary file (the VM's lock says no one is writing).
+        remove_if_exists(&temp_of(&self.dir.join(VM_FILE)))?;
+        remove_if_exists(&temp_of(&jpath))?;
         if !jpath.exists() {
             return Ok(());
         }
@@ -1218,7 +1274,7 @@ impl Vm {
                     }
                 } else {
                     for f in &files {
-                        remove_if_exists(f)?;
+                        remove_made(f)?;
                     }
                     remove_empty_dirs(&dirs);
                 }
@@ -1228,12 +1284,15 @@ impl Vm {
                 target,
                 new_files,
                 old_files,
+                old_saved,
             } => {
                 if self.data.current.disks == new_files {
-                    // Committed: the old current disks go.
+                    // Committed: the old current disks go, and the old
+                    // memory state unless a checkpoint still refers to it.
                     for f in &old_files {
                         remove_if_exists(f)?;
                     }
+                    self.release_saved_state(old_saved)?;
                     return self.end_journal();
                 }
                 // Not committed: drop the partial new disks and apply again
@@ -1270,7 +1329,7 @@ impl Vm {
             }
             Journal::Export { files } => {
                 for f in &files {
-                    remove_if_exists(f)?;
+                    remove_made(f)?;
                 }
                 self.end_journal()
             }

@@ -692,6 +692,15 @@ int main(int argc, char **argv) {
     vi = vm_info(vm);
     CHECK(vi.memory_mib == 4096 && vi.cpus == 2);
 
+    /* ---- apply and revert of a running VM: refused, nothing changes ---- */
+    g = guest_new();
+    EXPECT_STATUS(ckpt_vm_checkpoint_apply(vm, "a", "d", &h), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_text(), "stop or save the VM first") != NULL);
+    EXPECT_STATUS(ckpt_vm_checkpoint_revert(vm), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(g.quiesce_calls == 0 && checkpoint_count(vm) == 3);
+    CHECK(has_tag(current(vm, 0), "state-3"));
+    EXPECT_OK(ckpt_vm_set_state(vm, CKPT_VM_STATE_OFF));
+
     /* ---- apply "a", capturing the current state as "d" ---- */
     g = guest_new();
     EXPECT_OK(ckpt_vm_checkpoint_apply(vm, "a", "d", &h));
