@@ -760,7 +760,7 @@ impl Vm {
         self.release_saved_state(old_saved)?;
         self.end_journal()?;
         if let Some(p) = old_parent {
-            self.collapse(&p)?;
+            self.collapse_after_commit(&p);
         }
         Ok(())
     }
@@ -965,7 +965,7 @@ impl Vm {
         self.end_journal()?;
         if !hide {
             if let Some(p) = c.parent {
-                self.collapse(&p)?;
+                self.collapse_after_commit(&p);
             }
         }
         Ok(())
@@ -984,6 +984,40 @@ impl Vm {
             self.save()?;
         }
         Ok(())
+    }
+
+    /// The collapse that follows a committed delete or apply. What the
+    /// caller asked for is done whatever happens here, so a failure is not
+    /// reported as its failure: a collapse refused before it changed
+    /// anything (a disk held, no room, a file missing) leaves the hidden
+    /// node as it is, to be collapsed when the VM is next opened; one that
+    /// failed later is journaled and finished before the next operation.
+    fn collapse_after_commit(&mut self, id: &str) {
+        let _ = self.collapse(id);
+    }
+
+    /// Collapse every hidden node left with at most one dependant (a crash
+    /// between an operation's commit and its collapse leaves one). A
+    /// collapse refused before it changed anything is left for later; one
+    /// that failed on the way (its journal is there) is an error.
+    fn collapse_hidden(&mut self) -> Result<()> {
+        let mut refused: Vec<String> = Vec::new();
+        loop {
+            let next = self
+                .data
+                .checkpoints
+                .iter()
+                .filter(|c| c.hidden && !refused.contains(&c.id))
+                .map(|c| c.id.clone())
+                .find(|id| self.dependants(id).len() < 2);
+            let Some(id) = next else { return Ok(()) };
+            if let Err(e) = self.collapse(&id) {
+                if self.dir.join(JOURNAL_FILE).exists() {
+                    return Err(e);
+                }
+                refused.push(id);
+            }
+        }
     }
 
     /// A hidden node left with one dependant is merged away; with none, removed.
@@ -1343,8 +1377,17 @@ impl Vm {
         }
     }
 
-    /// [`Vm::reconcile`], following a pending merge with `hooks`.
+    /// [`Vm::reconcile`], following a pending merge with `hooks`: the
+    /// journaled operation is finished or undone, then every hidden node
+    /// left with fewer than two dependants is collapsed (the last step of a
+    /// delete or apply, which a crash may have cut off).
     fn reconcile_with(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
+        self.finish_journal(hooks)?;
+        self.collapse_hidden()
+    }
+
+    /// Finish or undo the operation the journal records (if any).
+    fn finish_journal(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
         let jpath = self.dir.join(JOURNAL_FILE);
         if !jpath.exists() {
             return Ok(());
