@@ -321,3 +321,77 @@ fn checkpoint_operations_on_a_full_file_system() {
          (the handle shows a rename that vm.json does not hold)"
     );
 }
+
+/// Deleting a checkpoint of a two-disk VM with room for the first merge
+/// but not for the second: refused with NoSpace before anything is journaled
+/// (issue 9, item 6), so nothing is pending, a reopen does nothing, and
+/// once space is freed nothing happens until the delete is asked again.
+#[test]
+fn a_checkpoint_delete_without_room_for_all_its_merges_changes_nothing() {
+    let Some(fs) = Tmpfs::mount(64) else { return };
+    let mut disks = Vec::new();
+    for i in 0..2 {
+        let p = fs.path().join(format!("disk{i}.vhdx"));
+        Disk::create(&p, &CreateOptions::new(SIZE).block_size(MIB as u32))
+            .unwrap()
+            .close()
+            .unwrap();
+        disks.push(p);
+    }
+    let dir = fs.path().join("vm");
+    let mut spec = VmSpec::new("full2", disks);
+    spec.settings.checkpoint_type = CheckpointType::Standard;
+    let mut vm = Vm::create(&dir, &spec).unwrap();
+    vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
+    let mut models = Vec::new();
+    for (i, cur) in vm.data().current.disks.clone().iter().enumerate() {
+        let d = Disk::open(cur, OpenMode::ReadWrite).unwrap();
+        let len = [MIB, 16 * MIB][i] as usize;
+        d.write_at(&pattern(7 + i as u64, len), 0).unwrap();
+        d.close().unwrap();
+        models.push(read_path(cur));
+    }
+    let vm_json = std::fs::read(dir.join("vm.json")).unwrap();
+    drop(vm);
+    // Room for the first merge (1 MiB), not for the second (16 MiB) even
+    // once the first one's source (a few MiB) is removed.
+    let filler = fs.fill();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - 4 * MIB - MIB / 2).unwrap();
+    drop(f);
+    let mut vm = Vm::open(&dir).unwrap();
+    let e = vm
+        .delete("a", false, &mut NoHooks)
+        .expect_err("a delete succeeded without room for its merges");
+    assert_no_space("checkpoint delete", &e);
+    assert!(
+        !dir.join("journal.json").exists(),
+        "a refused delete left a journal"
+    );
+    assert!(!vm.find("a").unwrap().deleting);
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), vm_json);
+    drop(vm);
+    let vm = Vm::open(&dir).expect("reopen after the refused delete");
+    assert!(vm.find("a").is_ok());
+    drop(vm);
+    std::fs::remove_file(&filler).unwrap();
+    let mut vm = Vm::open(&dir).unwrap();
+    assert!(
+        vm.find("a").is_ok(),
+        "the refused delete happened by itself"
+    );
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), vm_json);
+    for (cur, model) in vm.data().current.disks.iter().zip(&models) {
+        assert!(read_path(cur) == *model, "a refused delete changed a disk");
+    }
+    vm.delete("a", false, &mut NoHooks)
+        .expect("delete once there is room");
+    for (cur, model) in vm.data().current.disks.iter().zip(&models) {
+        assert!(read_path(cur) == *model, "the delete lost data");
+        check_path(cur);
+    }
+}

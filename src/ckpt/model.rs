@@ -299,6 +299,11 @@ pub enum Journal {
         /// delete can be undone instead of finished.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         guids: Vec<String>,
+        /// The bytes each disk of the dependant had to merge: a disk with
+        /// none leaves its destination unchanged, so a missing source of
+        /// size 0 whose destination still has its GUID was merged.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sizes: Vec<u64>,
     },
     /// Removing checkpoint `id` (a leaf, or hiding a branch point); `files` go after commit.
     Remove {

@@ -808,7 +808,7 @@ impl Vm {
         self.release_saved_state(old_saved)?;
         self.end_journal()?;
         if let Some(p) = old_parent {
-            self.collapse(&p)?;
+            self.collapse_after_commit(&p);
         }
         Ok(())
     }
@@ -893,11 +893,86 @@ impl Vm {
         dep: &Option<String>,
         hooks: Option<&mut dyn Hooks>,
     ) -> Result<()> {
-        let guids = self.journal_merge(id, dep)?;
+        // Whatever can refuse is checked before the journal says anything.
+        let sizes = self.check_merge(id, dep)?;
+        let guids = self.journal_merge(id, dep, &sizes)?;
         let i = self.index(id)?;
         self.data.checkpoints[i].deleting = true;
         self.save()?;
-        self.finish_merge(id, dep, hooks, &guids)
+        self.finish_merge(id, dep, hooks, &guids, &sizes)
+    }
+
+    /// Everything that can refuse the merge of `dep` into `id`, checked
+    /// before anything is journaled so that a refusal changes nothing: every
+    /// disk the merge reads, writes, re-points or removes exists (`NotFound`
+    /// naming it: absence is never taken for "merged"), none is open
+    /// elsewhere (`Busy`), and each destination's file system has room for
+    /// all that is merged into it (`NoSpace`, the estimate of
+    /// [`merge::merge`]). Returns the bytes each disk of `dep` merges.
+    fn check_merge(&self, id: &str, dep: &Option<String>) -> Result<Vec<u64>> {
+        use std::os::unix::fs::MetadataExt;
+        let node = &self.data.checkpoints[self.index(id)?];
+        let dep_disks = self.disks_of(dep)?;
+        let mut touched: Vec<PathBuf> = node.disks.iter().chain(&dep_disks).cloned().collect();
+        if let Some(d) = dep {
+            for g in self.dependants(d) {
+                touched.extend(self.disks_of(&g)?);
+            }
+        }
+        if let Some(f) = touched.iter().find(|f| !f.is_file()) {
+            return Err(Error::NotFound(format!(
+                "{}: this disk of the VM is missing (a volume not mounted, or the file moved?); \
+                 deleting checkpoint {:?} needs it: nothing was changed",
+                f.display(),
+                node.name
+            )));
+        }
+        check_disks_unused(&touched)?;
+        let mut sizes = Vec::new();
+        // Per file system (device): a folder on it and the bytes still free
+        // there, merge after merge (each frees its source's file at the end).
+        let mut free: Vec<(u64, PathBuf, u64)> = Vec::new();
+        for (target, src) in node.disks.iter().zip(&dep_disks) {
+            if src == target {
+                sizes.push(0);
+                continue;
+            }
+            let (copied, need) = merge::merge_estimate(src, target)?;
+            sizes.push(copied);
+            let dir = target.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let dev = std::fs::metadata(&dir)
+                .map_err(|e| Error::from(e).in_file(&dir))?
+                .dev();
+            let i = match free.iter().position(|x| x.0 == dev) {
+                Some(i) => i,
+                None => {
+                    let n =
+                        crate::io::free_space(&dir).map_err(|e| Error::from(e).in_file(&dir))?;
+                    free.push((dev, dir.clone(), n));
+                    free.len() - 1
+                }
+            };
+            if need > free[i].2 {
+                return Err(Error::NoSpace(format!(
+                    "deleting checkpoint {:?} merges {} into {}, which needs up to {need} \
+                     bytes, but only {} will be free there: nothing was changed",
+                    node.name,
+                    src.display(),
+                    target.display(),
+                    free[i].2
+                )));
+            }
+            let src_meta = std::fs::metadata(src).map_err(|e| Error::from(e).in_file(src))?;
+            let freed = if std::fs::metadata(src.parent().unwrap_or(Path::new(".")))
+                .is_ok_and(|m| m.dev() == dev)
+            {
+                src_meta.blocks().saturating_mul(512)
+            } else {
+                0
+            };
+            free[i].2 = free[i].2 - need + freed;
+        }
+        Ok(sizes)
     }
 
     /// Refuse to delete `id` while a disk the delete writes (the merge's
@@ -938,7 +1013,7 @@ impl Vm {
         self.end_journal()?;
         if !hide {
             if let Some(p) = c.parent {
-                self.collapse(&p)?;
+                self.collapse_after_commit(&p);
             }
         }
         Ok(())
@@ -959,6 +1034,40 @@ impl Vm {
         Ok(())
     }
 
+    /// The collapse that follows a committed delete or apply. What the
+    /// caller asked for is done whatever happens here, so a failure is not
+    /// reported as its failure: a collapse refused before it changed
+    /// anything (a disk held, no room, a file missing) leaves the hidden
+    /// node as it is, to be collapsed when the VM is next opened; one that
+    /// failed later is journaled and finished before the next operation.
+    fn collapse_after_commit(&mut self, id: &str) {
+        let _ = self.collapse(id);
+    }
+
+    /// Collapse every hidden node left with at most one dependant (a crash
+    /// between an operation's commit and its collapse leaves one). A
+    /// collapse refused before it changed anything is left for later; one
+    /// that failed on the way (its journal is there) is an error.
+    fn collapse_hidden(&mut self) -> Result<()> {
+        let mut refused: Vec<String> = Vec::new();
+        loop {
+            let next = self
+                .data
+                .checkpoints
+                .iter()
+                .filter(|c| c.hidden && !refused.contains(&c.id))
+                .map(|c| c.id.clone())
+                .find(|id| self.dependants(id).len() < 2);
+            let Some(id) = next else { return Ok(()) };
+            if let Err(e) = self.collapse(&id) {
+                if self.dir.join(JOURNAL_FILE).exists() {
+                    return Err(e);
+                }
+                refused.push(id);
+            }
+        }
+    }
+
     /// A hidden node left with one dependant is merged away; with none, removed.
     fn collapse(&mut self, id: &str) -> Result<()> {
         let Ok(i) = self.index(id) else { return Ok(()) };
@@ -975,7 +1084,7 @@ impl Vm {
 
     /// Journal the merge of `dep` into `id`; returns the DataWriteGuids of
     /// `id`'s disks it recorded.
-    fn journal_merge(&self, id: &str, dep: &Option<String>) -> Result<Vec<String>> {
+    fn journal_merge(&self, id: &str, dep: &Option<String>, sizes: &[u64]) -> Result<Vec<String>> {
         let c = &self.data.checkpoints[self.index(id)?];
         let files = self.own_files(c);
         let guids: Vec<String> = c.disks.iter().map(|d| data_write_guid(d)).collect();
@@ -984,6 +1093,7 @@ impl Vm {
             dependant: dep.clone(),
             files,
             guids: guids.clone(),
+            sizes: sizes.to_vec(),
         })?;
         Ok(guids)
     }
@@ -1021,15 +1131,16 @@ impl Vm {
         dep: &Option<String>,
         hooks: Option<&mut dyn Hooks>,
         guids: &[String],
+        sizes: &[u64],
     ) -> Result<()> {
         let i = self.index(id)?;
         let node = self.data.checkpoints[i].clone();
-        let r = self.merge_disks(&node, dep, hooks);
+        let r = self.merge_disks(&node, dep, hooks, guids, sizes);
         if let Err(e) = r {
             if Self::untouched(&node, guids) {
                 let _ = self.undo_merge(id);
             } else {
-                self.adopt_merged(&node, dep);
+                self.adopt_merged(&node, dep, guids, sizes);
             }
             return Err(e);
         }
@@ -1041,7 +1152,25 @@ impl Vm {
     /// checkpoint's) are the checkpoint's files now, so that this handle
     /// never names a file that no longer exists. The journal finishes the
     /// rest before the next operation.
-    fn adopt_merged(&mut self, node: &Checkpoint, dep: &Option<String>) {
+    fn adopt_merged(
+        &mut self,
+        node: &Checkpoint,
+        dep: &Option<String>,
+        guids: &[String],
+        sizes: &[u64],
+    ) {
+        let Ok(dep_disks) = self.disks_of(dep) else {
+            return;
+        };
+        let merged: Vec<bool> = node
+            .disks
+            .iter()
+            .zip(&dep_disks)
+            .enumerate()
+            .map(|(k, (target, src))| {
+                src != target && !src.exists() && self.merged_already(k, target, dep, guids, sizes)
+            })
+            .collect();
         let disks = match dep {
             None => &mut self.data.current.disks,
             Some(d) => match self.data.checkpoints.iter_mut().find(|c| &c.id == d) {
@@ -1049,11 +1178,51 @@ impl Vm {
                 None => return,
             },
         };
-        for (src, target) in disks.iter_mut().zip(&node.disks) {
-            if src != target && !src.exists() && target.exists() {
+        for ((src, target), merged) in disks.iter_mut().zip(&node.disks).zip(merged) {
+            if merged {
                 *src = target.clone();
             }
         }
+    }
+
+    /// Whether disk `k` of the dependant `dep`, whose file is gone, was
+    /// merged into `target` by this delete: proven, never inferred from the
+    /// absence. The journal recorded `target`'s DataWriteGuid before the
+    /// merge, and the merge changed it (or had nothing to copy: `sizes[k]`
+    /// is 0); and every disk that hung under the source hangs under `target`
+    /// now (a merge re-points them before it removes the source).
+    fn merged_already(
+        &self,
+        k: usize,
+        target: &Path,
+        dep: &Option<String>,
+        guids: &[String],
+        sizes: &[u64],
+    ) -> bool {
+        let Some(was) = guids.get(k).filter(|g| !g.is_empty()) else {
+            return false;
+        };
+        let now = data_write_guid(target);
+        if now.is_empty() || (now == *was && sizes.get(k) != Some(&0)) {
+            return false;
+        }
+        let Ok(target) = std::fs::canonicalize(target) else {
+            return false;
+        };
+        let grand = match dep {
+            Some(d) => self.dependants(d),
+            None => Vec::new(),
+        };
+        grand.iter().all(|g| {
+            let Some(x) = self.disks_of(g).ok().and_then(|d| d.get(k).cloned()) else {
+                return false;
+            };
+            let parent = Disk::open(&x, OpenMode::ReadOnly)
+                .ok()
+                .and_then(|d| d.chain().get(1).cloned().flatten())
+                .and_then(|p| std::fs::canonicalize(p).ok());
+            parent.as_ref() == Some(&target)
+        })
     }
 
     /// Merge every disk of `dep` into `node`'s (the ones not merged yet).
@@ -1062,6 +1231,8 @@ impl Vm {
         node: &Checkpoint,
         dep: &Option<String>,
         hooks: Option<&mut dyn Hooks>,
+        guids: &[String],
+        sizes: &[u64],
     ) -> Result<()> {
         let dep_disks = self.disks_of(dep)?;
         // The states that hang under the dependant: their disks get re-pointed.
@@ -1071,8 +1242,21 @@ impl Vm {
         };
         let mut todo = Vec::new();
         for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
-            if src == target || !src.exists() {
+            if src == target {
                 continue; // already merged
+            }
+            if !src.exists() {
+                if self.merged_already(k, target, dep, guids, sizes) {
+                    continue;
+                }
+                return Err(Error::NotFound(format!(
+                    "{}: this disk of the VM is missing (a volume not mounted, or the file \
+                     moved?) and was not merged into {} yet; put it back to finish deleting \
+                     checkpoint {:?}",
+                    src.display(),
+                    target.display(),
+                    node.name
+                )));
             }
             todo.push((k, target, src, merge_size(src, target)?));
         }
@@ -1245,8 +1429,17 @@ impl Vm {
         }
     }
 
-    /// [`Vm::reconcile`], following a pending merge with `hooks`.
+    /// [`Vm::reconcile`], following a pending merge with `hooks`: the
+    /// journaled operation is finished or undone, then every hidden node
+    /// left with fewer than two dependants is collapsed (the last step of a
+    /// delete or apply, which a crash may have cut off).
     fn reconcile_with(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
+        self.finish_journal(hooks)?;
+        self.collapse_hidden()
+    }
+
+    /// Finish or undo the operation the journal records (if any).
+    fn finish_journal(&mut self, hooks: Option<&mut dyn Hooks>) -> Result<()> {
         let jpath = self.dir.join(JOURNAL_FILE);
         // A write of the VM file or the journal killed before its rename
         // leaves its temporary file (the VM's lock says no one is writing).
@@ -1310,9 +1503,10 @@ impl Vm {
                 dependant,
                 files,
                 guids,
+                sizes,
             } => {
                 if self.data.checkpoints.iter().any(|c| c.id == id) {
-                    self.finish_merge(&id, &dependant, hooks, &guids)
+                    self.finish_merge(&id, &dependant, hooks, &guids, &sizes)
                 } else {
                     for f in &files {
                         remove_if_exists(f)?;

@@ -333,6 +333,38 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The bytes a merge copying `ranges` into `d` may allocate there: every
+/// block the copy touches that is not yet fully present.
+fn space_needed(d: &Vhdx, ranges: &[Range]) -> u64 {
+    let bs = d.geo.block_size as u64;
+    let mut need = 0u64;
+    let mut last_block = u64::MAX;
+    for r in ranges {
+        for b in r.offset / bs..(r.offset + r.length).div_ceil(bs) {
+            if b == last_block {
+                continue;
+            }
+            last_block = b;
+            use crate::format::bat::PayloadState;
+            if d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent) {
+                need += bs;
+            }
+        }
+    }
+    need
+}
+
+/// What merging `child` into its ancestor `into` would take, without
+/// changing anything: `(bytes copied, bytes it may allocate in into)` (the
+/// estimate [`merge`] refuses with `NoSpace` when the file system has less).
+pub fn merge_estimate(child: &Path, into: &Path) -> Result<(u64, u64)> {
+    let view = Disk::open(child, OpenMode::ReadOnly)?;
+    let k = view.level_of(into)?;
+    let ranges = view.changed_ranges(k)?;
+    let copied = ranges.iter().map(|r| r.length).sum();
+    Ok((copied, space_needed(&view.layers[k].file, &ranges)))
+}
+
 /// Merge the differencing disk `child` into its parent (or into the ancestor
 /// `opts.into`), like deleting a checkpoint: only data present in the merged
 /// layers is copied; zeroed ranges propagate; descendants of `child` are
@@ -368,22 +400,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
 
     // Space: every destination block the copy touches that is not yet allocated.
     if !opts.skip_space_check {
-        let d = &view.layers[k].file;
-        let bs = d.geo.block_size as u64;
-        let mut need = 0u64;
-        let mut last_block = u64::MAX;
-        for r in &ranges {
-            for b in r.offset / bs..(r.offset + r.length).div_ceil(bs) {
-                if b == last_block {
-                    continue;
-                }
-                last_block = b;
-                use crate::format::bat::PayloadState;
-                if d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent) {
-                    need += bs;
-                }
-            }
-        }
+        let need = space_needed(&view.layers[k].file, &ranges);
         let dir = dest
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
