@@ -243,6 +243,16 @@ impl VmFile {
     }
 }
 
+/// Whether two checkpoint names are the same name: compared ignoring case
+/// (as Windows does), otherwise exactly. "Before" and "before" are one
+/// name; "B" and "B " are not (and "B " cannot be given).
+pub fn same_name(a: &str, b: &str) -> bool {
+    a == b
+        || a.chars()
+            .flat_map(char::to_lowercase)
+            .eq(b.chars().flat_map(char::to_lowercase))
+}
+
 /// An operation under way, recorded before its first step so that
 /// reopening the VM after a crash can finish or undo it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

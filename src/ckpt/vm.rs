@@ -146,6 +146,10 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// The longest checkpoint name, in characters (Unicode scalar values, not
+/// bytes), as in Hyper-V.
+pub const MAX_NAME_CHARS: usize = 100;
+
 /// Every checkpoint name is refused when empty (or only blanks): the one
 /// check for names given to create, find, apply, delete, rename and export.
 fn name_given(name: &str) -> Result<()> {
@@ -153,6 +157,37 @@ fn name_given(name: &str) -> Result<()> {
         return Err(Error::InvalidArgument(
             "a checkpoint name must not be empty".into(),
         ));
+    }
+    Ok(())
+}
+
+/// The rule for a new checkpoint name (create, apply's saved current
+/// state, rename): not empty, at most [`MAX_NAME_CHARS`] characters, no
+/// control characters (newline, tab, ...) or line separators, and no blank
+/// at either end (refused, not trimmed). Names already in a VM file are
+/// found whatever they are.
+fn name_valid(name: &str) -> Result<()> {
+    name_given(name)?;
+    let n = name.chars().count();
+    if n > MAX_NAME_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must be at most {MAX_NAME_CHARS} characters long \
+             ({n} given)"
+        )));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must not contain control characters such as a newline or \
+             a tab ({name:?} given)"
+        )));
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must not begin or end with a blank ({name:?} given)"
+        )));
     }
     Ok(())
 }
@@ -423,7 +458,7 @@ impl Vm {
         self.data
             .checkpoints
             .iter()
-            .find(|c| c.name == name && !c.hidden)
+            .find(|c| same_name(&c.name, name) && !c.hidden)
             .ok_or_else(|| Error::NotFound(format!("no checkpoint is called {name:?}")))
     }
 
@@ -471,13 +506,14 @@ impl Vm {
         })
     }
 
-    fn check_name(&self, name: &str) -> Result<()> {
-        name_given(name)?;
+    /// A new name for a checkpoint (`except`: the one being renamed).
+    fn check_name(&self, name: &str, except: Option<&str>) -> Result<()> {
+        name_valid(name)?;
         if self
             .data
             .checkpoints
             .iter()
-            .any(|c| c.name == name && !c.hidden)
+            .any(|c| same_name(&c.name, name) && !c.hidden && Some(c.id.as_str()) != except)
         {
             return Err(Error::AlreadyExists(format!(
                 "a checkpoint called {name:?} already exists"
@@ -506,7 +542,7 @@ impl Vm {
         hooks: &mut dyn Hooks,
         then_apply: Option<String>,
     ) -> Result<Checkpoint> {
-        self.check_name(name)?;
+        self.check_name(name, None)?;
         // The current disks stay open read-only (locked shared) until the
         // checkpoint is taken: a disk another handle or process has open
         // for writing is refused here, before anything changes, and none
@@ -768,11 +804,12 @@ impl Vm {
     /// Rename a checkpoint.
     pub fn rename(&mut self, name: &str, new_name: &str) -> Result<()> {
         self.settle(None)?;
-        let i = self.index(&self.find(name)?.id.clone())?;
-        if name == new_name {
+        let id = self.find(name)?.id.clone();
+        let i = self.index(&id)?;
+        if self.data.checkpoints[i].name == new_name {
             return Ok(());
         }
-        self.check_name(new_name)?;
+        self.check_name(new_name, Some(&id))?;
         let old = std::mem::replace(&mut self.data.checkpoints[i].name, new_name.to_string());
         // The handle shows what vm.json holds: a rename that could not be
         // saved is undone.

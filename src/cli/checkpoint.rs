@@ -509,12 +509,7 @@ fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks
     r.map_err(vm_error)?;
     println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));
     if let Some(kept) = save_current {
-        if let Some(c) = vm
-            .data()
-            .checkpoints
-            .iter()
-            .find(|c| c.name == kept && !c.hidden)
-        {
+        if let Ok(c) = vm.find(kept) {
             println!(
                 "The previous state was kept as checkpoint \"{kept}\": {}",
                 kind_text(c.taken, c.requested, c.fallback_reason.as_deref())
