@@ -119,3 +119,197 @@ fn checkpoint_names_compare_ignoring_case() {
     assert_eq!(vm.find("before-upgrade").unwrap().name, "BEFORE-upgrade");
     assert_eq!(vm.data().checkpoints.len(), 2);
 }
+
+/// Run `f` on its own thread; panic if it takes more than 60 s (a loop
+/// over a damaged tree must never hang).
+fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: still running after 60 s (a loop?)"))
+}
+
+/// A VM with checkpoints A and B (B under A, the current state under B),
+/// closed; returns its folder.
+fn a_and_b(root: &Path) -> PathBuf {
+    let mut vm = new_vm(root);
+    vm.create_checkpoint("A", None, &mut NoHooks).unwrap();
+    vm.create_checkpoint("B", None, &mut NoHooks).unwrap();
+    vm.dir().to_path_buf()
+}
+
+/// Rewrite `dir/vm.json` through `edit`.
+fn edit_vm_json(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("vm.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Opening (and loading, and deleting through) the VM in `dir` fails as
+/// damaged, with a message naming vm.json and containing `says`, and
+/// changes nothing.
+#[track_caller]
+fn refused_on_open(dir: &Path, says: &str) {
+    let before = files_of(dir);
+    for (what, r) in [
+        (
+            "open",
+            bounded("open", {
+                let d = dir.to_path_buf();
+                move || Vm::open(&d).map(|_| ())
+            }),
+        ),
+        ("load", Vm::load(dir).map(|_| ())),
+        (
+            "delete",
+            bounded("delete", {
+                let d = dir.to_path_buf();
+                move || Vm::open(&d).and_then(|mut vm| vm.delete("A", true, &mut NoHooks))
+            }),
+        ),
+    ] {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("vm.json") && text.contains(says),
+            "{what}: {text}"
+        );
+        assert!(text.contains("edited by hand or damaged"), "{what}: {text}");
+    }
+    assert_eq!(files_of(dir), before, "a refused open changed something");
+}
+
+fn checkpoint_mut<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+    v["checkpoints"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+/// Item 11: a parent cycle (with or without the current state in it), a
+/// parent that does not exist, a duplicate id or name, a disk added by
+/// hand: a clear error on open, never a hang.
+#[test]
+fn a_hand_edited_vm_file_is_refused_on_open() {
+    let t = tempfile::tempdir().unwrap();
+
+    let dir = a_and_b(&t.path().join("cycle"));
+    edit_vm_json(&dir, |v| {
+        let b = checkpoint_mut(v, "B")["id"].clone();
+        checkpoint_mut(v, "A")["parent"] = b;
+    });
+    refused_on_open(&dir, "form a cycle");
+
+    let dir = a_and_b(&t.path().join("self"));
+    edit_vm_json(&dir, |v| {
+        let a = checkpoint_mut(v, "A")["id"].clone();
+        checkpoint_mut(v, "A")["parent"] = a;
+    });
+    refused_on_open(&dir, "form a cycle");
+
+    let dir = a_and_b(&t.path().join("dangling"));
+    edit_vm_json(&dir, |v| {
+        checkpoint_mut(v, "B")["parent"] = "no-such-id".into()
+    });
+    refused_on_open(&dir, "checkpoint \"B\"");
+    refused_on_open(&dir, "parent no-such-id does not exist");
+
+    let dir = a_and_b(&t.path().join("current"));
+    edit_vm_json(&dir, |v| v["current"]["parent"] = "gone".into());
+    refused_on_open(
+        &dir,
+        "the current state's parent checkpoint gone does not exist",
+    );
+
+    let dir = a_and_b(&t.path().join("id"));
+    edit_vm_json(&dir, |v| {
+        let a = checkpoint_mut(v, "A")["id"].clone();
+        checkpoint_mut(v, "B")["id"] = a;
+    });
+    refused_on_open(&dir, "two checkpoints have the id");
+
+    let dir = a_and_b(&t.path().join("name"));
+    edit_vm_json(&dir, |v| checkpoint_mut(v, "B")["name"] = "a".into());
+    refused_on_open(&dir, "have the same name");
+
+    let dir = a_and_b(&t.path().join("disks"));
+    let extra = t.path().join("extra.vhdx");
+    make_disk(&extra);
+    edit_vm_json(&dir, |v| {
+        v["disks"]
+            .as_array_mut()
+            .unwrap()
+            .push(extra.display().to_string().into())
+    });
+    refused_on_open(
+        &dir,
+        "the VM has 2 disk(s) in \"disks\" but the current state has 1",
+    );
+
+    let dir = a_and_b(&t.path().join("ckdisks"));
+    edit_vm_json(&dir, |v| {
+        let d = v["disks"][0].clone();
+        v["disks"].as_array_mut().unwrap().push(d.clone());
+        v["current"]["disks"].as_array_mut().unwrap().push(d);
+    });
+    refused_on_open(&dir, "checkpoint \"A\"");
+    refused_on_open(&dir, "has 1 disk(s) but the VM has 2");
+
+    let dir = t.path().join("garbage").join("vm");
+    let _ = a_and_b(&t.path().join("garbage"));
+    std::fs::write(dir.join("vm.json"), b"{\"version\": 1, \"config\": ").unwrap();
+    refused_on_open(&dir, "not a valid VM file");
+}
+
+/// Item 11: a disk file the committed tree names that is gone is a clear
+/// error on open (naming the file), which changes nothing.
+#[test]
+fn a_missing_disk_file_is_refused_on_open() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = a_and_b(t.path());
+    let current = Vm::load(&dir).unwrap().current.disks[0].clone();
+    let aside = t.path().join("aside.avhdx");
+    std::fs::rename(&current, &aside).unwrap();
+    let before = files_of(t.path());
+    let e = Vm::open(&dir).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&current.display().to_string()), "{text}");
+    assert!(text.contains("the current state"), "{text}");
+    assert_eq!(files_of(t.path()), before);
+    std::fs::rename(&aside, &current).unwrap();
+    let mut vm = Vm::open(&dir).unwrap();
+    vm.delete("B", false, &mut NoHooks).unwrap();
+}
+
+/// Item 11: a truncated journal is an error naming journal.json that says
+/// what it means and how to recover; removing it as told gives the VM back.
+#[test]
+fn a_truncated_journal_says_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = a_and_b(t.path());
+    let journal = dir.join("journal.json");
+    let full = br#"{"op": "remove", "id": "x", "hide": false, "files": []}"#;
+    for cut in [0, 1, full.len() / 2, full.len() - 1] {
+        std::fs::write(&journal, &full[..cut]).unwrap();
+        let before = files_of(t.path());
+        let e = Vm::open(&dir).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        let text = e.to_string();
+        for says in ["journal.json", "interrupted", "restore", "remove it"] {
+            assert!(text.contains(says), "{says:?} missing: {text}");
+        }
+        assert!(!text.contains("corrupt image"), "{text}");
+        assert_eq!(files_of(t.path()), before, "cut {cut}");
+    }
+    std::fs::remove_file(&journal).unwrap();
+    let mut vm = Vm::open(&dir).unwrap();
+    assert_eq!(vm.data().checkpoints.len(), 2);
+    vm.delete("A", false, &mut NoHooks).unwrap();
+}

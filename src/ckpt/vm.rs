@@ -328,20 +328,51 @@ impl Vm {
             )));
         }
         let lock = lock_vm(&dir)?;
-        let data: VmFile = read_json(&dir.join(VM_FILE))?;
+        let data = read_vm_file(&dir.join(VM_FILE))?;
         let mut vm = Vm {
             dir,
             data,
             _lock: lock,
         };
         vm.reconcile()?;
+        vm.check_disks_exist()?;
         Ok(vm)
+    }
+
+    /// Refuse a VM whose committed tree names a disk file that is not
+    /// there (a volume not mounted, a file moved or removed by hand): no
+    /// operation may start on a tree whose files are missing.
+    fn check_disks_exist(&self) -> Result<()> {
+        let d = &self.data;
+        let mut disks: Vec<(String, &PathBuf)> = d
+            .current
+            .disks
+            .iter()
+            .map(|p| ("the current state".to_string(), p))
+            .collect();
+        for c in &d.checkpoints {
+            let whose = if c.hidden {
+                format!("the deleted branch point {}", c.id)
+            } else {
+                format!("checkpoint {:?}", c.name)
+            };
+            disks.extend(c.disks.iter().map(|p| (whose.clone(), p)));
+        }
+        match disks.into_iter().find(|(_, p)| !p.exists()) {
+            None => Ok(()),
+            Some((whose, p)) => Err(Error::NotFound(format!(
+                "{}: the disk file {} of {whose} does not exist: put it back (mount its \
+                 volume, move it back) before changing the VM",
+                self.dir.join(VM_FILE).display(),
+                p.display()
+            ))),
+        }
     }
 
     /// Read a VM's file without locking it or finishing interrupted work
     /// (for showing and listing).
     pub fn load(dir: &Path) -> Result<VmFile> {
-        read_json(&dir.join(VM_FILE))
+        read_vm_file(&dir.join(VM_FILE))
     }
 
     /// The VM folder.
@@ -839,10 +870,14 @@ impl Vm {
             return Ok(());
         }
         if subtree {
-            // Deepest first.
+            // Deepest first (each node once, whatever the file says).
             let mut order = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             let mut stack = vec![id.clone()];
             while let Some(x) = stack.pop() {
+                if !seen.insert(x.clone()) {
+                    continue;
+                }
                 order.push(x.clone());
                 for c in self
                     .data
@@ -1237,8 +1272,8 @@ impl Vm {
             return Ok(());
         }
         // The committed tree is what the VM file says now.
-        self.data = read_json(&self.dir.join(VM_FILE))?;
-        let j: Journal = read_json(&jpath)?;
+        self.data = read_vm_file(&self.dir.join(VM_FILE))?;
+        let j = read_journal(&jpath)?;
         match j {
             Journal::Create {
                 id,

@@ -543,8 +543,12 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
     let id = find(&vm, name)?;
     // The visible checkpoints under it (what --subtree deletes too).
     let mut under = 0usize;
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![id.clone()];
     while let Some(x) = stack.pop() {
+        if !seen.insert(x.clone()) {
+            continue;
+        }
         for c in vm
             .data()
             .checkpoints

@@ -711,8 +711,12 @@ pub unsafe extern "C" fn ckpt_vm_create(
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
 /// `CKPT_STATUS_BUSY` (another process or handle has the VM open),
-/// `CKPT_STATUS_NOT_FOUND` (no such folder or no VM in it),
-/// `CKPT_STATUS_CORRUPT` (the VM file cannot be read), `CKPT_STATUS_IO`.
+/// `CKPT_STATUS_NOT_FOUND` (no such folder or no VM in it, or a disk file
+/// the tree names is missing), `CKPT_STATUS_CORRUPT` (`vm.json` cannot be
+/// read or its tree is inconsistent — a duplicate id or name, a parent
+/// that does not exist, a cycle, a disk count that differs from the VM's —
+/// or `journal.json` cannot be read; the last error message names the
+/// file, what is wrong and what to do), `CKPT_STATUS_IO`.
 ///
 /// # Safety
 ///
