@@ -222,3 +222,26 @@ fn a_truncated_journal_fails_with_a_hint() {
     std::fs::remove_file(vm.join("journal.json")).unwrap();
     ok(&["checkpoint", "create", s(&vm), "B"]);
 }
+
+/// Item 9: `vm set --checkpoint-location` to the VM folder itself: `vm show`
+/// names no stray (never vm.json); a stray left in the old location is
+/// still reported.
+#[test]
+fn show_never_calls_the_vm_a_stray() {
+    let t = tempfile::tempdir().unwrap();
+    let vm = new_vm(t.path());
+    ok(&["checkpoint", "create", s(&vm), "A"]);
+    let old = vm.canonicalize().unwrap().join("checkpoints");
+    ok(&["vm", "set", s(&vm), "--checkpoint-location", s(&vm)]);
+    ok(&["checkpoint", "create", s(&vm), "B"]);
+    let v = json(&["vm", "show", s(&vm), "--json"]);
+    assert_eq!(v["strays"], serde_json::json!([]), "{v}");
+    let stray = old.join("1e2d3c4b-5a69-4786-95a4-b3c2d1e0f9a8.vmrs");
+    std::fs::write(&stray, b"x").unwrap();
+    let v = json(&["vm", "show", s(&vm), "--json"]);
+    assert_eq!(
+        v["strays"],
+        serde_json::json!([stray.display().to_string()]),
+        "{v}"
+    );
+}

@@ -313,3 +313,61 @@ fn a_truncated_journal_says_what_to_do() {
     assert_eq!(vm.data().checkpoints.len(), 2);
     vm.delete("A", false, &mut NoHooks).unwrap();
 }
+
+/// Item 9: with the checkpoint location set to the VM folder, the VM's own
+/// files (vm.json, the lock file, a journal) and files the tree could not
+/// have made are never strays; a file named as the tree names them is.
+#[test]
+fn strays_never_name_the_vm_itself() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("disks").join("os.vhdx");
+    make_disk(&disk);
+    let mut spec = VmSpec::new("here", vec![disk]);
+    spec.settings.checkpoint_type = CheckpointType::Standard;
+    let dir = t.path().join("vm");
+    spec.settings.checkpoint_location = Some(dir.clone());
+    let mut vm = Vm::create(&dir, &spec).unwrap();
+    vm.create_checkpoint("A", None, &mut NoHooks).unwrap();
+    assert!(vm.data().checkpoints[0]
+        .config_file
+        .as_ref()
+        .unwrap()
+        .starts_with(vm.dir()));
+    std::fs::write(vm.dir().join("notes.json"), b"{}").unwrap();
+    std::fs::write(vm.dir().join("memory.vmrs"), b"x").unwrap();
+    assert_eq!(vm.strays().unwrap(), Vec::<PathBuf>::new());
+    let stray = vm.dir().join("6f1c2d4e-8a3b-4c5d-9e7f-0a1b2c3d4e5f.vmrs");
+    std::fs::write(&stray, b"x").unwrap();
+    assert_eq!(vm.strays().unwrap(), vec![stray]);
+}
+
+/// Item 9: a location the VM used before is remembered (in vm.json), and
+/// strays left there are still reported; moving back forgets it again.
+#[test]
+fn strays_in_a_past_checkpoint_location_are_found() {
+    let t = tempfile::tempdir().unwrap();
+    let mut vm = new_vm(t.path());
+    vm.create_checkpoint("A", None, &mut NoHooks).unwrap();
+    let old = vm.checkpoint_location();
+    let mut s = vm.data().settings.clone();
+    s.checkpoint_location = Some(t.path().join("elsewhere"));
+    vm.set_settings(s).unwrap();
+    vm.create_checkpoint("B", None, &mut NoHooks).unwrap();
+    assert_eq!(vm.strays().unwrap(), Vec::<PathBuf>::new());
+    let stray = old.join("0d9b5c1e-2f3a-4b6c-8d7e-9f0a1b2c3d4e.json");
+    std::fs::write(&stray, b"{}").unwrap();
+    assert_eq!(vm.strays().unwrap(), vec![stray.clone()]);
+    drop(vm);
+    let mut vm = Vm::open(&t.path().join("vm")).unwrap();
+    assert_eq!(vm.data().past_checkpoint_locations, vec![old.clone()]);
+    assert_eq!(vm.strays().unwrap(), vec![stray.clone()]);
+    let mut s = vm.data().settings.clone();
+    s.checkpoint_location = None;
+    vm.set_settings(s).unwrap();
+    assert_eq!(vm.checkpoint_location(), old);
+    assert_eq!(
+        vm.data().past_checkpoint_locations,
+        vec![t.path().join("elsewhere")]
+    );
+    assert_eq!(vm.strays().unwrap(), vec![stray]);
+}

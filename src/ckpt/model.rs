@@ -215,6 +215,10 @@ pub struct VmFile {
     pub current: Current,
     /// Every checkpoint, parents before children.
     pub checkpoints: Vec<Checkpoint>,
+    /// Checkpoint locations the VM used before the current one (absolute),
+    /// where stray checkpoint files can still be found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_checkpoint_locations: Vec<PathBuf>,
 }
 
 impl VmFile {

@@ -307,6 +307,7 @@ impl Vm {
                 saved_state: None,
             },
             checkpoints: Vec::new(),
+            past_checkpoint_locations: Vec::new(),
         };
         write_json(&dir.join(VM_FILE), &data)?;
         Ok(Vm {
@@ -477,8 +478,22 @@ impl Vm {
         if let Some(l) = &s.checkpoint_location {
             s.checkpoint_location = Some(absolute(l)?);
         }
-        self.data.settings = s;
-        self.save()
+        // Remember the location left, so that strays there are found.
+        let old = self.checkpoint_location();
+        let old_past = self.data.past_checkpoint_locations.clone();
+        let old_settings = std::mem::replace(&mut self.data.settings, s);
+        let new = self.checkpoint_location();
+        let past = &mut self.data.past_checkpoint_locations;
+        past.retain(|p| *p != new);
+        if old != new && !past.contains(&old) {
+            past.push(old);
+        }
+        let saved = self.save();
+        if saved.is_err() {
+            self.data.settings = old_settings;
+            self.data.past_checkpoint_locations = old_past;
+        }
+        saved
     }
 
     /// The checkpoint called `name` (hidden ones are not found by name; one
@@ -1427,9 +1442,22 @@ pub fn checkpoint_location_of(dir: &Path, data: &VmFile) -> PathBuf {
 /// Files that look like ours (differencing disks next to the VM's disks,
 /// configuration copies and memory state in the checkpoint location)
 /// but that no node of the tree owns.
+///
+/// Only names the tree gives: `<disk>_<anything>.avhdx` next to a disk,
+/// `<id>.json` and `<id>.vmrs` (`<id>` a UUID) in the checkpoint location
+/// or in one the VM used before; never the VM's own files (`vm.json`, the
+/// journal, the lock file) nor any file the VM uses.
 pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
     let location = checkpoint_location_of(dir, data);
+    let mut locations = vec![location.clone()];
+    locations.extend(data.past_checkpoint_locations.iter().cloned());
     let mut owned: Vec<PathBuf> = data.current.disks.clone();
+    owned.extend(data.disks.iter().cloned());
+    owned.extend(
+        [VM_FILE, JOURNAL_FILE, LOCK_FILE]
+            .iter()
+            .map(|f| dir.join(f)),
+    );
     owned.extend(data.current.saved_state.iter().cloned());
     for c in &data.checkpoints {
         owned.extend(c.disks.iter().cloned());
@@ -1440,7 +1468,7 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
         .iter()
         .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
         .collect();
-    dirs.push(location.clone());
+    dirs.extend(locations.iter().cloned());
     dirs.sort();
     dirs.dedup();
     let stems: Vec<String> = data
@@ -1452,7 +1480,6 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
                 .map(|s| format!("{s}_"))
         })
         .collect();
-    let loc = location;
     let mut out = Vec::new();
     for d in dirs {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -1465,8 +1492,12 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
                 .and_then(|n| n.to_str())
                 .unwrap_or("")
                 .to_string();
+            let id_named = [".vmrs", ".json"].iter().any(|ext| {
+                name.strip_suffix(ext)
+                    .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+            });
             let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
-                || (d == loc && (name.ends_with(".vmrs") || name.ends_with(".json")));
+                || (locations.contains(&d) && id_named);
             if ours && !owned.contains(&p) {
                 out.push(p);
             }
