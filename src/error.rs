@@ -70,6 +70,12 @@ pub enum Error {
     #[error("corrupt image: {0}")]
     Corrupt(String),
 
+    /// A VM folder's own file (`vm.json`, `journal.json`) is damaged or
+    /// inconsistent (edited by hand, truncated): the message names the
+    /// file, says what is wrong and what to do.
+    #[error("damaged VM file: {0}")]
+    BadVmFile(String),
+
     /// The file uses a feature libckpt does not support (for example an
     /// unknown required region or metadata item).
     #[error("unsupported: {0}")]
@@ -201,7 +207,8 @@ impl Error {
             Error::BadSignature { .. }
             | Error::BadChecksum { .. }
             | Error::BadField { .. }
-            | Error::Corrupt(_) => ErrorKind::Corrupt,
+            | Error::Corrupt(_)
+            | Error::BadVmFile(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutOfRange { .. } => ErrorKind::OutOfRange,

@@ -214,6 +214,7 @@ mod tests {
                 hidden: false,
                 deleting: false,
             }],
+            past_checkpoint_locations: Vec::new(),
         }
     }
 

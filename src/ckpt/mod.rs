@@ -9,8 +9,10 @@ pub mod vm;
 
 pub use export::export_names;
 pub use model::{
-    Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile, VmState,
+    same_name, Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile,
+    VmState,
 };
 pub use vm::{
     checkpoint_location_of, list_of, strays_of, CheckpointView, Hooks, NoHooks, Vm, VmSpec,
+    MAX_NAME_CHARS,
 };

@@ -224,6 +224,10 @@ pub struct VmFile {
     pub current: Current,
     /// Every checkpoint, parents before children.
     pub checkpoints: Vec<Checkpoint>,
+    /// Checkpoint locations the VM used before the current one (absolute),
+    /// where stray checkpoint files can still be found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_checkpoint_locations: Vec<PathBuf>,
 }
 
 impl VmFile {
@@ -250,6 +254,129 @@ impl VmFile {
     pub fn current_checkpoint(&self) -> Option<&Checkpoint> {
         self.visible_ancestor(self.current.parent.as_deref())
     }
+
+    /// Check the shape of the whole file (what a hand edit can break):
+    /// unique ids, every parent (of a checkpoint, of the current state)
+    /// exists, no cycle of parents, the current state and every checkpoint
+    /// have as many disks as the VM (`disks`), and no two visible
+    /// checkpoints share a name ([`same_name`]). `Err` says what is wrong,
+    /// in one sentence naming the checkpoints.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        use std::collections::{HashMap, HashSet};
+        let label = |c: &Checkpoint| format!("checkpoint {:?} (id {})", c.name, c.id);
+        let n = self.disks.len();
+        if self.current.disks.len() != n {
+            return Err(format!(
+                "the VM has {n} disk(s) in \"disks\" but the current state has {} in \
+                 \"current.disks\" (a disk cannot be added to or removed from a VM by \
+                 editing {VM_FILE})",
+                self.current.disks.len()
+            ));
+        }
+        let mut parent_of: HashMap<&str, Option<&str>> = HashMap::new();
+        for c in &self.checkpoints {
+            if c.id.is_empty() {
+                return Err(format!("checkpoint {:?} has an empty id", c.name));
+            }
+            if parent_of.insert(&c.id, c.parent.as_deref()).is_some() {
+                return Err(format!("two checkpoints have the id {}", c.id));
+            }
+        }
+        for c in &self.checkpoints {
+            if c.disks.len() != n {
+                return Err(format!(
+                    "{} has {} disk(s) but the VM has {n} (a disk cannot be added to or \
+                     removed from a VM by editing {VM_FILE})",
+                    label(c),
+                    c.disks.len()
+                ));
+            }
+            if let Some(p) = c.parent.as_deref() {
+                if !parent_of.contains_key(p) {
+                    return Err(format!("{}'s parent {p} does not exist", label(c)));
+                }
+            }
+        }
+        if let Some(p) = self.current.parent.as_deref() {
+            if !parent_of.contains_key(p) {
+                return Err(format!(
+                    "the current state's parent checkpoint {p} does not exist"
+                ));
+            }
+        }
+        for c in &self.checkpoints {
+            let mut seen = HashSet::from([c.id.as_str()]);
+            let mut p = c.parent.as_deref();
+            while let Some(x) = p {
+                if !seen.insert(x) {
+                    return Err(format!(
+                        "the parents of {} form a cycle (through {x})",
+                        label(c)
+                    ));
+                }
+                p = parent_of.get(x).copied().flatten();
+            }
+        }
+        let mut names: HashMap<String, &Checkpoint> = HashMap::new();
+        for c in self.checkpoints.iter().filter(|c| !c.hidden) {
+            let key: String = c.name.chars().flat_map(char::to_lowercase).collect();
+            if let Some(other) = names.insert(key, c) {
+                return Err(format!(
+                    "{} and {} have the same name (names compare ignoring case)",
+                    label(other),
+                    label(c)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to do about a `vm.json` that [`read_vm_file`] refuses.
+const VM_FILE_HINT: &str = "the file was edited by hand or damaged: correct it, or restore it \
+                            from a backup, before using the VM";
+
+/// Read and check a VM's `vm.json` (see [`VmFile::check`]): a file that
+/// does not parse or whose tree is inconsistent is a
+/// [`Error::BadVmFile`] naming the file, what is wrong and what to do.
+pub fn read_vm_file(path: &Path) -> Result<VmFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::from(e).in_file(path))?;
+    let data: VmFile = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::BadVmFile(format!(
+            "{}: not a valid VM file ({e}); {VM_FILE_HINT}",
+            path.display()
+        ))
+    })?;
+    data.check()
+        .map_err(|what| Error::BadVmFile(format!("{}: {what}; {VM_FILE_HINT}", path.display())))?;
+    Ok(data)
+}
+
+/// Read the journal of an interrupted operation. One that cannot be read
+/// as a journal (truncated, damaged) is a [`Error::BadVmFile`] that says
+/// what it means and how to recover.
+pub fn read_journal(path: &Path) -> Result<Journal> {
+    let bytes = std::fs::read(path).map_err(|e| Error::from(e).in_file(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::BadVmFile(format!(
+            "{}: not a valid journal ({e}): an operation on this VM was interrupted and the record of \
+             what it had done, needed to finish or undo it, cannot be read, so the VM cannot \
+             be changed. {VM_FILE} still holds the tree as it was last committed: restore \
+             {JOURNAL_FILE} from a backup, or remove it to keep the tree as {VM_FILE} has it \
+             (files the interrupted operation made then show as strays in `ckpt vm show`)",
+            path.display()
+        ))
+    })
+}
+
+/// Whether two checkpoint names are the same name: compared ignoring case
+/// (as Windows does), otherwise exactly. "Before" and "before" are one
+/// name; "B" and "B " are not (and "B " cannot be given).
+pub fn same_name(a: &str, b: &str) -> bool {
+    a == b
+        || a.chars()
+            .flat_map(char::to_lowercase)
+            .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 /// An operation under way, recorded before its first step so that

@@ -153,6 +153,10 @@ fn remove_made(p: &Path) -> Result<()> {
     remove_if_exists(p)
 }
 
+/// The longest checkpoint name, in characters (Unicode scalar values, not
+/// bytes), as in Hyper-V.
+pub const MAX_NAME_CHARS: usize = 100;
+
 /// Every checkpoint name is refused when empty (or only blanks): the one
 /// check for names given to create, find, apply, delete, rename and export.
 fn name_given(name: &str) -> Result<()> {
@@ -160,6 +164,37 @@ fn name_given(name: &str) -> Result<()> {
         return Err(Error::InvalidArgument(
             "a checkpoint name must not be empty".into(),
         ));
+    }
+    Ok(())
+}
+
+/// The rule for a new checkpoint name (create, apply's saved current
+/// state, rename): not empty, at most [`MAX_NAME_CHARS`] characters, no
+/// control characters (newline, tab, ...) or line separators, and no blank
+/// at either end (refused, not trimmed). Names already in a VM file are
+/// found whatever they are.
+fn name_valid(name: &str) -> Result<()> {
+    name_given(name)?;
+    let n = name.chars().count();
+    if n > MAX_NAME_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must be at most {MAX_NAME_CHARS} characters long \
+             ({n} given)"
+        )));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must not contain control characters such as a newline or \
+             a tab ({name:?} given)"
+        )));
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err(Error::InvalidArgument(format!(
+            "a checkpoint name must not begin or end with a blank ({name:?} given)"
+        )));
     }
     Ok(())
 }
@@ -279,6 +314,7 @@ impl Vm {
                 saved_state: None,
             },
             checkpoints: Vec::new(),
+            past_checkpoint_locations: Vec::new(),
         };
         write_json(&dir.join(VM_FILE), &data)?;
         Ok(Vm {
@@ -300,20 +336,51 @@ impl Vm {
             )));
         }
         let lock = lock_vm(&dir)?;
-        let data: VmFile = read_json(&dir.join(VM_FILE))?;
+        let data = read_vm_file(&dir.join(VM_FILE))?;
         let mut vm = Vm {
             dir,
             data,
             _lock: lock,
         };
         vm.reconcile()?;
+        vm.check_disks_exist()?;
         Ok(vm)
+    }
+
+    /// Refuse a VM whose committed tree names a disk file that is not
+    /// there (a volume not mounted, a file moved or removed by hand): no
+    /// operation may start on a tree whose files are missing.
+    fn check_disks_exist(&self) -> Result<()> {
+        let d = &self.data;
+        let mut disks: Vec<(String, &PathBuf)> = d
+            .current
+            .disks
+            .iter()
+            .map(|p| ("the current state".to_string(), p))
+            .collect();
+        for c in &d.checkpoints {
+            let whose = if c.hidden {
+                format!("the deleted branch point {}", c.id)
+            } else {
+                format!("checkpoint {:?}", c.name)
+            };
+            disks.extend(c.disks.iter().map(|p| (whose.clone(), p)));
+        }
+        match disks.into_iter().find(|(_, p)| !p.exists()) {
+            None => Ok(()),
+            Some((whose, p)) => Err(Error::NotFound(format!(
+                "{}: the disk file {} of {whose} does not exist: put it back (mount its \
+                 volume, move it back) before changing the VM",
+                self.dir.join(VM_FILE).display(),
+                p.display()
+            ))),
+        }
     }
 
     /// Read a VM's file without locking it or finishing interrupted work
     /// (for showing and listing).
     pub fn load(dir: &Path) -> Result<VmFile> {
-        read_json(&dir.join(VM_FILE))
+        read_vm_file(&dir.join(VM_FILE))
     }
 
     /// The VM folder.
@@ -424,8 +491,22 @@ impl Vm {
         if let Some(l) = &s.checkpoint_location {
             s.checkpoint_location = Some(absolute(l)?);
         }
-        self.data.settings = s;
-        self.save()
+        // Remember the location left, so that strays there are found.
+        let old = self.checkpoint_location();
+        let old_past = self.data.past_checkpoint_locations.clone();
+        let old_settings = std::mem::replace(&mut self.data.settings, s);
+        let new = self.checkpoint_location();
+        let past = &mut self.data.past_checkpoint_locations;
+        past.retain(|p| *p != new);
+        if old != new && !past.contains(&old) {
+            past.push(old);
+        }
+        let saved = self.save();
+        if saved.is_err() {
+            self.data.settings = old_settings;
+            self.data.past_checkpoint_locations = old_past;
+        }
+        saved
     }
 
     /// The checkpoint called `name` (hidden ones are not found by name; one
@@ -436,7 +517,7 @@ impl Vm {
         self.data
             .checkpoints
             .iter()
-            .find(|c| c.name == name && !c.hidden)
+            .find(|c| same_name(&c.name, name) && !c.hidden)
             .ok_or_else(|| Error::NotFound(format!("no checkpoint is called {name:?}")))
     }
 
@@ -484,13 +565,14 @@ impl Vm {
         })
     }
 
-    fn check_name(&self, name: &str) -> Result<()> {
-        name_given(name)?;
+    /// A new name for a checkpoint (`except`: the one being renamed).
+    fn check_name(&self, name: &str, except: Option<&str>) -> Result<()> {
+        name_valid(name)?;
         if self
             .data
             .checkpoints
             .iter()
-            .any(|c| c.name == name && !c.hidden)
+            .any(|c| same_name(&c.name, name) && !c.hidden && Some(c.id.as_str()) != except)
         {
             return Err(Error::AlreadyExists(format!(
                 "a checkpoint called {name:?} already exists"
@@ -519,7 +601,7 @@ impl Vm {
         hooks: &mut dyn Hooks,
         then_apply: Option<String>,
     ) -> Result<Checkpoint> {
-        self.check_name(name)?;
+        self.check_name(name, None)?;
         // The current disks stay open read-only (locked shared) until the
         // checkpoint is taken: a disk another handle or process has open
         // for writing is refused here, before anything changes, and none
@@ -816,11 +898,12 @@ impl Vm {
     /// Rename a checkpoint.
     pub fn rename(&mut self, name: &str, new_name: &str) -> Result<()> {
         self.settle(None)?;
-        let i = self.index(&self.find(name)?.id.clone())?;
-        if name == new_name {
+        let id = self.find(name)?.id.clone();
+        let i = self.index(&id)?;
+        if self.data.checkpoints[i].name == new_name {
             return Ok(());
         }
-        self.check_name(new_name)?;
+        self.check_name(new_name, Some(&id))?;
         let old = std::mem::replace(&mut self.data.checkpoints[i].name, new_name.to_string());
         // The handle shows what vm.json holds: a rename that could not be
         // saved is undone.
@@ -850,10 +933,14 @@ impl Vm {
             return Ok(());
         }
         if subtree {
-            // Deepest first.
+            // Deepest first (each node once, whatever the file says).
             let mut order = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             let mut stack = vec![id.clone()];
             while let Some(x) = stack.pop() {
+                if !seen.insert(x.clone()) {
+                    continue;
+                }
                 order.push(x.clone());
                 for c in self
                     .data
@@ -1449,8 +1536,8 @@ impl Vm {
             return Ok(());
         }
         // The committed tree is what the VM file says now.
-        self.data = read_json(&self.dir.join(VM_FILE))?;
-        let j: Journal = read_json(&jpath)?;
+        self.data = read_vm_file(&self.dir.join(VM_FILE))?;
+        let j = read_journal(&jpath)?;
         match j {
             Journal::Create {
                 id,
@@ -1608,9 +1695,22 @@ pub fn checkpoint_location_of(dir: &Path, data: &VmFile) -> PathBuf {
 /// Files that look like ours (differencing disks next to the VM's disks,
 /// configuration copies and memory state in the checkpoint location)
 /// but that no node of the tree owns.
+///
+/// Only names the tree gives: `<disk>_<anything>.avhdx` next to a disk,
+/// `<id>.json` and `<id>.vmrs` (`<id>` a UUID) in the checkpoint location
+/// or in one the VM used before; never the VM's own files (`vm.json`, the
+/// journal, the lock file) nor any file the VM uses.
 pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
     let location = checkpoint_location_of(dir, data);
+    let mut locations = vec![location.clone()];
+    locations.extend(data.past_checkpoint_locations.iter().cloned());
     let mut owned: Vec<PathBuf> = data.current.disks.clone();
+    owned.extend(data.disks.iter().cloned());
+    owned.extend(
+        [VM_FILE, JOURNAL_FILE, LOCK_FILE]
+            .iter()
+            .map(|f| dir.join(f)),
+    );
     owned.extend(data.current.saved_state.iter().cloned());
     for c in &data.checkpoints {
         owned.extend(c.disks.iter().cloned());
@@ -1621,7 +1721,7 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
         .iter()
         .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
         .collect();
-    dirs.push(location.clone());
+    dirs.extend(locations.iter().cloned());
     dirs.sort();
     dirs.dedup();
     let stems: Vec<String> = data
@@ -1633,7 +1733,6 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
                 .map(|s| format!("{s}_"))
         })
         .collect();
-    let loc = location;
     let mut out = Vec::new();
     for d in dirs {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -1646,8 +1745,12 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
                 .and_then(|n| n.to_str())
                 .unwrap_or("")
                 .to_string();
+            let id_named = [".vmrs", ".json"].iter().any(|ext| {
+                name.strip_suffix(ext)
+                    .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+            });
             let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
-                || (d == loc && (name.ends_with(".vmrs") || name.ends_with(".json")));
+                || (locations.contains(&d) && id_named);
             if ours && !owned.contains(&p) {
                 out.push(p);
             }

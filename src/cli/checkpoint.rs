@@ -509,12 +509,7 @@ fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks
     r.map_err(vm_error)?;
     println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));
     if let Some(kept) = save_current {
-        if let Some(c) = vm
-            .data()
-            .checkpoints
-            .iter()
-            .find(|c| c.name == kept && !c.hidden)
-        {
+        if let Ok(c) = vm.find(kept) {
             println!(
                 "The previous state was kept as checkpoint \"{kept}\": {}",
                 kind_text(c.taken, c.requested, c.fallback_reason.as_deref())
@@ -548,8 +543,12 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
     let id = find(&vm, name)?;
     // The visible checkpoints under it (what --subtree deletes too).
     let mut under = 0usize;
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![id.clone()];
     while let Some(x) = stack.pop() {
+        if !seen.insert(x.clone()) {
+            continue;
+        }
         for c in vm
             .data()
             .checkpoints

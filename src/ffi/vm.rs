@@ -711,8 +711,12 @@ pub unsafe extern "C" fn ckpt_vm_create(
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`,
 /// `CKPT_STATUS_BUSY` (another process or handle has the VM open),
-/// `CKPT_STATUS_NOT_FOUND` (no such folder or no VM in it),
-/// `CKPT_STATUS_CORRUPT` (the VM file cannot be read), `CKPT_STATUS_IO`.
+/// `CKPT_STATUS_NOT_FOUND` (no such folder or no VM in it, or a disk file
+/// the tree names is missing), `CKPT_STATUS_CORRUPT` (`vm.json` cannot be
+/// read or its tree is inconsistent — a duplicate id or name, a parent
+/// that does not exist, a cycle, a disk count that differs from the VM's —
+/// or `journal.json` cannot be read; the last error message names the
+/// file, what is wrong and what to do), `CKPT_STATUS_IO`.
 ///
 /// # Safety
 ///
@@ -1396,11 +1400,22 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_disk_path(
 /// A checkpoint being deleted (`ckpt_checkpoint_info.deleting`) is still
 /// found until the delete is finished.
 ///
+/// Names compare ignoring case (as in Windows): "before" finds "Before".
+///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
 /// (an empty name, or one of blanks only, which no checkpoint can have; a
 /// non-UTF-8 name), `CKPT_STATUS_NOT_FOUND` (no checkpoint has that name),
 /// `CKPT_STATUS_BUSY`. Every function taking a checkpoint name refuses an
-/// empty one the same way.
+/// empty one the same way, and finds names the same way.
+///
+/// A new name (`ckpt_vm_checkpoint_create`, the `save_current_name` of
+/// `ckpt_vm_checkpoint_apply`, the `new_name` of
+/// `ckpt_vm_checkpoint_rename`) must also be at most 100 characters
+/// (Unicode characters, not bytes), hold no control character (newline,
+/// tab, ...) and have no blank at either end (refused, not trimmed):
+/// otherwise `CKPT_STATUS_INVALID_ARGUMENT`, with the rule in the last
+/// error message. It is taken (`CKPT_STATUS_ALREADY_EXISTS`) when another
+/// checkpoint has it, ignoring case.
 ///
 /// # Safety
 ///
@@ -1449,8 +1464,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_find(
 /// failure nothing is left behind.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (empty name, disabled, production-only quiesce failure),
-/// `CKPT_STATUS_ALREADY_EXISTS` (the name is taken),
+/// (empty name, or one breaking the rule for new names given at
+/// `ckpt_vm_checkpoint_find`; disabled; production-only quiesce failure),
+/// `CKPT_STATUS_ALREADY_EXISTS` (the name is taken, ignoring case),
 /// `CKPT_STATUS_UNSUPPORTED` (hooks from a newer header),
 /// `CKPT_STATUS_NO_SPACE`,
 /// `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO` (including a failed `save_memory`),
@@ -1489,9 +1505,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_create(
 /// does, with `hooks`); with NULL it is discarded for good.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (an
-/// empty `name` or `save_current_name`, the current state hangs under
-/// no checkpoint, or the VM is running: stop or save it first),
-/// `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
+/// empty `name` or `save_current_name`, a `save_current_name` breaking the
+/// rule for new names given at `ckpt_vm_checkpoint_find`, the current
+/// state hangs under no checkpoint, or the VM is running: stop or save it
+/// first), `CKPT_STATUS_NOT_FOUND` (no such checkpoint, or a
 /// missing file), `CKPT_STATUS_ALREADY_EXISTS` (a taken
 /// `save_current_name`), `CKPT_STATUS_UNSUPPORTED`, `CKPT_STATUS_BUSY`,
 /// `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
@@ -1597,8 +1614,11 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_delete(
 /// checkpoints).
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
-/// (empty name or new name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
-/// `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken), `CKPT_STATUS_BUSY`,
+/// (empty name or new name, or a new name breaking the rule given at
+/// `ckpt_vm_checkpoint_find`), `CKPT_STATUS_NOT_FOUND` (no such
+/// checkpoint), `CKPT_STATUS_ALREADY_EXISTS` (the new name is taken by
+/// another checkpoint, ignoring case; changing only the case is fine),
+/// `CKPT_STATUS_BUSY`,
 /// `CKPT_STATUS_IO`.
 ///
 /// # Safety

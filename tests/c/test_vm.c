@@ -521,6 +521,38 @@ static void names_and_messages(const char *dir) {
     CHECK(strstr(last_error_text(), "disks_count") == NULL);
 }
 
+/* Issue 9, item 10: the name rule (at most 100 characters, no control
+ * characters, no blank at either end) and names compared ignoring case. */
+static void name_rules(const char *dir) {
+    char vmdir[2048], long_name[128];
+    ckpt_vm *vm = x_then_y(dir, "names-rule", vmdir, sizeof vmdir);
+    if (vm == NULL) {
+        return;
+    }
+    memset(long_name, 'n', 101);
+    long_name[101] = '\0';
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, long_name, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_text(), "100 characters") != NULL);
+    long_name[100] = '\0';
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, long_name, NULL));
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "two\nlines", NULL),
+                  CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_text(), "control characters") != NULL);
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "Y ", NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_text(), "blank") != NULL);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename(vm, "X", "\tX"), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "y", NULL), CKPT_STATUS_ALREADY_EXISTS);
+    CHECK(checkpoint_count(vm) == 3);
+    size_t a = 99, b = 98;
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "x", &a));
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "X", &b));
+    CHECK(a == b);
+    EXPECT_OK(ckpt_vm_checkpoint_rename(vm, "x", "xx"));
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "XX", &a));
+    CHECK(a == b);
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -956,6 +988,7 @@ int main(int argc, char **argv) {
     revert_after_branch_delete(dir);
     export_shared_names(dir);
     names_and_messages(dir);
+    name_rules(dir);
 
     return check_finish("test_vm");
 }
