@@ -1,6 +1,8 @@
 //! Pure VHDX on-disk structures ([MS-VHDX] v6.0): parsing at named offsets,
 //! validation, and serialisation. No I/O policy and no `unsafe` here.
 
+#![forbid(unsafe_code)]
+
 pub mod bat;
 pub mod fileid;
 pub mod header;
@@ -34,32 +36,24 @@ pub const REGION2_OFFSET: u64 = 256 * KIB;
 /// End of the header section; every other object lies at or beyond it.
 pub const HEADER_SECTION_SIZE: u64 = MIB;
 
-/// Build a GUID from its canonical text form at compile time.
-const fn guid(s: &str) -> Uuid {
-    match Uuid::try_parse(s) {
-        Ok(u) => u,
-        Err(_) => panic!("bad GUID literal"),
-    }
-}
-
 /// Region: Block Allocation Table.
-pub const BAT_REGION: Uuid = guid("2DC27766-F623-4200-9D64-115E9BFD4A08");
+pub const BAT_REGION: Uuid = uuid::uuid!("2DC27766-F623-4200-9D64-115E9BFD4A08");
 /// Region: metadata.
-pub const METADATA_REGION: Uuid = guid("8B7CA206-4790-4B9A-B8FE-575F050F886E");
+pub const METADATA_REGION: Uuid = uuid::uuid!("8B7CA206-4790-4B9A-B8FE-575F050F886E");
 /// Metadata item: file parameters.
-pub const META_FILE_PARAMETERS: Uuid = guid("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
+pub const META_FILE_PARAMETERS: Uuid = uuid::uuid!("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
 /// Metadata item: virtual disk size.
-pub const META_VIRTUAL_DISK_SIZE: Uuid = guid("2FA54224-CD1B-4876-B211-5DBED83BF4B8");
+pub const META_VIRTUAL_DISK_SIZE: Uuid = uuid::uuid!("2FA54224-CD1B-4876-B211-5DBED83BF4B8");
 /// Metadata item: virtual disk ID (a.k.a. page 83 data).
-pub const META_VIRTUAL_DISK_ID: Uuid = guid("BECA12AB-B2E6-4523-93EF-C309E000C746");
+pub const META_VIRTUAL_DISK_ID: Uuid = uuid::uuid!("BECA12AB-B2E6-4523-93EF-C309E000C746");
 /// Metadata item: logical sector size.
-pub const META_LOGICAL_SECTOR_SIZE: Uuid = guid("8141BF1D-A96F-4709-BA47-F233A8FAAB5F");
+pub const META_LOGICAL_SECTOR_SIZE: Uuid = uuid::uuid!("8141BF1D-A96F-4709-BA47-F233A8FAAB5F");
 /// Metadata item: physical sector size.
-pub const META_PHYSICAL_SECTOR_SIZE: Uuid = guid("CDA348C7-445D-4471-9CC9-E9885251C556");
+pub const META_PHYSICAL_SECTOR_SIZE: Uuid = uuid::uuid!("CDA348C7-445D-4471-9CC9-E9885251C556");
 /// Metadata item: parent locator.
-pub const META_PARENT_LOCATOR: Uuid = guid("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C");
+pub const META_PARENT_LOCATOR: Uuid = uuid::uuid!("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C");
 /// Parent locator type: VHDX.
-pub const PARENT_LOCATOR_VHDX: Uuid = guid("B04AEFB7-D19E-4A81-B789-25B8E9445913");
+pub const PARENT_LOCATOR_VHDX: Uuid = uuid::uuid!("B04AEFB7-D19E-4A81-B789-25B8E9445913");
 
 /// Read a little-endian u16 at `off` (the caller guarantees the bounds).
 pub(crate) fn le16(b: &[u8], off: usize) -> u16 {

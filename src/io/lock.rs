@@ -16,7 +16,6 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -129,20 +128,7 @@ impl Drop for FileLock {
     }
 }
 
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on a descriptor `file` owns for the duration of the
-    // call; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EWOULDBLOCK)
-}
+use super::platform::{flock, would_block, FlockOp};
 
 /// How often, and how long apart, a refused lock is tried again.
 const ATTEMPTS: u32 = 20;
@@ -158,8 +144,8 @@ pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
     let meta = file.metadata()?;
     let key = (meta.dev(), meta.ino());
     let op = match kind {
-        LockKind::Shared => libc::LOCK_SH,
-        LockKind::Exclusive => libc::LOCK_EX,
+        LockKind::Shared => FlockOp::Shared,
+        LockKind::Exclusive => FlockOp::Exclusive,
     };
     let mut attempt = 0;
     loop {
@@ -198,9 +184,9 @@ fn who_holds(file: &File, key: (u64, u64), kind: LockKind) -> LockConflict {
         LockKind::Exclusive if mine.shared > 0 => (Holder::ThisProcess, false),
         LockKind::Exclusive => {
             // Only a writer refuses a shared lock too.
-            let readers_only = flock(file, libc::LOCK_SH).is_ok();
+            let readers_only = flock(file, FlockOp::Shared).is_ok();
             if readers_only {
-                let _ = flock(file, libc::LOCK_UN);
+                let _ = flock(file, FlockOp::Unlock);
             }
             (Holder::OtherProcess, !readers_only)
         }

@@ -1,0 +1,198 @@
+//! [`FileStorage`]: an image file on the host, locked while open. Every
+//! mutating call counts as one event of [`super::faults`] (compiled out
+//! without the `fault-injection` feature); system calls go through
+//! [`super::platform`].
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::platform::{self, Seek};
+#[allow(unused_imports)] // named in the docs
+use super::LockConflict;
+use super::{faults, lock_file, read_only_error, write_zeros, Cut, FileLock, LockKind, Storage};
+
+/// A file on the host file system (positional I/O, safe to share between threads).
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    writable: bool,
+    /// Dropped after `file` (whose closing releases the lock).
+    _lock: FileLock,
+}
+
+impl FileStorage {
+    /// Open an existing file and lock it (`flock`, see [`lock_file`]): a
+    /// writable open takes an exclusive lock, a read-only open a shared
+    /// one, so that nobody writes a file another handle or process reads or
+    /// writes. A refused lock is an error of kind `WouldBlock` that
+    /// carries a [`LockConflict`] (who holds the file).
+    pub fn open(path: &Path, writable: bool) -> io::Result<FileStorage> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        let kind = if writable {
+            LockKind::Exclusive
+        } else {
+            LockKind::Shared
+        };
+        let lock = lock_file(&file, kind)?;
+        Ok(FileStorage {
+            file,
+            writable,
+            _lock: lock,
+        })
+    }
+
+    /// Create a new file (locked exclusively); fails if it already exists.
+    pub fn create(path: &Path) -> io::Result<FileStorage> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let lock = match lock_file(&file, LockKind::Exclusive) {
+            Ok(l) => l,
+            Err(e) => {
+                // Someone opened the new, empty file already: it is ours to remove.
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        };
+        Ok(FileStorage {
+            file,
+            writable: true,
+            _lock: lock,
+        })
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        if let Some(cut) = faults::event()? {
+            if cut == Cut::Torn && !buf.is_empty() {
+                let last = if buf.len() > 512 { buf.len() - 512 } else { 0 };
+                let keep = last + (buf.len() - last) / 2;
+                self.file.write_all_at(&buf[..keep], offset)?;
+            }
+            return Err(faults::crash());
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
+        }
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
+        }
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        if platform::punch_hole(&self.file, off, l).is_ok() {
+            return Ok(());
+        }
+        // File systems without hole punching: write zeros instead.
+        write_zeros(self, offset, len)
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(read_only_error());
+        }
+        if faults::event()?.is_some() {
+            return Err(faults::crash());
+        }
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        if platform::reserve(&self.file, off, l).is_ok() {
+            return Ok(());
+        }
+        let end = offset + len;
+        if end > self.len()? {
+            self.file.set_len(end)?;
+        }
+        Ok(())
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        Some(self.file.as_raw_fd())
+    }
+
+    fn data_after(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        let Ok(off) = i64::try_from(offset) else {
+            return Ok(None);
+        };
+        if offset >= len {
+            return Ok(None);
+        }
+        let start = match platform::seek(&self.file, off, Seek::Data) {
+            Ok(Some(start)) => start,
+            Ok(None) => return Ok(None),
+            // No SEEK_DATA on this file system: all of it may be data.
+            Err(_) => return Ok(Some((offset, len))),
+        };
+        let end = match platform::seek(&self.file, start as i64, Seek::Hole) {
+            Ok(Some(end)) => end,
+            _ => len,
+        };
+        Ok(Some((start, end.max(start))))
+    }
+}
