@@ -3,6 +3,17 @@
 use crate::error::{Error, Result};
 use crate::format::le64;
 
+// Byte layout of the file type identifier (MS-VHDX 2.2.1), 64 KiB at offset 0:
+//
+//   0     8  Signature "vhdxfile"
+//   8   512  Creator: UTF-16LE, NUL-padded (diagnostic only)
+// 520        reserved to 64 KiB
+
+const SIGNATURE_OFFSET: usize = 0;
+const CREATOR_OFFSET: usize = 8;
+const CREATOR_SIZE: usize = 512;
+const _: () = assert!(CREATOR_OFFSET + CREATOR_SIZE == SIZE);
+
 /// "vhdxfile".
 pub const SIGNATURE: u64 = 0x656C_6966_7864_6876;
 /// Bytes of the identifier this crate reads and writes (the structure is 64 KiB, the rest reserved).
@@ -23,7 +34,7 @@ impl FileIdentifier {
                 "file is too short for a VHDX file identifier".into(),
             ));
         }
-        let sig = le64(b, 0);
+        let sig = le64(b, SIGNATURE_OFFSET);
         if sig != SIGNATURE {
             return Err(Error::BadSignature {
                 structure: "file identifier (not a VHDX file)",
@@ -31,7 +42,7 @@ impl FileIdentifier {
                 found: sig,
             });
         }
-        let units: Vec<u16> = b[8..520]
+        let units: Vec<u16> = b[CREATOR_OFFSET..CREATOR_OFFSET + CREATOR_SIZE]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
@@ -44,10 +55,61 @@ impl FileIdentifier {
     /// Serialise into [`SIZE`] bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; SIZE];
-        b[..8].copy_from_slice(&SIGNATURE.to_le_bytes());
-        for (i, u) in self.creator.encode_utf16().take(255).enumerate() {
-            b[8 + 2 * i..10 + 2 * i].copy_from_slice(&u.to_le_bytes());
+        b[SIGNATURE_OFFSET..SIGNATURE_OFFSET + 8].copy_from_slice(&SIGNATURE.to_le_bytes());
+        for (i, u) in self
+            .creator
+            .encode_utf16()
+            .take(CREATOR_SIZE / 2 - 1)
+            .enumerate()
+        {
+            let o = CREATOR_OFFSET + 2 * i;
+            b[o..o + 2].copy_from_slice(&u.to_le_bytes());
         }
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let f = FileIdentifier {
+            creator: "libckpt 0.1 ü".into(),
+        };
+        assert_eq!(FileIdentifier::parse(&f.to_bytes()).unwrap(), f);
+    }
+
+    #[test]
+    fn golden_bytes_written_by_hand() {
+        let mut b = vec![0u8; SIZE];
+        b[..8].copy_from_slice(b"vhdxfile");
+        b[8..14].copy_from_slice(&[b'q', 0, b'e', 0, b'm', 0]);
+        let f = FileIdentifier::parse(&b).unwrap();
+        assert_eq!(f.creator, "qem");
+        assert_eq!(f.to_bytes(), b);
+    }
+
+    #[test]
+    fn a_long_creator_is_cut_and_keeps_its_terminator() {
+        let f = FileIdentifier {
+            creator: "x".repeat(1000),
+        };
+        let b = f.to_bytes();
+        assert_eq!(b.len(), SIZE);
+        assert_eq!(FileIdentifier::parse(&b).unwrap().creator.len(), 255);
+    }
+
+    #[test]
+    fn short_or_garbage_input_is_an_error_never_a_panic() {
+        for n in [0, 7, 8, SIZE - 1] {
+            assert!(FileIdentifier::parse(&vec![0u8; n]).is_err());
+        }
+        let mut b = vec![0xd8u8; SIZE]; // unpaired surrogates
+        b[..8].copy_from_slice(b"vhdxfile");
+        assert!(FileIdentifier::parse(&b).is_ok());
+        b[0] = b'V';
+        assert!(FileIdentifier::parse(&b).is_err());
     }
 }

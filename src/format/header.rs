@@ -5,6 +5,33 @@ use uuid::Uuid;
 use crate::error::{bad_field, Error, Result};
 use crate::format::{guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB};
 
+// Byte layout of a header (MS-VHDX 2.2.2), little-endian, 4 KiB, of which
+// the first 80 bytes are fields and the rest is reserved (zero):
+//
+//   0   4  Signature "head"
+//   4   4  Checksum: CRC-32C over the 4 KiB with this field zero
+//   8   8  SequenceNumber
+//  16  16  FileWriteGuid
+//  32  16  DataWriteGuid
+//  48  16  LogGuid
+//  64   2  LogVersion
+//  66   2  Version
+//  68   4  LogLength
+//  72   8  LogOffset
+//  80      reserved to 4096
+
+const SIGNATURE_OFFSET: usize = 0;
+const CHECKSUM_OFFSET: usize = 4;
+const SEQUENCE_NUMBER_OFFSET: usize = 8;
+const FILE_WRITE_GUID_OFFSET: usize = 16;
+const DATA_WRITE_GUID_OFFSET: usize = 32;
+const LOG_GUID_OFFSET: usize = 48;
+const LOG_VERSION_OFFSET: usize = 64;
+const VERSION_OFFSET: usize = 66;
+const LOG_LENGTH_OFFSET: usize = 68;
+const LOG_OFFSET_OFFSET: usize = 72;
+const _: () = assert!(LOG_OFFSET_OFFSET + 8 <= SIZE);
+
 /// "head".
 pub const SIGNATURE: u32 = 0x6461_6568;
 /// Bytes covered by a header.
@@ -45,14 +72,14 @@ impl Header {
     pub fn decode(b: &[u8], offset: u64) -> Result<Header> {
         let b = super::checked_structure(b, SIZE, SIGNATURE, "header", offset)?;
         Ok(Header {
-            sequence_number: le64(b, 8),
-            file_write_guid: guid_at(b, 16),
-            data_write_guid: guid_at(b, 32),
-            log_guid: guid_at(b, 48),
-            log_version: le16(b, 64),
-            version: le16(b, 66),
-            log_length: le32(b, 68),
-            log_offset: le64(b, 72),
+            sequence_number: le64(b, SEQUENCE_NUMBER_OFFSET),
+            file_write_guid: guid_at(b, FILE_WRITE_GUID_OFFSET),
+            data_write_guid: guid_at(b, DATA_WRITE_GUID_OFFSET),
+            log_guid: guid_at(b, LOG_GUID_OFFSET),
+            log_version: le16(b, LOG_VERSION_OFFSET),
+            version: le16(b, VERSION_OFFSET),
+            log_length: le32(b, LOG_LENGTH_OFFSET),
+            log_offset: le64(b, LOG_OFFSET_OFFSET),
         })
     }
 
@@ -116,17 +143,17 @@ impl Header {
     /// Serialise with a valid checksum.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; SIZE];
-        put32(&mut b, 0, SIGNATURE);
-        put64(&mut b, 8, self.sequence_number);
-        put_guid(&mut b, 16, &self.file_write_guid);
-        put_guid(&mut b, 32, &self.data_write_guid);
-        put_guid(&mut b, 48, &self.log_guid);
-        put16(&mut b, 64, self.log_version);
-        put16(&mut b, 66, self.version);
-        put32(&mut b, 68, self.log_length);
-        put64(&mut b, 72, self.log_offset);
+        put32(&mut b, SIGNATURE_OFFSET, SIGNATURE);
+        put64(&mut b, SEQUENCE_NUMBER_OFFSET, self.sequence_number);
+        put_guid(&mut b, FILE_WRITE_GUID_OFFSET, &self.file_write_guid);
+        put_guid(&mut b, DATA_WRITE_GUID_OFFSET, &self.data_write_guid);
+        put_guid(&mut b, LOG_GUID_OFFSET, &self.log_guid);
+        put16(&mut b, LOG_VERSION_OFFSET, self.log_version);
+        put16(&mut b, VERSION_OFFSET, self.version);
+        put32(&mut b, LOG_LENGTH_OFFSET, self.log_length);
+        put64(&mut b, LOG_OFFSET_OFFSET, self.log_offset);
         let crc = crc32c::crc32c(&b);
-        put32(&mut b, 4, crc);
+        put32(&mut b, CHECKSUM_OFFSET, crc);
         b
     }
 }
@@ -191,4 +218,79 @@ pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)>
         }
     })?;
     Ok((h, slot, problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::HEADER1_OFFSET;
+
+    fn sample() -> Header {
+        Header {
+            sequence_number: 7,
+            file_write_guid: uuid::uuid!("00112233-4455-6677-8899-aabbccddeeff"),
+            data_write_guid: uuid::uuid!("10112233-4455-6677-8899-aabbccddeeff"),
+            log_guid: Uuid::nil(),
+            log_version: 0,
+            version: 1,
+            log_length: MIB as u32,
+            log_offset: MIB,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        assert_eq!(Header::parse(&h.to_bytes(), HEADER1_OFFSET).unwrap(), h);
+    }
+
+    #[test]
+    fn golden_bytes_written_by_hand() {
+        // The layout of MS-VHDX 2.2.2, spelled out byte by byte.
+        let mut b = vec![0u8; SIZE];
+        b[0..4].copy_from_slice(b"head");
+        b[8] = 7;
+        b[16..32].copy_from_slice(&[
+            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]);
+        b[32..48].copy_from_slice(&[
+            0x33, 0x22, 0x11, 0x10, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]);
+        b[66] = 1; // Version
+        b[68..72].copy_from_slice(&0x0010_0000u32.to_le_bytes());
+        b[72..80].copy_from_slice(&0x0010_0000u64.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Header::parse(&b, HEADER1_OFFSET).unwrap(), sample());
+        assert_eq!(sample().to_bytes(), b);
+    }
+
+    #[test]
+    fn short_or_garbage_input_is_an_error_never_a_panic() {
+        let good = sample().to_bytes();
+        for n in [0, 1, 4, 8, 79, 80, SIZE - 1] {
+            assert!(Header::decode(&good[..n], 0).is_err(), "{n} bytes");
+        }
+        let mut x = 0x1234_5678u32;
+        for _ in 0..64 {
+            let mut b: Vec<u8> = (0..SIZE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            assert!(Header::parse(&b, 0).is_err());
+            // Signature and checksum right, fields garbage: judged, not trusted.
+            b[0..4].copy_from_slice(b"head");
+            b[4..8].fill(0);
+            let crc = crc32c::crc32c(&b);
+            b[4..8].copy_from_slice(&crc.to_le_bytes());
+            let _ = Header::parse(&b, 0);
+            let _ = choose(&b, &good);
+        }
+    }
 }

@@ -19,15 +19,9 @@ pub const MAX_ENTRIES: u16 = 2047;
 pub const MAX_ITEM_LEN: u32 = MIB as u32;
 
 /// Undocumented item seen in Microsoft's own code: CHS parameters (optional).
-pub const META_CHS: Uuid = match Uuid::try_parse("DA02D7BC-3D3A-423C-AC88-2A36AB21479B") {
-    Ok(u) => u,
-    Err(_) => panic!(),
-};
+pub const META_CHS: Uuid = uuid::uuid!("DA02D7BC-3D3A-423C-AC88-2A36AB21479B");
 /// Undocumented item marking a file whose creation has not finished (required).
-pub const META_INCOMPLETE: Uuid = match Uuid::try_parse("71CC85F0-1B69-4E28-9558-C3BF83AE75D3") {
-    Ok(u) => u,
-    Err(_) => panic!(),
-};
+pub const META_INCOMPLETE: Uuid = uuid::uuid!("71CC85F0-1B69-4E28-9558-C3BF83AE75D3");
 
 bitflags::bitflags! {
     /// Flags of a metadata table entry.
