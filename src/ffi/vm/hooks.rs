@@ -67,7 +67,7 @@ pub struct ckpt_writer<'a> {
 }
 
 /// The hooks a C caller gave, as the library's [`Hooks`].
-pub(super) struct CHooks(Option<ckpt_hooks>);
+pub(super) struct CHooks(pub(super) Option<ckpt_hooks>);
 
 impl Hooks for CHooks {
     fn quiesce(&mut self) -> Result<(), String> {

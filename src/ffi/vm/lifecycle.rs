@@ -119,8 +119,8 @@ pub unsafe extern "C" fn ckpt_vm_get_info(
                 let d = h.vm.data();
                 Ok(ckpt_vm_info {
                     struct_size: size_of::<ckpt_vm_info>() as u32,
-                    state: c_vm_state(d.state),
-                    checkpoint_type: c_checkpoint_type(d.settings.checkpoint_type),
+                    state: d.state.into(),
+                    checkpoint_type: d.settings.checkpoint_type.into(),
                     cpus: d.config.cpus,
                     memory_mib: d.config.memory_mib,
                     disk_count: count_u32(d.current.disks.len()),

@@ -16,16 +16,7 @@ use super::*;
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_vm_set_state(vm: *mut ckpt_vm, state: u32) -> ckpt_status {
     ffi_boundary!("ckpt_vm_set_state", {
-        let state = match state {
-            1 => VmState::Off,
-            2 => VmState::Running,
-            3 => VmState::Saved,
-            s => {
-                return Err(FfiError::invalid(format!(
-                    "state {s}: expected a CKPT_VM_STATE_* value (1 to 3)"
-                )))
-            }
-        };
+        let state = vm_state_of(state)?;
         // SAFETY: per this function's contract.
         unsafe { change(vm, |v| v.set_state(state)) }
     })

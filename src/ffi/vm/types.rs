@@ -50,35 +50,64 @@ pub enum ckpt_vm_state {
     Saved = 3,
 }
 
-pub(super) fn checkpoint_type_of(v: u32) -> FfiResult<CheckpointType> {
-    Ok(match v {
-        1 => CheckpointType::Disabled,
-        2 => CheckpointType::Standard,
-        3 => CheckpointType::Production,
-        4 => CheckpointType::ProductionOnly,
-        _ => {
-            return Err(FfiError::invalid(format!(
-                "checkpoint type {v}: expected a CKPT_CHECKPOINT_TYPE_* value (1 to 4)"
-            )))
+// The one mapping between each library enum and its C enum; the numbers
+// are stated only in the C enums above.
+
+impl From<CheckpointType> for ckpt_checkpoint_type {
+    fn from(t: CheckpointType) -> Self {
+        match t {
+            CheckpointType::Disabled => Self::Disabled,
+            CheckpointType::Standard => Self::Standard,
+            CheckpointType::Production => Self::Production,
+            CheckpointType::ProductionOnly => Self::ProductionOnly,
         }
-    })
-}
-
-pub(super) fn c_checkpoint_type(t: CheckpointType) -> ckpt_checkpoint_type {
-    match t {
-        CheckpointType::Disabled => ckpt_checkpoint_type::Disabled,
-        CheckpointType::Standard => ckpt_checkpoint_type::Standard,
-        CheckpointType::Production => ckpt_checkpoint_type::Production,
-        CheckpointType::ProductionOnly => ckpt_checkpoint_type::ProductionOnly,
     }
 }
 
-pub(super) fn c_vm_state(s: VmState) -> ckpt_vm_state {
-    match s {
-        VmState::Off => ckpt_vm_state::Off,
-        VmState::Running => ckpt_vm_state::Running,
-        VmState::Saved => ckpt_vm_state::Saved,
+/// A `CKPT_CHECKPOINT_TYPE_*` value taken as a `uint32_t` (the inverse of
+/// `From<CheckpointType>`; a function, not `TryFrom`, because its error
+/// type is crate-private).
+pub(super) fn checkpoint_type_of(v: u32) -> FfiResult<CheckpointType> {
+    CheckpointType::ALL
+        .into_iter()
+        .find(|&t| ckpt_checkpoint_type::from(t) as u32 == v)
+        .ok_or_else(|| {
+            FfiError::invalid(format!(
+                "checkpoint type {v}: expected a CKPT_CHECKPOINT_TYPE_* value (1 to 4)"
+            ))
+        })
+}
+
+impl From<TakenType> for ckpt_taken_type {
+    fn from(t: TakenType) -> Self {
+        match t {
+            TakenType::Standard => Self::Standard,
+            TakenType::Production => Self::Production,
+        }
     }
+}
+
+impl From<VmState> for ckpt_vm_state {
+    fn from(s: VmState) -> Self {
+        match s {
+            VmState::Off => Self::Off,
+            VmState::Running => Self::Running,
+            VmState::Saved => Self::Saved,
+        }
+    }
+}
+
+/// A `CKPT_VM_STATE_*` value taken as a `uint32_t` (the inverse of
+/// `From<VmState>`).
+pub(super) fn vm_state_of(v: u32) -> FfiResult<VmState> {
+    VmState::ALL
+        .into_iter()
+        .find(|&s| ckpt_vm_state::from(s) as u32 == v)
+        .ok_or_else(|| {
+            FfiError::invalid(format!(
+                "state {v}: expected a CKPT_VM_STATE_* value (1 to 3)"
+            ))
+        })
 }
 
 /// Parameters of `ckpt_vm_create` (a versioned struct, used like
@@ -218,3 +247,39 @@ const _: () = assert!(size_of::<ckpt_checkpoint_info>() == 72);
 const _: () = assert!(size_of::<ckpt_vm_spec>() == 88);
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<ckpt_hooks>() == 48);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every C value maps to the library value that maps back to it, and
+    /// every other number is refused.
+    #[test]
+    fn c_enums_round_trip() {
+        for t in CheckpointType::ALL {
+            let c = ckpt_checkpoint_type::from(t);
+            assert_eq!(checkpoint_type_of(c as u32).unwrap(), t);
+        }
+        for s in VmState::ALL {
+            let c = ckpt_vm_state::from(s);
+            assert_eq!(vm_state_of(c as u32).unwrap(), s);
+        }
+        assert_eq!(
+            ckpt_taken_type::from(TakenType::Production),
+            ckpt_taken_type::Production
+        );
+        for bad in [0, 5, u32::MAX] {
+            let e = checkpoint_type_of(bad).unwrap_err();
+            assert_eq!(e.status, ckpt_status::InvalidArgument);
+            assert!(e.message.contains("CKPT_CHECKPOINT_TYPE_"), "{}", e.message);
+        }
+        for bad in [0, 4] {
+            let e = vm_state_of(bad).unwrap_err();
+            assert!(
+                e.message.contains("CKPT_VM_STATE_* value (1 to 3)"),
+                "{}",
+                e.message
+            );
+        }
+    }
+}

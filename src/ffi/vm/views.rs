@@ -170,11 +170,8 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_get(
                     .map_or(-1, |i| i as i64);
                 Ok(ckpt_checkpoint_info {
                     struct_size: size_of::<ckpt_checkpoint_info>() as u32,
-                    taken: match c.taken {
-                        TakenType::Standard => ckpt_taken_type::Standard,
-                        TakenType::Production => ckpt_taken_type::Production,
-                    },
-                    requested: c_checkpoint_type(c.requested),
+                    taken: c.taken.into(),
+                    requested: c.requested.into(),
                     disk_count: count_u32(c.disks.len()),
                     parent_index,
                     created: c.created,
