@@ -19,14 +19,23 @@ use crate::checkpoint::{
     list_of, CheckpointType, CheckpointView, Hooks, Settings, TakenType, Vm, VmSpec, VmState,
 };
 
-mod checkpoints;
+// cbindgen reads these modules in this order, and the order of the items
+// in include/libckpt.h follows it: keep the blank lines, so that rustfmt
+// does not sort them.
+mod types;
+
 mod hooks;
+
 mod lifecycle;
+
 mod settings;
+
+mod views;
+
+mod checkpoints;
+
 #[cfg(test)]
 mod tests;
-mod types;
-mod views;
 
 pub use checkpoints::*;
 pub use hooks::*;

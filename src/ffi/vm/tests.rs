@@ -197,3 +197,34 @@ fn json_getters_match_the_shared_builders() {
     // SAFETY: a live handle, closed once.
     assert_eq!(unsafe { ckpt_vm_close(vm) }, ckpt_status::Ok);
 }
+
+/// Every C value maps to the library value that maps back to it, and
+/// every other number is refused.
+#[test]
+fn c_enums_round_trip() {
+    for t in CheckpointType::ALL {
+        let c = ckpt_checkpoint_type::from(t);
+        assert_eq!(checkpoint_type_of(c as u32).unwrap(), t);
+    }
+    for s in VmState::ALL {
+        let c = ckpt_vm_state::from(s);
+        assert_eq!(vm_state_of(c as u32).unwrap(), s);
+    }
+    assert_eq!(
+        ckpt_taken_type::from(TakenType::Production),
+        ckpt_taken_type::Production
+    );
+    for bad in [0, 5, u32::MAX] {
+        let e = checkpoint_type_of(bad).unwrap_err();
+        assert_eq!(e.status, ckpt_status::InvalidArgument);
+        assert!(e.message.contains("CKPT_CHECKPOINT_TYPE_"), "{}", e.message);
+    }
+    for bad in [0, 4] {
+        let e = vm_state_of(bad).unwrap_err();
+        assert!(
+            e.message.contains("CKPT_VM_STATE_* value (1 to 3)"),
+            "{}",
+            e.message
+        );
+    }
+}
