@@ -1,9 +1,11 @@
 //! What a VM folder holds: the VM file (configuration, settings, state, the
 //! checkpoint tree) and the journal of an operation under way.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,22 +43,55 @@ impl CheckpointType {
             CheckpointType::ProductionOnly => "production-only",
         }
     }
-    /// Parse a setting's name.
+    /// Parse a setting's name (see the [`FromStr`] impl).
     pub fn parse(s: &str) -> Result<CheckpointType> {
-        Ok(match s {
-            "disabled" => CheckpointType::Disabled,
-            "standard" => CheckpointType::Standard,
-            "production" => CheckpointType::Production,
-            "production-only" | "productiononly" | "production_only" => {
-                CheckpointType::ProductionOnly
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "checkpoint type {s:?} (use disabled, standard, production or production-only)"
-                )))
-            }
-        })
+        s.parse()
     }
+    /// Every setting, in the order their names are listed to users.
+    pub const ALL: [CheckpointType; 4] = [
+        CheckpointType::Disabled,
+        CheckpointType::Standard,
+        CheckpointType::Production,
+        CheckpointType::ProductionOnly,
+    ];
+    /// The names a user may give: "disabled, standard, production or production-only".
+    pub fn names() -> String {
+        one_of(Self::ALL.map(Self::as_str))
+    }
+}
+
+impl fmt::Display for CheckpointType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CheckpointType {
+    type Err = Error;
+    /// A name [`CheckpointType::as_str`] gives (also `productiononly` and
+    /// `production_only`).
+    fn from_str(s: &str) -> Result<CheckpointType> {
+        match s {
+            "productiononly" | "production_only" => Ok(CheckpointType::ProductionOnly),
+            _ => by_name(&Self::ALL, Self::as_str, s).ok_or_else(|| {
+                Error::InvalidArgument(format!("checkpoint type {s:?} (use {})", Self::names()))
+            }),
+        }
+    }
+}
+
+/// "a, b or c".
+fn one_of<const N: usize>(names: [&str; N]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The value of `all` whose name is `s`.
+fn by_name<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Option<T> {
+    all.iter().copied().find(|&t| name(t) == s)
 }
 
 /// The kind a checkpoint really got.
@@ -76,6 +111,27 @@ impl TakenType {
             TakenType::Standard => "standard",
             TakenType::Production => "production",
         }
+    }
+    /// Both kinds.
+    pub const ALL: [TakenType; 2] = [TakenType::Standard, TakenType::Production];
+}
+
+impl fmt::Display for TakenType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TakenType {
+    type Err = Error;
+    /// "standard" or "production".
+    fn from_str(s: &str) -> Result<TakenType> {
+        by_name(&Self::ALL, Self::as_str, s).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "checkpoint kind {s:?} (use {})",
+                one_of(Self::ALL.map(Self::as_str))
+            ))
+        })
     }
 }
 
@@ -101,17 +157,30 @@ impl VmState {
             VmState::Saved => "saved",
         }
     }
-    /// Parse a state name.
+    /// Parse a state name (see the [`FromStr`] impl).
     pub fn parse(s: &str) -> Result<VmState> {
-        Ok(match s {
-            "off" => VmState::Off,
-            "running" => VmState::Running,
-            "saved" => VmState::Saved,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "VM state {s:?} (use off, running or saved)"
-                )))
-            }
+        s.parse()
+    }
+    /// Every state, in the order their names are listed to users.
+    pub const ALL: [VmState; 3] = [VmState::Off, VmState::Running, VmState::Saved];
+    /// The names a user may give: "off, running or saved".
+    pub fn names() -> String {
+        one_of(Self::ALL.map(Self::as_str))
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmState {
+    type Err = Error;
+    /// A name [`VmState::as_str`] gives.
+    fn from_str(s: &str) -> Result<VmState> {
+        by_name(&Self::ALL, Self::as_str, s).ok_or_else(|| {
+            Error::InvalidArgument(format!("VM state {s:?} (use {})", Self::names()))
         })
     }
 }
@@ -505,4 +574,43 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes =
         serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Display` and `FromStr` are one mapping: every value's name parses
+    /// back to it, and an unknown name lists the known ones.
+    #[test]
+    fn names_round_trip() {
+        for t in CheckpointType::ALL {
+            assert_eq!(t.to_string().parse::<CheckpointType>().unwrap(), t);
+            assert_eq!(CheckpointType::parse(t.as_str()).unwrap(), t);
+        }
+        for t in TakenType::ALL {
+            assert_eq!(t.to_string().parse::<TakenType>().unwrap(), t);
+        }
+        for s in VmState::ALL {
+            assert_eq!(s.to_string().parse::<VmState>().unwrap(), s);
+            assert_eq!(VmState::parse(s.as_str()).unwrap(), s);
+        }
+        assert_eq!(
+            "production_only".parse::<CheckpointType>().unwrap(),
+            CheckpointType::ProductionOnly
+        );
+        assert_eq!(
+            CheckpointType::parse("x").unwrap_err().to_string(),
+            Error::InvalidArgument(
+                "checkpoint type \"x\" (use disabled, standard, production or production-only)"
+                    .into()
+            )
+            .to_string()
+        );
+        assert_eq!(
+            VmState::parse("x").unwrap_err().to_string(),
+            Error::InvalidArgument("VM state \"x\" (use off, running or saved)".into()).to_string()
+        );
+        assert!("x".parse::<TakenType>().is_err());
+    }
 }

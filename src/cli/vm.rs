@@ -96,17 +96,18 @@ pub enum VmCommand {
 pub struct AgeWarning(Option<u64>);
 
 fn parse_checkpoint_type(s: &str) -> Result<CheckpointType, String> {
-    CheckpointType::parse(&s.to_ascii_lowercase()).map_err(|_| {
+    s.to_ascii_lowercase().parse().map_err(|_| {
         format!(
-            "unknown checkpoint type '{s}' (expected disabled, standard, production or \
-             production-only)"
+            "unknown checkpoint type '{s}' (expected {})",
+            CheckpointType::names()
         )
     })
 }
 
 fn parse_state(s: &str) -> Result<VmState, String> {
-    VmState::parse(&s.to_ascii_lowercase())
-        .map_err(|_| format!("unknown VM state '{s}' (expected off, running or saved)"))
+    s.to_ascii_lowercase()
+        .parse()
+        .map_err(|_| format!("unknown VM state '{s}' (expected {})", VmState::names()))
 }
 
 /// A duration in seconds: `3600`, `45s`, `90m`, `72h`, `30d`, `2w`.
@@ -303,12 +304,14 @@ pub fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The checkpoint location a VM file names, or the default one.
+/// The checkpoint location a VM file names (the library's
+/// `checkpoint_location_of`, from the absolute folder), and whether it is
+/// the default one.
 pub fn location_of(dir: &Path, data: &VmFile) -> (PathBuf, bool) {
-    match &data.settings.checkpoint_location {
-        Some(l) => (l.clone(), false),
-        None => (absolute(dir).join("checkpoints"), true),
-    }
+    (
+        ckpt::checkpoint::checkpoint_location_of(&absolute(dir), data),
+        data.settings.checkpoint_location.is_none(),
+    )
 }
 
 fn show(dir: &Path, as_json: bool) -> CliResult {
