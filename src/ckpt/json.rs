@@ -215,6 +215,9 @@ mod tests {
                 deleting: false,
             }],
             past_checkpoint_locations: Vec::new(),
+            id: None,
+            folder: None,
+            related_vms: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod export;
 pub mod json;
 pub mod model;
+pub mod owner;
 pub mod vm;
 
 pub use export::export_names;

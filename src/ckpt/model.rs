@@ -297,6 +297,18 @@ pub struct VmFile {
     /// where stray checkpoint files can still be found.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub past_checkpoint_locations: Vec<PathBuf>,
+    /// The VM's stable id (given on the first save when missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The absolute folder the file was last saved from: opened anywhere
+    /// else, the folder was moved or copied (see [`crate::checkpoint::owner`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<PathBuf>,
+    /// Folders of VMs this one shares files with (the VM it was copied
+    /// from): a file such a VM uses is never written, merged into or
+    /// removed by this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related_vms: Vec<PathBuf>,
 }
 
 impl VmFile {
@@ -418,7 +430,8 @@ pub fn read_vm_file(path: &Path) -> Result<VmFile> {
     })?;
     data.check()
         .map_err(|what| Error::BadVmFile(format!("{}: {what}; {VM_FILE_HINT}", path.display())))?;
-    Ok(data)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Ok(crate::checkpoint::owner::resolved_vm(dir, data))
 }
 
 /// Read the journal of an interrupted operation. One that cannot be read
@@ -426,7 +439,8 @@ pub fn read_vm_file(path: &Path) -> Result<VmFile> {
 /// what it means and how to recover.
 pub fn read_journal(path: &Path) -> Result<Journal> {
     let bytes = std::fs::read(path).map_err(|e| Error::from(e).in_file(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let j: Journal = serde_json::from_slice(&bytes).map_err(|e| {
         Error::BadVmFile(format!(
             "{}: not a valid journal ({e}): an operation on this VM was interrupted and the record of \
              what it had done, needed to finish or undo it, cannot be read, so the VM cannot \
@@ -435,7 +449,8 @@ pub fn read_journal(path: &Path) -> Result<Journal> {
              (files the interrupted operation made then show as strays in `ckpt vm show`)",
             path.display()
         ))
-    })
+    })?;
+    Ok(crate::checkpoint::owner::resolved_journal(dir, j))
 }
 
 /// Whether two checkpoint names are the same name: compared ignoring case

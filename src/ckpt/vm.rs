@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::export::{export_names, CONFIG_FILE, MEMORY_FILE};
 use crate::checkpoint::model::*;
+use crate::checkpoint::owner;
 use crate::disk::absolute;
 use crate::disk::merge::{self, MergeOptions};
 use crate::disk::{ChildOptions, CreateOptions, Disk, OpenMode};
@@ -315,8 +316,11 @@ impl Vm {
             },
             checkpoints: Vec::new(),
             past_checkpoint_locations: Vec::new(),
+            id: Some(owner::new_id()),
+            folder: Some(dir.clone()),
+            related_vms: Vec::new(),
         };
-        write_json(&dir.join(VM_FILE), &data)?;
+        write_json(&dir.join(VM_FILE), &owner::stored_vm(&dir, &data))?;
         Ok(Vm {
             dir,
             data,
@@ -342,9 +346,37 @@ impl Vm {
             data,
             _lock: lock,
         };
+        vm.adopt_folder()?;
         vm.reconcile()?;
         vm.check_disks_exist()?;
         Ok(vm)
+    }
+
+    /// A VM file saved from another folder: a moved VM keeps its id and
+    /// records its new folder; a copy (the folder it was saved from still
+    /// holds a VM with its id) gets a new id and remembers the original,
+    /// whose files it then never changes. One atomic save: a crash before
+    /// it leaves the file as it was, and the next open does it again.
+    fn adopt_folder(&mut self) -> Result<()> {
+        let found = owner::found_at(&self.dir, &self.data);
+        if found == owner::Found::Home
+            && self.data.id.is_some()
+            && self.data.folder.as_deref() == Some(&self.dir)
+        {
+            return Ok(());
+        }
+        if let owner::Found::Copied(orig) = &found {
+            self.data.id = Some(owner::new_id());
+            if !self.data.related_vms.contains(orig) {
+                self.data.related_vms.push(orig.clone());
+            }
+        }
+        if self.data.id.is_none() {
+            self.data.id = Some(owner::new_id());
+        }
+        // A journal of an operation under way is kept as it is: its
+        // relative paths already resolve in the new folder.
+        self.save()
     }
 
     /// Refuse a VM whose committed tree names a disk file that is not
@@ -399,11 +431,17 @@ impl Vm {
     }
 
     fn save(&self) -> Result<()> {
-        write_json(&self.dir.join(VM_FILE), &self.data)
+        write_json(
+            &self.dir.join(VM_FILE),
+            &owner::stored_vm(&self.dir, &self.data),
+        )
     }
 
     fn journal(&self, j: &Journal) -> Result<()> {
-        write_json(&self.dir.join(JOURNAL_FILE), j)
+        write_json(
+            &self.dir.join(JOURNAL_FILE),
+            &owner::stored_journal(&self.dir, j),
+        )
     }
 
     fn end_journal(&self) -> Result<()> {
@@ -844,6 +882,7 @@ impl Vm {
         }
         // The current disks are discarded: never while something uses them.
         check_disks_unused(&old_files)?;
+        owner::refuse_foreign(&self.data, &old_files, "applying a checkpoint")?;
         self.journal(&Journal::Apply {
             target: Some(target.id.clone()),
             new_files: new_files.clone(),
@@ -873,7 +912,7 @@ impl Vm {
         })();
         if let Err(e) = r {
             // Roll back here (a reopen after a crash rolls forward instead).
-            if let Ok(d) = read_json::<VmFile>(&self.dir.join(VM_FILE)) {
+            if let Ok(d) = read_vm_file(&self.dir.join(VM_FILE)) {
                 self.data = d;
             }
             if self.data.current.disks != new_files {
@@ -1015,6 +1054,7 @@ impl Vm {
             )));
         }
         check_disks_unused(&touched)?;
+        owner::refuse_foreign(&self.data, &touched, "deleting this checkpoint")?;
         let mut sizes = Vec::new();
         // Per file system (device): a folder on it and the bytes still free
         // there, merge after merge (each frees its source's file at the end).
@@ -1076,7 +1116,8 @@ impl Vm {
             }
             _ => {}
         }
-        check_disks_unused(&disks)
+        check_disks_unused(&disks)?;
+        owner::refuse_foreign(&self.data, &disks, "deleting this checkpoint")
     }
 
     /// Remove a node with no dependants (its disks go), or hide a branch

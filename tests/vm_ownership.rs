@@ -1,0 +1,114 @@
+//! A VM folder moved or copied (issue 9, item 2): paths inside the folder
+//! are stored relative to it, so a moved VM keeps working; a copy gets its
+//! own id and never changes a file the original VM still uses.
+
+use std::path::Path;
+
+use ckpt::checkpoint::{NoHooks, Vm, VmSpec};
+use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
+
+const SIZE: u64 = 4 << 20;
+
+fn make_disk(p: &Path) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    Disk::create(p, &CreateOptions::new(SIZE).block_size(1 << 20))
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+fn put(p: &Path, byte: u8) {
+    let d = Disk::open(p, OpenMode::ReadWrite).unwrap();
+    d.write_at(&[byte; 4096], 1 << 20).unwrap();
+    d.close().unwrap();
+}
+
+fn get(p: &Path) -> u8 {
+    let d = Disk::open(p, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut b = [0u8; 4096];
+    d.read_at(&mut b, 1 << 20).unwrap();
+    b[0]
+}
+
+/// A VM in `dir` with its disk `disk`: A (0x11) -> B (0x22) -> now (0x33).
+fn vm_with_two(dir: &Path, disk: &Path) {
+    make_disk(disk);
+    put(disk, 0x11);
+    let mut vm = Vm::create(dir, &VmSpec::new("web", vec![disk.to_path_buf()])).unwrap();
+    vm.create_checkpoint("A", None, &mut NoHooks).unwrap();
+    put(&vm.data().current.disks[0].clone(), 0x22);
+    vm.create_checkpoint("B", None, &mut NoHooks).unwrap();
+    put(&vm.data().current.disks[0].clone(), 0x33);
+}
+
+fn hashes(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let p = e.path();
+        if p.is_file() && p.file_name().is_some_and(|n| n != ".lock") {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_moved_folder_keeps_working() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("vm");
+    vm_with_two(&dir, &dir.join("os.vhdx"));
+    let text = std::fs::read_to_string(dir.join("vm.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cur = v["current"]["disks"][0].as_str().unwrap();
+    assert!(
+        !cur.starts_with('/'),
+        "absolute path inside the folder: {text}"
+    );
+    let moved = t.path().join("vm2");
+    std::fs::rename(&dir, &moved).unwrap();
+    let mut vm = Vm::open(&moved).unwrap();
+    assert!(vm.strays().unwrap().is_empty(), "{:?}", vm.strays());
+    assert_eq!(vm.list().unwrap().len(), 2);
+    assert_eq!(get(&vm.data().current.disks[0]), 0x33);
+    vm.delete("B", false, &mut NoHooks).unwrap();
+    assert_eq!(get(&vm.data().current.disks[0]), 0x33);
+    vm.apply("A", None, &mut NoHooks).unwrap();
+    assert_eq!(get(&vm.data().current.disks[0]), 0x11);
+    vm.create_checkpoint("C", None, &mut NoHooks).unwrap();
+    assert!(vm.data().current.disks[0].starts_with(std::fs::canonicalize(&moved).unwrap()));
+    assert!(vm.strays().unwrap().is_empty());
+}
+
+#[test]
+fn a_copy_never_changes_the_originals_disks_outside_the_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("vm");
+    // The disks live outside the VM folder: stored absolute, shared by a copy.
+    let disks = t.path().join("disks");
+    vm_with_two(&dir, &disks.join("os.vhdx"));
+    let copy = t.path().join("vm-copy");
+    let st = std::process::Command::new("cp")
+        .args(["-a", dir.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = hashes(&disks);
+    {
+        let mut c = Vm::open(&copy).unwrap();
+        let e = c.delete("B", false, &mut NoHooks).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("belongs to VM"), "{e}");
+        let e = c.delete("A", false, &mut NoHooks).unwrap_err();
+        assert!(e.to_string().contains("belongs to VM"), "{e}");
+        let e = c.apply("A", None, &mut NoHooks).unwrap_err();
+        assert!(e.to_string().contains("belongs to VM"), "{e}");
+        assert_eq!(hashes(&disks), before);
+        assert_ne!(c.data().id, Vm::load(&dir).unwrap().id);
+    }
+    // The original still works, and its files were never touched.
+    let mut vm = Vm::open(&dir).unwrap();
+    assert_eq!(get(&vm.data().current.disks[0]), 0x33);
+    vm.delete("B", false, &mut NoHooks).unwrap();
+    assert_eq!(get(&vm.data().current.disks[0]), 0x33);
+}
