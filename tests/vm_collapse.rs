@@ -190,3 +190,59 @@ fn a_collapse_refused_after_commit_does_not_fail_the_delete() {
     assert_eq!(get(&vm.data().current.disks[0]), 0x44);
     assert!(vm.strays().unwrap().is_empty());
 }
+
+/// A transient failure at every file event of a delete (and of an apply)
+/// that ends with a collapse: once the operation is committed (the deleted
+/// checkpoint is gone, or the current state hangs under the applied one),
+/// a failure of what follows — the collapse, removing old files — is not
+/// its failure: it reports success with a warning, and the next open
+/// tidies up (no journal, nothing left uncollapsed, no stray file).
+#[test]
+fn a_collapse_failing_after_commit_reports_the_operation_done() {
+    use ckpt::io::Transient;
+    for op in ["leaf-delete", "apply"] {
+        let t = tempfile::tempdir().unwrap();
+        let dir = build(t.path(), false);
+        let mut vm = Vm::open(&dir).unwrap();
+        faults::arm(u64::MAX, Cut::Clean);
+        do_op(&mut vm, op).unwrap();
+        let events = faults::disarm();
+        drop(vm);
+        let mut committed_failures = 0;
+        for n in 0..events {
+            let t = tempfile::tempdir().unwrap();
+            let dir = build(t.path(), false);
+            let mut vm = Vm::open(&dir).unwrap();
+            let b = vm.find("B").unwrap().id.clone();
+            faults::arm_transient(n, Transient::Eio);
+            let r = do_op(&mut vm, op);
+            faults::disarm();
+            // Committed: what the VM file says.
+            let d = Vm::load(&dir).unwrap();
+            let committed = match op {
+                "leaf-delete" => d.checkpoints.iter().all(|c| c.id != b),
+                _ => d.current.parent.as_deref() == Some(b.as_str()),
+            };
+            if committed {
+                let warned = !vm.take_warnings().is_empty();
+                assert!(
+                    r.is_ok(),
+                    "{op}: failure at {n} after commit reported as failure: {:?}",
+                    r.err()
+                );
+                if warned {
+                    committed_failures += 1;
+                }
+            }
+            drop(vm);
+            let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{op}: at {n}: reopen: {e}"));
+            assert!(!dir.join("journal.json").exists(), "{op}: at {n}: journal");
+            assert!(uncollapsed(&vm).is_empty(), "{op}: at {n}: not collapsed");
+            assert!(vm.strays().unwrap().is_empty(), "{op}: at {n}: strays");
+        }
+        assert!(
+            committed_failures > 0,
+            "{op}: no failure after commit was seen"
+        );
+    }
+}

@@ -108,6 +108,8 @@ pub struct Vm {
     dir: PathBuf,
     data: VmFile,
     _lock: (File, crate::io::FileLock),
+    /// What went wrong after an operation was committed ([`Vm::take_warnings`]).
+    warnings: Vec<String>,
 }
 
 fn now() -> u64 {
@@ -325,6 +327,7 @@ impl Vm {
             dir,
             data,
             _lock: lock,
+            warnings: Vec::new(),
         })
     }
 
@@ -345,6 +348,7 @@ impl Vm {
             dir,
             data,
             _lock: lock,
+            warnings: Vec::new(),
         };
         vm.adopt_folder()?;
         vm.reconcile()?;
@@ -423,6 +427,25 @@ impl Vm {
     /// Everything the VM file holds.
     pub fn data(&self) -> &VmFile {
         &self.data
+    }
+
+    /// Warnings of the last operations, emptied by this call: a delete or
+    /// apply is done once committed (the VM file says so), and a step after
+    /// that which fails — removing the old files, collapsing a hidden branch
+    /// point — is not reported as its failure but here; that tidy-up is
+    /// finished when the VM is next opened (or before its next operation).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// `r`, the rest of an operation after its commit, as a warning.
+    fn after_commit(&mut self, what: &str, r: Result<()>) {
+        if let Err(e) = r {
+            self.warnings.push(format!(
+                "{what} was done, but tidying up after it failed ({e}); \
+                 that is finished when the VM is next opened"
+            ));
+        }
     }
 
     /// The checkpoint location (configuration copies and memory state).
@@ -923,13 +946,19 @@ impl Vm {
             }
             return Err(e);
         }
-        for f in &old_files {
-            remove_if_exists(f)?;
-        }
-        self.release_saved_state(old_saved)?;
-        self.end_journal()?;
-        if let Some(p) = old_parent {
-            self.collapse_after_commit(&p);
+        // Committed: what follows is tidying up ([`Vm::take_warnings`]).
+        let r = (|| -> Result<()> {
+            for f in &old_files {
+                remove_if_exists(f)?;
+            }
+            self.release_saved_state(old_saved)?;
+            self.end_journal()
+        })();
+        let what = format!("applying checkpoint {:?}", target.name);
+        if r.is_err() {
+            self.after_commit(&what, r);
+        } else if let Some(p) = old_parent {
+            self.collapse_after_commit(&what, &p);
         }
         Ok(())
     }
@@ -1004,11 +1033,28 @@ impl Vm {
     fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
         let deps = self.dependants(id);
         self.check_delete_unused(id, &deps)?;
-        match deps.len() {
+        let name = self.data.checkpoints[self.index(id)?].name.clone();
+        let hide = deps.len() > 1;
+        let r = match deps.len() {
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], Some(hooks)),
             _ => self.remove_node(id, true),
+        };
+        // Once the VM file no longer lists the checkpoint (or lists it
+        // hidden), the delete is done: a later failure is a warning.
+        if r.is_err() {
+            let committed = read_vm_file(&self.dir.join(VM_FILE)).is_ok_and(|d| {
+                d.checkpoints
+                    .iter()
+                    .find(|c| c.id == id)
+                    .map_or(true, |c| hide && c.hidden)
+            });
+            if committed {
+                self.after_commit(&format!("deleting checkpoint {name:?}"), r);
+                return Ok(());
+            }
         }
+        r
     }
 
     /// Delete `id` by merging its only dependant `dep` into it: journaled,
@@ -1141,7 +1187,7 @@ impl Vm {
         self.end_journal()?;
         if !hide {
             if let Some(p) = c.parent {
-                self.collapse_after_commit(&p);
+                self.collapse_after_commit(&format!("deleting checkpoint {:?}", c.name), &p);
             }
         }
         Ok(())
@@ -1168,8 +1214,9 @@ impl Vm {
     /// anything (a disk held, no room, a file missing) leaves the hidden
     /// node as it is, to be collapsed when the VM is next opened; one that
     /// failed later is journaled and finished before the next operation.
-    fn collapse_after_commit(&mut self, id: &str) {
-        let _ = self.collapse(id);
+    fn collapse_after_commit(&mut self, what: &str, id: &str) {
+        let r = self.collapse(id);
+        self.after_commit(what, r);
     }
 
     /// Collapse every hidden node left with at most one dependant (a crash

@@ -508,6 +508,7 @@ fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks
     hooks.finish();
     r.map_err(vm_error)?;
     println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));
+    warn(&mut vm);
     if let Some(kept) = save_current {
         if let Ok(c) = vm.find(kept) {
             println!(
@@ -535,6 +536,7 @@ fn revert(dir: &Path) -> CliResult {
         "Reverted to checkpoint \"{name}\" (the changes since it were discarded): {}",
         vm_summary(&vm)
     );
+    warn(&mut vm);
     Ok(())
 }
 
@@ -576,7 +578,16 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
         line.push_str(" (its disks stay, hidden, while more than one state still depends on them)");
     }
     println!("{line}");
+    warn(&mut vm);
     Ok(())
+}
+
+/// The tidy-up a committed operation left for the next open, on stderr
+/// (the operation itself succeeded: exit status 0).
+fn warn(vm: &mut Vm) {
+    for w in vm.take_warnings() {
+        eprintln!("warning: {w}");
+    }
 }
 
 fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
