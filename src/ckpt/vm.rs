@@ -1047,7 +1047,7 @@ impl Vm {
                 d.checkpoints
                     .iter()
                     .find(|c| c.id == id)
-                    .map_or(true, |c| hide && c.hidden)
+                    .is_none_or(|c| hide && c.hidden)
             });
             if committed {
                 self.after_commit(&format!("deleting checkpoint {name:?}"), r);
