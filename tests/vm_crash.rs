@@ -97,7 +97,9 @@ fn run(op: &str, leaf: bool, cut: Cut) {
         faults::arm(n, cut);
         let r = do_op(&mut vm, op, t.path());
         faults::disarm();
-        assert!(r.is_err(), "{op}: cut at {n} of {events} should fail");
+        // A cut after the commit may report success (the tidy-up is left
+        // for the next open); then the reopened state must be the new one.
+        let committed = r.is_ok();
         drop(vm);
         let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{op}: cut at {n}: reopen: {e}"));
         assert!(
@@ -106,8 +108,9 @@ fn run(op: &str, leaf: bool, cut: Cut) {
         );
         let s = state(&vm);
         assert!(
-            s == before || s == after,
-            "{op}: cut at {n}: state {s:?}\nbefore {before:?}\nafter {after:?}"
+            s == after || (!committed && s == before),
+            "{op}: cut at {n} (reported {}): state {s:?}\nbefore {before:?}\nafter {after:?}",
+            if committed { "Ok" } else { "Err" }
         );
         let strays = vm.strays().unwrap();
         assert!(

@@ -173,11 +173,14 @@ fn a_failed_delete_never_serves_mixed_data() {
         faults::arm(n, Cut::Clean);
         let r = vm.delete("X", false, &mut NoHooks);
         faults::disarm();
-        assert!(r.is_err(), "error at {n} of {events} should fail");
+        // An error after the commit may report success (the tidy-up is
+        // left for the next open): then X must be gone after the reopen.
+        let committed = r.is_ok();
         // The same handle goes on (the storage works again).
         assert_never_mixed(&mut vm, t.path(), &format!("fail-{n}"));
         drop(vm);
         let mut vm = Vm::open(&t.path().join("vm")).unwrap();
+        assert!(!committed || vm.find("X").is_err(), "fail-{n}: Ok but X kept");
         assert!(!vm.dir().join("journal.json").exists());
         assert!(vm.strays().unwrap().is_empty(), "fail-{n}");
         assert_never_mixed(&mut vm, t.path(), &format!("fail-{n}-reopened"));
