@@ -553,6 +553,69 @@ static void name_rules(const char *dir) {
     EXPECT_OK(ckpt_vm_close(vm));
 }
 
+/* ckpt_vm_warnings_json: empty after an open and after a plain change; a
+ * delete whose tidy-up fails after its commit succeeds with a warning (the
+ * deleted checkpoint's configuration copy cannot be removed: a folder with
+ * a file in it stands in its place), which the next change replaces. */
+static void warnings_after_commit(const char *dir) {
+    char vmdir[2048], id[128], config[3072], inside[4096];
+    ckpt_vm *vm = x_then_y(dir, "warnings", vmdir, sizeof vmdir);
+    if (vm == NULL) {
+        return;
+    }
+    char *w = json_of(ckpt_vm_warnings_json, vm);
+    CHECK(w != NULL && strstr(w, "\"warnings\": []") != NULL);
+    free(w);
+    EXPECT_OK(ckpt_vm_checkpoint_apply(vm, "X", NULL, NULL));
+    w = json_of(ckpt_vm_warnings_json, vm);
+    CHECK(w != NULL && strstr(w, "\"warnings\": []") != NULL);
+    free(w);
+    /* Y is now a leaf nothing depends on: deleting it removes its files */
+    size_t y = 0;
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "Y", &y));
+    EXPECT_OK(ckpt_vm_checkpoint_id(vm, y, id, sizeof id, NULL));
+    snprintf(config, sizeof config, "%s/checkpoints/%s.json", vmdir, id);
+    snprintf(inside, sizeof inside, "%s/keep", config);
+    CHECK(file_exists(config));
+    CHECK(remove(config) == 0);
+    CHECK(mkdir(config, 0755) == 0);
+    FILE *f = fopen(inside, "w");
+    CHECK(f != NULL);
+    if (f != NULL) {
+        fclose(f);
+    }
+    EXPECT_OK(ckpt_vm_checkpoint_delete(vm, "Y", 0, NULL));
+    EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, "Y", &y), CKPT_STATUS_NOT_FOUND);
+    w = json_of(ckpt_vm_warnings_json, vm);
+    CHECK(w != NULL && strstr(w, "deleting checkpoint \\\"Y\\\" was done") != NULL);
+    CHECK(w != NULL && strstr(w, "next opened") != NULL);
+    free(w);
+    /* reading does not empty it */
+    w = json_of(ckpt_vm_warnings_json, vm);
+    CHECK(w != NULL && strstr(w, "was done") != NULL);
+    free(w);
+    /* a too-small buffer: the size, then the text */
+    char small[4];
+    size_t need = 0;
+    EXPECT_STATUS(ckpt_vm_warnings_json(vm, small, sizeof small, &need),
+                  CKPT_STATUS_BUFFER_TOO_SMALL);
+    CHECK(need > sizeof small);
+    /* the way is clear again: the next change tidies up and has no warning */
+    CHECK(remove(inside) == 0);
+    CHECK(remove(config) == 0);
+    EXPECT_OK(ckpt_vm_checkpoint_rename(vm, "X", "X2"));
+    w = json_of(ckpt_vm_warnings_json, vm);
+    CHECK(w != NULL && strstr(w, "\"warnings\": []") != NULL);
+    free(w);
+    EXPECT_OK(ckpt_vm_close(vm));
+    vm = NULL;
+    EXPECT_OK(ckpt_vm_open(vmdir, &vm));
+    CHECK(vm != NULL && checkpoint_count(vm) == 1);
+    EXPECT_STATUS(ckpt_vm_warnings_json(NULL, small, sizeof small, &need),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -989,6 +1052,7 @@ int main(int argc, char **argv) {
     export_shared_names(dir);
     names_and_messages(dir);
     name_rules(dir);
+    warnings_after_commit(dir);
 
     return check_finish("test_vm");
 }
