@@ -140,6 +140,7 @@ static void vm_nulls(const char *dir) {
     EXPECT_STATUS(ckpt_vm_show_json(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoints_json(NULL, text, sizeof text, &n),
                   CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_warnings_json(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_count(NULL, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_get(NULL, 0, &ci), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_name(NULL, 0, text, sizeof text, &n),
@@ -175,6 +176,7 @@ static void vm_nulls(const char *dir) {
     EXPECT_STATUS(ckpt_vm_get_name(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_show_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoints_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_warnings_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_count(vm, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_get(vm, 0, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, NULL, &n), CKPT_STATUS_NULL_POINTER);
