@@ -93,8 +93,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoints_json(
 /// string getter, as described at `ckpt_disk_get_parent_path`), as JSON:
 /// `{"warnings": ["deleting checkpoint \"B\" was done, but tidying up
 /// after it failed (...); that is finished when the VM is next opened",
-/// ...]}`. A change (a checkpoint operation or a setter) that succeeded
-/// may still leave warnings: once a delete or an apply is committed, a
+/// ...]}`. A change (create, apply, revert, delete or rename of a
+/// checkpoint, or a setter; not an export, which changes nothing) that
+/// succeeded may still leave warnings: once a delete or an apply is committed, a
 /// step after it that fails (removing the old files, collapsing a hidden
 /// branch point) does not make the call fail; it is reported here, and
 /// that tidy-up is finished when the VM is next opened (or before its next
