@@ -1734,6 +1734,31 @@ ckpt_status ckpt_vm_checkpoints_json(const struct ckpt_vm *vm,
                                      size_t *out_len);
 
 /**
+ * Copy the warnings of the last change through this handle into `buf` (a
+ * string getter, as described at `ckpt_disk_get_parent_path`), as JSON:
+ * `{"warnings": ["deleting checkpoint \"B\" was done, but tidying up
+ * after it failed (...); that is finished when the VM is next opened",
+ * ...]}`. A change (create, apply, revert, delete or rename of a
+ * checkpoint, or a setter; not an export, which changes nothing) that
+ * succeeded may still leave warnings: once a delete or an apply is committed, a
+ * step after it that fails (removing the old files, collapsing a hidden
+ * branch point) does not make the call fail; it is reported here, and
+ * that tidy-up is finished when the VM is next opened (or before its next
+ * operation). The list is empty after an open and after a change without
+ * a caveat; each change replaces it (reading it does not empty it). More
+ * keys may be added.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_warnings_json(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
+
+/**
  * Set `*out` to the number of checkpoints of the VM, hidden ones
  * included. Indexes `0 .. *out - 1` are valid for `ckpt_vm_checkpoint_get`
  * and the other `ckpt_vm_checkpoint_*` getters until the next change

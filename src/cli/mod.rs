@@ -1,6 +1,11 @@
 //! The `ckpt` command-line tool: argument parsing, output and exit codes.
 //! A thin shell over the library; no format logic here.
 //!
+//! This file parses the arguments and dispatches; the bodies of the
+//! commands live by group: `create.rs` (create, convert), `info.rs` (info,
+//! check), `io_cmds.rs` (read, write, bench), `chain.rs` (merge, changes,
+//! reparent, a differencing child), `vm.rs` and `checkpoint.rs`.
+//!
 //! Exit status: 0 on success, 1 on any error (including usage errors), with
 //! one `error: …` line on stderr (`check` prints one per problem).
 
@@ -8,6 +13,9 @@ pub mod bench;
 pub mod chain;
 pub mod checkpoint;
 pub mod convert;
+mod create;
+mod info;
+mod io_cmds;
 pub mod size;
 pub mod vm;
 
@@ -18,13 +26,13 @@ use std::path::{Path, PathBuf};
 use clap::error::ErrorKind as ClapErrorKind;
 use clap::{Parser, Subcommand};
 
-use ckpt::{CreateOptions, Disk, DiskInfo, OpenMode};
+use ckpt::{CreateOptions, Disk, OpenMode};
 
-use self::convert::{read_full, ConvertOptions, Format};
-use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
-
-/// Streaming chunk for `read` and `write`.
-const IO_CHUNK: u64 = 1 << 20;
+use self::convert::{ConvertOptions, Format};
+use self::create::{convert_cmd, create};
+use self::info::{check, info, with_bytes};
+use self::io_cmds::{bench_cmd, read, write};
+use self::size::{parse_sector_size, parse_size, parse_size_u32};
 
 /// Hyper-V VHDX virtual disks and differencing chains: create, inspect,
 /// check, convert, read, write, benchmark, merge, list changes, re-parent;
@@ -488,147 +496,6 @@ fn open(path: &Path, mode: OpenMode) -> Result<Disk, Failure> {
     Ok(Disk::open(path, mode).map_err(|e| e.in_file(path))?)
 }
 
-fn create(path: &Path, opts: &CreateOptions) -> CliResult {
-    // Refuse an existing file before the library gets to it, so that a
-    // failed creation can safely remove what it left behind.
-    if std::fs::symlink_metadata(path).is_ok() {
-        return Err(fail(format!(
-            "{}: already exists; refusing to overwrite it",
-            path.display()
-        )));
-    }
-    let disk = convert::create_vhdx(path, opts)?;
-    disk.close().map_err(|e| e.in_file(path))?;
-    println!(
-        "Created {} ({}, virtual size {}, block size {})",
-        path.display(),
-        if opts.fixed { "fixed" } else { "dynamic" },
-        human(opts.virtual_size),
-        human(opts.block_size as u64),
-    );
-    Ok(())
-}
-
-/// The JSON object `ckpt info --json` prints. `chain` holds the absolute
-/// paths of the files of the chain, `path`'s first, then each parent.
-fn info_json(path: &Path, i: &DiskInfo, chain: &[PathBuf]) -> serde_json::Value {
-    let text = |p: &PathBuf| p.to_string_lossy().into_owned();
-    serde_json::json!({
-        "path": path.to_string_lossy(),
-        "format": "vhdx",
-        "kind": i.kind.as_str(),
-        "virtual_size": i.virtual_size,
-        "block_size": i.block_size,
-        "logical_sector_size": i.logical_sector_size,
-        "physical_sector_size": i.physical_sector_size,
-        "file_size": i.file_size,
-        "allocated_bytes": i.allocated_bytes,
-        "parent": chain.get(1).map(text),
-        "chain": chain.iter().map(text).collect::<Vec<_>>(),
-        "log_dirty": i.log_dirty,
-        "creator": i.creator,
-        "disk_id": i.disk_id.to_string(),
-        "data_write_guid": i.data_write_guid.to_string(),
-        "file_write_guid": i.file_write_guid.to_string(),
-    })
-}
-
-/// "64 MiB (67108864 bytes)", or "512 bytes".
-fn with_bytes(n: u64) -> String {
-    if n < 1024 {
-        human(n)
-    } else {
-        format!("{} ({n} bytes)", human(n))
-    }
-}
-
-fn info(path: &Path, json: bool) -> CliResult {
-    let disk = open(path, OpenMode::ReadOnly)?;
-    let i = disk.info();
-    let files = chain::chain_paths(&disk, path);
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        let v = info_json(path, &i, &files);
-        serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
-    } else {
-        let mut s = String::new();
-        let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
-        line("image:", path.display().to_string());
-        line("format:", format!("vhdx ({})", i.kind.as_str()));
-        line("virtual size:", with_bytes(i.virtual_size));
-        line("file size:", with_bytes(i.file_size));
-        line("allocated:", with_bytes(i.allocated_bytes));
-        line("block size:", human(i.block_size as u64));
-        line(
-            "sector size:",
-            format!(
-                "{} logical, {} physical",
-                i.logical_sector_size, i.physical_sector_size
-            ),
-        );
-        line(
-            "parent:",
-            files
-                .get(1)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "none".into()),
-        );
-        if files.len() > 1 {
-            // Top first: the file itself, then each parent down to the base.
-            let mut list = String::new();
-            for (level, f) in files.iter().enumerate() {
-                if level > 0 {
-                    list.push_str(&format!("\n{:<22}", ""));
-                }
-                list.push_str(&format!("{level}: {}", f.display()));
-            }
-            line(&format!("chain ({} files):", files.len()), list);
-        }
-        line(
-            "log:",
-            if i.log_dirty {
-                "dirty (replayed in memory; open read-write to replay into the file)".into()
-            } else {
-                "clean".into()
-            },
-        );
-        line("creator:", i.creator.clone());
-        line("disk id:", i.disk_id.to_string());
-        line("data write guid:", i.data_write_guid.to_string());
-        line("file write guid:", i.file_write_guid.to_string());
-        s
-    };
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| fail(format!("writing to stdout: {e}")))
-}
-
-fn check(path: &Path) -> CliResult {
-    let report = ckpt::check(path).map_err(|e| e.in_file(path))?;
-    let mut out = std::io::stdout().lock();
-    let verdict = if report.is_ok() { "ok" } else { "DAMAGED" };
-    let _ = writeln!(
-        out,
-        "{}: {verdict}: {}",
-        path.display(),
-        one_line(&report.summary)
-    );
-    for note in &report.notes {
-        let _ = writeln!(out, "note: {}", one_line(note));
-    }
-    let _ = out.flush();
-    if report.is_ok() {
-        return Ok(());
-    }
-    Err(Failure(
-        report
-            .problems
-            .iter()
-            .map(|p| format!("{}: {}", path.display(), p))
-            .collect(),
-    ))
-}
-
 /// A progress bar on stderr when stderr is a terminal (none otherwise).
 fn progress_bar() -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
@@ -642,168 +509,4 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
         bar.set_style(style);
     }
     Some(bar)
-}
-
-fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
-    let bar = progress_bar();
-    let mut progress = |done: u64, total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
-    let result = convert::convert(src, dst, opts, &mut progress);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    let stats = result?;
-    println!(
-        "Converted {} ({}) to {} ({}): virtual size {}, {} of data written",
-        src.display(),
-        stats.src_format.as_str(),
-        dst.display(),
-        stats.dst_format.as_str(),
-        human(stats.virtual_size),
-        human(stats.data_bytes),
-    );
-    if stats.rounded_up {
-        println!(
-            "note: {}'s length is not a multiple of 512; rounded up to {} bytes with zeros",
-            src.display(),
-            stats.virtual_size
-        );
-    }
-    Ok(())
-}
-
-fn read(path: &Path, offset: u64, length: u64) -> CliResult {
-    let disk = open(path, OpenMode::ReadOnly)?;
-    let size = disk.virtual_size();
-    if !fits(offset, length, size) {
-        return Err(ckpt::Error::OutOfRange {
-            offset,
-            len: length,
-            size,
-        }
-        .in_file(path)
-        .into());
-    }
-    let mut buf = vec![0u8; length.min(IO_CHUNK) as usize];
-    let mut out = std::io::stdout().lock();
-    let mut done = 0u64;
-    while done < length {
-        let n = (length - done).min(IO_CHUNK) as usize;
-        disk.read_at(&mut buf[..n], offset + done)
-            .map_err(|e| e.in_file(path))?;
-        out.write_all(&buf[..n])
-            .map_err(|e| fail(format!("writing to stdout: {e}")))?;
-        done += n as u64;
-    }
-    out.flush()
-        .map_err(|e| fail(format!("writing to stdout: {e}")))
-}
-
-/// Whether `[offset, offset + len)` lies inside a disk of `size` bytes.
-fn fits(offset: u64, len: u64, size: u64) -> bool {
-    matches!(offset.checked_add(len), Some(end) if end <= size)
-}
-
-/// The bytes left in stdin when it is a regular file.
-fn stdin_file_len() -> Option<u64> {
-    use std::os::fd::AsFd;
-    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
-    let mut file = std::fs::File::from(fd);
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    use std::io::Seek;
-    let pos = file.stream_position().ok()?;
-    Some(meta.len().saturating_sub(pos))
-}
-
-fn write(path: &Path, offset: u64) -> CliResult {
-    let disk = open(path, OpenMode::ReadWrite)?;
-    let size = disk.virtual_size();
-    let result = (|| -> CliResult {
-        if offset > size {
-            return Err(ckpt::Error::OutOfRange {
-                offset,
-                len: 0,
-                size,
-            }
-            .in_file(path)
-            .into());
-        }
-        // When stdin is a regular file its length is known: refuse before
-        // writing anything if it does not fit.
-        if let Some(len) = stdin_file_len() {
-            if !fits(offset, len, size) {
-                return Err(ckpt::Error::OutOfRange { offset, len, size }
-                    .in_file(path)
-                    .into());
-            }
-        }
-        let mut input = std::io::stdin().lock();
-        let mut buf = vec![0u8; IO_CHUNK as usize];
-        let mut pos = offset;
-        loop {
-            let n =
-                read_full(&mut input, &mut buf).map_err(|e| fail(format!("reading stdin: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            if !fits(pos, n as u64, size) {
-                return Err(fail(format!(
-                    "{}: the input is longer than the {} bytes from offset {offset} to the end of \
-                     the virtual disk ({size} bytes); the first {} bytes were written",
-                    path.display(),
-                    size - offset,
-                    pos - offset,
-                )));
-            }
-            disk.write_at(&buf[..n], pos).map_err(|e| e.in_file(path))?;
-            pos += n as u64;
-        }
-        Ok(disk.flush().map_err(|e| e.in_file(path))?)
-    })();
-    // Close in any case, so that what was written is flushed and the log
-    // left empty; report the first error.
-    let closed = disk.close().map_err(|e| Failure::from(e.in_file(path)));
-    result.and(closed)
-}
-
-fn bench_cmd(path: &Path, p: &bench::BenchParams) -> CliResult {
-    let mode = if p.write {
-        OpenMode::ReadWrite
-    } else {
-        OpenMode::ReadOnly
-    };
-    let disk = open(path, mode)?;
-    println!(
-        "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
-        p.count,
-        if p.write { "write" } else { "read" },
-        p.bufsize,
-        p.threads,
-        p.offset,
-        p.step
-    );
-    if let Some(n) = p.flush_interval {
-        println!("Sending flush every {n} requests");
-    }
-    let run = bench::run(&disk, p).map_err(|e| e.in_file(path));
-    let closed = disk.close().map_err(|e| e.in_file(path));
-    let elapsed = run?;
-    closed?;
-    let secs = elapsed.as_secs_f64();
-    println!("Run completed in {secs:3.3} seconds.");
-    if secs > 0.0 {
-        println!(
-            "{:.0} requests/s, {:.1} MiB/s",
-            p.count as f64 / secs,
-            p.count as f64 * p.bufsize as f64 / secs / (1 << 20) as f64
-        );
-    }
-    Ok(())
 }

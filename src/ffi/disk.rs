@@ -6,7 +6,8 @@ use std::ffi::c_char;
 use std::mem::size_of;
 
 use super::{
-    c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, FfiError, FfiResult,
+    c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, write_versioned,
+    FfiError, FfiResult,
 };
 use crate::{CreateOptions, Disk, DiskKind, OpenMode};
 
@@ -273,18 +274,10 @@ pub unsafe extern "C" fn ckpt_disk_get_info(
     ffi_boundary!("ckpt_disk_get_info", {
         // SAFETY: per this function's contract.
         let disk = unsafe { non_null(disk, "disk")? };
-        let info = out_ptr(info, "info")?;
-        let ours = size_of::<ckpt_disk_info>();
-        // SAFETY: not NULL; the first field of every version is the u32 size.
-        let size = unsafe { info.cast::<u32>().read() } as usize;
-        if size < ours {
-            return Err(FfiError::invalid(format!(
-                "info->struct_size is {size}, expected at least {ours} (sizeof(ckpt_disk_info))"
-            )));
-        }
+        out_ptr(info, "info")?;
         let i = disk.disk.info();
         let value = ckpt_disk_info {
-            struct_size: ours as u32,
+            struct_size: size_of::<ckpt_disk_info>() as u32,
             kind: match i.kind {
                 DiskKind::Fixed => ckpt_disk_kind::Fixed,
                 DiskKind::Dynamic => ckpt_disk_kind::Dynamic,
@@ -302,16 +295,8 @@ pub unsafe extern "C" fn ckpt_disk_get_info(
             reserved: 0,
             disk_id: *i.disk_id.as_bytes(),
         };
-        // SAFETY: the caller's struct has at least `size >= ours` writable
-        // bytes; `value` is a local, so they do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&value as *const ckpt_disk_info).cast::<u8>(),
-                info.cast::<u8>(),
-                ours.min(size),
-            )
-        };
-        Ok(())
+        // SAFETY: per this function's contract.
+        unsafe { write_versioned(info, value, "info", "ckpt_disk_info") }
     })
 }
 
@@ -344,27 +329,15 @@ pub unsafe extern "C" fn ckpt_disk_read(
     ffi_boundary!("ckpt_disk_read", {
         // SAFETY: per this function's contract.
         let disk = unsafe { non_null(disk, "disk")? };
-        if len == 0 {
-            disk.disk.read_at(&mut [], offset)?;
-            return Ok(());
-        }
-        let buf = out_ptr(buf, "buf")?;
-        let size = disk.disk.virtual_size();
-        let past_end = match offset.checked_add(len as u64) {
-            Some(end) => end > size,
-            None => true,
+        let buf: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            let buf = out_ptr(buf, "buf")?;
+            // SAFETY: not NULL, `len` writable bytes per the contract, owned
+            // by the caller for the duration of the call.
+            unsafe { std::slice::from_raw_parts_mut(buf, len) }
         };
-        if past_end {
-            return Err(crate::Error::OutOfRange {
-                offset,
-                len: len as u64,
-                size,
-            }
-            .into());
-        }
-        // SAFETY: not NULL, `len` writable bytes per the contract, owned by
-        // the caller for the duration of the call.
-        let buf = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        // The range is checked before anything is read into `buf`.
         disk.disk.read_at(buf, offset)?;
         Ok(())
     })

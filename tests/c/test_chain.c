@@ -14,9 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "test_util.h"
 
-#define MIB (1024u * 1024u)
 #define SIZE (8u * MIB)
 
 static uint8_t model[SIZE];
@@ -27,15 +26,6 @@ static void fill(uint8_t *p, size_t n, uint32_t seed) {
         seed = seed * 1103515245u + 12345u;
         p[i] = (uint8_t)(seed >> 16) | 1u; /* never zero */
     }
-}
-
-static int file_exists(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (f != NULL) {
-        fclose(f);
-        return 1;
-    }
-    return 0;
 }
 
 static int ends_with(const char *s, const char *tail) {
@@ -72,19 +62,6 @@ static int reads_as_model(const char *path) {
     int same = handle_reads_as_model(disk);
     ckpt_disk_close(disk);
     return same;
-}
-
-static size_t chain_length(const char *path) {
-    ckpt_disk *disk = NULL;
-    size_t n = 0;
-    if (ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk) != CKPT_STATUS_OK) {
-        return 0;
-    }
-    if (ckpt_disk_chain_length(disk, &n) != CKPT_STATUS_OK) {
-        n = 0;
-    }
-    ckpt_disk_close(disk);
-    return n;
 }
 
 typedef struct {

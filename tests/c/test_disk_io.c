@@ -14,12 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "test_util.h"
 
-#define MIB (1024u * 1024u)
 #define DISK_SIZE (8u * MIB)
-
-static ckpt_disk *const SENTINEL = (ckpt_disk *)(uintptr_t)0x5a5a;
 
 static void fill(uint8_t *p, size_t n, uint32_t seed) {
     for (size_t i = 0; i < n; i++) {
@@ -185,10 +182,10 @@ static void reopen_read_only(const char *path) {
     EXPECT_OK(ckpt_disk_close(disk));
 
     /* creating over an existing file fails and hands out nothing */
-    disk = SENTINEL;
+    disk = DISK_SENTINEL;
     ckpt_status s = ckpt_disk_create(path, DISK_SIZE, NULL, &disk);
     CHECK(s != CKPT_STATUS_OK);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     CHECK(ckpt_last_error_length() > 0);
 }
 

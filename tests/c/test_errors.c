@@ -11,18 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "check.h"
-
-static ckpt_disk *const SENTINEL = (ckpt_disk *)(uintptr_t)0x5a5a;
-
-static int file_exists(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (f != NULL) {
-        fclose(f);
-        return 1;
-    }
-    return 0;
-}
+#include "test_util.h"
 
 /* A bigger options struct, as a newer header might define it. */
 typedef struct {
@@ -33,7 +22,7 @@ typedef struct {
 
 static void bad_arguments(const char *dir) {
     char path[4096];
-    ckpt_disk *disk = SENTINEL;
+    ckpt_disk *disk = DISK_SENTINEL;
 
     /* Empty and non-UTF-8 paths. */
     EXPECT_STATUS(ckpt_disk_create("", 1 << 20, NULL, &disk), CKPT_STATUS_INVALID_ARGUMENT);
@@ -41,13 +30,13 @@ static void bad_arguments(const char *dir) {
     snprintf(path, sizeof path, "%s/\xff\xfe.vhdx", dir);
     EXPECT_STATUS(ckpt_disk_create(path, 1 << 20, NULL, &disk), CKPT_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(last_error_text(), "UTF-8") != NULL);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
 
     /* Unknown open flags. */
     snprintf(path, sizeof path, "%s/flags.vhdx", dir);
     EXPECT_STATUS(ckpt_disk_open(path, 0x10, &disk), CKPT_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(last_error_text(), "0x10") != NULL);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
 
     /* Options: struct_size too small, unknown flags, unknown fields set. */
     snprintf(path, sizeof path, "%s/options.vhdx", dir);
@@ -65,24 +54,24 @@ static void bad_arguments(const char *dir) {
     n.v1.struct_size = sizeof n;
     n.future_field2 = 1;
     EXPECT_STATUS(ckpt_disk_create(path, 1 << 20, &n.v1, &disk), CKPT_STATUS_UNSUPPORTED);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     CHECK(!file_exists(path)); /* nothing was created */
 }
 
 static void bad_paths(const char *dir) {
     char path[4096];
-    ckpt_disk *disk = SENTINEL;
+    ckpt_disk *disk = DISK_SENTINEL;
 
     /* Opening a file that does not exist. */
     snprintf(path, sizeof path, "%s/missing.vhdx", dir);
     EXPECT_STATUS(ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk), CKPT_STATUS_NOT_FOUND);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     CHECK(strstr(last_error_text(), "missing.vhdx") != NULL); /* the message names the file */
 
     /* Creating in a directory that does not exist. */
     snprintf(path, sizeof path, "%s/no/such/dir/new.vhdx", dir);
     EXPECT_STATUS(ckpt_disk_create(path, 1 << 20, NULL, &disk), CKPT_STATUS_NOT_FOUND);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
 
     /* Opening something that is not a VHDX. */
     snprintf(path, sizeof path, "%s/not-a-vhdx.vhdx", dir);
@@ -95,7 +84,7 @@ static void bad_paths(const char *dir) {
         fclose(f);
     }
     EXPECT_STATUS(ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk), CKPT_STATUS_CORRUPT);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     CHECK(strstr(last_error_text(), "not-a-vhdx.vhdx") != NULL);
 }
 
@@ -151,7 +140,7 @@ static void *other_thread(void *arg) {
 }
 
 static void last_error_per_thread(void) {
-    ckpt_disk *disk = SENTINEL;
+    ckpt_disk *disk = DISK_SENTINEL;
     EXPECT_STATUS(ckpt_disk_open(NULL, 0, &disk), CKPT_STATUS_NULL_POINTER);
     char mine[64];
     snprintf(mine, sizeof mine, "%s", last_error_text());

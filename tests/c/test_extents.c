@@ -11,9 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "check.h"
+#include "test_util.h"
 
-#define MIB (1024u * 1024u)
 #define SIZE (8u * MIB)
 #define MAX_EXTENTS 16
 

@@ -8,20 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "check.h"
-
-static ckpt_disk *const SENTINEL = (ckpt_disk *)(uintptr_t)0x5a5a;
-
-static int file_exists(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (f != NULL) {
-        fclose(f);
-        return 1;
-    }
-    return 0;
-}
-
-static ckpt_vm *const VM_SENTINEL = (ckpt_vm *)(uintptr_t)0x5b5b;
+#include "test_util.h"
 
 static int ignore_progress(uint64_t done, uint64_t total, void *user) {
     (void)done;
@@ -35,7 +22,7 @@ static void chain_nulls(const char *dir) {
     char base[4096], child[4096];
     snprintf(base, sizeof base, "%s/nbase.vhdx", dir);
     snprintf(child, sizeof child, "%s/nchild.avhdx", dir);
-    ckpt_disk *disk = SENTINEL;
+    ckpt_disk *disk = DISK_SENTINEL;
     char text[64];
     size_t n = 777;
     ckpt_range r[2];
@@ -43,12 +30,12 @@ static void chain_nulls(const char *dir) {
 
     EXPECT_OK(ckpt_disk_create(base, 1 << 20, NULL, &disk));
     EXPECT_OK(ckpt_disk_close(disk));
-    disk = SENTINEL;
+    disk = DISK_SENTINEL;
     EXPECT_STATUS(ckpt_disk_create_child(NULL, base, NULL, &disk), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_disk_create_child(child, NULL, NULL, &disk), CKPT_STATUS_NULL_POINTER);
     CHECK(strstr(last_error_text(), "parent_path") != NULL);
     EXPECT_STATUS(ckpt_disk_create_child(child, base, NULL, NULL), CKPT_STATUS_NULL_POINTER);
-    CHECK(disk == SENTINEL && !file_exists(child));
+    CHECK(disk == DISK_SENTINEL && !file_exists(child));
 
     EXPECT_STATUS(ckpt_disk_get_parent_path(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_disk_get_creator(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
@@ -61,7 +48,7 @@ static void chain_nulls(const char *dir) {
     CHECK(n == 777);
 
     EXPECT_OK(ckpt_disk_create_child(child, base, NULL, &disk));
-    if (disk != SENTINEL && disk != NULL) {
+    if (disk != DISK_SENTINEL && disk != NULL) {
         EXPECT_STATUS(ckpt_disk_chain_length(disk, NULL), CKPT_STATUS_NULL_POINTER);
         EXPECT_STATUS(ckpt_disk_chain_path(disk, 0, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
         EXPECT_STATUS(ckpt_disk_get_parent_path(disk, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
@@ -153,6 +140,7 @@ static void vm_nulls(const char *dir) {
     EXPECT_STATUS(ckpt_vm_show_json(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoints_json(NULL, text, sizeof text, &n),
                   CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_warnings_json(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_count(NULL, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_get(NULL, 0, &ci), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_name(NULL, 0, text, sizeof text, &n),
@@ -188,6 +176,7 @@ static void vm_nulls(const char *dir) {
     EXPECT_STATUS(ckpt_vm_get_name(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_show_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoints_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_warnings_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_count(vm, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_get(vm, 0, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoint_find(vm, NULL, &n), CKPT_STATUS_NULL_POINTER);
@@ -227,13 +216,13 @@ int main(int argc, char **argv) {
     char path[4096];
     snprintf(path, sizeof path, "%s/never.vhdx", dir);
 
-    ckpt_disk *disk = SENTINEL;
+    ckpt_disk *disk = DISK_SENTINEL;
     uint8_t buf[16];
     memset(buf, 0xA5, sizeof buf);
 
     /* create */
     EXPECT_STATUS(ckpt_disk_create(NULL, 1 << 20, NULL, &disk), CKPT_STATUS_NULL_POINTER);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     CHECK(strstr(last_error_text(), "path") != NULL);
     EXPECT_STATUS(ckpt_disk_create(path, 1 << 20, NULL, NULL), CKPT_STATUS_NULL_POINTER);
     CHECK(strstr(last_error_text(), "out") != NULL);
@@ -241,7 +230,7 @@ int main(int argc, char **argv) {
 
     /* open */
     EXPECT_STATUS(ckpt_disk_open(NULL, CKPT_OPEN_READ_ONLY, &disk), CKPT_STATUS_NULL_POINTER);
-    CHECK(disk == SENTINEL);
+    CHECK(disk == DISK_SENTINEL);
     EXPECT_STATUS(ckpt_disk_open(path, CKPT_OPEN_READ_WRITE, NULL), CKPT_STATUS_NULL_POINTER);
     CHECK(!file_exists(path));
 

@@ -79,6 +79,9 @@ pub(super) struct VmHandle {
     snapshots: HashMap<SnapshotKey, Vec<u8>>,
     /// The files the last successful export through this handle made.
     last_export: Option<serde_json::Value>,
+    /// The warnings of the last change through this handle
+    /// ([`Vm::take_warnings`]), read by `ckpt_vm_warnings_json`.
+    warnings: Vec<String>,
 }
 
 /// A string getter and its index arguments.
@@ -114,13 +117,15 @@ pub(super) unsafe fn snapshot_string(
     r
 }
 
-pub(super) fn new_handle(vm: Vm) -> *mut ckpt_vm {
+pub(super) fn new_handle(mut vm: Vm) -> *mut ckpt_vm {
+    let warnings = vm.take_warnings();
     Box::into_raw(Box::new(ckpt_vm {
         inner: Mutex::new(VmHandle {
             vm,
             views: None,
             snapshots: HashMap::new(),
             last_export: None,
+            warnings,
         }),
     }))
 }
@@ -141,7 +146,8 @@ pub(super) fn lock(vm: &ckpt_vm) -> FfiResult<MutexGuard<'_, VmHandle>> {
     }
 }
 
-/// Run `f` on the handle's VM for a change (the measured list is dropped).
+/// Run `f` on the handle's VM for a change (the measured list is dropped);
+/// the warnings it leaves replace those of the previous change.
 ///
 /// # Safety
 ///
@@ -155,7 +161,9 @@ pub(super) unsafe fn change<T>(
     let mut h = lock(vm)?;
     h.views = None;
     h.snapshots.clear();
-    Ok(f(&mut h.vm)?)
+    let r = f(&mut h.vm);
+    h.warnings = h.vm.take_warnings();
+    Ok(r?)
 }
 
 /// Change the VM's checkpoint settings: `f` edits a copy, which is saved.

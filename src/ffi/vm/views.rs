@@ -89,6 +89,49 @@ pub unsafe extern "C" fn ckpt_vm_checkpoints_json(
     })
 }
 
+/// Copy the warnings of the last change through this handle into `buf` (a
+/// string getter, as described at `ckpt_disk_get_parent_path`), as JSON:
+/// `{"warnings": ["deleting checkpoint \"B\" was done, but tidying up
+/// after it failed (...); that is finished when the VM is next opened",
+/// ...]}`. A change (create, apply, revert, delete or rename of a
+/// checkpoint, or a setter; not an export, which changes nothing) that
+/// succeeded may still leave warnings: once a delete or an apply is committed, a
+/// step after it that fails (removing the old files, collapsing a hidden
+/// branch point) does not make the call fail; it is reported here, and
+/// that tidy-up is finished when the VM is next opened (or before its next
+/// operation). The list is empty after an open and after a change without
+/// a caveat; each change replaces it (reading it does not empty it). More
+/// keys may be added.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+/// `CKPT_STATUS_BUSY`.
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+/// `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_vm_warnings_json(
+    vm: *const ckpt_vm,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_vm_warnings_json", {
+        // SAFETY: per this function's contract.
+        unsafe {
+            look(vm, |h| {
+                let produce = |h: &VmHandle| {
+                    let v = serde_json::json!({ "warnings": h.warnings });
+                    Ok(json_text(&v)?.into_bytes())
+                };
+                let what = "the warnings JSON";
+                snapshot_string(h, ("warnings", 0, 0), what, produce, buf, len, out_len)
+            })
+        }
+    })
+}
+
 /// Set `*out` to the number of checkpoints of the VM, hidden ones
 /// included. Indexes `0 .. *out - 1` are valid for `ckpt_vm_checkpoint_get`
 /// and the other `ckpt_vm_checkpoint_*` getters until the next change

@@ -1,19 +1,27 @@
 /*
- * A tiny test harness for the C tests of libckpt (run by tests/c_api.rs).
+ * The one helper header of the C tests of libckpt (run by tests/c_api.rs):
+ * a tiny test harness and the helpers more than one test needs.
  *
  * CHECK(cond) records a failure (with the file, line and the thread's last
  * error) and goes on; EXPECT_STATUS(call, status) checks a call's status.
  * A test's main() returns check_finish(), which prints "N passed, N failed"
  * and gives the exit code.
  */
-#ifndef CKPT_TEST_CHECK_H
-#define CKPT_TEST_CHECK_H
+#ifndef CKPT_TEST_UTIL_H
+#define CKPT_TEST_UTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "libckpt.h"
+
+#define MIB (1024u * 1024u)
+
+/* Values no call returns, for checking that an output was not written. */
+#define DISK_SENTINEL ((ckpt_disk *)(uintptr_t)0x5a5a)
+#define VM_SENTINEL ((ckpt_vm *)(uintptr_t)0x5b5b)
 
 static int check_passed = 0;
 static int check_failed = 0;
@@ -79,9 +87,34 @@ static inline ckpt_child_options child_options(uint32_t block_size) {
     return co;
 }
 
+/* Whether `path` exists and can be opened for reading. */
+static inline int file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f != NULL) {
+        fclose(f);
+        return 1;
+    }
+    return 0;
+}
+
+/* The number of files in the chain of the disk at `path` (0 when it does
+ * not open). */
+static inline size_t chain_length(const char *path) {
+    ckpt_disk *disk = NULL;
+    size_t n = 0;
+    if (ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &disk) != CKPT_STATUS_OK) {
+        return 0;
+    }
+    if (ckpt_disk_chain_length(disk, &n) != CKPT_STATUS_OK) {
+        n = 0;
+    }
+    ckpt_disk_close(disk);
+    return n;
+}
+
 static inline int check_finish(const char *test) {
     printf("%s: %d passed, %d failed\n", test, check_passed, check_failed);
     return check_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
-#endif /* CKPT_TEST_CHECK_H */
+#endif /* CKPT_TEST_UTIL_H */
