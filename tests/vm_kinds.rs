@@ -364,4 +364,14 @@ fn cli_production_on_an_off_vm_is_no_fallback() {
     assert_eq!(a["requested_type"], "production-only");
     assert_eq!(a["vm_state"], "off");
     assert_eq!(a["memory_kept"], false);
+    // Capturing the current state of the off VM needs no quiesce either.
+    ok(&["checkpoint", "apply", &d, "a", "--save-current", "b"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&ok(&["checkpoint", "list", &d, "--json"]).stdout).unwrap();
+    let b = &v["checkpoints"][1];
+    assert_eq!(
+        (b["name"].as_str(), b["type"].as_str()),
+        (Some("b"), Some("production"))
+    );
+    assert_eq!(b["fallback_reason"], serde_json::Value::Null);
 }

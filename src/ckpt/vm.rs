@@ -543,8 +543,10 @@ impl Vm {
         let mut held = Vec::new();
         for f in files {
             match crate::disk::check_not_in_use(f) {
+                Ok(()) => remove_if_exists(f)?,
                 Err(e) if e.kind() == crate::ErrorKind::Busy => held.push((f.clone(), e)),
-                _ => remove_if_exists(f)?,
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         if held.is_empty() {
@@ -573,11 +575,17 @@ impl Vm {
                 continue;
             }
             match crate::disk::check_not_in_use(&f) {
+                Ok(()) => remove_if_exists(&f)?,
                 Err(e) if e.kind() == crate::ErrorKind::Busy => {
                     self.warnings.push(pending_warning(&e));
                     left.push(f);
                 }
-                _ => remove_if_exists(&f)?,
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => {
+                    left.push(f);
+                    self.data.pending_removals = left;
+                    return Err(e);
+                }
             }
         }
         self.data.pending_removals = left;
