@@ -822,6 +822,8 @@ typedef struct ckpt_checkpoint_info {
  * its file systems for a production checkpoint. Return 0 when it is
  * quiesced; any other value means it could not be (a production
  * checkpoint then falls back to standard, a production-only one fails).
+ * Not called when the VM is off: its checkpoint is production, with
+ * nothing to quiesce.
  */
 typedef int (*ckpt_quiesce_fn)(void *user);
 

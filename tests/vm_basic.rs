@@ -59,7 +59,9 @@ fn create_apply_delete_export() {
     assert_ne!(cur, disk);
     assert_eq!(cur.parent(), disk.parent());
     write(&cur, 0, b"state-1");
-    // fallback: production -> standard with memory
+    // fallback: production -> standard with memory (a running VM: an off
+    // one has nothing to quiesce)
+    vm.set_state(VmState::Running).unwrap();
     let b = vm
         .create_checkpoint("b", None, &mut Quiesce(false))
         .unwrap();
@@ -72,6 +74,7 @@ fn create_apply_delete_export() {
     assert!(b.saved_state.is_some());
     write(&vm.data().current.disks[0], 0, b"state-2");
     vm.set_resources(Some(4096), None).unwrap();
+    vm.set_state(VmState::Off).unwrap();
 
     // apply a with capture: current kept as "c"
     vm.apply("a", Some("c"), &mut Quiesce(true)).unwrap();
@@ -124,6 +127,7 @@ fn create_apply_delete_export() {
         ..Default::default()
     })
     .unwrap();
+    vm.set_state(VmState::Running).unwrap();
     assert!(vm
         .create_checkpoint("x", None, &mut Quiesce(false))
         .is_err());

@@ -119,6 +119,9 @@ int main(int argc, char **argv) {
     hooks.save_memory = save_memory;
     hooks.user = guest;
 
+    /* The guest runs (the hypervisor tells the library); an off VM would
+     * have nothing to quiesce. */
+    TRY(ckpt_vm_set_state(vm, CKPT_VM_STATE_RUNNING));
     TRY(guest_writes(vm, "installed"));
     printf("checkpoint \"clean install\" (production):\n");
     TRY(ckpt_vm_checkpoint_create(vm, "clean install", &hooks));
@@ -168,6 +171,8 @@ int main(int argc, char **argv) {
     free(json);
 
     /* Back to before the upgrade; the broken state is discarded. */
+    /* A running VM's state cannot be replaced: stop it first. */
+    TRY(ckpt_vm_set_state(vm, CKPT_VM_STATE_OFF));
     TRY(ckpt_vm_checkpoint_apply(vm, "clean install", NULL, &hooks));
     char content[32];
     TRY(guest_reads(vm, content, sizeof content));

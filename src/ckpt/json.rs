@@ -45,7 +45,8 @@ fn opt_path_value(p: Option<&Path>) -> Value {
 /// hidden one nor one being deleted, but the nearest checkpoint above them
 /// (null when there is none);
 /// `checkpoint_location` null means the default, `checkpoints` in the VM
-/// folder.
+/// folder. `pending_removals` lists old disks a committed apply could not
+/// remove because they were held (removed by the next open once free).
 pub fn vm_json(data: &VmFile) -> Value {
     let current = data.current_checkpoint();
     let disks: Vec<Value> = data
@@ -81,6 +82,7 @@ pub fn vm_json(data: &VmFile) -> Value {
         "passthrough": data.config.passthrough,
         "hypervisor": data.config.hypervisor,
         "settings": settings,
+        "pending_removals": data.pending_removals.iter().map(|p| path_value(p)).collect::<Vec<_>>(),
     })
 }
 
@@ -93,7 +95,8 @@ pub fn vm_json(data: &VmFile) -> Value {
 ///    "age_warning": false, "size_bytes": 4096, "chain_depth": 1,
 ///    "delete_copy_bytes": 0, "saved_state": null,
 ///    "disks": ["/vms/web/os.vhdx"], "skipped_passthrough": [],
-///    "hidden": false, "deleting": false}],
+///    "hidden": false, "deleting": false, "memory_kept": false,
+///    "vm_state": "off"}],
 ///  "current": {"parent": "…", "disks": ["…"], "saved_state": null}}
 /// ```
 ///
@@ -107,7 +110,11 @@ pub fn vm_json(data: &VmFile) -> Value {
 /// checkpoints (deleted branch points kept for their disks) are listed
 /// with `"hidden": true`. `type` is what the checkpoint really is,
 /// `requested_type` what the VM's setting asked for, and
-/// `fallback_reason` why they differ.
+/// `fallback_reason` why they differ. `memory_kept` says whether it kept
+/// memory state (a standard checkpoint of a running VM whose hypervisor
+/// handed over none did not), `vm_state` the VM's state when it was taken
+/// (`"off"`, `"running"`, `"saved"`; null for checkpoints recorded before
+/// it was kept).
 pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
     let list: Vec<Value> = list_of(data)?
         .into_iter()
@@ -131,6 +138,8 @@ pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
                 "skipped_passthrough": c.skipped_passthrough,
                 "hidden": c.hidden,
                 "deleting": c.deleting,
+                "memory_kept": c.memory_kept(),
+                "vm_state": c.vm_state.map(|s| s.as_str()),
             })
         })
         .collect();
@@ -213,11 +222,13 @@ mod tests {
                 saved_state: Some(PathBuf::from("/vms/checkpoints/id-a.vmrs")),
                 hidden: false,
                 deleting: false,
+                vm_state: Some(VmState::Running),
             }],
             past_checkpoint_locations: Vec::new(),
             id: None,
             folder: None,
             related_vms: Vec::new(),
+            pending_removals: Vec::new(),
         }
     }
 
@@ -251,6 +262,8 @@ mod tests {
         assert_eq!(c["saved_state"], "/vms/checkpoints/id-a.vmrs");
         assert_eq!(c["skipped_passthrough"][0], "/dev/sdz");
         assert_eq!(c["hidden"], false);
+        assert_eq!(c["memory_kept"], true);
+        assert_eq!(c["vm_state"], "running");
         assert!(c["age_seconds"].as_u64().unwrap() > 1000);
         assert_eq!(c["age_warning"], true);
         assert_eq!(v["current"]["parent"], "id-a");

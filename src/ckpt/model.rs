@@ -27,9 +27,10 @@ pub enum CheckpointType {
     /// Disks, configuration and memory state.
     Standard,
     /// Quiesce the guest, keep no memory; fall back to standard when quiescing fails.
+    /// An off VM has nothing to quiesce: its checkpoint is production, no fallback.
     #[default]
     Production,
-    /// Quiesce the guest or fail.
+    /// Quiesce the guest or fail (an off VM: production, nothing to quiesce).
     ProductionOnly,
 }
 
@@ -252,6 +253,35 @@ pub struct Checkpoint {
     /// can no longer be applied or exported.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// The VM's state when the checkpoint was taken (None: recorded by a
+    /// version that did not keep it). With `saved_state` it says what the
+    /// checkpoint is (see [`Checkpoint::memory_kept`]): a checkpoint of an
+    /// off VM is consistent by definition; one of a running VM without
+    /// memory state holds its disks as a power cut would leave them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_state: Option<VmState>,
+}
+
+impl Checkpoint {
+    /// Whether the checkpoint kept memory state (applying it gives a saved
+    /// VM). A standard checkpoint of a running VM whose hypervisor handed
+    /// over none did not: it is recorded as standard, without memory.
+    pub fn memory_kept(&self) -> bool {
+        self.saved_state.is_some()
+    }
+
+    /// A standard checkpoint of a running VM that kept no memory state: its
+    /// disks are only crash-consistent (as after a power cut). None
+    /// otherwise; `Some(warning)` for the listing.
+    pub fn crash_consistent_warning(&self) -> Option<&'static str> {
+        (self.taken == TakenType::Standard
+            && self.vm_state == Some(VmState::Running)
+            && !self.memory_kept())
+        .then_some(
+            "the VM was running and no memory state was kept: the disks are only \
+             crash-consistent",
+        )
+    }
 }
 
 /// The running state of the VM ("Now").
@@ -309,6 +339,12 @@ pub struct VmFile {
     /// removed by this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub related_vms: Vec<PathBuf>,
+    /// Old disk files a committed apply left to remove while another handle
+    /// or process still held them: never deleted while held, removed by the
+    /// first open (or operation) that finds them free, reported until then
+    /// ([`crate::checkpoint::Vm::take_warnings`], `vm show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_removals: Vec<PathBuf>,
 }
 
 impl VmFile {

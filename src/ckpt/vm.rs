@@ -16,20 +16,41 @@ use crate::error::{Error, Result};
 
 /// What the hypervisor does for the library during checkpoint operations.
 /// Every method has a default that does nothing.
+///
+/// The order of a checkpoint (also the one `apply` with a saved current
+/// state takes first), each call at most once:
+///
+/// 1. [`Hooks::quiesce`] (production, VM running or saved) — or
+///    [`Hooks::save_memory`] (standard: the guest is paused while its
+///    state is written);
+/// 2. the disk switch: the new differencing disks are made and the VM file
+///    committed, so the guest's next write lands in them;
+/// 3. [`Hooks::thaw`] after a successful quiesce, [`Hooks::resume`] after
+///    `save_memory` was called — also when the switch (or `save_memory`
+///    itself) failed, so the guest never stays frozen or paused.
+///
+/// A checkpoint of an off VM quiesces nothing (its disks are consistent
+/// as they are): neither `quiesce` nor `thaw` is called for it.
 pub trait Hooks {
     /// Quiesce the guest (flush applications, freeze file systems) for a
     /// production checkpoint. `Err(reason)` when it could not.
     fn quiesce(&mut self) -> std::result::Result<(), String> {
         Err("no quiesce hook is installed".into())
     }
-    /// Undo [`Hooks::quiesce`]; called after the disks are checkpointed.
+    /// Undo [`Hooks::quiesce`]; called after the disk switch (or its failure).
     fn thaw(&mut self) {}
     /// Write the VM's memory and CPU state for a standard checkpoint.
-    /// Return `Ok(false)` when there is none (the VM is off).
+    /// Return `Ok(false)` when there is none (the VM is off, or the
+    /// hypervisor keeps none): the checkpoint then records that it kept no
+    /// memory ([`Checkpoint::memory_kept`]).
     fn save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
         let _ = out;
         Ok(false)
     }
+    /// Let the guest run again after [`Hooks::save_memory`]; called after
+    /// the disk switch (or its failure) whenever `save_memory` was called,
+    /// whatever it returned.
+    fn resume(&mut self) {}
     /// Progress of a long step (merge, export): return false to cancel.
     fn progress(&mut self, done: u64, total: u64) -> bool {
         let _ = (done, total);
@@ -147,6 +168,15 @@ fn remove_if_exists(p: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::from(e).in_file(p)),
     }
+}
+
+/// The warning for an old disk kept because it is held (`e`, the `Busy`
+/// error naming it).
+fn pending_warning(e: &Error) -> String {
+    format!(
+        "an old disk of the VM is no longer used but was not removed because it is held \
+         ({e}); it is removed when the VM is next opened after it is free"
+    )
 }
 
 /// Remove a file an interrupted operation made, and the temporary file an
@@ -321,6 +351,7 @@ impl Vm {
             id: Some(owner::new_id()),
             folder: Some(dir.clone()),
             related_vms: Vec::new(),
+            pending_removals: Vec::new(),
         };
         write_json(&dir.join(VM_FILE), &owner::stored_vm(&dir, &data))?;
         Ok(Vm {
@@ -352,6 +383,7 @@ impl Vm {
         };
         vm.adopt_folder()?;
         vm.reconcile()?;
+        vm.retry_pending_removals()?;
         vm.check_disks_exist()?;
         Ok(vm)
     }
@@ -370,6 +402,8 @@ impl Vm {
             return Ok(());
         }
         if let owner::Found::Copied(orig) = &found {
+            // The files a copy would remove later are the original's.
+            self.data.pending_removals.clear();
             self.data.id = Some(owner::new_id());
             if !self.data.related_vms.contains(orig) {
                 self.data.related_vms.push(orig.clone());
@@ -499,6 +533,63 @@ impl Vm {
         } else {
             remove_if_exists(&p)
         }
+    }
+
+    /// Remove the old disks of a committed apply, never one another handle
+    /// or process holds (`Busy`): those are kept in `vm.json` as pending
+    /// removals (saved before the journal that named them ends), reported
+    /// as warnings and removed by the first open that finds them free.
+    fn remove_unless_held(&mut self, files: &[PathBuf]) -> Result<()> {
+        let mut held = Vec::new();
+        for f in files {
+            match crate::disk::check_not_in_use(f) {
+                Ok(()) => remove_if_exists(f)?,
+                Err(e) if e.kind() == crate::ErrorKind::Busy => held.push((f.clone(), e)),
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if held.is_empty() {
+            return Ok(());
+        }
+        for (f, e) in held {
+            if !self.data.pending_removals.contains(&f) {
+                self.data.pending_removals.push(f);
+            }
+            self.warnings.push(pending_warning(&e));
+        }
+        self.save()
+    }
+
+    /// Retry the pending removals ([`VmFile::pending_removals`]): a file
+    /// now free is removed, one still held stays listed (and is reported);
+    /// one the tree uses again, or that is gone, is only dropped from the list.
+    fn retry_pending_removals(&mut self) -> Result<()> {
+        if self.data.pending_removals.is_empty() {
+            return Ok(());
+        }
+        let used = owner::files_of(&self.data);
+        let mut left = Vec::new();
+        for f in std::mem::take(&mut self.data.pending_removals) {
+            if used.contains(&f) || !f.exists() {
+                continue;
+            }
+            match crate::disk::check_not_in_use(&f) {
+                Ok(()) => remove_if_exists(&f)?,
+                Err(e) if e.kind() == crate::ErrorKind::Busy => {
+                    self.warnings.push(pending_warning(&e));
+                    left.push(f);
+                }
+                Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+                Err(e) => {
+                    left.push(f);
+                    self.data.pending_removals = left;
+                    return Err(e);
+                }
+            }
+        }
+        self.data.pending_removals = left;
+        self.save()
     }
 
     /// The configuration copy and memory state of checkpoint `c` that can
@@ -683,6 +774,14 @@ impl Vm {
                 )))
             }
             CheckpointType::Standard => (TakenType::Standard, None, false),
+            // An off VM's disks are consistent by definition: a production
+            // checkpoint (production-only too) with nothing to quiesce, no
+            // fallback.
+            CheckpointType::Production | CheckpointType::ProductionOnly
+                if self.data.state == VmState::Off =>
+            {
+                (TakenType::Production, None, false)
+            }
             // Nothing to quiesce in a saved VM: its memory state is kept.
             CheckpointType::Production
                 if self.data.state == VmState::Saved
@@ -711,9 +810,14 @@ impl Vm {
             requested,
             fallback_reason,
         };
-        let r = self.create_inner(name, memory_file, hooks, kind, then_apply);
+        // Quiesce or save, then the switch, then thaw or resume (see [`Hooks`]).
+        let mut saved = false;
+        let r = self.create_inner(name, memory_file, hooks, kind, then_apply, &mut saved);
         if quiesced {
             hooks.thaw();
+        }
+        if saved {
+            hooks.resume();
         }
         if r.is_err() {
             // Undo what was made (the journal says what).
@@ -729,7 +833,9 @@ impl Vm {
         hooks: &mut dyn Hooks,
         kind: Taken,
         then_apply: Option<String>,
+        saved: &mut bool,
     ) -> Result<Checkpoint> {
+        let vm_state = self.data.state;
         let Taken {
             taken,
             requested,
@@ -778,6 +884,7 @@ impl Vm {
             } else {
                 let mut f =
                     File::create(&memory_path).map_err(|e| Error::from(e).in_file(&memory_path))?;
+                *saved = true;
                 let wrote = hooks
                     .save_memory(&mut f)
                     .map_err(|e| Error::from(e).in_file(&memory_path))?;
@@ -810,6 +917,7 @@ impl Vm {
             saved_state,
             hidden: false,
             deleting: false,
+            vm_state: Some(vm_state),
         };
         self.data.checkpoints.push(ck.clone());
         self.data.current.parent = Some(id);
@@ -948,9 +1056,7 @@ impl Vm {
         }
         // Committed: what follows is tidying up ([`Vm::take_warnings`]).
         let r = (|| -> Result<()> {
-            for f in &old_files {
-                remove_if_exists(f)?;
-            }
+            self.remove_unless_held(&old_files)?;
             self.release_saved_state(old_saved)?;
             self.end_journal()
         })();
@@ -1655,11 +1761,10 @@ impl Vm {
                 old_saved,
             } => {
                 if self.data.current.disks == new_files {
-                    // Committed: the old current disks go, and the old
-                    // memory state unless a checkpoint still refers to it.
-                    for f in &old_files {
-                        remove_if_exists(f)?;
-                    }
+                    // Committed: the old current disks go (a held one
+                    // once it is free), and the old memory state unless a
+                    // checkpoint still refers to it.
+                    self.remove_unless_held(&old_files)?;
                     self.release_saved_state(old_saved)?;
                     return self.end_journal();
                 }

@@ -340,8 +340,28 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
             ck.skipped_passthrough.join(", ")
         ));
     }
+    if let Some(w) = ck.crash_consistent_warning() {
+        line.push_str(&format!(" [warning: {w}]"));
+    }
     println!("{line}");
     hooks.thaw_result(&format!("checkpoint \"{}\" was taken", ck.name))
+}
+
+/// A name (of a checkpoint, of a VM) for one line of text output: control
+/// characters (newline, tab, ...) and line separators, which names stored
+/// by older versions may hold, are written as escapes (`\n`, `\t`,
+/// `\u{1b}`), so each name stays on its line and cannot fake others.
+/// Every other character is kept as it is.
+pub(super) fn escaped(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One line of the tree for a checkpoint.
@@ -349,7 +369,7 @@ fn node_text(v: &CheckpointView, age_warning: Option<u64>) -> String {
     let c = &v.checkpoint;
     let mut s = format!(
         "{}  {}, {} old, {}",
-        c.name,
+        escaped(&c.name),
         c.taken.as_str(),
         human_duration(v.age_seconds),
         human(v.size_bytes)
@@ -372,6 +392,9 @@ fn node_text(v: &CheckpointView, age_warning: Option<u64>) -> String {
     }
     if let Some(r) = &c.fallback_reason {
         warnings.push(format!("{} fell back: {r}", c.requested.as_str()));
+    }
+    if let Some(w) = c.crash_consistent_warning() {
+        warnings.push(w.to_string());
     }
     for w in warnings {
         s.push_str(&format!("  [warning: {w}]"));
@@ -450,7 +473,7 @@ fn list(dir: &Path, as_json: bool) -> CliResult {
     let n = views.iter().filter(|v| !v.checkpoint.hidden).count();
     let mut s = format!(
         "VM \"{}\": {n} checkpoint{} ({} checkpoints)\n",
-        data.config.name,
+        escaped(&data.config.name),
         plural(n),
         data.settings.checkpoint_type.as_str()
     );

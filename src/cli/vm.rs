@@ -324,7 +324,7 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
     }
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
-    line("name:", data.config.name.clone());
+    line("name:", super::checkpoint::escaped(&data.config.name));
     line("folder:", absolute(dir).display().to_string());
     line("state:", data.state.as_str().to_string());
     line("memory:", format!("{} MiB", data.config.memory_mib));
@@ -354,7 +354,7 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
     line(
         "current checkpoint:",
         data.current_checkpoint()
-            .map(|c| format!("\"{}\"", c.name))
+            .map(|c| format!("\"{}\"", super::checkpoint::escaped(&c.name)))
             .unwrap_or_else(|| "none".into()),
     );
     if let Some(m) = &data.current.saved_state {

@@ -8,6 +8,8 @@ use super::*;
 /// its file systems for a production checkpoint. Return 0 when it is
 /// quiesced; any other value means it could not be (a production
 /// checkpoint then falls back to standard, a production-only one fails).
+/// Not called when the VM is off: its checkpoint is production, with
+/// nothing to quiesce.
 pub type ckpt_quiesce_fn = Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>;
 
 /// The `thaw` hook: undo a successful `quiesce`; called once the disks are
