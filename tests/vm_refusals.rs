@@ -205,7 +205,10 @@ fn a_crash_in_the_delete_of_an_empty_dependant_is_finished() {
         drop(vm);
         let vm = Vm::open(&t.path().join("vm"))
             .unwrap_or_else(|e| panic!("cut at {n} of {events}: reopen: {e}"));
-        assert!(!committed || vm.find("E").is_err(), "cut at {n}: Ok but E kept");
+        assert!(
+            !committed || vm.find("E").is_err(),
+            "cut at {n}: Ok but E kept"
+        );
         assert!(!vm.dir().join("journal.json").exists(), "cut at {n}");
         assert_eq!(get(&vm.data().current.disks[0]), 0x22, "cut at {n}");
         assert_eq!(get(&vm.find("A").unwrap().disks[0]), 0x11, "cut at {n}");

@@ -180,7 +180,10 @@ fn a_failed_delete_never_serves_mixed_data() {
         assert_never_mixed(&mut vm, t.path(), &format!("fail-{n}"));
         drop(vm);
         let mut vm = Vm::open(&t.path().join("vm")).unwrap();
-        assert!(!committed || vm.find("X").is_err(), "fail-{n}: Ok but X kept");
+        assert!(
+            !committed || vm.find("X").is_err(),
+            "fail-{n}: Ok but X kept"
+        );
         assert!(!vm.dir().join("journal.json").exists());
         assert!(vm.strays().unwrap().is_empty(), "fail-{n}");
         assert_never_mixed(&mut vm, t.path(), &format!("fail-{n}-reopened"));

@@ -59,6 +59,7 @@ fn map_vm(data: &mut VmFile, f: &dyn Fn(&Path) -> PathBuf) {
         c.saved_state.iter_mut().for_each(one);
     }
     data.past_checkpoint_locations.iter_mut().for_each(one);
+    data.pending_removals.iter_mut().for_each(one);
 }
 
 /// Every path a journal holds, changed by `f`.
