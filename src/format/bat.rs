@@ -4,6 +4,21 @@
 use crate::error::{bad_field, Error, Result};
 use crate::format::{MIB, SECTORS_PER_BITMAP};
 
+// Byte layout of a BAT entry (MS-VHDX 2.5.1), one little-endian u64; the BAT
+// is an array of them, a sector-bitmap entry after every `chunk_ratio`
+// payload entries:
+//
+//   bits  0..=2   State (PayloadState, or SB_* for a sector-bitmap entry)
+//   bits  3..=19  reserved (zero)
+//   bits 20..=63  FileOffsetMB: the block's file offset in MiB
+
+/// Bytes of one BAT entry.
+pub const ENTRY_SIZE: usize = 8;
+/// Mask of the state bits of a BAT entry.
+pub const STATE_MASK: u64 = 7;
+const _: () = assert!(STATE_MASK | RESERVED_MASK | OFFSET_MASK == u64::MAX);
+const _: () = assert!(STATE_MASK & RESERVED_MASK == 0 && RESERVED_MASK & OFFSET_MASK == 0);
+
 /// Mask of the file offset bits of a BAT entry.
 pub const OFFSET_MASK: u64 = 0xFFFF_FFFF_FFF0_0000;
 /// Mask of the reserved bits 3..=19.
@@ -29,7 +44,7 @@ pub enum PayloadState {
 impl PayloadState {
     /// Decode the 3 state bits. State 5 (UNMAPPED in spec v0.95) reads as Unmapped.
     pub fn from_bits(v: u64) -> Option<PayloadState> {
-        Some(match v & 7 {
+        Some(match v & STATE_MASK {
             0 => PayloadState::NotPresent,
             1 => PayloadState::Undefined,
             2 => PayloadState::Zero,
@@ -64,11 +79,11 @@ pub struct BatEntry(pub u64);
 impl BatEntry {
     /// An entry with `state` bits and file `offset` (a 1 MiB multiple).
     pub fn new(state: u64, offset: u64) -> BatEntry {
-        BatEntry((offset & OFFSET_MASK) | (state & 7))
+        BatEntry((offset & OFFSET_MASK) | (state & STATE_MASK))
     }
     /// The raw state bits.
     pub fn state_bits(self) -> u64 {
-        self.0 & 7
+        self.0 & STATE_MASK
     }
     /// The file offset in bytes.
     pub fn offset(self) -> u64 {
@@ -164,15 +179,73 @@ impl Geometry {
 
 /// Decode a BAT from raw bytes (as many entries as `geometry` needs).
 pub fn parse(raw: &[u8], geometry: &Geometry) -> Result<Vec<u64>> {
-    let n = geometry.total_entries as usize;
-    if raw.len() < n * 8 {
+    let n = geometry.total_entries;
+    let have = raw.len() / ENTRY_SIZE;
+    if (have as u64) < n {
         return Err(Error::Corrupt(format!(
-            "BAT region holds {} entries, the disk needs {n}",
-            raw.len() / 8
+            "BAT region holds {have} entries, the disk needs {n}"
         )));
     }
-    Ok(raw[..n * 8]
-        .chunks_exact(8)
+    Ok(raw
+        .chunks_exact(ENTRY_SIZE)
+        .take(n as usize)
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trip() {
+        for state in [0, 1, 2, 3, 6, 7] {
+            let e = BatEntry::new(state, 0x1234 * MIB);
+            assert_eq!((e.state_bits(), e.offset()), (state, 0x1234 * MIB));
+            assert_eq!(e.payload_state().unwrap().bits(), state);
+        }
+        assert_eq!(BatEntry::new(4, 0).payload_state(), None);
+        assert_eq!(
+            BatEntry::new(5, 0).payload_state(),
+            Some(PayloadState::Unmapped)
+        );
+    }
+
+    #[test]
+    fn golden_bytes_written_by_hand() {
+        // Block at 3 MiB, FullyPresent: 3 << 20 | 6, stored little-endian.
+        let raw = [
+            0x06, 0x00, 0x30, 0x00, 0, 0, 0, 0, 0x07, 0x00, 0x50, 0, 0, 0, 0, 0,
+        ];
+        let g = Geometry::new(2 * MIB, MIB as u32, 512, false).unwrap();
+        assert_eq!(g.total_entries, 2);
+        let v = parse(&raw, &g).unwrap();
+        assert_eq!(
+            v,
+            [BatEntry::new(6, 3 * MIB).0, BatEntry::new(7, 5 * MIB).0]
+        );
+        assert_eq!(
+            BatEntry(v[0]).payload_state(),
+            Some(PayloadState::FullyPresent)
+        );
+        assert_eq!(&BatEntry::new(6, 3 * MIB).0.to_le_bytes()[..], &raw[..8]);
+    }
+
+    #[test]
+    fn short_input_is_an_error_never_a_panic() {
+        let g = Geometry::new(4 * MIB, MIB as u32, 512, false).unwrap();
+        let raw = vec![0xffu8; 4 * ENTRY_SIZE];
+        assert_eq!(parse(&raw, &g).unwrap().len(), 4);
+        for n in [0, 7, 8, 31] {
+            assert!(
+                matches!(parse(&raw[..n], &g), Err(Error::Corrupt(_))),
+                "{n}"
+            );
+        }
+        let huge = Geometry {
+            total_entries: u64::MAX,
+            ..g
+        };
+        assert!(parse(&raw, &huge).is_err());
+    }
 }

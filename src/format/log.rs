@@ -6,6 +6,58 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::format::{guid_at, le32, le64, put32, put64, put_guid};
 
+// Byte layout of a log entry (MS-VHDX 2.3.1), little-endian, 4 KiB sectors:
+//
+// entry header, the first 64 bytes of the first sector:
+//    0   4  Signature "loge"
+//    4   4  Checksum: CRC-32C over the whole entry with this field zero
+//    8   4  EntryLength (4 KiB multiple)
+//   12   4  Tail: log offset of the first entry of the sequence
+//   16   8  SequenceNumber (non-zero)
+//   24   4  DescriptorCount
+//   28   4  reserved
+//   32  16  LogGuid (the header's)
+//   48   8  FlushedFileOffset
+//   56   8  LastFileOffset
+//   64      descriptors, 32 bytes each (126 in the first sector, 128 in the next ones)
+//
+// zero descriptor:              data descriptor:
+//    0  4  "zero"                  0  4  "desc"
+//    4  4  reserved                4  4  TrailingBytes (sector bytes 4092..4096)
+//    8  8  ZeroLength              8  8  LeadingBytes (sector bytes 0..8)
+//   16  8  FileOffset             16  8  FileOffset
+//   24  8  SequenceNumber         24  8  SequenceNumber
+//
+// data sector (one per data descriptor, after the descriptor sectors):
+//    0     4  "data"
+//    4     4  SequenceHigh (sequence >> 32)
+//    8  4084  Data (sector bytes 8..4092)
+// 4092     4  SequenceLow (sequence as u32)
+
+const ENTRY_SIGNATURE_OFFSET: usize = 0;
+const ENTRY_CHECKSUM_OFFSET: usize = 4;
+const ENTRY_LENGTH_OFFSET: usize = 8;
+const ENTRY_TAIL_OFFSET: usize = 12;
+const ENTRY_SEQUENCE_OFFSET: usize = 16;
+const ENTRY_DESCRIPTOR_COUNT_OFFSET: usize = 24;
+const ENTRY_LOG_GUID_OFFSET: usize = 32;
+const ENTRY_FLUSHED_FILE_OFFSET_OFFSET: usize = 48;
+const ENTRY_LAST_FILE_OFFSET_OFFSET: usize = 56;
+const ENTRY_HEADER_SIZE: usize = 64;
+const DESC_SIZE: usize = 32;
+const DESC_SIGNATURE_OFFSET: usize = 0;
+const DESC_TRAILING_OFFSET: usize = 4;
+const DESC_ZERO_LENGTH_OFFSET: usize = 8;
+const DESC_LEADING_OFFSET: usize = 8;
+const DESC_FILE_OFFSET_OFFSET: usize = 16;
+const DESC_SEQUENCE_OFFSET: usize = 24;
+const DATA_SIGNATURE_OFFSET: usize = 0;
+const DATA_SEQUENCE_HIGH_OFFSET: usize = 4;
+const DATA_OFFSET: usize = 8;
+const DATA_SEQUENCE_LOW_OFFSET: usize = 4092;
+const _: () = assert!(ENTRY_HEADER_SIZE + DESC_SIZE * DESCS_IN_FIRST == SECTOR);
+const _: () = assert!(DESC_SIZE * DESCS_PER_SECTOR == SECTOR);
+
 /// "loge".
 pub const ENTRY_SIGNATURE: u32 = 0x6567_6F6C;
 /// "desc".
@@ -116,30 +168,30 @@ fn desc_sectors(count: usize) -> usize {
 
 fn desc_offset(i: usize) -> usize {
     if i < DESCS_IN_FIRST {
-        64 + 32 * i
+        ENTRY_HEADER_SIZE + DESC_SIZE * i
     } else {
         let j = i - DESCS_IN_FIRST;
-        SECTOR * (1 + j / DESCS_PER_SECTOR) + 32 * (j % DESCS_PER_SECTOR)
+        SECTOR * (1 + j / DESCS_PER_SECTOR) + DESC_SIZE * (j % DESCS_PER_SECTOR)
     }
 }
 
 /// The header fields of an entry header sector, when they are plausible for
 /// a log of `log_len` bytes and `guid` (the body is not looked at).
 fn parse_entry_header(head: &[u8], log_len: u64, guid: &Uuid, pos: u64) -> Option<Entry> {
-    if le32(head, 0) != ENTRY_SIGNATURE {
+    if le32(head, ENTRY_SIGNATURE_OFFSET) != ENTRY_SIGNATURE {
         return None;
     }
-    let length = le32(head, 8) as u64;
-    let tail = le32(head, 12) as u64;
-    let sequence = le64(head, 16);
-    let count = le32(head, 24) as usize;
+    let length = le32(head, ENTRY_LENGTH_OFFSET) as u64;
+    let tail = le32(head, ENTRY_TAIL_OFFSET) as u64;
+    let sequence = le64(head, ENTRY_SEQUENCE_OFFSET);
+    let count = le32(head, ENTRY_DESCRIPTOR_COUNT_OFFSET) as usize;
     if length == 0
         || length % SECTOR as u64 != 0
         || length > log_len
         || tail % SECTOR as u64 != 0
         || tail >= log_len
         || sequence == 0
-        || guid_at(head, 32) != *guid
+        || guid_at(head, ENTRY_LOG_GUID_OFFSET) != *guid
     {
         return None;
     }
@@ -152,21 +204,21 @@ fn parse_entry_header(head: &[u8], log_len: u64, guid: &Uuid, pos: u64) -> Optio
         length,
         tail,
         sequence,
-        flushed_file_offset: le64(head, 48),
-        last_file_offset: le64(head, 56),
+        flushed_file_offset: le64(head, ENTRY_FLUSHED_FILE_OFFSET_OFFSET),
+        last_file_offset: le64(head, ENTRY_LAST_FILE_OFFSET_OFFSET),
         descriptor_count: count as u32,
     })
 }
 
 /// Check one descriptor (32 bytes); returns whether it is a data descriptor.
 fn check_descriptor(d: &[u8], sequence: u64) -> Option<bool> {
-    let file_offset = le64(d, 16);
-    if le64(d, 24) != sequence || file_offset % SECTOR as u64 != 0 {
+    let file_offset = le64(d, DESC_FILE_OFFSET_OFFSET);
+    if le64(d, DESC_SEQUENCE_OFFSET) != sequence || file_offset % SECTOR as u64 != 0 {
         return None;
     }
-    match le32(d, 0) {
+    match le32(d, DESC_SIGNATURE_OFFSET) {
         ZERO_DESC_SIGNATURE => {
-            let length = le64(d, 8);
+            let length = le64(d, DESC_ZERO_LENGTH_OFFSET);
             if length % SECTOR as u64 != 0 || file_offset.checked_add(length).is_none() {
                 return None;
             }
@@ -184,10 +236,10 @@ fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry, head: &[u8]) -> Resu
     let count = e.descriptor_count as usize;
     let sectors = (e.length / SECTOR as u64) as usize;
     let ds = desc_sectors(count);
-    let stored = le32(head, 4);
-    let mut crc = crc32c::crc32c(&head[..4]);
+    let stored = le32(head, ENTRY_CHECKSUM_OFFSET);
+    let mut crc = crc32c::crc32c(&head[..ENTRY_CHECKSUM_OFFSET]);
     crc = crc32c::crc32c_append(crc, &[0u8; 4]);
-    crc = crc32c::crc32c_append(crc, &head[8..SECTOR]);
+    crc = crc32c::crc32c_append(crc, &head[ENTRY_CHECKSUM_OFFSET + 4..SECTOR]);
     let mut data_descs = 0usize;
     // Check sector `sector` (its bytes `b`) of the entry.
     let mut visit = |sector: usize, b: &[u8], crc: &mut u32| -> bool {
@@ -203,7 +255,7 @@ fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry, head: &[u8]) -> Resu
             };
             for i in first..last.min(count) {
                 let o = desc_offset(i) - sector * SECTOR;
-                match check_descriptor(&b[o..o + 32], e.sequence) {
+                match check_descriptor(&b[o..o + DESC_SIZE], e.sequence) {
                     Some(true) => data_descs += 1,
                     Some(false) => {}
                     None => return false,
@@ -212,9 +264,9 @@ fn body_is_valid(read: &LogReader, log_len: u64, e: &Entry, head: &[u8]) -> Resu
             !(sector + 1 == ds && ds + data_descs > sectors)
         } else {
             sector >= ds + data_descs
-                || (le32(b, 0) == DATA_SECTOR_SIGNATURE
-                    && le32(b, 4) == (e.sequence >> 32) as u32
-                    && le32(b, 4092) == e.sequence as u32)
+                || (le32(b, DATA_SIGNATURE_OFFSET) == DATA_SECTOR_SIGNATURE
+                    && le32(b, DATA_SEQUENCE_HIGH_OFFSET) == (e.sequence >> 32) as u32
+                    && le32(b, DATA_SEQUENCE_LOW_OFFSET) == e.sequence as u32)
         }
     };
     if !visit(0, head, &mut crc) {
@@ -277,24 +329,24 @@ pub fn for_each_update(
             )?;
             loaded = k;
         }
-        let d = &sector[o % SECTOR..o % SECTOR + 32];
+        let d = &sector[o % SECTOR..o % SECTOR + DESC_SIZE];
         if check_descriptor(d, e.sequence).is_none() {
             return Err(Error::Corrupt(format!(
                 "log entry {} changed while it was replayed",
                 e.sequence
             )));
         }
-        let file_offset = le64(d, 16);
-        if le32(d, 0) == ZERO_DESC_SIGNATURE {
+        let file_offset = le64(d, DESC_FILE_OFFSET_OFFSET);
+        if le32(d, DESC_SIGNATURE_OFFSET) == ZERO_DESC_SIGNATURE {
             f(Update::Zero {
                 file_offset,
-                length: le64(d, 8),
+                length: le64(d, DESC_ZERO_LENGTH_OFFSET),
             })?;
         } else {
             let mut leading = [0u8; 8];
             let mut trailing = [0u8; 4];
-            leading.copy_from_slice(&d[8..16]);
-            trailing.copy_from_slice(&d[4..8]);
+            leading.copy_from_slice(&d[DESC_LEADING_OFFSET..DESC_LEADING_OFFSET + 8]);
+            trailing.copy_from_slice(&d[DESC_TRAILING_OFFSET..DESC_TRAILING_OFFSET + 4]);
             let log_position = (e.position + (ds as u64 + data) * SECTOR as u64) % log_len;
             data += 1;
             f(Update::Data {
@@ -550,29 +602,40 @@ pub fn build_entry(
     let ds = desc_sectors(writes.len());
     let length = SECTOR * (ds + writes.len());
     let mut b = vec![0u8; length];
-    put32(&mut b, 0, ENTRY_SIGNATURE);
-    put32(&mut b, 8, length as u32);
-    put32(&mut b, 12, tail as u32);
-    put64(&mut b, 16, sequence);
-    put32(&mut b, 24, writes.len() as u32);
-    put_guid(&mut b, 32, guid);
-    put64(&mut b, 48, flushed_file_offset);
-    put64(&mut b, 56, last_file_offset);
+    put32(&mut b, ENTRY_SIGNATURE_OFFSET, ENTRY_SIGNATURE);
+    put32(&mut b, ENTRY_LENGTH_OFFSET, length as u32);
+    put32(&mut b, ENTRY_TAIL_OFFSET, tail as u32);
+    put64(&mut b, ENTRY_SEQUENCE_OFFSET, sequence);
+    put32(&mut b, ENTRY_DESCRIPTOR_COUNT_OFFSET, writes.len() as u32);
+    put_guid(&mut b, ENTRY_LOG_GUID_OFFSET, guid);
+    put64(
+        &mut b,
+        ENTRY_FLUSHED_FILE_OFFSET_OFFSET,
+        flushed_file_offset,
+    );
+    put64(&mut b, ENTRY_LAST_FILE_OFFSET_OFFSET, last_file_offset);
     for (i, (off, data)) in writes.iter().enumerate() {
         let o = desc_offset(i);
-        put32(&mut b, o, DATA_DESC_SIGNATURE);
-        b[o + 4..o + 8].copy_from_slice(&data[4092..4096]);
-        b[o + 8..o + 16].copy_from_slice(&data[0..8]);
-        put64(&mut b, o + 16, *off);
-        put64(&mut b, o + 24, sequence);
+        put32(&mut b, o + DESC_SIGNATURE_OFFSET, DATA_DESC_SIGNATURE);
+        b[o + DESC_TRAILING_OFFSET..o + DESC_TRAILING_OFFSET + 4]
+            .copy_from_slice(&data[DATA_SEQUENCE_LOW_OFFSET..SECTOR]);
+        b[o + DESC_LEADING_OFFSET..o + DESC_LEADING_OFFSET + 8]
+            .copy_from_slice(&data[..DATA_OFFSET]);
+        put64(&mut b, o + DESC_FILE_OFFSET_OFFSET, *off);
+        put64(&mut b, o + DESC_SEQUENCE_OFFSET, sequence);
         let s = (ds + i) * SECTOR;
-        b[s + 8..s + 4092].copy_from_slice(&data[8..4092]);
-        put32(&mut b, s, DATA_SECTOR_SIGNATURE);
-        put32(&mut b, s + 4, (sequence >> 32) as u32);
-        put32(&mut b, s + 4092, sequence as u32);
+        b[s + DATA_OFFSET..s + DATA_SEQUENCE_LOW_OFFSET]
+            .copy_from_slice(&data[DATA_OFFSET..DATA_SEQUENCE_LOW_OFFSET]);
+        put32(&mut b, s + DATA_SIGNATURE_OFFSET, DATA_SECTOR_SIGNATURE);
+        put32(
+            &mut b,
+            s + DATA_SEQUENCE_HIGH_OFFSET,
+            (sequence >> 32) as u32,
+        );
+        put32(&mut b, s + DATA_SEQUENCE_LOW_OFFSET, sequence as u32);
     }
     let crc = crc32c::crc32c(&b);
-    put32(&mut b, 4, crc);
+    put32(&mut b, ENTRY_CHECKSUM_OFFSET, crc);
     b
 }
 
@@ -803,5 +866,88 @@ mod tests {
         assert_eq!(le64(&e, 56), 6 << 20);
         let e = build_entry(&Uuid::from_u128(1), 1, 0, 3 << 20, 3 << 20, &[]);
         assert_eq!((le64(&e, 48), le64(&e, 56)), (3 << 20, 3 << 20));
+    }
+
+    #[test]
+    fn golden_entry_written_by_hand() {
+        let guid = uuid::uuid!("00112233-4455-6677-8899-AABBCCDDEEFF");
+        let data: Vec<u8> = (0..SECTOR).map(|i| (i % 251) as u8).collect();
+        let seq = 0x0000_0002_0000_0001u64;
+        let mut b = vec![0u8; 2 * SECTOR];
+        b[0..4].copy_from_slice(b"loge");
+        b[8..12].copy_from_slice(&0x2000u32.to_le_bytes()); // EntryLength
+        b[16..24].copy_from_slice(&seq.to_le_bytes());
+        b[24] = 1; // DescriptorCount
+        b[32..48].copy_from_slice(&[
+            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]);
+        b[48 + 2] = 0x10; // FlushedFileOffset 1 MiB
+        b[56 + 2] = 0x20; // LastFileOffset 2 MiB
+        b[64..68].copy_from_slice(b"desc");
+        b[68..72].copy_from_slice(&data[4092..4096]);
+        b[72..80].copy_from_slice(&data[0..8]);
+        b[80 + 2] = 0x30; // FileOffset 3 MiB
+        b[88..96].copy_from_slice(&seq.to_le_bytes());
+        b[SECTOR..SECTOR + 4].copy_from_slice(b"data");
+        b[SECTOR + 4] = 2; // SequenceHigh
+        b[SECTOR + 8..SECTOR + 4092].copy_from_slice(&data[8..4092]);
+        b[SECTOR + 4092] = 1; // SequenceLow
+        let crc = crc32c::crc32c(&b);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        let built = build_entry(&guid, seq, 0, 1 << 20, 2 << 20, &[(3 << 20, &data)]);
+        assert_eq!(built, b);
+        let read = |p: u64, buf: &mut [u8]| -> Result<()> {
+            buf.copy_from_slice(&b[p as usize..p as usize + buf.len()]);
+            Ok(())
+        };
+        let e = read_entry(&read, b.len() as u64, &guid, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.sequence, e.descriptor_count), (seq, 1));
+        let mut updates = Vec::new();
+        for_each_update(&read, b.len() as u64, &e, |u| {
+            updates.push(u);
+            Ok(())
+        })
+        .unwrap();
+        let Update::Data {
+            file_offset,
+            log_position,
+            leading,
+            trailing,
+        } = updates[0].clone()
+        else {
+            panic!("{updates:?}")
+        };
+        assert_eq!(
+            (updates.len(), file_offset, log_position),
+            (1, 3 << 20, SECTOR as u64)
+        );
+        let mut out = vec![0u8; SECTOR];
+        read_data_sector(
+            &read,
+            b.len() as u64,
+            log_position,
+            &leading,
+            &trailing,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, data);
+        // Any single damaged byte makes the entry invalid, never a panic.
+        for i in (0..b.len()).step_by(61) {
+            let mut d = b.clone();
+            d[i] ^= 0x5a;
+            let read = |p: u64, buf: &mut [u8]| -> Result<()> {
+                buf.copy_from_slice(&d[p as usize..p as usize + buf.len()]);
+                Ok(())
+            };
+            assert_eq!(
+                read_entry(&read, d.len() as u64, &guid, 0).unwrap(),
+                None,
+                "{i}"
+            );
+        }
     }
 }

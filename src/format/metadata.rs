@@ -4,10 +4,44 @@ use uuid::Uuid;
 
 use crate::error::{bad_field, Error, Result};
 use crate::format::{
-    guid_at, le16, le32, le64, put16, put32, put64, put_guid, KIB, MAX_BLOCK_SIZE,
-    MAX_VIRTUAL_SIZE, META_FILE_PARAMETERS, META_LOGICAL_SECTOR_SIZE, META_PARENT_LOCATOR,
-    META_PHYSICAL_SECTOR_SIZE, META_VIRTUAL_DISK_ID, META_VIRTUAL_DISK_SIZE, MIB, MIN_BLOCK_SIZE,
+    put16, put32, put64, put_guid, Reader, KIB, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE,
+    META_FILE_PARAMETERS, META_LOGICAL_SECTOR_SIZE, META_PARENT_LOCATOR, META_PHYSICAL_SECTOR_SIZE,
+    META_VIRTUAL_DISK_ID, META_VIRTUAL_DISK_SIZE, MIB, MIN_BLOCK_SIZE,
 };
+
+// Byte layout of the metadata table (MS-VHDX 2.6.1), little-endian, 64 KiB at
+// the start of the metadata region:
+//
+//   0   8  Signature "metadata"
+//   8   2  reserved
+//  10   2  EntryCount (at most 2047)
+//  12  20  reserved
+//  32      entries, 32 bytes each:
+//            0  16  ItemId
+//           16   4  Offset (from the start of the region; 0 for an empty item)
+//           20   4  Length (at most 1 MiB)
+//           24   4  bit 0 IsUser, bit 1 IsVirtualDisk, bit 2 IsRequired
+//           28   4  reserved
+//
+// System items (MS-VHDX 2.6.2), each at its entry's Offset:
+//   file parameters      0 4 BlockSize; 4 4 bit 0 LeaveBlocksAllocated, bit 1 HasParent
+//   virtual disk size    0 8 VirtualDiskSize
+//   virtual disk id      0 16 VirtualDiskId (a GUID)
+//   logical sector size  0 4 LogicalSectorSize (512 or 4096)
+//   physical sector size 0 4 PhysicalSectorSize (512 or 4096)
+
+const SIGNATURE_OFFSET: usize = 0;
+const ENTRY_COUNT_OFFSET: usize = 10;
+const ENTRIES_OFFSET: usize = 32;
+const ENTRY_SIZE: usize = 32;
+const ENTRY_ITEM_ID_OFFSET: usize = 0;
+const ENTRY_OFFSET_OFFSET: usize = 16;
+const ENTRY_LENGTH_OFFSET: usize = 20;
+const ENTRY_FLAGS_OFFSET: usize = 24;
+const FP_BLOCK_SIZE_OFFSET: usize = 0;
+const FP_FLAGS_OFFSET: usize = 4;
+const FP_SIZE: usize = 8;
+const _: () = assert!(ENTRIES_OFFSET + ENTRY_SIZE * MAX_ENTRIES as usize <= TABLE_SIZE);
 
 /// "metadata".
 pub const SIGNATURE: u64 = 0x6174_6164_6174_656D;
@@ -66,7 +100,8 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
     if b.len() < TABLE_SIZE {
         return Err(Error::Corrupt("metadata table is truncated".into()));
     }
-    let sig = le64(b, 0);
+    let r = Reader::new(b, S);
+    let sig = r.u64(SIGNATURE_OFFSET)?;
     if sig != SIGNATURE {
         return Err(Error::BadSignature {
             structure: S,
@@ -74,7 +109,7 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
             found: sig,
         });
     }
-    let count = le16(b, 10);
+    let count = r.u16(ENTRY_COUNT_OFFSET)?;
     if count > MAX_ENTRIES {
         return Err(bad_field(
             S,
@@ -86,13 +121,12 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
     let mut out: Vec<MetadataEntry> = Vec::with_capacity(count as usize);
     let mut users = 0;
     for i in 0..count as usize {
-        let o = 32 + 32 * i;
-        let raw_flags = le32(b, o + 24);
+        let o = ENTRIES_OFFSET + ENTRY_SIZE * i;
         let e = MetadataEntry {
-            item_id: guid_at(b, o),
-            offset: le32(b, o + 16),
-            length: le32(b, o + 20),
-            flags: EntryFlags::from_bits_retain(raw_flags),
+            item_id: r.guid(o + ENTRY_ITEM_ID_OFFSET)?,
+            offset: r.u32(o + ENTRY_OFFSET_OFFSET)?,
+            length: r.u32(o + ENTRY_LENGTH_OFFSET)?,
+            flags: EntryFlags::from_bits_retain(r.u32(o + ENTRY_FLAGS_OFFSET)?),
         };
         if e.length > MAX_ITEM_LEN {
             return Err(bad_field(
@@ -188,9 +222,10 @@ impl Metadata {
     /// Decode and validate the items (entry plus bytes).
     pub fn from_items(items: Vec<(MetadataEntry, Vec<u8>)>) -> Result<Metadata> {
         const S: &str = "metadata";
-        let fp = need(&items, &META_FILE_PARAMETERS, "file parameters", 8)?;
-        let block_size = le32(&fp, 0);
-        let file_flags = FileParameterFlags::from_bits_retain(le32(&fp, 4));
+        let fp = need(&items, &META_FILE_PARAMETERS, "file parameters", FP_SIZE)?;
+        let fp = Reader::new(&fp, "file parameters");
+        let block_size = fp.u32(FP_BLOCK_SIZE_OFFSET)?;
+        let file_flags = FileParameterFlags::from_bits_retain(fp.u32(FP_FLAGS_OFFSET)?);
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
         {
             return Err(bad_field(
@@ -200,10 +235,11 @@ impl Metadata {
                 "must be a power of two from 1 MiB to 256 MiB",
             ));
         }
-        let ls = le32(
+        let ls = Reader::new(
             &need(&items, &META_LOGICAL_SECTOR_SIZE, "logical sector size", 4)?,
-            0,
-        );
+            "logical sector size",
+        )
+        .u32(0)?;
         if ls != 512 && ls != 4096 {
             return Err(bad_field(
                 S,
@@ -212,15 +248,16 @@ impl Metadata {
                 "must be 512 or 4096",
             ));
         }
-        let ps = le32(
+        let ps = Reader::new(
             &need(
                 &items,
                 &META_PHYSICAL_SECTOR_SIZE,
                 "physical sector size",
                 4,
             )?,
-            0,
-        );
+            "physical sector size",
+        )
+        .u32(0)?;
         if ps != 512 && ps != 4096 {
             return Err(bad_field(
                 S,
@@ -229,10 +266,11 @@ impl Metadata {
                 "must be 512 or 4096",
             ));
         }
-        let vs = le64(
+        let vs = Reader::new(
             &need(&items, &META_VIRTUAL_DISK_SIZE, "virtual disk size", 8)?,
-            0,
-        );
+            "virtual disk size",
+        )
+        .u64(0)?;
         if vs == 0 || vs > MAX_VIRTUAL_SIZE || vs % ls as u64 != 0 {
             return Err(bad_field(
                 S,
@@ -241,10 +279,11 @@ impl Metadata {
                 "zero, above 64 TiB or not a multiple of the logical sector size",
             ));
         }
-        let disk_id = guid_at(
+        let disk_id = Reader::new(
             &need(&items, &META_VIRTUAL_DISK_ID, "virtual disk id", 16)?,
-            0,
-        );
+            "virtual disk id",
+        )
+        .guid(0)?;
         let has_parent = file_flags.contains(FileParameterFlags::HAS_PARENT);
         let mut parent_locator = None;
         let mut other_items = Vec::new();
@@ -305,9 +344,9 @@ impl Metadata {
     pub fn to_region_bytes(&self, region_len: usize) -> Result<Vec<u8>> {
         let mut items: Vec<(Uuid, EntryFlags, Vec<u8>)> = Vec::new();
         let vd = EntryFlags::IS_VIRTUAL_DISK | EntryFlags::IS_REQUIRED;
-        let mut fp = vec![0u8; 8];
-        put32(&mut fp, 0, self.block_size);
-        put32(&mut fp, 4, self.file_flags.bits());
+        let mut fp = vec![0u8; FP_SIZE];
+        put32(&mut fp, FP_BLOCK_SIZE_OFFSET, self.block_size);
+        put32(&mut fp, FP_FLAGS_OFFSET, self.file_flags.bits());
         items.push((META_FILE_PARAMETERS, EntryFlags::IS_REQUIRED, fp));
         items.push((
             META_VIRTUAL_DISK_SIZE,
@@ -336,23 +375,180 @@ impl Metadata {
             items.push((e.item_id, e.flags, d.clone()));
         }
         let mut b = vec![0u8; region_len];
-        put64(&mut b, 0, SIGNATURE);
-        put16(&mut b, 10, items.len() as u16);
+        put64(&mut b, SIGNATURE_OFFSET, SIGNATURE);
+        put16(&mut b, ENTRY_COUNT_OFFSET, items.len() as u16);
         let mut pos = TABLE_SIZE;
         for (i, (id, flags, data)) in items.iter().enumerate() {
-            let o = 32 + 32 * i;
-            if pos + data.len() > region_len || o + 32 > TABLE_SIZE {
+            let o = ENTRIES_OFFSET + ENTRY_SIZE * i;
+            if pos + data.len() > region_len || o + ENTRY_SIZE > TABLE_SIZE {
                 return Err(Error::InvalidArgument(
                     "metadata does not fit its region".into(),
                 ));
             }
-            put_guid(&mut b, o, id);
-            put32(&mut b, o + 16, if data.is_empty() { 0 } else { pos as u32 });
-            put32(&mut b, o + 20, data.len() as u32);
-            put32(&mut b, o + 24, flags.bits());
+            put_guid(&mut b, o + ENTRY_ITEM_ID_OFFSET, id);
+            let item_offset = if data.is_empty() { 0 } else { pos as u32 };
+            put32(&mut b, o + ENTRY_OFFSET_OFFSET, item_offset);
+            put32(&mut b, o + ENTRY_LENGTH_OFFSET, data.len() as u32);
+            put32(&mut b, o + ENTRY_FLAGS_OFFSET, flags.bits());
             b[pos..pos + data.len()].copy_from_slice(data);
             pos += data.len();
         }
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGION_LEN: usize = MIB as usize;
+
+    fn sample() -> Metadata {
+        Metadata {
+            block_size: 32 << 20,
+            file_flags: FileParameterFlags::empty(),
+            virtual_size: 1 << 30,
+            disk_id: uuid::uuid!("00112233-4455-6677-8899-AABBCCDDEEFF"),
+            logical_sector_size: 512,
+            physical_sector_size: 4096,
+            parent_locator: None,
+            other_items: Vec::new(),
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<Metadata> {
+        let items = parse_table(b, b.len() as u64)?
+            .into_iter()
+            .map(|e| {
+                let o = e.offset as usize;
+                (e, b[o..o + e.length as usize].to_vec())
+            })
+            .collect();
+        Metadata::from_items(items)
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut m = sample();
+        assert_eq!(decode(&m.to_region_bytes(REGION_LEN).unwrap()).unwrap(), m);
+        m.file_flags = FileParameterFlags::HAS_PARENT;
+        m.parent_locator = Some(vec![1, 2, 3, 4]);
+        assert_eq!(decode(&m.to_region_bytes(REGION_LEN).unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn golden_bytes_written_by_hand() {
+        let mut b = vec![0u8; REGION_LEN];
+        b[0..8].copy_from_slice(b"metadata");
+        b[10] = 5;
+        // (ItemId mixed-endian, Offset, Length, Flags) for the five system items.
+        let entries: [([u8; 16], u32, u32, u8); 5] = [
+            (
+                // CAA16737-FA36-4D43-B3B6-33F0AA44E76B file parameters
+                [
+                    0x37, 0x67, 0xa1, 0xca, 0x36, 0xfa, 0x43, 0x4d, 0xb3, 0xb6, 0x33, 0xf0, 0xaa,
+                    0x44, 0xe7, 0x6b,
+                ],
+                0x10000,
+                8,
+                4,
+            ),
+            (
+                // 2FA54224-CD1B-4876-B211-5DBED83BF4B8 virtual disk size
+                [
+                    0x24, 0x42, 0xa5, 0x2f, 0x1b, 0xcd, 0x76, 0x48, 0xb2, 0x11, 0x5d, 0xbe, 0xd8,
+                    0x3b, 0xf4, 0xb8,
+                ],
+                0x10008,
+                8,
+                6,
+            ),
+            (
+                // BECA12AB-B2E6-4523-93EF-C309E000C746 virtual disk id
+                [
+                    0xab, 0x12, 0xca, 0xbe, 0xe6, 0xb2, 0x23, 0x45, 0x93, 0xef, 0xc3, 0x09, 0xe0,
+                    0x00, 0xc7, 0x46,
+                ],
+                0x10010,
+                16,
+                6,
+            ),
+            (
+                // 8141BF1D-A96F-4709-BA47-F233A8FAAB5F logical sector size
+                [
+                    0x1d, 0xbf, 0x41, 0x81, 0x6f, 0xa9, 0x09, 0x47, 0xba, 0x47, 0xf2, 0x33, 0xa8,
+                    0xfa, 0xab, 0x5f,
+                ],
+                0x10020,
+                4,
+                6,
+            ),
+            (
+                // CDA348C7-445D-4471-9CC9-E9885251C556 physical sector size
+                [
+                    0xc7, 0x48, 0xa3, 0xcd, 0x5d, 0x44, 0x71, 0x44, 0x9c, 0xc9, 0xe9, 0x88, 0x52,
+                    0x51, 0xc5, 0x56,
+                ],
+                0x10024,
+                4,
+                6,
+            ),
+        ];
+        for (i, (id, off, len, flags)) in entries.iter().enumerate() {
+            let o = 32 + 32 * i;
+            b[o..o + 16].copy_from_slice(id);
+            b[o + 16..o + 20].copy_from_slice(&off.to_le_bytes());
+            b[o + 20..o + 24].copy_from_slice(&len.to_le_bytes());
+            b[o + 24] = *flags;
+        }
+        b[0x10003] = 0x02; // BlockSize 32 MiB
+        b[0x1000b] = 0x40; // VirtualDiskSize 1 GiB
+        b[0x10010..0x10020].copy_from_slice(&[
+            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]);
+        b[0x10021] = 0x02; // 512
+        b[0x10025] = 0x10; // 4096
+        assert_eq!(decode(&b).unwrap(), sample());
+        assert_eq!(sample().to_region_bytes(REGION_LEN).unwrap(), b);
+    }
+
+    #[test]
+    fn short_or_garbage_input_is_an_error_never_a_panic() {
+        let good = sample().to_region_bytes(REGION_LEN).unwrap();
+        for n in [0, 7, 8, 11, 64, TABLE_SIZE - 1] {
+            assert!(
+                parse_table(&good[..n], REGION_LEN as u64).is_err(),
+                "{n} bytes"
+            );
+        }
+        let mut x = 0x1234_5679u32;
+        for count in [0u16, 1, 5, 100, MAX_ENTRIES, MAX_ENTRIES + 1, u16::MAX] {
+            let mut b: Vec<u8> = (0..TABLE_SIZE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            b[0..8].copy_from_slice(b"metadata");
+            b[10..12].copy_from_slice(&count.to_le_bytes());
+            let _ = parse_table(&b, REGION_LEN as u64);
+        }
+        // An item shorter than its fields is refused, not read past its end.
+        let mut items: Vec<(MetadataEntry, Vec<u8>)> = parse_table(&good, REGION_LEN as u64)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let o = e.offset as usize;
+                (e, good[o..o + e.length as usize].to_vec())
+            })
+            .collect();
+        items[0].1.truncate(4);
+        assert!(matches!(
+            Metadata::from_items(items),
+            Err(Error::BadField { .. })
+        ));
     }
 }

@@ -9,7 +9,10 @@ pub mod header;
 pub mod locator;
 pub mod log;
 pub mod metadata;
+mod read;
 pub mod region;
+
+pub(crate) use read::Reader;
 
 use uuid::Uuid;
 

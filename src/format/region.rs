@@ -133,8 +133,16 @@ impl RegionTable {
         self.entries.iter().find(|e| e.guid == *guid)
     }
 
-    /// Serialise to 64 KiB with a valid checksum.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Serialise to 64 KiB with a valid checksum; a table of more than
+    /// [`MAX_ENTRIES`] entries (which [`RegionTable::parse`] refuses) is an
+    /// error.
+    pub fn try_to_bytes(&self) -> Result<Vec<u8>> {
+        if self.entries.len() > MAX_ENTRIES as usize {
+            return Err(Error::InvalidArgument(format!(
+                "region table: {} entries, at most {MAX_ENTRIES} fit",
+                self.entries.len()
+            )));
+        }
         let mut b = vec![0u8; SIZE];
         put32(&mut b, SIGNATURE_OFFSET, SIGNATURE);
         put32(&mut b, ENTRY_COUNT_OFFSET, self.entries.len() as u32);
@@ -147,7 +155,15 @@ impl RegionTable {
         }
         let crc = crc32c::crc32c(&b);
         put32(&mut b, CHECKSUM_OFFSET, crc);
-        b
+        Ok(b)
+    }
+
+    /// [`RegionTable::try_to_bytes`] for callers that build the table
+    /// themselves: a table too large to store (more than [`MAX_ENTRIES`])
+    /// gives 64 KiB of zeros, which no reader accepts as a region table,
+    /// instead of a panic or a silently shortened table.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.try_to_bytes().unwrap_or_else(|_| vec![0u8; SIZE])
     }
 }
 
@@ -209,6 +225,27 @@ mod tests {
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(RegionTable::parse(&b, REGION1_OFFSET).unwrap(), sample());
         assert_eq!(sample().to_bytes(), b);
+    }
+
+    #[test]
+    fn a_table_too_large_to_store_is_refused_not_a_panic() {
+        let e = sample().entries[0];
+        let mut t = RegionTable {
+            entries: (0..MAX_ENTRIES as u64)
+                .map(|i| RegionEntry {
+                    file_offset: (i + 1) * MIB,
+                    ..e
+                })
+                .collect(),
+        };
+        let full = t.try_to_bytes().unwrap();
+        assert_eq!(&full[8..12], &MAX_ENTRIES.to_le_bytes());
+        assert_eq!(t.to_bytes(), full);
+        t.entries.push(e);
+        assert!(matches!(t.try_to_bytes(), Err(Error::InvalidArgument(_))));
+        let stored = t.to_bytes();
+        assert_eq!(stored.len(), SIZE);
+        assert!(RegionTable::parse(&stored, REGION1_OFFSET).is_err());
     }
 
     #[test]
