@@ -12,12 +12,8 @@ use super::size::human;
 use super::{fail, open, progress_bar, with_bytes, CliResult, Failure};
 
 /// `p` as an absolute path: canonical when it exists, else made absolute
-/// against the current folder.
-pub fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p)
-        .or_else(|_| std::path::absolute(p))
-        .unwrap_or_else(|_| p.to_path_buf())
-}
+/// against the current folder (the library's one helper).
+pub use ckpt::disk::path::canonical_or_absolute as absolute;
 
 /// The absolute paths of the files of `disk`'s chain, top first (`path` is
 /// the top file, as given on the command line).

@@ -6,6 +6,7 @@
 mod chain;
 pub mod check;
 pub mod merge;
+pub mod path;
 mod replay;
 mod vhdx;
 
@@ -17,10 +18,11 @@ use std::sync::{Arc, RwLock};
 use crate::error::{Error, Result};
 use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
+use crate::version::creator;
 use vhdx::Src;
 
 pub use crate::format::MIB;
-pub(crate) use chain::absolute;
+pub use path::absolute;
 
 /// How a disk is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,11 +191,6 @@ const STRIPES: usize = 64;
 const MAX_PAGE_MAPS: usize = 1 << 16;
 /// Deepest chain opened.
 pub const MAX_CHAIN_DEPTH: usize = 64;
-
-/// The creator string written into new files.
-pub(crate) fn creator() -> String {
-    format!("libckpt {}", crate::VERSION)
-}
 
 impl Disk {
     /// A chain without the per-block owner cache (for chains whose lower
