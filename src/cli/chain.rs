@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use ckpt::disk::merge::{self, MergeOptions};
 use ckpt::{ChildOptions, Disk, Error, OpenMode};
 
-use super::convert::is_already_exists;
 use super::size::human;
 use super::{fail, open, progress_bar, with_bytes, CliResult, Failure};
+use ckpt::disk::convert::is_already_exists;
 
 /// `p` as an absolute path: canonical when it exists, else made absolute
 /// against the current folder (the library's one helper).

@@ -7,7 +7,6 @@
 pub mod bench;
 pub mod chain;
 pub mod checkpoint;
-pub mod convert;
 pub mod size;
 pub mod vm;
 
@@ -20,8 +19,8 @@ use clap::{Parser, Subcommand};
 
 use ckpt::{CreateOptions, Disk, DiskInfo, OpenMode};
 
-use self::convert::{read_full, ConvertOptions, Format};
 use self::size::{human, parse_sector_size, parse_size, parse_size_u32};
+use ckpt::disk::convert::{self, read_full, ConvertOptions, Format};
 
 /// Streaming chunk for `read` and `write`.
 const IO_CHUNK: u64 = 1 << 20;

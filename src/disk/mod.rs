@@ -5,6 +5,7 @@
 
 mod chain;
 pub mod check;
+pub mod convert;
 pub mod merge;
 pub mod path;
 mod replay;
