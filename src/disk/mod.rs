@@ -8,7 +8,6 @@ pub mod check;
 pub mod convert;
 pub mod merge;
 pub mod path;
-mod replay;
 mod vhdx;
 
 use std::collections::HashMap;
