@@ -45,37 +45,10 @@ impl Vhdx {
         if !read_only && !storage.is_writable() {
             return Err(Error::ReadOnly);
         }
-        let mut file_len = storage.len()?;
-        if file_len < HEADER_SECTION_SIZE {
-            let mut id = vec![0u8; fileid::SIZE];
-            storage.read_at(&mut id, 0)?;
-            FileIdentifier::parse(&id)?;
-            return Err(Error::Corrupt(format!(
-                "file is {file_len} bytes, shorter than the 1 MiB header section"
-            )));
-        }
-        let mut id = vec![0u8; fileid::SIZE];
-        storage.read_at(&mut id, 0)?;
-        let fid = FileIdentifier::parse(&id)?;
-
-        let mut h1 = vec![0u8; header::SIZE];
-        let mut h2 = vec![0u8; header::SIZE];
-        storage.read_at(&mut h1, HEADER1_OFFSET)?;
-        storage.read_at(&mut h2, HEADER2_OFFSET)?;
-        let (mut hdr, mut slot, header_err) = header::choose(&h1, &h2)?;
-        let header_problem = header_err.map(|e| e.to_string());
+        let (fid, mut hdr, mut slot, header_problem, mut file_len) =
+            read_headers(storage.as_ref())?;
         let log_offset = hdr.log_offset;
         let log_length = hdr.log_length as u64;
-        if log_length > 0
-            && log_offset
-                .checked_add(log_length)
-                .is_none_or(|e| e > file_len)
-        {
-            return Err(Error::Corrupt(format!(
-                "the log at {log_offset:#x}+{log_length:#x} lies past the end of the file ({file_len:#x})"
-            )));
-        }
-
         if !read_only && hdr.sequence_number > MAX_WRITABLE_SEQUENCE {
             return Err(Error::Corrupt(format!(
                 "the current header's SequenceNumber {:#x} is too close to 2^64 to be \
@@ -84,74 +57,20 @@ impl Vhdx {
             )));
         }
 
-        // Log replay: everything below reads the file as replayed, through
-        // the read-only view; a read-write open applies the log to the file
-        // once the replayed file has been judged sound.
         let log_dirty = !hdr.log_guid.is_nil();
-        let mut plan = None;
-        let mut backed_len = file_len;
-        let mut view: Arc<dyn Storage> = storage.clone();
-        let mut applied = false;
-        if log_dirty {
-            let p = replay::plan(storage.as_ref(), log_offset, log_length, &hdr.log_guid)?;
-            backed_len = p.backed_len;
-            file_len = p.replayed_len;
-            match replay::Replayed::new(storage.clone(), &p) {
-                Ok(v) => view = Arc::new(v),
-                Err(e) if read_only => return Err(e),
-                Err(_) => {
-                    // Too large to hold in memory: replay into the file first.
-                    replay::apply(storage.as_ref(), &p)?;
-                    applied = true;
-                }
-            }
-            plan = Some(p);
-        }
+        let LogView {
+            plan,
+            view,
+            backed_len,
+            applied,
+        } = replay_view(&storage, &hdr, read_only, &mut file_len)?;
         let reader = Reader {
             storage: view.as_ref(),
             len: backed_len,
         };
 
-        // Region tables.
-        let (regions, region_problem) = {
-            let r1 = reader
-                .read_vec(REGION1_OFFSET, region::SIZE as u64, "region table 1")
-                .and_then(|b| RegionTable::parse(&b, REGION1_OFFSET));
-            match r1 {
-                Ok(t) => (t, None),
-                Err(e1) => {
-                    let t = reader
-                        .read_vec(REGION2_OFFSET, region::SIZE as u64, "region table 2")
-                        .and_then(|b| RegionTable::parse(&b, REGION2_OFFSET))
-                        .map_err(|e2| {
-                            Error::Corrupt(format!(
-                                "no valid region table: table 1: {e1}; table 2: {e2}"
-                            ))
-                        })?;
-                    (t, Some(format!("region table 1: {e1}")))
-                }
-            }
-        };
-        for e in &regions.entries {
-            if e.guid != BAT_REGION && e.guid != METADATA_REGION && e.required {
-                return Err(Error::Unsupported(format!("required region {}", e.guid)));
-            }
-            if e.end() > backed_len {
-                return Err(Error::Corrupt(format!(
-                    "region {} at {:#x}+{:#x} lies past the end of the file ({backed_len:#x} bytes{})",
-                    e.guid,
-                    e.file_offset,
-                    e.length,
-                    if log_dirty { " with the log's writes" } else { "" }
-                )));
-            }
-            if log_length > 0 && e.file_offset < log_offset + log_length && log_offset < e.end() {
-                return Err(Error::Corrupt(format!(
-                    "region {} overlaps the log",
-                    e.guid
-                )));
-            }
-        }
+        let (regions, region_problem) =
+            read_regions(&reader, log_offset, log_length, backed_len, log_dirty)?;
         let bat_region = *regions
             .find(&BAT_REGION)
             .ok_or_else(|| Error::Corrupt("the region table has no BAT region".into()))?;
@@ -159,59 +78,14 @@ impl Vhdx {
             .find(&METADATA_REGION)
             .ok_or_else(|| Error::Corrupt("the region table has no metadata region".into()))?;
 
-        // Metadata.
-        let table = reader.read_vec(
-            meta_region.file_offset,
-            metadata::TABLE_SIZE as u64,
-            "metadata table",
-        )?;
-        let entries =
-            metadata::parse_table(&table, meta_region.length as u64).map_err(|e| match e {
-                Error::BadSignature {
-                    structure, found, ..
-                } => Error::BadSignature {
-                    structure,
-                    offset: meta_region.file_offset,
-                    found,
-                },
-                e => e,
-            })?;
-        let total: u64 = entries.iter().map(|e| e.length as u64).sum();
-        if total > MAX_METADATA_BYTES {
-            return Err(Error::Corrupt(format!(
-                "metadata items total {total} bytes"
-            )));
-        }
-        let mut items: Vec<(MetadataEntry, Vec<u8>)> = Vec::with_capacity(entries.len());
-        for e in entries {
-            let data = reader.read_vec(
-                meta_region.file_offset + e.offset as u64,
-                e.length as u64,
-                "metadata item",
-            )?;
-            items.push((e, data));
-        }
-        let meta = Metadata::from_items(items)?;
-        if let Some(raw) = meta.parent_locator.as_deref().filter(|_| meta.has_parent()) {
-            // Refuse a locator this engine does not understand (its type
-            // first, [MS-VHDX] 2.6.2.6.1) before anything uses the file.
-            crate::format::locator::ParentLocator::parse(raw)?;
-        }
+        let meta = read_metadata(&reader, &meta_region)?;
         let geo = Geometry::new(
             meta.virtual_size,
             meta.block_size,
             meta.logical_sector_size,
             meta.has_parent(),
         )?;
-        if geo.total_entries * 8 > bat_region.length as u64 {
-            return Err(Error::Corrupt(format!(
-                "the BAT region ({} bytes) is too small for {} entries",
-                bat_region.length, geo.total_entries
-            )));
-        }
-        let raw = reader.read_vec(bat_region.file_offset, geo.total_entries * 8, "BAT")?;
-        let entries = bat::parse(&raw, &geo)?;
-        drop(raw);
+        let entries = read_bat(&reader, &bat_region, &geo)?;
         validate_bat(
             &entries,
             &geo,
@@ -222,31 +96,7 @@ impl Vhdx {
             file_len,
         )?;
 
-        let mut file_end = align_up(file_len, MIB).unwrap_or(file_len);
-        for e in &regions.entries {
-            file_end = file_end.max(e.end());
-        }
-        for (i, &e) in entries.iter().enumerate() {
-            let e = BatEntry(e);
-            let len = if geo.is_bitmap_index(i) {
-                if meta.has_parent() && e.state_bits() == SB_PRESENT {
-                    MIB
-                } else {
-                    continue;
-                }
-            } else if matches!(
-                e.payload_state(),
-                Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
-            ) {
-                geo.block_size as u64
-            } else {
-                continue;
-            };
-            let end = e.offset().checked_add(len).ok_or_else(|| {
-                Error::Corrupt(format!("BAT entry {i} points past 2^64 ({:#x})", e.0))
-            })?;
-            file_end = file_end.max(end);
-        }
+        let file_end = used_end(&entries, &geo, &meta, &regions.entries, file_len)?;
 
         // The replayed file is sound: a read-write open applies the log
         // and marks it empty; a read-only one keeps reading through the view.
@@ -312,6 +162,246 @@ impl Vhdx {
         };
         Ok((vhdx, layout))
     }
+}
+
+/// Step 1: the file identifier and the current header (with what is wrong
+/// with the other one), checked against the file's length.
+fn read_headers(
+    storage: &dyn Storage,
+) -> Result<(FileIdentifier, Header, Slot, Option<String>, u64)> {
+    let file_len = storage.len()?;
+    if file_len < HEADER_SECTION_SIZE {
+        let mut id = vec![0u8; fileid::SIZE];
+        storage.read_at(&mut id, 0)?;
+        FileIdentifier::parse(&id)?;
+        return Err(Error::Corrupt(format!(
+            "file is {file_len} bytes, shorter than the 1 MiB header section"
+        )));
+    }
+    let mut id = vec![0u8; fileid::SIZE];
+    storage.read_at(&mut id, 0)?;
+    let fid = FileIdentifier::parse(&id)?;
+
+    let mut h1 = vec![0u8; header::SIZE];
+    let mut h2 = vec![0u8; header::SIZE];
+    storage.read_at(&mut h1, HEADER1_OFFSET)?;
+    storage.read_at(&mut h2, HEADER2_OFFSET)?;
+    let (hdr, slot, header_err) = header::choose(&h1, &h2)?;
+    let header_problem = header_err.map(|e| e.to_string());
+    let log_offset = hdr.log_offset;
+    let log_length = hdr.log_length as u64;
+    if log_length > 0
+        && log_offset
+            .checked_add(log_length)
+            .is_none_or(|e| e > file_len)
+    {
+        return Err(Error::Corrupt(format!(
+            "the log at {log_offset:#x}+{log_length:#x} lies past the end of the file ({file_len:#x})"
+        )));
+    }
+    Ok((fid, hdr, slot, header_problem, file_len))
+}
+
+/// Step 2, the log: everything after it reads the file as replayed.
+struct LogView {
+    /// The replay to apply to the file (a dirty log), once the replayed
+    /// file has been judged sound (a read-write open).
+    plan: Option<replay::Plan>,
+    /// The file as replayed (the file itself when the log is empty or was
+    /// already applied).
+    view: Arc<dyn Storage>,
+    /// The bytes of the view that really exist (the file's and the log's
+    /// writes).
+    backed_len: u64,
+    /// The log was already replayed into the file (too large to hold in
+    /// memory).
+    applied: bool,
+}
+
+/// Step 2: replay a dirty log, through a read-only view of the file (or,
+/// for a read-write open of a log too large to hold in memory, into the
+/// file itself). `file_len` becomes the replayed file's length.
+fn replay_view(
+    storage: &Arc<dyn Storage>,
+    hdr: &Header,
+    read_only: bool,
+    file_len: &mut u64,
+) -> Result<LogView> {
+    let mut out = LogView {
+        plan: None,
+        view: storage.clone(),
+        backed_len: *file_len,
+        applied: false,
+    };
+    if hdr.log_guid.is_nil() {
+        return Ok(out);
+    }
+    let log_length = hdr.log_length as u64;
+    let p = replay::plan(storage.as_ref(), hdr.log_offset, log_length, &hdr.log_guid)?;
+    out.backed_len = p.backed_len;
+    *file_len = p.replayed_len;
+    match replay::Replayed::new(storage.clone(), &p) {
+        Ok(v) => out.view = Arc::new(v),
+        Err(e) if read_only => return Err(e),
+        Err(_) => {
+            // Too large to hold in memory: replay into the file first.
+            replay::apply(storage.as_ref(), &p)?;
+            out.applied = true;
+        }
+    }
+    out.plan = Some(p);
+    Ok(out)
+}
+
+/// Step 3: the region table (the second copy when the first is bad, with
+/// what was wrong with the first), each region inside the file and clear of
+/// the log.
+fn read_regions(
+    reader: &Reader<'_>,
+    log_offset: u64,
+    log_length: u64,
+    backed_len: u64,
+    log_dirty: bool,
+) -> Result<(RegionTable, Option<String>)> {
+    let (regions, region_problem) = {
+        let r1 = reader
+            .read_vec(REGION1_OFFSET, region::SIZE as u64, "region table 1")
+            .and_then(|b| RegionTable::parse(&b, REGION1_OFFSET));
+        match r1 {
+            Ok(t) => (t, None),
+            Err(e1) => {
+                let t = reader
+                    .read_vec(REGION2_OFFSET, region::SIZE as u64, "region table 2")
+                    .and_then(|b| RegionTable::parse(&b, REGION2_OFFSET))
+                    .map_err(|e2| {
+                        Error::Corrupt(format!(
+                            "no valid region table: table 1: {e1}; table 2: {e2}"
+                        ))
+                    })?;
+                (t, Some(format!("region table 1: {e1}")))
+            }
+        }
+    };
+    for e in &regions.entries {
+        if e.guid != BAT_REGION && e.guid != METADATA_REGION && e.required {
+            return Err(Error::Unsupported(format!("required region {}", e.guid)));
+        }
+        if e.end() > backed_len {
+            return Err(Error::Corrupt(format!(
+                "region {} at {:#x}+{:#x} lies past the end of the file ({backed_len:#x} bytes{})",
+                e.guid,
+                e.file_offset,
+                e.length,
+                if log_dirty {
+                    " with the log's writes"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if log_length > 0 && e.file_offset < log_offset + log_length && log_offset < e.end() {
+            return Err(Error::Corrupt(format!(
+                "region {} overlaps the log",
+                e.guid
+            )));
+        }
+    }
+    Ok((regions, region_problem))
+}
+
+/// Step 4: the metadata table and items (bounded in total), parsed, with a
+/// parent locator this engine understands.
+fn read_metadata(reader: &Reader<'_>, meta_region: &RegionEntry) -> Result<Metadata> {
+    let table = reader.read_vec(
+        meta_region.file_offset,
+        metadata::TABLE_SIZE as u64,
+        "metadata table",
+    )?;
+    let entries =
+        metadata::parse_table(&table, meta_region.length as u64).map_err(|e| match e {
+            Error::BadSignature {
+                structure, found, ..
+            } => Error::BadSignature {
+                structure,
+                offset: meta_region.file_offset,
+                found,
+            },
+            e => e,
+        })?;
+    let total: u64 = entries.iter().map(|e| e.length as u64).sum();
+    if total > MAX_METADATA_BYTES {
+        return Err(Error::Corrupt(format!(
+            "metadata items total {total} bytes"
+        )));
+    }
+    let mut items: Vec<(MetadataEntry, Vec<u8>)> = Vec::with_capacity(entries.len());
+    for e in entries {
+        let data = reader.read_vec(
+            meta_region.file_offset + e.offset as u64,
+            e.length as u64,
+            "metadata item",
+        )?;
+        items.push((e, data));
+    }
+    let meta = Metadata::from_items(items)?;
+    if let Some(raw) = meta.parent_locator.as_deref().filter(|_| meta.has_parent()) {
+        // Refuse a locator this engine does not understand (its type
+        // first, [MS-VHDX] 2.6.2.6.1) before anything uses the file.
+        crate::format::locator::ParentLocator::parse(raw)?;
+    }
+    Ok(meta)
+}
+
+/// Step 5: the BAT, read and parsed (its entries are validated by
+/// [`validate_bat`]).
+fn read_bat(reader: &Reader<'_>, bat_region: &RegionEntry, geo: &Geometry) -> Result<Vec<u64>> {
+    if geo.total_entries * 8 > bat_region.length as u64 {
+        return Err(Error::Corrupt(format!(
+            "the BAT region ({} bytes) is too small for {} entries",
+            bat_region.length, geo.total_entries
+        )));
+    }
+    let raw = reader.read_vec(bat_region.file_offset, geo.total_entries * 8, "BAT")?;
+    let entries = bat::parse(&raw, geo)?;
+    Ok(entries)
+}
+
+/// Where the used part of the file ends: past every region and every block
+/// (and sector bitmap) the BAT points at, at least the file's length
+/// rounded up to 1 MiB. New blocks go there.
+fn used_end(
+    entries: &[u64],
+    geo: &Geometry,
+    meta: &Metadata,
+    regions: &[RegionEntry],
+    file_len: u64,
+) -> Result<u64> {
+    let mut file_end = align_up(file_len, MIB).unwrap_or(file_len);
+    for e in regions {
+        file_end = file_end.max(e.end());
+    }
+    for (i, &e) in entries.iter().enumerate() {
+        let e = BatEntry(e);
+        let len = if geo.is_bitmap_index(i) {
+            if meta.has_parent() && e.state_bits() == SB_PRESENT {
+                MIB
+            } else {
+                continue;
+            }
+        } else if matches!(
+            e.payload_state(),
+            Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+        ) {
+            geo.block_size as u64
+        } else {
+            continue;
+        };
+        let end = e.offset().checked_add(len).ok_or_else(|| {
+            Error::Corrupt(format!("BAT entry {i} points past 2^64 ({:#x})", e.0))
+        })?;
+        file_end = file_end.max(end);
+    }
+    Ok(file_end)
 }
 
 pub(super) fn validate_bat(
