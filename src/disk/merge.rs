@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::chain::{self, locator_of};
+use crate::disk::span::spans;
 use crate::disk::vhdx::{Src, Vhdx};
 use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
 use crate::error::{Error, Result};
@@ -605,22 +606,15 @@ fn copy_down(work: &Disk, level: usize, k: usize, pos: u64, len: u64) -> Result<
 /// Make `[pos, pos+len)` of `d` read as zeros.
 fn zero_range(d: &Vhdx, pos: u64, len: u64) -> Result<()> {
     let bs = d.geo.block_size as u64;
-    let end = pos + len;
-    let mut p = pos;
-    while p < end {
-        let block = p / bs;
-        let bstart = block * bs;
-        let bend = (bstart + bs).min(d.geo.virtual_size);
-        let n = (bend - p).min(end - p);
-        let whole = p == bstart && p + n == bend;
-        if !(whole && d.trim_block(block)?) {
+    for s in spans(pos, len, bs) {
+        let whole = s.is_whole(bs, d.geo.virtual_size);
+        if !(whole && d.trim_block(s.block)?) {
             if d.has_parent() {
-                d.write_at(&vec![0u8; n as usize], p)?;
+                d.write_at(&vec![0u8; s.len as usize], s.pos)?;
             } else {
-                d.trim(p, n)?;
+                d.trim(s.pos, s.len)?;
             }
         }
-        p += n;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod convert;
 pub mod merge;
 pub mod path;
+mod span;
 mod vhdx;
 
 use std::collections::HashMap;
@@ -707,14 +708,9 @@ impl Disk {
             return top.trim(offset, len);
         }
         let bs = top.geo.block_size as u64;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let bstart = block * bs;
-            let bend = (bstart + bs).min(self.virtual_size());
-            let n = (bend - pos).min(end - pos);
-            let whole = pos == bstart && pos + n == bend;
+        for s in span::spans(offset, len, bs) {
+            let (block, pos, n) = (s.block, s.pos, s.len);
+            let whole = s.is_whole(bs, self.virtual_size());
             let trimmed = whole && {
                 let _g = self.stripe(block).read().unwrap_or_else(|e| e.into_inner());
                 top.trim_block(block)?
@@ -729,7 +725,6 @@ impl Disk {
                     p += m;
                 }
             }
-            pos += n;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Reads: mapping a virtual range onto the file (data, zeros or parent).
 
 use super::*;
+use crate::disk::span::spans;
 
 impl Vhdx {
     /// Where the bytes `[offset, offset+len)` of this layer are: runs in order.
@@ -14,12 +15,8 @@ impl Vhdx {
             (Some((l, Src::Parent)), Src::Parent) => *l += n,
             _ => out.push((n, src)),
         };
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let block = pos / bs;
-            let within = pos % bs;
-            let n = (bs - within).min(end - pos);
+        for s in spans(offset, len, bs) {
+            let (block, pos, within, n) = (s.block, s.pos, s.within, s.len);
             let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
             match e.payload_state() {
                 Some(PayloadState::FullyPresent) => push(out, n, Src::Data(e.offset() + within)),
@@ -48,7 +45,6 @@ impl Vhdx {
                 }
                 _ => push(out, n, Src::Zero),
             }
-            pos += n;
         }
         Ok(())
     }

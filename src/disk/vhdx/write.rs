@@ -1,6 +1,7 @@
 //! Writes: block allocation, data writes and trim.
 
 use super::*;
+use crate::disk::span::spans;
 
 impl Vhdx {
     /// A zeroed payload-sized (or 1 MiB) area of the file.
@@ -259,15 +260,10 @@ impl Vhdx {
         self.check_not_poisoned()?;
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let bstart = block * bs;
-            let bend = (bstart + bs).min(self.geo.virtual_size);
-            let n = (bend - pos).min(end - pos);
-            let whole = pos == bstart && pos + n == bend;
-            if !(whole && self.trim_block(block)?) {
+        for s in spans(offset, len, bs) {
+            let (block, pos, n) = (s.block, s.pos, s.len);
+            let bstart = pos - s.within;
+            if !(s.is_whole(bs, self.geo.virtual_size) && self.trim_block(block)?) {
                 // The offset is used under the gate, so that the space is
                 // not given away meanwhile by a trim of the whole block.
                 let _io = self.io_guard();
@@ -276,7 +272,6 @@ impl Vhdx {
                     crate::io::write_zeros(self.storage.as_ref(), e.offset() + (pos - bstart), n)?;
                 }
             }
-            pos += n;
         }
         Ok(())
     }
