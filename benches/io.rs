@@ -15,12 +15,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
+use ckpt::disk::convert;
 use ckpt::{CreateOptions, Disk, OpenMode};
-
-// The conversion logic of `ckpt convert` (library and std only).
-#[allow(dead_code)]
-#[path = "../src/cli/convert.rs"]
-mod convert;
 
 const MIB: u64 = 1 << 20;
 const DISK_SIZE: u64 = 256 * MIB;

@@ -12,13 +12,9 @@ use std::error::Error;
 use std::path::Path;
 use std::process::Command;
 
+use ckpt::disk::convert;
 use ckpt::disk::merge::{self, MergeOptions};
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
-
-// The conversion logic of `ckpt convert` (library and std only).
-#[allow(dead_code)]
-#[path = "../src/cli/convert.rs"]
-mod convert;
 
 const MIB: u64 = 1 << 20;
 

@@ -37,6 +37,7 @@ mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+mod version;
 
 pub use disk::check::{check, check_storage, CheckReport};
 pub use disk::{
@@ -44,5 +45,4 @@ pub use disk::{
 };
 pub use error::{Error, ErrorKind, Result};
 
-/// The library version (the crate version).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::VERSION;

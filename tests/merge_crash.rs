@@ -92,7 +92,21 @@ fn qemu_check(path: &Path) {
     );
 }
 
+/// How an interrupted merge is finished: the library call again, or the
+/// command-line tool (`ckpt merge`, which must use the library's policy for
+/// children an interrupted run already re-pointed).
+#[derive(Clone, Copy, PartialEq)]
+enum Finish {
+    Library,
+    #[cfg(feature = "cli")]
+    Cli,
+}
+
 fn run(which: &str, cut: Cut) {
+    run_finishing(which, cut, Finish::Library)
+}
+
+fn run_finishing(which: &str, cut: Cut, finish: Finish) {
     // Count the events of an uninterrupted merge.
     let dir = tempfile::tempdir().unwrap();
     let (base, mid, top, leaf, model) = build(dir.path());
@@ -137,7 +151,7 @@ fn run(which: &str, cut: Cut) {
         // Running the merge again finishes it (unless the cut came after the
         // merged file was already removed).
         let c = child_in(dir.path(), &child);
-        if c.exists() {
+        if c.exists() && finish == Finish::Library {
             merge::merge(
                 &c,
                 MergeOptions {
@@ -146,6 +160,20 @@ fn run(which: &str, cut: Cut) {
                 },
             )
             .unwrap_or_else(|e| panic!("cut at {n}: re-running the merge: {e}"));
+        }
+        #[cfg(feature = "cli")]
+        if c.exists() && finish == Finish::Cli {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt"));
+            cmd.arg("merge").arg(&c);
+            if into.is_some() {
+                cmd.arg("--into").arg(&base);
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "cut at {n}: ckpt merge did not finish the merge: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert_eq!(
             read_all(&leaf),
@@ -171,4 +199,16 @@ fn crash_at_every_point_of_a_merge_into_the_parent() {
 #[test]
 fn torn_writes_during_a_merge_into_an_ancestor() {
     run("ancestor", Cut::Torn);
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn ckpt_merge_finishes_a_merge_into_the_parent_cut_at_every_point() {
+    run_finishing("parent", Cut::Clean, Finish::Cli);
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn ckpt_merge_finishes_a_merge_into_an_ancestor_cut_at_every_point() {
+    run_finishing("ancestor", Cut::Clean, Finish::Cli);
 }

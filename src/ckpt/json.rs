@@ -15,7 +15,7 @@ use crate::error::Result;
 /// `p` as an absolute path (relative paths are taken from the current
 /// directory; if that is unknown, `p` is kept as it is).
 fn abs(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    crate::disk::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn path_value(p: &Path) -> Value {

@@ -7,17 +7,13 @@ use std::path::{Path, PathBuf};
 use ckpt::disk::merge::{self, MergeOptions};
 use ckpt::{ChildOptions, Disk, Error, OpenMode};
 
-use super::convert::is_already_exists;
 use super::size::human;
 use super::{fail, open, progress_bar, with_bytes, CliResult, Failure};
+use ckpt::disk::convert::is_already_exists;
 
 /// `p` as an absolute path: canonical when it exists, else made absolute
-/// against the current folder.
-pub fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p)
-        .or_else(|_| std::path::absolute(p))
-        .unwrap_or_else(|_| p.to_path_buf())
-}
+/// against the current folder (the library's one helper).
+pub use ckpt::disk::path::canonical_or_absolute as absolute;
 
 /// The absolute paths of the files of `disk`'s chain, top first (`path` is
 /// the top file, as given on the command line).
@@ -103,31 +99,6 @@ pub(super) fn create_child(path: &Path, parent: &Path, opts: &ChildOptions) -> C
     Ok(())
 }
 
-/// Refuse a merge that would break other differencing disks: the disks at
-/// levels `1..=k` of `chain` change (the destination) or are removed, so
-/// none of them may have a child other than the layer right above it.
-fn refuse_breaking_siblings(chain: &[PathBuf], k: usize) -> CliResult {
-    for level in 1..=k {
-        let layer = &chain[level];
-        let above = absolute(&chain[level - 1]);
-        let others: Vec<PathBuf> = merge::find_children(layer)?
-            .into_iter()
-            .filter(|c| absolute(c) != above)
-            .collect();
-        if !others.is_empty() {
-            let fate = if level == k { "changes" } else { "is removed" };
-            return Err(fail(format!(
-                "refusing to merge: {} {fate} in this merge, but it is also the parent of {}, \
-                 which would be broken (merge or remove {} first)",
-                layer.display(),
-                list(&others),
-                if others.len() == 1 { "it" } else { "them" },
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `ckpt merge CHILD [--into ANCESTOR]`.
 pub(super) fn merge_cmd(child: &Path, into: Option<&Path>) -> CliResult {
     {
@@ -138,12 +109,13 @@ pub(super) fn merge_cmd(child: &Path, into: Option<&Path>) -> CliResult {
                 child.display()
             )));
         }
-        let k = match into {
-            Some(a) => ancestor_level(&disk, child, a, "--into")?,
-            None => 1,
-        };
-        refuse_breaking_siblings(&chain_paths(&disk, child), k)?;
+        if let Some(a) = into {
+            ancestor_level(&disk, child, a, "--into")?;
+        }
     }
+    // A merge that would break another differencing disk is refused by the
+    // library (`merge::merge` without `descendants`), before anything
+    // changes; it knows which children an interrupted run already re-pointed.
     let bar = progress_bar();
     let mut progress = |done: u64, total: u64| {
         if let Some(bar) = &bar {

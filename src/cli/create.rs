@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ckpt::CreateOptions;
 
-use super::convert::{self, ConvertOptions};
+use ckpt::disk::convert::{self, ConvertOptions};
 use super::size::human;
 use super::{fail, progress_bar, CliResult};
 

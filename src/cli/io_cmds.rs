@@ -6,7 +6,7 @@ use std::path::Path;
 
 use ckpt::OpenMode;
 
-use super::convert::read_full;
+use ckpt::disk::convert::read_full;
 use super::{bench, fail, open, CliResult, Failure};
 
 /// Streaming chunk for `read` and `write`.

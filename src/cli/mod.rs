@@ -12,7 +12,6 @@
 pub mod bench;
 pub mod chain;
 pub mod checkpoint;
-pub mod convert;
 mod create;
 mod info;
 mod io_cmds;
@@ -28,11 +27,11 @@ use clap::{Parser, Subcommand};
 
 use ckpt::{CreateOptions, Disk, OpenMode};
 
-use self::convert::{ConvertOptions, Format};
 use self::create::{convert_cmd, create};
 use self::info::{check, info, with_bytes};
 use self::io_cmds::{bench_cmd, read, write};
 use self::size::{parse_sector_size, parse_size, parse_size_u32};
+use ckpt::disk::convert::{ConvertOptions, Format};
 
 /// Hyper-V VHDX virtual disks and differencing chains: create, inspect,
 /// check, convert, read, write, benchmark, merge, list changes, re-parent;

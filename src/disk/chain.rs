@@ -2,9 +2,10 @@
 //! locator, checking the linkage, depth and cycles.
 
 use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::disk::path::{absolute, normalize};
 use crate::disk::vhdx::{ParentSpec, Vhdx};
 use crate::disk::{open_file, Layer, OpenMode, MAX_CHAIN_DEPTH};
 use crate::error::{Error, Result};
@@ -212,33 +213,6 @@ pub(super) fn check_linkage(
         expected,
         found,
     })
-}
-
-/// Lexically clean `p` (resolve `.` and `..`).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            c => out.push(c.as_os_str()),
-        }
-    }
-    out
-}
-
-/// `p` made absolute (against the current folder) and lexically cleaned.
-pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
-    let p = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    Ok(normalize(&p))
 }
 
 /// `target` relative to the folder `from`, Windows style (`.\x`, `..\d\x`).

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::chain::{self, locator_of};
+use crate::disk::span::spans;
 use crate::disk::vhdx::{Src, Vhdx};
 use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
 use crate::error::{Error, Result};
@@ -421,37 +422,9 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             // The caller did not say which disks depend on what: refuse
             // when the merge would break a sibling (another child of the
             // destination, or of a layer removed on the way).
-            // Descendants an interrupted run of this merge already re-pointed
-            // link to the destination's pending new DataWriteGuid.
-            let pending = open_single(&paths[k - 1], false)
-                .ok()
-                .and_then(|f| locator_of(&f).ok())
-                .and_then(|l| l.linkage(locator::PARENT_LINKAGE2))
-                .filter(|g| !g.is_nil());
             // Siblings may sit in the folder of any file of the chain.
             let dirs = folders_of(&paths);
-            for i in 1..=k {
-                let guid = open_single(&paths[i], false)?.header().data_write_guid;
-                for c in find_children_in(&paths[i], &dirs)? {
-                    let c = std::fs::canonicalize(&c).unwrap_or(c);
-                    let above =
-                        std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
-                    let link = open_single(&c, false)
-                        .ok()
-                        .and_then(|f| locator_of(&f).ok())
-                        .and_then(|l| l.linkage(locator::PARENT_LINKAGE));
-                    let live = link == Some(guid);
-                    let ours = i == k && pending.is_some() && link == pending;
-                    if c != above && live && !ours {
-                        return Err(Error::InvalidArgument(format!(
-                            "merging {} would break {}, another child of {}",
-                            child.display(),
-                            c.display(),
-                            paths[i].display()
-                        )));
-                    }
-                }
-            }
+            refuse_breaking_siblings(child, &paths, k, &dirs)?;
             find_children_in(child, &dirs)?
         }
     };
@@ -558,6 +531,57 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     })
 }
 
+/// The one policy for a merge that would break another differencing disk
+/// (the CLI's `ckpt merge` relies on it too): the layers at levels `1..=k`
+/// of `paths` (top first) change (level `k`, the destination) or are
+/// removed, so none of them may have a live child (one whose linkage
+/// matches it) other than the layer right above it. Descendants an
+/// interrupted run of this same merge already re-pointed at the destination
+/// link to the destination's pending new DataWriteGuid (kept as
+/// `parent_linkage2` by the layer above it) and are exempt, so running the
+/// merge again finishes it. Children are looked for in the folders `dirs`.
+fn refuse_breaking_siblings(
+    child: &Path,
+    paths: &[PathBuf],
+    k: usize,
+    dirs: &[PathBuf],
+) -> Result<()> {
+    let pending = open_single(&paths[k - 1], false)
+        .ok()
+        .and_then(|f| locator_of(&f).ok())
+        .and_then(|l| l.linkage(locator::PARENT_LINKAGE2))
+        .filter(|g| !g.is_nil());
+    for i in 1..=k {
+        let guid = open_single(&paths[i], false)?.header().data_write_guid;
+        let above = std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
+        let mut others = Vec::new();
+        for c in find_children_in(&paths[i], dirs)? {
+            let c = std::fs::canonicalize(&c).unwrap_or(c);
+            let link = open_single(&c, false)
+                .ok()
+                .and_then(|f| locator_of(&f).ok())
+                .and_then(|l| l.linkage(locator::PARENT_LINKAGE));
+            let live = link == Some(guid);
+            let ours = i == k && pending.is_some() && link == pending;
+            if c != above && live && !ours {
+                others.push(c.display().to_string());
+            }
+        }
+        if !others.is_empty() {
+            let fate = if i == k { "changes" } else { "is removed" };
+            return Err(Error::InvalidArgument(format!(
+                "refusing to merge {}: {} {fate} in this merge, but it is also the parent of {}, \
+                 which would be broken (merge or remove {} first)",
+                child.display(),
+                paths[i].display(),
+                others.join(", "),
+                if others.len() == 1 { "it" } else { "them" },
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Copy what layers `level..k` of `work` hold in `[pos, pos+len)` into
 /// layer `k` (the destination), run by run: data straight from the layer's
 /// file, zeroed ranges as zeros; what they leave to the destination stays.
@@ -582,22 +606,15 @@ fn copy_down(work: &Disk, level: usize, k: usize, pos: u64, len: u64) -> Result<
 /// Make `[pos, pos+len)` of `d` read as zeros.
 fn zero_range(d: &Vhdx, pos: u64, len: u64) -> Result<()> {
     let bs = d.geo.block_size as u64;
-    let end = pos + len;
-    let mut p = pos;
-    while p < end {
-        let block = p / bs;
-        let bstart = block * bs;
-        let bend = (bstart + bs).min(d.geo.virtual_size);
-        let n = (bend - p).min(end - p);
-        let whole = p == bstart && p + n == bend;
-        if !(whole && d.trim_block(block)?) {
+    for s in spans(pos, len, bs) {
+        let whole = s.is_whole(bs, d.geo.virtual_size);
+        if !(whole && d.trim_block(s.block)?) {
             if d.has_parent() {
-                d.write_at(&vec![0u8; n as usize], p)?;
+                d.write_at(&vec![0u8; s.len as usize], s.pos)?;
             } else {
-                d.trim(p, n)?;
+                d.trim(s.pos, s.len)?;
             }
         }
-        p += n;
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 
 mod chain;
 pub mod check;
+pub mod convert;
 pub mod merge;
-mod replay;
+pub mod path;
+mod span;
 mod vhdx;
 
 use std::collections::HashMap;
@@ -17,10 +19,11 @@ use std::sync::{Arc, RwLock};
 use crate::error::{Error, Result};
 use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
+use crate::version::creator;
 use vhdx::Src;
 
 pub use crate::format::MIB;
-pub(crate) use chain::absolute;
+pub use path::absolute;
 
 /// How a disk is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,11 +192,6 @@ const STRIPES: usize = 64;
 const MAX_PAGE_MAPS: usize = 1 << 16;
 /// Deepest chain opened.
 pub const MAX_CHAIN_DEPTH: usize = 64;
-
-/// The creator string written into new files.
-pub(crate) fn creator() -> String {
-    format!("libckpt {}", crate::VERSION)
-}
 
 impl Disk {
     /// A chain without the per-block owner cache (for chains whose lower
@@ -710,14 +708,9 @@ impl Disk {
             return top.trim(offset, len);
         }
         let bs = top.geo.block_size as u64;
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / bs;
-            let bstart = block * bs;
-            let bend = (bstart + bs).min(self.virtual_size());
-            let n = (bend - pos).min(end - pos);
-            let whole = pos == bstart && pos + n == bend;
+        for s in span::spans(offset, len, bs) {
+            let (block, pos, n) = (s.block, s.pos, s.len);
+            let whole = s.is_whole(bs, self.virtual_size());
             let trimmed = whole && {
                 let _g = self.stripe(block).read().unwrap_or_else(|e| e.into_inner());
                 top.trim_block(block)?
@@ -732,7 +725,6 @@ impl Disk {
                     p += m;
                 }
             }
-            pos += n;
         }
         Ok(())
     }

@@ -1,7 +1,21 @@
-//! `ckpt convert`: raw → VHDX, VHDX → raw and VHDX → VHDX, sparse on output.
+//! Conversion between raw images and VHDX: raw → VHDX, VHDX → raw and
+//! VHDX → VHDX (a chain is flattened), sparse on output. The `ckpt convert`
+//! command is a thin shell over [`convert`] (it adds the progress bar).
 //!
-//! Depends only on the library and `std` (no CLI crates), so that the
-//! quickstart example and the benchmarks can include this file as it is.
+//! Depends on the rest of `disk` and on `std`; knows nothing of the CLI.
+//!
+//! ```no_run
+//! use ckpt::disk::convert::{convert, ConvertOptions, Format};
+//!
+//! let opts = ConvertOptions {
+//!     format: Some(Format::Raw),
+//!     fixed: false,
+//!     block_size: None,
+//! };
+//! let stats = convert("disk.vhdx".as_ref(), "disk.raw".as_ref(), &opts, &mut |_, _| {})?;
+//! println!("{} bytes of data", stats.data_bytes);
+//! # Ok::<(), ckpt::Error>(())
+//! ```
 //!
 //! * The source's format is read from its content: a file starting with
 //!   `vhdxfile` is a VHDX, anything else is raw.
@@ -22,7 +36,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use ckpt::{CreateOptions, Disk, Error, Extent, OpenMode, Result};
+use crate::disk::{CreateOptions, Disk, Extent, OpenMode};
+use crate::error::{Error, Result};
 
 /// How much is read and written at a time.
 const CHUNK: u64 = 1 << 20;

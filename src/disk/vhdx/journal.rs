@@ -1,0 +1,379 @@
+//! The write session, metadata changes and flush: dirty metadata sectors
+//! go through the log, batched until a flush; headers and close.
+
+use super::*;
+
+impl Vhdx {
+    /// Choose the DataWriteGuid the next write session will use.
+    pub(crate) fn set_next_data_write_guid(&self, g: Uuid) {
+        lock(&self.state).next_data_write_guid = Some(g);
+    }
+
+    /// The error every write and flush gets once a sync failed.
+    pub(super) fn poisoned_error(why: &str) -> Error {
+        Error::Io(std::io::Error::other(format!(
+            "an earlier sync of this file failed ({why}), so what reached the disk since the \
+             last successful flush is unknown; nothing more is written through this handle: \
+             reopen the disk (the log is replayed) and write again what was not flushed"
+        )))
+    }
+
+    /// Refuse writes and flushes on a read-only or poisoned handle.
+    pub(super) fn check_writable(&self, st: &WriteState) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        match &st.poisoned {
+            Some(why) => Err(Self::poisoned_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The lock-free form of [`Vhdx::check_writable`] for the data path.
+    pub(super) fn check_not_poisoned(&self) -> Result<()> {
+        if self.poisoned_flag.load(Ordering::Acquire) {
+            self.check_writable(&lock(&self.state))?;
+        }
+        Ok(())
+    }
+
+    /// Sync the storage. On a file, a failed sync leaves unknown what
+    /// reached the disk (the kernel may have dropped the unwritten pages),
+    /// so it poisons the handle: no later write or flush can report
+    /// success. A storage that keeps its writes until a sync succeeds
+    /// ([`Storage::sync_retry_is_safe`]) is simply synced again next time.
+    pub(super) fn sync(&self, st: &mut WriteState) -> Result<()> {
+        if let Err(e) = self.storage.sync() {
+            if !self.storage.sync_retry_is_safe() {
+                st.poisoned.get_or_insert_with(|| e.to_string());
+                self.poisoned_flag.store(true, Ordering::Release);
+            }
+            return Err(Error::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Start a write session if none is running; `visible` says the change
+    /// alters what the disk reads (then the DataWriteGuid changes first).
+    pub(super) fn begin_session(&self, visible: bool) -> Result<()> {
+        if self.session_started.load(Ordering::Acquire)
+            && (!visible || self.data_changed.load(Ordering::Acquire))
+        {
+            return Ok(());
+        }
+        let mut st = lock(&self.state);
+        self.begin_session_locked(&mut st, visible)
+    }
+
+    /// The header update protocol on the first modification after open:
+    /// an empty log entry under a new LogGuid, then both headers with a new
+    /// FileWriteGuid and LogGuid (and a new DataWriteGuid before the first
+    /// user-visible change). A start that fails is retried with the same
+    /// LogGuid and DataWriteGuid, so that whatever part of it reached the
+    /// disk stays valid.
+    pub(super) fn begin_session_locked(&self, st: &mut WriteState, visible: bool) -> Result<()> {
+        self.check_writable(st)?;
+        if st.session && (!visible || st.data_changed) {
+            return Ok(());
+        }
+        let mut h = st.header.clone();
+        let mut first_entry = 0;
+        if !st.session {
+            let log_guid = *st.session_log_guid.get_or_insert_with(Uuid::new_v4);
+            let len = self.storage.len()?;
+            let last = align_up(len, MIB).unwrap_or(len).max(st.file_end);
+            let entry = vlog::build_entry(&log_guid, 1, 0, len, last, &[]);
+            self.storage.write_at(&entry, self.log_offset)?;
+            self.sync(st)?;
+            h.file_write_guid = Uuid::new_v4();
+            h.log_guid = log_guid;
+            first_entry = entry.len() as u64;
+        }
+        if visible {
+            h.data_write_guid = *st.next_data_write_guid.get_or_insert_with(Uuid::new_v4);
+        }
+        st.slot = self.write_headers(st, &mut h)?;
+        st.header = h;
+        if !st.session {
+            st.log_pos = first_entry % self.log_length;
+            st.log_seq = 1;
+            st.session_log_guid = None;
+            st.close_failed = false;
+            st.session = true;
+            self.session_started.store(true, Ordering::Release);
+        }
+        if visible {
+            st.next_data_write_guid = None;
+            st.data_changed = true;
+            self.data_changed.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Write `h` into both header slots (the non-current one first), with a
+    /// sync after each. Returns the slot that is current afterwards.
+    pub(super) fn write_headers(&self, st: &mut WriteState, h: &mut Header) -> Result<Slot> {
+        let mut slot = st.slot;
+        for _ in 0..2 {
+            h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
+                Error::Unsupported("the header sequence number is exhausted".into())
+            })?;
+            let (next, off) = match slot {
+                Slot::First => (Slot::Second, HEADER2_OFFSET),
+                Slot::Second => (Slot::First, HEADER1_OFFSET),
+            };
+            self.storage.write_at(&h.to_bytes(), off)?;
+            self.sync(st)?;
+            slot = next;
+        }
+        Ok(slot)
+    }
+
+    /// Whether `need` more dirty sectors still fit in one log entry.
+    pub(super) fn room(&self, st: &WriteState, need: usize) -> bool {
+        st.dirty.len() + st.reserved + need <= self.entry_cap
+    }
+
+    /// Flush because the dirty set is full (or wait for writes in flight
+    /// that hold reservations).
+    pub(super) fn flush_for_room(&self) -> Result<()> {
+        let mut st = self.lock_for_flush();
+        if st.dirty.is_empty() && st.pending.is_none() {
+            drop(st);
+            std::thread::yield_now();
+            return Ok(());
+        }
+        self.flush_locked(&mut st)
+    }
+
+    /// Replace the parent locator (through the log).
+    pub(crate) fn set_parent_locator(&self, locator: Vec<u8>) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut m = self.metadata();
+        m.parent_locator = Some(locator);
+        self.set_metadata(m)
+    }
+
+    /// Replace the virtual-disk metadata (through the log): the items a
+    /// merge copies from the child. Durable when it returns; the change is
+    /// one log entry of its own, so it lands whole or not at all.
+    pub(crate) fn set_metadata(&self, m: Metadata) -> Result<()> {
+        if m.virtual_size != self.geo.virtual_size
+            || m.logical_sector_size != self.geo.logical_sector_size
+            || m.block_size != self.geo.block_size
+        {
+            return Err(Error::Unsupported(
+                "changing the size, sector size or block size of a disk".into(),
+            ));
+        }
+        self.begin_session(false)?;
+        let new = m.to_region_bytes(self.meta_len as usize)?;
+        let mut st = self.lock_for_flush();
+        // Whatever else is dirty goes first, in its own entry.
+        self.flush_locked(&mut st)?;
+        let old = {
+            let mut v = vec![0u8; self.meta_len as usize];
+            self.storage.read_at(&mut v, self.meta_offset)?;
+            v
+        };
+        let changed: Vec<(u64, Vec<u8>)> = old
+            .chunks(SECTOR as usize)
+            .zip(new.chunks(SECTOR as usize))
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(k, (_, b))| (self.meta_offset + k as u64 * SECTOR, b.to_vec()))
+            .collect();
+        if changed.len() > self.entry_cap {
+            return Err(Error::Unsupported(format!(
+                "a metadata change of {} sectors does not fit in one entry of this file's \
+                 {} KiB log",
+                changed.len(),
+                self.log_length / 1024
+            )));
+        }
+        for (off, b) in changed {
+            st.dirty.insert(off, Dirty::Bytes(b));
+        }
+        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
+        self.flush_locked(&mut st)
+    }
+
+    /// Make everything written so far durable; metadata goes through the log.
+    pub(crate) fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        if !self.session_started.load(Ordering::Acquire)
+            && !self.poisoned_flag.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let mut st = self.lock_for_flush();
+        self.flush_locked(&mut st)
+    }
+
+    /// The state lock, taken once no read or write is between looking a
+    /// block up and using it (the gate is held exclusively for a moment):
+    /// every change in `dirty` then has its data written.
+    pub(super) fn lock_for_flush(&self) -> MutexGuard<'_, WriteState> {
+        let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let st = lock(&self.state);
+        drop(gate);
+        st
+    }
+
+    /// The flush protocol. Every flush is one log entry (the dirty set is
+    /// bounded by what one entry holds), so a crash leaves the whole flush
+    /// or none of it. What is dirty stays dirty until its entry is applied:
+    /// a flush that fails leaves its entry pending, and the next flush
+    /// writes it again, at the same place with the same sequence number,
+    /// before anything else.
+    pub(super) fn flush_locked(&self, st: &mut WriteState) -> Result<()> {
+        self.check_writable(st)?;
+        if !st.session {
+            return Ok(());
+        }
+        if let Some(p) = st.pending.take() {
+            if let Err(e) = self.commit_entry(st, &p) {
+                st.pending = Some(p);
+                return Err(e);
+            }
+            self.release_space(st, p.frees);
+        }
+        // Data first, so that no BAT entry can point at unwritten data.
+        self.sync(st)?;
+        if st.dirty.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(st.reserved, 0);
+        let images = self.dirty_images(st);
+        if images.len() > self.entry_cap {
+            return Err(Error::Corrupt(format!(
+                "{} metadata sectors to flush exceed one log entry ({})",
+                images.len(),
+                self.entry_cap
+            )));
+        }
+        let file_len = self.storage.len()?;
+        let last = align_up(file_len, MIB).unwrap_or(file_len).max(st.file_end);
+        let seq = st
+            .log_seq
+            .checked_add(1)
+            .ok_or_else(|| Error::Unsupported("the log sequence number is exhausted".into()))?;
+        let pos = st.log_pos;
+        let writes: Vec<(u64, &[u8])> = images.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        let bytes = vlog::build_entry(&st.header.log_guid, seq, pos, file_len, last, &writes);
+        drop(writes);
+        st.log_seq = seq;
+        st.dirty.clear();
+        let p = PendingEntry {
+            pos,
+            bytes,
+            images,
+            frees: std::mem::take(&mut st.pending_free),
+        };
+        if let Err(e) = self.commit_entry(st, &p) {
+            st.pending = Some(p);
+            return Err(e);
+        }
+        self.release_space(st, p.frees);
+        Ok(())
+    }
+
+    /// The images of every dirty sector, by file offset.
+    pub(super) fn dirty_images(&self, st: &WriteState) -> Vec<(u64, Vec<u8>)> {
+        let bat = rlock(&self.bat);
+        let maps = rlock(&self.bitmaps);
+        st.dirty
+            .iter()
+            .map(|(&off, d)| {
+                let img = match d {
+                    Dirty::Bat(s) => {
+                        let mut img = vec![0u8; SECTOR as usize];
+                        let first = (s * SECTOR / 8) as usize;
+                        for (k, chunk) in img.chunks_exact_mut(8).enumerate() {
+                            if let Some(v) = bat.get(first + k) {
+                                chunk.copy_from_slice(&v.to_le_bytes());
+                            }
+                        }
+                        img
+                    }
+                    Dirty::Bitmap(c, k) => maps
+                        .get(&(*c, *k))
+                        .map(|b| b.to_vec())
+                        .unwrap_or_else(|| vec![0u8; SECTOR as usize]),
+                    Dirty::Bytes(b) => b.clone(),
+                };
+                (off, img)
+            })
+            .collect()
+    }
+
+    /// Write an entry into the log, sync, write its sectors to their
+    /// places, sync. The entry is its own sequence (its tail is itself), and
+    /// the one before it stays intact until it is written: an entry never
+    /// exceeds half the log.
+    pub(super) fn commit_entry(&self, st: &mut WriteState, p: &PendingEntry) -> Result<()> {
+        let first = ((self.log_length - p.pos) as usize).min(p.bytes.len());
+        self.storage
+            .write_at(&p.bytes[..first], self.log_offset + p.pos)?;
+        if first < p.bytes.len() {
+            self.storage.write_at(&p.bytes[first..], self.log_offset)?;
+        }
+        self.sync(st)?;
+        for (off, data) in &p.images {
+            self.storage.write_at(data, *off)?;
+        }
+        self.sync(st)?;
+        st.log_pos = (p.pos + p.bytes.len() as u64) % self.log_length;
+        Ok(())
+    }
+
+    /// Flush and leave an empty log behind.
+    pub(crate) fn close(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let mut st = self.lock_for_flush();
+        self.check_writable(&st)?;
+        if !st.session && !st.close_failed {
+            return Ok(());
+        }
+        self.flush_locked(&mut st)?;
+        let mut h = st.header.clone();
+        h.log_guid = Uuid::nil();
+        let written = self.write_headers(&mut st, &mut h);
+        // Whether or not a header saying "empty log" reached the disk, the
+        // session is over: a later change starts a new one, under a new
+        // LogGuid, instead of logging under one a header may have dropped;
+        // a retried close writes the headers again.
+        st.session = false;
+        st.data_changed = false;
+        self.session_started.store(false, Ordering::Release);
+        self.data_changed.store(false, Ordering::Release);
+        st.close_failed = written.is_err();
+        let slot = written?;
+        st.slot = slot;
+        st.header = h;
+        Ok(())
+    }
+}
+
+/// Write `h` into both header slots (the non-current one first), with a
+/// flush after each. Returns the slot that is current afterwards.
+pub(super) fn write_headers(storage: &dyn Storage, h: &mut Header, current: Slot) -> Result<Slot> {
+    let mut slot = current;
+    for _ in 0..2 {
+        h.sequence_number += 1;
+        let (next, off) = match slot {
+            Slot::First => (Slot::Second, HEADER2_OFFSET),
+            Slot::Second => (Slot::First, HEADER1_OFFSET),
+        };
+        storage.write_at(&h.to_bytes(), off)?;
+        storage.sync()?;
+        slot = next;
+    }
+    Ok(slot)
+}
