@@ -5,9 +5,9 @@ use std::path::Path;
 
 use ckpt::CreateOptions;
 
-use ckpt::disk::convert::{self, ConvertOptions};
 use super::size::human;
 use super::{fail, progress_bar, CliResult};
+use ckpt::disk::convert::{self, ConvertOptions};
 
 pub(super) fn create(path: &Path, opts: &CreateOptions) -> CliResult {
     // Refuse an existing file before the library gets to it, so that a

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use ckpt::OpenMode;
 
-use ckpt::disk::convert::read_full;
 use super::{bench, fail, open, CliResult, Failure};
+use ckpt::disk::convert::read_full;
 
 /// Streaming chunk for `read` and `write`.
 const IO_CHUNK: u64 = 1 << 20;
