@@ -7,6 +7,7 @@ mod chain;
 pub mod check;
 pub mod merge;
 mod replay;
+pub(crate) mod user_item;
 mod vhdx;
 
 use std::collections::HashMap;
