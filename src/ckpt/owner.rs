@@ -165,7 +165,21 @@ pub fn files_of(data: &VmFile) -> Vec<PathBuf> {
 /// anything changes) when one of `files`, which the VM `data` is about to
 /// write, merge into or remove, is used by another existing VM this one
 /// shares files with (the VM it was copied from).
+///
+/// A disk file whose ownership stamp names another existing VM that uses
+/// it (see [`user_of`]) is refused the same way, related or not.
 pub fn refuse_foreign(data: &VmFile, files: &[PathBuf], what: &str) -> Result<()> {
+    for f in files {
+        if let Some((other, folder)) = user_of(f, data.id.as_deref()) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this disk file belongs to VM {:?} in {} (its ownership stamp says so, \
+                 and that VM uses it); {what} would change it: nothing was changed",
+                f.display(),
+                other.config.name,
+                folder.display()
+            )));
+        }
+    }
     for other_dir in &data.related_vms {
         let Ok(other) = read_vm_file(&other_dir.join(VM_FILE)) else {
             continue;
@@ -200,4 +214,147 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// The GUID of libckpt's ownership stamp: a user metadata item of a disk
+/// file holding the id and folder of the VM that owns it (written when
+/// `vm create` adopts a disk and when the tree makes a differencing disk).
+pub const STAMP_ITEM: uuid::Uuid = uuid::uuid!("c4e1b7a2-5d3f-4a8e-9b61-6c6b70744f57");
+
+/// The ownership stamp of a disk file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    /// The owning VM's id.
+    pub vm_id: String,
+    /// The folder the owning VM was in when it stamped the file.
+    pub folder: PathBuf,
+}
+
+/// The stamp of the disk file `disk`, if it has a readable one.
+pub fn stamp_of(disk: &Path) -> Option<Stamp> {
+    let bytes = crate::disk::user_item::user_item(disk, &STAMP_ITEM).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Stamp the disk file `disk` as owned by the VM `data` (in `dir`).
+pub fn stamp(disk: &Path, dir: &Path, data: &VmFile) -> Result<()> {
+    let s = Stamp {
+        vm_id: data.id.clone().unwrap_or_default(),
+        folder: dir.to_path_buf(),
+    };
+    let bytes = serde_json::to_vec(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    crate::disk::user_item::set_user_item(disk, &STAMP_ITEM, &bytes)
+}
+
+/// The other VM that uses the disk file `disk`, as its stamp says and as
+/// that VM's file confirms (its folder still holds a VM with the stamped
+/// id whose tree names this very file): `(its file, its folder)`. A stamp
+/// of a VM that is gone, or of this VM (`my_id`), is no one's.
+pub fn user_of(disk: &Path, my_id: Option<&str>) -> Option<(VmFile, PathBuf)> {
+    let s = stamp_of(disk)?;
+    if Some(s.vm_id.as_str()) == my_id {
+        return None;
+    }
+    let other = read_vm_file(&s.folder.join(VM_FILE)).ok()?;
+    if other.id.as_deref() != Some(s.vm_id.as_str()) {
+        return None;
+    }
+    files_of(&other)
+        .iter()
+        .any(|f| same_file(f, disk))
+        .then_some((other, s.folder))
+}
+
+/// Refuse (`InvalidArgument`, naming the other VM, before anything is
+/// written) to make a VM of `disks` when one of them is used by another
+/// existing VM: two VMs never write one disk file. A read-only base
+/// shared by VMs is given to each through its own differencing disk.
+pub fn refuse_used(disks: &[PathBuf]) -> Result<()> {
+    for d in disks {
+        if let Some((other, folder)) = user_of(d, None) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this disk is used by VM {:?} in {}; two VMs never share a disk they \
+                 write: give this VM its own differencing disk over it (ckpt create --parent \
+                 {} NEW.avhdx): nothing was changed",
+                d.display(),
+                other.config.name,
+                folder.display(),
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The configuration copy of a checkpoint of the VM `data`: its
+/// configuration, and the VM's id (so that VMs sharing a checkpoint
+/// location tell their files apart).
+pub fn config_copy(data: &VmFile) -> serde_json::Value {
+    let mut v = serde_json::to_value(&data.config).unwrap_or_default();
+    if let (Some(m), Some(id)) = (v.as_object_mut(), &data.id) {
+        m.insert("vm_id".into(), serde_json::Value::String(id.clone()));
+    }
+    if let (Some(m), Some(folder)) = (v.as_object_mut(), &data.folder) {
+        let folder = folder.to_string_lossy().into_owned();
+        m.insert("vm_folder".into(), serde_json::Value::String(folder));
+    }
+    v
+}
+
+/// The VM (id, folder) a configuration copy at `p` names, if any.
+fn config_copy_vm(p: &Path) -> Option<(String, Option<PathBuf>)> {
+    let bytes = std::fs::read(p).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let id = v.get("vm_id")?.as_str()?.to_string();
+    let folder = v
+        .get("vm_folder")
+        .and_then(|f| f.as_str())
+        .map(PathBuf::from);
+    Some((id, folder))
+}
+
+/// The files among `candidates` (stray-looking files of the VM `my_id`)
+/// that belong to another VM's tree, so are never this VM's strays: a disk
+/// stamped with another VM's id, a configuration copy naming another VM
+/// (and the memory state of the same checkpoint id beside it), and any
+/// file the tree of such a VM (found through those) uses.
+pub fn others_files(candidates: &[PathBuf], my_id: Option<&str>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut folders: Vec<PathBuf> = Vec::new();
+    let mut add_folder = |f: PathBuf| {
+        if !folders.contains(&f) {
+            folders.push(f);
+        }
+    };
+    for p in candidates {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let other = match ext {
+            "avhdx" => stamp_of(p).map(|s| (s.vm_id, Some(s.folder))),
+            "json" => config_copy_vm(p),
+            "vmrs" => config_copy_vm(&p.with_extension("json")),
+            _ => None,
+        };
+        if let Some((_, folder)) = other.filter(|(id, _)| Some(id.as_str()) != my_id) {
+            out.push(p.clone());
+            folder.into_iter().for_each(&mut add_folder);
+        }
+    }
+    for f in &folders {
+        let Ok(other) = read_vm_file(&f.join(VM_FILE)) else {
+            continue;
+        };
+        if other.id.is_none() || other.id.as_deref() == my_id {
+            continue;
+        }
+        let theirs = files_of(&other);
+        out.extend(
+            candidates
+                .iter()
+                .filter(|c| theirs.iter().any(|t| same_file(t, c)))
+                .cloned(),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
 }

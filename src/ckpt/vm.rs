@@ -316,6 +316,7 @@ impl Vm {
             }
             disks.push(d);
         }
+        owner::refuse_used(&disks)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let lock = lock_vm(&dir)?;
@@ -354,11 +355,22 @@ impl Vm {
             pending_removals: Vec::new(),
         };
         write_json(&dir.join(VM_FILE), &owner::stored_vm(&dir, &data))?;
+        let mut warnings = Vec::new();
+        for d in &data.disks {
+            // Without its stamp a disk is still the VM's, only less guarded.
+            if let Err(e) = owner::stamp(d, &dir, &data) {
+                warnings.push(format!(
+                    "{}: could not stamp it as this VM's ({e}): another VM could be \
+                     given it too",
+                    d.display()
+                ));
+            }
+        }
         Ok(Vm {
             dir,
             data,
             _lock: lock,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -901,8 +913,9 @@ impl Vm {
         // All disks together or none: the journal removes a partial set.
         for (cur, new) in self.data.current.disks.iter().zip(&new_disks) {
             Disk::create_child(new, cur, &ChildOptions::default())?.close()?;
+            owner::stamp(new, &self.dir, &self.data)?;
         }
-        write_json(&config_file, &self.data.config)?;
+        write_json(&config_file, &owner::config_copy(&self.data))?;
         let ck = Checkpoint {
             id: id.clone(),
             name: name.to_string(),
@@ -1023,6 +1036,7 @@ impl Vm {
         let r = (|| -> Result<()> {
             for (d, new) in target.disks.iter().zip(&new_files) {
                 Disk::create_child(new, d, &ChildOptions::default())?.close()?;
+                owner::stamp(new, &self.dir, &self.data)?;
             }
             let config: VmConfig = match &target.config_file {
                 Some(f) => read_json(f)?,
@@ -1138,14 +1152,25 @@ impl Vm {
 
     fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
         let deps = self.dependants(id);
-        self.check_delete_unused(id, &deps)?;
         let name = self.data.checkpoints[self.index(id)?].name.clone();
-        let hide = deps.len() > 1;
+        // A layer another VM's disk depends on is kept, hidden, untouched.
+        let kept = self.shared_with_others(id, &deps)?;
+        if kept.is_none() {
+            self.check_delete_unused(id, &deps)?;
+        }
+        let hide = deps.len() > 1 || kept.is_some();
         let r = match deps.len() {
+            _ if kept.is_some() => self.remove_node(id, true),
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], Some(hooks)),
             _ => self.remove_node(id, true),
         };
+        if let (Ok(()), Some(why)) = (&r, kept) {
+            self.warnings.push(format!(
+                "checkpoint {name:?} was deleted, but its disk layer is kept as a hidden node \
+                 (as for a branch point) and nothing was merged: {why}"
+            ));
+        }
         // Once the VM file no longer lists the checkpoint (or lists it
         // hidden), the delete is done: a later failure is a warning.
         if r.is_err() {
@@ -1345,6 +1370,8 @@ impl Vm {
                     return Err(e);
                 }
                 refused.push(id);
+            } else if self.index(&id).is_ok() {
+                refused.push(id); // kept for another VM's disk
             }
         }
     }
@@ -1356,11 +1383,62 @@ impl Vm {
             return Ok(());
         }
         let deps = self.dependants(id);
+        if deps.len() < 2 && self.shared_with_others(id, &deps)?.is_some() {
+            return Ok(()); // kept for the other VM's disk
+        }
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], None),
             _ => Ok(()),
         }
+    }
+
+    /// When deleting `id` (with dependants `deps`) would merge into or
+    /// remove a disk file that a differencing disk outside this VM's tree
+    /// depends on (another VM's, or one made by hand over it): what to say
+    /// about it, naming that disk. Such a layer is kept as a hidden node
+    /// instead: a merge never changes a file another disk depends on. The
+    /// dependants are looked for, as [`merge::merge`] does, in the folders
+    /// of the VM's disk files.
+    fn shared_with_others(&self, id: &str, deps: &[Option<String>]) -> Result<Option<String>> {
+        let node = &self.data.checkpoints[self.index(id)?];
+        let mut changed: Vec<PathBuf> = match deps {
+            [] if node.parent.is_some() => node.disks.clone(),
+            [_] => node.disks.clone(),
+            _ => return Ok(None),
+        };
+        if let [dep] = deps {
+            changed.extend(self.disks_of(dep)?);
+        }
+        let ours = owner::files_of(&self.data);
+        let mut dirs: Vec<PathBuf> = ours
+            .iter()
+            .filter(|p| p.is_file())
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for f in changed.iter().filter(|f| f.is_file()) {
+            let others = merge::find_children_in(f, &dirs)?;
+            if let Some(c) = others
+                .iter()
+                .find(|c| !ours.iter().any(|o| owner::same_file(o, c)))
+            {
+                let whose = match owner::user_of(c, self.data.id.as_deref()) {
+                    Some((vm, folder)) => {
+                        format!("of VM {:?} in {}", vm.config.name, folder.display())
+                    }
+                    None => "not this VM's".to_string(),
+                };
+                return Ok(Some(format!(
+                    "{} ({whose}) depends on {}, which merging would change",
+                    c.display(),
+                    f.display()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Journal the merge of `dep` into `id`; returns the DataWriteGuids of
@@ -1949,6 +2027,9 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
             }
         }
     }
+    // Another VM sharing the folder or the checkpoint location: its files.
+    let theirs = owner::others_files(&out, data.id.as_deref());
+    out.retain(|p| !theirs.contains(p));
     out.sort();
     Ok(out)
 }

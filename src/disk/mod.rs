@@ -9,6 +9,7 @@ pub mod convert;
 pub mod merge;
 pub mod path;
 mod span;
+pub(crate) mod user_item;
 mod vhdx;
 
 use std::collections::HashMap;
