@@ -316,6 +316,17 @@ impl Vm {
             }
             disks.push(d);
         }
+        // A folder that already holds a VM is refused first (Busy while that
+        // VM is open), before the disks' owners are looked at: its disks are
+        // naturally that VM's.
+        if dir.join(VM_FILE).exists() {
+            let held = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
+            let _lock = lock_vm(&held)?;
+            return Err(Error::AlreadyExists(format!(
+                "{} already holds a VM",
+                held.display()
+            )));
+        }
         owner::refuse_used(&disks)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
