@@ -71,6 +71,16 @@ fn a_moved_folder_keeps_working() {
     assert!(vm.strays().unwrap().is_empty(), "{:?}", vm.strays());
     assert_eq!(vm.list().unwrap().len(), 2);
     assert_eq!(get(&vm.data().current.disks[0]), 0x33);
+    // The move re-stamped the disks with the new folder: another VM still
+    // cannot be given the moved VM's disk (a stamp naming the old, empty
+    // folder would count as no one's).
+    let e = Vm::create(
+        &t.path().join("other"),
+        &VmSpec::new("other", vec![vm.data().current.disks[0].clone()]),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(!t.path().join("other").exists());
     vm.delete("B", false, &mut NoHooks).unwrap();
     assert_eq!(get(&vm.data().current.disks[0]), 0x33);
     vm.apply("A", None, &mut NoHooks).unwrap();

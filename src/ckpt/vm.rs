@@ -437,7 +437,42 @@ impl Vm {
         }
         // A journal of an operation under way is kept as it is: its
         // relative paths already resolve in the new folder.
-        self.save()
+        self.save()?;
+        self.restamp(&found);
+        Ok(())
+    }
+
+    /// After a move or a copy, stamp again the disk files that are now this
+    /// VM's, so that their stamps name the folder the VM is in (a stamp
+    /// naming a folder without the VM counts as no one's): after a move
+    /// every file stamped with this VM's id; after a copy the files inside
+    /// the copy's own folder. Best effort: a file that cannot be stamped
+    /// (held by a running hypervisor, read-only) is a warning.
+    fn restamp(&mut self, found: &owner::Found) {
+        let copied = matches!(found, owner::Found::Copied(_));
+        let id = self.data.id.clone();
+        let mut files: Vec<PathBuf> = self.data.current.disks.clone();
+        for c in &self.data.checkpoints {
+            files.extend(c.disks.iter().cloned());
+        }
+        files.sort();
+        files.dedup();
+        for f in files {
+            let ours = if copied {
+                f.starts_with(&self.dir)
+            } else {
+                owner::stamp_of(&f).is_some_and(|s| Some(&s.vm_id) == id.as_ref())
+            };
+            let stale = owner::stamp_of(&f).is_none_or(|s| s.folder != self.dir);
+            if ours && stale {
+                if let Err(e) = owner::stamp(&f, &self.dir, &self.data) {
+                    self.warnings.push(format!(
+                        "{}: could not stamp it with the VM's new folder ({e})",
+                        f.display()
+                    ));
+                }
+            }
+        }
     }
 
     /// Refuse a VM whose committed tree names a disk file that is not
