@@ -5,7 +5,7 @@
 //!
 //! Layers, each depending only on the ones before it:
 //! [`io`] (storage) → [`format`](mod@format) (on-disk structures) → [`disk`] (an open
-//! virtual disk) → [`checkpoint`] (checkpoint tree, in `src/ckpt/`) → `ffi` (C ABI) and the `ckpt` CLI.
+//! virtual disk) → [`checkpoint`] (checkpoint tree) → `ffi` (C ABI) and the `ckpt` CLI.
 //!
 //! ```
 //! use ckpt::{CreateOptions, Disk, OpenMode};
@@ -27,7 +27,6 @@
 // `io/platform.rs`, each allowed where it is declared.
 #![deny(unsafe_code)]
 
-#[path = "ckpt/mod.rs"]
 pub mod checkpoint;
 pub mod disk;
 mod error;

@@ -2,9 +2,8 @@
 //! read, write and bench on VHDX files and differencing chains; merge,
 //! changes and reparent on chains; `vm` and `checkpoint` on VM folders and
 //! their checkpoint trees). A thin shell over the library; the code lives
-//! in `src/cli/`.
+//! in `src/bin/ckpt/cli/`.
 
-#[path = "../cli/mod.rs"]
 mod cli;
 
 fn main() {
