@@ -11,7 +11,15 @@
 //! The names depend only on the VM's disk list: the same VM always exports
 //! under the same names.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::create::*;
+use super::vm::*;
+use crate::checkpoint::model::*;
+use crate::disk::merge;
+use crate::disk::{CreateOptions, Disk, OpenMode};
+use crate::error::{Error, Result};
 
 /// The configuration file of an export.
 pub const CONFIG_FILE: &str = "config.json";
@@ -57,6 +65,105 @@ pub fn export_names(disks: &[PathBuf]) -> Vec<String> {
         out.push(format!("{name}.vhdx"));
     }
     out
+}
+
+impl Vm {
+    /// Export checkpoint `name` (or the current state when `None`) into the
+    /// folder `dest`: one standalone VHDX per disk, the configuration, and
+    /// the memory state if any. Returns the files made, disks first (in the
+    /// VM's disk order), named as [`export_names`] says; an export that
+    /// fails leaves none of them.
+    pub fn export(
+        &mut self,
+        name: Option<&str>,
+        dest: &Path,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<PathBuf>> {
+        self.settle(None)?;
+        let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
+            Some(n) => {
+                let c = self.usable(n)?.clone();
+                let config = match &c.config_file {
+                    Some(f) => read_json(f)?,
+                    None => self.data.config.clone(),
+                };
+                (c.disks, config, c.saved_state)
+            }
+            None => (
+                self.data.current.disks.clone(),
+                self.data.config.clone(),
+                self.data.current.saved_state.clone(),
+            ),
+        };
+        // A folder holding only what an interrupted export's configuration
+        // write left (its temporary file) counts as empty.
+        let leftover = temp_of(&dest.join(CONFIG_FILE));
+        if dest.exists()
+            && std::fs::read_dir(dest)
+                .map(|mut d| d.any(|e| e.map(|e| e.path() != leftover).unwrap_or(true)))
+                .unwrap_or(true)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists and is not an empty folder",
+                dest.display()
+            )));
+        }
+        remove_if_exists(&leftover)?;
+        std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
+        let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
+        let mut files: Vec<PathBuf> = export_names(&self.data.disks)
+            .into_iter()
+            .map(|n| dest.join(n))
+            .collect();
+        files.push(dest.join(CONFIG_FILE));
+        if saved.is_some() {
+            files.push(dest.join(MEMORY_FILE));
+        }
+        self.journal(&Journal::Export {
+            files: files.clone(),
+        })?;
+        let r = (|| -> Result<()> {
+            // One progress over all disks: the bytes each copy reads.
+            let mut sizes = Vec::with_capacity(disks.len());
+            for src in &disks {
+                let d = Disk::open(src, OpenMode::ReadOnly)?;
+                let extents = d.extents()?;
+                sizes.push(
+                    extents
+                        .iter()
+                        .filter(|e| e.allocated)
+                        .map(|e| e.length)
+                        .sum::<u64>(),
+                );
+            }
+            let grand_total: u64 = sizes.iter().sum();
+            let mut base = 0u64;
+            for ((src, out), size) in disks.iter().zip(&files).zip(sizes) {
+                let mut cb = |done: u64, _total: u64| hooks.progress(base + done, grand_total);
+                merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
+                base += size;
+            }
+            write_json(&dest.join(CONFIG_FILE), &config)?;
+            if let Some(m) = &saved {
+                let out = dest.join(MEMORY_FILE);
+                std::fs::copy(m, &out).map_err(|e| Error::from(e).in_file(m))?;
+                File::open(&out)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::from(e).in_file(&out))?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                self.end_journal()?;
+                Ok(files)
+            }
+            Err(e) => {
+                let _ = self.reconcile();
+                Err(e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

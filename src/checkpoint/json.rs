@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::checkpoint::model::VmFile;
-use crate::checkpoint::vm::list_of;
+use crate::checkpoint::report::list_of;
 use crate::error::Result;
 
 /// `p` as an absolute path (relative paths are taken from the current
