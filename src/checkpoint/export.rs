@@ -1,5 +1,5 @@
-//! How an export names its files: the one place that decides, for
-//! [`Vm::export`](crate::checkpoint::Vm::export), the CLI and the C API.
+//! Export ([`Vm::export`]), and how an export names its files: the one
+//! place that decides, for [`Vm::export`], the CLI and the C API.
 //!
 //! An export folder holds one VHDX per disk, `config.json`, and
 //! `memory.vmrs` when the state has memory. A disk file is named after the

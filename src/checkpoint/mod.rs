@@ -6,6 +6,22 @@
 //! This layer knows files, chains and the tree, not bytes: it uses
 //! [`crate::disk`] (open disks, children, merges) and [`crate::io`] only
 //! through it, and must not depend on `ffi` or the CLI, which sit on top.
+//!
+//! The files, each an `impl Vm` block or the data it works on:
+//! - `model.rs`: what `vm.json` and `journal.json` hold (tree, settings,
+//!   state, the journal's steps) and their atomic writes;
+//! - `json.rs`: the JSON the CLI and the C API show (`vm show`, `list`);
+//! - `owner.rs`: which VM owns a disk file (stamps), moved and copied VM
+//!   folders, paths stored relative to the VM folder;
+//! - `vm.rs`: the [`Vm`] handle: create, open (adopting a moved or copied
+//!   folder), state and settings, lookups, saving and journaling;
+//! - `create.rs`: [`Hooks`], taking a checkpoint, apply, revert, rename;
+//! - `delete.rs`: delete (the checks before it, the merges, keeping a shared
+//!   layer hidden) and the collapse of hidden branch points;
+//! - `recover.rs`: reconcile after a crash (finish or undo the journaled
+//!   step, an interrupted merge) and the old files left to remove;
+//! - `report.rs`: the checkpoint list, the checkpoint location, strays;
+//! - `export.rs`: export (the file names it gives, and [`Vm::export`]).
 mod create;
 mod delete;
 pub mod export;
