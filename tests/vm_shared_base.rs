@@ -226,8 +226,11 @@ fn vm_create_refuses_a_disk_another_vm_uses_and_the_stamp_is_harmless() {
         qemu_reads(&base, &model, t.path());
     }
     assert_holds(&child, 0x22);
-    // A stamp whose VM is gone is no one's: the disk can be given again.
+    // A stamp whose VM is gone is no one's: the disk can be given again
+    // (once the gone VM's differencing disk over it is gone too: a disk
+    // with children is refused).
     std::fs::remove_dir_all(&vm1).unwrap();
+    std::fs::remove_file(&child).unwrap();
     ok(&["vm", "create", s(&vm2), "--name", "two", "--disk", s(&base)]);
     let vm3 = t.path().join("vm3");
     let e = fail(&[
@@ -321,4 +324,95 @@ fn vms_sharing_a_checkpoint_location_never_call_each_others_files_strays() {
     let out = ok(&["vm", "show", s(vms[0].dir()), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["strays"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+/// Every file under `root` (recursively) with its bytes.
+fn tree_bytes(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n != ".lock") {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn vm_create_refuses_a_disk_that_differencing_disks_depend_on() {
+    let t = common::tempdir();
+    let base = t.path().join("disks/base.vhdx");
+    make_disk(&base, 0x11);
+    // A hand-made child next to it: writing the base would corrupt it.
+    let child = t.path().join("disks/child.avhdx");
+    Disk::create_child(&child, &base, &ChildOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    put(&child, 0x22);
+    let before = tree_bytes(t.path());
+    let dir = t.path().join("vm");
+    let e = Vm::create(&dir, &VmSpec::new("web", vec![base.clone()])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("child.avhdx"), "{e}");
+    assert!(!dir.exists(), "a refused vm create made the folder");
+    assert_eq!(tree_bytes(t.path()), before, "a refused vm create wrote");
+    let e = fail(&["vm", "create", s(&dir), "--name", "web", "--disk", s(&base)]);
+    assert!(e.contains("child.avhdx") && e.contains("depends on"), "{e}");
+    assert!(!dir.exists());
+    assert_eq!(tree_bytes(t.path()), before);
+    // The child itself (the leaf of the chain) can be given to a VM.
+    let vm = Vm::create(&dir, &VmSpec::new("web", vec![child.clone()])).unwrap();
+    assert_holds(&cur(&vm), 0x22);
+}
+
+#[test]
+fn vm_create_refuses_a_disk_whose_stamp_names_an_unreadable_vm_file() {
+    let t = common::tempdir();
+    let base = t.path().join("base.vhdx");
+    make_disk(&base, 0x11);
+    let vm1 = t.path().join("vm1");
+    drop(Vm::create(&vm1, &VmSpec::new("one", vec![base.clone()])).unwrap());
+    // The owner's vm.json cannot be read: whether it uses the disk cannot
+    // be known, so the disk is not taken for no one's.
+    std::fs::write(vm1.join("vm.json"), b"{ not json").unwrap();
+    let before = tree_bytes(t.path());
+    let vm2 = t.path().join("vm2");
+    let e = Vm::create(&vm2, &VmSpec::new("two", vec![base.clone()])).unwrap_err();
+    assert!(e.to_string().contains("vm1"), "{e}");
+    assert!(!vm2.exists());
+    assert_eq!(tree_bytes(t.path()), before);
+}
+
+#[test]
+fn a_delete_is_refused_when_a_disk_in_a_scanned_folder_cannot_be_read() {
+    let t = common::tempdir();
+    let base = t.path().join("d/base.vhdx");
+    make_disk(&base, 0x11);
+    let dir = t.path().join("vm");
+    let mut vm = Vm::create(&dir, &VmSpec::new("web", vec![base.clone()])).unwrap();
+    vm.create_checkpoint("A", None, &mut NoHooks).unwrap();
+    put(&cur(&vm), 0x22);
+    // A damaged file next to the disks: it may be a child of the layer the
+    // delete would merge into, so the delete cannot know it is safe.
+    let junk = t.path().join("d/junk.avhdx");
+    std::fs::write(&junk, vec![0x5a; 1 << 16]).unwrap();
+    let before = tree_bytes(t.path());
+    let e = vm.delete("A", false, &mut NoHooks).unwrap_err();
+    assert!(e.to_string().contains("junk.avhdx"), "{e}");
+    assert_eq!(
+        tree_bytes(t.path()),
+        before,
+        "a refused delete changed something"
+    );
+    assert!(vm.find("A").is_ok());
+    std::fs::remove_file(&junk).unwrap();
+    vm.delete("A", false, &mut NoHooks).unwrap();
+    assert_holds(&cur(&vm), 0x22);
 }

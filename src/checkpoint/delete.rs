@@ -325,8 +325,10 @@ impl Vm {
     /// depends on (another VM's, or one made by hand over it): what to say
     /// about it, naming that disk. Such a layer is kept as a hidden node
     /// instead: a merge never changes a file another disk depends on. The
-    /// dependants are looked for, as [`merge::merge`] does, in the folders
-    /// of the VM's disk files.
+    /// dependants are looked for in the folder of each disk the delete
+    /// changes, in the folders of the VM's files, and in the folders of
+    /// the VMs this one was copied from (`related_vms`) and of their files;
+    /// a dependant anywhere else cannot be known.
     fn shared_with_others(&self, id: &str, deps: &[Option<String>]) -> Result<Option<String>> {
         let node = &self.data.checkpoints[self.index(id)?];
         let mut changed: Vec<PathBuf> = match deps {
@@ -338,12 +340,23 @@ impl Vm {
             changed.extend(self.disks_of(dep)?);
         }
         let ours = owner::files_of(&self.data);
-        let mut dirs: Vec<PathBuf> = ours
-            .iter()
-            .filter(|p| p.is_file())
-            .filter_map(|p| std::fs::canonicalize(p).ok())
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect();
+        let mut files: Vec<PathBuf> = ours.iter().chain(changed.iter()).cloned().collect();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for other_dir in &self.data.related_vms {
+            let file = other_dir.join(VM_FILE);
+            if !file.exists() {
+                continue; // that VM is gone
+            }
+            files.extend(owner::files_of(&read_vm_file(&file)?));
+            dirs.extend(std::fs::canonicalize(other_dir).ok());
+        }
+        dirs.extend(
+            files
+                .iter()
+                .filter(|p| p.is_file())
+                .filter_map(|p| std::fs::canonicalize(p).ok())
+                .filter_map(|p| p.parent().map(Path::to_path_buf)),
+        );
         dirs.sort();
         dirs.dedup();
         for f in changed.iter().filter(|f| f.is_file()) {
@@ -352,7 +365,7 @@ impl Vm {
                 .iter()
                 .find(|c| !ours.iter().any(|o| owner::same_file(o, c)))
             {
-                let whose = match owner::user_of(c, self.data.id.as_deref()) {
+                let whose = match owner::user_of(c, self.data.id.as_deref())? {
                     Some((vm, folder)) => {
                         format!("of VM {:?} in {}", vm.config.name, folder.display())
                     }

@@ -170,7 +170,7 @@ pub fn files_of(data: &VmFile) -> Vec<PathBuf> {
 /// it (see [`user_of`]) is refused the same way, related or not.
 pub fn refuse_foreign(data: &VmFile, files: &[PathBuf], what: &str) -> Result<()> {
     for f in files {
-        if let Some((other, folder)) = user_of(f, data.id.as_deref()) {
+        if let Some((other, folder)) = user_of(f, data.id.as_deref())? {
             return Err(Error::InvalidArgument(format!(
                 "{}: this disk file belongs to VM {:?} in {} (its ownership stamp says so, \
                  and that VM uses it); {what} would change it: nothing was changed",
@@ -230,10 +230,20 @@ pub struct Stamp {
     pub folder: PathBuf,
 }
 
-/// The stamp of the disk file `disk`, if it has a readable one.
-pub fn stamp_of(disk: &Path) -> Option<Stamp> {
-    let bytes = crate::disk::user_item::user_item(disk, &STAMP_ITEM).ok()??;
-    serde_json::from_slice(&bytes).ok()
+/// The stamp of the disk file `disk`: `None` only when it has none. A file
+/// that cannot be read (unreadable, corrupt metadata) or a stamp that
+/// cannot be parsed is an error naming the file, never "no stamp": an
+/// operation that needs the answer is refused.
+pub fn stamp_of(disk: &Path) -> Result<Option<Stamp>> {
+    let Some(bytes) = crate::disk::user_item::user_item(disk, &STAMP_ITEM)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::Corrupt(format!(
+            "{}: the ownership stamp of this disk file cannot be read ({e})",
+            disk.display()
+        ))
+    })
 }
 
 /// Stamp the disk file `disk` as owned by the VM `data` (in `dir`).
@@ -249,20 +259,28 @@ pub fn stamp(disk: &Path, dir: &Path, data: &VmFile) -> Result<()> {
 /// The other VM that uses the disk file `disk`, as its stamp says and as
 /// that VM's file confirms (its folder still holds a VM with the stamped
 /// id whose tree names this very file): `(its file, its folder)`. A stamp
-/// of a VM that is gone, or of this VM (`my_id`), is no one's.
-pub fn user_of(disk: &Path, my_id: Option<&str>) -> Option<(VmFile, PathBuf)> {
-    let s = stamp_of(disk)?;
+/// of a VM that is gone, or of this VM (`my_id`), is no one's; a stamp or
+/// a VM file that cannot be read is an error (see [`stamp_of`]).
+pub fn user_of(disk: &Path, my_id: Option<&str>) -> Result<Option<(VmFile, PathBuf)>> {
+    let Some(s) = stamp_of(disk)? else {
+        return Ok(None);
+    };
     if Some(s.vm_id.as_str()) == my_id {
-        return None;
+        return Ok(None);
     }
-    let other = read_vm_file(&s.folder.join(VM_FILE)).ok()?;
+    let file = s.folder.join(VM_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    // A VM file there that cannot be read may be the owner's: an error.
+    let other = read_vm_file(&file)?;
     if other.id.as_deref() != Some(s.vm_id.as_str()) {
-        return None;
+        return Ok(None);
     }
-    files_of(&other)
+    Ok(files_of(&other)
         .iter()
         .any(|f| same_file(f, disk))
-        .then_some((other, s.folder))
+        .then_some((other, s.folder)))
 }
 
 /// Refuse (`InvalidArgument`, naming the other VM, before anything is
@@ -271,7 +289,7 @@ pub fn user_of(disk: &Path, my_id: Option<&str>) -> Option<(VmFile, PathBuf)> {
 /// shared by VMs is given to each through its own differencing disk.
 pub fn refuse_used(disks: &[PathBuf]) -> Result<()> {
     for d in disks {
-        if let Some((other, folder)) = user_of(d, None) {
+        if let Some((other, folder)) = user_of(d, None)? {
             return Err(Error::InvalidArgument(format!(
                 "{}: this disk is used by VM {:?} in {}; two VMs never share a disk they \
                  write: give this VM its own differencing disk over it (ckpt create --parent \
@@ -329,7 +347,11 @@ pub fn others_files(candidates: &[PathBuf], my_id: Option<&str>) -> Vec<PathBuf>
     for p in candidates {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
         let other = match ext {
-            "avhdx" => stamp_of(p).map(|s| (s.vm_id, Some(s.folder))),
+            // A stamp that cannot be read may be another VM's: never a stray.
+            "avhdx" => match stamp_of(p) {
+                Ok(s) => s.map(|s| (s.vm_id, Some(s.folder))),
+                Err(_) => Some((String::new(), None)),
+            },
             "json" => config_copy_vm(p),
             "vmrs" => config_copy_vm(&p.with_extension("json")),
             _ => None,

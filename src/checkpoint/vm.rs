@@ -96,6 +96,46 @@ pub(super) fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
+/// Refuse (`InvalidArgument`, naming the child, before anything is
+/// written) to make a VM of a disk that differencing disks depend on:
+/// writing it would corrupt them. Looked for in the disk's own folder (the
+/// tree makes children next to their parents) and in the folders of the
+/// VM its ownership stamp names (that VM's folder and its disks' folders).
+fn refuse_with_children(disks: &[PathBuf]) -> Result<()> {
+    for d in disks {
+        let real = std::fs::canonicalize(d).map_err(|e| Error::from(e).in_file(d))?;
+        let mut dirs: Vec<PathBuf> = real.parent().map(Path::to_path_buf).into_iter().collect();
+        if let Some(s) = owner::stamp_of(d)? {
+            let file = s.folder.join(VM_FILE);
+            if file.exists() {
+                let other = read_vm_file(&file)?;
+                dirs.push(s.folder.clone());
+                dirs.extend(
+                    owner::files_of(&other)
+                        .iter()
+                        .filter(|p| p.is_file())
+                        .filter_map(|p| std::fs::canonicalize(p).ok())
+                        .filter_map(|p| p.parent().map(Path::to_path_buf)),
+                );
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        let children = crate::disk::merge::find_children_in(d, &dirs)?;
+        if let Some(c) = children.first() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the differencing disk {} depends on it, and the VM would write it \
+                 (corrupting that child): give the VM the child, or a new differencing disk \
+                 over this one (ckpt create --parent {} NEW.avhdx): nothing was changed",
+                d.display(),
+                c.display(),
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The longest checkpoint name, in characters (Unicode scalar values, not
 /// bytes), as in Hyper-V.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -188,6 +228,7 @@ impl Vm {
             )));
         }
         owner::refuse_used(&disks)?;
+        refuse_with_children(&disks)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::from(e).in_file(dir))?;
         let lock = lock_vm(&dir)?;
@@ -275,41 +316,46 @@ impl Vm {
     /// records its new folder; a copy (the folder it was saved from still
     /// holds a VM with its id) gets a new id and remembers the original,
     /// whose files it then never changes. One atomic save: a crash before
-    /// it leaves the file as it was, and the next open does it again.
+    /// it leaves the file as it was, and the next open does it again. The
+    /// disks are then stamped again ([`Vm::restamp`]), on every open, so
+    /// that a restamp a crash or an error cut short is finished later.
     fn adopt_folder(&mut self) -> Result<()> {
         let found = owner::found_at(&self.dir, &self.data);
-        if found == owner::Found::Home
-            && self.data.id.is_some()
-            && self.data.folder.as_deref() == Some(&self.dir)
+        let copied = matches!(found, owner::Found::Copied(_));
+        if found != owner::Found::Home
+            || self.data.id.is_none()
+            || self.data.folder.as_deref() != Some(&self.dir)
         {
-            return Ok(());
-        }
-        if let owner::Found::Copied(orig) = &found {
-            // The files a copy would remove later are the original's.
-            self.data.pending_removals.clear();
-            self.data.id = Some(owner::new_id());
-            if !self.data.related_vms.contains(orig) {
-                self.data.related_vms.push(orig.clone());
+            if let owner::Found::Copied(orig) = &found {
+                // The files a copy would remove later are the original's.
+                self.data.pending_removals.clear();
+                self.data.id = Some(owner::new_id());
+                if !self.data.related_vms.contains(orig) {
+                    self.data.related_vms.push(orig.clone());
+                }
             }
+            if self.data.id.is_none() {
+                self.data.id = Some(owner::new_id());
+            }
+            // A journal of an operation under way is kept as it is: its
+            // relative paths already resolve in the new folder.
+            self.save()?;
         }
-        if self.data.id.is_none() {
-            self.data.id = Some(owner::new_id());
-        }
-        // A journal of an operation under way is kept as it is: its
-        // relative paths already resolve in the new folder.
-        self.save()?;
-        self.restamp(&found);
+        self.restamp(copied);
         Ok(())
     }
 
-    /// After a move or a copy, stamp again the disk files that are now this
-    /// VM's, so that their stamps name the folder the VM is in (a stamp
-    /// naming a folder without the VM counts as no one's): after a move
-    /// every file stamped with this VM's id; after a copy the files inside
-    /// the copy's own folder. Best effort: a file that cannot be stamped
-    /// (held by a running hypervisor, read-only) is a warning.
-    fn restamp(&mut self, found: &owner::Found) {
-        let copied = matches!(found, owner::Found::Copied(_));
+    /// Stamp again the disk files of the tree that are this VM's but whose
+    /// stamps still name a folder the VM left (a stamp naming a folder
+    /// without the VM counts as no one's): every file stamped with this
+    /// VM's id and another folder (a move), and every file inside the VM
+    /// folder stamped by a VM this one was copied from (`related_vms`; a
+    /// copy, with `copied` set when it was found just now, also an
+    /// unstamped one). A disk stamped by any other VM is never restamped.
+    /// Run on every open, so it converges after a crash or an error; best
+    /// effort: a file that cannot be read or stamped (held by a running
+    /// hypervisor, read-only) is a warning.
+    fn restamp(&mut self, copied: bool) {
         let id = self.data.id.clone();
         let mut files: Vec<PathBuf> = self.data.current.disks.clone();
         for c in &self.data.checkpoints {
@@ -317,14 +363,23 @@ impl Vm {
         }
         files.sort();
         files.dedup();
-        for f in files {
-            let ours = if copied {
-                f.starts_with(&self.dir)
-            } else {
-                owner::stamp_of(&f).is_some_and(|s| Some(&s.vm_id) == id.as_ref())
+        for f in files.into_iter().filter(|f| f.is_file()) {
+            let stale = match owner::stamp_of(&f) {
+                Ok(Some(s)) if s.folder == self.dir => false,
+                Ok(Some(s)) if Some(&s.vm_id) == id.as_ref() => true,
+                Ok(Some(s)) => {
+                    f.starts_with(&self.dir) && self.data.related_vms.contains(&s.folder)
+                }
+                Ok(None) => copied && f.starts_with(&self.dir),
+                Err(e) => {
+                    self.warnings.push(format!(
+                        "{}: could not read its ownership stamp ({e})",
+                        f.display()
+                    ));
+                    false
+                }
             };
-            let stale = owner::stamp_of(&f).is_none_or(|s| s.folder != self.dir);
-            if ours && stale {
+            if stale {
                 if let Err(e) = owner::stamp(&f, &self.dir, &self.data) {
                     self.warnings.push(format!(
                         "{}: could not stamp it with the VM's new folder ({e})",

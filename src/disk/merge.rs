@@ -293,6 +293,9 @@ fn folders_of(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The differencing disks in any of the folders `dirs` whose parent is `child`.
+/// A folder that cannot be listed, or a VHDX file in it that cannot be read
+/// (unreadable, corrupt, held by a writer while `child` is held too), is an
+/// error naming it: whether it is a child cannot be known.
 pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let want = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
     let mut out = Vec::new();
@@ -308,7 +311,7 @@ pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> 
 fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::from(e).in_file(dir))? {
-        let p = entry?.path();
+        let p = entry.map_err(|e| Error::from(e).in_file(dir))?.path();
         let ext = p
             .extension()
             .and_then(|e| e.to_str())
@@ -316,13 +319,23 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
             continue;
         }
-        let Ok(f) = open_single(&p, false) else {
-            continue;
+        // A file that cannot be read may be a child: an error, never "none".
+        // Except one held by a writer while `want` is free: a writer of a
+        // child holds its parents too, so that file is not `want`'s child.
+        let f = match open_single(&p, false) {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == crate::ErrorKind::Busy
+                    && crate::disk::check_not_in_use(want).is_ok() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
         };
         if !f.has_parent() {
             continue;
         }
-        let Ok(loc) = locator_of(&f) else { continue };
+        let loc = locator_of(&f).map_err(|e| e.in_file(&p))?;
         let found = chain::parent_candidates(&loc, &p)
             .into_iter()
             .find(|c| c.is_file())
