@@ -58,12 +58,7 @@ pub const META_PARENT_LOCATOR: Uuid = uuid::uuid!("A8D35F2D-B30B-454D-ABF7-D3D84
 /// Parent locator type: VHDX.
 pub const PARENT_LOCATOR_VHDX: Uuid = uuid::uuid!("B04AEFB7-D19E-4A81-B789-25B8E9445913");
 
-/// Read a little-endian u16 at `off` (the caller guarantees the bounds).
-pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-/// Read a little-endian u32 at `off`.
+/// Read a little-endian u32 at `off` (the caller guarantees the bounds).
 pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[off..off + 4]);
@@ -121,28 +116,34 @@ pub(crate) fn checked_structure(
     structure: crate::error::Structure,
     offset: u64,
 ) -> crate::error::Result<&[u8]> {
-    use crate::error::Error;
+    use crate::error::{Error, Reason};
     if b.len() < size {
-        return Err(Error::Corrupt(format!("{structure} is truncated")));
+        return Err(Error::corrupt(
+            structure,
+            Some(offset),
+            Reason::Truncated {
+                needed: size as u64,
+                found: b.len() as u64,
+            },
+        ));
     }
     let b = &b[..size];
     let sig = le32(b, 0);
     if sig != signature {
-        return Err(Error::BadSignature {
+        return Err(Error::corrupt(
             structure,
-            offset,
-            found: sig as u64,
-        });
+            Some(offset),
+            Reason::BadSignature { found: sig as u64 },
+        ));
     }
     let stored = le32(b, 4);
     let computed = crc_with_zeroed_field(b, 4);
     if stored != computed {
-        return Err(Error::BadChecksum {
+        return Err(Error::corrupt(
             structure,
-            offset,
-            stored,
-            computed,
-        });
+            Some(offset),
+            Reason::BadChecksum { stored, computed },
+        ));
     }
     Ok(b)
 }

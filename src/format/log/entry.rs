@@ -170,10 +170,14 @@ pub fn for_each_update(
         }
         let d = &sector[o % SECTOR..o % SECTOR + DESC_SIZE];
         if check_descriptor(d, e.sequence).is_none() {
-            return Err(Error::Corrupt(format!(
-                "log entry {} changed while it was replayed",
-                e.sequence
-            )));
+            return Err(Error::corrupt(
+                Structure::LogEntry,
+                None,
+                Reason::Invalid(format!(
+                    "entry {} at log position {:#x} changed while it was replayed",
+                    e.sequence, e.position
+                )),
+            ));
         }
         let file_offset = le64(d, DESC_FILE_OFFSET_OFFSET);
         if le32(d, DESC_SIGNATURE_OFFSET) == ZERO_DESC_SIGNATURE {

@@ -1,7 +1,7 @@
 //! The log (journal): entries, descriptors, the active-sequence search of
 //! [MS-VHDX] §2.3.3, and building new entries.
 
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
 use crate::format::{guid_at, le32, le64, put32, put64, put_guid};
 
 mod build;

@@ -62,7 +62,12 @@ pub fn find_active_sequence(
     guid: &Uuid,
 ) -> Result<Vec<Entry>> {
     if log_len == 0 || log_len % SECTOR as u64 != 0 || log_len > u32::MAX as u64 + 1 {
-        return Err(Error::Corrupt("log has an invalid length".into()));
+        return Err(bad_field(
+            Structure::Log,
+            "length",
+            log_len,
+            "not a non-zero multiple of 4 KiB up to 4 GiB",
+        ));
     }
     let sectors = log_len / SECTOR as u64;
     let sigs = entry_signatures(read, data, log_len)?;
@@ -180,8 +185,10 @@ pub fn find_active_sequence(
         old_tail = tail;
     }
     let Some((mut i, h)) = candidate else {
-        return Err(Error::Corrupt(
-            "the log is dirty but holds no valid entry sequence".into(),
+        return Err(Error::corrupt(
+            Structure::Log,
+            None,
+            Reason::Invalid("the log is dirty but holds no valid entry sequence".into()),
         ));
     };
     let mut seq = Vec::new();
@@ -189,7 +196,13 @@ pub fn find_active_sequence(
         let pos = entries[i as usize].position;
         read_wrapped(read, log_len, pos, &mut head)?;
         let e = parse_entry_header(&head, log_len, guid, pos).ok_or_else(|| {
-            Error::Corrupt(format!("log entry at {pos:#x} changed while it was read"))
+            Error::corrupt(
+                Structure::LogEntry,
+                None,
+                Reason::Invalid(format!(
+                    "the entry at log position {pos:#x} changed while it was read"
+                )),
+            )
         })?;
         seq.push(e);
         if i == h {
