@@ -219,12 +219,8 @@ pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)>
         );
         match e {
             Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
-            Error::Corrupt(c) => Error::corrupt(
-                Structure::Header,
-                Some(offset),
-                Reason::Invalid(format!("{what}: {}", c.reason)),
-            ),
-            e => e,
+            // The offset says which copy; the reason stays in data.
+            e => e.at(offset),
         }
     })?;
     Ok((h, slot, problem))
