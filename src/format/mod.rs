@@ -1,5 +1,24 @@
 //! Pure VHDX on-disk structures ([MS-VHDX] v6.0): parsing at named offsets,
 //! validation, and serialisation. No I/O policy and no `unsafe` here.
+//!
+//! One file per on-disk structure, each with its byte layout and `*_OFFSET`
+//! constants at the top, and round-trip and golden tests at the bottom:
+//!
+//! - `fileid.rs`: the file type identifier at offset 0.
+//! - `header.rs`: the two headers, and the choice of the current one.
+//! - `region.rs`: the region tables.
+//! - `metadata.rs`: the metadata table and the system items.
+//! - `locator.rs`: the parent locator item.
+//! - `bat.rs`: BAT entries and the geometry that places them.
+//! - `log/`: the log: entry layout (`mod.rs`), reading one entry
+//!   (`entry.rs`), the active-sequence search (`scan.rs`), new entries
+//!   (`build.rs`).
+//! - `read.rs`: [`Reader`], bounds-checked little-endian reads that fail
+//!   with a typed [`Corruption`](crate::error::Corruption), never a panic.
+//!
+//! Depends on `crate::error` only: nothing above it (`disk`, `checkpoint`,
+//! `ffi`, the CLI) and no I/O of its own; the log scan reads through the
+//! callbacks its caller passes.
 
 #![forbid(unsafe_code)]
 

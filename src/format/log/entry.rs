@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use super::*;
+use crate::format::Reader;
 
 /// The header fields of an entry header sector, when they are plausible for
 /// a log of `log_len` bytes and `guid` (the body is not looked at).
@@ -12,20 +13,22 @@ pub(super) fn parse_entry_header(
     guid: &Uuid,
     pos: u64,
 ) -> Option<Entry> {
-    if le32(head, ENTRY_SIGNATURE_OFFSET) != ENTRY_SIGNATURE {
+    // A short or damaged header sector is "no entry here", never a panic.
+    let r = Reader::new(head, Structure::LogEntry);
+    if r.u32(ENTRY_SIGNATURE_OFFSET).ok()? != ENTRY_SIGNATURE {
         return None;
     }
-    let length = le32(head, ENTRY_LENGTH_OFFSET) as u64;
-    let tail = le32(head, ENTRY_TAIL_OFFSET) as u64;
-    let sequence = le64(head, ENTRY_SEQUENCE_OFFSET);
-    let count = le32(head, ENTRY_DESCRIPTOR_COUNT_OFFSET) as usize;
+    let length = r.u32(ENTRY_LENGTH_OFFSET).ok()? as u64;
+    let tail = r.u32(ENTRY_TAIL_OFFSET).ok()? as u64;
+    let sequence = r.u64(ENTRY_SEQUENCE_OFFSET).ok()?;
+    let count = r.u32(ENTRY_DESCRIPTOR_COUNT_OFFSET).ok()? as usize;
     if length == 0
         || length % SECTOR as u64 != 0
         || length > log_len
         || tail % SECTOR as u64 != 0
         || tail >= log_len
         || sequence == 0
-        || guid_at(head, ENTRY_LOG_GUID_OFFSET) != *guid
+        || r.guid(ENTRY_LOG_GUID_OFFSET).ok()? != *guid
     {
         return None;
     }
@@ -38,21 +41,22 @@ pub(super) fn parse_entry_header(
         length,
         tail,
         sequence,
-        flushed_file_offset: le64(head, ENTRY_FLUSHED_FILE_OFFSET_OFFSET),
-        last_file_offset: le64(head, ENTRY_LAST_FILE_OFFSET_OFFSET),
+        flushed_file_offset: r.u64(ENTRY_FLUSHED_FILE_OFFSET_OFFSET).ok()?,
+        last_file_offset: r.u64(ENTRY_LAST_FILE_OFFSET_OFFSET).ok()?,
         descriptor_count: count as u32,
     })
 }
 
 /// Check one descriptor (32 bytes); returns whether it is a data descriptor.
 pub(super) fn check_descriptor(d: &[u8], sequence: u64) -> Option<bool> {
-    let file_offset = le64(d, DESC_FILE_OFFSET_OFFSET);
-    if le64(d, DESC_SEQUENCE_OFFSET) != sequence || file_offset % SECTOR as u64 != 0 {
+    let r = Reader::new(d, Structure::LogEntry);
+    let file_offset = r.u64(DESC_FILE_OFFSET_OFFSET).ok()?;
+    if r.u64(DESC_SEQUENCE_OFFSET).ok()? != sequence || file_offset % SECTOR as u64 != 0 {
         return None;
     }
-    match le32(d, DESC_SIGNATURE_OFFSET) {
+    match r.u32(DESC_SIGNATURE_OFFSET).ok()? {
         ZERO_DESC_SIGNATURE => {
-            let length = le64(d, DESC_ZERO_LENGTH_OFFSET);
+            let length = r.u64(DESC_ZERO_LENGTH_OFFSET).ok()?;
             if length % SECTOR as u64 != 0 || file_offset.checked_add(length).is_none() {
                 return None;
             }
@@ -215,4 +219,31 @@ pub fn read_data_sector(
     read_wrapped(read, log_len, log_position, &mut out[..SECTOR])?;
     restore_sector(out, leading, trailing);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short entry header sector or descriptor is "no entry", never a panic.
+    #[test]
+    fn short_input_is_no_entry_never_a_panic() {
+        let guid = Uuid::from_u128(1);
+        let full = build_entry(&guid, 1, 0, 1 << 20, 1 << 20, &[]);
+        assert!(parse_entry_header(&full[..SECTOR], 1 << 20, &guid, 0).is_some());
+        for n in [0, 3, 8, 31, 47, 63] {
+            assert_eq!(
+                parse_entry_header(&full[..n], 1 << 20, &guid, 0),
+                None,
+                "{n}"
+            );
+        }
+        let mut d = [0u8; DESC_SIZE];
+        d[..4].copy_from_slice(&ZERO_DESC_SIGNATURE.to_le_bytes());
+        d[DESC_SEQUENCE_OFFSET..].copy_from_slice(&7u64.to_le_bytes());
+        assert_eq!(check_descriptor(&d, 7), Some(false));
+        for n in [0, 4, 16, 31] {
+            assert_eq!(check_descriptor(&d[..n], 7), None, "{n}");
+        }
+    }
 }
