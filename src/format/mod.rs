@@ -91,13 +91,6 @@ pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Read a GUID stored in Microsoft mixed-endian form at `off`.
-pub(crate) fn guid_at(b: &[u8], off: usize) -> Uuid {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[off..off + 16]);
-    Uuid::from_bytes_le(a)
-}
-
 /// Store a GUID in Microsoft mixed-endian form at `off`.
 pub(crate) fn put_guid(b: &mut [u8], off: usize, g: &Uuid) {
     b[off..off + 16].copy_from_slice(&g.to_bytes_le());

@@ -2,7 +2,7 @@
 //! [MS-VHDX] §2.3.3, and building new entries.
 
 use crate::error::{bad_field, Error, Reason, Result, Structure};
-use crate::format::{guid_at, le32, le64, put32, put64, put_guid};
+use crate::format::{le32, le64, put32, put64, put_guid};
 
 mod build;
 mod entry;
