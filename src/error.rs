@@ -5,8 +5,180 @@ use std::path::PathBuf;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Which on-disk structure an error is about.
-pub type Structure = &'static str;
+/// Which on-disk structure (or relation between structures) a
+/// [`Corruption`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Structure {
+    /// One of the two VHDX headers.
+    Header,
+    /// One of the two region tables.
+    RegionTable,
+    /// The metadata table (its header and entries).
+    MetadataTable,
+    /// One metadata item, by name ("file parameters", "virtual disk size", …).
+    MetadataItem(&'static str),
+    /// The Block Allocation Table.
+    Bat,
+    /// A sector bitmap block.
+    SectorBitmap,
+    /// The log as a whole (its region, its active sequence).
+    Log,
+    /// One log entry.
+    LogEntry,
+    /// The parent locator metadata item.
+    ParentLocator,
+    /// The file type identifier at offset 0.
+    FileIdentifier,
+    /// How the objects lie in the file (overlaps, bounds, file length).
+    Layout,
+    /// The chain of a differencing disk and its parents.
+    Chain,
+    /// A VM's checkpoint tree.
+    CheckpointTree,
+    /// A VM folder's own JSON file.
+    VmFile,
+}
+
+impl std::fmt::Display for Structure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Structure::Header => "header",
+            Structure::RegionTable => "region table",
+            Structure::MetadataTable => "metadata table",
+            Structure::MetadataItem(name) => name,
+            Structure::Bat => "BAT",
+            Structure::SectorBitmap => "sector bitmap",
+            Structure::Log => "log",
+            Structure::LogEntry => "log entry",
+            Structure::ParentLocator => "parent locator",
+            Structure::FileIdentifier => "file identifier",
+            Structure::Layout => "file layout",
+            Structure::Chain => "disk chain",
+            Structure::CheckpointTree => "checkpoint tree",
+            Structure::VmFile => "VM file",
+        })
+    }
+}
+
+/// What is wrong with a structure, in data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The structure does not start with its signature.
+    BadSignature {
+        /// The value found where the signature should be.
+        found: u64,
+    },
+    /// A checksum does not match.
+    BadChecksum {
+        /// Checksum stored in the file.
+        stored: u32,
+        /// Checksum computed over the bytes.
+        computed: u32,
+    },
+    /// A field holds a value that is not allowed.
+    BadField {
+        /// Which field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// Why it is not allowed.
+        problem: &'static str,
+    },
+    /// The bytes end before the structure does.
+    Truncated {
+        /// Bytes the structure needs.
+        needed: u64,
+        /// Bytes there are.
+        found: u64,
+    },
+    /// A value differs from the one it must equal.
+    Mismatch {
+        /// What is compared.
+        what: &'static str,
+        /// The value it must have.
+        expected: u64,
+        /// The value found.
+        found: u64,
+    },
+    /// A required part is absent.
+    Missing(&'static str),
+    /// Two objects of the file share bytes.
+    Overlap {
+        /// The first object.
+        what: String,
+        /// The object it overlaps.
+        with: String,
+    },
+    /// Anything else, described in words.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::BadSignature { found } => write!(f, "bad signature {found:#x}"),
+            Reason::BadChecksum { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+            Reason::BadField {
+                field,
+                value,
+                problem,
+            } => write!(f, "invalid {field} {value:#x}: {problem}"),
+            Reason::Truncated { needed, found } => {
+                write!(f, "truncated: {found} bytes where {needed} are needed")
+            }
+            Reason::Mismatch {
+                what,
+                expected,
+                found,
+            } => write!(f, "{what} is {found}, expected {expected}"),
+            Reason::Missing(what) => write!(f, "{what} is missing"),
+            Reason::Overlap { what, with } => write!(f, "{what} overlaps {with}"),
+            Reason::Invalid(text) => f.write_str(text),
+        }
+    }
+}
+
+/// A damaged structure: which one, where, and what is wrong, in data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// The structure that is damaged.
+    pub structure: Structure,
+    /// Its file offset, when known.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub reason: Reason,
+}
+
+impl Corruption {
+    /// A corruption of `structure` at `offset` (when known).
+    pub fn new(structure: Structure, offset: Option<u64>, reason: Reason) -> Self {
+        Corruption {
+            structure,
+            offset,
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.offset {
+            Some(o) => write!(f, "{} at offset {o:#x}: {}", self.structure, self.reason)?,
+            None => write!(f, "{}: {}", self.structure, self.reason)?,
+        }
+        if let (Structure::FileIdentifier, Reason::BadSignature { .. }) =
+            (self.structure, &self.reason)
+        {
+            f.write_str(" (not a VHDX file)")?;
+        }
+        Ok(())
+    }
+}
 
 /// Everything that can go wrong in libckpt.
 ///
@@ -29,46 +201,10 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// A structure does not start with its signature.
-    #[error("{structure} at offset {offset:#x}: bad signature {found:#x}")]
-    BadSignature {
-        /// Which structure.
-        structure: Structure,
-        /// File offset of the structure.
-        offset: u64,
-        /// The value found where the signature should be.
-        found: u64,
-    },
-
-    /// A checksum does not match.
-    #[error("{structure} at offset {offset:#x}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum {
-        /// Which structure.
-        structure: Structure,
-        /// File offset of the structure.
-        offset: u64,
-        /// Checksum stored in the file.
-        stored: u32,
-        /// Checksum computed over the bytes.
-        computed: u32,
-    },
-
-    /// A field holds a value that is not allowed.
-    #[error("{structure}: invalid {field} {value:#x}: {reason}")]
-    BadField {
-        /// Which structure.
-        structure: Structure,
-        /// Which field.
-        field: &'static str,
-        /// The value found.
-        value: u64,
-        /// Why it is not allowed.
-        reason: &'static str,
-    },
-
-    /// The file is damaged in a way described in words.
+    /// A structure of the file is damaged: which one, where, and what is
+    /// wrong are in the [`Corruption`].
     #[error("corrupt image: {0}")]
-    Corrupt(String),
+    Corrupt(Corruption),
 
     /// A VM folder's own file (`vm.json`, `journal.json`) is damaged or
     /// inconsistent (edited by hand, truncated): the message names the
@@ -204,11 +340,7 @@ impl Error {
             Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ErrorKind::NoSpace,
             Error::Io(_) => ErrorKind::Io,
             Error::InFile { source, .. } => source.kind(),
-            Error::BadSignature { .. }
-            | Error::BadChecksum { .. }
-            | Error::BadField { .. }
-            | Error::Corrupt(_)
-            | Error::BadVmFile(_) => ErrorKind::Corrupt,
+            Error::Corrupt(_) | Error::BadVmFile(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::OutOfRange { .. } => ErrorKind::OutOfRange,
@@ -222,19 +354,45 @@ impl Error {
             Error::NoSpace(_) => ErrorKind::NoSpace,
         }
     }
+
+    /// An [`Error::Corrupt`] of `structure` at `offset` (when known).
+    pub fn corrupt(structure: Structure, offset: Option<u64>, reason: Reason) -> Error {
+        Error::Corrupt(Corruption::new(structure, offset, reason))
+    }
+
+    /// The corruption this error describes (looking through [`Error::InFile`]).
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            Error::Corrupt(c) => Some(c),
+            Error::InFile { source, .. } => source.corruption(),
+            _ => None,
+        }
+    }
+
+    /// Record `offset` as the damaged structure's file offset, when the
+    /// error is a corruption whose offset is not known yet.
+    pub(crate) fn at(mut self, offset: u64) -> Error {
+        if let Error::Corrupt(c) = &mut self {
+            c.offset.get_or_insert(offset);
+        }
+        self
+    }
 }
 
-/// Shorthand for a [`Error::BadField`].
+/// Shorthand for an [`Error::Corrupt`] with a [`Reason::BadField`].
 pub(crate) fn bad_field(
     structure: Structure,
     field: &'static str,
     value: u64,
-    reason: &'static str,
+    problem: &'static str,
 ) -> Error {
-    Error::BadField {
+    Error::corrupt(
         structure,
-        field,
-        value,
-        reason,
-    }
+        None,
+        Reason::BadField {
+            field,
+            value,
+            problem,
+        },
+    )
 }

@@ -42,6 +42,6 @@ pub use disk::check::{check, check_storage, CheckReport};
 pub use disk::{
     ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Corruption, Error, ErrorKind, Reason, Result, Structure};
 
 pub use version::VERSION;

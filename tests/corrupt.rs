@@ -1033,3 +1033,95 @@ fn judge_failure(ctx: &str, img: &[u8], words: &'static [&'static str]) {
         );
     }
 }
+
+/// The error of a crafted corrupt file says, in data, which structure is
+/// damaged, at which file offset, and why (not only in its message).
+#[test]
+fn corruption_names_the_structure_and_offset_in_data() {
+    use ckpt::{Reason, Structure};
+    let base = engine_image();
+    let l = Layout::parse(&base);
+    let cases: Vec<(&str, Vec<u8>, Structure, Option<u64>)> = vec![
+        {
+            let mut img = base.clone();
+            img[7] = b'X';
+            (
+                "file identifier signature",
+                img,
+                Structure::FileIdentifier,
+                Some(0),
+            )
+        },
+        {
+            let mut img = base.clone();
+            img[l.meta_offset as usize] ^= 1;
+            (
+                "metadata table signature",
+                img,
+                Structure::MetadataTable,
+                Some(l.meta_offset),
+            )
+        },
+        {
+            let mut img = base.clone();
+            edit_current_header(&mut img, &l, |h| wr32(h, 68, 0));
+            (
+                "current header LogLength",
+                img,
+                Structure::Header,
+                Some(l.current_header as u64),
+            )
+        },
+        {
+            let mut img = base.clone();
+            set_bat(&mut img, &l, 1, 4);
+            (
+                "BAT entry state",
+                img,
+                Structure::Bat,
+                Some(l.bat_pos(1) as u64),
+            )
+        },
+        {
+            let mut img = base.clone();
+            edit_region_tables(&mut img, |t| wr32(t, 8, 4000));
+            ("region table EntryCount", img, Structure::RegionTable, None)
+        },
+    ];
+    for (name, img, structure, offset) in cases {
+        let err = match Disk::open_storage(Arc::new(MemStorage::from_vec(img)), OpenMode::ReadOnly)
+        {
+            Ok(_) => panic!("{name}: the damaged image opens"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{name}: {err}");
+        let c = err
+            .corruption()
+            .unwrap_or_else(|| panic!("{name}: not a corruption: {err:?}"));
+        assert_eq!(c.structure, structure, "{name}: {err}");
+        if offset.is_some() {
+            assert_eq!(c.offset, offset, "{name}: {err}");
+        }
+        let why = c.reason.clone();
+        match name {
+            "file identifier signature" | "metadata table signature" => {
+                assert!(
+                    matches!(why, Reason::BadSignature { .. }),
+                    "{name}: {why:?}"
+                )
+            }
+            "current header LogLength" => assert!(
+                matches!(
+                    why,
+                    Reason::BadField {
+                        field: "LogLength",
+                        value: 0,
+                        ..
+                    }
+                ),
+                "{name}: {why:?}"
+            ),
+            _ => {}
+        }
+    }
+}

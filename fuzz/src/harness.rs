@@ -1577,7 +1577,11 @@ pub fn disk_ops(data: &[u8]) -> Outcome {
                     return Err(format!("{ctx}: flatten: {e}"));
                 }
                 let flat = open_chain_of(std::slice::from_ref(&nb), OpenMode::ReadOnly)
-                    .and_then(|d| read_all(&d).map_err(Error::Corrupt))
+                    .and_then(|d| {
+                        read_all(&d).map_err(|e| {
+                            Error::corrupt(ckpt::Structure::Layout, None, ckpt::Reason::Invalid(e))
+                        })
+                    })
                     .map_err(|e| format!("{ctx}: reading the flattened disk: {e}"))?;
                 if flat != m.now {
                     return Err(format!("{ctx}: the flattened disk differs from the chain"));

@@ -617,7 +617,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Read and parse a JSON file.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::from(e).in_file(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::corrupt(
+            crate::error::Structure::VmFile,
+            None,
+            crate::error::Reason::Invalid(format!("{}: {e}", path.display())),
+        )
+    })
 }
 
 /// Serialise to pretty JSON and write atomically.

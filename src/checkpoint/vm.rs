@@ -590,7 +590,15 @@ impl Vm {
             .checkpoints
             .iter()
             .position(|c| c.id == id)
-            .ok_or_else(|| Error::Corrupt(format!("the tree refers to a missing checkpoint {id}")))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    crate::error::Structure::CheckpointTree,
+                    None,
+                    crate::error::Reason::Invalid(format!(
+                        "the tree refers to a missing checkpoint {id}"
+                    )),
+                )
+            })
     }
 
     /// The states that depend on checkpoint `id`: child checkpoints, and

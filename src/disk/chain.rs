@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::disk::path::{absolute, normalize};
 use crate::disk::vhdx::{ParentSpec, Vhdx};
 use crate::disk::{open_file, Layer, OpenMode, MAX_CHAIN_DEPTH};
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result, Structure};
 use crate::format::locator::{self, ParentLocator};
 
 /// Open `path` and every parent under it.
@@ -42,17 +42,25 @@ fn walk_chain(path: &Path, mode: OpenMode, mut seen: HashSet<PathBuf>) -> Result
         let ro = !layers.is_empty() || mode == OpenMode::ReadOnly;
         let canon = std::fs::canonicalize(&next).map_err(|e| Error::from(e).in_file(&next))?;
         if !seen.insert(canon.clone()) {
-            return Err(Error::Corrupt(format!(
-                "the chain of {} loops back to {}",
-                path.display(),
-                canon.display()
-            )));
+            return Err(Error::corrupt(
+                Structure::Chain,
+                None,
+                Reason::Invalid(format!(
+                    "the chain of {} loops back to {}",
+                    path.display(),
+                    canon.display()
+                )),
+            ));
         }
         if layers.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::Corrupt(format!(
-                "the chain of {} is deeper than {MAX_CHAIN_DEPTH} disks",
-                path.display()
-            )));
+            return Err(Error::corrupt(
+                Structure::Chain,
+                None,
+                Reason::Invalid(format!(
+                    "the chain of {} is deeper than {MAX_CHAIN_DEPTH} disks",
+                    path.display()
+                )),
+            ));
         }
         let storage = open_file(&next, !ro)?;
         let file = Vhdx::open(Arc::new(storage), ro).map_err(|e| e.in_file(&next))?;
@@ -124,10 +132,13 @@ fn refresh_stale_paths(child: &Layer, parent: &Layer) -> Result<()> {
 
 /// The parent locator of a differencing file.
 pub(super) fn locator_of(file: &Vhdx) -> Result<ParentLocator> {
-    let raw = file
-        .metadata()
-        .parent_locator
-        .ok_or_else(|| Error::Corrupt("differencing disk without a parent locator".into()))?;
+    let raw = file.metadata().parent_locator.ok_or_else(|| {
+        Error::corrupt(
+            Structure::MetadataTable,
+            None,
+            Reason::Missing("the parent locator of a differencing disk"),
+        )
+    })?;
     ParentLocator::parse(&raw)
 }
 
@@ -198,15 +209,24 @@ pub(super) fn check_linkage(
     if l1 == Some(found) || l2 == Some(found) {
         let (cm, pm) = (child.metadata(), parent.metadata());
         if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
-            return Err(Error::Corrupt(format!(
-                "{}: the parent's virtual size or sector size differs from the child's",
-                child_path.unwrap_or(Path::new("(child)")).display()
-            )));
+            return Err(Error::corrupt(
+                Structure::Chain,
+                None,
+                Reason::Invalid(format!(
+                    "{}: the parent's virtual size or sector size differs from the child's",
+                    child_path.unwrap_or(Path::new("(child)")).display()
+                )),
+            ));
         }
         return Ok(());
     }
-    let expected =
-        l1.ok_or_else(|| Error::Corrupt("the parent locator has no valid parent_linkage".into()))?;
+    let expected = l1.ok_or_else(|| {
+        Error::corrupt(
+            Structure::ParentLocator,
+            None,
+            Reason::Missing("a valid parent_linkage"),
+        )
+    })?;
     Err(Error::ParentMismatch {
         child: child_path.unwrap_or(Path::new("(child)")).to_path_buf(),
         parent: parent_path.unwrap_or(Path::new("(parent)")).to_path_buf(),

@@ -1,7 +1,7 @@
 //! The Block Allocation Table: entries, states and the geometry that places
 //! payload blocks and sector-bitmap blocks in it.
 
-use crate::error::{bad_field, Error, Result};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
 use crate::format::{MIB, SECTORS_PER_BITMAP};
 
 // Byte layout of a BAT entry (MS-VHDX 2.5.1), one little-endian u64; the BAT
@@ -124,7 +124,7 @@ impl Geometry {
     ) -> Result<Geometry> {
         if block_size == 0 || logical_sector_size == 0 {
             return Err(bad_field(
-                "geometry",
+                Structure::MetadataItem("file parameters"),
                 "BlockSize",
                 block_size as u64,
                 "zero",
@@ -134,7 +134,7 @@ impl Geometry {
         let chunk_ratio = chunk / block_size as u64;
         if chunk_ratio == 0 {
             return Err(bad_field(
-                "geometry",
+                Structure::MetadataItem("file parameters"),
                 "BlockSize",
                 block_size as u64,
                 "larger than a chunk",
@@ -177,14 +177,28 @@ impl Geometry {
     }
 }
 
+/// File offset of BAT entry `i`, when `regions` holds the BAT region.
+pub fn entry_offset(regions: &[crate::format::region::RegionEntry], i: usize) -> Option<u64> {
+    let bat = regions
+        .iter()
+        .find(|r| r.guid == crate::format::BAT_REGION)?;
+    bat.file_offset.checked_add(i as u64 * ENTRY_SIZE as u64)
+}
+
 /// Decode a BAT from raw bytes (as many entries as `geometry` needs).
 pub fn parse(raw: &[u8], geometry: &Geometry) -> Result<Vec<u64>> {
     let n = geometry.total_entries;
     let have = raw.len() / ENTRY_SIZE;
     if (have as u64) < n {
-        return Err(Error::Corrupt(format!(
-            "BAT region holds {have} entries, the disk needs {n}"
-        )));
+        return Err(Error::corrupt(
+            Structure::Bat,
+            None,
+            Reason::Mismatch {
+                what: "the number of entries the BAT region holds",
+                expected: n,
+                found: have as u64,
+            },
+        ));
     }
     Ok(raw
         .chunks_exact(ENTRY_SIZE)

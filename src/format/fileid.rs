@@ -1,7 +1,7 @@
 //! The file type identifier at offset 0.
 
-use crate::error::{Error, Result};
-use crate::format::le64;
+use crate::error::{Error, Reason, Result, Structure};
+use crate::format::Reader;
 
 // Byte layout of the file type identifier (MS-VHDX 2.2.1), 64 KiB at offset 0:
 //
@@ -29,20 +29,19 @@ pub struct FileIdentifier {
 impl FileIdentifier {
     /// Parse the first [`SIZE`] bytes of a file.
     pub fn parse(b: &[u8]) -> Result<FileIdentifier> {
-        if b.len() < SIZE {
-            return Err(Error::Corrupt(
-                "file is too short for a VHDX file identifier".into(),
+        const S: Structure = Structure::FileIdentifier;
+        let r = Reader::new(b, S);
+        let sig = r.u64(SIGNATURE_OFFSET).map_err(|e| e.at(0))?;
+        if sig != SIGNATURE {
+            return Err(Error::corrupt(
+                S,
+                Some(0),
+                Reason::BadSignature { found: sig },
             ));
         }
-        let sig = le64(b, SIGNATURE_OFFSET);
-        if sig != SIGNATURE {
-            return Err(Error::BadSignature {
-                structure: "file identifier (not a VHDX file)",
-                offset: 0,
-                found: sig,
-            });
-        }
-        let units: Vec<u16> = b[CREATOR_OFFSET..CREATOR_OFFSET + CREATOR_SIZE]
+        let units: Vec<u16> = r
+            .bytes(CREATOR_OFFSET, CREATOR_SIZE)
+            .map_err(|e| e.at(0))?
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)

@@ -2,8 +2,8 @@
 
 use uuid::Uuid;
 
-use crate::error::{bad_field, Error, Result};
-use crate::format::{guid_at, le16, le32, le64, put16, put32, put64, put_guid, MIB};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
+use crate::format::{put16, put32, put64, put_guid, Reader, MIB};
 
 // Byte layout of a header (MS-VHDX 2.2.2), little-endian, 4 KiB, of which
 // the first 80 bytes are fields and the rest is reserved (zero):
@@ -62,7 +62,7 @@ impl Header {
     /// Parse 4096 bytes read at `offset` and validate every field.
     pub fn parse(b: &[u8], offset: u64) -> Result<Header> {
         let h = Header::decode(b, offset)?;
-        h.validate()?;
+        h.validate().map_err(|e| e.at(offset))?;
         Ok(h)
     }
 
@@ -70,23 +70,24 @@ impl Header {
     /// checksum check out; the fields are not judged (see [`Header::validate`]).
     /// A header that fails here is "not a header" and the other copy may be used.
     pub fn decode(b: &[u8], offset: u64) -> Result<Header> {
-        let b = super::checked_structure(b, SIZE, SIGNATURE, "header", offset)?;
+        let b = super::checked_structure(b, SIZE, SIGNATURE, Structure::Header, offset)?;
+        let r = Reader::new(b, Structure::Header);
         Ok(Header {
-            sequence_number: le64(b, SEQUENCE_NUMBER_OFFSET),
-            file_write_guid: guid_at(b, FILE_WRITE_GUID_OFFSET),
-            data_write_guid: guid_at(b, DATA_WRITE_GUID_OFFSET),
-            log_guid: guid_at(b, LOG_GUID_OFFSET),
-            log_version: le16(b, LOG_VERSION_OFFSET),
-            version: le16(b, VERSION_OFFSET),
-            log_length: le32(b, LOG_LENGTH_OFFSET),
-            log_offset: le64(b, LOG_OFFSET_OFFSET),
+            sequence_number: r.u64(SEQUENCE_NUMBER_OFFSET)?,
+            file_write_guid: r.guid(FILE_WRITE_GUID_OFFSET)?,
+            data_write_guid: r.guid(DATA_WRITE_GUID_OFFSET)?,
+            log_guid: r.guid(LOG_GUID_OFFSET)?,
+            log_version: r.u16(LOG_VERSION_OFFSET)?,
+            version: r.u16(VERSION_OFFSET)?,
+            log_length: r.u32(LOG_LENGTH_OFFSET)?,
+            log_offset: r.u64(LOG_OFFSET_OFFSET)?,
         })
     }
 
     /// Judge the fields of a decoded header. A header that fails here is a
     /// real header the engine must not use (and must not skip for the older one).
     pub fn validate(&self) -> Result<()> {
-        const S: &str = "header";
+        const S: Structure = Structure::Header;
         let h = self;
         if h.version != 1 {
             return Err(bad_field(S, "Version", h.version as u64, "must be 1"));
@@ -190,23 +191,27 @@ pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)>
             } else if raw1[..SIZE] == raw2[..SIZE] {
                 (a, Slot::First, None)
             } else {
-                return Err(Error::Corrupt(
-                    "both headers have the same sequence number but differ".into(),
+                return Err(Error::corrupt(
+                    Structure::Header,
+                    None,
+                    Reason::Invalid("both headers have the same sequence number but differ".into()),
                 ));
             }
         }
         (Ok(a), Err(e)) => (a, Slot::First, Some(e)),
         (Err(e), Ok(b)) => (b, Slot::Second, Some(e)),
         (Err(e1), Err(e2)) => {
-            return Err(Error::Corrupt(format!(
-                "no valid header: header 1: {e1}; header 2: {e2}"
-            )))
+            return Err(Error::corrupt(
+                Structure::Header,
+                None,
+                Reason::Invalid(format!("no valid header: header 1: {e1}; header 2: {e2}")),
+            ))
         }
     };
     h.validate().map_err(|e| {
-        let which = match slot {
-            Slot::First => 1,
-            Slot::Second => 2,
+        let (which, offset) = match slot {
+            Slot::First => (1, super::HEADER1_OFFSET),
+            Slot::Second => (2, super::HEADER2_OFFSET),
         };
         let what = format!(
             "the current header (header {which}, sequence number {}) is not usable",
@@ -214,7 +219,8 @@ pub fn choose(raw1: &[u8], raw2: &[u8]) -> Result<(Header, Slot, Option<Error>)>
         );
         match e {
             Error::Unsupported(m) => Error::Unsupported(format!("{what}: {m}")),
-            e => Error::Corrupt(format!("{what}: {e}")),
+            // The offset says which copy; the reason stays in data.
+            e => e.at(offset),
         }
     })?;
     Ok((h, slot, problem))

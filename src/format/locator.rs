@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::error::{bad_field, Error, Result};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
 use crate::format::{put16, put32, put_guid, Reader, PARENT_LOCATOR_VHDX};
 
 // Byte layout of the parent locator item (MS-VHDX 2.6.2.6), little-endian:
@@ -48,26 +48,46 @@ pub struct ParentLocator {
 
 fn utf16(b: &[u8], off: u32, len: u16, what: &'static str) -> Result<String> {
     let (off, len) = (off as usize, len as usize);
-    let outside = || bad_field("parent locator", what, off as u64, "outside the item");
+    let outside = || {
+        bad_field(
+            Structure::ParentLocator,
+            what,
+            off as u64,
+            "outside the item",
+        )
+    };
     if len % 2 != 0 {
         return Err(outside());
     }
-    let units: Vec<u16> = Reader::new(b, "parent locator")
+    let units: Vec<u16> = Reader::new(b, Structure::ParentLocator)
         .bytes(off, len)
         .map_err(|_| outside())?
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    String::from_utf16(&units)
-        .map_err(|_| bad_field("parent locator", what, off as u64, "not valid UTF-16"))
+    String::from_utf16(&units).map_err(|_| {
+        bad_field(
+            Structure::ParentLocator,
+            what,
+            off as u64,
+            "not valid UTF-16",
+        )
+    })
 }
 
 impl ParentLocator {
     /// Parse the raw item.
     pub fn parse(b: &[u8]) -> Result<ParentLocator> {
-        const S: &str = "parent locator";
+        const S: Structure = Structure::ParentLocator;
         if b.len() < ENTRIES_OFFSET {
-            return Err(Error::Corrupt("parent locator item is too short".into()));
+            return Err(Error::corrupt(
+                S,
+                None,
+                Reason::Truncated {
+                    needed: ENTRIES_OFFSET as u64,
+                    found: b.len() as u64,
+                },
+            ));
         }
         let r = Reader::new(b, S);
         let locator_type = r.guid(LOCATOR_TYPE_OFFSET)?;
@@ -105,9 +125,11 @@ impl ParentLocator {
             let k = utf16(b, ko, kl, "key")?;
             let v = utf16(b, vo, vl, "value")?;
             if entries.iter().any(|(x, _)| *x == k) {
-                return Err(Error::Corrupt(format!(
-                    "parent locator: key {k} appears twice"
-                )));
+                return Err(Error::corrupt(
+                    S,
+                    None,
+                    Reason::Invalid(format!("key {k} appears twice")),
+                ));
             }
             entries.push((k, v));
         }
@@ -249,7 +271,11 @@ mod tests {
         far[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             ParentLocator::parse(&far),
-            Err(Error::BadField { field: "key", .. })
+            Err(Error::Corrupt(crate::error::Corruption {
+                structure: Structure::ParentLocator,
+                reason: Reason::BadField { field: "key", .. },
+                ..
+            }))
         ));
     }
 }

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::error::{bad_field, Error, Result};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
 use crate::format::{
     put16, put32, put64, put_guid, Reader, KIB, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE,
     META_FILE_PARAMETERS, META_LOGICAL_SECTOR_SIZE, META_PARENT_LOCATOR, META_PHYSICAL_SECTOR_SIZE,
@@ -96,18 +96,21 @@ pub struct MetadataEntry {
 
 /// Parse and validate the 64 KiB metadata table; `region_len` bounds the items.
 pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
-    const S: &str = "metadata table";
+    const S: Structure = Structure::MetadataTable;
     if b.len() < TABLE_SIZE {
-        return Err(Error::Corrupt("metadata table is truncated".into()));
+        return Err(Error::corrupt(
+            S,
+            None,
+            Reason::Truncated {
+                needed: TABLE_SIZE as u64,
+                found: b.len() as u64,
+            },
+        ));
     }
     let r = Reader::new(b, S);
     let sig = r.u64(SIGNATURE_OFFSET)?;
     if sig != SIGNATURE {
-        return Err(Error::BadSignature {
-            structure: S,
-            offset: 0,
-            found: sig,
-        });
+        return Err(Error::corrupt(S, None, Reason::BadSignature { found: sig }));
     }
     let count = r.u16(ENTRY_COUNT_OFFSET)?;
     if count > MAX_ENTRIES {
@@ -157,8 +160,10 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
         if user {
             users += 1;
             if users > 1024 {
-                return Err(Error::Corrupt(
-                    "metadata table: more than 1024 user items".into(),
+                return Err(Error::corrupt(
+                    S,
+                    None,
+                    Reason::Invalid("more than 1024 user items".into()),
                 ));
             }
         }
@@ -166,10 +171,11 @@ pub fn parse_table(b: &[u8], region_len: u64) -> Result<Vec<MetadataEntry>> {
             .iter()
             .any(|x| x.item_id == e.item_id && x.flags.contains(EntryFlags::IS_USER) == user)
         {
-            return Err(Error::Corrupt(format!(
-                "metadata table: item {} appears twice",
-                e.item_id
-            )));
+            return Err(Error::corrupt(
+                S,
+                None,
+                Reason::Invalid(format!("item {} appears twice", e.item_id)),
+            ));
         }
         out.push(e);
     }
@@ -206,13 +212,15 @@ fn need(
     let (_, data) = items
         .iter()
         .find(|(e, _)| e.item_id == *id && !e.flags.contains(EntryFlags::IS_USER))
-        .ok_or_else(|| Error::Corrupt(format!("metadata: required item {name} is missing")))?;
+        .ok_or_else(|| Error::corrupt(Structure::MetadataTable, None, Reason::Missing(name)))?;
     if data.len() < len {
-        return Err(bad_field(
-            "metadata",
-            name,
-            data.len() as u64,
-            "item too short",
+        return Err(Error::corrupt(
+            Structure::MetadataItem(name),
+            None,
+            Reason::Truncated {
+                needed: len as u64,
+                found: data.len() as u64,
+            },
         ));
     }
     Ok(data.clone())
@@ -221,15 +229,14 @@ fn need(
 impl Metadata {
     /// Decode and validate the items (entry plus bytes).
     pub fn from_items(items: Vec<(MetadataEntry, Vec<u8>)>) -> Result<Metadata> {
-        const S: &str = "metadata";
         let fp = need(&items, &META_FILE_PARAMETERS, "file parameters", FP_SIZE)?;
-        let fp = Reader::new(&fp, "file parameters");
+        let fp = Reader::new(&fp, Structure::MetadataItem("file parameters"));
         let block_size = fp.u32(FP_BLOCK_SIZE_OFFSET)?;
         let file_flags = FileParameterFlags::from_bits_retain(fp.u32(FP_FLAGS_OFFSET)?);
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
         {
             return Err(bad_field(
-                S,
+                Structure::MetadataItem("file parameters"),
                 "BlockSize",
                 block_size as u64,
                 "must be a power of two from 1 MiB to 256 MiB",
@@ -237,12 +244,12 @@ impl Metadata {
         }
         let ls = Reader::new(
             &need(&items, &META_LOGICAL_SECTOR_SIZE, "logical sector size", 4)?,
-            "logical sector size",
+            Structure::MetadataItem("logical sector size"),
         )
         .u32(0)?;
         if ls != 512 && ls != 4096 {
             return Err(bad_field(
-                S,
+                Structure::MetadataItem("logical sector size"),
                 "LogicalSectorSize",
                 ls as u64,
                 "must be 512 or 4096",
@@ -255,12 +262,12 @@ impl Metadata {
                 "physical sector size",
                 4,
             )?,
-            "physical sector size",
+            Structure::MetadataItem("physical sector size"),
         )
         .u32(0)?;
         if ps != 512 && ps != 4096 {
             return Err(bad_field(
-                S,
+                Structure::MetadataItem("physical sector size"),
                 "PhysicalSectorSize",
                 ps as u64,
                 "must be 512 or 4096",
@@ -268,12 +275,12 @@ impl Metadata {
         }
         let vs = Reader::new(
             &need(&items, &META_VIRTUAL_DISK_SIZE, "virtual disk size", 8)?,
-            "virtual disk size",
+            Structure::MetadataItem("virtual disk size"),
         )
         .u64(0)?;
         if vs == 0 || vs > MAX_VIRTUAL_SIZE || vs % ls as u64 != 0 {
             return Err(bad_field(
-                S,
+                Structure::MetadataItem("virtual disk size"),
                 "VirtualDiskSize",
                 vs,
                 "zero, above 64 TiB or not a multiple of the logical sector size",
@@ -281,7 +288,7 @@ impl Metadata {
         }
         let disk_id = Reader::new(
             &need(&items, &META_VIRTUAL_DISK_ID, "virtual disk id", 16)?,
-            "virtual disk id",
+            Structure::MetadataItem("virtual disk id"),
         )
         .guid(0)?;
         let has_parent = file_flags.contains(FileParameterFlags::HAS_PARENT);
@@ -319,8 +326,10 @@ impl Metadata {
             other_items.push((e, data));
         }
         if has_parent && parent_locator.is_none() {
-            return Err(Error::Corrupt(
-                "metadata: differencing disk without a parent locator".into(),
+            return Err(Error::corrupt(
+                Structure::MetadataTable,
+                None,
+                Reason::Missing("the parent locator of a differencing disk"),
             ));
         }
         Ok(Metadata {
@@ -548,7 +557,14 @@ mod tests {
         items[0].1.truncate(4);
         assert!(matches!(
             Metadata::from_items(items),
-            Err(Error::BadField { .. })
+            Err(Error::Corrupt(crate::error::Corruption {
+                structure: Structure::MetadataItem("file parameters"),
+                reason: Reason::Truncated {
+                    needed: 8,
+                    found: 4
+                },
+                ..
+            }))
         ));
     }
 }

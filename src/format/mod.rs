@@ -1,5 +1,24 @@
 //! Pure VHDX on-disk structures ([MS-VHDX] v6.0): parsing at named offsets,
 //! validation, and serialisation. No I/O policy and no `unsafe` here.
+//!
+//! One file per on-disk structure, each with its byte layout and `*_OFFSET`
+//! constants at the top, and round-trip and golden tests at the bottom:
+//!
+//! - `fileid.rs`: the file type identifier at offset 0.
+//! - `header.rs`: the two headers, and the choice of the current one.
+//! - `region.rs`: the region tables.
+//! - `metadata.rs`: the metadata table and the system items.
+//! - `locator.rs`: the parent locator item.
+//! - `bat.rs`: BAT entries and the geometry that places them.
+//! - `log/`: the log: entry layout (`mod.rs`), reading one entry
+//!   (`entry.rs`), the active-sequence search (`scan.rs`), new entries
+//!   (`build.rs`).
+//! - `read.rs`: [`Reader`], bounds-checked little-endian reads that fail
+//!   with a typed [`Corruption`](crate::error::Corruption), never a panic.
+//!
+//! Depends on `crate::error` only: nothing above it (`disk`, `checkpoint`,
+//! `ffi`, the CLI) and no I/O of its own; the log scan reads through the
+//! callbacks its caller passes.
 
 #![forbid(unsafe_code)]
 
@@ -58,12 +77,7 @@ pub const META_PARENT_LOCATOR: Uuid = uuid::uuid!("A8D35F2D-B30B-454D-ABF7-D3D84
 /// Parent locator type: VHDX.
 pub const PARENT_LOCATOR_VHDX: Uuid = uuid::uuid!("B04AEFB7-D19E-4A81-B789-25B8E9445913");
 
-/// Read a little-endian u16 at `off` (the caller guarantees the bounds).
-pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-/// Read a little-endian u32 at `off`.
+/// Read a little-endian u32 at `off` (the caller guarantees the bounds).
 pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[off..off + 4]);
@@ -75,13 +89,6 @@ pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(a)
-}
-
-/// Read a GUID stored in Microsoft mixed-endian form at `off`.
-pub(crate) fn guid_at(b: &[u8], off: usize) -> Uuid {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[off..off + 16]);
-    Uuid::from_bytes_le(a)
 }
 
 /// Store a GUID in Microsoft mixed-endian form at `off`.
@@ -121,28 +128,34 @@ pub(crate) fn checked_structure(
     structure: crate::error::Structure,
     offset: u64,
 ) -> crate::error::Result<&[u8]> {
-    use crate::error::Error;
+    use crate::error::{Error, Reason};
     if b.len() < size {
-        return Err(Error::Corrupt(format!("{structure} is truncated")));
+        return Err(Error::corrupt(
+            structure,
+            Some(offset),
+            Reason::Truncated {
+                needed: size as u64,
+                found: b.len() as u64,
+            },
+        ));
     }
     let b = &b[..size];
     let sig = le32(b, 0);
     if sig != signature {
-        return Err(Error::BadSignature {
+        return Err(Error::corrupt(
             structure,
-            offset,
-            found: sig as u64,
-        });
+            Some(offset),
+            Reason::BadSignature { found: sig as u64 },
+        ));
     }
     let stored = le32(b, 4);
     let computed = crc_with_zeroed_field(b, 4);
     if stored != computed {
-        return Err(Error::BadChecksum {
+        return Err(Error::corrupt(
             structure,
-            offset,
-            stored,
-            computed,
-        });
+            Some(offset),
+            Reason::BadChecksum { stored, computed },
+        ));
     }
     Ok(b)
 }

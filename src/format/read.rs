@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::error::{bad_field, Result, Structure};
+use crate::error::{Error, Reason, Result, Structure};
 
 /// A view of one structure's bytes whose reads are bounds-checked.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +23,13 @@ impl<'a> Reader<'a> {
         off.checked_add(len)
             .and_then(|end| self.b.get(off..end))
             .ok_or_else(|| {
-                bad_field(
+                Error::corrupt(
                     self.structure,
-                    "length",
-                    self.b.len() as u64,
-                    "too short for the fields it must hold",
+                    None,
+                    Reason::Truncated {
+                        needed: off.saturating_add(len) as u64,
+                        found: self.b.len() as u64,
+                    },
                 )
             })
     }
@@ -62,12 +64,12 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
+    use crate::error::Corruption;
 
     #[test]
     fn reads_little_endian_at_the_offset() {
         let b: Vec<u8> = (1..=24).collect();
-        let r = Reader::new(&b, "test");
+        let r = Reader::new(&b, Structure::Bat);
         assert_eq!(r.u16(1).unwrap(), 0x0302);
         assert_eq!(r.u32(4).unwrap(), 0x0807_0605);
         assert_eq!(r.u64(16).unwrap(), 0x1817_1615_1413_1211);
@@ -78,7 +80,7 @@ mod tests {
     #[test]
     fn a_read_past_the_end_is_an_error_naming_the_structure() {
         let b = [0u8; 10];
-        let r = Reader::new(&b, "widget");
+        let r = Reader::new(&b, Structure::LogEntry);
         for e in [
             r.u16(9).unwrap_err(),
             r.u32(7).unwrap_err(),
@@ -90,11 +92,11 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    Error::BadField {
-                        structure: "widget",
-                        value: 10,
+                    Error::Corrupt(Corruption {
+                        structure: Structure::LogEntry,
+                        reason: Reason::Truncated { found: 10, .. },
                         ..
-                    }
+                    })
                 ),
                 "{e:?}"
             );

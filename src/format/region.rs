@@ -2,8 +2,8 @@
 
 use uuid::Uuid;
 
-use crate::error::{bad_field, Error, Result};
-use crate::format::{guid_at, le32, le64, put32, put64, put_guid, MIB};
+use crate::error::{bad_field, Error, Reason, Result, Structure};
+use crate::format::{put32, put64, put_guid, Reader, MIB};
 
 // Byte layout of a region table (MS-VHDX 2.2.3), little-endian, 64 KiB:
 //
@@ -65,9 +65,14 @@ pub struct RegionTable {
 impl RegionTable {
     /// Parse and validate 64 KiB read at `offset`.
     pub fn parse(b: &[u8], offset: u64) -> Result<RegionTable> {
-        const S: &str = "region table";
+        RegionTable::parse_checked(b, offset).map_err(|e| e.at(offset))
+    }
+
+    fn parse_checked(b: &[u8], offset: u64) -> Result<RegionTable> {
+        const S: Structure = Structure::RegionTable;
         let b = super::checked_structure(b, SIZE, SIGNATURE, S, offset)?;
-        let count = le32(b, ENTRY_COUNT_OFFSET);
+        let r = Reader::new(b, S);
+        let count = r.u32(ENTRY_COUNT_OFFSET)?;
         if count > MAX_ENTRIES {
             return Err(bad_field(
                 S,
@@ -80,10 +85,10 @@ impl RegionTable {
         for i in 0..count as usize {
             let o = ENTRIES_OFFSET + ENTRY_SIZE * i;
             let e = RegionEntry {
-                guid: guid_at(b, o + ENTRY_GUID_OFFSET),
-                file_offset: le64(b, o + ENTRY_FILE_OFFSET_OFFSET),
-                length: le32(b, o + ENTRY_LENGTH_OFFSET),
-                required: le32(b, o + ENTRY_FLAGS_OFFSET) & 1 != 0,
+                guid: r.guid(o + ENTRY_GUID_OFFSET)?,
+                file_offset: r.u64(o + ENTRY_FILE_OFFSET_OFFSET)?,
+                length: r.u32(o + ENTRY_LENGTH_OFFSET)?,
+                required: r.u32(o + ENTRY_FLAGS_OFFSET)? & 1 != 0,
             };
             if e.file_offset % MIB != 0 || e.file_offset < MIB {
                 return Err(bad_field(
@@ -111,16 +116,21 @@ impl RegionTable {
             }
             for other in &entries {
                 if other.guid == e.guid {
-                    return Err(Error::Corrupt(format!(
-                        "region table: region {} appears twice",
-                        e.guid
-                    )));
+                    return Err(Error::corrupt(
+                        S,
+                        None,
+                        Reason::Invalid(format!("region {} appears twice", e.guid)),
+                    ));
                 }
                 if e.file_offset < other.end() && other.file_offset < e.end() {
-                    return Err(Error::Corrupt(format!(
-                        "region table: regions {} and {} overlap",
-                        other.guid, e.guid
-                    )));
+                    return Err(Error::corrupt(
+                        S,
+                        None,
+                        Reason::Overlap {
+                            what: format!("region {}", other.guid),
+                            with: format!("region {}", e.guid),
+                        },
+                    ));
                 }
             }
             entries.push(e);

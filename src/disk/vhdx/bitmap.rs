@@ -2,6 +2,7 @@
 //! present block the file holds, read and set through the bitmap cache.
 
 use super::*;
+use crate::error::{Reason, Structure};
 
 impl Vhdx {
     pub(super) fn sectors_per_block(&self) -> u64 {
@@ -95,9 +96,13 @@ impl Vhdx {
             self.bitmap_sector(chunk, k)?;
             let end = ((k + 1) * bits_per_sector).min(first + count);
             let mut maps = self.bitmaps.write().unwrap_or_else(|e| e.into_inner());
-            let sec = maps
-                .get_mut(&(chunk, k))
-                .ok_or_else(|| Error::Corrupt("sector bitmap vanished from the cache".into()))?;
+            let sec = maps.get_mut(&(chunk, k)).ok_or_else(|| {
+                Error::corrupt(
+                    Structure::SectorBitmap,
+                    None,
+                    Reason::Invalid("sector bitmap vanished from the cache".into()),
+                )
+            })?;
             while bit < end {
                 let i = (bit % bits_per_sector) as usize;
                 if i % 8 == 0 && bit + 8 <= end {

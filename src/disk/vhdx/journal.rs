@@ -2,6 +2,7 @@
 //! go through the log, batched until a flush; headers and close.
 
 use super::*;
+use crate::error::{Reason, Structure};
 
 impl Vhdx {
     /// Choose the DataWriteGuid the next write session will use.
@@ -250,11 +251,15 @@ impl Vhdx {
         debug_assert_eq!(st.reserved, 0);
         let images = self.dirty_images(st);
         if images.len() > self.entry_cap {
-            return Err(Error::Corrupt(format!(
-                "{} metadata sectors to flush exceed one log entry ({})",
-                images.len(),
-                self.entry_cap
-            )));
+            return Err(Error::corrupt(
+                Structure::Log,
+                None,
+                Reason::Invalid(format!(
+                    "{} metadata sectors to flush exceed one log entry ({})",
+                    images.len(),
+                    self.entry_cap
+                )),
+            ));
         }
         let file_len = self.storage.len()?;
         let last = align_up(file_len, MIB).unwrap_or(file_len).max(st.file_end);

@@ -3,6 +3,7 @@
 
 use super::journal::write_headers;
 use super::*;
+use crate::error::{Reason, Structure};
 
 /// Reads of the structures at open: only inside the bytes that really
 /// exist (`len`), so that no allocation is sized past them.
@@ -20,10 +21,14 @@ impl Reader<'_> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {}
             _ => {
-                return Err(Error::Corrupt(format!(
-                    "{what} at {offset:#x}+{len:#x} lies past the end of the file ({:#x})",
-                    self.len
-                )))
+                return Err(Error::corrupt(
+                    Structure::Layout,
+                    Some(offset),
+                    Reason::Invalid(format!(
+                        "{what} at {offset:#x}+{len:#x} lies past the end of the file ({:#x})",
+                        self.len
+                    )),
+                ))
             }
         }
         let mut v = vec![0u8; len as usize];
@@ -50,11 +55,16 @@ impl Vhdx {
         let log_offset = hdr.log_offset;
         let log_length = hdr.log_length as u64;
         if !read_only && hdr.sequence_number > MAX_WRITABLE_SEQUENCE {
-            return Err(Error::Corrupt(format!(
-                "the current header's SequenceNumber {:#x} is too close to 2^64 to be \
-                 incremented: the file can only be opened read-only",
-                hdr.sequence_number
-            )));
+            return Err(Error::corrupt(
+                Structure::Header,
+                None,
+                Reason::BadField {
+                    field: "SequenceNumber",
+                    value: hdr.sequence_number,
+                    problem:
+                        "too close to 2^64 to be incremented: the file can only be opened read-only",
+                },
+            ));
         }
 
         let log_dirty = !hdr.log_guid.is_nil();
@@ -71,12 +81,20 @@ impl Vhdx {
 
         let (regions, region_problem) =
             read_regions(&reader, log_offset, log_length, backed_len, log_dirty)?;
-        let bat_region = *regions
-            .find(&BAT_REGION)
-            .ok_or_else(|| Error::Corrupt("the region table has no BAT region".into()))?;
-        let meta_region = *regions
-            .find(&METADATA_REGION)
-            .ok_or_else(|| Error::Corrupt("the region table has no metadata region".into()))?;
+        let bat_region = *regions.find(&BAT_REGION).ok_or_else(|| {
+            Error::corrupt(
+                Structure::RegionTable,
+                None,
+                Reason::Missing("the BAT region"),
+            )
+        })?;
+        let meta_region = *regions.find(&METADATA_REGION).ok_or_else(|| {
+            Error::corrupt(
+                Structure::RegionTable,
+                None,
+                Reason::Missing("the metadata region"),
+            )
+        })?;
 
         let meta = read_metadata(&reader, &meta_region)?;
         let geo = Geometry::new(
@@ -174,9 +192,14 @@ fn read_headers(
         let mut id = vec![0u8; fileid::SIZE];
         storage.read_at(&mut id, 0)?;
         FileIdentifier::parse(&id)?;
-        return Err(Error::Corrupt(format!(
-            "file is {file_len} bytes, shorter than the 1 MiB header section"
-        )));
+        return Err(Error::corrupt(
+            Structure::Layout,
+            None,
+            Reason::Truncated {
+                needed: HEADER_SECTION_SIZE,
+                found: file_len,
+            },
+        ));
     }
     let mut id = vec![0u8; fileid::SIZE];
     storage.read_at(&mut id, 0)?;
@@ -195,9 +218,9 @@ fn read_headers(
             .checked_add(log_length)
             .is_none_or(|e| e > file_len)
     {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::corrupt(Structure::Log, Some(log_offset), Reason::Invalid(format!(
             "the log at {log_offset:#x}+{log_length:#x} lies past the end of the file ({file_len:#x})"
-        )));
+        ))));
     }
     Ok((fid, hdr, slot, header_problem, file_len))
 }
@@ -274,9 +297,13 @@ fn read_regions(
                     .read_vec(REGION2_OFFSET, region::SIZE as u64, "region table 2")
                     .and_then(|b| RegionTable::parse(&b, REGION2_OFFSET))
                     .map_err(|e2| {
-                        Error::Corrupt(format!(
-                            "no valid region table: table 1: {e1}; table 2: {e2}"
-                        ))
+                        Error::corrupt(
+                            Structure::RegionTable,
+                            None,
+                            Reason::Invalid(format!(
+                                "no valid region table: table 1: {e1}; table 2: {e2}"
+                            )),
+                        )
                     })?;
                 (t, Some(format!("region table 1: {e1}")))
             }
@@ -287,7 +314,10 @@ fn read_regions(
             return Err(Error::Unsupported(format!("required region {}", e.guid)));
         }
         if e.end() > backed_len {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(
+                Structure::Layout,
+                Some(e.file_offset),
+                Reason::Invalid(format!(
                 "region {} at {:#x}+{:#x} lies past the end of the file ({backed_len:#x} bytes{})",
                 e.guid,
                 e.file_offset,
@@ -297,13 +327,18 @@ fn read_regions(
                 } else {
                     ""
                 }
-            )));
+            )),
+            ));
         }
         if log_length > 0 && e.file_offset < log_offset + log_length && log_offset < e.end() {
-            return Err(Error::Corrupt(format!(
-                "region {} overlaps the log",
-                e.guid
-            )));
+            return Err(Error::corrupt(
+                Structure::Layout,
+                Some(e.file_offset),
+                Reason::Overlap {
+                    what: format!("region {}", e.guid),
+                    with: "the log".into(),
+                },
+            ));
         }
     }
     Ok((regions, region_problem))
@@ -317,22 +352,15 @@ fn read_metadata(reader: &Reader<'_>, meta_region: &RegionEntry) -> Result<Metad
         metadata::TABLE_SIZE as u64,
         "metadata table",
     )?;
-    let entries =
-        metadata::parse_table(&table, meta_region.length as u64).map_err(|e| match e {
-            Error::BadSignature {
-                structure, found, ..
-            } => Error::BadSignature {
-                structure,
-                offset: meta_region.file_offset,
-                found,
-            },
-            e => e,
-        })?;
+    let entries = metadata::parse_table(&table, meta_region.length as u64)
+        .map_err(|e| e.at(meta_region.file_offset))?;
     let total: u64 = entries.iter().map(|e| e.length as u64).sum();
     if total > MAX_METADATA_BYTES {
-        return Err(Error::Corrupt(format!(
-            "metadata items total {total} bytes"
-        )));
+        return Err(Error::corrupt(
+            Structure::MetadataTable,
+            Some(meta_region.file_offset),
+            Reason::Invalid(format!("metadata items total {total} bytes")),
+        ));
     }
     let mut items: Vec<(MetadataEntry, Vec<u8>)> = Vec::with_capacity(entries.len());
     for e in entries {
@@ -356,10 +384,15 @@ fn read_metadata(reader: &Reader<'_>, meta_region: &RegionEntry) -> Result<Metad
 /// [`validate_bat`]).
 fn read_bat(reader: &Reader<'_>, bat_region: &RegionEntry, geo: &Geometry) -> Result<Vec<u64>> {
     if geo.total_entries * 8 > bat_region.length as u64 {
-        return Err(Error::Corrupt(format!(
-            "the BAT region ({} bytes) is too small for {} entries",
-            bat_region.length, geo.total_entries
-        )));
+        return Err(Error::corrupt(
+            Structure::Bat,
+            Some(bat_region.file_offset),
+            Reason::Mismatch {
+                what: "the BAT region's room for entries",
+                expected: geo.total_entries,
+                found: bat_region.length as u64 / 8,
+            },
+        ));
     }
     let raw = reader.read_vec(bat_region.file_offset, geo.total_entries * 8, "BAT")?;
     let entries = bat::parse(&raw, geo)?;
@@ -397,7 +430,11 @@ fn used_end(
             continue;
         };
         let end = e.offset().checked_add(len).ok_or_else(|| {
-            Error::Corrupt(format!("BAT entry {i} points past 2^64 ({:#x})", e.0))
+            Error::corrupt(
+                Structure::Bat,
+                bat::entry_offset(regions, i),
+                Reason::Invalid(format!("BAT entry {i} points past 2^64 ({:#x})", e.0)),
+            )
         })?;
         file_end = file_end.max(end);
     }
@@ -416,22 +453,36 @@ pub(super) fn validate_bat(
     let bs = geo.block_size as u64;
     let check_offset = |what: String, off: u64, len: u64| -> Result<()> {
         if off < HEADER_SECTION_SIZE {
-            return Err(Error::Corrupt(format!(
-                "{what} points into the header section ({off:#x})"
-            )));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                None,
+                Reason::Invalid(format!("{what} points into the header section ({off:#x})")),
+            ));
         }
         if off >= file_len {
-            return Err(Error::Corrupt(format!(
-                "{what} points past the end of the file ({off:#x} >= {file_len:#x})"
-            )));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                None,
+                Reason::Invalid(format!(
+                    "{what} points past the end of the file ({off:#x} >= {file_len:#x})"
+                )),
+            ));
         }
         let end = off + len;
         if log_length > 0 && off < log_offset + log_length && log_offset < end {
-            return Err(Error::Corrupt(format!("{what} overlaps the log")));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                None,
+                Reason::Invalid(format!("{what} overlaps the log")),
+            ));
         }
         for r in regions {
             if off < r.end() && r.file_offset < end {
-                return Err(Error::Corrupt(format!("{what} overlaps region {}", r.guid)));
+                return Err(Error::corrupt(
+                    Structure::Bat,
+                    None,
+                    Reason::Invalid(format!("{what} overlaps region {}", r.guid)),
+                ));
             }
         }
         Ok(())
@@ -447,10 +498,14 @@ pub(super) fn validate_bat(
         if geo.is_bitmap_index(i) {
             let c = i as u64 / (geo.chunk_ratio + 1);
             if e.0 & bat::RESERVED_MASK != 0 {
-                return Err(Error::Corrupt(format!(
-                    "BAT entry {i} (sector bitmap {c}) has reserved bits set: {:#x}",
-                    e.0
-                )));
+                return Err(Error::corrupt(
+                    Structure::Bat,
+                    bat::entry_offset(regions, i),
+                    Reason::Invalid(format!(
+                        "BAT entry {i} (sector bitmap {c}) has reserved bits set: {:#x}",
+                        e.0
+                    )),
+                ));
             }
             match e.state_bits() {
                 bat::SB_NOT_PRESENT => {}
@@ -463,14 +518,18 @@ pub(super) fn validate_bat(
                     used.push((e.offset(), MIB, i));
                 }
                 SB_PRESENT => {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::corrupt(Structure::Bat, bat::entry_offset(regions, i), Reason::Invalid(format!(
                         "BAT entry {i} (sector bitmap {c}) is SB_BLOCK_PRESENT in a disk without a parent"
-                    )));
+                    ))));
                 }
                 st => {
-                    return Err(Error::Corrupt(format!(
-                        "BAT entry {i} (sector bitmap {c}) has the reserved state {st}"
-                    )));
+                    return Err(Error::corrupt(
+                        Structure::Bat,
+                        bat::entry_offset(regions, i),
+                        Reason::Invalid(format!(
+                            "BAT entry {i} (sector bitmap {c}) has the reserved state {st}"
+                        )),
+                    ));
                 }
             }
             continue;
@@ -482,22 +541,28 @@ pub(super) fn validate_bat(
             format!("BAT entry {i} (padding after the last block)")
         };
         let Some(state) = e.payload_state() else {
-            return Err(Error::Corrupt(format!(
-                "{what} has the reserved state {}",
-                e.state_bits()
-            )));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                bat::entry_offset(regions, i),
+                Reason::Invalid(format!("{what} has the reserved state {}", e.state_bits())),
+            ));
         };
         if e.0 & bat::RESERVED_MASK != 0 {
-            return Err(Error::Corrupt(format!(
-                "{what} has reserved bits set: {:#x}",
-                e.0
-            )));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                bat::entry_offset(regions, i),
+                Reason::Invalid(format!("{what} has reserved bits set: {:#x}", e.0)),
+            ));
         }
         match state {
             PayloadState::PartiallyPresent if !meta.has_parent() => {
-                return Err(Error::Corrupt(format!(
-                    "{what} is PARTIALLY_PRESENT in a disk without a parent"
-                )));
+                return Err(Error::corrupt(
+                    Structure::Bat,
+                    bat::entry_offset(regions, i),
+                    Reason::Invalid(format!(
+                        "{what} is PARTIALLY_PRESENT in a disk without a parent"
+                    )),
+                ));
             }
             PayloadState::FullyPresent | PayloadState::PartiallyPresent => {
                 check_offset(what, e.offset(), bs)?;
@@ -506,9 +571,13 @@ pub(super) fn validate_bat(
                     && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits()
                         != SB_PRESENT
                 {
-                    return Err(Error::Corrupt(format!(
+                    return Err(Error::corrupt(
+                        Structure::Bat,
+                        bat::entry_offset(regions, i),
+                        Reason::Invalid(format!(
                         "block {b} is PARTIALLY_PRESENT but its sector bitmap block is not present"
-                    )));
+                    )),
+                    ));
                 }
             }
             _ => {}
@@ -518,9 +587,13 @@ pub(super) fn validate_bat(
     for w in used.windows(2) {
         let ((a, alen, ai), (b, _, bi)) = (w[0], w[1]);
         if a + alen > b {
-            return Err(Error::Corrupt(format!(
-                "BAT entries {ai} and {bi} use the same file space (at {a:#x} and {b:#x})"
-            )));
+            return Err(Error::corrupt(
+                Structure::Bat,
+                bat::entry_offset(regions, bi),
+                Reason::Invalid(format!(
+                    "BAT entries {ai} and {bi} use the same file space (at {a:#x} and {b:#x})"
+                )),
+            ));
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result, Structure};
 use crate::format::log::{self as vlog, Entry, Update};
 use crate::format::{align_up, MIB, REGION1_OFFSET};
 use crate::io::Storage;
@@ -68,13 +68,23 @@ pub(crate) fn plan(
     let entries = vlog::find_active_sequence(&read, &data, log_length, log_guid)?;
     let head = entries
         .last()
-        .ok_or_else(|| Error::Corrupt("empty log sequence".into()))?
+        .ok_or_else(|| {
+            Error::corrupt(
+                Structure::Log,
+                None,
+                Reason::Missing("the active sequence's head entry"),
+            )
+        })?
         .clone();
     if real_len < head.flushed_file_offset {
-        return Err(Error::Corrupt(format!(
-            "file is truncated: {real_len:#x} bytes, the log says at least {:#x}",
-            head.flushed_file_offset
-        )));
+        return Err(Error::corrupt(
+            Structure::Layout,
+            None,
+            Reason::Truncated {
+                needed: head.flushed_file_offset,
+                found: real_len,
+            },
+        ));
     }
     // Where the data writes end (zero updates justify no growth).
     let mut data_end = 0u64;
@@ -91,11 +101,15 @@ pub(crate) fn plan(
         .and_then(|v| v.checked_add(MAX_LOG_GROWTH))
         .unwrap_or(u64::MAX);
     if head.last_file_offset > allowed {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::corrupt(
+            Structure::LogEntry,
+            None,
+            Reason::Invalid(format!(
             "the log's LastFileOffset {:#x} would grow the file far past its {real_len:#x} bytes \
              (the log writes data only up to {data_end:#x})",
             head.last_file_offset
-        )));
+        )),
+        ));
     }
     let replayed_len = head.last_file_offset.max(real_len);
     let log_end = log_offset + log_length;
@@ -104,10 +118,14 @@ pub(crate) fn plan(
             let (start, end) = u.range();
             if start < REGION1_OFFSET || end > replayed_len || (start < log_end && log_offset < end)
             {
-                return Err(Error::Corrupt(format!(
-                    "log entry {} writes {start:#x}..{end:#x}, outside the file's structures",
-                    e.sequence
-                )));
+                return Err(Error::corrupt(
+                    Structure::LogEntry,
+                    None,
+                    Reason::Invalid(format!(
+                        "log entry {} writes {start:#x}..{end:#x}, outside the file's structures",
+                        e.sequence
+                    )),
+                ));
             }
             Ok(())
         })?;

@@ -12,9 +12,13 @@ impl Vhdx {
             }
         }
         let off = st.file_end;
-        let end = off
-            .checked_add(len)
-            .ok_or_else(|| Error::Corrupt(format!("no room in the file after {off:#x}")))?;
+        let end = off.checked_add(len).ok_or_else(|| {
+            Error::corrupt(
+                crate::error::Structure::Layout,
+                Some(off),
+                crate::error::Reason::Invalid(format!("no room in the file after {off:#x}")),
+            )
+        })?;
         self.storage.allocate(off, len)?;
         st.file_end = end;
         Ok(off)
