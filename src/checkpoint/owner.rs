@@ -239,10 +239,14 @@ pub fn stamp_of(disk: &Path) -> Result<Option<Stamp>> {
         return Ok(None);
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        Error::Corrupt(format!(
-            "{}: the ownership stamp of this disk file cannot be read ({e})",
-            disk.display()
-        ))
+        Error::corrupt(
+            crate::error::Structure::MetadataItem("ownership stamp"),
+            None,
+            crate::error::Reason::Invalid(format!(
+                "the ownership stamp of this disk file cannot be read ({e})"
+            )),
+        )
+        .in_file(disk)
     })
 }
 
