@@ -233,3 +233,12 @@ mod tests {
         let _ld = lock_file(&d, LockKind::Shared).unwrap();
     }
 }
+
+/// Turn the exclusive lock held on the open file description `fd` into a
+/// shared one (a live switch freezes a disk's top this way, so that others
+/// may open it read-only while this process keeps it open). This process's
+/// registry keeps counting it as exclusive until the file is closed (that
+/// only words the error of a later refusal).
+pub(crate) fn share_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    super::platform::flock_fd(fd, FlockOp::Shared)
+}
