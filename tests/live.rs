@@ -365,6 +365,13 @@ fn writers_keep_writing_across_switches() {
             .into_iter()
             .map(|p| {
                 let h = file_hash(&p);
+                // Frozen: its lock is shared now, so others may read it
+                // (not write it) while the live chain keeps it open.
+                Disk::open(&p, OpenMode::ReadOnly).unwrap();
+                if k == 0 {
+                    let e = Disk::open(&p, OpenMode::ReadWrite).unwrap_err();
+                    assert!(matches!(e.kind(), ckpt::ErrorKind::Busy), "{e}");
+                }
                 (p, h)
             })
             .collect();

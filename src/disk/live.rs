@@ -23,7 +23,10 @@
 //!
 //! 1. the child file is created (must not exist), linked to the top's
 //!    current DataWriteGuid, opened read-write, and its write session is
-//!    started (so the first write after the switch costs no header update).
+//!    started (so the first write after the switch costs no header update);
+//!    then the top is flushed while writers go on (again while a flush took
+//!    long, a few times at most), so that the flush in the pause has little
+//!    left to write.
 //!
 //! In the pause (gate exclusive, [`Pause::push_children`]), for each disk:
 //!
@@ -74,6 +77,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -82,6 +86,11 @@ use super::vhdx::Vhdx;
 use super::{child_create_options, create_file, ChildOptions, Disk, DiskInfo, Extent, Layer};
 use crate::error::{Error, Result};
 use crate::version::creator;
+
+/// Most flushes of the top before a pause (see [`LiveDisk::prepare_child`]).
+const PREFLUSHES: usize = 4;
+/// A flush this quick leaves little for the pause's flush.
+const QUICK_FLUSH: Duration = Duration::from_millis(2);
 
 /// A disk handle for a running guest: the same I/O surface as [`Disk`], on
 /// a chain that [`LiveDisk::push_child`] and [`LiveDisk::replace`] switch
@@ -275,7 +284,9 @@ impl LiveDisk {
             }
         };
         let storage = create_file(path, |s| Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
-        let ready = Vhdx::open(storage, false).and_then(|f| f.start_session().map(|_| f));
+        let ready = Vhdx::open(storage, false)
+            .and_then(|f| f.start_session().map(|_| f))
+            .and_then(|f| self.preflush().map(|_| f));
         match ready {
             Ok(file) => Ok(NewChild {
                 path: path.to_path_buf(),
@@ -288,6 +299,20 @@ impl LiveDisk {
                 Err(e.in_file(path))
             }
         }
+    }
+
+    /// Flush the top while writers go on, so that the flush in the pause
+    /// has little left to write: again while a flush took long (writers
+    /// dirtied much meanwhile), at most [`PREFLUSHES`] times.
+    fn preflush(&self) -> Result<()> {
+        for _ in 0..PREFLUSHES {
+            let t = Instant::now();
+            self.flush()?;
+            if t.elapsed() < QUICK_FLUSH {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Switch to a new differencing child at `path` (the checkpoint
