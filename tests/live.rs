@@ -324,6 +324,10 @@ fn small_child() -> ChildOptions {
 
 // ------------------------------------------------------------------- tests
 
+/// A switch's stamps (begin, end), and per disk the layer it froze with
+/// the layer file's hash.
+type Switch = (u64, u64, Vec<(PathBuf, u64)>);
+
 /// (a) 3 writer threads on 2 disks while the main thread switches both
 /// disks together to new children 12 times. The writers never flush: what
 /// a frozen layer holds is made durable by the switch.
@@ -344,7 +348,7 @@ fn writers_keep_writing_across_switches() {
     let clock = Arc::new(AtomicU64::new(1));
     let writers = Writers::start(&disks, UNITS, 3, 0, &clock);
     // Per switch: its stamps, and per disk the layer it froze with its hash.
-    let mut switches: Vec<(u64, u64, Vec<(PathBuf, u64)>)> = Vec::new();
+    let mut switches: Vec<Switch> = Vec::new();
     for k in 0..SWITCHES {
         thread::sleep(Duration::from_millis(3));
         let children: Vec<NewChild> = (0..DISKS)
