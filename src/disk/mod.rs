@@ -6,6 +6,7 @@
 mod chain;
 pub mod check;
 pub mod convert;
+pub mod live;
 pub mod merge;
 pub mod path;
 mod span;

@@ -198,6 +198,15 @@ fn who_holds(file: &File, key: (u64, u64), kind: LockKind) -> LockConflict {
     }
 }
 
+/// Turn the exclusive lock held on the open file description `fd` into a
+/// shared one (a live switch freezes a disk's top this way, so that others
+/// may open it read-only while this process keeps it open). This process's
+/// registry keeps counting it as exclusive until the file is closed (that
+/// only words the error of a later refusal).
+pub(crate) fn share_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    super::platform::flock_fd(fd, FlockOp::Shared)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,3 +129,16 @@ pub(crate) fn free_space(path: &Path) -> io::Result<u64> {
 pub(crate) const EIO: i32 = libc::EIO;
 #[cfg(feature = "fault-injection")]
 pub(crate) const ENOSPC: i32 = libc::ENOSPC;
+
+/// [`flock`] on a raw descriptor the caller keeps open for the call.
+pub(crate) fn flock_fd(fd: std::os::unix::io::RawFd, op: FlockOp) -> io::Result<()> {
+    let op = match op {
+        FlockOp::Shared => libc::LOCK_SH,
+        FlockOp::Exclusive => libc::LOCK_EX,
+        FlockOp::Unlock => libc::LOCK_UN,
+    };
+    // SAFETY: flock on a descriptor the caller owns for the duration of the
+    // call (an invalid one is EBADF, not undefined behaviour); no memory is
+    // involved.
+    check(unsafe { libc::flock(fd, op | libc::LOCK_NB) })
+}

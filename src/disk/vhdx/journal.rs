@@ -382,3 +382,12 @@ pub(super) fn write_headers(storage: &dyn Storage, h: &mut Header, current: Slot
     }
     Ok(slot)
 }
+
+impl Vhdx {
+    /// Start the write session now (with its DataWriteGuid), so that the
+    /// first write does not pay for it: a live switch prepares a new child
+    /// this way before the pause.
+    pub(crate) fn start_session(&self) -> Result<()> {
+        self.begin_session(true)
+    }
+}

@@ -264,3 +264,11 @@ pub(crate) struct ParentSpec {
     pub(crate) disk_id: Uuid,
     pub(crate) locator: crate::format::locator::ParentLocator,
 }
+
+impl Vhdx {
+    /// The storage under the file (a live switch reopens a frozen top on it
+    /// read-only, without reopening the file).
+    pub(crate) fn storage_arc(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+}

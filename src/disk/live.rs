@@ -1,0 +1,458 @@
+//! [`LiveDisk`]: a disk handle whose identity never changes while the chain
+//! behind it is switched — to a new differencing child (a checkpoint's
+//! "create" step) or to another chain altogether (apply, revert, the end of
+//! a live merge) — while other threads keep reading and writing through it.
+//!
+//! Depends on the rest of `disk` (it is a child module and sees [`Disk`]'s
+//! layers), never on `checkpoint`.
+//!
+//! # The gate
+//!
+//! Every call (read, write, flush, trim, extents, info, …) holds the
+//! handle's gate shared for its whole duration, so requests run in parallel
+//! exactly as on a [`Disk`]. A switch takes the gate exclusively: it waits
+//! for the requests in flight to complete, new ones wait for the switch to
+//! end, and no request ever sees half a switch. [`pause_all`] takes the
+//! gates of several handles, always in one order (by address), so two
+//! pauses over overlapping sets cannot deadlock.
+//!
+//! # A switch to a new child, step by step
+//!
+//! Before the pause ([`LiveDisk::prepare_child`], gate shared for a moment
+//! only to read the top's facts):
+//!
+//! 1. the child file is created (must not exist), linked to the top's
+//!    current DataWriteGuid, opened read-write, and its write session is
+//!    started (so the first write after the switch costs no header update);
+//!    then the top is flushed while writers go on (again while a flush took
+//!    long, a few times at most), so that the flush in the pause has little
+//!    left to write.
+//!
+//! In the pause (gate exclusive, [`Pause::push_children`]), for each disk:
+//!
+//! 2. the top is flushed and its write session ended ([`Disk::close`]'s
+//!    protocol: an empty log, both headers written and synced): the file is
+//!    clean;
+//! 3. if the top's DataWriteGuid changed since step 1 (its first write of a
+//!    session changes it), the child's parent linkage is rewritten (through
+//!    the child's log, flushed);
+//! 4. the top is opened again read-only on the same open file (no path is
+//!    reopened, the parents are not touched).
+//!
+//! Then, once every disk of the pause got through steps 2–4:
+//!
+//! 5. each chain becomes [child, old top (read-only), old parents…], reusing
+//!    the open parent handles, and the old top's file lock is downgraded from
+//!    exclusive to shared, so others may open it read-only.
+//!
+//! An error in steps 2–4 on any disk undoes the steps made on every disk of
+//! the pause: the read-only reopenings are dropped, the new children
+//! removed; each top stays the writable top (its session ended, the next
+//! write starts a new one). A refused switch changes no data. One caveat:
+//! a failed *sync* of a top poisons its handle, as it does on any [`Disk`].
+//!
+//! # What a writer sees
+//!
+//! A write that returned before the switch began is in the frozen layer; a
+//! write that starts after the switch returned goes to the child; a write
+//! that overlaps the switch lands wholly in one of them. Nothing is written
+//! into a layer after it was frozen. The writer's only cost is the wait for
+//! the pause (steps 2–5: a few syncs of the top, more if step 3 runs).
+//!
+//! # What a crash leaves
+//!
+//! - during step 1: at most a partial child file nobody links to (the old
+//!   chain opens as before; the stray child either fails to open or opens
+//!   as an empty child of the top);
+//! - during step 2: the top with its log replayed on open: the old chain,
+//!   with every flushed write; the child opens as the new chain only while
+//!   its linkage still matches;
+//! - during step 3: the child's log is replayed on open; it then links to
+//!   the top (new chain) or to the old DataWriteGuid (refused with
+//!   `ParentMismatch`: the old chain is the state);
+//! - after step 4 nothing is written any more by the switch.
+//!
+//! Which chain is "current" after a crash is for the caller (the VM's
+//! journal) to decide; the disk layer guarantees that both open.
+
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::chain;
+use super::vhdx::Vhdx;
+use super::{child_create_options, create_file, ChildOptions, Disk, DiskInfo, Extent, Layer};
+use crate::error::{Error, Result};
+use crate::version::creator;
+
+/// Most flushes of the top before a pause (see [`LiveDisk::prepare_child`]).
+const PREFLUSHES: usize = 4;
+/// A flush this quick leaves little for the pause's flush.
+const QUICK_FLUSH: Duration = Duration::from_millis(2);
+
+/// A disk handle for a running guest: the same I/O surface as [`Disk`], on
+/// a chain that [`LiveDisk::push_child`] and [`LiveDisk::replace`] switch
+/// under it. `Send + Sync`; share it by reference or in an `Arc`.
+#[derive(Debug)]
+pub struct LiveDisk {
+    disk: RwLock<Disk>,
+}
+
+/// A new differencing child made ready by [`LiveDisk::prepare_child`],
+/// waiting for the pause that switches to it. Dropped unused, its file is
+/// removed.
+#[derive(Debug)]
+pub struct NewChild {
+    path: PathBuf,
+    /// The top it was made for.
+    parent: PathBuf,
+    /// The DataWriteGuid it links to.
+    linked: Uuid,
+    file: Option<Vhdx>,
+}
+
+impl NewChild {
+    /// Where the child's file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for NewChild {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            drop(f);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The gates of one or more [`LiveDisk`]s held exclusively: no request
+/// runs on them until this is dropped. Made by [`pause_all`] or
+/// [`LiveDisk::pause`]; the disks are addressed by their index in the
+/// slice given there.
+#[derive(Debug)]
+pub struct Pause<'a> {
+    /// Guards in the caller's order.
+    guards: Vec<RwLockWriteGuard<'a, Disk>>,
+}
+
+/// Pause every disk of `disks` together: wait for the requests in flight on
+/// each to complete and hold new ones until the guard is dropped. The gates
+/// are taken in address order, so concurrent pauses never deadlock. A disk
+/// named twice is refused.
+pub fn pause_all<'a>(disks: &[&'a LiveDisk]) -> Result<Pause<'a>> {
+    let mut order: Vec<usize> = (0..disks.len()).collect();
+    order.sort_by_key(|&i| disks[i] as *const LiveDisk as usize);
+    if order
+        .windows(2)
+        .any(|w| std::ptr::eq(disks[w[0]], disks[w[1]]))
+    {
+        return Err(Error::InvalidArgument(
+            "a disk is named twice in one pause".into(),
+        ));
+    }
+    let mut taken: Vec<Option<RwLockWriteGuard<'a, Disk>>> =
+        (0..disks.len()).map(|_| None).collect();
+    for i in order {
+        taken[i] = Some(disks[i].disk.write().unwrap_or_else(|e| e.into_inner()));
+    }
+    Ok(Pause {
+        guards: taken.into_iter().flatten().collect(),
+    })
+}
+
+impl LiveDisk {
+    /// Make `disk` live.
+    pub fn new(disk: Disk) -> LiveDisk {
+        LiveDisk {
+            disk: RwLock::new(disk),
+        }
+    }
+
+    fn get(&self) -> RwLockReadGuard<'_, Disk> {
+        self.disk.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` on the current chain, with the gate held shared.
+    pub fn with_disk<R>(&self, f: impl FnOnce(&Disk) -> R) -> R {
+        f(&self.get())
+    }
+
+    /// See [`Disk::read_at`].
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.get().read_at(buf, offset)
+    }
+
+    /// See [`Disk::write_at`].
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.get().write_at(buf, offset)
+    }
+
+    /// See [`Disk::flush`].
+    pub fn flush(&self) -> Result<()> {
+        self.get().flush()
+    }
+
+    /// See [`Disk::trim`].
+    pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.get().trim(offset, len)
+    }
+
+    /// See [`Disk::extents`].
+    pub fn extents(&self) -> Result<Vec<Extent>> {
+        self.get().extents()
+    }
+
+    /// See [`Disk::extents_in`].
+    pub fn extents_in(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.get().extents_in(offset, len)
+    }
+
+    /// See [`Disk::info`] (of the current top).
+    pub fn info(&self) -> DiskInfo {
+        self.get().info()
+    }
+
+    /// See [`Disk::virtual_size`].
+    pub fn virtual_size(&self) -> u64 {
+        self.get().virtual_size()
+    }
+
+    /// See [`Disk::logical_sector_size`].
+    pub fn logical_sector_size(&self) -> u32 {
+        self.get().logical_sector_size()
+    }
+
+    /// See [`Disk::block_size`] (of the current top).
+    pub fn block_size(&self) -> u32 {
+        self.get().block_size()
+    }
+
+    /// The current top file's path.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.get().path().map(Path::to_path_buf)
+    }
+
+    /// The current chain's files, top first (see [`Disk::chain`]).
+    pub fn chain(&self) -> Vec<Option<PathBuf>> {
+        self.get().chain()
+    }
+
+    /// Number of layers of the current chain.
+    pub fn depth(&self) -> usize {
+        self.get().depth()
+    }
+
+    /// Pause this disk alone (see [`pause_all`]).
+    pub fn pause(&self) -> Pause<'_> {
+        Pause {
+            guards: vec![self.disk.write().unwrap_or_else(|e| e.into_inner())],
+        }
+    }
+
+    /// Step 1 of a switch (see the module doc): create the differencing
+    /// child `path` (which must not exist) of the current top and make it
+    /// ready, without pausing anyone. The top must have been opened from a
+    /// path and be writable.
+    pub fn prepare_child(&self, path: impl AsRef<Path>, opts: &ChildOptions) -> Result<NewChild> {
+        let path = path.as_ref();
+        let (parent, spec, copts) = {
+            let d = self.get();
+            let parent = d
+                .path()
+                .ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "a live disk's top must be opened from a path to get a child".into(),
+                    )
+                })?
+                .to_path_buf();
+            if d.top().is_read_only() {
+                return Err(Error::ReadOnly);
+            }
+            let spec = chain::parent_spec(path, &parent, d.top())?;
+            (parent, spec, child_create_options(&d, opts))
+        };
+        let linked = match spec.locator.linkage(crate::format::locator::PARENT_LINKAGE) {
+            Some(g) => g,
+            None => {
+                return Err(Error::Corrupt(
+                    "a new parent locator without linkage".into(),
+                ))
+            }
+        };
+        let storage = create_file(path, |s| Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
+        let ready = Vhdx::open(storage, false)
+            .and_then(|f| f.start_session().map(|_| f))
+            .and_then(|f| self.preflush().map(|_| f));
+        match ready {
+            Ok(file) => Ok(NewChild {
+                path: path.to_path_buf(),
+                parent,
+                linked,
+                file: Some(file),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e.in_file(path))
+            }
+        }
+    }
+
+    /// Flush the top while writers go on, so that the flush in the pause
+    /// has little left to write: again while a flush took long (writers
+    /// dirtied much meanwhile), at most [`PREFLUSHES`] times.
+    fn preflush(&self) -> Result<()> {
+        for _ in 0..PREFLUSHES {
+            let t = Instant::now();
+            self.flush()?;
+            if t.elapsed() < QUICK_FLUSH {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switch to a new differencing child at `path` (the checkpoint
+    /// "create" step): [`LiveDisk::prepare_child`], then a pause of this
+    /// disk in which [`Pause::push_children`] runs. On error nothing changed.
+    pub fn push_child(&self, path: impl AsRef<Path>, opts: &ChildOptions) -> Result<()> {
+        let child = self.prepare_child(path, opts)?;
+        self.pause().push_children(vec![child])
+    }
+
+    /// Swap in `disk` as this handle's chain (under the exclusive gate) and
+    /// hand back the old one, for the caller to close. `disk` must have the
+    /// same virtual size and logical sector size; else nothing changes.
+    pub fn replace(&self, disk: Disk) -> Result<Disk> {
+        self.pause().replace(0, disk)
+    }
+
+    /// The chain behind the handle.
+    pub fn into_disk(self) -> Disk {
+        self.disk.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Close the current chain (see [`Disk::close`]).
+    pub fn close(self) -> Result<()> {
+        self.into_disk().close()
+    }
+}
+
+/// What steps 2–4 leave for step 5.
+struct Frozen {
+    top: Vhdx,
+}
+
+impl Pause<'_> {
+    /// The current chain of disk `i` of the pause.
+    pub fn disk(&self, i: usize) -> Option<&Disk> {
+        self.guards.get(i).map(|g| &**g)
+    }
+
+    /// Number of disks paused.
+    pub fn len(&self) -> usize {
+        self.guards.len()
+    }
+
+    /// Whether no disk is paused.
+    pub fn is_empty(&self) -> bool {
+        self.guards.is_empty()
+    }
+
+    /// Switch every paused disk to its new child (`children[i]` for disk
+    /// `i`, each made by [`LiveDisk::prepare_child`] of that disk): steps
+    /// 2–5 of the module doc. All or nothing: on an error every child is
+    /// removed and every disk keeps its chain.
+    pub fn push_children(&mut self, mut children: Vec<NewChild>) -> Result<()> {
+        if children.len() != self.guards.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} new children for {} paused disks",
+                children.len(),
+                self.guards.len()
+            )));
+        }
+        let mut frozen: Vec<Frozen> = Vec::with_capacity(children.len());
+        for (g, c) in self.guards.iter().zip(children.iter_mut()) {
+            // On error, `frozen` and `children` are dropped: the read-only
+            // reopenings go, the children's files are removed.
+            frozen.push(freeze(g, c)?);
+        }
+        for ((g, c), f) in self.guards.iter_mut().zip(children.iter_mut()).zip(frozen) {
+            let file = c.file.take().expect("a prepared child has its file");
+            let mut layers = std::mem::take(&mut g.layers);
+            let old_top = layers.remove(0);
+            let top_path = old_top.path.clone();
+            let storage = f.top.storage_arc();
+            let mut new = Vec::with_capacity(layers.len() + 2);
+            new.push(Layer {
+                path: Some(c.path.clone()),
+                file,
+            });
+            new.push(Layer {
+                path: top_path,
+                file: f.top,
+            });
+            new.extend(layers);
+            // The old writable handle's session is over: dropping it writes nothing.
+            drop(old_top);
+            **g = Disk::from_layers(new);
+            if let Some(fd) = storage.raw_fd() {
+                // Best effort: a refusal only keeps the lock exclusive.
+                let _ = crate::io::share_lock(fd);
+            }
+        }
+        Ok(())
+    }
+
+    /// Swap `disk` in as the chain of paused disk `i` and hand back the old
+    /// chain (see [`LiveDisk::replace`]).
+    pub fn replace(&mut self, i: usize, disk: Disk) -> Result<Disk> {
+        let g = self
+            .guards
+            .get_mut(i)
+            .ok_or_else(|| Error::InvalidArgument(format!("no paused disk {i}")))?;
+        if disk.virtual_size() != g.virtual_size()
+            || disk.logical_sector_size() != g.logical_sector_size()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a live disk of {} bytes ({}-byte sectors) cannot switch to a chain of {} bytes \
+                 ({}-byte sectors)",
+                g.virtual_size(),
+                g.logical_sector_size(),
+                disk.virtual_size(),
+                disk.logical_sector_size()
+            )));
+        }
+        Ok(std::mem::replace(&mut **g, disk))
+    }
+}
+
+/// Steps 2–4 for one disk: end the top's session, fix the child's linkage
+/// if the top's DataWriteGuid moved, reopen the top read-only.
+fn freeze(disk: &Disk, child: &NewChild) -> Result<Frozen> {
+    if disk.path() != Some(child.parent.as_path()) {
+        return Err(Error::InvalidArgument(format!(
+            "the new child {} was made for {}, not for this disk's top",
+            child.path.display(),
+            child.parent.display()
+        )));
+    }
+    let Some(file) = child.file.as_ref() else {
+        return Err(Error::InvalidArgument(
+            "the new child was used already".into(),
+        ));
+    };
+    let top = disk.top();
+    disk.ctx(top.close())?;
+    let guid = top.header().data_write_guid;
+    if guid != child.linked {
+        let loc = chain::locator_for(&child.path, &child.parent, &guid)?;
+        file.set_parent_locator(loc.to_bytes())
+            .map_err(|e| e.in_file(&child.path))?;
+    }
+    let ro = Vhdx::open(top.storage_arc(), true).map_err(|e| e.in_file(&child.parent))?;
+    Ok(Frozen { top: ro })
+}

@@ -1,0 +1,706 @@
+//! Live disks (`ckpt::LiveDisk`): writer threads keep writing while the
+//! chain behind the handle is switched to new children or replaced.
+//!
+//! Every write is a self-describing 4 KiB unit (unit index, sequence
+//! number, a pattern derived from both), stamped with a logical clock
+//! before it starts and after it returns; a switch is stamped the same way.
+//! A frozen layer must hold, for every unit, a value between the last write
+//! that returned before the switch began and the last write that started
+//! before the switch returned. Frozen layers are read by libckpt and by
+//! libvhdi (`pyvhdi`, with `set_parent`); under `CI=true` a missing pyvhdi
+//! fails. Crash and fault cases go through `ckpt::io::faults` on the
+//! switching thread (writers are not armed).
+//!
+//! Self-contained (no `mod common;`), so that it does not depend on the test
+//! support tree being reshaped.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ckpt::disk::live::{pause_all, NewChild};
+use ckpt::io::{faults, Cut, Transient};
+use ckpt::{ChildOptions, CreateOptions, Disk, LiveDisk, OpenMode};
+
+const UNIT: usize = 4096;
+const MIB: u64 = 1 << 20;
+
+// ------------------------------------------------------------------ units
+
+/// The bytes of write `seq` of unit `unit` (seq 0 is "never written": zeros).
+fn unit_bytes(unit: u64, seq: u64) -> Vec<u8> {
+    let mut b = vec![0u8; UNIT];
+    b[..8].copy_from_slice(&unit.to_le_bytes());
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    let mut x = (unit << 32 ^ seq).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for w in b[16..].chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+/// The sequence number a unit's bytes hold; panics on anything that is not
+/// a whole unit write (torn, misplaced or foreign data).
+fn decode(unit: u64, b: &[u8], what: &str) -> u64 {
+    if b.iter().all(|&x| x == 0) {
+        return 0;
+    }
+    let u = u64::from_le_bytes(b[..8].try_into().unwrap());
+    let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    assert_eq!(u, unit, "{what}: unit {unit} holds unit {u}'s data");
+    assert!(
+        b == unit_bytes(unit, seq).as_slice(),
+        "{what}: unit {unit} holds a damaged write (seq {seq})"
+    );
+    seq
+}
+
+/// One write as a writer saw it.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    disk: usize,
+    unit: u64,
+    seq: u64,
+    start: u64,
+    end: u64,
+}
+
+/// Where unit `u` of `units` lives on a disk of `size` bytes.
+fn unit_offset(u: u64, units: u64, size: u64) -> u64 {
+    let stride = size / units / UNIT as u64 * UNIT as u64;
+    u * stride
+}
+
+/// What the writer threads did: every write that returned, the flushes
+/// that returned (disk, stamp taken before the flush began) and the first
+/// error (a writer stops at it).
+#[derive(Debug, Default)]
+struct Log {
+    recs: Vec<Rec>,
+    flushes: Vec<(usize, u64)>,
+    error: Option<String>,
+}
+
+impl Log {
+    /// The last write of (`disk`, `unit`) made durable by a flush that returned.
+    fn flushed_seq(&self, disk: usize, unit: u64) -> u64 {
+        let Some(last) = self
+            .flushes
+            .iter()
+            .filter(|f| f.0 == disk)
+            .map(|f| f.1)
+            .max()
+        else {
+            return 0;
+        };
+        self.recs
+            .iter()
+            .filter(|r| r.disk == disk && r.unit == unit && r.end < last)
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Writer threads over `disks`: thread `t` owns the units `u % threads == t`
+/// of every disk and writes them in a pseudo-random order, stamping each
+/// write and flushing now and then, until `stop` or an error.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<thread::JoinHandle<Log>>,
+}
+
+impl Writers {
+    /// `flush_every`: writes between flushes (0: never).
+    fn start(
+        disks: &[Arc<LiveDisk>],
+        units: u64,
+        threads: u64,
+        flush_every: u64,
+        clock: &Arc<AtomicU64>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|t| {
+                let disks: Vec<Arc<LiveDisk>> = disks.to_vec();
+                let stop = stop.clone();
+                let clock = clock.clone();
+                thread::spawn(move || {
+                    let mine: Vec<u64> = (0..units).filter(|u| u % threads == t).collect();
+                    let mut seqs = vec![vec![0u64; units as usize]; disks.len()];
+                    let mut log = Log::default();
+                    let mut x = 0x1234_5678u64 + t;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let d = (x >> 33) as usize % disks.len();
+                        let unit = mine[(x >> 40) as usize % mine.len()];
+                        let seq = seqs[d][unit as usize] + 1;
+                        seqs[d][unit as usize] = seq;
+                        let off = unit_offset(unit, units, disks[d].virtual_size());
+                        let start = clock.fetch_add(1, Ordering::SeqCst);
+                        if let Err(e) = disks[d].write_at(&unit_bytes(unit, seq), off) {
+                            log.error = Some(e.to_string());
+                            break;
+                        }
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        log.recs.push(Rec {
+                            disk: d,
+                            unit,
+                            seq,
+                            start,
+                            end,
+                        });
+                        n += 1;
+                        if flush_every > 0 && n % flush_every == 0 {
+                            let f = clock.fetch_add(1, Ordering::SeqCst);
+                            if let Err(e) = disks[d].flush() {
+                                log.error = Some(e.to_string());
+                                break;
+                            }
+                            log.flushes.push((d, f));
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    fn finish(self) -> Log {
+        self.stop.store(true, Ordering::Release);
+        let mut all = Log::default();
+        for h in self.handles {
+            let l = h.join().unwrap();
+            all.recs.extend(l.recs);
+            all.flushes.extend(l.flushes);
+            all.error = all.error.or(l.error);
+        }
+        all
+    }
+}
+
+/// The range of sequence numbers unit (`disk`, `unit`) may hold in a layer
+/// frozen by a switch stamped `[begin, end]`: from the last write that
+/// returned before `begin` to the last one that started before `end`.
+fn allowed(recs: &[Rec], disk: usize, unit: u64, begin: u64, end: u64) -> (u64, u64) {
+    let mine = recs.iter().filter(|r| r.disk == disk && r.unit == unit);
+    let lo = mine
+        .clone()
+        .filter(|r| r.end < begin)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    let hi = mine
+        .filter(|r| r.start < end)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    (lo, hi)
+}
+
+fn last_seq(recs: &[Rec], disk: usize, unit: u64) -> u64 {
+    recs.iter()
+        .filter(|r| r.disk == disk && r.unit == unit)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every unit of the disk `path` opens to (read-only, with its chain).
+fn read_units(path: &Path, units: u64) -> Vec<Vec<u8>> {
+    let d = Disk::open(path, OpenMode::ReadOnly).unwrap();
+    let size = d.virtual_size();
+    (0..units)
+        .map(|u| {
+            let mut b = vec![0u8; UNIT];
+            d.read_at(&mut b, unit_offset(u, units, size)).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn file_hash(p: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    std::fs::read(p).unwrap().hash(&mut h);
+    h.finish()
+}
+
+// ----------------------------------------------------------------- libvhdi
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Reads `count` units `stride` bytes apart from the top of a chain given
+/// base first; writes them, concatenated, into the output file.
+const READ_UNITS: &str = r#"
+import sys
+import pyvhdi
+out, stride, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+files = []
+for p in sys.argv[4:]:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(1, len(files)):
+    files[i].set_parent(files[i - 1])
+top = files[-1]
+with open(out, "wb") as o:
+    for u in range(count):
+        data = top.read_buffer_at_offset(4096, u * stride)
+        if len(data) != 4096:
+            sys.exit("short read at unit %d" % u)
+        o.write(data)
+for f in reversed(files):
+    f.close()
+"#;
+
+fn in_ci() -> bool {
+    matches!(
+        std::env::var("CI")
+            .ok()
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Some("true") | Some("1") | Some("yes")
+    )
+}
+
+fn have_pyvhdi() -> bool {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        let what = "the Python module pyvhdi (Debian package python3-libvhdi)";
+        assert!(
+            !in_ci(),
+            "CI=true but {what} is missing: this test cannot run"
+        );
+        eprintln!("NOTICE: {what} is missing; skipping the libvhdi check");
+    }
+    ok
+}
+
+/// The units libvhdi reads at the top of `base_first` (base first).
+fn vhdi_units(base_first: &[PathBuf], units: u64, size: u64, scratch: &Path) -> Vec<Vec<u8>> {
+    let out = scratch.join("vhdi-units.bin");
+    let stride = unit_offset(1, units, size);
+    let o = Command::new(PYTHON)
+        .arg("-c")
+        .arg(READ_UNITS)
+        .arg(&out)
+        .arg(stride.to_string())
+        .arg(units.to_string())
+        .args(base_first)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pyvhdi failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let data = std::fs::read(&out).unwrap();
+    assert_eq!(data.len(), units as usize * UNIT);
+    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
+}
+
+fn small_child() -> ChildOptions {
+    ChildOptions {
+        block_size: MIB as u32,
+        ..ChildOptions::default()
+    }
+}
+
+// ------------------------------------------------------------------- tests
+
+/// A switch's stamps (begin, end), and per disk the layer it froze with
+/// the layer file's hash.
+type Switch = (u64, u64, Vec<(PathBuf, u64)>);
+
+/// (a) 3 writer threads on 2 disks while the main thread switches both
+/// disks together to new children 12 times. The writers never flush: what
+/// a frozen layer holds is made durable by the switch.
+#[test]
+fn writers_keep_writing_across_switches() {
+    const DISKS: usize = 2;
+    const UNITS: u64 = 96;
+    const SWITCHES: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let disks: Vec<Arc<LiveDisk>> = (0..DISKS)
+        .map(|d| {
+            let p = dir.path().join(format!("d{d}.vhdx"));
+            let disk = Disk::create(&p, &CreateOptions::new(size).block_size(MIB as u32)).unwrap();
+            Arc::new(LiveDisk::new(disk))
+        })
+        .collect();
+    let clock = Arc::new(AtomicU64::new(1));
+    let writers = Writers::start(&disks, UNITS, 3, 0, &clock);
+    // Per switch: its stamps, and per disk the layer it froze with its hash.
+    let mut switches: Vec<Switch> = Vec::new();
+    for k in 0..SWITCHES {
+        thread::sleep(Duration::from_millis(3));
+        let children: Vec<NewChild> = (0..DISKS)
+            .map(|d| {
+                let p = dir.path().join(format!("d{d}_{k}.avhdx"));
+                disks[d].prepare_child(&p, &small_child()).unwrap()
+            })
+            .collect();
+        let tops: Vec<PathBuf> = disks.iter().map(|d| d.path().unwrap()).collect();
+        let refs: Vec<&LiveDisk> = disks.iter().map(|d| &**d).collect();
+        let begin = clock.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut pause = pause_all(&refs).unwrap();
+            pause.push_children(children).unwrap();
+        }
+        let end = clock.fetch_add(1, Ordering::SeqCst);
+        let frozen = tops
+            .into_iter()
+            .map(|p| {
+                let h = file_hash(&p);
+                // Frozen: its lock is shared now, so others may read it
+                // (not write it) while the live chain keeps it open.
+                Disk::open(&p, OpenMode::ReadOnly).unwrap();
+                if k == 0 {
+                    let e = Disk::open(&p, OpenMode::ReadWrite).unwrap_err();
+                    assert!(matches!(e.kind(), ckpt::ErrorKind::Busy), "{e}");
+                }
+                (p, h)
+            })
+            .collect();
+        switches.push((begin, end, frozen));
+        for d in &disks {
+            assert_eq!(d.depth(), k + 2);
+        }
+    }
+    thread::sleep(Duration::from_millis(3));
+    let log = writers.finish();
+    assert_eq!(log.error, None);
+    assert!(
+        log.recs.len() > 1000,
+        "the writers wrote only {} units",
+        log.recs.len()
+    );
+    // By disk and unit, for the checks below.
+    let by_unit: std::collections::HashMap<(usize, u64), Vec<Rec>> =
+        log.recs.iter().fold(Default::default(), |mut m, r| {
+            m.entry((r.disk, r.unit)).or_default().push(*r);
+            m
+        });
+    let recs_of = |d: usize, u: u64| by_unit.get(&(d, u)).map_or(&[][..], Vec::as_slice);
+    let finals: Vec<PathBuf> = disks.iter().map(|d| d.path().unwrap()).collect();
+    for d in disks {
+        Arc::try_unwrap(d).unwrap().close().unwrap();
+    }
+    let pyvhdi = have_pyvhdi();
+    for (k, (begin, end, frozen)) in switches.iter().enumerate() {
+        for (d, (layer, hash)) in frozen.iter().enumerate() {
+            assert_eq!(
+                file_hash(layer),
+                *hash,
+                "layer {} changed after it was frozen",
+                layer.display()
+            );
+            let ours = read_units(layer, UNITS);
+            for (u, b) in ours.iter().enumerate() {
+                let u = u as u64;
+                let seq = decode(u, b, &format!("switch {k} disk {d}"));
+                let (lo, hi) = allowed(recs_of(d, u), d, u, *begin, *end);
+                assert!(
+                    (lo..=hi).contains(&seq),
+                    "switch {k}, disk {d}, unit {u}: holds write {seq}, allowed {lo}..={hi}"
+                );
+            }
+            if pyvhdi {
+                // The chain up to this layer, base first.
+                let mut chain: Vec<PathBuf> = vec![dir.path().join(format!("d{d}.vhdx"))];
+                chain.extend((0..k).map(|j| dir.path().join(format!("d{d}_{j}.avhdx"))));
+                assert_eq!(chain.last().unwrap(), layer);
+                let theirs = vhdi_units(&chain, UNITS, size, dir.path());
+                assert!(
+                    theirs == ours,
+                    "libvhdi reads layer {} otherwise",
+                    layer.display()
+                );
+            }
+        }
+    }
+    for (d, top) in finals.iter().enumerate() {
+        for (u, b) in read_units(top, UNITS).iter().enumerate() {
+            let u = u as u64;
+            assert_eq!(
+                decode(u, b, "final state"),
+                last_seq(recs_of(d, u), d, u),
+                "disk {d} unit {u}: the current state lacks the last write"
+            );
+        }
+    }
+}
+
+/// The top gets its first write (a new DataWriteGuid) between the child's
+/// creation and the pause: the child is re-linked in the pause, and both we
+/// and libvhdi read the chain.
+#[test]
+fn child_is_relinked_when_the_top_changes_after_prepare() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhdx");
+    Disk::create(&base, &CreateOptions::new(16 * MIB))
+        .unwrap()
+        .close()
+        .unwrap();
+    let live = LiveDisk::new(Disk::open(&base, OpenMode::ReadWrite).unwrap());
+    let before = live.info().data_write_guid;
+    let child = dir.path().join("child.avhdx");
+    let c = live.prepare_child(&child, &small_child()).unwrap();
+    live.write_at(&unit_bytes(0, 7), 0).unwrap();
+    assert_ne!(live.info().data_write_guid, before);
+    live.pause().push_children(vec![c]).unwrap();
+    live.write_at(&unit_bytes(1, 9), unit_offset(1, 4, 16 * MIB))
+        .unwrap();
+    live.close().unwrap();
+    let units = read_units(&child, 4);
+    assert_eq!(decode(0, &units[0], "child"), 7);
+    assert_eq!(decode(1, &units[1], "child"), 9);
+    assert_eq!(decode(0, &read_units(&base, 4)[0], "base"), 7);
+    assert_eq!(decode(1, &read_units(&base, 4)[1], "base"), 0);
+    if have_pyvhdi() {
+        let theirs = vhdi_units(&[base, child], 4, 16 * MIB, dir.path());
+        assert!(theirs == units);
+    }
+}
+
+/// (b) A child that cannot be created, and every single failing write or
+/// sync of a switch: the switch reports it, no child is left, the chain is
+/// as before; a retry works.
+#[test]
+fn a_failed_switch_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 16 * MIB;
+    let make = |name: &str| {
+        let base = dir.path().join(name);
+        let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
+        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.flush().unwrap();
+        // Unflushed metadata too: the switch's flush has a log entry to write.
+        d.write_at(&unit_bytes(1, 1), unit_offset(1, 4, size))
+            .unwrap();
+        (base, LiveDisk::new(d))
+    };
+    let check_unchanged = |live: &LiveDisk, base: &Path| {
+        assert_eq!(live.depth(), 1);
+        assert_eq!(live.path().as_deref(), Some(base));
+        let mut b = vec![0u8; UNIT];
+        live.read_at(&mut b, 0).unwrap();
+        assert_eq!(decode(0, &b, "after a refused switch"), 1);
+        live.read_at(&mut b, unit_offset(1, 4, size)).unwrap();
+        assert_eq!(decode(1, &b, "after a refused switch"), 1);
+    };
+
+    // A child that cannot be made: in a missing folder, or over a file.
+    let (base, live) = make("a.vhdx");
+    let missing = dir.path().join("no/such/dir/c.avhdx");
+    live.push_child(&missing, &small_child()).unwrap_err();
+    assert!(!missing.exists());
+    let taken = dir.path().join("taken.avhdx");
+    std::fs::write(&taken, b"keep me").unwrap();
+    live.push_child(&taken, &small_child()).unwrap_err();
+    assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
+    check_unchanged(&live, &base);
+    live.write_at(&unit_bytes(2, 1), unit_offset(2, 4, size))
+        .unwrap();
+    live.flush().unwrap();
+    // A child made for another disk is refused by this one.
+    let (_, other) = make("other.vhdx");
+    let foreign = other
+        .prepare_child(dir.path().join("foreign.avhdx"), &small_child())
+        .unwrap();
+    live.pause().push_children(vec![foreign]).unwrap_err();
+    assert!(!dir.path().join("foreign.avhdx").exists());
+    check_unchanged(&live, &base);
+    drop(other);
+    live.close().unwrap();
+
+    // Every event of a switch fails once, in turn.
+    let mut writable_after = 0;
+    for n in 0.. {
+        let name = format!("f{n}.vhdx");
+        let (base, live) = make(&name);
+        let child = dir.path().join(format!("f{n}.avhdx"));
+        faults::arm_transient(n, Transient::Eio);
+        let r = live.push_child(&child, &small_child());
+        let seen = faults::disarm();
+        if seen <= n {
+            r.unwrap();
+            assert_eq!(live.depth(), 2);
+            assert!(writable_after > 0);
+            break;
+        }
+        r.unwrap_err();
+        assert!(
+            !child.exists(),
+            "event {n}: the failed switch left its child"
+        );
+        check_unchanged(&live, &base);
+        // A failed write leaves the top writable; a failed sync poisons the
+        // handle as on any disk (nothing more may claim durability).
+        let w = live
+            .write_at(&unit_bytes(2, 5), unit_offset(2, 4, size))
+            .and_then(|_| live.flush());
+        if w.is_ok() {
+            writable_after += 1;
+            live.push_child(&child, &small_child()).unwrap();
+            assert_eq!(live.depth(), 2);
+            live.write_at(&unit_bytes(3, 1), unit_offset(3, 4, size))
+                .unwrap();
+            live.close().unwrap();
+            let units = read_units(&child, 4);
+            assert_eq!(decode(0, &units[0], "retry"), 1);
+            assert_eq!(decode(1, &units[1], "retry"), 1);
+            assert_eq!(decode(2, &units[2], "retry"), 5);
+            assert_eq!(decode(3, &units[3], "retry"), 1);
+            assert_eq!(decode(3, &read_units(&base, 4)[3], "retry base"), 0);
+        }
+    }
+}
+
+/// Pausing a disk twice in one pause is refused (it would deadlock).
+#[test]
+fn a_disk_named_twice_in_a_pause_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.vhdx");
+    let live = LiveDisk::new(Disk::create(&p, &CreateOptions::new(16 * MIB)).unwrap());
+    pause_all(&[&live, &live]).unwrap_err();
+    let mut b = vec![0u8; 512];
+    live.read_at(&mut b, 0).unwrap();
+}
+
+/// (c) A crash at every write and sync of a switch while a writer writes
+/// (the writer starts after the child was made, so that the top's first
+/// write moves its DataWriteGuid and the pause re-links the child): the
+/// files open as the old chain or the new one, with every flushed write.
+#[test]
+fn a_crash_anywhere_in_a_switch_leaves_the_old_or_the_new_chain() {
+    const UNITS: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 16 * MIB;
+    let mut outcomes = [0usize; 2];
+    for n in 0..400 {
+        let base = dir.path().join(format!("c{n}.vhdx"));
+        let child = dir.path().join(format!("c{n}.avhdx"));
+        Disk::create(&base, &CreateOptions::new(size))
+            .unwrap()
+            .close()
+            .unwrap();
+        let live = Arc::new(LiveDisk::new(
+            Disk::open(&base, OpenMode::ReadWrite).unwrap(),
+        ));
+        let clock = Arc::new(AtomicU64::new(1));
+        faults::arm(n, Cut::Torn);
+        let prepared = live.prepare_child(&child, &small_child());
+        let writers = Writers::start(std::slice::from_ref(&live), UNITS, 1, 64, &clock);
+        thread::sleep(Duration::from_millis(2));
+        let r = prepared.and_then(|c| live.pause().push_children(vec![c]));
+        let crashed = faults::events() > n;
+        thread::sleep(Duration::from_millis(1));
+        let log = writers.finish();
+        // The crash: the handle goes away without another write from here.
+        drop(Arc::try_unwrap(live).unwrap());
+        faults::disarm();
+        if !crashed {
+            // Past the last event of a switch: it went through.
+            r.unwrap();
+            assert_eq!(log.error, None);
+            assert!(outcomes[0] > 0, "no crash left the old chain: {outcomes:?}");
+            return;
+        }
+        assert!(
+            r.is_err(),
+            "crash at event {n}: the switch did not report it"
+        );
+        let state = match Disk::open(&child, OpenMode::ReadOnly) {
+            Ok(_) => {
+                outcomes[1] += 1;
+                child.clone()
+            }
+            Err(_) => {
+                outcomes[0] += 1;
+                base.clone()
+            }
+        };
+        Disk::open(&base, OpenMode::ReadOnly).unwrap();
+        for (u, b) in read_units(&state, UNITS).iter().enumerate() {
+            let u = u as u64;
+            let seq = decode(u, b, &format!("crash at event {n}"));
+            assert!(
+                seq >= log.flushed_seq(0, u) && seq <= last_seq(&log.recs, 0, u),
+                "crash at event {n}, unit {u}: holds write {seq}, flushed {}, last {}",
+                log.flushed_seq(0, u),
+                last_seq(&log.recs, 0, u)
+            );
+        }
+    }
+    panic!("a switch took more than 400 write and sync events");
+}
+
+/// (d) `replace` under writers: the old chain holds every write that
+/// returned before the swap began, the new one every write that started
+/// after it returned; a chain of another size is refused and changes nothing.
+#[test]
+fn replace_swaps_the_chain_under_writers() {
+    const UNITS: u64 = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let a = dir.path().join("a.vhdx");
+    let b = dir.path().join("b.vhdx");
+    let live = Arc::new(LiveDisk::new(
+        Disk::create(&a, &CreateOptions::new(size)).unwrap(),
+    ));
+    let other = Disk::create(&b, &CreateOptions::new(size)).unwrap();
+    let wrong = Disk::create(dir.path().join("w.vhdx"), &CreateOptions::new(2 * size)).unwrap();
+    let clock = Arc::new(AtomicU64::new(1));
+    let writers = Writers::start(std::slice::from_ref(&live), UNITS, 2, 0, &clock);
+    thread::sleep(Duration::from_millis(20));
+    let wrong = live.replace(wrong).unwrap_err();
+    assert!(matches!(wrong, ckpt::Error::InvalidArgument(_)), "{wrong}");
+    assert_eq!(live.path().as_deref(), Some(a.as_path()));
+    let begin = clock.fetch_add(1, Ordering::SeqCst);
+    let old = live.replace(other).unwrap();
+    let end = clock.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(old.path(), Some(a.as_path()));
+    assert_eq!(live.path().as_deref(), Some(b.as_path()));
+    thread::sleep(Duration::from_millis(20));
+    let log = writers.finish();
+    assert_eq!(log.error, None);
+    old.close().unwrap();
+    Arc::try_unwrap(live).unwrap().close().unwrap();
+    let (in_a, in_b) = (read_units(&a, UNITS), read_units(&b, UNITS));
+    for u in 0..UNITS {
+        let (lo, hi) = allowed(&log.recs, 0, u, begin, end);
+        let sa = decode(u, &in_a[u as usize], "old chain");
+        assert!(
+            (lo..=hi).contains(&sa),
+            "unit {u}: old chain holds {sa}, allowed {lo}..={hi}"
+        );
+        let sb = decode(u, &in_b[u as usize], "new chain");
+        let last = log
+            .recs
+            .iter()
+            .filter(|r| r.unit == u)
+            .max_by_key(|r| r.seq);
+        match last {
+            Some(r) if r.start > end => assert_eq!(sb, r.seq, "unit {u}: new chain"),
+            _ => assert!(sb == 0 || sb > lo, "unit {u}: new chain holds {sb}"),
+        }
+    }
+}
