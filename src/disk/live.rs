@@ -278,8 +278,10 @@ impl LiveDisk {
         let linked = match spec.locator.linkage(crate::format::locator::PARENT_LINKAGE) {
             Some(g) => g,
             None => {
-                return Err(Error::Corrupt(
-                    "a new parent locator without linkage".into(),
+                return Err(Error::corrupt(
+                    crate::error::Structure::ParentLocator,
+                    None,
+                    crate::error::Reason::Missing("parent_linkage"),
                 ))
             }
         };
