@@ -1,155 +1,20 @@
-//! Operations on chains: changed ranges, merge, flatten and re-parent.
+//! Operations on chains: merge, flatten and re-parent (changed ranges:
+//! [`Disk::changed_ranges`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::chain::{self, locator_of};
+use crate::disk::extents::CHUNK;
+pub use crate::disk::extents::{coalesce, Range};
 use crate::disk::span::spans;
 use crate::disk::vhdx::{Src, Vhdx};
 use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
 use crate::error::{Error, Result};
 use crate::format::locator;
 
-/// A byte range of the virtual disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Range {
-    /// Start in bytes.
-    pub offset: u64,
-    /// Length in bytes.
-    pub length: u64,
-}
-
 /// Progress callback: `(bytes done, bytes total)`; return `false` to cancel.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
-
-/// Sort and coalesce ranges (overlapping or adjacent ones become one).
-pub fn coalesce(mut v: Vec<Range>) -> Vec<Range> {
-    v.sort();
-    let mut out: Vec<Range> = Vec::with_capacity(v.len());
-    for r in v {
-        if r.length == 0 {
-            continue;
-        }
-        match out.last_mut() {
-            Some(l) if l.offset + l.length >= r.offset => {
-                l.length = l.length.max(r.offset + r.length - l.offset);
-            }
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
-/// The ranges a single layer holds (data, or zeros that hide its parent).
-fn layer_ranges(file: &Vhdx) -> Result<Vec<Range>> {
-    let size = file.geo.virtual_size;
-    let bs = file.geo.block_size as u64;
-    let has_parent = file.has_parent();
-    let mut out = Vec::new();
-    let mut runs = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let n = bs.min(size - pos);
-        runs.clear();
-        file.map(pos, n, &mut runs)?;
-        let mut at = pos;
-        for (l, src) in &runs {
-            let counts = match src {
-                Src::Data(_) => true,
-                Src::Zero => has_parent,
-                Src::Parent => false,
-            };
-            if counts {
-                out.push(Range {
-                    offset: at,
-                    length: *l,
-                });
-            }
-            at += l;
-        }
-        pos += n;
-    }
-    Ok(out)
-}
-
-impl Disk {
-    /// The byte ranges whose content may differ between the layer `levels`
-    /// below the top and the top of the chain, exact to the logical sector,
-    /// sorted and coalesced. `levels == 1` gives the changes of the top file
-    /// alone; `levels == depth()` compares against an empty disk.
-    pub fn changed_ranges(&self, levels: usize) -> Result<Vec<Range>> {
-        if levels == 0 || levels > self.layers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "levels must be 1 to {} for this chain, not {levels}",
-                self.layers.len()
-            )));
-        }
-        let mut all = Vec::new();
-        for l in &self.layers[..levels] {
-            all.extend(layer_ranges(&l.file)?);
-        }
-        Ok(coalesce(all))
-    }
-
-    /// The index in the chain (0 = top) of the layer stored at `path`.
-    pub fn level_of(&self, path: &Path) -> Result<usize> {
-        let want = std::fs::canonicalize(path).map_err(|e| Error::from(e).in_file(path))?;
-        self.layers
-            .iter()
-            .position(|l| {
-                l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone())
-            })
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} is not in the chain of {}",
-                    path.display(),
-                    self.path()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "this disk".into())
-                ))
-            })
-    }
-
-    /// Copy the whole content of this disk (through its chain) into `dst`,
-    /// skipping ranges no layer holds and all-zero chunks.
-    pub fn copy_to(&self, dst: &Disk, mut progress: Option<Progress>) -> Result<()> {
-        if dst.virtual_size() != self.virtual_size() {
-            return Err(Error::InvalidArgument(format!(
-                "destination size {} differs from source size {}",
-                dst.virtual_size(),
-                self.virtual_size()
-            )));
-        }
-        let extents = self.extents()?;
-        let total: u64 = extents
-            .iter()
-            .filter(|e| e.allocated)
-            .map(|e| e.length)
-            .sum();
-        let mut done = 0u64;
-        let mut buf = vec![0u8; CHUNK as usize];
-        for e in extents.iter().filter(|e| e.allocated) {
-            let mut pos = e.offset;
-            while pos < e.offset + e.length {
-                let n = CHUNK.min(e.offset + e.length - pos) as usize;
-                self.read_at(&mut buf[..n], pos)?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    dst.write_at(&buf[..n], pos)?;
-                }
-                pos += n as u64;
-                done += n as u64;
-                if let Some(p) = progress.as_mut() {
-                    if !p(done, total) {
-                        return Err(Error::Cancelled);
-                    }
-                }
-            }
-        }
-        dst.flush()
-    }
-}
-
-const CHUNK: u64 = 4 << 20;
 
 /// Flatten the chain under `src` into a new standalone VHDX at `dst` (which
 /// must not exist). `opts.virtual_size` is ignored (the source's is used).
