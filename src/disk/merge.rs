@@ -239,6 +239,38 @@ pub fn merge_estimate(child: &Path, into: &Path) -> Result<(u64, u64)> {
 /// Interrupted merges (a crash, an error, a cancel) leave a chain that
 /// reads the same data; running the same merge again finishes it.
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
+    let plan = plan_merge(child, &mut opts)?;
+    let dest_guid = copy_merged(&plan, &mut opts.progress)?;
+    let repointed = repoint(&plan.descendants, &plan.dest, &dest_guid)?;
+    let removed = remove_merged(&plan.paths[..plan.k])?;
+    Ok(MergeReport {
+        destination: plan.dest,
+        removed,
+        repointed,
+        bytes_copied: plan.total,
+    })
+}
+
+/// What a merge does, decided before anything changes.
+struct MergePlan {
+    /// The chain of the merged child, top first.
+    paths: Vec<PathBuf>,
+    /// The destination's level in `paths` (at least 1).
+    k: usize,
+    /// The destination (`paths[k]`).
+    dest: PathBuf,
+    /// What the layers above the destination change.
+    ranges: Vec<Range>,
+    /// Their total length in bytes.
+    total: u64,
+    /// The disks to re-point at the destination.
+    descendants: Vec<PathBuf>,
+}
+
+/// Step 1, plan: what merges into what, the refusals (nothing to merge
+/// into, a merge into itself, too little space, siblings it would break)
+/// and the ranges to copy. Changes nothing.
+fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergePlan> {
     let view = Disk::open(child, OpenMode::ReadOnly)?;
     if view.depth() < 2 {
         return Err(Error::InvalidArgument(format!(
@@ -293,38 +325,28 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             find_children_in(child, &dirs)?
         }
     };
-    drop(view);
+    Ok(MergePlan {
+        paths,
+        k,
+        dest,
+        ranges,
+        total,
+        descendants,
+    })
+}
 
+/// Step 2, copy: the layers above the destination into it, through a chain
+/// whose bottom is the live, writable destination; then the destination
+/// takes the child's virtual-disk items and is closed. Returns the
+/// destination's new DataWriteGuid.
+fn copy_merged(plan: &MergePlan, progress: &mut Option<Progress>) -> Result<uuid::Uuid> {
+    let (paths, k, dest) = (&plan.paths, plan.k, &plan.dest);
     // The destination is locked (opened for writing) before anything
     // changes and stays so to the end: a merge into a file another handle
     // or process has open fails here, with nothing written.
-    let dest_file = open_single(&dest, true)?;
+    let dest_file = open_single(dest, true)?;
+    let new_guid = announce_new_guid(&paths[k - 1], &dest_file)?;
 
-    // 1. Let the layer above the destination accept the destination's new
-    //    DataWriteGuid (parent_linkage2) before the destination changes.
-    let above = &paths[k - 1];
-    let new_guid = {
-        let a = open_single(above, true)?;
-        let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
-        let current = dest_file.header().data_write_guid;
-        let pending = loc
-            .linkage(locator::PARENT_LINKAGE2)
-            .filter(|g| !g.is_nil());
-        match pending {
-            // A merge was interrupted after the destination changed: keep its GUID.
-            Some(g) if g == current => g,
-            _ => {
-                let g = uuid::Uuid::new_v4();
-                loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
-                a.set_parent_locator(loc.to_bytes())
-                    .map_err(|e| e.in_file(above))?;
-                a.close().map_err(|e| e.in_file(above))?;
-                g
-            }
-        }
-    };
-
-    // 2. Copy through a chain whose bottom is the live, writable destination.
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
@@ -339,20 +361,20 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     });
     // The destination's own parents, when it is a differencing disk too
     // (the destination itself is open for writing above: not again).
-    let below = chain::open_parents(&layers[k].file, &dest)?;
+    let below = chain::open_parents(&layers[k].file, dest)?;
     layers.extend(below);
     let work = Disk::from_layers_uncached(layers);
     let d = &work.layers[k].file;
     let mut done = 0u64;
-    for r in &ranges {
+    for r in &plan.ranges {
         let mut pos = r.offset;
         while pos < r.offset + r.length {
             let n = CHUNK.min(r.offset + r.length - pos);
-            copy_down(&work, 0, k, pos, n).map_err(|e| e.in_file(&dest))?;
+            copy_down(&work, 0, k, pos, n).map_err(|e| e.in_file(dest))?;
             pos += n;
             done += n;
-            if let Some(p) = opts.progress.as_mut() {
-                if !p(done, total) {
+            if let Some(p) = progress.as_mut() {
+                if !p(done, plan.total) {
                     d.flush()?;
                     return Err(Error::Cancelled);
                 }
@@ -365,35 +387,60 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     if (cm.disk_id, cm.physical_sector_size) != (dm.disk_id, dm.physical_sector_size) {
         dm.disk_id = cm.disk_id;
         dm.physical_sector_size = cm.physical_sector_size;
-        d.set_metadata(dm).map_err(|e| e.in_file(&dest))?;
+        d.set_metadata(dm).map_err(|e| e.in_file(dest))?;
     }
-    d.close().map_err(|e| e.in_file(&dest))?;
-    let dest_guid = d.header().data_write_guid;
-    drop(work);
+    d.close().map_err(|e| e.in_file(dest))?;
+    Ok(d.header().data_write_guid)
+}
 
-    // 3. Re-point the descendants at the destination (one atomic metadata update each).
+/// Before the destination changes, let the layer `above` it accept the
+/// destination's new DataWriteGuid (its parent_linkage2), so that the chain
+/// reads the same at every point of the merge. Returns that GUID (the one
+/// an interrupted run of this merge already chose, if any).
+fn announce_new_guid(above: &Path, dest_file: &Vhdx) -> Result<uuid::Uuid> {
+    let a = open_single(above, true)?;
+    let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
+    let current = dest_file.header().data_write_guid;
+    let pending = loc
+        .linkage(locator::PARENT_LINKAGE2)
+        .filter(|g| !g.is_nil());
+    match pending {
+        // A merge was interrupted after the destination changed: keep its GUID.
+        Some(g) if g == current => Ok(g),
+        _ => {
+            let g = uuid::Uuid::new_v4();
+            loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
+            a.set_parent_locator(loc.to_bytes())
+                .map_err(|e| e.in_file(above))?;
+            a.close().map_err(|e| e.in_file(above))?;
+            Ok(g)
+        }
+    }
+}
+
+/// Step 3, re-point: each descendant's parent locator names the destination
+/// (one atomic metadata update each).
+fn repoint(descendants: &[PathBuf], dest: &Path, dest_guid: &uuid::Uuid) -> Result<Vec<PathBuf>> {
     let mut repointed = Vec::new();
-    for x in &descendants {
+    for x in descendants {
         let f = open_single(x, true)?;
-        let loc = chain::locator_for(x, &dest, &dest_guid)?;
+        let loc = chain::locator_for(x, dest, dest_guid)?;
         f.set_parent_locator(loc.to_bytes())
             .map_err(|e| e.in_file(x))?;
         f.close().map_err(|e| e.in_file(x))?;
         repointed.push(x.clone());
     }
+    Ok(repointed)
+}
 
-    // 4. Remove the merged layers, top first.
+/// Step 4, remove: the merged layers, top first.
+fn remove_merged(merged: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for p in &paths[..k] {
+    for p in merged {
         crate::io::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
         removed.push(p.clone());
     }
-    Ok(MergeReport {
-        destination: dest,
-        removed,
-        repointed,
-        bytes_copied: total,
-    })
+    Ok(removed)
 }
 
 /// The one policy for a merge that would break another differencing disk

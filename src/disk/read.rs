@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::span::spans;
 use super::vhdx::Src;
 use super::{Disk, MAX_PAGE_MAPS, MIXED, PAGE};
 use crate::error::Result;
@@ -50,17 +51,13 @@ impl Disk {
             return self.resolve(1, buf, offset);
         }
         let bs = self.top().geo.block_size as u64;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let block = pos / bs;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            let dst = &mut buf[done..done + n];
-            match self.block_owner(block)? {
-                MIXED => self.read_pages(block, dst, pos)?,
-                owner => self.read_level(owner as usize - 1, dst, pos)?,
+        for s in spans(offset, buf.len() as u64, bs) {
+            let at = (s.pos - offset) as usize;
+            let dst = &mut buf[at..at + s.len as usize];
+            match self.block_owner(s.block)? {
+                MIXED => self.read_pages(s.block, dst, s.pos)?,
+                owner => self.read_level(owner as usize - 1, dst, s.pos)?,
             }
-            done += n;
         }
         Ok(())
     }

@@ -196,25 +196,23 @@ impl Vhdx {
         self.check_not_poisoned()?;
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
-        let mut done = 0u64;
-        while done < len {
-            let pos = offset + done;
-            let block = pos / bs;
-            let within = pos % bs;
-            let n = (bs - within).min(len - done);
-            let io = self.io_guard();
-            let (base, bits, undo, publish) = match self.prepare_write(block, within, n)? {
-                Prep::NeedFlush => {
-                    drop(io);
-                    self.flush_for_room()?;
-                    continue;
+        for s in spans(offset, len, bs) {
+            let (block, within, n) = (s.block, s.within, s.len);
+            let done = s.pos - offset;
+            let (io, base, bits, undo, publish) = loop {
+                let io = self.io_guard();
+                match self.prepare_write(block, within, n)? {
+                    Prep::NeedFlush => {
+                        drop(io);
+                        self.flush_for_room()?;
+                    }
+                    Prep::Ready {
+                        base,
+                        bits,
+                        undo,
+                        publish,
+                    } => break (io, base, bits, undo, publish),
                 }
-                Prep::Ready {
-                    base,
-                    bits,
-                    undo,
-                    publish,
-                } => (base, bits, undo, publish),
             };
             let stored = put(self.storage.as_ref(), done, base + within, n);
             if let Some((idx, entry)) = publish {
@@ -249,7 +247,6 @@ impl Vhdx {
                 self.set_bits(&mut st, block, within / lss, n / lss)?;
             }
             drop(io);
-            done += n;
         }
         Ok(())
     }
