@@ -1,7 +1,22 @@
 //! An open virtual disk: one VHDX file (fixed, dynamic or differencing) or a
 //! chain of them, with read, write, flush, trim, create and information.
 //!
-//! Knows blocks and sectors, not checkpoints.
+//! Knows blocks and sectors, not checkpoints. Depends on `crate::io`,
+//! `crate::format`, `crate::version` and `crate::error` only — never on
+//! `checkpoint`, `ffi` or the CLI.
+//!
+//! File by file:
+//! - `mod.rs`: the types ([`Disk`], options, [`DiskInfo`], [`Extent`]),
+//!   create, open, facts about the chain, flush, close.
+//! - `read.rs`: the read path through the chain and its owner caches.
+//! - `write.rs`: the write path (stripe locks, partial sectors) and trim.
+//! - `extents.rs`: extents, changed ranges, copying a disk's content.
+//! - `cursor.rs`: [`DiskCursor`] (`std::io` over a disk).
+//! - `chain.rs`: finding and opening parents, linkage checks, locators.
+//! - [`merge`]: merge, flatten, re-parent, finding children.
+//! - [`convert`]: raw and VHDX conversion; [`check`]: structural check.
+//! - [`path`], `span.rs` (block-by-block walks), `user_item.rs`.
+//! - `vhdx/`: one VHDX file (see its module doc).
 
 mod chain;
 pub mod check;

@@ -4,6 +4,11 @@
 //! has its own file: [`open`], [`create`], [`read`], [`write`] (allocation,
 //! trim), [`bitmap`] (sector bitmaps) [`journal`] (session, metadata
 //! changes, flush, headers, close) and [`replay`] (log replay at open).
+//!
+//! Knows one file, not chains (the parent is only "read elsewhere": see
+//! [`Src::Parent`]). Depends on `crate::io`, `crate::format`,
+//! `crate::error` and the option types of `crate::disk`; never on the chain
+//! code, `checkpoint`, `ffi` or the CLI.
 
 mod bitmap;
 mod create;
