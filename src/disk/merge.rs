@@ -1,155 +1,20 @@
-//! Operations on chains: changed ranges, merge, flatten and re-parent.
+//! Operations on chains: merge, flatten and re-parent (changed ranges:
+//! [`Disk::changed_ranges`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::disk::chain::{self, locator_of};
+use crate::disk::extents::CHUNK;
+pub use crate::disk::extents::{coalesce, Range};
 use crate::disk::span::spans;
 use crate::disk::vhdx::{Src, Vhdx};
 use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
 use crate::error::{Error, Result};
 use crate::format::locator;
 
-/// A byte range of the virtual disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Range {
-    /// Start in bytes.
-    pub offset: u64,
-    /// Length in bytes.
-    pub length: u64,
-}
-
 /// Progress callback: `(bytes done, bytes total)`; return `false` to cancel.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64) -> bool;
-
-/// Sort and coalesce ranges (overlapping or adjacent ones become one).
-pub fn coalesce(mut v: Vec<Range>) -> Vec<Range> {
-    v.sort();
-    let mut out: Vec<Range> = Vec::with_capacity(v.len());
-    for r in v {
-        if r.length == 0 {
-            continue;
-        }
-        match out.last_mut() {
-            Some(l) if l.offset + l.length >= r.offset => {
-                l.length = l.length.max(r.offset + r.length - l.offset);
-            }
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
-/// The ranges a single layer holds (data, or zeros that hide its parent).
-fn layer_ranges(file: &Vhdx) -> Result<Vec<Range>> {
-    let size = file.geo.virtual_size;
-    let bs = file.geo.block_size as u64;
-    let has_parent = file.has_parent();
-    let mut out = Vec::new();
-    let mut runs = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let n = bs.min(size - pos);
-        runs.clear();
-        file.map(pos, n, &mut runs)?;
-        let mut at = pos;
-        for (l, src) in &runs {
-            let counts = match src {
-                Src::Data(_) => true,
-                Src::Zero => has_parent,
-                Src::Parent => false,
-            };
-            if counts {
-                out.push(Range {
-                    offset: at,
-                    length: *l,
-                });
-            }
-            at += l;
-        }
-        pos += n;
-    }
-    Ok(out)
-}
-
-impl Disk {
-    /// The byte ranges whose content may differ between the layer `levels`
-    /// below the top and the top of the chain, exact to the logical sector,
-    /// sorted and coalesced. `levels == 1` gives the changes of the top file
-    /// alone; `levels == depth()` compares against an empty disk.
-    pub fn changed_ranges(&self, levels: usize) -> Result<Vec<Range>> {
-        if levels == 0 || levels > self.layers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "levels must be 1 to {} for this chain, not {levels}",
-                self.layers.len()
-            )));
-        }
-        let mut all = Vec::new();
-        for l in &self.layers[..levels] {
-            all.extend(layer_ranges(&l.file)?);
-        }
-        Ok(coalesce(all))
-    }
-
-    /// The index in the chain (0 = top) of the layer stored at `path`.
-    pub fn level_of(&self, path: &Path) -> Result<usize> {
-        let want = std::fs::canonicalize(path).map_err(|e| Error::from(e).in_file(path))?;
-        self.layers
-            .iter()
-            .position(|l| {
-                l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone())
-            })
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} is not in the chain of {}",
-                    path.display(),
-                    self.path()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "this disk".into())
-                ))
-            })
-    }
-
-    /// Copy the whole content of this disk (through its chain) into `dst`,
-    /// skipping ranges no layer holds and all-zero chunks.
-    pub fn copy_to(&self, dst: &Disk, mut progress: Option<Progress>) -> Result<()> {
-        if dst.virtual_size() != self.virtual_size() {
-            return Err(Error::InvalidArgument(format!(
-                "destination size {} differs from source size {}",
-                dst.virtual_size(),
-                self.virtual_size()
-            )));
-        }
-        let extents = self.extents()?;
-        let total: u64 = extents
-            .iter()
-            .filter(|e| e.allocated)
-            .map(|e| e.length)
-            .sum();
-        let mut done = 0u64;
-        let mut buf = vec![0u8; CHUNK as usize];
-        for e in extents.iter().filter(|e| e.allocated) {
-            let mut pos = e.offset;
-            while pos < e.offset + e.length {
-                let n = CHUNK.min(e.offset + e.length - pos) as usize;
-                self.read_at(&mut buf[..n], pos)?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    dst.write_at(&buf[..n], pos)?;
-                }
-                pos += n as u64;
-                done += n as u64;
-                if let Some(p) = progress.as_mut() {
-                    if !p(done, total) {
-                        return Err(Error::Cancelled);
-                    }
-                }
-            }
-        }
-        dst.flush()
-    }
-}
-
-const CHUNK: u64 = 4 << 20;
 
 /// Flatten the chain under `src` into a new standalone VHDX at `dst` (which
 /// must not exist). `opts.virtual_size` is ignored (the source's is used).
@@ -387,6 +252,38 @@ pub fn merge_estimate(child: &Path, into: &Path) -> Result<(u64, u64)> {
 /// Interrupted merges (a crash, an error, a cancel) leave a chain that
 /// reads the same data; running the same merge again finishes it.
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
+    let plan = plan_merge(child, &mut opts)?;
+    let dest_guid = copy_merged(&plan, &mut opts.progress)?;
+    let repointed = repoint(&plan.descendants, &plan.dest, &dest_guid)?;
+    let removed = remove_merged(&plan.paths[..plan.k])?;
+    Ok(MergeReport {
+        destination: plan.dest,
+        removed,
+        repointed,
+        bytes_copied: plan.total,
+    })
+}
+
+/// What a merge does, decided before anything changes.
+struct MergePlan {
+    /// The chain of the merged child, top first.
+    paths: Vec<PathBuf>,
+    /// The destination's level in `paths` (at least 1).
+    k: usize,
+    /// The destination (`paths[k]`).
+    dest: PathBuf,
+    /// What the layers above the destination change.
+    ranges: Vec<Range>,
+    /// Their total length in bytes.
+    total: u64,
+    /// The disks to re-point at the destination.
+    descendants: Vec<PathBuf>,
+}
+
+/// Step 1, plan: what merges into what, the refusals (nothing to merge
+/// into, a merge into itself, too little space, siblings it would break)
+/// and the ranges to copy. Changes nothing.
+fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergePlan> {
     let view = Disk::open(child, OpenMode::ReadOnly)?;
     if view.depth() < 2 {
         return Err(Error::InvalidArgument(format!(
@@ -441,38 +338,28 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
             find_children_in(child, &dirs)?
         }
     };
-    drop(view);
+    Ok(MergePlan {
+        paths,
+        k,
+        dest,
+        ranges,
+        total,
+        descendants,
+    })
+}
 
+/// Step 2, copy: the layers above the destination into it, through a chain
+/// whose bottom is the live, writable destination; then the destination
+/// takes the child's virtual-disk items and is closed. Returns the
+/// destination's new DataWriteGuid.
+fn copy_merged(plan: &MergePlan, progress: &mut Option<Progress>) -> Result<uuid::Uuid> {
+    let (paths, k, dest) = (&plan.paths, plan.k, &plan.dest);
     // The destination is locked (opened for writing) before anything
     // changes and stays so to the end: a merge into a file another handle
     // or process has open fails here, with nothing written.
-    let dest_file = open_single(&dest, true)?;
+    let dest_file = open_single(dest, true)?;
+    let new_guid = announce_new_guid(&paths[k - 1], &dest_file)?;
 
-    // 1. Let the layer above the destination accept the destination's new
-    //    DataWriteGuid (parent_linkage2) before the destination changes.
-    let above = &paths[k - 1];
-    let new_guid = {
-        let a = open_single(above, true)?;
-        let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
-        let current = dest_file.header().data_write_guid;
-        let pending = loc
-            .linkage(locator::PARENT_LINKAGE2)
-            .filter(|g| !g.is_nil());
-        match pending {
-            // A merge was interrupted after the destination changed: keep its GUID.
-            Some(g) if g == current => g,
-            _ => {
-                let g = uuid::Uuid::new_v4();
-                loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
-                a.set_parent_locator(loc.to_bytes())
-                    .map_err(|e| e.in_file(above))?;
-                a.close().map_err(|e| e.in_file(above))?;
-                g
-            }
-        }
-    };
-
-    // 2. Copy through a chain whose bottom is the live, writable destination.
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
@@ -487,20 +374,20 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     });
     // The destination's own parents, when it is a differencing disk too
     // (the destination itself is open for writing above: not again).
-    let below = chain::open_parents(&layers[k].file, &dest)?;
+    let below = chain::open_parents(&layers[k].file, dest)?;
     layers.extend(below);
     let work = Disk::from_layers_uncached(layers);
     let d = &work.layers[k].file;
     let mut done = 0u64;
-    for r in &ranges {
+    for r in &plan.ranges {
         let mut pos = r.offset;
         while pos < r.offset + r.length {
             let n = CHUNK.min(r.offset + r.length - pos);
-            copy_down(&work, 0, k, pos, n).map_err(|e| e.in_file(&dest))?;
+            copy_down(&work, 0, k, pos, n).map_err(|e| e.in_file(dest))?;
             pos += n;
             done += n;
-            if let Some(p) = opts.progress.as_mut() {
-                if !p(done, total) {
+            if let Some(p) = progress.as_mut() {
+                if !p(done, plan.total) {
                     d.flush()?;
                     return Err(Error::Cancelled);
                 }
@@ -513,35 +400,60 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     if (cm.disk_id, cm.physical_sector_size) != (dm.disk_id, dm.physical_sector_size) {
         dm.disk_id = cm.disk_id;
         dm.physical_sector_size = cm.physical_sector_size;
-        d.set_metadata(dm).map_err(|e| e.in_file(&dest))?;
+        d.set_metadata(dm).map_err(|e| e.in_file(dest))?;
     }
-    d.close().map_err(|e| e.in_file(&dest))?;
-    let dest_guid = d.header().data_write_guid;
-    drop(work);
+    d.close().map_err(|e| e.in_file(dest))?;
+    Ok(d.header().data_write_guid)
+}
 
-    // 3. Re-point the descendants at the destination (one atomic metadata update each).
+/// Before the destination changes, let the layer `above` it accept the
+/// destination's new DataWriteGuid (its parent_linkage2), so that the chain
+/// reads the same at every point of the merge. Returns that GUID (the one
+/// an interrupted run of this merge already chose, if any).
+fn announce_new_guid(above: &Path, dest_file: &Vhdx) -> Result<uuid::Uuid> {
+    let a = open_single(above, true)?;
+    let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
+    let current = dest_file.header().data_write_guid;
+    let pending = loc
+        .linkage(locator::PARENT_LINKAGE2)
+        .filter(|g| !g.is_nil());
+    match pending {
+        // A merge was interrupted after the destination changed: keep its GUID.
+        Some(g) if g == current => Ok(g),
+        _ => {
+            let g = uuid::Uuid::new_v4();
+            loc.set(locator::PARENT_LINKAGE2, locator::linkage_string(&g));
+            a.set_parent_locator(loc.to_bytes())
+                .map_err(|e| e.in_file(above))?;
+            a.close().map_err(|e| e.in_file(above))?;
+            Ok(g)
+        }
+    }
+}
+
+/// Step 3, re-point: each descendant's parent locator names the destination
+/// (one atomic metadata update each).
+fn repoint(descendants: &[PathBuf], dest: &Path, dest_guid: &uuid::Uuid) -> Result<Vec<PathBuf>> {
     let mut repointed = Vec::new();
-    for x in &descendants {
+    for x in descendants {
         let f = open_single(x, true)?;
-        let loc = chain::locator_for(x, &dest, &dest_guid)?;
+        let loc = chain::locator_for(x, dest, dest_guid)?;
         f.set_parent_locator(loc.to_bytes())
             .map_err(|e| e.in_file(x))?;
         f.close().map_err(|e| e.in_file(x))?;
         repointed.push(x.clone());
     }
+    Ok(repointed)
+}
 
-    // 4. Remove the merged layers, top first.
+/// Step 4, remove: the merged layers, top first.
+fn remove_merged(merged: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for p in &paths[..k] {
+    for p in merged {
         crate::io::remove_file(p).map_err(|e| Error::from(e).in_file(p))?;
         removed.push(p.clone());
     }
-    Ok(MergeReport {
-        destination: dest,
-        removed,
-        repointed,
-        bytes_copied: total,
-    })
+    Ok(removed)
 }
 
 /// The one policy for a merge that would break another differencing disk

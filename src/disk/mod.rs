@@ -1,30 +1,51 @@
 //! An open virtual disk: one VHDX file (fixed, dynamic or differencing) or a
 //! chain of them, with read, write, flush, trim, create and information.
 //!
-//! Knows blocks and sectors, not checkpoints.
+//! Knows blocks and sectors, not checkpoints. Depends on `crate::io`,
+//! `crate::format`, `crate::version` and `crate::error` only — never on
+//! `checkpoint`, `ffi` or the CLI.
+//!
+//! File by file:
+//! - `mod.rs`: the types ([`Disk`], options, [`DiskInfo`], [`Extent`]),
+//!   create, open, facts about the chain, flush, close.
+//! - `read.rs`: the read path through the chain and its owner caches.
+//! - `write.rs`: the write path (stripe locks, partial sectors) and trim.
+//! - `extents.rs`: extents, changed ranges, copying a disk's content.
+//! - `cursor.rs`: [`DiskCursor`] (`std::io` over a disk).
+//! - `chain.rs`: finding and opening parents, linkage checks, locators.
+//! - [`merge`]: merge, flatten, re-parent, finding children.
+//! - [`convert`]: raw and VHDX conversion; [`check`]: structural check.
+//! - [`path`], `span.rs` (block-by-block walks), `user_item.rs`.
+//! - [`live`]: [`LiveDisk`](live::LiveDisk), a handle whose chain is switched
+//!   (a new child, another chain) while I/O goes on.
+//! - `vhdx/`: one VHDX file (see its module doc).
 
 mod chain;
 pub mod check;
 pub mod convert;
+mod cursor;
+mod extents;
 pub mod live;
 pub mod merge;
 pub mod path;
+mod read;
 mod span;
 pub(crate) mod user_item;
 mod vhdx;
+mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::format::locator::{self, ParentLocator};
 use crate::io::{FileStorage, Storage};
 use crate::version::creator;
-use vhdx::Src;
 
 pub use crate::format::MIB;
+pub use cursor::DiskCursor;
 pub use path::absolute;
 
 /// How a disk is opened.
@@ -361,6 +382,25 @@ impl Disk {
         self.layers.iter().map(|l| l.path.clone()).collect()
     }
 
+    /// The index in the chain (0 = top) of the layer stored at `path`.
+    pub fn level_of(&self, path: &Path) -> Result<usize> {
+        let want = std::fs::canonicalize(path).map_err(|e| Error::from(e).in_file(path))?;
+        self.layers
+            .iter()
+            .position(|l| {
+                l.path.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) == Some(want.clone())
+            })
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} is not in the chain of {}",
+                    path.display(),
+                    self.path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "this disk".into())
+                ))
+            })
+    }
+
     /// Number of layers (1 for a base disk).
     pub fn depth(&self) -> usize {
         self.layers.len()
@@ -381,354 +421,9 @@ impl Disk {
         self.top().geo.block_size
     }
 
-    /// Read `buf.len()` bytes at `offset` (any alignment), through the chain.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let r = self
-            .top()
-            .check_range(offset, buf.len() as u64)
-            .and_then(|_| {
-                if self.layers.len() == 1 {
-                    self.top().read_at(buf, offset)
-                } else {
-                    self.read_chain(buf, offset)
-                }
-            });
-        self.ctx(r)
-    }
-
-    fn read_chain(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let top = self.top();
-        // Offsets found in the top stay its until the read is done.
-        let _io = top.io_guard();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (l, src) = top.map_first(pos, (buf.len() - done) as u64)?;
-            let dst = &mut buf[done..done + l as usize];
-            match src {
-                Src::Data(f) => top.read_raw(dst, f)?,
-                Src::Zero => dst.fill(0),
-                Src::Parent => self.read_below(dst, pos)?,
-            }
-            done += l as usize;
-        }
-        Ok(())
-    }
-
-    /// Read what the layers under the top hold, using the owner caches:
-    /// per top block the one layer that answers all of it, else per page.
-    fn read_below(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if self.owner.is_empty() {
-            return self.resolve(1, buf, offset);
-        }
-        let bs = self.top().geo.block_size as u64;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let block = pos / bs;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            let dst = &mut buf[done..done + n];
-            match self.block_owner(block)? {
-                MIXED => self.read_pages(block, dst, pos)?,
-                owner => self.read_level(owner as usize - 1, dst, pos)?,
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Read from `level` down (a level past the base reads zeros).
-    fn read_level(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
-        if level >= self.layers.len() {
-            buf.fill(0);
-            Ok(())
-        } else {
-            self.resolve(level, buf, offset)
-        }
-    }
-
-    /// Read part of a mixed top block page by page through its page map.
-    fn read_pages(&self, block: u64, buf: &mut [u8], offset: u64) -> Result<()> {
-        let Some(pages) = self.page_owners(block)? else {
-            return self.resolve(1, buf, offset);
-        };
-        let bs = self.top().geo.block_size as u64;
-        let base = block * bs;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let page = ((pos - base) / PAGE) as usize;
-            let owner = pages[page];
-            // Extend over following pages with the same owner.
-            let mut end = (base + (page as u64 + 1) * PAGE).min(offset + buf.len() as u64);
-            let mut next = page + 1;
-            while end < offset + buf.len() as u64 && pages.get(next) == Some(&owner) {
-                end = (base + (next as u64 + 1) * PAGE).min(offset + buf.len() as u64);
-                next += 1;
-            }
-            let n = (end - pos) as usize;
-            let dst = &mut buf[done..done + n];
-            match owner {
-                MIXED => self.resolve(1, dst, pos)?,
-                o => self.read_level(o as usize - 1, dst, pos)?,
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Which layer answers the whole of `block` (of the top layer's
-    /// geometry) under the top; cached.
-    fn block_owner(&self, block: u64) -> Result<u8> {
-        let slot = &self.owner[block as usize];
-        let v = slot.load(Ordering::Relaxed);
-        if v != 0 {
-            return Ok(v);
-        }
-        let bs = self.top().geo.block_size as u64;
-        let start = block * bs;
-        let len = bs.min(self.virtual_size() - start);
-        let mut answer = MIXED;
-        for level in 1..=self.layers.len() {
-            if level == self.layers.len() {
-                answer = level as u8 + 1;
-                break;
-            }
-            let (l, src) = self.layers[level].file.map_first(start, len)?;
-            if l < len {
-                break;
-            }
-            match src {
-                Src::Parent => continue,
-                Src::Data(_) | Src::Zero => {
-                    answer = level as u8 + 1;
-                    break;
-                }
-            }
-        }
-        slot.store(answer, Ordering::Relaxed);
-        Ok(answer)
-    }
-
-    /// Per page of a mixed top block: the layer that answers the whole page
-    /// (`MIXED` when none does). Computed once per block, then cached (up to
-    /// a bound; past it, reads walk the chain).
-    fn page_owners(&self, block: u64) -> Result<Option<Arc<[u8]>>> {
-        if let Some(p) = self
-            .pages
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&block)
-        {
-            return Ok(Some(p.clone()));
-        }
-        let bs = self.top().geo.block_size as u64;
-        let start = block * bs;
-        let len = bs.min(self.virtual_size() - start);
-        let npages = len.div_ceil(PAGE) as usize;
-        // 0: still falls through to the next layer.
-        let mut owners = vec![0u8; npages];
-        let mut runs = Vec::new();
-        for level in 1..self.layers.len() {
-            runs.clear();
-            self.layers[level].file.map(start, len, &mut runs)?;
-            // Per page: 0 all of it falls through, 1 this layer holds all
-            // of it, 2 partly.
-            const UNSET: u8 = u8::MAX;
-            let mut class = vec![UNSET; npages];
-            let mut at = 0u64;
-            for (l, src) in &runs {
-                let kind = if *src == Src::Parent { 0 } else { 1 };
-                let (pa, pb) = ((at / PAGE) as usize, (at + l).div_ceil(PAGE) as usize);
-                for c in &mut class[pa..pb.min(npages)] {
-                    *c = if *c == UNSET || *c == kind { kind } else { 2 };
-                }
-                at += l;
-            }
-            for (o, c) in owners.iter_mut().zip(&class) {
-                if *o == 0 {
-                    *o = match c {
-                        0 => 0,
-                        1 => level as u8 + 1,
-                        _ => MIXED,
-                    };
-                }
-            }
-        }
-        let past_base = self.layers.len() as u8 + 1;
-        for o in owners.iter_mut().filter(|o| **o == 0) {
-            *o = past_base;
-        }
-        let owners: Arc<[u8]> = owners.into();
-        let mut map = self.pages.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() < MAX_PAGE_MAPS {
-            map.insert(block, owners.clone());
-        }
-        Ok(Some(owners))
-    }
-
-    /// Read `buf` at `offset` as layer `level` and the layers under it see it.
-    fn resolve(&self, level: usize, buf: &mut [u8], offset: u64) -> Result<()> {
-        let layer = &self.layers[level].file;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (l, src) = layer.map_first(pos, (buf.len() - done) as u64)?;
-            let dst = &mut buf[done..done + l as usize];
-            match src {
-                Src::Data(f) => layer.read_raw(dst, f)?,
-                Src::Zero => dst.fill(0),
-                Src::Parent if level + 1 < self.layers.len() => {
-                    self.resolve(level + 1, dst, pos)?
-                }
-                Src::Parent => dst.fill(0),
-            }
-            done += l as usize;
-        }
-        Ok(())
-    }
-
-    /// Write `buf` at `offset` (any alignment) into the top file. Durable
-    /// after [`Disk::flush`].
-    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let r = self.write_inner(buf, offset);
-        self.ctx(r)
-    }
-
-    fn write_inner(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let top = self.top();
-        if top.is_read_only() {
-            return Err(Error::ReadOnly);
-        }
-        top.check_range(offset, buf.len() as u64)?;
-        let lss = top.geo.logical_sector_size as u64;
-        if !top.has_parent() {
-            return top.write_at(buf, offset);
-        }
-        if offset % lss == 0 && buf.len() as u64 % lss == 0 {
-            return self.write_sectors(buf, offset);
-        }
-        // A differencing layer holds whole sectors: merge a partial first or
-        // last sector with what the chain reads there. The read-modify-write
-        // holds its blocks' stripe locks, so that a concurrent write to other
-        // bytes of the same sector is not undone.
-        let start = offset / lss * lss;
-        let end = (offset + buf.len() as u64).div_ceil(lss) * lss;
-        let head = (offset - start) as usize;
-        if end - start <= 2 * lss || buf.len() < 1 << 16 {
-            let _guards = self.lock_exclusive(start, end);
-            let mut tmp = vec![0u8; (end - start) as usize];
-            self.read_partial_sectors(&mut tmp, start, lss)?;
-            tmp[head..head + buf.len()].copy_from_slice(buf);
-            return top.write_at(&tmp, start);
-        }
-        // Large unaligned write: edges separately, the aligned middle as is.
-        let mid_start = offset.div_ceil(lss) * lss;
-        let mid_end = (offset + buf.len() as u64) / lss * lss;
-        self.write_inner(&buf[..(mid_start - offset) as usize], offset)?;
-        let a = (mid_start - offset) as usize;
-        let b = (mid_end - offset) as usize;
-        self.write_sectors(&buf[a..b], mid_start)?;
-        self.write_inner(&buf[b..], mid_end)
-    }
-
-    /// Write whole sectors into a differencing top, block by block under
-    /// the blocks' stripe locks (shared).
-    fn write_sectors(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let top = self.top();
-        let bs = top.geo.block_size as u64;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((bs - pos % bs) as usize).min(buf.len() - done);
-            let _g = self
-                .stripe(pos / bs)
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            top.write_at(&buf[done..done + n], pos)?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn stripe(&self, block: u64) -> &RwLock<()> {
-        &self.stripes[(block % STRIPES as u64) as usize]
-    }
-
-    /// Take the stripe locks of every block of `[start, end)` exclusively,
-    /// in stripe order.
-    fn lock_exclusive(&self, start: u64, end: u64) -> Vec<std::sync::RwLockWriteGuard<'_, ()>> {
-        let bs = self.top().geo.block_size as u64;
-        let mut ids: Vec<usize> = (start / bs..end.div_ceil(bs))
-            .map(|b| (b % STRIPES as u64) as usize)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter()
-            .map(|i| self.stripes[i].write().unwrap_or_else(|e| e.into_inner()))
-            .collect()
-    }
-
-    fn read_partial_sectors(&self, tmp: &mut [u8], start: u64, lss: u64) -> Result<()> {
-        let l = lss as usize;
-        let n = tmp.len();
-        self.read_chain_or_single(&mut tmp[..l], start)?;
-        if n > l {
-            self.read_chain_or_single(&mut tmp[n - l..], start + (n - l) as u64)?;
-        }
-        Ok(())
-    }
-
-    fn read_chain_or_single(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if self.layers.len() == 1 {
-            self.top().read_at(buf, offset)
-        } else {
-            self.read_chain(buf, offset)
-        }
-    }
-
     /// Make every completed write durable.
     pub fn flush(&self) -> Result<()> {
         self.ctx(self.top().flush())
-    }
-
-    /// Discard `[offset, offset+len)`: afterwards it reads as zeros (in a
-    /// differencing disk this hides the parent's data); whole blocks of a
-    /// dynamic or differencing disk stop using space in the file (once flushed).
-    pub fn trim(&self, offset: u64, len: u64) -> Result<()> {
-        let r = self.trim_inner(offset, len);
-        self.ctx(r)
-    }
-
-    fn trim_inner(&self, offset: u64, len: u64) -> Result<()> {
-        let top = self.top();
-        if top.is_read_only() {
-            return Err(Error::ReadOnly);
-        }
-        top.check_range(offset, len)?;
-        if !top.has_parent() {
-            return top.trim(offset, len);
-        }
-        let bs = top.geo.block_size as u64;
-        for s in span::spans(offset, len, bs) {
-            let (block, pos, n) = (s.block, s.pos, s.len);
-            let whole = s.is_whole(bs, self.virtual_size());
-            let trimmed = whole && {
-                let _g = self.stripe(block).read().unwrap_or_else(|e| e.into_inner());
-                top.trim_block(block)?
-            };
-            if !trimmed {
-                // Part of a block: write zeros over it (this hides the parent).
-                let zeros = vec![0u8; n.min(4 << 20) as usize];
-                let mut p = pos;
-                while p < pos + n {
-                    let m = (pos + n - p).min(zeros.len() as u64);
-                    self.write_inner(&zeros[..m as usize], p)?;
-                    p += m;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Facts about the disk (about its top file).
@@ -754,62 +449,10 @@ impl Disk {
         }
     }
 
-    /// The whole virtual disk as extents, in order: `allocated` when some
-    /// layer of the chain holds data there (false: reads as zeros).
-    pub fn extents(&self) -> Result<Vec<Extent>> {
-        self.extents_in(0, self.virtual_size())
-    }
-
-    /// The extents of `[offset, offset+len)`, in order, at block
-    /// granularity (the first and last are cut to the range).
-    pub fn extents_in(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.top().check_range(offset, len)?;
-        let mut out: Vec<Extent> = Vec::new();
-        let size = offset + len;
-        let step = self
-            .layers
-            .iter()
-            .map(|l| l.file.geo.block_size as u64)
-            .min()
-            .unwrap_or(MIB);
-        let mut runs = Vec::new();
-        let mut pos = offset;
-        while pos < size {
-            let n = (step - pos % step).min(size - pos);
-            let mut allocated = false;
-            for l in &self.layers {
-                runs.clear();
-                l.file.map(pos, n, &mut runs)?;
-                if runs.iter().any(|(_, s)| matches!(s, Src::Data(_))) {
-                    allocated = true;
-                    break;
-                }
-                if !runs.iter().any(|(_, s)| *s == Src::Parent) {
-                    break;
-                }
-            }
-            match out.last_mut() {
-                Some(x) if x.allocated == allocated => x.length += n,
-                _ => out.push(Extent {
-                    offset: pos,
-                    length: n,
-                    allocated,
-                }),
-            }
-            pos += n;
-        }
-        Ok(out)
-    }
-
     /// Flush, leave an empty log, and close.
     pub fn close(self) -> Result<()> {
         let r = self.top().close();
         self.ctx(r)
-    }
-
-    /// A `Read + Write + Seek` view of the disk starting at offset 0.
-    pub fn cursor(&self) -> DiskCursor<'_> {
-        DiskCursor { disk: self, pos: 0 }
     }
 }
 
@@ -880,70 +523,5 @@ impl Default for ChildOptions {
             block_size: 2 << 20,
             log_size: 1 << 20,
         }
-    }
-}
-
-/// `std::io::{Read, Write, Seek}` over a [`Disk`].
-#[derive(Debug)]
-pub struct DiskCursor<'a> {
-    disk: &'a Disk,
-    pos: u64,
-}
-
-fn to_io(e: Error) -> std::io::Error {
-    match e {
-        Error::Io(e) => e,
-        e => std::io::Error::other(e),
-    }
-}
-
-impl std::io::Read for DiskCursor<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.disk.virtual_size();
-        if self.pos >= size {
-            return Ok(0);
-        }
-        let n = (buf.len() as u64).min(size - self.pos) as usize;
-        self.disk.read_at(&mut buf[..n], self.pos).map_err(to_io)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl std::io::Write for DiskCursor<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let size = self.disk.virtual_size();
-        if self.pos >= size && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "end of virtual disk",
-            ));
-        }
-        let n = (buf.len() as u64).min(size.saturating_sub(self.pos)) as usize;
-        self.disk.write_at(&buf[..n], self.pos).map_err(to_io)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.disk.flush().map_err(to_io)
-    }
-}
-
-impl std::io::Seek for DiskCursor<'_> {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        let size = self.disk.virtual_size() as i128;
-        let new = match pos {
-            std::io::SeekFrom::Start(p) => p as i128,
-            std::io::SeekFrom::End(d) => size + d as i128,
-            std::io::SeekFrom::Current(d) => self.pos as i128 + d as i128,
-        };
-        if new < 0 || new > u64::MAX as i128 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seek before the start of the disk",
-            ));
-        }
-        self.pos = new as u64;
-        Ok(self.pos)
     }
 }

@@ -4,6 +4,11 @@
 //! has its own file: [`open`], [`create`], [`read`], [`write`] (allocation,
 //! trim), [`bitmap`] (sector bitmaps) [`journal`] (session, metadata
 //! changes, flush, headers, close) and [`replay`] (log replay at open).
+//!
+//! Knows one file, not chains (the parent is only "read elsewhere": see
+//! [`Src::Parent`]). Depends on `crate::io`, `crate::format`,
+//! `crate::error` and the option types of `crate::disk`; never on the chain
+//! code, `checkpoint`, `ffi` or the CLI.
 
 mod bitmap;
 mod create;
@@ -15,7 +20,7 @@ mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use uuid::Uuid;
 
@@ -75,11 +80,14 @@ pub(crate) enum Src {
 enum Prep {
     /// Write at `base` (the block's file offset); `bits`: bitmap sectors
     /// reserved, to set once the data is written; `undo`: the entry to
-    /// restore (index, old entry, new space) if the data cannot be written.
+    /// restore (index, old entry, new space) if the data cannot be written;
+    /// `publish`: the entry (index, new entry) of a block being filled, to
+    /// set once the data is written (one dirty sector reserved for it).
     Ready {
         base: u64,
         bits: Option<usize>,
         undo: Option<(usize, BatEntry, u64)>,
+        publish: Option<(usize, BatEntry)>,
     },
     /// The dirty set is full: flush, then try again.
     NeedFlush,
@@ -138,6 +146,11 @@ struct WriteState {
     pending_free: Vec<u64>,
     free_blocks: Vec<u64>,
     file_end: u64,
+    /// BAT indexes of blocks that read through to the parent and are being
+    /// given their own space by a write: their entries are published only
+    /// once the data is in the file (see [`Vhdx::prepare_write`]); other
+    /// writes to them wait on [`Vhdx::filled`].
+    filling: Vec<usize>,
 }
 
 /// One open VHDX file.
@@ -165,6 +178,8 @@ pub(crate) struct Vhdx {
     /// it is still running, and no BAT entry is committed before the data
     /// of the write that made it.
     gate: RwLock<()>,
+    /// Signalled (with `state`) when a block leaves `WriteState::filling`.
+    filled: Condvar,
     /// Most data sectors one log entry can carry (the bound of a flush).
     entry_cap: usize,
     /// Mirrors `WriteState::poisoned` for the lock-free data path.

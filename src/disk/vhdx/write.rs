@@ -41,9 +41,15 @@ impl Vhdx {
                 base: e.offset(),
                 bits: None,
                 undo: None,
+                publish: None,
             });
         }
         let mut st = lock(&self.state);
+        // Another write is filling this block: its entry is not published
+        // yet, so wait for it rather than give the block space twice.
+        while st.filling.contains(&idx) {
+            st = self.filled.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
         self.check_writable(&st)?;
         let e = BatEntry(rlock(&self.bat)[idx]);
         let bits = self.bitmap_sectors_per_block();
@@ -52,6 +58,7 @@ impl Vhdx {
                 base: e.offset(),
                 bits: None,
                 undo: None,
+                publish: None,
             }),
             Some(PayloadState::PartiallyPresent) => {
                 if !self.room(&st, bits) {
@@ -62,6 +69,7 @@ impl Vhdx {
                     base: e.offset(),
                     bits: Some(bits),
                     undo: None,
+                    publish: None,
                 })
             }
             Some(PayloadState::NotPresent) if self.has_parent() && !(within == 0 && n == bs) => {
@@ -88,6 +96,25 @@ impl Vhdx {
                     base: off,
                     bits: Some(bits),
                     undo: Some((idx, e, off)),
+                    publish: None,
+                })
+            }
+            Some(PayloadState::NotPresent) if self.has_parent() => {
+                // A whole-block write into a block of the parent: the new
+                // space reads as zeros, not as the parent, until the data is
+                // in it, so the entry is published only then (readers see
+                // the parent meanwhile; other writes to the block wait).
+                if !self.room(&st, 1) {
+                    return Ok(Prep::NeedFlush);
+                }
+                let off = self.take_space(&mut st, bs, true)?;
+                st.reserved += 1;
+                st.filling.push(idx);
+                Ok(Prep::Ready {
+                    base: off,
+                    bits: None,
+                    undo: None,
+                    publish: Some((idx, BatEntry::new(PayloadState::FullyPresent.bits(), off))),
                 })
             }
             _ => {
@@ -106,6 +133,7 @@ impl Vhdx {
                     base: off,
                     bits: None,
                     undo: Some((idx, e, off)),
+                    publish: None,
                 })
             }
         }
@@ -145,7 +173,8 @@ impl Vhdx {
     /// `[done, done+n)` of the request at `file_offset` of this file.
     ///
     /// Block by block, under the I/O gate: find or allocate the block's
-    /// space, store the data, then set the bitmap bits. A block that got
+    /// space, store the data, then set the bitmap bits (or, for a block
+    /// that read through to the parent, publish its entry). A block that got
     /// its space for this write goes back to its old state when the data
     /// cannot be stored, so a failed write never leaves a block pointing
     /// at space that was never written.
@@ -171,22 +200,39 @@ impl Vhdx {
         self.check_not_poisoned()?;
         self.begin_session(true)?;
         let bs = self.geo.block_size as u64;
-        let mut done = 0u64;
-        while done < len {
-            let pos = offset + done;
-            let block = pos / bs;
-            let within = pos % bs;
-            let n = (bs - within).min(len - done);
-            let io = self.io_guard();
-            let (base, bits, undo) = match self.prepare_write(block, within, n)? {
-                Prep::NeedFlush => {
-                    drop(io);
-                    self.flush_for_room()?;
-                    continue;
+        for s in spans(offset, len, bs) {
+            let (block, within, n) = (s.block, s.within, s.len);
+            let done = s.pos - offset;
+            let (io, base, bits, undo, publish) = loop {
+                let io = self.io_guard();
+                match self.prepare_write(block, within, n)? {
+                    Prep::NeedFlush => {
+                        drop(io);
+                        self.flush_for_room()?;
+                    }
+                    Prep::Ready {
+                        base,
+                        bits,
+                        undo,
+                        publish,
+                    } => break (io, base, bits, undo, publish),
                 }
-                Prep::Ready { base, bits, undo } => (base, bits, undo),
             };
-            if let Err(e) = put(self.storage.as_ref(), done, base + within, n) {
+            let stored = put(self.storage.as_ref(), done, base + within, n);
+            if let Some((idx, entry)) = publish {
+                // The block being filled: publish its entry now that its
+                // data is in the file (or give its space up), and let the
+                // writes waiting for it go on.
+                let mut st = lock(&self.state);
+                st.reserved -= 1;
+                st.filling.retain(|&i| i != idx);
+                match stored {
+                    Ok(()) => self.set_entry(&mut st, idx, entry),
+                    Err(_) => st.pending_free.push(entry.offset()),
+                }
+                self.filled.notify_all();
+            }
+            if let Err(e) = stored {
                 let mut st = lock(&self.state);
                 if let Some(r) = bits {
                     st.reserved -= r;
@@ -205,7 +251,6 @@ impl Vhdx {
                 self.set_bits(&mut st, block, within / lss, n / lss)?;
             }
             drop(io);
-            done += n;
         }
         Ok(())
     }
