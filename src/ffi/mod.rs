@@ -200,11 +200,12 @@ const MAX_STRUCT_SIZE: usize = 4096;
 /// Read a versioned input struct (one whose first field is the `u32`
 /// `struct_size`): `Ok(None)` when `p` is NULL.
 ///
-/// `struct_size` must be at least `size_of::<T>()` (the first version of
-/// every input struct is the current one) and at most [`MAX_STRUCT_SIZE`];
-/// bytes past `size_of::<T>()` (fields of a newer header) must be 0, or the
-/// call fails with `CKPT_STATUS_UNSUPPORTED`. `what` names the argument and
-/// `c_type` the C type in messages.
+/// `struct_size` must be at least `size_of::<T>()` (for a struct that never
+/// grew: its first version is the current one) and at most
+/// [`MAX_STRUCT_SIZE`]; bytes past `size_of::<T>()` (fields of a newer
+/// header) must be 0, or the call fails with `CKPT_STATUS_UNSUPPORTED`.
+/// `what` names the argument and `c_type` the C type in messages. A struct
+/// that grew reads through [`read_versioned_since`].
 ///
 /// # Safety
 ///
@@ -216,15 +217,35 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     what: &str,
     c_type: &str,
 ) -> FfiResult<Option<T>> {
+    // SAFETY: forwarded.
+    unsafe { read_versioned_since(p, std::mem::size_of::<T>(), what, c_type) }
+}
+
+/// [`read_versioned`] for a struct that grew at its end: `struct_size` may
+/// also be that of an older version, from `first_size` (the size of the
+/// first version) on; the fields such an old caller does not have read as
+/// 0 / NULL.
+///
+/// # Safety
+///
+/// As for [`read_versioned`]; in addition all-zero bytes are a valid `T`
+/// (integers, raw pointers and optional function pointers only), and
+/// `first_size` is at least 4 (it covers `struct_size` itself).
+pub(crate) unsafe fn read_versioned_since<T: Copy>(
+    p: *const T,
+    first_size: usize,
+    what: &str,
+    c_type: &str,
+) -> FfiResult<Option<T>> {
     if p.is_null() {
         return Ok(None);
     }
     let ours = std::mem::size_of::<T>();
     // SAFETY: not NULL; the first field of every version is the u32 size.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    if size < ours {
+    if size < first_size {
         return Err(FfiError::invalid(format!(
-            "{what}->struct_size is {size}, expected at least {ours} (sizeof({c_type}))"
+            "{what}->struct_size is {size}, expected at least {first_size} (sizeof({c_type}))"
         )));
     }
     if size > MAX_STRUCT_SIZE {
@@ -234,7 +255,7 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     }
     // SAFETY: the caller promises `size` readable bytes.
     let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
-    if bytes[ours..].iter().any(|&b| b != 0) {
+    if bytes.len() > ours && bytes[ours..].iter().any(|&b| b != 0) {
         return Err(FfiError::new(
             ckpt_status::Unsupported,
             format!(
@@ -243,9 +264,13 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
             ),
         ));
     }
-    // SAFETY: at least `ours` readable bytes; every bit pattern is a valid
-    // `T` per the contract.
-    Ok(Some(unsafe { p.read_unaligned() }))
+    // SAFETY: all-zero bytes are a valid `T` per the contract; then the
+    // caller's `min(size, ours)` bytes, every bit pattern of which is valid.
+    let mut out: T = unsafe { std::mem::zeroed() };
+    let n = size.min(ours);
+    // SAFETY: `n` readable bytes at `p`, `n <= size_of::<T>()` writable at `out`.
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n) };
+    Ok(Some(out))
 }
 
 /// Copy `bytes` and a NUL into the caller's `(buf, len)` and the length

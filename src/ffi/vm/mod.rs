@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use super::chain::{ckpt_progress_fn, CProgress};
 use super::{
     c_name, c_path, c_path_opt, c_str, ckpt_status, ffi_boundary, non_null, out_ptr, path_bytes,
-    read_versioned, write_string, write_versioned, FfiError, FfiResult,
+    read_versioned, read_versioned_since, write_string, write_versioned, FfiError, FfiResult,
 };
 use crate::checkpoint::json::{checkpoints_json, export_json, vm_json};
 use crate::checkpoint::{
