@@ -14,7 +14,36 @@
 //! - [`ckpt::Error`](crate::Error) becomes a status in one place,
 //!   [`status::status_of`];
 //! - raw pointers are turned into references only through the helpers
-//!   below, which check for NULL first.
+//!   below, which check for NULL first; strings go out through one
+//!   size-then-fill helper ([`write_string`], and [`write_measured`] for
+//!   texts that may change between the two calls), versioned structs in
+//!   and out through [`read_versioned`] / [`write_versioned`].
+//!
+//! What the folder holds:
+//!
+//! - `mod.rs`: the panic boundary, the pointer, string and versioned-struct
+//!   helpers, [`FfiError`];
+//! - `status.rs`: `ckpt_status` and the one mapping from
+//!   [`ckpt::Error`](crate::Error); `last_error.rs`: the thread-local last
+//!   error and its getters; `version.rs`: the version functions;
+//! - `disk.rs`: `ckpt_disk` (open, create, read/write/flush/trim, info,
+//!   extents); `chain.rs`: differencing disks (create a child, merge,
+//!   changed ranges, re-parent, the chain's paths) and `ckpt_progress_fn`;
+//! - `vm/`: `ckpt_vm` and the checkpoint tree — `mod.rs` the handle (one
+//!   call at a time) and shared helpers, `types.rs` the C enums and info
+//!   structs, `lifecycle.rs` create/open/close and the VM getters,
+//!   `settings.rs` the setters, `hooks.rs` `ckpt_hooks` and the
+//!   memory-state writer, `checkpoints.rs` create/apply/revert/delete/
+//!   rename/export, `views.rs` the JSON views and checkpoint getters,
+//!   `tests.rs` unit tests.
+//!
+//! Dependencies: the ffi module sits on top (ffi -> checkpoint -> disk ->
+//! format -> io). It uses the library's public API only (the crate root's
+//! re-exports, `crate::disk`, `crate::checkpoint`), never `crate::format`
+//! or `crate::io` directly; nothing else in the crate may use it (no other
+//! module has `extern "C"` or raw pointers from C); and it holds no format
+//! or checkpoint logic of its own: a rule the library does not enforce is
+//! not added here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // The C names (`ckpt_disk`, `ckpt_status`, ...) are the API.
@@ -271,6 +300,42 @@ pub(crate) unsafe fn read_versioned_since<T: Copy>(
     // SAFETY: `n` readable bytes at `p`, `n <= size_of::<T>()` writable at `out`.
     unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n) };
     Ok(Some(out))
+}
+
+/// The size-then-fill protocol of a string getter whose text may change
+/// between two calls (the ages of the checkpoint list tick): the text
+/// `produce` measures is written as [`write_string`] does, unless an
+/// earlier call that found the buffer too small kept one for `key` in the
+/// `kept` map of `holder`; that text is handed out instead of measuring
+/// again, so the length a too-small call reported always suffices. A call
+/// that finds the buffer too small keeps its text for the next call.
+/// (`kept` picks the map out of `holder` so that `produce` can read the
+/// rest of it.)
+///
+/// # Safety
+///
+/// As for [`write_string`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn write_measured<H, K: Eq + std::hash::Hash>(
+    holder: &mut H,
+    kept: fn(&mut H) -> &mut std::collections::HashMap<K, Vec<u8>>,
+    key: K,
+    what: &str,
+    produce: impl FnOnce(&H) -> FfiResult<Vec<u8>>,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> FfiResult {
+    let bytes = match kept(holder).remove(&key) {
+        Some(b) => b,
+        None => produce(holder)?,
+    };
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { write_string(&bytes, buf, len, out_len, what) };
+    if matches!(&r, Err(e) if e.status == ckpt_status::BufferTooSmall) {
+        kept(holder).insert(key, bytes);
+    }
+    r
 }
 
 /// Copy `bytes` and a NUL into the caller's `(buf, len)` and the length
