@@ -844,6 +844,14 @@ typedef void (*ckpt_thaw_fn)(void *user);
 typedef int (*ckpt_save_memory_fn)(struct ckpt_writer *writer, void *user);
 
 /**
+ * The `resume` hook: let the guest run again after `save_memory` paused it
+ * to write its state. Called once the disks are checkpointed (also when
+ * taking the checkpoint failed) whenever `save_memory` was called,
+ * whatever it returned.
+ */
+typedef void (*ckpt_resume_fn)(void *user);
+
+/**
  * What the hypervisor does for the library during checkpoint operations
  * (a versioned struct: set `struct_size` to `sizeof(ckpt_hooks)`, the rest
  * to 0/NULL, then set the callbacks you have). Every callback may be NULL;
@@ -852,6 +860,10 @@ typedef int (*ckpt_save_memory_fn)(struct ckpt_writer *writer, void *user);
  * Without `quiesce`, quiescing fails (production checkpoints fall back to
  * standard); without `save_memory`, standard checkpoints hold no memory
  * state; without `progress`, nothing is reported and nothing cancels.
+ *
+ * `resume` came after the first version of the struct: a caller built
+ * with an older header passes the smaller `struct_size` of that version
+ * (48 bytes on 64-bit targets) and has no `resume`.
  *
  * Every callback gets `user` as its last argument, runs on the calling
  * thread inside the library call, and must return normally: never
@@ -889,6 +901,11 @@ typedef struct ckpt_hooks {
      * Passed to every callback.
      */
     void *user;
+    /**
+     * Let the guest run again after `save_memory`; NULL: nothing to do.
+     * (Added after the first version of the struct.)
+     */
+    ckpt_resume_fn resume;
 } ckpt_hooks;
 
 #ifdef __cplusplus

@@ -16,7 +16,7 @@
 //! - `changed_ranges` reports exactly the sectors written, for random sets
 //!   of writes and trims (whole blocks where the layer holds a whole block).
 
-mod common;
+mod support;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -28,7 +28,7 @@ use ckpt::disk::merge::{reparent, Range};
 use ckpt::disk::MAX_CHAIN_DEPTH;
 use ckpt::io::{MemStorage, Storage};
 use ckpt::{ChildOptions, CreateOptions, Disk, Error, ErrorKind, OpenMode};
-use common::{assert_same, Rng, KIB, MIB};
+use support::{assert_same, Rng, KIB, MIB};
 use uuid::Uuid;
 
 const SIZE: u64 = 16 * MIB;
@@ -323,16 +323,16 @@ fn assert_mismatch(child: &Path, parent: &Path, expected: Uuid, found: Uuid) {
 
 #[test]
 fn parent_changed_by_qemu_is_refused_and_nothing_is_written() {
-    if !common::require_tool("qemu-io") {
+    if !support::require_tool("qemu-io") {
         return;
     }
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.avhdx"));
     let mut model = make_base(&base, SIZE, 512, 1);
     make_child(&child, &base, &mut model, 2);
     let linked = data_write_guid(&base);
     // QEMU writes one sector of the parent (and gives it a new DataWriteGuid).
-    common::qemu_io("vhdx", &base, &["write -P 1 0 512"]);
+    support::qemu_io("vhdx", &base, &["write -P 1 0 512"]);
     let now = data_write_guid(&base);
     assert_ne!(
         now, linked,
@@ -343,13 +343,13 @@ fn parent_changed_by_qemu_is_refused_and_nothing_is_written() {
 
 #[test]
 fn parent_changed_by_libckpt_is_refused() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.avhdx"));
     let mut model = make_base(&base, SIZE, 512, 3);
     make_child(&child, &base, &mut model, 4);
     let linked = data_write_guid(&base);
     // Opening and closing the parent read-write without writing keeps the link.
-    common::open_rw(&base).close().expect("close the parent");
+    support::open_rw(&base).close().expect("close the parent");
     assert_eq!(
         data_write_guid(&base),
         linked,
@@ -364,7 +364,7 @@ fn parent_changed_by_libckpt_is_refused() {
     );
     drop(disk);
     // A write into the parent breaks it.
-    let p = common::open_rw(&base);
+    let p = support::open_rw(&base);
     p.write_at(&[7u8; 100], 12345).expect("write the parent");
     p.close().expect("close the parent");
     let now = data_write_guid(&base);
@@ -374,7 +374,7 @@ fn parent_changed_by_libckpt_is_refused() {
 
 #[test]
 fn middle_of_a_chain_changed_is_refused() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let base = dir.path().join("base.vhdx");
     let mid = dir.path().join("mid.avhdx");
     let top = dir.path().join("top.avhdx");
@@ -383,7 +383,7 @@ fn middle_of_a_chain_changed_is_refused() {
     make_child(&top, &mid, &mut model, 7);
     let linked = data_write_guid(&mid);
     // Write into the middle layer as the top of its own chain.
-    let d = common::open_rw(&mid);
+    let d = support::open_rw(&mid);
     d.write_at(b"changed", 4096)
         .expect("write the middle layer");
     d.close().expect("close");
@@ -397,7 +397,7 @@ fn middle_of_a_chain_changed_is_refused() {
 
 #[test]
 fn missing_parent_lists_the_paths_tried() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.avhdx"));
     let mut model = make_base(&base, SIZE, 512, 8);
     make_child(&child, &base, &mut model, 9);
@@ -445,7 +445,7 @@ fn missing_parent_lists_the_paths_tried() {
 
 #[test]
 fn a_moved_folder_keeps_its_chain() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let a = dir.path().join("a");
     std::fs::create_dir(&a).expect("mkdir");
     let base = a.join("base.vhdx");
@@ -466,7 +466,7 @@ fn a_moved_folder_keeps_its_chain() {
     assert_same("moved chain", &read_all(&disk), &model, 0);
     drop(disk);
     // Writable too, and it reads the same after writing.
-    let disk = common::open_rw(&b.join("top.avhdx"));
+    let disk = support::open_rw(&b.join("top.avhdx"));
     disk.write_at(b"after the move", 777).expect("write");
     model[777..777 + 14].copy_from_slice(b"after the move");
     disk.close().expect("close");
@@ -476,7 +476,7 @@ fn a_moved_folder_keeps_its_chain() {
 
 #[test]
 fn a_moved_child_falls_back_to_the_absolute_path() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let (base, child) = (dir.path().join("base.vhdx"), dir.path().join("child.avhdx"));
     let mut model = make_base(&base, SIZE, 512, 13);
     make_child(&child, &base, &mut model, 14);
@@ -498,7 +498,7 @@ fn a_moved_child_falls_back_to_the_absolute_path() {
 
 #[test]
 fn a_cycle_of_parents_is_an_error_not_a_hang() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let base = dir.path().join("base.vhdx");
     let a = dir.path().join("a.avhdx");
     let b = dir.path().join("b.avhdx");
@@ -566,7 +566,7 @@ fn a_cycle_of_parents_is_an_error_not_a_hang() {
 
 #[test]
 fn a_chain_deeper_than_the_limit_is_refused() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let small = 4 * MIB;
     let mut files = vec![dir.path().join("d00.vhdx")];
     let opts = CreateOptions::new(small).block_size(1 << 20);
@@ -640,7 +640,7 @@ fn a_chain_deeper_than_the_limit_is_refused() {
 
 #[test]
 fn parents_are_never_written() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let base = dir.path().join("base.vhdx");
     let mid = dir.path().join("mid.avhdx");
     let top = dir.path().join("top.avhdx");
@@ -651,7 +651,7 @@ fn parents_are_never_written() {
     let mid_before = file_bytes(&mid);
     let mut rng = Rng::new(23);
     for round in 0..3 {
-        let disk = common::open_rw(&top);
+        let disk = support::open_rw(&top);
         for _ in 0..20 {
             let len = rng.range(1, 700 * KIB);
             let off = rng.below(SIZE - len);
@@ -694,7 +694,7 @@ fn parents_are_never_written() {
 
 #[test]
 fn reparent_refuses_what_it_must() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let base = dir.path().join("base.vhdx");
     let child = dir.path().join("child.avhdx");
     let mut model = make_base(&base, SIZE, 512, 30);
@@ -784,7 +784,7 @@ fn reparent_refuses_what_it_must() {
 
 #[test]
 fn hyper_v_style_locators_open() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let vms = dir.path().join("Virtual Hard Disks");
     std::fs::create_dir(&vms).expect("mkdir");
     let base = vms.join("parent.vhdx");
@@ -1035,7 +1035,7 @@ fn random_changes(disk: &Disk, track: &mut Track, rng: &mut Rng, n: usize) {
 }
 
 fn changed_ranges_case(seed: u64, lss: u32, child_block: u32) {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let base = dir.path().join("base.vhdx");
     let mid = dir.path().join("mid.avhdx");
     let top = dir.path().join("top.avhdx");

@@ -11,15 +11,15 @@
 //! 12 MiB (or 3.5 KiB less, so that every layer's last block is partial)
 //! with 1, 2 or 4 MiB blocks so that every case stays small.
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 
 use ckpt::disk::merge::{merge, MergeOptions};
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
-use common::{pattern, MIB};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use support::{pattern, MIB};
 
 const SIZE: u64 = 12 * MIB;
 /// A size whose last block is partial in every layer.
@@ -99,7 +99,7 @@ fn fail(what: impl std::fmt::Display) -> TestCaseError {
 
 impl Chain {
     fn new(base_block: u32, size: u64) -> R<Chain> {
-        let dir = common::tempdir();
+        let dir = support::tempdir();
         let base = dir.path().join("base.vhdx");
         let disk = Disk::create(&base, &CreateOptions::new(size).block_size(base_block))
             .map_err(|e| fail(format!("create the base: {e}")))?;

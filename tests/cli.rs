@@ -4,22 +4,21 @@
 
 #![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::cli::{
-    ckpt, fail, fails, have_pyvhdi, info_json, ok, ok_text, pattern, python, run, run_with_input,
-    s, stderr, stdout, write_at,
+use support::cli::{
+    ckpt, fail, fails, info_json, ok, ok_text, run, run_with_input, s, stderr, stdout, write_at,
 };
-use common::{require_tool, tempdir as tmp, MIB};
+use support::{have_pyvhdi, pattern, python, require_tool, tempdir as tmp, MIB};
 
 /// `qemu-img compare` of two images (formats given) must find them equal.
 #[track_caller]
 fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) {
-    common::qemu_img(&["compare", "-f", fa, "-F", fb, s(a), s(b)]);
+    support::qemu_img(&["compare", "-f", fa, "-F", fb, s(a), s(b)]);
 }
 
 /// A raw image of `size` bytes: zeros, with data at a few places.
@@ -31,7 +30,7 @@ fn make_raw(path: &Path, size: u64) -> Vec<u8> {
         (3 * MIB - 1000, 3000, 3),
         (size - 512, 512, 4),
     ] {
-        img[at as usize..at as usize + len].copy_from_slice(&pattern(len, seed));
+        img[at as usize..at as usize + len].copy_from_slice(&pattern(seed.into(), 0, len));
     }
     std::fs::write(path, &img).expect("write raw image");
     img
@@ -118,11 +117,11 @@ fn create_every_option() {
     assert_eq!(v["logical_sector_size"], 512);
     assert_eq!(v["physical_sector_size"], 512);
     if require_tool("qemu-img") {
-        let out = common::qemu_img(&["info", "--output=json", "-f", "vhdx", s(&g)]);
+        let out = support::qemu_img(&["info", "--output=json", "-f", "vhdx", s(&g)]);
         let q: serde_json::Value = serde_json::from_str(&out).expect("qemu JSON");
         assert_eq!(q["virtual-size"], 4 * MIB);
         assert_eq!(q["cluster-size"], MIB);
-        common::qemu_check(&g);
+        support::qemu_check(&g);
     }
     // The 2 MiB log makes the file 1 MiB bigger than with the default log.
     let h = dir.path().join("log1.vhdx");
@@ -191,7 +190,7 @@ fn write_read_round_trip() {
     let f = dir.path().join("rw.vhdx");
     ok(&["create", s(&f), "--size", "8M", "--block-size", "1M"]);
     // Unaligned, crossing a block boundary, longer than the 1 MiB chunk.
-    let data = pattern(MIB as usize + 12345, 7);
+    let data = pattern(7, 0, MIB as usize + 12345);
     let off = MIB / 2 + 3;
     write_at(&f, off, &data);
     let o = ok(&["read", s(&f), &off.to_string(), &data.len().to_string()]);
@@ -214,7 +213,7 @@ fn write_read_round_trip() {
     if require_tool("qemu-img") {
         // QEMU reads the same bytes.
         let raw = dir.path().join("rw.raw");
-        common::qemu_convert_raw(&f, &raw);
+        support::qemu_convert_raw(&f, &raw);
         assert!(
             std::fs::read(&raw).unwrap() == want,
             "QEMU reads other bytes"
@@ -228,7 +227,7 @@ fn write_from_a_file_past_the_end_writes_nothing() {
     let f = dir.path().join("w.vhdx");
     ok(&["create", s(&f), "--size", "1M", "--block-size", "1M"]);
     let input = dir.path().join("input");
-    std::fs::write(&input, pattern(8192, 9)).unwrap();
+    std::fs::write(&input, pattern(9, 0, 8192)).unwrap();
     let o = ckpt()
         .args(["write", s(&f), "1020K"])
         .stdin(std::fs::File::open(&input).unwrap())
@@ -238,7 +237,7 @@ fn write_from_a_file_past_the_end_writes_nothing() {
     assert_eq!(info_json(&f)["allocated_bytes"], 0);
     // From a pipe the error comes when the input runs past the end.
     let args = ["write", s(&f), "1020K"];
-    let o = run_with_input(&args, &pattern(8192, 9));
+    let o = run_with_input(&args, &pattern(9, 0, 8192));
     fails(&args, &o);
     ok(&["check", s(&f)]);
 }
@@ -294,7 +293,7 @@ fn convert_round_trip_is_exact_and_sparse() {
 fn convert_rounds_up_odd_raw_sizes() {
     let dir = tmp();
     let raw = dir.path().join("odd.raw");
-    let data = pattern(1000, 5);
+    let data = pattern(5, 0, 1000);
     std::fs::write(&raw, &data).unwrap();
     let vhdx = dir.path().join("odd.vhdx");
     let o = ok(&["convert", s(&raw), s(&vhdx)]);
@@ -492,7 +491,7 @@ fn bench_reads_and_writes() {
 #[test]
 fn real_images_read_like_qemu() {
     let tmp = tmp();
-    let Some(img) = common::testdata_image("iotest-dynamic-1G.vhdx.bz2", tmp.path()) else {
+    let Some(img) = support::testdata_image("iotest-dynamic-1G.vhdx.bz2", tmp.path()) else {
         return;
     };
     let v = info_json(&img);
@@ -526,7 +525,7 @@ fn real_images_read_like_qemu() {
 #[test]
 fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
     let dir = tmp();
-    let Some(img) = common::testdata_image("iotest-dirtylog-10G-4M.vhdx.bz2", dir.path()) else {
+    let Some(img) = support::testdata_image("iotest-dirtylog-10G-4M.vhdx.bz2", dir.path()) else {
         return;
     };
     let before = std::fs::read(&img).unwrap();
@@ -563,7 +562,7 @@ fn dirty_log_is_replayed_in_memory_by_readers_and_into_the_file_by_write() {
     if require_tool("qemu-io") {
         // QEMU refuses a dirty log read-only; after the replay it reads the
         // file as we do (qemu-io exits 1 when a pattern does not match).
-        let out = common::run(
+        let out = support::run(
             Command::new("qemu-io")
                 .args([
                     "-r",

@@ -7,16 +7,15 @@
 
 #![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::cli::{
-    fail, fails, have_pyvhdi, have_qemu, info_json, json, ok, ok_in, ok_text, pattern, python,
-    qemu_reads, run, run_with_input, s, stdout, write_at,
+use support::cli::{
+    fail, fails, info_json, json, ok, ok_in, ok_text, run, run_with_input, s, stdout, write_at,
 };
-use common::{tempdir as tmp, MIB};
+use support::{have_pyvhdi, have_qemu, pattern, python, qemu_reads, tempdir as tmp, MIB};
 
 /// Virtual size of every test disk.
 const SIZE: u64 = 8 * MIB;
@@ -56,7 +55,7 @@ fn read_all(path: &Path) -> Vec<u8> {
 /// `ckpt read` gives exactly `model` for the whole disk.
 #[track_caller]
 fn assert_reads(path: &Path, model: &[u8]) {
-    common::assert_same(&format!("{path:?}"), &read_all(path), model, 0);
+    support::assert_same(&format!("{path:?}"), &read_all(path), model, 0);
 }
 
 /// The virtual disk of the chain `top` (top first: each file then its
@@ -78,8 +77,8 @@ fn libvhdi_read(chain: &[&Path]) -> Vec<u8> {
 fn make_base(path: &Path) -> Vec<u8> {
     ok(&["create", s(path), "--size", "8M", "--block-size", "1M"]);
     let mut model = vec![0u8; SIZE as usize];
-    write(path, &mut model, 0, &pattern(3 * MIB as usize + 100, 1));
-    write(path, &mut model, 6 * MIB - 7, &pattern(5000, 2));
+    write(path, &mut model, 0, &pattern(1, 0, 3 * MIB as usize + 100));
+    write(path, &mut model, 6 * MIB - 7, &pattern(2, 0, 5000));
     model
 }
 
@@ -242,17 +241,17 @@ fn read_write_bench_through_a_chain() {
     // Unaligned writes: inside one sector, across a sector and the 2 MiB
     // block boundary, over parent data and over unallocated space.
     write(&child, &mut model, 1_000_000, b"x");
-    write(&child, &mut model, 2 * MIB - 300, &pattern(1000, 3));
+    write(&child, &mut model, 2 * MIB - 300, &pattern(3, 0, 1000));
     write(
         &child,
         &mut model,
         4 * MIB + 17,
-        &pattern(MIB as usize + 5, 4),
+        &pattern(4, 0, MIB as usize + 5),
     );
     let grand = dir.path().join("grand.avhdx");
     create_child_with(&grand, &child, &["--block-size", "1M"]);
-    write(&grand, &mut model, 511, &pattern(2, 5));
-    write(&grand, &mut model, 3 * MIB - 1, &pattern(600, 6));
+    write(&grand, &mut model, 511, &pattern(5, 0, 2));
+    write(&grand, &mut model, 3 * MIB - 1, &pattern(6, 0, 600));
     // A write of zeros hides the parents' data.
     write(&grand, &mut model, 100 * 1024, &vec![0u8; 64 * 1024]);
     assert_reads(&grand, &model);
@@ -305,7 +304,7 @@ fn read_write_bench_through_a_chain() {
 #[test]
 fn convert_flattens_a_chain() {
     let (dir, base, child, mut model) = base_and_child();
-    write(&child, &mut model, 5 * MIB, &pattern(70_000, 7));
+    write(&child, &mut model, 5 * MIB, &pattern(7, 0, 70_000));
     write(&child, &mut model, MIB, &vec![0u8; MIB as usize]);
 
     let flat = dir.path().join("flat.vhdx");
@@ -343,12 +342,12 @@ fn merge_into_parent_then_into_ancestor() {
     let b = dir.path().join("b.avhdx");
     let c = dir.path().join("c.avhdx");
     create_child(&a, &base);
-    write(&a, &mut model, 7 * MIB, &pattern(4096, 8));
+    write(&a, &mut model, 7 * MIB, &pattern(8, 0, 4096));
     create_child(&b, &a);
-    write(&b, &mut model, 2 * MIB - 512, &pattern(1024, 9));
+    write(&b, &mut model, 2 * MIB - 512, &pattern(9, 0, 1024));
     write(&b, &mut model, 10, &[0u8; 100]);
     create_child(&c, &b);
-    write(&c, &mut model, 3 * MIB, &pattern(512, 10));
+    write(&c, &mut model, 3 * MIB, &pattern(10, 0, 512));
     assert_reads(&c, &model);
     let b_changed: u64 = json(&["changes", s(&b), "--json"])["ranges"]
         .as_array()
@@ -571,7 +570,7 @@ fn reparent_after_moving_the_parent() {
     let mut model = make_base(&base);
     let child = dir.path().join("child.avhdx");
     create_child(&child, &base);
-    write(&child, &mut model, 12345, &pattern(777, 11));
+    write(&child, &mut model, 12345, &pattern(11, 0, 777));
     let base_abs = canon(&base);
 
     // Move the parent: both the relative and the absolute path break, and
@@ -678,10 +677,16 @@ fn a_parent_modified_by_qemu_is_refused() {
     let (dir, base, child, _) = base_and_child();
     let guid = info_json(&base)["data_write_guid"].clone();
     // A read-only QEMU open changes nothing.
-    common::run(Command::new("qemu-io").args(["-r", "-f", "vhdx", "-c", "read 0 4k", s(&base)]));
+    support::run(Command::new("qemu-io").args(["-r", "-f", "vhdx", "-c", "read 0 4k", s(&base)]));
     ok(&["read", s(&child), "0", "1"]);
     // A write through QEMU gives the base a new DataWriteGuid.
-    common::run(Command::new("qemu-io").args(["-f", "vhdx", "-c", "write -P 0x42 0 4k", s(&base)]));
+    support::run(Command::new("qemu-io").args([
+        "-f",
+        "vhdx",
+        "-c",
+        "write -P 0x42 0 4k",
+        s(&base),
+    ]));
     assert_ne!(info_json(&base)["data_write_guid"], guid);
     assert_mismatch_refused(&child, dir.path());
 }

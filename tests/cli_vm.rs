@@ -7,7 +7,7 @@
 
 #![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,10 @@ use serde_json::Value;
 
 use ckpt::{Disk, OpenMode};
 
-use common::cli::{
-    assert_ok, ckpt, fail, fails, info_json, json, ok, ok_in, ok_text, pattern, qemu_reads, run, s,
-    stdout, write_at,
+use support::cli::{
+    assert_ok, ckpt, fail, fails, info_json, json, ok, ok_in, ok_text, run, s, stdout, write_at,
 };
-use common::MIB;
+use support::{pattern, qemu_reads, MIB};
 
 /// Virtual sizes of the VM's two disks (os, data).
 const SIZES: [u64; 2] = [2 * MIB, MIB];
@@ -60,7 +59,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let tmp = common::tempdir();
+        let tmp = support::tempdir();
         let root = std::fs::canonicalize(tmp.path()).expect("canonical temp dir");
         std::fs::create_dir(root.join("disks")).expect("mkdir disks");
         let disks = [root.join("disks/os.vhdx"), root.join("disks/data.vhdx")];
@@ -163,7 +162,7 @@ fn zero_content() -> Content {
 /// `disks` (the bytes [`pattern`] makes for `tag`), and into the model.
 #[track_caller]
 fn put(disks: &[PathBuf], model: &mut Content, k: usize, off: u64, tag: u8, len: usize) {
-    let data = pattern(len, tag);
+    let data = pattern(tag.into(), 0, len);
     write_at(&disks[k], off, &data);
     model[k][off as usize..off as usize + len].copy_from_slice(&data);
 }
@@ -179,7 +178,7 @@ fn assert_reads(what: &str, disks: &[PathBuf], want: &Content) {
         let mut got = vec![0u8; w.len()];
         d.read_at(&mut got, 0)
             .unwrap_or_else(|e| panic!("{what}: read disk {k}: {e}"));
-        common::assert_same(&format!("{what}: disk {k} ({})", p.display()), &got, w, 0);
+        support::assert_same(&format!("{what}: disk {k} ({})", p.display()), &got, w, 0);
     }
 }
 
@@ -535,7 +534,7 @@ fn whole_scenario() {
         );
         ok(&["check", s(e)]);
     }
-    if common::require_tool("qemu-img") {
+    if support::require_tool("qemu-img") {
         for (k, e) in exported.iter().enumerate() {
             qemu_reads(e, &models["c"][k], &f.root);
         }

@@ -5,11 +5,11 @@
 
 #![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use common::cli::{fail, json, ok, ok_text, s};
+use support::cli::{fail, json, ok, ok_text, s};
 
 /// A VM in `root/vm` on a 4 MiB disk `root/os.vhdx`, standard checkpoints.
 fn new_vm(root: &Path) -> PathBuf {
@@ -61,7 +61,7 @@ fn names_the_rule_refuses() {
 /// must never make the tool loop.
 fn run_bounded(args: &[&str]) -> std::process::Output {
     use std::io::Read;
-    let mut child = common::cli::ckpt()
+    let mut child = support::cli::ckpt()
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -195,7 +195,7 @@ fn a_hand_edited_vm_file_fails_every_command() {
             vec!["vm", "show", s(&vm)],
             vec!["vm", "set", s(&vm), "--state", "off"],
         ] {
-            let e = common::cli::fails(&args, &run_bounded(&args));
+            let e = support::cli::fails(&args, &run_bounded(&args));
             assert!(
                 e.contains("vm.json") && e.contains(says) && e.contains("edited by hand"),
                 "{tag}: {args:?}: {e}"

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use rawlog::{raw_entry, RawDesc};
 use support::raw::*;
 use support::{
-    first_diff, open_with_timeout, qemu_img, qemu_io, read_all, run_ok, Counting, Ctx, Rng,
+    first_diff, open_with_timeout, qemu_img_bin, qemu_io_bin, read_all, run_ok, Counting, Ctx, Rng,
 };
 
 const SIZE: u64 = 8 * MIB;
@@ -60,7 +60,7 @@ fn engine_image() -> Vec<u8> {
 fn qemu_image() -> Option<Vec<u8>> {
     static IMG: OnceLock<Option<Vec<u8>>> = OnceLock::new();
     IMG.get_or_init(|| {
-        let (qimg, qio) = (qemu_img()?, qemu_io()?);
+        let (qimg, qio) = (qemu_img_bin()?, qemu_io_bin()?);
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("q.vhdx");
         run_ok(

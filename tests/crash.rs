@@ -23,14 +23,14 @@ use ckpt::io::{Cut, FaultStorage, MemStorage, Storage};
 use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
 
 use support::lossy::LossyStorage;
-use support::{first_diff, pattern, qemu_img, read_all, run_ok, Ctx, KIB, MIB};
+use support::{first_diff, pattern, qemu_img_bin, read_all, run_ok, Ctx, KIB, MIB};
 
 const SECTOR: usize = 512;
 
 /// One step of a scenario.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    /// Write `pattern(seed, len)` at `off`.
+    /// Write `pattern(seed, 0, len)` at `off`.
     Write { off: u64, len: u64, seed: u64 },
     /// Trim `[off, off+len)`: reads as zeros afterwards.
     Trim { off: u64, len: u64 },
@@ -50,7 +50,7 @@ impl Op {
     /// The bytes a write writes (empty for the other operations).
     fn data(&self) -> Vec<u8> {
         match *self {
-            Op::Write { len, seed, .. } => pattern(seed, len as usize),
+            Op::Write { len, seed, .. } => pattern(seed, 0, len as usize),
             _ => Vec::new(),
         }
     }
@@ -121,7 +121,7 @@ fn make_scenario(
 fn run_op(disk: Option<&Disk>, op: &Op) -> ckpt::Result<()> {
     let disk = disk.expect("disk is open");
     match *op {
-        Op::Write { off, len, seed } => disk.write_at(&pattern(seed, len as usize), off),
+        Op::Write { off, len, seed } => disk.write_at(&pattern(seed, 0, len as usize), off),
         Op::Trim { off, len } => disk.trim(off, len),
         Op::Flush => disk.flush(),
         Op::Close => unreachable!("close is handled by the caller"),
@@ -375,7 +375,7 @@ fn check_cut(sc: &Scenario, label: &str, crash_at: u64, cut: Cut, out: &Outcome,
 
     // (d) QEMU as the independent judge, on a subset of cut points.
     if qemu {
-        if let Some(qemu_img) = qemu_img() {
+        if let Some(qemu_img) = qemu_img_bin() {
             qemu_judge(&ctx, qemu_img, &after, &got);
         }
     }
@@ -893,7 +893,7 @@ fn log_wraparound_lossy_cache() {
 /// The dynamic scenario's operations on a disk that QEMU made and wrote
 /// (its layout, its BAT states, its log area), cut at every event.
 fn qemu_scenario() -> Option<Scenario> {
-    let (qimg, qio) = (qemu_img()?, support::qemu_io()?);
+    let (qimg, qio) = (qemu_img_bin()?, support::qemu_io_bin()?);
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("q.vhdx");
     run_ok(

@@ -603,7 +603,9 @@ fn many_sweep(cut: Cut) {
 /// `qemu-img check` on the cut image (written as a sparse file), after
 /// replaying its log by a read-write open and close.
 fn qemu_check_sparse(ctx: &str, st: &SparseStorage) {
-    let Some(q) = support::qemu_img() else { return };
+    let Some(q) = support::qemu_img_bin() else {
+        return;
+    };
     let st = Arc::new(st.copy(u64::MAX, Cut::Clean));
     Disk::open_storage(st.clone(), OpenMode::ReadWrite)
         .and_then(|d| d.close())

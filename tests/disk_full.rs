@@ -106,7 +106,7 @@ fn writes_and_flush_on_a_full_file_system() {
     let p = fs.path().join("d.vhdx");
     let mut model = vec![0u8; SIZE as usize];
     let d = Disk::create(&p, &CreateOptions::new(SIZE).block_size(MIB as u32)).unwrap();
-    let a = pattern(1, 2 * MIB as usize);
+    let a = pattern(1, 0, 2 * MIB as usize);
     d.write_at(&a, 0).unwrap();
     model[..a.len()].copy_from_slice(&a);
     d.close().unwrap();
@@ -114,14 +114,14 @@ fn writes_and_flush_on_a_full_file_system() {
 
     let d = Disk::open(&p, OpenMode::ReadWrite).unwrap();
     // Into allocated space: no new space needed, must work.
-    let b = pattern(2, 4096);
+    let b = pattern(2, 0, 4096);
     d.write_at(&b, 4096).unwrap();
     model[4096..4096 + b.len()].copy_from_slice(&b);
     // Allocating writes until one fails.
     let mut failed = None;
     for i in 0..16u64 {
         let off = (4 + i) * MIB;
-        let c = pattern(10 + i, MIB as usize);
+        let c = pattern(10 + i, 0, MIB as usize);
         match d.write_at(&c, off).and_then(|_| d.flush()) {
             Ok(()) => model[off as usize..(off + MIB) as usize].copy_from_slice(&c),
             Err(e) => {
@@ -159,7 +159,7 @@ fn chain(dir: &Path, mib: u64) -> (PathBuf, PathBuf, Vec<u8>) {
     let base = dir.join("base.vhdx");
     let child = dir.join("child.avhdx");
     let d = Disk::create(&base, &CreateOptions::new(SIZE).block_size(MIB as u32)).unwrap();
-    let a = pattern(1, MIB as usize);
+    let a = pattern(1, 0, MIB as usize);
     d.write_at(&a, 0).unwrap();
     d.close().unwrap();
     let opts = ChildOptions {
@@ -168,7 +168,7 @@ fn chain(dir: &Path, mib: u64) -> (PathBuf, PathBuf, Vec<u8>) {
     };
     let c = Disk::create_child(&child, &base, &opts).unwrap();
     for i in 0..mib {
-        c.write_at(&pattern(100 + i, MIB as usize), (2 + i) * MIB)
+        c.write_at(&pattern(100 + i, 0, MIB as usize), (2 + i) * MIB)
             .unwrap();
     }
     c.close().unwrap();
@@ -243,7 +243,7 @@ fn checkpoint_operations_on_a_full_file_system() {
     vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
     let cur = vm.data().current.disks[0].clone();
     let d = Disk::open(&cur, OpenMode::ReadWrite).unwrap();
-    d.write_at(&pattern(5, 4 * MIB as usize), 0).unwrap();
+    d.write_at(&pattern(5, 0, 4 * MIB as usize), 0).unwrap();
     d.close().unwrap();
     let model = read_path(&cur);
     drop(vm);
@@ -347,7 +347,7 @@ fn a_checkpoint_delete_without_room_for_all_its_merges_changes_nothing() {
     for (i, cur) in vm.data().current.disks.clone().iter().enumerate() {
         let d = Disk::open(cur, OpenMode::ReadWrite).unwrap();
         let len = [MIB, 16 * MIB][i] as usize;
-        d.write_at(&pattern(7 + i as u64, len), 0).unwrap();
+        d.write_at(&pattern(7 + i as u64, 0, len), 0).unwrap();
         d.close().unwrap();
         models.push(read_path(cur));
     }

@@ -27,13 +27,13 @@
 //! can). Under `CI=true` a missing `pyvhdi` is a failure; otherwise the tests
 //! print a notice and return.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
-use common::{assert_same, Rng, MIB};
+use support::{assert_same, Rng, MIB};
 
 /// The Python interpreter that has `pyvhdi` (Debian's).
 const PYTHON: &str = "/usr/bin/python3";
@@ -84,7 +84,7 @@ fn have_pyvhdi() -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        common::missing(
+        support::missing(
             "the Python module pyvhdi (Debian package python3-libvhdi) for /usr/bin/python3",
         );
     }
@@ -111,7 +111,7 @@ fn libvhdi_read(base_first: &[PathBuf], scratch: &Path) -> (Vec<VhdiFile>, Vec<u
     let out = scratch.join("libvhdi-read.raw");
     let mut cmd = Command::new(PYTHON);
     cmd.arg("-c").arg(READ_CHAIN).arg(&out).args(base_first);
-    let stdout = common::run(&mut cmd);
+    let stdout = support::run(&mut cmd);
     let num = |x: &str, l: &str| -> u64 {
         x.parse()
             .unwrap_or_else(|e| panic!("libvhdi output {l:?}: {e}"))
@@ -456,7 +456,7 @@ fn grow_and_check(
     if !have_pyvhdi() {
         return None;
     }
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let size = base.virtual_size;
     let lss = base.logical_sector_size;
     let fixed = base.fixed;

@@ -27,7 +27,7 @@
 //! - locks stay reliable while other threads fork and exec (a child holds
 //!   inherited descriptors for a moment).
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -39,7 +39,7 @@ use std::time::Duration;
 use ckpt::checkpoint::{Vm, VmSpec};
 use ckpt::disk::merge::{self, MergeOptions};
 use ckpt::{ChildOptions, CreateOptions, Disk, Error, ErrorKind, OpenMode};
-use common::MIB;
+use support::MIB;
 
 const SIZE: u64 = 4 * MIB;
 
@@ -236,7 +236,7 @@ const READER_HERE: &str = "open read-only by another handle in this process";
 
 #[test]
 fn a_writer_in_another_process_excludes_every_other_use() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let [base, mid, top] = make_chain(dir.path());
     let before = snapshot(dir.path());
     let new = dir.path().join("new.avhdx");
@@ -284,7 +284,7 @@ fn a_writer_in_another_process_excludes_every_other_use() {
 
 #[test]
 fn a_reader_in_another_process_allows_readers_and_children_only() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let [base, mid, top] = make_chain(dir.path());
     let chain_before: Vec<Vec<u8>> = [&base, &mid, &top]
         .iter()
@@ -338,7 +338,7 @@ fn a_reader_in_another_process_allows_readers_and_children_only() {
 
 #[test]
 fn handles_in_one_process_follow_the_same_rules_and_say_so() {
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let [base, mid, top] = make_chain(dir.path());
     let w = Disk::open(&top, OpenMode::ReadWrite).expect("open the top for writing");
     let r = Disk::open(&top, OpenMode::ReadOnly);
@@ -388,7 +388,7 @@ fn handles_in_one_process_follow_the_same_rules_and_say_so() {
 fn locks_hold_while_other_threads_fork() {
     // A child another thread forks keeps this process's descriptors until it
     // execs; a lock must not look taken because of it.
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let path = dir.path().join("d.vhdx");
     Disk::create(&path, &CreateOptions::new(SIZE))
         .expect("create")
@@ -425,7 +425,7 @@ fn locks_hold_while_other_threads_fork() {
 fn the_c_abi_reports_busy() {
     use ckpt::ffi::ckpt_status;
     use ckpt::ffi::disk::{ckpt_disk_close, ckpt_disk_open, CKPT_OPEN_READ_ONLY};
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let [_, mid, top] = make_chain(dir.path());
     let holder = Holder::start("rw", &top);
     let last_error = || {
@@ -485,11 +485,11 @@ fn the_c_abi_reports_busy() {
 #[cfg(feature = "cli")]
 mod tool {
     use super::*;
-    use common::cli::{fails, ok, run, s};
     use serde_json::Value;
+    use support::cli::{fails, ok, run, s};
 
     fn current_disks(vm: &Path) -> Vec<PathBuf> {
-        let v = common::cli::json(&["vm", "show", s(vm), "--json"]);
+        let v = support::cli::json(&["vm", "show", s(vm), "--json"]);
         v["disks"]
             .as_array()
             .expect("disks")
@@ -515,7 +515,7 @@ mod tool {
 
     #[test]
     fn checkpoint_create_of_a_disk_served_elsewhere_changes_nothing() {
-        let tmp = common::tempdir();
+        let tmp = support::tempdir();
         let root = std::fs::canonicalize(tmp.path()).expect("canonical");
         let disks = [root.join("os.vhdx"), root.join("data.vhdx")];
         for d in &disks {
@@ -606,7 +606,7 @@ mod tool {
         ok(&["checkpoint", "create", s(&vm), "c2"]);
         holder.stop();
         ok(&["checkpoint", "delete", s(&vm), "first"]);
-        let list: Value = common::cli::json(&["checkpoint", "list", s(&vm), "--json"]);
+        let list: Value = support::cli::json(&["checkpoint", "list", s(&vm), "--json"]);
         assert_eq!(
             list["checkpoints"].as_array().map(Vec::len),
             Some(1),
@@ -616,7 +616,7 @@ mod tool {
 
     #[test]
     fn disk_commands_refuse_a_disk_served_elsewhere() {
-        let tmp = common::tempdir();
+        let tmp = support::tempdir();
         let root = std::fs::canonicalize(tmp.path()).expect("canonical");
         let [base, mid, top] = make_chain(&root);
         let holder = Holder::start("rw", &top);

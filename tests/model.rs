@@ -25,7 +25,7 @@ const BLOCK: u64 = MIB;
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Write `pattern(seed, len)` at `off` (clamped to the disk).
+    /// Write `pattern(seed, 0, len)` at `off` (clamped to the disk).
     Write { off: u64, len: usize, seed: u64 },
     /// Trim `[off, off+len)` (clamped).
     Trim { off: u64, len: u64 },
@@ -127,7 +127,7 @@ fn run_model(opts: &CreateOptions, file: bool, ops: &[Op]) -> Result<(), TestCas
         match *op {
             Op::Write { off, len, seed } => {
                 let (off, len) = clamp(off, len as u64);
-                let data = pattern(seed, len as usize);
+                let data = pattern(seed, 0, len as usize);
                 d.write_at(&data, off)
                     .map_err(|e| TestCaseError::fail(format!("{what}: {e}")))?;
                 model[off as usize..(off + len) as usize].copy_from_slice(&data);
@@ -305,7 +305,7 @@ const STRIPED_END: u64 = 12 * MIB;
 const WRITERS: u64 = 3;
 
 fn chunk_data(k: u64) -> Vec<u8> {
-    pattern(1000 + k, CHUNK as usize)
+    pattern(1000 + k, 0, CHUNK as usize)
 }
 
 /// Several threads write disjoint byte ranges of one disk (sharing blocks
@@ -362,14 +362,14 @@ fn concurrent(file: bool) {
                 let m = &mut model[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize];
                 match rng.below(4) {
                     0 => {
-                        let data = pattern(5000 + i, BLOCK as usize);
+                        let data = pattern(5000 + i, 0, BLOCK as usize);
                         disk.write_at(&data, base).expect("owner: write block");
                         m.copy_from_slice(&data);
                     }
                     1 => {
                         let off = rng.below(BLOCK - 1);
                         let len = 1 + rng.below((BLOCK - off).min(100 * KIB));
-                        let data = pattern(6000 + i, len as usize);
+                        let data = pattern(6000 + i, 0, len as usize);
                         disk.write_at(&data, base + off).expect("owner: write part");
                         m[off as usize..(off + len) as usize].copy_from_slice(&data);
                     }

@@ -23,7 +23,7 @@
 //! Without nbdkit, qemu-img, qemu-io, a C compiler or nbdkit-plugin.h the
 //! tests print a notice and pass, except under `CI=true`.
 
-mod common;
+mod support;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
-use common::{assert_same, pattern, require_tools, run, run_unchecked, show, tempdir, MIB};
+use support::{assert_same, pattern, require_tools, run, run_unchecked, show, tempdir, MIB};
 
 /// Virtual size of the test chain.
 const SIZE: u64 = 8 * MIB;
@@ -98,7 +98,7 @@ fn have_plugin_header() -> bool {
         })
         .is_ok_and(|s| s.success());
     if !ok {
-        common::missing("nbdkit-plugin.h (nbdkit-plugin-dev)");
+        support::missing("nbdkit-plugin.h (nbdkit-plugin-dev)");
     }
     ok
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use rawlog::{raw_entry, RawDesc};
 use support::raw::*;
-use support::{first_diff, qemu_img, qemu_io, read_all, run_ok, Counting};
+use support::{first_diff, qemu_img_bin, qemu_io_bin, read_all, run_ok, Counting};
 
 const SIZE: u64 = 8 * MIB;
 const KIB: u64 = 1024;
@@ -206,7 +206,7 @@ fn read_only_open_reads_payload_written_by_the_log() {
     assert!(got_rw == want, "read-write: {}", first_diff(&got_rw, &want));
     rw.close().expect("close");
 
-    match (qemu_img(), qemu_io()) {
+    match (qemu_img_bin(), qemu_io_bin()) {
         (Some(qimg), Some(qio)) => {
             let q_path = write_file(dir.path(), "q.vhdx", &img);
             run_ok(

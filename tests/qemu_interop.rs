@@ -5,14 +5,14 @@
 //! take turns writing the same image.
 //!
 //! Every image is also judged against a sparse reference model
-//! ([`common::Model`]) and must pass `ckpt::check`.
+//! ([`support::Model`]) and must pass `ckpt::check`.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use ckpt::{CreateOptions, Disk, DiskKind, ErrorKind, OpenMode};
-use common::*;
+use support::*;
 
 fn have_qemu() -> bool {
     require_tools(&["qemu-img", "qemu-io"])

@@ -3,10 +3,10 @@
 //! documented contents, stay untouched by opens that write nothing, and
 //! pass `ckpt::check`.
 
-mod common;
+mod support;
 
 use ckpt::{Disk, DiskKind, OpenMode};
-use common::*;
+use support::*;
 
 const DYNAMIC_1G: &str = "iotest-dynamic-1G.vhdx.bz2";
 const DIRTY_LOG: &str = "iotest-dirtylog-10G-4M.vhdx.bz2";

@@ -37,7 +37,7 @@ use ckpt::io::{faults, Cut, FaultStorage, MemStorage, Storage, Transient};
 use ckpt::{ChildOptions, CreateOptions, Disk, ErrorKind, OpenMode};
 
 use support::ops::{read_window, sample, verify_old_or_new, Op};
-use support::{first_diff, pattern, qemu_img, Ctx, KIB, MIB};
+use support::{first_diff, pattern, qemu_img_bin, Ctx, KIB, MIB};
 
 const SIZE: u64 = 8 * MIB;
 
@@ -470,7 +470,7 @@ fn retry(ctx: &str, sc: &Scenario, disk: &Option<Disk>, op: &Op) -> bool {
 }
 
 fn qemu_check_bytes(ctx: &str, bytes: &[u8]) {
-    let Some(q) = qemu_img() else { return };
+    let Some(q) = qemu_img_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.vhdx");
     std::fs::write(&p, bytes).unwrap();
@@ -562,7 +562,7 @@ fn a_retried_flush_persists_what_the_failed_one_did_not() {
     .close()
     .unwrap();
     let image = mem.snapshot();
-    let data = pattern(77, 64 * KIB as usize);
+    let data = pattern(77, 0, 64 * KIB as usize);
     // Count the events up to the flush's first write into the log.
     for kind in [Transient::Eio, Transient::NoSpace] {
         let mut failed_flushes = 0;
@@ -603,7 +603,7 @@ fn a_retried_flush_persists_what_the_failed_one_did_not() {
 // File-based operations through the `faults` hook.
 
 fn pat(len: usize, seed: u8) -> Vec<u8> {
-    pattern(seed as u64 + 1000, len)
+    pattern(seed as u64 + 1000, 0, len)
 }
 
 fn read_path(p: &Path) -> Vec<u8> {
@@ -712,7 +712,7 @@ fn create_with_transient_errors() {
                 let got = read_path(&p);
                 assert_eq!(got[0], b'x', "{ctx}");
                 assert!(got[1..].iter().all(|&b| b == 0), "{ctx}");
-                if let Some(q) = qemu_img() {
+                if let Some(q) = qemu_img_bin() {
                     qemu_check(ctx, q, &p);
                 }
             },
@@ -850,7 +850,7 @@ fn merge_sweep(name: &str, into_base: bool) {
             for p in [&c.base, &c.leaf] {
                 check_path(ctx, p);
             }
-            if let Some(q) = qemu_img() {
+            if let Some(q) = qemu_img_bin() {
                 qemu_check(ctx, q, &c.base);
             }
         },
@@ -890,7 +890,7 @@ fn flatten_with_transient_errors() {
             let p = dir.join("flat.vhdx");
             check_path(ctx, &p);
             assert!(read_path(&p) == c.model, "{ctx}: the flat copy differs");
-            if let Some(q) = qemu_img() {
+            if let Some(q) = qemu_img_bin() {
                 qemu_check(ctx, q, &p);
             }
         },

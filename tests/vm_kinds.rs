@@ -6,7 +6,7 @@
 //! must not delete while someone holds them.
 
 #[cfg(feature = "cli")]
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -284,7 +284,7 @@ fn reopen_never_removes_an_old_disk_someone_holds() {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_escapes_names_and_reports_kinds() {
-    use common::cli::{ok, stdout};
+    use support::cli::{ok, stdout};
     let dir = tempfile::tempdir().unwrap();
     let mut vm = vm_with(dir.path(), CheckpointType::Production);
     vm.create_checkpoint("a", None, &mut rec(&vm, true, None))
@@ -347,7 +347,7 @@ fn cli_escapes_names_and_reports_kinds() {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_production_on_an_off_vm_is_no_fallback() {
-    use common::cli::{ok, stdout};
+    use support::cli::{ok, stdout};
     let dir = tempfile::tempdir().unwrap();
     let vm = vm_with(dir.path(), CheckpointType::ProductionOnly);
     let d = vm.dir().to_str().unwrap().to_string();

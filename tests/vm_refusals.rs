@@ -7,7 +7,7 @@
 //! its merge really removed a source is still finished on reopen.
 
 #[cfg(feature = "cli")]
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -259,7 +259,7 @@ fn a_delete_that_must_repoint_a_held_disk_is_refused_and_never_replayed() {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_delete_with_a_missing_current_disk_is_refused_and_changes_nothing() {
-    use common::cli::{fail, ok, s};
+    use support::cli::{fail, ok, s};
     let t = tempfile::tempdir().unwrap();
     let vm = build(t.path(), false);
     let now = vm.data().current.disks[0].clone();

@@ -9,13 +9,14 @@
 
 #![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use ckpt::checkpoint::{NoHooks, Settings, Vm, VmSpec};
 use ckpt::{ChildOptions, CreateOptions, Disk, ErrorKind, OpenMode};
-use common::cli::{fail, have_pyvhdi, have_qemu, ok, python, qemu_reads, s};
+use support::cli::{fail, ok, s};
+use support::{have_pyvhdi, have_qemu, python, qemu_reads};
 
 const SIZE: u64 = 4 << 20;
 const AT: u64 = 1 << 20;
@@ -99,7 +100,7 @@ fn disk_of(vm: &Vm, name: &str) -> PathBuf {
 
 #[test]
 fn a_delete_never_merges_into_a_base_another_vms_disk_depends_on() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let disks = t.path().join("disks");
     let base = disks.join("base.vhdx");
     make_disk(&base, 0x11);
@@ -154,7 +155,7 @@ fn a_delete_never_merges_into_a_base_another_vms_disk_depends_on() {
 
 #[test]
 fn a_leaf_layer_another_disk_depends_on_is_kept() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let base = t.path().join("d/base.vhdx");
     make_disk(&base, 0x11);
     let mut vm = Vm::create(
@@ -182,7 +183,7 @@ fn a_leaf_layer_another_disk_depends_on_is_kept() {
 
 #[test]
 fn vm_create_refuses_a_disk_another_vm_uses_and_the_stamp_is_harmless() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let base = t.path().join("base.vhdx");
     make_disk(&base, 0x11);
     let before = sha(&base);
@@ -220,7 +221,7 @@ fn vm_create_refuses_a_disk_another_vm_uses_and_the_stamp_is_harmless() {
     ok(&["check", s(&child)]);
     put(&child, 0x22);
     if have_qemu() {
-        common::qemu_check(&base);
+        support::qemu_check(&base);
         let mut model = vec![0u8; SIZE as usize];
         model[AT as usize..AT as usize + 4096].fill(0x11);
         qemu_reads(&base, &model, t.path());
@@ -248,7 +249,7 @@ fn vm_create_refuses_a_disk_another_vm_uses_and_the_stamp_is_harmless() {
 #[test]
 fn a_read_only_golden_base_under_each_vm_never_changes() {
     use std::os::unix::fs::PermissionsExt;
-    let t = common::tempdir();
+    let t = support::tempdir();
     let golden = t.path().join("golden.vhdx");
     make_disk(&golden, 0x11);
     let mut vms = Vec::new();
@@ -286,13 +287,13 @@ fn a_read_only_golden_base_under_each_vm_never_changes() {
     }
     assert_eq!(sha(&golden), gold, "golden changed");
     if have_qemu() {
-        common::qemu_check(&golden);
+        support::qemu_check(&golden);
     }
 }
 
 #[test]
 fn vms_sharing_a_checkpoint_location_never_call_each_others_files_strays() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let shared = t.path().join("shared");
     let mut vms = Vec::new();
     for n in 1..=2 {

@@ -14,7 +14,36 @@
 //! - [`ckpt::Error`](crate::Error) becomes a status in one place,
 //!   [`status::status_of`];
 //! - raw pointers are turned into references only through the helpers
-//!   below, which check for NULL first.
+//!   below, which check for NULL first; strings go out through one
+//!   size-then-fill helper ([`write_string`], and [`write_measured`] for
+//!   texts that may change between the two calls), versioned structs in
+//!   and out through [`read_versioned`] / [`write_versioned`].
+//!
+//! What the folder holds:
+//!
+//! - `mod.rs`: the panic boundary, the pointer, string and versioned-struct
+//!   helpers, [`FfiError`];
+//! - `status.rs`: `ckpt_status` and the one mapping from
+//!   [`ckpt::Error`](crate::Error); `last_error.rs`: the thread-local last
+//!   error and its getters; `version.rs`: the version functions;
+//! - `disk.rs`: `ckpt_disk` (open, create, read/write/flush/trim, info,
+//!   extents); `chain.rs`: differencing disks (create a child, merge,
+//!   changed ranges, re-parent, the chain's paths) and `ckpt_progress_fn`;
+//! - `vm/`: `ckpt_vm` and the checkpoint tree — `mod.rs` the handle (one
+//!   call at a time) and shared helpers, `types.rs` the C enums and info
+//!   structs, `lifecycle.rs` create/open/close and the VM getters,
+//!   `settings.rs` the setters, `hooks.rs` `ckpt_hooks` and the
+//!   memory-state writer, `checkpoints.rs` create/apply/revert/delete/
+//!   rename/export, `views.rs` the JSON views and checkpoint getters,
+//!   `tests.rs` unit tests.
+//!
+//! Dependencies: the ffi module sits on top (ffi -> checkpoint -> disk ->
+//! format -> io). It uses the library's public API only (the crate root's
+//! re-exports, `crate::disk`, `crate::checkpoint`), never `crate::format`
+//! or `crate::io` directly; nothing else in the crate may use it (no other
+//! module has `extern "C"` or raw pointers from C); and it holds no format
+//! or checkpoint logic of its own: a rule the library does not enforce is
+//! not added here.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // The C names (`ckpt_disk`, `ckpt_status`, ...) are the API.
@@ -200,11 +229,12 @@ const MAX_STRUCT_SIZE: usize = 4096;
 /// Read a versioned input struct (one whose first field is the `u32`
 /// `struct_size`): `Ok(None)` when `p` is NULL.
 ///
-/// `struct_size` must be at least `size_of::<T>()` (the first version of
-/// every input struct is the current one) and at most [`MAX_STRUCT_SIZE`];
-/// bytes past `size_of::<T>()` (fields of a newer header) must be 0, or the
-/// call fails with `CKPT_STATUS_UNSUPPORTED`. `what` names the argument and
-/// `c_type` the C type in messages.
+/// `struct_size` must be at least `size_of::<T>()` (for a struct that never
+/// grew: its first version is the current one) and at most
+/// [`MAX_STRUCT_SIZE`]; bytes past `size_of::<T>()` (fields of a newer
+/// header) must be 0, or the call fails with `CKPT_STATUS_UNSUPPORTED`.
+/// `what` names the argument and `c_type` the C type in messages. A struct
+/// that grew reads through [`read_versioned_since`].
 ///
 /// # Safety
 ///
@@ -216,15 +246,35 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     what: &str,
     c_type: &str,
 ) -> FfiResult<Option<T>> {
+    // SAFETY: forwarded.
+    unsafe { read_versioned_since(p, std::mem::size_of::<T>(), what, c_type) }
+}
+
+/// [`read_versioned`] for a struct that grew at its end: `struct_size` may
+/// also be that of an older version, from `first_size` (the size of the
+/// first version) on; the fields such an old caller does not have read as
+/// 0 / NULL.
+///
+/// # Safety
+///
+/// As for [`read_versioned`]; in addition all-zero bytes are a valid `T`
+/// (integers, raw pointers and optional function pointers only), and
+/// `first_size` is at least 4 (it covers `struct_size` itself).
+pub(crate) unsafe fn read_versioned_since<T: Copy>(
+    p: *const T,
+    first_size: usize,
+    what: &str,
+    c_type: &str,
+) -> FfiResult<Option<T>> {
     if p.is_null() {
         return Ok(None);
     }
     let ours = std::mem::size_of::<T>();
     // SAFETY: not NULL; the first field of every version is the u32 size.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    if size < ours {
+    if size < first_size {
         return Err(FfiError::invalid(format!(
-            "{what}->struct_size is {size}, expected at least {ours} (sizeof({c_type}))"
+            "{what}->struct_size is {size}, expected at least {first_size} (sizeof({c_type}))"
         )));
     }
     if size > MAX_STRUCT_SIZE {
@@ -234,7 +284,7 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
     }
     // SAFETY: the caller promises `size` readable bytes.
     let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) };
-    if bytes[ours..].iter().any(|&b| b != 0) {
+    if bytes.len() > ours && bytes[ours..].iter().any(|&b| b != 0) {
         return Err(FfiError::new(
             ckpt_status::Unsupported,
             format!(
@@ -243,9 +293,49 @@ pub(crate) unsafe fn read_versioned<T: Copy>(
             ),
         ));
     }
-    // SAFETY: at least `ours` readable bytes; every bit pattern is a valid
-    // `T` per the contract.
-    Ok(Some(unsafe { p.read_unaligned() }))
+    // SAFETY: all-zero bytes are a valid `T` per the contract; then the
+    // caller's `min(size, ours)` bytes, every bit pattern of which is valid.
+    let mut out: T = unsafe { std::mem::zeroed() };
+    let n = size.min(ours);
+    // SAFETY: `n` readable bytes at `p`, `n <= size_of::<T>()` writable at `out`.
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n) };
+    Ok(Some(out))
+}
+
+/// The size-then-fill protocol of a string getter whose text may change
+/// between two calls (the ages of the checkpoint list tick): the text
+/// `produce` measures is written as [`write_string`] does, unless an
+/// earlier call that found the buffer too small kept one for `key` in the
+/// `kept` map of `holder`; that text is handed out instead of measuring
+/// again, so the length a too-small call reported always suffices. A call
+/// that finds the buffer too small keeps its text for the next call.
+/// (`kept` picks the map out of `holder` so that `produce` can read the
+/// rest of it.)
+///
+/// # Safety
+///
+/// As for [`write_string`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn write_measured<H, K: Eq + std::hash::Hash>(
+    holder: &mut H,
+    kept: fn(&mut H) -> &mut std::collections::HashMap<K, Vec<u8>>,
+    key: K,
+    what: &str,
+    produce: impl FnOnce(&H) -> FfiResult<Vec<u8>>,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> FfiResult {
+    let bytes = match kept(holder).remove(&key) {
+        Some(b) => b,
+        None => produce(holder)?,
+    };
+    // SAFETY: forwarded from the caller.
+    let r = unsafe { write_string(&bytes, buf, len, out_len, what) };
+    if matches!(&r, Err(e) if e.status == ckpt_status::BufferTooSmall) {
+        kept(holder).insert(key, bytes);
+    }
+    r
 }
 
 /// Copy `bytes` and a NUL into the caller's `(buf, len)` and the length

@@ -16,6 +16,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,6 +138,8 @@ typedef struct {
     ckpt_vm *vm;          /* for the re-entrancy check */
     int quiesce_result;   /* what quiesce returns */
     int quiesce_calls, thaw_calls, save_calls, progress_calls;
+    int resume_calls;     /* resume, and whether save_memory came first */
+    int resume_out_of_order;
     int save_result;      /* what save_memory returns */
     const char *memory;   /* what save_memory writes */
     int cancel_progress;  /* progress returns non-zero */
@@ -176,6 +179,14 @@ static int on_save_memory(ckpt_writer *w, void *user) {
     return 0;
 }
 
+static void on_resume(void *user) {
+    guest *g = user;
+    if (g->save_calls != g->resume_calls + 1) {
+        g->resume_out_of_order++;
+    }
+    g->resume_calls++;
+}
+
 static int on_progress(uint64_t done, uint64_t total, void *user) {
     guest *g = user;
     g->progress_calls++;
@@ -193,6 +204,7 @@ static ckpt_hooks hooks_for(guest *g) {
     h.save_memory = on_save_memory;
     h.progress = on_progress;
     h.user = g;
+    h.resume = on_resume;
     return h;
 }
 
@@ -666,6 +678,7 @@ int main(int argc, char **argv) {
     ckpt_hooks h = hooks_for(&g);
     EXPECT_OK(ckpt_vm_checkpoint_create(vm, "a", &h));
     CHECK(g.quiesce_calls == 1 && g.thaw_calls == 1 && g.save_calls == 0);
+    CHECK(g.resume_calls == 0); /* nothing was paused */
     /* a call on the same handle from inside a callback: BUSY, not a deadlock */
     CHECK(g.reentrant == CKPT_STATUS_BUSY);
     size_t ia = 99;
@@ -695,6 +708,7 @@ int main(int argc, char **argv) {
     g.memory = "MEMORY-OF-B";
     EXPECT_OK(ckpt_vm_checkpoint_create(vm, "b", &h));
     CHECK(g.quiesce_calls == 0 && g.save_calls == 1);
+    CHECK(g.resume_calls == 1 && g.resume_out_of_order == 0); /* after save_memory */
     size_t ib = 0;
     ckpt_checkpoint_info cb = checkpoint(vm, "b", &ib);
     CHECK(cb.taken == CKPT_TAKEN_TYPE_STANDARD && cb.requested == CKPT_CHECKPOINT_TYPE_STANDARD);
@@ -713,13 +727,33 @@ int main(int argc, char **argv) {
     g.save_result = 7;
     EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "broken", &h), CKPT_STATUS_IO);
     CHECK(strstr(last_error_text(), "returned 7") != NULL);
+    CHECK(g.save_calls == 1 && g.resume_calls == 1); /* resumed after a failure too */
     CHECK(checkpoint_count(vm) == 2);
     /* save_memory saying "no memory state" (1): a standard checkpoint without it */
     g = guest_new();
     g.save_result = 1;
     EXPECT_OK(ckpt_vm_checkpoint_create(vm, "nomem", &h));
     CHECK(!checkpoint(vm, "nomem", NULL).has_saved_state);
+    CHECK(g.resume_calls == 1); /* whatever save_memory returned */
     EXPECT_OK(ckpt_vm_checkpoint_delete(vm, "nomem", 0, NULL)); /* under the current state */
+    /* a caller built with the first ckpt_hooks (no `resume`) still works:
+       the library reads only its struct_size bytes */
+    {
+        ckpt_hooks old = hooks_for(&g);
+        old.struct_size = (uint32_t)offsetof(ckpt_hooks, resume);
+        g = guest_new();
+        g.memory = "MEMORY-OF-OLD";
+        EXPECT_OK(ckpt_vm_checkpoint_create(vm, "old", &old));
+        CHECK(g.save_calls == 1 && g.resume_calls == 0);
+        CHECK(checkpoint(vm, "old", NULL).has_saved_state);
+        EXPECT_OK(ckpt_vm_checkpoint_delete(vm, "old", 0, NULL));
+        /* smaller than the first version: refused, nothing taken */
+        old.struct_size = (uint32_t)offsetof(ckpt_hooks, resume) - 1;
+        g = guest_new();
+        EXPECT_STATUS(ckpt_vm_checkpoint_create(vm, "old", &old),
+                      CKPT_STATUS_INVALID_ARGUMENT);
+        CHECK(g.save_calls == 0 && checkpoint_count(vm) == 2);
+    }
     CHECK(checkpoint_count(vm) == 2);
     CHECK(has_tag(current(vm, 0), "state-1"));
     write_tag(current(vm, 0), "state-2");
@@ -731,6 +765,7 @@ int main(int argc, char **argv) {
     g.memory = "MEMORY-OF-C";
     EXPECT_OK(ckpt_vm_checkpoint_create(vm, "c", &h));
     CHECK(g.quiesce_calls == 1 && g.thaw_calls == 0 && g.save_calls == 1);
+    CHECK(g.resume_calls == 1 && g.resume_out_of_order == 0);
     size_t ic = 0;
     ckpt_checkpoint_info cc = checkpoint(vm, "c", &ic);
     CHECK(cc.taken == CKPT_TAKEN_TYPE_STANDARD && cc.requested == CKPT_CHECKPOINT_TYPE_PRODUCTION);

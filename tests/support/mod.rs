@@ -1,28 +1,41 @@
-//! Helpers for the crash, corruption and model tests (tests/crash.rs,
-//! tests/corrupt.rs, tests/model.rs): a deterministic random generator,
-//! panic context, the QEMU oracle, opens under a timeout, a storage that
-//! counts writes, and (in [`raw`]) an independent raw VHDX parser used to
-//! damage images one field at a time. For the fault suites of issue 8
-//! (tests/transient.rs, tests/crash_big.rs, tests/disk_full.rs,
-//! tests/stress.rs): a byte model of operations with the old-or-new
-//! judgement ([`ops`]), a storage that loses any subset of unsynced writes
-//! ([`lossy`]), a sparse crashing storage for huge mostly-empty images
-//! ([`sparse`]), and temporary folders on tmpfs ([`fast_tempdir`]).
+//! The one support tree of the integration tests (`mod support;` in each
+//! test file; not every file uses every helper, hence the `dead_code`
+//! allowance):
 //!
-//! Not every test file uses every helper, hence the `dead_code` allowance.
+//! - here: sizes, temporary folders, a deterministic generator ([`Rng`])
+//!   and [`pattern`], panic context ([`Ctx`]), whole-disk reads, opens
+//!   under a timeout, storages that count or record writes;
+//! - [`oracle`]: `qemu-img`, `qemu-io`, `bzip2`, `pyvhdi` and the real test
+//!   images, with [`in_ci`] (a missing oracle fails under `CI=true`);
+//! - [`model`]: a sparse reference model of a disk and content comparisons;
+//! - [`cli`]: running the `ckpt` tool (only with the `cli` feature);
+//! - [`raw`]: an independent raw VHDX parser to damage images field by
+//!   field; [`ops`]: a byte model of operations with the old-or-new
+//!   judgement; [`lossy`]: a storage that loses any subset of unsynced
+//!   writes; [`sparse`]: a sparse crashing storage for huge images.
+//!   (`rawlog.rs` is included by path by the files that need it.)
 
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod lossy;
+pub mod model;
 pub mod ops;
+pub mod oracle;
 pub mod raw;
 pub mod sparse;
 
+// One flat namespace for the test files (`support::tempdir`, `support::qemu_img`, ...).
+#[allow(unused_imports)]
+pub use model::*;
+#[allow(unused_imports)]
+pub use oracle::*;
+
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use ckpt::io::Storage;
@@ -32,121 +45,82 @@ use ckpt::{Disk, OpenMode};
 pub const KIB: u64 = 1 << 10;
 /// 1 MiB.
 pub const MIB: u64 = 1 << 20;
+/// 1 GiB.
+pub const GIB: u64 = 1 << 30;
 
-/// Whether the suite runs under CI (`CI=true`/`1`/`yes`): a missing oracle
-/// is then a failure instead of a notice.
-pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .ok()
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Some("true") | Some("1") | Some("yes")
-    )
+/// A fresh temporary folder, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ckpt-test-")
+        .tempdir()
+        .expect("create a temporary folder")
 }
 
-/// Path of `qemu-img` when it runs. Without it: `None` with a notice, or a
-/// panic under CI.
-pub fn qemu_img() -> Option<&'static Path> {
-    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        let ok = Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        ok.then(|| PathBuf::from("qemu-img"))
-    });
-    match found {
-        Some(p) => Some(p.as_path()),
-        None => {
-            assert!(
-                !in_ci(),
-                "CI=true but qemu-img is missing: the QEMU cross-checks cannot run"
-            );
-            eprintln!("NOTICE: qemu-img is missing; skipping the QEMU cross-check (required under CI=true)");
-            None
-        }
-    }
-}
+// ------------------------------------------------------------------ patterns
 
-/// `qemu-io` next to `qemu-img` (same rules as [`qemu_img`]).
-pub fn qemu_io() -> Option<&'static Path> {
-    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        let ok = Command::new("qemu-io")
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        ok.then(|| PathBuf::from("qemu-io"))
-    });
-    match found {
-        Some(p) => Some(p.as_path()),
-        None => {
-            assert!(!in_ci(), "CI=true but qemu-io is missing");
-            eprintln!("NOTICE: qemu-io is missing; skipping the QEMU cross-check (required under CI=true)");
-            None
-        }
-    }
-}
-
-/// Run a command; panic with its output when it fails.
-pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A small deterministic generator (xorshift64*), so that every run of a
-/// test does the same thing.
+/// SplitMix64: a tiny deterministic generator for reproducible tests.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
-    /// Seeded generator (a zero seed is replaced).
+    /// A generator from a seed.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        Rng(seed)
     }
-    /// Next 64 random bits.
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix64(self.0)
     }
-    /// Uniform in `0..n` (n > 0).
+    /// A number in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
         self.next_u64() % n
+    }
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
     }
     /// Fill `buf` with random bytes.
     pub fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
+        for chunk in buf.chunks_mut(8) {
+            let w = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
         }
+    }
+    /// `len` random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.fill(&mut v);
+        v
     }
 }
 
-/// `len` deterministic bytes for `seed` (different seeds give different
-/// bytes; zero bytes are rare so that "reads as zeros" is visible).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed.wrapping_add(0x5151)).fill(&mut v);
-    for b in v.iter_mut() {
-        if *b == 0 {
-            *b = 0x5a;
-        }
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A position-dependent pattern: the byte at absolute offset `p` depends
+/// only on `seed` and `p`, so any range can be regenerated and misplaced
+/// data is caught. No byte is zero, so a write of it always allocates and
+/// "reads as zeros" is never mistaken for it (`offset` 0 for a plain
+/// buffer).
+pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut p = offset;
+    let end = offset + len as u64;
+    while p < end {
+        let word = mix64(seed.wrapping_mul(0x1000_0000_01B3) ^ (p >> 3)).to_le_bytes();
+        let i = (p & 7) as usize;
+        let take = (8 - i).min((end - p) as usize);
+        v.extend(
+            word[i..i + take]
+                .iter()
+                .map(|&b| if b == 0 { 0x5a } else { b }),
+        );
+        p += take as u64;
     }
     v
 }

@@ -13,7 +13,7 @@ pub const SECTOR: u64 = 512;
 /// One step of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// Write `pattern(seed, len)` at `off`.
+    /// Write `pattern(seed, 0, len)` at `off`.
     Write { off: u64, len: u64, seed: u64 },
     /// Write zeros over `[off, off+len)` (what a write-zeroes request without
     /// "may trim" does: `Disk` has no separate call for it).
@@ -45,7 +45,7 @@ impl Op {
     /// The bytes the operation leaves in its range.
     pub fn data(&self) -> Vec<u8> {
         match *self {
-            Op::Write { len, seed, .. } => pattern(seed, len as usize),
+            Op::Write { len, seed, .. } => pattern(seed, 0, len as usize),
             Op::Zero { len, .. } | Op::Trim { len, .. } => vec![0u8; len as usize],
             _ => Vec::new(),
         }
@@ -66,7 +66,7 @@ impl Op {
         match *self {
             Op::Write { seed, .. } => {
                 // Only the overlapping part of the pattern.
-                let p = pattern(seed, (hi - off) as usize);
+                let p = pattern(seed, 0, (hi - off) as usize);
                 dst.copy_from_slice(&p[(lo - off) as usize..]);
             }
             _ => dst.fill(0),
@@ -76,7 +76,7 @@ impl Op {
     /// Run on an open disk (not [`Op::Close`], which takes the handle).
     pub fn run(&self, disk: &Disk) -> ckpt::Result<()> {
         match *self {
-            Op::Write { off, len, seed } => disk.write_at(&pattern(seed, len as usize), off),
+            Op::Write { off, len, seed } => disk.write_at(&pattern(seed, 0, len as usize), off),
             Op::Zero { off, len } => disk.write_at(&vec![0u8; len as usize], off),
             Op::Trim { off, len } => disk.trim(off, len),
             Op::Flush => disk.flush(),

@@ -286,19 +286,15 @@ pub unsafe extern "C" fn ckpt_vm_export_files_json(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_export_files_json", {
+        let produce = |h: &VmHandle| match &h.last_export {
+            Some(v) => Ok(json_text(v)?.into_bytes()),
+            None => Err(FfiError::new(
+                ckpt_status::NotFound,
+                "no export through this VM handle has succeeded yet",
+            )),
+        };
+        let what = "the export JSON";
         // SAFETY: per this function's contract.
-        unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| match &h.last_export {
-                    Some(v) => Ok(json_text(v)?.into_bytes()),
-                    None => Err(FfiError::new(
-                        ckpt_status::NotFound,
-                        "no export through this VM handle has succeeded yet",
-                    )),
-                };
-                let what = "the export JSON";
-                snapshot_string(h, ("export", 0, 0), what, produce, buf, len, out_len)
-            })
-        }
+        unsafe { vm_string(vm, ("export", 0, 0), what, produce, buf, len, out_len) }
     })
 }

@@ -25,6 +25,12 @@ pub type ckpt_thaw_fn = Option<unsafe extern "C" fn(user: *mut c_void)>;
 pub type ckpt_save_memory_fn =
     Option<unsafe extern "C" fn(writer: *mut ckpt_writer, user: *mut c_void) -> c_int>;
 
+/// The `resume` hook: let the guest run again after `save_memory` paused it
+/// to write its state. Called once the disks are checkpointed (also when
+/// taking the checkpoint failed) whenever `save_memory` was called,
+/// whatever it returned.
+pub type ckpt_resume_fn = Option<unsafe extern "C" fn(user: *mut c_void)>;
+
 /// What the hypervisor does for the library during checkpoint operations
 /// (a versioned struct: set `struct_size` to `sizeof(ckpt_hooks)`, the rest
 /// to 0/NULL, then set the callbacks you have). Every callback may be NULL;
@@ -33,6 +39,10 @@ pub type ckpt_save_memory_fn =
 /// Without `quiesce`, quiescing fails (production checkpoints fall back to
 /// standard); without `save_memory`, standard checkpoints hold no memory
 /// state; without `progress`, nothing is reported and nothing cancels.
+///
+/// `resume` came after the first version of the struct: a caller built
+/// with an older header passes the smaller `struct_size` of that version
+/// (48 bytes on 64-bit targets) and has no `resume`.
 ///
 /// Every callback gets `user` as its last argument, runs on the calling
 /// thread inside the library call, and must return normally: never
@@ -57,7 +67,15 @@ pub struct ckpt_hooks {
     pub progress: ckpt_progress_fn,
     /// Passed to every callback.
     pub user: *mut c_void,
+    /// Let the guest run again after `save_memory`; NULL: nothing to do.
+    /// (Added after the first version of the struct.)
+    pub resume: ckpt_resume_fn,
 }
+
+/// `sizeof(ckpt_hooks)` of the first version, without `resume`.
+const HOOKS_FIRST_SIZE: usize = std::mem::offset_of!(ckpt_hooks, resume);
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(HOOKS_FIRST_SIZE == 48);
 
 /// The stream a `save_memory` hook writes the memory state into (opaque;
 /// only valid during that callback).
@@ -126,6 +144,15 @@ impl Hooks for CHooks {
         }
     }
 
+    fn resume(&mut self) {
+        if let Some(h) = &self.0 {
+            if let Some(f) = h.resume {
+                // SAFETY: as in `quiesce`.
+                unsafe { f(h.user) }
+            }
+        }
+    }
+
     fn progress(&mut self, done: u64, total: u64) -> bool {
         match &self.0 {
             Some(h) => CProgress {
@@ -140,11 +167,12 @@ impl Hooks for CHooks {
 
 /// # Safety
 ///
-/// As for [`read_versioned`].
+/// As for [`read_versioned`]; an old caller's `struct_size` may be that of
+/// the first version (without `resume`).
 pub(super) unsafe fn hooks_of(p: *const ckpt_hooks) -> FfiResult<CHooks> {
     // SAFETY: forwarded; every bit pattern of pointers and optional
-    // function pointers is valid.
-    let h = unsafe { read_versioned(p, "hooks", "ckpt_hooks")? };
+    // function pointers is valid, all-zero ones included.
+    let h = unsafe { read_versioned_since(p, HOOKS_FIRST_SIZE, "hooks", "ckpt_hooks")? };
     if let Some(h) = &h {
         if h.reserved != 0 {
             return Err(FfiError::invalid("hooks->reserved must be 0"));

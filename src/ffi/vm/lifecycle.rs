@@ -160,12 +160,18 @@ pub unsafe extern "C" fn ckpt_vm_get_name(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_get_name", {
+        let produce = |h: &VmHandle| Ok(h.vm.data().config.name.as_bytes().to_vec());
         // SAFETY: per this function's contract.
         unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| Ok(h.vm.data().config.name.as_bytes().to_vec());
-                snapshot_string(h, ("name", 0, 0), "the VM name", produce, buf, len, out_len)
-            })
+            vm_string(
+                vm,
+                ("name", 0, 0),
+                "the VM name",
+                produce,
+                buf,
+                len,
+                out_len,
+            )
         }
     })
 }
@@ -188,20 +194,18 @@ pub unsafe extern "C" fn ckpt_vm_get_dir(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_get_dir", {
+        let produce = |h: &VmHandle| Ok(path_bytes(h.vm.dir()).to_vec());
         // SAFETY: per this function's contract.
         unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| Ok(path_bytes(h.vm.dir()).to_vec());
-                snapshot_string(
-                    h,
-                    ("dir", 0, 0),
-                    "the VM folder",
-                    produce,
-                    buf,
-                    len,
-                    out_len,
-                )
-            })
+            vm_string(
+                vm,
+                ("dir", 0, 0),
+                "the VM folder",
+                produce,
+                buf,
+                len,
+                out_len,
+            )
         }
     })
 }
@@ -229,22 +233,18 @@ pub unsafe extern "C" fn ckpt_vm_current_disk_path(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_current_disk_path", {
+        let produce = |h: &VmHandle| {
+            let disks = &h.vm.data().current.disks;
+            let p = disks.get(index).ok_or_else(|| {
+                FfiError::invalid(format!(
+                    "disk index {index}: the VM has {} disks",
+                    disks.len()
+                ))
+            })?;
+            Ok(path_bytes(p).to_vec())
+        };
+        let key = ("current_disk_path", index, 0);
         // SAFETY: per this function's contract.
-        unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| {
-                    let disks = &h.vm.data().current.disks;
-                    let p = disks.get(index).ok_or_else(|| {
-                        FfiError::invalid(format!(
-                            "disk index {index}: the VM has {} disks",
-                            disks.len()
-                        ))
-                    })?;
-                    Ok(path_bytes(p).to_vec())
-                };
-                let key = ("current_disk_path", index, 0);
-                snapshot_string(h, key, "the disk path", produce, buf, len, out_len)
-            })
-        }
+        unsafe { vm_string(vm, key, "the disk path", produce, buf, len, out_len) }
     })
 }

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use super::chain::{ckpt_progress_fn, CProgress};
 use super::{
     c_name, c_path, c_path_opt, c_str, ckpt_status, ffi_boundary, non_null, out_ptr, path_bytes,
-    read_versioned, write_string, write_versioned, FfiError, FfiResult,
+    read_versioned, read_versioned_since, write_measured, write_versioned, FfiError, FfiResult,
 };
 use crate::checkpoint::json::{checkpoints_json, export_json, vm_json};
 use crate::checkpoint::{
@@ -87,17 +87,15 @@ pub(super) struct VmHandle {
 /// A string getter and its index arguments.
 pub(super) type SnapshotKey = (&'static str, usize, usize);
 
-/// The size-then-fill contract of every string getter of a VM handle: the
-/// text `produce` makes, unless a call that found the buffer too small
-/// measured one for `key`; that text is kept for the next call instead of
-/// being measured again, so that the length it reported always suffices
-/// (the ages in the checkpoint list tick between the two calls).
+/// The string getters of a VM handle: [`write_measured`] on the handle
+/// of `vm`, its texts kept in [`VmHandle::snapshots`] (see [`look`] for
+/// the handle).
 ///
 /// # Safety
 ///
-/// As for [`write_string`].
-pub(super) unsafe fn snapshot_string(
-    h: &mut VmHandle,
+/// As for [`look`] and [`write_string`](super::write_string).
+pub(super) unsafe fn vm_string(
+    vm: *const ckpt_vm,
     key: SnapshotKey,
     what: &str,
     produce: impl FnOnce(&VmHandle) -> FfiResult<Vec<u8>>,
@@ -105,16 +103,16 @@ pub(super) unsafe fn snapshot_string(
     len: usize,
     out_len: *mut usize,
 ) -> FfiResult {
-    let bytes = match h.snapshots.remove(&key) {
-        Some(b) => b,
-        None => produce(h)?,
-    };
     // SAFETY: forwarded from the caller.
-    let r = unsafe { write_string(&bytes, buf, len, out_len, what) };
-    if matches!(&r, Err(e) if e.status == ckpt_status::BufferTooSmall) {
-        h.snapshots.insert(key, bytes);
+    unsafe {
+        look(vm, |h| {
+            write_measured(h, kept_texts, key, what, produce, buf, len, out_len)
+        })
     }
-    r
+}
+
+fn kept_texts(h: &mut VmHandle) -> &mut HashMap<SnapshotKey, Vec<u8>> {
+    &mut h.snapshots
 }
 
 pub(super) fn new_handle(mut vm: Vm) -> *mut ckpt_vm {

@@ -32,6 +32,7 @@ fn hooks(user: &mut (usize, ckpt_status)) -> CHooks {
         save_memory: Some(writes_then_says_ok),
         progress: None,
         user: (user as *mut (usize, ckpt_status)).cast(),
+        resume: None,
     }))
 }
 

@@ -246,4 +246,4 @@ const _: () = assert!(size_of::<ckpt_checkpoint_info>() == 72);
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<ckpt_vm_spec>() == 88);
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(size_of::<ckpt_hooks>() == 48);
+const _: () = assert!(size_of::<ckpt_hooks>() == 56);

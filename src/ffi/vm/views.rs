@@ -35,12 +35,18 @@ pub unsafe extern "C" fn ckpt_vm_show_json(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_show_json", {
+        let produce = |h: &VmHandle| Ok(json_text(&vm_json(h.vm.data()))?.into_bytes());
         // SAFETY: per this function's contract.
         unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| Ok(json_text(&vm_json(h.vm.data()))?.into_bytes());
-                snapshot_string(h, ("show", 0, 0), "the VM JSON", produce, buf, len, out_len)
-            })
+            vm_string(
+                vm,
+                ("show", 0, 0),
+                "the VM JSON",
+                produce,
+                buf,
+                len,
+                out_len,
+            )
         }
     })
 }
@@ -77,15 +83,10 @@ pub unsafe extern "C" fn ckpt_vm_checkpoints_json(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_checkpoints_json", {
+        let produce = |h: &VmHandle| Ok(json_text(&checkpoints_json(h.vm.data())?)?.into_bytes());
+        let what = "the checkpoints JSON";
         // SAFETY: per this function's contract.
-        unsafe {
-            look(vm, |h| {
-                let produce =
-                    |h: &VmHandle| Ok(json_text(&checkpoints_json(h.vm.data())?)?.into_bytes());
-                let what = "the checkpoints JSON";
-                snapshot_string(h, ("checkpoints", 0, 0), what, produce, buf, len, out_len)
-            })
-        }
+        unsafe { vm_string(vm, ("checkpoints", 0, 0), what, produce, buf, len, out_len) }
     })
 }
 
@@ -118,17 +119,13 @@ pub unsafe extern "C" fn ckpt_vm_warnings_json(
     out_len: *mut usize,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_warnings_json", {
+        let produce = |h: &VmHandle| {
+            let v = serde_json::json!({ "warnings": h.warnings });
+            Ok(json_text(&v)?.into_bytes())
+        };
+        let what = "the warnings JSON";
         // SAFETY: per this function's contract.
-        unsafe {
-            look(vm, |h| {
-                let produce = |h: &VmHandle| {
-                    let v = serde_json::json!({ "warnings": h.warnings });
-                    Ok(json_text(&v)?.into_bytes())
-                };
-                let what = "the warnings JSON";
-                snapshot_string(h, ("warnings", 0, 0), what, produce, buf, len, out_len)
-            })
-        }
+        unsafe { vm_string(vm, ("warnings", 0, 0), what, produce, buf, len, out_len) }
     })
 }
 
@@ -284,11 +281,7 @@ pub(super) unsafe fn checkpoint_string(
         })
     };
     // SAFETY: forwarded from the caller.
-    unsafe {
-        look(vm, |h| {
-            snapshot_string(h, key, what, produce, buf, len, out_len)
-        })
-    }
+    unsafe { vm_string(vm, key, what, produce, buf, len, out_len) }
 }
 
 /// Copy the name of checkpoint `index` into `buf` (a string getter, as

@@ -6,6 +6,23 @@
 //! check), `io_cmds.rs` (read, write, bench), `chain.rs` (merge, changes,
 //! reparent, a differencing child), `vm.rs` and `checkpoint.rs`.
 //!
+//! File by file: `mod.rs` the clap definitions, dispatch, the exit status
+//! and the one-line errors, the progress bar; `create.rs` `create` and
+//! `convert`; `info.rs` `info` (text and JSON) and `check`; `io_cmds.rs`
+//! `read`, `write` and `bench`'s argument handling, with the benchmark
+//! loop in `bench.rs`; `chain.rs` `merge`, `changes`, `reparent`, child
+//! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
+//! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
+//! `ckpt checkpoint …` and its quiesce/thaw commands; `size.rs` SIZE
+//! parsing and human-readable sizes.
+//!
+//! Dependencies: only the public API of the `ckpt` library crate (its
+//! `Disk`, `disk::…`, `checkpoint::…` and `Error`), clap and the standard
+//! library. Never the C ABI (`ckpt::ffi`) and never the library's
+//! internals: what a command needs and the library lacks goes into the
+//! library first, so the CLI stays a thin shell with no format or
+//! checkpoint logic of its own.
+//!
 //! Exit status: 0 on success, 1 on any error (including usage errors), with
 //! one `error: …` line on stderr (`check` prints one per problem).
 

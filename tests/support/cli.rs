@@ -1,20 +1,17 @@
 //! Driving the `ckpt` command-line tool from the CLI tests (tests/cli.rs,
 //! tests/cli_chain.rs, tests/cli_vm.rs): running it, the two outcomes a
 //! script relies on (exit 0 with nothing on stderr; exit 1 with exactly one
-//! `error: ` line), its JSON output, and the external readers the CLI
-//! tests judge its files with (QEMU, libvhdi).
+//! `error: ` line) and its JSON output. The external readers the CLI tests
+//! judge its files with (QEMU, libvhdi) are in [`super::oracle`].
 //!
 //! Declared only with the `cli` feature (the binary needs it), so that test
-//! files built without it still compile `mod common;`.
+//! files built without it still compile `mod support;`.
 
 #![allow(dead_code)]
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-/// The Python interpreter that has `pyvhdi` (Debian's `python3-libvhdi`).
-pub const PYTHON: &str = "/usr/bin/python3";
 
 /// A `Command` for the `ckpt` binary of this build.
 pub fn ckpt() -> Command {
@@ -166,72 +163,4 @@ pub fn json(args: &[&str]) -> serde_json::Value {
 #[track_caller]
 pub fn info_json(path: &Path) -> serde_json::Value {
     json(&["info", s(path), "--json"])
-}
-
-/// Deterministic bytes of which none is zero (so a write of them always
-/// allocates and always differs from an empty disk).
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e37_79b9u32 ^ (seed as u32 * 0x0101_0101);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as u8 | 1
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------- oracles
-
-/// Whether `tool args…` runs and succeeds. Otherwise a notice (a panic
-/// under `CI=true`, see [`super::missing`]) and `false`.
-pub fn have(tool: &str, args: &[&str]) -> bool {
-    let found = Command::new(tool)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        super::missing(&format!("a working `{tool} {}`", args.join(" ")));
-    }
-    found
-}
-
-/// Whether `qemu-img` and `qemu-io` work (see [`have`]).
-pub fn have_qemu() -> bool {
-    have("qemu-img", &["--version"]) && have("qemu-io", &["--version"])
-}
-
-/// Whether libvhdi's Python binding works (see [`have`]).
-pub fn have_pyvhdi() -> bool {
-    have(PYTHON, &["-c", "import pyvhdi"])
-}
-
-/// Run the Python program `script` with `args` (with `pyvhdi` at hand),
-/// asserting success; returns its standard output.
-pub fn python(script: &str, args: &[&str]) -> Vec<u8> {
-    let o = Command::new(PYTHON)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3");
-    assert!(
-        o.status.success(),
-        "python3 {args:?} failed: {}",
-        stderr(&o)
-    );
-    o.stdout
-}
-
-/// QEMU reads the VHDX `vhdx` as exactly `model` (compared with a raw copy
-/// of the model written into `dir`, then removed).
-pub fn qemu_reads(vhdx: &Path, model: &[u8], dir: &Path) {
-    let name = vhdx.file_name().expect("a file name").to_string_lossy();
-    let raw = dir.join(format!("{name}.model.raw"));
-    std::fs::write(&raw, model).expect("write the raw model");
-    super::qemu_compare_raw(vhdx, &raw);
-    std::fs::remove_file(&raw).expect("remove the raw model");
 }
