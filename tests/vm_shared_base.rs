@@ -347,7 +347,7 @@ fn tree_bytes(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn vm_create_refuses_a_disk_that_differencing_disks_depend_on() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let base = t.path().join("disks/base.vhdx");
     make_disk(&base, 0x11);
     // A hand-made child next to it: writing the base would corrupt it.
@@ -375,7 +375,7 @@ fn vm_create_refuses_a_disk_that_differencing_disks_depend_on() {
 
 #[test]
 fn vm_create_refuses_a_disk_whose_stamp_names_an_unreadable_vm_file() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let base = t.path().join("base.vhdx");
     make_disk(&base, 0x11);
     let vm1 = t.path().join("vm1");
@@ -393,7 +393,7 @@ fn vm_create_refuses_a_disk_whose_stamp_names_an_unreadable_vm_file() {
 
 #[test]
 fn a_delete_is_refused_when_a_disk_in_a_scanned_folder_cannot_be_read() {
-    let t = common::tempdir();
+    let t = support::tempdir();
     let base = t.path().join("d/base.vhdx");
     make_disk(&base, 0x11);
     let dir = t.path().join("vm");
