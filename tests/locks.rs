@@ -367,7 +367,7 @@ fn handles_in_one_process_follow_the_same_rules_and_say_so() {
 
     // The VM lock says the same.
     let vmdir = dir.path().join("vm");
-    let vm = Vm::create(&vmdir, &VmSpec::new("v", vec![base.clone()])).expect("create VM");
+    let vm = Vm::create(&vmdir, &VmSpec::new("v", vec![top.clone()])).expect("create VM");
     let e = Vm::open(&vmdir).expect_err("a second handle on the VM");
     assert!(
         matches!(&e, Error::Busy(m) if m.contains("by another handle in this process")),
@@ -639,4 +639,20 @@ mod tool {
         holder.stop();
         ok(&["create", s(&new), "--parent", s(&top)]);
     }
+}
+
+#[test]
+fn a_child_held_by_another_process_is_still_seen_as_a_child() {
+    // The scan for children looks at a file another process writes without
+    // its lock: a VM is refused on a disk whose child is in use elsewhere
+    // (it would corrupt it), not for the holder's lock on that child.
+    let dir = support::tempdir();
+    let [_base, mid, top] = make_chain(dir.path());
+    let holder = Holder::start("rw", &top);
+    let e = Vm::create(&dir.path().join("vm"), &VmSpec::new("v", vec![mid.clone()]))
+        .expect_err("a VM on a disk with a child");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("top.avhdx"), "{e}");
+    assert!(!dir.path().join("vm").exists(), "nothing was made");
+    holder.stop();
 }

@@ -185,15 +185,19 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         // A file that cannot be read may be a child: an error, never "none".
-        // Except one held by a writer while `want` is free: a writer of a
-        // child holds its parents too, so that file is not `want`'s child.
+        // One held by a writer is looked at without its lock (its parent
+        // locator does not change while it is written); if even that
+        // fails, the writer's refusal stands.
         let f = match open_single(&p, false) {
             Ok(f) => f,
-            Err(e)
-                if e.kind() == crate::ErrorKind::Busy
-                    && crate::disk::check_not_in_use(want).is_ok() =>
-            {
-                continue
+            Err(e) if e.kind() == crate::ErrorKind::Busy => {
+                match crate::io::FileStorage::peek(&p)
+                    .map_err(Error::from)
+                    .and_then(|s| Vhdx::open(Arc::new(s), true))
+                {
+                    Ok(f) => f,
+                    Err(_) => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         };

@@ -18,8 +18,9 @@ use super::{faults, lock_file, read_only_error, write_zeros, Cut, FileLock, Lock
 pub struct FileStorage {
     file: File,
     writable: bool,
-    /// Dropped after `file` (whose closing releases the lock).
-    _lock: FileLock,
+    /// Dropped after `file` (whose closing releases the lock); `None` only
+    /// for a [`FileStorage::peek`].
+    _lock: Option<FileLock>,
 }
 
 impl FileStorage {
@@ -39,7 +40,21 @@ impl FileStorage {
         Ok(FileStorage {
             file,
             writable,
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Open an existing file read-only **without** locking it, to look at a
+    /// file another process holds (e.g. which parent a held differencing
+    /// disk names). What it reads may be mid-update: callers use it only
+    /// for facts that do not change while a file is written (the parent
+    /// locator), and treat a failure as "cannot tell".
+    pub(crate) fn peek(path: &Path) -> io::Result<FileStorage> {
+        let file = OpenOptions::new().read(true).open(path)?;
+        Ok(FileStorage {
+            file,
+            writable: false,
+            _lock: None,
         })
     }
 
@@ -62,7 +77,7 @@ impl FileStorage {
         Ok(FileStorage {
             file,
             writable: true,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 }
