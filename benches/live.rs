@@ -190,6 +190,14 @@ fn merge_chain(sub: &Path, tag: &str, bytes: u64) -> (std::path::PathBuf, std::p
     (mid, top)
 }
 
+/// Remove the chains of [`merge_chain`] in `sub` (each measurement starts
+/// with a file system as empty as the last one's).
+fn clean(sub: &Path) {
+    for e in std::fs::read_dir(sub).unwrap() {
+        let _ = std::fs::remove_file(e.unwrap().path());
+    }
+}
+
 /// A writer thread's 4 KiB random writes on `live` until `stop`: how many.
 fn writer(live: &Arc<LiveDisk>, stop: &Arc<AtomicBool>) -> thread::JoinHandle<u64> {
     let (live, stop) = (live.clone(), stop.clone());
@@ -212,6 +220,16 @@ fn live_merge(dir: &Path, bytes: u64, quiet: Duration) {
     let _ = std::fs::remove_dir_all(&sub);
     std::fs::create_dir_all(&sub).unwrap();
 
+    // The live merge with an idle guest (what the merge itself costs).
+    let (_mid, top) = merge_chain(&sub, "idle", bytes);
+    let live = LiveDisk::new(Disk::open(&top, ckpt::OpenMode::ReadWrite).unwrap());
+    let t = Instant::now();
+    let r = live.merge_down(1, LiveMergeOptions::default()).unwrap();
+    let idle = t.elapsed();
+    std::fs::remove_file(&r.merged).unwrap();
+    live.close().unwrap();
+    clean(&sub);
+
     let (mid, top) = merge_chain(&sub, "offline", bytes);
     let t = Instant::now();
     merge::merge(
@@ -223,6 +241,7 @@ fn live_merge(dir: &Path, bytes: u64, quiet: Duration) {
     )
     .unwrap();
     let offline = t.elapsed();
+    clean(&sub);
 
     let (_mid, top) = merge_chain(&sub, "live", bytes);
     let live = Arc::new(LiveDisk::new(
@@ -245,7 +264,8 @@ fn live_merge(dir: &Path, bytes: u64, quiet: Duration) {
     Arc::try_unwrap(live).unwrap().close().unwrap();
     println!(
         "{}: live merge of {} MiB: guest 4 KiB writes {:.0}/s during it vs {:.0}/s without \
-         ({:.0}%, goal >= 50%); live merge {:.2} s vs offline {:.2} s ({:.2}x, goal <= 1.5x)",
+         ({:.0}%, goal >= 50%); live merge {:.2} s vs offline {:.2} s ({:.2}x, goal <= 1.5x; \
+         {:.2} s with an idle guest)",
         dir.display(),
         bytes >> 20,
         merging,
@@ -254,6 +274,7 @@ fn live_merge(dir: &Path, bytes: u64, quiet: Duration) {
         during.as_secs_f64(),
         offline.as_secs_f64(),
         during.as_secs_f64() / offline.as_secs_f64(),
+        idle.as_secs_f64(),
     );
     let _ = std::fs::remove_dir_all(&sub);
 }
