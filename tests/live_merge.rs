@@ -768,3 +768,60 @@ fn a_crash_anywhere_leaves_the_old_or_the_new_chain_with_every_flushed_write() {
 fn a_torn_write_anywhere_leaves_the_old_or_the_new_chain() {
     crash_everywhere(Cut::Torn);
 }
+
+/// A switch to a new child while the merge copies (the disk's first
+/// checkpoint is taken during the delete of another): the merge finds its
+/// layers one level lower and re-links the old top, now frozen, beside its
+/// live handle.
+#[test]
+fn a_switch_during_the_copy_is_followed() {
+    let dir = support::tempdir();
+    let s = Setup::build(dir.path(), 3, 32 * MIB, 256);
+    let top = dir.path().join("top.avhdx");
+    Disk::create_child(&top, &s.files[2], &top_opts())
+        .unwrap()
+        .close()
+        .unwrap();
+    let live = Arc::new(LiveDisk::new(
+        Disk::open(&top, OpenMode::ReadWrite).unwrap(),
+    ));
+    let load = Load::start(&live, &s, 2, 16);
+    let newer = dir.path().join("newer.avhdx");
+    let mut pushed = false;
+    let mut f = |_: u64, _: u64| {
+        if !pushed {
+            live.push_child(&newer, &top_opts()).unwrap();
+            pushed = true;
+        }
+        true
+    };
+    let r = live
+        .merge_down(
+            1,
+            LiveMergeOptions {
+                progress: Some(&mut f),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(pushed);
+    assert_eq!(r.merged, s.files[2]);
+    assert_eq!(r.relinked, top);
+    let log = load.finish();
+    assert_eq!(log.error, None);
+    let chain: Vec<PathBuf> = live.chain().into_iter().map(Option::unwrap).collect();
+    assert_eq!(chain.len(), 4);
+    assert_eq!(chain[0], newer);
+    assert_eq!(chain[1], top);
+    let want = model(&s, &log);
+    assert_eq!(s.units_of(|b, o| live.read_at(b, o).unwrap(), "live"), want);
+    Arc::try_unwrap(live).unwrap().close().unwrap();
+    std::fs::remove_file(&r.merged).unwrap();
+    assert_eq!(s.read_units(&newer), want);
+    assert_eq!(s.read_units(&s.files[1]), s.frozen);
+    support::assert_ckpt_check(&newer);
+    if support::have_pyvhdi() {
+        let base_first = [s.files[0].clone(), s.files[1].clone(), top, newer];
+        assert_eq!(vhdi_seqs(&s, &base_first), vhdi_comparable(&s, &want));
+    }
+}

@@ -76,7 +76,10 @@
 //! new one (after it), reading the same; guest writes go to the top, which
 //! the merge changes only through one atomic log entry of its own (the
 //! re-link), so every write the guest had flushed is there. After a crash
-//! in the old chain, the same merge run again (live or offline) finishes.
+//! in the old chain, the same live merge run again on the reopened chain
+//! finishes (`tests/live_merge.rs` cuts at every write, flush and torn
+//! write of the merging thread). After a crash in the new chain, the
+//! merged file is left for the caller to remove.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
