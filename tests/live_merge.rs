@@ -659,10 +659,15 @@ fn a_second_merge_or_a_bad_layer_is_refused_and_changes_nothing() {
 }
 
 /// A crash cut at every write, flush and remove point of the merging thread
-/// of a live merge of layer 1 of [top, layer2, layer1, base] while a writer
+/// of a live merge of layer `k` of [top, layer2, layer1, base] (1: layer2
+/// into layer1, re-linking the writable top; 2: layer1 into the base,
+/// re-linking the frozen layer2 beside its live handle) while a writer
 /// writes and flushes: the files open as the old chain or the new one, with
-/// every flushed write, the base untouched; the merge run again finishes.
-fn crash_everywhere(cut: Cut) {
+/// every flushed write, the layers below the destination untouched; the
+/// merge run again finishes.
+fn crash_everywhere(k: usize, cut: Cut) {
+    // Setup::build's files base first: the merged layer and the destination.
+    let (merged, dest) = (3 - k, 2 - k);
     // Events of a whole run (the re-link flushes the top, whose pending
     // guest writes vary: the count is a bound, not exact).
     let dir = support::tempdir();
@@ -674,7 +679,7 @@ fn crash_everywhere(cut: Cut) {
         .unwrap();
     let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
     faults::arm(u64::MAX, cut);
-    live.merge_down(1, LiveMergeOptions::default()).unwrap();
+    live.merge_down(k, LiveMergeOptions::default()).unwrap();
     let events = faults::disarm();
     live.close().unwrap();
     assert!(events > 10, "{events} events");
@@ -695,7 +700,7 @@ fn crash_everywhere(cut: Cut) {
         let load = Load::start(&live, &s, 1, 4);
         thread::sleep(Duration::from_millis(1));
         faults::arm(n, cut);
-        let r = live.merge_down(1, LiveMergeOptions::default());
+        let r = live.merge_down(k, LiveMergeOptions::default());
         let seen = faults::disarm();
         assert!(
             seen <= n || r.is_err(),
@@ -730,28 +735,32 @@ fn crash_everywhere(cut: Cut) {
                 }
             }
         }
-        assert_eq!(
-            file_hash(&s.files[0]),
-            base_hash,
-            "cut at {n}: the base changed"
-        );
+        if dest > 0 {
+            assert_eq!(
+                file_hash(&s.files[0]),
+                base_hash,
+                "cut at {n}: the base changed"
+            );
+        }
         // Finish: the same merge again on a reopened live disk (old chain),
         // then the caller removes the merged file.
         let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
         if depth == 4 {
-            live.merge_down(1, LiveMergeOptions::default())
+            live.merge_down(k, LiveMergeOptions::default())
                 .unwrap_or_else(|e| panic!("cut at {n}: the merge run again: {e}"));
         }
         live.close().unwrap();
-        if s.files[2].exists() {
-            std::fs::remove_file(&s.files[2]).unwrap();
+        if s.files[merged].exists() {
+            std::fs::remove_file(&s.files[merged]).unwrap();
         }
         assert_eq!(
             s.read_units(&top),
             got,
             "cut at {n}: finishing changed the content"
         );
-        assert_eq!(s.read_units(&s.files[1]), s.frozen, "cut at {n}");
+        // The frozen state through the layer just above the destination.
+        let above = if k == 1 { dest } else { merged + 1 };
+        assert_eq!(s.read_units(&s.files[above]), s.frozen, "cut at {n}");
         if n % 8 == 0 {
             support::assert_ckpt_check(&top);
         }
@@ -761,12 +770,17 @@ fn crash_everywhere(cut: Cut) {
 
 #[test]
 fn a_crash_anywhere_leaves_the_old_or_the_new_chain_with_every_flushed_write() {
-    crash_everywhere(Cut::Clean);
+    crash_everywhere(1, Cut::Clean);
+}
+
+#[test]
+fn a_crash_anywhere_in_a_merge_of_a_middle_layer_leaves_the_old_or_the_new_chain() {
+    crash_everywhere(2, Cut::Clean);
 }
 
 #[test]
 fn a_torn_write_anywhere_leaves_the_old_or_the_new_chain() {
-    crash_everywhere(Cut::Torn);
+    crash_everywhere(1, Cut::Torn);
 }
 
 /// A switch to a new child while the merge copies (the disk's first
