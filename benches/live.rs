@@ -1,6 +1,11 @@
 //! Live disks: what the gate costs a 4 KiB write or read against a plain
 //! [`Disk`], and the pause a writer sees while its disks switch to new
-//! children (1 and 4 disks of 4 GiB virtual size, in /tmp and /dev/shm).
+//! children (1 and 4 disks of 4 GiB virtual size, in /tmp and /dev/shm),
+//! and a live merge: a guest's 4 KiB random-write throughput while layer 1
+//! (`CKPT_BENCH_MERGE_MIB` MiB of changes, default 256; 1024 for the 1 GiB
+//! of issue 11) is merged under it, as a fraction of its throughput without
+//! a merge, and the live merge's duration against the offline merge of the
+//! same data.
 //!
 //! A plain harness (`cargo bench --bench live`); prints its numbers.
 //! `CKPT_BENCH_DIRS` (colon-separated) replaces the folders tried.
@@ -11,7 +16,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ckpt::disk::live::{pause_all, NewChild};
+use ckpt::disk::live::{pause_all, LiveMergeOptions, NewChild};
+use ckpt::disk::merge::{self, MergeOptions};
 use ckpt::{ChildOptions, CreateOptions, Disk, LiveDisk};
 
 const GIB: u64 = 1 << 30;
@@ -161,6 +167,118 @@ fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64) {
     let _ = std::fs::remove_dir_all(&sub);
 }
 
+/// [base <- mid <- top] in `sub`, `mid` holding `bytes` of changes (1 MiB
+/// writes, one every 2 MiB); `tag` names the files.
+fn merge_chain(sub: &Path, tag: &str, bytes: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = sub.join(format!("base-{tag}.vhdx"));
+    let mid = sub.join(format!("mid-{tag}.avhdx"));
+    let top = sub.join(format!("top-{tag}.avhdx"));
+    Disk::create(&base, &CreateOptions::new(SIZE))
+        .unwrap()
+        .close()
+        .unwrap();
+    let d = Disk::create_child(&mid, &base, &ChildOptions::default()).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    for i in 0..bytes >> 20 {
+        d.write_at(&chunk, (i * 2) << 20).unwrap();
+    }
+    d.close().unwrap();
+    Disk::create_child(&top, &mid, &ChildOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    (mid, top)
+}
+
+/// Remove the chains of [`merge_chain`] in `sub` (each measurement starts
+/// with a file system as empty as the last one's).
+fn clean(sub: &Path) {
+    for e in std::fs::read_dir(sub).unwrap() {
+        let _ = std::fs::remove_file(e.unwrap().path());
+    }
+}
+
+/// A writer thread's 4 KiB random writes on `live` until `stop`: how many.
+fn writer(live: &Arc<LiveDisk>, stop: &Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+    let (live, stop) = (live.clone(), stop.clone());
+    thread::spawn(move || {
+        let buf = vec![0x3cu8; IO];
+        let mut x = 11u64;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            live.write_at(&buf, next(&mut x)).unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Guest throughput during a live merge of `bytes` of changes against
+/// without one, and the live merge's duration against the offline one.
+fn live_merge(dir: &Path, bytes: u64, quiet: Duration) {
+    let sub = dir.join(format!("ckpt-live-merge-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sub);
+    std::fs::create_dir_all(&sub).unwrap();
+
+    // The live merge with an idle guest (what the merge itself costs).
+    let (_mid, top) = merge_chain(&sub, "idle", bytes);
+    let live = LiveDisk::new(Disk::open(&top, ckpt::OpenMode::ReadWrite).unwrap());
+    let t = Instant::now();
+    let r = live.merge_down(1, LiveMergeOptions::default()).unwrap();
+    let idle = t.elapsed();
+    std::fs::remove_file(&r.merged).unwrap();
+    live.close().unwrap();
+    clean(&sub);
+
+    let (mid, top) = merge_chain(&sub, "offline", bytes);
+    let t = Instant::now();
+    merge::merge(
+        &mid,
+        MergeOptions {
+            descendants: Some(vec![top]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let offline = t.elapsed();
+    clean(&sub);
+
+    let (_mid, top) = merge_chain(&sub, "live", bytes);
+    let live = Arc::new(LiveDisk::new(
+        Disk::open(&top, ckpt::OpenMode::ReadWrite).unwrap(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&live, &stop);
+    thread::sleep(quiet);
+    stop.store(true, Ordering::Release);
+    let alone = w.join().unwrap() as f64 / quiet.as_secs_f64();
+
+    stop.store(false, Ordering::Release);
+    let w = writer(&live, &stop);
+    let t = Instant::now();
+    let r = live.merge_down(1, LiveMergeOptions::default()).unwrap();
+    let during = t.elapsed();
+    stop.store(true, Ordering::Release);
+    let merging = w.join().unwrap() as f64 / during.as_secs_f64();
+    std::fs::remove_file(&r.merged).unwrap();
+    Arc::try_unwrap(live).unwrap().close().unwrap();
+    println!(
+        "{}: live merge of {} MiB: guest 4 KiB writes {:.0}/s during it vs {:.0}/s without \
+         ({:.0}%, goal >= 50%); live merge {:.2} s vs offline {:.2} s ({:.2}x, goal <= 1.5x; \
+         {:.2} s with an idle guest)",
+        dir.display(),
+        bytes >> 20,
+        merging,
+        alone,
+        100.0 * merging / alone,
+        during.as_secs_f64(),
+        offline.as_secs_f64(),
+        during.as_secs_f64() / offline.as_secs_f64(),
+        idle.as_secs_f64(),
+    );
+    let _ = std::fs::remove_dir_all(&sub);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
     // of the kind: then only a short smoke run.
@@ -177,12 +295,21 @@ fn main() {
         }
         if !full {
             pause(dir, 1, 1, 0);
+            live_merge(dir, 16 << 20, Duration::from_millis(200));
             continue;
         }
-        overhead(dir);
-        for flush_every in [0, 256] {
-            pause(dir, 1, 10, flush_every);
-            pause(dir, 4, 10, flush_every);
+        // CKPT_BENCH_MERGE_ONLY=1: the live merge alone.
+        if std::env::var_os("CKPT_BENCH_MERGE_ONLY").is_none() {
+            overhead(dir);
+            for flush_every in [0, 256] {
+                pause(dir, 1, 10, flush_every);
+                pause(dir, 4, 10, flush_every);
+            }
         }
+        let mib: u64 = std::env::var("CKPT_BENCH_MERGE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        live_merge(dir, mib << 20, Duration::from_secs(2));
     }
 }

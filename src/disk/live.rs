@@ -74,9 +74,15 @@
 //!
 //! Which chain is "current" after a crash is for the caller (the VM's
 //! journal) to decide; the disk layer guarantees that both open.
+//!
+//! # Live merge
+//!
+//! [`LiveDisk::merge_down`] (in `live/merge.rs`, with its own doc) merges a
+//! frozen layer into the one below it while I/O goes on, and drops it from
+//! the chain in one short pause.
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -86,6 +92,9 @@ use super::vhdx::Vhdx;
 use super::{child_create_options, create_file, ChildOptions, Disk, DiskInfo, Extent, Layer};
 use crate::error::{Error, Result};
 use crate::version::creator;
+
+mod merge;
+pub use merge::{LiveMergeOptions, LiveMergeReport};
 
 /// Most flushes of the top before a pause (see [`LiveDisk::prepare_child`]).
 const PREFLUSHES: usize = 4;
@@ -98,6 +107,8 @@ const QUICK_FLUSH: Duration = Duration::from_millis(2);
 #[derive(Debug)]
 pub struct LiveDisk {
     disk: RwLock<Disk>,
+    /// Held by the live merge running on this handle, if any.
+    merging: Mutex<()>,
 }
 
 /// A new differencing child made ready by [`LiveDisk::prepare_child`],
@@ -169,6 +180,7 @@ impl LiveDisk {
     pub fn new(disk: Disk) -> LiveDisk {
         LiveDisk {
             disk: RwLock::new(disk),
+            merging: Mutex::new(()),
         }
     }
 

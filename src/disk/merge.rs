@@ -38,7 +38,7 @@ pub fn flatten(
 }
 
 /// Open one file of a chain alone (no parents).
-fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
+pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
     let s = open_file(path, writable)?;
     Vhdx::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
 }
@@ -257,7 +257,7 @@ pub fn merge_estimate(child: &Path, into: &Path) -> Result<(u64, u64)> {
 /// reads the same data; running the same merge again finishes it.
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     let plan = plan_merge(child, &mut opts)?;
-    let dest_guid = copy_merged(&plan, &mut opts.progress)?;
+    let dest_guid = copy_merged(&plan, &mut opts.progress, &open_single)?;
     let repointed = repoint(&plan.descendants, &plan.dest, &dest_guid)?;
     let removed = remove_merged(&plan.paths[..plan.k])?;
     Ok(MergeReport {
@@ -268,26 +268,32 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
     })
 }
 
+/// How a merge opens a file of the chain it works on (`path`, writable or
+/// not): [`open_single`] for a merge of files nobody holds, the live
+/// merge's own opener for files its live chain holds (see
+/// [`crate::disk::live`]).
+pub(crate) type Opener<'a> = &'a dyn Fn(&Path, bool) -> Result<Vhdx>;
+
 /// What a merge does, decided before anything changes.
-struct MergePlan {
+pub(crate) struct MergePlan {
     /// The chain of the merged child, top first.
-    paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
     /// The destination's level in `paths` (at least 1).
-    k: usize,
+    pub(crate) k: usize,
     /// The destination (`paths[k]`).
-    dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// What the layers above the destination change.
-    ranges: Vec<Range>,
+    pub(crate) ranges: Vec<Range>,
     /// Their total length in bytes.
-    total: u64,
+    pub(crate) total: u64,
     /// The disks to re-point at the destination.
-    descendants: Vec<PathBuf>,
+    pub(crate) descendants: Vec<PathBuf>,
 }
 
 /// Step 1, plan: what merges into what, the refusals (nothing to merge
 /// into, a merge into itself, too little space, siblings it would break)
 /// and the ranges to copy. Changes nothing.
-fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergePlan> {
+pub(crate) fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergePlan> {
     let view = Disk::open(child, OpenMode::ReadOnly)?;
     if view.depth() < 2 {
         return Err(Error::InvalidArgument(format!(
@@ -355,21 +361,26 @@ fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergePlan> {
 /// Step 2, copy: the layers above the destination into it, through a chain
 /// whose bottom is the live, writable destination; then the destination
 /// takes the child's virtual-disk items and is closed. Returns the
-/// destination's new DataWriteGuid.
-fn copy_merged(plan: &MergePlan, progress: &mut Option<Progress>) -> Result<uuid::Uuid> {
+/// destination's new DataWriteGuid. The destination and the layers above it
+/// are opened with `open`.
+pub(crate) fn copy_merged(
+    plan: &MergePlan,
+    progress: &mut Option<Progress>,
+    open: Opener,
+) -> Result<uuid::Uuid> {
     let (paths, k, dest) = (&plan.paths, plan.k, &plan.dest);
     // The destination is locked (opened for writing) before anything
     // changes and stays so to the end: a merge into a file another handle
     // or process has open fails here, with nothing written.
-    let dest_file = open_single(dest, true)?;
-    let new_guid = announce_new_guid(&paths[k - 1], &dest_file)?;
+    let dest_file = open(dest, true)?;
+    let new_guid = announce_new_guid(&paths[k - 1], &dest_file, open)?;
 
     dest_file.set_next_data_write_guid(new_guid);
     let mut layers = Vec::new();
     for p in &paths[..k] {
         layers.push(Layer {
             path: Some(p.clone()),
-            file: open_single(p, false)?,
+            file: open(p, false)?,
         });
     }
     layers.push(Layer {
@@ -414,8 +425,8 @@ fn copy_merged(plan: &MergePlan, progress: &mut Option<Progress>) -> Result<uuid
 /// destination's new DataWriteGuid (its parent_linkage2), so that the chain
 /// reads the same at every point of the merge. Returns that GUID (the one
 /// an interrupted run of this merge already chose, if any).
-fn announce_new_guid(above: &Path, dest_file: &Vhdx) -> Result<uuid::Uuid> {
-    let a = open_single(above, true)?;
+fn announce_new_guid(above: &Path, dest_file: &Vhdx, open: Opener) -> Result<uuid::Uuid> {
+    let a = open(above, true)?;
     let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
     let current = dest_file.header().data_write_guid;
     let pending = loc

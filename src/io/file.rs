@@ -18,8 +18,8 @@ use super::{faults, lock_file, read_only_error, write_zeros, Cut, FileLock, Lock
 pub struct FileStorage {
     file: File,
     writable: bool,
-    /// Dropped after `file` (whose closing releases the lock); `None` only
-    /// for a [`FileStorage::peek`].
+    /// Dropped after `file` (whose closing releases the lock). `None` only
+    /// for [`FileStorage::peek`] and [`FileStorage::open_beside`].
     _lock: Option<FileLock>,
 }
 
@@ -54,6 +54,35 @@ impl FileStorage {
         Ok(FileStorage {
             file,
             writable: false,
+            _lock: None,
+        })
+    }
+
+    /// Open `path` for writing without a lock of its own, beside the open
+    /// description `held` of the same file, on which the caller holds the
+    /// exclusive lock (taken with `exclusive_lock`) for as long as this
+    /// storage lives. The one way through the locks for a live merge, which
+    /// must change files its own live chain keeps open read-only; the file
+    /// behind `path` must be the one `held` has open, else nothing is opened.
+    pub(crate) fn open_beside(
+        path: &Path,
+        held: std::os::unix::io::RawFd,
+    ) -> io::Result<FileStorage> {
+        use std::os::unix::fs::MetadataExt;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let meta = file.metadata()?;
+        if platform::fd_identity(held)? != (meta.dev(), meta.ino()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is no longer the file the live chain has open",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(FileStorage {
+            file,
+            writable: true,
             _lock: None,
         })
     }

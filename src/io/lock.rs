@@ -207,6 +207,37 @@ pub(crate) fn share_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
     super::platform::flock_fd(fd, FlockOp::Shared)
 }
 
+/// Turn the shared lock held on the open file description `fd` into an
+/// exclusive one, for a live merge that must change a file its own chain
+/// holds read-only (see [`super::FileStorage::open_beside`]). Refused (kind
+/// `WouldBlock`, carrying a [`LockConflict`]) when anyone else holds the
+/// file, even read-only; the shared lock is then taken again (`flock` may
+/// drop it while it converts).
+pub(crate) fn exclusive_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    match super::platform::flock_fd(fd, FlockOp::Exclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if !would_block(&e) => Err(e),
+        Err(_) => {
+            let _ = super::platform::flock_fd(fd, FlockOp::Shared);
+            let key = super::platform::fd_identity(fd)?;
+            let mine = held().get(&key).copied().unwrap_or_default();
+            let holder = if mine.shared + mine.exclusive > 1 {
+                Holder::ThisProcess
+            } else {
+                Holder::OtherProcess
+            };
+            Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                LockConflict {
+                    wanted: LockKind::Exclusive,
+                    holder,
+                    held_for_writing: false,
+                },
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,3 +142,17 @@ pub(crate) fn flock_fd(fd: std::os::unix::io::RawFd, op: FlockOp) -> io::Result<
     // involved.
     check(unsafe { libc::flock(fd, op | libc::LOCK_NB) })
 }
+
+/// The (device, inode) of the open descriptor `fd`.
+pub(crate) fn fd_identity(fd: RawFd) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat on a descriptor the caller keeps open for the call (an
+    // invalid one is EBADF); `st` points to writable memory of the right
+    // size, filled on success.
+    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    // dev_t and ino_t are not u64 on every Unix.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}

@@ -157,6 +157,9 @@ struct WriteState {
 #[derive(Debug)]
 pub(crate) struct Vhdx {
     storage: Arc<dyn Storage>,
+    /// The storage the file was opened on: `storage` itself, or what a
+    /// read-only open's replayed-log view reads through.
+    host: Arc<dyn Storage>,
     read_only: bool,
     pub(crate) geo: Geometry,
     meta: RwLock<Metadata>,
@@ -285,5 +288,19 @@ impl Vhdx {
     /// read-only, without reopening the file).
     pub(crate) fn storage_arc(&self) -> Arc<dyn Storage> {
         self.storage.clone()
+    }
+
+    /// The storage the file was opened on, under any replayed-log view (a
+    /// live merge locks it and reopens the file on it).
+    pub(crate) fn host_storage(&self) -> Arc<dyn Storage> {
+        self.host.clone()
+    }
+
+    /// Whether reads go through a view of a dirty log replayed in memory.
+    pub(crate) fn reads_replayed_log(&self) -> bool {
+        !std::ptr::eq(
+            Arc::as_ptr(&self.storage) as *const u8,
+            Arc::as_ptr(&self.host) as *const u8,
+        )
     }
 }

@@ -118,6 +118,7 @@ impl Vhdx {
 
         // The replayed file is sound: a read-write open applies the log
         // and marks it empty; a read-only one keeps reading through the view.
+        let host = storage.clone();
         let storage = match plan {
             Some(p) if !read_only => {
                 if !applied {
@@ -135,6 +136,7 @@ impl Vhdx {
         };
         let vhdx = Vhdx {
             storage: storage.clone(),
+            host,
             read_only,
             geo,
             parent: meta.has_parent(),
