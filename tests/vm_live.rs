@@ -421,12 +421,39 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
     made[2].0 = "middle".into();
     let list = vm.list().unwrap();
     assert_eq!(list.len(), 5);
+    assert_eq!(list[2].checkpoint.name, "middle");
+    // Export of a checkpoint works while attached; of the current state it
+    // is refused (Busy), making nothing.
+    let out = t.path().join("export");
+    let files = vm.export(Some("c1"), &out, &mut NoHooks).unwrap();
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "vhdx"))
+            .count(),
+        2
+    );
+    let e = vm
+        .export(None, &t.path().join("export2"), &mut NoHooks)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(!t.path().join("export2").exists());
+    assert!(!dir.join("journal.json").exists());
     let log = writers.finish();
     assert!(log.error.is_none(), "a writer failed: {:?}", log.error);
     assert!(log.recs.len() > 200, "writers wrote {}", log.recs.len());
     let py = pyvhdi();
     for (name, begin, end, frozen) in &made {
         let ck = vm.find(name).unwrap().clone();
+        if name == "c1" {
+            // The export is a flat copy of c1's disks.
+            for (d, p) in ck.disks.iter().enumerate() {
+                let flat = files
+                    .iter()
+                    .find(|f| f.file_name().unwrap().to_string_lossy() == format!("disk{d}.vhdx"));
+                assert_eq!(read_units(flat.unwrap()), read_units(p), "export disk {d}");
+            }
+        }
         for (d, (p, h)) in frozen.iter().enumerate() {
             assert_eq!(&ck.disks[d], p);
             assert_eq!(file_hash(p), *h, "{name}: frozen disk {d} changed");
