@@ -664,8 +664,9 @@ fn transient_error_then_retry_of_a_live_create() {
         let r = vm.create_checkpoint("c", None, &mut NoHooks);
         let seen = faults::disarm();
         let ctx = format!("fail at {n} ({:?})", r.as_ref().err());
-        if r.is_err() {
-            assert!(vm.find("c").is_err(), "{ctx}");
+        // An error after the commit (ending the journal) reports the
+        // error, but the checkpoint is taken.
+        if r.is_err() && vm.find("c").is_err() {
             if let Err(e) = vm.create_checkpoint("c", None, &mut NoHooks) {
                 // A failed sync poisons the disk it hit (as any disk
                 // handle): the retry says so and changes nothing; the

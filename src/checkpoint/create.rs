@@ -317,9 +317,7 @@ impl Vm {
             None => self.save()?,
         }
         if !chained {
-            // Committed: a journal left is ended by the next operation.
-            let r = self.end_journal();
-            self.after_commit(&format!("taking checkpoint {name:?}"), r);
+            self.end_journal()?;
         }
         Ok(ck)
     }
