@@ -504,8 +504,30 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
     disks[0]
         .write_at(&unit_bytes(0, 3, 999), unit_offset(3))
         .unwrap();
+    let discarded = vm.data().current.disks.clone();
     vm.revert().unwrap();
     assert_eq!(live_units(&disks[0]), read_units(&c1.disks[0]));
+    for p in &discarded {
+        assert!(!p.exists(), "{}: discarded disk left", p.display());
+    }
+    // Apply with the current state kept: the capture is a live create
+    // (the VM is off), then the handles follow the applied state.
+    disks[1]
+        .write_at(&unit_bytes(1, 5, 777), unit_offset(5))
+        .unwrap();
+    let c0 = vm.find("c0").unwrap().clone();
+    vm.apply("c0", Some("kept"), &mut NoHooks).unwrap();
+    let kept = vm.find("kept").unwrap().clone();
+    let k = read_units(&kept.disks[1]);
+    assert_eq!(decode(1, 5, &k[5], "kept"), 777);
+    for (d, disk) in disks.iter().enumerate() {
+        assert_eq!(disk.path().unwrap(), vm.data().current.disks[d]);
+        assert_eq!(
+            live_units(disk),
+            read_units(&c0.disks[d]),
+            "disk {d} after apply"
+        );
+    }
     for (name, _, _, frozen) in &made {
         for (p, h) in frozen {
             assert_eq!(
@@ -520,8 +542,9 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
     drop(vm);
     // Reopened: the tree is the same.
     let vm = Vm::open(&dir).unwrap();
-    assert_eq!(vm.list().unwrap().len(), 5);
+    assert_eq!(vm.list().unwrap().len(), 6);
     assert!(vm.strays().unwrap().is_empty());
+    assert!(vm.data().pending_removals.is_empty());
 }
 
 #[test]
