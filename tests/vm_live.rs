@@ -330,6 +330,9 @@ impl Hooks for Recording {
 
 // ------------------------------------------------------------------ tests
 
+/// A create: (name, begin, end, the checkpoint's disks with their hashes).
+type Made = (String, u64, u64, Vec<(PathBuf, u64)>);
+
 #[test]
 fn attach_gives_one_handle_per_disk_and_detach_waits_for_holders() {
     let t = support::tempdir();
@@ -375,8 +378,7 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 16, &clock);
     let calls = Arc::new(Mutex::new(Vec::new()));
-    // (name, begin, end, the checkpoint's disks with their hashes)
-    let mut made: Vec<(String, u64, u64, Vec<(PathBuf, u64)>)> = Vec::new();
+    let mut made: Vec<Made> = Vec::new();
     for k in 0..5 {
         let kind = if k % 2 == 0 {
             CheckpointType::Standard
