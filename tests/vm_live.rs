@@ -729,3 +729,76 @@ fn transient_error_then_retry_of_a_live_create() {
         n += 1;
     }
 }
+
+/// Revert and apply on an attached (stopped) VM cut at every write, flush
+/// and unlink: the VM reopens reconciled, the checkpoint intact, the
+/// current state the old one or the applied one, never anything else.
+#[test]
+fn crash_at_every_step_of_a_live_revert_and_apply() {
+    for op in ["revert", "apply"] {
+        let mut events = None;
+        let mut n = 0u64;
+        loop {
+            if events.is_some_and(|e| n >= e) {
+                break;
+            }
+            let t = support::fast_tempdir();
+            let dir = build(t.path(), 2, CheckpointType::Standard);
+            let mut vm = Vm::open(&dir).unwrap();
+            let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            for (d, disk) in disks.iter().enumerate() {
+                disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
+            }
+            let a = vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
+            let kept: Vec<u64> = a.disks.iter().map(|p| file_hash(p)).collect();
+            for (d, disk) in disks.iter().enumerate() {
+                disk.write_at(&unit_bytes(d, 0, 2), 0).unwrap();
+                disk.flush().unwrap();
+            }
+            vm.set_state(VmState::Off).unwrap();
+            faults::arm(events.map_or(u64::MAX, |_| n), Cut::Torn);
+            let r = match op {
+                "revert" => vm.revert(),
+                _ => vm.apply("a", Some("b"), &mut NoHooks),
+            };
+            let seen = faults::events();
+            if events.is_none() {
+                faults::disarm();
+                r.unwrap();
+                for (d, disk) in disks.iter().enumerate() {
+                    assert_eq!(decode(d, 0, &live_units(disk)[0], op), 1);
+                }
+                events = Some(seen);
+                assert!(seen > 3, "{op}: {seen} events");
+                continue;
+            }
+            drop(disks);
+            drop(vm);
+            faults::disarm();
+            let ctx = format!("{op}: cut at {n} of {events:?} ({:?})", r.as_ref().err());
+            let mut vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+            assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+            assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+            let a = vm.find("a").unwrap().clone();
+            for (p, h) in a.disks.iter().zip(&kept) {
+                assert_eq!(file_hash(p), *h, "{ctx}: a changed");
+            }
+            let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            let now: Vec<u64> = disks
+                .iter()
+                .enumerate()
+                .map(|(d, disk)| decode(d, 0, &live_units(disk)[0], &ctx))
+                .collect();
+            assert!(
+                now == [1, 1] || (r.is_err() && now == [2, 2]),
+                "{ctx}: current holds {now:?}"
+            );
+            if let Ok(b) = vm.find("b") {
+                for (d, p) in b.disks.iter().enumerate() {
+                    assert_eq!(decode(d, 0, &read_units(p)[0], &ctx), 2, "{ctx}: b");
+                }
+            }
+            n += 1;
+        }
+    }
+}
