@@ -541,6 +541,18 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
     }
     drop(disks);
     vm.detach().unwrap();
+    // The disks live creates made are stamped as this VM's once detached.
+    for c in &vm.data().checkpoints {
+        for p in c.disks.iter().chain(&vm.data().current.disks) {
+            let s = ckpt::checkpoint::owner::stamp_of(p).unwrap();
+            assert_eq!(
+                s.map(|s| s.folder),
+                Some(vm.dir().to_path_buf()),
+                "{}",
+                p.display()
+            );
+        }
+    }
     drop(vm);
     // Reopened: the tree is the same.
     let vm = Vm::open(&dir).unwrap();
