@@ -795,7 +795,7 @@ fn crash_at_every_step_of_a_live_revert_and_apply() {
             for (p, h) in a.disks.iter().zip(&kept) {
                 assert_eq!(file_hash(p), *h, "{ctx}: a changed");
             }
-            let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            let disks = [vm.disk(0).unwrap(), vm.disk(1).unwrap()];
             let now: Vec<u64> = disks
                 .iter()
                 .enumerate()
