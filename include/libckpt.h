@@ -385,6 +385,12 @@ typedef uint32_t ckpt_vm_state;
  *
  * The last error is per thread: after a failed call, call
  * `ckpt_last_error` on the same thread.
+ *
+ * A handle from `ckpt_vm_disk` is borrowed from its VM: it follows the
+ * VM's current state through every checkpoint operation, may be used from
+ * any thread while the VM handle runs its own calls (a checkpoint
+ * operation pauses its I/O briefly), is valid until `ckpt_vm_close`, and
+ * `ckpt_disk_close` refuses it.
  */
 typedef struct ckpt_disk ckpt_disk;
 
@@ -1346,13 +1352,16 @@ ckpt_status ckpt_disk_extents(const struct ckpt_disk *disk,
  * The handle is freed whatever the status: do not use it again. A
  * non-OK status means the final flush failed, so writes since the last
  * successful `ckpt_disk_flush` may be lost. `disk` may be NULL (then
- * nothing happens and the result is `CKPT_STATUS_OK`).
+ * nothing happens and the result is `CKPT_STATUS_OK`). A handle borrowed
+ * from a VM (`ckpt_vm_disk`) is refused with
+ * `CKPT_STATUS_INVALID_ARGUMENT` and stays valid: `ckpt_vm_close` closes
+ * it.
  *
  * # Safety
  *
  * `disk` is NULL or a live handle from `ckpt_disk_create` /
- * `ckpt_disk_open` that is not closed yet and that no other thread is
- * using.
+ * `ckpt_disk_open` (or `ckpt_vm_disk`) that is not closed yet and that no
+ * other thread is using.
  */
 ckpt_status ckpt_disk_close(struct ckpt_disk *disk);
 
@@ -2126,6 +2135,37 @@ ckpt_status ckpt_vm_export_files_json(const struct ckpt_vm *vm,
                                       char *buf,
                                       size_t len,
                                       size_t *out_len);
+
+/**
+ * The live handle of disk `index` of the VM's current state (the order of
+ * the VM's disks; pass-through devices are not disks), for the guest's
+ * I/O.
+ *
+ * The first call attaches the VM: every current disk is opened for
+ * reading and writing (all or none; a disk open elsewhere is
+ * `CKPT_STATUS_BUSY`, and then none stays open). Later calls give the same
+ * handle for the same index. `*out` is written only on success.
+ *
+ * The handle is borrowed from `vm`: valid until `ckpt_vm_close`, which
+ * flushes and closes it; `ckpt_disk_close` refuses it
+ * (`CKPT_STATUS_INVALID_ARGUMENT`). It takes every `ckpt_disk_*` call and
+ * may be used from any thread, also while a call on `vm` runs: checkpoint
+ * create switches it to the new differencing disk in a short pause (its
+ * requests wait, none fails), apply and revert (guest stopped or saved)
+ * switch it to the new current state. Its identity never changes.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`index` past the last disk: nothing is attached; or a disk another VM
+ * uses), `CKPT_STATUS_BUSY` (a disk is open elsewhere, or the handle is in
+ * use by another call), `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `out` is NULL or valid for writing one
+ * pointer. Every borrowed disk handle must be out of use (on every thread)
+ * before `ckpt_vm_close`.
+ */
+ckpt_status ckpt_vm_disk(const struct ckpt_vm *vm, size_t index, struct ckpt_disk **out);
 
 #ifdef __cplusplus
 }  // extern "C"

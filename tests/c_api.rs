@@ -262,6 +262,11 @@ fn c_extents() {
     run_c_program("tests/c/test_extents.c");
 }
 
+#[test]
+fn c_vm_live_disks() {
+    run_c_program("tests/c/test_vm_live.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -315,6 +320,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_disk_io.c",
         "tests/c/test_errors.c",
         "tests/c/test_extents.c",
+        "tests/c/test_vm_live.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

@@ -28,6 +28,26 @@ use crate::error::{Error, Result};
 ///
 /// A checkpoint of an off VM quiesces nothing (its disks are consistent
 /// as they are): neither `quiesce` nor `thaw` is called for it.
+///
+/// # A running VM (attached: its I/O goes through [`Vm::disk`])
+///
+/// The new differencing disks are made ready first, while the guest runs.
+/// Then:
+///
+/// - production: [`Hooks::quiesce`] → I/O on all the VM's disks paused
+///   together (requests in flight complete, the tops are flushed), each
+///   handle switched to its new disk and `vm.json` committed, I/O resumed →
+///   [`Hooks::thaw`];
+/// - standard: [`Hooks::save_memory`] (the hypervisor pauses the vCPUs,
+///   completes its own in-flight disk requests and writes the memory and
+///   CPU state; the vCPUs stay paused) → the same pause, switch, commit and
+///   resume of I/O → [`Hooks::resume`]. Memory and disks are so of one
+///   instant, and the disk pause stays short (a few flushes, no copy).
+///
+/// Meanwhile the guest may keep writing during `quiesce` / after `thaw`
+/// (production: its writes land wholly in the old or the new layer) but a
+/// standard checkpoint's guest must not run between `save_memory` and
+/// `resume`.
 pub trait Hooks {
     /// Quiesce the guest (flush applications, freeze file systems) for a
     /// production checkpoint. `Err(reason)` when it could not.
@@ -117,13 +137,17 @@ impl Vm {
         // checkpoint is taken: a disk another handle or process has open
         // for writing is refused here, before anything changes, and none
         // can be opened for writing before its new child exists.
-        let _held = self
-            .data
-            .current
-            .disks
-            .iter()
-            .map(|d| Disk::open(d, OpenMode::ReadOnly))
-            .collect::<Result<Vec<Disk>>>()?;
+        // An attached VM's own live handles hold them already.
+        let _held = if self.attached() {
+            Vec::new()
+        } else {
+            self.data
+                .current
+                .disks
+                .iter()
+                .map(|d| Disk::open(d, OpenMode::ReadOnly))
+                .collect::<Result<Vec<Disk>>>()?
+        };
         let requested = self.data.settings.checkpoint_type;
         let (taken, fallback_reason, quiesced) = match requested {
             CheckpointType::Disabled => {
@@ -223,6 +247,9 @@ impl Vm {
             dirs: missing_dirs(&loc),
         })?;
         std::fs::create_dir_all(&loc).map_err(|e| Error::from(e).in_file(&loc))?;
+        // Attached: the children are made ready before the memory is saved,
+        // so that the guest's pause is short (see [`Hooks`]).
+        let live = self.prepare_live(&new_disks)?;
 
         let mut saved_state = None;
         // A saved VM's memory is its saved state: the checkpoint shares that
@@ -258,9 +285,11 @@ impl Vm {
             }
         }
         // All disks together or none: the journal removes a partial set.
-        for (cur, new) in self.data.current.disks.iter().zip(&new_disks) {
-            Disk::create_child(new, cur, &ChildOptions::default())?.close()?;
-            owner::stamp(new, &self.dir, &self.data)?;
+        if live.is_none() {
+            for (cur, new) in self.data.current.disks.iter().zip(&new_disks) {
+                Disk::create_child(new, cur, &ChildOptions::default())?.close()?;
+                owner::stamp(new, &self.dir, &self.data)?;
+            }
         }
         write_json(&config_file, &owner::config_copy(&self.data))?;
         let ck = Checkpoint {
@@ -280,9 +309,13 @@ impl Vm {
             vm_state: Some(vm_state),
         };
         self.data.checkpoints.push(ck.clone());
-        self.data.current.parent = Some(id);
+        self.data.current.parent = Some(id.clone());
         self.data.current.disks = new_disks;
-        self.save()?;
+        match live {
+            // Pause, switch, commit, resume I/O (see `live.rs`).
+            Some(children) => self.switch_live(children, &id, |vm| vm.save())?,
+            None => self.save()?,
+        }
         if !chained {
             self.end_journal()?;
         }
@@ -294,7 +327,9 @@ impl Vm {
     /// memory state) or off. With `save_current`, the current state is first
     /// kept as a new checkpoint of that name; otherwise it is discarded.
     /// Refused (`InvalidArgument`, changing nothing) while the VM is
-    /// running, and (`Busy`) while a current disk is open elsewhere.
+    /// running, and (`Busy`) while a current disk is open elsewhere. On an
+    /// attached VM (stopped or saved by the hypervisor) each live handle of
+    /// [`Vm::disk`] is switched to the new current disk.
     pub fn apply(
         &mut self,
         name: &str,
@@ -371,20 +406,27 @@ impl Vm {
                 "the current state does not hang under a checkpoint; take one first".into(),
             ));
         }
-        // The current disks are discarded: never while something uses them.
-        check_disks_unused(&old_files)?;
-        owner::refuse_foreign(&self.data, &old_files, "applying a checkpoint")?;
+        // The current disks are discarded: never while something uses them
+        // (an attached VM's own live handles are switched away from them).
+        // (Attaching checked already that they are no other VM's.)
+        if !self.attached() {
+            check_disks_unused(&old_files)?;
+            owner::refuse_foreign(&self.data, &old_files, "applying a checkpoint")?;
+        }
         self.journal(&Journal::Apply {
             target: Some(target.id.clone()),
             new_files: new_files.clone(),
             old_files: old_files.clone(),
             old_saved: old_saved.clone(),
         })?;
+        let mut opened = None;
         let r = (|| -> Result<()> {
             for (d, new) in target.disks.iter().zip(&new_files) {
                 Disk::create_child(new, d, &ChildOptions::default())?.close()?;
                 owner::stamp(new, &self.dir, &self.data)?;
             }
+            // Attached: the new chains open before the commit (all or none).
+            opened = self.open_live(&new_files)?;
             let config: VmConfig = match &target.config_file {
                 Some(f) => read_json(f)?,
                 None => self.data.config.clone(),
@@ -403,6 +445,7 @@ impl Vm {
             self.save()
         })();
         if let Err(e) = r {
+            drop(opened);
             // Roll back here (a reopen after a crash rolls forward instead).
             if let Ok(d) = read_vm_file(&self.dir.join(VM_FILE)) {
                 self.data = d;
@@ -415,7 +458,12 @@ impl Vm {
             }
             return Err(e);
         }
-        // Committed: what follows is tidying up ([`Vm::take_warnings`]).
+        // Committed: the live handles follow, their old chains closed
+        // before the old files go; the rest is tidying up
+        // ([`Vm::take_warnings`]).
+        if let Some(new) = opened {
+            self.replace_live(new);
+        }
         let r = (|| -> Result<()> {
             self.remove_unless_held(&old_files)?;
             self.release_saved_state(old_saved)?;

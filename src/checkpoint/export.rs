@@ -80,6 +80,15 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<Vec<PathBuf>> {
         self.settle(None)?;
+        if name.is_none() && self.attached() {
+            // A point-in-time copy of a running guest's disks needs a
+            // temporary checkpoint, merged back live afterwards.
+            return Err(Error::Busy(format!(
+                "VM {:?} is attached (its guest writes the current disks): export a \
+                 checkpoint instead (take one first); nothing was changed",
+                self.data.config.name
+            )));
+        }
         let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
             Some(n) => {
                 let c = self.usable(n)?.clone();

@@ -21,11 +21,14 @@
 //! - `recover.rs`: reconcile after a crash (finish or undo the journaled
 //!   step, an interrupted merge) and the old files left to remove;
 //! - `report.rs`: the checkpoint list, the checkpoint location, strays;
-//! - `export.rs`: export (the file names it gives, and [`Vm::export`]).
+//! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
+//! - `live.rs`: an attached VM: its live disk handles ([`Vm::disk`]) and
+//!   the switches of checkpoint operations on a running guest.
 mod create;
 mod delete;
 pub mod export;
 pub mod json;
+mod live;
 pub mod model;
 pub mod owner;
 mod recover;

@@ -57,6 +57,12 @@ pub struct Vm {
     _lock: (File, crate::io::FileLock),
     /// What went wrong after an operation was committed ([`Vm::take_warnings`]).
     pub(super) warnings: Vec<String>,
+    /// The live handles of the current disks while the VM is attached
+    /// ([`Vm::disk`]), in the order of `current.disks`.
+    pub(super) live: Option<Vec<std::sync::Arc<crate::disk::live::LiveDisk>>>,
+    /// Disks a live create made that could not be stamped yet (they are
+    /// open): stamped when the VM detaches.
+    pub(super) unstamped: Vec<PathBuf>,
 }
 
 pub(super) fn now() -> u64 {
@@ -283,6 +289,8 @@ impl Vm {
             data,
             _lock: lock,
             warnings,
+            live: None,
+            unstamped: Vec::new(),
         })
     }
 
@@ -304,6 +312,8 @@ impl Vm {
             data,
             _lock: lock,
             warnings: Vec::new(),
+            live: None,
+            unstamped: Vec::new(),
         };
         vm.adopt_folder()?;
         vm.reconcile()?;

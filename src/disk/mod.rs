@@ -46,6 +46,7 @@ use crate::version::creator;
 
 pub use crate::format::MIB;
 pub use cursor::DiskCursor;
+pub(crate) use extents::Range;
 pub use path::absolute;
 
 /// How a disk is opened.

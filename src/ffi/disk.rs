@@ -4,12 +4,13 @@
 
 use std::ffi::c_char;
 use std::mem::size_of;
+use std::sync::Arc;
 
 use super::{
     c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, write_versioned,
     FfiError, FfiResult,
 };
-use crate::{CreateOptions, Disk, DiskKind, OpenMode};
+use crate::{CreateOptions, Disk, DiskKind, LiveDisk, OpenMode};
 
 /// An open virtual disk (opaque).
 ///
@@ -34,8 +35,60 @@ use crate::{CreateOptions, Disk, DiskKind, OpenMode};
 ///
 /// The last error is per thread: after a failed call, call
 /// `ckpt_last_error` on the same thread.
+///
+/// A handle from `ckpt_vm_disk` is borrowed from its VM: it follows the
+/// VM's current state through every checkpoint operation, may be used from
+/// any thread while the VM handle runs its own calls (a checkpoint
+/// operation pauses its I/O briefly), is valid until `ckpt_vm_close`, and
+/// `ckpt_disk_close` refuses it.
 pub struct ckpt_disk {
-    pub(crate) disk: Disk,
+    pub(crate) disk: DiskHandle,
+}
+
+/// What a `ckpt_disk` holds: a disk of its own, or a VM's live disk.
+#[derive(Debug)]
+pub(crate) enum DiskHandle {
+    Owned(Disk),
+    Live(Arc<LiveDisk>),
+}
+
+impl DiskHandle {
+    fn with<R>(&self, f: impl FnOnce(&Disk) -> R) -> R {
+        match self {
+            DiskHandle::Owned(d) => f(d),
+            DiskHandle::Live(l) => l.with_disk(f),
+        }
+    }
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::Result<()> {
+        self.with(|d| d.read_at(buf, offset))
+    }
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> crate::Result<()> {
+        self.with(|d| d.write_at(buf, offset))
+    }
+    pub(crate) fn flush(&self) -> crate::Result<()> {
+        self.with(|d| d.flush())
+    }
+    pub(crate) fn trim(&self, offset: u64, len: u64) -> crate::Result<()> {
+        self.with(|d| d.trim(offset, len))
+    }
+    pub(crate) fn extents_in(&self, offset: u64, len: u64) -> crate::Result<Vec<crate::Extent>> {
+        self.with(|d| d.extents_in(offset, len))
+    }
+    pub(crate) fn info(&self) -> crate::DiskInfo {
+        self.with(|d| d.info())
+    }
+    pub(crate) fn chain(&self) -> Vec<Option<std::path::PathBuf>> {
+        self.with(|d| d.chain())
+    }
+    pub(crate) fn depth(&self) -> usize {
+        self.with(|d| d.depth())
+    }
+    pub(crate) fn level_of(&self, path: &std::path::Path) -> crate::Result<usize> {
+        self.with(|d| d.level_of(path))
+    }
+    pub(crate) fn changed_ranges(&self, levels: usize) -> crate::Result<Vec<crate::disk::Range>> {
+        self.with(|d| d.changed_ranges(levels))
+    }
 }
 
 /// `flags` of `ckpt_disk_open`: open for reading only (the file is never
@@ -172,7 +225,9 @@ pub(crate) unsafe fn create_options(
 }
 
 pub(crate) fn new_handle(disk: Disk) -> *mut ckpt_disk {
-    Box::into_raw(Box::new(ckpt_disk { disk }))
+    Box::into_raw(Box::new(ckpt_disk {
+        disk: DiskHandle::Owned(disk),
+    }))
 }
 
 /// Create a new VHDX file at `path` (which must not exist yet) holding a
@@ -556,23 +611,35 @@ pub unsafe extern "C" fn ckpt_disk_extents(
 /// The handle is freed whatever the status: do not use it again. A
 /// non-OK status means the final flush failed, so writes since the last
 /// successful `ckpt_disk_flush` may be lost. `disk` may be NULL (then
-/// nothing happens and the result is `CKPT_STATUS_OK`).
+/// nothing happens and the result is `CKPT_STATUS_OK`). A handle borrowed
+/// from a VM (`ckpt_vm_disk`) is refused with
+/// `CKPT_STATUS_INVALID_ARGUMENT` and stays valid: `ckpt_vm_close` closes
+/// it.
 ///
 /// # Safety
 ///
 /// `disk` is NULL or a live handle from `ckpt_disk_create` /
-/// `ckpt_disk_open` that is not closed yet and that no other thread is
-/// using.
+/// `ckpt_disk_open` (or `ckpt_vm_disk`) that is not closed yet and that no
+/// other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_disk_close(disk: *mut ckpt_disk) -> ckpt_status {
     ffi_boundary!("ckpt_disk_close", {
         if disk.is_null() {
             return Ok(());
         }
+        // SAFETY: a live handle per the contract.
+        if matches!(unsafe { &(*disk).disk }, DiskHandle::Live(_)) {
+            return Err(FfiError::invalid(
+                "this disk handle is borrowed from its VM (ckpt_vm_disk): ckpt_vm_close \
+                 closes it",
+            ));
+        }
         // SAFETY: a live handle made by `new_handle` (Box::into_raw), given
         // back exactly once per the contract.
         let handle = unsafe { Box::from_raw(disk) };
-        handle.disk.close()?;
+        if let DiskHandle::Owned(d) = handle.disk {
+            d.close()?;
+        }
         Ok(())
     })
 }

@@ -34,12 +34,15 @@ mod views;
 
 mod checkpoints;
 
+mod live;
+
 #[cfg(test)]
 mod tests;
 
 pub use checkpoints::*;
 pub use hooks::*;
 pub use lifecycle::*;
+pub use live::*;
 pub use settings::*;
 pub use types::*;
 pub use views::*;
@@ -68,6 +71,9 @@ pub struct ckpt_vm {
 }
 
 pub(super) struct VmHandle {
+    /// The live disk handles lent out (`ckpt_vm_disk`); dropped before
+    /// `vm`, so that the VM detaches with no holder left.
+    borrowed: live::Borrowed,
     vm: Vm,
     /// The measured checkpoint list `ckpt_vm_checkpoint_get` reads; dropped
     /// by every change and by `ckpt_vm_checkpoint_count`.
@@ -119,6 +125,7 @@ pub(super) fn new_handle(mut vm: Vm) -> *mut ckpt_vm {
     let warnings = vm.take_warnings();
     Box::into_raw(Box::new(ckpt_vm {
         inner: Mutex::new(VmHandle {
+            borrowed: live::Borrowed::default(),
             vm,
             views: None,
             snapshots: HashMap::new(),

@@ -1,0 +1,248 @@
+//! An attached VM: the live disk handles of its current state
+//! ([`Vm::disk`]) and the switches that checkpoint operations make on them
+//! while a guest keeps doing I/O through them.
+//!
+//! # Attaching
+//!
+//! The first [`Vm::disk`] opens every current disk read-write as a
+//! [`LiveDisk`] (all of them or none) and the VM stays attached until
+//! [`Vm::detach`] or until the [`Vm`] is dropped. The handles keep their
+//! identity through every operation; what they read and write follows the
+//! current state:
+//!
+//! - create: each handle is switched to its new differencing disk, all
+//!   disks in one pause (see [`crate::disk::live`]); `vm.json` is committed
+//!   inside that pause, so no write reaches a new disk before the tree names
+//!   it, and none reaches a frozen one after;
+//! - apply and revert (the guest is off or saved): the new current disks
+//!   are opened before the commit, and each handle's chain is replaced by
+//!   its new one after it; the old chain is closed before its files go.
+//!
+//! While attached, the VM's own handles never make its operations fail
+//! with `Busy`: they are the current disks, which the operations know are
+//! held (by this VM). A disk or frozen layer held by anything else still
+//! refuses as before. A delete whose merge would write or remove a file of
+//! a live chain is refused with `Busy` (see `delete.rs`).
+//!
+//! # Stamps
+//!
+//! A live create's new disks are open from the moment they exist, so their
+//! ownership stamp is written when the VM detaches (a crash before that
+//! leaves them unstamped: still the VM's, only less guarded).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::vm::*;
+use crate::checkpoint::model::*;
+use crate::checkpoint::owner;
+use crate::disk::live::{pause_all, LiveDisk, NewChild, Pause};
+use crate::disk::{ChildOptions, CreateOptions, Disk, OpenMode};
+use crate::error::{Error, Result};
+
+impl Vm {
+    /// The live handle of disk `i` of the current state (the order of
+    /// [`VmFile::disks`]; pass-through devices are not disks). The first
+    /// call attaches the VM: every current disk is opened read-write (all
+    /// or none: a disk another handle or process holds is `Busy`, and then
+    /// none stays open); later calls hand out the same handle. An index
+    /// past the last disk is `InvalidArgument`, and attaches nothing; so is
+    /// a current disk that another VM uses (see [`owner::refuse_foreign`]).
+    pub fn disk(&mut self, i: usize) -> Result<Arc<LiveDisk>> {
+        let n = self.data.current.disks.len();
+        if i >= n {
+            return Err(Error::InvalidArgument(format!(
+                "VM {:?} has {n} disk(s): there is no disk {i}",
+                self.data.config.name
+            )));
+        }
+        if self.live.is_none() {
+            self.settle(None)?;
+            // The guest writes them: never a disk another VM uses.
+            owner::refuse_foreign(
+                &self.data,
+                &self.data.current.disks,
+                "attaching the VM (its guest writes it)",
+            )?;
+            let opened = self
+                .data
+                .current
+                .disks
+                .iter()
+                .map(|d| Disk::open(d, OpenMode::ReadWrite).map(|d| Arc::new(LiveDisk::new(d))))
+                .collect::<Result<Vec<_>>>()?;
+            self.live = Some(opened);
+        }
+        let live = self.live.as_ref().expect("attached just now");
+        Ok(live[i].clone())
+    }
+
+    /// Whether the VM is attached (a [`Vm::disk`] handle was taken).
+    pub fn attached(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Flush and close the live handles. Refused (`Busy`, changing
+    /// nothing) while a handle from [`Vm::disk`] is still held elsewhere:
+    /// drop those first. Not attached: nothing to do. Dropping the [`Vm`]
+    /// detaches too (best effort: a handle still held elsewhere then stays
+    /// open until its last holder drops it).
+    pub fn detach(&mut self) -> Result<()> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        if let Some(i) = live.iter().position(|d| Arc::strong_count(d) > 1) {
+            return Err(Error::Busy(format!(
+                "disk {i} of VM {:?} is still held by another handle: drop it before detaching",
+                self.data.config.name
+            )));
+        }
+        let mut first = Ok(());
+        for d in self.live.take().unwrap_or_default() {
+            let r = match Arc::try_unwrap(d) {
+                Ok(d) => d.close(),
+                Err(_) => Ok(()),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        for f in std::mem::take(&mut self.unstamped) {
+            if let Err(e) = owner::stamp(&f, &self.dir, &self.data) {
+                self.warnings.push(format!(
+                    "{}: could not stamp it as this VM's ({e}): another VM could be given \
+                     it too",
+                    f.display()
+                ));
+            }
+        }
+        first
+    }
+
+    /// Step 1 of a live create: a new child for every live handle at
+    /// `new_disks` (none when the VM is not attached).
+    pub(super) fn prepare_live(&self, new_disks: &[PathBuf]) -> Result<Option<Vec<NewChild>>> {
+        let Some(live) = &self.live else {
+            return Ok(None);
+        };
+        live.iter()
+            .zip(new_disks)
+            .map(|(d, p)| d.prepare_child(p, &ChildOptions::default()))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// The switch of a live create: pause every handle, push the children,
+    /// run `commit` (which saves `vm.json`) inside the pause. When the
+    /// commit fails and `vm.json` does not name checkpoint `id`, the switch
+    /// is undone (each handle back on its old top, read-write, the children
+    /// removed) before the pause ends.
+    pub(super) fn switch_live(
+        &mut self,
+        children: Vec<NewChild>,
+        id: &str,
+        commit: impl FnOnce(&mut Vm) -> Result<()>,
+    ) -> Result<()> {
+        let live = self.live.clone().unwrap_or_default();
+        let tops: Vec<PathBuf> = live.iter().filter_map(|d| d.path()).collect();
+        let refs: Vec<&LiveDisk> = live.iter().map(|d| d.as_ref()).collect();
+        let made: Vec<PathBuf> = children.iter().map(|c| c.path().to_path_buf()).collect();
+        let mut pause = pause_all(&refs)?;
+        pause.push_children(children)?;
+        let r = commit(self);
+        if let Err(e) = r {
+            let committed = read_vm_file(&self.dir.join(VM_FILE))
+                .map(|d| d.checkpoints.iter().any(|c| c.id == id))
+                .unwrap_or(false);
+            if !committed {
+                if let Err(u) = undo_push(&mut pause, &tops, &made) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{e}; and the live disks could not be switched back ({u}): detach \
+                         and open the VM again"
+                    )));
+                }
+                return Err(e);
+            }
+        }
+        drop(pause);
+        self.unstamped.extend(made);
+        Ok(())
+    }
+
+    /// Before an apply's commit: the new current disks `files`, opened
+    /// read-write for the live handles (none when not attached).
+    pub(super) fn open_live(&self, files: &[PathBuf]) -> Result<Option<Vec<Disk>>> {
+        if self.live.is_none() {
+            return Ok(None);
+        }
+        files
+            .iter()
+            .map(|f| Disk::open(f, OpenMode::ReadWrite))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// After an apply's commit: each live handle takes its new chain; the
+    /// old chains are closed (a failure is a warning: the data they held is
+    /// being discarded).
+    pub(super) fn replace_live(&mut self, new: Vec<Disk>) {
+        let live = self.live.clone().unwrap_or_default();
+        for (i, (l, d)) in live.iter().zip(new).enumerate() {
+            let r = l.replace(d).and_then(|old| old.close());
+            if let Err(e) = r {
+                self.warnings.push(format!(
+                    "disk {i}: switching its live handle to the applied state: {e}"
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.live.is_some() {
+            // Handles still held elsewhere stay open with their holders.
+            if self.detach().is_err() {
+                self.live = None;
+            }
+        }
+    }
+}
+
+/// Undo a push whose commit failed, in the pause: each disk goes back to
+/// its old top `tops[i]`, reopened read-write (its lock must be free, so
+/// the pushed chain is first swapped for a read-only stand-in and closed),
+/// and its child `made[i]` is removed. A disk that cannot be reopened
+/// keeps the stand-in: it refuses writes, never loses one.
+fn undo_push(pause: &mut Pause<'_>, tops: &[PathBuf], made: &[PathBuf]) -> Result<()> {
+    let mut first = Ok(());
+    for (i, (top, child)) in tops.iter().zip(made).enumerate() {
+        let r = (|| -> Result<()> {
+            let (size, lss) = match pause.disk(i) {
+                Some(d) => (d.virtual_size(), d.logical_sector_size()),
+                None => return Ok(()),
+            };
+            let old = pause.replace(i, stand_in(size, lss)?)?;
+            let _ = old.close();
+            // Left behind, the journal removes it.
+            let _ = remove_if_exists(child);
+            let back = Disk::open(top, OpenMode::ReadWrite)?;
+            pause.replace(i, back).map(drop)
+        })();
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// An empty read-only disk in memory of the given geometry.
+fn stand_in(size: u64, lss: u32) -> Result<Disk> {
+    let m: Arc<dyn crate::io::Storage> = Arc::new(crate::io::MemStorage::new());
+    Disk::create_on(
+        m.clone(),
+        &CreateOptions::new(size).logical_sector_size(lss),
+    )?
+    .close()?;
+    Disk::open_storage(m, OpenMode::ReadOnly)
+}

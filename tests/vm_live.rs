@@ -1,0 +1,816 @@
+//! An attached VM (`Vm::disk`): writer threads keep writing through the
+//! VM's live handles while checkpoints are created (standard and
+//! production), renamed, listed, applied, reverted and deleted.
+//!
+//! Every write is a self-describing 4 KiB unit (unit index, sequence
+//! number, a pattern of both), stamped with a logical clock before it
+//! starts and after it returns; each create is stamped the same way. A
+//! checkpoint's disks must hold, for every unit, a value between the last
+//! write that returned before the create began and the last one that
+//! started before it returned; read by libckpt and by libvhdi (`pyvhdi`
+//! with `set_parent`). Crash and fault cases arm `ckpt::io::faults` on the
+//! main thread only (the writers are not armed).
+
+mod support;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use ckpt::checkpoint::{CheckpointType, Hooks, NoHooks, Vm, VmSpec, VmState};
+use ckpt::io::{faults, Cut, Transient};
+use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
+
+const UNIT: usize = 4096;
+const UNITS: u64 = 48;
+const SIZE: u64 = 8 << 20;
+
+// ------------------------------------------------------------------ units
+
+/// The bytes of write `seq` of unit `unit` on disk `disk` (seq 0: zeros).
+fn unit_bytes(disk: usize, unit: u64, seq: u64) -> Vec<u8> {
+    let mut b = support::pattern(disk as u64 * 1_000_003 + unit * 7919 + seq, 0, UNIT);
+    b[..8].copy_from_slice(&unit.to_le_bytes());
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    b[16..24].copy_from_slice(&(disk as u64).to_le_bytes());
+    b
+}
+
+/// The sequence number a unit holds; panics on anything but a whole write
+/// of that very unit.
+fn decode(disk: usize, unit: u64, b: &[u8], what: &str) -> u64 {
+    if b.iter().all(|&x| x == 0) {
+        return 0;
+    }
+    let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    assert!(
+        b == unit_bytes(disk, unit, seq).as_slice(),
+        "{what}: disk {disk} unit {unit} holds damaged or foreign data"
+    );
+    seq
+}
+
+fn unit_offset(u: u64) -> u64 {
+    u * (SIZE / UNITS / UNIT as u64 * UNIT as u64)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    disk: usize,
+    unit: u64,
+    seq: u64,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    recs: Vec<Rec>,
+    /// (disk, stamp taken after the flush returned).
+    flushes: Vec<(usize, u64)>,
+    error: Option<String>,
+}
+
+impl Log {
+    /// The last write of (`disk`, `unit`) a returned flush made durable.
+    fn flushed_seq(&self, disk: usize, unit: u64, before: u64) -> u64 {
+        let Some(last) = self
+            .flushes
+            .iter()
+            .filter(|f| f.0 == disk && f.1 < before)
+            .map(|f| f.1)
+            .max()
+        else {
+            return 0;
+        };
+        self.recs
+            .iter()
+            .filter(|r| r.disk == disk && r.unit == unit && r.end < last)
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// One writer thread per disk, each writing its disk's units in a
+/// pseudo-random order and flushing every `flush_every` writes.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<thread::JoinHandle<Log>>,
+}
+
+impl Writers {
+    fn start(disks: &[Arc<LiveDisk>], flush_every: u64, clock: &Arc<AtomicU64>) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = disks
+            .iter()
+            .enumerate()
+            .map(|(d, disk)| {
+                let disk = disk.clone();
+                let stop = stop.clone();
+                let clock = clock.clone();
+                thread::spawn(move || {
+                    let mut seqs = vec![0u64; UNITS as usize];
+                    let mut log = Log::default();
+                    let mut x = 0x9876_5432u64 + d as u64;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let unit = (x >> 40) % UNITS;
+                        let seq = seqs[unit as usize] + 1;
+                        let start = clock.fetch_add(1, Ordering::SeqCst);
+                        if let Err(e) = disk.write_at(&unit_bytes(d, unit, seq), unit_offset(unit))
+                        {
+                            log.error = Some(e.to_string());
+                            break;
+                        }
+                        seqs[unit as usize] = seq;
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        log.recs.push(Rec {
+                            disk: d,
+                            unit,
+                            seq,
+                            start,
+                            end,
+                        });
+                        n += 1;
+                        if flush_every > 0 && n % flush_every == 0 {
+                            if let Err(e) = disk.flush() {
+                                log.error = Some(e.to_string());
+                                break;
+                            }
+                            log.flushes.push((d, clock.fetch_add(1, Ordering::SeqCst)));
+                        }
+                        if n % 64 == 0 {
+                            thread::yield_now();
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    fn finish(self) -> Log {
+        self.stop.store(true, Ordering::Release);
+        let mut all = Log::default();
+        for h in self.handles {
+            let l = h.join().unwrap();
+            all.recs.extend(l.recs);
+            all.flushes.extend(l.flushes);
+            all.error = all.error.or(l.error);
+        }
+        all
+    }
+}
+
+/// The sequence numbers unit (`disk`, `unit`) may hold in a state frozen
+/// by a create stamped `[begin, end]`.
+fn allowed(recs: &[Rec], disk: usize, unit: u64, begin: u64, end: u64) -> (u64, u64) {
+    let mine = recs.iter().filter(|r| r.disk == disk && r.unit == unit);
+    let lo = mine
+        .clone()
+        .filter(|r| r.end < begin)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    let hi = mine
+        .filter(|r| r.start < end)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    (lo, hi)
+}
+
+fn last_seq(recs: &[Rec], disk: usize, unit: u64) -> u64 {
+    recs.iter()
+        .filter(|r| r.disk == disk && r.unit == unit)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+fn read_units(path: &Path) -> Vec<Vec<u8>> {
+    let d = Disk::open(path, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{e}"));
+    (0..UNITS)
+        .map(|u| {
+            let mut b = vec![0u8; UNIT];
+            d.read_at(&mut b, unit_offset(u)).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn live_units(d: &LiveDisk) -> Vec<Vec<u8>> {
+    (0..UNITS)
+        .map(|u| {
+            let mut b = vec![0u8; UNIT];
+            d.read_at(&mut b, unit_offset(u)).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn file_hash(p: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    std::fs::read(p).unwrap().hash(&mut h);
+    h.finish()
+}
+
+/// Reads UNITS units from the top of a chain given base first (libvhdi).
+const READ_UNITS: &str = r#"
+import sys
+import pyvhdi
+stride, count = int(sys.argv[1]), int(sys.argv[2])
+files = []
+for p in sys.argv[3:]:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(1, len(files)):
+    files[i].set_parent(files[i - 1])
+top = files[-1]
+out = sys.stdout.buffer
+for u in range(count):
+    data = top.read_buffer_at_offset(4096, u * stride)
+    if len(data) != 4096:
+        sys.exit("short read at unit %d" % u)
+    out.write(data)
+for f in reversed(files):
+    f.close()
+"#;
+
+fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
+    let d = Disk::open(top, OpenMode::ReadOnly).unwrap();
+    let mut chain: Vec<String> = d
+        .chain()
+        .into_iter()
+        .map(|p| p.unwrap().display().to_string())
+        .collect();
+    drop(d);
+    chain.reverse();
+    let stride = unit_offset(1).to_string();
+    let count = UNITS.to_string();
+    let mut args: Vec<&str> = vec![&stride, &count];
+    args.extend(chain.iter().map(String::as_str));
+    let data = support::python(READ_UNITS, &args);
+    assert_eq!(data.len(), UNITS as usize * UNIT);
+    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
+}
+
+fn pyvhdi() -> bool {
+    let ok = support::have_pyvhdi();
+    if !ok {
+        support::missing("the Python module pyvhdi (Debian package python3-libvhdi)");
+    }
+    ok
+}
+
+// ------------------------------------------------------------------ setup
+
+/// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
+fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
+    let mut disks = Vec::new();
+    for i in 0..n {
+        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
+            .unwrap()
+            .close()
+            .unwrap();
+        disks.push(p);
+    }
+    let dir = root.join("vm");
+    let mut spec = VmSpec::new("live", disks);
+    spec.settings.checkpoint_type = kind;
+    Vm::create(&dir, &spec).unwrap();
+    dir
+}
+
+/// Hooks that record their calls, each with the top file of disk 0 at
+/// that moment (the order around the switch).
+struct Recording {
+    disk: Arc<LiveDisk>,
+    calls: Arc<Mutex<Vec<(&'static str, PathBuf)>>>,
+}
+
+impl Recording {
+    fn note(&self, what: &'static str) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((what, self.disk.path().unwrap()));
+    }
+}
+
+impl Hooks for Recording {
+    fn quiesce(&mut self) -> Result<(), String> {
+        self.note("quiesce");
+        Ok(())
+    }
+    fn thaw(&mut self) {
+        self.note("thaw");
+    }
+    fn save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
+        self.note("save_memory");
+        out.write_all(&[9u8; 512])?;
+        Ok(true)
+    }
+    fn resume(&mut self) {
+        self.note("resume");
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// A create: (name, begin, end, the checkpoint's disks with their hashes).
+type Made = (String, u64, u64, Vec<(PathBuf, u64)>);
+
+#[test]
+fn attach_gives_one_handle_per_disk_and_detach_waits_for_holders() {
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    assert!(!vm.attached());
+    let e = vm.disk(2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(!vm.attached(), "a bad index attaches nothing");
+    let a = vm.disk(0).unwrap();
+    assert!(vm.attached());
+    assert!(Arc::ptr_eq(&a, &vm.disk(0).unwrap()));
+    let b = vm.disk(1).unwrap();
+    assert!(!Arc::ptr_eq(&a, &b));
+    // Another handle on a current disk is refused while attached.
+    let cur = vm.data().current.disks[0].clone();
+    let e = Disk::open(&cur, OpenMode::ReadOnly).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    a.write_at(&unit_bytes(0, 1, 1), unit_offset(1)).unwrap();
+    let e = vm.detach().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(vm.attached(), "a refused detach changes nothing");
+    drop((a, b));
+    vm.detach().unwrap();
+    assert!(!vm.attached());
+    assert_eq!(decode(0, 1, &read_units(&cur)[1], "after detach"), 1);
+    // Closing the VM detaches too.
+    vm.disk(1).unwrap();
+    drop(vm);
+    Disk::open(&cur, OpenMode::ReadWrite)
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+#[test]
+fn creates_while_writers_write_then_rename_list_apply_revert() {
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    vm.set_state(VmState::Running).unwrap();
+    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let clock = Arc::new(AtomicU64::new(0));
+    let writers = Writers::start(&disks, 16, &clock);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let mut made: Vec<Made> = Vec::new();
+    for k in 0..5 {
+        let kind = if k % 2 == 0 {
+            CheckpointType::Standard
+        } else {
+            CheckpointType::Production
+        };
+        let mut s = vm.data().settings.clone();
+        s.checkpoint_type = kind;
+        vm.set_settings(s).unwrap();
+        // Let the writers get ahead.
+        let until = clock.load(Ordering::SeqCst) + 400;
+        while clock.load(Ordering::SeqCst) < until {
+            thread::yield_now();
+        }
+        calls.lock().unwrap().clear();
+        let mut hooks = Recording {
+            disk: disks[0].clone(),
+            calls: calls.clone(),
+        };
+        let top_before = disks[0].path().unwrap();
+        let begin = clock.fetch_add(1, Ordering::SeqCst);
+        let ck = vm
+            .create_checkpoint(&format!("c{k}"), None, &mut hooks)
+            .unwrap();
+        let end = clock.fetch_add(1, Ordering::SeqCst);
+        let top_after = disks[0].path().unwrap();
+        assert_eq!(ck.disks[0], top_before, "the frozen layer is the old top");
+        assert_eq!(vm.data().current.disks[0], top_after);
+        let c = calls.lock().unwrap().clone();
+        let names: Vec<&str> = c.iter().map(|x| x.0).collect();
+        match kind {
+            CheckpointType::Standard => assert_eq!(names, ["save_memory", "resume"]),
+            _ => assert_eq!(names, ["quiesce", "thaw"]),
+        }
+        // The switch is between the two calls.
+        assert_eq!(c[0].1, top_before, "{names:?}: before the switch");
+        assert_eq!(c[1].1, top_after, "{names:?}: after the switch");
+        let frozen = ck.disks.iter().map(|p| (p.clone(), file_hash(p))).collect();
+        made.push((ck.name.clone(), begin, end, frozen));
+    }
+    vm.rename("c2", "middle").unwrap();
+    made[2].0 = "middle".into();
+    let list = vm.list().unwrap();
+    assert_eq!(list.len(), 5);
+    assert_eq!(list[2].checkpoint.name, "middle");
+    // Export of a checkpoint works while attached; of the current state it
+    // is refused (Busy), making nothing.
+    let out = t.path().join("export");
+    let files = vm.export(Some("c1"), &out, &mut NoHooks).unwrap();
+    assert_eq!(
+        files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "vhdx"))
+            .count(),
+        2
+    );
+    let e = vm
+        .export(None, &t.path().join("export2"), &mut NoHooks)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(!t.path().join("export2").exists());
+    assert!(!dir.join("journal.json").exists());
+    let log = writers.finish();
+    assert!(log.error.is_none(), "a writer failed: {:?}", log.error);
+    assert!(log.recs.len() > 200, "writers wrote {}", log.recs.len());
+    let py = pyvhdi();
+    for (name, begin, end, frozen) in &made {
+        let ck = vm.find(name).unwrap().clone();
+        if name == "c1" {
+            // The export is a flat copy of c1's disks.
+            for (d, p) in ck.disks.iter().enumerate() {
+                let flat = files
+                    .iter()
+                    .find(|f| f.file_name().unwrap().to_string_lossy() == format!("disk{d}.vhdx"));
+                assert_eq!(read_units(flat.unwrap()), read_units(p), "export disk {d}");
+            }
+        }
+        for (d, (p, h)) in frozen.iter().enumerate() {
+            assert_eq!(&ck.disks[d], p);
+            assert_eq!(file_hash(p), *h, "{name}: frozen disk {d} changed");
+            let ours = read_units(p);
+            let theirs = if py { Some(vhdi_units(p)) } else { None };
+            for u in 0..UNITS {
+                let what = format!("checkpoint {name} disk {d}");
+                let seq = decode(d, u, &ours[u as usize], &what);
+                let (lo, hi) = allowed(&log.recs, d, u, *begin, *end);
+                assert!(
+                    (lo..=hi).contains(&seq),
+                    "{what} unit {u}: seq {seq} not in {lo}..={hi}"
+                );
+                if let Some(v) = &theirs {
+                    assert_eq!(v[u as usize], ours[u as usize], "{what} unit {u}: libvhdi");
+                }
+            }
+        }
+    }
+    // The current state holds every write.
+    for (d, disk) in disks.iter().enumerate() {
+        let units = live_units(disk);
+        for u in 0..UNITS {
+            let seq = decode(d, u, &units[u as usize], "current");
+            assert_eq!(seq, last_seq(&log.recs, d, u), "current disk {d} unit {u}");
+        }
+    }
+
+    // Apply (the hypervisor stopped the guest): the same handles read c1.
+    vm.set_state(VmState::Off).unwrap();
+    let old_current = vm.data().current.disks.clone();
+    vm.apply("c1", None, &mut NoHooks).unwrap();
+    assert!(vm.take_warnings().is_empty());
+    for p in &old_current {
+        assert!(!p.exists(), "{}: discarded disk left", p.display());
+    }
+    assert!(vm.data().pending_removals.is_empty());
+    let c1 = vm.find("c1").unwrap().clone();
+    for (d, disk) in disks.iter().enumerate() {
+        assert_eq!(disk.path().unwrap(), vm.data().current.disks[d]);
+        assert_eq!(
+            live_units(disk),
+            read_units(&c1.disks[d]),
+            "disk {d} after apply"
+        );
+    }
+    // Write, then revert: the write is gone, the handles read c1 again.
+    disks[0]
+        .write_at(&unit_bytes(0, 3, 999), unit_offset(3))
+        .unwrap();
+    let discarded = vm.data().current.disks.clone();
+    vm.revert().unwrap();
+    assert_eq!(live_units(&disks[0]), read_units(&c1.disks[0]));
+    for p in &discarded {
+        assert!(!p.exists(), "{}: discarded disk left", p.display());
+    }
+    // Apply with the current state kept: the capture is a live create
+    // (the VM is off), then the handles follow the applied state.
+    disks[1]
+        .write_at(&unit_bytes(1, 5, 777), unit_offset(5))
+        .unwrap();
+    let c0 = vm.find("c0").unwrap().clone();
+    vm.apply("c0", Some("kept"), &mut NoHooks).unwrap();
+    let kept = vm.find("kept").unwrap().clone();
+    let k = read_units(&kept.disks[1]);
+    assert_eq!(decode(1, 5, &k[5], "kept"), 777);
+    for (d, disk) in disks.iter().enumerate() {
+        assert_eq!(disk.path().unwrap(), vm.data().current.disks[d]);
+        assert_eq!(
+            live_units(disk),
+            read_units(&c0.disks[d]),
+            "disk {d} after apply"
+        );
+    }
+    for (name, _, _, frozen) in &made {
+        for (p, h) in frozen {
+            assert_eq!(
+                file_hash(p),
+                *h,
+                "{name}: frozen disk changed by apply/revert"
+            );
+        }
+    }
+    drop(disks);
+    vm.detach().unwrap();
+    // The disks live creates made are stamped as this VM's once detached.
+    for c in &vm.data().checkpoints {
+        for p in c.disks.iter().chain(&vm.data().current.disks) {
+            let s = ckpt::checkpoint::owner::stamp_of(p).unwrap();
+            assert_eq!(
+                s.map(|s| s.folder),
+                Some(vm.dir().to_path_buf()),
+                "{}",
+                p.display()
+            );
+        }
+    }
+    drop(vm);
+    // Reopened: the tree is the same.
+    let vm = Vm::open(&dir).unwrap();
+    assert_eq!(vm.list().unwrap().len(), 6);
+    assert!(vm.strays().unwrap().is_empty());
+    assert!(vm.data().pending_removals.is_empty());
+}
+
+#[test]
+fn delete_off_the_live_chain_works_on_it_is_refused() {
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    let d0 = vm.disk(0).unwrap();
+    d0.write_at(&unit_bytes(0, 0, 1), 0).unwrap();
+    vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
+    d0.write_at(&unit_bytes(0, 0, 2), 0).unwrap();
+    vm.create_checkpoint("b", None, &mut NoHooks).unwrap();
+    vm.apply("a", None, &mut NoHooks).unwrap();
+    // b is off the live chains: deleted as offline.
+    let b = vm.find("b").unwrap().clone();
+    vm.delete("b", false, &mut NoHooks).unwrap();
+    assert!(vm.find("b").is_err());
+    for p in &b.disks {
+        assert!(!p.exists(), "{}: left", p.display());
+    }
+    // Deleting a merges the live current state into a's disks: refused
+    // (until live merge), nothing changed.
+    let before = std::fs::read(dir.join("vm.json")).unwrap();
+    let e = vm.delete("a", false, &mut NoHooks).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    assert!(!dir.join("journal.json").exists());
+    assert_eq!(decode(0, 0, &live_units(&d0)[0], "after refusal"), 1);
+    // So is a delete that merges a frozen layer of the live chains.
+    vm.create_checkpoint("c", None, &mut NoHooks).unwrap();
+    let before = std::fs::read(dir.join("vm.json")).unwrap();
+    let e = vm.delete("a", false, &mut NoHooks).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    d0.write_at(&unit_bytes(0, 0, 3), 0).unwrap();
+    assert_eq!(decode(0, 0, &live_units(&d0)[0], "after delete"), 3);
+    drop(d0);
+    drop(vm);
+    let vm = Vm::open(&dir).unwrap();
+    assert_eq!(
+        decode(
+            0,
+            0,
+            &read_units(&vm.data().current.disks[0])[0],
+            "reopened"
+        ),
+        3
+    );
+}
+
+/// A live create cut at every write, flush and unlink of the main thread
+/// while writers write: the VM reopens reconciled, the checkpoints before
+/// intact, every write flushed before the create began present (in the
+/// current state, and in the new checkpoint when it was committed).
+#[test]
+fn crash_at_every_step_of_a_live_create() {
+    let mut events = None;
+    let mut n = 0u64;
+    loop {
+        if events.is_some_and(|e| n >= e) {
+            break;
+        }
+        let t = support::fast_tempdir();
+        let dir = build(t.path(), 2, CheckpointType::Standard);
+        let mut vm = Vm::open(&dir).unwrap();
+        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        for (d, disk) in disks.iter().enumerate() {
+            disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
+        }
+        let first = vm.create_checkpoint("first", None, &mut NoHooks).unwrap();
+        let kept: Vec<u64> = first.disks.iter().map(|p| file_hash(p)).collect();
+        let clock = Arc::new(AtomicU64::new(0));
+        let writers = Writers::start(&disks, 4, &clock);
+        let until = clock.load(Ordering::SeqCst) + 100;
+        while clock.load(Ordering::SeqCst) < until {
+            thread::yield_now();
+        }
+        let begin = clock.fetch_add(1, Ordering::SeqCst);
+        faults::arm(events.map_or(u64::MAX, |_| n), Cut::Clean);
+        let r = vm.create_checkpoint("c", None, &mut NoHooks);
+        let seen = faults::events();
+        if events.is_none() {
+            faults::disarm();
+            r.unwrap();
+            events = Some(seen);
+            assert!(seen > 5, "{seen} events");
+            let _ = writers.finish();
+            continue;
+        }
+        let log = writers.finish();
+        drop(disks);
+        // The process "dies": the VM is dropped while every write fails.
+        drop(vm);
+        faults::disarm();
+        let ctx = format!("cut at {n} of {events:?} ({:?})", r.as_ref().err());
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+        assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+        let f = vm.find("first").unwrap();
+        for (p, h) in f.disks.iter().zip(&kept) {
+            assert_eq!(file_hash(p), *h, "{ctx}: first changed");
+        }
+        let mut states = vec![vm.data().current.disks.clone()];
+        if let Ok(c) = vm.find("c") {
+            states.push(c.disks.clone());
+        }
+        for disks in &states {
+            for (d, p) in disks.iter().enumerate() {
+                let units = read_units(p);
+                for u in 0..UNITS {
+                    let seq = decode(d, u, &units[u as usize], &ctx);
+                    let want = log.flushed_seq(d, u, begin);
+                    assert!(
+                        seq >= want,
+                        "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+                    );
+                }
+            }
+        }
+        n += 1;
+    }
+}
+
+/// A transient error at each step of a live create: refused cleanly (the
+/// handles keep working on the current state) or done; a retry succeeds.
+#[test]
+fn transient_error_then_retry_of_a_live_create() {
+    let mut n = 0u64;
+    loop {
+        let t = support::fast_tempdir();
+        let dir = build(t.path(), 2, CheckpointType::Standard);
+        let mut vm = Vm::open(&dir).unwrap();
+        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let mut disks = disks;
+        for (d, disk) in disks.iter().enumerate() {
+            disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
+            disk.flush().unwrap();
+        }
+        faults::arm_transient(n, Transient::Eio);
+        let r = vm.create_checkpoint("c", None, &mut NoHooks);
+        let seen = faults::disarm();
+        let ctx = format!("fail at {n} ({:?})", r.as_ref().err());
+        // An error after the commit (ending the journal) reports the
+        // error, but the checkpoint is taken.
+        if r.is_err() && vm.find("c").is_err() {
+            if let Err(e) = vm.create_checkpoint("c", None, &mut NoHooks) {
+                // A failed sync poisons the disk it hit (as any disk
+                // handle): the retry says so and changes nothing; the
+                // hypervisor opens the VM again (the log is replayed) and
+                // retries there.
+                assert_eq!(e.kind(), ErrorKind::Io, "{ctx}: retry: {e}");
+                assert!(e.to_string().contains("earlier sync"), "{ctx}: retry: {e}");
+                assert!(vm.find("c").is_err(), "{ctx}");
+                drop(disks);
+                drop(vm);
+                vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+                vm.create_checkpoint("c", None, &mut NoHooks)
+                    .unwrap_or_else(|e| panic!("{ctx}: retry after reopen: {e}"));
+            }
+        }
+        for (d, disk) in disks.iter().enumerate() {
+            assert_eq!(disk.path().unwrap(), vm.data().current.disks[d], "{ctx}");
+            disk.write_at(&unit_bytes(d, 0, 2), 0).unwrap();
+            disk.flush().unwrap();
+        }
+        let c = vm.find("c").unwrap().clone();
+        drop(disks);
+        drop(vm);
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+        for d in 0..2 {
+            let cur = &vm.data().current.disks[d];
+            assert_eq!(decode(d, 0, &read_units(cur)[0], &ctx), 2, "{ctx}");
+            assert_eq!(decode(d, 0, &read_units(&c.disks[d])[0], &ctx), 1, "{ctx}");
+        }
+        if n >= seen {
+            break;
+        }
+        n += 1;
+    }
+}
+
+/// Revert and apply on an attached (stopped) VM cut at every write, flush
+/// and unlink: the VM reopens reconciled, the checkpoint intact, the
+/// current state the old one or the applied one, never anything else.
+#[test]
+fn crash_at_every_step_of_a_live_revert_and_apply() {
+    for op in ["revert", "apply"] {
+        let mut events = None;
+        let mut n = 0u64;
+        loop {
+            if events.is_some_and(|e| n >= e) {
+                break;
+            }
+            let t = support::fast_tempdir();
+            let dir = build(t.path(), 2, CheckpointType::Standard);
+            let mut vm = Vm::open(&dir).unwrap();
+            let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            for (d, disk) in disks.iter().enumerate() {
+                disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
+            }
+            let a = vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
+            let kept: Vec<u64> = a.disks.iter().map(|p| file_hash(p)).collect();
+            for (d, disk) in disks.iter().enumerate() {
+                disk.write_at(&unit_bytes(d, 0, 2), 0).unwrap();
+                disk.flush().unwrap();
+            }
+            vm.set_state(VmState::Off).unwrap();
+            faults::arm(events.map_or(u64::MAX, |_| n), Cut::Torn);
+            let r = match op {
+                "revert" => vm.revert(),
+                _ => vm.apply("a", Some("b"), &mut NoHooks),
+            };
+            let seen = faults::events();
+            if events.is_none() {
+                faults::disarm();
+                r.unwrap();
+                for (d, disk) in disks.iter().enumerate() {
+                    assert_eq!(decode(d, 0, &live_units(disk)[0], op), 1);
+                }
+                events = Some(seen);
+                assert!(seen > 3, "{op}: {seen} events");
+                continue;
+            }
+            drop(disks);
+            drop(vm);
+            faults::disarm();
+            let ctx = format!("{op}: cut at {n} of {events:?} ({:?})", r.as_ref().err());
+            let mut vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+            assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+            assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+            let a = vm.find("a").unwrap().clone();
+            for (p, h) in a.disks.iter().zip(&kept) {
+                assert_eq!(file_hash(p), *h, "{ctx}: a changed");
+            }
+            let disks = [vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            let now: Vec<u64> = disks
+                .iter()
+                .enumerate()
+                .map(|(d, disk)| decode(d, 0, &live_units(disk)[0], &ctx))
+                .collect();
+            assert!(
+                now == [1, 1] || (r.is_err() && now == [2, 2]),
+                "{ctx}: current holds {now:?}"
+            );
+            if let Ok(b) = vm.find("b") {
+                for (d, p) in b.disks.iter().enumerate() {
+                    assert_eq!(decode(d, 0, &read_units(p)[0], &ctx), 2, "{ctx}: b");
+                }
+            }
+            n += 1;
+        }
+    }
+}
