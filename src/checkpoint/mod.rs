@@ -21,7 +21,9 @@
 //! - `recover.rs`: reconcile after a crash (finish or undo the journaled
 //!   step, an interrupted merge) and the old files left to remove;
 //! - `report.rs`: the checkpoint list, the checkpoint location, strays;
-//! - `export.rs`: export (the file names it gives, and [`Vm::export`]).
+//! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
+//! - `by_id.rs`: find, apply, delete, rename and export by stable id.
+mod by_id;
 mod create;
 mod delete;
 pub mod export;
