@@ -6,12 +6,14 @@
  * the pending-delete flags after a cancelled delete, ckpt_disk_chain_path(0)
  * absolute after a relative open, vectored reads and writes, one file
  * opened without its parents, and paths that are not UTF-8.
+ * Vectored I/O also runs from several threads on one handle at once.
  *
  * Usage: test_hypervisor DIR (a scratch directory)
  */
 #define _XOPEN_SOURCE 700
 
-#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -461,6 +463,83 @@ static void vectored(const char *dir) {
     EXPECT_OK(ckpt_disk_close(disk));
 }
 
+/* Several threads on one handle at once: writers put their round number
+ * into their own region with writev (three pieces per call), a reader
+ * reads the whole range with readv meanwhile; every call succeeds and each
+ * region ends with its writer's last round. */
+#define WRITERS 3
+#define REGION (64u * 1024u)
+#define ROUNDS 40
+
+typedef struct {
+    ckpt_disk *disk;
+    unsigned index;
+    ckpt_status status;
+} worker;
+
+static atomic_int reader_stop;
+
+static void *writer(void *arg) {
+    worker *w = arg;
+    static uint8_t bufs[WRITERS][REGION];
+    uint8_t *b = bufs[w->index];
+    for (unsigned round = 1; round <= ROUNDS && w->status == CKPT_STATUS_OK; round++) {
+        memset(b, (int)(w->index * 64 + round), REGION);
+        ckpt_iovec v[3] = {
+            {b, 512}, {b + 512, REGION / 2}, {b + 512 + REGION / 2, REGION / 2 - 512}};
+        w->status = ckpt_disk_writev(w->disk, v, 3, (uint64_t)w->index * MIB + 4096);
+    }
+    return NULL;
+}
+
+static void *reader(void *arg) {
+    worker *w = arg;
+    static uint8_t buf[WRITERS * MIB];
+    while (!atomic_load(&reader_stop) && w->status == CKPT_STATUS_OK) {
+        ckpt_iovec v[2] = {{buf, MIB + 7}, {buf + MIB + 7, 2 * MIB - 7}};
+        w->status = ckpt_disk_readv(w->disk, v, 2, 0);
+    }
+    return NULL;
+}
+
+static void threaded(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/threads.vhdx", dir);
+    make_disk(path);
+    ckpt_disk *disk = NULL;
+    EXPECT_OK(ckpt_disk_open(path, CKPT_OPEN_READ_WRITE, &disk));
+    if (disk == NULL) {
+        return;
+    }
+    worker w[WRITERS + 1];
+    pthread_t t[WRITERS + 1];
+    atomic_store(&reader_stop, 0);
+    memset(w, 0, sizeof w);
+    for (unsigned i = 0; i <= WRITERS; i++) {
+        w[i].disk = disk;
+        w[i].index = i;
+        w[i].status = CKPT_STATUS_OK;
+    }
+    CHECK(pthread_create(&t[WRITERS], NULL, reader, &w[WRITERS]) == 0);
+    for (unsigned i = 0; i < WRITERS; i++) {
+        CHECK(pthread_create(&t[i], NULL, writer, &w[i]) == 0);
+    }
+    for (unsigned i = 0; i < WRITERS; i++) {
+        CHECK(pthread_join(t[i], NULL) == 0);
+        EXPECT_OK(w[i].status);
+    }
+    atomic_store(&reader_stop, 1);
+    CHECK(pthread_join(t[WRITERS], NULL) == 0);
+    EXPECT_OK(w[WRITERS].status);
+    EXPECT_OK(ckpt_disk_flush(disk));
+    for (unsigned i = 0; i < WRITERS; i++) {
+        uint64_t at = (uint64_t)i * MIB + 4096;
+        CHECK(all_are(disk, (uint8_t)(i * 64 + ROUNDS), REGION, at));
+        CHECK(all_are(disk, 0, 4096, at - 4096));
+    }
+    EXPECT_OK(ckpt_disk_close(disk));
+}
+
 /* ---- one file without its parents ---- */
 
 static void single_file(const char *dir) {
@@ -626,6 +705,7 @@ int main(int argc, char **argv) {
     pending_delete(argv[1]);
     relative_open(argv[1]);
     vectored(argv[1]);
+    threaded(argv[1]);
     single_file(argv[1]);
     non_utf8(argv[1]);
     return check_finish("test_hypervisor");
