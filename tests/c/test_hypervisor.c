@@ -694,6 +694,76 @@ static void non_utf8(const char *dir) {
     }
 }
 
+/* ---- every new function refuses NULL where a pointer is needed ---- */
+
+static void null_arguments(const char *dir) {
+    char buf[64];
+    size_t n = 77;
+    EXPECT_STATUS(ckpt_vm_current_saved_state_path(NULL, buf, sizeof buf, &n),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_saved_state_path(NULL, 0, buf, sizeof buf, &n),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_hypervisor_json(NULL, buf, sizeof buf, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_hypervisor_json(NULL, 0, buf, sizeof buf, &n),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_get_checkpoint_location(NULL, buf, sizeof buf, &n),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_passthrough(NULL, 0, buf, sizeof buf, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_skipped_device(NULL, 0, 0, buf, sizeof buf, &n),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_find_id(NULL, "x", &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_get_by_id(NULL, "x", NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_apply_by_id(NULL, "x", NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_delete_by_id(NULL, "x", 0, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename_by_id(NULL, "x", "y"), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_export_by_id(NULL, "x", dir, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_disk_writev(NULL, NULL, 0, 0), CKPT_STATUS_NULL_POINTER);
+    CHECK(n == 77);
+
+    /* on a live VM: NULL ids, names, outputs and buffers */
+    char disk[4096], vmdir[4096];
+    snprintf(disk, sizeof disk, "%s/null-args.vhdx", dir);
+    snprintf(vmdir, sizeof vmdir, "%s/null-args-vm", dir);
+    make_disk(disk);
+    const char *disks[] = {disk};
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = "nulls";
+    spec.disks = disks;
+    spec.disk_count = 1;
+    ckpt_vm *vm = NULL;
+    EXPECT_OK(ckpt_vm_create(vmdir, &spec, &vm));
+    if (vm == NULL) {
+        return;
+    }
+    EXPECT_OK(ckpt_vm_checkpoint_create(vm, "c", NULL));
+    char id[128];
+    id_of(vm, "c", id, sizeof id);
+    EXPECT_STATUS(ckpt_vm_hypervisor_json(vm, NULL, 8, &n), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_get_checkpoint_location(vm, NULL, 8, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_find_id(vm, id, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_apply_by_id(vm, NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_delete_by_id(vm, NULL, 0, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename_by_id(vm, id, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_rename_by_id(vm, id, " padded"),
+                  CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_checkpoint_export_by_id(vm, id, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    /* a too-small struct_size is refused and *info not written */
+    ckpt_checkpoint_info info;
+    memset(&info, 0x5c, sizeof info);
+    info.struct_size = 8;
+    EXPECT_STATUS(ckpt_vm_checkpoint_get_by_id(vm, id, &info), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(info.struct_size == 8 && info.created == 0x5c5c5c5c5c5c5c5cull);
+    /* nothing of that changed the checkpoint */
+    size_t found = 9;
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "c", &found));
+    char id2[128];
+    EXPECT_OK(ckpt_vm_checkpoint_id(vm, found, id2, sizeof id2, NULL));
+    CHECK(strcmp(id, id2) == 0);
+    EXPECT_OK(ckpt_vm_close(vm));
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -708,5 +778,6 @@ int main(int argc, char **argv) {
     threaded(argv[1]);
     single_file(argv[1]);
     non_utf8(argv[1]);
+    null_arguments(argv[1]);
     return check_finish("test_hypervisor");
 }

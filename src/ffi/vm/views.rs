@@ -325,7 +325,12 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_name(
 
 /// Copy the stable id of checkpoint `index` (the `id` and `parent` of the
 /// JSON) into `buf` (a string getter, as described at
-/// `ckpt_disk_get_parent_path`).
+/// `ckpt_disk_get_parent_path`). Unlike the index, the id holds for the
+/// checkpoint's whole life: a rename keeps it, it is the same after a
+/// crash and a reopen, and it is never given to another checkpoint (a
+/// name can be: that of a deleted or hidden one). Keep it to address the
+/// checkpoint later: `ckpt_vm_checkpoint_find_id` and the `..._by_id`
+/// calls take it.
 ///
 /// Errors: as for `ckpt_vm_checkpoint_name`.
 ///
