@@ -43,6 +43,32 @@
  *   the duration of the call. Strings returned by the library (version,
  *   status names) are static: never free them.
  *
+ * Paths are bytes, as Linux file names are: every path argument of a disk
+ *   function (ckpt_disk_*) takes any bytes but NUL, UTF-8 or not, and path
+ *   getters (ckpt_disk_chain_path, ckpt_vm_*_path, ...) return the bytes the
+ *   file system holds. A VM keeps its paths in vm.json and its journal as
+ *   JSON text, so the paths of a VM (its folder, its disks, its checkpoint
+ *   location, an export folder) must be UTF-8: others are refused with
+ *   CKPT_STATUS_INVALID_ARGUMENT before anything is made.
+ *   JSON outputs (the *_json getters) carry a path that is not UTF-8 in a
+ *   lossy form (each invalid byte as U+FFFD): use the path getters for such
+ *   paths. Every path a getter returns is absolute.
+ *
+ * Argument order: a function that takes a buffer and a position on the disk
+ *   takes the buffer first, as its (pointer, length) pair, and the position
+ *   last: ckpt_disk_read(disk, buf, len, offset), ckpt_disk_write, and from
+ *   0.2 on ckpt_disk_readv(disk, iov, iovcnt, offset) and ckpt_disk_writev,
+ *   as pread/preadv. A function that takes a range of the disk without a
+ *   buffer takes (offset, length): ckpt_disk_trim(disk, offset, len); and
+ *   ckpt_disk_extents(disk, offset, len, buf, cap, out_count), whose output
+ *   array follows the range. New functions follow these two rules.
+ *
+ * Checkpoints: an index (0 .. ckpt_vm_checkpoint_count - 1) holds only until
+ *   the next change through the handle; a checkpoint's id
+ *   (ckpt_vm_checkpoint_id) holds for its whole life and is never reused, and
+ *   the ..._by_id calls take it. The listing is the whole tree, hidden branch
+ *   points included and marked (ckpt_checkpoint_info.hidden).
+ *
  * Ownership: a handle (ckpt_disk *, ckpt_vm *) comes from a create/open
  *   function and is given back exactly once to its close function, which
  *   accepts NULL.
@@ -117,9 +143,9 @@
  * the library actually linked; CKPT_VERSION_CHECK() compares the two.
  */
 #define CKPT_VERSION_MAJOR 0
-#define CKPT_VERSION_MINOR 1
+#define CKPT_VERSION_MINOR 2
 #define CKPT_VERSION_PATCH 0
-#define CKPT_VERSION_STRING "0.1.0"
+#define CKPT_VERSION_STRING "0.2.0"
 
 /*
  * CKPT_VERSION_CHECK(): CKPT_STATUS_OK when the linked library can be used
@@ -161,6 +187,11 @@
  * holes: an allocated range that happens to hold zeros has no flag.
  */
 #define CKPT_EXTENT_ZERO 2
+
+/**
+ * The most buffers one vectored call takes (as Linux's `IOV_MAX`).
+ */
+#define CKPT_IOV_MAX 1024
 
 /**
  * The per-VM checkpoint setting (`ckpt_vm_spec.checkpoint_type`,
@@ -562,7 +593,8 @@ typedef struct ckpt_disk_info {
      */
     bool log_dirty;
     /**
-     * Whether the disk has a parent (it is a differencing disk).
+     * Whether the disk has a parent (it is a differencing disk; also when
+     * its file was opened alone, with `ckpt_disk_open_file`).
      */
     bool has_parent;
     /**
@@ -607,6 +639,22 @@ typedef struct ckpt_extent {
      */
     uint32_t reserved;
 } ckpt_extent;
+
+/**
+ * One buffer of a vectored read or write (`struct iovec`): `len` bytes at
+ * `base`. `base` may be NULL when `len` is 0. `ckpt_disk_writev` only
+ * reads through `base`.
+ */
+typedef struct ckpt_iovec {
+    /**
+     * The buffer.
+     */
+    uint8_t *base;
+    /**
+     * Its length in bytes.
+     */
+    size_t len;
+} ckpt_iovec;
 
 /**
  * Parameters of `ckpt_vm_create` (a versioned struct, used like
@@ -710,8 +758,8 @@ typedef struct ckpt_vm_info {
      */
     uint32_t passthrough_count;
     /**
-     * Number of checkpoints, hidden ones included (see
-     * `ckpt_vm_checkpoint_get`).
+     * Number of checkpoints, hidden branch points included (see
+     * `ckpt_vm_checkpoint_count`).
      */
     uint32_t checkpoint_count;
     /**
@@ -720,13 +768,23 @@ typedef struct ckpt_vm_info {
      */
     bool has_current_checkpoint;
     /**
-     * Whether the current state has memory state to resume from.
+     * Whether the current state has memory state to resume from (see
+     * `ckpt_vm_current_saved_state_path`).
      */
     bool has_saved_state;
     /**
+     * Whether a delete is pending: some checkpoint is being deleted
+     * (`ckpt_checkpoint_info.deleting`; a delete was cancelled or failed
+     * once its disks began to change, or a crash cut it and the open
+     * could not finish it). The next change to the VM finishes it first;
+     * deleting that checkpoint again finishes it now. Added in 0.2 (the
+     * byte was reserved, always 0, before).
+     */
+    bool delete_pending;
+    /**
      * Always 0.
      */
-    uint8_t reserved[2];
+    uint8_t reserved[1];
     /**
      * The age warning in seconds (0: none).
      */
@@ -1008,7 +1066,11 @@ ckpt_status ckpt_disk_chain_length(const struct ckpt_disk *disk, size_t *out);
 /**
  * Copy the path of file `index` of `disk`'s chain into `buf` (0 is the
  * file the handle was opened on, 1 its parent, ..., `chain length - 1`
- * the base disk), as described at `ckpt_disk_get_parent_path`.
+ * the base disk), as described at `ckpt_disk_get_parent_path`. Every
+ * index, 0 included, gives an absolute path with symbolic links and `..`
+ * resolved (before 0.2, index 0 gave the path as it was passed to
+ * `ckpt_disk_open`). Paths are returned as the bytes the file system
+ * holds: on Linux they need not be UTF-8.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
  * `CKPT_STATUS_INVALID_ARGUMENT` (`index` is not less than the chain
@@ -1364,6 +1426,80 @@ ckpt_status ckpt_disk_extents(const struct ckpt_disk *disk,
  * other thread is using.
  */
 ckpt_status ckpt_disk_close(struct ckpt_disk *disk);
+
+/**
+ * Read into `iovcnt` buffers, one after another, the bytes of the virtual
+ * disk from `offset` on (as `preadv(2)`): `iov[0].len` bytes at `offset`
+ * into `iov[0].base`, the next `iov[1].len` into `iov[1].base`, and so on.
+ * As `ckpt_disk_read` of the whole range: a range past the end fails with
+ * `CKPT_STATUS_OUT_OF_RANGE` and no buffer is touched; after another
+ * failure the buffers' contents are unspecified. With `iovcnt == 0` (or
+ * only empty buffers) nothing is read and `iov` may be NULL.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk` NULL, `iov` NULL with
+ * `iovcnt > 0`, a NULL `base` with a `len`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (more than `CKPT_IOV_MAX` buffers), `CKPT_STATUS_OUT_OF_RANGE`,
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `iov` is NULL or points to `iovcnt`
+ * readable `ckpt_iovec`s, each `base` valid for writes of `len` bytes;
+ * the buffers do not overlap.
+ */
+ckpt_status ckpt_disk_readv(const struct ckpt_disk *disk,
+                            const struct ckpt_iovec *iov,
+                            size_t iovcnt,
+                            uint64_t offset);
+
+/**
+ * Write `iovcnt` buffers, one after another, to the virtual disk from
+ * `offset` on (as `pwritev(2)`): exactly as `ckpt_disk_write` of their
+ * concatenation — one write, with its guarantees: a range past the end
+ * (`CKPT_STATUS_OUT_OF_RANGE`) or a read-only handle
+ * (`CKPT_STATUS_READ_ONLY`) writes nothing; after another failure the
+ * range may hold a part of the new data; durable after a flush. With
+ * `iovcnt == 0` (or only empty buffers) nothing is written and `iov` may
+ * be NULL.
+ *
+ * Errors: as for `ckpt_disk_readv`, and `CKPT_STATUS_READ_ONLY`,
+ * `CKPT_STATUS_NO_SPACE`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `iov` is NULL or points to `iovcnt`
+ * readable `ckpt_iovec`s, each `base` valid for reads of `len` bytes.
+ */
+ckpt_status ckpt_disk_writev(struct ckpt_disk *disk,
+                             const struct ckpt_iovec *iov,
+                             size_t iovcnt,
+                             uint64_t offset);
+
+/**
+ * Open the one VHDX file at `path` without its parents, read-only, to
+ * inspect it (its own data and allocation, `ckpt_disk_get_info`,
+ * `ckpt_disk_extents`). `flags` must be `CKPT_OPEN_READ_ONLY` (0).
+ *
+ * For a base disk this is `ckpt_disk_open` read-only. For a differencing
+ * disk the parents are neither looked for nor opened (a missing or
+ * damaged parent does not matter): the chain has one file
+ * (`ckpt_disk_chain_length` gives 1, `ckpt_disk_get_parent_path` fails),
+ * `ckpt_disk_info.has_parent` is still true, and the ranges the file does
+ * not hold read as zeros: `ckpt_disk_extents` reports them as holes, so
+ * a range reads as the file's own data only where an extent has no
+ * flags (a data extent may still contain sectors only the parent holds,
+ * which read as zeros here). Writes, trims, and children or merges of
+ * the handle are refused (`CKPT_STATUS_READ_ONLY`).
+ *
+ * Errors: as for `ckpt_disk_open`; `CKPT_STATUS_INVALID_ARGUMENT` for
+ * `flags` other than `CKPT_OPEN_READ_ONLY`.
+ *
+ * # Safety
+ *
+ * `path` is NULL or a NUL-terminated string; `out` is NULL or valid for
+ * writing one pointer.
+ */
+ckpt_status ckpt_disk_open_file(const char *path, uint32_t flags, struct ckpt_disk **out);
 
 /**
  * Copy this thread's last error message into `buf` as a NUL-terminated
@@ -1787,10 +1923,24 @@ ckpt_status ckpt_vm_checkpoints_json(const struct ckpt_vm *vm,
 ckpt_status ckpt_vm_warnings_json(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
 
 /**
- * Set `*out` to the number of checkpoints of the VM, hidden ones
+ * Set `*out` to the number of checkpoints of the VM, hidden branch points
  * included. Indexes `0 .. *out - 1` are valid for `ckpt_vm_checkpoint_get`
  * and the other `ckpt_vm_checkpoint_*` getters until the next change
- * through the handle; parents come before their children.
+ * through the handle (a checkpoint create, apply, revert, delete or
+ * rename, or a setter, even one that fails: it may have finished a
+ * pending delete first); reading never moves them, and no other handle or
+ * process can change the VM meanwhile (the handle holds its lock).
+ * Parents come before their children. To keep hold of a checkpoint
+ * across changes, keep its id (`ckpt_vm_checkpoint_id`, stable for the
+ * checkpoint's life) and find it again with `ckpt_vm_checkpoint_find_id`,
+ * or use the `..._by_id` calls.
+ *
+ * The listing is the whole tree: a hidden branch point (a deleted
+ * checkpoint kept while two or more states still read its disks) is in
+ * it, marked `ckpt_checkpoint_info.hidden`, because the `parent_index` of
+ * the checkpoints under it leads through it. A list for a user skips the
+ * hidden ones (their children then hang under the nearest visible
+ * ancestor); no name lookup or operation takes a hidden one.
  *
  * This also starts a fresh measurement: the ages and sizes
  * `ckpt_vm_checkpoint_get` reports are measured at its first call after
@@ -1845,7 +1995,12 @@ ckpt_status ckpt_vm_checkpoint_name(const struct ckpt_vm *vm,
 /**
  * Copy the stable id of checkpoint `index` (the `id` and `parent` of the
  * JSON) into `buf` (a string getter, as described at
- * `ckpt_disk_get_parent_path`).
+ * `ckpt_disk_get_parent_path`). Unlike the index, the id holds for the
+ * checkpoint's whole life: a rename keeps it, it is the same after a
+ * crash and a reopen, and it is never given to another checkpoint (a
+ * name can be: that of a deleted or hidden one). Keep it to address the
+ * checkpoint later: `ckpt_vm_checkpoint_find_id` and the `..._by_id`
+ * calls take it.
  *
  * Errors: as for `ckpt_vm_checkpoint_name`.
  *
@@ -2135,6 +2290,249 @@ ckpt_status ckpt_vm_export_files_json(const struct ckpt_vm *vm,
                                       char *buf,
                                       size_t len,
                                       size_t *out_len);
+
+/**
+ * Copy the path of the memory-state file the current state resumes from
+ * into `buf` (a string getter, as described at
+ * `ckpt_disk_get_parent_path`): the empty string when it has none
+ * (`ckpt_vm_info.has_saved_state` is false). After applying a standard
+ * checkpoint this is that checkpoint's own file, borrowed: resume from it,
+ * never write into it (a new save goes to a new file). The path is
+ * absolute, as the bytes the file system holds.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_current_saved_state_path(const struct ckpt_vm *vm,
+                                             char *buf,
+                                             size_t len,
+                                             size_t *out_len);
+
+/**
+ * Copy the path of the memory-state file of checkpoint `index` (see
+ * `ckpt_vm_checkpoint_count`) into `buf` (a string getter, as described
+ * at `ckpt_disk_get_parent_path`): the empty string when it has none
+ * (`ckpt_checkpoint_info.has_saved_state` is false). Never write into it.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` out of range), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_saved_state_path(const struct ckpt_vm *vm,
+                                                size_t index,
+                                                char *buf,
+                                                size_t len,
+                                                size_t *out_len);
+
+/**
+ * Copy the hypervisor's own settings of the current state (the
+ * `hypervisor_json` of `ckpt_vm_spec`, `ckpt_vm_set_hypervisor_settings`,
+ * or what the last apply restored) into `buf` as compact JSON text (a
+ * string getter, as described at `ckpt_disk_get_parent_path`): `null`
+ * when there are none. The library keeps the JSON as it is: its layout
+ * is the hypervisor's.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_hypervisor_json(const struct ckpt_vm *vm,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *out_len);
+
+/**
+ * Copy the hypervisor settings checkpoint `index` keeps (the ones
+ * applying it restores: `ckpt_vm_hypervisor_json` gives them after the
+ * apply) into `buf` as compact JSON text, as `ckpt_vm_hypervisor_json`
+ * does. They are read from the checkpoint's configuration copy.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` out of range), `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_NOT_FOUND` / `CKPT_STATUS_IO` / `CKPT_STATUS_CORRUPT` (the
+ * configuration copy is missing or cannot be read).
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_hypervisor_json(const struct ckpt_vm *vm,
+                                               size_t index,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *out_len);
+
+/**
+ * Copy the absolute path of the VM's checkpoint location (where
+ * configuration copies and memory states go: the one set, or the folder
+ * `checkpoints` in the VM folder) into `buf` (a string getter, as
+ * described at `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_get_checkpoint_location(const struct ckpt_vm *vm,
+                                            char *buf,
+                                            size_t len,
+                                            size_t *out_len);
+
+/**
+ * Copy pass-through device `index` of the VM (`0 ..
+ * ckpt_vm_info.passthrough_count - 1`, in the order of
+ * `ckpt_vm_spec.passthrough`) into `buf` (a string getter, as described
+ * at `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`index` out of range), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_passthrough(const struct ckpt_vm *vm,
+                                size_t index,
+                                char *buf,
+                                size_t len,
+                                size_t *out_len);
+
+/**
+ * Copy device `device_index` of the pass-through devices checkpoint
+ * `index` did not checkpoint (`0 ..
+ * ckpt_checkpoint_info.skipped_passthrough_count - 1`) into `buf` (a
+ * string getter, as described at `ckpt_disk_get_parent_path`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_INVALID_ARGUMENT` (an index out of range),
+ * `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_skipped_device(const struct ckpt_vm *vm,
+                                              size_t index,
+                                              size_t device_index,
+                                              char *buf,
+                                              size_t len,
+                                              size_t *out_len);
+
+/**
+ * Set `*out_index` to the index (see `ckpt_vm_checkpoint_count`) of the
+ * checkpoint whose id is `id`. Unlike `ckpt_vm_checkpoint_find`, every
+ * checkpoint is found, hidden branch points (`ckpt_checkpoint_info.hidden`)
+ * and checkpoints being deleted included.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (an
+ * empty id, or not UTF-8), `CKPT_STATUS_NOT_FOUND` (no checkpoint has that
+ * id: it was deleted, or never existed), `CKPT_STATUS_BUSY`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `id` is NULL or a NUL-terminated
+ * string; `out_index` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_checkpoint_find_id(const struct ckpt_vm *vm, const char *id, size_t *out_index);
+
+/**
+ * `ckpt_vm_checkpoint_get` of the checkpoint whose id is `id`.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_find_id` and
+ * `ckpt_vm_checkpoint_get`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `id` is NULL or a NUL-terminated
+ * string; `info` as for `ckpt_vm_checkpoint_get`.
+ */
+ckpt_status ckpt_vm_checkpoint_get_by_id(const struct ckpt_vm *vm,
+                                         const char *id,
+                                         struct ckpt_checkpoint_info *info);
+
+/**
+ * `ckpt_vm_checkpoint_apply` of the checkpoint whose id is `id`.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_apply`; also
+ * `CKPT_STATUS_NOT_FOUND` (no checkpoint has that id) and
+ * `CKPT_STATUS_INVALID_ARGUMENT` (an empty id, or a hidden branch point,
+ * which no operation takes).
+ *
+ * # Safety
+ *
+ * As for `ckpt_vm_checkpoint_apply`, `id` in place of `name`.
+ */
+ckpt_status ckpt_vm_checkpoint_apply_by_id(struct ckpt_vm *vm,
+                                           const char *id,
+                                           const char *save_current_name,
+                                           const struct ckpt_hooks *hooks);
+
+/**
+ * `ckpt_vm_checkpoint_delete` of the checkpoint whose id is `id`.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_delete` and
+ * `ckpt_vm_checkpoint_apply_by_id`.
+ *
+ * # Safety
+ *
+ * As for `ckpt_vm_checkpoint_delete`, `id` in place of `name`.
+ */
+ckpt_status ckpt_vm_checkpoint_delete_by_id(struct ckpt_vm *vm,
+                                            const char *id,
+                                            int subtree,
+                                            const struct ckpt_hooks *hooks);
+
+/**
+ * `ckpt_vm_checkpoint_rename` of the checkpoint whose id is `id` (the id
+ * stays).
+ *
+ * Errors: as for `ckpt_vm_checkpoint_rename` and
+ * `ckpt_vm_checkpoint_apply_by_id`.
+ *
+ * # Safety
+ *
+ * As for `ckpt_vm_checkpoint_rename`, `id` in place of `name`.
+ */
+ckpt_status ckpt_vm_checkpoint_rename_by_id(struct ckpt_vm *vm,
+                                            const char *id,
+                                            const char *new_name);
+
+/**
+ * `ckpt_vm_checkpoint_export` of the checkpoint whose id is `id` (the
+ * current state has no id: export it with `ckpt_vm_checkpoint_export`
+ * and a NULL name). `ckpt_vm_export_files_json` lists the files made.
+ *
+ * Errors: as for `ckpt_vm_checkpoint_export` and
+ * `ckpt_vm_checkpoint_apply_by_id`.
+ *
+ * # Safety
+ *
+ * As for `ckpt_vm_checkpoint_export`, `id` (not NULL) in place of
+ * `name`.
+ */
+ckpt_status ckpt_vm_checkpoint_export_by_id(struct ckpt_vm *vm,
+                                            const char *id,
+                                            const char *dest_dir,
+                                            const struct ckpt_hooks *hooks);
 
 /**
  * The live handle of disk `index` of the VM's current state (the order of

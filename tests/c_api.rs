@@ -267,6 +267,14 @@ fn c_vm_live_disks() {
     run_c_program("tests/c/test_vm_live.c");
 }
 
+/// The additions of 0.2 (issue 11): typed getters, checkpoints by id, the
+/// pending delete, absolute chain paths, vectored I/O, one file without
+/// its parents, paths that are not UTF-8.
+#[test]
+fn c_hypervisor_api() {
+    run_c_program("tests/c/test_hypervisor.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -321,6 +329,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_errors.c",
         "tests/c/test_extents.c",
         "tests/c/test_vm_live.c",
+        "tests/c/test_hypervisor.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);
@@ -474,7 +483,7 @@ fn every_export_is_documented_and_inside_the_panic_boundary() {
 }
 
 /// The C tests of NULL arguments, too-small buffers and the last error
-/// (with a second thread) under valgrind's memcheck: no invalid read or
+/// (with a second thread), and of the 0.2 additions, under valgrind's memcheck: no invalid read or
 /// write, no use of uninitialised memory, no leak. Runs where valgrind is
 /// installed (a notice otherwise, also under CI: the sanitizer builds above
 /// are the required memory check).
@@ -492,7 +501,11 @@ fn c_tests_under_valgrind() {
         return;
     }
     let scratch = tempfile::tempdir().expect("tempdir");
-    for test in ["tests/c/test_null_args.c", "tests/c/test_errors.c"] {
+    for test in [
+        "tests/c/test_null_args.c",
+        "tests/c/test_errors.c",
+        "tests/c/test_hypervisor.c",
+    ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);
         compile_c(&root().join(test), &exe);

@@ -24,6 +24,8 @@
 //! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
 //! - `live.rs`: an attached VM: its live disk handles ([`Vm::disk`]) and
 //!   the switches of checkpoint operations on a running guest.
+//! - `by_id.rs`: find, apply, delete, rename and export by stable id.
+mod by_id;
 mod create;
 mod delete;
 pub mod export;

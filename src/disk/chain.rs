@@ -108,6 +108,10 @@ fn refresh_stale_paths(child: &Layer, parent: &Layer) -> Result<()> {
         })
         .unwrap_or(false)
     };
+    if found.to_str().is_none() || cpath.to_str().is_none() {
+        // A locator holds text: a path that is not UTF-8 cannot be stored.
+        return Ok(());
+    }
     let fresh = locator_for(cpath, ppath, &uuid::Uuid::nil())?;
     let mut changed = false;
     if !leads_to_parent(loc.get(locator::RELATIVE_PATH), true) {
@@ -271,6 +275,13 @@ pub(super) fn locator_for(
     linkage: &uuid::Uuid,
 ) -> Result<ParentLocator> {
     let abs = std::fs::canonicalize(parent_path).or_else(|_| absolute(parent_path))?;
+    if abs.to_str().is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "the parent {} has a path that is not UTF-8: a VHDX parent locator holds the \
+             parent's path as text (UTF-16), so a parent needs a UTF-8 path",
+            abs.display()
+        )));
+    }
     let child_dir = child_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

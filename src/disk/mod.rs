@@ -330,6 +330,24 @@ impl Disk {
         Ok(Disk::from_layers(layers))
     }
 
+    /// Open the one file at `path` without its parents, read-only, to
+    /// inspect it: its own metadata, allocation and data. For a base disk
+    /// this reads as [`Disk::open`] does. For a differencing disk the
+    /// parents are neither looked for nor opened (so a missing or damaged
+    /// parent does not matter); the ranges the file does not hold read as
+    /// zeros, and [`Disk::extents_in`] tells them (holes) from the ranges
+    /// it holds. [`Disk::depth`] is 1, while the info still says
+    /// `has_parent`. Every write, trim or merge is refused (read-only).
+    pub fn open_single(path: impl AsRef<Path>) -> Result<Disk> {
+        let path = path.as_ref();
+        let storage = open_file(path, false)?;
+        let file = vhdx::Vhdx::open(Arc::new(storage), true).map_err(|e| e.in_file(path))?;
+        Ok(Disk::from_layers(vec![Layer {
+            path: Some(path.to_path_buf()),
+            file,
+        }]))
+    }
+
     /// Open a VHDX held by `storage` (a base disk; a differencing disk needs
     /// [`Disk::open_storage_chain`]).
     pub fn open_storage(storage: Arc<dyn Storage>, mode: OpenMode) -> Result<Disk> {

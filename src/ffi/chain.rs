@@ -143,10 +143,16 @@ pub unsafe extern "C" fn ckpt_disk_create_child(
     })
 }
 
-/// The path of layer `index` of the open chain.
+/// The path of layer `index` of the open chain, absolute: the parents were
+/// found (and resolved) by the library; the top, which the caller named,
+/// is resolved the same way (symbolic links and `..`; made absolute
+/// against the current folder should it have gone meanwhile).
 fn layer_path(disk: &ckpt_disk, index: usize) -> FfiResult<std::path::PathBuf> {
     let chain = disk.disk.chain();
     match chain.get(index) {
+        Some(Some(p)) if p.is_relative() || index == 0 => Ok(std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.clone())),
         Some(Some(p)) => Ok(p.clone()),
         Some(None) => Err(FfiError::invalid(format!(
             "layer {index} of the chain was not opened from a path"
@@ -250,7 +256,11 @@ pub unsafe extern "C" fn ckpt_disk_chain_length(
 
 /// Copy the path of file `index` of `disk`'s chain into `buf` (0 is the
 /// file the handle was opened on, 1 its parent, ..., `chain length - 1`
-/// the base disk), as described at `ckpt_disk_get_parent_path`.
+/// the base disk), as described at `ckpt_disk_get_parent_path`. Every
+/// index, 0 included, gives an absolute path with symbolic links and `..`
+/// resolved (before 0.2, index 0 gave the path as it was passed to
+/// `ckpt_disk_open`). Paths are returned as the bytes the file system
+/// holds: on Linux they need not be UTF-8.
 ///
 /// Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
 /// `CKPT_STATUS_INVALID_ARGUMENT` (`index` is not less than the chain

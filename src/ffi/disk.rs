@@ -77,6 +77,9 @@ impl DiskHandle {
     pub(crate) fn info(&self) -> crate::DiskInfo {
         self.with(|d| d.info())
     }
+    pub(crate) fn virtual_size(&self) -> u64 {
+        self.with(|d| d.virtual_size())
+    }
     pub(crate) fn chain(&self) -> Vec<Option<std::path::PathBuf>> {
         self.with(|d| d.chain())
     }
@@ -170,7 +173,8 @@ pub struct ckpt_disk_info {
     pub physical_sector_size: u32,
     /// Whether the log held entries to replay when the disk was opened.
     pub log_dirty: bool,
-    /// Whether the disk has a parent (it is a differencing disk).
+    /// Whether the disk has a parent (it is a differencing disk; also when
+    /// its file was opened alone, with `ckpt_disk_open_file`).
     pub has_parent: bool,
     /// Whether the handle was opened read-only.
     pub read_only: bool,
@@ -345,7 +349,7 @@ pub unsafe extern "C" fn ckpt_disk_get_info(
             logical_sector_size: i.logical_sector_size,
             physical_sector_size: i.physical_sector_size,
             log_dirty: i.log_dirty,
-            has_parent: i.parent.is_some(),
+            has_parent: i.kind == DiskKind::Differencing,
             read_only: i.read_only,
             reserved: 0,
             disk_id: *i.disk_id.as_bytes(),

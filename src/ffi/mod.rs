@@ -27,12 +27,14 @@
 //!   [`ckpt::Error`](crate::Error); `last_error.rs`: the thread-local last
 //!   error and its getters; `version.rs`: the version functions;
 //! - `disk.rs`: `ckpt_disk` (open, create, read/write/flush/trim, info,
-//!   extents); `chain.rs`: differencing disks (create a child, merge,
+//!   extents); `disk_io.rs`: vectored I/O and opening one file alone;
+//!   `chain.rs`: differencing disks (create a child, merge,
 //!   changed ranges, re-parent, the chain's paths) and `ckpt_progress_fn`;
 //! - `vm/`: `ckpt_vm` and the checkpoint tree — `mod.rs` the handle (one
 //!   call at a time) and shared helpers, `types.rs` the C enums and info
 //!   structs, `lifecycle.rs` create/open/close and the VM getters,
-//!   `settings.rs` the setters, `hooks.rs` `ckpt_hooks` and the
+//!   `settings.rs` the setters, `getters.rs` the typed getters, `ids.rs`
+//!   the calls by stable id, `hooks.rs` `ckpt_hooks` and the
 //!   memory-state writer, `checkpoints.rs` create/apply/revert/delete/
 //!   rename/export, `views.rs` the JSON views and checkpoint getters,
 //!   `tests.rs` unit tests.
@@ -54,6 +56,7 @@ use std::path::Path;
 
 pub mod chain;
 pub mod disk;
+pub mod disk_io;
 pub mod last_error;
 pub mod status;
 pub mod version;
@@ -61,6 +64,7 @@ pub mod vm;
 
 pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
 pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind, ckpt_extent};
+pub use disk_io::ckpt_iovec;
 pub use status::ckpt_status;
 pub use vm::{
     ckpt_checkpoint_info, ckpt_checkpoint_type, ckpt_hooks, ckpt_taken_type, ckpt_vm, ckpt_vm_info,
@@ -188,18 +192,61 @@ pub(crate) unsafe fn c_str<'a>(s: *const c_char, what: &str) -> FfiResult<&'a st
         .map_err(|_| FfiError::invalid(format!("{what} is not valid UTF-8")))
 }
 
-/// A C path argument (UTF-8, NUL-terminated, not empty) as a [`Path`].
+/// A C path argument (NUL-terminated, not empty) as a [`Path`]: any bytes
+/// but NUL, as Linux file names are (not necessarily UTF-8).
 ///
 /// # Safety
 ///
 /// As for [`c_str`].
 pub(crate) unsafe fn c_path<'a>(s: *const c_char, what: &str) -> FfiResult<&'a Path> {
-    // SAFETY: forwarded from the caller.
-    let s = unsafe { c_str(s, what)? };
-    if s.is_empty() {
+    use std::os::unix::ffi::OsStrExt;
+    if s.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: not NULL, and the caller promises a NUL-terminated string
+    // valid for 'a.
+    let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
+    if bytes.is_empty() {
         return Err(FfiError::invalid(format!("{what} is empty")));
     }
-    Ok(Path::new(s))
+    Ok(Path::new(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+/// A C path argument that a VM stores in `vm.json` or its journal (its
+/// folder, its checkpoint location, an export folder): as [`c_path`], but
+/// it must be UTF-8, since they keep paths as JSON text (the documented
+/// limit).
+///
+/// # Safety
+///
+/// As for [`c_str`].
+pub(crate) unsafe fn c_vm_path<'a>(s: *const c_char, what: &str) -> FfiResult<&'a Path> {
+    // SAFETY: forwarded from the caller.
+    let p = unsafe { c_path(s, what)? };
+    if p.to_str().is_none() {
+        return Err(FfiError::invalid(format!(
+            "{what} is not valid UTF-8: a VM keeps its paths in vm.json as text, (and its journal) \
+             as text, so its folder, disks, checkpoint location and export folders must have \
+             UTF-8 names"
+        )));
+    }
+    Ok(p)
+}
+
+/// An optional [`c_vm_path`]: NULL is `None`.
+///
+/// # Safety
+///
+/// As for [`c_str`].
+pub(crate) unsafe fn c_vm_path_opt<'a>(
+    s: *const c_char,
+    what: &str,
+) -> FfiResult<Option<&'a Path>> {
+    if s.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { c_vm_path(s, what) }.map(Some)
 }
 
 /// A shared reference from a pointer that must not be NULL.
@@ -519,9 +566,19 @@ mod tests {
                 c_path(c"".as_ptr(), "path").unwrap_err().status,
                 ckpt_status::InvalidArgument
             );
-            let bad = [0xffu8 as c_char, 0];
+            // Linux file names are bytes: a non-UTF-8 path is taken as it
+            // is, except where a VM stores it.
+            let bad = [b'a' as c_char, 0xffu8 as c_char, 0];
             assert_eq!(
-                c_path(bad.as_ptr(), "path").unwrap_err().status,
+                path_bytes(c_path(bad.as_ptr(), "path").unwrap()),
+                &[b'a', 0xff]
+            );
+            assert_eq!(
+                c_vm_path(bad.as_ptr(), "path").unwrap_err().status,
+                ckpt_status::InvalidArgument
+            );
+            assert_eq!(
+                c_str(bad.as_ptr(), "name").unwrap_err().status,
                 ckpt_status::InvalidArgument
             );
             assert_eq!(

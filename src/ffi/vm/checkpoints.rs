@@ -245,20 +245,36 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_export(
             Some(unsafe { c_str(name, "name")? })
         };
         // SAFETY: per this function's contract.
-        let dest = unsafe { c_path(dest_dir, "dest_dir")? };
-        // SAFETY: per this function's contract.
-        let mut hooks = unsafe { hooks_of(hooks)? };
-        // SAFETY: per this function's contract.
-        let vm = unsafe { non_null(vm, "vm")? };
-        let mut h = lock(vm)?;
-        h.views = None;
-        h.snapshots.clear();
-        h.last_export = None;
-        let disk_count = h.vm.data().disks.len();
-        let files = h.vm.export(name, dest, &mut hooks)?;
-        h.last_export = Some(export_json(&files, disk_count));
-        Ok(())
+        unsafe { export_with(vm, dest_dir, hooks, |v, dest, h| v.export(name, dest, h)) }
     })
+}
+
+/// The body of the export functions: `f` exports into the destination,
+/// whose files the handle then keeps for `ckpt_vm_export_files_json`.
+///
+/// # Safety
+///
+/// As for `ckpt_vm_checkpoint_export` (for `vm`, `dest_dir` and `hooks`).
+pub(super) unsafe fn export_with(
+    vm: *mut ckpt_vm,
+    dest_dir: *const c_char,
+    hooks: *const ckpt_hooks,
+    f: impl FnOnce(&mut Vm, &std::path::Path, &mut dyn Hooks) -> crate::Result<Vec<PathBuf>>,
+) -> FfiResult {
+    // SAFETY: per the contract.
+    let dest = unsafe { c_vm_path(dest_dir, "dest_dir")? };
+    // SAFETY: per the contract.
+    let mut hooks = unsafe { hooks_of(hooks)? };
+    // SAFETY: per the contract.
+    let vm = unsafe { non_null(vm, "vm")? };
+    let mut h = lock(vm)?;
+    h.views = None;
+    h.snapshots.clear();
+    h.last_export = None;
+    let disk_count = h.vm.data().disks.len();
+    let files = f(&mut h.vm, dest, &mut hooks)?;
+    h.last_export = Some(export_json(&files, disk_count));
+    Ok(())
 }
 
 /// Copy the list of the files the last successful

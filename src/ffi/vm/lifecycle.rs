@@ -34,7 +34,7 @@ pub unsafe extern "C" fn ckpt_vm_create(
     ffi_boundary!("ckpt_vm_create", {
         let out = out_ptr(out, "out")?;
         // SAFETY: per this function's contract.
-        let dir = unsafe { c_path(dir, "dir")? };
+        let dir = unsafe { c_vm_path(dir, "dir")? };
         // SAFETY: per this function's contract.
         let spec = unsafe { vm_spec(spec)? };
         let vm = Vm::create(dir, &spec)?;
@@ -67,7 +67,7 @@ pub unsafe extern "C" fn ckpt_vm_open(dir: *const c_char, out: *mut *mut ckpt_vm
     ffi_boundary!("ckpt_vm_open", {
         let out = out_ptr(out, "out")?;
         // SAFETY: per this function's contract.
-        let dir = unsafe { c_path(dir, "dir")? };
+        let dir = unsafe { c_vm_path(dir, "dir")? };
         let vm = Vm::open(dir)?;
         // SAFETY: `out` is not NULL and writable per the contract.
         unsafe { out.write(new_handle(vm)) };
@@ -128,7 +128,8 @@ pub unsafe extern "C" fn ckpt_vm_get_info(
                     checkpoint_count: count_u32(d.checkpoints.len()),
                     has_current_checkpoint: d.current_checkpoint().is_some(),
                     has_saved_state: d.current.saved_state.is_some(),
-                    reserved: [0; 2],
+                    delete_pending: h.vm.delete_pending(),
+                    reserved: [0; 1],
                     age_warning_seconds: d.settings.age_warning_seconds.unwrap_or(0),
                 })
             })?

@@ -11,8 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::chain::{ckpt_progress_fn, CProgress};
 use super::{
-    c_name, c_path, c_path_opt, c_str, ckpt_status, ffi_boundary, non_null, out_ptr, path_bytes,
-    read_versioned, read_versioned_since, write_measured, write_versioned, FfiError, FfiResult,
+    c_name, c_str, c_vm_path, c_vm_path_opt, ckpt_status, ffi_boundary, non_null, out_ptr,
+    path_bytes, read_versioned, read_versioned_since, write_measured, write_versioned, FfiError,
+    FfiResult,
 };
 use crate::checkpoint::json::{checkpoints_json, export_json, vm_json};
 use crate::checkpoint::{
@@ -34,13 +35,19 @@ mod views;
 
 mod checkpoints;
 
+mod getters;
+
+mod ids;
+
 mod live;
 
 #[cfg(test)]
 mod tests;
 
 pub use checkpoints::*;
+pub use getters::*;
 pub use hooks::*;
+pub use ids::*;
 pub use lifecycle::*;
 pub use live::*;
 pub use settings::*;
@@ -267,7 +274,7 @@ pub(super) unsafe fn vm_spec(p: *const ckpt_vm_spec) -> FfiResult<VmSpec> {
         )?
     };
     // SAFETY: as above.
-    let location = unsafe { c_path_opt(c.checkpoint_location, "spec->checkpoint_location")? };
+    let location = unsafe { c_vm_path_opt(c.checkpoint_location, "spec->checkpoint_location")? };
     let hypervisor = if c.hypervisor_json.is_null() {
         serde_json::Value::Null
     } else {

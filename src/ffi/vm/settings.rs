@@ -85,7 +85,7 @@ pub unsafe extern "C" fn ckpt_vm_set_checkpoint_location(
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_set_checkpoint_location", {
         // SAFETY: per this function's contract.
-        let loc = unsafe { c_path_opt(location, "location")? }.map(|p| p.to_path_buf());
+        let loc = unsafe { c_vm_path_opt(location, "location")? }.map(|p| p.to_path_buf());
         // SAFETY: per this function's contract.
         unsafe { change_settings(vm, |s| s.checkpoint_location = loc) }
     })

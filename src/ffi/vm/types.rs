@@ -171,16 +171,24 @@ pub struct ckpt_vm_info {
     pub disk_count: u32,
     /// Number of pass-through devices.
     pub passthrough_count: u32,
-    /// Number of checkpoints, hidden ones included (see
-    /// `ckpt_vm_checkpoint_get`).
+    /// Number of checkpoints, hidden branch points included (see
+    /// `ckpt_vm_checkpoint_count`).
     pub checkpoint_count: u32,
     /// Whether the current state hangs under a checkpoint (one that is not
     /// hidden: the one `ckpt_vm_checkpoint_revert` goes back to).
     pub has_current_checkpoint: bool,
-    /// Whether the current state has memory state to resume from.
+    /// Whether the current state has memory state to resume from (see
+    /// `ckpt_vm_current_saved_state_path`).
     pub has_saved_state: bool,
+    /// Whether a delete is pending: some checkpoint is being deleted
+    /// (`ckpt_checkpoint_info.deleting`; a delete was cancelled or failed
+    /// once its disks began to change, or a crash cut it and the open
+    /// could not finish it). The next change to the VM finishes it first;
+    /// deleting that checkpoint again finishes it now. Added in 0.2 (the
+    /// byte was reserved, always 0, before).
+    pub delete_pending: bool,
     /// Always 0.
-    pub reserved: [u8; 2],
+    pub reserved: [u8; 1],
     /// The age warning in seconds (0: none).
     pub age_warning_seconds: u64,
 }

@@ -129,10 +129,24 @@ pub unsafe extern "C" fn ckpt_vm_warnings_json(
     })
 }
 
-/// Set `*out` to the number of checkpoints of the VM, hidden ones
+/// Set `*out` to the number of checkpoints of the VM, hidden branch points
 /// included. Indexes `0 .. *out - 1` are valid for `ckpt_vm_checkpoint_get`
 /// and the other `ckpt_vm_checkpoint_*` getters until the next change
-/// through the handle; parents come before their children.
+/// through the handle (a checkpoint create, apply, revert, delete or
+/// rename, or a setter, even one that fails: it may have finished a
+/// pending delete first); reading never moves them, and no other handle or
+/// process can change the VM meanwhile (the handle holds its lock).
+/// Parents come before their children. To keep hold of a checkpoint
+/// across changes, keep its id (`ckpt_vm_checkpoint_id`, stable for the
+/// checkpoint's life) and find it again with `ckpt_vm_checkpoint_find_id`,
+/// or use the `..._by_id` calls.
+///
+/// The listing is the whole tree: a hidden branch point (a deleted
+/// checkpoint kept while two or more states still read its disks) is in
+/// it, marked `ckpt_checkpoint_info.hidden`, because the `parent_index` of
+/// the checkpoints under it leads through it. A list for a user skips the
+/// hidden ones (their children then hang under the nearest visible
+/// ancestor); no name lookup or operation takes a hidden one.
 ///
 /// This also starts a fresh measurement: the ages and sizes
 /// `ckpt_vm_checkpoint_get` reports are measured at its first call after
@@ -192,47 +206,48 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_get(
     ffi_boundary!("ckpt_vm_checkpoint_get", {
         out_ptr(info, "info")?;
         // SAFETY: per this function's contract.
-        let value = unsafe {
-            look(vm, |h| {
-                if h.views.is_none() {
-                    h.views = Some(list_of(h.vm.data())?);
-                }
-                let data = h.vm.data();
-                let views = h.views.as_deref().unwrap_or_default();
-                let v = views
-                    .get(index)
-                    .ok_or_else(|| bad_index(index, views.len()))?;
-                let c = &v.checkpoint;
-                let parent_index = c
-                    .parent
-                    .as_deref()
-                    .and_then(|p| data.checkpoints.iter().position(|x| x.id == p))
-                    .map_or(-1, |i| i as i64);
-                Ok(ckpt_checkpoint_info {
-                    struct_size: size_of::<ckpt_checkpoint_info>() as u32,
-                    taken: c.taken.into(),
-                    requested: c.requested.into(),
-                    disk_count: count_u32(c.disks.len()),
-                    parent_index,
-                    created: c.created,
-                    age_seconds: v.age_seconds,
-                    size_bytes: v.size_bytes,
-                    delete_copy_bytes: v.delete_copy_bytes,
-                    chain_depth: count_u32(v.chain_depth),
-                    skipped_passthrough_count: count_u32(c.skipped_passthrough.len()),
-                    hidden: c.hidden,
-                    has_saved_state: c.saved_state.is_some(),
-                    has_fallback_reason: c.fallback_reason.is_some(),
-                    age_warning: v.age_warning,
-                    is_current_parent: data.current_checkpoint().map(|x| x.id.as_str())
-                        == Some(c.id.as_str()),
-                    deleting: c.deleting,
-                    reserved: [0; 2],
-                })
-            })?
-        };
+        let value = unsafe { look(vm, |h| checkpoint_info(h, index))? };
         // SAFETY: per this function's contract.
         unsafe { write_versioned(info, value, "info", "ckpt_checkpoint_info") }
+    })
+}
+
+/// The info struct of checkpoint `index` (measuring the list first when
+/// it is not measured yet).
+pub(super) fn checkpoint_info(h: &mut VmHandle, index: usize) -> FfiResult<ckpt_checkpoint_info> {
+    if h.views.is_none() {
+        h.views = Some(list_of(h.vm.data())?);
+    }
+    let data = h.vm.data();
+    let views = h.views.as_deref().unwrap_or_default();
+    let v = views
+        .get(index)
+        .ok_or_else(|| bad_index(index, views.len()))?;
+    let c = &v.checkpoint;
+    let parent_index = c
+        .parent
+        .as_deref()
+        .and_then(|p| data.checkpoints.iter().position(|x| x.id == p))
+        .map_or(-1, |i| i as i64);
+    Ok(ckpt_checkpoint_info {
+        struct_size: size_of::<ckpt_checkpoint_info>() as u32,
+        taken: c.taken.into(),
+        requested: c.requested.into(),
+        disk_count: count_u32(c.disks.len()),
+        parent_index,
+        created: c.created,
+        age_seconds: v.age_seconds,
+        size_bytes: v.size_bytes,
+        delete_copy_bytes: v.delete_copy_bytes,
+        chain_depth: count_u32(v.chain_depth),
+        skipped_passthrough_count: count_u32(c.skipped_passthrough.len()),
+        hidden: c.hidden,
+        has_saved_state: c.saved_state.is_some(),
+        has_fallback_reason: c.fallback_reason.is_some(),
+        age_warning: v.age_warning,
+        is_current_parent: data.current_checkpoint().map(|x| x.id.as_str()) == Some(c.id.as_str()),
+        deleting: c.deleting,
+        reserved: [0; 2],
     })
 }
 
@@ -310,7 +325,12 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_name(
 
 /// Copy the stable id of checkpoint `index` (the `id` and `parent` of the
 /// JSON) into `buf` (a string getter, as described at
-/// `ckpt_disk_get_parent_path`).
+/// `ckpt_disk_get_parent_path`). Unlike the index, the id holds for the
+/// checkpoint's whole life: a rename keeps it, it is the same after a
+/// crash and a reopen, and it is never given to another checkpoint (a
+/// name can be: that of a deleted or hidden one). Keep it to address the
+/// checkpoint later: `ckpt_vm_checkpoint_find_id` and the `..._by_id`
+/// calls take it.
 ///
 /// Errors: as for `ckpt_vm_checkpoint_name`.
 ///
