@@ -21,7 +21,10 @@
 //! - `recover.rs`: reconcile after a crash (finish or undo the journaled
 //!   step, an interrupted merge) and the old files left to remove;
 //! - `report.rs`: the checkpoint list, the checkpoint location, strays;
-//! - `export.rs`: export (the file names it gives, and [`Vm::export`]).
+//! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
+//! - `control.rs`: the control channel, a Unix socket through which other
+//!   processes of the same user run these operations on the holder's `Vm`.
+pub mod control;
 mod create;
 mod delete;
 pub mod export;
