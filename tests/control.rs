@@ -314,8 +314,17 @@ fn cli_through_the_holder_matches_offline() {
         cmd(&["vm", "show", "{vm}"]),
         cmd(&["vm", "show", "{vm}", "--json"]),
     ];
-    for step in &steps {
-        both(&live, &offline, &mut ids, step);
+    // The exit status each step has (the same offline, checked in `both`).
+    let expected = [
+        0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(steps.len(), expected.len());
+    for (step, code) in steps.iter().zip(expected) {
+        let o = both(&live, &offline, &mut ids, step);
+        assert_eq!(o.status.code(), Some(code), "{step:?}: {}", stderr(&o));
+        if code == 1 {
+            assert_eq!(stderr(&o).lines().count(), 1, "{step:?}: {}", stderr(&o));
+        }
         assert_held(&live);
     }
     // The exports, read by QEMU: c1 has only the first data, the current
