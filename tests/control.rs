@@ -549,3 +549,112 @@ fn a_holder_without_a_channel_is_busy_and_nothing_changes() {
     assert_eq!(std::fs::read(f.vm.join("vm.json")).expect("read"), before);
     drop(vm);
 }
+
+#[test]
+fn the_c_api_serves_until_stopped_or_closed() {
+    use ckpt::ffi::ckpt_status;
+    use ckpt::ffi::vm::{
+        ckpt_vm, ckpt_vm_checkpoint_count, ckpt_vm_close, ckpt_vm_open, ckpt_vm_serve_control,
+        ckpt_vm_stop_control,
+    };
+    let f = Fixture::new();
+    let dir = std::ffi::CString::new(s(&f.vm)).expect("C string");
+    let mut vm: *mut ckpt_vm = std::ptr::null_mut();
+    let sock = f.vm.join(control::SOCKET_FILE);
+    // SAFETY: valid C strings and out pointers; the handle is used by this
+    // thread only and closed once.
+    unsafe {
+        assert_eq!(ckpt_vm_open(dir.as_ptr(), &mut vm), ckpt_status::Ok);
+        assert_eq!(
+            ckpt_vm_serve_control(std::ptr::null_mut(), std::ptr::null()),
+            ckpt_status::NullPointer
+        );
+        assert_eq!(ckpt_vm_serve_control(vm, std::ptr::null()), ckpt_status::Ok);
+        assert_eq!(
+            ckpt_vm_serve_control(vm, std::ptr::null()),
+            ckpt_status::InvalidArgument
+        );
+        ok(&["checkpoint", "create", s(&f.vm), "from-cli"]);
+        // The handle itself sees the new checkpoint.
+        let mut n = 0usize;
+        assert_eq!(ckpt_vm_checkpoint_count(vm, &mut n), ckpt_status::Ok);
+        assert_eq!(n, 1);
+        // Stopped: the socket goes, the handle still holds the VM.
+        assert_eq!(ckpt_vm_stop_control(vm), ckpt_status::Ok);
+        assert!(std::fs::symlink_metadata(&sock).is_err());
+        let o = run(&["checkpoint", "create", s(&f.vm), "x"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).starts_with("error: busy"), "{}", stderr(&o));
+        // Serving again, then closing stops it.
+        assert_eq!(ckpt_vm_serve_control(vm, std::ptr::null()), ckpt_status::Ok);
+        ok(&["checkpoint", "rename", s(&f.vm), "from-cli", "renamed"]);
+        assert_eq!(ckpt_vm_close(vm), ckpt_status::Ok);
+    }
+    assert!(std::fs::symlink_metadata(&sock).is_err());
+    let list = stdout(&ok(&["checkpoint", "list", s(&f.vm)]));
+    assert!(list.contains("renamed"), "{list}");
+}
+
+/// Kills the holder at the first progress line of the request.
+struct KillAtProgress(Option<Holder>);
+
+impl Hooks for KillAtProgress {
+    fn progress(&mut self, _done: u64, _total: u64) -> bool {
+        if let Some(h) = self.0.take() {
+            h.kill();
+        }
+        true
+    }
+}
+
+#[test]
+fn a_holder_killed_during_a_delete_leaves_a_vm_that_reconciles() {
+    let f = Fixture::new();
+    ok(&["checkpoint", "create", s(&f.vm), "a"]);
+    write_at(&f.current_disk(0), 0, &pattern(9, 0, 3 * MIB as usize / 2));
+    ok(&["checkpoint", "create", s(&f.vm), "b"]);
+    let holder = Holder::start(&f.vm);
+    let mut c = Client::connect(&f.vm)
+        .expect("connect")
+        .expect("a live channel");
+    let mut hooks = KillAtProgress(Some(holder));
+    let r = c.call(
+        "checkpoint.delete",
+        serde_json::json!({"name": "a"}),
+        &mut hooks,
+    );
+    assert!(hooks.0.is_none(), "no progress came before the end: {r:?}");
+    let e = r.expect_err("the holder was killed during the delete");
+    assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e}");
+    // A stale socket; the next open reconciles (finishes or undoes).
+    assert!(Client::connect(&f.vm).expect("connect").is_none());
+    let vm = Vm::open(&f.vm).expect("reopen and reconcile");
+    assert!(vm.find("b").is_ok());
+    drop(vm);
+    // Then an error and a retry: a retried delete through a new holder.
+    let holder = Holder::start(&f.vm);
+    let o = run(&["checkpoint", "delete", s(&f.vm), "a"]);
+    let err = stderr(&o);
+    assert!(
+        o.status.success() || err.contains("no checkpoint called \"a\""),
+        "{err}"
+    );
+    holder.stop();
+    // Every state still reads as written, judged by QEMU on the exports.
+    ok(&[
+        "checkpoint",
+        "export",
+        s(&f.vm),
+        "--current",
+        s(&f.root.join("now")),
+    ]);
+    ok(&["checkpoint", "export", s(&f.vm), "b", s(&f.root.join("b"))]);
+    let mut os = vec![0u8; SIZES[0] as usize];
+    os[..3 * MIB as usize / 2].copy_from_slice(&pattern(9, 0, 3 * MIB as usize / 2));
+    let mut data = vec![0u8; SIZES[1] as usize];
+    data[512 << 10..576 << 10].copy_from_slice(&pattern(2, 512 << 10, 64 << 10));
+    for d in ["now", "b"] {
+        qemu_reads(&f.root.join(d).join("os.vhdx"), &os, &f.root);
+        qemu_reads(&f.root.join(d).join("data.vhdx"), &data, &f.root);
+    }
+}

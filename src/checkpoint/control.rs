@@ -91,6 +91,20 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_FILE)
 }
 
+/// What a server runs its requests on: the holder's VM, taken for each
+/// request exclusively (waiting while the holder uses it).
+pub trait HeldVm: Send + Sync {
+    /// Run `f` on the VM, exclusively.
+    fn with_vm(&self, f: &mut dyn FnMut(&mut Vm) -> Result<Value>) -> Result<Value>;
+}
+
+impl HeldVm for Mutex<Vm> {
+    fn with_vm(&self, f: &mut dyn FnMut(&mut Vm) -> Result<Value>) -> Result<Value> {
+        let mut vm = self.lock().map_err(|_| poisoned())?;
+        f(&mut vm)
+    }
+}
+
 /// The holder's hooks the server uses (quiesce, thaw, memory state), shared
 /// with the holder.
 pub type SharedHooks = Arc<Mutex<dyn Hooks + Send>>;
@@ -171,9 +185,15 @@ pub struct ControlServer {
     /// The socket file's (device, inode): removed only while it is ours.
     id: (u64, u64),
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    /// The listening socket (a clone), shut down to wake the accept loop.
+    listener: UnixListener,
+    conns: Conns,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The open connections: a clone of each stream (to shut it down) and its
+/// thread (to wait for it).
+type Conns = Arc<Mutex<HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>>>;
 
 impl ControlServer {
     /// The socket this server listens on.
@@ -188,15 +208,28 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop; it sees the flag and ends.
+        // Wake the accept loop; it sees the flag and ends (the shutdown
+        // wakes it even when the socket file was removed by hand).
+        let _ = crate::io::shutdown_listener(self.listener.as_raw_fd());
         drop(UnixStream::connect(&self.path));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Ok(conns) = self.conns.lock() {
-            for s in conns.values() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
+        // End every connection after the request it runs (a long step
+        // is cancelled by its next progress line), and wait for it: no
+        // thread of the server touches the VM once it is dropped.
+        let threads: Vec<JoinHandle<()>> = match self.conns.lock() {
+            Ok(mut conns) => conns
+                .drain()
+                .filter_map(|(_, (s, t))| {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    t
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in threads {
+            let _ = t.join();
         }
         if let Ok(md) = std::fs::symlink_metadata(&self.path) {
             if (md.dev(), md.ino()) == self.id {
@@ -212,14 +245,27 @@ impl Drop for ControlServer {
 /// `vm` with `hooks` (the holder's quiesce, thaw and memory state; `None`:
 /// none, as [`NoHooks`]). Refused with `Busy` while another server
 /// answers on the socket.
+///
+/// Drop the server while not holding `vm`'s lock: it waits for the
+/// request each connection runs.
 pub fn serve(vm: Arc<Mutex<Vm>>, hooks: Option<SharedHooks>) -> Result<ControlServer> {
-    let dir = vm.lock().map_err(|_| poisoned())?.dir().to_path_buf();
+    serve_held(vm, hooks)
+}
+
+/// [`serve`] on any [`HeldVm`] (the C API's VM handle).
+pub fn serve_held(vm: Arc<dyn HeldVm>, hooks: Option<SharedHooks>) -> Result<ControlServer> {
+    let mut dir = PathBuf::new();
+    vm.with_vm(&mut |v| {
+        dir = v.dir().to_path_buf();
+        Ok(Value::Null)
+    })?;
     let path = socket_path(&dir);
     let listener = bind(&path)?;
     let md = std::fs::symlink_metadata(&path).map_err(|e| Error::from(e).in_file(&path))?;
     let id = (md.dev(), md.ino());
     let stop = Arc::new(AtomicBool::new(false));
-    let conns: Arc<Mutex<HashMap<u64, UnixStream>>> = Arc::default();
+    let listener_clone = listener.try_clone().map_err(Error::from)?;
+    let conns: Conns = Arc::default();
     let thread = {
         let (stop, conns) = (stop.clone(), conns.clone());
         std::thread::Builder::new()
@@ -231,6 +277,7 @@ pub fn serve(vm: Arc<Mutex<Vm>>, hooks: Option<SharedHooks>) -> Result<ControlSe
         path,
         id,
         stop,
+        listener: listener_clone,
         conns,
         thread: Some(thread),
     })
@@ -278,10 +325,10 @@ fn poisoned() -> Error {
 
 fn accept_loop(
     listener: UnixListener,
-    vm: Arc<Mutex<Vm>>,
+    vm: Arc<dyn HeldVm>,
     hooks: Option<SharedHooks>,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    conns: Conns,
 ) {
     let next = AtomicU64::new(0);
     for stream in listener.incoming() {
@@ -290,23 +337,29 @@ fn accept_loop(
         }
         let Ok(stream) = stream else { continue };
         let n = next.fetch_add(1, Ordering::Relaxed);
-        if let (Ok(mut c), Ok(s)) = (conns.lock(), stream.try_clone()) {
-            c.insert(n, s);
-        }
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
+        // Registered before its thread starts, so that its end (which
+        // removes it) always comes after.
+        let Ok(mut registry) = conns.lock() else {
+            continue;
+        };
         let (vm, hooks, mine) = (vm.clone(), hooks.clone(), conns.clone());
         let spawned = std::thread::Builder::new()
             .name("ckpt-control-conn".into())
             .spawn(move || {
-                let _ = catch_unwind(AssertUnwindSafe(|| connection(stream, &vm, hooks.as_ref())));
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    connection(stream, &*vm, hooks.as_ref())
+                }));
                 if let Ok(mut c) = mine.lock() {
                     c.remove(&n);
                 }
             });
-        if spawned.is_err() {
-            if let Ok(mut c) = conns.lock() {
-                c.remove(&n);
-            }
+        if let Ok(t) = spawned {
+            registry.insert(n, (clone, Some(t)));
         }
+        drop(registry);
     }
 }
 
@@ -353,7 +406,7 @@ impl Conn {
     }
 }
 
-fn connection(stream: UnixStream, vm: &Mutex<Vm>, hooks: Option<&SharedHooks>) {
+fn connection(stream: UnixStream, vm: &dyn HeldVm, hooks: Option<&SharedHooks>) {
     let Ok(mut conn) = Conn::new(stream) else {
         return;
     };
@@ -376,10 +429,10 @@ fn connection(stream: UnixStream, vm: &Mutex<Vm>, hooks: Option<&SharedHooks>) {
             return;
         }
     }
-    let name = match vm.lock() {
-        Ok(v) => v.data().config.name.clone(),
-        Err(_) => {
-            let _ = conn.send(&error_reply(&poisoned()));
+    let name = match vm.with_vm(&mut |v| Ok(Value::String(v.data().config.name.clone()))) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = conn.send(&error_reply(&e));
             return;
         }
     };
@@ -398,7 +451,9 @@ fn connection(stream: UnixStream, vm: &Mutex<Vm>, hooks: Option<&SharedHooks>) {
                 return;
             }
         };
-        let reply = match catch_unwind(AssertUnwindSafe(|| run(&mut conn, vm, hooks, &request))) {
+        let reply = match catch_unwind(AssertUnwindSafe(|| {
+            vm.with_vm(&mut |v| run(&mut conn, v, hooks, &request))
+        })) {
             Ok(Ok(result)) => json!({"ok": true, "result": result}),
             Ok(Err(e)) => error_reply(&e),
             Err(_) => error_reply(&Error::Remote {
@@ -534,7 +589,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
 /// Run one request on the holder's VM; its result.
 fn run(
     conn: &mut Conn,
-    vm: &Mutex<Vm>,
+    vm: &mut Vm,
     holder: Option<&SharedHooks>,
     request: &Value,
 ) -> Result<Value> {
@@ -542,7 +597,6 @@ fn run(
         .as_str()
         .ok_or_else(|| Error::InvalidArgument("control request: \"op\" must be a string".into()))?;
     let args = Args(&request["args"]);
-    let mut vm = vm.lock().map_err(|_| poisoned())?;
     let mut result = serde_json::Map::new();
     match op {
         "checkpoint.create" => {

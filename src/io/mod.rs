@@ -33,6 +33,11 @@ pub(crate) fn peer_uid(fd: std::os::unix::io::RawFd) -> io::Result<u32> {
     platform::peer_uid(fd)
 }
 
+/// Wake a thread blocked in `accept` on the listening socket `fd`.
+pub(crate) fn shutdown_listener(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    platform::shutdown_listener(fd)
+}
+
 /// This process's effective user id.
 pub(crate) fn effective_uid() -> u32 {
     platform::effective_uid()

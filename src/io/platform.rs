@@ -178,3 +178,11 @@ pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid takes no arguments, cannot fail and touches no memory.
     unsafe { libc::geteuid() }
 }
+
+/// `shutdown(fd, SHUT_RDWR)` on a listening socket: on Linux a thread
+/// blocked in `accept` on it returns (with `EINVAL`).
+pub(crate) fn shutdown_listener(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown on a descriptor the caller keeps open for the call;
+    // no memory is involved.
+    check(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) })
+}

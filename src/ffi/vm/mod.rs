@@ -34,10 +34,13 @@ mod views;
 
 mod checkpoints;
 
+mod control;
+
 #[cfg(test)]
 mod tests;
 
 pub use checkpoints::*;
+pub use control::*;
 pub use hooks::*;
 pub use lifecycle::*;
 pub use settings::*;
