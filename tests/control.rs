@@ -161,7 +161,7 @@ fn norm(text: &str, root: &Path, ids: &[String]) -> String {
             }
         }
         while let Some(at) = l.find(" old,") {
-            let start = l[..at].rfind(|c: char| c == ' ').map_or(0, |p| p + 1);
+            let start = l[..at].rfind(' ').map_or(0, |p| p + 1);
             l.replace_range(start..at + 4, "N ol_");
         }
         out.push_str(&l);
@@ -224,7 +224,9 @@ impl Ids {
 
 /// The VM's lock is the holder's: opening it here is refused.
 fn assert_held(f: &Fixture) {
-    let e = Vm::open(&f.vm).err().expect("the VM is held");
+    let Err(e) = Vm::open(&f.vm) else {
+        panic!("the VM is not held");
+    };
     assert_eq!(e.kind(), ckpt::ErrorKind::Busy, "{e}");
 }
 
@@ -344,7 +346,7 @@ fn cli_through_the_holder_matches_offline() {
     let before = std::fs::read(live.vm.join("vm.json")).expect("read vm.json");
     let disks: Vec<Disk> = [&live, &offline]
         .iter()
-        .map(|f| Disk::open(&f.current_disk(0), OpenMode::ReadWrite).expect("open"))
+        .map(|f| Disk::open(f.current_disk(0), OpenMode::ReadWrite).expect("open"))
         .collect();
     let o = both(
         &live,

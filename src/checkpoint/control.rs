@@ -100,8 +100,32 @@ pub trait HeldVm: Send + Sync {
 
 impl HeldVm for Mutex<Vm> {
     fn with_vm(&self, f: &mut dyn FnMut(&mut Vm) -> Result<Value>) -> Result<Value> {
-        let mut vm = self.lock().map_err(|_| poisoned())?;
+        let mut vm = wait_for(|| self.try_lock())?;
         f(&mut vm)
+    }
+}
+
+/// How long a request waits for the holder to let go of its VM before it
+/// is refused with `Busy` (a holder stuck in a call never hangs a client).
+pub const HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Take a lock with `try_lock`, retrying for up to [`HOLDER_WAIT`].
+pub fn wait_for<T>(mut try_lock: impl FnMut() -> std::sync::TryLockResult<T>) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match try_lock() {
+            Ok(g) => return Ok(g),
+            Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
+            Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < HOLDER_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(Error::Busy(format!(
+                    "the VM's holder has been using the VM for more than {} s; try again",
+                    HOLDER_WAIT.as_secs()
+                )))
+            }
+        }
     }
 }
 
@@ -254,11 +278,13 @@ pub fn serve(vm: Arc<Mutex<Vm>>, hooks: Option<SharedHooks>) -> Result<ControlSe
 
 /// [`serve`] on any [`HeldVm`] (the C API's VM handle).
 pub fn serve_held(vm: Arc<dyn HeldVm>, hooks: Option<SharedHooks>) -> Result<ControlServer> {
-    let mut dir = PathBuf::new();
+    let (mut dir, mut name) = (PathBuf::new(), String::new());
     vm.with_vm(&mut |v| {
         dir = v.dir().to_path_buf();
+        name = v.data().config.name.clone();
         Ok(Value::Null)
     })?;
+    let name: Arc<str> = name.into();
     let path = socket_path(&dir);
     let listener = bind(&path)?;
     let md = std::fs::symlink_metadata(&path).map_err(|e| Error::from(e).in_file(&path))?;
@@ -270,7 +296,7 @@ pub fn serve_held(vm: Arc<dyn HeldVm>, hooks: Option<SharedHooks>) -> Result<Con
         let (stop, conns) = (stop.clone(), conns.clone());
         std::thread::Builder::new()
             .name("ckpt-control".into())
-            .spawn(move || accept_loop(listener, vm, hooks, stop, conns))
+            .spawn(move || accept_loop(listener, vm, name, hooks, stop, conns))
             .map_err(Error::from)?
     };
     Ok(ControlServer {
@@ -326,6 +352,7 @@ fn poisoned() -> Error {
 fn accept_loop(
     listener: UnixListener,
     vm: Arc<dyn HeldVm>,
+    name: Arc<str>,
     hooks: Option<SharedHooks>,
     stop: Arc<AtomicBool>,
     conns: Conns,
@@ -345,12 +372,12 @@ fn accept_loop(
         let Ok(mut registry) = conns.lock() else {
             continue;
         };
-        let (vm, hooks, mine) = (vm.clone(), hooks.clone(), conns.clone());
+        let (vm, name, hooks, mine) = (vm.clone(), name.clone(), hooks.clone(), conns.clone());
         let spawned = std::thread::Builder::new()
             .name("ckpt-control-conn".into())
             .spawn(move || {
                 let _ = catch_unwind(AssertUnwindSafe(|| {
-                    connection(stream, &*vm, hooks.as_ref())
+                    connection(stream, &*vm, &name, hooks.as_ref())
                 }));
                 if let Ok(mut c) = mine.lock() {
                     c.remove(&n);
@@ -406,7 +433,7 @@ impl Conn {
     }
 }
 
-fn connection(stream: UnixStream, vm: &dyn HeldVm, hooks: Option<&SharedHooks>) {
+fn connection(stream: UnixStream, vm: &dyn HeldVm, name: &str, hooks: Option<&SharedHooks>) {
     let Ok(mut conn) = Conn::new(stream) else {
         return;
     };
@@ -429,13 +456,6 @@ fn connection(stream: UnixStream, vm: &dyn HeldVm, hooks: Option<&SharedHooks>) 
             return;
         }
     }
-    let name = match vm.with_vm(&mut |v| Ok(Value::String(v.data().config.name.clone()))) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = conn.send(&error_reply(&e));
-            return;
-        }
-    };
     if conn
         .send(&json!({"ckpt_control": PROTOCOL_VERSION, "vm": name}))
         .is_err()

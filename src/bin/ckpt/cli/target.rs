@@ -18,7 +18,7 @@ pub(super) enum Target {
     /// Opened by this process.
     Local(Vm),
     /// Held by another process, reached through its control channel.
-    Remote(Box<Remote>),
+    Remote(Remote),
 }
 
 /// A VM another process holds.
@@ -43,12 +43,12 @@ pub(super) fn open(dir: &Path) -> Result<Target> {
         Ok(Some(mut client)) => {
             let data = client.vm_file()?;
             let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-            Ok(Target::Remote(Box::new(Remote {
+            Ok(Target::Remote(Remote {
                 client,
                 dir,
                 data,
                 warnings: Vec::new(),
-            })))
+            }))
         }
         Ok(None) => Vm::open(dir).map(Target::Local),
         Err(refused) => Vm::open(dir).map(Target::Local).map_err(|_| refused),
