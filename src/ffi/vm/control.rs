@@ -30,11 +30,9 @@ impl HeldVm for CHeld {
     ) -> crate::Result<serde_json::Value> {
         // SAFETY: see the `Send` impl: the handle outlives the server.
         let vm = unsafe { &*self.0 };
-        let mut h = vm.inner.lock().map_err(|_| {
-            crate::Error::Busy(
-                "an earlier call on this VM handle panicked; close it and open the VM again".into(),
-            )
-        })?;
+        // Bounded: a handle busy in this process's calls for too long
+        // refuses the request with Busy.
+        let mut h = crate::checkpoint::control::wait_for(|| vm.inner.try_lock())?;
         h.views = None;
         h.snapshots.clear();
         f(&mut h.vm)
