@@ -256,6 +256,32 @@ fn cli_through_the_holder_matches_offline() {
     }
     let steps: Vec<Vec<&str>> = vec![
         [&["checkpoint", "create", "{vm}", "c2"][..], &q[..]].concat(),
+        // The client's hooks, asked by the holder: a quiesce that fails
+        // falls back to standard, a thaw that fails is an error after the
+        // checkpoint was taken; both read as offline (a running VM is
+        // quiesced, an off one is not).
+        cmd(&["vm", "set", "{vm}", "--state", "running"]),
+        cmd(&[
+            "checkpoint",
+            "create",
+            "{vm}",
+            "noq",
+            "--quiesce-cmd",
+            "echo frozen-fs >&2; false",
+        ]),
+        cmd(&[
+            "checkpoint",
+            "create",
+            "{vm}",
+            "not",
+            "--quiesce-cmd",
+            "true",
+            "--thaw-cmd",
+            "false",
+        ]),
+        cmd(&["vm", "set", "{vm}", "--state", "off"]),
+        cmd(&["checkpoint", "delete", "{vm}", "noq"]),
+        cmd(&["checkpoint", "delete", "{vm}", "not"]),
         cmd(&["checkpoint", "list", "{vm}"]),
         cmd(&["checkpoint", "list", "{vm}", "--json"]),
         cmd(&["checkpoint", "rename", "{vm}", "c2", "c2b"]),
@@ -318,7 +344,7 @@ fn cli_through_the_holder_matches_offline() {
     ];
     // The exit status each step has (the same offline, checked in `both`).
     let expected = [
-        0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
     assert_eq!(steps.len(), expected.len());
     for (step, code) in steps.iter().zip(expected) {
@@ -326,6 +352,21 @@ fn cli_through_the_holder_matches_offline() {
         assert_eq!(o.status.code(), Some(code), "{step:?}: {}", stderr(&o));
         if code == 1 {
             assert_eq!(stderr(&o).lines().count(), 1, "{step:?}: {}", stderr(&o));
+        }
+        // The client's hooks really ran, at the holder's request.
+        if step.starts_with(&["checkpoint", "create", "{vm}", "noq"]) {
+            let out = stdout(&o);
+            assert!(
+                out.contains("fell back: quiesce failed: command exited with status 1: frozen-fs"),
+                "{out}"
+            );
+        }
+        if step.starts_with(&["checkpoint", "create", "{vm}", "not"]) {
+            assert!(
+                stderr(&o).contains("the thaw command failed"),
+                "{}",
+                stderr(&o)
+            );
         }
         assert_held(&live);
     }
@@ -361,11 +402,86 @@ fn cli_through_the_holder_matches_offline() {
         std::fs::read(live.vm.join("vm.json")).expect("read"),
         before
     );
+    // The same request again, the disk let go: it goes through.
+    let o = both(
+        &live,
+        &offline,
+        &mut ids,
+        &["checkpoint", "create", "{vm}", "busy"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
     holder.stop();
     assert!(!live.vm.join(control::SOCKET_FILE).exists());
     // The holder gone, the tool works offline.
     ok(&["checkpoint", "create", s(&live.vm), "after"]);
+}
+
+/// The holder's own hooks: count the quiesces and thaws.
+#[derive(Default)]
+struct Counting {
+    quiesced: usize,
+    thawed: usize,
+}
+
+impl Hooks for Counting {
+    fn quiesce(&mut self) -> Result<(), String> {
+        self.quiesced += 1;
+        Ok(())
+    }
+    fn thaw(&mut self) {
+        self.thawed += 1;
+    }
+}
+
+#[test]
+fn the_holders_hooks_quiesce_unless_the_client_brings_its_own() {
+    let f = Fixture::new();
+    let vm = Arc::new(Mutex::new(Vm::open(&f.vm).expect("open")));
+    let hooks = Arc::new(Mutex::new(Counting::default()));
+    let shared: control::SharedHooks = hooks.clone();
+    let server = control::serve(vm.clone(), Some(shared)).expect("serve");
+    // A running VM is quiesced for a production checkpoint.
+    vm.lock()
+        .unwrap()
+        .set_state(ckpt::checkpoint::VmState::Running)
+        .expect("running");
+    let out = stdout(&ok(&["checkpoint", "create", s(&f.vm), "by-holder"]));
+    assert!(out.ends_with(": production\n"), "{out}");
+    {
+        let h = hooks.lock().unwrap();
+        assert_eq!((h.quiesced, h.thawed), (1, 1));
+    }
+    // The client's command quiesces instead: the holder's hooks are not called.
+    let out = stdout(&ok(&[
+        "checkpoint",
+        "create",
+        s(&f.vm),
+        "by-client",
+        "--quiesce-cmd",
+        "true",
+    ]));
+    assert!(out.ends_with(": production\n"), "{out}");
+    {
+        let h = hooks.lock().unwrap();
+        assert_eq!((h.quiesced, h.thawed), (1, 1));
+    }
+    // A request waits while the holder uses its VM, then runs.
+    let guard = vm.lock().unwrap();
+    let child = ckpt()
+        .args(["checkpoint", "rename", s(&f.vm), "by-holder", "waited"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ckpt");
+    // The holder works on its handle meanwhile (the request cannot run).
+    assert!(guard.find("by-holder").is_ok());
+    drop(guard);
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(vm.lock().unwrap().find("waited").is_ok());
+    drop(server);
 }
 
 /// Progress lines and the holder's in-memory `Vm` seen in-process.
