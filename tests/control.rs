@@ -876,3 +876,64 @@ fn a_delete_through_the_channel_cut_at_every_write_reopens_intact() {
         }
     }
 }
+
+#[test]
+fn bad_requests_get_typed_errors_and_change_nothing() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let f = Fixture::new();
+    let vm = Arc::new(Mutex::new(Vm::open(&f.vm).expect("open")));
+    let server = control::serve(vm.clone(), None).expect("serve");
+    let before = std::fs::read(f.vm.join("vm.json")).expect("read vm.json");
+    let exchange = |lines: &[&str]| -> Vec<Value> {
+        let mut s = UnixStream::connect(server.path()).expect("connect");
+        for l in lines {
+            s.write_all(l.as_bytes()).expect("write");
+            s.write_all(b"\n").expect("write");
+        }
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        BufReader::new(s)
+            .lines()
+            .map(|l| serde_json::from_str(&l.expect("line")).expect("a JSON line"))
+            .collect()
+    };
+    let kind = |v: &Value| {
+        (
+            v["ok"].clone(),
+            v["kind"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let r = exchange(&[
+        r#"{"op": 5}"#,
+        r#"{"op": "checkpoint.rename", "args": {"name": 1, "new_name": "x"}}"#,
+        r#"{"op": "checkpoint.export", "args": {"name": null, "dest": "relative/dir"}}"#,
+        r#"{"op": "checkpoint.create", "args": {"name": "m", "memory_state": "rel.bin"}}"#,
+        r#"{"op": "vm.set", "args": {"cpus": -1}}"#,
+        r#"{"op": "vm.set", "args": {"state": "paused"}}"#,
+        r#"{"op": "nope"}"#,
+        "not json",
+        r#"{"op": "vm.show"}"#,
+    ]);
+    assert_eq!(r[0]["ckpt_control"], 1, "{:?}", r[0]);
+    // Seven refused requests, then the line that is not JSON, whose
+    // refusal ends the connection (the last request is not read).
+    assert_eq!(r.len(), 1 + 8, "{r:?}");
+    for v in &r[1..] {
+        assert_eq!(
+            kind(v),
+            (Value::Bool(false), "InvalidArgument".into()),
+            "{v}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    assert!(!std::path::Path::new("relative/dir").exists());
+    assert_eq!(std::fs::read(f.vm.join("vm.json")).expect("read"), before);
+    // The server still serves.
+    let r = exchange(&[r#"{"op": "checkpoint.list", "args": {}}"#]);
+    assert_eq!(r[1]["ok"], true, "{:?}", r[1]);
+    assert_eq!(
+        r[1]["result"]["checkpoints"]["checkpoints"],
+        serde_json::json!([])
+    );
+    drop(server);
+}
