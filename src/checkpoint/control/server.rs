@@ -1,67 +1,8 @@
-//! The control channel: the process that holds a [`Vm`] open (a
-//! hypervisor, the nbdkit plugin, `ckpt vm hold`) lets other processes of
-//! the same user run checkpoint operations on it, carried out by the holder
-//! on its own handle ([`serve`]); [`Client`] is the other end, used by the
-//! `ckpt` tool.
-//!
-//! Depends on [`Vm`] and the JSON views of this module's parent, on
-//! [`crate::io`] for the peer's credentials, and on nothing above it.
-//!
-//! # The socket
-//!
-//! A Unix stream socket `DIR/ckpt-control.sock` ([`SOCKET_FILE`]) in the VM
-//! folder, created with mode 0600 while the server runs and removed when it
-//! stops. Every connection's peer user id is read with `SO_PEERCRED`; a
-//! peer whose uid is not the holder's effective uid gets one error reply
-//! (kind `PermissionDenied`) and is disconnected, whatever the socket's
-//! mode. A socket file left by a holder that was killed accepts no
-//! connection: [`serve`] replaces it and [`Client::connect`] reports no
-//! channel. A socket that does accept is a live holder: [`serve`] refuses
-//! with `Busy` (the VM lock refuses a second holder anyway).
-//!
-//! # The protocol
-//!
-//! Newline-delimited JSON, one object per line, UTF-8.
-//!
-//! 1. On connect the server sends a greeting `{"ckpt_control": 1, "vm":
-//!    NAME}` — or, to a refused peer, an error reply and closes.
-//! 2. The client sends requests, one at a time: `{"op": OP, "args": {…}}`.
-//! 3. For each, the server sends zero or more progress lines
-//!    `{"progress": {"done": N, "total": M}}` (delete, export), and hook
-//!    lines `{"hook": "quiesce"}` / `{"hook": "thaw"}` when the request
-//!    asked for the client's hooks; the client answers each hook line with
-//!    `{"ok": true}` or `{"ok": false, "message": REASON}`. Then the reply:
-//!    `{"ok": true, "result": {…}}` or `{"ok": false, "kind": KIND,
-//!    "message": TEXT}`, where KIND is an [`ErrorKind`] name (`Busy`,
-//!    `NotFound`, `InvalidArgument`, …, see [`kind_name`]) and TEXT the
-//!    error as the library displays it. A client that goes away during a
-//!    long step cancels it (the next progress line cannot be written).
-//!
-//! Every `result` holds `"vm"`: the VM file as the holder has it after the
-//! request (the [`VmFile`] JSON, paths absolute), and `"warnings"`: the
-//! holder's [`Vm::take_warnings`]. The operations and what else they give:
-//!
-//! | op | args | result adds |
-//! |---|---|---|
-//! | `checkpoint.create` | `name`, `memory_state` (absolute path or null), `client_hooks` (bool) | `checkpoint` |
-//! | `checkpoint.apply` | `name`, `save_current` (name or null), `client_hooks` | |
-//! | `checkpoint.revert` | | |
-//! | `checkpoint.delete` | `name`, `subtree` (bool) | |
-//! | `checkpoint.rename` | `name`, `new_name` | |
-//! | `checkpoint.list` | | `checkpoints` (as `ckpt checkpoint list --json`) |
-//! | `checkpoint.show` | `name` | `checkpoint` |
-//! | `checkpoint.export` | `name` (null: the current state), `dest` (absolute) | `files` |
-//! | `vm.show` | | `show` (as `ckpt vm show --json`, without `strays`) |
-//! | `vm.set` | `memory_mib`, `cpus`, `settings` (a whole [`Settings`]), `state` — each optional, applied in this order | |
-//!
-//! Quiesce and thaw of a production checkpoint run the client's hooks when
-//! it sets `client_hooks`, else the holder's (given to [`serve`]); memory
-//! state comes from `memory_state` or else the holder's
-//! [`Hooks::save_memory`]. Requests from all connections run one at a
-//! time, each holding the `Vm`'s mutex for its length, so they never
-//! interleave with each other or with the holder's own calls.
+//! The holder's end: [`serve`] listens, checks each peer, and runs requests
+//! on the held VM ([`HeldVm`]) with the hooks of `ConnHooks`.
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -73,23 +14,10 @@ use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
 
-use super::json::{checkpoints_json, vm_json};
-use super::{Checkpoint, Hooks, NoHooks, Settings, Vm, VmFile, VmState};
+use super::wire::{error_reply, poisoned, socket_path, Conn, PROTOCOL_VERSION};
+use crate::checkpoint::json::{checkpoints_json, vm_json};
+use crate::checkpoint::{Checkpoint, Hooks, NoHooks, Settings, Vm, VmState};
 use crate::{Error, ErrorKind, Result};
-
-/// The control socket's name in the VM folder.
-pub const SOCKET_FILE: &str = "ckpt-control.sock";
-
-/// The protocol's version, in the greeting.
-pub const PROTOCOL_VERSION: u64 = 1;
-
-/// The longest line either side accepts (a request, a reply).
-const MAX_LINE: u64 = 16 << 20;
-
-/// The control socket of the VM folder `dir`.
-pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join(SOCKET_FILE)
-}
 
 /// What a server runs its requests on: the holder's VM, taken for each
 /// request exclusively (waiting while the holder uses it).
@@ -132,73 +60,6 @@ pub fn wait_for<T>(mut try_lock: impl FnMut() -> std::sync::TryLockResult<T>) ->
 /// The holder's hooks the server uses (quiesce, thaw, memory state), shared
 /// with the holder.
 pub type SharedHooks = Arc<Mutex<dyn Hooks + Send>>;
-
-/// The name of an [`ErrorKind`] in the protocol (its Rust name).
-pub fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Io => "Io",
-        ErrorKind::NotFound => "NotFound",
-        ErrorKind::Corrupt => "Corrupt",
-        ErrorKind::Unsupported => "Unsupported",
-        ErrorKind::InvalidArgument => "InvalidArgument",
-        ErrorKind::OutOfRange => "OutOfRange",
-        ErrorKind::ReadOnly => "ReadOnly",
-        ErrorKind::Cancelled => "Cancelled",
-        ErrorKind::ParentMismatch => "ParentMismatch",
-        ErrorKind::Busy => "Busy",
-        ErrorKind::AlreadyExists => "AlreadyExists",
-        ErrorKind::PermissionDenied => "PermissionDenied",
-        ErrorKind::NoSpace => "NoSpace",
-    }
-}
-
-/// The [`ErrorKind`] a protocol name stands for.
-pub fn kind_of(name: &str) -> Option<ErrorKind> {
-    const ALL: [ErrorKind; 13] = [
-        ErrorKind::Io,
-        ErrorKind::NotFound,
-        ErrorKind::Corrupt,
-        ErrorKind::Unsupported,
-        ErrorKind::InvalidArgument,
-        ErrorKind::OutOfRange,
-        ErrorKind::ReadOnly,
-        ErrorKind::Cancelled,
-        ErrorKind::ParentMismatch,
-        ErrorKind::Busy,
-        ErrorKind::AlreadyExists,
-        ErrorKind::PermissionDenied,
-        ErrorKind::NoSpace,
-    ];
-    ALL.into_iter().find(|k| kind_name(*k) == name)
-}
-
-/// The error a reply describes: the library's own variant when the text
-/// is one it displays (so that it reads and matches the same), else
-/// [`Error::Remote`] with the holder's text and kind.
-pub fn error_of(kind: ErrorKind, message: &str) -> Error {
-    let strip = |prefix: &str| message.strip_prefix(prefix).map(str::to_string);
-    let plain = match kind {
-        ErrorKind::Busy => strip("busy: ").map(Error::Busy),
-        ErrorKind::NotFound => strip("not found: ").map(Error::NotFound),
-        ErrorKind::AlreadyExists => strip("already exists: ").map(Error::AlreadyExists),
-        ErrorKind::InvalidArgument => strip("invalid argument: ").map(Error::InvalidArgument),
-        ErrorKind::Unsupported => strip("unsupported: ").map(Error::Unsupported),
-        ErrorKind::NoSpace => strip("not enough space: ").map(Error::NoSpace),
-        ErrorKind::Corrupt => strip("damaged VM file: ").map(Error::BadVmFile),
-        ErrorKind::Cancelled if message == Error::Cancelled.to_string() => Some(Error::Cancelled),
-        ErrorKind::ReadOnly if message == Error::ReadOnly.to_string() => Some(Error::ReadOnly),
-        _ => None,
-    };
-    plain.unwrap_or_else(|| Error::Remote {
-        kind,
-        message: message.to_string(),
-    })
-}
-
-/// One error reply line.
-fn error_reply(e: &Error) -> Value {
-    json!({"ok": false, "kind": kind_name(e.kind()), "message": e.to_string()})
-}
 
 /// A running control server; dropping it (or [`ControlServer::stop`])
 /// stops it, ends its connections after the request each is running, and
@@ -342,13 +203,6 @@ fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn poisoned() -> Error {
-    Error::Busy(
-        "the VM's holder failed during an earlier operation (a panic); close and reopen the VM"
-            .into(),
-    )
-}
-
 fn accept_loop(
     listener: UnixListener,
     vm: Arc<dyn HeldVm>,
@@ -387,49 +241,6 @@ fn accept_loop(
             registry.insert(n, (clone, Some(t)));
         }
         drop(registry);
-    }
-}
-
-/// One side of a connection: lines in, lines out.
-#[derive(Debug)]
-struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Conn {
-    fn new(stream: UnixStream) -> Result<Conn> {
-        Ok(Conn {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn send(&mut self, v: &Value) -> std::io::Result<()> {
-        let mut line = v.to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.flush()
-    }
-
-    /// The next line as JSON; `Ok(None)` at the end of the stream.
-    fn recv(&mut self) -> Result<Option<Value>> {
-        let mut line = String::new();
-        let n = (&mut self.reader)
-            .take(MAX_LINE)
-            .read_line(&mut line)
-            .map_err(Error::from)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if !line.ends_with('\n') && n as u64 >= MAX_LINE {
-            return Err(Error::InvalidArgument(format!(
-                "control channel: a line longer than {MAX_LINE} bytes"
-            )));
-        }
-        serde_json::from_str(line.trim_end())
-            .map(Some)
-            .map_err(|e| Error::InvalidArgument(format!("control channel: not JSON ({e})")))
     }
 }
 
@@ -702,173 +513,4 @@ fn run(
     result.insert("vm".into(), to_json(vm.data())?);
     result.insert("warnings".into(), to_json(&vm.take_warnings())?);
     Ok(Value::Object(result))
-}
-
-/// A connection to the control channel of a VM's holder.
-#[derive(Debug)]
-pub struct Client {
-    conn: Conn,
-    /// The VM's name, from the greeting.
-    vm_name: String,
-}
-
-impl Client {
-    /// Connect to the control channel of the VM folder `dir`. `Ok(None)`
-    /// when the folder offers none: no socket, or a stale one (its holder
-    /// is gone). An error when the holder refuses this user, or when the
-    /// socket cannot be reached (another user's socket).
-    pub fn connect(dir: &Path) -> Result<Option<Client>> {
-        let path = socket_path(dir);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::Remote {
-                    kind: ErrorKind::PermissionDenied,
-                    message: format!(
-                        "permission denied: {}: the VM is held by a process whose control \
-                         channel this user may not use ({e})",
-                        path.display()
-                    ),
-                })
-            }
-            Err(e) => return Err(Error::from(e).in_file(&path)),
-        };
-        let mut conn = Conn::new(stream)?;
-        let hello = conn.recv()?.ok_or_else(|| {
-            Error::Busy(format!(
-                "{}: the VM's holder closed its control channel",
-                path.display()
-            ))
-        })?;
-        if hello["ok"] == json!(false) {
-            return Err(reply_error(&hello));
-        }
-        if hello["ckpt_control"].as_u64() != Some(PROTOCOL_VERSION) {
-            return Err(Error::Unsupported(format!(
-                "{}: the VM's holder speaks another control protocol ({hello})",
-                path.display()
-            )));
-        }
-        Ok(Some(Client {
-            vm_name: hello["vm"].as_str().unwrap_or_default().to_string(),
-            conn,
-        }))
-    }
-
-    /// The VM's name, as the holder greeted.
-    pub fn vm_name(&self) -> &str {
-        &self.vm_name
-    }
-
-    /// Run `op` with `args` on the holder; its result. Progress lines go
-    /// to `hooks.progress`, hook lines to `hooks.quiesce` / `hooks.thaw`.
-    pub fn call(&mut self, op: &str, args: Value, hooks: &mut dyn Hooks) -> Result<Value> {
-        let conn = &mut self.conn;
-        conn.send(&json!({"op": op, "args": args}))?;
-        loop {
-            let v = conn.recv()?.ok_or_else(|| {
-                Error::Busy("the VM's holder closed its control channel during the request".into())
-            })?;
-            if let Some(p) = v.get("progress") {
-                let (done, total) = (p["done"].as_u64(), p["total"].as_u64());
-                if let (Some(done), Some(total)) = (done, total) {
-                    hooks.progress(done, total);
-                }
-                continue;
-            }
-            if let Some(h) = v.get("hook").and_then(Value::as_str) {
-                let answer = match h {
-                    "quiesce" => match hooks.quiesce() {
-                        Ok(()) => json!({"ok": true}),
-                        Err(reason) => json!({"ok": false, "message": reason}),
-                    },
-                    "thaw" => {
-                        hooks.thaw();
-                        json!({"ok": true})
-                    }
-                    other => json!({"ok": false, "message": format!("unknown hook {other:?}")}),
-                };
-                conn.send(&answer)?;
-                continue;
-            }
-            return match v["ok"].as_bool() {
-                Some(true) => Ok(v["result"].clone()),
-                Some(false) => Err(reply_error(&v)),
-                None => Err(Error::InvalidArgument(format!(
-                    "control channel: an unexpected reply ({v})"
-                ))),
-            };
-        }
-    }
-
-    /// The VM file as the holder has it (`vm.show`).
-    pub fn vm_file(&mut self) -> Result<VmFile> {
-        let r = self.call("vm.show", json!({}), &mut NoHooks)?;
-        vm_file_of(&r)
-    }
-}
-
-/// The VM file in a result's `"vm"`.
-pub fn vm_file_of(result: &Value) -> Result<VmFile> {
-    serde_json::from_value(result["vm"].clone())
-        .map_err(|e| Error::InvalidArgument(format!("control reply: not a VM file ({e})")))
-}
-
-/// The error an error reply describes.
-fn reply_error(v: &Value) -> Error {
-    let message = v["message"]
-        .as_str()
-        .unwrap_or("the holder refused the request");
-    let kind = v["kind"]
-        .as_str()
-        .and_then(kind_of)
-        .unwrap_or(ErrorKind::Io);
-    error_of(kind, message)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_round_trip() {
-        for k in [
-            ErrorKind::Io,
-            ErrorKind::Busy,
-            ErrorKind::NotFound,
-            ErrorKind::PermissionDenied,
-            ErrorKind::NoSpace,
-        ] {
-            assert_eq!(kind_of(kind_name(k)), Some(k));
-        }
-        assert_eq!(kind_of("Nope"), None);
-    }
-
-    #[test]
-    fn errors_read_the_same() {
-        for e in [
-            Error::Busy("x is held".into()),
-            Error::NotFound("no checkpoint is called \"a\"".into()),
-            Error::InvalidArgument("bad".into()),
-            Error::AlreadyExists("taken".into()),
-            Error::Cancelled,
-            Error::Io(std::io::Error::other("disk gone")).in_file("/tmp/a.vhdx"),
-        ] {
-            let back = error_of(e.kind(), &e.to_string());
-            assert_eq!(back.to_string(), e.to_string());
-            assert_eq!(back.kind(), e.kind());
-        }
-        assert!(matches!(
-            error_of(ErrorKind::Busy, "busy: held"),
-            Error::Busy(m) if m == "held"
-        ));
-    }
 }
