@@ -22,7 +22,7 @@
 //!   step, an interrupted merge) and the old files left to remove;
 //! - `report.rs`: the checkpoint list, the checkpoint location, strays;
 //! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
-//! - `control.rs`: the control channel, a Unix socket through which other
+//! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
 pub mod control;
 mod create;
