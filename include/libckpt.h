@@ -2565,6 +2565,48 @@ ckpt_status ckpt_vm_checkpoint_export_by_id(struct ckpt_vm *vm,
  */
 ckpt_status ckpt_vm_disk(const struct ckpt_vm *vm, size_t index, struct ckpt_disk **out);
 
+/**
+ * Offer the VM's control channel: listen on the Unix socket
+ * `DIR/ckpt-control.sock` (mode 0600) and carry out, on this handle, the
+ * checkpoint operations that processes of the same user send (the `ckpt`
+ * tool forwards `ckpt checkpoint …` and `ckpt vm show|set` to it). A
+ * request from another user is refused. The server runs on library
+ * threads until `ckpt_vm_stop_control` or `ckpt_vm_close`. A socket left
+ * by a holder that was killed is replaced.
+ *
+ * `hooks` (may be NULL: none) quiesce, thaw and save the memory of the
+ * guest for the checkpoints these requests take; they are called from a
+ * library thread, one at a time, for as long as the server runs (copied:
+ * the struct need not outlive the call; its `user_data` must).
+ *
+ * A request takes the handle as any call does, so that a call of this
+ * process on the handle while a request runs fails with
+ * `CKPT_STATUS_BUSY` (as for two threads); requests wait for this
+ * process's calls to end.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT` (the
+ * hooks are malformed, or this handle already serves), `CKPT_STATUS_BUSY`
+ * (another process serves the socket), `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `hooks` is NULL or points to a readable
+ * `ckpt_hooks` whose callbacks may be called from any thread until the
+ * server stops.
+ */
+ckpt_status ckpt_vm_serve_control(struct ckpt_vm *vm, const struct ckpt_hooks *hooks);
+
+/**
+ * Stop the VM's control channel (waiting for the request it runs) and
+ * remove its socket. A handle that does not serve is left as it is;
+ * `vm` may be NULL.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle.
+ */
+ckpt_status ckpt_vm_stop_control(struct ckpt_vm *vm);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

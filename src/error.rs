@@ -278,6 +278,17 @@ pub enum Error {
         /// The parent's DataWriteGuid.
         found: uuid::Uuid,
     },
+
+    /// An error the holder of a VM reported over its control channel
+    /// ([`crate::checkpoint::control`]): its class and its message as the
+    /// holder's error displayed it.
+    #[error("{message}")]
+    Remote {
+        /// The class of the holder's error.
+        kind: ErrorKind,
+        /// The holder's error, displayed.
+        message: String,
+    },
 }
 
 /// Coarse classes of [`Error`], stable for mapping to C status codes.
@@ -352,6 +363,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::NoSpace(_) => ErrorKind::NoSpace,
+            Error::Remote { kind, .. } => *kind,
         }
     }
 

@@ -25,7 +25,10 @@
 //! - `live.rs`: an attached VM: its live disk handles ([`Vm::disk`]) and
 //!   the switches of checkpoint operations on a running guest.
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
+//! - `control/`: the control channel, a Unix socket through which other
+//!   processes of the same user run these operations on the holder's `Vm`.
 mod by_id;
+pub mod control;
 mod create;
 mod delete;
 pub mod export;

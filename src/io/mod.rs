@@ -28,6 +28,21 @@ pub(crate) use lock::{exclusive_lock, share_lock};
 pub use lock::{lock_conflict, lock_file, FileLock, Holder, LockConflict, LockKind};
 pub use mem::MemStorage;
 
+/// The user id of the peer of a connected Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(fd: std::os::unix::io::RawFd) -> io::Result<u32> {
+    platform::peer_uid(fd)
+}
+
+/// Wake a thread blocked in `accept` on the listening socket `fd`.
+pub(crate) fn shutdown_listener(fd: std::os::unix::io::RawFd) -> io::Result<()> {
+    platform::shutdown_listener(fd)
+}
+
+/// This process's effective user id.
+pub(crate) fn effective_uid() -> u32 {
+    platform::effective_uid()
+}
+
 /// Random-access storage under a virtual disk file.
 ///
 /// Implementations must be safe to call from many threads at once.

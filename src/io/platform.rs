@@ -156,3 +156,47 @@ pub(crate) fn fd_identity(fd: RawFd) -> io::Result<(u64, u64)> {
     #[allow(clippy::unnecessary_cast)]
     Ok((st.st_dev as u64, st.st_ino as u64))
 }
+
+/// The user id of the process at the other end of a connected Unix socket
+/// (`getsockopt(SO_PEERCRED)`), as the kernel recorded it at `connect`.
+pub(crate) fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt on a descriptor the caller keeps open for the
+    // call; `cred` and `len` are valid writable memory of the sizes given,
+    // and the kernel writes at most `len` bytes into `cred`.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_PEERCRED returned a short credential",
+        ));
+    }
+    Ok(cred.uid)
+}
+
+/// The effective user id of this process (`geteuid`).
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// `shutdown(fd, SHUT_RDWR)` on a listening socket: on Linux a thread
+/// blocked in `accept` on it returns (with `EINVAL`).
+pub(crate) fn shutdown_listener(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown on a descriptor the caller keeps open for the call;
+    // no memory is involved.
+    check(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) })
+}

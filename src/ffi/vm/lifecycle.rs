@@ -89,6 +89,8 @@ pub unsafe extern "C" fn ckpt_vm_close(vm: *mut ckpt_vm) -> ckpt_status {
         if vm.is_null() {
             return Ok(());
         }
+        // Its control server first: its threads use the handle.
+        super::control::stop_control(vm);
         // SAFETY: a live handle made by `new_handle` (Box::into_raw), given
         // back exactly once per the contract.
         drop(unsafe { Box::from_raw(vm) });

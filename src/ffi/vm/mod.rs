@@ -40,12 +40,14 @@ mod getters;
 mod ids;
 
 mod live;
+mod control;
 
 #[cfg(test)]
 mod tests;
 
 pub use checkpoints::*;
 pub use getters::*;
+pub use control::*;
 pub use hooks::*;
 pub use ids::*;
 pub use lifecycle::*;

@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 
 use clap::Subcommand;
 
-use ckpt::checkpoint::{json, CheckpointType, CheckpointView, Hooks, TakenType, Vm, VmFile};
+use ckpt::checkpoint::{json, CheckpointType, CheckpointView, Hooks, TakenType, VmFile};
 
 use super::chain::absolute;
 use super::size::human;
+use super::target::Target;
 use super::vm::{human_duration, json_text, load_vm, open_vm, plural, print, vm_error};
 use super::{fail, progress_bar, CliResult, Failure};
 
@@ -318,7 +319,8 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
             vm.data().config.name
         )));
     }
-    let r = vm.create_checkpoint(name, memory, &mut hooks);
+    let client_hooks = hooks.quiesce_cmd.is_some();
+    let r = vm.create_checkpoint(name, memory, &mut hooks, client_hooks);
     hooks.finish();
     let ck = r.map_err(vm_error)?;
     let mut line = format!(
@@ -482,7 +484,7 @@ fn list(dir: &Path, as_json: bool) -> CliResult {
 }
 
 /// The checkpoint called `name`, or an error naming the ones there are.
-fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
+fn find(vm: &mut Target, name: &str) -> Result<String, Failure> {
     match vm.find(name) {
         Ok(c) => return Ok(c.id.clone()),
         Err(e) if e.kind() == ckpt::ErrorKind::InvalidArgument => return Err(vm_error(e)),
@@ -507,12 +509,12 @@ fn find(vm: &Vm, name: &str) -> Result<String, Failure> {
 }
 
 /// The name of the checkpoint the current state hangs under (revert's target).
-fn current_name(vm: &Vm) -> Option<String> {
+fn current_name(vm: &Target) -> Option<String> {
     vm.data().current_checkpoint().map(|c| c.name.clone())
 }
 
 /// "off, 1024 MiB, 2 CPUs".
-fn vm_summary(vm: &Vm) -> String {
+fn vm_summary(vm: &Target) -> String {
     let d = vm.data();
     format!(
         "VM \"{}\" is now {}, {} MiB, {} CPU{}",
@@ -526,8 +528,9 @@ fn vm_summary(vm: &Vm) -> String {
 
 fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks) -> CliResult {
     let mut vm = open_vm(dir)?;
-    find(&vm, name)?;
-    let r = vm.apply(name, save_current, &mut hooks);
+    find(&mut vm, name)?;
+    let client_hooks = hooks.quiesce_cmd.is_some();
+    let r = vm.apply(name, save_current, &mut hooks, client_hooks);
     hooks.finish();
     r.map_err(vm_error)?;
     println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));
@@ -565,7 +568,7 @@ fn revert(dir: &Path) -> CliResult {
 
 fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
     let mut vm = open_vm(dir)?;
-    let id = find(&vm, name)?;
+    let id = find(&mut vm, name)?;
     // The visible checkpoints under it (what --subtree deletes too).
     let mut under = 0usize;
     let mut seen = std::collections::HashSet::new();
@@ -607,7 +610,7 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
 
 /// The tidy-up a committed operation left for the next open, on stderr
 /// (the operation itself succeeded: exit status 0).
-fn warn(vm: &mut Vm) {
+fn warn(vm: &mut Target) {
     for w in vm.take_warnings() {
         eprintln!("warning: {w}");
     }
@@ -615,7 +618,7 @@ fn warn(vm: &mut Vm) {
 
 fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
     let mut vm = open_vm(dir)?;
-    find(&vm, name)?;
+    find(&mut vm, name)?;
     vm.rename(name, new_name).map_err(vm_error)?;
     println!("Renamed checkpoint \"{name}\" to \"{new_name}\"");
     Ok(())
@@ -624,7 +627,7 @@ fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
 fn export(dir: &Path, name: Option<&str>, dest: &Path) -> CliResult {
     let mut vm = open_vm(dir)?;
     if let Some(n) = name {
-        find(&vm, n)?;
+        find(&mut vm, n)?;
     }
     let mut hooks = CmdHooks::with_bar();
     let r = vm.export(name, dest, &mut hooks);

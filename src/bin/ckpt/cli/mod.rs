@@ -14,7 +14,8 @@
 //! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
 //! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
 //! `ckpt checkpoint …` and its quiesce/thaw commands; `size.rs` SIZE
-//! parsing and human-readable sizes.
+//! parsing and human-readable sizes; `target.rs` the VM a command
+//! changes, opened here or reached through its holder's control channel.
 //!
 //! Dependencies: only the public API of the `ckpt` library crate (its
 //! `Disk`, `disk::…`, `checkpoint::…` and `Error`), clap and the standard
@@ -33,6 +34,7 @@ mod create;
 mod info;
 mod io_cmds;
 pub mod size;
+mod target;
 pub mod vm;
 
 use std::io::{IsTerminal, Write};

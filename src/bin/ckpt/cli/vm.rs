@@ -12,6 +12,7 @@ use ckpt::checkpoint::{json, CheckpointType, Settings, Vm, VmFile, VmSpec, VmSta
 use ckpt::OpenMode;
 
 use super::chain::absolute;
+use super::target::Target;
 use super::{fail, open, CliResult, Failure};
 
 /// The `vm` commands.
@@ -88,6 +89,15 @@ pub enum VmCommand {
         /// off, running or saved (as the hypervisor reports it).
         #[arg(long, value_name = "STATE", value_parser = parse_state)]
         state: Option<VmState>,
+    },
+    /// Hold a VM open and offer its control channel until standard input
+    /// ends (for tests and scripts): `ckpt checkpoint …` and `ckpt vm
+    /// show|set` from other processes are then carried out by this one.
+    /// Prints one line `holding DIR (control socket PATH)` once serving.
+    #[command(hide = true)]
+    Hold {
+        /// The VM folder.
+        dir: PathBuf,
     },
 }
 
@@ -186,16 +196,18 @@ pub(super) fn require_vm(dir: &Path) -> CliResult {
     )))
 }
 
-/// Open a VM for a change (takes its lock; finishes interrupted work).
-pub(super) fn open_vm(dir: &Path) -> Result<Vm, Failure> {
+/// Open a VM for a change (takes its lock; finishes interrupted work), or
+/// reach the process that holds it through its control channel.
+pub(super) fn open_vm(dir: &Path) -> Result<Target, Failure> {
     require_vm(dir)?;
-    Vm::open(dir).map_err(vm_error)
+    super::target::open(dir).map_err(vm_error)
 }
 
-/// Read a VM's file for showing (no lock).
+/// Read a VM's file for showing (no lock; the holder's, when it offers a
+/// control channel).
 pub(super) fn load_vm(dir: &Path) -> Result<VmFile, Failure> {
     require_vm(dir)?;
-    Vm::load(dir).map_err(vm_error)
+    super::target::load(dir).map_err(vm_error)
 }
 
 /// Pretty JSON with a final newline.
@@ -237,6 +249,7 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
             create(&dir, &spec)
         }
         VmCommand::Show { dir, json } => show(&dir, json),
+        VmCommand::Hold { dir } => hold(&dir),
         VmCommand::Set {
             dir,
             memory_mib,
@@ -381,6 +394,26 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
         ));
     }
     print(&s)
+}
+
+/// `vm hold`: open the VM, serve its control channel, wait for the end of
+/// standard input, stop.
+fn hold(dir: &Path) -> CliResult {
+    require_vm(dir)?;
+    let mut vm = Vm::open(dir).map_err(vm_error)?;
+    for w in vm.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    let vm = std::sync::Arc::new(std::sync::Mutex::new(vm));
+    let server = ckpt::checkpoint::control::serve(vm, None).map_err(vm_error)?;
+    print(&format!(
+        "holding {} (control socket {})\n",
+        absolute(dir).display(),
+        server.path().display()
+    ))?;
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    drop(server);
+    Ok(())
 }
 
 /// What `vm set` changes.
