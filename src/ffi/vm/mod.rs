@@ -1,6 +1,15 @@
 //! `ckpt_vm`: a VM folder and its checkpoint tree, with the hypervisor's
 //! callbacks (`ckpt_hooks`) for quiescing the guest, saving its memory
 //! state and following progress.
+//!
+//! File by file: `mod.rs` the handle and its lock; `types.rs` the C enums
+//! and versioned structs; `hooks.rs` the callbacks adapter; `lifecycle.rs`
+//! create, open, close; `settings.rs`; `views.rs` and `getters.rs` what a
+//! caller reads; `checkpoints.rs` and `ids.rs` the checkpoint operations
+//! (by index, by id); `live.rs` the live disk handles (`ckpt_vm_disk`);
+//! `control.rs` the control channel. Depends on `crate::checkpoint` and the
+//! shared helpers of `ffi` (panic boundary, strings, versioned structs);
+//! nothing in the library depends on it.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};

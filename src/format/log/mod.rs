@@ -1,5 +1,12 @@
 //! The log (journal): entries, descriptors, the active-sequence search of
 //! [MS-VHDX] §2.3.3, and building new entries.
+//!
+//! File by file: `mod.rs` the entry and descriptor layouts (named offsets)
+//! and their types; `entry.rs` reading and checking one entry; `scan.rs`
+//! the linear scan for the active sequence; `build.rs` new entries.
+//! Like the rest of `format`, pure: it works on bytes the caller read and
+//! depends on `crate::error` and `crate::format` only; never on `io`,
+//! `disk` or anything above.
 
 use crate::error::{bad_field, Error, Reason, Result, Structure};
 use crate::format::{le32, le64, put32, put64, put_guid};
