@@ -19,6 +19,12 @@
 //!   block status without `REQ_ONE` (which QEMU never sends; a small NBD
 //!   client here does) returns every extent, and a disk with more extents
 //!   than one call maps is walked in several replies.
+//! - VM mode (`vm=DIR`): each disk an export, served live while qemu-io
+//!   writes and `ckpt checkpoint create|rename|list|delete` run through the
+//!   control channel; every checkpoint and the current state (read by
+//!   libckpt and by libvhdi with `set_parent`) hold what was written; a
+//!   SIGKILL after a create loses nothing flushed; `readonly=true` and bad
+//!   configurations.
 //!
 //! Without nbdkit, qemu-img, qemu-io, a C compiler or nbdkit-plugin.h the
 //! tests print a notice and pass, except under `CI=true`.
