@@ -19,6 +19,12 @@
 //!   block status without `REQ_ONE` (which QEMU never sends; a small NBD
 //!   client here does) returns every extent, and a disk with more extents
 //!   than one call maps is walked in several replies.
+//! - VM mode (`vm=DIR`): each disk an export, served live while qemu-io
+//!   writes and `ckpt checkpoint create|rename|list|delete` run through the
+//!   control channel; every checkpoint and the current state (read by
+//!   libckpt and by libvhdi with `set_parent`) hold what was written; a
+//!   SIGKILL after a create loses nothing flushed; `readonly=true` and bad
+//!   configurations.
 //!
 //! Without nbdkit, qemu-img, qemu-io, a C compiler or nbdkit-plugin.h the
 //! tests print a notice and pass, except under `CI=true`.
@@ -149,6 +155,16 @@ impl Server {
     /// As [`Server::start`]; `verbose` runs nbdkit with `-v`, so that the
     /// log records every request the plugin served.
     fn start_with(dir: &Path, disk: &Path, readonly: bool, verbose: bool) -> Server {
+        Server::start_param(dir, &format!("file={}", disk.display()), readonly, verbose)
+    }
+
+    /// As [`Server::start`] in VM mode: `vm=DIR`, one export per disk.
+    fn start_vm(dir: &Path, vm: &Path, readonly: bool) -> Server {
+        Server::start_param(dir, &format!("vm={}", vm.display()), readonly, false)
+    }
+
+    /// Start nbdkit with `param` (`file=…` or `vm=…`).
+    fn start_param(dir: &Path, param: &str, readonly: bool, verbose: bool) -> Server {
         let socket = dir.join("nbd.sock");
         let log = dir.join("nbdkit.log");
         let _ = std::fs::remove_file(&socket);
@@ -157,7 +173,7 @@ impl Server {
         if verbose {
             cmd.arg("-v");
         }
-        cmd.arg(plugin()).arg(format!("file={}", disk.display()));
+        cmd.arg(plugin()).arg(param);
         if readonly {
             cmd.arg("readonly=true");
         }
@@ -199,6 +215,11 @@ impl Server {
     /// The NBD URI of the export.
     fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+
+    /// The NBD URI of the export `name` (VM mode: a disk's index).
+    fn export_uri(&self, name: &str) -> String {
+        format!("nbd+unix:///{name}?socket={}", self.socket.display())
     }
 
     fn log_text(&self) -> String {
@@ -1144,4 +1165,408 @@ fn block_status_of_a_disk_with_many_extents() {
     // 600 extents do not fit in one reply; the trailing 1448 MiB hole
     // takes two (1 GiB at most each).
     assert!(replies >= 4, "only {replies} replies");
+}
+
+// ------------------------------------------------------------ VM mode
+
+/// Bytes of one write qemu-io makes in the VM tests.
+const REGION: u64 = 64 * 1024;
+
+/// Regions each disk's writes cycle through (so later writes overwrite
+/// earlier ones, also across checkpoints).
+const REGIONS: u64 = 16;
+
+/// The `k`-th write of a VM test: (disk, offset, fill byte). Disks
+/// alternate; each disk's regions are visited in a stride coprime to
+/// [`REGIONS`]; the byte is never 0.
+fn vm_put(k: usize) -> (usize, u64, u8) {
+    let disk = k % 2;
+    let region = ((k / 2) as u64 * 5) % REGIONS;
+    (disk, region * REGION * 3, (k % 251 + 1) as u8)
+}
+
+/// The two disks after the writes `0..n`.
+fn vm_model(n: usize) -> [Vec<u8>; 2] {
+    let mut m = [vec![0u8; SIZE as usize], vec![0u8; SIZE as usize]];
+    for k in 0..n {
+        let (d, off, b) = vm_put(k);
+        m[d][off as usize..(off + REGION) as usize].fill(b);
+    }
+    m
+}
+
+/// Make write `k` through the server's export of its disk (one qemu-io
+/// process: the write is flushed when it exits).
+fn vm_write(server_uri: &dyn Fn(&str) -> String, k: usize) {
+    let (d, off, b) = vm_put(k);
+    qemu_io(
+        &server_uri(&d.to_string()),
+        &[format!("write -P {b:#x} {off} {REGION}"), "flush".into()],
+    );
+}
+
+/// `ckpt ARGS…`, asserting success; its standard output.
+fn ckpt_ok(args: &[&str]) -> Vec<u8> {
+    let o = run_unchecked(Command::new(env!("CARGO_BIN_EXE_ckpt")).args(args));
+    assert!(
+        o.status.success(),
+        "`ckpt {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// A 2-disk VM `root/vm` over `root/d0.vhdx` and `root/d1.vhdx`.
+fn make_vm(root: &Path) -> PathBuf {
+    let vm = root.join("vm");
+    for d in ["d0.vhdx", "d1.vhdx"] {
+        let p = root.join(d);
+        ckpt_ok(&["create", p.to_str().unwrap(), "--size", "8M"]);
+    }
+    let (d0, d1) = (root.join("d0.vhdx"), root.join("d1.vhdx"));
+    ckpt_ok(&[
+        "vm",
+        "create",
+        vm.to_str().unwrap(),
+        "--name",
+        "v",
+        "--disk",
+        d0.to_str().unwrap(),
+        "--disk",
+        d1.to_str().unwrap(),
+    ]);
+    vm
+}
+
+/// `ckpt checkpoint list VM --json`.
+fn vm_list(vm: &Path) -> serde_json::Value {
+    let out = ckpt_ok(&["checkpoint", "list", vm.to_str().unwrap(), "--json"]);
+    serde_json::from_slice(&out).expect("checkpoint list --json")
+}
+
+/// The disks (top files) of checkpoint `name`, from `checkpoint list`.
+fn vm_checkpoint_disks(vm: &Path, name: &str) -> Vec<PathBuf> {
+    let v = vm_list(vm);
+    let c = v["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no checkpoint {name} in {v}"));
+    c["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().expect("a path")))
+        .collect()
+}
+
+/// The current disks, from `checkpoint list`.
+fn vm_current_disks(vm: &Path) -> Vec<PathBuf> {
+    vm_list(vm)["current"]["disks"]
+        .as_array()
+        .expect("current disks")
+        .iter()
+        .map(|p| PathBuf::from(p.as_str().expect("a path")))
+        .collect()
+}
+
+/// Reads the whole virtual disk of a chain given base first with libvhdi
+/// (`set_parent`) and writes it to standard output.
+const PYVHDI_READ: &str = r#"
+import sys
+import pyvhdi
+files = []
+for p in sys.argv[1:]:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(1, len(files)):
+    files[i].set_parent(files[i - 1])
+top = files[-1]
+size = top.get_media_size()
+off = 0
+while off < size:
+    n = min(1 << 20, size - off)
+    data = top.read_buffer_at_offset(n, off)
+    if len(data) != n:
+        sys.exit("short read at %d" % off)
+    sys.stdout.buffer.write(data)
+    off += n
+for f in reversed(files):
+    f.close()
+"#;
+
+/// Disk `top` (with its chain) reads as `want`, through libckpt and, when
+/// pyvhdi is at hand (always under CI), through libvhdi.
+fn vm_disk_reads(what: &str, top: &Path, want: &[u8]) {
+    assert_same(&format!("{what} (libckpt)"), &read_all(top), want, 0);
+    if support::oracle::have_pyvhdi() {
+        let mut files = chain_files(top);
+        files.reverse();
+        let args: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
+        let got = support::oracle::python(PYVHDI_READ, &args);
+        assert_same(&format!("{what} (libvhdi)"), &got, want, 0);
+    } else {
+        support::missing("pyvhdi");
+    }
+}
+
+/// The disks of `top` equal the model after the writes `0..n` for some
+/// `n` in `lo..=hi` (a single writer: the cut of a checkpoint taken while
+/// it wrote is a prefix of its writes). Returns that `n`.
+fn vm_disks_read_a_prefix(what: &str, tops: &[PathBuf], lo: usize, hi: usize) -> usize {
+    let got: Vec<Vec<u8>> = tops.iter().map(|p| read_all(p)).collect();
+    let n = (lo..=hi)
+        .find(|&n| {
+            let m = vm_model(n);
+            got[0] == m[0] && got[1] == m[1]
+        })
+        .unwrap_or_else(|| {
+            let m = vm_model(lo);
+            assert_same(&format!("{what}: disk 0"), &got[0], &m[0], 0);
+            assert_same(&format!("{what}: disk 1"), &got[1], &m[1], 0);
+            unreachable!("{what}: no prefix of writes {lo}..={hi} matches")
+        });
+    let m = vm_model(n);
+    for (i, top) in tops.iter().enumerate() {
+        vm_disk_reads(&format!("{what}: disk {i}"), top, &m[i]);
+    }
+    n
+}
+
+/// Wait (no time limit of its own; the writer's qemu-io calls end) until
+/// the writer has completed `n` writes.
+fn wait_done(done: &std::sync::atomic::AtomicUsize, n: usize) {
+    while done.load(std::sync::atomic::Ordering::SeqCst) < n {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 11, "Across processes": nbdkit serves a 2-disk VM (`vm=DIR`, one
+/// export per disk) while a qemu-io writer keeps writing to both exports
+/// and `ckpt checkpoint create|rename|list|delete` run from other processes
+/// through the VM's control channel. Every checkpoint holds a prefix of the
+/// writes between those completed before its create began and those
+/// started before it returned; the current state holds every write; a
+/// refused delete changes nothing. Then SIGKILL of nbdkit right after a
+/// create returned: the restarted nbdkit reopens the VM reconciled, and
+/// every checkpoint and the current state hold what qemu-io flushed.
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_serves_every_disk_live_through_checkpoints() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap().to_string();
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let server = Server::start_vm(&sockdir, &vm, false);
+    assert!(
+        vm.join("ckpt-control.sock").exists(),
+        "the plugin does not offer the control channel"
+    );
+    // The default export is disk 0.
+    qemu_io(
+        &server.uri(),
+        &["write -P 0xee 0 4096".into(), "flush".into()],
+    );
+    qemu_io(&server.export_uri("0"), &["read -P 0xee 0 4096".into()]);
+    qemu_io(&server.export_uri("0"), &["write -P 0 0 4096".into()]);
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let socket = server.socket.clone();
+    let writer = {
+        let (started, done, stop) = (started.clone(), done.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let uri = |name: &str| format!("nbd+unix:///{name}?socket={}", socket.display());
+            let mut k = 0;
+            while !stop.load(Ordering::SeqCst) {
+                started.store(k + 1, Ordering::SeqCst);
+                vm_write(&uri, k);
+                done.store(k + 1, Ordering::SeqCst);
+                k += 1;
+            }
+            k
+        })
+    };
+    let mut cuts = Vec::new();
+    for name in ["c1", "c2"] {
+        wait_done(&done, started.load(Ordering::SeqCst) + 4);
+        let lo = done.load(Ordering::SeqCst);
+        ckpt_ok(&["checkpoint", "create", &vms, name]);
+        let hi = started.load(Ordering::SeqCst);
+        cuts.push((name, lo, hi));
+    }
+    ckpt_ok(&["checkpoint", "rename", &vms, "c1", "first"]);
+    let names: Vec<String> = vm_list(&vm)["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(names, ["first", "c2"]);
+    cuts[0].0 = "first";
+    wait_done(&done, started.load(Ordering::SeqCst) + 4);
+    stop.store(true, Ordering::SeqCst);
+    let total = writer.join().expect("the writer failed");
+
+    // A delete through the channel: refused (the layer is in the live
+    // chain) and nothing changed, or done.
+    let before = tree(&root);
+    let o = run_unchecked(Command::new(env!("CARGO_BIN_EXE_ckpt")).args([
+        "checkpoint",
+        "delete",
+        &vms,
+        "first",
+    ]));
+    let deleted = o.status.success();
+    if !deleted {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("busy"), "the refusal does not say busy: {err}");
+        assert!(tree(&root) == before, "the refused delete changed files");
+    }
+    // The exports work on.
+    let (d, off, b) = vm_put(total - 1);
+    qemu_io(
+        &server.export_uri(&d.to_string()),
+        &[format!("read -P {b:#x} {off} {REGION}")],
+    );
+    server.stop();
+
+    for &(name, lo, hi) in &cuts {
+        if name == "first" && deleted {
+            continue;
+        }
+        let tops = vm_checkpoint_disks(&vm, name);
+        vm_disks_read_a_prefix(&format!("checkpoint {name}"), &tops, lo, hi);
+    }
+    let current = vm_current_disks(&vm);
+    vm_disks_read_a_prefix("current", &current, total, total);
+
+    // SIGKILL right after a create returned: everything qemu-io flushed
+    // survives, the checkpoint included.
+    let server = Server::start_vm(&sockdir, &vm, false);
+    let uri = |name: &str| server.export_uri(name);
+    for k in total..total + 6 {
+        vm_write(&uri, k);
+    }
+    ckpt_ok(&["checkpoint", "create", &vms, "c3"]);
+    server.kill();
+    let total = total + 6;
+    let server = Server::start_vm(&sockdir, &vm, false);
+    let uri = |name: &str| server.export_uri(name);
+    for k in total..total + 4 {
+        vm_write(&uri, k);
+    }
+    server.stop();
+    let tops = vm_checkpoint_disks(&vm, "c3");
+    vm_disks_read_a_prefix("checkpoint c3 after SIGKILL", &tops, total, total);
+    let tops = vm_checkpoint_disks(&vm, "c2");
+    vm_disks_read_a_prefix("checkpoint c2 after SIGKILL", &tops, cuts[1].1, cuts[1].2);
+    let current = vm_current_disks(&vm);
+    vm_disks_read_a_prefix("current after SIGKILL", &current, total + 4, total + 4);
+}
+
+/// `readonly=true` in VM mode: both exports read, are advertised read-only
+/// (writes refused) and no disk changes; checkpoints through the channel still work.
+/// `file=` and `vm=` together stop nbdkit at start-up with a clear message.
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_readonly_and_config_errors() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap().to_string();
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let server = Server::start_vm(&sockdir, &vm, false);
+    vm_write(&|n: &str| server.export_uri(n), 0);
+    vm_write(&|n: &str| server.export_uri(n), 1);
+    server.stop();
+
+    let server = Server::start_vm(&sockdir, &vm, true);
+    let before = tree(&root);
+    for d in ["0", "1"] {
+        let o = run_unchecked(
+            Command::new("qemu-io")
+                .args(["-f", "raw", "-c", "write -P 0x99 0 4096"])
+                .arg(server.export_uri(d)),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !o.status.success() || text.contains("failed") || text.contains("error"),
+            "a write to read-only export {d} succeeded: {text}"
+        );
+        // The export is advertised read-only: QEMU refuses to open it for
+        // writing (EACCES), or nbdkit refuses the write (EROFS).
+        assert!(
+            text.contains("read-only") || text.contains("Permission denied"),
+            "the refusal does not say read-only: {text}"
+        );
+    }
+    assert!(tree(&root) == before, "a refused write changed files");
+    for k in 0..2 {
+        let (d, off, b) = vm_put(k);
+        run(Command::new("qemu-io")
+            .args(["-r", "-f", "raw", "-c"])
+            .arg(format!("read -P {b:#x} {off} {REGION}"))
+            .arg(server.export_uri(&d.to_string())));
+    }
+    ckpt_ok(&["checkpoint", "create", &vms, "ro"]);
+    server.stop();
+    let tops = vm_checkpoint_disks(&vm, "ro");
+    vm_disks_read_a_prefix("checkpoint ro", &tops, 2, 2);
+
+    // An export past the last disk, or not a disk index, is refused with
+    // the plugin's message.
+    let server = Server::start_vm(&sockdir, &vm, false);
+    for name in ["2", "01", "x"] {
+        let o = run_unchecked(
+            Command::new("qemu-io")
+                .args(["-r", "-f", "raw", "-c", "read 0 512"])
+                .arg(server.export_uri(name)),
+        );
+        assert!(
+            !o.status.success(),
+            "export {name:?} of a 2-disk VM was served"
+        );
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("no export '2': the VM's exports are \"0\" .. \"1\""),
+        "{log}"
+    );
+    server.kill();
+
+    let disk = root.join("d0.vhdx");
+    let o = run_unchecked(
+        Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(root.join("both.sock"))
+            .arg(plugin())
+            .arg(format!("file={}", disk.display()))
+            .arg(format!("vm={}", vm.display())),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "nbdkit started with file= and vm=");
+    assert!(
+        err.contains("file= and vm= cannot be used together"),
+        "{err}"
+    );
 }

@@ -5,6 +5,7 @@
 #
 #   examples/nbdkit/build.sh
 #   nbdkit target/release/nbdkit-ckpt-plugin.so file=DISK.avhdx
+#   nbdkit target/release/nbdkit-ckpt-plugin.so vm=VMDIR
 #
 # Environment (all optional):
 #   LIBCKPT_A  the static library (default: target/release/libckpt.a)

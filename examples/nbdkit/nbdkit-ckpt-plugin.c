@@ -4,18 +4,42 @@
  * over NBD, through libckpt.
  *
  *   nbdkit target/release/nbdkit-ckpt-plugin.so file=DISK.avhdx [readonly=true]
+ *   nbdkit target/release/nbdkit-ckpt-plugin.so vm=DIR [readonly=true]
  *
  * Written against include/libckpt.h alone; examples/nbdkit/build.sh builds
  * it. The export is the virtual disk the file reads as: reads go through
  * the chain, writes, trims and zeroes go to the top file only (the parents
  * are never written), flush makes every completed write durable.
  *
- * Design:
+ * VM mode (vm=DIR): the VM folder is opened with ckpt_vm_open in
+ * .get_ready and held until .unload. Each of its disks is an export named
+ * by its index ("0", "1", ...; the default export "" is disk 0; all are in
+ * .list_exports), served through the VM's live handle (ckpt_vm_disk):
+ * borrowed from the VM, never closed by the plugin, and switched by
+ * libckpt to the new current file in a short pause whenever a checkpoint
+ * operation runs. The plugin offers the VM's control channel
+ * (ckpt_vm_serve_control, DIR/ckpt-control.sock), so `ckpt checkpoint
+ * create|delete|rename|list ...` from another process runs on the held VM,
+ * live, while clients read and write. .unload stops the channel, then
+ * closes the VM (which flushes and closes the live handles).
  *
- * - One libckpt disk handle is shared by every connection. It is opened
- *   in .get_ready (before nbdkit forks into the background, so a bad file
+ * readonly=true in VM mode: the exports are read-only (nbdkit refuses
+ * writes, trims and zeroes with EROFS), but the VM is still opened live
+ * and the control channel still offered: the disks are opened for writing
+ * by libckpt (a checkpoint switches them), and checkpoint operations sent
+ * through the channel still change the VM folder. Only the NBD clients
+ * cannot write. To leave a disk file untouched, serve it with
+ * file=... readonly=true instead.
+ *
+ * file= and vm= together are a configuration error.
+ *
+ * Design (both modes):
+ *
+ * - One libckpt disk handle per export is shared by every connection to it. It is
+ *   opened in .get_ready (before nbdkit forks into the background, so a bad file
  *   stops nbdkit at start-up with libckpt's message) and closed in
- *   .unload, which flushes and leaves the file with an empty log.
+ *   .unload, which flushes and leaves the file with an empty log (in VM
+ *   mode: ckpt_vm_close does this for every disk).
  *
  * - A ckpt_disk allows concurrent reads, writes, flushes and trims from
  *   several threads (see ckpt_disk in libckpt.h), so the thread model is
@@ -78,24 +102,36 @@
 
 /* Configuration (set before .get_ready, read-only afterwards). */
 static char *file;              /* absolute path, from nbdkit_realpath */
+static char *vm_dir;            /* vm=DIR, absolute path */
 static bool readonly_param;     /* readonly=true */
 
-/* The shared disk (set in .get_ready, freed in .unload). */
-static ckpt_disk *disk;
-static uint64_t disk_size;
-static bool disk_read_only;
-static uint32_t sector_size;    /* logical sector size of the disk */
+/* One export: a shared disk handle and its facts. */
+struct export {
+    ckpt_disk *disk;
+    uint64_t size;
+    bool read_only;
+    uint32_t sector_size;       /* logical sector size of the disk */
+};
+
+/* The exports (set in .get_ready, freed in .unload): one in file mode,
+ * one per VM disk in VM mode. */
+static struct export *exports_tab;
+static size_t export_count;
+
+/* The held VM in VM mode (NULL in file mode). */
+static ckpt_vm *vm;
+static bool control_served;
 
 /* Exclusive for unaligned changes, shared for aligned ones (see above). */
 static pthread_rwlock_t rmw_lock = PTHREAD_RWLOCK_INITIALIZER;
 
-static bool aligned(uint64_t offset, uint64_t count) {
-    return offset % sector_size == 0 && count % sector_size == 0;
+static bool aligned(const struct export *e, uint64_t offset, uint64_t count) {
+    return offset % e->sector_size == 0 && count % e->sector_size == 0;
 }
 
-/* Take the lock for a change of [offset, offset + count). */
-static void lock_range(uint64_t offset, uint64_t count) {
-    if (aligned(offset, count)) {
+/* Take the lock for a change of [offset, offset + count) of export e. */
+static void lock_range(const struct export *e, uint64_t offset, uint64_t count) {
+    if (aligned(e, offset, count)) {
         pthread_rwlock_rdlock(&rmw_lock);
     } else {
         pthread_rwlock_wrlock(&rmw_lock);
@@ -143,15 +179,39 @@ static int fail(const char *what, ckpt_status s) {
 }
 
 static void ckpt_unload(void) {
-    if (disk != NULL) {
-        ckpt_status s = ckpt_disk_close(disk);
-        disk = NULL;
+    if (vm != NULL) {
+        /* The live handles are borrowed: ckpt_vm_close flushes and closes
+         * them. Stop the channel first, so no request runs on a closing
+         * VM. */
+        if (control_served) {
+            ckpt_status s = ckpt_vm_stop_control(vm);
+            if (s != CKPT_STATUS_OK) {
+                fail("stop the control channel", s);
+            }
+            control_served = false;
+        }
+        ckpt_status s = ckpt_vm_close(vm);
+        vm = NULL;
         if (s != CKPT_STATUS_OK) {
-            fail("close (writes since the last flush may be lost)", s);
+            fail("close the VM (writes since the last flush may be lost)", s);
+        }
+    } else {
+        for (size_t i = 0; i < export_count; i++) {
+            if (exports_tab[i].disk != NULL) {
+                ckpt_status s = ckpt_disk_close(exports_tab[i].disk);
+                if (s != CKPT_STATUS_OK) {
+                    fail("close (writes since the last flush may be lost)", s);
+                }
+            }
         }
     }
+    free(exports_tab);
+    exports_tab = NULL;
+    export_count = 0;
     free(file);
     file = NULL;
+    free(vm_dir);
+    vm_dir = NULL;
 }
 
 static int ckpt_config(const char *key, const char *value) {
@@ -159,6 +219,11 @@ static int ckpt_config(const char *key, const char *value) {
         free(file);
         file = nbdkit_realpath(value);
         return file == NULL ? -1 : 0;
+    }
+    if (strcmp(key, "vm") == 0) {
+        free(vm_dir);
+        vm_dir = nbdkit_realpath(value);
+        return vm_dir == NULL ? -1 : 0;
     }
     if (strcmp(key, "readonly") == 0) {
         int r = nbdkit_parse_bool(value);
@@ -173,21 +238,113 @@ static int ckpt_config(const char *key, const char *value) {
 }
 
 static int ckpt_config_complete(void) {
-    if (file == NULL) {
-        nbdkit_error("ckpt: the file parameter is required (file=DISK.vhdx)");
+    if (file != NULL && vm_dir != NULL) {
+        nbdkit_error("ckpt: file= and vm= cannot be used together: serve one disk "
+                     "(file=DISK.vhdx) or a VM's disks (vm=DIR)");
+        return -1;
+    }
+    if (file == NULL && vm_dir == NULL) {
+        nbdkit_error("ckpt: the file or vm parameter is required (file=DISK.vhdx "
+                     "or vm=DIR)");
         return -1;
     }
     return 0;
 }
 
 #define ckpt_config_help                                                     \
-    "file=<DISK>         (required) The VHDX, or the differencing AVHDX at\n" \
-    "                    the top of a chain, to serve.\n"                     \
-    "readonly=true       Open the file read-only (never written)."
+    "file=<DISK>         The VHDX, or the differencing AVHDX at the top of\n" \
+    "                    a chain, to serve (one export).\n"                   \
+    "vm=<DIR>            A VM folder: serve each of its disks as export\n"   \
+    "                    \"0\", \"1\", ... (\"\" is disk 0), live, and offer\n"  \
+    "                    its control channel (one of file= or vm=).\n"       \
+    "readonly=true       file=: open the file read-only (never written);\n" \
+    "                    vm=: clients cannot write (checkpoints still can)."
 
 static void ckpt_dump_plugin(void) {
     printf("libckpt_version=%s\n", ckpt_version());
     printf("libckpt_header_version=%s\n", CKPT_VERSION_STRING);
+}
+
+/* Fill e from its open disk handle; `what` names it in messages. */
+static int fill_export(struct export *e, const char *what) {
+    ckpt_disk_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    ckpt_status s = ckpt_disk_get_info(e->disk, &info);
+    if (s != CKPT_STATUS_OK) {
+        return fail("get info", s);
+    }
+    if (info.virtual_size > INT64_MAX) {
+        nbdkit_error("ckpt: %s: virtual size %" PRIu64 " is too large for NBD", what,
+                     info.virtual_size);
+        return -1;
+    }
+    e->size = info.virtual_size;
+    e->read_only = info.read_only || readonly_param;
+    e->sector_size = info.logical_sector_size != 0 ? info.logical_sector_size : 512;
+    size_t depth = 0;
+    if (ckpt_disk_chain_length(e->disk, &depth) == CKPT_STATUS_OK) {
+        nbdkit_debug("ckpt: %s: %" PRIu64 " bytes, %zu file(s) in the chain, %s", what,
+                     e->size, depth, e->read_only ? "read-only" : "read-write");
+    }
+    return 0;
+}
+
+static int get_ready_file(void) {
+    exports_tab = calloc(1, sizeof *exports_tab);
+    if (exports_tab == NULL) {
+        nbdkit_error("ckpt: out of memory");
+        return -1;
+    }
+    uint32_t flags = readonly_param ? CKPT_OPEN_READ_ONLY : CKPT_OPEN_READ_WRITE;
+    ckpt_status s = ckpt_disk_open(file, flags, &exports_tab[0].disk);
+    if (s != CKPT_STATUS_OK) {
+        return fail(file, s);
+    }
+    export_count = 1;
+    return fill_export(&exports_tab[0], file);
+}
+
+static int get_ready_vm(void) {
+    ckpt_status s = ckpt_vm_open(vm_dir, &vm);
+    if (s != CKPT_STATUS_OK) {
+        return fail(vm_dir, s);
+    }
+    ckpt_vm_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    s = ckpt_vm_get_info(vm, &info);
+    if (s != CKPT_STATUS_OK) {
+        return fail("VM info", s);
+    }
+    if (info.disk_count == 0) {
+        nbdkit_error("ckpt: %s: the VM has no disks to serve", vm_dir);
+        return -1;
+    }
+    exports_tab = calloc(info.disk_count, sizeof *exports_tab);
+    if (exports_tab == NULL) {
+        nbdkit_error("ckpt: out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < info.disk_count; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "disk %zu", i);
+        s = ckpt_vm_disk(vm, i, &exports_tab[i].disk);
+        if (s != CKPT_STATUS_OK) {
+            return fail(what, s);
+        }
+        export_count = i + 1;
+        if (fill_export(&exports_tab[i], what) == -1) {
+            return -1;
+        }
+    }
+    s = ckpt_vm_serve_control(vm, NULL);
+    if (s != CKPT_STATUS_OK) {
+        return fail("serve the control channel", s);
+    }
+    control_served = true;
+    nbdkit_debug("ckpt: %s: %zu disk(s), control channel offered", vm_dir, export_count);
+    return 0;
 }
 
 static int ckpt_get_ready(void) {
@@ -195,63 +352,83 @@ static int ckpt_get_ready(void) {
     if (s != CKPT_STATUS_OK) {
         return fail("version check", s);
     }
-    uint32_t flags = readonly_param ? CKPT_OPEN_READ_ONLY : CKPT_OPEN_READ_WRITE;
-    s = ckpt_disk_open(file, flags, &disk);
-    if (s != CKPT_STATUS_OK) {
-        return fail(file, s);
+    return vm_dir != NULL ? get_ready_vm() : get_ready_file();
+}
+
+/* The exports: in VM mode "0", "1", ... (and "" for disk 0, not listed);
+ * in file mode the default export only. */
+static int ckpt_list_exports(int readonly, int is_tls, struct nbdkit_exports *exports) {
+    (void)readonly;
+    (void)is_tls;
+    if (vm == NULL) {
+        return nbdkit_add_export(exports, "", NULL);
     }
-    ckpt_disk_info info;
-    memset(&info, 0, sizeof info);
-    info.struct_size = sizeof info;
-    s = ckpt_disk_get_info(disk, &info);
-    if (s != CKPT_STATUS_OK) {
-        return fail("get info", s);
-    }
-    if (info.virtual_size > INT64_MAX) {
-        nbdkit_error("ckpt: %s: virtual size %" PRIu64 " is too large for NBD", file,
-                     info.virtual_size);
-        return -1;
-    }
-    disk_size = info.virtual_size;
-    disk_read_only = info.read_only;
-    sector_size = info.logical_sector_size != 0 ? info.logical_sector_size : 512;
-    size_t depth = 0;
-    if (ckpt_disk_chain_length(disk, &depth) == CKPT_STATUS_OK) {
-        nbdkit_debug("ckpt: %s: %" PRIu64 " bytes, %zu file(s) in the chain, %s", file,
-                     disk_size, depth, disk_read_only ? "read-only" : "read-write");
+    for (size_t i = 0; i < export_count; i++) {
+        char name[32];
+        char desc[48];
+        snprintf(name, sizeof name, "%zu", i);
+        snprintf(desc, sizeof desc, "VM disk %zu", i);
+        if (nbdkit_add_export(exports, name, desc) == -1) {
+            return -1;
+        }
     }
     return 0;
 }
 
-/* Every connection uses the shared disk: no per-connection state. */
+/* The export a name selects, or NULL (with the error set). */
+static struct export *lookup_export(const char *name) {
+    if (name == NULL || name[0] == '\0') {
+        return &exports_tab[0];
+    }
+    if (vm != NULL) {
+        size_t i = 0;
+        const char *p = name;
+        while (*p >= '0' && *p <= '9' && i <= export_count) {
+            i = i * 10 + (size_t)(*p - '0');
+            p++;
+        }
+        /* Decimal without leading zeros ("0" itself is fine). */
+        if (*p == '\0' && (name[0] != '0' || name[1] == '\0') && i < export_count) {
+            return &exports_tab[i];
+        }
+        nbdkit_error("ckpt: no export '%s': the VM's exports are \"0\" .. \"%zu\"", name,
+                     export_count - 1);
+    } else {
+        nbdkit_error("ckpt: no export '%s': only the default export \"\" is served", name);
+    }
+    nbdkit_set_error(ENOENT);
+    return NULL;
+}
+
+/* A connection's handle is the export it chose (shared, never freed). */
 static void *ckpt_open(int readonly) {
     (void)readonly;
-    return NBDKIT_HANDLE_NOT_NEEDED;
+    return lookup_export(nbdkit_export_name());
 }
 
 static int64_t ckpt_get_size(void *handle) {
-    (void)handle;
-    return (int64_t)disk_size;
+    const struct export *e = handle;
+    return (int64_t)e->size;
 }
 
 static int ckpt_can_write(void *handle) {
-    (void)handle;
-    return !disk_read_only;
+    const struct export *e = handle;
+    return !e->read_only;
 }
 
 static int ckpt_can_flush(void *handle) {
-    (void)handle;
-    return !disk_read_only;
+    const struct export *e = handle;
+    return !e->read_only;
 }
 
 static int ckpt_can_trim(void *handle) {
-    (void)handle;
-    return !disk_read_only;
+    const struct export *e = handle;
+    return !e->read_only;
 }
 
 static int ckpt_can_zero(void *handle) {
-    (void)handle;
-    return !disk_read_only;
+    const struct export *e = handle;
+    return !e->read_only;
 }
 
 /* A zero request may write zeros, which is not faster than a write. */
@@ -261,8 +438,8 @@ static int ckpt_can_fast_zero(void *handle) {
 }
 
 static int ckpt_can_fua(void *handle) {
-    (void)handle;
-    return disk_read_only ? NBDKIT_FUA_NONE : NBDKIT_FUA_NATIVE;
+    const struct export *e = handle;
+    return e->read_only ? NBDKIT_FUA_NONE : NBDKIT_FUA_NATIVE;
 }
 
 static int ckpt_can_multi_conn(void *handle) {
@@ -270,9 +447,9 @@ static int ckpt_can_multi_conn(void *handle) {
     return 1;
 }
 
-static int flush_if_fua(uint32_t flags) {
+static int flush_if_fua(const struct export *e, uint32_t flags) {
     if (flags & NBDKIT_FLAG_FUA) {
-        ckpt_status s = ckpt_disk_flush(disk);
+        ckpt_status s = ckpt_disk_flush(e->disk);
         if (s != CKPT_STATUS_OK) {
             return fail("flush (FUA)", s);
         }
@@ -282,40 +459,40 @@ static int flush_if_fua(uint32_t flags) {
 
 static int ckpt_pread(void *handle, void *buf, uint32_t count, uint64_t offset,
                       uint32_t flags) {
-    (void)handle;
+    const struct export *e = handle;
     (void)flags;
-    ckpt_status s = ckpt_disk_read(disk, buf, count, offset);
+    ckpt_status s = ckpt_disk_read(e->disk, buf, count, offset);
     return s == CKPT_STATUS_OK ? 0 : fail("read", s);
 }
 
 static int ckpt_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
                        uint32_t flags) {
-    (void)handle;
-    lock_range(offset, count);
-    ckpt_status s = ckpt_disk_write(disk, buf, count, offset);
+    const struct export *e = handle;
+    lock_range(e, offset, count);
+    ckpt_status s = ckpt_disk_write(e->disk, buf, count, offset);
     unlock_range();
     if (s != CKPT_STATUS_OK) {
         return fail("write", s);
     }
-    return flush_if_fua(flags);
+    return flush_if_fua(e, flags);
 }
 
 static int ckpt_flush(void *handle, uint32_t flags) {
-    (void)handle;
+    const struct export *e = handle;
     (void)flags;
-    ckpt_status s = ckpt_disk_flush(disk);
+    ckpt_status s = ckpt_disk_flush(e->disk);
     return s == CKPT_STATUS_OK ? 0 : fail("flush", s);
 }
 
 static int ckpt_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
-    (void)handle;
-    lock_range(offset, count);
-    ckpt_status s = ckpt_disk_trim(disk, offset, count);
+    const struct export *e = handle;
+    lock_range(e, offset, count);
+    ckpt_status s = ckpt_disk_trim(e->disk, offset, count);
     unlock_range();
     if (s != CKPT_STATUS_OK) {
         return fail("trim", s);
     }
-    return flush_if_fua(flags);
+    return flush_if_fua(e, flags);
 }
 
 static int ckpt_can_extents(void *handle) {
@@ -333,21 +510,21 @@ static int ckpt_can_extents(void *handle) {
 
 static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                         struct nbdkit_extents *extents) {
-    (void)handle;
+    const struct export *ex = handle;
     (void)count; /* mapping past count is allowed and saves round trips */
-    if (offset >= disk_size) {
+    if (offset >= ex->size) {
         nbdkit_error("ckpt: extents: offset %" PRIu64 " is past the end", offset);
         nbdkit_set_error(EINVAL);
         return -1;
     }
-    uint64_t len = disk_size - offset;
+    uint64_t len = ex->size - offset;
     if (len > MAX_MAP) {
         len = MAX_MAP;
     }
     ckpt_extent e[MAX_EXTENTS];
     size_t n = 0;
     ckpt_status s;
-    while ((s = ckpt_disk_extents(disk, offset, len, e, MAX_EXTENTS, &n)) ==
+    while ((s = ckpt_disk_extents(ex->disk, offset, len, e, MAX_EXTENTS, &n)) ==
                CKPT_STATUS_BUFFER_TOO_SMALL &&
            len > 1) {
         len /= 2;
@@ -377,16 +554,16 @@ static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t 
 static const uint8_t zeros[64 * 1024];
 
 static int ckpt_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
-    (void)handle;
+    const struct export *e = handle;
     ckpt_status s = CKPT_STATUS_OK;
-    lock_range(offset, count);
+    lock_range(e, offset, count);
     if (flags & NBDKIT_FLAG_MAY_TRIM) {
         /* A trimmed range reads as zeros, also over a parent with data. */
-        s = ckpt_disk_trim(disk, offset, count);
+        s = ckpt_disk_trim(e->disk, offset, count);
     } else {
         while (count > 0 && s == CKPT_STATUS_OK) {
             uint32_t n = count < sizeof zeros ? count : (uint32_t)sizeof zeros;
-            s = ckpt_disk_write(disk, zeros, n, offset);
+            s = ckpt_disk_write(e->disk, zeros, n, offset);
             count -= n;
             offset += n;
         }
@@ -395,14 +572,15 @@ static int ckpt_zero(void *handle, uint32_t count, uint64_t offset, uint32_t fla
     if (s != CKPT_STATUS_OK) {
         return fail(flags & NBDKIT_FLAG_MAY_TRIM ? "zero (trim)" : "zero (write)", s);
     }
-    return flush_if_fua(flags);
+    return flush_if_fua(e, flags);
 }
 
 static struct nbdkit_plugin plugin = {
     .name = "ckpt",
     .longname = "nbdkit libckpt plugin (Hyper-V VHDX and AVHDX chains)",
     .version = CKPT_VERSION_STRING,
-    .description = "Serve a VHDX, or a differencing AVHDX with its chain, through libckpt",
+    .description = "Serve a VHDX, a differencing AVHDX with its chain, or the disks "
+                   "of a VM folder (live, with its control channel), through libckpt",
     .unload = ckpt_unload,
     .config = ckpt_config,
     .config_complete = ckpt_config_complete,
@@ -410,6 +588,7 @@ static struct nbdkit_plugin plugin = {
     .magic_config_key = "file",
     .dump_plugin = ckpt_dump_plugin,
     .get_ready = ckpt_get_ready,
+    .list_exports = ckpt_list_exports,
     .open = ckpt_open,
     .get_size = ckpt_get_size,
     .can_write = ckpt_can_write,
