@@ -48,15 +48,15 @@ mod getters;
 
 mod ids;
 
-mod live;
 mod control;
+mod live;
 
 #[cfg(test)]
 mod tests;
 
 pub use checkpoints::*;
-pub use getters::*;
 pub use control::*;
+pub use getters::*;
 pub use hooks::*;
 pub use ids::*;
 pub use lifecycle::*;
