@@ -11,9 +11,11 @@
 //! current state:
 //!
 //! - create: each handle is switched to its new differencing disk, all
-//!   disks in one pause (see [`crate::disk::live`]); `vm.json` is committed
-//!   inside that pause, so no write reaches a new disk before the tree names
-//!   it, and none reaches a frozen one after;
+//!   disks in one short pause that writes no file (see the fast switch in
+//!   [`crate::disk::live`]); the old tops' flush and the `vm.json` commit
+//!   follow while the guest writes into the new disks, and every guest
+//!   flush waits for them, so no flush returns while a write it covers is
+//!   in a disk the tree does not name; none reaches a frozen one after;
 //! - apply and revert (the guest is off or saved): the new current disks
 //!   are opened before the commit, and each handle's chain is replaced by
 //!   its new one after it; the old chain is closed before its files go.

@@ -75,6 +75,67 @@
 //! Which chain is "current" after a crash is for the caller (the VM's
 //! journal) to decide; the disk layer guarantees that both open.
 //!
+//! # The fast switch: only memory in the pause
+//!
+//! [`Pause::push_children`] above does steps 2–4 in the pause, so a writer
+//! waits for several syncs per disk. [`Pause::switch_children`] (what a
+//! VM's live create uses) keeps in the exclusive section only what must be
+//! atomic with respect to guest I/O:
+//!
+//! - in the pause: each child becomes the top **in memory**, the old top
+//!   stays below it, still open read-write but never written again, and a
+//!   *barrier* is set on the handle. No file is written (the child's
+//!   linkage is right from step 1: [`LiveDisk::prepare_child`] starts the
+//!   top's write session first, and a session keeps its DataWriteGuid until
+//!   it ends; should it have moved anyway, the re-link is done here, in the
+//!   pause, because it must reach the child before any write does);
+//! - the pause ends: writes go on at once, into the children;
+//! - [`Switch::flush_frozen`]: each old top is flushed (what was written
+//!   before the pause becomes durable); then the caller commits (the VM
+//!   saves `vm.json` naming the children);
+//! - [`Switch::done`]: the barrier is lifted; then each old top is closed
+//!   (empty log, headers), reopened read-only in a pause with no I/O in it,
+//!   and its lock shared. A failure here is only a warning: the file is
+//!   durable already, its log replays on open.
+//! - [`Switch::undo`] (the flush or the commit failed, or the [`Switch`]
+//!   was dropped unsettled): in a pause, every sector the child holds is
+//!   written into the old top, the old top is flushed and becomes the top
+//!   again, the child is removed. When that cannot be done (the old top's
+//!   handle was poisoned by a failed sync), the handle keeps the child on
+//!   top and every later flush fails: nothing is claimed durable.
+//!
+//! Every **flush** on the handle (the only durability promise a guest
+//! gets; there is no FUA path apart from it) reads the barrier under the
+//! gate, flushes the current chain, and then waits until the switch is
+//! settled: after `done` it returns Ok (its writes are in a child the
+//! caller's tree names, on top of a durable old top); after `undo` it
+//! flushes the restored chain; after a failed undo it fails. So no flush
+//! ever returns while a write it covers is in a file the tree does not
+//! name yet. Writes, reads and trims never wait.
+//!
+//! What a crash leaves (the VM's journal names the children until the
+//! commit, and removes them on recovery when the commit did not land):
+//!
+//! - in the pause: nothing was written; the old chain, every flushed write
+//!   in it;
+//! - during the old tops' flush, before the commit: the old tops with their
+//!   logs replayed — every write flushed before the switch; the children
+//!   are removed, with the writes made into them, none of which a flush
+//!   reported durable (those flushes were waiting);
+//! - during the commit: `vm.json` names the children or not (it is
+//!   replaced atomically); if it does, the old tops are durable already
+//!   (flushed before the commit) and the children link to their
+//!   DataWriteGuid; if not, as above;
+//! - during `done`'s close of an old top: the checkpoint is committed; the
+//!   old top's log (all applied) replays on open, a no-op;
+//! - during an undo: the commit did not land, the children are removed;
+//!   the old tops hold every flushed write and maybe a part of the copied,
+//!   never-flushed ones (whole sectors, each as the guest wrote it).
+//!
+//! In every case the VM reopens with every checkpoint intact and every
+//! write a returned flush covered present (`tests/vm_live.rs` cuts at
+//! every write and sync of the main thread while writers write and flush).
+//!
 //! # Live merge
 //!
 //! [`LiveDisk::merge_down`] (in `live/merge.rs`, with its own doc) merges a
