@@ -704,3 +704,188 @@ fn replace_swaps_the_chain_under_writers() {
         }
     }
 }
+
+/// A fast switch (`switch_children`, the pause over at once): a flush
+/// issued right after it does not return until the switch is settled;
+/// `done` lets it return with the write in the named child, `undo` puts the
+/// child's writes into the old top (read by us and by libvhdi), which is
+/// the top again, and the flush then returns with them durable there.
+#[test]
+fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
+    for undo in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 16 * MIB;
+        let base = dir.path().join("base.vhdx");
+        let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
+        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.flush().unwrap();
+        // Unflushed before the switch: the old top's flush makes it durable.
+        d.write_at(&unit_bytes(1, 1), unit_offset(1, 4, size))
+            .unwrap();
+        let live = Arc::new(LiveDisk::new(d));
+        let child = dir.path().join("child.avhdx");
+        let c = live.prepare_child(&child, &small_child()).unwrap();
+        let sw = live.pause().switch_children(vec![c]).unwrap();
+        // The pause is over: writes go to the child at once.
+        assert_eq!(live.path().unwrap(), child);
+        live.write_at(&unit_bytes(2, 1), unit_offset(2, 4, size))
+            .unwrap();
+        live.write_at(&unit_bytes(0, 2), 0).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flusher = {
+            let live = live.clone();
+            thread::spawn(move || {
+                let r = live.flush();
+                tx.send(()).unwrap();
+                r
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "a flush returned before the switch was settled"
+        );
+        sw.flush_frozen().unwrap();
+        // Writes go on while the old top is made durable.
+        live.write_at(&unit_bytes(3, 1), unit_offset(3, 4, size))
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "a flush returned before `done`");
+        if undo {
+            sw.undo().unwrap();
+        } else {
+            sw.done().unwrap();
+        }
+        flusher.join().unwrap().unwrap();
+        live.flush().unwrap();
+        let want = [2, 1, 1, 1];
+        for (u, w) in want.iter().enumerate() {
+            let mut b = vec![0u8; UNIT];
+            live.read_at(&mut b, unit_offset(u as u64, 4, size))
+                .unwrap();
+            assert_eq!(decode(u as u64, &b, "live"), *w, "undo {undo}");
+        }
+        let (top, chain) = if undo {
+            assert_eq!(live.path().unwrap(), base);
+            assert!(!child.exists(), "the undone child is left");
+            (base.clone(), vec![base.clone()])
+        } else {
+            assert_eq!(live.depth(), 2);
+            (child.clone(), vec![base.clone(), child.clone()])
+        };
+        Arc::try_unwrap(live).unwrap().close().unwrap();
+        let units = read_units(&top, 4);
+        for (u, w) in want.iter().enumerate() {
+            assert_eq!(decode(u as u64, &units[u], "reopened"), *w, "undo {undo}");
+        }
+        if !undo {
+            let b = read_units(&base, 4);
+            assert_eq!(decode(0, &b[0], "frozen"), 1);
+            assert_eq!(decode(1, &b[1], "frozen"), 1);
+            assert_eq!(decode(2, &b[2], "frozen"), 0);
+        }
+        if have_pyvhdi() {
+            let theirs = vhdi_units(&chain, 4, size, dir.path());
+            assert!(theirs == units, "libvhdi reads another chain (undo {undo})");
+        }
+    }
+}
+
+/// Every single failing write or sync of a fast switch's post-pause steps
+/// (the old top's flush, the undo, the close after `done`) while a writer
+/// writes and flushes: the writer's flushes that returned Ok hold (in the
+/// live handle and after reopening the named top); a failure that cannot
+/// be undone makes every later flush fail, never pass.
+#[test]
+fn a_fast_switch_with_a_failing_post_pause_step() {
+    let mut n = 0u64;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 16 * MIB;
+        let base = dir.path().join("base.vhdx");
+        let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
+        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.flush().unwrap();
+        let live = Arc::new(LiveDisk::new(d));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let live = live.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                // (unit, seq) of the writes, and how many the last Ok flush covered.
+                let mut done: Vec<(u64, u64)> = Vec::new();
+                let mut flushed = 0usize;
+                let mut seq = 1u64;
+                while !stop.load(Ordering::Acquire) {
+                    let u = 1 + seq % 3;
+                    seq += 1;
+                    if live
+                        .write_at(&unit_bytes(u, seq), unit_offset(u, 4, size))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    done.push((u, seq));
+                    if seq % 2 == 0 {
+                        if live.flush().is_err() {
+                            break;
+                        }
+                        flushed = done.len();
+                    }
+                }
+                (done, flushed)
+            })
+        };
+        thread::sleep(Duration::from_millis(5));
+        let child = dir.path().join("child.avhdx");
+        let c = live.prepare_child(&child, &small_child()).unwrap();
+        let sw = live.pause().switch_children(vec![c]).unwrap();
+        thread::sleep(Duration::from_millis(2));
+        faults::arm_transient(n, Transient::Eio);
+        let undone = sw.flush_frozen().is_err();
+        let settled = if undone { sw.undo() } else { sw.done() };
+        // `done`'s errors (closing the old top) change no data.
+        let failed = undone && settled.is_err();
+        let seen = faults::disarm();
+        thread::sleep(Duration::from_millis(2));
+        stop.store(true, Ordering::Release);
+        let (done, flushed) = writer.join().unwrap();
+        let ctx = format!("fail at {n} of {seen} (undone {undone}: {settled:?})");
+        let last = |upto: usize, u: u64| {
+            done[..upto]
+                .iter()
+                .filter(|w| w.0 == u)
+                .map(|w| w.1)
+                .max()
+                .unwrap_or(0)
+        };
+        // What a reader of the live handle sees: every write.
+        for u in 1..4 {
+            let mut b = vec![0u8; UNIT];
+            live.read_at(&mut b, unit_offset(u, 4, size)).unwrap();
+            assert_eq!(decode(u, &b, &ctx), last(done.len(), u), "{ctx}: unit {u}");
+        }
+        let top = live.path().unwrap();
+        let later = live.flush();
+        if failed {
+            assert!(later.is_err(), "{ctx}: a flush passed after a failed undo");
+        } else {
+            later.unwrap_or_else(|e| panic!("{ctx}: a later flush: {e}"));
+        }
+        drop(Arc::try_unwrap(live).unwrap().into_disk());
+        // A failed undo leaves the child on top, unnamed: the old top is
+        // the state (its log replayed on open); otherwise the top is.
+        let state = if failed { base.clone() } else { top };
+        let units = read_units(&state, 4);
+        for u in 1..4 {
+            let seq = decode(u, &units[u as usize], &ctx);
+            assert!(
+                seq >= last(flushed, u),
+                "{ctx}: unit {u}: {seq} lost a flushed write"
+            );
+        }
+        if n >= seen {
+            break;
+        }
+        n += 1;
+    }
+}

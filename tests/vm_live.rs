@@ -814,3 +814,174 @@ fn crash_at_every_step_of_a_live_revert_and_apply() {
         }
     }
 }
+
+/// A live create cut at every write, flush and unlink of the main thread
+/// (the post-pause steps among them: the old tops' flush, the commit, the
+/// undo, the old tops' close) while writers write and flush all along: the
+/// VM reopens reconciled with its checkpoints intact, and the current state
+/// holds every write that a flush returning Ok covered, before the switch
+/// or after it (a flush after the switch returns only once the checkpoint
+/// is committed, so its writes are in a file the tree names).
+#[test]
+fn crash_at_every_post_pause_step_keeps_every_returned_flush() {
+    let mut events = None;
+    let mut n = 0u64;
+    loop {
+        if events.is_some_and(|e| n >= e) {
+            break;
+        }
+        let t = support::fast_tempdir();
+        let dir = build(t.path(), 2, CheckpointType::Production);
+        let mut vm = Vm::open(&dir).unwrap();
+        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let first = vm.create_checkpoint("first", None, &mut NoHooks).unwrap();
+        let kept: Vec<u64> = first.disks.iter().map(|p| file_hash(p)).collect();
+        let clock = Arc::new(AtomicU64::new(0));
+        let writers = Writers::start(&disks, 2, &clock);
+        let until = clock.load(Ordering::SeqCst) + 100;
+        while clock.load(Ordering::SeqCst) < until {
+            thread::yield_now();
+        }
+        let begin = clock.fetch_add(1, Ordering::SeqCst);
+        faults::arm(events.map_or(u64::MAX, |_| n), Cut::Torn);
+        let r = vm.create_checkpoint("c", None, &mut NoHooks);
+        let seen = faults::events();
+        // Writers go on (their flushes wait, pass or fail) for a while.
+        let until = clock.load(Ordering::SeqCst) + 100;
+        while clock.load(Ordering::SeqCst) < until
+            && !writers.handles.iter().all(|h| h.is_finished())
+        {
+            thread::yield_now();
+        }
+        if events.is_none() {
+            faults::disarm();
+            r.unwrap();
+            events = Some(seen);
+            assert!(seen > 5, "{seen} events");
+            let log = writers.finish();
+            assert!(log.error.is_none(), "{:?}", log.error);
+            continue;
+        }
+        let log = writers.finish();
+        drop(disks);
+        drop(vm);
+        faults::disarm();
+        let ctx = format!("cut at {n} of {events:?} ({:?})", r.as_ref().err());
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+        assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+        let f = vm.find("first").unwrap();
+        for (p, h) in f.disks.iter().zip(&kept) {
+            assert_eq!(file_hash(p), *h, "{ctx}: first changed");
+        }
+        for (d, p) in vm.data().current.disks.iter().enumerate() {
+            let units = read_units(p);
+            for u in 0..UNITS {
+                let seq = decode(d, u, &units[u as usize], &ctx);
+                let want = log.flushed_seq(d, u, u64::MAX);
+                assert!(
+                    seq >= want,
+                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+                );
+            }
+        }
+        if let Ok(c) = vm.find("c") {
+            for (d, p) in c.disks.iter().enumerate() {
+                let units = read_units(p);
+                for u in 0..UNITS {
+                    let seq = decode(d, u, &units[u as usize], &ctx);
+                    let want = log.flushed_seq(d, u, begin);
+                    assert!(seq >= want, "{ctx}: c: disk {d} unit {u}: {seq} < {want}");
+                }
+            }
+        }
+        n += 1;
+    }
+}
+
+/// A transient error at each step of a live create while writers write
+/// and flush: a create that fails before its commit is undone under the
+/// writers (their waiting flushes then pass on the old disks, or, when the
+/// undo itself cannot write, fail, as does every later flush); every write
+/// stays readable through the handles; reopened, every flushed write is
+/// in the current state, and a retry works.
+#[test]
+fn transient_error_of_a_live_create_while_writers_flush() {
+    let mut n = 0u64;
+    loop {
+        let t = support::fast_tempdir();
+        let dir = build(t.path(), 2, CheckpointType::Production);
+        let mut vm = Vm::open(&dir).unwrap();
+        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let clock = Arc::new(AtomicU64::new(0));
+        let writers = Writers::start(&disks, 2, &clock);
+        let until = clock.load(Ordering::SeqCst) + 100;
+        while clock.load(Ordering::SeqCst) < until {
+            thread::yield_now();
+        }
+        faults::arm_transient(n, Transient::Eio);
+        let r = vm.create_checkpoint("c", None, &mut NoHooks);
+        let seen = faults::disarm();
+        let until = clock.load(Ordering::SeqCst) + 100;
+        while clock.load(Ordering::SeqCst) < until
+            && !writers.handles.iter().all(|h| h.is_finished())
+        {
+            thread::yield_now();
+        }
+        let log = writers.finish();
+        let ctx = format!(
+            "fail at {n} of {seen} ({:?}; writer {:?})",
+            r.as_ref().err(),
+            log.error
+        );
+        let taken = vm.find("c").is_ok();
+        if log.error.is_some() {
+            assert!(
+                r.is_err() && !taken,
+                "{ctx}: a flush failed on a taken checkpoint"
+            );
+        }
+        for (d, disk) in disks.iter().enumerate() {
+            let units = live_units(disk);
+            for u in 0..UNITS {
+                let seq = decode(d, u, &units[u as usize], &ctx);
+                assert_eq!(seq, last_seq(&log.recs, d, u), "{ctx}: disk {d} unit {u}");
+            }
+            match disk.flush() {
+                // Undone or taken: the handle is on the current disk.
+                Ok(()) => assert_eq!(disk.path().unwrap(), vm.data().current.disks[d], "{ctx}"),
+                // A failed sync poisons the disk it hit (as on any disk
+                // handle), and an undo that cannot write leaves the handle
+                // refusing flushes: only on a create that is not taken;
+                // reopening recovers.
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Io, "{ctx}: a later flush: {e}");
+                    assert!(!taken, "{ctx}: a later flush: {e}");
+                }
+            }
+        }
+        drop(disks);
+        drop(vm);
+        let mut vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+        for (d, p) in vm.data().current.disks.iter().enumerate() {
+            let units = read_units(p);
+            for u in 0..UNITS {
+                let seq = decode(d, u, &units[u as usize], &ctx);
+                let want = log.flushed_seq(d, u, u64::MAX);
+                assert!(
+                    seq >= want,
+                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+                );
+            }
+        }
+        if !taken {
+            vm.create_checkpoint("c", None, &mut NoHooks)
+                .unwrap_or_else(|e| panic!("{ctx}: retry after reopen: {e}"));
+        }
+        if n >= seen {
+            break;
+        }
+        n += 1;
+    }
+}

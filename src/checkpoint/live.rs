@@ -11,9 +11,11 @@
 //! current state:
 //!
 //! - create: each handle is switched to its new differencing disk, all
-//!   disks in one pause (see [`crate::disk::live`]); `vm.json` is committed
-//!   inside that pause, so no write reaches a new disk before the tree names
-//!   it, and none reaches a frozen one after;
+//!   disks in one short pause that writes no file (see the fast switch in
+//!   [`crate::disk::live`]); the old tops' flush and the `vm.json` commit
+//!   follow while the guest writes into the new disks, and every guest
+//!   flush waits for them, so no flush returns while a write it covers is
+//!   in a disk the tree does not name; none reaches a frozen one after;
 //! - apply and revert (the guest is off or saved): the new current disks
 //!   are opened before the commit, and each handle's chain is replaced by
 //!   its new one after it; the old chain is closed before its files go.
@@ -36,8 +38,8 @@ use std::sync::Arc;
 use super::vm::*;
 use crate::checkpoint::model::*;
 use crate::checkpoint::owner;
-use crate::disk::live::{pause_all, LiveDisk, NewChild, Pause};
-use crate::disk::{ChildOptions, CreateOptions, Disk, OpenMode};
+use crate::disk::live::{pause_all, LiveDisk, NewChild};
+use crate::disk::{ChildOptions, Disk, OpenMode};
 use crate::error::{Error, Result};
 
 impl Vm {
@@ -132,11 +134,15 @@ impl Vm {
             .map(Some)
     }
 
-    /// The switch of a live create: pause every handle, push the children,
-    /// run `commit` (which saves `vm.json`) inside the pause. When the
-    /// commit fails and `vm.json` does not name checkpoint `id`, the switch
-    /// is undone (each handle back on its old top, read-write, the children
-    /// removed) before the pause ends.
+    /// The switch of a live create: pause every handle, make the children
+    /// the tops (in memory only) and end the pause; then, while the guest
+    /// writes into the children, flush the old tops and run `commit` (which
+    /// saves `vm.json`); only then do the guest's flushes return (see
+    /// [`crate::disk::live`]). When a step fails and `vm.json` does not
+    /// name checkpoint `id`, the switch is undone (the children's writes go
+    /// back into the old tops, which are the tops again; the children are
+    /// removed). After the commit, closing the old tops is best effort (a
+    /// failure is a warning: their logs replay on open).
     pub(super) fn switch_live(
         &mut self,
         children: Vec<NewChild>,
@@ -144,18 +150,17 @@ impl Vm {
         commit: impl FnOnce(&mut Vm) -> Result<()>,
     ) -> Result<()> {
         let live = self.live.clone().unwrap_or_default();
-        let tops: Vec<PathBuf> = live.iter().filter_map(|d| d.path()).collect();
         let refs: Vec<&LiveDisk> = live.iter().map(|d| d.as_ref()).collect();
         let made: Vec<PathBuf> = children.iter().map(|c| c.path().to_path_buf()).collect();
-        let mut pause = pause_all(&refs)?;
-        pause.push_children(children)?;
-        let r = commit(self);
+        let switch = pause_all(&refs)?.switch_children(children)?;
+        // The pause is over: the guest writes into the children.
+        let r = switch.flush_frozen().and_then(|_| commit(self));
         if let Err(e) = r {
             let committed = read_vm_file(&self.dir.join(VM_FILE))
                 .map(|d| d.checkpoints.iter().any(|c| c.id == id))
                 .unwrap_or(false);
             if !committed {
-                if let Err(u) = undo_push(&mut pause, &tops, &made) {
+                if let Err(u) = switch.undo() {
                     return Err(Error::InvalidArgument(format!(
                         "{e}; and the live disks could not be switched back ({u}): detach \
                          and open the VM again"
@@ -164,7 +169,12 @@ impl Vm {
                 return Err(e);
             }
         }
-        drop(pause);
+        if let Err(e) = switch.done() {
+            self.warnings.push(format!(
+                "closing a frozen disk after the live create of checkpoint {id}: {e} (its log \
+                 is replayed when it is opened)"
+            ));
+        }
         self.unstamped.extend(made);
         Ok(())
     }
@@ -207,42 +217,4 @@ impl Drop for Vm {
             }
         }
     }
-}
-
-/// Undo a push whose commit failed, in the pause: each disk goes back to
-/// its old top `tops[i]`, reopened read-write (its lock must be free, so
-/// the pushed chain is first swapped for a read-only stand-in and closed),
-/// and its child `made[i]` is removed. A disk that cannot be reopened
-/// keeps the stand-in: it refuses writes, never loses one.
-fn undo_push(pause: &mut Pause<'_>, tops: &[PathBuf], made: &[PathBuf]) -> Result<()> {
-    let mut first = Ok(());
-    for (i, (top, child)) in tops.iter().zip(made).enumerate() {
-        let r = (|| -> Result<()> {
-            let (size, lss) = match pause.disk(i) {
-                Some(d) => (d.virtual_size(), d.logical_sector_size()),
-                None => return Ok(()),
-            };
-            let old = pause.replace(i, stand_in(size, lss)?)?;
-            let _ = old.close();
-            // Left behind, the journal removes it.
-            let _ = remove_if_exists(child);
-            let back = Disk::open(top, OpenMode::ReadWrite)?;
-            pause.replace(i, back).map(drop)
-        })();
-        if first.is_ok() {
-            first = r;
-        }
-    }
-    first
-}
-
-/// An empty read-only disk in memory of the given geometry.
-fn stand_in(size: u64, lss: u32) -> Result<Disk> {
-    let m: Arc<dyn crate::io::Storage> = Arc::new(crate::io::MemStorage::new());
-    Disk::create_on(
-        m.clone(),
-        &CreateOptions::new(size).logical_sector_size(lss),
-    )?
-    .close()?;
-    Disk::open_storage(m, OpenMode::ReadOnly)
 }

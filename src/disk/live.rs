@@ -75,6 +75,67 @@
 //! Which chain is "current" after a crash is for the caller (the VM's
 //! journal) to decide; the disk layer guarantees that both open.
 //!
+//! # The fast switch: only memory in the pause
+//!
+//! [`Pause::push_children`] above does steps 2–4 in the pause, so a writer
+//! waits for several syncs per disk. [`Pause::switch_children`] (what a
+//! VM's live create uses) keeps in the exclusive section only what must be
+//! atomic with respect to guest I/O:
+//!
+//! - in the pause: each child becomes the top **in memory**, the old top
+//!   stays below it, still open read-write but never written again, and a
+//!   *barrier* is set on the handle. No file is written (the child's
+//!   linkage is right from step 1: [`LiveDisk::prepare_child`] starts the
+//!   top's write session first, and a session keeps its DataWriteGuid until
+//!   it ends; should it have moved anyway, the re-link is done here, in the
+//!   pause, because it must reach the child before any write does);
+//! - the pause ends: writes go on at once, into the children;
+//! - [`Switch::flush_frozen`]: each old top is flushed (what was written
+//!   before the pause becomes durable); then the caller commits (the VM
+//!   saves `vm.json` naming the children);
+//! - [`Switch::done`]: the barrier is lifted; then each old top is closed
+//!   (empty log, headers), reopened read-only in a pause with no I/O in it,
+//!   and its lock shared. A failure here is only a warning: the file is
+//!   durable already, its log replays on open.
+//! - [`Switch::undo`] (the flush or the commit failed, or the [`Switch`]
+//!   was dropped unsettled): in a pause, every sector the child holds is
+//!   written into the old top, the old top is flushed and becomes the top
+//!   again, the child is removed. When that cannot be done (the old top's
+//!   handle was poisoned by a failed sync), the handle keeps the child on
+//!   top and every later flush fails: nothing is claimed durable.
+//!
+//! Every **flush** on the handle (the only durability promise a guest
+//! gets; there is no FUA path apart from it) reads the barrier under the
+//! gate, flushes the current chain, and then waits until the switch is
+//! settled: after `done` it returns Ok (its writes are in a child the
+//! caller's tree names, on top of a durable old top); after `undo` it
+//! flushes the restored chain; after a failed undo it fails. So no flush
+//! ever returns while a write it covers is in a file the tree does not
+//! name yet. Writes, reads and trims never wait.
+//!
+//! What a crash leaves (the VM's journal names the children until the
+//! commit, and removes them on recovery when the commit did not land):
+//!
+//! - in the pause: nothing was written; the old chain, every flushed write
+//!   in it;
+//! - during the old tops' flush, before the commit: the old tops with their
+//!   logs replayed — every write flushed before the switch; the children
+//!   are removed, with the writes made into them, none of which a flush
+//!   reported durable (those flushes were waiting);
+//! - during the commit: `vm.json` names the children or not (it is
+//!   replaced atomically); if it does, the old tops are durable already
+//!   (flushed before the commit) and the children link to their
+//!   DataWriteGuid; if not, as above;
+//! - during `done`'s close of an old top: the checkpoint is committed; the
+//!   old top's log (all applied) replays on open, a no-op;
+//! - during an undo: the commit did not land, the children are removed;
+//!   the old tops hold every flushed write and maybe a part of the copied,
+//!   never-flushed ones (whole sectors, each as the guest wrote it).
+//!
+//! In every case the VM reopens with every checkpoint intact and every
+//! write a returned flush covered present (`tests/vm_live.rs` cuts at
+//! every write and sync of the main thread while writers write and flush).
+//!
 //! # Live merge
 //!
 //! [`LiveDisk::merge_down`] (in `live/merge.rs`, with its own doc) merges a
@@ -82,7 +143,7 @@
 //! the chain in one short pause.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -109,6 +170,53 @@ pub struct LiveDisk {
     disk: RwLock<Disk>,
     /// Held by the live merge running on this handle, if any.
     merging: Mutex<()>,
+    /// Set while a [`Switch`] is not settled (and after one that could not
+    /// be undone): every flush waits for it (see the module doc).
+    barrier: Mutex<Option<Arc<Barrier>>>,
+}
+
+/// What a flush issued after a switch waits for: the switch settled.
+#[derive(Debug, Default)]
+struct Barrier {
+    state: Mutex<Settled>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Settled {
+    /// The post-pause steps are running.
+    #[default]
+    Pending,
+    /// The old top is durable and the caller committed: the child is named.
+    Done,
+    /// The switch was undone: the child's writes are back in the old top.
+    Undone,
+    /// The switch could neither be completed nor undone: no flush on this
+    /// handle can succeed any more.
+    Failed(String),
+}
+
+impl Barrier {
+    fn set(&self, s: Settled) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> Settled {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while matches!(*st, Settled::Pending) {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.clone()
+    }
+}
+
+/// The error of every flush on a handle whose switch failed.
+fn failed_error(why: &str) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "a live checkpoint switch of this disk could neither be completed nor undone ({why}): \
+         nothing written since is known durable; detach and open the VM again"
+    )))
 }
 
 /// A new differencing child made ready by [`LiveDisk::prepare_child`],
@@ -148,6 +256,8 @@ impl Drop for NewChild {
 pub struct Pause<'a> {
     /// Guards in the caller's order.
     guards: Vec<RwLockWriteGuard<'a, Disk>>,
+    /// The handles, in the same order.
+    owners: Vec<&'a LiveDisk>,
 }
 
 /// Pause every disk of `disks` together: wait for the requests in flight on
@@ -172,6 +282,7 @@ pub fn pause_all<'a>(disks: &[&'a LiveDisk]) -> Result<Pause<'a>> {
     }
     Ok(Pause {
         guards: taken.into_iter().flatten().collect(),
+        owners: disks.to_vec(),
     })
 }
 
@@ -181,6 +292,7 @@ impl LiveDisk {
         LiveDisk {
             disk: RwLock::new(disk),
             merging: Mutex::new(()),
+            barrier: Mutex::new(None),
         }
     }
 
@@ -203,9 +315,37 @@ impl LiveDisk {
         self.get().write_at(buf, offset)
     }
 
-    /// See [`Disk::flush`].
+    /// See [`Disk::flush`]. After a [`Pause::switch_children`], and until
+    /// its [`Switch`] is settled, a flush also waits for the old top to be
+    /// durable and the switch committed (or undone), so that it never
+    /// returns with a write in a file the caller's tree does not name yet.
     pub fn flush(&self) -> Result<()> {
-        self.get().flush()
+        let barrier = {
+            let d = self.get();
+            // Read under the gate: a switch sets it in its pause.
+            let b = self.barrier_now();
+            if let Some(b) = &b {
+                if let Settled::Failed(why) = &*b.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return Err(failed_error(why));
+                }
+            }
+            d.flush()?;
+            b
+        };
+        match barrier.map(|b| b.wait()) {
+            None | Some(Settled::Done) => Ok(()),
+            // The chain changed back: flush what is there now.
+            Some(Settled::Undone) => self.flush(),
+            Some(Settled::Failed(why)) => Err(failed_error(&why)),
+            Some(Settled::Pending) => unreachable!("waited until settled"),
+        }
+    }
+
+    fn barrier_now(&self) -> Option<Arc<Barrier>> {
+        self.barrier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// See [`Disk::trim`].
@@ -262,6 +402,7 @@ impl LiveDisk {
     pub fn pause(&self) -> Pause<'_> {
         Pause {
             guards: vec![self.disk.write().unwrap_or_else(|e| e.into_inner())],
+            owners: vec![self],
         }
     }
 
@@ -284,6 +425,10 @@ impl LiveDisk {
             if d.top().is_read_only() {
                 return Err(Error::ReadOnly);
             }
+            // The top's DataWriteGuid is fixed for the whole session: once
+            // it runs, the child links to the guid the top keeps until the
+            // switch (no re-link in the pause).
+            d.ctx(d.top().start_session())?;
             let spec = chain::parent_spec(path, &parent, d.top())?;
             (parent, spec, child_create_options(&d, opts))
         };
@@ -469,4 +614,278 @@ fn freeze(disk: &Disk, child: &NewChild) -> Result<Frozen> {
     }
     let ro = Vhdx::open(top.storage_arc(), true).map_err(|e| e.in_file(&child.parent))?;
     Ok(Frozen { top: ro })
+}
+
+/// A switch whose pause is over (made by [`Pause::switch_children`]): each
+/// disk writes into its new child, its old top still open read-write below
+/// it, not yet known durable, and every flush on the disks waits until this
+/// is settled: [`Switch::done`] once the caller committed, or
+/// [`Switch::undo`] (also what dropping it unsettled does).
+#[derive(Debug)]
+pub struct Switch<'a> {
+    disks: Vec<&'a LiveDisk>,
+    barriers: Vec<Arc<Barrier>>,
+    /// Each disk's old top and new child.
+    tops: Vec<PathBuf>,
+    children: Vec<PathBuf>,
+    settled: bool,
+}
+
+impl<'a> Pause<'a> {
+    /// The exclusive part of a fast switch (step 2 of the module doc): each
+    /// paused disk `i` gets `children[i]` (made by [`LiveDisk::prepare_child`]
+    /// of that disk) as its top, in memory; the old top stays below it,
+    /// open read-write but written no more. No file is written unless a
+    /// top's DataWriteGuid moved since [`LiveDisk::prepare_child`] (then the
+    /// child is re-linked here, before anything is written into it). All or
+    /// nothing: on an error every child is removed and every disk keeps its
+    /// chain. Drop the pause next, then settle the returned [`Switch`].
+    pub fn switch_children(&mut self, mut children: Vec<NewChild>) -> Result<Switch<'a>> {
+        if children.len() != self.guards.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} new children for {} paused disks",
+                children.len(),
+                self.guards.len()
+            )));
+        }
+        for (g, c) in self.guards.iter().zip(children.iter()) {
+            // On error `children` is dropped: their files are removed.
+            check_child(g, c)?;
+            let top = g.top();
+            let guid = top.header().data_write_guid;
+            if guid != c.linked {
+                let loc = chain::locator_for(&c.path, &c.parent, &guid)?;
+                let file = c.file.as_ref().expect("checked");
+                file.set_parent_locator(loc.to_bytes())
+                    .map_err(|e| e.in_file(&c.path))?;
+            }
+        }
+        let mut sw = Switch {
+            disks: Vec::with_capacity(children.len()),
+            barriers: Vec::with_capacity(children.len()),
+            tops: Vec::with_capacity(children.len()),
+            children: Vec::with_capacity(children.len()),
+            settled: false,
+        };
+        for ((g, c), owner) in self
+            .guards
+            .iter_mut()
+            .zip(children.iter_mut())
+            .zip(self.owners.iter())
+        {
+            let file = c.file.take().expect("checked");
+            let mut layers = std::mem::take(&mut g.layers);
+            layers.insert(
+                0,
+                Layer {
+                    path: Some(c.path.clone()),
+                    file,
+                },
+            );
+            **g = Disk::from_layers(layers);
+            let b = Arc::new(Barrier::default());
+            *owner.barrier.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+            sw.disks.push(*owner);
+            sw.barriers.push(b);
+            sw.tops.push(c.parent.clone());
+            sw.children.push(c.path.clone());
+        }
+        Ok(sw)
+    }
+}
+
+impl Switch<'_> {
+    /// Step 3, while I/O goes on: flush every old top (the writes made
+    /// before the pause become durable). On an error, undo the switch.
+    pub fn flush_frozen(&self) -> Result<()> {
+        for (d, top) in self.disks.iter().zip(&self.tops) {
+            d.with_disk(|disk| match disk.layers.get(1) {
+                Some(l) if l.path.as_deref() == Some(top.as_path()) => {
+                    l.file.flush().map_err(|e| e.in_file(top))
+                }
+                _ => Err(Error::InvalidArgument(format!(
+                    "{} is no longer the layer below the new child",
+                    top.display()
+                ))),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Step 5, once [`Switch::flush_frozen`] and the caller's commit
+    /// succeeded: the waiting flushes return; then each old top is closed
+    /// (an empty log, both headers), reopened read-only in a pause with no
+    /// I/O in it, and its lock shared. An error there changes no data and
+    /// leaves the old top open read-write below the child (its log replays
+    /// on open): the first one is returned after all disks were tried.
+    pub fn done(mut self) -> Result<()> {
+        self.settled = true;
+        for (d, b) in self.disks.iter().zip(&self.barriers) {
+            *d.barrier.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            b.set(Settled::Done);
+        }
+        let mut first = Ok(());
+        for (d, top) in self.disks.iter().zip(&self.tops) {
+            let r = seal(d, top);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Undo the switch (its steps or the caller's commit failed): in a
+    /// pause, each disk's child's own data is written into the old top,
+    /// which is flushed and becomes the top again; the child is closed and
+    /// removed. The waiting flushes then flush the restored chain. A disk
+    /// whose undo fails keeps the child on top and refuses every later
+    /// flush (nothing is lost, nothing claimed durable); the first error
+    /// is returned after every disk was tried.
+    pub fn undo(mut self) -> Result<()> {
+        self.undo_inner()
+    }
+
+    fn undo_inner(&mut self) -> Result<()> {
+        self.settled = true;
+        let mut first = Ok(());
+        let disks = std::mem::take(&mut self.disks);
+        let Ok(mut pause) = pause_all(&disks) else {
+            unreachable!("a switch names each disk once")
+        };
+        for (i, ((g, b), child)) in pause
+            .guards
+            .iter_mut()
+            .zip(&self.barriers)
+            .zip(&self.children)
+            .enumerate()
+        {
+            let r = restore(g, child);
+            let owner = pause.owners[i];
+            match &r {
+                Ok(()) => {
+                    *owner.barrier.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    b.set(Settled::Undone);
+                    let _ = std::fs::remove_file(child);
+                }
+                Err(e) => b.set(Settled::Failed(e.to_string())),
+            }
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Switch<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.undo_inner();
+        }
+    }
+}
+
+/// The checks of a prepared child against the disk it is for.
+fn check_child(disk: &Disk, child: &NewChild) -> Result<()> {
+    if disk.path() != Some(child.parent.as_path()) {
+        return Err(Error::InvalidArgument(format!(
+            "the new child {} was made for {}, not for this disk's top",
+            child.path.display(),
+            child.parent.display()
+        )));
+    }
+    if child.file.is_none() {
+        return Err(Error::InvalidArgument(
+            "the new child was used already".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Close the old top `top` (layer 1 of `d`) and reopen it read-only.
+fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
+    let ro = d.with_disk(|disk| match disk.layers.get(1) {
+        Some(l) if l.path.as_deref() == Some(top) && !l.file.is_read_only() => {
+            l.file.close().map_err(|e| e.in_file(top))?;
+            Vhdx::open(l.file.storage_arc(), true)
+                .map(Some)
+                .map_err(|e| e.in_file(top))
+        }
+        _ => Ok(None),
+    })?;
+    let Some(ro) = ro else { return Ok(()) };
+    let storage = ro.storage_arc();
+    let mut p = d.pause();
+    let g = &mut p.guards[0];
+    match g.layers.get_mut(1) {
+        Some(l) if l.path.as_deref() == Some(top) => {
+            // Its session is over: dropping the writable handle writes nothing.
+            drop(std::mem::replace(&mut l.file, ro));
+        }
+        _ => return Ok(()),
+    }
+    drop(p);
+    if let Some(fd) = storage.raw_fd() {
+        // Best effort: a refusal only keeps the lock exclusive.
+        let _ = crate::io::share_lock(fd);
+    }
+    Ok(())
+}
+
+/// Undo one disk's switch in its pause: the chain `[child, old top, …]`
+/// becomes `[old top, …]` with the child's data written into the old top
+/// and flushed. On error the chain is left as it was (reads unchanged).
+fn restore(g: &mut Disk, child: &Path) -> Result<()> {
+    if g.layers.len() < 2 || g.layers[0].path.as_deref() != Some(child) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is no longer the top of the disk",
+            child.display()
+        )));
+    }
+    let mut layers = std::mem::take(&mut g.layers);
+    let new = layers.remove(0);
+    let mut rest = Disk::from_layers(layers);
+    let r = copy_own(&new.file, &rest).and_then(|_| rest.flush());
+    match r {
+        Ok(()) => {
+            *g = rest;
+            // The child's file is removed by the caller; closing it first
+            // ends its session (dropping does it too).
+            let _ = new.file.close();
+            Ok(())
+        }
+        Err(e) => {
+            let mut layers = std::mem::take(&mut rest.layers);
+            layers.insert(0, new);
+            *g = Disk::from_layers(layers);
+            Err(e)
+        }
+    }
+}
+
+/// Write every sector that `layer` holds itself (data, or zeros where it
+/// says so) into `to` at the same place.
+fn copy_own(layer: &Vhdx, to: &Disk) -> Result<()> {
+    let bs = layer.geo.block_size as u64;
+    let size = layer.geo.virtual_size;
+    let mut runs = Vec::new();
+    let mut buf = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let len = bs.min(size - off);
+        runs.clear();
+        layer.map(off, len, &mut runs)?;
+        let mut at = off;
+        for &(n, src) in &runs {
+            if src != super::vhdx::Src::Parent {
+                buf.resize(n as usize, 0);
+                // Zero runs read as zeros.
+                layer.read_at(&mut buf, at)?;
+                to.write_at(&buf, at)?;
+            }
+            at += n;
+        }
+        off += len;
+    }
+    Ok(())
 }
