@@ -409,6 +409,9 @@ impl Vm {
         if deps.len() < 2 && self.shared_with_others(id, &deps)?.is_some() {
             return Ok(()); // kept for the other VM's disk
         }
+        if deps == [None] && self.attached() {
+            return Ok(()); // the guest writes right above it: once detached
+        }
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], None),
@@ -639,7 +642,11 @@ impl Vm {
                 self.data.checkpoints[j].disks = node.disks.clone();
                 self.data.checkpoints[j].parent = node.parent.clone();
             }
-            None => {
+            None if children.iter().any(|c| c.exists()) => {
+                // Switched live: the current state writes the children,
+                // over `node`'s merged disks, which stay as a hidden node
+                // (no merge of the guest's own top while it writes); it is
+                // collapsed once the VM is detached, at the next open.
                 self.data.current.disks = node
                     .disks
                     .iter()
@@ -649,13 +656,25 @@ impl Vm {
                         _ => n.clone(),
                     })
                     .collect();
+            }
+            None => {
+                self.data.current.disks = node.disks.clone();
                 self.data.current.parent = node.parent.clone();
             }
         }
+        let own = self.own_files(node);
         let i = self.index(id)?;
-        self.data.checkpoints.remove(i);
+        if dep.is_none() && children.iter().any(|c| c.exists()) {
+            let c = &mut self.data.checkpoints[i];
+            c.hidden = true;
+            c.deleting = false;
+            c.config_file = None;
+            c.saved_state = None;
+        } else {
+            self.data.checkpoints.remove(i);
+        }
         self.save()?;
-        for f in &self.own_files(node) {
+        for f in &own {
             remove_if_exists(f)?;
         }
         let used = self.disks_of(dep)?;

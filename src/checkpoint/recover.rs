@@ -352,7 +352,10 @@ impl Vm {
                 sizes,
                 children,
             } => {
-                if self.data.checkpoints.iter().any(|c| c.id == id) {
+                // A live delete of the current state's parent is committed
+                // once the current state names the children it switched to.
+                let switched = self.data.current.disks.iter().any(|d| children.contains(d));
+                if self.data.checkpoints.iter().any(|c| c.id == id) && !switched {
                     self.finish_merge(&id, &dependant, hooks, &guids, &sizes, &children)
                 } else {
                     for f in &files {
