@@ -489,10 +489,10 @@ fn crash_sweep(victim: &str) {
         let writers = Writers::start(&disks, 4, &clock);
         let mut made = Vec::new();
         for name in ["first", "a", "b"] {
-            let_write(&clock, 50);
+            let_write(&clock, 12);
             made.push(stamped(&mut vm, &clock, name));
         }
-        let_write(&clock, 50);
+        let_write(&clock, 12);
         faults::arm(events.map_or(u64::MAX, |_| n), Cut::Clean);
         let r = vm.delete(victim, false, &mut NoHooks);
         let seen = faults::events();
