@@ -562,7 +562,7 @@ fn creates_while_writers_write_then_rename_list_apply_revert() {
 }
 
 #[test]
-fn delete_off_the_live_chain_works_on_it_is_refused() {
+fn delete_off_the_live_chain_works_on_it_runs_live() {
     let t = support::tempdir();
     let dir = build(t.path(), 2, CheckpointType::Standard);
     let mut vm = Vm::open(&dir).unwrap();
@@ -579,20 +579,31 @@ fn delete_off_the_live_chain_works_on_it_is_refused() {
     for p in &b.disks {
         assert!(!p.exists(), "{}: left", p.display());
     }
-    // Deleting a merges the live current state into a's disks: refused
-    // (until live merge), nothing changed.
-    let before = std::fs::read(dir.join("vm.json")).unwrap();
-    let e = vm.delete("a", false, &mut NoHooks).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
-    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    // Deleting a merges the live current state into a's disks: done live
+    // (the handle switched to a fresh child first), the data kept.
+    let a = vm.find("a").unwrap().clone();
+    vm.delete("a", false, &mut NoHooks).unwrap();
+    assert!(vm.find("a").is_err());
     assert!(!dir.join("journal.json").exists());
-    assert_eq!(decode(0, 0, &live_units(&d0)[0], "after refusal"), 1);
+    assert_eq!(decode(0, 0, &live_units(&d0)[0], "after live delete"), 1);
+    assert_eq!(d0.path().unwrap(), vm.data().current.disks[0]);
+    for p in &a.disks {
+        assert!(p.exists(), "{}: the merged file is gone", p.display());
+    }
     // So is a delete that merges a frozen layer of the live chains.
     vm.create_checkpoint("c", None, &mut NoHooks).unwrap();
-    let before = std::fs::read(dir.join("vm.json")).unwrap();
-    let e = vm.delete("a", false, &mut NoHooks).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
-    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    d0.write_at(&unit_bytes(0, 0, 2), 0).unwrap();
+    vm.create_checkpoint("d", None, &mut NoHooks).unwrap();
+    let d = vm.find("d").unwrap().clone();
+    vm.delete("c", false, &mut NoHooks).unwrap();
+    assert!(vm.find("c").is_err());
+    for p in &d.disks {
+        assert!(!p.exists(), "{}: merged, left", p.display());
+    }
+    assert_eq!(
+        decode(0, 0, &read_units(&vm.find("d").unwrap().disks[0])[0], "d"),
+        2
+    );
     d0.write_at(&unit_bytes(0, 0, 3), 0).unwrap();
     assert_eq!(decode(0, 0, &live_units(&d0)[0], "after delete"), 3);
     drop(d0);

@@ -100,7 +100,7 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A name for a new differencing disk next to `parent`, unique by `id`.
-fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
+pub(super) fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
     let stem = original
         .file_stem()
         .and_then(|s| s.to_str())

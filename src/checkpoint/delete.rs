@@ -9,6 +9,7 @@ use super::create::*;
 use super::vm::*;
 use crate::checkpoint::model::*;
 use crate::checkpoint::owner;
+use crate::disk::live::LiveMergeOptions;
 use crate::disk::merge::{self, MergeOptions};
 use crate::disk::{Disk, OpenMode};
 use crate::error::{Error, Result};
@@ -26,6 +27,14 @@ fn merge_size(src: &Path, target: &Path) -> Result<u64> {
     let d = Disk::open(src, OpenMode::ReadOnly)?;
     let k = d.level_of(target)?;
     Ok(d.changed_ranges(k)?.iter().map(|r| r.length).sum())
+}
+
+/// Whether two paths name one file.
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 impl Vm {
@@ -125,11 +134,59 @@ impl Vm {
     ) -> Result<()> {
         // Whatever can refuse is checked before the journal says anything.
         let sizes = self.check_merge(id, dep)?;
-        let guids = self.journal_merge(id, dep, &sizes)?;
+        let children = self.live_children(dep);
+        let guids = self.journal_merge(id, dep, &sizes, &children)?;
         let i = self.index(id)?;
         self.data.checkpoints[i].deleting = true;
         self.save()?;
-        self.finish_merge(id, dep, hooks, &guids, &sizes)
+        self.finish_merge(id, dep, hooks, &guids, &sizes, &children)
+    }
+
+    /// The files of the attached VM's live chains (none when detached):
+    /// its own handles hold them, which never makes a delete `Busy`.
+    fn live_files(&self) -> Vec<PathBuf> {
+        self.live
+            .iter()
+            .flatten()
+            .flat_map(|d| d.chain())
+            .flatten()
+            .collect()
+    }
+
+    /// The writable tops of the attached VM's live chains.
+    fn live_tops(&self) -> Vec<PathBuf> {
+        self.live
+            .iter()
+            .flatten()
+            .filter_map(|d| d.path())
+            .collect()
+    }
+
+    /// The layer index of `p` in the live chain of disk `k`, if attached
+    /// and there.
+    fn live_layer(&self, k: usize, p: &Path) -> Option<usize> {
+        let chain = self.live.as_ref()?.get(k)?.chain();
+        chain
+            .iter()
+            .position(|c| c.as_deref().is_some_and(|c| same_file(c, p)))
+    }
+
+    /// Where a live delete whose dependant is the current state switches
+    /// each live disk before merging its old top (the same scheme as a
+    /// live create's children); none when not attached or for a
+    /// checkpoint dependant.
+    fn live_children(&self, dep: &Option<String>) -> Vec<PathBuf> {
+        if dep.is_some() || !self.attached() {
+            return Vec::new();
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.data
+            .current
+            .disks
+            .iter()
+            .zip(&self.data.disks)
+            .map(|(cur, orig)| child_path(cur, orig, &id))
+            .collect()
     }
 
     /// Everything that can refuse the merge of `dep` into `id`, checked
@@ -157,18 +214,49 @@ impl Vm {
                 node.name
             )));
         }
-        check_disks_unused(&touched)?;
+        let live = self.live_files();
+        let unheld: Vec<PathBuf> = touched
+            .iter()
+            .filter(|f| !live.iter().any(|l| same_file(l, f)))
+            .cloned()
+            .collect();
+        check_disks_unused(&unheld)?;
+        // The live tops were checked when the VM was attached.
+        let tops = self.live_tops();
+        touched.retain(|f| !tops.iter().any(|t| same_file(t, f)));
         owner::refuse_foreign(&self.data, &touched, "deleting this checkpoint")?;
+        // A live merge re-links only the layer above the merged one.
+        if let Some(d) = dep {
+            let grand = self.dependants(d);
+            let in_live = dep_disks
+                .iter()
+                .enumerate()
+                .any(|(k, s)| self.live_layer(k, s).is_some());
+            if in_live && grand.len() > 1 {
+                return Err(Error::Busy(format!(
+                    "deleting checkpoint {:?} merges the disks of a branch point that the \
+                     running VM's disks hang under, and a live merge cannot re-point the \
+                     other branch: detach the VM first: nothing was changed",
+                    node.name
+                )));
+            }
+        }
         let mut sizes = Vec::new();
         // Per file system (device): a folder on it and the bytes still free
         // there, merge after merge (each frees its source's file at the end).
         let mut free: Vec<(u64, PathBuf, u64)> = Vec::new();
-        for (target, src) in node.disks.iter().zip(&dep_disks) {
+        for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
             if src == target {
                 sizes.push(0);
                 continue;
             }
-            let (copied, need) = merge::merge_estimate(src, target)?;
+            // The live top is held read-write: estimate on its live chain.
+            let (copied, need) = match (self.live_layer(k, src), &self.live) {
+                (Some(0), Some(live)) => {
+                    live[k].with_disk(|d| merge::merge_estimate_in(d, target))?
+                }
+                _ => merge::merge_estimate(src, target)?,
+            };
             sizes.push(copied);
             let dir = target.parent().unwrap_or(Path::new(".")).to_path_buf();
             let dev = std::fs::metadata(&dir)
@@ -220,7 +308,15 @@ impl Vm {
             }
             _ => {}
         }
-        check_disks_unused(&disks)?;
+        let live = self.live_files();
+        let tops = self.live_tops();
+        disks.retain(|f| !tops.iter().any(|t| same_file(t, f)));
+        let unheld: Vec<PathBuf> = disks
+            .iter()
+            .filter(|f| !live.iter().any(|l| same_file(l, f)))
+            .cloned()
+            .collect();
+        check_disks_unused(&unheld)?;
         owner::refuse_foreign(&self.data, &disks, "deleting this checkpoint")
     }
 
@@ -313,6 +409,9 @@ impl Vm {
         if deps.len() < 2 && self.shared_with_others(id, &deps)?.is_some() {
             return Ok(()); // kept for the other VM's disk
         }
+        if deps == [None] && self.attached() {
+            return Ok(()); // the guest writes right above it: once detached
+        }
         match deps.len() {
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], None),
@@ -381,11 +480,24 @@ impl Vm {
         Ok(None)
     }
 
-    /// Journal the merge of `dep` into `id`; returns the DataWriteGuids of
-    /// `id`'s disks it recorded.
-    fn journal_merge(&self, id: &str, dep: &Option<String>, sizes: &[u64]) -> Result<Vec<String>> {
+    /// Journal the merge of `dep` into `id` (with the live switch's
+    /// `children`); returns the DataWriteGuids of `id`'s disks it recorded.
+    /// The dependant's disks are among the files removed at the end (a
+    /// live merge leaves its source for the journal to remove).
+    fn journal_merge(
+        &self,
+        id: &str,
+        dep: &Option<String>,
+        sizes: &[u64],
+        children: &[PathBuf],
+    ) -> Result<Vec<String>> {
         let c = &self.data.checkpoints[self.index(id)?];
-        let files = self.own_files(c);
+        let mut files = self.own_files(c);
+        files.extend(
+            self.disks_of(dep)?
+                .into_iter()
+                .filter(|s| !c.disks.contains(s)),
+        );
         let guids: Vec<String> = c.disks.iter().map(|d| data_write_guid(d)).collect();
         self.journal(&Journal::Merge {
             id: id.to_string(),
@@ -393,20 +505,42 @@ impl Vm {
             files,
             guids: guids.clone(),
             sizes: sizes.to_vec(),
+            children: children.to_vec(),
         })?;
         Ok(guids)
     }
 
     /// Merge every disk of `dep` into `node`'s (the ones not merged yet).
+    /// On an attached VM a disk in a live chain is merged live
+    /// ([`crate::disk::live::LiveDisk::merge_down`]); when the current
+    /// state is the dependant, every live disk is first switched to its
+    /// fresh child in `children` (as a live create switches), so that its
+    /// old top, the source, is frozen.
     pub(super) fn merge_disks(
-        &self,
+        &mut self,
         node: &Checkpoint,
         dep: &Option<String>,
         hooks: Option<&mut dyn Hooks>,
         guids: &[String],
         sizes: &[u64],
+        children: &[PathBuf],
     ) -> Result<()> {
         let dep_disks = self.disks_of(dep)?;
+        let on_top = dep_disks
+            .iter()
+            .enumerate()
+            .any(|(k, s)| self.live_layer(k, s) == Some(0));
+        if on_top {
+            if dep.is_some() || children.len() != dep_disks.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "deleting checkpoint {:?} would merge the disk the running guest writes, \
+                     and no new child for it was journaled: detach the VM and try again",
+                    node.name
+                )));
+            }
+            let made = self.prepare_live(children)?.unwrap_or_default();
+            self.switch_live(made, &node.id, |_| Ok(()))?;
+        }
         // The states that hang under the dependant: their disks get re-pointed.
         let grand: Vec<Option<String>> = match dep {
             Some(d) => self.dependants(d),
@@ -430,6 +564,9 @@ impl Vm {
                     node.name
                 )));
             }
+            if self.live_layer(k, src).is_none() && self.live_layer(k, target).is_some() {
+                continue; // merged live already: the chain was re-linked
+            }
             todo.push((k, target, src, merge_size(src, target)?));
         }
         let grand_total: u64 = todo.iter().map(|t| t.3).sum();
@@ -445,12 +582,35 @@ impl Vm {
             for g in &grand {
                 descendants.push(self.disks_of(g)?[k].clone());
             }
+            descendants.extend(children.get(k).filter(|c| c.exists()).cloned());
             let mut cb = |done: u64, _total: u64| -> bool {
                 match hooks.as_mut() {
                     Some(h) => h.progress(base + done, grand_total),
                     None => true,
                 }
             };
+            let live = self.live.as_ref().and_then(|l| l.get(k));
+            if let (Some(live), Some(j)) = (live, self.live_layer(k, src)) {
+                if j == 0 || self.live_layer(k, target) != Some(j + 1) {
+                    return Err(Error::InvalidArgument(format!(
+                        "the running VM's disk {k} does not hold {} right above {}: deleting \
+                         checkpoint {:?} cannot merge it live",
+                        src.display(),
+                        target.display(),
+                        node.name
+                    )));
+                }
+                live.merge_down(
+                    j,
+                    LiveMergeOptions {
+                        progress: Some(&mut cb),
+                        skip_space_check: false,
+                        space_limit: None,
+                    },
+                )?;
+                base += size;
+                continue;
+            }
             let opts = MergeOptions {
                 into: Some(target.clone()),
                 descendants: Some(descendants),
@@ -464,9 +624,17 @@ impl Vm {
         Ok(())
     }
 
-    /// The merged disks belong to the dependant now; `node` leaves the tree.
-    pub(super) fn commit_merge(&mut self, node: &Checkpoint, dep: &Option<String>) -> Result<()> {
+    /// The merged disks belong to the dependant now (the current state's
+    /// are the live switch's `children` where they exist); `node` leaves
+    /// the tree; the merged sources a live merge left are removed.
+    pub(super) fn commit_merge(
+        &mut self,
+        node: &Checkpoint,
+        dep: &Option<String>,
+        children: &[PathBuf],
+    ) -> Result<()> {
         let id = node.id.as_str();
+        let sources = self.disks_of(dep)?;
         // Commit: the dependant takes over the merged disks.
         match dep {
             Some(d) => {
@@ -474,16 +642,47 @@ impl Vm {
                 self.data.checkpoints[j].disks = node.disks.clone();
                 self.data.checkpoints[j].parent = node.parent.clone();
             }
+            None if children.iter().any(|c| c.exists()) => {
+                // Switched live: the current state writes the children,
+                // over `node`'s merged disks, which stay as a hidden node
+                // (no merge of the guest's own top while it writes); it is
+                // collapsed once the VM is detached, at the next open.
+                self.data.current.disks = node
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| match children.get(k) {
+                        Some(c) if c.exists() => c.clone(),
+                        _ => n.clone(),
+                    })
+                    .collect();
+            }
             None => {
                 self.data.current.disks = node.disks.clone();
                 self.data.current.parent = node.parent.clone();
             }
         }
+        let own = self.own_files(node);
         let i = self.index(id)?;
-        self.data.checkpoints.remove(i);
+        if dep.is_none() && children.iter().any(|c| c.exists()) {
+            let c = &mut self.data.checkpoints[i];
+            c.hidden = true;
+            c.deleting = false;
+            c.config_file = None;
+            c.saved_state = None;
+        } else {
+            self.data.checkpoints.remove(i);
+        }
         self.save()?;
-        for f in &self.own_files(node) {
+        for f in &own {
             remove_if_exists(f)?;
+        }
+        let used = self.disks_of(dep)?;
+        for s in sources
+            .iter()
+            .filter(|s| !used.contains(s) && !node.disks.contains(s))
+        {
+            remove_if_exists(s)?;
         }
         self.end_journal()
     }

@@ -551,6 +551,13 @@ pub enum Journal {
         /// size 0 whose destination still has its GUID was merged.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         sizes: Vec<u64>,
+        /// An attached VM whose current state is the dependant: the fresh
+        /// child each current disk is switched to before its old top (the
+        /// merge's source, frozen by the switch) is merged live. Once one
+        /// exists and opens, the guest may have written it: the delete is
+        /// finished (never undone) and the current state takes it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        children: Vec<PathBuf>,
     },
     /// Removing checkpoint `id` (a leaf, or hiding a branch point); `files` go after commit.
     Remove {

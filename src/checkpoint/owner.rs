@@ -80,9 +80,13 @@ fn map_journal(j: &mut Journal, f: &dyn Fn(&Path) -> PathBuf) {
             old_files.iter_mut().for_each(one);
             old_saved.iter_mut().for_each(one);
         }
-        Journal::Merge { files, .. }
-        | Journal::Remove { files, .. }
-        | Journal::Export { files } => files.iter_mut().for_each(one),
+        Journal::Merge {
+            files, children, ..
+        } => {
+            files.iter_mut().for_each(one);
+            children.iter_mut().for_each(one);
+        }
+        Journal::Remove { files, .. } | Journal::Export { files } => files.iter_mut().for_each(one),
     }
 }
 

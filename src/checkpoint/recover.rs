@@ -149,19 +149,37 @@ impl Vm {
         hooks: Option<&mut dyn Hooks>,
         guids: &[String],
         sizes: &[u64],
+        children: &[PathBuf],
     ) -> Result<()> {
         let i = self.index(id)?;
         let node = self.data.checkpoints[i].clone();
-        let r = self.merge_disks(&node, dep, hooks, guids, sizes);
+        // A live switch's child that does not open was never switched to
+        // (it is made durable first); one that opens may hold guest writes.
+        let live: Vec<PathBuf> = self
+            .live
+            .iter()
+            .flatten()
+            .filter_map(|d| d.path())
+            .collect();
+        for c in children
+            .iter()
+            .filter(|c| c.exists() && !live.iter().any(|l| same_file(l, c)))
+        {
+            if crate::disk::merge::open_single(c, false).is_err() {
+                remove_made(c)?;
+            }
+        }
+        let r = self.merge_disks(&node, dep, hooks, guids, sizes, children);
         if let Err(e) = r {
-            if Self::untouched(&node, guids) {
+            // Once switched, the current state is to take the children.
+            if !children.iter().any(|c| c.exists()) && Self::untouched(&node, guids) {
                 let _ = self.undo_merge(id);
             } else {
                 self.adopt_merged(&node, dep, guids, sizes);
             }
             return Err(e);
         }
-        self.commit_merge(&node, dep)
+        self.commit_merge(&node, dep, children)
     }
 
     /// After a delete stopped half way: the disks of the dependant that
@@ -332,9 +350,13 @@ impl Vm {
                 files,
                 guids,
                 sizes,
+                children,
             } => {
-                if self.data.checkpoints.iter().any(|c| c.id == id) {
-                    self.finish_merge(&id, &dependant, hooks, &guids, &sizes)
+                // A live delete of the current state's parent is committed
+                // once the current state names the children it switched to.
+                let switched = self.data.current.disks.iter().any(|d| children.contains(d));
+                if self.data.checkpoints.iter().any(|c| c.id == id) && !switched {
+                    self.finish_merge(&id, &dependant, hooks, &guids, &sizes, &children)
                 } else {
                     for f in &files {
                         remove_if_exists(f)?;

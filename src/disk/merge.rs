@@ -241,7 +241,12 @@ fn space_needed(d: &Vhdx, ranges: &[Range]) -> u64 {
 /// changing anything: `(bytes copied, bytes it may allocate in into)` (the
 /// estimate [`merge`] refuses with `NoSpace` when the file system has less).
 pub fn merge_estimate(child: &Path, into: &Path) -> Result<(u64, u64)> {
-    let view = Disk::open(child, OpenMode::ReadOnly)?;
+    merge_estimate_in(&Disk::open(child, OpenMode::ReadOnly)?, into)
+}
+
+/// [`merge_estimate`] of the chain `view` (opened from the child) into its
+/// layer `into`: for a child already open (a live chain's writable top).
+pub fn merge_estimate_in(view: &Disk, into: &Path) -> Result<(u64, u64)> {
     let k = view.level_of(into)?;
     let ranges = view.changed_ranges(k)?;
     let copied = ranges.iter().map(|r| r.length).sum();

@@ -1,0 +1,554 @@
+//! Deleting checkpoints of an attached VM (`Vm::disk`) while writer
+//! threads keep writing self-describing units through its live handles:
+//! the merge runs live (`LiveDisk::merge_down`), a delete of the checkpoint
+//! the current state hangs under first switches each handle to a fresh
+//! child. Checked by libckpt and by libvhdi (`pyvhdi` with `set_parent`);
+//! a cancel then a retry; a crash cut at every write, flush and unlink of
+//! the deleting thread (`ckpt::io::faults`, armed on the main thread only).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use ckpt::checkpoint::{CheckpointType, Hooks, NoHooks, Vm, VmSpec};
+use ckpt::io::{faults, Cut};
+use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
+
+const UNIT: usize = 4096;
+const UNITS: u64 = 48;
+const SIZE: u64 = 8 << 20;
+
+// ------------------------------------------------------------------ units
+
+/// The bytes of write `seq` of unit `unit` on disk `disk` (seq 0: zeros).
+fn unit_bytes(disk: usize, unit: u64, seq: u64) -> Vec<u8> {
+    let mut b = support::pattern(disk as u64 * 1_000_003 + unit * 7919 + seq, 0, UNIT);
+    b[..8].copy_from_slice(&unit.to_le_bytes());
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    b[16..24].copy_from_slice(&(disk as u64).to_le_bytes());
+    b
+}
+
+/// The sequence number a unit holds; panics on anything but a whole write
+/// of that very unit.
+fn decode(disk: usize, unit: u64, b: &[u8], what: &str) -> u64 {
+    if b.iter().all(|&x| x == 0) {
+        return 0;
+    }
+    let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
+    assert!(
+        b == unit_bytes(disk, unit, seq).as_slice(),
+        "{what}: disk {disk} unit {unit} holds damaged or foreign data"
+    );
+    seq
+}
+
+fn unit_offset(u: u64) -> u64 {
+    u * (SIZE / UNITS / UNIT as u64 * UNIT as u64)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    disk: usize,
+    unit: u64,
+    seq: u64,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    recs: Vec<Rec>,
+    /// (disk, stamp taken after the flush returned).
+    flushes: Vec<(usize, u64)>,
+    error: Option<String>,
+}
+
+impl Log {
+    /// The last write of (`disk`, `unit`) a returned flush made durable.
+    fn flushed_seq(&self, disk: usize, unit: u64, before: u64) -> u64 {
+        let Some(last) = self
+            .flushes
+            .iter()
+            .filter(|f| f.0 == disk && f.1 < before)
+            .map(|f| f.1)
+            .max()
+        else {
+            return 0;
+        };
+        self.recs
+            .iter()
+            .filter(|r| r.disk == disk && r.unit == unit && r.end < last)
+            .map(|r| r.seq)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// One writer thread per disk, each writing its disk's units in a
+/// pseudo-random order and flushing every `flush_every` writes.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<thread::JoinHandle<Log>>,
+}
+
+impl Writers {
+    fn start(disks: &[Arc<LiveDisk>], flush_every: u64, clock: &Arc<AtomicU64>) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = disks
+            .iter()
+            .enumerate()
+            .map(|(d, disk)| {
+                let disk = disk.clone();
+                let stop = stop.clone();
+                let clock = clock.clone();
+                thread::spawn(move || {
+                    let mut seqs = vec![0u64; UNITS as usize];
+                    let mut log = Log::default();
+                    let mut x = 0x9876_5432u64 + d as u64;
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let unit = (x >> 40) % UNITS;
+                        let seq = seqs[unit as usize] + 1;
+                        let start = clock.fetch_add(1, Ordering::SeqCst);
+                        if let Err(e) = disk.write_at(&unit_bytes(d, unit, seq), unit_offset(unit))
+                        {
+                            log.error = Some(e.to_string());
+                            break;
+                        }
+                        seqs[unit as usize] = seq;
+                        let end = clock.fetch_add(1, Ordering::SeqCst);
+                        log.recs.push(Rec {
+                            disk: d,
+                            unit,
+                            seq,
+                            start,
+                            end,
+                        });
+                        n += 1;
+                        if flush_every > 0 && n % flush_every == 0 {
+                            if let Err(e) = disk.flush() {
+                                log.error = Some(e.to_string());
+                                break;
+                            }
+                            log.flushes.push((d, clock.fetch_add(1, Ordering::SeqCst)));
+                        }
+                        if n % 64 == 0 {
+                            thread::yield_now();
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { stop, handles }
+    }
+
+    fn finish(self) -> Log {
+        self.stop.store(true, Ordering::Release);
+        let mut all = Log::default();
+        for h in self.handles {
+            let l = h.join().unwrap();
+            all.recs.extend(l.recs);
+            all.flushes.extend(l.flushes);
+            all.error = all.error.or(l.error);
+        }
+        all
+    }
+}
+
+/// The sequence numbers unit (`disk`, `unit`) may hold in a state frozen
+/// by a create stamped `[begin, end]`.
+fn allowed(recs: &[Rec], disk: usize, unit: u64, begin: u64, end: u64) -> (u64, u64) {
+    let mine = recs.iter().filter(|r| r.disk == disk && r.unit == unit);
+    let lo = mine
+        .clone()
+        .filter(|r| r.end < begin)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    let hi = mine
+        .filter(|r| r.start < end)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0);
+    (lo, hi)
+}
+
+fn last_seq(recs: &[Rec], disk: usize, unit: u64) -> u64 {
+    recs.iter()
+        .filter(|r| r.disk == disk && r.unit == unit)
+        .map(|r| r.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+fn read_units(path: &Path) -> Vec<Vec<u8>> {
+    let d = Disk::open(path, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{e}"));
+    (0..UNITS)
+        .map(|u| {
+            let mut b = vec![0u8; UNIT];
+            d.read_at(&mut b, unit_offset(u)).unwrap();
+            b
+        })
+        .collect()
+}
+
+fn live_units(d: &LiveDisk) -> Vec<Vec<u8>> {
+    (0..UNITS)
+        .map(|u| {
+            let mut b = vec![0u8; UNIT];
+            d.read_at(&mut b, unit_offset(u)).unwrap();
+            b
+        })
+        .collect()
+}
+
+/// Reads UNITS units from the top of a chain given base first (libvhdi).
+const READ_UNITS: &str = r#"
+import sys
+import pyvhdi
+stride, count = int(sys.argv[1]), int(sys.argv[2])
+files = []
+for p in sys.argv[3:]:
+    f = pyvhdi.file()
+    f.open(p)
+    files.append(f)
+for i in range(1, len(files)):
+    files[i].set_parent(files[i - 1])
+top = files[-1]
+out = sys.stdout.buffer
+for u in range(count):
+    data = top.read_buffer_at_offset(4096, u * stride)
+    if len(data) != 4096:
+        sys.exit("short read at unit %d" % u)
+    out.write(data)
+for f in reversed(files):
+    f.close()
+"#;
+
+fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
+    let d = Disk::open(top, OpenMode::ReadOnly).unwrap();
+    let mut chain: Vec<String> = d
+        .chain()
+        .into_iter()
+        .map(|p| p.unwrap().display().to_string())
+        .collect();
+    drop(d);
+    chain.reverse();
+    let stride = unit_offset(1).to_string();
+    let count = UNITS.to_string();
+    let mut args: Vec<&str> = vec![&stride, &count];
+    args.extend(chain.iter().map(String::as_str));
+    let data = support::python(READ_UNITS, &args);
+    assert_eq!(data.len(), UNITS as usize * UNIT);
+    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
+}
+
+fn pyvhdi() -> bool {
+    let ok = support::have_pyvhdi();
+    if !ok {
+        support::missing("the Python module pyvhdi (Debian package python3-libvhdi)");
+    }
+    ok
+}
+
+// ------------------------------------------------------------------ setup
+
+/// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
+fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
+    let mut disks = Vec::new();
+    for i in 0..n {
+        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
+            .unwrap()
+            .close()
+            .unwrap();
+        disks.push(p);
+    }
+    let dir = root.join("vm");
+    let mut spec = VmSpec::new("live", disks);
+    spec.settings.checkpoint_type = kind;
+    Vm::create(&dir, &spec).unwrap();
+    dir
+}
+
+/// Hooks that count progress calls and cancel at call `cancel_at`.
+#[derive(Default)]
+struct Progress {
+    calls: u64,
+    cancel_at: Option<u64>,
+    last: (u64, u64),
+}
+
+impl Hooks for Progress {
+    fn progress(&mut self, done: u64, total: u64) -> bool {
+        self.calls += 1;
+        self.last = (done, total);
+        self.cancel_at != Some(self.calls)
+    }
+}
+
+/// Let the writers write `n` more units.
+fn let_write(clock: &AtomicU64, n: u64) {
+    let until = clock.load(Ordering::SeqCst) + 2 * n;
+    while clock.load(Ordering::SeqCst) < until {
+        thread::yield_now();
+    }
+}
+
+/// Create checkpoint `name` stamped on the clock: (name, begin, end).
+fn stamped(vm: &mut Vm, clock: &AtomicU64, name: &str) -> (String, u64, u64) {
+    let begin = clock.fetch_add(1, Ordering::SeqCst);
+    vm.create_checkpoint(name, None, &mut NoHooks).unwrap();
+    let end = clock.fetch_add(1, Ordering::SeqCst);
+    (name.to_string(), begin, end)
+}
+
+/// Every unit of `units` (disk `d`) holds a write allowed in a state
+/// frozen at `[begin, end]`.
+fn check_frozen(log: &Log, d: usize, units: &[Vec<u8>], begin: u64, end: u64, what: &str) {
+    for u in 0..UNITS {
+        let seq = decode(d, u, &units[u as usize], what);
+        let (lo, hi) = allowed(&log.recs, d, u, begin, end);
+        assert!(
+            lo <= seq && seq <= hi,
+            "{what}: disk {d} unit {u}: seq {seq} not in [{lo}, {hi}]"
+        );
+    }
+}
+
+/// The checks after the writers stopped: each kept checkpoint equals the
+/// model at its creation (libckpt and libvhdi), the current state holds
+/// every write (live, then from the files once detached).
+fn check_all(mut vm: Vm, disks: Vec<Arc<LiveDisk>>, log: &Log, kept: &[(String, u64, u64)]) {
+    assert!(log.error.is_none(), "the guest saw {:?}", log.error);
+    for (d, disk) in disks.iter().enumerate() {
+        let units = live_units(disk);
+        for u in 0..UNITS {
+            assert_eq!(
+                decode(d, u, &units[u as usize], "live"),
+                last_seq(&log.recs, d, u),
+                "live disk {d} unit {u}"
+            );
+        }
+    }
+    drop(disks);
+    vm.detach().unwrap();
+    assert!(!vm.dir().join("journal.json").exists());
+    let vhdi = pyvhdi();
+    for (name, begin, end) in kept {
+        let c = vm.find(name).unwrap().clone();
+        assert!(!c.deleting);
+        for (d, p) in c.disks.iter().enumerate() {
+            check_frozen(log, d, &read_units(p), *begin, *end, name);
+            if vhdi {
+                check_frozen(log, d, &vhdi_units(p), *begin, *end, name);
+            }
+        }
+    }
+    for (d, p) in vm.data().current.disks.iter().enumerate() {
+        let mut views = vec![read_units(p)];
+        if vhdi {
+            views.push(vhdi_units(p));
+        }
+        for units in views {
+            for u in 0..UNITS {
+                assert_eq!(
+                    decode(d, u, &units[u as usize], "current"),
+                    last_seq(&log.recs, d, u),
+                    "current disk {d} unit {u}"
+                );
+            }
+        }
+    }
+    let strays = vm.strays().unwrap();
+    assert!(strays.is_empty(), "strays {strays:?} in {:#?}", vm.data());
+    drop(vm);
+}
+
+#[test]
+fn delete_middle_then_current_parent_while_writers_write() {
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let clock = Arc::new(AtomicU64::new(0));
+    let writers = Writers::start(&disks, 4, &clock);
+    let mut made = Vec::new();
+    for name in ["a", "b", "c"] {
+        let_write(&clock, 200);
+        made.push(stamped(&mut vm, &clock, name));
+    }
+    let_write(&clock, 200);
+    let b = vm.find("b").unwrap().clone();
+    let c = vm.find("c").unwrap().clone();
+    let top: Vec<PathBuf> = vm.data().current.disks.clone();
+    // b, a middle one: c's disks (frozen, in the live chains) merge into b's.
+    let mut p = Progress::default();
+    vm.delete("b", false, &mut p).unwrap();
+    assert!(p.calls > 1 && p.last.0 == p.last.1, "{} calls", p.calls);
+    assert!(vm.find("b").is_err());
+    assert_eq!(vm.find("c").unwrap().disks, b.disks);
+    let a_id = vm.find("a").unwrap().id.clone();
+    assert_eq!(vm.find("c").unwrap().parent, Some(a_id));
+    for f in &c.disks {
+        assert!(!f.exists(), "{}: merged, left", f.display());
+    }
+    assert_eq!(vm.data().current.disks, top);
+    let_write(&clock, 200);
+    // c, the one the current state hangs under: each handle is switched to
+    // a fresh child, then its old top merges into c's disks.
+    let mut p = Progress::default();
+    vm.delete("c", false, &mut p).unwrap();
+    assert!(p.calls > 1, "{} calls", p.calls);
+    assert!(vm.find("c").is_err());
+    for (d, f) in top.iter().enumerate() {
+        assert!(!f.exists(), "{}: merged, left", f.display());
+        assert_eq!(disks[d].path().unwrap(), vm.data().current.disks[d]);
+        assert_eq!(disks[d].chain()[1].as_ref(), Some(&b.disks[d]));
+    }
+    let_write(&clock, 200);
+    let log = writers.finish();
+    made.truncate(1);
+    check_all(vm, disks, &log, &made);
+    let vm = Vm::open(&dir).unwrap();
+    assert_eq!(vm.data().checkpoints.len(), 1);
+}
+
+#[test]
+fn cancel_half_way_then_retry_while_writers_write() {
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let clock = Arc::new(AtomicU64::new(0));
+    let writers = Writers::start(&disks, 4, &clock);
+    let mut made = Vec::new();
+    for name in ["a", "b", "c"] {
+        let_write(&clock, 200);
+        made.push(stamped(&mut vm, &clock, name));
+    }
+    let_write(&clock, 200);
+    // A middle one cancelled in its copy: as offline, undone or pending.
+    let mut p = Progress {
+        cancel_at: Some(2),
+        ..Default::default()
+    };
+    let e = vm.delete("b", false, &mut p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    let_write(&clock, 100);
+    let mut p = Progress::default();
+    vm.delete("b", false, &mut p).unwrap();
+    assert!(vm.find("b").is_err());
+    // The current state's parent, cancelled after the switch: left pending.
+    let mut p = Progress {
+        cancel_at: Some(2),
+        ..Default::default()
+    };
+    let e = vm.delete("c", false, &mut p).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert!(vm.find("c").unwrap().deleting);
+    assert!(dir.join("journal.json").exists());
+    let_write(&clock, 200);
+    // The next operation finishes it, live.
+    let mut p = Progress::default();
+    vm.delete("c", false, &mut p).unwrap();
+    assert!(vm.find("c").is_err());
+    assert!(!dir.join("journal.json").exists());
+    let_write(&clock, 200);
+    let log = writers.finish();
+    made.truncate(1);
+    check_all(vm, disks, &log, &made);
+}
+
+/// A live delete of `victim` (of checkpoints first, a, b; "a": a middle
+/// one, "b": the current state's parent) cut at every write, flush and
+/// unlink of the main thread while writers write: the VM reopens
+/// reconciled, every other checkpoint intact, the victim either intact or
+/// gone, every write flushed before the cut present.
+fn crash_sweep(victim: &str) {
+    let mut events = None;
+    let mut n = 0u64;
+    loop {
+        if events.is_some_and(|e| n >= e) {
+            break;
+        }
+        let t = support::fast_tempdir();
+        let dir = build(t.path(), 2, CheckpointType::Standard);
+        let mut vm = Vm::open(&dir).unwrap();
+        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let clock = Arc::new(AtomicU64::new(0));
+        let writers = Writers::start(&disks, 4, &clock);
+        let mut made = Vec::new();
+        for name in ["first", "a", "b"] {
+            let_write(&clock, 12);
+            made.push(stamped(&mut vm, &clock, name));
+        }
+        let_write(&clock, 12);
+        faults::arm(events.map_or(u64::MAX, |_| n), Cut::Clean);
+        let r = vm.delete(victim, false, &mut NoHooks);
+        let seen = faults::events();
+        if events.is_none() {
+            faults::disarm();
+            r.unwrap();
+            events = Some(seen);
+            assert!(seen > 5, "{seen} events");
+            let _ = writers.finish();
+            continue;
+        }
+        let log = writers.finish();
+        let cut = clock.fetch_add(1, Ordering::SeqCst);
+        drop(disks);
+        // The process "dies": the VM is dropped while every write fails.
+        drop(vm);
+        faults::disarm();
+        let ctx = format!(
+            "{victim}: cut at {n} of {events:?} ({:?})",
+            r.as_ref().err()
+        );
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+        assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+        for (name, begin, end) in &made {
+            match vm.find(name) {
+                Ok(c) => {
+                    assert!(!c.deleting, "{ctx}: {name} pending");
+                    for (d, p) in c.disks.iter().enumerate() {
+                        check_frozen(&log, d, &read_units(p), *begin, *end, &ctx);
+                    }
+                }
+                Err(_) => assert_eq!(name, victim, "{ctx}: {name} lost"),
+            }
+        }
+        for (d, p) in vm.data().current.disks.iter().enumerate() {
+            let units = read_units(p);
+            for u in 0..UNITS {
+                let seq = decode(d, u, &units[u as usize], &ctx);
+                let want = log.flushed_seq(d, u, cut);
+                assert!(
+                    seq >= want,
+                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+                );
+            }
+        }
+        n += 1;
+    }
+}
+
+#[test]
+fn crash_at_every_step_of_a_live_delete_of_a_middle_checkpoint() {
+    crash_sweep("a");
+}
+
+#[test]
+fn crash_at_every_step_of_a_live_delete_of_the_current_parent() {
+    crash_sweep("b");
+}
