@@ -1,0 +1,281 @@
+//! The fast switch of a live create ([`Pause::switch_children`] and
+//! [`Switch`]): the pause only swaps the tops in memory; the old tops are
+//! made durable, and the caller commits, after the gate is released, while
+//! every flush on the disks waits until the switch is settled (see the
+//! module doc of [`super`], "A fast switch").
+
+use super::*;
+
+/// A switch whose pause is over (made by [`Pause::switch_children`]): each
+/// disk writes into its new child, its old top still open read-write below
+/// it, not yet known durable, and every flush on the disks waits until this
+/// is settled: [`Switch::done`] once the caller committed, or
+/// [`Switch::undo`] (also what dropping it unsettled does).
+#[derive(Debug)]
+pub struct Switch<'a> {
+    disks: Vec<&'a LiveDisk>,
+    barriers: Vec<Arc<Barrier>>,
+    /// Each disk's old top and new child.
+    tops: Vec<PathBuf>,
+    children: Vec<PathBuf>,
+    settled: bool,
+}
+
+impl<'a> Pause<'a> {
+    /// The exclusive part of a fast switch (step 2 of the module doc): each
+    /// paused disk `i` gets `children[i]` (made by [`LiveDisk::prepare_child`]
+    /// of that disk) as its top, in memory; the old top stays below it,
+    /// open read-write but written no more. No file is written unless a
+    /// top's DataWriteGuid moved since [`LiveDisk::prepare_child`] (then the
+    /// child is re-linked here, before anything is written into it). All or
+    /// nothing: on an error every child is removed and every disk keeps its
+    /// chain. Drop the pause next, then settle the returned [`Switch`].
+    pub fn switch_children(&mut self, mut children: Vec<NewChild>) -> Result<Switch<'a>> {
+        if children.len() != self.guards.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} new children for {} paused disks",
+                children.len(),
+                self.guards.len()
+            )));
+        }
+        for (g, c) in self.guards.iter().zip(children.iter()) {
+            // On error `children` is dropped: their files are removed.
+            check_child(g, c)?;
+            let top = g.top();
+            let guid = top.header().data_write_guid;
+            if guid != c.linked {
+                let loc = chain::locator_for(&c.path, &c.parent, &guid)?;
+                let file = c.file.as_ref().expect("checked");
+                file.set_parent_locator(loc.to_bytes())
+                    .map_err(|e| e.in_file(&c.path))?;
+            }
+        }
+        let mut sw = Switch {
+            disks: Vec::with_capacity(children.len()),
+            barriers: Vec::with_capacity(children.len()),
+            tops: Vec::with_capacity(children.len()),
+            children: Vec::with_capacity(children.len()),
+            settled: false,
+        };
+        for ((g, c), owner) in self
+            .guards
+            .iter_mut()
+            .zip(children.iter_mut())
+            .zip(self.owners.iter())
+        {
+            let file = c.file.take().expect("checked");
+            let mut layers = std::mem::take(&mut g.layers);
+            layers.insert(
+                0,
+                Layer {
+                    path: Some(c.path.clone()),
+                    file,
+                },
+            );
+            **g = Disk::from_layers(layers);
+            let b = Arc::new(Barrier::default());
+            *owner.barrier.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+            sw.disks.push(*owner);
+            sw.barriers.push(b);
+            sw.tops.push(c.parent.clone());
+            sw.children.push(c.path.clone());
+        }
+        Ok(sw)
+    }
+}
+
+impl Switch<'_> {
+    /// Step 3, while I/O goes on: flush every old top (the writes made
+    /// before the pause become durable). On an error, undo the switch.
+    pub fn flush_frozen(&self) -> Result<()> {
+        for (d, top) in self.disks.iter().zip(&self.tops) {
+            d.with_disk(|disk| match disk.layers.get(1) {
+                Some(l) if l.path.as_deref() == Some(top.as_path()) => {
+                    l.file.flush().map_err(|e| e.in_file(top))
+                }
+                _ => Err(Error::InvalidArgument(format!(
+                    "{} is no longer the layer below the new child",
+                    top.display()
+                ))),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Step 5, once [`Switch::flush_frozen`] and the caller's commit
+    /// succeeded: the waiting flushes return; then each old top is closed
+    /// (an empty log, both headers), reopened read-only in a pause with no
+    /// I/O in it, and its lock shared. An error there changes no data and
+    /// leaves the old top open read-write below the child (its log replays
+    /// on open): the first one is returned after all disks were tried.
+    pub fn done(mut self) -> Result<()> {
+        self.settled = true;
+        for (d, b) in self.disks.iter().zip(&self.barriers) {
+            *d.barrier.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            b.set(Settled::Done);
+        }
+        let mut first = Ok(());
+        for (d, top) in self.disks.iter().zip(&self.tops) {
+            let r = seal(d, top);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Undo the switch (its steps or the caller's commit failed): in a
+    /// pause, each disk's child's own data is written into the old top,
+    /// which is flushed and becomes the top again; the child is closed and
+    /// removed. The waiting flushes then flush the restored chain. A disk
+    /// whose undo fails keeps the child on top and refuses every later
+    /// flush (nothing is lost, nothing claimed durable); the first error
+    /// is returned after every disk was tried.
+    pub fn undo(mut self) -> Result<()> {
+        self.undo_inner()
+    }
+
+    fn undo_inner(&mut self) -> Result<()> {
+        self.settled = true;
+        let mut first = Ok(());
+        let disks = std::mem::take(&mut self.disks);
+        let Ok(mut pause) = pause_all(&disks) else {
+            unreachable!("a switch names each disk once")
+        };
+        for (i, ((g, b), child)) in pause
+            .guards
+            .iter_mut()
+            .zip(&self.barriers)
+            .zip(&self.children)
+            .enumerate()
+        {
+            let r = restore(g, child);
+            let owner = pause.owners[i];
+            match &r {
+                Ok(()) => {
+                    *owner.barrier.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    b.set(Settled::Undone);
+                    let _ = std::fs::remove_file(child);
+                }
+                Err(e) => b.set(Settled::Failed(e.to_string())),
+            }
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Switch<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.undo_inner();
+        }
+    }
+}
+
+/// The checks of a prepared child against the disk it is for.
+fn check_child(disk: &Disk, child: &NewChild) -> Result<()> {
+    if disk.path() != Some(child.parent.as_path()) {
+        return Err(Error::InvalidArgument(format!(
+            "the new child {} was made for {}, not for this disk's top",
+            child.path.display(),
+            child.parent.display()
+        )));
+    }
+    if child.file.is_none() {
+        return Err(Error::InvalidArgument(
+            "the new child was used already".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Close the old top `top` (layer 1 of `d`) and reopen it read-only.
+fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
+    let ro = d.with_disk(|disk| match disk.layers.get(1) {
+        Some(l) if l.path.as_deref() == Some(top) && !l.file.is_read_only() => {
+            l.file.close().map_err(|e| e.in_file(top))?;
+            Vhdx::open(l.file.storage_arc(), true)
+                .map(Some)
+                .map_err(|e| e.in_file(top))
+        }
+        _ => Ok(None),
+    })?;
+    let Some(ro) = ro else { return Ok(()) };
+    let storage = ro.storage_arc();
+    let mut p = d.pause();
+    let g = &mut p.guards[0];
+    match g.layers.get_mut(1) {
+        Some(l) if l.path.as_deref() == Some(top) => {
+            // Its session is over: dropping the writable handle writes nothing.
+            drop(std::mem::replace(&mut l.file, ro));
+        }
+        _ => return Ok(()),
+    }
+    drop(p);
+    if let Some(fd) = storage.raw_fd() {
+        // Best effort: a refusal only keeps the lock exclusive.
+        let _ = crate::io::share_lock(fd);
+    }
+    Ok(())
+}
+
+/// Undo one disk's switch in its pause: the chain `[child, old top, …]`
+/// becomes `[old top, …]` with the child's data written into the old top
+/// and flushed. On error the chain is left as it was (reads unchanged).
+fn restore(g: &mut Disk, child: &Path) -> Result<()> {
+    if g.layers.len() < 2 || g.layers[0].path.as_deref() != Some(child) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is no longer the top of the disk",
+            child.display()
+        )));
+    }
+    let mut layers = std::mem::take(&mut g.layers);
+    let new = layers.remove(0);
+    let mut rest = Disk::from_layers(layers);
+    let r = copy_own(&new.file, &rest).and_then(|_| rest.flush());
+    match r {
+        Ok(()) => {
+            *g = rest;
+            // The child's file is removed by the caller; closing it first
+            // ends its session (dropping does it too).
+            let _ = new.file.close();
+            Ok(())
+        }
+        Err(e) => {
+            let mut layers = std::mem::take(&mut rest.layers);
+            layers.insert(0, new);
+            *g = Disk::from_layers(layers);
+            Err(e)
+        }
+    }
+}
+
+/// Write every sector that `layer` holds itself (data, or zeros where it
+/// says so) into `to` at the same place.
+fn copy_own(layer: &Vhdx, to: &Disk) -> Result<()> {
+    let bs = layer.geo.block_size as u64;
+    let size = layer.geo.virtual_size;
+    let mut runs = Vec::new();
+    let mut buf = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let len = bs.min(size - off);
+        runs.clear();
+        layer.map(off, len, &mut runs)?;
+        let mut at = off;
+        for &(n, src) in &runs {
+            if src != crate::disk::vhdx::Src::Parent {
+                buf.resize(n as usize, 0);
+                // Zero runs read as zeros.
+                layer.read_at(&mut buf, at)?;
+                to.write_at(&buf, at)?;
+            }
+            at += n;
+        }
+        off += len;
+    }
+    Ok(())
+}
