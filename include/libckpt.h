@@ -2535,37 +2535,6 @@ ckpt_status ckpt_vm_checkpoint_export_by_id(struct ckpt_vm *vm,
                                             const struct ckpt_hooks *hooks);
 
 /**
- * The live handle of disk `index` of the VM's current state (the order of
- * the VM's disks; pass-through devices are not disks), for the guest's
- * I/O.
- *
- * The first call attaches the VM: every current disk is opened for
- * reading and writing (all or none; a disk open elsewhere is
- * `CKPT_STATUS_BUSY`, and then none stays open). Later calls give the same
- * handle for the same index. `*out` is written only on success.
- *
- * The handle is borrowed from `vm`: valid until `ckpt_vm_close`, which
- * flushes and closes it; `ckpt_disk_close` refuses it
- * (`CKPT_STATUS_INVALID_ARGUMENT`). It takes every `ckpt_disk_*` call and
- * may be used from any thread, also while a call on `vm` runs: checkpoint
- * create switches it to the new differencing disk in a short pause (its
- * requests wait, none fails), apply and revert (guest stopped or saved)
- * switch it to the new current state. Its identity never changes.
- *
- * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
- * (`index` past the last disk: nothing is attached; or a disk another VM
- * uses), `CKPT_STATUS_BUSY` (a disk is open elsewhere, or the handle is in
- * use by another call), `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
- *
- * # Safety
- *
- * `vm` is NULL or a live handle; `out` is NULL or valid for writing one
- * pointer. Every borrowed disk handle must be out of use (on every thread)
- * before `ckpt_vm_close`.
- */
-ckpt_status ckpt_vm_disk(const struct ckpt_vm *vm, size_t index, struct ckpt_disk **out);
-
-/**
  * Offer the VM's control channel: listen on the Unix socket
  * `DIR/ckpt-control.sock` (mode 0600) and carry out, on this handle, the
  * checkpoint operations that processes of the same user send (the `ckpt`
@@ -2606,6 +2575,37 @@ ckpt_status ckpt_vm_serve_control(struct ckpt_vm *vm, const struct ckpt_hooks *h
  * `vm` is NULL or a live handle.
  */
 ckpt_status ckpt_vm_stop_control(struct ckpt_vm *vm);
+
+/**
+ * The live handle of disk `index` of the VM's current state (the order of
+ * the VM's disks; pass-through devices are not disks), for the guest's
+ * I/O.
+ *
+ * The first call attaches the VM: every current disk is opened for
+ * reading and writing (all or none; a disk open elsewhere is
+ * `CKPT_STATUS_BUSY`, and then none stays open). Later calls give the same
+ * handle for the same index. `*out` is written only on success.
+ *
+ * The handle is borrowed from `vm`: valid until `ckpt_vm_close`, which
+ * flushes and closes it; `ckpt_disk_close` refuses it
+ * (`CKPT_STATUS_INVALID_ARGUMENT`). It takes every `ckpt_disk_*` call and
+ * may be used from any thread, also while a call on `vm` runs: checkpoint
+ * create switches it to the new differencing disk in a short pause (its
+ * requests wait, none fails), apply and revert (guest stopped or saved)
+ * switch it to the new current state. Its identity never changes.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`index` past the last disk: nothing is attached; or a disk another VM
+ * uses), `CKPT_STATUS_BUSY` (a disk is open elsewhere, or the handle is in
+ * use by another call), `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `out` is NULL or valid for writing one
+ * pointer. Every borrowed disk handle must be out of use (on every thread)
+ * before `ckpt_vm_close`.
+ */
+ckpt_status ckpt_vm_disk(const struct ckpt_vm *vm, size_t index, struct ckpt_disk **out);
 
 #ifdef __cplusplus
 }  // extern "C"
