@@ -1991,7 +1991,7 @@ pub fn vm_ops(data: &[u8]) -> Outcome {
                 });
                 log.push(format!("apply {name} saving {save:?}"));
                 let r = vm.apply(&name, save.as_deref(), &mut NoHooks);
-                let expect_ok = snaps.contains_key(&name) && cur_parent.is_some();
+                let expect_ok = snaps.contains_key(&name);
                 match (r, expect_ok) {
                     (Ok(()), true) => {
                         if let Some(s) = save {
