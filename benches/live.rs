@@ -1,6 +1,9 @@
 //! Live disks: what the gate costs a 4 KiB write or read against a plain
 //! [`Disk`], and the pause a writer sees while its disks switch to new
-//! children (1 and 4 disks of 4 GiB virtual size, in /tmp and /dev/shm),
+//! children (1 and 4 disks of 4 GiB virtual size, in /tmp and /dev/shm;
+//! the fast switch of a live create and the slow one that flushes in the
+//! pause): the gate's closed time ([`LiveDisk::pause_stats`]) and the
+//! writers' latency, which also holds the file system's own stalls,
 //! and a live merge: a guest's 4 KiB random-write throughput while layer 1
 //! (`CKPT_BENCH_MERGE_MIB` MiB of changes, default 256; 1024 for the 1 GiB
 //! of issue 11) is merged under it, as a fraction of its throughput without
@@ -77,8 +80,11 @@ fn overhead(dir: &Path) {
 
 /// `disks` disks, one writer thread each writing 4 KiB in a loop (and
 /// flushing every `flush_every` writes, 0: never), while the main thread
-/// switches all of them together `switches` times.
-fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64) {
+/// switches all of them together `switches` times: with the fast switch of
+/// a live create (`fast`: `Pause::switch_children`, nothing written in
+/// the pause) or the slow one (`Pause::push_children`: each top flushed
+/// and closed in the pause).
+fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64, fast: bool) {
     let sub = dir.join(format!("ckpt-live-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&sub);
     std::fs::create_dir_all(&sub).unwrap();
@@ -117,7 +123,6 @@ fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64) {
         })
         .collect();
     let mut switch_times = Vec::new();
-    let mut pause_times = Vec::new();
     for k in 0..switches {
         thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
@@ -133,9 +138,13 @@ fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64) {
             })
             .collect();
         let refs: Vec<&LiveDisk> = live.iter().map(|l| &**l).collect();
-        let p0 = Instant::now();
-        pause_all(&refs).unwrap().push_children(children).unwrap();
-        pause_times.push(p0.elapsed());
+        if fast {
+            let sw = pause_all(&refs).unwrap().switch_children(children).unwrap();
+            sw.flush_frozen().unwrap();
+            sw.done().unwrap();
+        } else {
+            pause_all(&refs).unwrap().push_children(children).unwrap();
+        }
         switch_times.push(t.elapsed());
     }
     thread::sleep(Duration::from_millis(100));
@@ -148,17 +157,19 @@ fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64) {
     let p99 = lat[lat.len() * 99 / 100];
     let max = *lat.last().unwrap();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let paused = live.iter().map(|l| l.pause_stats().max).max().unwrap();
     println!(
-        "{}: {disks} disk(s) x {} GiB, flush every {flush_every} writes, {switches} switches: writer 4 KiB latency max {:.2} ms, \
-         p99 {:.3} ms, p50 {:.3} ms over {} writes; pause (exclusive section) max {:.2} ms; \
-         whole switch (with child creation) max {:.2} ms",
+        "{}: {} switch, {disks} disk(s) x {} GiB, flush every {flush_every} writes, {switches} \
+         switches: writer 4 KiB latency max {:.2} ms, p99 {:.3} ms, p50 {:.3} ms over {} writes; \
+         pause (gate closed) max {:.2} ms; whole switch (with child creation) max {:.2} ms",
         dir.display(),
+        if fast { "fast" } else { "slow" },
         SIZE / GIB,
         ms(max),
         ms(p99),
         ms(lat[lat.len() / 2]),
         lat.len(),
-        ms(*pause_times.iter().max().unwrap()),
+        ms(paused),
         ms(*switch_times.iter().max().unwrap()),
     );
     for l in live {
@@ -294,7 +305,8 @@ fn main() {
             continue;
         }
         if !full {
-            pause(dir, 1, 1, 0);
+            pause(dir, 1, 1, 0, true);
+            pause(dir, 1, 1, 0, false);
             live_merge(dir, 16 << 20, Duration::from_millis(200));
             continue;
         }
@@ -302,8 +314,10 @@ fn main() {
         if std::env::var_os("CKPT_BENCH_MERGE_ONLY").is_none() {
             overhead(dir);
             for flush_every in [0, 256] {
-                pause(dir, 1, 10, flush_every);
-                pause(dir, 4, 10, flush_every);
+                for fast in [true, false] {
+                    pause(dir, 1, 10, flush_every, fast);
+                    pause(dir, 4, 10, flush_every, fast);
+                }
             }
         }
         let mib: u64 = std::env::var("CKPT_BENCH_MERGE_MIB")

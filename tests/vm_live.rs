@@ -805,3 +805,43 @@ fn transient_error_of_a_live_create_while_writers_flush() {
         n += 1;
     }
 }
+
+#[test]
+fn pause_stats_count_each_pause_and_the_wait_for_requests_in_flight() {
+    use std::time::Duration;
+    let t = support::tempdir();
+    let dir = build(t.path(), 2, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    vm.set_state(VmState::Running).unwrap();
+    let disks = [vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    for d in &disks {
+        assert_eq!(d.pause_stats(), ckpt::disk::live::PauseStats::default());
+    }
+    vm.create_checkpoint("a", None, &mut NoHooks).unwrap();
+    let before: Vec<_> = disks.iter().map(|d| d.pause_stats()).collect();
+    for s in &before {
+        assert!(s.count >= 1, "{s:?}");
+        assert!(s.max >= s.last && s.total >= s.max, "{s:?}");
+    }
+    // A request in flight on disk 1 (the gate held shared for 1.5 s) holds
+    // the next create's pause of both disks until it completes.
+    let d1 = disks[1].clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let holder = thread::spawn(move || {
+        d1.with_disk(|_| {
+            tx.send(()).unwrap();
+            thread::sleep(Duration::from_millis(1500));
+        })
+    });
+    rx.recv().unwrap();
+    vm.create_checkpoint("b", None, &mut NoHooks).unwrap();
+    holder.join().unwrap();
+    for (d, b) in disks.iter().zip(&before) {
+        let s = d.pause_stats();
+        assert!(s.count > b.count, "{s:?} after {b:?}");
+        assert!(s.max >= Duration::from_millis(20), "{s:?}");
+        assert!(s.total >= b.total + Duration::from_millis(20), "{s:?}");
+    }
+    drop(disks);
+    vm.detach().unwrap();
+}

@@ -175,6 +175,33 @@ pub struct LiveDisk {
     /// Set while a [`Switch`] is not settled (and after one that could not
     /// be undone): every flush waits for it (see the module doc).
     barrier: Mutex<Option<Arc<Barrier>>>,
+    /// The pauses this handle's requests saw (see [`LiveDisk::pause_stats`]).
+    pauses: Mutex<PauseStats>,
+}
+
+/// The pauses a [`LiveDisk`]'s requests have seen: each from the moment its
+/// gate began to hold new requests (the wait for the ones in flight
+/// included) until it opened again. Every pause counts: a checkpoint's
+/// switch, the steps of a live merge, an apply's replace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PauseStats {
+    /// How many pauses.
+    pub count: u64,
+    /// The longest.
+    pub max: Duration,
+    /// The latest.
+    pub last: Duration,
+    /// All of them together.
+    pub total: Duration,
+}
+
+impl PauseStats {
+    fn add(&mut self, d: Duration) {
+        self.count += 1;
+        self.max = self.max.max(d);
+        self.last = d;
+        self.total += d;
+    }
 }
 
 /// What a flush issued after a switch waits for: the switch settled.
@@ -260,6 +287,17 @@ pub struct Pause<'a> {
     guards: Vec<RwLockWriteGuard<'a, Disk>>,
     /// The handles, in the same order.
     owners: Vec<&'a LiveDisk>,
+    /// When the first gate began to hold new requests.
+    started: Instant,
+}
+
+impl Drop for Pause<'_> {
+    fn drop(&mut self) {
+        let d = self.started.elapsed();
+        for o in &self.owners {
+            o.pauses.lock().unwrap_or_else(|e| e.into_inner()).add(d);
+        }
+    }
 }
 
 /// Pause every disk of `disks` together: wait for the requests in flight on
@@ -279,12 +317,14 @@ pub fn pause_all<'a>(disks: &[&'a LiveDisk]) -> Result<Pause<'a>> {
     }
     let mut taken: Vec<Option<RwLockWriteGuard<'a, Disk>>> =
         (0..disks.len()).map(|_| None).collect();
+    let started = Instant::now();
     for i in order {
         taken[i] = Some(disks[i].disk.write().unwrap_or_else(|e| e.into_inner()));
     }
     Ok(Pause {
         guards: taken.into_iter().flatten().collect(),
         owners: disks.to_vec(),
+        started,
     })
 }
 
@@ -295,7 +335,15 @@ impl LiveDisk {
             disk: RwLock::new(disk),
             merging: Mutex::new(()),
             barrier: Mutex::new(None),
+            pauses: Mutex::new(PauseStats::default()),
         }
+    }
+
+    /// The pauses this handle's requests have seen so far (what a guest
+    /// waits for during a checkpoint's switch, a live merge's steps, an
+    /// apply).
+    pub fn pause_stats(&self) -> PauseStats {
+        *self.pauses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self) -> RwLockReadGuard<'_, Disk> {
@@ -402,9 +450,11 @@ impl LiveDisk {
 
     /// Pause this disk alone (see [`pause_all`]).
     pub fn pause(&self) -> Pause<'_> {
+        let started = Instant::now();
         Pause {
             guards: vec![self.disk.write().unwrap_or_else(|e| e.into_inner())],
             owners: vec![self],
+            started,
         }
     }
 
