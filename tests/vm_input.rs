@@ -371,3 +371,55 @@ fn strays_in_a_past_checkpoint_location_are_found() {
     );
     assert_eq!(vm.strays().unwrap(), vec![stray]);
 }
+
+/// A setting whose `vm.json` write fails (at any of its steps, once) is
+/// refused and the handle keeps showing what the file holds; a retry works.
+#[test]
+fn a_failed_save_of_a_setting_leaves_the_handle_as_the_file() {
+    use ckpt::checkpoint::VmState;
+    use ckpt::io::{faults, Transient};
+    type Change = fn(&mut Vm) -> ckpt::Result<()>;
+    let changes: [(&str, Change); 3] = [
+        ("set_state", |vm| vm.set_state(VmState::Running)),
+        ("set_resources", |vm| vm.set_resources(Some(3000), Some(3))),
+        ("set_hypervisor_settings", |vm| {
+            vm.set_hypervisor_settings(serde_json::json!({"machine": "q35"}))
+        }),
+    ];
+    for (what, change) in changes {
+        let t = tempfile::tempdir().unwrap();
+        let mut vm = new_vm(t.path());
+        faults::arm(u64::MAX, ckpt::io::Cut::Clean);
+        change(&mut vm).unwrap();
+        let events = faults::disarm();
+        assert!(
+            events > 0,
+            "{what}: the save writes through the storage layer"
+        );
+        drop(vm);
+        for n in 0..events {
+            let t = tempfile::tempdir().unwrap();
+            let mut vm = new_vm(t.path());
+            let before = vm.data().clone();
+            faults::arm_transient(n, Transient::Eio);
+            let r = change(&mut vm);
+            faults::disarm();
+            let file = Vm::load(vm.dir()).unwrap();
+            assert_eq!(
+                vm.data(),
+                &file,
+                "{what}, failure at {n}: handle and file differ"
+            );
+            match r {
+                Err(_) => assert_eq!(vm.data(), &before, "{what}, failure at {n}"),
+                Ok(()) => assert_ne!(vm.data(), &before, "{what}, failure at {n}"),
+            }
+            change(&mut vm).unwrap();
+            assert_eq!(
+                vm.data(),
+                &Vm::load(vm.dir()).unwrap(),
+                "{what}: retry at {n}"
+            );
+        }
+    }
+}

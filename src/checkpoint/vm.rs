@@ -491,13 +491,14 @@ impl Vm {
     /// Set the VM's state (the hypervisor reports it).
     pub fn set_state(&mut self, state: VmState) -> Result<()> {
         self.settle(None)?;
+        let before = self.data.clone();
         self.data.state = state;
         let old = if state != VmState::Saved {
             self.data.current.saved_state.take()
         } else {
             None
         };
-        self.save()?;
+        self.save_or_restore(before)?;
         self.release_saved_state(old)
     }
 
@@ -529,20 +530,33 @@ impl Vm {
                 "memory and CPU count must be at least 1".into(),
             ));
         }
+        let before = self.data.clone();
         if let Some(m) = memory_mib {
             self.data.config.memory_mib = m;
         }
         if let Some(c) = cpus {
             self.data.config.cpus = c;
         }
-        self.save()
+        self.save_or_restore(before)
     }
 
     /// Replace the hypervisor's own settings.
     pub fn set_hypervisor_settings(&mut self, v: serde_json::Value) -> Result<()> {
         self.settle(None)?;
+        let before = self.data.clone();
         self.data.config.hypervisor = v;
-        self.save()
+        self.save_or_restore(before)
+    }
+
+    /// Save `vm.json`; when that fails, the handle goes back to `before`
+    /// (what the file still holds), so it never shows a change that was
+    /// not saved.
+    fn save_or_restore(&mut self, before: VmFile) -> Result<()> {
+        let r = self.save();
+        if r.is_err() {
+            self.data = before;
+        }
+        r
     }
 
     /// Change the checkpoint settings.
