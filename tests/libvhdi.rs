@@ -587,3 +587,68 @@ fn libvhdi_reads_chains_of_an_odd_size() {
         0x5eed_0dd5,
     );
 }
+
+/// A child nothing was written to yet, and a child written in one chunk
+/// only (two chunks: 4 GiB each at 512-byte sectors), read by libvhdi over
+/// a base full of data: every unwritten sector comes from the parent. (A
+/// chunk whose sector bitmap is not allocated is misread by libvhdi, so a
+/// new child gets every chunk's bitmap, all zeros, at creation.)
+#[test]
+fn libvhdi_reads_pristine_chunks_of_a_child_from_the_parent() {
+    if !have_pyvhdi() {
+        assert!(!support::in_ci(), "CI must have pyvhdi");
+        return;
+    }
+    let dir = support::tempdir();
+    let size = 8 * 1024 * MIB + 4 * MIB;
+    let base = dir.path().join("base.vhdx");
+    let d = Disk::create(&base, &CreateOptions::new(size).block_size(2 << 20)).unwrap();
+    let pattern: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
+    // Data at the start of each chunk and in the last block.
+    let places = [0, 4096 * MIB, size - MIB];
+    for &off in &places {
+        d.write_at(&pattern, off).unwrap();
+    }
+    d.close().unwrap();
+    let pristine = dir.path().join("pristine.avhdx");
+    Disk::create_child(&pristine, &base, &ChildOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let written = dir.path().join("written.avhdx");
+    let c = Disk::create_child(&written, &base, &ChildOptions::default()).unwrap();
+    c.write_at(&[0xeeu8; 512], 4096 * MIB + 4096).unwrap();
+    c.close().unwrap();
+    for child in [&pristine, &written] {
+        let out = dir.path().join("vhdi.raw");
+        let script = r#"
+import sys
+import pyvhdi
+b = pyvhdi.file(); b.open(sys.argv[1])
+c = pyvhdi.file(); c.open(sys.argv[2]); c.set_parent(b)
+with open(sys.argv[3], "wb") as out:
+    for off in map(int, sys.argv[4:]):
+        out.write(c.read_buffer_at_offset(1 << 20, off))
+"#;
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg("-c").arg(script).arg(&base).arg(child).arg(&out);
+        cmd.args(places.iter().map(|o| o.to_string()));
+        support::run(&mut cmd);
+        let got = std::fs::read(&out).unwrap();
+        let top = Disk::open(child, OpenMode::ReadOnly).unwrap();
+        for (i, &off) in places.iter().enumerate() {
+            let mut want = vec![0u8; MIB as usize];
+            top.read_at(&mut want, off).unwrap();
+            let what = format!("{} at {off}", child.display());
+            assert_same(
+                &what,
+                &got[i * MIB as usize..(i + 1) * MIB as usize],
+                &want,
+                0,
+            );
+            if child == &pristine || i != 1 {
+                assert_same(&format!("{what} (libckpt)"), &want, &pattern, 0);
+            }
+        }
+    }
+}

@@ -1570,3 +1570,66 @@ fn vm_mode_readonly_and_config_errors() {
         "{err}"
     );
 }
+
+/// The whole virtual disk behind an NBD URI, read by `qemu-img convert`.
+fn nbd_bytes(uri: &str, scratch: &Path) -> Vec<u8> {
+    let out = scratch.join("nbd-read.raw");
+    let _ = std::fs::remove_file(&out);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", uri])
+        .arg(&out));
+    let b = file_bytes(&out);
+    std::fs::remove_file(&out).expect("rm");
+    b
+}
+
+/// Issue 11: apply and revert on a VM that nbdkit serves (`vm=DIR`), run
+/// by the CLI through the control channel: new NBD connections to the
+/// same exports read the applied checkpoint's data (by qemu-img), writes
+/// after the apply go to the new current state and leave the checkpoint
+/// as it was, and a revert goes back to the checkpoint again; all the
+/// while nbdkit keeps serving (no restart).
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_apply_and_revert_switch_what_new_connections_read() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap().to_string();
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let server = Server::start_vm(&sockdir, &vm, false);
+    let uri = |name: &str| server.export_uri(name);
+    let exports_read = |what: &str, want: &[Vec<u8>; 2]| {
+        for (d, w) in want.iter().enumerate() {
+            let got = nbd_bytes(&uri(&d.to_string()), &root);
+            assert_same(&format!("{what}: export {d} (qemu-img)"), &got, w, 0);
+        }
+    };
+    for k in 0..6 {
+        vm_write(&uri, k);
+    }
+    ckpt_ok(&["checkpoint", "create", &vms, "c1"]);
+    for k in 6..12 {
+        vm_write(&uri, k);
+    }
+    exports_read("before the apply", &vm_model(12));
+    ckpt_ok(&["checkpoint", "apply", &vms, "c1"]);
+    exports_read("after applying c1", &vm_model(6));
+    // Writes after the apply land in the new current state only.
+    qemu_io(&uri("0"), &["write -P 0x77 0 4096".into(), "flush".into()]);
+    let mut changed = vm_model(6);
+    changed[0][..4096].fill(0x77);
+    exports_read("written after the apply", &changed);
+    let tops = vm_checkpoint_disks(&vm, "c1");
+    vm_disks_read_a_prefix("checkpoint c1 after the apply", &tops, 6, 6);
+    ckpt_ok(&["checkpoint", "revert", &vms]);
+    exports_read("after the revert", &vm_model(6));
+    server.stop();
+    let current = vm_current_disks(&vm);
+    vm_disks_read_a_prefix("current after the revert", &current, 6, 6);
+    vm_disks_read_a_prefix("checkpoint c1 at the end", &tops, 6, 6);
+}

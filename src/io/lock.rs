@@ -137,7 +137,8 @@ const PAUSE: Duration = Duration::from_millis(10);
 /// Lock `file` (non-blocking). A refused lock is retried for about 0.2 s:
 /// a descriptor this process closed stays open in a child that another
 /// thread is forking until the child execs (every descriptor libckpt opens
-/// is close-on-exec), so a lock can look taken for a moment. Then the
+/// is close-on-exec), so a lock can look taken for a moment; not a shared
+/// lock on a file this process holds for writing itself. Then the
 /// error (kind `WouldBlock`) carries a [`LockConflict`] saying who holds
 /// the file.
 pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
@@ -161,6 +162,14 @@ pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if !would_block(&e) => return Err(e),
+            // This process holds the file for writing: waiting is no use
+            // (a live VM's own tops, met by a scan for children).
+            Err(_)
+                if kind == LockKind::Shared
+                    && held().get(&key).is_some_and(|h| h.exclusive > 0) =>
+            {
+                break
+            }
             Err(_) => {}
         }
         attempt += 1;

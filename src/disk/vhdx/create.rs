@@ -73,12 +73,25 @@ impl Vhdx {
         };
         // Everything but the file identifier first; the identifier last, so
         // that an interrupted create is never taken for a valid disk.
+        // A differencing disk gets every chunk's sector bitmap at once, all
+        // zeros (a hole in the file): "every sector in the parent". The spec
+        // allows a bitmap no block needs yet, and libvhdi (20210425) reads a
+        // chunk whose bitmap is not present as if its bitmap were the bytes
+        // at file offset 0, so only this way does it read a pristine chunk
+        // from the parent. Costs 1 MiB of file length (none of the disk) per
+        // chunk: 4 GiB of virtual size with 512-byte sectors, 32 GiB with 4 KiB.
+        let bitmaps = if has_parent { geo.bitmap_blocks } else { 0 };
         let end = if fixed {
             data_start + geo.data_blocks * opts.block_size as u64
         } else {
-            data_start
+            data_start + bitmaps * MIB
         };
         storage.set_len(end)?;
+        for chunk in 0..bitmaps {
+            let e = BatEntry::new(SB_PRESENT, data_start + chunk * MIB);
+            let at = bat_offset + geo.bitmap_index(chunk) as u64 * 8;
+            storage.write_at(&e.0.to_le_bytes(), at)?;
+        }
         if fixed {
             storage.allocate(data_start, end - data_start)?;
             let mut raw = vec![0u8; (geo.total_entries * 8) as usize];
