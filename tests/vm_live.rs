@@ -13,11 +13,9 @@
 
 mod support;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -26,82 +24,6 @@ use ckpt::io::{faults, Cut, Transient};
 use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
 
 include!("support/live_units.rs");
-
-fn file_hash(p: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    std::fs::read(p).unwrap().hash(&mut h);
-    h.finish()
-}
-
-/// Reads UNITS units from the top of a chain given base first (libvhdi).
-const READ_UNITS: &str = r#"
-import sys
-import pyvhdi
-stride, count = int(sys.argv[1]), int(sys.argv[2])
-files = []
-for p in sys.argv[3:]:
-    f = pyvhdi.file()
-    f.open(p)
-    files.append(f)
-for i in range(1, len(files)):
-    files[i].set_parent(files[i - 1])
-top = files[-1]
-out = sys.stdout.buffer
-for u in range(count):
-    data = top.read_buffer_at_offset(4096, u * stride)
-    if len(data) != 4096:
-        sys.exit("short read at unit %d" % u)
-    out.write(data)
-for f in reversed(files):
-    f.close()
-"#;
-
-fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
-    let d = Disk::open(top, OpenMode::ReadOnly).unwrap();
-    let mut chain: Vec<String> = d
-        .chain()
-        .into_iter()
-        .map(|p| p.unwrap().display().to_string())
-        .collect();
-    drop(d);
-    chain.reverse();
-    let stride = unit_offset(1).to_string();
-    let count = UNITS.to_string();
-    let mut args: Vec<&str> = vec![&stride, &count];
-    args.extend(chain.iter().map(String::as_str));
-    let data = support::python(READ_UNITS, &args);
-    assert_eq!(data.len(), UNITS as usize * UNIT);
-    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
-}
-
-fn pyvhdi() -> bool {
-    let ok = support::have_pyvhdi();
-    if !ok {
-        support::missing("the Python module pyvhdi (Debian package python3-libvhdi)");
-    }
-    ok
-}
-
-// ------------------------------------------------------------------ setup
-
-/// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
-fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
-    let mut disks = Vec::new();
-    for i in 0..n {
-        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
-            .unwrap()
-            .close()
-            .unwrap();
-        disks.push(p);
-    }
-    let dir = root.join("vm");
-    let mut spec = VmSpec::new("live", disks);
-    spec.settings.checkpoint_type = kind;
-    Vm::create(&dir, &spec).unwrap();
-    dir
-}
 
 /// Hooks that record their calls, each with the top file of disk 0 at
 /// that moment (the order around the switch).

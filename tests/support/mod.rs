@@ -12,7 +12,9 @@
 //! - [`raw`]: an independent raw VHDX parser to damage images field by
 //!   field; [`ops`]: a byte model of operations with the old-or-new
 //!   judgement; [`lossy`]: a storage that loses any subset of unsynced
-//!   writes; [`sparse`]: a sparse crashing storage for huge images.
+//!   writes; [`sparse`]: a sparse crashing storage for huge images;
+//!   [`units`]: self-describing units written by writer threads, for live
+//!   disks and attached VMs.
 //!   (`rawlog.rs` is included by path by the files that need it.)
 
 #![allow(dead_code)]
@@ -25,6 +27,7 @@ pub mod ops;
 pub mod oracle;
 pub mod raw;
 pub mod sparse;
+pub mod units;
 
 // One flat namespace for the test files (`support::tempdir`, `support::qemu_img`, ...).
 #[allow(unused_imports)]
