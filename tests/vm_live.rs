@@ -364,9 +364,7 @@ fn crash_at_every_step_of_a_live_create() {
             break;
         }
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Standard);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
         for (d, disk) in disks.iter().enumerate() {
             disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
         }
@@ -408,17 +406,7 @@ fn crash_at_every_step_of_a_live_create() {
             states.push(c.disks.clone());
         }
         for disks in &states {
-            for (d, p) in disks.iter().enumerate() {
-                let units = read_units(p);
-                for u in 0..UNITS {
-                    let seq = decode(d, u, &units[u as usize], &ctx);
-                    let want = log.flushed_seq(d, u, begin);
-                    assert!(
-                        seq >= want,
-                        "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
-                    );
-                }
-            }
+            assert_flushed_kept(&log, disks, begin, &ctx);
         }
         n += 1;
     }
@@ -431,9 +419,7 @@ fn transient_error_then_retry_of_a_live_create() {
     let mut n = 0u64;
     loop {
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Standard);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
         let mut disks = disks;
         for (d, disk) in disks.iter().enumerate() {
             disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
@@ -498,9 +484,7 @@ fn crash_at_every_step_of_a_live_revert_and_apply() {
                 break;
             }
             let t = support::fast_tempdir();
-            let dir = build(t.path(), 2, CheckpointType::Standard);
-            let mut vm = Vm::open(&dir).unwrap();
-            let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+            let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
             for (d, disk) in disks.iter().enumerate() {
                 disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
             }
@@ -574,9 +558,7 @@ fn crash_at_every_post_pause_step_keeps_every_returned_flush() {
             break;
         }
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Production);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Production);
         let first = vm.create_checkpoint("first", None, &mut NoHooks).unwrap();
         let kept: Vec<u64> = first.disks.iter().map(|p| file_hash(p)).collect();
         let clock = Arc::new(AtomicU64::new(0));
@@ -617,26 +599,9 @@ fn crash_at_every_post_pause_step_keeps_every_returned_flush() {
         for (p, h) in f.disks.iter().zip(&kept) {
             assert_eq!(file_hash(p), *h, "{ctx}: first changed");
         }
-        for (d, p) in vm.data().current.disks.iter().enumerate() {
-            let units = read_units(p);
-            for u in 0..UNITS {
-                let seq = decode(d, u, &units[u as usize], &ctx);
-                let want = log.flushed_seq(d, u, u64::MAX);
-                assert!(
-                    seq >= want,
-                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
-                );
-            }
-        }
+        assert_flushed_kept(&log, &vm.data().current.disks, u64::MAX, &ctx);
         if let Ok(c) = vm.find("c") {
-            for (d, p) in c.disks.iter().enumerate() {
-                let units = read_units(p);
-                for u in 0..UNITS {
-                    let seq = decode(d, u, &units[u as usize], &ctx);
-                    let want = log.flushed_seq(d, u, begin);
-                    assert!(seq >= want, "{ctx}: c: disk {d} unit {u}: {seq} < {want}");
-                }
-            }
+            assert_flushed_kept(&log, &c.disks, begin, &format!("{ctx}: c"));
         }
         n += 1;
     }
@@ -653,9 +618,7 @@ fn transient_error_of_a_live_create_while_writers_flush() {
     let mut n = 0u64;
     loop {
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Production);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Production);
         let clock = Arc::new(AtomicU64::new(0));
         let writers = Writers::start(&disks, 2, &clock);
         let until = clock.load(Ordering::SeqCst) + 100;
@@ -708,17 +671,7 @@ fn transient_error_of_a_live_create_while_writers_flush() {
         drop(vm);
         let mut vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
         assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
-        for (d, p) in vm.data().current.disks.iter().enumerate() {
-            let units = read_units(p);
-            for u in 0..UNITS {
-                let seq = decode(d, u, &units[u as usize], &ctx);
-                let want = log.flushed_seq(d, u, u64::MAX);
-                assert!(
-                    seq >= want,
-                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
-                );
-            }
-        }
+        assert_flushed_kept(&log, &vm.data().current.disks, u64::MAX, &ctx);
         if !taken {
             vm.create_checkpoint("c", None, &mut NoHooks)
                 .unwrap_or_else(|e| panic!("{ctx}: retry after reopen: {e}"));

@@ -116,9 +116,7 @@ fn check_all(mut vm: Vm, disks: Vec<Arc<LiveDisk>>, log: &Log, kept: &[(String, 
 #[test]
 fn delete_middle_then_current_parent_while_writers_write() {
     let t = support::tempdir();
-    let dir = build(t.path(), 2, CheckpointType::Standard);
-    let mut vm = Vm::open(&dir).unwrap();
-    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -165,9 +163,7 @@ fn delete_middle_then_current_parent_while_writers_write() {
 #[test]
 fn cancel_half_way_then_retry_while_writers_write() {
     let t = support::tempdir();
-    let dir = build(t.path(), 2, CheckpointType::Standard);
-    let mut vm = Vm::open(&dir).unwrap();
-    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -221,9 +217,7 @@ fn crash_sweep(victim: &str) {
             break;
         }
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Standard);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
         let clock = Arc::new(AtomicU64::new(0));
         let writers = Writers::start(&disks, 4, &clock);
         let mut made = Vec::new();
@@ -267,17 +261,7 @@ fn crash_sweep(victim: &str) {
                 Err(_) => assert_eq!(name, victim, "{ctx}: {name} lost"),
             }
         }
-        for (d, p) in vm.data().current.disks.iter().enumerate() {
-            let units = read_units(p);
-            for u in 0..UNITS {
-                let seq = decode(d, u, &units[u as usize], &ctx);
-                let want = log.flushed_seq(d, u, cut);
-                assert!(
-                    seq >= want,
-                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
-                );
-            }
-        }
+        assert_flushed_kept(&log, &vm.data().current.disks, cut, &ctx);
         n += 1;
     }
 }

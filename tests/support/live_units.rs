@@ -41,6 +41,23 @@ fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
     support::units::vhdi_units(top, UNITS)
 }
 
+/// Every unit of the state whose disks are `disks` (disk `d` at `d`)
+/// holds at least the write of it that a flush which returned before the
+/// stamp `before` made durable.
+fn assert_flushed_kept(log: &Log, disks: &[PathBuf], before: u64, ctx: &str) {
+    for (d, p) in disks.iter().enumerate() {
+        let units = read_units(p);
+        for u in 0..UNITS {
+            let seq = decode(d, u, &units[u as usize], ctx);
+            let want = log.flushed_seq(d, u, before);
+            assert!(
+                seq >= want,
+                "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+            );
+        }
+    }
+}
+
 fn pyvhdi() -> bool {
     support::units::pyvhdi()
 }
@@ -62,4 +79,13 @@ fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
     spec.settings.checkpoint_type = kind;
     Vm::create(&dir, &spec).unwrap();
     dir
+}
+
+/// A VM of two disks made by [`build`] in `root`, opened and attached:
+/// its folder, the VM and its two live handles.
+fn attached(root: &Path, kind: CheckpointType) -> (PathBuf, Vm, Vec<Arc<LiveDisk>>) {
+    let dir = build(root, 2, kind);
+    let mut vm = Vm::open(&dir).unwrap();
+    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    (dir, vm, disks)
 }

@@ -253,23 +253,20 @@ pub fn last_seq(recs: &[Rec], disk: usize, unit: u64) -> u64 {
 pub fn read_units(path: &Path, units: u64) -> Vec<Vec<u8>> {
     let d = Disk::open(path, OpenMode::ReadOnly)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let size = d.virtual_size();
-    (0..units)
-        .map(|u| {
-            let mut b = vec![0u8; UNIT];
-            d.read_at(&mut b, unit_offset(u, units, size)).unwrap();
-            b
-        })
-        .collect()
+    units_of(|b, o| d.read_at(b, o).unwrap(), units, d.virtual_size())
 }
 
 /// Every unit, read through a live handle.
 pub fn live_units(d: &LiveDisk, units: u64) -> Vec<Vec<u8>> {
-    let size = d.virtual_size();
+    units_of(|b, o| d.read_at(b, o).unwrap(), units, d.virtual_size())
+}
+
+/// Every unit of a disk of `size` bytes, each read with `read(buf, offset)`.
+fn units_of(read: impl Fn(&mut [u8], u64), units: u64, size: u64) -> Vec<Vec<u8>> {
     (0..units)
         .map(|u| {
             let mut b = vec![0u8; UNIT];
-            d.read_at(&mut b, unit_offset(u, units, size)).unwrap();
+            read(&mut b, unit_offset(u, units, size));
             b
         })
         .collect()
