@@ -1904,9 +1904,9 @@ ckpt_status ckpt_vm_checkpoints_json(const struct ckpt_vm *vm,
  * after it failed (...); that is finished when the VM is next opened",
  * ...]}`. A change (create, apply, revert, delete or rename of a
  * checkpoint, or a setter; not an export, which changes nothing) that
- * succeeded may still leave warnings: once a delete or an apply is committed, a
- * step after it that fails (removing the old files, collapsing a hidden
- * branch point) does not make the call fail; it is reported here, and
+ * succeeded may still leave warnings: once a create, a delete or an apply
+ * is committed, a step after it that fails (removing the journal or the
+ * old files, collapsing a hidden branch point) does not make the call fail; it is reported here, and
  * that tidy-up is finished when the VM is next opened (or before its next
  * operation). The list is empty after an open and after a change without
  * a caveat; each change replaces it (reading it does not empty it). More
@@ -1920,7 +1920,10 @@ ckpt_status ckpt_vm_checkpoints_json(const struct ckpt_vm *vm,
  * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
  * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
  */
-ckpt_status ckpt_vm_warnings_json(const struct ckpt_vm *vm, char *buf, size_t len, size_t *out_len);
+ckpt_status ckpt_vm_warnings_json(const struct ckpt_vm *vm,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *out_len);
 
 /**
  * Set `*out` to the number of checkpoints of the VM, hidden branch points

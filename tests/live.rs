@@ -1,8 +1,8 @@
 //! Live disks (`ckpt::LiveDisk`): writer threads keep writing while the
 //! chain behind the handle is switched to new children or replaced.
 //!
-//! Every write is a self-describing 4 KiB unit (unit index, sequence
-//! number, a pattern derived from both), stamped with a logical clock
+//! Every write is a self-describing 4 KiB unit (disk, unit index,
+//! sequence number, a pattern derived from them), stamped with a logical clock
 //! before it starts and after it returns; a switch is stamped the same way.
 //! A frozen layer must hold, for every unit, a value between the last write
 //! that returned before the switch began and the last write that started
@@ -11,309 +11,26 @@
 //! fails. Crash and fault cases go through `ckpt::io::faults` on the
 //! switching thread (writers are not armed).
 //!
-//! Self-contained (no `mod common;`), so that it does not depend on the test
-//! support tree being reshaped.
+//! The units, the writers and the libvhdi reads are `support::units`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+mod support;
+
 use ckpt::disk::live::{pause_all, NewChild};
 use ckpt::io::{faults, Cut, Transient};
 use ckpt::{ChildOptions, CreateOptions, Disk, LiveDisk, OpenMode};
+use support::units::pyvhdi as have_pyvhdi;
+use support::units::{
+    allowed, decode, file_hash, last_seq, read_units, unit_bytes, unit_offset, vhdi_chain_units,
+    Rec, Writers, UNIT,
+};
 
-const UNIT: usize = 4096;
 const MIB: u64 = 1 << 20;
-
-// ------------------------------------------------------------------ units
-
-/// The bytes of write `seq` of unit `unit` (seq 0 is "never written": zeros).
-fn unit_bytes(unit: u64, seq: u64) -> Vec<u8> {
-    let mut b = vec![0u8; UNIT];
-    b[..8].copy_from_slice(&unit.to_le_bytes());
-    b[8..16].copy_from_slice(&seq.to_le_bytes());
-    let mut x = (unit << 32 ^ seq).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for w in b[16..].chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    b
-}
-
-/// The sequence number a unit's bytes hold; panics on anything that is not
-/// a whole unit write (torn, misplaced or foreign data).
-fn decode(unit: u64, b: &[u8], what: &str) -> u64 {
-    if b.iter().all(|&x| x == 0) {
-        return 0;
-    }
-    let u = u64::from_le_bytes(b[..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
-    assert_eq!(u, unit, "{what}: unit {unit} holds unit {u}'s data");
-    assert!(
-        b == unit_bytes(unit, seq).as_slice(),
-        "{what}: unit {unit} holds a damaged write (seq {seq})"
-    );
-    seq
-}
-
-/// One write as a writer saw it.
-#[derive(Debug, Clone, Copy)]
-struct Rec {
-    disk: usize,
-    unit: u64,
-    seq: u64,
-    start: u64,
-    end: u64,
-}
-
-/// Where unit `u` of `units` lives on a disk of `size` bytes.
-fn unit_offset(u: u64, units: u64, size: u64) -> u64 {
-    let stride = size / units / UNIT as u64 * UNIT as u64;
-    u * stride
-}
-
-/// What the writer threads did: every write that returned, the flushes
-/// that returned (disk, stamp taken before the flush began) and the first
-/// error (a writer stops at it).
-#[derive(Debug, Default)]
-struct Log {
-    recs: Vec<Rec>,
-    flushes: Vec<(usize, u64)>,
-    error: Option<String>,
-}
-
-impl Log {
-    /// The last write of (`disk`, `unit`) made durable by a flush that returned.
-    fn flushed_seq(&self, disk: usize, unit: u64) -> u64 {
-        let Some(last) = self
-            .flushes
-            .iter()
-            .filter(|f| f.0 == disk)
-            .map(|f| f.1)
-            .max()
-        else {
-            return 0;
-        };
-        self.recs
-            .iter()
-            .filter(|r| r.disk == disk && r.unit == unit && r.end < last)
-            .map(|r| r.seq)
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-/// Writer threads over `disks`: thread `t` owns the units `u % threads == t`
-/// of every disk and writes them in a pseudo-random order, stamping each
-/// write and flushing now and then, until `stop` or an error.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    handles: Vec<thread::JoinHandle<Log>>,
-}
-
-impl Writers {
-    /// `flush_every`: writes between flushes (0: never).
-    fn start(
-        disks: &[Arc<LiveDisk>],
-        units: u64,
-        threads: u64,
-        flush_every: u64,
-        clock: &Arc<AtomicU64>,
-    ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles = (0..threads)
-            .map(|t| {
-                let disks: Vec<Arc<LiveDisk>> = disks.to_vec();
-                let stop = stop.clone();
-                let clock = clock.clone();
-                thread::spawn(move || {
-                    let mine: Vec<u64> = (0..units).filter(|u| u % threads == t).collect();
-                    let mut seqs = vec![vec![0u64; units as usize]; disks.len()];
-                    let mut log = Log::default();
-                    let mut x = 0x1234_5678u64 + t;
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Acquire) {
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let d = (x >> 33) as usize % disks.len();
-                        let unit = mine[(x >> 40) as usize % mine.len()];
-                        let seq = seqs[d][unit as usize] + 1;
-                        seqs[d][unit as usize] = seq;
-                        let off = unit_offset(unit, units, disks[d].virtual_size());
-                        let start = clock.fetch_add(1, Ordering::SeqCst);
-                        if let Err(e) = disks[d].write_at(&unit_bytes(unit, seq), off) {
-                            log.error = Some(e.to_string());
-                            break;
-                        }
-                        let end = clock.fetch_add(1, Ordering::SeqCst);
-                        log.recs.push(Rec {
-                            disk: d,
-                            unit,
-                            seq,
-                            start,
-                            end,
-                        });
-                        n += 1;
-                        if flush_every > 0 && n % flush_every == 0 {
-                            let f = clock.fetch_add(1, Ordering::SeqCst);
-                            if let Err(e) = disks[d].flush() {
-                                log.error = Some(e.to_string());
-                                break;
-                            }
-                            log.flushes.push((d, f));
-                        }
-                    }
-                    log
-                })
-            })
-            .collect();
-        Writers { stop, handles }
-    }
-
-    fn finish(self) -> Log {
-        self.stop.store(true, Ordering::Release);
-        let mut all = Log::default();
-        for h in self.handles {
-            let l = h.join().unwrap();
-            all.recs.extend(l.recs);
-            all.flushes.extend(l.flushes);
-            all.error = all.error.or(l.error);
-        }
-        all
-    }
-}
-
-/// The range of sequence numbers unit (`disk`, `unit`) may hold in a layer
-/// frozen by a switch stamped `[begin, end]`: from the last write that
-/// returned before `begin` to the last one that started before `end`.
-fn allowed(recs: &[Rec], disk: usize, unit: u64, begin: u64, end: u64) -> (u64, u64) {
-    let mine = recs.iter().filter(|r| r.disk == disk && r.unit == unit);
-    let lo = mine
-        .clone()
-        .filter(|r| r.end < begin)
-        .map(|r| r.seq)
-        .max()
-        .unwrap_or(0);
-    let hi = mine
-        .filter(|r| r.start < end)
-        .map(|r| r.seq)
-        .max()
-        .unwrap_or(0);
-    (lo, hi)
-}
-
-fn last_seq(recs: &[Rec], disk: usize, unit: u64) -> u64 {
-    recs.iter()
-        .filter(|r| r.disk == disk && r.unit == unit)
-        .map(|r| r.seq)
-        .max()
-        .unwrap_or(0)
-}
-
-/// Every unit of the disk `path` opens to (read-only, with its chain).
-fn read_units(path: &Path, units: u64) -> Vec<Vec<u8>> {
-    let d = Disk::open(path, OpenMode::ReadOnly).unwrap();
-    let size = d.virtual_size();
-    (0..units)
-        .map(|u| {
-            let mut b = vec![0u8; UNIT];
-            d.read_at(&mut b, unit_offset(u, units, size)).unwrap();
-            b
-        })
-        .collect()
-}
-
-fn file_hash(p: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    std::fs::read(p).unwrap().hash(&mut h);
-    h.finish()
-}
-
-// ----------------------------------------------------------------- libvhdi
-
-const PYTHON: &str = "/usr/bin/python3";
-
-/// Reads `count` units `stride` bytes apart from the top of a chain given
-/// base first; writes them, concatenated, into the output file.
-const READ_UNITS: &str = r#"
-import sys
-import pyvhdi
-out, stride, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-files = []
-for p in sys.argv[4:]:
-    f = pyvhdi.file()
-    f.open(p)
-    files.append(f)
-for i in range(1, len(files)):
-    files[i].set_parent(files[i - 1])
-top = files[-1]
-with open(out, "wb") as o:
-    for u in range(count):
-        data = top.read_buffer_at_offset(4096, u * stride)
-        if len(data) != 4096:
-            sys.exit("short read at unit %d" % u)
-        o.write(data)
-for f in reversed(files):
-    f.close()
-"#;
-
-fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .ok()
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Some("true") | Some("1") | Some("yes")
-    )
-}
-
-fn have_pyvhdi() -> bool {
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import pyvhdi"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        let what = "the Python module pyvhdi (Debian package python3-libvhdi)";
-        assert!(
-            !in_ci(),
-            "CI=true but {what} is missing: this test cannot run"
-        );
-        eprintln!("NOTICE: {what} is missing; skipping the libvhdi check");
-    }
-    ok
-}
-
-/// The units libvhdi reads at the top of `base_first` (base first).
-fn vhdi_units(base_first: &[PathBuf], units: u64, size: u64, scratch: &Path) -> Vec<Vec<u8>> {
-    let out = scratch.join("vhdi-units.bin");
-    let stride = unit_offset(1, units, size);
-    let o = Command::new(PYTHON)
-        .arg("-c")
-        .arg(READ_UNITS)
-        .arg(&out)
-        .arg(stride.to_string())
-        .arg(units.to_string())
-        .args(base_first)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "pyvhdi failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let data = std::fs::read(&out).unwrap();
-    assert_eq!(data.len(), units as usize * UNIT);
-    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
-}
 
 fn small_child() -> ChildOptions {
     ChildOptions {
@@ -346,7 +63,7 @@ fn writers_keep_writing_across_switches() {
         })
         .collect();
     let clock = Arc::new(AtomicU64::new(1));
-    let writers = Writers::start(&disks, UNITS, 3, 0, &clock);
+    let writers = Writers::sharing(&disks, UNITS, 3, 0, &clock);
     // Per switch: its stamps, and per disk the layer it froze with its hash.
     let mut switches: Vec<Switch> = Vec::new();
     for k in 0..SWITCHES {
@@ -415,7 +132,7 @@ fn writers_keep_writing_across_switches() {
             let ours = read_units(layer, UNITS);
             for (u, b) in ours.iter().enumerate() {
                 let u = u as u64;
-                let seq = decode(u, b, &format!("switch {k} disk {d}"));
+                let seq = decode(d, u, b, &format!("switch {k} disk {d}"));
                 let (lo, hi) = allowed(recs_of(d, u), d, u, *begin, *end);
                 assert!(
                     (lo..=hi).contains(&seq),
@@ -427,7 +144,7 @@ fn writers_keep_writing_across_switches() {
                 let mut chain: Vec<PathBuf> = vec![dir.path().join(format!("d{d}.vhdx"))];
                 chain.extend((0..k).map(|j| dir.path().join(format!("d{d}_{j}.avhdx"))));
                 assert_eq!(chain.last().unwrap(), layer);
-                let theirs = vhdi_units(&chain, UNITS, size, dir.path());
+                let theirs = vhdi_chain_units(&chain, UNITS, size);
                 assert!(
                     theirs == ours,
                     "libvhdi reads layer {} otherwise",
@@ -440,7 +157,7 @@ fn writers_keep_writing_across_switches() {
         for (u, b) in read_units(top, UNITS).iter().enumerate() {
             let u = u as u64;
             assert_eq!(
-                decode(u, b, "final state"),
+                decode(d, u, b, "final state"),
                 last_seq(recs_of(d, u), d, u),
                 "disk {d} unit {u}: the current state lacks the last write"
             );
@@ -463,19 +180,19 @@ fn child_is_relinked_when_the_top_changes_after_prepare() {
     let before = live.info().data_write_guid;
     let child = dir.path().join("child.avhdx");
     let c = live.prepare_child(&child, &small_child()).unwrap();
-    live.write_at(&unit_bytes(0, 7), 0).unwrap();
+    live.write_at(&unit_bytes(0, 0, 7), 0).unwrap();
     assert_ne!(live.info().data_write_guid, before);
     live.pause().push_children(vec![c]).unwrap();
-    live.write_at(&unit_bytes(1, 9), unit_offset(1, 4, 16 * MIB))
+    live.write_at(&unit_bytes(0, 1, 9), unit_offset(1, 4, 16 * MIB))
         .unwrap();
     live.close().unwrap();
     let units = read_units(&child, 4);
-    assert_eq!(decode(0, &units[0], "child"), 7);
-    assert_eq!(decode(1, &units[1], "child"), 9);
-    assert_eq!(decode(0, &read_units(&base, 4)[0], "base"), 7);
-    assert_eq!(decode(1, &read_units(&base, 4)[1], "base"), 0);
+    assert_eq!(decode(0, 0, &units[0], "child"), 7);
+    assert_eq!(decode(0, 1, &units[1], "child"), 9);
+    assert_eq!(decode(0, 0, &read_units(&base, 4)[0], "base"), 7);
+    assert_eq!(decode(0, 1, &read_units(&base, 4)[1], "base"), 0);
     if have_pyvhdi() {
-        let theirs = vhdi_units(&[base, child], 4, 16 * MIB, dir.path());
+        let theirs = vhdi_chain_units(&[base, child], 4, 16 * MIB);
         assert!(theirs == units);
     }
 }
@@ -490,10 +207,10 @@ fn a_failed_switch_changes_nothing() {
     let make = |name: &str| {
         let base = dir.path().join(name);
         let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
-        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.write_at(&unit_bytes(0, 0, 1), 0).unwrap();
         d.flush().unwrap();
         // Unflushed metadata too: the switch's flush has a log entry to write.
-        d.write_at(&unit_bytes(1, 1), unit_offset(1, 4, size))
+        d.write_at(&unit_bytes(0, 1, 1), unit_offset(1, 4, size))
             .unwrap();
         (base, LiveDisk::new(d))
     };
@@ -502,9 +219,9 @@ fn a_failed_switch_changes_nothing() {
         assert_eq!(live.path().as_deref(), Some(base));
         let mut b = vec![0u8; UNIT];
         live.read_at(&mut b, 0).unwrap();
-        assert_eq!(decode(0, &b, "after a refused switch"), 1);
+        assert_eq!(decode(0, 0, &b, "after a refused switch"), 1);
         live.read_at(&mut b, unit_offset(1, 4, size)).unwrap();
-        assert_eq!(decode(1, &b, "after a refused switch"), 1);
+        assert_eq!(decode(0, 1, &b, "after a refused switch"), 1);
     };
 
     // A child that cannot be made: in a missing folder, or over a file.
@@ -517,7 +234,7 @@ fn a_failed_switch_changes_nothing() {
     live.push_child(&taken, &small_child()).unwrap_err();
     assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
     check_unchanged(&live, &base);
-    live.write_at(&unit_bytes(2, 1), unit_offset(2, 4, size))
+    live.write_at(&unit_bytes(0, 2, 1), unit_offset(2, 4, size))
         .unwrap();
     live.flush().unwrap();
     // A child made for another disk is refused by this one.
@@ -555,21 +272,21 @@ fn a_failed_switch_changes_nothing() {
         // A failed write leaves the top writable; a failed sync poisons the
         // handle as on any disk (nothing more may claim durability).
         let w = live
-            .write_at(&unit_bytes(2, 5), unit_offset(2, 4, size))
+            .write_at(&unit_bytes(0, 2, 5), unit_offset(2, 4, size))
             .and_then(|_| live.flush());
         if w.is_ok() {
             writable_after += 1;
             live.push_child(&child, &small_child()).unwrap();
             assert_eq!(live.depth(), 2);
-            live.write_at(&unit_bytes(3, 1), unit_offset(3, 4, size))
+            live.write_at(&unit_bytes(0, 3, 1), unit_offset(3, 4, size))
                 .unwrap();
             live.close().unwrap();
             let units = read_units(&child, 4);
-            assert_eq!(decode(0, &units[0], "retry"), 1);
-            assert_eq!(decode(1, &units[1], "retry"), 1);
-            assert_eq!(decode(2, &units[2], "retry"), 5);
-            assert_eq!(decode(3, &units[3], "retry"), 1);
-            assert_eq!(decode(3, &read_units(&base, 4)[3], "retry base"), 0);
+            assert_eq!(decode(0, 0, &units[0], "retry"), 1);
+            assert_eq!(decode(0, 1, &units[1], "retry"), 1);
+            assert_eq!(decode(0, 2, &units[2], "retry"), 5);
+            assert_eq!(decode(0, 3, &units[3], "retry"), 1);
+            assert_eq!(decode(0, 3, &read_units(&base, 4)[3], "retry base"), 0);
         }
     }
 }
@@ -608,7 +325,7 @@ fn a_crash_anywhere_in_a_switch_leaves_the_old_or_the_new_chain() {
         let clock = Arc::new(AtomicU64::new(1));
         faults::arm(n, Cut::Torn);
         let prepared = live.prepare_child(&child, &small_child());
-        let writers = Writers::start(std::slice::from_ref(&live), UNITS, 1, 64, &clock);
+        let writers = Writers::sharing(std::slice::from_ref(&live), UNITS, 1, 64, &clock);
         thread::sleep(Duration::from_millis(2));
         let r = prepared.and_then(|c| live.pause().push_children(vec![c]));
         let crashed = faults::events() > n;
@@ -641,11 +358,11 @@ fn a_crash_anywhere_in_a_switch_leaves_the_old_or_the_new_chain() {
         Disk::open(&base, OpenMode::ReadOnly).unwrap();
         for (u, b) in read_units(&state, UNITS).iter().enumerate() {
             let u = u as u64;
-            let seq = decode(u, b, &format!("crash at event {n}"));
+            let seq = decode(0, u, b, &format!("crash at event {n}"));
             assert!(
-                seq >= log.flushed_seq(0, u) && seq <= last_seq(&log.recs, 0, u),
+                seq >= log.flushed_seq(0, u, u64::MAX) && seq <= last_seq(&log.recs, 0, u),
                 "crash at event {n}, unit {u}: holds write {seq}, flushed {}, last {}",
-                log.flushed_seq(0, u),
+                log.flushed_seq(0, u, u64::MAX),
                 last_seq(&log.recs, 0, u)
             );
         }
@@ -669,7 +386,7 @@ fn replace_swaps_the_chain_under_writers() {
     let other = Disk::create(&b, &CreateOptions::new(size)).unwrap();
     let wrong = Disk::create(dir.path().join("w.vhdx"), &CreateOptions::new(2 * size)).unwrap();
     let clock = Arc::new(AtomicU64::new(1));
-    let writers = Writers::start(std::slice::from_ref(&live), UNITS, 2, 0, &clock);
+    let writers = Writers::sharing(std::slice::from_ref(&live), UNITS, 2, 0, &clock);
     thread::sleep(Duration::from_millis(20));
     let wrong = live.replace(wrong).unwrap_err();
     assert!(matches!(wrong, ckpt::Error::InvalidArgument(_)), "{wrong}");
@@ -687,12 +404,12 @@ fn replace_swaps_the_chain_under_writers() {
     let (in_a, in_b) = (read_units(&a, UNITS), read_units(&b, UNITS));
     for u in 0..UNITS {
         let (lo, hi) = allowed(&log.recs, 0, u, begin, end);
-        let sa = decode(u, &in_a[u as usize], "old chain");
+        let sa = decode(0, u, &in_a[u as usize], "old chain");
         assert!(
             (lo..=hi).contains(&sa),
             "unit {u}: old chain holds {sa}, allowed {lo}..={hi}"
         );
-        let sb = decode(u, &in_b[u as usize], "new chain");
+        let sb = decode(0, u, &in_b[u as usize], "new chain");
         let last = log
             .recs
             .iter()
@@ -717,10 +434,10 @@ fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
         let size = 16 * MIB;
         let base = dir.path().join("base.vhdx");
         let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
-        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.write_at(&unit_bytes(0, 0, 1), 0).unwrap();
         d.flush().unwrap();
         // Unflushed before the switch: the old top's flush makes it durable.
-        d.write_at(&unit_bytes(1, 1), unit_offset(1, 4, size))
+        d.write_at(&unit_bytes(0, 1, 1), unit_offset(1, 4, size))
             .unwrap();
         let live = Arc::new(LiveDisk::new(d));
         let child = dir.path().join("child.avhdx");
@@ -728,9 +445,9 @@ fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
         let sw = live.pause().switch_children(vec![c]).unwrap();
         // The pause is over: writes go to the child at once.
         assert_eq!(live.path().unwrap(), child);
-        live.write_at(&unit_bytes(2, 1), unit_offset(2, 4, size))
+        live.write_at(&unit_bytes(0, 2, 1), unit_offset(2, 4, size))
             .unwrap();
-        live.write_at(&unit_bytes(0, 2), 0).unwrap();
+        live.write_at(&unit_bytes(0, 0, 2), 0).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let flusher = {
             let live = live.clone();
@@ -747,7 +464,7 @@ fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
         );
         sw.flush_frozen().unwrap();
         // Writes go on while the old top is made durable.
-        live.write_at(&unit_bytes(3, 1), unit_offset(3, 4, size))
+        live.write_at(&unit_bytes(0, 3, 1), unit_offset(3, 4, size))
             .unwrap();
         assert!(rx.try_recv().is_err(), "a flush returned before `done`");
         if undo {
@@ -762,7 +479,7 @@ fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
             let mut b = vec![0u8; UNIT];
             live.read_at(&mut b, unit_offset(u as u64, 4, size))
                 .unwrap();
-            assert_eq!(decode(u as u64, &b, "live"), *w, "undo {undo}");
+            assert_eq!(decode(0, u as u64, &b, "live"), *w, "undo {undo}");
         }
         let (top, chain) = if undo {
             assert_eq!(live.path().unwrap(), base);
@@ -775,16 +492,20 @@ fn a_flush_after_a_fast_switch_waits_until_it_is_settled() {
         Arc::try_unwrap(live).unwrap().close().unwrap();
         let units = read_units(&top, 4);
         for (u, w) in want.iter().enumerate() {
-            assert_eq!(decode(u as u64, &units[u], "reopened"), *w, "undo {undo}");
+            assert_eq!(
+                decode(0, u as u64, &units[u], "reopened"),
+                *w,
+                "undo {undo}"
+            );
         }
         if !undo {
             let b = read_units(&base, 4);
-            assert_eq!(decode(0, &b[0], "frozen"), 1);
-            assert_eq!(decode(1, &b[1], "frozen"), 1);
-            assert_eq!(decode(2, &b[2], "frozen"), 0);
+            assert_eq!(decode(0, 0, &b[0], "frozen"), 1);
+            assert_eq!(decode(0, 1, &b[1], "frozen"), 1);
+            assert_eq!(decode(0, 2, &b[2], "frozen"), 0);
         }
         if have_pyvhdi() {
-            let theirs = vhdi_units(&chain, 4, size, dir.path());
+            let theirs = vhdi_chain_units(&chain, 4, size);
             assert!(theirs == units, "libvhdi reads another chain (undo {undo})");
         }
     }
@@ -803,7 +524,7 @@ fn a_fast_switch_with_a_failing_post_pause_step() {
         let size = 16 * MIB;
         let base = dir.path().join("base.vhdx");
         let d = Disk::create(&base, &CreateOptions::new(size)).unwrap();
-        d.write_at(&unit_bytes(0, 1), 0).unwrap();
+        d.write_at(&unit_bytes(0, 0, 1), 0).unwrap();
         d.flush().unwrap();
         let live = Arc::new(LiveDisk::new(d));
         let stop = Arc::new(AtomicBool::new(false));
@@ -819,7 +540,7 @@ fn a_fast_switch_with_a_failing_post_pause_step() {
                     let u = 1 + seq % 3;
                     seq += 1;
                     if live
-                        .write_at(&unit_bytes(u, seq), unit_offset(u, 4, size))
+                        .write_at(&unit_bytes(0, u, seq), unit_offset(u, 4, size))
                         .is_err()
                     {
                         break;
@@ -862,7 +583,11 @@ fn a_fast_switch_with_a_failing_post_pause_step() {
         for u in 1..4 {
             let mut b = vec![0u8; UNIT];
             live.read_at(&mut b, unit_offset(u, 4, size)).unwrap();
-            assert_eq!(decode(u, &b, &ctx), last(done.len(), u), "{ctx}: unit {u}");
+            assert_eq!(
+                decode(0, u, &b, &ctx),
+                last(done.len(), u),
+                "{ctx}: unit {u}"
+            );
         }
         let top = live.path().unwrap();
         let later = live.flush();
@@ -877,7 +602,7 @@ fn a_fast_switch_with_a_failing_post_pause_step() {
         let state = if failed { base.clone() } else { top };
         let units = read_units(&state, 4);
         for u in 1..4 {
-            let seq = decode(u, &units[u as usize], &ctx);
+            let seq = decode(0, u, &units[u as usize], &ctx);
             assert!(
                 seq >= last(flushed, u),
                 "{ctx}: unit {u}: {seq} lost a flushed write"

@@ -2,8 +2,8 @@
 //! the one below it while writer threads write and a reader reads through
 //! the handle.
 //!
-//! Every write is a self-describing 4 KiB unit (unit index, sequence
-//! number, a pattern derived from both). The frozen layers are built with
+//! Every write is a self-describing 4 KiB unit (`support::units`: disk,
+//! unit index, sequence number, a pattern derived from them). The frozen layers are built with
 //! sequence numbers that grow with the layer's height; the writers use
 //! numbers above all of those (from `WBASE`) and write only even units, so
 //! odd units must read exactly the frozen model at every moment (the
@@ -16,9 +16,7 @@
 
 mod support;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,47 +26,11 @@ use std::time::Duration;
 use ckpt::disk::live::{LiveMergeOptions, LiveMergeReport};
 use ckpt::io::{faults, Cut, Transient};
 use ckpt::{ChildOptions, CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
+use support::units::{decode, file_hash, unit_bytes, vhdi_chain_units, UNIT};
 
-const UNIT: usize = 4096;
 const MIB: u64 = 1 << 20;
 /// Writers' sequence numbers start above every frozen layer's.
 const WBASE: u64 = 1 << 40;
-
-// ------------------------------------------------------------------ units
-
-/// The bytes of write `seq` of unit `unit` (seq 0 is "never written": zeros).
-fn unit_bytes(unit: u64, seq: u64) -> Vec<u8> {
-    let mut b = vec![0u8; UNIT];
-    if seq == 0 {
-        return b;
-    }
-    b[..8].copy_from_slice(&unit.to_le_bytes());
-    b[8..16].copy_from_slice(&seq.to_le_bytes());
-    let mut x = (unit << 32 ^ seq).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for w in b[16..].chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    b
-}
-
-/// The sequence number a unit's bytes hold; panics on anything that is not
-/// a whole unit write (torn, misplaced or foreign data).
-fn decode(unit: u64, b: &[u8], what: &str) -> u64 {
-    if b.iter().all(|&x| x == 0) {
-        return 0;
-    }
-    let u = u64::from_le_bytes(b[..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
-    assert_eq!(u, unit, "{what}: unit {unit} holds unit {u}'s data");
-    assert!(
-        b == unit_bytes(unit, seq).as_slice(),
-        "{what}: unit {unit} holds a damaged write (seq {seq})"
-    );
-    seq
-}
 
 /// A chain under test: its geometry and, per unit, the frozen model.
 struct Setup {
@@ -112,7 +74,7 @@ impl Setup {
             };
             for u in (0..units).filter(|u| u % (h as u64 + 2) == 0) {
                 let seq = 1000 * (h as u64 + 1) + u;
-                d.write_at(&unit_bytes(u, seq), s.offset(u)).unwrap();
+                d.write_at(&unit_bytes(0, u, seq), s.offset(u)).unwrap();
                 s.frozen[u as usize] = seq;
             }
             let trim_block = match h {
@@ -133,6 +95,17 @@ impl Setup {
         s
     }
 
+    /// A new top over the last file, opened as a live handle.
+    fn live_top(&self, dir: &Path) -> (PathBuf, LiveDisk) {
+        let top = dir.join("top.avhdx");
+        Disk::create_child(&top, self.files.last().unwrap(), &top_opts())
+            .unwrap()
+            .close()
+            .unwrap();
+        let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
+        (top, live)
+    }
+
     /// Units through the chain of `path` (read-only).
     fn read_units(&self, path: &Path) -> Vec<u64> {
         let d = Disk::open(path, OpenMode::ReadOnly)
@@ -145,16 +118,10 @@ impl Setup {
             .map(|u| {
                 let mut b = vec![0u8; UNIT];
                 read(&mut b, self.offset(u));
-                decode(u, &b, what)
+                decode(0, u, &b, what)
             })
             .collect()
     }
-}
-
-fn file_hash(p: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    std::fs::read(p).unwrap().hash(&mut h);
-    h.finish()
 }
 
 // ---------------------------------------------------------------- writers
@@ -198,7 +165,7 @@ impl Load {
                         let u = mine[(x >> 33) as usize % mine.len()];
                         let w = log.written.entry(u).or_default();
                         let seq = WBASE + w.len() as u64 + 1;
-                        if let Err(e) = live.write_at(&unit_bytes(u, seq), offs[u as usize]) {
+                        if let Err(e) = live.write_at(&unit_bytes(0, u, seq), offs[u as usize]) {
                             log.error = Some(e.to_string());
                             break;
                         }
@@ -241,7 +208,7 @@ impl Load {
                         // Only after a simulated crash of the top.
                         break;
                     }
-                    let seq = decode(u, &b, "a read during the merge");
+                    let seq = decode(0, u, &b, "a read during the merge");
                     assert_eq!(seq, frozen[u as usize], "unit {u} read during the merge");
                     n += 1;
                 }
@@ -281,34 +248,6 @@ fn model(s: &Setup, log: &Log) -> Vec<u64> {
 
 // ----------------------------------------------------------------- libvhdi
 
-/// Reads `count` units `stride` bytes apart from the top of a chain given
-/// base first; prints their sequence numbers (0 for zeros), one a line.
-const READ_SEQS: &str = r#"
-import sys
-import pyvhdi
-stride, count = int(sys.argv[1]), int(sys.argv[2])
-files = []
-for p in sys.argv[3:]:
-    f = pyvhdi.file()
-    f.open(p)
-    files.append(f)
-for i in range(1, len(files)):
-    files[i].set_parent(files[i - 1])
-top = files[-1]
-for u in range(count):
-    data = top.read_buffer_at_offset(4096, u * stride)
-    if len(data) != 4096:
-        sys.exit("short read at unit %d" % u)
-    if data == bytes(4096):
-        print(0)
-        continue
-    if int.from_bytes(data[:8], "little") != u:
-        sys.exit("unit %d holds another unit" % u)
-    print(int.from_bytes(data[8:16], "little"))
-for f in reversed(files):
-    f.close()
-"#;
-
 /// libvhdi 20210425 cannot read a zero block (PAYLOAD_BLOCK_ZERO, what a
 /// whole-block trim leaves in a differencing layer): it reads the parent
 /// there (see `tests/libvhdi.rs`). The units of the blocks `Setup::build`
@@ -324,14 +263,10 @@ fn vhdi_comparable(s: &Setup, seqs: &[u64]) -> Vec<(u64, u64)> {
 /// The sequence numbers libvhdi reads at the top of `base_first` (each
 /// with its unit), those of [`vhdi_comparable`] units only.
 fn vhdi_seqs(s: &Setup, base_first: &[PathBuf]) -> Vec<(u64, u64)> {
-    let mut args = vec![s.offset(1).to_string(), s.units.to_string()];
-    args.extend(base_first.iter().map(|p| p.display().to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = support::python(READ_SEQS, &args);
-    let all: Vec<u64> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
+    let all: Vec<u64> = vhdi_chain_units(base_first, s.units, s.size)
+        .iter()
+        .enumerate()
+        .map(|(u, b)| decode(0, u as u64, b, "libvhdi"))
         .collect();
     vhdi_comparable(s, &all)
 }
@@ -491,14 +426,8 @@ fn a_middle_layer_is_merged_while_writers_write() {
 fn a_cancel_half_way_changes_nothing_and_a_retry_finishes() {
     let dir = support::tempdir();
     let s = Setup::build(dir.path(), 3, 32 * MIB, 256);
-    let top = dir.path().join("top.avhdx");
-    Disk::create_child(&top, &s.files[2], &top_opts())
-        .unwrap()
-        .close()
-        .unwrap();
-    let live = Arc::new(LiveDisk::new(
-        Disk::open(&top, OpenMode::ReadWrite).unwrap(),
-    ));
+    let (top, live) = s.live_top(dir.path());
+    let live = Arc::new(live);
     let load = Load::start(&live, &s, 1, 8);
     let chain = live.chain();
     let base_hash = file_hash(&s.files[0]);
@@ -546,12 +475,7 @@ fn a_cancel_half_way_changes_nothing_and_a_retry_finishes() {
 /// Events of the merging thread before the copy's last progress call.
 fn copy_events(dir: &Path) -> u64 {
     let s = Setup::build(dir, 3, 8 * MIB, 64);
-    let top = dir.join("top.avhdx");
-    Disk::create_child(&top, &s.files[2], &top_opts())
-        .unwrap()
-        .close()
-        .unwrap();
-    let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
+    let (_, live) = s.live_top(dir);
     let mut last = 0u64;
     let mut f = |_: u64, _: u64| {
         last = faults::events();
@@ -579,14 +503,8 @@ fn a_failed_write_during_the_merge_changes_nothing_and_a_retry_finishes() {
         for kind in [Transient::Eio, Transient::NoSpace] {
             let dir = support::tempdir();
             let s = Setup::build(dir.path(), 3, 8 * MIB, 64);
-            let top = dir.path().join("top.avhdx");
-            Disk::create_child(&top, &s.files[2], &top_opts())
-                .unwrap()
-                .close()
-                .unwrap();
-            let live = Arc::new(LiveDisk::new(
-                Disk::open(&top, OpenMode::ReadWrite).unwrap(),
-            ));
+            let (top, live) = s.live_top(dir.path());
+            let live = Arc::new(live);
             let load = Load::start(&live, &s, 1, 8);
             let chain = live.chain();
             faults::arm_transient(n, kind);
@@ -614,12 +532,7 @@ fn a_failed_write_during_the_merge_changes_nothing_and_a_retry_finishes() {
 fn a_second_merge_or_a_bad_layer_is_refused_and_changes_nothing() {
     let dir = support::tempdir();
     let s = Setup::build(dir.path(), 2, 8 * MIB, 64);
-    let top = dir.path().join("top.avhdx");
-    Disk::create_child(&top, &s.files[1], &top_opts())
-        .unwrap()
-        .close()
-        .unwrap();
-    let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
+    let (top, live) = s.live_top(dir.path());
     for k in [0, 2, 7] {
         let e = live.merge_down(k, LiveMergeOptions::default()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "layer {k}: {e}");
@@ -672,12 +585,7 @@ fn crash_everywhere(k: usize, cut: Cut) {
     // guest writes vary: the count is a bound, not exact).
     let dir = support::tempdir();
     let s = Setup::build(dir.path(), 3, 8 * MIB, 64);
-    let top = dir.path().join("top.avhdx");
-    Disk::create_child(&top, &s.files[2], &top_opts())
-        .unwrap()
-        .close()
-        .unwrap();
-    let live = LiveDisk::new(Disk::open(&top, OpenMode::ReadWrite).unwrap());
+    let (_, live) = s.live_top(dir.path());
     faults::arm(u64::MAX, cut);
     live.merge_down(k, LiveMergeOptions::default()).unwrap();
     let events = faults::disarm();
@@ -688,15 +596,9 @@ fn crash_everywhere(k: usize, cut: Cut) {
     for n in 0..events + 4 {
         let dir = support::tempdir();
         let s = Setup::build(dir.path(), 3, 8 * MIB, 64);
-        let top = dir.path().join("top.avhdx");
-        Disk::create_child(&top, &s.files[2], &top_opts())
-            .unwrap()
-            .close()
-            .unwrap();
         let base_hash = file_hash(&s.files[0]);
-        let live = Arc::new(LiveDisk::new(
-            Disk::open(&top, OpenMode::ReadWrite).unwrap(),
-        ));
+        let (top, live) = s.live_top(dir.path());
+        let live = Arc::new(live);
         let load = Load::start(&live, &s, 1, 4);
         thread::sleep(Duration::from_millis(1));
         faults::arm(n, cut);
@@ -791,14 +693,8 @@ fn a_torn_write_anywhere_leaves_the_old_or_the_new_chain() {
 fn a_switch_during_the_copy_is_followed() {
     let dir = support::tempdir();
     let s = Setup::build(dir.path(), 3, 32 * MIB, 256);
-    let top = dir.path().join("top.avhdx");
-    Disk::create_child(&top, &s.files[2], &top_opts())
-        .unwrap()
-        .close()
-        .unwrap();
-    let live = Arc::new(LiveDisk::new(
-        Disk::open(&top, OpenMode::ReadWrite).unwrap(),
-    ));
+    let (top, live) = s.live_top(dir.path());
+    let live = Arc::new(live);
     let load = Load::start(&live, &s, 2, 16);
     let newer = dir.path().join("newer.avhdx");
     let mut pushed = false;

@@ -6,27 +6,15 @@
 //! And a collapse that fails after the operation committed does not report
 //! the operation as failed.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ckpt::checkpoint::{CheckpointType, NoHooks, Vm, VmSpec};
 use ckpt::io::{faults, Cut};
 use ckpt::{CreateOptions, Disk, OpenMode};
-
-const SIZE: u64 = 4 << 20;
-
-fn put(p: &Path, byte: u8) {
-    let d = Disk::open(p, OpenMode::ReadWrite).unwrap();
-    d.write_at(&[byte; 4096], 1 << 20).unwrap();
-    d.close().unwrap();
-}
-
-fn get(p: &Path) -> u8 {
-    let d = Disk::open(p, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut b = [0u8; 4096];
-    d.read_at(&mut b, 1 << 20).unwrap();
-    b[0]
-}
+use support::marked::{get, put, SIZE};
 
 /// A (0x11) hidden, with B (0x22, and C 0x33 under it with `c`) and the
 /// current state (0x44) under it.

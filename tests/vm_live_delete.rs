@@ -9,85 +9,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use ckpt::checkpoint::{CheckpointType, Hooks, NoHooks, Vm, VmSpec};
 use ckpt::io::{faults, Cut};
-use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
+use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk};
 
 include!("support/live_units.rs");
-
-/// Reads UNITS units from the top of a chain given base first (libvhdi).
-const READ_UNITS: &str = r#"
-import sys
-import pyvhdi
-stride, count = int(sys.argv[1]), int(sys.argv[2])
-files = []
-for p in sys.argv[3:]:
-    f = pyvhdi.file()
-    f.open(p)
-    files.append(f)
-for i in range(1, len(files)):
-    files[i].set_parent(files[i - 1])
-top = files[-1]
-out = sys.stdout.buffer
-for u in range(count):
-    data = top.read_buffer_at_offset(4096, u * stride)
-    if len(data) != 4096:
-        sys.exit("short read at unit %d" % u)
-    out.write(data)
-for f in reversed(files):
-    f.close()
-"#;
-
-fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
-    let d = Disk::open(top, OpenMode::ReadOnly).unwrap();
-    let mut chain: Vec<String> = d
-        .chain()
-        .into_iter()
-        .map(|p| p.unwrap().display().to_string())
-        .collect();
-    drop(d);
-    chain.reverse();
-    let stride = unit_offset(1).to_string();
-    let count = UNITS.to_string();
-    let mut args: Vec<&str> = vec![&stride, &count];
-    args.extend(chain.iter().map(String::as_str));
-    let data = support::python(READ_UNITS, &args);
-    assert_eq!(data.len(), UNITS as usize * UNIT);
-    data.chunks(UNIT).map(<[u8]>::to_vec).collect()
-}
-
-fn pyvhdi() -> bool {
-    let ok = support::have_pyvhdi();
-    if !ok {
-        support::missing("the Python module pyvhdi (Debian package python3-libvhdi)");
-    }
-    ok
-}
-
-// ------------------------------------------------------------------ setup
-
-/// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
-fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
-    let mut disks = Vec::new();
-    for i in 0..n {
-        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
-            .unwrap()
-            .close()
-            .unwrap();
-        disks.push(p);
-    }
-    let dir = root.join("vm");
-    let mut spec = VmSpec::new("live", disks);
-    spec.settings.checkpoint_type = kind;
-    Vm::create(&dir, &spec).unwrap();
-    dir
-}
 
 /// Hooks that count progress calls and cancel at call `cancel_at`.
 #[derive(Default)]
@@ -186,9 +116,7 @@ fn check_all(mut vm: Vm, disks: Vec<Arc<LiveDisk>>, log: &Log, kept: &[(String, 
 #[test]
 fn delete_middle_then_current_parent_while_writers_write() {
     let t = support::tempdir();
-    let dir = build(t.path(), 2, CheckpointType::Standard);
-    let mut vm = Vm::open(&dir).unwrap();
-    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -235,9 +163,7 @@ fn delete_middle_then_current_parent_while_writers_write() {
 #[test]
 fn cancel_half_way_then_retry_while_writers_write() {
     let t = support::tempdir();
-    let dir = build(t.path(), 2, CheckpointType::Standard);
-    let mut vm = Vm::open(&dir).unwrap();
-    let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -291,9 +217,7 @@ fn crash_sweep(victim: &str) {
             break;
         }
         let t = support::fast_tempdir();
-        let dir = build(t.path(), 2, CheckpointType::Standard);
-        let mut vm = Vm::open(&dir).unwrap();
-        let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
+        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
         let clock = Arc::new(AtomicU64::new(0));
         let writers = Writers::start(&disks, 4, &clock);
         let mut made = Vec::new();
@@ -337,17 +261,7 @@ fn crash_sweep(victim: &str) {
                 Err(_) => assert_eq!(name, victim, "{ctx}: {name} lost"),
             }
         }
-        for (d, p) in vm.data().current.disks.iter().enumerate() {
-            let units = read_units(p);
-            for u in 0..UNITS {
-                let seq = decode(d, u, &units[u as usize], &ctx);
-                let want = log.flushed_seq(d, u, cut);
-                assert!(
-                    seq >= want,
-                    "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
-                );
-            }
-        }
+        assert_flushed_kept(&log, &vm.data().current.disks, cut, &ctx);
         n += 1;
     }
 }

@@ -2,35 +2,15 @@
 //! are stored relative to it, so a moved VM keeps working; a copy gets its
 //! own id and never changes a file the original VM still uses.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use ckpt::checkpoint::owner::stamp_of;
 use ckpt::checkpoint::{NoHooks, Vm, VmSpec};
 use ckpt::io::{faults, Cut};
-use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
-
-const SIZE: u64 = 4 << 20;
-
-fn make_disk(p: &Path) {
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    Disk::create(p, &CreateOptions::new(SIZE).block_size(1 << 20))
-        .unwrap()
-        .close()
-        .unwrap();
-}
-
-fn put(p: &Path, byte: u8) {
-    let d = Disk::open(p, OpenMode::ReadWrite).unwrap();
-    d.write_at(&[byte; 4096], 1 << 20).unwrap();
-    d.close().unwrap();
-}
-
-fn get(p: &Path) -> u8 {
-    let d = Disk::open(p, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut b = [0u8; 4096];
-    d.read_at(&mut b, 1 << 20).unwrap();
-    b[0]
-}
+use ckpt::{Disk, ErrorKind};
+use support::marked::{get, make_disk, put};
 
 /// A VM in `dir` with its disk `disk`: A (0x11) -> B (0x22) -> now (0x33).
 fn vm_with_two(dir: &Path, disk: &Path) {

@@ -6,39 +6,16 @@
 //! delete runs only when asked again. A delete interrupted by a crash after
 //! its merge really removed a source is still finished on reopen.
 
-#[cfg(feature = "cli")]
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ckpt::checkpoint::{CheckpointType, NoHooks, Vm, VmSpec};
-use ckpt::io::{faults, Cut};
-use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
-
-const SIZE: u64 = 4 << 20;
-
-fn make_disk(p: &Path) {
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    Disk::create(p, &CreateOptions::new(SIZE).block_size(1 << 20))
-        .unwrap()
-        .close()
-        .unwrap();
-}
-
-fn put(p: &Path, byte: u8) {
-    let d = Disk::open(p, OpenMode::ReadWrite).unwrap();
-    d.write_at(&[byte; 4096], 1 << 20).unwrap();
-    d.close().unwrap();
-}
-
-fn get(p: &Path) -> u8 {
-    let d = Disk::open(p, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut b = [0u8; 4096];
-    d.read_at(&mut b, 1 << 20).unwrap();
-    assert!(b.iter().all(|&x| x == b[0]), "{}: mixed", p.display());
-    b[0]
-}
+use ckpt::io::Cut;
+use ckpt::{Disk, ErrorKind, OpenMode};
+use support::marked::{get, make_disk, put};
+use support::sweep::{every_cut, reopened};
 
 /// Every file under `root` (path → bytes), the lock file left out.
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -186,37 +163,25 @@ fn a_crash_in_the_delete_of_an_empty_dependant_is_finished() {
         vm.create_checkpoint("E", None, &mut NoHooks).unwrap();
         vm
     };
-    let t = tempfile::tempdir().unwrap();
-    let mut vm = build_empty(t.path());
-    faults::arm(u64::MAX, Cut::Clean);
-    vm.delete("E", false, &mut NoHooks).unwrap();
-    let events = faults::disarm();
-    drop(vm);
+    let events = every_cut(
+        build_empty,
+        Cut::Clean,
+        |vm| vm.delete("E", false, &mut NoHooks),
+        |run| {
+            let ctx = run.ctx();
+            // A cut after the commit may report success (the tidy-up is left
+            // for the next open): then E must be gone after the reopen.
+            let committed = run.result.is_ok();
+            let vm = reopened(run.vm, &ctx);
+            assert!(!committed || vm.find("E").is_err(), "{ctx}: Ok but E kept");
+            assert_eq!(get(&vm.data().current.disks[0]), 0x22, "{ctx}");
+            assert_eq!(get(&vm.find("A").unwrap().disks[0]), 0x11, "{ctx}");
+            if let Ok(e) = vm.find("E") {
+                assert_eq!(get(&e.disks[0]), 0x22, "{ctx}");
+            }
+        },
+    );
     assert!(events > 3);
-    for n in 0..events {
-        let t = tempfile::tempdir().unwrap();
-        let mut vm = build_empty(t.path());
-        faults::arm(n, Cut::Clean);
-        let r = vm.delete("E", false, &mut NoHooks);
-        faults::disarm();
-        // A cut after the commit may report success (the tidy-up is left
-        // for the next open): then E must be gone after the reopen.
-        let committed = r.is_ok();
-        drop(vm);
-        let vm = Vm::open(&t.path().join("vm"))
-            .unwrap_or_else(|e| panic!("cut at {n} of {events}: reopen: {e}"));
-        assert!(
-            !committed || vm.find("E").is_err(),
-            "cut at {n}: Ok but E kept"
-        );
-        assert!(!vm.dir().join("journal.json").exists(), "cut at {n}");
-        assert_eq!(get(&vm.data().current.disks[0]), 0x22, "cut at {n}");
-        assert_eq!(get(&vm.find("A").unwrap().disks[0]), 0x11, "cut at {n}");
-        if let Ok(e) = vm.find("E") {
-            assert_eq!(get(&e.disks[0]), 0x22, "cut at {n}");
-        }
-        assert!(vm.strays().unwrap().is_empty(), "cut at {n}");
-    }
 }
 
 /// Deleting A merges B into A and re-points the current disk at A: while

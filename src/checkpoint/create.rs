@@ -314,10 +314,23 @@ impl Vm {
         match live {
             // Pause, switch, commit, resume I/O (see `live.rs`).
             Some(children) => self.switch_live(children, &id, |vm| vm.save())?,
-            None => self.save()?,
+            // A save that failed once `vm.json` was in place (syncing its
+            // folder) committed all the same.
+            None => {
+                if let Err(e) = self.save() {
+                    if !self.stored_holds(|d| d.checkpoints.iter().any(|c| c.id == id)) {
+                        return Err(e);
+                    }
+                    self.after_commit(&format!("creating checkpoint {name:?}"), Err(e));
+                }
+            }
         }
+        // Committed: the checkpoint exists, and what fails from here on is
+        // tidying up ([`Vm::take_warnings`]; the next open removes the
+        // journal).
         if !chained {
-            self.end_journal()?;
+            let r = self.end_journal();
+            self.after_commit(&format!("creating checkpoint {name:?}"), r);
         }
         Ok(ck)
     }
@@ -444,19 +457,24 @@ impl Vm {
             };
             self.save()
         })();
+        let what = format!("applying checkpoint {:?}", target.name);
         if let Err(e) = r {
-            drop(opened);
-            // Roll back here (a reopen after a crash rolls forward instead).
-            if let Ok(d) = read_vm_file(&self.dir.join(VM_FILE)) {
-                self.data = d;
-            }
-            if self.data.current.disks != new_files {
-                let undone = new_files.iter().all(|f| remove_if_exists(f).is_ok());
-                if undone {
-                    let _ = self.end_journal();
+            // A save that failed once `vm.json` was in place (syncing its
+            // folder) committed all the same.
+            let stored = read_vm_file(&self.dir.join(VM_FILE));
+            if !stored.as_ref().is_ok_and(|d| d.current.disks == new_files) {
+                drop(opened);
+                // Roll back here (a reopen after a crash rolls forward instead).
+                if let Ok(d) = stored {
+                    self.data = d;
+                    let undone = new_files.iter().all(|f| remove_if_exists(f).is_ok());
+                    if undone {
+                        let _ = self.end_journal();
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
+            self.after_commit(&what, Err(e));
         }
         // Committed: the live handles follow, their old chains closed
         // before the old files go; the rest is tidying up
@@ -469,7 +487,6 @@ impl Vm {
             self.release_saved_state(old_saved)?;
             self.end_journal()
         })();
-        let what = format!("applying checkpoint {:?}", target.name);
         if r.is_err() {
             self.after_commit(&what, r);
         } else if let Some(p) = old_parent {
@@ -491,9 +508,19 @@ impl Vm {
         // The handle shows what vm.json holds: a rename that could not be
         // saved is undone.
         let saved = self.save();
-        if saved.is_err() {
+        if let Err(e) = saved {
+            // Stored all the same (only syncing its folder failed): kept.
+            if self.stored_holds(|d| {
+                d.checkpoints
+                    .iter()
+                    .any(|c| c.id == id && c.name == new_name)
+            }) {
+                self.after_commit(&format!("renaming checkpoint {old:?}"), Err(e));
+                return Ok(());
+            }
             self.data.checkpoints[i].name = old;
+            return Err(e);
         }
-        saved
+        Ok(())
     }
 }

@@ -36,7 +36,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::vm::*;
-use crate::checkpoint::model::*;
 use crate::checkpoint::owner;
 use crate::disk::live::{pause_all, LiveDisk, NewChild};
 use crate::disk::{ChildOptions, Disk, OpenMode};
@@ -44,8 +43,8 @@ use crate::error::{Error, Result};
 
 impl Vm {
     /// The live handle of disk `i` of the current state (the order of
-    /// [`VmFile::disks`]; pass-through devices are not disks). The first
-    /// call attaches the VM: every current disk is opened read-write (all
+    /// [`VmFile::disks`](crate::checkpoint::VmFile::disks); pass-through
+    /// devices are not disks). The first call attaches the VM: every current disk is opened read-write (all
     /// or none: a disk another handle or process holds is `Busy`, and then
     /// none stays open); later calls hand out the same handle. An index
     /// past the last disk is `InvalidArgument`, and attaches nothing; so is
@@ -156,10 +155,7 @@ impl Vm {
         // The pause is over: the guest writes into the children.
         let r = switch.flush_frozen().and_then(|_| commit(self));
         if let Err(e) = r {
-            let committed = read_vm_file(&self.dir.join(VM_FILE))
-                .map(|d| d.checkpoints.iter().any(|c| c.id == id))
-                .unwrap_or(false);
-            if !committed {
+            if !self.stored_holds(|d| d.checkpoints.iter().any(|c| c.id == id)) {
                 if let Err(u) = switch.undo() {
                     return Err(Error::InvalidArgument(format!(
                         "{e}; and the live disks could not be switched back ({u}): detach \
@@ -168,6 +164,7 @@ impl Vm {
                 }
                 return Err(e);
             }
+            self.after_commit(&format!("the live create of checkpoint {id}"), Err(e));
         }
         if let Err(e) = switch.done() {
             self.warnings.push(format!(

@@ -446,11 +446,13 @@ impl Vm {
         &self.data
     }
 
-    /// Warnings of the last operations, emptied by this call: a delete or
-    /// apply is done once committed (the VM file says so), and a step after
-    /// that which fails — removing the old files, collapsing a hidden branch
-    /// point — is not reported as its failure but here; that tidy-up is
-    /// finished when the VM is next opened (or before its next operation).
+    /// Warnings of the last operations, emptied by this call: a create,
+    /// delete, apply, revert or rename is done once committed (the VM file
+    /// says so), and a step after that which fails — removing the journal
+    /// or the old files, collapsing a hidden branch point — is not reported
+    /// as its failure but here; that tidy-up is finished when the VM is
+    /// next opened (or before its next operation). A memory state that
+    /// [`Vm::set_state`] could not release is named here too.
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
@@ -463,6 +465,12 @@ impl Vm {
                  that is finished when the VM is next opened"
             ));
         }
+    }
+
+    /// Whether `vm.json` as stored satisfies `done`: an operation that
+    /// failed is judged committed or not by the file, never by the handle.
+    pub(super) fn stored_holds(&self, done: impl FnOnce(&VmFile) -> bool) -> bool {
+        read_vm_file(&self.dir.join(VM_FILE)).is_ok_and(|d| done(&d))
     }
 
     /// The checkpoint location (configuration copies and memory state).
@@ -499,7 +507,17 @@ impl Vm {
             None
         };
         self.save_or_restore(before)?;
-        self.release_saved_state(old)
+        // Committed: a memory state left behind is a warning (no journal
+        // names it: `vm show` lists it as a stray).
+        let left = old.clone();
+        if let (Err(e), Some(p)) = (self.release_saved_state(old), left) {
+            self.warnings.push(format!(
+                "the VM state was set to {state}, but its old memory state {} could not be \
+                 removed ({e}): remove it by hand (`vm show` lists it as a stray)",
+                p.display()
+            ));
+        }
+        Ok(())
     }
 
     /// The configuration copy and memory state of checkpoint `c` that can
@@ -576,12 +594,24 @@ impl Vm {
         if old != new && !past.contains(&old) {
             past.push(old);
         }
+        let want = (
+            self.data.settings.clone(),
+            self.data.past_checkpoint_locations.clone(),
+        );
         let saved = self.save();
-        if saved.is_err() {
+        if let Err(e) = saved {
+            // Stored all the same (only syncing its folder failed): kept.
+            if self
+                .stored_holds(|d| (&d.settings, &d.past_checkpoint_locations) == (&want.0, &want.1))
+            {
+                self.after_commit("changing the checkpoint settings", Err(e));
+                return Ok(());
+            }
             self.data.settings = old_settings;
             self.data.past_checkpoint_locations = old_past;
+            return Err(e);
         }
-        saved
+        Ok(())
     }
 
     /// The checkpoint called `name` (hidden ones are not found by name; one

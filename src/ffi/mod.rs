@@ -15,14 +15,14 @@
 //!   [`status::status_of`];
 //! - raw pointers are turned into references only through the helpers
 //!   below, which check for NULL first; strings go out through one
-//!   size-then-fill helper ([`write_string`], and [`write_measured`] for
+//!   size-then-fill helper (`write_string`, and `write_measured` for
 //!   texts that may change between the two calls), versioned structs in
-//!   and out through [`read_versioned`] / [`write_versioned`].
+//!   and out through `read_versioned` / `write_versioned`.
 //!
 //! What the folder holds:
 //!
 //! - `mod.rs`: the panic boundary, the pointer, string and versioned-struct
-//!   helpers, [`FfiError`];
+//!   helpers, `FfiError`;
 //! - `status.rs`: `ckpt_status` and the one mapping from
 //!   [`ckpt::Error`](crate::Error); `last_error.rs`: the thread-local last
 //!   error and its getters; `version.rs`: the version functions;

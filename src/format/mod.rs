@@ -13,7 +13,7 @@
 //! - `log/`: the log: entry layout (`mod.rs`), reading one entry
 //!   (`entry.rs`), the active-sequence search (`scan.rs`), new entries
 //!   (`build.rs`).
-//! - `read.rs`: [`Reader`], bounds-checked little-endian reads that fail
+//! - `read.rs`: `Reader`, bounds-checked little-endian reads that fail
 //!   with a typed [`Corruption`](crate::error::Corruption), never a panic.
 //!
 //! Depends on `crate::error` only: nothing above it (`disk`, `checkpoint`,

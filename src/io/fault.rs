@@ -1,5 +1,5 @@
-//! Fault injection for tests: [`FaultStorage`], a memory storage that
-//! "crashes" or fails once after a number of events, and [`Transient`].
+//! Fault injection for tests: `FaultStorage`, a memory storage that
+//! "crashes" or fails once after a number of events, and `Transient`.
 //! Compiled only with the `fault-injection` feature (tests and fuzzing
 //! enable it), except [`Cut`], which [`super::faults`] also names.
 
@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "fault-injection")]
 use super::{platform, write_zeros, MemStorage, Storage};
 
-/// What a [`FaultStorage`] does at its cut point.
+/// What a `FaultStorage` (`fault-injection` feature) or an armed
+/// [`super::faults`] counter does at its cut point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
     /// The operation at the cut point does not happen at all.
@@ -25,8 +26,9 @@ pub enum Cut {
 mod inject {
     use super::*;
     /// The error of a transient fault ([`FaultStorage::transient`],
-    /// [`faults::arm_transient`]): the failing operation has no effect, and the
-    /// storage works again afterwards.
+    /// [`faults::arm_transient`](crate::io::faults::arm_transient)): the
+    /// failing operation has no effect, and the storage works again
+    /// afterwards.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Transient {
         /// An I/O error (`EIO`).

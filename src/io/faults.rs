@@ -8,7 +8,7 @@
 //! thread-local read per operation.
 //!
 //! The arming functions exist only with the `fault-injection` feature;
-//! without it [`event`] always says "go ahead" and compiles to nothing.
+//! without it `event` always says "go ahead" and compiles to nothing.
 
 use std::io;
 

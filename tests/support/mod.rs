@@ -12,7 +12,10 @@
 //! - [`raw`]: an independent raw VHDX parser to damage images field by
 //!   field; [`ops`]: a byte model of operations with the old-or-new
 //!   judgement; [`lossy`]: a storage that loses any subset of unsynced
-//!   writes; [`sparse`]: a sparse crashing storage for huge images.
+//!   writes; [`sparse`]: a sparse crashing storage for huge images;
+//!   [`marked`]: small VM disks marked with one byte; [`sweep`]: crash
+//!   sweeps of VM operations; [`units`]: self-describing
+//!   units written by writer threads, for live disks and attached VMs.
 //!   (`rawlog.rs` is included by path by the files that need it.)
 
 #![allow(dead_code)]
@@ -20,11 +23,14 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod lossy;
+pub mod marked;
 pub mod model;
 pub mod ops;
 pub mod oracle;
 pub mod raw;
 pub mod sparse;
+pub mod sweep;
+pub mod units;
 
 // One flat namespace for the test files (`support::tempdir`, `support::qemu_img`, ...).
 #[allow(unused_imports)]

@@ -205,8 +205,8 @@ impl LiveDisk {
 
     /// Merge layer `k` of the live chain (`0` is the top; `k ≥ 1`, and
     /// layer `k + 1` must exist) into layer `k + 1` while I/O goes on, then
-    /// drop layer `k` from the chain in one short pause; see the
-    /// [module doc](self) for the steps, what readers see, cancel and
+    /// drop layer `k` from the chain in one short pause; see the doc of
+    /// `src/disk/live/merge.rs` for the steps, what readers see, cancel and
     /// crashes. Returns the merged file's path for the caller to remove.
     ///
     /// One live merge runs on a handle at a time (a second is refused with

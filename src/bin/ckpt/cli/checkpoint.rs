@@ -346,6 +346,7 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
         line.push_str(&format!(" [warning: {w}]"));
     }
     println!("{line}");
+    warn(&mut vm);
     hooks.thaw_result(&format!("checkpoint \"{}\" was taken", ck.name))
 }
 
@@ -621,6 +622,7 @@ fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
     find(&mut vm, name)?;
     vm.rename(name, new_name).map_err(vm_error)?;
     println!("Renamed checkpoint \"{name}\" to \"{new_name}\"");
+    warn(&mut vm);
     Ok(())
 }
 

@@ -483,6 +483,9 @@ fn set(dir: &Path, c: &Changes) -> CliResult {
             .map(human_duration)
             .unwrap_or_else(|| "off".into()),
     );
+    for w in vm.take_warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok(())
 }
 
