@@ -225,22 +225,6 @@ impl Vm {
         let tops = self.live_tops();
         touched.retain(|f| !tops.iter().any(|t| same_file(t, f)));
         owner::refuse_foreign(&self.data, &touched, "deleting this checkpoint")?;
-        // A live merge re-links only the layer above the merged one.
-        if let Some(d) = dep {
-            let grand = self.dependants(d);
-            let in_live = dep_disks
-                .iter()
-                .enumerate()
-                .any(|(k, s)| self.live_layer(k, s).is_some());
-            if in_live && grand.len() > 1 {
-                return Err(Error::Busy(format!(
-                    "deleting checkpoint {:?} merges the disks of a branch point that the \
-                     running VM's disks hang under, and a live merge cannot re-point the \
-                     other branch: detach the VM first: nothing was changed",
-                    node.name
-                )));
-            }
-        }
         let mut sizes = Vec::new();
         // Per file system (device): a folder on it and the bytes still free
         // there, merge after merge (each frees its source's file at the end).
@@ -547,6 +531,7 @@ impl Vm {
             None => Vec::new(),
         };
         let mut todo = Vec::new();
+        let mut relinked = Vec::new();
         for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
             if src == target {
                 continue; // already merged
@@ -565,7 +550,10 @@ impl Vm {
                 )));
             }
             if self.live_layer(k, src).is_none() && self.live_layer(k, target).is_some() {
-                continue; // merged live already: the chain was re-linked
+                // Merged live already (the chain was re-linked); the other
+                // branches may still name the source.
+                relinked.push((k, target));
+                continue;
             }
             todo.push((k, target, src, merge_size(src, target)?));
         }
@@ -575,6 +563,9 @@ impl Vm {
             if !h.progress(0, grand_total) {
                 return Err(Error::Cancelled);
             }
+        }
+        for (k, target) in relinked {
+            self.repoint_branches(k, target, &grand)?;
         }
         let mut base = 0u64;
         for (k, target, src, size) in todo {
@@ -608,6 +599,7 @@ impl Vm {
                         space_limit: None,
                     },
                 )?;
+                self.repoint_branches(k, target, &grand)?;
                 base += size;
                 continue;
             }
@@ -621,6 +613,30 @@ impl Vm {
             merge::merge(src, opts)?;
             base += size;
         }
+        Ok(())
+    }
+
+    /// After disk `k` of a branch point was merged live into `target` (the
+    /// live chain re-linked the layer above it): disk `k` of every other
+    /// state in `grand` (the branch point's dependants, which no live chain
+    /// holds: checkpoint disks) is re-pointed at `target` and its new
+    /// DataWriteGuid, as the offline merge re-points descendants. Until
+    /// then they name the merged source, which reads the same and is only
+    /// removed once the delete commits; doing it again changes nothing, so
+    /// a retry or the journal's finish after a crash may repeat it.
+    fn repoint_branches(&self, k: usize, target: &Path, grand: &[Option<String>]) -> Result<()> {
+        let mut others = Vec::new();
+        for g in grand {
+            let x = self.disks_of(g)?[k].clone();
+            if self.live_layer(k, &x).is_none() && !same_file(&x, target) {
+                others.push(x);
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        let guid = merge::open_single(target, false)?.header().data_write_guid;
+        merge::repoint(&others, target, &guid)?;
         Ok(())
     }
 

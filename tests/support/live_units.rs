@@ -82,6 +82,18 @@ struct Writers {
 
 impl Writers {
     fn start(disks: &[Arc<LiveDisk>], flush_every: u64, clock: &Arc<AtomicU64>) -> Writers {
+        Writers::start_after(disks, flush_every, clock, &Log::default())
+    }
+
+    /// As [`Writers::start`], each unit's sequence going on after the last
+    /// write of `before` (writers started again, e.g. after an apply), so
+    /// that no two writes of a unit ever write the same bytes.
+    fn start_after(
+        disks: &[Arc<LiveDisk>],
+        flush_every: u64,
+        clock: &Arc<AtomicU64>,
+        before: &Log,
+    ) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = disks
             .iter()
@@ -90,8 +102,8 @@ impl Writers {
                 let disk = disk.clone();
                 let stop = stop.clone();
                 let clock = clock.clone();
+                let mut seqs: Vec<u64> = (0..UNITS).map(|u| last_seq(&before.recs, d, u)).collect();
                 thread::spawn(move || {
-                    let mut seqs = vec![0u64; UNITS as usize];
                     let mut log = Log::default();
                     let mut x = 0x9876_5432u64 + d as u64;
                     let mut n = 0u64;
