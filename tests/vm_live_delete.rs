@@ -755,3 +755,44 @@ fn transient_error_then_retry_of_a_live_delete_above_a_branch_point() {
         n += 1;
     }
 }
+
+/// A disk of the other branch held by someone else refuses the delete
+/// above the branch point with `Busy` naming it, changing nothing; once it
+/// is free, the delete goes through.
+#[test]
+fn a_held_branch_disk_refuses_the_delete_above_a_branch_point() {
+    let t = support::tempdir();
+    let (dir, br) = branch(t.path(), 1, true, 12);
+    let Branch {
+        mut vm,
+        disks,
+        clock,
+        writers,
+        held,
+        base,
+        ..
+    } = br;
+    let b = vm.find("b").unwrap().clone();
+    let before = std::fs::read(dir.join("vm.json")).unwrap();
+    let holder = Disk::open(&b.disks[0], OpenMode::ReadOnly).unwrap();
+    let e = vm.delete("first", false, &mut NoHooks).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let name = b.disks[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(e.to_string().contains(&name), "{e}");
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    assert!(!dir.join("journal.json").exists());
+    drop(holder);
+    vm.delete("first", false, &mut NoHooks).unwrap();
+    let_write(&clock, 12);
+    let log = writers.finish();
+    assert!(log.error.is_none(), "the guest saw {:?}", log.error);
+    let cut = clock.fetch_add(1, Ordering::SeqCst);
+    drop(disks);
+    vm.detach().unwrap();
+    check_branch_after(&vm, &held, &base, &log, cut, "after the retry");
+    assert!(vm.find("first").is_err());
+}

@@ -2,6 +2,52 @@
 //! changes, the merge of its dependants' disks into its own (or keeping it
 //! as a hidden node when another disk depends on it), and the collapse of
 //! hidden branch points.
+//!
+//! # While the VM is attached
+//!
+//! A merge whose source is a layer of a live chain runs live
+//! ([`crate::disk::live::LiveDisk::merge_down`]); when the source is the
+//! top the guest writes (deleting the checkpoint the current state hangs
+//! under), every live disk is first switched to a fresh child (journaled as
+//! the merge's `children`), so that the source is frozen. Anything else is
+//! merged as offline.
+//!
+//! **At a branch point.** When the merged dependant is itself a branch
+//! point (deleting the only parent of a node with several dependants, one
+//! of which the live chains run through), `merge_down` re-links the layer
+//! above the source in the live chain, and the other branches' disks
+//! (checkpoint disks, which no live chain holds; one held by anything else
+//! refuses the delete with `Busy` before anything changes) are re-pointed
+//! at the destination and its new DataWriteGuid just after, as the offline
+//! merge re-points descendants. Until they are, they name the source, which
+//! reads the same and is removed only at the commit. The journal needs
+//! nothing more than `Journal::Merge`: the states to re-point are the
+//! dependant's dependants in the tree, which do not change until the
+//! commit. A retry on the attached VM (the source is out of the live chain,
+//! not yet removed) re-points them again; the finish on the next open (not
+//! attached) runs the whole merge offline with every dependant as a
+//! descendant, which copies again what is there already and re-points all.
+//!
+//! **The hidden node left by deleting the current state's parent** stays
+//! while the VM is attached and is collapsed (offline) when the VM is next
+//! opened after detaching. After that delete the live chain is
+//! `[fresh child (written by the guest), the deleted checkpoint's disk
+//! (holding the old top, merged), its parent, …]`, and the tree says the
+//! same: a hidden node between the current state and the checkpoint's
+//! parent. Removing it needs one of two operations that `disk::live` does
+//! not have: an *active commit* of the written top into that layer (guest
+//! writes mirrored into both while the top's data is copied down, then a
+//! pivot that reopens the layer read-write as the new top), or a *stream*
+//! of that layer's data up into the top (copying only the sectors the top
+//! does not hold, serialized against guest writes to the same sectors,
+//! then re-linking the top to the layer below). `merge_down` merges only
+//! frozen layers into the layer below, and switching to yet another fresh
+//! child and merging again only moves the same node down one switch: it
+//! never goes away. Merging the node into its parent instead would change
+//! a checkpoint that must keep its content. So it is left: it is hidden
+//! (marked `hidden` in listings, never applied, exported or reverted to),
+//! costs one layer of lookups, and every crash or retry path treats it as
+//! any hidden node (collapsed by [`Vm::collapse_hidden`] once detached).
 
 use std::path::{Path, PathBuf};
 
