@@ -5,6 +5,8 @@
 //! child. Checked by libckpt and by libvhdi (`pyvhdi` with `set_parent`);
 //! a cancel then a retry; a crash cut at every write, flush and unlink of
 //! the deleting thread (`ckpt::io::faults`, armed on the main thread only).
+//! At a branch point too: the live chain merged live, the other branch's
+//! disks re-pointed (the same sweeps, and a transient error then a retry).
 
 mod support;
 
@@ -14,8 +16,8 @@ use std::sync::Arc;
 use std::thread;
 
 use ckpt::checkpoint::{CheckpointType, Hooks, NoHooks, Vm, VmSpec};
-use ckpt::io::{faults, Cut};
-use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk};
+use ckpt::io::{faults, Cut, Transient};
+use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
 
 include!("support/live_units.rs");
 
@@ -274,4 +276,437 @@ fn crash_at_every_step_of_a_live_delete_of_a_middle_checkpoint() {
 #[test]
 fn crash_at_every_step_of_a_live_delete_of_the_current_parent() {
     crash_sweep("b");
+}
+
+// ------------------------------------------------------------ branch point
+
+/// Every disk of checkpoint `name` as it reads now (libckpt).
+fn snapshot(vm: &Vm, name: &str) -> Vec<Vec<Vec<u8>>> {
+    let c = vm.find(name).unwrap();
+    c.disks.iter().map(|p| read_units(p)).collect()
+}
+
+/// The sequence number of each unit of every disk in `units`.
+fn seqs(units: &[Vec<Vec<u8>>], what: &str) -> Vec<Vec<u64>> {
+    units
+        .iter()
+        .enumerate()
+        .map(|(d, us)| {
+            (0..UNITS)
+                .map(|u| decode(d, u, &us[u as usize], what))
+                .collect()
+        })
+        .collect()
+}
+
+/// An attached VM with `n` disks whose tree has a branch point right under the
+/// checkpoint `first`: `first` ← `a` ← {`b`, `c` ← current} (without
+/// `with_c`: `a` ← {`b`, current}); the live chains run through `a`'s
+/// disks, `b`'s are off them. Writers write while `first`, `a`, `b` are
+/// taken; they stop for the apply of `a` (the guest is stopped) and write
+/// again, from the applied state, while `c` is taken and after.
+struct Branch {
+    vm: Vm,
+    disks: Vec<Arc<LiveDisk>>,
+    clock: Arc<AtomicU64>,
+    writers: Writers,
+    /// What each checkpoint read right after it was taken.
+    held: Vec<(String, Vec<Vec<Vec<u8>>>)>,
+    /// The sequence numbers `a` holds (where the applied state began).
+    base: Vec<Vec<u64>>,
+    /// `c` and its create's stamps, checked once the writers stop.
+    c: Option<(u64, u64)>,
+}
+
+fn branch(root: &Path, n: usize, with_c: bool, gap: u64) -> (PathBuf, Branch) {
+    let dir = build(root, n, CheckpointType::Standard);
+    let mut vm = Vm::open(&dir).unwrap();
+    let disks: Vec<Arc<LiveDisk>> = (0..n).map(|i| vm.disk(i).unwrap()).collect();
+    let clock = Arc::new(AtomicU64::new(0));
+    let writers = Writers::start(&disks, 4, &clock);
+    let mut made = Vec::new();
+    let mut held = Vec::new();
+    for name in ["first", "a", "b"] {
+        let_write(&clock, gap);
+        made.push(stamped(&mut vm, &clock, name));
+        held.push((name.to_string(), snapshot(&vm, name)));
+    }
+    let_write(&clock, gap);
+    let log1 = writers.finish();
+    assert!(log1.error.is_none(), "the guest saw {:?}", log1.error);
+    for ((name, begin, end), (_, units)) in made.iter().zip(&held) {
+        for (d, us) in units.iter().enumerate() {
+            check_frozen(&log1, d, us, *begin, *end, name);
+        }
+    }
+    // The hypervisor stopped the guest: apply a; the handles read it.
+    vm.apply("a", None, &mut NoHooks).unwrap();
+    let a_units = held[1].1.clone();
+    for (d, disk) in disks.iter().enumerate() {
+        assert_eq!(live_units(disk), a_units[d], "disk {d} after apply");
+    }
+    let base = seqs(&a_units, "a");
+    let writers = Writers::start_after(&disks, 4, &clock, &log1);
+    let mut c = None;
+    if with_c {
+        let_write(&clock, gap);
+        let (_, begin, end) = stamped(&mut vm, &clock, "c");
+        held.push(("c".to_string(), snapshot(&vm, "c")));
+        c = Some((begin, end));
+    }
+    let_write(&clock, gap);
+    let br = Branch {
+        vm,
+        disks,
+        clock,
+        writers,
+        held,
+        base,
+        c,
+    };
+    (dir, br)
+}
+
+/// `c`'s units (taken from the applied state) hold `a`'s write or one of
+/// the writes after the apply allowed in a state frozen at `[begin, end]`.
+fn check_c(log: &Log, base: &[Vec<u64>], units: &[Vec<Vec<u8>>], begin: u64, end: u64) {
+    for (d, us) in units.iter().enumerate() {
+        for u in 0..UNITS {
+            let seq = decode(d, u, &us[u as usize], "c");
+            let (lo, hi) = allowed(&log.recs, d, u, begin, end);
+            let from_a = lo == 0 && seq == base[d][u as usize];
+            assert!(
+                from_a || (lo <= seq && seq <= hi && seq > 0),
+                "c: disk {d} unit {u}: seq {seq} not a's nor in [{lo}, {hi}]"
+            );
+        }
+    }
+}
+
+/// What unit `u` of disk `d` of the current state holds once the writers
+/// (started after the apply, `log`) stopped.
+fn current_seq(log: &Log, base: &[Vec<u64>], d: usize, u: u64) -> u64 {
+    match last_seq(&log.recs, d, u) {
+        0 => base[d][u as usize],
+        s => s,
+    }
+}
+
+/// The parent file of disk file `p` (its chain's layer 1).
+fn parent_of(p: &Path) -> PathBuf {
+    let d = Disk::open(p, OpenMode::ReadOnly).unwrap();
+    d.chain()[1].clone().unwrap()
+}
+
+/// Delete `first`, whose only dependant `a` is a branch point the live
+/// chains run through, while the writers write: `a`'s disks merge live
+/// into `first`'s, `b`'s disks are re-pointed at them; every checkpoint of
+/// both branches reads what it held (libckpt and libvhdi), the current
+/// state equals the model, the guest saw no error.
+fn delete_at_a_branch_point(with_c: bool) {
+    let t = support::tempdir();
+    let (dir, br) = branch(t.path(), 2, with_c, 200);
+    let Branch {
+        mut vm,
+        disks,
+        clock,
+        writers,
+        held,
+        base,
+        c,
+    } = br;
+    let first = vm.find("first").unwrap().clone();
+    let a = vm.find("a").unwrap().clone();
+    let mut p = Progress::default();
+    vm.delete("first", false, &mut p).unwrap();
+    assert!(p.calls > 1 && p.last.0 == p.last.1, "{} calls", p.calls);
+    assert!(vm.find("first").is_err());
+    assert!(!dir.join("journal.json").exists());
+    let a_now = vm.find("a").unwrap().clone();
+    assert_eq!(a_now.disks, first.disks);
+    assert_eq!(a_now.parent, None);
+    assert!(!a_now.hidden && !a_now.deleting);
+    for f in &a.disks {
+        assert!(!f.exists(), "{}: merged, left", f.display());
+    }
+    // The other branch, re-pointed (the live chain's: below).
+    let mut under = vec![vm.find("b").unwrap().disks.clone()];
+    if with_c {
+        under.push(vm.find("c").unwrap().disks.clone());
+    }
+    for files in &under {
+        for (d, f) in files.iter().enumerate() {
+            assert_eq!(parent_of(f), first.disks[d], "{}", f.display());
+        }
+    }
+    for (d, disk) in disks.iter().enumerate() {
+        let chain: Vec<PathBuf> = disk.chain().into_iter().map(Option::unwrap).collect();
+        let mut want = vec![vm.data().current.disks[d].clone()];
+        if with_c {
+            want.push(vm.find("c").unwrap().disks[d].clone());
+        }
+        want.push(first.disks[d].clone());
+        assert_eq!(chain, want, "live chain of disk {d}");
+    }
+    let_write(&clock, 200);
+    let log = writers.finish();
+    assert!(log.error.is_none(), "the guest saw {:?}", log.error);
+    if let Some((begin, end)) = c {
+        check_c(&log, &base, &held[3].1, begin, end);
+    }
+    for (d, disk) in disks.iter().enumerate() {
+        let units = live_units(disk);
+        for u in 0..UNITS {
+            assert_eq!(
+                decode(d, u, &units[u as usize], "live"),
+                current_seq(&log, &base, d, u),
+                "live disk {d} unit {u}"
+            );
+        }
+    }
+    drop(disks);
+    vm.detach().unwrap();
+    let vhdi = pyvhdi();
+    for (name, units) in held.iter().filter(|h| h.0 != "first") {
+        let c = vm.find(name).unwrap().clone();
+        for (d, p) in c.disks.iter().enumerate() {
+            assert!(read_units(p) == units[d], "{name}: disk {d} changed");
+            if vhdi {
+                assert!(vhdi_units(p) == units[d], "{name}: disk {d} (libvhdi)");
+            }
+        }
+    }
+    for (d, p) in vm.data().current.disks.iter().enumerate() {
+        let mut views = vec![read_units(p)];
+        if vhdi {
+            views.push(vhdi_units(p));
+        }
+        for units in views {
+            for u in 0..UNITS {
+                assert_eq!(
+                    decode(d, u, &units[u as usize], "current"),
+                    current_seq(&log, &base, d, u),
+                    "current disk {d} unit {u}"
+                );
+            }
+        }
+    }
+    let strays = vm.strays().unwrap();
+    assert!(strays.is_empty(), "strays {strays:?} in {:#?}", vm.data());
+    drop(vm);
+    let vm = Vm::open(&dir).unwrap();
+    assert_eq!(vm.data().checkpoints.len(), if with_c { 3 } else { 2 });
+    assert!(!dir.join("journal.json").exists());
+}
+
+#[test]
+fn delete_above_a_branch_point_the_live_chain_runs_through_a_checkpoint() {
+    delete_at_a_branch_point(true);
+}
+
+#[test]
+fn delete_above_a_branch_point_the_current_state_hangs_under() {
+    delete_at_a_branch_point(false);
+}
+
+/// After a delete that stopped (crash or error) and the VM reopened, or
+/// after its retry: every checkpoint but the victim `first` reads what it
+/// held, `first` intact or gone, and the current state holds every write
+/// flushed before `cut` (`log`: the writes after the apply) and at least
+/// what `a` held.
+fn check_branch_after(
+    vm: &Vm,
+    br_held: &[(String, Vec<Vec<Vec<u8>>>)],
+    base: &[Vec<u64>],
+    log: &Log,
+    cut: u64,
+    ctx: &str,
+) {
+    assert!(
+        !vm.dir().join("journal.json").exists(),
+        "{ctx}: journal left"
+    );
+    assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+    for (name, units) in br_held {
+        match vm.find(name) {
+            Ok(c) => {
+                assert!(!c.deleting, "{ctx}: {name} pending");
+                for (d, p) in c.disks.iter().enumerate() {
+                    assert!(read_units(p) == units[d], "{ctx}: {name}: disk {d} changed");
+                }
+            }
+            Err(_) => assert_eq!(name, "first", "{ctx}: {name} lost"),
+        }
+    }
+    for (d, p) in vm.data().current.disks.iter().enumerate() {
+        let units = read_units(p);
+        for u in 0..UNITS {
+            let seq = decode(d, u, &units[u as usize], ctx);
+            let want = log.flushed_seq(d, u, cut).max(base[d][u as usize]);
+            assert!(
+                seq >= want,
+                "{ctx}: disk {d} unit {u}: seq {seq}, flushed {want}"
+            );
+        }
+    }
+}
+
+/// The delete of `first` above the branch point `a` cut at every write,
+/// flush and unlink of the main thread while writers write: the VM
+/// reopens reconciled, both branches intact, every flushed write there.
+/// One disk (and one writer): every run of the delete looks for other
+/// disks' children in each disk's folder, and a lock probe of each live top
+/// it meets there waits about 0.2 s, so two disks make each run ~4x slower.
+#[test]
+fn crash_at_every_step_of_a_live_delete_above_a_branch_point() {
+    let mut events = None;
+    let mut n = 0u64;
+    loop {
+        if events.is_some_and(|e| n >= e) {
+            break;
+        }
+        let t = support::fast_tempdir();
+        let (dir, br) = branch(t.path(), 1, true, 12);
+        let Branch {
+            mut vm,
+            disks,
+            clock,
+            writers,
+            held,
+            base,
+            ..
+        } = br;
+        faults::arm(events.map_or(u64::MAX, |_| n), Cut::Clean);
+        let r = vm.delete("first", false, &mut NoHooks);
+        let seen = faults::events();
+        if events.is_none() {
+            faults::disarm();
+            r.unwrap();
+            events = Some(seen);
+            assert!(seen > 5, "{seen} events");
+            let _ = writers.finish();
+            continue;
+        }
+        let log = writers.finish();
+        let cut = clock.fetch_add(1, Ordering::SeqCst);
+        drop(disks);
+        // The process "dies": the VM is dropped while every write fails.
+        drop(vm);
+        faults::disarm();
+        let ctx = format!("cut at {n} of {events:?} ({:?})", r.as_ref().err());
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        check_branch_after(&vm, &held, &base, &log, cut, &ctx);
+        n += 1;
+    }
+}
+
+/// A transient error at each step of the delete of `first` above the
+/// branch point `a`, while writers write: refused cleanly or left pending;
+/// the retry on the attached VM finishes it (also the re-pointing of the
+/// other branch after a live merge that succeeded), and everything holds.
+#[test]
+fn transient_error_then_retry_of_a_live_delete_above_a_branch_point() {
+    let mut n = 0u64;
+    loop {
+        let t = support::fast_tempdir();
+        let (dir, br) = branch(t.path(), 1, true, 12);
+        let Branch {
+            mut vm,
+            mut disks,
+            clock,
+            writers,
+            held,
+            base,
+            ..
+        } = br;
+        faults::arm_transient(n, Transient::Eio);
+        let r = vm.delete("first", false, &mut NoHooks);
+        let seen = faults::disarm();
+        let ctx = format!("fail at {n} of {seen} ({:?})", r.as_ref().err());
+        if r.is_err() || vm.find("first").is_ok() {
+            if let Err(e) = vm.delete("first", false, &mut NoHooks) {
+                // A failed sync poisons the file it hit: the hypervisor
+                // opens the VM again, and the reopen finishes the delete.
+                assert_eq!(e.kind(), ErrorKind::Io, "{ctx}: retry: {e}");
+                let log = writers.finish();
+                drop(disks);
+                drop(vm);
+                vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                disks = vec![vm.disk(0).unwrap()];
+                assert!(vm.find("first").is_err(), "{ctx}: not finished");
+                let cut = clock.fetch_add(1, Ordering::SeqCst);
+                drop(disks);
+                vm.detach().unwrap();
+                check_branch_after(&vm, &held, &base, &log, cut, &ctx);
+                n += 1;
+                continue;
+            }
+        }
+        assert!(vm.find("first").is_err(), "{ctx}: not deleted");
+        let_write(&clock, 12);
+        let log = writers.finish();
+        assert!(log.error.is_none(), "{ctx}: the guest saw {:?}", log.error);
+        for (d, disk) in disks.iter().enumerate() {
+            let units = live_units(disk);
+            for u in 0..UNITS {
+                assert_eq!(
+                    decode(d, u, &units[u as usize], &ctx),
+                    current_seq(&log, &base, d, u),
+                    "{ctx}: live disk {d} unit {u}"
+                );
+            }
+        }
+        let cut = clock.fetch_add(1, Ordering::SeqCst);
+        drop(disks);
+        vm.detach().unwrap();
+        check_branch_after(&vm, &held, &base, &log, cut, &ctx);
+        drop(vm);
+        let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        check_branch_after(&vm, &held, &base, &log, cut, &ctx);
+        if n >= seen {
+            break;
+        }
+        n += 1;
+    }
+}
+
+/// A disk of the other branch held by someone else refuses the delete
+/// above the branch point with `Busy` naming it, changing nothing; once it
+/// is free, the delete goes through.
+#[test]
+fn a_held_branch_disk_refuses_the_delete_above_a_branch_point() {
+    let t = support::tempdir();
+    let (dir, br) = branch(t.path(), 1, true, 12);
+    let Branch {
+        mut vm,
+        disks,
+        clock,
+        writers,
+        held,
+        base,
+        ..
+    } = br;
+    let b = vm.find("b").unwrap().clone();
+    let before = std::fs::read(dir.join("vm.json")).unwrap();
+    let holder = Disk::open(&b.disks[0], OpenMode::ReadOnly).unwrap();
+    let e = vm.delete("first", false, &mut NoHooks).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let name = b.disks[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(e.to_string().contains(&name), "{e}");
+    assert_eq!(std::fs::read(dir.join("vm.json")).unwrap(), before);
+    assert!(!dir.join("journal.json").exists());
+    drop(holder);
+    vm.delete("first", false, &mut NoHooks).unwrap();
+    let_write(&clock, 12);
+    let log = writers.finish();
+    assert!(log.error.is_none(), "the guest saw {:?}", log.error);
+    let cut = clock.fetch_add(1, Ordering::SeqCst);
+    drop(disks);
+    vm.detach().unwrap();
+    check_branch_after(&vm, &held, &base, &log, cut, "after the retry");
+    assert!(vm.find("first").is_err());
 }

@@ -2,6 +2,52 @@
 //! changes, the merge of its dependants' disks into its own (or keeping it
 //! as a hidden node when another disk depends on it), and the collapse of
 //! hidden branch points.
+//!
+//! # While the VM is attached
+//!
+//! A merge whose source is a layer of a live chain runs live
+//! ([`crate::disk::live::LiveDisk::merge_down`]); when the source is the
+//! top the guest writes (deleting the checkpoint the current state hangs
+//! under), every live disk is first switched to a fresh child (journaled as
+//! the merge's `children`), so that the source is frozen. Anything else is
+//! merged as offline.
+//!
+//! **At a branch point.** When the merged dependant is itself a branch
+//! point (deleting the only parent of a node with several dependants, one
+//! of which the live chains run through), `merge_down` re-links the layer
+//! above the source in the live chain, and the other branches' disks
+//! (checkpoint disks, which no live chain holds; one held by anything else
+//! refuses the delete with `Busy` before anything changes) are re-pointed
+//! at the destination and its new DataWriteGuid just after, as the offline
+//! merge re-points descendants. Until they are, they name the source, which
+//! reads the same and is removed only at the commit. The journal needs
+//! nothing more than `Journal::Merge`: the states to re-point are the
+//! dependant's dependants in the tree, which do not change until the
+//! commit. A retry on the attached VM (the source is out of the live chain,
+//! not yet removed) re-points them again; the finish on the next open (not
+//! attached) runs the whole merge offline with every dependant as a
+//! descendant, which copies again what is there already and re-points all.
+//!
+//! **The hidden node left by deleting the current state's parent** stays
+//! while the VM is attached and is collapsed (offline) when the VM is next
+//! opened after detaching. After that delete the live chain is
+//! `[fresh child (written by the guest), the deleted checkpoint's disk
+//! (holding the old top, merged), its parent, …]`, and the tree says the
+//! same: a hidden node between the current state and the checkpoint's
+//! parent. Removing it needs one of two operations that `disk::live` does
+//! not have: an *active commit* of the written top into that layer (guest
+//! writes mirrored into both while the top's data is copied down, then a
+//! pivot that reopens the layer read-write as the new top), or a *stream*
+//! of that layer's data up into the top (copying only the sectors the top
+//! does not hold, serialized against guest writes to the same sectors,
+//! then re-linking the top to the layer below). `merge_down` merges only
+//! frozen layers into the layer below, and switching to yet another fresh
+//! child and merging again only moves the same node down one switch: it
+//! never goes away. Merging the node into its parent instead would change
+//! a checkpoint that must keep its content. So it is left: it is hidden
+//! (marked `hidden` in listings, never applied, exported or reverted to),
+//! costs one layer of lookups, and every crash or retry path treats it as
+//! any hidden node (collapsed by [`Vm::collapse_hidden`] once detached).
 
 use std::path::{Path, PathBuf};
 
@@ -225,22 +271,6 @@ impl Vm {
         let tops = self.live_tops();
         touched.retain(|f| !tops.iter().any(|t| same_file(t, f)));
         owner::refuse_foreign(&self.data, &touched, "deleting this checkpoint")?;
-        // A live merge re-links only the layer above the merged one.
-        if let Some(d) = dep {
-            let grand = self.dependants(d);
-            let in_live = dep_disks
-                .iter()
-                .enumerate()
-                .any(|(k, s)| self.live_layer(k, s).is_some());
-            if in_live && grand.len() > 1 {
-                return Err(Error::Busy(format!(
-                    "deleting checkpoint {:?} merges the disks of a branch point that the \
-                     running VM's disks hang under, and a live merge cannot re-point the \
-                     other branch: detach the VM first: nothing was changed",
-                    node.name
-                )));
-            }
-        }
         let mut sizes = Vec::new();
         // Per file system (device): a folder on it and the bytes still free
         // there, merge after merge (each frees its source's file at the end).
@@ -547,6 +577,7 @@ impl Vm {
             None => Vec::new(),
         };
         let mut todo = Vec::new();
+        let mut relinked = Vec::new();
         for (k, (target, src)) in node.disks.iter().zip(&dep_disks).enumerate() {
             if src == target {
                 continue; // already merged
@@ -565,7 +596,10 @@ impl Vm {
                 )));
             }
             if self.live_layer(k, src).is_none() && self.live_layer(k, target).is_some() {
-                continue; // merged live already: the chain was re-linked
+                // Merged live already (the chain was re-linked); the other
+                // branches may still name the source.
+                relinked.push((k, target));
+                continue;
             }
             todo.push((k, target, src, merge_size(src, target)?));
         }
@@ -575,6 +609,9 @@ impl Vm {
             if !h.progress(0, grand_total) {
                 return Err(Error::Cancelled);
             }
+        }
+        for (k, target) in relinked {
+            self.repoint_branches(k, target, &grand)?;
         }
         let mut base = 0u64;
         for (k, target, src, size) in todo {
@@ -608,6 +645,7 @@ impl Vm {
                         space_limit: None,
                     },
                 )?;
+                self.repoint_branches(k, target, &grand)?;
                 base += size;
                 continue;
             }
@@ -621,6 +659,30 @@ impl Vm {
             merge::merge(src, opts)?;
             base += size;
         }
+        Ok(())
+    }
+
+    /// After disk `k` of a branch point was merged live into `target` (the
+    /// live chain re-linked the layer above it): disk `k` of every other
+    /// state in `grand` (the branch point's dependants, which no live chain
+    /// holds: checkpoint disks) is re-pointed at `target` and its new
+    /// DataWriteGuid, as the offline merge re-points descendants. Until
+    /// then they name the merged source, which reads the same and is only
+    /// removed once the delete commits; doing it again changes nothing, so
+    /// a retry or the journal's finish after a crash may repeat it.
+    fn repoint_branches(&self, k: usize, target: &Path, grand: &[Option<String>]) -> Result<()> {
+        let mut others = Vec::new();
+        for g in grand {
+            let x = self.disks_of(g)?[k].clone();
+            if self.live_layer(k, &x).is_none() && !same_file(&x, target) {
+                others.push(x);
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        let guid = merge::open_single(target, false)?.header().data_write_guid;
+        merge::repoint(&others, target, &guid)?;
         Ok(())
     }
 

@@ -23,8 +23,10 @@
 //! While attached, the VM's own handles never make its operations fail
 //! with `Busy`: they are the current disks, which the operations know are
 //! held (by this VM). A disk or frozen layer held by anything else still
-//! refuses as before. A delete whose merge would write or remove a file of
-//! a live chain is refused with `Busy` (see `delete.rs`).
+//! refuses as before. A delete whose merge writes or removes a file of a
+//! live chain merges live, also above a branch point (see `delete.rs`,
+//! which also says why the hidden node a delete of the current state's
+//! parent leaves stays until the VM is detached and opened again).
 //!
 //! # Stamps
 //!

@@ -453,7 +453,11 @@ fn announce_new_guid(above: &Path, dest_file: &Vhdx, open: Opener) -> Result<uui
 
 /// Step 3, re-point: each descendant's parent locator names the destination
 /// (one atomic metadata update each).
-fn repoint(descendants: &[PathBuf], dest: &Path, dest_guid: &uuid::Uuid) -> Result<Vec<PathBuf>> {
+pub(crate) fn repoint(
+    descendants: &[PathBuf],
+    dest: &Path,
+    dest_guid: &uuid::Uuid,
+) -> Result<Vec<PathBuf>> {
     let mut repointed = Vec::new();
     for x in descendants {
         let f = open_single(x, true)?;

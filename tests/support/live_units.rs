@@ -18,13 +18,29 @@ fn unit_offset(u: u64) -> u64 {
 /// pseudo-random order and flushing every `flush_every` writes.
 type Writers = support::units::Writers;
 
+#[allow(dead_code)]
 trait PerDisk {
     fn start(disks: &[Arc<LiveDisk>], flush_every: u64, clock: &Arc<AtomicU64>) -> Writers;
+    /// Each unit's sequence going on after the last write of `before`.
+    fn start_after(
+        disks: &[Arc<LiveDisk>],
+        flush_every: u64,
+        clock: &Arc<AtomicU64>,
+        before: &Log,
+    ) -> Writers;
 }
 
 impl PerDisk for Writers {
     fn start(disks: &[Arc<LiveDisk>], flush_every: u64, clock: &Arc<AtomicU64>) -> Writers {
         Writers::per_disk(disks, UNITS, flush_every, clock)
+    }
+    fn start_after(
+        disks: &[Arc<LiveDisk>],
+        flush_every: u64,
+        clock: &Arc<AtomicU64>,
+        before: &Log,
+    ) -> Writers {
+        Writers::per_disk_after(disks, UNITS, flush_every, clock, before)
     }
 }
 

@@ -118,10 +118,26 @@ impl Writers {
         flush_every: u64,
         clock: &Arc<AtomicU64>,
     ) -> Writers {
+        Writers::per_disk_after(disks, units, flush_every, clock, &Log::default())
+    }
+
+    /// As [`Writers::per_disk`], each unit's sequence going on after the
+    /// last write of `before` (writers started again, e.g. after an apply),
+    /// so that no two writes of a unit ever write the same bytes.
+    pub fn per_disk_after(
+        disks: &[Arc<LiveDisk>],
+        units: u64,
+        flush_every: u64,
+        clock: &Arc<AtomicU64>,
+        before: &Log,
+    ) -> Writers {
         let slots = (0..disks.len())
             .map(|d| (0..units).map(|u| (d, u)).collect())
             .collect();
-        Writers::spawn(disks, units, slots, flush_every, clock, 0x9876_5432)
+        let seqs = (0..disks.len())
+            .map(|d| (0..units).map(|u| last_seq(&before.recs, d, u)).collect())
+            .collect();
+        Writers::spawn(disks, units, slots, flush_every, clock, 0x9876_5432, seqs)
     }
 
     /// `threads` threads over all disks: thread `t` owns the units
@@ -140,7 +156,8 @@ impl Writers {
                     .collect()
             })
             .collect();
-        Writers::spawn(disks, units, slots, flush_every, clock, 0x1234_5678)
+        let seqs = vec![vec![0u64; units as usize]; disks.len()];
+        Writers::spawn(disks, units, slots, flush_every, clock, 0x1234_5678, seqs)
     }
 
     fn spawn(
@@ -150,6 +167,7 @@ impl Writers {
         flush_every: u64,
         clock: &Arc<AtomicU64>,
         seed: u64,
+        seqs: Vec<Vec<u64>>,
     ) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let handles = slots
@@ -159,8 +177,8 @@ impl Writers {
                 let disks: Vec<Arc<LiveDisk>> = disks.to_vec();
                 let stop = stop.clone();
                 let clock = clock.clone();
+                let mut seqs = seqs.clone();
                 thread::spawn(move || {
-                    let mut seqs = vec![vec![0u64; units as usize]; disks.len()];
                     let mut log = Log::default();
                     let mut x = seed + t as u64;
                     let mut n = 0u64;
