@@ -935,3 +935,86 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
     );
     drop(server);
 }
+
+#[test]
+fn the_cli_exports_the_current_state_of_a_running_vm_through_its_holder() {
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+    let f = Fixture::new();
+    ok(&["checkpoint", "create", s(&f.vm), "a"]);
+    let mut vm = Vm::open(&f.vm).expect("open");
+    vm.set_state(ckpt::checkpoint::VmState::Running)
+        .expect("running");
+    let disk = vm.disk(0).expect("attach");
+    let ids = f.ids();
+    let vm = Arc::new(Mutex::new(vm));
+    let server = control::serve(vm.clone(), None).expect("serve");
+    // The guest fills 64 KiB at 1 MiB with one byte value after another.
+    let (stop, value) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU8::new(0)));
+    let guest = {
+        let (stop, value, disk) = (stop.clone(), value.clone(), disk.clone());
+        std::thread::spawn(move || {
+            let mut v = 0u8;
+            while !stop.load(Ordering::Acquire) {
+                v = v % 250 + 1;
+                disk.write_at(&vec![v; 64 << 10], MIB).expect("guest write");
+                value.store(v, Ordering::Release);
+            }
+        })
+    };
+    while value.load(Ordering::Acquire) == 0 {
+        std::thread::yield_now();
+    }
+    let now = f.root.join("now");
+    let out = stdout(&ok(&[
+        "checkpoint",
+        "export",
+        s(&f.vm),
+        "--current",
+        s(&now),
+    ]));
+    assert!(
+        out.contains("os.vhdx") && out.contains("data.vhdx"),
+        "{out}"
+    );
+    stop.store(true, Ordering::Release);
+    guest.join().expect("guest");
+    // The tree through the holder: the same checkpoints, no journal.
+    let list: Value =
+        serde_json::from_slice(&ok(&["checkpoint", "list", s(&f.vm), "--json"]).stdout)
+            .expect("json");
+    let names: Vec<&str> = list["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .filter(|c| c["hidden"] != true)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a"]);
+    assert!(!f.vm.join("journal.json").exists());
+    // QEMU reads one whole guest write at 1 MiB (one instant) over the
+    // fixture's data.
+    let raw = f.root.join("now-os.raw");
+    support::qemu_convert_raw(&now.join("os.vhdx"), &raw);
+    let bytes = std::fs::read(&raw).expect("raw");
+    assert_eq!(bytes[..64 << 10], pattern(1, 0, 64 << 10)[..]);
+    let region = &bytes[MIB as usize..MIB as usize + (64 << 10)];
+    assert!(
+        region[0] != 0 && region.iter().all(|&b| b == region[0]),
+        "the export holds a torn or missing guest write"
+    );
+    let mut data = vec![0u8; SIZES[1] as usize];
+    data[512 << 10..576 << 10].copy_from_slice(&pattern(2, 512 << 10, 64 << 10));
+    qemu_reads(&now.join("data.vhdx"), &data, &f.root);
+    // Closed: the current state has the guest's last write, the tree its
+    // checkpoint (the temporary one merged away on reopen).
+    let last = value.load(Ordering::Acquire);
+    drop(server);
+    drop(disk);
+    drop(vm);
+    let vm = Vm::open(&f.vm).expect("reopen");
+    assert_eq!(f.ids(), ids);
+    let d = Disk::open(&vm.data().current.disks[0], OpenMode::ReadOnly).expect("open");
+    let mut b = vec![0u8; 64 << 10];
+    d.read_at(&mut b, MIB).expect("read");
+    assert!(b.iter().all(|&x| x == last), "the last guest write is lost");
+}

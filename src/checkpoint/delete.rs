@@ -132,7 +132,7 @@ impl Vm {
         }
     }
 
-    fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
+    pub(super) fn delete_id(&mut self, id: &str, hooks: &mut dyn Hooks) -> Result<()> {
         let deps = self.dependants(id);
         let name = self.data.checkpoints[self.index(id)?].name.clone();
         // A layer another VM's disk depends on is kept, hidden, untouched.

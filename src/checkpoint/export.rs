@@ -73,6 +73,15 @@ impl Vm {
     /// the memory state if any. Returns the files made, disks first (in the
     /// VM's disk order), named as [`export_names`] says; an export that
     /// fails leaves none of them.
+    ///
+    /// The current state of an attached VM (its guest writes through
+    /// [`Vm::disk`]) is exported through a temporary checkpoint, so the copy
+    /// is of one instant while the guest keeps writing: see
+    /// `live_export.rs` (production semantics: the guest is quiesced for the
+    /// switch when the hooks can, crash-consistent otherwise; never with
+    /// memory state unless the VM is saved). A cancel or an error removes
+    /// the partial export and the temporary checkpoint; the tree ends with
+    /// the same checkpoints as it started.
     pub fn export(
         &mut self,
         name: Option<&str>,
@@ -81,13 +90,7 @@ impl Vm {
     ) -> Result<Vec<PathBuf>> {
         self.settle(None)?;
         if name.is_none() && self.attached() {
-            // A point-in-time copy of a running guest's disks needs a
-            // temporary checkpoint, merged back live afterwards.
-            return Err(Error::Busy(format!(
-                "VM {:?} is attached (its guest writes the current disks): export a \
-                 checkpoint instead (take one first); nothing was changed",
-                self.data.config.name
-            )));
+            return self.export_running(dest, hooks);
         }
         let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
             Some(n) => {
@@ -104,20 +107,22 @@ impl Vm {
                 self.data.current.saved_state.clone(),
             ),
         };
-        // A folder holding only what an interrupted export's configuration
-        // write left (its temporary file) counts as empty.
-        let leftover = temp_of(&dest.join(CONFIG_FILE));
-        if dest.exists()
-            && std::fs::read_dir(dest)
-                .map(|mut d| d.any(|e| e.map(|e| e.path() != leftover).unwrap_or(true)))
-                .unwrap_or(true)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists and is not an empty folder",
-                dest.display()
-            )));
-        }
-        remove_if_exists(&leftover)?;
+        check_export_folder(dest)?;
+        self.export_into(&disks, &config, saved.as_deref(), dest, hooks)
+    }
+
+    /// The copy of an export whose folder [`check_export_folder`] accepted:
+    /// the folder made, then journaled, `disks` flattened, `config` and the
+    /// memory state `saved` written; on failure every file made goes.
+    pub(super) fn export_into(
+        &mut self,
+        disks: &[PathBuf],
+        config: &VmConfig,
+        saved: Option<&Path>,
+        dest: &Path,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<PathBuf>> {
+        remove_if_exists(&temp_of(&dest.join(CONFIG_FILE)))?;
         std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let dest = std::fs::canonicalize(dest).map_err(|e| Error::from(e).in_file(dest))?;
         let mut files: Vec<PathBuf> = export_names(&self.data.disks)
@@ -134,7 +139,7 @@ impl Vm {
         let r = (|| -> Result<()> {
             // One progress over all disks: the bytes each copy reads.
             let mut sizes = Vec::with_capacity(disks.len());
-            for src in &disks {
+            for src in disks {
                 let d = Disk::open(src, OpenMode::ReadOnly)?;
                 let extents = d.extents()?;
                 sizes.push(
@@ -152,8 +157,8 @@ impl Vm {
                 merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
                 base += size;
             }
-            write_json(&dest.join(CONFIG_FILE), &config)?;
-            if let Some(m) = &saved {
+            write_json(&dest.join(CONFIG_FILE), config)?;
+            if let Some(m) = saved {
                 let out = dest.join(MEMORY_FILE);
                 std::fs::copy(m, &out).map_err(|e| Error::from(e).in_file(m))?;
                 File::open(&out)
@@ -173,6 +178,24 @@ impl Vm {
             }
         }
     }
+}
+
+/// Refuse (`InvalidArgument`, changing nothing) an export folder that
+/// exists and is not empty. A folder holding only what an interrupted
+/// export's configuration write left (its temporary file) counts as empty.
+pub(super) fn check_export_folder(dest: &Path) -> Result<()> {
+    let leftover = temp_of(&dest.join(CONFIG_FILE));
+    if dest.exists()
+        && std::fs::read_dir(dest)
+            .map(|mut d| d.any(|e| e.map(|e| e.path() != leftover).unwrap_or(true)))
+            .unwrap_or(true)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists and is not an empty folder",
+            dest.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

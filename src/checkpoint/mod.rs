@@ -24,6 +24,8 @@
 //! - `export.rs`: export (the file names it gives, and [`Vm::export`]);
 //! - `live.rs`: an attached VM: its live disk handles ([`Vm::disk`]) and
 //!   the switches of checkpoint operations on a running guest.
+//! - `live_export.rs`: export of a running VM's current state through a
+//!   temporary checkpoint.
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
@@ -34,6 +36,7 @@ mod delete;
 pub mod export;
 pub mod json;
 mod live;
+mod live_export;
 pub mod model;
 pub mod owner;
 mod recover;
@@ -42,6 +45,7 @@ pub mod vm;
 
 pub use create::{Hooks, NoHooks};
 pub use export::export_names;
+pub use live_export::EXPORT_CHECKPOINT_NAME;
 pub use model::{
     same_name, Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile,
     VmState,

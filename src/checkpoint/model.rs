@@ -244,7 +244,9 @@ pub struct Checkpoint {
     /// the file the VM resumes from, and the file goes with the last node
     /// (checkpoint or current state) that refers to it.
     pub saved_state: Option<PathBuf>,
-    /// Kept only because two or more states depend on its disks (a deleted branch point).
+    /// Kept only because two or more states depend on its disks (a deleted branch point),
+    /// or the temporary checkpoint of an export of a running VM's current state (see
+    /// [`crate::checkpoint::EXPORT_CHECKPOINT_NAME`]); merged away once one dependant is left.
     #[serde(default)]
     pub hidden: bool,
     /// Being deleted: a merge into its disks has started and was cancelled

@@ -2,7 +2,9 @@
  * A running VM through the C API: the live disk handles of ckpt_vm_disk
  * (borrowed from the VM, refused by ckpt_disk_close), two threads writing
  * through them while the main thread creates checkpoints, and the data
- * of every checkpoint and of the current state checked afterwards.
+ * of every checkpoint and of the current state checked afterwards; the
+ * current state is also exported (ckpt_vm_checkpoint_export with no name)
+ * while the threads write, and the export holds one such instant.
  *
  * Every write is a 4 KiB unit holding its disk, unit and round; a thread
  * publishes the round it is about to write and the last one that returned.
@@ -195,10 +197,37 @@ int main(int argc, char **argv) {
             }
         }
     }
+    /* The current state exported while the writers write: one instant,
+     * through a temporary checkpoint merged back afterwards. */
+    static uint64_t elo[2][UNITS], ehi[2][UNITS];
+    for (unsigned i = 0; i < 2; i++) {
+        for (unsigned u = 0; u < UNITS; u++) {
+            elo[i][u] = atomic_load(&w[i].done[u]);
+        }
+    }
+    char exportdir[1024];
+    snprintf(exportdir, sizeof exportdir, "%s/export-now", argv[1]);
+    EXPECT_OK(ckpt_vm_checkpoint_export(vm, NULL, exportdir, NULL));
+    for (unsigned i = 0; i < 2; i++) {
+        for (unsigned u = 0; u < UNITS; u++) {
+            ehi[i][u] = atomic_load(&w[i].started[u]);
+        }
+    }
+    size_t count = 0;
+    EXPECT_OK(ckpt_vm_checkpoint_count(vm, &count));
+    size_t found = 99;
+    EXPECT_OK(ckpt_vm_checkpoint_find(vm, "c2", &found));
+    /* c0..c2 kept, in place (a hidden node may follow them). */
+    CHECK(count >= CHECKPOINTS && found == CHECKPOINTS - 1);
     for (unsigned i = 0; i < 2; i++) {
         atomic_store(&w[i].stop, true);
         pthread_join(t[i], NULL);
         CHECK(!w[i].failed);
+    }
+    for (unsigned i = 0; i < 2; i++) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/live%u.vhdx", exportdir, i);
+        check_frozen(path, i, elo[i], ehi[i]);
     }
 
     for (int k = 0; k < CHECKPOINTS; k++) {
