@@ -2151,7 +2151,7 @@ fn vm_mode_sigkill_during_a_live_delete() {
     let mut expected: Vec<(String, usize)> = vec![("base".into(), log.done())];
     let (mut cut_merge, mut reported) = (0, 0);
     let mut i = 0;
-    while i < 4 || (cut_merge == 0 && i < 8) {
+    while i < 5 || (cut_merge == 0 && i < 8) {
         let what = format!("kill {i} during a delete");
         let t0 = Instant::now();
         let name = format!("m{i}");
@@ -2178,12 +2178,19 @@ fn vm_mode_sigkill_during_a_live_delete() {
         writer.wait(&log, 1);
         let mut cli = Background::start(&["checkpoint", "delete", &vms, &name]);
         // Kill once the holder journaled the delete, or once the merge
-        // changed the checkpoint's disks (then a little later each time).
-        if i % 4 == 0 {
-            cli.wait_journal(&vm, Duration::ZERO);
-        } else {
-            let extra = Duration::from_millis([0, 0, 20, 60][i % 4]);
-            cli.wait_until(|| raw_write_guids(&tops) != raw, extra);
+        // changed the checkpoint's disks (then a little later each time),
+        // or (most likely) after the delete was done.
+        match i % 5 {
+            0 => {
+                cli.wait_journal(&vm, Duration::ZERO);
+            }
+            4 => {
+                cli.wait_journal(&vm, Duration::from_secs(3));
+            }
+            k => {
+                let extra = Duration::from_millis([0, 0, 20, 60][k]);
+                cli.wait_until(|| raw_write_guids(&tops) != raw, extra);
+            }
         }
         server.kill();
         writer.cut();
