@@ -25,6 +25,11 @@
 //!   libckpt and by libvhdi with `set_parent`) hold what was written; a
 //!   SIGKILL after a create loses nothing flushed; `readonly=true` and bad
 //!   configurations.
+//! - SIGKILL of nbdkit during a live create and during a live delete (a
+//!   merge), a writer writing meanwhile: the CLI ends with a clear error,
+//!   the restarted nbdkit reconciles the VM, and every checkpoint and the
+//!   current state equal the model (qemu-img through the exports, libckpt,
+//!   libvhdi).
 //!
 //! Without nbdkit, qemu-img, qemu-io, a C compiler or nbdkit-plugin.h the
 //! tests print a notice and pass, except under `CI=true`.
@@ -1569,6 +1574,671 @@ fn vm_mode_readonly_and_config_errors() {
         err.contains("file= and vm= cannot be used together"),
         "{err}"
     );
+}
+
+// ------------------------------------------------------------ VM mode: SIGKILL mid-operation
+
+/// One write of the SIGKILL tests: `len` bytes of `byte` at `off` of disk
+/// `disk`.
+#[derive(Clone, Copy, Debug)]
+struct Put {
+    disk: usize,
+    off: u64,
+    len: u64,
+    byte: u8,
+}
+
+/// The writer thread's `k`-th write: those of [`vm_put`] (64 KiB each, in
+/// the first 3 MiB of each disk).
+fn small_put(k: usize) -> Put {
+    let (disk, off, byte) = vm_put(k);
+    Put {
+        disk,
+        off,
+        len: REGION,
+        byte,
+    }
+}
+
+/// Where the big writes of the delete test go: the last 5 MiB of each
+/// disk (past every [`small_put`]), so that a merge has that much to copy.
+const BIG_OFF: u64 = 3 * MIB;
+
+/// How long a client process (qemu-io, qemu-img, the CLI) may take before
+/// the test fails as hung.
+const CLIENT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Run `cmd` (standard input closed) and return its output; the test
+/// fails when it has not ended within `limit` (it is killed).
+fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", show(cmd)));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_timeout(&mut child, limit);
+    let (stdout, stderr) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "`{}` did not end within {limit:?}:\n{}",
+            show(cmd),
+            String::from_utf8_lossy(&stderr)
+        )
+    });
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// qemu-io makes `p` and flushes, through the export of its disk on
+/// `socket`: whether it reported both done. A server killed meanwhile
+/// makes it fail (never hang: [`CLIENT_LIMIT`]).
+fn qemu_put(socket: &Path, p: Put) -> bool {
+    let o = output_within(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c"])
+            .arg(format!("write -P {:#x} {} {}", p.byte, p.off, p.len))
+            .args(["-c", "flush"])
+            .arg(format!(
+                "nbd+unix:///{}?socket={}",
+                p.disk,
+                socket.display()
+            )),
+        CLIENT_LIMIT,
+    );
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    o.status.success() && !text.contains("failed") && !text.contains("error")
+}
+
+/// Every write of a SIGKILL test in the order made (one writer at a time)
+/// and how many of them completed: qemu-io reported the write and its
+/// flush done. A write past `done` was cut by a kill: each of its bytes may
+/// read old or new until [`Log::redo`] makes it again.
+#[derive(Default)]
+struct Log {
+    puts: std::sync::Mutex<Vec<Put>>,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl Log {
+    fn started(&self) -> usize {
+        self.puts.lock().expect("the log").len()
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The two disks after the writes `0..n`.
+    fn model(&self, n: usize) -> [Vec<u8>; 2] {
+        let mut m = [vec![0u8; SIZE as usize], vec![0u8; SIZE as usize]];
+        for p in &self.puts.lock().expect("the log")[..n] {
+            m[p.disk][p.off as usize..(p.off + p.len) as usize].fill(p.byte);
+        }
+        m
+    }
+
+    /// The `n` in `lo..=hi` for which `got` (both disks) holds exactly the
+    /// writes `0..n`, if one does.
+    fn prefix_of(&self, got: &[Vec<u8>], lo: usize, hi: usize) -> Option<usize> {
+        let mut m = self.model(lo);
+        let puts = self.puts.lock().expect("the log").clone();
+        for n in lo..=hi {
+            if got[0] == m[0] && got[1] == m[1] {
+                return Some(n);
+            }
+            if let Some(p) = puts.get(n) {
+                m[p.disk][p.off as usize..(p.off + p.len) as usize].fill(p.byte);
+            }
+        }
+        None
+    }
+
+    /// Make `p` through `socket`; whether it completed.
+    fn put(&self, socket: &Path, p: Put) -> bool {
+        let n = {
+            let mut puts = self.puts.lock().expect("the log");
+            puts.push(p);
+            puts.len()
+        };
+        let ok = qemu_put(socket, p);
+        if ok {
+            self.done.store(n, std::sync::atomic::Ordering::SeqCst);
+        }
+        ok
+    }
+
+    /// Make the writes a kill cut again (through the restarted server), so
+    /// that every write of the log is done.
+    fn redo(&self, socket: &Path) {
+        let cut: Vec<Put> = self.puts.lock().expect("the log")[self.done()..].to_vec();
+        for p in cut {
+            assert!(
+                qemu_put(socket, p),
+                "a write through the restarted nbdkit failed: {p:?}"
+            );
+        }
+        self.done
+            .store(self.started(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A thread making [`small_put`] writes through a server's socket, one
+/// after another, until stopped or until one fails (the server was
+/// killed); it returns the write that failed.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<Put>>,
+}
+
+impl Writer {
+    fn start(log: &std::sync::Arc<Log>, socket: &Path) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, socket, flag) = (log.clone(), socket.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let p = small_put(log.started());
+                if !log.put(&socket, p) {
+                    return Some(p);
+                }
+            }
+            None
+        });
+        Writer { stop, thread }
+    }
+
+    /// Wait until it has completed `n` more writes (while the server runs).
+    fn wait(&self, log: &Log, n: usize) {
+        let want = log.done() + n;
+        while log.done() < want {
+            assert!(
+                !self.thread.is_finished(),
+                "the writer stopped: a write failed while nbdkit ran"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stop it while the server runs: every write it made completed.
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = self.thread.join().expect("the writer panicked");
+        assert!(
+            failed.is_none(),
+            "a write failed while nbdkit ran: {failed:?}"
+        );
+    }
+
+    /// After the server was killed: it ends at its next write, which fails.
+    fn cut(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the writer panicked");
+    }
+}
+
+/// `ckpt ARGS…` running in the background.
+struct Background {
+    child: Child,
+    args: String,
+}
+
+impl Background {
+    fn start(args: &[&str]) -> Background {
+        let child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ckpt");
+        Background {
+            child,
+            args: args.join(" "),
+        }
+    }
+
+    /// Wait until `seen()` holds or the command ended, then `extra` more;
+    /// whether `seen()` held. Polls every 200 µs, for at most
+    /// [`CLIENT_LIMIT`].
+    fn wait_until(&mut self, mut seen: impl FnMut() -> bool, extra: Duration) -> bool {
+        let deadline = Instant::now() + CLIENT_LIMIT;
+        let held = loop {
+            if seen() {
+                break true;
+            }
+            if self.child.try_wait().expect("try_wait").is_some() || Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        std::thread::sleep(extra);
+        held
+    }
+
+    /// [`Background::wait_until`] the holder has written the VM's journal
+    /// (it began the operation).
+    fn wait_journal(&mut self, vm: &Path, extra: Duration) -> bool {
+        let journal = vm.join("journal.json");
+        self.wait_until(|| journal.exists(), extra)
+    }
+
+    /// Its exit (within [`CLIENT_LIMIT`], else the test fails: the CLI
+    /// must not hang when the VM's holder dies): success, stdout, stderr.
+    fn finish(mut self) -> (bool, String, String) {
+        use std::io::Read;
+        let status = wait_timeout(&mut self.child, CLIENT_LIMIT).unwrap_or_else(|| {
+            panic!(
+                "`ckpt {}` hung after nbdkit, the VM's holder, was killed",
+                self.args
+            )
+        });
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = self
+            .child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out);
+        let _ = self
+            .child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err);
+        (status.success(), out, err)
+    }
+}
+
+/// The CLI's report when the VM's holder died during its request: one
+/// line `error: …` that says the holder went away and that the request may
+/// or may not have been carried out.
+fn assert_holder_died(args: &str, err: &str) {
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with("error: ")
+            && lines[0].contains("holder closed its control channel during the request")
+            && lines[0].contains("may or may not have been carried out"),
+        "`ckpt {args}` after nbdkit was killed: not one clear error line:\n{err}"
+    );
+}
+
+/// Each export of the served VM read with `qemu-img convert` (raw, into
+/// `dir`).
+fn nbd_disks(server: &Server, dir: &Path) -> Vec<Vec<u8>> {
+    (0..2)
+        .map(|d| {
+            let raw = dir.join(format!("export{d}.raw"));
+            let o = output_within(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "raw"])
+                    .arg(server.export_uri(&d.to_string()))
+                    .arg(&raw),
+                CLIENT_LIMIT,
+            );
+            assert!(
+                o.status.success(),
+                "qemu-img convert of export {d}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let b = file_bytes(&raw);
+            std::fs::remove_file(&raw).expect("remove the raw copy");
+            b
+        })
+        .collect()
+}
+
+/// After a kill and the restart: the current state, read through each
+/// export by `qemu-img`, holds every completed write; a byte the write
+/// the kill cut touched reads old or new. Then that write is made again.
+fn assert_current_after_kill(what: &str, server: &Server, log: &Log, dir: &Path) {
+    let got = nbd_disks(server, dir);
+    let (done, started) = (log.model(log.done()), log.model(log.started()));
+    for d in 0..2 {
+        let bad =
+            (0..got[d].len()).find(|&i| got[d][i] != done[d][i] && got[d][i] != started[d][i]);
+        if let Some(i) = bad {
+            panic!(
+                "{what}: export {d} at {i}: {:#04x}, expected {:#04x} (every completed write) \
+                 or {:#04x} (with the write the kill cut)",
+                got[d][i], done[d][i], started[d][i]
+            );
+        }
+    }
+    log.redo(&server.socket);
+}
+
+/// After a restart: the journal is gone and no checkpoint is left being
+/// deleted. Returns `checkpoint list --json`.
+fn assert_reconciled(what: &str, vm: &Path) -> serde_json::Value {
+    assert!(
+        !vm.join("journal.json").exists(),
+        "{what}: the journal is left after the restart"
+    );
+    let list = vm_list(vm);
+    let checkpoints = list["checkpoints"].as_array().expect("checkpoints");
+    assert!(
+        checkpoints.iter().all(|c| c["deleting"] == false),
+        "{what}: a checkpoint is still being deleted: {list}"
+    );
+    list
+}
+
+/// The disks of the visible checkpoint `name` in `list` (`checkpoint list
+/// --json`), if it is there.
+fn find_in(list: &serde_json::Value, name: &str) -> Option<Vec<PathBuf>> {
+    let c = list["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .find(|c| c["name"] == name && c["hidden"] == false)?;
+    Some(
+        c["disks"]
+            .as_array()
+            .expect("disks")
+            .iter()
+            .map(|p| PathBuf::from(p.as_str().expect("a path")))
+            .collect(),
+    )
+}
+
+/// The writes (`0..n`, `n` in `lo..=hi`) that checkpoint `name` holds, its
+/// disks `tops` read by libckpt beside the server.
+fn checkpoint_prefix(log: &Log, name: &str, tops: &[PathBuf], lo: usize, hi: usize) -> usize {
+    let got: Vec<Vec<u8>> = tops.iter().map(|p| read_all(p)).collect();
+    log.prefix_of(&got, lo, hi).unwrap_or_else(|| {
+        let m = log.model(lo);
+        assert_same(&format!("checkpoint {name}: disk 0"), &got[0], &m[0], 0);
+        assert_same(&format!("checkpoint {name}: disk 1"), &got[1], &m[1], 0);
+        panic!("checkpoint {name}: no prefix of the writes {lo}..={hi} matches")
+    })
+}
+
+/// The server stopped: the visible checkpoints are exactly `expected`
+/// (name, writes `0..n` it holds) and, like the current state (every
+/// write), read as their model through libckpt and libvhdi; `vm show`
+/// names no stray file (nothing a kill cut is left half made).
+fn assert_vm_holds(vm: &Path, log: &Log, expected: &[(String, usize)]) {
+    let show = ckpt_ok(&["vm", "show", vm.to_str().unwrap(), "--json"]);
+    let show: serde_json::Value = serde_json::from_slice(&show).expect("vm show --json");
+    assert_eq!(show["strays"], serde_json::json!([]), "stray files");
+    let list = vm_list(vm);
+    let mut names: Vec<&str> = list["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .filter(|c| c["hidden"] == false)
+        .map(|c| c["name"].as_str().expect("a name"))
+        .collect();
+    let mut want: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(names, want, "the visible checkpoints");
+    for (name, n) in expected {
+        let m = log.model(*n);
+        for (d, top) in vm_checkpoint_disks(vm, name).iter().enumerate() {
+            vm_disk_reads(&format!("checkpoint {name}: disk {d}"), top, &m[d]);
+        }
+    }
+    let m = log.model(log.done());
+    assert_eq!(log.done(), log.started(), "a write was left cut");
+    for (d, top) in vm_current_disks(vm).iter().enumerate() {
+        vm_disk_reads(&format!("current: disk {d}"), top, &m[d]);
+    }
+}
+
+/// Issue 11: SIGKILL of nbdkit (`vm=DIR`) while `ckpt checkpoint create`
+/// runs through its control channel and a qemu-io writer keeps writing to
+/// both exports, at several points: a delay after the CLI started (before,
+/// during or after its request) or just after the holder wrote the journal
+/// (at least one kill must cut the create half way). The CLI ends with a
+/// clear error or its success; nbdkit restarted on the VM reconciles it: no
+/// journal, no stray file; a create the CLI reported exists; one that
+/// exists holds the writes completed before the CLI started and nothing
+/// written after it ended; the current state holds every completed write.
+/// Finally every checkpoint and the current state equal the model through
+/// libckpt and libvhdi.
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_sigkill_during_a_live_create() {
+    use std::sync::Arc;
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap().to_string();
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let log = Arc::new(Log::default());
+    let mut expected: Vec<(String, usize)> = Vec::new();
+    let mut server = Server::start_vm(&sockdir, &vm, false);
+    let (mut cut_mid, mut reported) = (0, 0);
+    let mut i = 0;
+    while i < 4 || (cut_mid == 0 && i < 8) {
+        let what = format!("kill {i} during a create");
+        let writer = Writer::start(&log, &server.socket);
+        writer.wait(&log, 2);
+        let lo = log.done();
+        let name = format!("c{i}");
+        let mut cli = Background::start(&["checkpoint", "create", &vms, &name]);
+        if i % 2 == 0 {
+            cli.wait_journal(&vm, Duration::from_millis([0, 2][i / 2 % 2]));
+        } else {
+            std::thread::sleep(Duration::from_millis([60, 2000][i / 2 % 2]));
+        }
+        server.kill();
+        writer.cut();
+        let (ok, _, err) = cli.finish();
+        let hi = log.started();
+        // A journal left: the kill cut the create half way.
+        let pending = vm.join("journal.json").exists();
+        if pending {
+            cut_mid += 1;
+        }
+        eprintln!(
+            "{what}: journal left {pending}, CLI ok {ok}: {}",
+            err.trim()
+        );
+        if ok {
+            reported += 1;
+        } else {
+            assert_holder_died(&format!("checkpoint create {name}"), &err);
+        }
+        server = Server::start_vm(&sockdir, &vm, false);
+        let list = assert_reconciled(&what, &vm);
+        assert_current_after_kill(&what, &server, &log, &root);
+        match find_in(&list, &name) {
+            Some(tops) => {
+                let n = checkpoint_prefix(&log, &name, &tops, lo, hi);
+                expected.push((name, n));
+            }
+            None => assert!(
+                !ok,
+                "{what}: the CLI reported {name} created, it is not there"
+            ),
+        }
+        i += 1;
+    }
+    assert!(cut_mid > 0, "no kill cut a create half way ({i} kills)");
+    let writer = Writer::start(&log, &server.socket);
+    writer.wait(&log, 2);
+    writer.stop();
+    server.stop();
+    assert_vm_holds(&vm, &log, &expected);
+    eprintln!("{i} kills: {cut_mid} cut a create half way, {reported} creates reported done");
+}
+
+/// The DataWriteGuid fields of both headers of each VHDX file in `files`,
+/// read as raw bytes (beside the holder's lock; a merge into a file writes
+/// a header with a new DataWriteGuid before it changes any data).
+fn raw_write_guids(files: &[PathBuf]) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut v = Vec::new();
+    for p in files {
+        let f = File::open(p).expect("open a checkpoint's disk");
+        // Headers at 64 KiB and 128 KiB; DataWriteGuid at offset 32.
+        for h in [64 * 1024u64, 128 * 1024] {
+            let mut g = [0u8; 16];
+            f.read_exact_at(&mut g, h + 32).expect("read a header");
+            v.extend_from_slice(&g);
+        }
+    }
+    v
+}
+
+/// The DataWriteGuid of each disk file in `files` (a merge into a file
+/// changes it before it changes the first byte the file reads as).
+fn write_guids(files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|p| {
+            let d = Disk::open(p, OpenMode::ReadOnly).expect("open a checkpoint's disk");
+            d.info().data_write_guid.to_string()
+        })
+        .collect()
+}
+
+/// Issue 11: SIGKILL of nbdkit (`vm=DIR`) during a live merge. Each round
+/// creates checkpoint `mI` through the control channel while a qemu-io
+/// writer writes, writes 5 MiB to each disk above it, then runs `ckpt
+/// checkpoint delete mI` (the checkpoint the current state hangs under:
+/// the guest's layer is merged live) while the writer keeps writing, and
+/// kills nbdkit just after the holder wrote the delete's journal, after a
+/// varying delay; at least one kill must land once the merge changed
+/// `mI`'s disks (the journal and `"deleting": true` are left, read from the
+/// folder before the restart). The CLI ends with a clear error or its
+/// success; nbdkit restarted on the VM reconciles it (no journal, nothing
+/// left being deleted); `mI` is gone or there intact (holding what it held
+/// when it was created), gone whenever the merge had begun; the current
+/// state (through the exports, by qemu-img) holds every completed write.
+/// Finally every checkpoint and the current state equal the model through
+/// libckpt and libvhdi, and no stray file is left.
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_sigkill_during_a_live_delete() {
+    use std::sync::Arc;
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap().to_string();
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let log = Arc::new(Log::default());
+    let mut server = Server::start_vm(&sockdir, &vm, false);
+    for k in 0..4 {
+        assert!(log.put(&server.socket, small_put(k)), "write {k}");
+    }
+    ckpt_ok(&["checkpoint", "create", &vms, "base"]);
+    let mut expected: Vec<(String, usize)> = vec![("base".into(), log.done())];
+    let (mut cut_merge, mut reported) = (0, 0);
+    let mut i = 0;
+    while i < 5 || (cut_merge == 0 && i < 8) {
+        let what = format!("kill {i} during a delete");
+        let t0 = Instant::now();
+        let name = format!("m{i}");
+        let writer = Writer::start(&log, &server.socket);
+        writer.wait(&log, 1);
+        let lo = log.done();
+        ckpt_ok(&["checkpoint", "create", &vms, &name]);
+        let hi = log.started();
+        writer.stop();
+        let tops = vm_checkpoint_disks(&vm, &name);
+        let n = checkpoint_prefix(&log, &name, &tops, lo, hi);
+        // What the delete merges: 5 MiB on each disk (and the writer's).
+        for disk in 0..2 {
+            let big = Put {
+                disk,
+                off: BIG_OFF,
+                len: SIZE - BIG_OFF,
+                byte: 0x80 + (2 * i + disk) as u8,
+            };
+            assert!(log.put(&server.socket, big), "{what}: {big:?}");
+        }
+        let (guids, raw) = (write_guids(&tops), raw_write_guids(&tops));
+        let writer = Writer::start(&log, &server.socket);
+        writer.wait(&log, 1);
+        let mut cli = Background::start(&["checkpoint", "delete", &vms, &name]);
+        // Kill once the holder journaled the delete, or once the merge
+        // changed the checkpoint's disks (then a little later each time),
+        // or (most likely) after the delete was done.
+        match i % 5 {
+            0 => {
+                cli.wait_journal(&vm, Duration::ZERO);
+            }
+            4 => {
+                cli.wait_journal(&vm, Duration::from_secs(3));
+            }
+            k => {
+                let extra = Duration::from_millis([0, 0, 20, 60][k]);
+                cli.wait_until(|| raw_write_guids(&tops) != raw, extra);
+            }
+        }
+        server.kill();
+        writer.cut();
+        let (ok, _, err) = cli.finish();
+        if ok {
+            reported += 1;
+        } else {
+            assert_holder_died(&format!("checkpoint delete {name}"), &err);
+        }
+        // Before the restart: a kill after the merge began leaves the
+        // journal, the checkpoint marked as being deleted, and its disks
+        // changed.
+        let pending = vm.join("journal.json").exists();
+        let listed = vm_list(&vm);
+        let deleting = listed["checkpoints"]
+            .as_array()
+            .expect("checkpoints")
+            .iter()
+            .any(|c| c["name"] == name.as_str() && c["deleting"] == true);
+        let merging = pending && deleting && write_guids(&tops) != guids;
+        if merging {
+            cut_merge += 1;
+        }
+        server = Server::start_vm(&sockdir, &vm, false);
+        let list = assert_reconciled(&what, &vm);
+        assert_current_after_kill(&what, &server, &log, &root);
+        // Gone, or there intact: what it held when it was created.
+        if let Some(now) = find_in(&list, &name) {
+            assert!(!ok, "{what}: the CLI reported {name} deleted, it is there");
+            assert!(!merging, "{what}: {name} is there after its merge began");
+            assert_eq!(now, tops, "{what}: the disks of {name}");
+            let hi = log.started();
+            assert_eq!(checkpoint_prefix(&log, &name, &now, n, hi), n, "{what}");
+            expected.push((name, n));
+        }
+        eprintln!(
+            "{what}: journal left {pending}, merge begun {merging}, CLI ok {ok} ({:?})",
+            t0.elapsed()
+        );
+        i += 1;
+    }
+    assert!(cut_merge > 0, "no kill landed during a merge ({i} kills)");
+    let writer = Writer::start(&log, &server.socket);
+    writer.wait(&log, 2);
+    writer.stop();
+    server.stop();
+    assert_vm_holds(&vm, &log, &expected);
+    eprintln!("{i} kills: {cut_merge} during a merge, {reported} deletes reported done");
 }
 
 /// The whole virtual disk behind an NBD URI, read by `qemu-img convert`.

@@ -13,36 +13,17 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use ckpt::checkpoint::{CheckpointType, Hooks, Vm, VmSpec, VmState, EXPORT_CHECKPOINT_NAME};
 use ckpt::io::{faults, Cut};
-use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk, OpenMode};
+use ckpt::{CreateOptions, Disk, ErrorKind, LiveDisk};
 
 include!("support/live_units.rs");
 
 // ------------------------------------------------------------------ setup
-
-/// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
-fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
-    let mut disks = Vec::new();
-    for i in 0..n {
-        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
-            .unwrap()
-            .close()
-            .unwrap();
-        disks.push(p);
-    }
-    let dir = root.join("vm");
-    let mut spec = VmSpec::new("live", disks);
-    spec.settings.checkpoint_type = kind;
-    Vm::create(&dir, &spec).unwrap();
-    dir
-}
 
 /// Hooks that record the calls, cancel at progress call `cancel_at` and
 /// fail the quiesce when `refuse` is set.

@@ -44,15 +44,18 @@ impl PerDisk for Writers {
     }
 }
 
+#[allow(dead_code)]
 fn read_units(path: &Path) -> Vec<Vec<u8>> {
     support::units::read_units(path, UNITS)
 }
 
+#[allow(dead_code)]
 fn live_units(d: &LiveDisk) -> Vec<Vec<u8>> {
     support::units::live_units(d, UNITS)
 }
 
 /// Every unit of `top` read by libvhdi (`pyvhdi` with `set_parent`).
+#[allow(dead_code)]
 fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
     support::units::vhdi_units(top, UNITS)
 }
@@ -60,6 +63,7 @@ fn vhdi_units(top: &Path) -> Vec<Vec<u8>> {
 /// Every unit of the state whose disks are `disks` (disk `d` at `d`)
 /// holds at least the write of it that a flush which returned before the
 /// stamp `before` made durable.
+#[allow(dead_code)]
 fn assert_flushed_kept(log: &Log, disks: &[PathBuf], before: u64, ctx: &str) {
     for (d, p) in disks.iter().enumerate() {
         let units = read_units(p);
@@ -74,11 +78,13 @@ fn assert_flushed_kept(log: &Log, disks: &[PathBuf], before: u64, ctx: &str) {
     }
 }
 
+#[allow(dead_code)]
 fn pyvhdi() -> bool {
     support::units::pyvhdi()
 }
 
 /// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
+#[allow(dead_code)]
 fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
     let mut disks = Vec::new();
     for i in 0..n {
@@ -99,6 +105,7 @@ fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
 
 /// A VM of two disks made by [`build`] in `root`, opened and attached:
 /// its folder, the VM and its two live handles.
+#[allow(dead_code)]
 fn attached(root: &Path, kind: CheckpointType) -> (PathBuf, Vm, Vec<Arc<LiveDisk>>) {
     let dir = build(root, 2, kind);
     let mut vm = Vm::open(&dir).unwrap();

@@ -77,11 +77,10 @@ impl Client {
     /// to `hooks.progress`, hook lines to `hooks.quiesce` / `hooks.thaw`.
     pub fn call(&mut self, op: &str, args: Value, hooks: &mut dyn Hooks) -> Result<Value> {
         let conn = &mut self.conn;
-        conn.send(&json!({"op": op, "args": args}))?;
+        conn.send(&json!({"op": op, "args": args}))
+            .map_err(|e| gone(e.into()))?;
         loop {
-            let v = conn.recv()?.ok_or_else(|| {
-                Error::Busy("the VM's holder closed its control channel during the request".into())
-            })?;
+            let v = conn.recv().map_err(gone)?.ok_or_else(holder_gone)?;
             if let Some(p) = v.get("progress") {
                 let (done, total) = (p["done"].as_u64(), p["total"].as_u64());
                 if let (Some(done), Some(total)) = (done, total) {
@@ -101,7 +100,7 @@ impl Client {
                     }
                     other => json!({"ok": false, "message": format!("unknown hook {other:?}")}),
                 };
-                conn.send(&answer)?;
+                conn.send(&answer).map_err(|e| gone(e.into()))?;
                 continue;
             }
             return match v["ok"].as_bool() {
@@ -118,6 +117,35 @@ impl Client {
     pub fn vm_file(&mut self) -> Result<VmFile> {
         let r = self.call("vm.show", json!({}), &mut NoHooks)?;
         vm_file_of(&r)
+    }
+}
+
+/// The error of a request whose holder went away before it replied (it
+/// stopped or was killed): `Busy`, saying that the request may or may not
+/// have been carried out.
+fn holder_gone() -> Error {
+    Error::Busy(
+        "the VM's holder closed its control channel during the request (it stopped or was \
+         killed): the request may or may not have been carried out; an operation it left half \
+         done is finished or undone when the VM is next opened"
+            .into(),
+    )
+}
+
+/// `e`, or [`holder_gone`] when it is the connection breaking (the holder
+/// died while a request was sent or answered).
+fn gone(e: Error) -> Error {
+    use std::io::ErrorKind as K;
+    match &e {
+        Error::Io(io)
+            if matches!(
+                io.kind(),
+                K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof
+            ) =>
+        {
+            holder_gone()
+        }
+        _ => e,
     }
 }
 
