@@ -386,18 +386,19 @@ fn transient_kind(i: usize) -> Transient {
     }
 }
 
-/// A VM with checkpoints first, a, b taken while writers write: (dir, vm,
-/// handles, clock, writers, the stamped checkpoints).
-fn live_three(
-    root: &Path,
-) -> (
+/// What [`live_three`] sets up: (dir, vm, handles, clock, writers, the
+/// stamped checkpoints).
+type LiveThree = (
     PathBuf,
     Vm,
     Vec<Arc<LiveDisk>>,
     Arc<AtomicU64>,
     Writers,
     Vec<(String, u64, u64)>,
-) {
+);
+
+/// A VM with checkpoints first, a, b taken while writers write.
+fn live_three(root: &Path) -> LiveThree {
     let dir = build(root, 2, CheckpointType::Standard);
     let mut vm = Vm::open(&dir).unwrap();
     let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
