@@ -267,6 +267,13 @@ fn c_vm_live_disks() {
     run_c_program("tests/c/test_vm_live.c");
 }
 
+/// Live deletes (a middle checkpoint, then the current state's parent,
+/// cancelled half way and retried) while two C threads write and flush.
+#[test]
+fn c_vm_live_delete() {
+    run_c_program("tests/c/test_vm_live_delete.c");
+}
+
 /// The additions of 0.2 (issue 11): typed getters, checkpoints by id, the
 /// pending delete, absolute chain paths, vectored I/O, one file without
 /// its parents, paths that are not UTF-8.
@@ -329,6 +336,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_errors.c",
         "tests/c/test_extents.c",
         "tests/c/test_vm_live.c",
+        "tests/c/test_vm_live_delete.c",
         "tests/c/test_hypervisor.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");

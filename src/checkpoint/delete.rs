@@ -154,13 +154,15 @@ impl Vm {
             ));
         }
         // Once the VM file no longer lists the checkpoint (or lists it
-        // hidden), the delete is done: a later failure is a warning.
+        // hidden: a branch point, or the node a live delete of the current
+        // state's parent keeps under the switched disks), the delete is
+        // done: a later failure is a warning.
         if r.is_err() {
             let committed = read_vm_file(&self.dir.join(VM_FILE)).is_ok_and(|d| {
                 d.checkpoints
                     .iter()
                     .find(|c| c.id == id)
-                    .is_none_or(|c| hide && c.hidden)
+                    .is_none_or(|c| c.hidden && (hide || !c.deleting))
             });
             if committed {
                 self.after_commit(&format!("deleting checkpoint {name:?}"), r);

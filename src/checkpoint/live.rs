@@ -41,7 +41,7 @@ use super::vm::*;
 use crate::checkpoint::owner;
 use crate::disk::live::{pause_all, LiveDisk, NewChild};
 use crate::disk::{ChildOptions, Disk, OpenMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 impl Vm {
     /// The live handle of disk `i` of the current state (the order of
@@ -154,15 +154,27 @@ impl Vm {
         let refs: Vec<&LiveDisk> = live.iter().map(|d| d.as_ref()).collect();
         let made: Vec<PathBuf> = children.iter().map(|c| c.path().to_path_buf()).collect();
         let switch = pause_all(&refs)?.switch_children(children)?;
-        // The pause is over: the guest writes into the children.
-        let r = switch.flush_frozen().and_then(|_| commit(self));
-        if let Err(e) = r {
-            if !self.stored_holds(|d| d.checkpoints.iter().any(|c| c.id == id)) {
+        // The pause is over: the guest writes into the children. Only a
+        // commit that ran can have landed (a delete's `id` is in `vm.json`
+        // all along: a failed flush of the old tops is never committed).
+        let r = match switch.flush_frozen() {
+            Ok(()) => commit(self).map_err(|e| (e, true)),
+            Err(e) => Err((e, false)),
+        };
+        if let Err((e, ran)) = r {
+            let committed = ran && self.stored_holds(|d| d.checkpoints.iter().any(|c| c.id == id));
+            if !committed {
                 if let Err(u) = switch.undo() {
-                    return Err(Error::InvalidArgument(format!(
+                    // Still the storage's failure, as the caller asked.
+                    let msg = format!(
                         "{e}; and the live disks could not be switched back ({u}): detach \
                          and open the VM again"
-                    )));
+                    );
+                    return Err(match e.kind() {
+                        ErrorKind::Io => Error::Io(std::io::Error::other(msg)),
+                        ErrorKind::NoSpace => Error::NoSpace(msg),
+                        _ => Error::InvalidArgument(msg),
+                    });
                 }
                 return Err(e);
             }

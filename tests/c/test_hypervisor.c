@@ -27,16 +27,6 @@
 
 #define SIZE (4u * MIB)
 
-static void make_disk(const char *path) {
-    ckpt_create_options o;
-    memset(&o, 0, sizeof o);
-    o.struct_size = sizeof o;
-    o.block_size = MIB;
-    ckpt_disk *disk = NULL;
-    EXPECT_OK(ckpt_disk_create(path, SIZE, &o, &disk));
-    EXPECT_OK(ckpt_disk_close(disk));
-}
-
 /* Write `len` bytes of `byte` at `offset` of the disk at `path`. */
 static void put(const char *path, uint8_t byte, size_t len, uint64_t offset) {
     ckpt_disk *disk = NULL;
@@ -103,30 +93,10 @@ static ckpt_checkpoint_info info_by_id(ckpt_vm *vm, const char *id) {
     return c;
 }
 
-static ckpt_vm_info vm_info(ckpt_vm *vm) {
-    ckpt_vm_info i;
-    memset(&i, 0, sizeof i);
-    i.struct_size = sizeof i;
-    EXPECT_OK(ckpt_vm_get_info(vm, &i));
-    return i;
-}
-
 static int on_save_memory(ckpt_writer *w, void *user) {
     const char *memory = user;
     return ckpt_writer_write(w, (const uint8_t *)memory, strlen(memory)) == CKPT_STATUS_OK ? 0
                                                                                           : 1;
-}
-
-/* The contents of a small file into `buf` ("" when unreadable). */
-static const char *slurp(const char *path, char *buf, size_t len) {
-    FILE *f = fopen(path, "rb");
-    buf[0] = '\0';
-    if (f != NULL) {
-        size_t n = fread(buf, 1, len - 1, f);
-        buf[n] = '\0';
-        fclose(f);
-    }
-    return buf;
 }
 
 static int starts_with(const char *s, const char *prefix) {
@@ -148,8 +118,8 @@ static void getters_and_ids(const char *dir) {
     snprintf(d1, sizeof d1, "%s/data.vhdx", sub);
     snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
     snprintf(loc, sizeof loc, "%s/states", sub);
-    make_disk(d0);
-    make_disk(d1);
+    make_disk(d0, SIZE);
+    make_disk(d1, SIZE);
     const char *disks[] = {d0, d1};
     const char *passthrough[] = {"/dev/sdz", "/dev/sdy"};
     ckpt_vm_spec spec;
@@ -289,26 +259,13 @@ static void getters_and_ids(const char *dir) {
 
 /* ---- the pending delete ---- */
 
-typedef struct {
-    int calls;
-    int cancel_at;
-} canceller;
-
-static int cancel_progress(uint64_t done, uint64_t total, void *user) {
-    canceller *c = user;
-    (void)done;
-    (void)total;
-    c->calls++;
-    return c->calls >= c->cancel_at;
-}
-
 static void pending_delete(const char *dir) {
     char sub[2048], disk[4096], vmdir[4096], cur[4096], x[128];
     snprintf(sub, sizeof sub, "%s/pending", dir);
     CHECK(mkdir(sub, 0755) == 0);
     snprintf(disk, sizeof disk, "%s/os.vhdx", sub);
     snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
-    make_disk(disk);
+    make_disk(disk, SIZE);
     const char *disks[] = {disk};
     ckpt_vm_spec spec;
     memset(&spec, 0, sizeof spec);
@@ -383,7 +340,7 @@ static void relative_open(const char *dir) {
     snprintf(sub, sizeof sub, "%s/relative", dir);
     CHECK(mkdir(sub, 0755) == 0);
     CHECK(chdir(sub) == 0);
-    make_disk("base.vhdx");
+    make_disk("base.vhdx", SIZE);
     ckpt_disk *child = NULL;
     EXPECT_OK(ckpt_disk_create_child("child.avhdx", "base.vhdx", NULL, &child));
     EXPECT_OK(ckpt_disk_close(child));
@@ -406,7 +363,7 @@ static void vectored(const char *dir) {
     char base[4096], child[4096];
     snprintf(base, sizeof base, "%s/vec-base.vhdx", dir);
     snprintf(child, sizeof child, "%s/vec-child.avhdx", dir);
-    make_disk(base);
+    make_disk(base, SIZE);
     put(base, 0x5a, 3 * MIB, 0);
     ckpt_disk *disk = NULL;
     EXPECT_OK(ckpt_disk_create_child(child, base, NULL, &disk));
@@ -505,7 +462,7 @@ static void *reader(void *arg) {
 static void threaded(const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/threads.vhdx", dir);
-    make_disk(path);
+    make_disk(path, SIZE);
     ckpt_disk *disk = NULL;
     EXPECT_OK(ckpt_disk_open(path, CKPT_OPEN_READ_WRITE, &disk));
     if (disk == NULL) {
@@ -547,7 +504,7 @@ static void single_file(const char *dir) {
     snprintf(base, sizeof base, "%s/one-base.vhdx", dir);
     snprintf(child, sizeof child, "%s/one-child.avhdx", dir);
     snprintf(moved, sizeof moved, "%s/one-base-moved.vhdx", dir);
-    make_disk(base);
+    make_disk(base, SIZE);
     put(base, 0xaa, 2 * MIB, 0);
     ckpt_disk *disk = NULL;
     ckpt_child_options co = child_options(MIB);
@@ -619,7 +576,7 @@ static void non_utf8(const char *dir) {
     snprintf(child, sizeof child, "%s/c\xff\xfe.avhdx", dir);
     snprintf(bad_child, sizeof bad_child, "%s/child-of-b\xff.avhdx", dir);
     /* a base disk with such a name: create, write, reopen, its path back */
-    make_disk(base);
+    make_disk(base, SIZE);
     CHECK(file_exists(base));
     put(base, 0x77, 4096, 0);
     ckpt_disk *disk = NULL;
@@ -644,7 +601,7 @@ static void non_utf8(const char *dir) {
     CHECK(disk == DISK_SENTINEL && !file_exists(bad_child));
     CHECK(strstr(last_error_text(), "UTF-8") != NULL);
     /* a child named so, of a UTF-8 parent, is fine */
-    make_disk(parent);
+    make_disk(parent, SIZE);
     put(parent, 0x66, 4096, 0);
     disk = NULL;
     EXPECT_OK(ckpt_disk_create_child(child, parent, NULL, &disk));
@@ -680,7 +637,7 @@ static void non_utf8(const char *dir) {
     /* a UTF-8 VM: an export folder that is not UTF-8 is refused, not made */
     char ok_disk[4096], exp[4096];
     snprintf(ok_disk, sizeof ok_disk, "%s/utf8.vhdx", dir);
-    make_disk(ok_disk);
+    make_disk(ok_disk, SIZE);
     disks[0] = ok_disk;
     vm = NULL;
     EXPECT_OK(ckpt_vm_create(sub, &spec, &vm));
@@ -724,7 +681,7 @@ static void null_arguments(const char *dir) {
     char disk[4096], vmdir[4096];
     snprintf(disk, sizeof disk, "%s/null-args.vhdx", dir);
     snprintf(vmdir, sizeof vmdir, "%s/null-args-vm", dir);
-    make_disk(disk);
+    make_disk(disk, SIZE);
     const char *disks[] = {disk};
     ckpt_vm_spec spec;
     memset(&spec, 0, sizeof spec);

@@ -30,16 +30,6 @@
 
 #define SIZE (4u * MIB)
 
-static void make_disk(const char *path) {
-    ckpt_create_options o;
-    memset(&o, 0, sizeof o);
-    o.struct_size = sizeof o;
-    o.block_size = MIB;
-    ckpt_disk *disk = NULL;
-    EXPECT_OK(ckpt_disk_create(path, SIZE, &o, &disk));
-    EXPECT_OK(ckpt_disk_close(disk));
-}
-
 /* Write a NUL-terminated tag at offset 0 of the disk at `path`. */
 static void write_tag(const char *path, const char *tag) {
     ckpt_disk *disk = NULL;
@@ -75,14 +65,6 @@ static const char *current(ckpt_vm *vm, size_t k) {
         buf[k][0] = '\0';
     }
     return buf[k];
-}
-
-static ckpt_vm_info vm_info(ckpt_vm *vm) {
-    ckpt_vm_info i;
-    memset(&i, 0, sizeof i);
-    i.struct_size = sizeof i;
-    EXPECT_OK(ckpt_vm_get_info(vm, &i));
-    return i;
 }
 
 static size_t checkpoint_count(ckpt_vm *vm) {
@@ -216,18 +198,6 @@ static guest guest_new(void) {
     return g;
 }
 
-/* The contents of a small file into `buf` ("" when unreadable). */
-static const char *slurp(const char *path, char *buf, size_t len) {
-    FILE *f = fopen(path, "rb");
-    buf[0] = '\0';
-    if (f != NULL) {
-        size_t n = fread(buf, 1, len - 1, f);
-        buf[n] = '\0';
-        fclose(f);
-    }
-    return buf;
-}
-
 /* ---- issue 8: the checkpoint-tree regressions ---- */
 
 /* Fill the whole disk at `path` with `byte`. */
@@ -258,19 +228,6 @@ static int first_byte(const char *path) {
     return ok ? b : -1;
 }
 
-typedef struct {
-    int calls;
-    int cancel_at; /* the call (1 = the first) that cancels */
-} canceller;
-
-static int cancel_progress(uint64_t done, uint64_t total, void *user) {
-    canceller *c = user;
-    (void)done;
-    (void)total;
-    c->calls++;
-    return c->calls >= c->cancel_at;
-}
-
 /* A standard VM on one disk in DIR/NAME: checkpoint X (zeros), 0x11 over
  * the whole disk, checkpoint Y. */
 static ckpt_vm *x_then_y(const char *dir, const char *name, char *vmdir, size_t vmdir_len) {
@@ -278,7 +235,7 @@ static ckpt_vm *x_then_y(const char *dir, const char *name, char *vmdir, size_t 
     snprintf(sub, sizeof sub, "%s/%s", dir, name);
     CHECK(mkdir(sub, 0755) == 0);
     snprintf(disk, sizeof disk, "%s/os.vhdx", sub);
-    make_disk(disk);
+    make_disk(disk, SIZE);
     snprintf(vmdir, vmdir_len, "%s/vm", sub);
     const char *disks[] = {disk};
     ckpt_vm_spec spec;
@@ -393,7 +350,7 @@ static void revert_after_branch_delete(const char *dir) {
     snprintf(sub, sizeof sub, "%s/branch", dir);
     CHECK(mkdir(sub, 0755) == 0);
     snprintf(disk, sizeof disk, "%s/os.vhdx", sub);
-    make_disk(disk);
+    make_disk(disk, SIZE);
     snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
     const char *disks[] = {disk};
     ckpt_vm_spec spec;
@@ -443,8 +400,8 @@ static void export_shared_names(const char *dir) {
     CHECK(mkdir(b, 0755) == 0);
     snprintf(a, sizeof a, "%s/a/disk1.vhdx", sub);
     snprintf(b, sizeof b, "%s/b/disk1.vhdx", sub);
-    make_disk(a);
-    make_disk(b);
+    make_disk(a, SIZE);
+    make_disk(b, SIZE);
     snprintf(vmdir, sizeof vmdir, "%s/vm", sub);
     const char *disks[] = {a, b};
     ckpt_vm_spec spec;
@@ -615,8 +572,8 @@ int main(int argc, char **argv) {
     snprintf(data, sizeof data, "%s/data.vhdx", disks_dir);
     snprintf(vmdir, sizeof vmdir, "%s/vm", dir);
     CHECK(mkdir(disks_dir, 0755) == 0);
-    make_disk(os);
-    make_disk(data);
+    make_disk(os, SIZE);
+    make_disk(data, SIZE);
 
     /* ---- create ---- */
     const char *disks[] = {os, data};

@@ -27,95 +27,8 @@
 #include "test_util.h"
 
 #define SIZE (8u * MIB)
-#define UNIT 4096u
-#define UNITS 32u
-#define STRIDE (SIZE / UNITS)
+#define STRIDE (SIZE / UNIT_COUNT)
 #define CHECKPOINTS 3
-
-static void make_disk(const char *path) {
-    ckpt_create_options o;
-    memset(&o, 0, sizeof o);
-    o.struct_size = sizeof o;
-    o.block_size = MIB;
-    ckpt_disk *disk = NULL;
-    EXPECT_OK(ckpt_disk_create(path, SIZE, &o, &disk));
-    EXPECT_OK(ckpt_disk_close(disk));
-}
-
-static void fill_unit(uint8_t *buf, unsigned disk, unsigned unit, uint64_t round) {
-    for (unsigned i = 0; i < UNIT; i++) {
-        buf[i] = (uint8_t)((disk * 31u + unit * 7u + (unsigned)round + i) | 1u);
-    }
-    memcpy(buf, &round, sizeof round);
-}
-
-/* The round a unit holds (0: never written); -1 for anything else. */
-static int64_t unit_round(const uint8_t *buf, unsigned disk, unsigned unit) {
-    int zero = 1;
-    for (unsigned i = 0; i < UNIT; i++) {
-        if (buf[i] != 0) {
-            zero = 0;
-            break;
-        }
-    }
-    if (zero) {
-        return 0;
-    }
-    uint64_t round;
-    memcpy(&round, buf, sizeof round);
-    uint8_t want[UNIT];
-    fill_unit(want, disk, unit, round);
-    return memcmp(want, buf, UNIT) == 0 ? (int64_t)round : -1;
-}
-
-struct writer {
-    ckpt_disk *disk;
-    unsigned index;
-    atomic_bool stop;
-    /* per unit: the round being written, and the last one that returned */
-    _Atomic uint64_t started[UNITS];
-    _Atomic uint64_t done[UNITS];
-    int failed;
-};
-
-static void *write_loop(void *arg) {
-    struct writer *w = arg;
-    uint8_t buf[UNIT];
-    uint64_t round = 0;
-    while (!atomic_load(&w->stop)) {
-        round++;
-        for (unsigned u = 0; u < UNITS && !atomic_load(&w->stop); u++) {
-            atomic_store(&w->started[u], round);
-            fill_unit(buf, w->index, u, round);
-            if (ckpt_disk_write(w->disk, buf, UNIT, (uint64_t)u * STRIDE) != CKPT_STATUS_OK) {
-                w->failed = 1;
-                return NULL;
-            }
-            atomic_store(&w->done[u], round);
-        }
-        if (ckpt_disk_flush(w->disk) != CKPT_STATUS_OK) {
-            w->failed = 1;
-            return NULL;
-        }
-    }
-    return NULL;
-}
-
-/* Check the disk at `path` (a checkpoint's) against [lo, hi] per unit. */
-static void check_frozen(const char *path, unsigned disk, const uint64_t *lo, const uint64_t *hi) {
-    ckpt_disk *d = NULL;
-    EXPECT_OK(ckpt_disk_open(path, CKPT_OPEN_READ_ONLY, &d));
-    if (d == NULL) {
-        return;
-    }
-    uint8_t buf[UNIT];
-    for (unsigned u = 0; u < UNITS; u++) {
-        EXPECT_OK(ckpt_disk_read(d, buf, UNIT, (uint64_t)u * STRIDE));
-        int64_t r = unit_round(buf, disk, u);
-        CHECK(r >= 0 && (uint64_t)r >= lo[u] && (uint64_t)r <= hi[u]);
-    }
-    EXPECT_OK(ckpt_disk_close(d));
-}
 
 int main(int argc, char **argv) {
     if (argc != 2) {
@@ -126,8 +39,8 @@ int main(int argc, char **argv) {
     snprintf(d0, sizeof d0, "%s/live0.vhdx", argv[1]);
     snprintf(d1, sizeof d1, "%s/live1.vhdx", argv[1]);
     snprintf(vmdir, sizeof vmdir, "%s/vm", argv[1]);
-    make_disk(d0);
-    make_disk(d1);
+    make_disk(d0, SIZE);
+    make_disk(d1, SIZE);
 
     const char *disks[2] = {d0, d1};
     ckpt_vm_spec spec;
@@ -149,7 +62,7 @@ int main(int argc, char **argv) {
     CHECK(bad == DISK_SENTINEL);
     EXPECT_STATUS(ckpt_vm_disk(vm, 0, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_disk(NULL, 0, &bad), CKPT_STATUS_NULL_POINTER);
-    static struct writer w[2];
+    static struct unit_writer w[2];
     EXPECT_OK(ckpt_vm_disk(vm, 0, &w[0].disk));
     EXPECT_OK(ckpt_vm_disk(vm, 1, &w[1].disk));
     ckpt_disk *again = NULL;
@@ -165,26 +78,17 @@ int main(int argc, char **argv) {
 
     pthread_t t[2];
     for (unsigned i = 0; i < 2; i++) {
-        w[i].index = i;
-        atomic_init(&w[i].stop, false);
-        for (unsigned u = 0; u < UNITS; u++) {
-            atomic_init(&w[i].started[u], 0);
-            atomic_init(&w[i].done[u], 0);
-        }
-        CHECK(pthread_create(&t[i], NULL, write_loop, &w[i]) == 0);
+        unit_writer_init(&w[i], w[i].disk, i, STRIDE);
+        CHECK(pthread_create(&t[i], NULL, unit_write_loop, &w[i]) == 0);
     }
 
-    static uint64_t lo[CHECKPOINTS][2][UNITS], hi[CHECKPOINTS][2][UNITS];
+    static uint64_t lo[CHECKPOINTS][2][UNIT_COUNT], hi[CHECKPOINTS][2][UNIT_COUNT];
     for (int k = 0; k < CHECKPOINTS; k++) {
         /* let the writers get through a few rounds */
-        while (atomic_load(&w[0].done[UNITS - 1]) < (uint64_t)(2 * k + 2) ||
-               atomic_load(&w[1].done[UNITS - 1]) < (uint64_t)(2 * k + 2)) {
-            if (w[0].failed || w[1].failed) {
-                break;
-            }
-        }
+        unit_writer_wait(&w[0], (uint64_t)(2 * k + 2));
+        unit_writer_wait(&w[1], (uint64_t)(2 * k + 2));
         for (unsigned i = 0; i < 2; i++) {
-            for (unsigned u = 0; u < UNITS; u++) {
+            for (unsigned u = 0; u < UNIT_COUNT; u++) {
                 lo[k][i][u] = atomic_load(&w[i].done[u]);
             }
         }
@@ -192,7 +96,7 @@ int main(int argc, char **argv) {
         snprintf(name, sizeof name, "c%d", k);
         EXPECT_OK(ckpt_vm_checkpoint_create(vm, name, NULL));
         for (unsigned i = 0; i < 2; i++) {
-            for (unsigned u = 0; u < UNITS; u++) {
+            for (unsigned u = 0; u < UNIT_COUNT; u++) {
                 hi[k][i][u] = atomic_load(&w[i].started[u]);
             }
         }
@@ -239,17 +143,16 @@ int main(int argc, char **argv) {
             char path[1024];
             size_t len = 0;
             EXPECT_OK(ckpt_vm_checkpoint_disk_path(vm, index, i, path, sizeof path, &len));
-            check_frozen(path, i, lo[k][i], hi[k][i]);
+            check_units_at(path, i, STRIDE, lo[k][i], hi[k][i]);
         }
     }
     /* The current state, through the same handles: every last write. */
     for (unsigned i = 0; i < 2; i++) {
-        uint8_t buf[UNIT];
-        for (unsigned u = 0; u < UNITS; u++) {
-            EXPECT_OK(ckpt_disk_read(w[i].disk, buf, UNIT, (uint64_t)u * STRIDE));
-            int64_t r = unit_round(buf, i, u);
-            CHECK(r >= 0 && (uint64_t)r == atomic_load(&w[i].done[u]));
+        uint64_t last[UNIT_COUNT];
+        for (unsigned u = 0; u < UNIT_COUNT; u++) {
+            last[u] = atomic_load(&w[i].done[u]);
         }
+        check_units(w[i].disk, i, STRIDE, last, last);
         ckpt_disk_info info;
         memset(&info, 0, sizeof info);
         info.struct_size = sizeof info;
@@ -269,12 +172,11 @@ int main(int argc, char **argv) {
             if (d == NULL) {
                 continue;
             }
-            uint8_t buf[UNIT];
-            for (unsigned u = 0; u < UNITS; u++) {
-                EXPECT_OK(ckpt_disk_read(d, buf, UNIT, (uint64_t)u * STRIDE));
-                int64_t r = unit_round(buf, i, u);
-                CHECK(r >= 0 && (uint64_t)r == atomic_load(&w[i].done[u]));
+            uint64_t last[UNIT_COUNT];
+            for (unsigned u = 0; u < UNIT_COUNT; u++) {
+                last[u] = atomic_load(&w[i].done[u]);
             }
+            check_units(d, i, STRIDE, last, last);
         }
         EXPECT_OK(ckpt_vm_close(vm));
     }
