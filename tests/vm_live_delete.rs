@@ -786,7 +786,8 @@ fn write_every_unit(disks: &[Arc<LiveDisk>], log: &mut Log, clock: &AtomicU64) {
         }
         let began = clock.fetch_add(1, Ordering::SeqCst);
         disk.flush().unwrap();
-        log.flushes.push((d, began, clock.fetch_add(1, Ordering::SeqCst)));
+        log.flushes
+            .push((d, began, clock.fetch_add(1, Ordering::SeqCst)));
     }
 }
 
