@@ -2298,8 +2298,26 @@ fn vm_mode_apply_and_revert_switch_what_new_connections_read() {
     vm_disks_read_a_prefix("checkpoint c1 after the apply", &tops, 6, 6);
     ckpt_ok(&["checkpoint", "revert", &vms]);
     exports_read("after the revert", &vm_model(6));
-    server.stop();
     let current = vm_current_disks(&vm);
-    vm_disks_read_a_prefix("current after the revert", &current, 6, 6);
     vm_disks_read_a_prefix("checkpoint c1 at the end", &tops, 6, 6);
+    // Deleting the checkpoint the served disks hang under: merged live,
+    // its layer left hidden under the running disks, and the CLI says so.
+    let out = String::from_utf8(ckpt_ok(&["checkpoint", "delete", &vms, "c1"])).unwrap();
+    assert!(
+        out.contains("hidden, under the running VM's disks"),
+        "the delete does not say where its disks stay: {out}"
+    );
+    let left = vm_list(&vm);
+    assert!(
+        left["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["hidden"] == true),
+        "a visible checkpoint is left: {left}"
+    );
+    exports_read("after deleting c1", &vm_model(6));
+    server.stop();
+    vm_disks_read_a_prefix("current after the revert", &vm_current_disks(&vm), 6, 6);
+    drop(current);
 }

@@ -188,7 +188,21 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         // One held by a writer is looked at without its lock (its parent
         // locator does not change while it is written); if even that
         // fails, the writer's refusal stands.
-        let f = match open_single(&p, false) {
+        // This process's own writers (a live VM's tops) are peeked at
+        // directly: a lock would only be refused after its wait.
+        let peeked = if crate::io::held_exclusive_here(&p) {
+            crate::io::FileStorage::peek(&p)
+                .map_err(Error::from)
+                .and_then(|s| Vhdx::open(Arc::new(s), true))
+                .ok()
+        } else {
+            None
+        };
+        let opened = match peeked {
+            Some(f) => Ok(f),
+            None => open_single(&p, false),
+        };
+        let f = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == crate::ErrorKind::Busy => {
                 match crate::io::FileStorage::peek(&p)

@@ -23,9 +23,23 @@ fn find(m: &Metadata, id: &Uuid) -> Option<Vec<u8>> {
 }
 
 /// The user item `id` of the file `path` (opened alone, read-only).
+/// A file another process holds for writing is looked at without its lock
+/// (read-only, its log replayed in memory); if even that fails, the
+/// holder's refusal stands.
 pub(crate) fn user_item(path: &Path, id: &Uuid) -> Result<Option<Vec<u8>>> {
-    let s = open_file(path, false)?;
-    let f = Vhdx::open(Arc::new(s), true).map_err(|e| e.in_file(path))?;
+    let f = match open_file(path, false) {
+        Ok(s) => Vhdx::open(Arc::new(s), true).map_err(|e| e.in_file(path))?,
+        Err(e) if e.kind() == crate::ErrorKind::Busy => {
+            match crate::io::FileStorage::peek(path)
+                .map_err(crate::error::Error::from)
+                .and_then(|s| Vhdx::open(Arc::new(s), true))
+            {
+                Ok(f) => f,
+                Err(_) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     Ok(find(&f.metadata(), id))
 }
 

@@ -137,8 +137,7 @@ const PAUSE: Duration = Duration::from_millis(10);
 /// Lock `file` (non-blocking). A refused lock is retried for about 0.2 s:
 /// a descriptor this process closed stays open in a child that another
 /// thread is forking until the child execs (every descriptor libckpt opens
-/// is close-on-exec), so a lock can look taken for a moment; not a shared
-/// lock on a file this process holds for writing itself. Then the
+/// is close-on-exec), so a lock can look taken for a moment. Then the
 /// error (kind `WouldBlock`) carries a [`LockConflict`] saying who holds
 /// the file.
 pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
@@ -162,14 +161,6 @@ pub fn lock_file(file: &File, kind: LockKind) -> io::Result<FileLock> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if !would_block(&e) => return Err(e),
-            // This process holds the file for writing: waiting is no use
-            // (a live VM's own tops, met by a scan for children).
-            Err(_)
-                if kind == LockKind::Shared
-                    && held().get(&key).is_some_and(|h| h.exclusive > 0) =>
-            {
-                break
-            }
             Err(_) => {}
         }
         attempt += 1;
@@ -204,6 +195,19 @@ fn who_holds(file: &File, key: (u64, u64), kind: LockKind) -> LockConflict {
         wanted: kind,
         holder,
         held_for_writing,
+    }
+}
+
+/// Whether this process holds the file at `path` locked exclusively (as
+/// far as its own record knows: a lock shared by [`share_lock`] still
+/// counts). A caller that only peeks at such a file can skip the wait of
+/// [`lock_file`], which cannot succeed before the holder lets go.
+pub(crate) fn held_exclusive_here(path: &std::path::Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) => held()
+            .get(&(m.dev(), m.ino()))
+            .is_some_and(|h| h.exclusive > 0),
+        Err(_) => false,
     }
 }
 

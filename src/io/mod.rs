@@ -24,6 +24,7 @@ pub use fault::Cut;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultStorage, Transient};
 pub use file::FileStorage;
+pub(crate) use lock::held_exclusive_here;
 pub(crate) use lock::{exclusive_lock, share_lock};
 pub use lock::{lock_conflict, lock_file, FileLock, Holder, LockConflict, LockKind};
 pub use mem::MemStorage;

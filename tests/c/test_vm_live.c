@@ -103,9 +103,9 @@ int main(int argc, char **argv) {
     }
     /* The current state exported while the writers write: one instant,
      * through a temporary checkpoint merged back afterwards. */
-    static uint64_t elo[2][UNITS], ehi[2][UNITS];
+    static uint64_t elo[2][UNIT_COUNT], ehi[2][UNIT_COUNT];
     for (unsigned i = 0; i < 2; i++) {
-        for (unsigned u = 0; u < UNITS; u++) {
+        for (unsigned u = 0; u < UNIT_COUNT; u++) {
             elo[i][u] = atomic_load(&w[i].done[u]);
         }
     }
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
     snprintf(exportdir, sizeof exportdir, "%s/export-now", argv[1]);
     EXPECT_OK(ckpt_vm_checkpoint_export(vm, NULL, exportdir, NULL));
     for (unsigned i = 0; i < 2; i++) {
-        for (unsigned u = 0; u < UNITS; u++) {
+        for (unsigned u = 0; u < UNIT_COUNT; u++) {
             ehi[i][u] = atomic_load(&w[i].started[u]);
         }
     }
@@ -131,7 +131,7 @@ int main(int argc, char **argv) {
     for (unsigned i = 0; i < 2; i++) {
         char path[1100];
         snprintf(path, sizeof path, "%s/live%u.vhdx", exportdir, i);
-        check_frozen(path, i, elo[i], ehi[i]);
+        check_units_at(path, i, STRIDE, elo[i], ehi[i]);
     }
 
     for (int k = 0; k < CHECKPOINTS; k++) {

@@ -602,7 +602,18 @@ fn delete(dir: &Path, name: &str, subtree: bool) -> CliResult {
         ));
     }
     if vm.data().checkpoints.iter().any(|c| c.id == id) {
-        line.push_str(" (its disks stay, hidden, while more than one state still depends on them)");
+        let d = vm.data();
+        let deps = d
+            .checkpoints
+            .iter()
+            .filter(|c| c.parent.as_deref() == Some(id.as_str()))
+            .count()
+            + usize::from(d.current.parent.as_deref() == Some(id.as_str()));
+        line.push_str(if deps > 1 {
+            " (its disks stay, hidden, while more than one state still depends on them)"
+        } else {
+            " (its disks stay, hidden, under the running VM's disks until the VM is opened again)"
+        });
     }
     println!("{line}");
     warn(&mut vm);
