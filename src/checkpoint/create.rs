@@ -112,6 +112,20 @@ pub(super) fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
 }
 
 impl Vm {
+    /// Where the new differencing disks on the current disks go, one per
+    /// disk, named for the operation `id` (a checkpoint, a live switch).
+    pub(super) fn current_children(&self, id: &str) -> Vec<PathBuf> {
+        self.data
+            .current
+            .disks
+            .iter()
+            .zip(&self.data.disks)
+            .map(|(cur, orig)| child_path(cur, orig, id))
+            .collect()
+    }
+}
+
+impl Vm {
     /// Take a checkpoint of the current state. `memory_file`, when given,
     /// is used as the memory state of a standard checkpoint instead of
     /// [`Hooks::save_memory`].
@@ -228,14 +242,7 @@ impl Vm {
         let loc = self.checkpoint_location();
         let config_file = loc.join(format!("{id}.json"));
         let memory_path = loc.join(format!("{id}.vmrs"));
-        let new_disks: Vec<PathBuf> = self
-            .data
-            .current
-            .disks
-            .iter()
-            .zip(&self.data.disks)
-            .map(|(cur, orig)| child_path(cur, orig, &id))
-            .collect();
+        let new_disks = self.current_children(&id);
         let mut files = new_disks.clone();
         files.push(config_file.clone());
         files.push(memory_path.clone());
@@ -504,23 +511,10 @@ impl Vm {
             return Ok(());
         }
         self.check_name(new_name, Some(&id))?;
+        let before = self.data.clone();
         let old = std::mem::replace(&mut self.data.checkpoints[i].name, new_name.to_string());
         // The handle shows what vm.json holds: a rename that could not be
         // saved is undone.
-        let saved = self.save();
-        if let Err(e) = saved {
-            // Stored all the same (only syncing its folder failed): kept.
-            if self.stored_holds(|d| {
-                d.checkpoints
-                    .iter()
-                    .any(|c| c.id == id && c.name == new_name)
-            }) {
-                self.after_commit(&format!("renaming checkpoint {old:?}"), Err(e));
-                return Ok(());
-            }
-            self.data.checkpoints[i].name = old;
-            return Err(e);
-        }
-        Ok(())
+        self.save_or_restore(before, &format!("renaming checkpoint {old:?}"))
     }
 }

@@ -227,14 +227,7 @@ impl Vm {
         if dep.is_some() || !self.attached() {
             return Vec::new();
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        self.data
-            .current
-            .disks
-            .iter()
-            .zip(&self.data.disks)
-            .map(|(cur, orig)| child_path(cur, orig, &id))
-            .collect()
+        self.current_children(&uuid::Uuid::new_v4().to_string())
     }
 
     /// Everything that can refuse the merge of `dep` into `id`, checked

@@ -109,14 +109,7 @@ impl Vm {
 
     fn temporary_inner(&mut self, quiesced: bool) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
-        let new_disks: Vec<PathBuf> = self
-            .data
-            .current
-            .disks
-            .iter()
-            .zip(&self.data.disks)
-            .map(|(cur, orig)| child_path(cur, orig, &id))
-            .collect();
+        let new_disks = self.current_children(&id);
         self.journal(&Journal::Create {
             id: id.clone(),
             files: new_disks.clone(),
@@ -152,7 +145,9 @@ impl Vm {
         self.data.current.parent = Some(id.clone());
         self.data.current.disks = new_disks;
         self.switch_live(children, &id, |vm| vm.save())?;
-        self.end_journal()?;
+        // Committed: a journal left is tidied up by the next operation.
+        let r = self.end_journal();
+        self.after_commit("taking the temporary checkpoint of an export", r);
         Ok(id)
     }
 }

@@ -506,7 +506,7 @@ impl Vm {
         } else {
             None
         };
-        self.save_or_restore(before)?;
+        self.save_or_restore(before, &format!("setting the VM state to {state}"))?;
         // Committed: a memory state left behind is a warning (no journal
         // names it: `vm show` lists it as a stray).
         let left = old.clone();
@@ -555,7 +555,7 @@ impl Vm {
         if let Some(c) = cpus {
             self.data.config.cpus = c;
         }
-        self.save_or_restore(before)
+        self.save_or_restore(before, "changing memory and CPU count")
     }
 
     /// Replace the hypervisor's own settings.
@@ -563,18 +563,24 @@ impl Vm {
         self.settle(None)?;
         let before = self.data.clone();
         self.data.config.hypervisor = v;
-        self.save_or_restore(before)
+        self.save_or_restore(before, "changing the hypervisor settings")
     }
 
-    /// Save `vm.json`; when that fails, the handle goes back to `before`
-    /// (what the file still holds), so it never shows a change that was
-    /// not saved.
-    fn save_or_restore(&mut self, before: VmFile) -> Result<()> {
-        let r = self.save();
-        if r.is_err() {
-            self.data = before;
+    /// Save `vm.json` after a change made to the handle only (`before`:
+    /// the handle before it). A save that failed once the new file was in
+    /// place (only syncing its folder failed) committed all the same: Ok,
+    /// and a warning naming `what`. Any other failure puts the handle back
+    /// to `before`, so that it never shows a change the file does not hold.
+    pub(super) fn save_or_restore(&mut self, before: VmFile, what: &str) -> Result<()> {
+        let Err(e) = self.save() else {
+            return Ok(());
+        };
+        if self.stored_holds(|d| *d == self.data) {
+            self.after_commit(what, Err(e));
+            return Ok(());
         }
-        r
+        self.data = before;
+        Err(e)
     }
 
     /// Change the checkpoint settings.
@@ -584,34 +590,17 @@ impl Vm {
         if let Some(l) = &s.checkpoint_location {
             s.checkpoint_location = Some(absolute(l)?);
         }
+        let before = self.data.clone();
         // Remember the location left, so that strays there are found.
         let old = self.checkpoint_location();
-        let old_past = self.data.past_checkpoint_locations.clone();
-        let old_settings = std::mem::replace(&mut self.data.settings, s);
+        self.data.settings = s;
         let new = self.checkpoint_location();
         let past = &mut self.data.past_checkpoint_locations;
         past.retain(|p| *p != new);
         if old != new && !past.contains(&old) {
             past.push(old);
         }
-        let want = (
-            self.data.settings.clone(),
-            self.data.past_checkpoint_locations.clone(),
-        );
-        let saved = self.save();
-        if let Err(e) = saved {
-            // Stored all the same (only syncing its folder failed): kept.
-            if self
-                .stored_holds(|d| (&d.settings, &d.past_checkpoint_locations) == (&want.0, &want.1))
-            {
-                self.after_commit("changing the checkpoint settings", Err(e));
-                return Ok(());
-            }
-            self.data.settings = old_settings;
-            self.data.past_checkpoint_locations = old_past;
-            return Err(e);
-        }
-        Ok(())
+        self.save_or_restore(before, "changing the checkpoint settings")
     }
 
     /// The checkpoint called `name` (hidden ones are not found by name; one

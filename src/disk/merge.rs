@@ -43,6 +43,30 @@ pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
     Vhdx::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
 }
 
+/// Open one file alone, read-only, to look at it even while a writer
+/// holds it: locked when it can be; a file held for writing (by another
+/// process, or by this one: then without the lock's wait, which could not
+/// succeed) is read unlocked (`FileStorage::peek`: what it reads may be
+/// mid-update, so only for facts a writer does not change, such as the
+/// parent locator or a user item). When that fails too, the writer's
+/// refusal stands.
+pub(crate) fn look_at(path: &Path) -> Result<Vhdx> {
+    let peek = || {
+        crate::io::FileStorage::peek(path)
+            .map_err(Error::from)
+            .and_then(|s| Vhdx::open(Arc::new(s), true))
+    };
+    if crate::io::held_exclusive_here(path) {
+        if let Ok(f) = peek() {
+            return Ok(f);
+        }
+    }
+    match open_single(path, false) {
+        Err(e) if e.kind() == crate::ErrorKind::Busy => peek().map_err(|_| e),
+        r => r,
+    }
+}
+
 /// Point `child` at `new_parent` (like `Set-VHD -ParentPath`). Refuses when
 /// the new parent's DataWriteGuid matches neither linkage of the child,
 /// unless `force` is set (then the linkage is rewritten to the new parent).
@@ -186,35 +210,8 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         }
         // A file that cannot be read may be a child: an error, never "none".
         // One held by a writer is looked at without its lock (its parent
-        // locator does not change while it is written); if even that
-        // fails, the writer's refusal stands.
-        // This process's own writers (a live VM's tops) are peeked at
-        // directly: a lock would only be refused after its wait.
-        let peeked = if crate::io::held_exclusive_here(&p) {
-            crate::io::FileStorage::peek(&p)
-                .map_err(Error::from)
-                .and_then(|s| Vhdx::open(Arc::new(s), true))
-                .ok()
-        } else {
-            None
-        };
-        let opened = match peeked {
-            Some(f) => Ok(f),
-            None => open_single(&p, false),
-        };
-        let f = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == crate::ErrorKind::Busy => {
-                match crate::io::FileStorage::peek(&p)
-                    .map_err(Error::from)
-                    .and_then(|s| Vhdx::open(Arc::new(s), true))
-                {
-                    Ok(f) => f,
-                    Err(_) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        };
+        // locator does not change while it is written).
+        let f = look_at(&p)?;
         if !f.has_parent() {
             continue;
         }

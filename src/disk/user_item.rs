@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::disk::merge::look_at;
 use crate::disk::{open_file, vhdx::Vhdx};
 use crate::error::Result;
 use crate::format::metadata::{EntryFlags, Metadata, MetadataEntry};
@@ -22,24 +23,10 @@ fn find(m: &Metadata, id: &Uuid) -> Option<Vec<u8>> {
         .map(|(_, d)| d.clone())
 }
 
-/// The user item `id` of the file `path` (opened alone, read-only).
-/// A file another process holds for writing is looked at without its lock
-/// (read-only, its log replayed in memory); if even that fails, the
-/// holder's refusal stands.
+/// The user item `id` of the file `path` (opened alone, read-only; one
+/// that a writer holds is read unlocked: [`look_at`]).
 pub(crate) fn user_item(path: &Path, id: &Uuid) -> Result<Option<Vec<u8>>> {
-    let f = match open_file(path, false) {
-        Ok(s) => Vhdx::open(Arc::new(s), true).map_err(|e| e.in_file(path))?,
-        Err(e) if e.kind() == crate::ErrorKind::Busy => {
-            match crate::io::FileStorage::peek(path)
-                .map_err(crate::error::Error::from)
-                .and_then(|s| Vhdx::open(Arc::new(s), true))
-            {
-                Ok(f) => f,
-                Err(_) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    };
+    let f = look_at(path)?;
     Ok(find(&f.metadata(), id))
 }
 
