@@ -735,6 +735,8 @@ fn a_held_branch_disk_refuses_the_delete_above_a_branch_point() {
 /// At most this many fault points per sweep: the events of one delete,
 /// sampled evenly (the first and the last always among them).
 const TRANSIENT_POINTS: u64 = 14;
+/// The last events of a delete, always tried (see [`transient_sweep`]).
+const TAIL_POINTS: u64 = 6;
 
 /// A storage error that heals: the error event `i` of `n` injects (EIO
 /// and ENOSPC in turn).
@@ -794,7 +796,8 @@ fn own_top_busy(e: &ckpt::Error) -> bool {
 /// state's parent) whose storage fails once, at event N of the deleting
 /// thread (EIO or ENOSPC in turn), then works again, while writers write
 /// and flush through the live handles; N runs over the delete's events,
-/// sampled evenly (at most TRANSIENT_POINTS, the first and last always).
+/// sampled evenly (at most TRANSIENT_POINTS, the first and the last
+/// TAIL_POINTS always).
 ///
 /// The delete returns Ok (the tree is then right) or the injected error.
 /// After an error the delete is retried: with `reopen == false` on the
@@ -822,10 +825,21 @@ fn transient_sweep(victim: &str, reopen: bool) {
         total
     };
     assert!(total > 5, "{total} events");
-    let points = support::ops::sample(total, TRANSIENT_POINTS);
+    // The commit and its tidy-up are the last events, and a run's count
+    // varies by one or two: the last few are always tried, with each error.
+    let sampled = support::ops::sample(total, TRANSIENT_POINTS);
+    let tail = total.saturating_sub(TAIL_POINTS)..total;
+    let mut points: Vec<(u64, Transient)> = sampled
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !tail.contains(n))
+        .map(|(i, &n)| (n, transient_kind(i)))
+        .collect();
+    for n in tail {
+        points.extend([(n, Transient::Eio), (n, Transient::NoSpace)]);
+    }
     let mut refused = 0;
-    for (i, &n) in points.iter().enumerate() {
-        let kind = transient_kind(i);
+    for &(n, kind) in &points {
         let t = support::fast_tempdir();
         let (dir, mut vm, mut disks, clock, writers, mut made) = live_three(t.path());
         faults::arm_transient(n, kind);

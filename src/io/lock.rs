@@ -222,33 +222,42 @@ pub(crate) fn share_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
 
 /// Turn the shared lock held on the open file description `fd` into an
 /// exclusive one, for a live merge that must change a file its own chain
-/// holds read-only (see [`super::FileStorage::open_beside`]). Refused (kind
-/// `WouldBlock`, carrying a [`LockConflict`]) when anyone else holds the
-/// file, even read-only; the shared lock is then taken again (`flock` may
-/// drop it while it converts).
+/// holds read-only (see [`super::FileStorage::open_beside`]). Retried as
+/// [`lock_file`] is (a handle of this process closed a moment ago may live
+/// on in a child being forked). Refused (kind `WouldBlock`, carrying a
+/// [`LockConflict`]) when anyone else holds the file, even read-only; the
+/// shared lock is then taken again (`flock` may drop it while it converts).
 pub(crate) fn exclusive_lock(fd: std::os::unix::io::RawFd) -> io::Result<()> {
-    match super::platform::flock_fd(fd, FlockOp::Exclusive) {
-        Ok(()) => Ok(()),
-        Err(e) if !would_block(&e) => Err(e),
-        Err(_) => {
-            let _ = super::platform::flock_fd(fd, FlockOp::Shared);
-            let key = super::platform::fd_identity(fd)?;
-            let mine = held().get(&key).copied().unwrap_or_default();
-            let holder = if mine.shared + mine.exclusive > 1 {
-                Holder::ThisProcess
-            } else {
-                Holder::OtherProcess
-            };
-            Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                LockConflict {
-                    wanted: LockKind::Exclusive,
-                    holder,
-                    held_for_writing: false,
-                },
-            ))
+    let mut attempt = 0;
+    loop {
+        match super::platform::flock_fd(fd, FlockOp::Exclusive) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if !would_block(&e) => return Err(e),
+            Err(_) => {}
         }
+        let _ = super::platform::flock_fd(fd, FlockOp::Shared);
+        attempt += 1;
+        if attempt >= ATTEMPTS {
+            break;
+        }
+        std::thread::sleep(PAUSE);
     }
+    let key = super::platform::fd_identity(fd)?;
+    let mine = held().get(&key).copied().unwrap_or_default();
+    let holder = if mine.shared + mine.exclusive > 1 {
+        Holder::ThisProcess
+    } else {
+        Holder::OtherProcess
+    };
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        LockConflict {
+            wanted: LockKind::Exclusive,
+            holder,
+            held_for_writing: false,
+        },
+    ))
 }
 
 #[cfg(test)]
