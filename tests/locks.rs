@@ -394,18 +394,23 @@ fn locks_hold_while_other_threads_fork() {
         .expect("create")
         .close()
         .expect("close");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let forks = std::sync::Arc::new(AtomicUsize::new(0));
     let forker = {
-        let stop = stop.clone();
+        let (stop, forks) = (stop.clone(), forks.clone());
         std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 Command::new("true").status().expect("run true");
-                n += 1;
+                forks.fetch_add(1, Ordering::Relaxed);
             }
-            n
         })
     };
+    // The opens race the forks only once the forker runs (a loaded
+    // machine may start it late).
+    while forks.load(Ordering::Relaxed) == 0 {
+        std::thread::yield_now();
+    }
     for i in 0..300 {
         let mode = if i % 2 == 0 {
             OpenMode::ReadWrite
@@ -415,8 +420,10 @@ fn locks_hold_while_other_threads_fork() {
         let d = Disk::open(&path, mode).unwrap_or_else(|e| panic!("open {i} ({mode:?}): {e}"));
         drop(d);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(forker.join().expect("forker") > 0);
+    let forked = forks.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    forker.join().expect("forker");
+    assert!(forked > 0);
 }
 
 // ------------------------------------------------------------ the C ABI

@@ -778,18 +778,8 @@ fn live_three(root: &Path) -> LiveThree {
 /// Whether `e` is the refusal of a handle whose sync failed (a failed
 /// sync poisons the live handle it hit, as on any disk: nothing written
 /// since the last good flush can be claimed durable; reopening recovers).
-///
-/// Also accepted, as a known gap (issue 11's closing note): after the
-/// injected error, the scan for children may find one of the VM's own
-/// live tops unreadable without its lock and answer Busy for it; a reopen
-/// then recovers as for a poisoned handle.
 fn poisoned(e: &ckpt::Error) -> bool {
-    (e.kind() == ErrorKind::Io && e.to_string().contains("earlier sync")) || own_top_busy(e)
-}
-
-/// The Busy of the scan for children about one of the VM's own live tops.
-fn own_top_busy(e: &ckpt::Error) -> bool {
-    e.kind() == ErrorKind::Busy && e.to_string().contains("by another handle in this process")
+    e.kind() == ErrorKind::Io && e.to_string().contains("earlier sync")
 }
 
 /// A live delete of `victim` ("a": a middle checkpoint, "b": the current
@@ -857,9 +847,10 @@ fn transient_sweep(victim: &str, reopen: bool) {
                 Transient::Eio => ErrorKind::Io,
                 Transient::NoSpace => ErrorKind::NoSpace,
             };
-            // Or the known gap of [`own_top_busy`].
+            // Or the refusal of a handle an injected sync error poisoned
+            // (the frozen top's seal, retried before the merge opens it).
             assert!(
-                e.kind() == want || own_top_busy(e),
+                e.kind() == want || poisoned(e),
                 "{ctx}: not the injected error: {e}"
             );
             // A switch that could not be undone says so: the VM is to be

@@ -489,8 +489,12 @@ impl Vm {
         );
         dirs.sort();
         dirs.dedup();
+        // This VM's own files (and the files its live handles write, which
+        // a live switch not yet committed adds) are never someone else's.
+        let mut known = ours.clone();
+        known.extend(self.live_files());
         for f in changed.iter().filter(|f| f.is_file()) {
-            let others = merge::find_children_in(f, &dirs)?;
+            let others = merge::find_children_except(f, &dirs, &known)?;
             if let Some(c) = others
                 .iter()
                 .find(|c| !ours.iter().any(|o| owner::same_file(o, c)))
@@ -571,6 +575,13 @@ impl Vm {
             }
             let made = self.prepare_live(children)?.unwrap_or_default();
             self.switch_live(made, &node.id, |_| Ok(()))?;
+        }
+        // A frozen top whose seal failed after its switch (then only a
+        // warning: no data changed) is still open read-write under its
+        // child; sealed now, before the merge opens it (an error stops the
+        // delete here, to be retried).
+        for d in self.live.iter().flatten() {
+            d.seal_frozen()?;
         }
         // The states that hang under the dependant: their disks get re-pointed.
         let grand: Vec<Option<String>> = match dep {

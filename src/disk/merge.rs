@@ -186,10 +186,26 @@ fn folders_of(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// (unreadable, corrupt, held by a writer while `child` is held too), is an
 /// error naming it: whether it is a child cannot be known.
 pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    find_children_except(child, dirs, &[])
+}
+
+/// [`find_children_in`], never looking at the files `known` (the caller's
+/// own, such as the live tops its handles write: a file being written may
+/// read inconsistently without its lock, and the caller knows what depends
+/// on what among its own files).
+pub(crate) fn find_children_except(
+    child: &Path,
+    dirs: &[PathBuf],
+    known: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
     let want = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
+    let known: Vec<PathBuf> = known
+        .iter()
+        .filter_map(|k| std::fs::canonicalize(k).ok())
+        .collect();
     let mut out = Vec::new();
     for dir in dirs {
-        out.extend(children_in(&want, dir)?);
+        out.extend(children_in(&want, dir, &known)?);
     }
     out.sort();
     out.dedup();
@@ -197,7 +213,8 @@ pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> 
 }
 
 /// The differencing disks in `dir` whose parent is the file `want` (canonical).
-fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+/// Files in `known` (canonical) are skipped.
+fn children_in(want: &Path, dir: &Path, known: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::from(e).in_file(dir))? {
         let p = entry.map_err(|e| Error::from(e).in_file(dir))?.path();
@@ -206,6 +223,9 @@ fn children_in(want: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase());
         if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
+            continue;
+        }
+        if !known.is_empty() && std::fs::canonicalize(&p).is_ok_and(|c| known.contains(&c)) {
             continue;
         }
         // A file that cannot be read may be a child: an error, never "none".

@@ -131,10 +131,10 @@ impl Drop for FileLock {
 use super::platform::{flock, would_block, FlockOp};
 
 /// How often, and how long apart, a refused lock is tried again.
-const ATTEMPTS: u32 = 20;
+const ATTEMPTS: u32 = 50;
 const PAUSE: Duration = Duration::from_millis(10);
 
-/// Lock `file` (non-blocking). A refused lock is retried for about 0.2 s:
+/// Lock `file` (non-blocking). A refused lock is retried for about 0.5 s:
 /// a descriptor this process closed stays open in a child that another
 /// thread is forking until the child execs (every descriptor libckpt opens
 /// is close-on-exec), so a lock can look taken for a moment. Then the

@@ -192,6 +192,27 @@ fn check_child(disk: &Disk, child: &NewChild) -> Result<()> {
     Ok(())
 }
 
+impl LiveDisk {
+    /// Seal the layer right below the top when a switch left it open
+    /// read-write (its seal in [`Switch::done`] failed, a warning then):
+    /// closed (an empty log) and reopened read-only, its lock shared, so
+    /// that a merge may open it. Nothing to do when it is read-only.
+    pub(crate) fn seal_frozen(&self) -> Result<()> {
+        let top = self.with_disk(|disk| {
+            Ok::<_, Error>(
+                disk.layers
+                    .get(1)
+                    .filter(|l| !l.file.is_read_only())
+                    .and_then(|l| l.path.clone()),
+            )
+        })?;
+        match top {
+            Some(t) => seal(self, &t),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Close the old top `top` (layer 1 of `d`) and reopen it read-only.
 fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
     let ro = d.with_disk(|disk| match disk.layers.get(1) {
