@@ -64,6 +64,16 @@ pub trait Hooks {
         let _ = out;
         Ok(false)
     }
+    /// Write the memory state into the fresh, empty file at `path` (what
+    /// the control channel asks of a client that saves memory itself, so
+    /// that the bytes go into the file the holder reads); `Ok(false)` as
+    /// for [`Hooks::save_memory`], which the default calls on the file.
+    fn save_memory_to(&mut self, path: &Path) -> std::io::Result<bool> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        let saved = self.save_memory(&mut f)?;
+        f.sync_all()?;
+        Ok(saved)
+    }
     /// Let the guest run again after [`Hooks::save_memory`]; called after
     /// the disk switch (or its failure) whenever `save_memory` was called,
     /// whatever it returned.

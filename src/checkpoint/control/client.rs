@@ -74,7 +74,8 @@ impl Client {
     }
 
     /// Run `op` with `args` on the holder; its result. Progress lines go
-    /// to `hooks.progress`, hook lines to `hooks.quiesce` / `hooks.thaw`.
+    /// to `hooks.progress`, hook lines to `hooks.quiesce` / `hooks.thaw` /
+    /// `hooks.save_memory_to` / `hooks.resume`.
     pub fn call(&mut self, op: &str, args: Value, hooks: &mut dyn Hooks) -> Result<Value> {
         let conn = &mut self.conn;
         conn.send(&json!({"op": op, "args": args}))
@@ -98,6 +99,11 @@ impl Client {
                         hooks.thaw();
                         json!({"ok": true})
                     }
+                    "save_memory" => save_memory_answer(&v, hooks),
+                    "resume" => {
+                        hooks.resume();
+                        json!({"ok": true})
+                    }
                     other => json!({"ok": false, "message": format!("unknown hook {other:?}")}),
                 };
                 conn.send(&answer).map_err(|e| gone(e.into()))?;
@@ -117,6 +123,18 @@ impl Client {
     pub fn vm_file(&mut self) -> Result<VmFile> {
         let r = self.call("vm.show", json!({}), &mut NoHooks)?;
         vm_file_of(&r)
+    }
+}
+
+/// The answer to a `save_memory` hook line: `hooks` write the memory state
+/// into the file the holder made (its `path`).
+fn save_memory_answer(line: &Value, hooks: &mut dyn Hooks) -> Value {
+    let Some(path) = line["path"].as_str().filter(|p| Path::new(p).is_absolute()) else {
+        return json!({"ok": false, "message": "the save_memory hook line has no absolute path"});
+    };
+    match hooks.save_memory_to(Path::new(path)) {
+        Ok(saved) => json!({"ok": true, "saved": saved}),
+        Err(e) => json!({"ok": false, "message": e.to_string()}),
     }
 }
 

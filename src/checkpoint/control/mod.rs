@@ -29,8 +29,13 @@
 //! 3. For each, the server sends zero or more progress lines
 //!    `{"progress": {"done": N, "total": M}}` (delete, export), and hook
 //!    lines `{"hook": "quiesce"}` / `{"hook": "thaw"}` when the request
-//!    asked for the client's hooks; the client answers each hook line with
-//!    `{"ok": true}` or `{"ok": false, "message": REASON}`. Then the reply:
+//!    asked for the client's hooks (`client_hooks`), `{"hook":
+//!    "save_memory", "path": P}` / `{"hook": "resume"}` when it asked to
+//!    save the memory state itself (`client_memory`); the client answers
+//!    each hook line with `{"ok": true}` or `{"ok": false, "message":
+//!    REASON}`, a `save_memory` line with `{"ok": true, "saved": BOOL}`
+//!    (true: it wrote the memory state into P; false: there is none).
+//!    Then the reply:
 //!    `{"ok": true, "result": {…}}` or `{"ok": false, "kind": KIND,
 //!    "message": TEXT}`, where KIND is an [`ErrorKind`](crate::ErrorKind) name (`Busy`,
 //!    `NotFound`, `InvalidArgument`, …, see [`kind_name`]) and TEXT the
@@ -43,8 +48,8 @@
 //!
 //! | op | args | result adds |
 //! |---|---|---|
-//! | `checkpoint.create` | `name`, `memory_state` (absolute path or null), `client_hooks` (bool) | `checkpoint` |
-//! | `checkpoint.apply` | `name`, `save_current` (name or null), `client_hooks` | |
+//! | `checkpoint.create` | `name`, `memory_state` (absolute path or null), `client_hooks` (bool), `client_memory` (bool) | `checkpoint` |
+//! | `checkpoint.apply` | `name`, `save_current` (name or null), `client_hooks`, `client_memory` | |
 //! | `checkpoint.revert` | | |
 //! | `checkpoint.delete` | `name`, `subtree` (bool) | |
 //! | `checkpoint.rename` | `name`, `new_name` | |
@@ -56,8 +61,15 @@
 //!
 //! Quiesce and thaw of a production checkpoint run the client's hooks when
 //! it sets `client_hooks`, else the holder's (given to [`serve`]); memory
-//! state comes from `memory_state` or else the holder's
-//! [`Hooks::save_memory`](crate::checkpoint::Hooks::save_memory). Requests from all connections run one at a
+//! state comes from `memory_state`, or from the client when it sets
+//! `client_memory`, else from the holder's
+//! [`Hooks::save_memory`](crate::checkpoint::Hooks::save_memory) (and
+//! resume likewise). For the client, the holder creates P, a fresh empty
+//! file (mode 0600) in the VM folder, sends its absolute path, reads it
+//! into the checkpoint's memory state once the client says `saved`, and
+//! removes it in every case; the client writes it with
+//! [`Hooks::save_memory_to`](crate::checkpoint::Hooks::save_memory_to) (the
+//! `ckpt` tool runs `--save-memory-cmd` with `CKPT_MEMORY_STATE=P`). Requests from all connections run one at a
 //! time, each holding the `Vm`'s mutex for its length, so they never
 //! interleave with each other or with the holder's own calls.
 //!

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -299,10 +299,16 @@ fn connection(stream: UnixStream, vm: &dyn HeldVm, name: &str, hooks: Option<&Sh
 }
 
 /// The hooks of one request: progress to the client, quiesce and thaw to
-/// the client or the holder, memory state from the holder.
+/// the client (`client_hooks`) or the holder, memory state and resume to
+/// the client (`client_memory`) or the holder.
 struct ConnHooks<'a> {
     conn: &'a mut Conn,
     client_hooks: bool,
+    /// The client saves the memory state (into a file made in `dir`) and
+    /// resumes the guest.
+    client_memory: bool,
+    /// The VM folder, where the client's memory state is written.
+    dir: PathBuf,
     holder: Option<&'a SharedHooks>,
 }
 
@@ -316,17 +322,64 @@ impl ConnHooks<'_> {
 
     /// Ask the client to run hook `which`; its answer.
     fn ask(&mut self, which: &str) -> std::result::Result<(), String> {
+        self.ask_with(json!({"hook": which})).map(drop)
+    }
+
+    /// Send the hook line `line`; the client's answer when it is `ok`.
+    fn ask_with(&mut self, line: Value) -> std::result::Result<Value, String> {
         self.conn
-            .send(&json!({"hook": which}))
+            .send(&line)
             .map_err(|e| format!("the client went away ({e})"))?;
         match self.conn.recv() {
-            Ok(Some(v)) if v["ok"] == json!(true) => Ok(()),
+            Ok(Some(v)) if v["ok"] == json!(true) => Ok(v),
             Ok(Some(v)) => Err(v["message"]
                 .as_str()
                 .unwrap_or("the client's hook failed")
                 .to_string()),
             Ok(None) => Err("the client went away".into()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Have the client write the memory state into a fresh file of the VM
+    /// folder (mode 0600), then stream it into `out`; the file is removed
+    /// in every case.
+    fn client_save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
+        let path = self
+            .dir
+            .join(format!(".ckpt-memory-{}.tmp", uuid::Uuid::new_v4()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let r = self.client_fill(file, &path, out);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Ask the client to fill `file` (at `path`); copy it into `out` when
+    /// it says it saved.
+    fn client_fill(
+        &mut self,
+        mut file: std::fs::File,
+        path: &Path,
+        out: &mut dyn Write,
+    ) -> std::io::Result<bool> {
+        let line = json!({"hook": "save_memory", "path": path.display().to_string()});
+        let answer = self.ask_with(line).map_err(|reason| {
+            std::io::Error::other(format!("the client's save-memory hook failed: {reason}"))
+        })?;
+        match answer["saved"].as_bool() {
+            Some(true) => {
+                std::io::copy(&mut file, out)?;
+                Ok(true)
+            }
+            Some(false) => Ok(false),
+            None => Err(std::io::Error::other(format!(
+                "control channel: an unexpected answer to the save_memory hook ({answer})"
+            ))),
         }
     }
 }
@@ -349,11 +402,19 @@ impl Hooks for ConnHooks<'_> {
     }
 
     fn save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
-        self.holder(|h| h.save_memory(out))
+        if self.client_memory {
+            self.client_save_memory(out)
+        } else {
+            self.holder(|h| h.save_memory(out))
+        }
     }
 
     fn resume(&mut self) {
-        self.holder(|h| h.resume())
+        if self.client_memory {
+            let _ = self.ask("resume");
+        } else {
+            self.holder(|h| h.resume())
+        }
     }
 
     fn progress(&mut self, done: u64, total: u64) -> bool {
@@ -435,6 +496,8 @@ fn run(
             let mut hooks = ConnHooks {
                 conn,
                 client_hooks: args.flag("client_hooks")?,
+                client_memory: args.flag("client_memory")?,
+                dir: vm.dir().to_path_buf(),
                 holder,
             };
             let c = vm.create_checkpoint(args.str("name")?, memory.as_deref(), &mut hooks)?;
@@ -444,6 +507,8 @@ fn run(
             let mut hooks = ConnHooks {
                 conn,
                 client_hooks: args.flag("client_hooks")?,
+                client_memory: args.flag("client_memory")?,
+                dir: vm.dir().to_path_buf(),
                 holder,
             };
             vm.apply(args.str("name")?, args.opt_str("save_current")?, &mut hooks)?;
@@ -453,6 +518,8 @@ fn run(
             let mut hooks = ConnHooks {
                 conn,
                 client_hooks: false,
+                client_memory: false,
+                dir: vm.dir().to_path_buf(),
                 holder,
             };
             vm.delete(args.str("name")?, args.flag("subtree")?, &mut hooks)?;
@@ -472,6 +539,8 @@ fn run(
             let mut hooks = ConnHooks {
                 conn,
                 client_hooks: false,
+                client_memory: false,
+                dir: vm.dir().to_path_buf(),
                 holder,
             };
             let files = vm.export(args.opt_str("name")?, &dest, &mut hooks)?;

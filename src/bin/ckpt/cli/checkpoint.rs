@@ -1,8 +1,12 @@
 //! `ckpt checkpoint …`: take, list, apply, revert, delete, rename and
 //! export the checkpoints of a VM folder. The quiesce and thaw hooks of a
-//! production checkpoint are shell commands (`--quiesce-cmd`, `--thaw-cmd`).
+//! production checkpoint are shell commands (`--quiesce-cmd`, `--thaw-cmd`),
+//! and so are the memory-state hooks of a standard one (`--save-memory-cmd`,
+//! `--resume-cmd`).
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -25,7 +29,8 @@ pub enum CheckpointCommand {
     /// production: run the quiesce command; if it fails (or none is
     /// given) take a standard checkpoint instead and record why.
     /// production-only: refuse when it fails. standard: keep the memory
-    /// state given with --memory-state. disabled: refuse.
+    /// state given with --memory-state, or the one --save-memory-cmd
+    /// writes at the instant the disks switch. disabled: refuse.
     Create {
         /// The VM folder.
         dir: PathBuf,
@@ -33,8 +38,10 @@ pub enum CheckpointCommand {
         name: String,
         /// Memory state of a standard checkpoint (copied into the
         /// checkpoint location).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "save_memory_cmd")]
         memory_state: Option<PathBuf>,
+        #[command(flatten)]
+        memory: MemoryCmds,
         /// Quiesce the guest by running CMD with `sh -c` (exit status 0:
         /// quiesced).
         #[arg(long, value_name = "CMD")]
@@ -72,6 +79,8 @@ pub enum CheckpointCommand {
         /// Thaw command for the --save-current checkpoint.
         #[arg(long, value_name = "CMD", requires = "quiesce_cmd")]
         thaw_cmd: Option<String>,
+        #[command(flatten)]
+        memory: MemoryCmds,
     },
     /// Go back to the checkpoint the current state hangs under, discarding
     /// the changes made since.
@@ -117,6 +126,26 @@ pub enum CheckpointCommand {
     },
 }
 
+/// The memory-state hooks of a standard checkpoint as shell commands.
+#[derive(Debug, clap::Args)]
+pub struct MemoryCmds {
+    /// Save the memory state of a standard checkpoint (also one that a
+    /// production checkpoint falls back to) by running CMD with `sh -c`
+    /// just before the disks switch, with CKPT_MEMORY_STATE set to the
+    /// absolute path of a fresh, empty file (mode 0600) to write it into.
+    /// Exit status 0 with the file written: the checkpoint keeps it; 0
+    /// with the file left empty: no memory state; any other status fails
+    /// the checkpoint. With the VM held elsewhere, CMD runs here and the
+    /// holder reads the file.
+    #[arg(long, value_name = "CMD")]
+    save_memory_cmd: Option<String>,
+    /// Run CMD with `sh -c` after the disks switched (or failed to),
+    /// whenever the save command ran: let the guest run again. Its failure
+    /// is a warning.
+    #[arg(long, value_name = "CMD", requires = "save_memory_cmd")]
+    resume_cmd: Option<String>,
+}
+
 /// Run a `checkpoint` command.
 pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
     match cmd {
@@ -124,13 +153,14 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             dir,
             name,
             memory_state,
+            memory,
             quiesce_cmd,
             thaw_cmd,
         } => create(
             &dir,
             &name,
             memory_state.as_deref(),
-            CmdHooks::new(quiesce_cmd, thaw_cmd, false),
+            CmdHooks::new(quiesce_cmd, thaw_cmd, false).with_memory(memory),
         ),
         CheckpointCommand::List { dir, json } => list(&dir, json),
         CheckpointCommand::Apply {
@@ -139,11 +169,26 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             save_current,
             quiesce_cmd,
             thaw_cmd,
+            memory,
+        } if save_current.is_none() && memory.save_memory_cmd.is_some() => {
+            let _ = (dir, name, quiesce_cmd, thaw_cmd);
+            Err(fail(
+                "--save-memory-cmd saves the memory state of the --save-current checkpoint: \
+                 give --save-current NEWNAME too",
+            ))
+        }
+        CheckpointCommand::Apply {
+            dir,
+            name,
+            save_current,
+            quiesce_cmd,
+            thaw_cmd,
+            memory,
         } => apply(
             &dir,
             &name,
             save_current.as_deref(),
-            CmdHooks::new(quiesce_cmd, thaw_cmd, false),
+            CmdHooks::new(quiesce_cmd, thaw_cmd, false).with_memory(memory),
         ),
         CheckpointCommand::Revert { dir } => revert(&dir),
         CheckpointCommand::Delete { dir, name, subtree } => delete(&dir, &name, subtree),
@@ -180,9 +225,15 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
 /// The reason is "command exited with status N", then the last line the
 /// command wrote to stderr.
 pub fn run_hook(cmd: &str) -> Result<(), String> {
+    run_hook_with(cmd, &[])
+}
+
+/// [`run_hook`] with the environment variables `env` set.
+fn run_hook_with(cmd: &str, env: &[(&str, &Path)]) -> Result<(), String> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -209,11 +260,16 @@ pub fn run_hook(cmd: &str) -> Result<(), String> {
     Err(reason)
 }
 
-/// The hooks of the tool: shell commands to quiesce and thaw, and a
-/// progress bar on a terminal.
+/// The hooks of the tool: shell commands to quiesce and thaw, to save the
+/// memory state and resume, and a progress bar on a terminal.
 struct CmdHooks {
     quiesce_cmd: Option<String>,
     thaw_cmd: Option<String>,
+    save_memory_cmd: Option<String>,
+    resume_cmd: Option<String>,
+    /// Where the save command's file is made (the VM folder; set when the
+    /// VM is opened).
+    temp_dir: PathBuf,
     /// Why the thaw command failed, if it did.
     thaw_failure: Option<String>,
     bar: Option<indicatif::ProgressBar>,
@@ -224,9 +280,19 @@ impl CmdHooks {
         CmdHooks {
             quiesce_cmd,
             thaw_cmd,
+            save_memory_cmd: None,
+            resume_cmd: None,
+            temp_dir: PathBuf::from("."),
             thaw_failure: None,
             bar: if bar { progress_bar() } else { None },
         }
+    }
+
+    /// These hooks with the memory-state commands of `m`.
+    fn with_memory(mut self, m: MemoryCmds) -> CmdHooks {
+        self.save_memory_cmd = m.save_memory_cmd;
+        self.resume_cmd = m.resume_cmd;
+        self
     }
 
     fn with_bar() -> CmdHooks {
@@ -262,6 +328,63 @@ impl Hooks for CmdHooks {
         if let Some(cmd) = &self.thaw_cmd {
             if let Err(reason) = run_hook(cmd) {
                 self.thaw_failure = Some(reason);
+            }
+        }
+    }
+
+    /// Run the save command into a fresh file of the VM folder (mode
+    /// 0600), then stream that file into `out`; the file is removed in
+    /// every case.
+    fn save_memory(&mut self, out: &mut dyn Write) -> std::io::Result<bool> {
+        if self.save_memory_cmd.is_none() {
+            return Ok(false);
+        }
+        let dir = absolute(&self.temp_dir);
+        let path = dir.join(format!(
+            ".ckpt-memory-{}-{}.tmp",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let r = self.save_memory_to(&path).and_then(|saved| {
+            if saved {
+                std::io::copy(&mut file, out)?;
+            }
+            Ok(saved)
+        });
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    /// Run the save command with CKPT_MEMORY_STATE=`path`; saved when it
+    /// exits 0 and the file is not empty.
+    fn save_memory_to(&mut self, path: &Path) -> std::io::Result<bool> {
+        let Some(cmd) = &self.save_memory_cmd else {
+            return Ok(false);
+        };
+        run_hook_with(cmd, &[("CKPT_MEMORY_STATE", path)]).map_err(|reason| {
+            std::io::Error::other(format!("the save-memory command {cmd:?} failed: {reason}"))
+        })?;
+        Ok(std::fs::metadata(path)?.len() > 0)
+    }
+
+    /// Run the resume command; its failure is a warning (the checkpoint
+    /// stands, or failed for its own reason).
+    fn resume(&mut self) {
+        if let Some(cmd) = &self.resume_cmd {
+            if let Err(reason) = run_hook(cmd) {
+                eprintln!(
+                    "warning: the resume command {cmd:?} failed ({reason}); the guest may still \
+                     be paused"
+                );
             }
         }
     }
@@ -320,7 +443,9 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
         )));
     }
     let client_hooks = hooks.quiesce_cmd.is_some();
-    let r = vm.create_checkpoint(name, memory, &mut hooks, client_hooks);
+    let client_memory = hooks.save_memory_cmd.is_some();
+    hooks.temp_dir = vm.dir().to_path_buf();
+    let r = vm.create_checkpoint(name, memory, &mut hooks, client_hooks, client_memory);
     hooks.finish();
     let ck = r.map_err(vm_error)?;
     let mut line = format!(
@@ -333,6 +458,9 @@ fn create(dir: &Path, name: &str, memory: Option<&Path>, mut hooks: CmdHooks) ->
         Some(m) => line.push_str(&format!(", memory state {}", absolute(m).display())),
         None if memory.is_some() => {
             line.push_str(", memory state not kept (a production checkpoint has none)")
+        }
+        None if client_memory && ck.taken == TakenType::Standard => {
+            line.push_str(", memory state not kept (the save command wrote none)")
         }
         None => {}
     }
@@ -531,7 +659,9 @@ fn apply(dir: &Path, name: &str, save_current: Option<&str>, mut hooks: CmdHooks
     let mut vm = open_vm(dir)?;
     find(&mut vm, name)?;
     let client_hooks = hooks.quiesce_cmd.is_some();
-    let r = vm.apply(name, save_current, &mut hooks, client_hooks);
+    let client_memory = hooks.save_memory_cmd.is_some();
+    hooks.temp_dir = vm.dir().to_path_buf();
+    let r = vm.apply(name, save_current, &mut hooks, client_hooks, client_memory);
     hooks.finish();
     r.map_err(vm_error)?;
     println!("Applied checkpoint \"{name}\": {}", vm_summary(&vm));

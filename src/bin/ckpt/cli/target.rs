@@ -126,38 +126,44 @@ impl Target {
     }
 
     /// [`Vm::create_checkpoint`]; `client_hooks`: quiesce and thaw with
-    /// `hooks` also when the VM is held elsewhere (else the holder's).
+    /// `hooks` also when the VM is held elsewhere (else the holder's);
+    /// `client_memory`: save the memory state and resume with `hooks` so
+    /// too.
     pub(super) fn create_checkpoint(
         &mut self,
         name: &str,
         memory: Option<&Path>,
         hooks: &mut dyn Hooks,
         client_hooks: bool,
+        client_memory: bool,
     ) -> Result<Checkpoint> {
         match self {
             Target::Local(vm) => vm.create_checkpoint(name, memory, hooks),
             Target::Remote(r) => {
                 let memory = memory.map(abs).transpose()?;
-                let args =
-                    json!({"name": name, "memory_state": memory, "client_hooks": client_hooks});
+                let args = json!({"name": name, "memory_state": memory,
+                    "client_hooks": client_hooks, "client_memory": client_memory});
                 let v = r.call("checkpoint.create", args, hooks)?;
                 Remote::checkpoint(&v)
             }
         }
     }
 
-    /// [`Vm::apply`]; `client_hooks` as for [`Target::create_checkpoint`].
+    /// [`Vm::apply`]; `client_hooks` and `client_memory` as for
+    /// [`Target::create_checkpoint`].
     pub(super) fn apply(
         &mut self,
         name: &str,
         save_current: Option<&str>,
         hooks: &mut dyn Hooks,
         client_hooks: bool,
+        client_memory: bool,
     ) -> Result<()> {
         match self {
             Target::Local(vm) => vm.apply(name, save_current, hooks),
             Target::Remote(r) => {
-                let args = json!({"name": name, "save_current": save_current, "client_hooks": client_hooks});
+                let args = json!({"name": name, "save_current": save_current,
+                    "client_hooks": client_hooks, "client_memory": client_memory});
                 r.call("checkpoint.apply", args, hooks).map(drop)
             }
         }
