@@ -207,7 +207,7 @@ fn guest_writes_freezes_and_the_host_reads_its_file() {
     assert_eq!(status, json!("frozen"));
     // A write to the frozen file system waits until the thaw.
     g.console
-        .run("(echo late > /mnt/late.txt; touch /tmp/wrote) &", T);
+        .run("(echo late > /mnt/late.txt; touch /tmp/wrote) & true", T);
     let (_, st) = g.console.run("sleep 1; test -e /tmp/wrote", T);
     assert_eq!(st, 1, "a write landed on a frozen file system");
     let thawed = qga.call("guest-fsfreeze-thaw", json!({}), T).expect("thaw");
