@@ -39,7 +39,6 @@ mod support;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
