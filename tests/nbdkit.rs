@@ -39,10 +39,10 @@ mod support;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ckpt::{ChildOptions, CreateOptions, Disk, OpenMode};
+use support::plugin::{have_plugin_header, plugin};
 use support::{assert_same, pattern, require_tools, run, run_unchecked, show, tempdir, MIB};
 
 /// Virtual size of the test chain.
@@ -50,92 +50,10 @@ const SIZE: u64 = 8 * MIB;
 
 // ------------------------------------------------------------ the plugin
 
-/// The profile directory of this test binary (`<target>/<profile>`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary directory");
-    deps.parent().expect("deps has a parent").to_path_buf()
-}
-
-/// Build `libckpt.a` for this profile (a no-op when it is current) and
-/// return its path. `cargo test` releases its build lock before it runs
-/// the tests, so the nested build does not deadlock.
-fn staticlib() -> PathBuf {
-    let dir = profile_dir();
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile directory name")
-        .to_string();
-    let target = dir.parent().expect("target directory").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--lib", "--quiet", "--target-dir"])
-        .arg(&target);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        p => {
-            cmd.args(["--profile", p]);
-        }
-    }
-    if !cfg!(feature = "cli") {
-        cmd.arg("--no-default-features");
-    }
-    run(&mut cmd);
-    let lib = dir.join("libckpt.a");
-    assert!(lib.is_file(), "{} missing after cargo build", lib.display());
-    lib
-}
-
-/// Whether the plugin's header is installed (nbdkit-plugin-dev).
-fn have_plugin_header() -> bool {
-    let ok = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-E", "-x", "c", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(b"#include <nbdkit-plugin.h>\n")?;
-            c.wait()
-        })
-        .is_ok_and(|s| s.success());
-    if !ok {
-        support::missing("nbdkit-plugin.h (nbdkit-plugin-dev)");
-    }
-    ok
-}
-
 /// The tools every test here needs; `false` (with a notice) when one is
 /// missing outside CI.
 fn tools() -> bool {
     require_tools(&["nbdkit", "qemu-img", "qemu-io", "cc"]) && have_plugin_header()
-}
-
-/// Build the plugin once per test run with `examples/nbdkit/build.sh`
-/// (written to a temporary name, then renamed, so concurrent runs never
-/// load a half-written file).
-fn plugin() -> &'static Path {
-    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
-    PLUGIN.get_or_init(|| {
-        let lib = staticlib();
-        let out = profile_dir().join("nbdkit-ckpt-plugin.so");
-        let tmp = out.with_extension(format!("so.{}.tmp", std::process::id()));
-        run(Command::new("sh")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nbdkit/build.sh"))
-            .env("LIBCKPT_A", &lib)
-            .env("OUT", &tmp));
-        std::fs::rename(&tmp, &out).expect("rename the plugin into place");
-        out
-    })
 }
 
 // ------------------------------------------------------------ the server

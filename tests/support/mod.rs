@@ -15,18 +15,23 @@
 //!   writes; [`sparse`]: a sparse crashing storage for huge images;
 //!   [`marked`]: small VM disks marked with one byte; [`sweep`]: crash
 //!   sweeps of VM operations; [`units`]: self-describing
-//!   units written by writer threads, for live disks and attached VMs.
+//!   units written by writer threads, for live disks and attached VMs;
+//!   [`plugin`]: the nbdkit plugin built for this run; [`guest`]: the tiny
+//!   QEMU guest, its serial console and QMP / guest-agent clients.
 //!   (`rawlog.rs` is included by path by the files that need it.)
 
 #![allow(dead_code)]
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod guest;
 pub mod lossy;
 pub mod marked;
 pub mod model;
 pub mod ops;
 pub mod oracle;
+pub mod plugin;
 pub mod raw;
 pub mod sparse;
 pub mod sweep;
