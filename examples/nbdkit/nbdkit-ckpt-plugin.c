@@ -18,7 +18,8 @@
  * borrowed from the VM, never closed by the plugin, and switched by
  * libckpt to the new current file in a short pause whenever a checkpoint
  * operation runs. The plugin offers the VM's control channel
- * (ckpt_vm_serve_control, DIR/ckpt-control.sock), so `ckpt checkpoint
+ * (ckpt_vm_serve_control, DIR/ckpt-control.sock; started in .after_fork,
+ * since its threads would not survive nbdkit's fork into the background), so `ckpt checkpoint
  * create|delete|rename|list ...` from another process runs on the held VM,
  * live, while clients read and write. .unload stops the channel, then
  * closes the VM (which flushes and closes the live handles).
@@ -338,12 +339,23 @@ static int get_ready_vm(void) {
             return -1;
         }
     }
-    s = ckpt_vm_serve_control(vm, NULL);
+    nbdkit_debug("ckpt: %s: %zu disk(s)", vm_dir, export_count);
+    return 0;
+}
+
+/* The control channel's threads are started after nbdkit forked into the
+ * background (threads do not survive a fork: started in .get_ready, the
+ * channel's socket would accept connections nobody answers). */
+static int ckpt_after_fork(void) {
+    if (vm == NULL) {
+        return 0;
+    }
+    ckpt_status s = ckpt_vm_serve_control(vm, NULL);
     if (s != CKPT_STATUS_OK) {
         return fail("serve the control channel", s);
     }
     control_served = true;
-    nbdkit_debug("ckpt: %s: %zu disk(s), control channel offered", vm_dir, export_count);
+    nbdkit_debug("ckpt: %s: control channel offered", vm_dir);
     return 0;
 }
 
@@ -588,6 +600,7 @@ static struct nbdkit_plugin plugin = {
     .magic_config_key = "file",
     .dump_plugin = ckpt_dump_plugin,
     .get_ready = ckpt_get_ready,
+    .after_fork = ckpt_after_fork,
     .list_exports = ckpt_list_exports,
     .open = ckpt_open,
     .get_size = ckpt_get_size,

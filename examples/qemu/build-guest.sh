@@ -40,7 +40,9 @@ trap 'rm -rf "$work"' EXIT
 download() {
     for pkg in "$@"; do
         if ! ls "$debs/${pkg}_"*.deb >/dev/null 2>&1; then
-            (cd "$debs" && apt-get download "$pkg")
+            # Stale package lists name versions the mirror no longer has.
+            (cd "$debs" && { apt-get download "$pkg" ||
+                { apt-get update -qq && apt-get download "$pkg"; }; })
         fi
         for deb in "$debs/${pkg}_"*.deb; do
             dpkg-deb -x "$deb" "$work/x"
