@@ -158,22 +158,16 @@ impl Vm {
         // state's parent keeps under the switched disks), the delete is
         // done: a later failure is a warning.
         if r.is_err() {
-            let Ok(stored) = read_vm_file(&self.dir.join(VM_FILE)) else {
-                return r;
-            };
-            let committed = stored
-                .checkpoints
-                .iter()
-                .find(|c| c.id == id)
-                .is_none_or(|c| c.hidden && (hide || !c.deleting));
+            let committed = read_vm_file(&self.dir.join(VM_FILE)).is_ok_and(|d| {
+                d.checkpoints
+                    .iter()
+                    .find(|c| c.id == id)
+                    .is_none_or(|c| c.hidden && (hide || !c.deleting))
+            });
             if committed {
                 self.after_commit(&format!("deleting checkpoint {name:?}"), r);
                 return Ok(());
             }
-            // Not committed: the handle holds the tree as stored (a commit
-            // whose save failed had changed it in memory only), so that the
-            // checkpoint is still found and a retry finishes the delete.
-            self.data = stored;
         }
         r
     }
