@@ -33,6 +33,17 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// No temporary memory-state file is left in the VM folder.
+    fn assert_no_memory_temp(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.vm)
+            .expect("vm folder")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("memory"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     fn new(checkpoint_type: &str) -> Fixture {
         let tmp = support::tempdir();
         let root = std::fs::canonicalize(tmp.path()).expect("canonical temp dir");
@@ -220,13 +231,7 @@ fn offline_failing_save_command_fails_the_create() {
     // Nothing left: no child disk, no memory file, no temporary file.
     let v = json(&["vm", "show", f.vm(), "--json"]);
     assert_eq!(v["strays"], Value::Array(vec![]), "{v}");
-    let left: Vec<_> = std::fs::read_dir(&f.vm)
-        .expect("vm folder")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("memory"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    f.assert_no_memory_temp();
 }
 
 #[test]
@@ -415,11 +420,5 @@ fn held_vm_runs_the_clients_save_command_or_the_holders_hooks() {
     assert_eq!(mem, b"HOLDER");
     assert!(f.log_lines().is_empty());
     drop(server);
-    let left: Vec<_> = std::fs::read_dir(&f.vm)
-        .expect("vm folder")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("memory"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    f.assert_no_memory_temp();
 }

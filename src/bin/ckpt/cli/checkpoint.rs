@@ -170,26 +170,20 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             quiesce_cmd,
             thaw_cmd,
             memory,
-        } if save_current.is_none() && memory.save_memory_cmd.is_some() => {
-            let _ = (dir, name, quiesce_cmd, thaw_cmd);
-            Err(fail(
-                "--save-memory-cmd saves the memory state of the --save-current checkpoint: \
-                 give --save-current NEWNAME too",
-            ))
+        } => {
+            if save_current.is_none() && memory.save_memory_cmd.is_some() {
+                return Err(fail(
+                    "--save-memory-cmd saves the memory state of the --save-current \
+                     checkpoint: give --save-current NEWNAME too",
+                ));
+            }
+            apply(
+                &dir,
+                &name,
+                save_current.as_deref(),
+                CmdHooks::new(quiesce_cmd, thaw_cmd, false).with_memory(memory),
+            )
         }
-        CheckpointCommand::Apply {
-            dir,
-            name,
-            save_current,
-            quiesce_cmd,
-            thaw_cmd,
-            memory,
-        } => apply(
-            &dir,
-            &name,
-            save_current.as_deref(),
-            CmdHooks::new(quiesce_cmd, thaw_cmd, false).with_memory(memory),
-        ),
         CheckpointCommand::Revert { dir } => revert(&dir),
         CheckpointCommand::Delete { dir, name, subtree } => delete(&dir, &name, subtree),
         CheckpointCommand::Rename {
