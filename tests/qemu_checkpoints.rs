@@ -12,7 +12,11 @@
 //!    checkpoint and the in-memory value is gone;
 //! 4. a checkpoint deleted (merged live) while the guest appends to a file
 //!    and syncs: every line it wrote is there, in order;
-//! 6. checkpoints disabled: refused, the guest runs on unchanged.
+//! 6. checkpoints disabled: refused, the guest runs on unchanged; with
+//!    the guest agent gone, production falls back to standard (the reason
+//!    recorded, the memory kept) and production-only refuses;
+//! 5. a checkpoint exported (while the guest runs) and the export booted as
+//!    a VM of its own: the checkpoint's file, nothing written after it.
 //!
 //! Software emulation unless `CKPT_GUEST_ACCEL` says otherwise. Without the
 //! tools it prints a notice and passes, except under `CI=true`.
@@ -103,6 +107,21 @@ fn show(vm: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("vm show --json")
 }
 
+fn list(vm: &str) -> serde_json::Value {
+    let list = support::cli::ok_text(&["checkpoint", "list", vm, "--json"]);
+    serde_json::from_str(&list).expect("list --json")
+}
+
+/// The checkpoint `name` in `checkpoint list --json`.
+fn checkpoint(vm: &str, name: &str) -> serde_json::Value {
+    let list = list(vm);
+    list["checkpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+}
+
 #[test]
 fn hyper_v_checkpoint_semantics_on_a_running_guest() {
     if !(require_tools(&["qemu-system-x86_64", "nbdkit", "mkfs.ext4", "python3", "cc"])
@@ -156,13 +175,9 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
     support::cli::ok(&["vm", "set", &vm, "--checkpoint-type", "production"]);
     sh(&mut c, "echo three > /mnt/f && sync && X=mem-three");
     ckq_ok(&["checkpoint", &vm, "production-1"]);
-    let list = support::cli::ok_text(&["checkpoint", "list", &vm, "--json"]);
-    let list: serde_json::Value = serde_json::from_str(&list).expect("list --json");
-    let p = list["checkpoints"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == "production-1"))
-        .unwrap_or_else(|| panic!("production-1 not listed: {list}"));
+    let p = checkpoint(&vm, "production-1");
     assert_eq!(p["type"], "production", "{p}");
+    assert_eq!(p["memory_kept"], false, "{p}");
     sh(&mut c, "echo four > /mnt/f && sync && X=mem-four");
     ckq_ok(&["apply", &vm, "production-1"]);
     assert_eq!(show(&vm)["state"], "off");
@@ -186,8 +201,74 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
 
     // 6. Disabled: refused, the guest runs on unchanged.
     support::cli::ok(&["vm", "set", &vm, "--checkpoint-type", "disabled"]);
+    sh(&mut c, "X=mem-six");
     let (ok, text) = ckq(&["checkpoint", &vm, "refused"]);
     assert!(!ok && text.contains("disabled"), "{text}");
-    assert_eq!(sh(&mut c, "cat /mnt/f"), "three");
+    assert_eq!(sh(&mut c, "cat /mnt/f; echo \"X=$X\""), "three\nX=mem-six");
     assert_eq!(show(&vm)["state"], "running");
+
+    // 6b. The agent gone: production falls back to standard (the reason
+    // recorded, the memory kept); production-only refuses.
+    sh(
+        &mut c,
+        "killall qemu-ga && while pidof qemu-ga > /dev/null; do sleep 0.1; done",
+    );
+    support::cli::ok(&["vm", "set", &vm, "--checkpoint-type", "production"]);
+    ckq_ok(&["checkpoint", &vm, "fallback"]);
+    let f = checkpoint(&vm, "fallback");
+    assert_eq!(f["type"], "standard", "{f}");
+    assert_eq!(f["requested_type"], "production", "{f}");
+    assert_eq!(f["memory_kept"], true, "{f}");
+    let reason = f["fallback_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("guest agent does not answer"), "{f}");
+    assert_eq!(sh(&mut c, "cat /mnt/f; echo \"X=$X\""), "three\nX=mem-six");
+    support::cli::ok(&["vm", "set", &vm, "--checkpoint-type", "production-only"]);
+    let (ok, text) = ckq(&["checkpoint", &vm, "refused"]);
+    assert!(!ok && text.contains("production-only checkpoint refused"), "{text}");
+    assert!(list(&vm)["checkpoints"]
+        .as_array()
+        .is_some_and(|a| a.iter().all(|c| c["name"] != "refused")));
+    assert_eq!(sh(&mut c, "cat /mnt/f; echo \"X=$X\""), "three\nX=mem-six");
+    assert_eq!(show(&vm)["state"], "running");
+
+    // 5. Export a checkpoint (while the guest runs) and boot the export as
+    // a VM of its own: the checkpoint's data, nothing written after it.
+    let export = dir.path().join("export");
+    let text = support::cli::ok_text(&[
+        "checkpoint",
+        "export",
+        &vm,
+        "production-1",
+        export.to_str().expect("UTF-8 path"),
+    ]);
+    let exported = export.join("disk.vhdx");
+    assert!(exported.is_file(), "no {exported:?}; export said: {text}");
+    drop(_off); // the first VM off and nbdkit gone: the CPU for the next
+    let vm2 = dir.path().join("exported").to_str().expect("UTF-8").to_string();
+    support::cli::ok(&[
+        "vm",
+        "create",
+        &vm2,
+        "--name",
+        "from-export",
+        "--disk",
+        exported.to_str().expect("UTF-8 path"),
+        "--memory",
+        "256",
+    ]);
+    let _off2 = Shutdown(vm2.clone());
+    ckq_ok(&[
+        "start",
+        &vm2,
+        "--kernel",
+        kernel.to_str().expect("UTF-8"),
+        "--initrd",
+        initrd.to_str().expect("UTF-8"),
+    ]);
+    wait_ready(&vm2);
+    let mut c = console(&vm2);
+    assert_eq!(
+        sh(&mut c, "cat /mnt/f; [ -e /mnt/log ] && echo log || echo no-log"),
+        "three\nno-log"
+    );
 }
