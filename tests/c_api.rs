@@ -11,7 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+
+mod support;
+
+use support::plugin::staticlib;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -131,69 +134,6 @@ fn run_ok(cmd: &mut Command) -> String {
         out.status
     );
     stdout
-}
-
-/// The profile directory this test binary was built into
-/// (`<target-dir>/[<triple>/]<profile>`), from `<that>/deps/c_api-<hash>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("test binary has a directory");
-    deps.parent().expect("deps has a parent").to_path_buf()
-}
-
-/// Build `libckpt.a` for the profile, target and features of this test run
-/// (a no-op when `cargo test` already built it, as it does for every
-/// crate-type of the library) and return its path.
-///
-/// This runs a nested `cargo build --lib`. It does not deadlock: `cargo
-/// test` releases the build-directory lock before it runs test binaries.
-fn staticlib() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = profile_dir();
-        let profile = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("profile directory name")
-            .to_string();
-        let mut up = dir.parent().expect("target dir").to_path_buf();
-        let mut triple = None;
-        // `<target-dir>/<triple>/<profile>` when built with --target.
-        if !up.join("CACHEDIR.TAG").exists()
-            && up.parent().is_some_and(|p| p.join("CACHEDIR.TAG").exists())
-        {
-            triple = up.file_name().and_then(|n| n.to_str()).map(str::to_string);
-            up = up.parent().expect("checked above").to_path_buf();
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(root())
-            .args(["build", "--lib", "--quiet", "--target-dir"])
-            .arg(&up);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            p => {
-                cmd.args(["--profile", p]);
-            }
-        }
-        if let Some(t) = &triple {
-            cmd.args(["--target", t]);
-        }
-        if !cfg!(feature = "cli") {
-            cmd.arg("--no-default-features");
-        }
-        run_ok(&mut cmd);
-        let lib = dir.join("libckpt.a");
-        assert!(
-            lib.exists(),
-            "{} missing after cargo build --lib",
-            lib.display()
-        );
-        lib
-    })
 }
 
 /// Compile one C file against include/libckpt.h and libckpt.a into `out`.

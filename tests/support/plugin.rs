@@ -8,45 +8,62 @@ use std::sync::OnceLock;
 
 use super::run;
 
-/// The profile directory of this test binary (`<target>/<profile>`).
+/// The profile directory of this test binary
+/// (`<target-dir>/[<triple>/]<profile>`), from `<that>/deps/<test>-<hash>`.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test binary directory");
     deps.parent().expect("deps has a parent").to_path_buf()
 }
 
-/// Build `libckpt.a` for this profile (a no-op when it is current) and
-/// return its path. `cargo test` releases its build lock before it runs
-/// the tests, so the nested build does not deadlock.
-pub fn staticlib() -> PathBuf {
-    let dir = profile_dir();
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile directory name")
-        .to_string();
-    let target = dir.parent().expect("target directory").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--lib", "--quiet", "--target-dir"])
-        .arg(&target);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
+/// Build `libckpt.a` for the profile, target and features of this test
+/// run (a no-op when `cargo test` already built it, as it does for every
+/// crate-type of the library) and return its path. This runs a nested
+/// `cargo build --lib`; it does not deadlock: `cargo test` releases its
+/// build lock before it runs the test binaries.
+pub fn staticlib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = profile_dir();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile directory name")
+            .to_string();
+        let mut target = dir.parent().expect("target directory").to_path_buf();
+        let mut triple = None;
+        // `<target-dir>/<triple>/<profile>` when built with --target.
+        if !target.join("CACHEDIR.TAG").exists()
+            && target.parent().is_some_and(|p| p.join("CACHEDIR.TAG").exists())
+        {
+            triple = target.file_name().and_then(|n| n.to_str()).map(str::to_string);
+            target = target.parent().expect("checked above").to_path_buf();
         }
-        p => {
-            cmd.args(["--profile", p]);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--lib", "--quiet", "--target-dir"])
+            .arg(&target);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            p => {
+                cmd.args(["--profile", p]);
+            }
         }
-    }
-    if !cfg!(feature = "cli") {
-        cmd.arg("--no-default-features");
-    }
-    run(&mut cmd);
-    let lib = dir.join("libckpt.a");
-    assert!(lib.is_file(), "{} missing after cargo build", lib.display());
-    lib
+        if let Some(t) = &triple {
+            cmd.args(["--target", t]);
+        }
+        if !cfg!(feature = "cli") {
+            cmd.arg("--no-default-features");
+        }
+        run(&mut cmd);
+        let lib = dir.join("libckpt.a");
+        assert!(lib.is_file(), "{} missing after cargo build", lib.display());
+        lib
+    })
 }
 
 /// Whether the plugin's header is installed (nbdkit-plugin-dev).
@@ -83,7 +100,7 @@ pub fn plugin() -> &'static Path {
         let tmp = out.with_extension(format!("so.{}.tmp", std::process::id()));
         run(Command::new("sh")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nbdkit/build.sh"))
-            .env("LIBCKPT_A", &lib)
+            .env("LIBCKPT_A", lib)
             .env("OUT", &tmp));
         std::fs::rename(&tmp, &out).expect("rename the plugin into place");
         out
