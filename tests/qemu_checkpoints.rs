@@ -102,6 +102,17 @@ fn wait_ready(vm: &str) {
     }
 }
 
+/// First start of `vm` on the test guest; its console once it is ready.
+fn boot(vm: &str, kernel: &Path, initrd: &Path) -> Console {
+    let (k, i) = (
+        kernel.to_str().expect("UTF-8"),
+        initrd.to_str().expect("UTF-8"),
+    );
+    ckq_ok(&["start", vm, "--kernel", k, "--initrd", i]);
+    wait_ready(vm);
+    console(vm)
+}
+
 fn show(vm: &str) -> serde_json::Value {
     let out = support::cli::ok(&["vm", "show", vm, "--json"]);
     serde_json::from_slice(&out.stdout).expect("vm show --json")
@@ -151,16 +162,7 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
         "standard",
     ]);
     let _off = Shutdown(vm.clone());
-    ckq_ok(&[
-        "start",
-        &vm,
-        "--kernel",
-        kernel.to_str().expect("UTF-8"),
-        "--initrd",
-        initrd.to_str().expect("UTF-8"),
-    ]);
-    wait_ready(&vm);
-    let mut c = console(&vm);
+    let mut c = boot(&vm, &kernel, &initrd);
 
     // 1-2. Standard: the file and the in-memory value come back.
     sh(&mut c, "echo one > /mnt/f && sync && X=mem-one");
@@ -224,7 +226,10 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
     assert_eq!(sh(&mut c, "cat /mnt/f; echo \"X=$X\""), "three\nX=mem-six");
     support::cli::ok(&["vm", "set", &vm, "--checkpoint-type", "production-only"]);
     let (ok, text) = ckq(&["checkpoint", &vm, "refused"]);
-    assert!(!ok && text.contains("production-only checkpoint refused"), "{text}");
+    assert!(
+        !ok && text.contains("production-only checkpoint refused"),
+        "{text}"
+    );
     assert!(list(&vm)["checkpoints"]
         .as_array()
         .is_some_and(|a| a.iter().all(|c| c["name"] != "refused")));
@@ -244,7 +249,12 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
     let exported = export.join("disk.vhdx");
     assert!(exported.is_file(), "no {exported:?}; export said: {text}");
     drop(_off); // the first VM off and nbdkit gone: the CPU for the next
-    let vm2 = dir.path().join("exported").to_str().expect("UTF-8").to_string();
+    let vm2 = dir
+        .path()
+        .join("exported")
+        .to_str()
+        .expect("UTF-8")
+        .to_string();
     support::cli::ok(&[
         "vm",
         "create",
@@ -257,18 +267,12 @@ fn hyper_v_checkpoint_semantics_on_a_running_guest() {
         "256",
     ]);
     let _off2 = Shutdown(vm2.clone());
-    ckq_ok(&[
-        "start",
-        &vm2,
-        "--kernel",
-        kernel.to_str().expect("UTF-8"),
-        "--initrd",
-        initrd.to_str().expect("UTF-8"),
-    ]);
-    wait_ready(&vm2);
-    let mut c = console(&vm2);
+    let mut c = boot(&vm2, &kernel, &initrd);
     assert_eq!(
-        sh(&mut c, "cat /mnt/f; [ -e /mnt/log ] && echo log || echo no-log"),
+        sh(
+            &mut c,
+            "cat /mnt/f; [ -e /mnt/log ] && echo log || echo no-log"
+        ),
         "three\nno-log"
     );
 }

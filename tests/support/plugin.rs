@@ -34,9 +34,14 @@ pub fn staticlib() -> &'static Path {
         let mut triple = None;
         // `<target-dir>/<triple>/<profile>` when built with --target.
         if !target.join("CACHEDIR.TAG").exists()
-            && target.parent().is_some_and(|p| p.join("CACHEDIR.TAG").exists())
+            && target
+                .parent()
+                .is_some_and(|p| p.join("CACHEDIR.TAG").exists())
         {
-            triple = target.file_name().and_then(|n| n.to_str()).map(str::to_string);
+            triple = target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string);
             target = target.parent().expect("checked above").to_path_buf();
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
