@@ -44,14 +44,23 @@ impl Vhdx {
     /// success. A storage that keeps its writes until a sync succeeds
     /// ([`Storage::sync_retry_is_safe`]) is simply synced again next time.
     pub(super) fn sync(&self, st: &mut WriteState) -> Result<()> {
-        if let Err(e) = self.storage.sync() {
-            if !self.storage.sync_retry_is_safe() {
-                st.poisoned.get_or_insert_with(|| e.to_string());
-                self.poisoned_flag.store(true, Ordering::Release);
-            }
-            return Err(Error::Io(e));
+        self.storage.sync().map_err(|e| self.sync_failed(st, e))
+    }
+
+    /// [`Vhdx::sync`] without the state lock (a flush's syncs, while writes
+    /// go on): the lock is taken only to record a failure.
+    fn sync_unlocked(&self) -> Result<()> {
+        self.storage
+            .sync()
+            .map_err(|e| self.sync_failed(&mut lock(&self.state), e))
+    }
+
+    fn sync_failed(&self, st: &mut WriteState, e: std::io::Error) -> Error {
+        if !self.storage.sync_retry_is_safe() {
+            st.poisoned.get_or_insert_with(|| e.to_string());
+            self.poisoned_flag.store(true, Ordering::Release);
         }
-        Ok(())
+        Error::Io(e)
     }
 
     /// Start a write session if none is running; `visible` says the change
@@ -138,13 +147,15 @@ impl Vhdx {
     /// Flush because the dirty set is full (or wait for writes in flight
     /// that hold reservations).
     pub(super) fn flush_for_room(&self) -> Result<()> {
-        let mut st = self.lock_for_flush();
+        let _one = lock(&self.flushing);
+        let st = self.lock_for_flush();
         if st.dirty.is_empty() && st.pending.is_none() {
             drop(st);
             std::thread::yield_now();
             return Ok(());
         }
-        self.flush_locked(&mut st)
+        drop(st);
+        self.flush_serialized()
     }
 
     /// Replace the parent locator (through the log).
@@ -171,15 +182,15 @@ impl Vhdx {
         }
         self.begin_session(false)?;
         let new = m.to_region_bytes(self.meta_len as usize)?;
-        let mut st = self.lock_for_flush();
+        let _one = lock(&self.flushing);
         // Whatever else is dirty goes first, in its own entry.
-        self.flush_locked(&mut st)?;
+        self.flush_serialized()?;
         let old = {
             let mut v = vec![0u8; self.meta_len as usize];
             self.storage.read_at(&mut v, self.meta_offset)?;
             v
         };
-        let changed: Vec<(u64, Vec<u8>)> = old
+        let mut changed: Vec<(u64, Vec<u8>)> = old
             .chunks(SECTOR as usize)
             .zip(new.chunks(SECTOR as usize))
             .enumerate()
@@ -194,11 +205,25 @@ impl Vhdx {
                 self.log_length / 1024
             )));
         }
-        for (off, b) in changed {
-            st.dirty.insert(off, Dirty::Bytes(b));
-        }
-        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
-        self.flush_locked(&mut st)
+        let mut m = Some(m);
+        let entry = loop {
+            let mut st = self.lock_for_flush();
+            self.check_writable(&st)?;
+            if !self.room(&st, changed.len()) {
+                // Writes made since the flush above go first.
+                drop(st);
+                self.flush_serialized()?;
+                continue;
+            }
+            for (off, b) in std::mem::take(&mut changed) {
+                st.dirty.insert(off, Dirty::Bytes(b));
+            }
+            if let Some(m) = m.take() {
+                *self.meta.write().unwrap_or_else(|e| e.into_inner()) = m;
+            }
+            break self.stage(&mut st)?;
+        };
+        self.apply(entry)
     }
 
     /// Make everything written so far durable; metadata goes through the log.
@@ -211,13 +236,14 @@ impl Vhdx {
         {
             return Ok(());
         }
-        let mut st = self.lock_for_flush();
-        self.flush_locked(&mut st)
+        let _one = lock(&self.flushing);
+        self.flush_serialized()
     }
 
     /// The state lock, taken once no read or write is between looking a
     /// block up and using it (the gate is held exclusively for a moment):
-    /// every change in `dirty` then has its data written.
+    /// every change in `dirty` then has its data written. A flush takes
+    /// its snapshot under it.
     pub(super) fn lock_for_flush(&self) -> MutexGuard<'_, WriteState> {
         let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
         let st = lock(&self.state);
@@ -225,28 +251,40 @@ impl Vhdx {
         st
     }
 
-    /// The flush protocol. Every flush is one log entry (the dirty set is
-    /// bounded by what one entry holds), so a crash leaves the whole flush
-    /// or none of it. What is dirty stays dirty until its entry is applied:
-    /// a flush that fails leaves its entry pending, and the next flush
-    /// writes it again, at the same place with the same sequence number,
-    /// before anything else.
-    pub(super) fn flush_locked(&self, st: &mut WriteState) -> Result<()> {
-        self.check_writable(st)?;
-        if !st.session {
-            return Ok(());
-        }
-        if let Some(p) = st.pending.take() {
-            if let Err(e) = self.commit_entry(st, &p) {
-                st.pending = Some(p);
-                return Err(e);
+    /// The flush protocol (the caller holds `flushing`). Every flush is
+    /// one log entry (the dirty set is bounded by what one entry holds), so
+    /// a crash leaves the whole flush or none of it. The snapshot of the
+    /// dirty set is taken under the state lock; the syncs and the entry's
+    /// writes run without it, so that writes (even allocating ones) go on
+    /// meanwhile and land in the next flush. What was snapshotted stays
+    /// owed until its entry is applied: a flush that fails leaves its entry
+    /// pending, and the next flush writes it again, at the same place with
+    /// the same sequence number, before anything else.
+    fn flush_serialized(&self) -> Result<()> {
+        loop {
+            let (entry, retried) = {
+                let mut st = self.lock_for_flush();
+                self.check_writable(&st)?;
+                if !st.session {
+                    return Ok(());
+                }
+                match st.pending.take() {
+                    Some(p) => (Some(p), true),
+                    None => (self.stage(&mut st)?, false),
+                }
+            };
+            self.apply(entry)?;
+            if !retried {
+                return Ok(());
             }
-            self.release_space(st, p.frees);
         }
-        // Data first, so that no BAT entry can point at unwritten data.
-        self.sync(st)?;
+    }
+
+    /// Turn the dirty set into the next log entry (none when nothing is
+    /// dirty): the sequence number is taken and the set starts again empty.
+    fn stage(&self, st: &mut WriteState) -> Result<Option<PendingEntry>> {
         if st.dirty.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         debug_assert_eq!(st.reserved, 0);
         let images = self.dirty_images(st);
@@ -273,17 +311,33 @@ impl Vhdx {
         drop(writes);
         st.log_seq = seq;
         st.dirty.clear();
-        let p = PendingEntry {
+        Ok(Some(PendingEntry {
             pos,
             bytes,
             images,
             frees: std::mem::take(&mut st.pending_free),
+        }))
+    }
+
+    /// Sync the data, then write and apply `entry`, without the state lock
+    /// (the caller holds `flushing`). Data first, so that no BAT entry can
+    /// point at unwritten data. On failure the entry is left pending.
+    fn apply(&self, entry: Option<PendingEntry>) -> Result<()> {
+        let written = self.sync_unlocked().and_then(|()| match &entry {
+            Some(p) => self.write_entry(p),
+            None => Ok(()),
+        });
+        let Some(p) = entry else {
+            return written;
         };
-        if let Err(e) = self.commit_entry(st, &p) {
-            st.pending = Some(p);
+        if let Err(e) = written {
+            lock(&self.state).pending = Some(p);
             return Err(e);
         }
-        self.release_space(st, p.frees);
+        let freed = self.discard_freed(&p.frees);
+        let mut st = lock(&self.state);
+        st.log_pos = (p.pos + p.bytes.len() as u64) % self.log_length;
+        st.free_blocks.extend(freed);
         Ok(())
     }
 
@@ -320,20 +374,18 @@ impl Vhdx {
     /// places, sync. The entry is its own sequence (its tail is itself), and
     /// the one before it stays intact until it is written: an entry never
     /// exceeds half the log.
-    pub(super) fn commit_entry(&self, st: &mut WriteState, p: &PendingEntry) -> Result<()> {
+    fn write_entry(&self, p: &PendingEntry) -> Result<()> {
         let first = ((self.log_length - p.pos) as usize).min(p.bytes.len());
         self.storage
             .write_at(&p.bytes[..first], self.log_offset + p.pos)?;
         if first < p.bytes.len() {
             self.storage.write_at(&p.bytes[first..], self.log_offset)?;
         }
-        self.sync(st)?;
+        self.sync_unlocked()?;
         for (off, data) in &p.images {
             self.storage.write_at(data, *off)?;
         }
-        self.sync(st)?;
-        st.log_pos = (p.pos + p.bytes.len() as u64) % self.log_length;
-        Ok(())
+        self.sync_unlocked()
     }
 
     /// Flush and leave an empty log behind.
@@ -341,12 +393,23 @@ impl Vhdx {
         if self.read_only {
             return Ok(());
         }
-        let mut st = self.lock_for_flush();
-        self.check_writable(&st)?;
-        if !st.session && !st.close_failed {
-            return Ok(());
-        }
-        self.flush_locked(&mut st)?;
+        let _one = lock(&self.flushing);
+        let mut st = loop {
+            {
+                let st = lock(&self.state);
+                self.check_writable(&st)?;
+                if !st.session && !st.close_failed {
+                    return Ok(());
+                }
+            }
+            self.flush_serialized()?;
+            let st = self.lock_for_flush();
+            // Nothing written since (a close has no writers left, but one
+            // that raced it is flushed, not dropped).
+            if st.dirty.is_empty() && st.pending.is_none() {
+                break st;
+            }
+        };
         let mut h = st.header.clone();
         h.log_guid = Uuid::nil();
         let written = self.write_headers(&mut st, &mut h);

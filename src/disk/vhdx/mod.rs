@@ -181,6 +181,12 @@ pub(crate) struct Vhdx {
     /// it is still running, and no BAT entry is committed before the data
     /// of the write that made it.
     gate: RwLock<()>,
+    /// Held by every flush (and by what flushes as part of a change: a
+    /// metadata change, close) from its snapshot to its end: one flush at a
+    /// time, while the state lock is held only to take the snapshot and to
+    /// record the result, so that writes go on during the syncs. Lock
+    /// order: `flushing`, then `gate`, then `state`.
+    flushing: Mutex<()>,
     /// Signalled (with `state`) when a block leaves `WriteState::filling`.
     filled: Condvar,
     /// Most data sectors one log entry can carry (the bound of a flush).

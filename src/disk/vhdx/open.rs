@@ -169,6 +169,7 @@ impl Vhdx {
                 filling: Vec::new(),
             }),
             gate: RwLock::new(()),
+            flushing: Mutex::new(()),
             filled: Condvar::new(),
             entry_cap: vlog::max_data_sectors(log_length),
             poisoned_flag: AtomicBool::new(false),

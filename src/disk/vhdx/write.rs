@@ -326,18 +326,19 @@ impl Vhdx {
     }
 
     /// Space of trimmed blocks can be reused once no durable entry points at
-    /// it (and no I/O can still use it: the flush took the gate).
-    pub(super) fn release_space(&self, st: &mut WriteState, frees: Vec<u64>) {
-        for off in frees {
-            // Reused space must read as zeros; space that cannot be zeroed
-            // is left unused.
-            if self
-                .storage
-                .discard(off, self.geo.block_size as u64)
-                .is_ok()
-            {
-                st.free_blocks.push(off);
-            }
-        }
+    /// it (and no I/O can still use it: the flush that took it from
+    /// `pending_free` took the gate). Returns the offsets now free; reused
+    /// space must read as zeros, so space that cannot be zeroed is left
+    /// unused.
+    pub(super) fn discard_freed(&self, frees: &[u64]) -> Vec<u64> {
+        frees
+            .iter()
+            .copied()
+            .filter(|&off| {
+                self.storage
+                    .discard(off, self.geo.block_size as u64)
+                    .is_ok()
+            })
+            .collect()
     }
 }
