@@ -130,11 +130,17 @@ fn pause(dir: &Path, disks: usize, switches: usize, flush_every: u64, fast: bool
             .iter()
             .enumerate()
             .map(|(d, l)| {
-                l.prepare_child(
-                    sub.join(format!("d{d}_{k}.avhdx")),
-                    &ChildOptions::default(),
-                )
-                .unwrap()
+                let c = l
+                    .prepare_child(
+                        sub.join(format!("d{d}_{k}.avhdx")),
+                        &ChildOptions::default(),
+                    )
+                    .unwrap();
+                if !fast {
+                    // The slow switch flushes in its pause: leave it little.
+                    l.preflush().unwrap();
+                }
+                c
             })
             .collect();
         let refs: Vec<&LiveDisk> = live.iter().map(|l| &**l).collect();

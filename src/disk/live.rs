@@ -24,7 +24,8 @@
 //! 1. the child file is created (must not exist), linked to the top's
 //!    current DataWriteGuid, opened read-write, and its write session is
 //!    started (so the first write after the switch costs no header update);
-//!    then the top is flushed while writers go on (again while a flush took
+//!    then ([`LiveDisk::preflush`], which [`LiveDisk::push_child`] calls)
+//!    the top is flushed while writers go on (again while a flush took
 //!    long, a few times at most), so that the flush in the pause has little
 //!    left to write.
 //!
@@ -159,7 +160,7 @@ mod switch;
 pub use merge::{LiveMergeOptions, LiveMergeReport};
 pub use switch::Switch;
 
-/// Most flushes of the top before a pause (see [`LiveDisk::prepare_child`]).
+/// Most flushes of the top before a slow switch (see [`LiveDisk::preflush`]).
 const PREFLUSHES: usize = 4;
 /// A flush this quick leaves little for the pause's flush.
 const QUICK_FLUSH: Duration = Duration::from_millis(2);
@@ -298,6 +299,22 @@ impl Drop for Pause<'_> {
             o.pauses.lock().unwrap_or_else(|e| e.into_inner()).add(d);
         }
     }
+}
+
+/// `f` on every item, on one thread per item when there are several (the
+/// disks of a VM flush in parallel: their syncs overlap on the device);
+/// results in the items' order. On this thread alone while it simulates
+/// crashes (the fault plan counts one thread's events).
+pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 || crate::io::faults::is_armed() {
+        return items.iter().map(f).collect();
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = items.iter().map(|t| s.spawn(|| f(t))).collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Pause every disk of `disks` together: wait for the requests in flight on
@@ -464,6 +481,20 @@ impl LiveDisk {
     /// path and be writable.
     pub fn prepare_child(&self, path: impl AsRef<Path>, opts: &ChildOptions) -> Result<NewChild> {
         let path = path.as_ref();
+        // A switch that could not be settled leaves the handle refusing
+        // every flush: no new child over it either (nor over one not yet
+        // settled).
+        if let Some(b) = self.barrier_now() {
+            match &*b.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                Settled::Failed(why) => return Err(failed_error(why)),
+                Settled::Pending => {
+                    return Err(Error::Busy(
+                        "a checkpoint switch of this disk is not settled yet".into(),
+                    ))
+                }
+                Settled::Done | Settled::Undone => {}
+            }
+        }
         let (parent, spec, copts) = {
             let d = self.get();
             let parent = d
@@ -495,9 +526,7 @@ impl LiveDisk {
             }
         };
         let storage = create_file(path, |s| Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
-        let ready = Vhdx::open(storage, false)
-            .and_then(|f| f.start_session().map(|_| f))
-            .and_then(|f| self.preflush().map(|_| f));
+        let ready = Vhdx::open(storage, false).and_then(|f| f.start_session().map(|_| f));
         match ready {
             Ok(file) => Ok(NewChild {
                 path: path.to_path_buf(),
@@ -512,10 +541,13 @@ impl LiveDisk {
         }
     }
 
-    /// Flush the top while writers go on, so that the flush in the pause
-    /// has little left to write: again while a flush took long (writers
-    /// dirtied much meanwhile), at most [`PREFLUSHES`] times.
-    fn preflush(&self) -> Result<()> {
+    /// Before a slow switch ([`Pause::push_children`], which flushes the
+    /// tops in its pause): flush the top while writers go on, so that the
+    /// flush in the pause has little left to write; again while a flush
+    /// took long (writers dirtied much meanwhile), at most [`PREFLUSHES`]
+    /// times. A fast switch ([`Pause::switch_children`]) needs none: it
+    /// flushes the old tops after its pause.
+    pub fn preflush(&self) -> Result<()> {
         for _ in 0..PREFLUSHES {
             let t = Instant::now();
             self.flush()?;
@@ -531,6 +563,8 @@ impl LiveDisk {
     /// disk in which [`Pause::push_children`] runs. On error nothing changed.
     pub fn push_child(&self, path: impl AsRef<Path>, opts: &ChildOptions) -> Result<()> {
         let child = self.prepare_child(path, opts)?;
+        // On error the child is dropped: its file is removed.
+        self.preflush()?;
         self.pause().push_children(vec![child])
     }
 
@@ -666,4 +700,51 @@ fn freeze(disk: &Disk, child: &NewChild) -> Result<Frozen> {
     }
     let ro = Vhdx::open(top.storage_arc(), true).map_err(|e| e.in_file(&child.parent))?;
     Ok(Frozen { top: ro })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CreateOptions;
+
+    /// What a VM's live create does with its disks' new children: made in
+    /// parallel; when one fails, the others' files are removed.
+    #[test]
+    fn parallel_children_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks: Vec<LiveDisk> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("d{i}.vhdx"));
+                LiveDisk::new(Disk::create(&p, &CreateOptions::new(64 << 20)).unwrap())
+            })
+            .collect();
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("c{i}.avhdx")))
+            .collect();
+        // The second child's path is taken: its creation fails.
+        std::fs::write(&paths[1], b"taken").unwrap();
+        let pairs: Vec<(&LiveDisk, &PathBuf)> = disks.iter().zip(&paths).collect();
+        let r = par_map(&pairs, |(d, p)| {
+            d.prepare_child(p, &ChildOptions::default())
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>();
+        assert!(r.is_err());
+        assert!(!paths[0].exists() && !paths[2].exists());
+        assert_eq!(std::fs::read(&paths[1]).unwrap(), b"taken");
+        // And all succeed once the path is free, in order.
+        std::fs::remove_file(&paths[1]).unwrap();
+        let made = par_map(&pairs, |(d, p)| {
+            d.prepare_child(p, &ChildOptions::default())
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()
+        .unwrap();
+        for (c, p) in made.iter().zip(&paths) {
+            assert_eq!(c.path(), p.as_path());
+            assert!(p.exists());
+        }
+        drop(made);
+        assert!(paths.iter().all(|p| !p.exists()));
+    }
 }

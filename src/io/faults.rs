@@ -16,9 +16,9 @@ use std::io;
 use super::Cut;
 
 #[cfg(feature = "fault-injection")]
-pub(crate) use armed::event;
-#[cfg(feature = "fault-injection")]
 pub use armed::{arm, arm_transient, disarm, events};
+#[cfg(feature = "fault-injection")]
+pub(crate) use armed::{event, is_armed};
 
 #[cfg(feature = "fault-injection")]
 mod armed {
@@ -63,6 +63,12 @@ mod armed {
         EVENTS.with(|e| e.get())
     }
 
+    /// Whether this thread counts events (work spread over helper threads
+    /// stays on this one then, so that every event is counted, in order).
+    pub(crate) fn is_armed() -> bool {
+        PLAN.with(|p| p.get()).is_some()
+    }
+
     /// Count one event. `Ok(None)`: go ahead; `Ok(Some(cut))`: this is the
     /// crash point (a write may land torn); `Err`: already crashed.
     pub(crate) fn event() -> io::Result<Option<Cut>> {
@@ -91,6 +97,13 @@ mod armed {
 #[inline(always)]
 pub(crate) fn event() -> io::Result<Option<Cut>> {
     Ok(None)
+}
+
+/// Without the `fault-injection` feature no thread counts events.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn is_armed() -> bool {
+    false
 }
 
 /// The error of the operation at the crash point.

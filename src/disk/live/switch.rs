@@ -86,9 +86,12 @@ impl<'a> Pause<'a> {
 
 impl Switch<'_> {
     /// Step 3, while I/O goes on: flush every old top (the writes made
-    /// before the pause become durable). On an error, undo the switch.
+    /// before the pause become durable), all disks in parallel. On an
+    /// error (the first disk's that failed), undo the switch.
     pub fn flush_frozen(&self) -> Result<()> {
-        for (d, top) in self.disks.iter().zip(&self.tops) {
+        let pairs: Vec<(&LiveDisk, &PathBuf)> =
+            self.disks.iter().copied().zip(&self.tops).collect();
+        par_map(&pairs, |(d, top)| {
             d.with_disk(|disk| match disk.layers.get(1) {
                 Some(l) if l.path.as_deref() == Some(top.as_path()) => {
                     l.file.flush().map_err(|e| e.in_file(top))
@@ -97,9 +100,10 @@ impl Switch<'_> {
                     "{} is no longer the layer below the new child",
                     top.display()
                 ))),
-            })?;
-        }
-        Ok(())
+            })
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Step 5, once [`Switch::flush_frozen`] and the caller's commit
