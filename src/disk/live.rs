@@ -544,7 +544,7 @@ impl LiveDisk {
     /// Before a slow switch ([`Pause::push_children`], which flushes the
     /// tops in its pause): flush the top while writers go on, so that the
     /// flush in the pause has little left to write; again while a flush
-    /// took long (writers dirtied much meanwhile), at most [`PREFLUSHES`]
+    /// took long (writers dirtied much meanwhile), at most `PREFLUSHES`
     /// times. A fast switch ([`Pause::switch_children`]) needs none: it
     /// flushes the old tops after its pause.
     pub fn preflush(&self) -> Result<()> {
