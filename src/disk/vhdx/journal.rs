@@ -144,12 +144,16 @@ impl Vhdx {
         st.dirty.len() + st.reserved + need <= self.entry_cap
     }
 
-    /// Flush because the dirty set is full (or wait for writes in flight
-    /// that hold reservations).
-    pub(super) fn flush_for_room(&self) -> Result<()> {
+    /// Flush because the dirty set was full when the caller looked, with
+    /// the log at sequence number `seen` (or wait for writes in flight that
+    /// hold reservations). Several writers can find the set full while one
+    /// flush runs: once it is done, the others only look again (a flush
+    /// that staged an entry since `seen` and left nothing pending emptied
+    /// the set then), instead of each flushing what was written meanwhile.
+    pub(super) fn flush_for_room(&self, seen: u64) -> Result<()> {
         let _one = lock(&self.flushing);
         let st = self.lock_for_flush();
-        if st.dirty.is_empty() && st.pending.is_none() {
+        if st.pending.is_none() && (st.log_seq != seen || st.dirty.is_empty()) {
             drop(st);
             std::thread::yield_now();
             return Ok(());
@@ -452,5 +456,112 @@ impl Vhdx {
     /// this way before the pause.
     pub(crate) fn start_session(&self) -> Result<()> {
         self.begin_session(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemStorage;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Memory that counts its syncs and can fail the next one.
+    #[derive(Debug, Default)]
+    struct Counted {
+        inner: MemStorage,
+        syncs: AtomicUsize,
+        fail_next_sync: AtomicBool,
+    }
+
+    impl Storage for Counted {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.inner.write_at(buf, offset)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected"));
+            }
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.inner.sync()
+        }
+        fn sync_retry_is_safe(&self) -> bool {
+            true
+        }
+    }
+
+    /// Blocks whose BAT entries lie in different BAT sectors (a sector holds
+    /// 512 entries): each allocation dirties a sector of its own.
+    const SPREAD: u64 = 600;
+
+    fn small_log_disk() -> (Arc<Counted>, Vhdx) {
+        let st = Arc::new(Counted::default());
+        let opts = CreateOptions::new(4 * SPREAD * MIB).block_size(MIB as u32);
+        Vhdx::create(st.as_ref(), &opts, "test", None).unwrap();
+        let mut v = Vhdx::open(st.clone(), false).unwrap();
+        // Two dirty sectors fill one entry.
+        v.entry_cap = 2;
+        (st, v)
+    }
+
+    fn write_block(v: &Vhdx, block: u64) {
+        let bs = v.geo.block_size as u64;
+        v.write_at(&[7u8; 4096], block * bs).unwrap();
+    }
+
+    /// Writers that found the dirty set full while another flush ran look
+    /// again instead of each flushing what was written meanwhile; a flush
+    /// that failed is still retried by the next one.
+    #[test]
+    fn a_flush_since_the_look_made_the_room() {
+        let (st, v) = small_log_disk();
+        write_block(&v, 0);
+        write_block(&v, SPREAD);
+        let Prep::NeedFlush(seen) = v.prepare_write(2 * SPREAD, 0, 4096).unwrap() else {
+            panic!("the dirty set should be full");
+        };
+        // The first writer flushes.
+        let before = st.syncs.load(Ordering::SeqCst);
+        v.flush_for_room(seen).unwrap();
+        assert!(st.syncs.load(Ordering::SeqCst) > before);
+        assert_ne!(lock(&v.state).log_seq, seen);
+        // Another write lands before the second writer gets its turn.
+        write_block(&v, 1);
+        let before = st.syncs.load(Ordering::SeqCst);
+        v.flush_for_room(seen).unwrap();
+        assert_eq!(st.syncs.load(Ordering::SeqCst), before, "flushed twice");
+        assert_eq!(lock(&v.state).dirty.len(), 1);
+        // It then finds room and writes.
+        write_block(&v, 2 * SPREAD);
+
+        // A flush that failed leaves its entry pending: the next writer
+        // that found the set full retries it, though the sequence moved on.
+        let seen = lock(&v.state).log_seq;
+        st.fail_next_sync.store(true, Ordering::SeqCst);
+        assert!(v.flush_for_room(seen).is_err());
+        assert!(lock(&v.state).pending.is_some());
+        assert_ne!(lock(&v.state).log_seq, seen);
+        let before = st.syncs.load(Ordering::SeqCst);
+        v.flush_for_room(seen).unwrap();
+        assert!(st.syncs.load(Ordering::SeqCst) > before);
+        assert!(lock(&v.state).pending.is_none());
+        v.close().unwrap();
+
+        // Everything written is there after a reopen.
+        let v = Vhdx::open(st.clone(), true).unwrap();
+        let bs = v.geo.block_size as u64;
+        for b in [0, 1, SPREAD, 2 * SPREAD] {
+            let mut buf = [0u8; 4096];
+            v.read_at(&mut buf, b * bs).unwrap();
+            assert_eq!(buf, [7u8; 4096], "block {b}");
+        }
     }
 }

@@ -89,8 +89,9 @@ enum Prep {
         undo: Option<(usize, BatEntry, u64)>,
         publish: Option<(usize, BatEntry)>,
     },
-    /// The dirty set is full: flush, then try again.
-    NeedFlush,
+    /// The dirty set is full: flush, then try again. Holds the log
+    /// sequence number seen: a flush that ran since made the room.
+    NeedFlush(u64),
 }
 
 /// Cached sector-bitmap sectors, by (chunk, sector of the bitmap block).

@@ -62,7 +62,7 @@ impl Vhdx {
             }),
             Some(PayloadState::PartiallyPresent) => {
                 if !self.room(&st, bits) {
-                    return Ok(Prep::NeedFlush);
+                    return Ok(Prep::NeedFlush(st.log_seq));
                 }
                 st.reserved += bits;
                 Ok(Prep::Ready {
@@ -76,7 +76,7 @@ impl Vhdx {
                 // A partial write into a block of the parent: this layer holds
                 // only the written sectors, marked in the sector bitmap.
                 if !self.room(&st, 2 + bits) {
-                    return Ok(Prep::NeedFlush);
+                    return Ok(Prep::NeedFlush(st.log_seq));
                 }
                 let chunk = block / self.geo.chunk_ratio;
                 let sbi = self.geo.bitmap_index(chunk);
@@ -105,7 +105,7 @@ impl Vhdx {
                 // in it, so the entry is published only then (readers see
                 // the parent meanwhile; other writes to the block wait).
                 if !self.room(&st, 1) {
-                    return Ok(Prep::NeedFlush);
+                    return Ok(Prep::NeedFlush(st.log_seq));
                 }
                 let off = self.take_space(&mut st, bs, true)?;
                 st.reserved += 1;
@@ -121,7 +121,7 @@ impl Vhdx {
                 // Unallocated, zero, unmapped or undefined: a whole new block
                 // that reads as zeros where it is not written.
                 if !self.room(&st, 1) {
-                    return Ok(Prep::NeedFlush);
+                    return Ok(Prep::NeedFlush(st.log_seq));
                 }
                 let off = self.take_space(&mut st, bs, true)?;
                 self.set_entry(
@@ -206,9 +206,9 @@ impl Vhdx {
             let (io, base, bits, undo, publish) = loop {
                 let io = self.io_guard();
                 match self.prepare_write(block, within, n)? {
-                    Prep::NeedFlush => {
+                    Prep::NeedFlush(seen) => {
                         drop(io);
-                        self.flush_for_room()?;
+                        self.flush_for_room(seen)?;
                     }
                     Prep::Ready {
                         base,
@@ -273,8 +273,9 @@ impl Vhdx {
             let mut st = lock(&self.state);
             self.check_writable(&st)?;
             if !self.room(&st, 1 + self.bitmap_sectors_per_block()) {
+                let seen = st.log_seq;
                 drop(st);
-                self.flush_for_room()?;
+                self.flush_for_room(seen)?;
                 continue;
             }
             let cur = BatEntry(rlock(&self.bat)[idx]);
