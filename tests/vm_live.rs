@@ -700,6 +700,83 @@ fn transient_error_of_a_live_create_while_writers_flush() {
     }
 }
 
+/// A sync that fails while a live create seals the old tops (after the
+/// commit: a warning) poisons only that frozen handle, left open
+/// read-write below the new child. The checkpoint is taken and the guest
+/// goes on; then, without reopening, while writers write and flush:
+/// deleting the checkpoint live (the current state's parent: a switch, the
+/// seal of the poisoned layer now one further down, a merge into it), or
+/// first a second checkpoint and then the first (a merge of a frozen
+/// layer into the poisoned one), works; everything flushed is there after
+/// a reopen.
+#[test]
+fn a_failed_seal_then_live_deletes_without_reopening() {
+    let mut hits = 0;
+    for second in [false, true] {
+        let mut n = 0u64;
+        loop {
+            let t = support::fast_tempdir();
+            let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+            for (d, disk) in disks.iter().enumerate() {
+                disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
+                disk.flush().unwrap();
+            }
+            let _ = vm.take_warnings();
+            faults::arm_transient(n, Transient::Eio);
+            let r = vm.create_checkpoint("c", None, &mut NoHooks);
+            let seen = faults::disarm();
+            let warned = vm
+                .take_warnings()
+                .iter()
+                .any(|w| w.contains("closing a frozen disk"));
+            let ctx = format!(
+                "second {second}, fail at {n} of {seen} ({:?})",
+                r.as_ref().err()
+            );
+            if r.is_ok() && warned {
+                hits += 1;
+                let clock = Arc::new(AtomicU64::new(0));
+                let writers = Writers::start(&disks, 3, &clock);
+                let until = clock.load(Ordering::SeqCst) + 40;
+                while clock.load(Ordering::SeqCst) < until {
+                    thread::yield_now();
+                }
+                if second {
+                    vm.create_checkpoint("d", None, &mut NoHooks)
+                        .unwrap_or_else(|e| panic!("{ctx}: create d: {e}"));
+                }
+                vm.delete("c", false, &mut NoHooks)
+                    .unwrap_or_else(|e| panic!("{ctx}: live delete: {e}"));
+                let until = clock.load(Ordering::SeqCst) + 40;
+                while clock.load(Ordering::SeqCst) < until {
+                    thread::yield_now();
+                }
+                let log = writers.finish();
+                assert!(log.error.is_none(), "{ctx}: writer: {:?}", log.error);
+                assert!(vm.find("c").is_err(), "{ctx}");
+                drop(disks);
+                drop(vm);
+                let vm = Vm::open(&dir).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                assert!(vm.strays().unwrap().is_empty(), "{ctx}: strays");
+                assert!(!dir.join("journal.json").exists(), "{ctx}: journal left");
+                assert_flushed_kept(&log, &vm.data().current.disks, u64::MAX, &ctx);
+                if second {
+                    let d = vm.find("d").unwrap();
+                    for (k, p) in d.disks.iter().enumerate() {
+                        let units = read_units(p);
+                        assert!(decode(k, 0, &units[0], &ctx) >= 1, "{ctx}: d disk {k}");
+                    }
+                }
+            }
+            if n >= seen {
+                break;
+            }
+            n += 1;
+        }
+    }
+    assert!(hits >= 2, "no failed seal was reached ({hits})");
+}
+
 #[test]
 fn pause_stats_count_each_pause_and_the_wait_for_requests_in_flight() {
     use std::time::Duration;

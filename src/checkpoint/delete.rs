@@ -102,6 +102,7 @@ impl Vm {
         if self.index(&id).is_err() {
             return Ok(());
         }
+        self.seal_live()?;
         if subtree {
             // Deepest first (each node once, whatever the file says).
             let mut order = Vec::new();
@@ -574,9 +575,7 @@ impl Vm {
         // warning: no data changed) is still open read-write under its
         // child; sealed now, before the merge opens it (an error stops the
         // delete here, to be retried).
-        for d in self.live.iter().flatten() {
-            d.seal_frozen()?;
-        }
+        self.seal_live()?;
         // The states that hang under the dependant: their disks get re-pointed.
         let grand: Vec<Option<String>> = match dep {
             Some(d) => self.dependants(d),

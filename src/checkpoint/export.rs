@@ -89,6 +89,7 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<Vec<PathBuf>> {
         self.settle(None)?;
+        self.seal_live()?;
         if name.is_none() && self.attached() {
             return self.export_running(dest, hooks);
         }

@@ -122,6 +122,15 @@ impl Vm {
         first
     }
 
+    /// Seal every frozen layer of the live chains that a switch left open
+    /// read-write (a warning then): before an operation opens such files
+    /// itself (a delete's merge, an export), which the read-write handle
+    /// would refuse (`Busy`). Writes no data; an error refuses the
+    /// operation before it changed anything.
+    pub(super) fn seal_live(&self) -> Result<()> {
+        self.live.iter().flatten().try_for_each(|d| d.seal_frozen())
+    }
+
     /// Step 1 of a live create: a new child for every live handle at
     /// `new_disks` (none when the VM is not attached), made in parallel.
     /// On an error the children made are dropped (their files removed).

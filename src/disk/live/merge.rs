@@ -233,6 +233,16 @@ impl LiveDisk {
                     d.depth()
                 )));
             }
+            if let Some(i) = [k, k + 1]
+                .into_iter()
+                .find(|&i| !d.layers[i].file.is_read_only())
+            {
+                // Its handle would write its stale state when dropped.
+                return Err(Error::InvalidArgument(format!(
+                    "layer {i} of the live chain is still open read-write below the top \
+                     (a switch could not seal it): seal it before merging"
+                )));
+            }
             let path = |i: usize| {
                 d.layers[i].path.clone().ok_or_else(|| {
                     Error::InvalidArgument(format!(

@@ -197,31 +197,48 @@ fn check_child(disk: &Disk, child: &NewChild) -> Result<()> {
 }
 
 impl LiveDisk {
-    /// Seal the layer right below the top when a switch left it open
-    /// read-write (its seal in [`Switch::done`] failed, a warning then):
-    /// closed (an empty log) and reopened read-only, its lock shared, so
-    /// that a merge may open it. Nothing to do when it is read-only.
+    /// Seal every layer below the top that a switch left open read-write
+    /// (its seal in [`Switch::done`] failed, a warning then; later switches
+    /// may have pushed it further down): closed (an empty log) and reopened
+    /// read-only, its lock shared, so that a merge may open it. Nothing to
+    /// do when they are all read-only.
     pub(crate) fn seal_frozen(&self) -> Result<()> {
-        let top = self.with_disk(|disk| {
-            Ok::<_, Error>(
-                disk.layers
-                    .get(1)
-                    .filter(|l| !l.file.is_read_only())
-                    .and_then(|l| l.path.clone()),
-            )
-        })?;
-        match top {
-            Some(t) => seal(self, &t),
-            None => Ok(()),
+        // After a failed undo the layer below may hold writes never flushed.
+        if let Some(b) = self.barrier_now() {
+            if let Settled::Failed(why) = &*b.state.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Err(failed_error(why));
+            }
         }
+        let open: Vec<PathBuf> = self.with_disk(|disk| {
+            disk.layers
+                .iter()
+                .skip(1)
+                .filter(|l| !l.file.is_read_only())
+                .filter_map(|l| l.path.clone())
+                .collect()
+        });
+        open.iter().try_for_each(|t| seal(self, t))
     }
 }
 
-/// Close the old top `top` (layer 1 of `d`) and reopen it read-only.
+/// Close the old top `top` (a layer below the top of `d`) and reopen it
+/// read-only.
+///
+/// Its last flush succeeded and nothing wrote into it since, so when the
+/// close fails in a sync (the handle is then poisoned for good, and closing
+/// again can never succeed), it is reopened read-only all the same: either
+/// header on disk is consistent with the applied log, and a read-only open
+/// replays whatever log is left in memory. Any other failure leaves it
+/// open read-write, to be closed by a later seal.
 fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
-    let ro = d.with_disk(|disk| match disk.layers.get(1) {
-        Some(l) if l.path.as_deref() == Some(top) && !l.file.is_read_only() => {
-            l.file.close().map_err(|e| e.in_file(top))?;
+    let below = |l: &Layer| l.path.as_deref() == Some(top);
+    let ro = d.with_disk(|disk| match disk.layers.iter().skip(1).find(|l| below(l)) {
+        Some(l) if !l.file.is_read_only() => {
+            if let Err(e) = l.file.close() {
+                if !l.file.is_poisoned() {
+                    return Err(e.in_file(top));
+                }
+            }
             Vhdx::open(l.file.storage_arc(), true)
                 .map(Some)
                 .map_err(|e| e.in_file(top))
@@ -232,8 +249,8 @@ fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
     let storage = ro.storage_arc();
     let mut p = d.pause();
     let g = &mut p.guards[0];
-    match g.layers.get_mut(1) {
-        Some(l) if l.path.as_deref() == Some(top) => {
+    match g.layers.iter_mut().skip(1).find(|l| below(l)) {
+        Some(l) => {
             // Its session is over: dropping the writable handle writes nothing.
             drop(std::mem::replace(&mut l.file, ro));
         }

@@ -235,6 +235,11 @@ impl Vhdx {
         self.read_only
     }
 
+    /// Whether a sync of this handle failed (it refuses writes and flushes).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned_flag.load(Ordering::Acquire)
+    }
+
     pub(crate) fn header(&self) -> Header {
         lock(&self.state).header.clone()
     }
