@@ -93,7 +93,7 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
     }
     for c in 0..geo.bitmap_blocks {
         let i = geo.bitmap_index(c);
-        if let Some(&raw) = bat.get(i) {
+        if let Some(raw) = bat.get(i) {
             let e = BatEntry(raw);
             if e.state_bits() == SB_PRESENT && v.has_parent() {
                 objects.push((e.offset(), MIB, format!("sector bitmap {c}")));

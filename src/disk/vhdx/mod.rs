@@ -16,6 +16,7 @@ mod journal;
 mod open;
 mod read;
 mod replay;
+mod table;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,7 @@ use crate::format::{
     MAX_VIRTUAL_SIZE, METADATA_REGION, MIB, MIN_BLOCK_SIZE, REGION1_OFFSET, REGION2_OFFSET,
 };
 use crate::io::Storage;
+pub(crate) use table::BatTable;
 
 /// Bytes of metadata read at open are bounded by this.
 const MAX_METADATA_BYTES: u64 = 64 * MIB;
@@ -174,7 +176,7 @@ pub(crate) struct Vhdx {
     bitmaps: RwLock<BitmapCache>,
     log_offset: u64,
     log_length: u64,
-    bat: RwLock<Vec<u64>>,
+    bat: RwLock<BatTable>,
     state: Mutex<WriteState>,
     /// Held shared by every read or write that looks a block's file offset
     /// up and then uses it, exclusively by a flush while it takes its
@@ -248,7 +250,7 @@ impl Vhdx {
         Ok(self.storage.len()?)
     }
 
-    pub(crate) fn bat_snapshot(&self) -> Vec<u64> {
+    pub(crate) fn bat_snapshot(&self) -> BatTable {
         rlock(&self.bat).clone()
     }
 
@@ -259,12 +261,16 @@ impl Vhdx {
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let bat = rlock(&self.bat);
-        let n = (0..self.geo.data_blocks)
-            .filter(|&b| {
-                matches!(
-                    BatEntry(bat[self.geo.payload_index(b)]).payload_state(),
-                    Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
-                )
+        let g = &self.geo;
+        let n = bat
+            .nonzero()
+            .filter(|&(i, e)| {
+                !g.is_bitmap_index(i)
+                    && (i as u64 - i as u64 / (g.chunk_ratio + 1)) < g.data_blocks
+                    && matches!(
+                        BatEntry(e).payload_state(),
+                        Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+                    )
             })
             .count() as u64;
         n * self.geo.block_size as u64

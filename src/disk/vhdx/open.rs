@@ -18,6 +18,14 @@ impl Reader<'_> {
         Ok(())
     }
     pub(super) fn read_vec(&self, offset: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+        self.check_within(offset, len, what)?;
+        let mut v = vec![0u8; len as usize];
+        self.read(&mut v, offset)?;
+        Ok(v)
+    }
+
+    /// Refuse `[offset, offset + len)` unless it lies inside the file.
+    pub(super) fn check_within(&self, offset: u64, len: u64, what: &str) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {}
             _ => {
@@ -31,9 +39,7 @@ impl Reader<'_> {
                 ))
             }
         }
-        let mut v = vec![0u8; len as usize];
-        self.read(&mut v, offset)?;
-        Ok(v)
+        Ok(())
     }
 }
 
@@ -387,7 +393,7 @@ fn read_metadata(reader: &Reader<'_>, meta_region: &RegionEntry) -> Result<Metad
 
 /// Step 5: the BAT, read and parsed (its entries are validated by
 /// [`validate_bat`]).
-fn read_bat(reader: &Reader<'_>, bat_region: &RegionEntry, geo: &Geometry) -> Result<Vec<u64>> {
+fn read_bat(reader: &Reader<'_>, bat_region: &RegionEntry, geo: &Geometry) -> Result<BatTable> {
     if geo.total_entries * 8 > bat_region.length as u64 {
         return Err(Error::corrupt(
             Structure::Bat,
@@ -399,16 +405,26 @@ fn read_bat(reader: &Reader<'_>, bat_region: &RegionEntry, geo: &Geometry) -> Re
             },
         ));
     }
-    let raw = reader.read_vec(bat_region.file_offset, geo.total_entries * 8, "BAT")?;
-    let entries = bat::parse(&raw, geo)?;
-    Ok(entries)
+    let (off, len) = (bat_region.file_offset, geo.total_entries * 8);
+    reader.check_within(off, len, "BAT")?;
+    BatTable::read(
+        geo.total_entries as usize,
+        |first, buf| reader.read(buf, off + first as u64 * 8),
+        |first| {
+            let at = off + first as u64 * 8;
+            Ok(reader
+                .storage
+                .data_after(at)?
+                .map(|(start, _)| ((start.max(at) - off) / 8) as usize))
+        },
+    )
 }
 
 /// Where the used part of the file ends: past every region and every block
 /// (and sector bitmap) the BAT points at, at least the file's length
 /// rounded up to 1 MiB. New blocks go there.
 fn used_end(
-    entries: &[u64],
+    entries: &BatTable,
     geo: &Geometry,
     meta: &Metadata,
     regions: &[RegionEntry],
@@ -418,7 +434,7 @@ fn used_end(
     for e in regions {
         file_end = file_end.max(e.end());
     }
-    for (i, &e) in entries.iter().enumerate() {
+    for (i, e) in entries.nonzero() {
         let e = BatEntry(e);
         let len = if geo.is_bitmap_index(i) {
             if meta.has_parent() && e.state_bits() == SB_PRESENT {
@@ -447,7 +463,7 @@ fn used_end(
 }
 
 pub(super) fn validate_bat(
-    entries: &[u64],
+    entries: &BatTable,
     geo: &Geometry,
     meta: &Metadata,
     regions: &[RegionEntry],
@@ -498,7 +514,8 @@ pub(super) fn validate_bat(
     // clear, and every offset in use lies inside the file. Each block's
     // file range is kept to find two entries sharing space.
     let mut used: Vec<(u64, u64, usize)> = Vec::new();
-    for (i, &raw) in entries.iter().enumerate() {
+    // An entry of zeros is NOT_PRESENT (block or sector bitmap): valid.
+    for (i, raw) in entries.nonzero() {
         let e = BatEntry(raw);
         if geo.is_bitmap_index(i) {
             let c = i as u64 / (geo.chunk_ratio + 1);

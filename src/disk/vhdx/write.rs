@@ -25,7 +25,10 @@ impl Vhdx {
     }
 
     pub(super) fn set_entry(&self, st: &mut WriteState, idx: usize, e: BatEntry) {
-        self.bat.write().unwrap_or_else(|e| e.into_inner())[idx] = e.0;
+        self.bat
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(idx, e.0);
         let sector = idx as u64 * 8 / SECTOR;
         st.dirty
             .insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
