@@ -72,7 +72,7 @@ pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
     let mut allocated = 0u64;
     for b in 0..geo.data_blocks {
         let i = geo.payload_index(b);
-        let e = BatEntry(bat[i]);
+        let e = BatEntry(bat.at(i));
         if matches!(
             e.payload_state(),
             Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)

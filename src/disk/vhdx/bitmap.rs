@@ -14,7 +14,7 @@ impl Vhdx {
         if rlock(&self.bitmaps).contains_key(&(chunk, k)) {
             return Ok(());
         }
-        let e = BatEntry(rlock(&self.bat)[self.geo.bitmap_index(chunk)]);
+        let e = BatEntry(self.bat.at(self.geo.bitmap_index(chunk)));
         let mut buf = vec![0u8; SECTOR as usize].into_boxed_slice();
         if e.state_bits() == SB_PRESENT {
             let off = e.offset() + k * SECTOR;
@@ -118,7 +118,7 @@ impl Vhdx {
                 }
             }
             drop(maps);
-            let sb = BatEntry(rlock(&self.bat)[self.geo.bitmap_index(chunk)]).offset();
+            let sb = BatEntry(self.bat.at(self.geo.bitmap_index(chunk))).offset();
             st.dirty.insert(sb + k * SECTOR, Dirty::Bitmap(chunk, k));
         }
         Ok(())

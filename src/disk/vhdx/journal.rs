@@ -347,7 +347,7 @@ impl Vhdx {
 
     /// The images of every dirty sector, by file offset.
     pub(super) fn dirty_images(&self, st: &WriteState) -> Vec<(u64, Vec<u8>)> {
-        let bat = rlock(&self.bat);
+        let bat = &self.bat;
         let maps = rlock(&self.bitmaps);
         st.dirty
             .iter()

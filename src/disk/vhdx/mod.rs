@@ -176,7 +176,7 @@ pub(crate) struct Vhdx {
     bitmaps: RwLock<BitmapCache>,
     log_offset: u64,
     log_length: u64,
-    bat: RwLock<BatTable>,
+    bat: BatTable,
     state: Mutex<WriteState>,
     /// Held shared by every read or write that looks a block's file offset
     /// up and then uses it, exclusively by a flush while it takes its
@@ -251,16 +251,16 @@ impl Vhdx {
     }
 
     pub(crate) fn bat_snapshot(&self) -> BatTable {
-        rlock(&self.bat).clone()
+        self.bat.clone()
     }
 
     /// The state of payload block `block`.
     pub(crate) fn block_entry(&self, block: u64) -> BatEntry {
-        BatEntry(rlock(&self.bat)[self.geo.payload_index(block)])
+        BatEntry(self.bat.at(self.geo.payload_index(block)))
     }
 
     pub(crate) fn allocated_bytes(&self) -> u64 {
-        let bat = rlock(&self.bat);
+        let bat = &self.bat;
         let g = &self.geo;
         let n = bat
             .nonzero()

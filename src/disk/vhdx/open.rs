@@ -154,7 +154,7 @@ impl Vhdx {
             bitmaps: RwLock::new(HashMap::new()),
             log_offset,
             log_length,
-            bat: RwLock::new(entries),
+            bat: entries,
             state: Mutex::new(WriteState {
                 header: hdr,
                 slot,
@@ -590,7 +590,7 @@ pub(super) fn validate_bat(
                 check_offset(what, e.offset(), bs)?;
                 used.push((e.offset(), bs, i));
                 if state == PayloadState::PartiallyPresent
-                    && BatEntry(entries[geo.bitmap_index(b / geo.chunk_ratio)]).state_bits()
+                    && BatEntry(entries.at(geo.bitmap_index(b / geo.chunk_ratio))).state_bits()
                         != SB_PRESENT
                 {
                     return Err(Error::corrupt(

@@ -17,7 +17,7 @@ impl Vhdx {
         };
         for s in spans(offset, len, bs) {
             let (block, pos, within, n) = (s.block, s.pos, s.within, s.len);
-            let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
+            let e = BatEntry(self.bat.at(self.geo.payload_index(block)));
             match e.payload_state() {
                 Some(PayloadState::FullyPresent) => push(out, n, Src::Data(e.offset() + within)),
                 Some(PayloadState::NotPresent) if parent => push(out, n, Src::Parent),
@@ -56,7 +56,7 @@ impl Vhdx {
         let block = offset / bs;
         let within = offset % bs;
         let n = (bs - within).min(len);
-        let e = BatEntry(rlock(&self.bat)[self.geo.payload_index(block)]);
+        let e = BatEntry(self.bat.at(self.geo.payload_index(block)));
         Ok(match e.payload_state() {
             Some(PayloadState::FullyPresent) => (n, Src::Data(e.offset() + within)),
             Some(PayloadState::NotPresent) if self.parent => (n, Src::Parent),

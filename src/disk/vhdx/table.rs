@@ -4,18 +4,36 @@
 //! with 1 MiB blocks a 512 MiB one; held whole, opening it would cost that
 //! much memory before the first read.
 
-use std::ops::Index;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Entries per page: one 4 KiB BAT sector, the unit the log writes.
 pub(super) const PAGE: usize = 512;
 
-static ZERO: u64 = 0;
+type Page = Box<[AtomicU64; PAGE]>;
 
-/// The BAT entries of a file (see the module doc).
-#[derive(Debug, Clone, Default)]
+fn new_page() -> Page {
+    Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
+}
+
+/// The BAT entries of a file (see the module doc). Entries are read
+/// without a lock (a read or write looks one up per block); they are
+/// changed only under the file's state lock, so that a flush that holds it
+/// sees them stable.
+#[derive(Debug, Default)]
 pub(crate) struct BatTable {
     len: usize,
-    pages: Vec<Option<Box<[u64; PAGE]>>>,
+    pages: Box<[OnceLock<Page>]>,
+}
+
+impl Clone for BatTable {
+    fn clone(&self) -> BatTable {
+        let t = BatTable::zeroed(self.len);
+        for (i, e) in self.nonzero() {
+            t.set(i, e);
+        }
+        t
+    }
 }
 
 impl BatTable {
@@ -23,7 +41,7 @@ impl BatTable {
     pub(super) fn zeroed(len: usize) -> BatTable {
         BatTable {
             len,
-            pages: vec![None; len.div_ceil(PAGE)],
+            pages: (0..len.div_ceil(PAGE)).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -38,7 +56,7 @@ impl BatTable {
         mut next: impl FnMut(usize) -> Result<Option<usize>, E>,
     ) -> Result<BatTable, E> {
         const BATCH: usize = 256;
-        let mut t = BatTable::zeroed(len);
+        let t = BatTable::zeroed(len);
         let mut buf = vec![0u8; BATCH * PAGE * 8];
         let mut first = 0;
         while first < len {
@@ -57,11 +75,14 @@ impl BatTable {
                 if chunk.iter().all(|&b| b == 0) {
                     continue;
                 }
-                let mut page = Box::new([0u64; PAGE]);
-                for (e, c) in page.iter_mut().zip(chunk.chunks_exact(8)) {
-                    *e = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                let page = new_page();
+                for (e, c) in page.iter().zip(chunk.chunks_exact(8)) {
+                    e.store(
+                        u64::from_le_bytes(c.try_into().expect("8 bytes")),
+                        Ordering::Relaxed,
+                    );
                 }
-                t.pages[first / PAGE + k] = Some(page);
+                let _ = t.pages[first / PAGE + k].set(page);
             }
             first += n;
         }
@@ -70,21 +91,29 @@ impl BatTable {
 
     /// Entry `i`, if there is one.
     pub(crate) fn get(&self, i: usize) -> Option<u64> {
-        (i < self.len).then(|| self[i])
+        (i < self.len).then(|| self.at(i))
     }
 
-    /// Set entry `i` (which must exist).
-    pub(super) fn set(&mut self, i: usize, v: u64) {
+    /// Entry `i` (which must exist).
+    pub(crate) fn at(&self, i: usize) -> u64 {
         assert!(i < self.len, "BAT entry {i} of {}", self.len);
-        match &mut self.pages[i / PAGE] {
-            Some(p) => p[i % PAGE] = v,
-            slot @ None if v != 0 => {
-                let mut p = Box::new([0u64; PAGE]);
-                p[i % PAGE] = v;
-                *slot = Some(p);
-            }
-            None => {}
+        match self.pages[i / PAGE].get() {
+            Some(p) => p[i % PAGE].load(Ordering::Acquire),
+            None => 0,
         }
+    }
+
+    /// Set entry `i` (which must exist). The caller holds the file's state
+    /// lock.
+    pub(super) fn set(&self, i: usize, v: u64) {
+        assert!(i < self.len, "BAT entry {i} of {}", self.len);
+        let slot = &self.pages[i / PAGE];
+        let page = match slot.get() {
+            Some(p) => p,
+            None if v == 0 => return,
+            None => slot.get_or_init(new_page),
+        };
+        page[i % PAGE].store(v, Ordering::Release);
     }
 
     /// Every entry that is not zero, with its index, in order.
@@ -92,25 +121,13 @@ impl BatTable {
         self.pages
             .iter()
             .enumerate()
-            .filter_map(|(k, p)| p.as_ref().map(|p| (k, p)))
+            .filter_map(|(k, p)| p.get().map(|p| (k, p)))
             .flat_map(move |(k, p)| {
                 p.iter()
                     .enumerate()
-                    .map(move |(j, &e)| (k * PAGE + j, e))
+                    .map(move |(j, e)| (k * PAGE + j, e.load(Ordering::Acquire)))
                     .filter(move |&(i, e)| e != 0 && i < self.len)
             })
-    }
-}
-
-impl Index<usize> for BatTable {
-    type Output = u64;
-
-    fn index(&self, i: usize) -> &u64 {
-        assert!(i < self.len, "BAT entry {i} of {}", self.len);
-        match &self.pages[i / PAGE] {
-            Some(p) => &p[i % PAGE],
-            None => &ZERO,
-        }
     }
 }
 
@@ -136,19 +153,18 @@ mod tests {
         )
         .unwrap();
         // Entry 5 lay in the hole the storage reported: not read.
-        assert_eq!(t.pages.iter().filter(|p| p.is_some()).count(), 2);
-        assert_eq!(t[5], 0);
-        assert_eq!(t[PAGE + 3], 0);
+        assert_eq!(t.pages.iter().filter(|p| p.get().is_some()).count(), 2);
+        assert_eq!(t.at(5), 0);
+        assert_eq!(t.at(PAGE + 3), 0);
         assert_eq!(t.get(len), None);
         assert_eq!(
             t.nonzero().collect::<Vec<_>>(),
             [(2 * PAGE + 1, 7), (len - 1, 9)]
         );
-        let mut t = t;
         t.set(PAGE + 3, 1);
         t.set(PAGE * 3, 0);
-        assert_eq!(t[PAGE + 3], 1);
-        assert_eq!(t.pages.iter().filter(|p| p.is_some()).count(), 3);
+        assert_eq!(t.at(PAGE + 3), 1);
+        assert_eq!(t.pages.iter().filter(|p| p.get().is_some()).count(), 3);
         assert_eq!(t.len, len);
     }
 }

@@ -25,10 +25,7 @@ impl Vhdx {
     }
 
     pub(super) fn set_entry(&self, st: &mut WriteState, idx: usize, e: BatEntry) {
-        self.bat
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(idx, e.0);
+        self.bat.set(idx, e.0);
         let sector = idx as u64 * 8 / SECTOR;
         st.dirty
             .insert(self.bat_offset + sector * SECTOR, Dirty::Bat(sector));
@@ -38,7 +35,7 @@ impl Vhdx {
     pub(super) fn prepare_write(&self, block: u64, within: u64, n: u64) -> Result<Prep> {
         let idx = self.geo.payload_index(block);
         let bs = self.geo.block_size as u64;
-        let e = BatEntry(rlock(&self.bat)[idx]);
+        let e = BatEntry(self.bat.at(idx));
         if e.payload_state() == Some(PayloadState::FullyPresent) {
             return Ok(Prep::Ready {
                 base: e.offset(),
@@ -54,7 +51,7 @@ impl Vhdx {
             st = self.filled.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         self.check_writable(&st)?;
-        let e = BatEntry(rlock(&self.bat)[idx]);
+        let e = BatEntry(self.bat.at(idx));
         let bits = self.bitmap_sectors_per_block();
         match e.payload_state() {
             Some(PayloadState::FullyPresent) => Ok(Prep::Ready {
@@ -83,7 +80,7 @@ impl Vhdx {
                 }
                 let chunk = block / self.geo.chunk_ratio;
                 let sbi = self.geo.bitmap_index(chunk);
-                if BatEntry(rlock(&self.bat)[sbi]).state_bits() != SB_PRESENT {
+                if BatEntry(self.bat.at(sbi)).state_bits() != SB_PRESENT {
                     let sb = self.take_space(&mut st, MIB, false)?;
                     // New space reads as zeros, like any bitmap sector cached before.
                     self.set_entry(&mut st, sbi, BatEntry::new(SB_PRESENT, sb));
@@ -281,7 +278,7 @@ impl Vhdx {
                 self.flush_for_room(seen)?;
                 continue;
             }
-            let cur = BatEntry(rlock(&self.bat)[idx]);
+            let cur = BatEntry(self.bat.at(idx));
             match cur.payload_state() {
                 Some(state @ (PayloadState::FullyPresent | PayloadState::PartiallyPresent)) => {
                     st.pending_free.push(cur.offset());
