@@ -307,8 +307,8 @@ class Bench:
         return f"{n // MIB} MiB" if n < GIB else f"{n / GIB:g} GiB"
 
     def w_alloc_write(self):
-        size = self.sz(1 * GIB, 128 * MIB)
-        c = str(self.sz(50000, 5000))
+        size = self.sz(1 * GIB, 64 * MIB)
+        c = str(self.sz(50000, 2000))
         tpl = self.p("fresh-tpl.vhdx")
         rm(tpl)
         run(self.ck("create", "--size", str(size), tpl))   # 32 MiB blocks
@@ -484,8 +484,8 @@ class Bench:
                              "export of the populated VHDX; client qemu-img bench (depth 64); only the client timed"))
 
     def w_nbd_write(self):
-        size = self.sz(1 * GIB, 128 * MIB)
-        c = str(self.sz(50000, 5000))
+        size = self.sz(1 * GIB, 64 * MIB)
+        c = str(self.sz(50000, 2000))
         tpl = self.p("nbd-fresh-tpl.vhdx")
         rm(tpl)
         run(self.ck("create", "--size", str(size), tpl))
@@ -663,8 +663,10 @@ def main():
     try:
         for w in WORKLOADS:
             if w in only:
-                print(f"bench-vs-qemu: {w} ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                print(f"bench-vs-qemu: {w} ...", end="", file=sys.stderr, flush=True)
                 getattr(b, "w_" + w.replace("-", "_").replace("rss_64t", "rss"))()
+                print(f" {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
     except Fail as e:
         die(str(e))
     finally:
