@@ -79,19 +79,20 @@ def run(cmd, input=None, cwd=None, capture=True):
 def timed(cmd, cwd=None):
     """Run cmd, return (wall seconds, peak RSS KiB of that child)."""
     args = [str(c) for c in cmd]
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError as e:
-        raise Fail(f"cannot run `{show(cmd)}`: {e}")
-    # The child writes little to stderr; read it after the exit. wait4 gives
-    # this child's own rusage (peak RSS), not the sum of all children.
-    _, status, ru = os.wait4(p.pid, 0)
-    t1 = time.perf_counter()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace").strip()
-    p.stderr.close()
+    with tempfile.TemporaryFile() as errf:
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=errf)
+        except OSError as e:
+            raise Fail(f"cannot run `{show(cmd)}`: {e}")
+        # wait4 gives this child's own rusage (peak RSS), not the sum of all
+        # children (the stderr file, not a pipe, can never fill up and stall it).
+        _, status, ru = os.wait4(p.pid, 0)
+        t1 = time.perf_counter()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        errf.seek(0)
+        err = errf.read().decode(errors="replace").strip()
     if p.returncode != 0:
         raise Fail(f"`{show(cmd)}` exited with status {p.returncode}: {err}")
     return t1 - t0, ru.ru_maxrss
@@ -512,7 +513,7 @@ class Bench:
 
     def w_threads(self):
         f = self.pop_vhdx()
-        c = str(self.sz(200000, 20000))
+        c = str(self.sz(500000, 20000))
         args = ["-c", c, "-s", "4K", "-S", str(RANDOMISH_STEP), f]
         a = Side("ckpt bench -t 2", self.ck("bench", "-t", "2", *args), sync="read only")
         b = Side("ckpt bench -t 1", self.ck("bench", "-t", "1", *args), sync="read only")
@@ -668,6 +669,7 @@ def main():
                 getattr(b, "w_" + w.replace("-", "_").replace("rss_64t", "rss"))()
                 print(f" {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
     except Fail as e:
+        print(file=sys.stderr)
         die(str(e))
     finally:
         fstype = first_line(["stat", "-f", "-c", "%T", args.dir])
