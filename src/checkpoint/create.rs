@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::vm::*;
 use crate::checkpoint::model::*;
 use crate::checkpoint::owner;
+use crate::disk::live::par_map;
 use crate::disk::{ChildOptions, Disk, OpenMode};
 use crate::error::{Error, Result};
 
@@ -303,10 +304,9 @@ impl Vm {
         }
         // All disks together or none: the journal removes a partial set.
         if live.is_none() {
-            for (cur, new) in self.data.current.disks.iter().zip(&new_disks) {
-                Disk::create_child(new, cur, &ChildOptions::default())?.close()?;
-                owner::stamp(new, &self.dir, &self.data)?;
-            }
+            let pairs: Vec<(&PathBuf, &PathBuf)> =
+                self.data.current.disks.iter().zip(&new_disks).collect();
+            self.make_children(&pairs)?;
         }
         write_json(&config_file, &owner::config_copy(&self.data))?;
         let ck = Checkpoint {
@@ -413,6 +413,19 @@ impl Vm {
         Ok(())
     }
 
+    /// A new differencing disk at `new` on each `(parent, new)`, stamped
+    /// as this VM's from the start, one thread per disk. On an error some
+    /// may be made: the caller's journal removes a partial set.
+    fn make_children(&self, pairs: &[(&PathBuf, &PathBuf)]) -> Result<()> {
+        let item = [owner::stamp_item(&self.dir, &self.data)?];
+        par_map(pairs, |(parent, new)| {
+            Disk::create_child_with(new, parent, &ChildOptions::default(), &item)
+                .and_then(|d| d.close())
+        })
+        .into_iter()
+        .collect()
+    }
+
     pub(super) fn apply_id(&mut self, id: &str) -> Result<()> {
         let target = self.data.checkpoints[self.index(id)?].clone();
         let stamp = uuid::Uuid::new_v4().to_string();
@@ -451,10 +464,8 @@ impl Vm {
         })?;
         let mut opened = None;
         let r = (|| -> Result<()> {
-            for (d, new) in target.disks.iter().zip(&new_files) {
-                Disk::create_child(new, d, &ChildOptions::default())?.close()?;
-                owner::stamp(new, &self.dir, &self.data)?;
-            }
+            let pairs: Vec<(&PathBuf, &PathBuf)> = target.disks.iter().zip(&new_files).collect();
+            self.make_children(&pairs)?;
             // Attached: the new chains open before the commit (all or none).
             opened = self.open_live(&new_files)?;
             let config: VmConfig = match &target.config_file {

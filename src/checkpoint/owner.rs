@@ -254,14 +254,21 @@ pub fn stamp_of(disk: &Path) -> Result<Option<Stamp>> {
     })
 }
 
-/// Stamp the disk file `disk` as owned by the VM `data` (in `dir`).
-pub fn stamp(disk: &Path, dir: &Path, data: &VmFile) -> Result<()> {
+/// The user metadata item that stamps a disk file as owned by the VM
+/// `data` (in `dir`): its GUID and bytes.
+pub fn stamp_item(dir: &Path, data: &VmFile) -> Result<(uuid::Uuid, Vec<u8>)> {
     let s = Stamp {
         vm_id: data.id.clone().unwrap_or_default(),
         folder: dir.to_path_buf(),
     };
     let bytes = serde_json::to_vec(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    crate::disk::user_item::set_user_item(disk, &STAMP_ITEM, &bytes)
+    Ok((STAMP_ITEM, bytes))
+}
+
+/// Stamp the disk file `disk` as owned by the VM `data` (in `dir`).
+pub fn stamp(disk: &Path, dir: &Path, data: &VmFile) -> Result<()> {
+    let (id, bytes) = stamp_item(dir, data)?;
+    crate::disk::user_item::set_user_item(disk, &id, &bytes)
 }
 
 /// The other VM that uses the disk file `disk`, as its stamp says and as

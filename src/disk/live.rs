@@ -525,7 +525,9 @@ impl LiveDisk {
                 ))
             }
         };
-        let storage = create_file(path, |s| Vhdx::create(s, &copts, &creator(), Some(&spec)))?;
+        let storage = create_file(path, |s| {
+            Vhdx::create(s, &copts, &creator(), Some(&spec), &[])
+        })?;
         let ready = Vhdx::open(storage, false).and_then(|f| f.start_session().map(|_| f));
         match ready {
             Ok(file) => Ok(NewChild {

@@ -252,7 +252,7 @@ impl Disk {
     /// Create a new VHDX at `path` (which must not exist) and open it read-write.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Disk> {
         let path = path.as_ref();
-        let storage = create_file(path, |s| vhdx::Vhdx::create(s, opts, &creator(), None))?;
+        let storage = create_file(path, |s| vhdx::Vhdx::create(s, opts, &creator(), None, &[]))?;
         let file = vhdx::Vhdx::open(storage, false).map_err(|e| e.in_file(path))?;
         Ok(Disk::from_layers(vec![Layer {
             path: Some(path.to_path_buf()),
@@ -267,7 +267,7 @@ impl Disk {
                 "storage for a new disk must be empty".into(),
             ));
         }
-        vhdx::Vhdx::create(storage.as_ref(), opts, &creator(), None)?;
+        vhdx::Vhdx::create(storage.as_ref(), opts, &creator(), None, &[])?;
         let file = vhdx::Vhdx::open(storage, false)?;
         Ok(Disk::from_layers(vec![Layer { path: None, file }]))
     }
@@ -279,15 +279,24 @@ impl Disk {
         parent: impl AsRef<Path>,
         opts: &ChildOptions,
     ) -> Result<Disk> {
-        let path = path.as_ref();
-        let parent = parent.as_ref();
+        Disk::create_child_with(path.as_ref(), parent.as_ref(), opts, &[])
+    }
+
+    /// [`Disk::create_child`] with user metadata items in the new file
+    /// from the start (a checkpoint's ownership stamp).
+    pub(crate) fn create_child_with(
+        path: &Path,
+        parent: &Path,
+        opts: &ChildOptions,
+        user_items: &[(uuid::Uuid, Vec<u8>)],
+    ) -> Result<Disk> {
         // The parent's chain stays open (locked shared) until the child's
         // chain holds it: nobody can write the parent in between.
         let pdisk = Disk::open(parent, OpenMode::ReadOnly)?;
         let spec = chain::parent_spec(path, parent, pdisk.top())?;
         let copts = child_create_options(&pdisk, opts);
         create_file(path, |s| {
-            vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec))
+            vhdx::Vhdx::create(s, &copts, &creator(), Some(&spec), user_items)
         })?;
         let child = Disk::open(path, OpenMode::ReadWrite);
         drop(pdisk);
@@ -319,7 +328,7 @@ impl Disk {
             locator: loc,
         };
         let copts = child_create_options(parent, opts);
-        vhdx::Vhdx::create(storage.as_ref(), &copts, &creator(), Some(&spec))
+        vhdx::Vhdx::create(storage.as_ref(), &copts, &creator(), Some(&spec), &[])
     }
 
     /// Open a VHDX file; for a differencing disk, its whole chain of parents

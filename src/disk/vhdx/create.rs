@@ -3,12 +3,15 @@
 use super::*;
 
 impl Vhdx {
-    /// Create a VHDX on empty storage; `parent` makes it a differencing disk.
+    /// Create a VHDX on empty storage; `parent` makes it a differencing
+    /// disk; `user_items` (GUID, bytes) are user metadata items it holds
+    /// from the start (no log entry needed later to add them).
     pub(crate) fn create(
         storage: &dyn Storage,
         opts: &CreateOptions,
         creator: &str,
         parent: Option<&ParentSpec>,
+        user_items: &[(Uuid, Vec<u8>)],
     ) -> Result<()> {
         validate_create(opts)?;
         let has_parent = parent.is_some();
@@ -43,7 +46,18 @@ impl Vhdx {
             logical_sector_size: opts.logical_sector_size,
             physical_sector_size: opts.physical_sector_size,
             parent_locator: parent.map(|p| p.locator.to_bytes()),
-            other_items: Vec::new(),
+            other_items: user_items
+                .iter()
+                .map(|(id, data)| {
+                    let entry = MetadataEntry {
+                        item_id: *id,
+                        offset: 0,
+                        length: data.len() as u32,
+                        flags: metadata::EntryFlags::IS_USER,
+                    };
+                    (entry, data.clone())
+                })
+                .collect(),
         };
         let regions = RegionTable {
             entries: vec![

@@ -505,7 +505,7 @@ mod tests {
     fn small_log_disk() -> (Arc<Counted>, Vhdx) {
         let st = Arc::new(Counted::default());
         let opts = CreateOptions::new(4 * SPREAD * MIB).block_size(MIB as u32);
-        Vhdx::create(st.as_ref(), &opts, "test", None).unwrap();
+        Vhdx::create(st.as_ref(), &opts, "test", None, &[]).unwrap();
         let mut v = Vhdx::open(st.clone(), false).unwrap();
         // Two dirty sectors fill one entry.
         v.entry_cap = 2;
