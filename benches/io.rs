@@ -108,6 +108,7 @@ fn convert_raw(c: &mut Criterion) {
         format: Some(convert::Format::Vhdx),
         fixed: false,
         block_size: None,
+        no_sync: false,
     };
 
     let mut g = c.benchmark_group("convert");

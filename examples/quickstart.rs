@@ -121,6 +121,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         format: Some(format),
         fixed: false,
         block_size: None,
+        no_sync: false,
     };
     let s = convert::convert(&vhdx, &raw, &opts(convert::Format::Raw), &mut |_, _| {})?;
     println!(

@@ -343,14 +343,19 @@ class Bench:
         c = Side("qemu-img convert (default cache)", ["qemu-img", "convert", "-f", "raw", "-O", "vhdx",
                                                       "-o", "block_size=32M", src, oc],
                  prep=lambda: rm(oc), sync="default cache=unsafe: no sync at exit")
-        self.group("import", [a, b, c])
-        rm(oa, ob, oc)
+        od = self.p("imp-ckpt-nosync.vhdx")
+        d = Side("ckpt convert --no-sync", self.ck("convert", "--no-sync", src, od), prep=lambda: rm(od),
+                 sync="--no-sync: no sync at exit")
+        self.group("import", [a, b, c, d])
+        rm(oa, ob, oc, od)
         n = self.size_of(src)
         self.rows.append(Row("import (vs qemu -t writeback)", a, b, 0.5,
                              f"{n} raw (random, 4 MiB zero in every 16 MiB) → VHDX, 32M blocks both; ckpt syncs, "
                              "qemu -t writeback syncs"))
         self.rows.append(Row("import (vs qemu default cache)", a, c, 1.0,
                              "ckpt syncs at exit, qemu-img convert's default (cache=unsafe) does not"))
+        self.rows.append(Row("import --no-sync (vs qemu default cache)", d, c, 1.0,
+                             "the same policy on both sides: no sync at exit"))
 
     def w_export(self):
         src = self.pop_vhdx()

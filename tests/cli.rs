@@ -289,6 +289,65 @@ fn convert_round_trip_is_exact_and_sparse() {
     }
 }
 
+/// `--no-sync` keeps every promise but durability: the image is complete
+/// and sound for every reader when the command ends (raw → VHDX → raw,
+/// multi-chunk so the read-ahead thread hands over several buffers), and
+/// no sync reaches the new file (counted with strace when it is there).
+#[test]
+fn convert_no_sync_gives_the_same_images() {
+    let dir = tmp();
+    let raw = dir.path().join("orig.raw");
+    let size = 6 * MIB;
+    let img = make_raw(&raw, size);
+    let vhdx = dir.path().join("conv.vhdx");
+    let back = dir.path().join("back.img");
+    ok(&[
+        "convert",
+        "--no-sync",
+        s(&raw),
+        s(&vhdx),
+        "--block-size",
+        "1M",
+    ]);
+    ok(&["check", s(&vhdx)]);
+    ok(&["convert", "--no-sync", s(&vhdx), s(&back)]);
+    assert!(
+        std::fs::read(&back).unwrap() == img,
+        "no-sync round trip changed the bytes"
+    );
+    if require_tool("qemu-img") {
+        qemu_compare(&vhdx, "vhdx", &raw, "raw");
+    }
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok()
+    {
+        let trace = dir.path().join("trace");
+        let again = dir.path().join("again.vhdx");
+        let st = std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=fsync,fdatasync,sync_file_range", "-o"])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_ckpt"))
+            .args(["convert", "--no-sync", s(&raw), s(&again)])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t = std::fs::read_to_string(&trace).unwrap();
+        assert!(!t.contains("sync("), "a sync with --no-sync:\n{t}");
+        // And without it the image is synced.
+        let synced = dir.path().join("synced.vhdx");
+        std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_ckpt"))
+            .args(["convert", s(&raw), s(&synced)])
+            .status()
+            .unwrap();
+        assert!(std::fs::read_to_string(&trace).unwrap().contains("sync("));
+    }
+}
+
 #[test]
 fn convert_rounds_up_odd_raw_sizes() {
     let dir = tmp();

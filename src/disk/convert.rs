@@ -11,6 +11,7 @@
 //!     format: Some(Format::Raw),
 //!     fixed: false,
 //!     block_size: None,
+//!     no_sync: false,
 //! };
 //! let stats = convert("disk.vhdx".as_ref(), "disk.raw".as_ref(), &opts, &mut |_, _| {})?;
 //! println!("{} bytes of data", stats.data_bytes);
@@ -30,6 +31,13 @@
 //!   unallocated.
 //! * An existing destination is never overwritten; a destination left
 //!   half-written by a failure is removed.
+//! * The destination is durable when [`convert`] returns (synced; a VHDX
+//!   through its log protocol), unless [`ConvertOptions::no_sync`] asks
+//!   for none: then it is complete for every reader once `convert`
+//!   returns, but a power loss before the system writes it back may leave
+//!   it torn (what `qemu-img convert` does by default; run `sync` after).
+//! * The source is read on a thread of its own, a few chunks ahead of the
+//!   writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -74,6 +82,41 @@ pub struct ConvertOptions {
     pub fixed: bool,
     /// Block size of a VHDX output; `None`: the source's, or the default.
     pub block_size: Option<u32>,
+    /// Skip every sync of the destination (see the module doc): faster,
+    /// not durable across a power loss until the system writes it back.
+    pub no_sync: bool,
+}
+
+/// A file whose syncs do nothing (`ConvertOptions::no_sync`).
+#[derive(Debug)]
+struct NoSync(crate::io::FileStorage);
+
+impl crate::io::Storage for NoSync {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.allocate(offset, len)
+    }
+    fn sync_retry_is_safe(&self) -> bool {
+        // Nothing is ever claimed durable.
+        true
+    }
 }
 
 /// What a conversion did.
@@ -161,6 +204,20 @@ pub fn create_vhdx(path: &Path, opts: &CreateOptions) -> Result<Disk> {
     })
 }
 
+/// [`create_vhdx`] on a [`NoSync`] file.
+fn create_vhdx_no_sync(path: &Path, opts: &CreateOptions) -> Result<Disk> {
+    let made = (|| {
+        let f = crate::io::FileStorage::create(path).map_err(|e| in_file(e, path))?;
+        let s: std::sync::Arc<dyn crate::io::Storage> = std::sync::Arc::new(NoSync(f));
+        Disk::create_on(s, opts).map_err(|e| e.in_file(path))
+    })();
+    made.inspect_err(|e| {
+        if !is_already_exists(e) {
+            let _ = std::fs::remove_file(path);
+        }
+    })
+}
+
 /// The source image, read-only.
 enum Source {
     Raw { file: File, len: u64 },
@@ -185,21 +242,22 @@ impl Source {
 
 /// The destination image, being written.
 enum Sink {
-    Raw(File),
+    Raw { file: File, sync: bool },
     Vhdx(Box<Disk>),
 }
 
 impl Sink {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         match self {
-            Sink::Raw(f) => Ok(f.write_all_at(buf, offset)?),
+            Sink::Raw { file, .. } => Ok(file.write_all_at(buf, offset)?),
             Sink::Vhdx(d) => d.write_at(buf, offset),
         }
     }
 
     fn finish(self) -> Result<()> {
         match self {
-            Sink::Raw(f) => Ok(f.sync_all()?),
+            Sink::Raw { file, sync: true } => Ok(file.sync_all()?),
+            Sink::Raw { sync: false, .. } => Ok(()),
             Sink::Vhdx(d) => d.close(),
         }
     }
@@ -277,6 +335,7 @@ pub fn convert(
     }
 
     let sink = match dst_format {
+        Format::Vhdx if opts.no_sync => Sink::Vhdx(Box::new(create_vhdx_no_sync(dst, &create)?)),
         Format::Vhdx => Sink::Vhdx(Box::new(create_vhdx(dst, &create)?)),
         Format::Raw => {
             let f = OpenOptions::new()
@@ -284,7 +343,10 @@ pub fn convert(
                 .create_new(true)
                 .open(dst)
                 .map_err(|e| in_file(e, dst))?;
-            Sink::Raw(f)
+            Sink::Raw {
+                file: f,
+                sync: !opts.no_sync,
+            }
         }
     };
     // From here on the destination is ours: remove it if anything fails.
@@ -314,25 +376,44 @@ fn copy(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
     let dst_err = |e: Error| e.in_file(dst);
-    if let Sink::Raw(f) = &sink {
+    if let Sink::Raw { file: f, .. } = &sink {
         f.set_len(virtual_size).map_err(|e| in_file(e, dst))?;
     }
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut data_bytes = 0u64;
-    progress(0, virtual_size);
-    for ext in extents {
+    // The chunks to copy, aligned to CHUNK in the virtual disk.
+    let mut chunks = Vec::new();
+    for ext in extents.iter().filter(|e| e.allocated) {
         let end = ext.offset.saturating_add(ext.length).min(virtual_size);
-        if !ext.allocated {
-            progress(end, virtual_size);
-            continue;
-        }
         let mut pos = ext.offset;
         while pos < end {
-            // Chunks aligned to CHUNK in the virtual disk.
             let next = ((pos / CHUNK + 1) * CHUNK).min(end);
-            let len = (next - pos) as usize;
-            let chunk = &mut buf[..len];
-            source.read_at(chunk, pos).map_err(|e| e.in_file(src))?;
+            chunks.push((pos, next));
+            pos = next;
+        }
+    }
+    let mut data_bytes = 0u64;
+    progress(0, virtual_size);
+    std::thread::scope(|s| -> Result<()> {
+        // Read ahead on a thread of its own; buffers go back and forth.
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(2);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..3 {
+            let _ = free_tx.send(vec![0u8; CHUNK as usize]);
+        }
+        let chunks = &chunks;
+        s.spawn(move || {
+            for &(pos, next) in chunks {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                buf.resize((next - pos) as usize, 0);
+                let r = source.read_at(&mut buf, pos).map_err(|e| e.in_file(src));
+                let failed = r.is_err();
+                if full_tx.send(r.map(|()| (pos, buf))).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for (k, got) in full_rx.iter().enumerate() {
+            let (pos, chunk) = got?;
+            let len = chunk.len();
             // Write each run of non-zero grains as one request.
             let mut i = 0;
             while i < len {
@@ -350,10 +431,14 @@ fn copy(
                     .map_err(dst_err)?;
                 data_bytes += (stop - start) as u64;
             }
-            pos = next;
-            progress(pos, virtual_size);
+            // Progress up to the next chunk (skipped ranges included).
+            let upto = chunks.get(k + 1).map_or(virtual_size, |c| c.0);
+            progress(upto, virtual_size);
+            let _ = free_tx.send(chunk);
         }
-    }
+        Ok(())
+    })?;
+    progress(virtual_size, virtual_size);
     sink.finish().map_err(dst_err)?;
     Ok(data_bytes)
 }

@@ -135,6 +135,13 @@ enum Command {
         /// Block size of a VHDX output [default: the source's, or 32M].
         #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
         block_size: Option<u32>,
+        /// Do not sync the new image: faster, and complete for every reader
+        /// when the command ends, but a power loss before the system writes
+        /// it back may leave it torn (qemu-img convert's default; run
+        /// `sync` after). Without it the image is durable when the command
+        /// ends.
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Copy LENGTH bytes of the virtual disk at OFFSET to stdout.
     Read {
@@ -459,6 +466,7 @@ fn run(cli: Cli) -> CliResult {
             output_format,
             fixed,
             block_size,
+            no_sync,
         } => convert_cmd(
             &src,
             &dst,
@@ -466,6 +474,7 @@ fn run(cli: Cli) -> CliResult {
                 format: output_format,
                 fixed,
                 block_size,
+                no_sync,
             },
         ),
         Command::Read {
