@@ -83,16 +83,16 @@ impl Vhdx {
     pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let _io = self.io_guard();
-        let mut runs = Vec::new();
-        self.map(offset, buf.len() as u64, &mut runs)?;
+        // Run by run, with no allocation (the common 4 KiB read is one run).
         let mut at = 0usize;
-        for (l, src) in runs {
-            let l = l as usize;
+        while at < buf.len() {
+            let (l, src) = self.map_first(offset + at as u64, (buf.len() - at) as u64)?;
+            let dst = &mut buf[at..at + l as usize];
             match src {
-                Src::Data(f) => self.storage.read_at(&mut buf[at..at + l], f)?,
-                Src::Zero | Src::Parent => buf[at..at + l].fill(0),
+                Src::Data(f) => self.storage.read_at(dst, f)?,
+                Src::Zero | Src::Parent => dst.fill(0),
             }
-            at += l;
+            at += l as usize;
         }
         Ok(())
     }
