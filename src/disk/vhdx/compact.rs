@@ -33,6 +33,8 @@ pub(crate) struct Move {
 
 /// A block the BAT places in the file: (BAT index, offset, length).
 type Placed = (usize, u64, u64);
+/// An area of the file: (offset, length).
+type Area = (u64, u64);
 
 impl Vhdx {
     /// Whether entry `e` at BAT index `i` holds space in the file (payload
@@ -199,7 +201,7 @@ impl Vhdx {
     /// region, every block the BAT places, and space freed but not yet
     /// flushed (the BAT in the file may still point at it). Returns them
     /// with the blocks that may move. The state lock is held.
-    fn used_areas(&self, st: &WriteState) -> Result<(Vec<(u64, u64)>, Vec<Placed>)> {
+    fn used_areas(&self, st: &WriteState) -> Result<(Vec<Area>, Vec<Placed>)> {
         let mut used = vec![(0, HEADER_SECTION_SIZE), (self.log_offset, self.log_length)];
         used.extend(
             self.regions()?
@@ -272,7 +274,7 @@ impl Vhdx {
         let mut blocks = placed;
         let mut moves = Vec::new();
         loop {
-            blocks.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            blocks.sort_unstable_by_key(|b| std::cmp::Reverse(b.1));
             let mut moved = false;
             for b in blocks.iter_mut() {
                 let (idx, from, len) = *b;
