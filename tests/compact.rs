@@ -683,6 +683,70 @@ fn random_chain_writes_trims_and_compacts_against_a_model() {
     assert!(moved > 10, "only {moved} blocks moved");
 }
 
+/// Compaction is meant for an idle disk, but I/O on the same handle
+/// meanwhile must stay correct: one thread writes, zeroes and trims
+/// (keeping the model) while another compacts again and again.
+#[test]
+fn writes_while_compacting_stay_correct() {
+    let size = 16 * MIB;
+    let mem = MemStorage::new();
+    let disk = Disk::create_on(
+        Arc::new(mem.clone()),
+        &CreateOptions::new(size).block_size(BS as u32),
+    )
+    .unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let model = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mode = [CompactMode::Quick, CompactMode::Full][k % 2];
+                disk.compact(opts(mode)).unwrap();
+                k += 1;
+            }
+        });
+        let writer = s.spawn(|| {
+            let mut rng = Rng::new(42);
+            let mut model = vec![0u8; size as usize];
+            for step in 0..400u64 {
+                let off = rng.below(size / 4096) * 4096;
+                let len = (rng.below(2 * BS / 4096) * 4096 + 4096).min(size - off);
+                let r = off as usize..(off + len) as usize;
+                match rng.below(4) {
+                    0 | 1 => {
+                        let d = pattern(step, off, len as usize);
+                        disk.write_at(&d, off).unwrap();
+                        model[r].copy_from_slice(&d);
+                    }
+                    2 => {
+                        disk.write_at(&vec![0u8; len as usize], off).unwrap();
+                        model[r].fill(0);
+                    }
+                    _ => {
+                        disk.trim(off, len).unwrap();
+                        model[r].fill(0);
+                    }
+                }
+                if step % 50 == 0 {
+                    disk.flush().unwrap();
+                }
+            }
+            model
+        });
+        let model = writer.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        model
+    });
+    let got = read_all(&disk);
+    assert!(got == model, "{}", first_diff(&got, &model));
+    compact(&disk, CompactMode::Full);
+    disk.close().unwrap();
+    assert!(check_storage(Arc::new(mem.clone())).is_ok());
+    let d = Disk::open_storage(Arc::new(mem), OpenMode::ReadOnly).unwrap();
+    let got = read_all(&d);
+    assert!(got == model, "after reopen: {}", first_diff(&got, &model));
+}
+
 // ------------------------------------------------- refusals and the rest
 
 #[test]
