@@ -156,6 +156,19 @@
 
 
 /**
+ * `mode` of `ckpt_disk_compact`: give back the space of blocks that no
+ * longer hold data (trimmed), move the others down, shrink the file.
+ */
+#define CKPT_COMPACT_QUICK 0
+
+/**
+ * `mode` of `ckpt_disk_compact`: as `CKPT_COMPACT_QUICK`, and also give
+ * back every block whose data reads as all zeros (in a differencing disk
+ * such a block keeps hiding the parent's data).
+ */
+#define CKPT_COMPACT_FULL 1
+
+/**
  * `flags` of `ckpt_disk_open`: open for reading only (the file is never
  * written; a dirty log is replayed in memory).
  */
@@ -544,6 +557,46 @@ typedef struct ckpt_create_options {
      */
     uint32_t log_size;
 } ckpt_create_options;
+
+/**
+ * What `ckpt_disk_compact` did (a versioned output struct).
+ *
+ * Set `struct_size` to `sizeof(ckpt_compact_report)` before the call.
+ * The library writes the fields it knows and sets `struct_size` to the
+ * number of bytes it wrote; it writes nothing unless the call succeeds.
+ */
+typedef struct ckpt_compact_report {
+    /**
+     * In: `sizeof(ckpt_compact_report)` as compiled by the caller. Out:
+     * the number of bytes the library wrote.
+     */
+    uint32_t struct_size;
+    /**
+     * The mode it ran in (`CKPT_COMPACT_QUICK` or `CKPT_COMPACT_FULL`).
+     */
+    int mode;
+    /**
+     * Blocks whose space was given back (zero blocks in full mode, and
+     * entries that held space without data).
+     */
+    uint64_t blocks_freed;
+    /**
+     * Blocks (payload and sector bitmap) moved to a lower place.
+     */
+    uint64_t blocks_moved;
+    /**
+     * Bytes those moves copied.
+     */
+    uint64_t bytes_moved;
+    /**
+     * The file's length before.
+     */
+    uint64_t bytes_before;
+    /**
+     * The file's length after.
+     */
+    uint64_t bytes_after;
+} ckpt_compact_report;
 
 /**
  * Facts about an open disk, filled by `ckpt_disk_get_info` (a versioned
@@ -1218,6 +1271,41 @@ ckpt_status ckpt_disk_flatten(const char *src_path,
  * `child_path` and `new_parent_path` are NULL or NUL-terminated strings.
  */
 ckpt_status ckpt_disk_reparent(const char *child_path, const char *new_parent_path, int force);
+
+/**
+ * Compact the top file of `disk` (opened read-write): blocks move down
+ * into the space of freed ones and the file is cut after its last used
+ * byte. What the disk reads does not change, nor its DataWriteGuid
+ * (children stay linked); parents are only read.
+ *
+ * `mode` is `CKPT_COMPACT_QUICK` or `CKPT_COMPACT_FULL`. `progress` (may
+ * be NULL) is called with bytes done and bytes to do (an estimate that
+ * can shrink once the moves are planned); returning non-zero cancels
+ * (`CKPT_STATUS_CANCELLED`, the disk stays consistent). `report` (may be
+ * NULL) receives what was done, on success only.
+ *
+ * Meant for a disk no other thread is using: calls on the same handle
+ * meanwhile stay correct but wait for each step. A crash or an error
+ * leaves a file that opens with all its data; compacting again finishes.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (an unknown `mode`, a `report->struct_size` too small, a VM's disk
+ * handle from `ckpt_vm_disk`), `CKPT_STATUS_UNSUPPORTED` (a fixed disk:
+ * its blocks stay allocated), `CKPT_STATUS_READ_ONLY`,
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle; `progress` is NULL or a function that
+ * may be called with `user` during this call; `report` is NULL or points
+ * to a `ckpt_compact_report` of at least `report->struct_size` bytes,
+ * readable and writable.
+ */
+ckpt_status ckpt_disk_compact(struct ckpt_disk *disk,
+                              int mode,
+                              ckpt_progress_fn progress,
+                              void *user,
+                              struct ckpt_compact_report *report);
 
 /**
  * Create a new VHDX file at `path` (which must not exist yet) holding a

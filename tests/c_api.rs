@@ -222,6 +222,13 @@ fn c_hypervisor_api() {
     run_c_program("tests/c/test_hypervisor.c");
 }
 
+/// Compaction (issue 14): a trimmed disk shrinks and reads the same; the
+/// report, NULL and bad arguments, a cancel, read-only and fixed disks.
+#[test]
+fn c_compact() {
+    run_c_program("tests/c/test_compact.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -278,6 +285,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_vm_live.c",
         "tests/c/test_vm_live_delete.c",
         "tests/c/test_hypervisor.c",
+        "tests/c/test_compact.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

@@ -14,7 +14,8 @@
 //! - `cursor.rs`: [`DiskCursor`] (`std::io` over a disk).
 //! - `chain.rs`: finding and opening parents, linkage checks, locators.
 //! - [`merge`]: merge, flatten, re-parent, finding children.
-//! - [`convert`]: raw and VHDX conversion; [`check`]: structural check.
+//! - [`convert`]: raw and VHDX conversion; [`check`]: structural check;
+//!   [`compact`]: giving back the space of freed and zero blocks.
 //! - [`path`], `span.rs` (block-by-block walks), `user_item.rs`.
 //! - [`live`]: [`LiveDisk`](live::LiveDisk), a handle whose chain is switched
 //!   (a new child, another chain) while I/O goes on.
@@ -22,6 +23,7 @@
 
 mod chain;
 pub mod check;
+pub mod compact;
 pub mod convert;
 mod cursor;
 mod extents;

@@ -30,6 +30,7 @@
 //!   extents); `disk_io.rs`: vectored I/O and opening one file alone;
 //!   `chain.rs`: differencing disks (create a child, merge,
 //!   changed ranges, re-parent, the chain's paths) and `ckpt_progress_fn`;
+//!   `compact.rs`: `ckpt_disk_compact` and its report;
 //! - `vm/`: `ckpt_vm` and the checkpoint tree — `mod.rs` the handle (one
 //!   call at a time) and shared helpers, `types.rs` the C enums and info
 //!   structs, `lifecycle.rs` create/open/close and the VM getters,
@@ -55,6 +56,7 @@ use std::ffi::{c_char, CStr};
 use std::path::Path;
 
 pub mod chain;
+pub mod compact;
 pub mod disk;
 pub mod disk_io;
 pub mod last_error;
@@ -63,6 +65,7 @@ pub mod version;
 pub mod vm;
 
 pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
+pub use compact::ckpt_compact_report;
 pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind, ckpt_extent};
 pub use disk_io::ckpt_iovec;
 pub use status::ckpt_status;

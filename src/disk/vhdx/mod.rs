@@ -11,6 +11,7 @@
 //! code, `checkpoint`, `ffi` or the CLI.
 
 mod bitmap;
+mod compact;
 mod create;
 mod journal;
 mod open;

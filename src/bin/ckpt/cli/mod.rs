@@ -13,7 +13,7 @@
 //! loop in `bench.rs`; `chain.rs` `merge`, `changes`, `reparent`, child
 //! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
 //! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
-//! `ckpt checkpoint …` and its quiesce/thaw commands; `size.rs` SIZE
+//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `size.rs` SIZE
 //! parsing and human-readable sizes; `target.rs` the VM a command
 //! changes, opened here or reached through its holder's control channel.
 //!
@@ -30,6 +30,7 @@
 pub mod bench;
 pub mod chain;
 pub mod checkpoint;
+mod compact;
 mod create;
 mod info;
 mod io_cmds;
@@ -242,6 +243,28 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Give back the space a dynamic or differencing VHDX no longer needs
+    /// (like Optimize-VHD): blocks move down into the space of freed ones
+    /// and the file is cut after its last used byte.
+    ///
+    /// Quick mode gives back blocks that no longer hold data (trimmed);
+    /// full mode also blocks whose data reads as all zeros (in a
+    /// differencing disk such a block keeps hiding the parent's data). What
+    /// the disk reads does not change, nor its DataWriteGuid (children stay
+    /// linked); parents are only read. The file must not be in use. A fixed
+    /// disk is refused with an error (its blocks stay allocated). An
+    /// interrupted compact leaves a disk that reads the same; running it
+    /// again finishes it.
+    Compact {
+        /// The VHDX (or AVHDX).
+        file: PathBuf,
+        /// quick or full.
+        #[arg(long, value_name = "MODE", value_parser = parse_compact_mode, default_value = "quick")]
+        mode: ckpt::CompactMode,
+        /// Print one JSON object (the report) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, show and change VMs (a VM folder holds vm.json: the
     /// configuration, checkpoint settings, state and checkpoint tree).
     #[command(subcommand)]
@@ -250,6 +273,11 @@ enum Command {
     /// checkpoints of a VM.
     #[command(subcommand)]
     Checkpoint(checkpoint::CheckpointCommand),
+}
+
+fn parse_compact_mode(s: &str) -> Result<ckpt::CompactMode, String> {
+    ckpt::CompactMode::parse(s)
+        .ok_or_else(|| format!("unknown mode '{s}' (expected quick or full)"))
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -513,6 +541,7 @@ fn run(cli: Cli) -> CliResult {
             new_parent,
             force,
         } => chain::reparent_cmd(&child, &new_parent, force),
+        Command::Compact { file, mode, json } => compact::compact_cmd(&file, mode, json),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Checkpoint(cmd) => checkpoint::run(cmd),
     }
