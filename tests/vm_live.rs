@@ -733,6 +733,19 @@ fn a_failed_seal_then_live_deletes_without_reopening() {
                 "second {second}, fail at {n} of {seen} ({:?})",
                 r.as_ref().err()
             );
+            if r.is_ok() {
+                // The frozen layers are sealed (read-only, locked shared) at
+                // once or, after a failed seal, when an operation needs them;
+                // a reader may then open them, even one whose seal failed in
+                // a sync (no warning then) and whose log is read through a
+                // replayed view.
+                vm.export(Some("c"), &t.path().join("exported"), &mut NoHooks)
+                    .unwrap_or_else(|e| panic!("{ctx}: export: {e}"));
+                for p in vm.find("c").unwrap().disks.clone() {
+                    Disk::open(&p, OpenMode::ReadOnly)
+                        .unwrap_or_else(|e| panic!("{ctx}: a reader opens {}: {e}", p.display()));
+                }
+            }
             if r.is_ok() && warned {
                 hits += 1;
                 let clock = Arc::new(AtomicU64::new(0));

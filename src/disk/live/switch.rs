@@ -246,7 +246,9 @@ fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
         _ => Ok(None),
     })?;
     let Some(ro) = ro else { return Ok(()) };
-    let storage = ro.storage_arc();
+    // The file's own descriptor: a read-only open of a file whose log a
+    // failed close left dirty reads through a replayed view, which has none.
+    let storage = ro.host_storage();
     let mut p = d.pause();
     let g = &mut p.guards[0];
     match g.layers.iter_mut().skip(1).find(|l| below(l)) {

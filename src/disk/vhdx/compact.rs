@@ -259,6 +259,7 @@ impl Vhdx {
     pub(crate) fn plan_moves(&self) -> Result<Vec<Move>> {
         let mut st = lock(&self.state);
         st.free_blocks.clear();
+        st.reclaim.clear();
         let (used, placed) = self.used_areas(&st)?;
         drop(st);
         let mut holes = BTreeMap::new();

@@ -149,6 +149,11 @@ struct WriteState {
     next_data_write_guid: Option<Uuid>,
     pending_free: Vec<u64>,
     free_blocks: Vec<u64>,
+    /// Block-sized holes below `file_end` that no entry used when the file
+    /// was opened (trimmed in an earlier session, or allocated by a write
+    /// whose entry a crash lost), the lowest last: reused after being
+    /// zeroed (their bytes are unknown).
+    reclaim: Vec<u64>,
     file_end: u64,
     /// BAT indexes of blocks that read through to the parent and are being
     /// given their own space by a write: their entries are published only

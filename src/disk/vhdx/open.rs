@@ -121,6 +121,23 @@ impl Vhdx {
         )?;
 
         let file_end = used_end(&entries, &geo, &meta, &regions.entries, file_len)?;
+        let reclaim = if read_only
+            || meta
+                .file_flags
+                .contains(FileParameterFlags::LEAVE_BLOCK_ALLOCATED)
+        {
+            Vec::new()
+        } else {
+            unused_blocks(
+                &entries,
+                &geo,
+                &meta,
+                &regions.entries,
+                log_offset,
+                log_length,
+                file_end,
+            )
+        };
 
         // The replayed file is sound: a read-write open applies the log
         // and marks it empty; a read-only one keeps reading through the view.
@@ -171,6 +188,7 @@ impl Vhdx {
                 next_data_write_guid: None,
                 pending_free: Vec::new(),
                 free_blocks: Vec::new(),
+                reclaim,
                 file_end,
                 filling: Vec::new(),
             }),
@@ -460,6 +478,58 @@ fn used_end(
         file_end = file_end.max(end);
     }
     Ok(file_end)
+}
+
+/// Most holes [`unused_blocks`] lists (8 bytes each).
+const MAX_RECLAIM: usize = 1 << 20;
+
+/// The block-sized, MiB-aligned holes below `file_end` that nothing uses:
+/// not the header section, the log, a region, a payload block or a sector
+/// bitmap the BAT names. The lowest comes last (popped first).
+fn unused_blocks(
+    entries: &BatTable,
+    geo: &Geometry,
+    meta: &Metadata,
+    regions: &[RegionEntry],
+    log_offset: u64,
+    log_length: u64,
+    file_end: u64,
+) -> Vec<u64> {
+    let bs = geo.block_size as u64;
+    let mut used: Vec<(u64, u64)> = vec![(0, HEADER_SECTION_SIZE), (log_offset, log_length)];
+    used.extend(regions.iter().map(|r| (r.file_offset, r.length as u64)));
+    for (i, e) in entries.nonzero() {
+        let e = BatEntry(e);
+        if geo.is_bitmap_index(i) {
+            if meta.has_parent() && e.state_bits() == SB_PRESENT {
+                used.push((e.offset(), MIB));
+            }
+        } else if matches!(
+            e.payload_state(),
+            Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
+        ) {
+            used.push((e.offset(), bs));
+        }
+    }
+    used.sort_unstable();
+    let mut holes = Vec::new();
+    let mut end = 0u64;
+    let take = |from: u64, to: u64, holes: &mut Vec<u64>| {
+        let mut at = align_up(from, MIB).unwrap_or(u64::MAX);
+        while at.saturating_add(bs) <= to && holes.len() < MAX_RECLAIM {
+            holes.push(at);
+            at += bs;
+        }
+    };
+    for (off, len) in used {
+        if off > end {
+            take(end, off, &mut holes);
+        }
+        end = end.max(off.saturating_add(len));
+    }
+    take(end, file_end, &mut holes);
+    holes.reverse();
+    holes
 }
 
 pub(super) fn validate_bat(

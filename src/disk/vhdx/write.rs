@@ -10,6 +10,13 @@ impl Vhdx {
             if let Some(off) = st.free_blocks.pop() {
                 return Ok(off);
             }
+            // A hole found at open: zeroed first (a new block reads as
+            // zeros where it is not written); one that cannot be is skipped.
+            while let Some(off) = st.reclaim.pop() {
+                if self.storage.discard(off, len).is_ok() {
+                    return Ok(off);
+                }
+            }
         }
         let off = st.file_end;
         let end = off.checked_add(len).ok_or_else(|| {
