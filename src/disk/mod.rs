@@ -30,6 +30,7 @@ mod extents;
 pub mod live;
 pub mod merge;
 pub mod path;
+pub mod resize;
 mod read;
 mod span;
 pub(crate) mod user_item;
