@@ -101,8 +101,9 @@ impl Vhdx {
                     self.storage.write_at(&bytes(&added), at)?;
                 }
                 Some((at, len)) => {
-                    let mut all: Vec<u64> =
-                        (0..old.total_entries as usize).map(|i| self.bat.at(i)).collect();
+                    let mut all: Vec<u64> = (0..old.total_entries as usize)
+                        .map(|i| self.bat.at(i))
+                        .collect();
                     all.extend(added);
                     let mut b = bytes(&all);
                     b.resize(len as usize, 0);
@@ -141,10 +142,8 @@ impl Vhdx {
             // Nothing reads the dropped entries now; their blocks are
             // given back when the reopened file is cut.
             let n = (old.total_entries - new.total_entries) as usize;
-            self.storage.write_at(
-                &vec![0u8; n * 8],
-                self.bat_offset + new.total_entries * 8,
-            )?;
+            self.storage
+                .write_at(&vec![0u8; n * 8], self.bat_offset + new.total_entries * 8)?;
             let mut st = lock(&self.state);
             self.sync(&mut st)?;
         }
