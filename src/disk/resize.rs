@@ -30,7 +30,8 @@ pub struct ResizeReport {
     pub new_size: u64,
     /// Whether the BAT moved to a new, larger region at the end of the file.
     pub bat_relocated: bool,
-    /// Bytes of data (not all zeros) past the new end that a shrink dropped.
+    /// Bytes of data past the new end that a shrink dropped (logical
+    /// sectors of allocated blocks that were not all zeros).
     pub bytes_dropped: u64,
     /// The file's length before.
     pub file_size_before: u64,
@@ -125,11 +126,12 @@ impl Disk {
     }
 
     /// Bytes past `new_size` (up to the current end) that hold data: the
-    /// parts of allocated blocks there that are not all zeros.
+    /// logical sectors of allocated blocks there that are not all zeros.
     fn data_beyond(&self, new_size: u64) -> Result<u64> {
         let top = self.top();
         let g = top.geo;
         let bs = g.block_size as u64;
+        let lss = g.logical_sector_size as usize;
         let mut buf = Vec::new();
         let mut n = 0;
         for b in new_size / bs..g.data_blocks {
@@ -146,9 +148,11 @@ impl Disk {
             }
             buf.resize((end - start) as usize, 0);
             self.read_at(&mut buf, start)?;
-            if buf.iter().any(|&x| x != 0) {
-                n += end - start;
-            }
+            n += buf
+                .chunks(lss)
+                .filter(|s| s.iter().any(|&x| x != 0))
+                .map(|s| s.len() as u64)
+                .sum::<u64>();
         }
         Ok(n)
     }
