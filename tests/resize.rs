@@ -603,3 +603,64 @@ fn qemu_made_disks_resized_by_libckpt() {
         assert!(b.iter().all(|&x| x == 0x44));
     }
 }
+
+// ------------------------------------------------------------ CLI
+
+#[test]
+fn the_ckpt_resize_command() {
+    use std::process::Command;
+    let t = support::tempdir();
+    let path = t.path().join("c.vhdx");
+    let disk = Disk::create(&path, &CreateOptions::new(32 * MIB).block_size(MIB as u32)).unwrap();
+    disk.write_at(&[3u8; 4096], 20 * MIB).unwrap();
+    disk.close().unwrap();
+    let bin = env!("CARGO_BIN_EXE_ckpt");
+    let p = path.to_str().unwrap();
+    let out = Command::new(bin)
+        .args(["resize", p, "64M", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["old_size"].as_u64(), Some(32 * MIB));
+    assert_eq!(v["new_size"].as_u64(), Some(64 * MIB));
+    assert_eq!(v["bat_relocated"].as_bool(), Some(false));
+    // A shrink over data: one error line, status 1, nothing changed.
+    let out = Command::new(bin)
+        .args(["resize", p, "16M"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("4096 bytes of data lie beyond"),
+        "{err}"
+    );
+    assert_eq!(
+        Disk::open(&path, OpenMode::ReadOnly)
+            .unwrap()
+            .virtual_size(),
+        64 * MIB
+    );
+    let out = Command::new(bin)
+        .args(["resize", p, "16M", "--allow-shrink"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Resized") && text.contains("dropped"),
+        "{text}"
+    );
+    let d = Disk::open(&path, OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.virtual_size(), 16 * MIB);
+    assert!(read_all(&d).iter().all(|&b| b == 0));
+}
