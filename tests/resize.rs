@@ -10,9 +10,11 @@
 //!   also for files `qemu-img` made and `qemu-io` wrote.
 //! - Crash sweeps (clean and torn cuts at every event) of a grow that
 //!   moves the BAT and of a shrink: the survivor opens with the old or the
-//!   new size and reads the model.
+//!   new size and reads the model; the same on a storage with a volatile
+//!   write cache (lossy sweeps).
 //! - A transient error at every event, then resize again succeeds.
-//! - Refusals (differencing, read-only, bad sizes, data past the end).
+//! - Refusals (differencing, read-only, bad sizes, data past the end), and
+//!   the `ckpt resize` command.
 
 mod support;
 
@@ -414,6 +416,63 @@ fn crash_sweep_of_a_shrink() {
         let want = &model[..d.virtual_size() as usize];
         assert!(got == want, "{}", first_diff(&got, want));
     });
+}
+
+/// The sweeps on a storage with a volatile write cache: at each cut the
+/// writes since the last sync are lost or kept in several combinations
+/// (none, all, each alone, all but each); every survivor opens with the
+/// old or the new size and reads the model. This proves the order: new
+/// BAT, sync, then the log entry that switches the size and the region
+/// tables.
+#[test]
+fn lossy_crash_sweeps_of_a_grow_and_a_shrink() {
+    let (image, data) = relocating_image();
+    let (simage, model) = shrink_image();
+    let new = 20 * MIB + 1024;
+    let grow_judge = |d: &Disk| assert_sparse(d, &data, ZERO_PROBES);
+    let shrink_judge = |d: &Disk| {
+        let got = read_all(d);
+        let want = &model[..d.virtual_size() as usize];
+        assert!(got == want, "{}", first_diff(&got, want));
+    };
+    let cases: [(&str, &Vec<u8>, u64, ResizeOptions, &dyn Fn(&Disk)); 2] = [
+        ("grow", &image, 200 * GIB, grow(), &grow_judge),
+        ("shrink", &simage, new, lossy(), &shrink_judge),
+    ];
+    for (name, img, size, opts, judge) in cases {
+        let (opening, events) = count_events(img, size, opts);
+        let old = Disk::open_storage(
+            Arc::new(MemStorage::from_vec(img.to_vec())),
+            OpenMode::ReadOnly,
+        )
+        .unwrap()
+        .virtual_size();
+        let mut judged = 0;
+        for n in 0..events {
+            let _c = Ctx(format!("{name}: lossy cut at event {n} of {events}"));
+            let l = Arc::new(support::lossy::LossyStorage::new(img.to_vec(), opening + n));
+            let mut d = Disk::open_storage(l.clone(), OpenMode::ReadWrite).unwrap();
+            let _ = d.resize(size, opts);
+            drop(d);
+            let k = l.unsynced();
+            let mut keeps: Vec<Box<dyn Fn(usize) -> bool>> =
+                vec![Box::new(|_| false), Box::new(|_| true)];
+            for j in 0..k {
+                keeps.push(Box::new(move |i| i == j));
+                keeps.push(Box::new(move |i| i != j));
+            }
+            for keep in keeps {
+                let m = MemStorage::from_vec(l.survivor(keep));
+                let d = Disk::open_storage(Arc::new(m), OpenMode::ReadOnly)
+                    .unwrap_or_else(|e| panic!("open: {e}"));
+                let s = d.virtual_size();
+                assert!(s == old || s == size, "size {s}");
+                judge(&d);
+                judged += 1;
+            }
+        }
+        assert!(judged > events as usize, "{name}");
+    }
 }
 
 #[test]
