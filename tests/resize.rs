@@ -418,6 +418,9 @@ fn crash_sweep_of_a_shrink() {
     });
 }
 
+/// A resize to judge: name, image, size, options, judge.
+type Case<'a> = (&'a str, &'a Vec<u8>, u64, ResizeOptions, &'a dyn Fn(&Disk));
+
 /// The sweeps on a storage with a volatile write cache: at each cut the
 /// writes since the last sync are lost or kept in several combinations
 /// (none, all, each alone, all but each); every survivor opens with the
@@ -435,7 +438,7 @@ fn lossy_crash_sweeps_of_a_grow_and_a_shrink() {
         let want = &model[..d.virtual_size() as usize];
         assert!(got == want, "{}", first_diff(&got, want));
     };
-    let cases: [(&str, &Vec<u8>, u64, ResizeOptions, &dyn Fn(&Disk)); 2] = [
+    let cases: [Case<'_>; 2] = [
         ("grow", &image, 200 * GIB, grow(), &grow_judge),
         ("shrink", &simage, new, lossy(), &shrink_judge),
     ];
