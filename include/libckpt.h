@@ -710,6 +710,45 @@ typedef struct ckpt_iovec {
 } ckpt_iovec;
 
 /**
+ * What `ckpt_disk_resize` did (a versioned output struct).
+ *
+ * Set `struct_size` to `sizeof(ckpt_resize_report)` before the call.
+ * The library writes the fields it knows and sets `struct_size` to the
+ * number of bytes it wrote; it writes nothing unless the call succeeds.
+ */
+typedef struct ckpt_resize_report {
+    /**
+     * In: `sizeof(ckpt_resize_report)` as compiled by the caller. Out:
+     * the number of bytes the library wrote.
+     */
+    uint32_t struct_size;
+    /**
+     * 1 when the BAT moved to a new, larger region at the end of the file.
+     */
+    int bat_relocated;
+    /**
+     * The virtual size before.
+     */
+    uint64_t old_size;
+    /**
+     * The virtual size after.
+     */
+    uint64_t new_size;
+    /**
+     * Bytes of data past the new end that a shrink dropped.
+     */
+    uint64_t bytes_dropped;
+    /**
+     * The file's length before.
+     */
+    uint64_t file_size_before;
+    /**
+     * The file's length after.
+     */
+    uint64_t file_size_after;
+} ckpt_resize_report;
+
+/**
  * Parameters of `ckpt_vm_create` (a versioned struct, used like
  * `ckpt_create_options`: set `struct_size` to `sizeof(ckpt_vm_spec)`,
  * everything else to 0 or NULL, then fill in what you need; 0 and NULL
@@ -1631,6 +1670,37 @@ ckpt_status ckpt_last_error(char *buf, size_t len, size_t *out_len);
  * Always safe to call.
  */
 size_t ckpt_last_error_length(void);
+
+/**
+ * Change the virtual size of `disk` (a base disk, fixed or dynamic,
+ * opened read-write) to `size` bytes (a multiple of the logical sector
+ * size, at most 64 TiB). Growing: the new space reads as zeros. Shrinking
+ * is refused when data lies past the new end unless `allow_shrink` is
+ * non-zero (then it is dropped). A crash leaves the old or the new size
+ * with all data. The DataWriteGuid changes: differencing disks made on
+ * this file lose their linkage. `report` (may be NULL) receives what was
+ * done, on success only.
+ *
+ * Not thread-safe on this handle: no other call on `disk` may run during
+ * this one (its geometry changes). After an error the handle reads the
+ * file as it was left (old or new size: see `ckpt_disk_info`).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (a bad size, data past a smaller size without `allow_shrink`, a
+ * `report->struct_size` too small, a VM's disk handle from
+ * `ckpt_vm_disk`), `CKPT_STATUS_UNSUPPORTED` (a differencing disk: not
+ * yet), `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle no other thread uses during the call;
+ * `report` is NULL or points to a `ckpt_resize_report` of at least
+ * `report->struct_size` bytes, readable and writable.
+ */
+ckpt_status ckpt_disk_resize(struct ckpt_disk *disk,
+                             uint64_t size,
+                             int allow_shrink,
+                             struct ckpt_resize_report *report);
 
 /**
  * The status's C name as a NUL-terminated string, for example

@@ -41,6 +41,7 @@ mod version;
 pub use disk::check::{check, check_storage, CheckReport};
 pub use disk::compact::{CompactMode, CompactOptions, CompactReport};
 pub use disk::live::LiveDisk;
+pub use disk::resize::{ResizeOptions, ResizeReport};
 pub use disk::{
     ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode,
 };

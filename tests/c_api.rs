@@ -229,6 +229,13 @@ fn c_compact() {
     run_c_program("tests/c/test_compact.c");
 }
 
+/// Resize (issue 14, part 2): grow and shrink, the report, NULL and bad
+/// arguments, data past a smaller size, a read-only handle.
+#[test]
+fn c_resize() {
+    run_c_program("tests/c/test_resize.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -286,6 +293,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_vm_live_delete.c",
         "tests/c/test_hypervisor.c",
         "tests/c/test_compact.c",
+        "tests/c/test_resize.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

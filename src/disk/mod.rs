@@ -31,6 +31,7 @@ pub mod live;
 pub mod merge;
 pub mod path;
 mod read;
+pub mod resize;
 mod span;
 pub(crate) mod user_item;
 mod vhdx;

@@ -264,7 +264,7 @@ impl Vhdx {
     /// owed until its entry is applied: a flush that fails leaves its entry
     /// pending, and the next flush writes it again, at the same place with
     /// the same sequence number, before anything else.
-    fn flush_serialized(&self) -> Result<()> {
+    pub(super) fn flush_serialized(&self) -> Result<()> {
         loop {
             let (entry, retried) = {
                 let mut st = self.lock_for_flush();
@@ -286,7 +286,7 @@ impl Vhdx {
 
     /// Turn the dirty set into the next log entry (none when nothing is
     /// dirty): the sequence number is taken and the set starts again empty.
-    fn stage(&self, st: &mut WriteState) -> Result<Option<PendingEntry>> {
+    pub(super) fn stage(&self, st: &mut WriteState) -> Result<Option<PendingEntry>> {
         if st.dirty.is_empty() {
             return Ok(None);
         }
@@ -326,7 +326,7 @@ impl Vhdx {
     /// Sync the data, then write and apply `entry`, without the state lock
     /// (the caller holds `flushing`). Data first, so that no BAT entry can
     /// point at unwritten data. On failure the entry is left pending.
-    fn apply(&self, entry: Option<PendingEntry>) -> Result<()> {
+    pub(super) fn apply(&self, entry: Option<PendingEntry>) -> Result<()> {
         let written = self.sync_unlocked().and_then(|()| match &entry {
             Some(p) => self.write_entry(p),
             None => Ok(()),

@@ -17,6 +17,7 @@ mod journal;
 mod open;
 mod read;
 mod replay;
+mod resize;
 mod table;
 mod write;
 

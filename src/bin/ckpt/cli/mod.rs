@@ -13,7 +13,7 @@
 //! loop in `bench.rs`; `chain.rs` `merge`, `changes`, `reparent`, child
 //! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
 //! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
-//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `size.rs` SIZE
+//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `resize.rs` `resize`; `size.rs` SIZE
 //! parsing and human-readable sizes; `target.rs` the VM a command
 //! changes, opened here or reached through its holder's control channel.
 //!
@@ -34,6 +34,7 @@ mod compact;
 mod create;
 mod info;
 mod io_cmds;
+mod resize;
 pub mod size;
 mod target;
 pub mod vm;
@@ -261,6 +262,28 @@ enum Command {
         /// quick or full.
         #[arg(long, value_name = "MODE", value_parser = parse_compact_mode, default_value = "quick")]
         mode: ckpt::CompactMode,
+        /// Print one JSON object (the report) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the virtual size of a base VHDX (Resize-VHD).
+    ///
+    /// Growing: the new space reads as zeros (a fixed disk allocates it;
+    /// the BAT moves to the end of the file when it has no room). Shrinking
+    /// is refused when data lies past the new end, unless --allow-shrink
+    /// (then it is dropped). SIZE must be a multiple of the logical sector
+    /// size. A crash leaves the old or the new size with all data. The
+    /// DataWriteGuid changes: differencing disks made on this file lose
+    /// their linkage. Resizing a differencing disk is not supported yet.
+    Resize {
+        /// The VHDX.
+        file: PathBuf,
+        /// The new virtual size (e.g. 64G, 1536M, bytes).
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// Drop the data past a smaller size.
+        #[arg(long)]
+        allow_shrink: bool,
         /// Print one JSON object (the report) instead.
         #[arg(long)]
         json: bool,
@@ -542,6 +565,12 @@ fn run(cli: Cli) -> CliResult {
             force,
         } => chain::reparent_cmd(&child, &new_parent, force),
         Command::Compact { file, mode, json } => compact::compact_cmd(&file, mode, json),
+        Command::Resize {
+            file,
+            size,
+            allow_shrink,
+            json,
+        } => resize::resize_cmd(&file, size, allow_shrink, json),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Checkpoint(cmd) => checkpoint::run(cmd),
     }
