@@ -50,6 +50,30 @@ const MAX_WRITABLE_SEQUENCE: u64 = u64::MAX - (1 << 32);
 /// BAT sector (log granularity).
 const SECTOR: u64 = 4096;
 
+/// The MiB-aligned places of `len` bytes in `[0, end)` that none of the
+/// `used` areas (offset, length; any order) touch, lowest first, at most
+/// `most` of them.
+fn block_holes(mut used: Vec<(u64, u64)>, len: u64, end: u64, most: usize) -> Vec<u64> {
+    used.sort_unstable();
+    let mut holes = Vec::new();
+    let mut take = |from: u64, to: u64| {
+        let mut at = align_up(from, MIB).unwrap_or(u64::MAX);
+        while at.saturating_add(len) <= to && holes.len() < most {
+            holes.push(at);
+            at += len;
+        }
+    };
+    let mut covered = 0u64;
+    for (off, l) in used {
+        if off > covered {
+            take(covered, off);
+        }
+        covered = covered.max(off.saturating_add(l));
+    }
+    take(covered, end);
+    holes
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -511,23 +511,7 @@ fn unused_blocks(
             used.push((e.offset(), bs));
         }
     }
-    used.sort_unstable();
-    let mut holes = Vec::new();
-    let mut end = 0u64;
-    let take = |from: u64, to: u64, holes: &mut Vec<u64>| {
-        let mut at = align_up(from, MIB).unwrap_or(u64::MAX);
-        while at.saturating_add(bs) <= to && holes.len() < MAX_RECLAIM {
-            holes.push(at);
-            at += bs;
-        }
-    };
-    for (off, len) in used {
-        if off > end {
-            take(end, off, &mut holes);
-        }
-        end = end.max(off.saturating_add(len));
-    }
-    take(end, file_end, &mut holes);
+    let mut holes = block_holes(used, bs, file_end, MAX_RECLAIM);
     holes.reverse();
     holes
 }
