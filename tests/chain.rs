@@ -711,8 +711,8 @@ fn reparent_refuses_what_it_must() {
     let err = reparent(&child, &other, false).expect_err("an unrelated parent without force");
     assert_eq!(err.kind(), ErrorKind::ParentMismatch, "{err}");
     assert_unchanged("refused re-parent (mismatch)", &child, &before);
-    // Another size or sector size, even with force.
-    for bad in [&bigger, &sectors4k] {
+    // Another sector size, even with force.
+    for bad in [&sectors4k] {
         let err = reparent(&child, bad, true).expect_err("another geometry, even with force");
         assert_eq!(
             err.kind(),
@@ -778,6 +778,20 @@ fn reparent_refuses_what_it_must() {
         want[s..e].copy_from_slice(&model[s..e]);
     }
     assert_same("forced onto another parent", &mine, &want, 0);
+    drop(disk);
+
+    // Forced onto a larger disk (Hyper-V's chains may differ in size): the
+    // child keeps its size and shows the new parent under its own data.
+    reparent(&child, &bigger, true).expect("forced onto another size");
+    let disk = Disk::open(&child, OpenMode::ReadOnly).expect("opens on the larger parent");
+    assert_eq!(disk.virtual_size(), SIZE);
+    let mut want = read_all(&Disk::open(&bigger, OpenMode::ReadOnly).expect("open bigger"));
+    want.truncate(SIZE as usize);
+    for r in &child_ranges {
+        let (s, e) = (r.offset as usize, (r.offset + r.length) as usize);
+        want[s..e].copy_from_slice(&model[s..e]);
+    }
+    assert_same("forced onto a larger parent", &read_all(&disk), &want, 0);
 }
 
 // ------------------------------------------------ Hyper-V style locators

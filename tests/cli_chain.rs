@@ -603,14 +603,21 @@ fn reparent_after_moving_the_parent() {
     ok(&["check", s(&child)]);
 
     // A parent of another disk is refused without --force, and so is a
-    // disk of another size even with it.
+    // disk of another logical sector size even with it.
     let other = new.join("other.vhdx");
     ok(&["create", s(&other), "--size", "8M"]);
     let before = std::fs::read(&child).unwrap();
     let e = fail(&["reparent", s(&child), s(&other)]);
     assert!(e.contains("does not match") && e.contains("--force"), "{e}");
     let small = new.join("small.vhdx");
-    ok(&["create", s(&small), "--size", "4M"]);
+    ok(&[
+        "create",
+        s(&small),
+        "--size",
+        "8M",
+        "--logical-sector",
+        "4096",
+    ]);
     let e = fail(&["reparent", s(&child), s(&small), "--force"]);
     assert!(e.contains("small.vhdx"), "{e}");
     assert!(

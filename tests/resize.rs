@@ -13,7 +13,7 @@
 //!   new size and reads the model; the same on a storage with a volatile
 //!   write cache (lossy sweeps).
 //! - A transient error at every event, then resize again succeeds.
-//! - Refusals (differencing, read-only, bad sizes, data past the end), and
+//! - Refusals (read-only, bad sizes, data past the end), and
 //!   the `ckpt resize` command.
 
 mod support;
@@ -302,9 +302,13 @@ fn refusals() {
         OpenMode::ReadWrite,
     )
     .unwrap();
-    let e = chain.resize(32 * MIB, grow()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(e.to_string().contains("not supported yet"), "{e}");
+    // A differencing top resizes (tests/chain_sizes.rs); not by a bad size.
+    assert_eq!(
+        chain.resize(32 * MIB + 512, grow()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(chain.resize(32 * MIB, grow()).unwrap().new_size, 32 * MIB);
+    drop(chain);
 
     let mut ro = Disk::open_storage(Arc::new(base.clone()), OpenMode::ReadOnly).unwrap();
     assert_eq!(
@@ -725,4 +729,59 @@ fn the_ckpt_resize_command() {
     let d = Disk::open(&path, OpenMode::ReadOnly).unwrap();
     assert_eq!(d.virtual_size(), 16 * MIB);
     assert!(read_all(&d).iter().all(|&b| b == 0));
+}
+
+/// A shrink cuts the file after its last used block; the holes the open
+/// before it found past the new end must not be given to a new block
+/// (its data would lie past the end of the file: QEMU calls such a file
+/// truncated). Found by `chain_sizes`' model run.
+#[test]
+fn a_block_allocated_after_a_shrink_lies_inside_the_file() {
+    let dir = support::tempdir();
+    let p = dir.path().join("s.vhdx");
+    let d = Disk::create(
+        &p,
+        &CreateOptions::new(6 * MIB + 1536).block_size(MIB as u32),
+    )
+    .unwrap();
+    let mut model = vec![0u8; 6 * MIB as usize + 1536];
+    for (k, (off, len)) in [(3 * MIB + 512, 8192usize), (6 * MIB - 4096, 4608)]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(k as u64 + 1, off, len);
+        d.write_at(&data, off).unwrap();
+        model[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    d.close().unwrap();
+    // Reopened (the open finds no hole yet), shrunk: the last block goes.
+    let mut d = Disk::open(&p, OpenMode::ReadWrite).unwrap();
+    d.resize(4 * MIB + 1536, lossy()).unwrap();
+    d.close().unwrap();
+    model.truncate(4 * MIB as usize + 1536);
+    // Reopened: its hole list is of the cut file. Grow it back, shrink
+    // again (the holes past the new end), then a block is written.
+    let mut d = Disk::open(&p, OpenMode::ReadWrite).unwrap();
+    d.resize(6 * MIB, grow()).unwrap();
+    model.resize(6 * MIB as usize, 0);
+    let data = pattern(9, 5 * MIB, 4096);
+    d.write_at(&data, 5 * MIB).unwrap();
+    d.close().unwrap();
+    model[5 * MIB as usize..5 * MIB as usize + 4096].copy_from_slice(&data);
+    let mut d = Disk::open(&p, OpenMode::ReadWrite).unwrap();
+    d.resize(4 * MIB + 1536, lossy()).unwrap();
+    model.truncate(4 * MIB as usize + 1536);
+    let data = pattern(10, 512, 4608);
+    d.write_at(&data, 512).unwrap();
+    model[512..512 + 4608].copy_from_slice(&data);
+    d.close().unwrap();
+    let d = Disk::open(&p, OpenMode::ReadOnly).unwrap();
+    let got = read_all(&d);
+    assert!(got == model, "{}", first_diff(&got, &model));
+    drop(d);
+    if support::oracle::have_qemu() {
+        support::oracle::qemu_check(&p);
+    } else {
+        support::oracle::missing("qemu-img");
+    }
 }

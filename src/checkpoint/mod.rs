@@ -26,6 +26,7 @@
 //!   the switches of checkpoint operations on a running guest.
 //! - `live_export.rs`: export of a running VM's current state through a
 //!   temporary checkpoint.
+//! - `resize.rs`: resizing a disk of the current state ([`Vm::resize_disk`]).
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
@@ -41,6 +42,7 @@ pub mod model;
 pub mod owner;
 mod recover;
 mod report;
+mod resize;
 pub mod vm;
 
 pub use create::{Hooks, NoHooks};

@@ -211,13 +211,16 @@ pub(super) fn check_linkage(
         .linkage(locator::PARENT_LINKAGE2)
         .filter(|g| !g.is_nil());
     if l1 == Some(found) || l2 == Some(found) {
+        // The virtual sizes may differ (Hyper-V resizes a differencing
+        // disk; past a parent's end its child reads zeros), the sector
+        // size, which the child's sector bitmaps count in, may not.
         let (cm, pm) = (child.metadata(), parent.metadata());
-        if cm.virtual_size != pm.virtual_size || cm.logical_sector_size != pm.logical_sector_size {
+        if cm.logical_sector_size != pm.logical_sector_size {
             return Err(Error::corrupt(
                 Structure::Chain,
                 None,
                 Reason::Invalid(format!(
-                    "{}: the parent's virtual size or sector size differs from the child's",
+                    "{}: the parent's logical sector size differs from the child's",
                     child_path.unwrap_or(Path::new("(child)")).display()
                 )),
             ));

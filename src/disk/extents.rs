@@ -120,6 +120,10 @@ impl Disk {
     /// below the top and the top of the chain, exact to the logical sector,
     /// sorted and coalesced. `levels == 1` gives the changes of the top file
     /// alone; `levels == depth()` compares against an empty disk.
+    ///
+    /// The layers may differ in size: the ranges stop at the top's end, and
+    /// past the end of a layer smaller than the top (which hides what lies
+    /// below it there) they include what the layers below could hold.
     pub fn changed_ranges(&self, levels: usize) -> Result<Vec<Range>> {
         if levels == 0 || levels > self.layers.len() {
             return Err(Error::InvalidArgument(format!(
@@ -127,10 +131,34 @@ impl Disk {
                 self.layers.len()
             )));
         }
+        let size = self.virtual_size();
+        // What the layers below still see: past the largest of them, every
+        // view reads zeros.
+        let below = self.layers[levels..]
+            .iter()
+            .map(|l| l.file.geo.virtual_size)
+            .max()
+            .unwrap_or(0);
         let mut all = Vec::new();
         for l in &self.layers[..levels] {
             all.extend(layer_ranges(&l.file)?);
+            // A layer smaller than the top hides what is under it past its
+            // end (the layers above it read zeros there): changed where the
+            // layers below may hold something.
+            let end = l.file.geo.virtual_size;
+            let hidden = below.min(size);
+            if end < hidden {
+                all.push(Range {
+                    offset: end,
+                    length: hidden - end,
+                });
+            }
         }
+        // Layers larger than the top hold ranges past its end.
+        all.retain_mut(|r| {
+            r.length = r.length.min(size.saturating_sub(r.offset));
+            r.length > 0
+        });
         Ok(coalesce(all))
     }
 

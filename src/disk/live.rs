@@ -572,7 +572,10 @@ impl LiveDisk {
 
     /// Swap in `disk` as this handle's chain (under the exclusive gate) and
     /// hand back the old one, for the caller to close. `disk` must have the
-    /// same virtual size and logical sector size; else nothing changes.
+    /// same logical sector size; else nothing changes. Its virtual size may
+    /// differ (a checkpoint applied from before a resize): the guest sees
+    /// it from its next size query on ([`LiveDisk::virtual_size`]), and an
+    /// I/O past the new end gets [`Error::InvalidArgument`].
     pub fn replace(&self, disk: Disk) -> Result<Disk> {
         self.pause().replace(0, disk)
     }
@@ -661,15 +664,10 @@ impl Pause<'_> {
             .guards
             .get_mut(i)
             .ok_or_else(|| Error::InvalidArgument(format!("no paused disk {i}")))?;
-        if disk.virtual_size() != g.virtual_size()
-            || disk.logical_sector_size() != g.logical_sector_size()
-        {
+        if disk.logical_sector_size() != g.logical_sector_size() {
             return Err(Error::InvalidArgument(format!(
-                "a live disk of {} bytes ({}-byte sectors) cannot switch to a chain of {} bytes \
-                 ({}-byte sectors)",
-                g.virtual_size(),
+                "a live disk of {}-byte sectors cannot switch to a chain of {}-byte sectors",
                 g.logical_sector_size(),
-                disk.virtual_size(),
                 disk.logical_sector_size()
             )));
         }

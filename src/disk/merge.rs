@@ -97,11 +97,9 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
         Ok(()) => {}
         Err(Error::ParentMismatch { .. }) if force => {
             let (cm, pm) = (c.metadata(), p.top().metadata());
-            if cm.virtual_size != pm.virtual_size
-                || cm.logical_sector_size != pm.logical_sector_size
-            {
+            if cm.logical_sector_size != pm.logical_sector_size {
                 return Err(Error::InvalidArgument(format!(
-                    "{} has another virtual size or sector size than {}",
+                    "{} has another logical sector size than {}",
                     new_parent.display(),
                     child.display()
                 )));
@@ -260,7 +258,10 @@ fn space_needed(d: &Vhdx, ranges: &[Range]) -> u64 {
             }
             last_block = b;
             use crate::format::bat::PayloadState;
-            if d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent) {
+            // Blocks past the destination's end come with its growth.
+            if b >= d.geo.data_blocks
+                || d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent)
+            {
                 need += bs;
             }
         }
@@ -408,10 +409,26 @@ pub(crate) fn copy_merged(
     // The destination is locked (opened for writing) before anything
     // changes and stays so to the end: a merge into a file another handle
     // or process has open fails here, with nothing written.
-    let dest_file = open(dest, true)?;
+    let mut dest_file = open(dest, true)?;
     let new_guid = announce_new_guid(&paths[k - 1], &dest_file, open)?;
 
     dest_file.set_next_data_write_guid(new_guid);
+    // A child larger than the destination: the destination grows to its
+    // size first (the new space reads zeros, as the child saw past the
+    // destination's end), under the announced DataWriteGuid.
+    let size = open(&paths[0], false)?.geo.virtual_size;
+    if size > dest_file.geo.virtual_size {
+        let below = chain::open_parents(&dest_file, dest)?
+            .first()
+            .map(|l| l.file.geo.virtual_size)
+            .unwrap_or(0);
+        let r = dest_file.resize_file(size, below);
+        let closed = dest_file.close();
+        r.and(closed).map_err(|e| e.in_file(dest))?;
+        drop(dest_file);
+        dest_file = open(dest, true)?;
+        dest_file.set_next_data_write_guid(new_guid);
+    }
     let mut layers = Vec::new();
     for p in &paths[..k] {
         layers.push(Layer {
@@ -446,12 +463,24 @@ pub(crate) fn copy_merged(
         }
     }
     // The destination takes the merged child's virtual-disk items (the disk
-    // ID and sector sizes; sizes themselves are equal in any chain we open).
+    // ID and physical sector size; the logical one is equal in any chain).
     let (cm, mut dm) = (work.layers[0].file.metadata(), d.metadata());
     if (cm.disk_id, cm.physical_sector_size) != (dm.disk_id, dm.physical_sector_size) {
         dm.disk_id = cm.disk_id;
         dm.physical_sector_size = cm.physical_sector_size;
         d.set_metadata(dm).map_err(|e| e.in_file(dest))?;
+    }
+    // A child smaller than the destination: the destination shrinks to
+    // its size (what lies past it, the child never showed). The space of
+    // the dropped blocks is reused when the file is next opened for
+    // writing, or given back by a compaction.
+    if cm.virtual_size < d.geo.virtual_size {
+        let r = d.resize_file(cm.virtual_size, 0);
+        let closed = d.close();
+        return r
+            .and(closed)
+            .map(|_| d.header().data_write_guid)
+            .map_err(|e| e.in_file(dest));
     }
     d.close().map_err(|e| e.in_file(dest))?;
     Ok(d.header().data_write_guid)

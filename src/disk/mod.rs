@@ -252,6 +252,19 @@ impl Disk {
         &self.layers[0].file
     }
 
+    /// Forget the owner caches (the top's geometry changed: they are
+    /// sized and computed for the old one).
+    fn reset_caches(&mut self) {
+        if !self.owner.is_empty() {
+            let blocks = self.top().geo.data_blocks as usize;
+            self.owner = (0..blocks).map(|_| AtomicU8::new(0)).collect();
+        }
+        self.pages
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Create a new VHDX at `path` (which must not exist) and open it read-write.
     pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<Disk> {
         let path = path.as_ref();

@@ -1,4 +1,5 @@
-//! Offline resize (Hyper-V's Resize-VHD) of a base disk:
+//! Offline resize (Hyper-V's Resize-VHD) of a base disk or of the top of
+//! a chain:
 //! [`Disk::resize`] with [`ResizeOptions`]; what it did is a
 //! [`ResizeReport`]. The file-level steps (and why a crash leaves the old
 //! or the new size) are in `vhdx/resize.rs`; here are the checks, the
@@ -9,7 +10,6 @@
 use super::vhdx::Vhdx;
 use super::Disk;
 use crate::error::{Error, Result};
-use crate::format::bat::PayloadState;
 use crate::format::MAX_VIRTUAL_SIZE;
 
 /// Options of [`Disk::resize`].
@@ -40,9 +40,13 @@ pub struct ResizeReport {
 }
 
 impl Disk {
-    /// Change the virtual size of a base disk (fixed or dynamic) opened
-    /// read-write. Growing: the new space reads as zeros (a fixed disk
-    /// allocates its new blocks, a dynamic one leaves them unallocated);
+    /// Change the virtual size of a disk opened read-write: a base disk
+    /// (fixed or dynamic) or the top of a chain (a differencing disk, which
+    /// may then be larger or smaller than its parent: past a parent's end a
+    /// child reads zeros). Growing: the new space reads as zeros (a fixed
+    /// disk allocates its new blocks, a dynamic one leaves them
+    /// unallocated, a differencing one marks them ZERO where its parent
+    /// could show through);
     /// when the BAT region has no room for the new entries, the BAT moves
     /// to a new region at the end of the file. Shrinking: refused when
     /// data (bytes that are not zero) lies past the new end, unless
@@ -52,10 +56,11 @@ impl Disk {
     ///
     /// A crash at any point leaves a file that opens with the old size or
     /// the new one and all its data. The DataWriteGuid changes, as for any
-    /// visible change: a differencing disk made on this file (which cannot
-    /// be detected from here) loses its linkage, and its data would no
-    /// longer line up anyway. Resizing a differencing disk is not
-    /// supported yet ([`Error::Unsupported`]).
+    /// visible change, so a differencing disk made on this file would lose
+    /// its linkage: a disk that has children in its own folder is refused
+    /// ([`Error::InvalidArgument`] naming them; children elsewhere cannot
+    /// be seen from here). The checkpoint tree resizes the current state's
+    /// top, which has none (`Vm::resize_disk`).
     ///
     /// Takes `&mut self`: the handle's geometry changes, so no I/O may
     /// run meanwhile. On an error the handle is reopened on the file as
@@ -70,12 +75,25 @@ impl Disk {
         if top.is_read_only() {
             return Err(Error::ReadOnly);
         }
-        if top.has_parent() || self.layers.len() > 1 {
+        if top.has_parent() != (self.layers.len() > 1) {
             return Err(Error::Unsupported(
-                "resizing a differencing disk is not supported yet (a child whose size \
-                 differs from its parent's is a later part of this feature)"
-                    .into(),
+                "resizing a differencing disk opened without its parents".into(),
             ));
+        }
+        if let Some(path) = self.path() {
+            let children = super::merge::find_children(path)?;
+            if !children.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "refusing to resize {}: it is the parent of {}, which would be broken \
+                     (resize the top of the chain, or through the checkpoint tree)",
+                    path.display(),
+                    children
+                        .iter()
+                        .map(|c| c.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
         let lss = top.geo.logical_sector_size as u64;
         if new_size == 0 || new_size % lss != 0 || new_size > MAX_VIRTUAL_SIZE {
@@ -105,12 +123,21 @@ impl Disk {
                 )));
             }
         }
-        let done = top.resize_file(new_size);
+        // What the chain under a differencing disk can show.
+        let below = self
+            .layers
+            .get(1)
+            .map(|l| l.file.geo.virtual_size)
+            .unwrap_or(0);
+        let done = top.resize_file(new_size, below);
         // The handle's geometry is stale whatever happened: reopen.
         let _ = top.close();
         let storage = top.host_storage();
         match Vhdx::open(storage, false) {
-            Ok(file) => self.layers[0].file = file,
+            Ok(file) => {
+                self.layers[0].file = file;
+                self.reset_caches();
+            }
             Err(e) => {
                 self.top().poison(&format!(
                     "the file could not be reopened after a resize: {e}"
@@ -126,34 +153,33 @@ impl Disk {
     }
 
     /// Bytes past `new_size` (up to the current end) that hold data: the
-    /// logical sectors of allocated blocks there that are not all zeros.
+    /// logical sectors there, in ranges some layer of the chain holds, that
+    /// are not all zeros.
     fn data_beyond(&self, new_size: u64) -> Result<u64> {
-        let top = self.top();
-        let g = top.geo;
-        let bs = g.block_size as u64;
-        let lss = g.logical_sector_size as usize;
+        let size = self.virtual_size();
+        let lss = self.logical_sector_size() as usize;
         let mut buf = Vec::new();
         let mut n = 0;
-        for b in new_size / bs..g.data_blocks {
-            if !matches!(
-                top.block_entry(b).payload_state(),
-                Some(PayloadState::FullyPresent | PayloadState::PartiallyPresent)
-            ) {
+        for e in self.extents_in(new_size, size - new_size)? {
+            if !e.allocated {
                 continue;
             }
-            let start = (b * bs).max(new_size);
-            let end = ((b + 1) * bs).min(g.virtual_size);
-            if start >= end {
-                continue;
+            let mut pos = e.offset;
+            while pos < e.offset + e.length {
+                let len = CHUNK.min(e.offset + e.length - pos);
+                buf.resize(len as usize, 0);
+                self.read_at(&mut buf, pos)?;
+                n += buf
+                    .chunks(lss)
+                    .filter(|s| s.iter().any(|&x| x != 0))
+                    .map(|s| s.len() as u64)
+                    .sum::<u64>();
+                pos += len;
             }
-            buf.resize((end - start) as usize, 0);
-            self.read_at(&mut buf, start)?;
-            n += buf
-                .chunks(lss)
-                .filter(|s| s.iter().any(|&x| x != 0))
-                .map(|s| s.len() as u64)
-                .sum::<u64>();
         }
         Ok(n)
     }
 }
+
+/// Bytes the shrink check reads at a time.
+const CHUNK: u64 = 4 << 20;

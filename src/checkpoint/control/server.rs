@@ -549,6 +549,32 @@ fn run(
         "vm.show" => {
             result.insert("show".into(), vm_json(vm.data()));
         }
+        "vm.disk_resize" => {
+            let index = args
+                .opt_u64("index")?
+                .ok_or_else(|| args.bad("index", "a disk index"))?;
+            let size = args
+                .opt_u64("size")?
+                .ok_or_else(|| args.bad("size", "a size in bytes"))?;
+            let allow_shrink = args.0["allow_shrink"].as_bool().unwrap_or(false);
+            let index = usize::try_from(index).map_err(|_| args.bad("index", "a disk index"))?;
+            let r = vm.resize_disk(
+                index,
+                size,
+                crate::disk::resize::ResizeOptions { allow_shrink },
+            )?;
+            result.insert(
+                "resize".into(),
+                serde_json::json!({
+                    "old_size": r.old_size,
+                    "new_size": r.new_size,
+                    "bat_relocated": r.bat_relocated,
+                    "bytes_dropped": r.bytes_dropped,
+                    "file_size_before": r.file_size_before,
+                    "file_size_after": r.file_size_after,
+                }),
+            );
+        }
         "vm.set" => {
             let memory = args.opt_u64("memory_mib")?;
             let cpus = match args.opt_u64("cpus")? {

@@ -368,7 +368,10 @@ impl Vhdx {
             self.sync(&mut st)?;
             st.file_end = end;
         }
-        // The holes below the end take new blocks (zeroed first).
+        // The holes below the end take new blocks (zeroed first); they
+        // replace the holes found at open, some of which may now lie past
+        // the end (given to a block there, the file would not cover it).
+        st.reclaim.clear();
         let free = block_holes(used, self.geo.block_size as u64, end, usize::MAX);
         st.free_blocks = self.discard_freed(&free);
         st.free_blocks.reverse();

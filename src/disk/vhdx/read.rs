@@ -4,8 +4,14 @@ use super::*;
 use crate::disk::span::spans;
 
 impl Vhdx {
-    /// Where the bytes `[offset, offset+len)` of this layer are: runs in order.
+    /// Where the bytes `[offset, offset+len)` of this layer are: runs in
+    /// order. Past the layer's virtual size it reads zeros (a layer of a
+    /// chain may be smaller than the layers above it: Hyper-V's rule).
     pub(crate) fn map(&self, offset: u64, len: u64, out: &mut Vec<(u64, Src)>) -> Result<()> {
+        let size = self.geo.virtual_size;
+        let inside = size.saturating_sub(offset).min(len);
+        let past = len - inside;
+        let len = inside;
         let bs = self.geo.block_size as u64;
         let lss = self.geo.logical_sector_size as u64;
         let parent = self.has_parent();
@@ -46,16 +52,25 @@ impl Vhdx {
                 _ => push(out, n, Src::Zero),
             }
         }
+        if past > 0 {
+            push(out, past, Src::Zero);
+        }
         Ok(())
     }
 
     /// The first run of `[offset, offset+len)` (never past the end of its
-    /// block): its length and where it is. No allocation.
+    /// block, except that past the layer's virtual size the whole rest of
+    /// the range is one run of zeros: see [`Vhdx::map`]): its length and
+    /// where it is. No allocation.
     pub(crate) fn map_first(&self, offset: u64, len: u64) -> Result<(u64, Src)> {
+        let size = self.geo.virtual_size;
+        if offset >= size {
+            return Ok((len, Src::Zero));
+        }
         let bs = self.geo.block_size as u64;
         let block = offset / bs;
         let within = offset % bs;
-        let n = (bs - within).min(len);
+        let n = (bs - within).min(len).min(size - offset);
         let e = BatEntry(self.bat.at(self.geo.payload_index(block)));
         Ok(match e.payload_state() {
             Some(PayloadState::FullyPresent) => (n, Src::Data(e.offset() + within)),

@@ -1,4 +1,5 @@
-//! Resize of one base file (the file-level steps of `Disk::resize`).
+//! Resize of one file, base or differencing (the file-level steps of
+//! `Disk::resize`).
 //!
 //! The BAT layout does not depend on the virtual size: payload block `b`
 //! sits at index `b + b / chunk_ratio` and the chunk ratio is
@@ -33,21 +34,30 @@ pub(crate) struct Resized {
 }
 
 impl Vhdx {
-    /// Change the virtual size of this base file to `new_size` (validated
-    /// by the caller: a multiple of the logical sector size, in range,
-    /// not the current size). Blocks past a smaller end are dropped. The
-    /// handle must be reopened afterwards, whatever the result.
-    pub(crate) fn resize_file(&self, new_size: u64) -> Result<Resized> {
+    /// Change the virtual size of this file to `new_size` (validated by
+    /// the caller: a multiple of the logical sector size, in range, not the
+    /// current size). Blocks past a smaller end are dropped. The handle
+    /// must be reopened afterwards, whatever the result.
+    ///
+    /// For a differencing file, `below` is the virtual size of its parent
+    /// (what the chain under it can hold): space a grow adds under that
+    /// size would show the parent's data, so it is made to read zeros
+    /// (whole new blocks become ZERO; the tail of an old partial last
+    /// block gets its sector bits, over zeroed data, in the entry that
+    /// changes the size). Past it, new blocks stay NOT_PRESENT (the parent
+    /// reads zeros there). `below` is ignored for a base file.
+    pub(crate) fn resize_file(&self, new_size: u64, below: u64) -> Result<Resized> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        if self.parent {
-            return Err(Error::Unsupported(
-                "resizing a differencing disk is not supported yet".into(),
-            ));
-        }
+        let below = if self.parent { below } else { 0 };
         let old = self.geo;
-        let new = Geometry::new(new_size, old.block_size, old.logical_sector_size, false)?;
+        let new = Geometry::new(
+            new_size,
+            old.block_size,
+            old.logical_sector_size,
+            self.parent,
+        )?;
         debug_assert_eq!(new.chunk_ratio, old.chunk_ratio);
         self.check_not_poisoned()?;
         // A visible change: a new DataWriteGuid, then nothing else dirty.
@@ -56,22 +66,44 @@ impl Vhdx {
         self.flush_serialized()?;
         let mut out = Resized::default();
         let bs = old.block_size as u64;
+        let lss = old.logical_sector_size as u64;
         let mut images: Vec<(u64, Vec<u8>)> = Vec::new();
+        // The sector bits the size change sets: (block, first sector, count).
+        let mut tail_bits: Option<(u64, u64, u64)> = None;
         if new_size > old.virtual_size {
             let fixed = self.kind() == DiskKind::Fixed;
-            let file_end = lock(&self.state).file_end;
-            let mut end = align_up(self.storage.len()?.max(file_end), MIB)
-                .ok_or_else(|| Error::InvalidArgument("the file is too large".into()))?;
             // The tail of an old partial last block reads zeros from now on.
             if old.virtual_size % bs != 0 {
                 let last = old.data_blocks - 1;
+                let at = old.virtual_size % bs;
+                if below > old.virtual_size
+                    && self.block_entry(last).payload_state() == Some(PayloadState::NotPresent)
+                {
+                    // The parent holds data under the tail: the block gets
+                    // space of its own first, with no sector bit set (it
+                    // reads as before), committed on its own.
+                    self.give_partial_block(last)?;
+                    self.flush_serialized()?;
+                }
                 let e = self.block_entry(last);
-                if e.payload_state() == Some(PayloadState::FullyPresent) {
-                    let at = old.virtual_size % bs;
-                    let zeros = vec![0u8; (bs - at) as usize];
-                    self.storage.write_at(&zeros, e.offset() + at)?;
+                match e.payload_state() {
+                    Some(PayloadState::FullyPresent) => {
+                        let zeros = vec![0u8; (bs - at) as usize];
+                        self.storage.write_at(&zeros, e.offset() + at)?;
+                    }
+                    Some(PayloadState::PartiallyPresent) => {
+                        let zeros = vec![0u8; (bs - at) as usize];
+                        self.storage.write_at(&zeros, e.offset() + at)?;
+                        if below > old.virtual_size {
+                            tail_bits = Some((last, at / lss, (bs - at) / lss));
+                        }
+                    }
+                    _ => {}
                 }
             }
+            let file_end = lock(&self.state).file_end;
+            let mut end = align_up(self.storage.len()?.max(file_end), MIB)
+                .ok_or_else(|| Error::InvalidArgument("the file is too large".into()))?;
             let region_len = self.bat_region_length()?;
             out.bat_relocated = new.total_entries * 8 > region_len;
             let new_bat = if out.bat_relocated {
@@ -82,11 +114,27 @@ impl Vhdx {
             } else {
                 None
             };
-            let mut added = Vec::with_capacity((new.total_entries - old.total_entries) as usize);
-            for i in old.total_entries as usize..new.total_entries as usize {
-                if fixed && !new.is_bitmap_index(i) {
+            // Entries from the first new block on: past the old entries,
+            // and (in a differencing file, whose BAT covers whole chunks)
+            // the old entries past the old last block, which a shrink may
+            // have left as they were.
+            let start = new
+                .payload_index(old.data_blocks)
+                .min(old.total_entries as usize);
+            let mut added = Vec::with_capacity(new.total_entries as usize - start);
+            for i in start..new.total_entries as usize {
+                let block = (i as u64) - (i as u64) / (new.chunk_ratio + 1);
+                if new.is_bitmap_index(i) {
+                    added.push(if i < old.total_entries as usize {
+                        self.bat.at(i)
+                    } else {
+                        0
+                    });
+                } else if fixed {
                     added.push(BatEntry::new(PayloadState::FullyPresent.bits(), end).0);
                     end += bs;
+                } else if block * bs < below {
+                    added.push(BatEntry::new(PayloadState::Zero.bits(), 0).0);
                 } else {
                     added.push(0);
                 }
@@ -97,13 +145,11 @@ impl Vhdx {
             }
             match new_bat {
                 None => {
-                    let at = self.bat_offset + old.total_entries * 8;
+                    let at = self.bat_offset + start as u64 * 8;
                     self.storage.write_at(&bytes(&added), at)?;
                 }
                 Some((at, len)) => {
-                    let mut all: Vec<u64> = (0..old.total_entries as usize)
-                        .map(|i| self.bat.at(i))
-                        .collect();
+                    let mut all: Vec<u64> = (0..start).map(|i| self.bat.at(i)).collect();
                     all.extend(added);
                     let mut b = bytes(&all);
                     b.resize(len as usize, 0);
@@ -121,11 +167,16 @@ impl Vhdx {
             self.meta_offset,
             &m.to_region_bytes(self.meta_len as usize)?,
         )?);
-        if images.len() > self.entry_cap {
+        let bit_sectors = if tail_bits.is_some() {
+            self.bitmap_sectors_per_block()
+        } else {
+            0
+        };
+        if images.len() + bit_sectors > self.entry_cap {
             return Err(Error::Unsupported(format!(
                 "a resize changing {} sectors does not fit in one entry of this file's \
                  {} KiB log",
-                images.len(),
+                images.len() + bit_sectors,
                 self.log_length / 1024
             )));
         }
@@ -135,19 +186,54 @@ impl Vhdx {
             for (off, b) in images {
                 st.dirty.insert(off, Dirty::Bytes(b));
             }
+            if let Some((block, sector, count)) = tail_bits {
+                self.set_bits(&mut st, block, sector, count)?;
+            }
             self.stage(&mut st)?
         };
         self.apply(entry)?;
-        if new.total_entries < old.total_entries {
-            // Nothing reads the dropped entries now; their blocks are
-            // given back when the reopened file is cut.
-            let n = (old.total_entries - new.total_entries) as usize;
+        if new_size < old.virtual_size {
+            // Nothing reads the dropped entries now (those past the new
+            // last block; the sector-bitmap entry of a chunk still in use
+            // stays); their blocks are given back when the reopened file
+            // is cut.
+            let start = new.payload_index(new.data_blocks);
+            let kept: Vec<u64> = (start..old.total_entries as usize)
+                .map(|i| {
+                    if i < new.total_entries as usize && new.is_bitmap_index(i) {
+                        self.bat.at(i)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let b: Vec<u8> = kept.iter().flat_map(|e| e.to_le_bytes()).collect();
             self.storage
-                .write_at(&vec![0u8; n * 8], self.bat_offset + new.total_entries * 8)?;
+                .write_at(&b, self.bat_offset + start as u64 * 8)?;
             let mut st = lock(&self.state);
             self.sync(&mut st)?;
         }
         Ok(out)
+    }
+
+    /// Give the NOT_PRESENT `block` of this differencing file space of its
+    /// own as a PARTIALLY_PRESENT block with no sector bit set, so that it
+    /// reads as before (all from the parent): staged for the next flush.
+    fn give_partial_block(&self, block: u64) -> Result<()> {
+        let mut st = lock(&self.state);
+        self.check_writable(&st)?;
+        let sbi = self.geo.bitmap_index(block / self.geo.chunk_ratio);
+        if BatEntry(self.bat.at(sbi)).state_bits() != SB_PRESENT {
+            let sb = self.take_space(&mut st, MIB, false)?;
+            self.set_entry(&mut st, sbi, BatEntry::new(SB_PRESENT, sb));
+        }
+        let off = self.take_space(&mut st, self.geo.block_size as u64, true)?;
+        self.set_entry(
+            &mut st,
+            self.geo.payload_index(block),
+            BatEntry::new(PayloadState::PartiallyPresent.bits(), off),
+        );
+        Ok(())
     }
 
     /// The length of the BAT region the region table gives.

@@ -239,8 +239,8 @@ enum Command {
         child: PathBuf,
         /// Its new parent.
         new_parent: PathBuf,
-        /// Accept a NEWPARENT that does not match (same virtual size and
-        /// sector size only); the child then reads NEWPARENT's data.
+        /// Accept a NEWPARENT that does not match (same logical sector size;
+        /// the sizes may differ); the child then reads NEWPARENT's data.
         #[arg(long)]
         force: bool,
     },
@@ -266,15 +266,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change the virtual size of a base VHDX (Resize-VHD).
+    /// Change the virtual size of a VHDX (Resize-VHD): a base disk or the
+    /// top of a chain (a differencing disk may be larger or smaller than
+    /// its parent; past a parent's end it reads zeros).
     ///
     /// Growing: the new space reads as zeros (a fixed disk allocates it;
     /// the BAT moves to the end of the file when it has no room). Shrinking
     /// is refused when data lies past the new end, unless --allow-shrink
     /// (then it is dropped). SIZE must be a multiple of the logical sector
-    /// size. A crash leaves the old or the new size with all data. The
-    /// DataWriteGuid changes: differencing disks made on this file lose
-    /// their linkage. Resizing a differencing disk is not supported yet.
+    /// size. A crash leaves the old or the new size with all data. A disk
+    /// that has children in its folder is refused (its DataWriteGuid
+    /// changes, which would break them); resize a VM's disk with `ckpt vm
+    /// disk-resize`.
     Resize {
         /// The VHDX.
         file: PathBuf,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ckpt::{OpenMode, ResizeOptions};
+use ckpt::{OpenMode, ResizeOptions, ResizeReport};
 
 use super::{fail, open, with_bytes, CliResult};
 
@@ -12,9 +12,14 @@ pub(super) fn resize_cmd(file: &Path, size: u64, allow_shrink: bool, json: bool)
     let mut disk = open(file, OpenMode::ReadWrite)?;
     let r = disk.resize(size, ResizeOptions { allow_shrink })?;
     disk.close().map_err(|e| e.in_file(file))?;
+    print_report(&file.to_string_lossy(), &r, json)
+}
+
+/// Print what a resize of `what` (a path, or a VM's disk) did.
+pub(super) fn print_report(what: &str, r: &ResizeReport, json: bool) -> CliResult {
     if json {
         let v = serde_json::json!({
-            "path": file.to_string_lossy(),
+            "path": what,
             "old_size": r.old_size,
             "new_size": r.new_size,
             "bat_relocated": r.bat_relocated,
@@ -28,7 +33,7 @@ pub(super) fn resize_cmd(file: &Path, size: u64, allow_shrink: bool, json: bool)
     } else {
         println!(
             "Resized {}: {} -> {}{}{}",
-            file.display(),
+            what,
             with_bytes(r.old_size),
             with_bytes(r.new_size),
             if r.bat_relocated { "; BAT moved" } else { "" },

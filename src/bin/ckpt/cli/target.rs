@@ -275,6 +275,39 @@ impl Target {
         }
     }
 
+    /// [`Vm::resize_disk`].
+    pub(super) fn resize_disk(
+        &mut self,
+        index: usize,
+        size: u64,
+        opts: ckpt::ResizeOptions,
+    ) -> Result<ckpt::ResizeReport> {
+        match self {
+            Target::Local(vm) => vm.resize_disk(index, size, opts),
+            Target::Remote(r) => {
+                let v = r.call(
+                    "vm.disk_resize",
+                    json!({"index": index, "size": size, "allow_shrink": opts.allow_shrink}),
+                    &mut NoHooks,
+                )?;
+                let x = &v["resize"];
+                let n = |k: &str| {
+                    x[k].as_u64().ok_or_else(|| {
+                        ckpt::Error::InvalidArgument(format!("control reply: no {k} in {x}"))
+                    })
+                };
+                Ok(ckpt::ResizeReport {
+                    old_size: n("old_size")?,
+                    new_size: n("new_size")?,
+                    bat_relocated: x["bat_relocated"].as_bool().unwrap_or(false),
+                    bytes_dropped: n("bytes_dropped")?,
+                    file_size_before: n("file_size_before")?,
+                    file_size_after: n("file_size_after")?,
+                })
+            }
+        }
+    }
+
     /// [`Vm::set_state`].
     pub(super) fn set_state(&mut self, state: VmState) -> Result<()> {
         match self {

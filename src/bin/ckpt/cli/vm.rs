@@ -90,6 +90,27 @@ pub enum VmCommand {
         #[arg(long, value_name = "STATE", value_parser = parse_state)]
         state: Option<VmState>,
     },
+    /// Change the virtual size of disk INDEX of the current state (its top
+    /// file; Resize-VHD on a VM's disk). Checkpoints keep their size:
+    /// applying one brings it back. A VM held by another process (a running
+    /// guest) is resized through its control channel; the guest sees the
+    /// new size on its next size query. Shrinking is refused when data
+    /// lies past the new end, unless --allow-shrink.
+    DiskResize {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The disk's index in the VM's disk list (0 first).
+        index: usize,
+        /// The new virtual size (e.g. 64G, 1536M, bytes).
+        #[arg(value_parser = super::parse_size)]
+        size: u64,
+        /// Drop the data past a smaller size.
+        #[arg(long)]
+        allow_shrink: bool,
+        /// Print one JSON object (the report) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold a VM open and offer its control channel until standard input
     /// ends (for tests and scripts): `ckpt checkpoint …` and `ckpt vm
     /// show|set` from other processes are then carried out by this one.
@@ -250,6 +271,20 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
         }
         VmCommand::Show { dir, json } => show(&dir, json),
         VmCommand::Hold { dir } => hold(&dir),
+        VmCommand::DiskResize {
+            dir,
+            index,
+            size,
+            allow_shrink,
+            json,
+        } => {
+            let mut vm = open_vm(&dir)?;
+            let r = vm
+                .resize_disk(index, size, ckpt::ResizeOptions { allow_shrink })
+                .map_err(vm_error)?;
+            let what = format!("disk {index} of {}", dir.display());
+            super::resize::print_report(&what, &r, json)
+        }
         VmCommand::Set {
             dir,
             memory_mib,
