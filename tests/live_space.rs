@@ -238,9 +238,7 @@ fn writer(
     count: &AtomicU64,
 ) -> Out {
     let mut rng = Rng::new(seed * 31 + t);
-    let mine: Vec<u64> = (0..plan.blocks)
-        .filter(|b| b % plan.threads == t)
-        .collect();
+    let mine: Vec<u64> = (0..plan.blocks).filter(|b| b % plan.threads == t).collect();
     // Sequence numbers of this thread never meet another's or the prefill's.
     let mut seq = (t + 1) << 40;
     let mut touched: Vec<u64> = Vec::new();
@@ -384,9 +382,6 @@ fn compact_repeatedly(disk: &LiveDisk, for_: Duration, min: usize) -> (usize, u6
             .compact(opts(mode))
             .unwrap_or_else(|e| panic!("live compaction {n} ({}): {e}", mode.as_str()));
         moved += r.blocks_moved;
-        if std::env::var("LS_DEBUG").is_ok() {
-            eprintln!("compaction {n}: {r:?}");
-        }
         n += 1;
     }
     (n, moved)
@@ -442,7 +437,10 @@ fn compact_base_top_while_writers_write() {
         after < before,
         "the file did not shrink after most was trimmed: {before} -> {after} ({r:?})"
     );
-    m.check_exact(|b, o| disk.read_at(b, o).unwrap(), "live, after the last compact");
+    m.check_exact(
+        |b, o| disk.read_at(b, o).unwrap(),
+        "live, after the last compact",
+    );
     Arc::try_unwrap(disk).unwrap().close().unwrap();
     qemu_judges(&p, &m, dir.path());
     let d = Disk::open(&p, OpenMode::ReadOnly).unwrap();
@@ -476,16 +474,29 @@ fn compact_differencing_top_while_writers_write() {
         "{n} live compactions of a differencing top moved {moved} blocks during {ops} writer \
          ops; longest writer stall {stall:?}"
     );
-    m.check_exact(|b, o| disk.read_at(b, o).unwrap(), "live chain, after the run");
+    m.check_exact(
+        |b, o| disk.read_at(b, o).unwrap(),
+        "live chain, after the run",
+    );
     trim_most(&disk, &mut m);
     disk.flush().unwrap();
     let before = file_len(&cp);
     disk.compact(opts(CompactMode::Full)).unwrap();
     let after = file_len(&cp);
-    assert!(after < before, "the child did not shrink: {before} -> {after}");
-    m.check_exact(|b, o| disk.read_at(b, o).unwrap(), "live chain, after the last compact");
+    assert!(
+        after < before,
+        "the child did not shrink: {before} -> {after}"
+    );
+    m.check_exact(
+        |b, o| disk.read_at(b, o).unwrap(),
+        "live chain, after the last compact",
+    );
     Arc::try_unwrap(disk).unwrap().close().unwrap();
-    assert_eq!(support::units::file_hash(&bp), base_hash, "the base was written");
+    assert_eq!(
+        support::units::file_hash(&bp),
+        base_hash,
+        "the base was written"
+    );
     let d = Disk::open(&cp, OpenMode::ReadOnly).unwrap();
     m.check_exact(|b, o| d.read_at(b, o).unwrap(), "reopened chain");
     drop(d);
@@ -582,8 +593,14 @@ fn switch_and_resize_during_a_compaction() {
         }
     }
     let busy = outcomes.iter().filter(|o| o.is_err()).count();
-    assert!(busy >= 1, "no compaction saw its top switched: {outcomes:?}");
-    assert!(busy < outcomes.len(), "no compaction finished: {outcomes:?}");
+    assert!(
+        busy >= 1,
+        "no compaction saw its top switched: {outcomes:?}"
+    );
+    assert!(
+        busy < outcomes.len(),
+        "no compaction finished: {outcomes:?}"
+    );
     // The grown space reads as zeros.
     let mut tail = vec![1u8; UNIT];
     disk.read_at(&mut tail, SIZE).unwrap();
@@ -682,11 +699,9 @@ fn transient_eio_during_a_live_compaction_then_retry() {
         n
     };
     assert!(total > 10, "a compaction made only {total} events");
-    let mut points: Vec<u64> =
-        (0..6).chain((6..total).step_by((total / 14).max(1) as usize)).collect();
-    if let Ok(p) = std::env::var("LS_POINT") {
-        points = vec![p.parse().unwrap()];
-    }
+    let points: Vec<u64> = (0..6)
+        .chain((6..total).step_by((total / 14).max(1) as usize))
+        .collect();
     let (mut failed, mut poisoned) = (0, 0);
     for n in points {
         let dir = support::fast_tempdir();
@@ -731,7 +746,10 @@ fn transient_eio_during_a_live_compaction_then_retry() {
                 d.compact(opts(CompactMode::Quick))
                     .unwrap_or_else(|e| panic!("{ctx}: compact after reopen: {e}"));
                 let after = units_of(|b, o| d.read_at(b, o).unwrap(), UNITS);
-                assert!(units == after, "{ctx}: the compaction changed what the disk reads");
+                assert!(
+                    units == after,
+                    "{ctx}: the compaction changed what the disk reads"
+                );
                 d.close().unwrap();
                 // From here the reopened contents are the model.
                 for (u, b) in units.iter().enumerate() {
@@ -740,10 +758,6 @@ fn transient_eio_during_a_live_compaction_then_retry() {
                     m.durable[u] = 0;
                 }
             }
-        }
-        if std::env::var("LS_KEEP").is_ok() {
-            eprintln!("KEEP {}", p.display());
-            std::mem::forget(dir);
         }
         if support::have_qemu() {
             support::qemu_check(&p);
@@ -799,12 +813,7 @@ fn resize_while_writers_write() {
         .expect_err("data past the new end: refused without allow_shrink");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let r = disk
-        .resize(
-            shrunk,
-            ResizeOptions {
-                allow_shrink: true,
-            },
-        )
+        .resize(shrunk, ResizeOptions { allow_shrink: true })
         .unwrap();
     assert!(r.bytes_dropped > 0, "{r:?}");
     assert_eq!(disk.virtual_size(), shrunk);
@@ -831,4 +840,3 @@ fn resize_while_writers_write() {
     assert_eq!(d.virtual_size(), shrunk);
     m.check_exact(|b, o| d.read_at(b, o).unwrap(), "reopened");
 }
-

@@ -78,9 +78,10 @@ impl LiveDisk {
     /// gives the file's length before the first run and after the last;
     /// the block counts are those of the last run.
     pub fn compact(&self, mut opts: CompactOptions<'_>) -> Result<CompactReport> {
-        let _one = self.compacting.try_lock().map_err(|_| {
-            Error::Busy("a compaction of this disk is already running".into())
-        })?;
+        let _one = self
+            .compacting
+            .try_lock()
+            .map_err(|_| Error::Busy("a compaction of this disk is already running".into()))?;
         let mode = opts.mode;
         let mut first: Option<(usize, u64)> = None;
         loop {
@@ -89,7 +90,9 @@ impl LiveDisk {
                 let d = self.get();
                 let id = top_id(&d);
                 match first {
-                    None => first = Some((id, d.top().file_len().map_err(|e| e.in_file(path_of(&d)))?)),
+                    None => {
+                        first = Some((id, d.top().file_len().map_err(|e| e.in_file(path_of(&d)))?))
+                    }
                     Some((was, _)) if was != id => {
                         return Err(Error::Busy(format!(
                             "a checkpoint switch made {} the top of this disk while its old top \
@@ -144,7 +147,9 @@ impl LiveDisk {
     /// the resized file.
     pub fn resize(&self, new_size: u64, opts: ResizeOptions) -> Result<ResizeReport> {
         let _merge = self.merging.try_lock().map_err(|_| {
-            Error::Busy("a live merge is running on this disk: resize it once the merge ended".into())
+            Error::Busy(
+                "a live merge is running on this disk: resize it once the merge ended".into(),
+            )
         })?;
         let mut p = self.pause();
         // Read under the gate: a switch sets it in its pause.
