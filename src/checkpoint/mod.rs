@@ -26,6 +26,8 @@
 //!   the switches of checkpoint operations on a running guest.
 //! - `live_export.rs`: export of a running VM's current state through a
 //!   temporary checkpoint.
+//! - `space.rs`: compaction of a current disk ([`Vm::compact_disk`]),
+//!   live when the VM is attached.
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
@@ -41,6 +43,7 @@ pub mod model;
 pub mod owner;
 mod recover;
 mod report;
+mod space;
 pub mod vm;
 
 pub use create::{Hooks, NoHooks};
