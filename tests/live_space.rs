@@ -580,7 +580,7 @@ fn switch_and_resize_during_a_compaction() {
     wait_ticks(3);
     stop.store(true, Ordering::Release);
     let outcomes = compactor.join().unwrap();
-    let (mut m, ops, stall, err) = w.finish(&base);
+    let (m, ops, stall, err) = w.finish(&base);
     assert!(err.is_none(), "a writer failed: {err:?}");
     println!(
         "compactions: {outcomes:?}; {ops} writer ops, longest stall {stall:?}; pauses {:?}",
@@ -838,5 +838,79 @@ fn resize_while_writers_write() {
     qemu_judges(&p, &m, dir.path());
     let d = Disk::open(&p, OpenMode::ReadOnly).unwrap();
     assert_eq!(d.virtual_size(), shrunk);
+    m.check_exact(|b, o| d.read_at(b, o).unwrap(), "reopened");
+}
+
+/// `Vm::compact_disk` and `ckpt vm compact`: offline (the tool opens the
+/// VM and compacts the file, `--json`), then live: this process holds the
+/// VM attached with writers on its disk and serves the control channel,
+/// and `ckpt vm compact DIR 0 --mode full` is carried out by it on the
+/// live handle while the writers write. The model is read through the
+/// handle and after a reopen; `qemu-img check` and QEMU judge the file.
+#[test]
+fn vm_compact_offline_and_live_through_the_control_channel() {
+    use ckpt::checkpoint::{control, Vm, VmSpec};
+    use std::sync::Mutex;
+    use support::cli;
+
+    let root = support::tempdir();
+    let p = root.path().join("disk0.vhdx");
+    let ld = LiveDisk::new(create_base(&p));
+    let mut m = prefill(&ld, 32);
+    trim_most(&ld, &mut m);
+    ld.close().unwrap();
+    m.all_durable();
+    let dir = root.path().join("vm");
+    Vm::create(&dir, &VmSpec::new("space", vec![p.clone()])).unwrap();
+    let d = cli::s(&dir);
+
+    // Offline.
+    let before = file_len(&p);
+    let v = cli::json(&["vm", "compact", d, "0", "--json"]);
+    assert_eq!(v["disk"], 0);
+    assert_eq!(v["mode"], "quick");
+    assert_eq!(v["bytes_before"].as_u64(), Some(before), "{v}");
+    let after = file_len(&p);
+    assert_eq!(v["bytes_after"].as_u64(), Some(after), "{v}");
+    assert!(after < before, "offline: {before} -> {after}");
+    let msg = cli::fail(&["vm", "compact", d, "1"]);
+    assert!(msg.contains("there is no disk 1"), "{msg}");
+
+    // Live, through the holder.
+    let mut vm = Vm::open(&dir).unwrap();
+    let disk = vm.disk(0).unwrap();
+    let vm = Arc::new(Mutex::new(vm));
+    let server = control::serve(vm.clone(), None).expect("serve");
+    let w = Writers::start(
+        &disk,
+        &m,
+        Plan {
+            blocks: 16,
+            ..WRITERS
+        },
+        8,
+    );
+    w.wait_ops(500);
+    let out = cli::ok_text(&["vm", "compact", d, "0", "--mode", "full"]);
+    assert!(out.starts_with("Compacted disk 0 of VM \"space\""), "{out}");
+    assert!(out.contains("(full)") || out.contains(", full)"), "{out}");
+    w.wait_ops(500);
+    // The library call on the attached VM is live too.
+    let r = vm
+        .lock()
+        .unwrap()
+        .compact_disk(0, opts(CompactMode::Quick))
+        .unwrap();
+    assert_eq!(r.mode, CompactMode::Quick);
+    let (m, ops, stall, err) = w.finish(&m);
+    assert!(err.is_none(), "a writer failed: {err:?}");
+    println!("vm compact while {ops} writer ops ran; longest stall {stall:?}");
+    m.check_exact(|b, o| disk.read_at(b, o).unwrap(), "live");
+    drop(server);
+    drop(disk);
+    vm.lock().unwrap().detach().unwrap();
+    drop(vm);
+    qemu_judges(&p, &m, root.path());
+    let d = Disk::open(&p, OpenMode::ReadOnly).unwrap();
     m.check_exact(|b, o| d.read_at(b, o).unwrap(), "reopened");
 }

@@ -14,7 +14,10 @@
 //! for the requests in flight to complete, new ones wait for the switch to
 //! end, and no request ever sees half a switch. [`pause_all`] takes the
 //! gates of several handles, always in one order (by address), so two
-//! pauses over overlapping sets cannot deadlock.
+//! pauses over overlapping sets cannot deadlock. A pause waiting for the
+//! gate is counted ([`LiveDisk::exclusive`]): a live compaction, the one
+//! request that holds the gate shared for long, sees it between two steps
+//! and gives the gate up (see `live/space.rs`).
 //!
 //! # A switch to a new child, step by step
 //!
@@ -142,6 +145,12 @@
 //! [`LiveDisk::merge_down`] (in `live/merge.rs`, with its own doc) merges a
 //! frozen layer into the one below it while I/O goes on, and drops it from
 //! the chain in one short pause.
+//!
+//! # Space
+//!
+//! [`LiveDisk::compact`] and [`LiveDisk::resize`] (in `live/space.rs`, with
+//! its own doc) compact the top while I/O goes on, and resize it in one
+//! pause.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -553,7 +553,9 @@ fn run(
                 .ok_or_else(|| args.bad("index", "a disk index"))?;
             let mode = match args.opt_str("mode")? {
                 None => CompactMode::default(),
-                Some(m) => CompactMode::parse(m).ok_or_else(|| args.bad("mode", "quick or full"))?,
+                Some(m) => {
+                    CompactMode::parse(m).ok_or_else(|| args.bad("mode", "quick or full"))?
+                }
             };
             let mut hooks = ConnHooks {
                 conn,
