@@ -15,7 +15,7 @@
 //! end, and no request ever sees half a switch. [`pause_all`] takes the
 //! gates of several handles, always in one order (by address), so two
 //! pauses over overlapping sets cannot deadlock. A pause waiting for the
-//! gate is counted ([`LiveDisk::exclusive`]): a live compaction, the one
+//! gate is counted (`LiveDisk::exclusive`): a live compaction, the one
 //! request that holds the gate shared for long, sees it between two steps
 //! and gives the gate up (see `live/space.rs`).
 //!
