@@ -1323,15 +1323,21 @@ ckpt_status ckpt_disk_reparent(const char *child_path, const char *new_parent_pa
  * (`CKPT_STATUS_CANCELLED`, the disk stays consistent). `report` (may be
  * NULL) receives what was done, on success only.
  *
- * Meant for a disk no other thread is using: calls on the same handle
- * meanwhile stay correct but wait for each step. A crash or an error
- * leaves a file that opens with all its data; compacting again finishes.
+ * Calls on the same handle from other threads meanwhile stay correct and
+ * wait for one step at a time (a block scanned or moved). On a VM's disk
+ * handle (from `ckpt_vm_disk`) the compaction is live: the guest's I/O
+ * goes on, and a checkpoint operation arriving meanwhile does not wait
+ * for it (the compaction steps aside; it ends with `CKPT_STATUS_BUSY`
+ * when a checkpoint made another file the disk's top: compact again).
+ * A crash or an error leaves a file that opens with all its data;
+ * compacting again finishes.
  *
  * Errors: `CKPT_STATUS_NULL_POINTER` (`disk`), `CKPT_STATUS_INVALID_ARGUMENT`
- * (an unknown `mode`, a `report->struct_size` too small, a VM's disk
- * handle from `ckpt_vm_disk`), `CKPT_STATUS_UNSUPPORTED` (a fixed disk:
- * its blocks stay allocated), `CKPT_STATUS_READ_ONLY`,
- * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ * (an unknown `mode`, a `report->struct_size` too small),
+ * `CKPT_STATUS_UNSUPPORTED` (a fixed disk: its blocks stay allocated),
+ * `CKPT_STATUS_READ_ONLY`, `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_BUSY`
+ * (a VM's disk: another compaction of it runs, or a checkpoint switched
+ * it), `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
  *
  * # Safety
  *

@@ -21,8 +21,16 @@
  * (ckpt_vm_serve_control, DIR/ckpt-control.sock; started in .after_fork,
  * since its threads would not survive nbdkit's fork into the background), so `ckpt checkpoint
  * create|delete|rename|list ...` from another process runs on the held VM,
- * live, while clients read and write. .unload stops the channel, then
- * closes the VM (which flushes and closes the live handles).
+ * live, while clients read and write; so does `ckpt vm compact DIR N`
+ * (the compaction runs on the live handle while clients write). .unload
+ * stops the channel, then closes the VM (which flushes and closes the
+ * live handles).
+ *
+ * Size: nbdkit asks .get_size once per connection and keeps the answer for
+ * that connection; the plugin answers with the handle's current size. A
+ * live resize of a VM disk is therefore seen by the next connection (a
+ * client reconnects to see it); a connection made before it keeps the old
+ * size, and its requests past a smaller end fail with EINVAL.
  *
  * readonly=true in VM mode: the exports are read-only (nbdkit refuses
  * writes, trims and zeroes with EROFS), but the VM is still opened live
@@ -418,9 +426,25 @@ static void *ckpt_open(int readonly) {
     return lookup_export(nbdkit_export_name());
 }
 
+/* nbdkit calls .get_size once per connection (after .open) and keeps the
+ * answer for the whole connection. It is asked of the disk handle each
+ * time, not taken from .get_ready: in VM mode the live handle's size
+ * changes when libckpt resizes the disk (LiveDisk::resize, in one pause),
+ * so a connection made after a resize sees the new size; a connection
+ * made before keeps the old one until it reconnects, and its requests past
+ * a smaller end fail (EINVAL, libckpt's "outside the virtual disk"). */
+static uint64_t live_size(const struct export *e) {
+    ckpt_disk_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (ckpt_disk_get_info(e->disk, &info) != CKPT_STATUS_OK || info.virtual_size > INT64_MAX) {
+        return e->size;
+    }
+    return info.virtual_size;
+}
+
 static int64_t ckpt_get_size(void *handle) {
-    const struct export *e = handle;
-    return (int64_t)e->size;
+    return (int64_t)live_size(handle);
 }
 
 static int ckpt_can_write(void *handle) {
@@ -524,12 +548,13 @@ static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t 
                         struct nbdkit_extents *extents) {
     const struct export *ex = handle;
     (void)count; /* mapping past count is allowed and saves round trips */
-    if (offset >= ex->size) {
+    uint64_t size = live_size(ex);
+    if (offset >= size) {
         nbdkit_error("ckpt: extents: offset %" PRIu64 " is past the end", offset);
         nbdkit_set_error(EINVAL);
         return -1;
     }
-    uint64_t len = ex->size - offset;
+    uint64_t len = size - offset;
     if (len > MAX_MAP) {
         len = MAX_MAP;
     }

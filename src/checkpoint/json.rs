@@ -179,6 +179,37 @@ pub fn export_json(files: &[PathBuf], disk_count: usize) -> Value {
     json!({ "files": list })
 }
 
+/// A compaction's report as JSON (`ckpt compact --json`, `ckpt vm compact
+/// --json`, the control channel's `vm.compact`).
+pub fn compact_report_json(r: &crate::CompactReport) -> Value {
+    json!({
+        "mode": r.mode.as_str(),
+        "blocks_freed": r.blocks_freed,
+        "blocks_moved": r.blocks_moved,
+        "bytes_moved": r.bytes_moved,
+        "bytes_before": r.bytes_before,
+        "bytes_after": r.bytes_after,
+    })
+}
+
+/// The report [`compact_report_json`] made (a control reply).
+pub fn compact_report_of(v: &Value) -> Result<crate::CompactReport> {
+    let bad =
+        || crate::Error::InvalidArgument(format!("control reply: not a compaction report: {v}"));
+    let n = |k: &str| v[k].as_u64().ok_or_else(bad);
+    Ok(crate::CompactReport {
+        mode: v["mode"]
+            .as_str()
+            .and_then(crate::CompactMode::parse)
+            .ok_or_else(bad)?,
+        blocks_freed: n("blocks_freed")?,
+        blocks_moved: n("blocks_moved")?,
+        bytes_moved: n("bytes_moved")?,
+        bytes_before: n("bytes_before")?,
+        bytes_after: n("bytes_after")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,8 @@
 //! - `live_export.rs`: export of a running VM's current state through a
 //!   temporary checkpoint.
 //! - `resize.rs`: resizing a disk of the current state ([`Vm::resize_disk`]).
+//! - `space.rs`: compaction of a current disk ([`Vm::compact_disk`]),
+//!   live when the VM is attached.
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
@@ -43,6 +45,7 @@ pub mod owner;
 mod recover;
 mod report;
 mod resize;
+mod space;
 pub mod vm;
 
 pub use create::{Hooks, NoHooks};

@@ -22,7 +22,7 @@ impl Vm {
     /// they were taken with.
     ///
     /// An attached VM is resized through its live handle
-    /// (`LiveDisk::resize`): the guest sees the new size on
+    /// ([`crate::disk::live::LiveDisk::resize`]): the guest sees the new size on
     /// its next size query. A detached VM's disk is opened here (`Busy`
     /// when something else holds it). A disk another VM uses is refused.
     pub fn resize_disk(
@@ -41,9 +41,7 @@ impl Vm {
         };
         owner::refuse_foreign(&self.data, &[path.clone()], "resizing the disk")?;
         if let Some(live) = self.live.as_ref().map(|l| l[i].clone()) {
-            // MERGE-PENDING: LiveDisk::resize (wip-livespace).
-            let _ = live;
-            return Err(Error::Unsupported("resizing an attached VM's disk".into()));
+            return live.resize(new_size, opts);
         }
         let mut d = Disk::open(&path, OpenMode::ReadWrite)?;
         let r = d.resize(new_size, opts);

@@ -97,9 +97,14 @@ impl Disk {
     ///
     /// The disk must be open read-write. A fixed disk is refused
     /// ([`Error::Unsupported`]): its blocks stay allocated by definition.
-    /// Meant for a disk no one else is using: reads and writes through the
-    /// same handle meanwhile wait for each step and stay correct, but may
-    /// leave the file larger.
+    /// Reads and writes through the same handle meanwhile wait for each
+    /// step and stay correct (blocks they allocate go to the end of the
+    /// file, so the file is cut only when the last step finds no write
+    /// running; the holes left are reused by new blocks first). For a
+    /// running guest's disk use [`LiveDisk::compact`], which also lets
+    /// checkpoint switches through.
+    ///
+    /// [`LiveDisk::compact`]: crate::disk::live::LiveDisk::compact
     ///
     /// Each move copies the block, syncs, then changes the BAT through the
     /// log; the old place is reused only after that. A crash at any point

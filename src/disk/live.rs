@@ -14,7 +14,10 @@
 //! for the requests in flight to complete, new ones wait for the switch to
 //! end, and no request ever sees half a switch. [`pause_all`] takes the
 //! gates of several handles, always in one order (by address), so two
-//! pauses over overlapping sets cannot deadlock.
+//! pauses over overlapping sets cannot deadlock. A pause waiting for the
+//! gate is counted (`LiveDisk::exclusive`): a live compaction, the one
+//! request that holds the gate shared for long, sees it between two steps
+//! and gives the gate up (see `live/space.rs`).
 //!
 //! # A switch to a new child, step by step
 //!
@@ -142,8 +145,15 @@
 //! [`LiveDisk::merge_down`] (in `live/merge.rs`, with its own doc) merges a
 //! frozen layer into the one below it while I/O goes on, and drops it from
 //! the chain in one short pause.
+//!
+//! # Space
+//!
+//! [`LiveDisk::compact`] and [`LiveDisk::resize`] (in `live/space.rs`, with
+//! its own doc) compact the top while I/O goes on, and resize it in one
+//! pause.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -156,6 +166,7 @@ use crate::error::{Error, Result};
 use crate::version::creator;
 
 mod merge;
+mod space;
 mod switch;
 pub use merge::{LiveMergeOptions, LiveMergeReport};
 pub use switch::Switch;
@@ -173,6 +184,12 @@ pub struct LiveDisk {
     disk: RwLock<Disk>,
     /// Held by the live merge running on this handle, if any.
     merging: Mutex<()>,
+    /// Held by the live compaction running on this handle, if any.
+    compacting: Mutex<()>,
+    /// How many pauses are waiting for the gate (see
+    /// [`LiveDisk::exclusive`]): a live compaction, which holds the gate
+    /// shared for long, steps aside when it sees one (`live/space.rs`).
+    pausing: AtomicUsize,
     /// Set while a [`Switch`] is not settled (and after one that could not
     /// be undone): every flush waits for it (see the module doc).
     barrier: Mutex<Option<Arc<Barrier>>>,
@@ -336,7 +353,7 @@ pub fn pause_all<'a>(disks: &[&'a LiveDisk]) -> Result<Pause<'a>> {
         (0..disks.len()).map(|_| None).collect();
     let started = Instant::now();
     for i in order {
-        taken[i] = Some(disks[i].disk.write().unwrap_or_else(|e| e.into_inner()));
+        taken[i] = Some(disks[i].exclusive());
     }
     Ok(Pause {
         guards: taken.into_iter().flatten().collect(),
@@ -351,6 +368,8 @@ impl LiveDisk {
         LiveDisk {
             disk: RwLock::new(disk),
             merging: Mutex::new(()),
+            compacting: Mutex::new(()),
+            pausing: AtomicUsize::new(0),
             barrier: Mutex::new(None),
             pauses: Mutex::new(PauseStats::default()),
         }
@@ -365,6 +384,23 @@ impl LiveDisk {
 
     fn get(&self) -> RwLockReadGuard<'_, Disk> {
         self.disk.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take the gate exclusively (every pause goes through here). While it
+    /// waits for the requests in flight, the count of waiting pauses says
+    /// so, which a live compaction polls between its steps: it gives the
+    /// gate up at its next step instead of making the pause (and every
+    /// request queued behind it) wait for the whole compaction.
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Disk> {
+        self.pausing.fetch_add(1, Ordering::AcqRel);
+        let g = self.disk.write().unwrap_or_else(|e| e.into_inner());
+        self.pausing.fetch_sub(1, Ordering::AcqRel);
+        g
+    }
+
+    /// Whether a pause is waiting for the gate.
+    fn pause_waiting(&self) -> bool {
+        self.pausing.load(Ordering::Acquire) > 0
     }
 
     /// Run `f` on the current chain, with the gate held shared.
@@ -469,7 +505,7 @@ impl LiveDisk {
     pub fn pause(&self) -> Pause<'_> {
         let started = Instant::now();
         Pause {
-            guards: vec![self.disk.write().unwrap_or_else(|e| e.into_inner())],
+            guards: vec![self.exclusive()],
             owners: vec![self],
             started,
         }

@@ -1,7 +1,8 @@
 /*
  * ckpt_disk_compact: a dynamic disk with most of its data trimmed shrinks
  * and reads the same; the report; refusals (NULL, a bad mode, a too small
- * report, a fixed disk, a read-only handle) and a cancel.
+ * report, a fixed disk, a read-only handle) and a cancel; and a VM's live
+ * disk handle (ckpt_vm_disk) compacted while the VM holds it.
  *
  * Usage: test_compact DIR (a scratch directory)
  */
@@ -111,6 +112,49 @@ int main(int argc, char **argv) {
                   CKPT_STATUS_UNSUPPORTED);
     CHECK(strstr(last_error_text(), "fixed") != NULL);
     EXPECT_OK(ckpt_disk_close(disk));
+
+    /* A VM's live disk handle compacts (live) and reads the same. */
+    char vmdisk[4096], vmdir[4096];
+    snprintf(vmdisk, sizeof vmdisk, "%s/v.vhdx", dir);
+    snprintf(vmdir, sizeof vmdir, "%s/vm", dir);
+    make_disk(vmdisk, BLOCKS * MIB);
+    const char *disks[] = {vmdisk};
+    ckpt_vm_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.name = "compact";
+    spec.disks = disks;
+    spec.disk_count = 1;
+    ckpt_vm *vm = NULL;
+    EXPECT_OK(ckpt_vm_create(vmdir, &spec, &vm));
+    if (vm != NULL) {
+        ckpt_disk *live = NULL;
+        EXPECT_OK(ckpt_vm_disk(vm, 0, &live));
+        for (unsigned b = 0; b < BLOCKS; b++) {
+            fill(buf, b);
+            EXPECT_OK(ckpt_disk_write(live, buf, MIB, (uint64_t)b * MIB));
+        }
+        for (unsigned b = 0; b < BLOCKS; b++) {
+            if (b % 4 != 1) {
+                EXPECT_OK(ckpt_disk_trim(live, (uint64_t)b * MIB, MIB));
+            }
+        }
+        EXPECT_OK(ckpt_disk_flush(live));
+        memset(&r, 0, sizeof r);
+        r.struct_size = sizeof r;
+        EXPECT_OK(ckpt_disk_compact(live, CKPT_COMPACT_QUICK, NULL, NULL, &r));
+        CHECK(r.bytes_after < r.bytes_before);
+        for (unsigned b = 0; b < BLOCKS; b++) {
+            if (b % 4 == 1) {
+                fill(buf, b);
+            } else {
+                memset(buf, 0, MIB);
+            }
+            EXPECT_OK(ckpt_disk_read(live, got, MIB, (uint64_t)b * MIB));
+            CHECK(memcmp(buf, got, MIB) == 0);
+        }
+        EXPECT_OK(ckpt_vm_close(vm));
+    }
 
     free(buf);
     free(got);

@@ -27,7 +27,7 @@
 //!    NAME}` — or, to a refused peer, an error reply and closes.
 //! 2. The client sends requests, one at a time: `{"op": OP, "args": {…}}`.
 //! 3. For each, the server sends zero or more progress lines
-//!    `{"progress": {"done": N, "total": M}}` (delete, export), and hook
+//!    `{"progress": {"done": N, "total": M}}` (delete, export, compact), and hook
 //!    lines `{"hook": "quiesce"}` / `{"hook": "thaw"}` when the request
 //!    asked for the client's hooks (`client_hooks`), `{"hook":
 //!    "save_memory", "path": P}` / `{"hook": "resume"}` when it asked to
@@ -57,6 +57,7 @@
 //! | `checkpoint.show` | `name` | `checkpoint` |
 //! | `checkpoint.export` | `name` (null: the current state), `dest` (absolute) | `files` |
 //! | `vm.show` | | `show` (as `ckpt vm show --json`, without `strays`) |
+//! | `vm.compact` | `index` (a current disk), `mode` (`quick` or `full`; default quick); progress lines | `report` (as `ckpt vm compact --json`) |
 //! | `vm.set` | `memory_mib`, `cpus`, `settings` (a whole [`Settings`](crate::checkpoint::Settings)), `state` — each optional, applied in this order | |
 //!
 //! Quiesce and thaw of a production checkpoint run the client's hooks when

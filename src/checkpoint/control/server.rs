@@ -15,9 +15,9 @@ use std::thread::JoinHandle;
 use serde_json::{json, Value};
 
 use super::wire::{error_reply, poisoned, socket_path, Conn, PROTOCOL_VERSION};
-use crate::checkpoint::json::{checkpoints_json, vm_json};
+use crate::checkpoint::json::{checkpoints_json, compact_report_json, vm_json};
 use crate::checkpoint::{Checkpoint, Hooks, NoHooks, Settings, Vm, VmState};
-use crate::{Error, ErrorKind, Result};
+use crate::{CompactMode, CompactOptions, Error, ErrorKind, Result};
 
 /// What a server runs its requests on: the holder's VM, taken for each
 /// request exclusively (waiting while the holder uses it).
@@ -545,6 +545,34 @@ fn run(
             };
             let files = vm.export(args.opt_str("name")?, &dest, &mut hooks)?;
             result.insert("files".into(), to_json(&files)?);
+        }
+        "vm.compact" => {
+            let index = args
+                .opt_u64("index")?
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| args.bad("index", "a disk index"))?;
+            let mode = match args.opt_str("mode")? {
+                None => CompactMode::default(),
+                Some(m) => {
+                    CompactMode::parse(m).ok_or_else(|| args.bad("mode", "quick or full"))?
+                }
+            };
+            let mut hooks = ConnHooks {
+                conn,
+                client_hooks: false,
+                client_memory: false,
+                dir: vm.dir().to_path_buf(),
+                holder,
+            };
+            let mut progress = |done: u64, total: u64| hooks.progress(done, total);
+            let r = vm.compact_disk(
+                index,
+                CompactOptions {
+                    mode,
+                    progress: Some(&mut progress),
+                },
+            )?;
+            result.insert("report".into(), compact_report_json(&r));
         }
         "vm.show" => {
             result.insert("show".into(), vm_json(vm.data()));

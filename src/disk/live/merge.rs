@@ -192,7 +192,7 @@ impl LiveDisk {
             .and_then(|f| f.close())
             .map_err(|e| e.in_file(path))?;
         let fresh = Vhdx::open(Arc::clone(host), true).map_err(|e| e.in_file(path))?;
-        let mut g = self.disk.write().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.exclusive();
         if let Some(l) = g
             .layers
             .iter_mut()
@@ -300,7 +300,7 @@ impl LiveDisk {
 
         // 4. Re-link, in one pause.
         let relinked = {
-            let mut g = self.disk.write().unwrap_or_else(|e| e.into_inner());
+            let mut g = self.exclusive();
             let j = g
                 .layers
                 .iter()

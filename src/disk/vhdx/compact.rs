@@ -199,7 +199,8 @@ impl Vhdx {
 
     /// The areas the file uses, sorted: the header section, the log, every
     /// region, every block the BAT places, and space freed but not yet
-    /// flushed (the BAT in the file may still point at it). Returns them
+    /// flushed (the BAT in the file may still point at it), also in a
+    /// failed flush's entry. Returns them
     /// with the blocks that may move. The state lock is held.
     fn used_areas(&self, st: &WriteState) -> Result<(Vec<Area>, Vec<Placed>)> {
         let mut used = vec![(0, HEADER_SECTION_SIZE), (self.log_offset, self.log_length)];
@@ -210,6 +211,11 @@ impl Vhdx {
         );
         let bs = self.geo.block_size as u64;
         used.extend(st.pending_free.iter().map(|&o| (o, bs)));
+        // A failed flush's entry keeps the space it frees until it is
+        // written again.
+        if let Some(p) = &st.pending {
+            used.extend(p.frees.iter().map(|&o| (o, bs)));
+        }
         let mut placed = Vec::new();
         for (i, e) in self.bat.nonzero() {
             if let Some(len) = self.placed_len(i, BatEntry(e)) {
@@ -255,13 +261,16 @@ impl Vhdx {
     /// goes to the lowest hole it fits in, until no block can go lower.
     /// Space the moves vacate is used by later moves (each move is
     /// committed before the next starts). The free list is emptied, so
-    /// that no write takes a hole the plan uses.
+    /// that no write takes a hole the plan uses; and the plan waits for
+    /// whole-block writes still filling space they took (their entries are
+    /// not published yet, so their space would look like a hole).
     pub(crate) fn plan_moves(&self) -> Result<Vec<Move>> {
-        let mut st = lock(&self.state);
-        st.free_blocks.clear();
-        st.reclaim.clear();
-        let (used, placed) = self.used_areas(&st)?;
-        drop(st);
+        let (used, placed) = {
+            let (_one, mut st) = self.quiet_state();
+            st.free_blocks.clear();
+            st.reclaim.clear();
+            self.used_areas(&st)?
+        };
         let mut holes = BTreeMap::new();
         let mut end = 0u64;
         for (off, len) in used {
@@ -340,41 +349,59 @@ impl Vhdx {
         Ok(moved)
     }
 
+    /// The state lock with no flush between its snapshot and its end (the
+    /// space an entry being applied frees is in none of the lists then:
+    /// it would look like a hole) and no whole-block write filling space
+    /// whose entry is not published yet. Returns the `flushing` guard too.
+    fn quiet_state(&self) -> (MutexGuard<'_, ()>, MutexGuard<'_, WriteState>) {
+        let one = lock(&self.flushing);
+        let mut st = lock(&self.state);
+        while !st.filling.is_empty() {
+            st = self.filled.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        (one, st)
+    }
+
     /// Close the session (the log is left empty), then cut the file after
     /// the last area it uses and offer the holes left below for new
-    /// blocks. Does nothing when a write started meanwhile. Returns the
-    /// file's length.
+    /// blocks. When a write started meanwhile (a live disk) the file is
+    /// not cut, but the holes are offered all the same: otherwise the
+    /// space the plan took from the free lists, and the places moves
+    /// vacated, would stay unused until the next open, and a disk
+    /// compacted again and again while it is written would only grow.
+    /// Returns the file's length.
     pub(crate) fn shrink(&self) -> Result<u64> {
         self.close()?;
-        let mut st = lock(&self.state);
+        let (_one, mut st) = self.quiet_state();
         let quiet = !st.session
-            && st.filling.is_empty()
             && st.pending_free.is_empty()
             && st.dirty.is_empty()
             && st.pending.is_none();
         let len = self.storage.len()?;
-        if !quiet {
-            return Ok(len);
-        }
         let (used, _) = self.used_areas(&st)?;
-        let end = used
-            .iter()
-            .map(|&(o, l)| o.saturating_add(l))
-            .max()
-            .unwrap_or(0);
-        let end = align_up(end, MIB).unwrap_or(end);
-        if end < len {
-            self.storage.set_len(end)?;
-            self.sync(&mut st)?;
-            st.file_end = end;
-        }
-        // The holes below the end take new blocks (zeroed first); they
-        // replace the holes found at open, some of which may now lie past
-        // the end (given to a block there, the file would not cover it).
-        st.reclaim.clear();
+        let end = if quiet {
+            let end = used
+                .iter()
+                .map(|&(o, l)| o.saturating_add(l))
+                .max()
+                .unwrap_or(0);
+            let end = align_up(end, MIB).unwrap_or(end);
+            if end < len {
+                self.storage.set_len(end)?;
+                self.sync(&mut st)?;
+                st.file_end = end;
+            }
+            end
+        } else {
+            st.file_end
+        };
+        // The holes below the end take new blocks (zeroed first); they are
+        // every unused place, so they replace both lists (a hole kept in
+        // two lists would be given to two blocks).
         let free = block_holes(used, self.geo.block_size as u64, end, usize::MAX);
         st.free_blocks = self.discard_freed(&free);
         st.free_blocks.reverse();
+        st.reclaim.clear();
         Ok(self.storage.len()?)
     }
 }

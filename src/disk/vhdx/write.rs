@@ -58,6 +58,10 @@ impl Vhdx {
             st = self.filled.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         self.check_writable(&st)?;
+        // The session may have ended since `write_with` looked (a close
+        // racing this write, as a live compaction's last step does): a
+        // metadata change made outside a session would never be flushed.
+        self.begin_session_locked(&mut st, true)?;
         let e = BatEntry(self.bat.at(idx));
         let bits = self.bitmap_sectors_per_block();
         match e.payload_state() {
@@ -279,6 +283,8 @@ impl Vhdx {
         loop {
             let mut st = lock(&self.state);
             self.check_writable(&st)?;
+            // As in `prepare_write`: never a change outside a session.
+            self.begin_session_locked(&mut st, true)?;
             if !self.room(&st, 1 + self.bitmap_sectors_per_block()) {
                 let seen = st.log_seq;
                 drop(st);

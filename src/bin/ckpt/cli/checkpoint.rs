@@ -256,7 +256,7 @@ fn run_hook_with(cmd: &str, env: &[(&str, &Path)]) -> Result<(), String> {
 
 /// The hooks of the tool: shell commands to quiesce and thaw, to save the
 /// memory state and resume, and a progress bar on a terminal.
-struct CmdHooks {
+pub(super) struct CmdHooks {
     quiesce_cmd: Option<String>,
     thaw_cmd: Option<String>,
     save_memory_cmd: Option<String>,
@@ -289,11 +289,11 @@ impl CmdHooks {
         self
     }
 
-    fn with_bar() -> CmdHooks {
+    pub(super) fn with_bar() -> CmdHooks {
         CmdHooks::new(None, None, true)
     }
 
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

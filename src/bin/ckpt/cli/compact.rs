@@ -28,15 +28,8 @@ pub(super) fn compact_cmd(file: &Path, mode: CompactMode, json: bool) -> CliResu
     let r = result?;
     disk.close().map_err(|e| e.in_file(file))?;
     if json {
-        let v = serde_json::json!({
-            "path": file.to_string_lossy(),
-            "mode": r.mode.as_str(),
-            "blocks_freed": r.blocks_freed,
-            "blocks_moved": r.blocks_moved,
-            "bytes_moved": r.bytes_moved,
-            "bytes_before": r.bytes_before,
-            "bytes_after": r.bytes_after,
-        });
+        let mut v = ckpt::checkpoint::json::compact_report_json(&r);
+        v["path"] = file.to_string_lossy().into();
         let text =
             serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))?;
         println!("{text}");

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use ckpt::checkpoint::control::{vm_file_of, Client};
 use ckpt::checkpoint::{Checkpoint, Hooks, NoHooks, Settings, Vm, VmFile, VmState};
 use ckpt::disk::path::absolute;
-use ckpt::Result;
+use ckpt::{CompactMode, CompactOptions, CompactReport, Result};
 
 /// A VM opened for a change.
 pub(super) enum Target {
@@ -315,6 +315,37 @@ impl Target {
             Target::Remote(r) => r
                 .call("vm.set", json!({"state": state.as_str()}), &mut NoHooks)
                 .map(drop),
+        }
+    }
+
+    /// [`Vm::compact_disk`] of current disk `index` (progress goes to
+    /// `hooks`): on the holder's live handle when another process holds
+    /// the VM attached, else on the file.
+    pub(super) fn compact_disk(
+        &mut self,
+        index: usize,
+        mode: CompactMode,
+        hooks: &mut dyn Hooks,
+    ) -> Result<CompactReport> {
+        match self {
+            Target::Local(vm) => {
+                let mut progress = |done: u64, total: u64| hooks.progress(done, total);
+                vm.compact_disk(
+                    index,
+                    CompactOptions {
+                        mode,
+                        progress: Some(&mut progress),
+                    },
+                )
+            }
+            Target::Remote(r) => {
+                let v = r.call(
+                    "vm.compact",
+                    json!({"index": index, "mode": mode.as_str()}),
+                    hooks,
+                )?;
+                ckpt::checkpoint::json::compact_report_of(&v["report"])
+            }
         }
     }
 }

@@ -111,6 +111,27 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give back the space current disk INDEX no longer needs (like
+    /// Optimize-VHD on the disk the VM writes): its top file's unused
+    /// blocks are freed, the rest move down and the file is cut.
+    ///
+    /// When another process holds the VM attached (a running guest, e.g.
+    /// through the nbdkit plugin), the holder compacts through its live
+    /// handle while the guest keeps writing (a checkpoint taken meanwhile
+    /// ends it with "busy"; run it again); else the file is compacted
+    /// here. What the disk reads does not change; checkpoints stay linked.
+    Compact {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The disk (0 for the first, as `ckpt vm show` lists them).
+        index: usize,
+        /// quick (trimmed blocks) or full (also blocks reading as zeros).
+        #[arg(long, value_name = "MODE", value_parser = super::parse_compact_mode, default_value = "quick")]
+        mode: ckpt::CompactMode,
+        /// Print one JSON object (the report, with the disk's path) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold a VM open and offer its control channel until standard input
     /// ends (for tests and scripts): `ckpt checkpoint …` and `ckpt vm
     /// show|set` from other processes are then carried out by this one.
@@ -285,6 +306,12 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
             let what = format!("disk {index} of {}", dir.display());
             super::resize::print_report(&what, &r, json)
         }
+        VmCommand::Compact {
+            dir,
+            index,
+            mode,
+            json,
+        } => compact(&dir, index, mode, json),
         VmCommand::Set {
             dir,
             memory_mib,
@@ -429,6 +456,44 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
         ));
     }
     print(&s)
+}
+
+/// `vm compact`: compact current disk `index`, with a progress bar; one
+/// report line (or the JSON report).
+fn compact(dir: &Path, index: usize, mode: ckpt::CompactMode, as_json: bool) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    let mut hooks = super::checkpoint::CmdHooks::with_bar();
+    let r = vm.compact_disk(index, mode, &mut hooks);
+    hooks.finish();
+    let r = r.map_err(vm_error)?;
+    let path = vm
+        .data()
+        .current
+        .disks
+        .get(index)
+        .map(|p| absolute(p).display().to_string())
+        .unwrap_or_default();
+    if as_json {
+        let mut v = ckpt::checkpoint::json::compact_report_json(&r);
+        v["disk"] = index.into();
+        v["path"] = path.into();
+        print(&json_text(&v)?)?;
+    } else {
+        println!(
+            "Compacted disk {index} of VM \"{}\" ({path}, {}): {} -> {}; {} block{} freed, {} moved",
+            vm.data().config.name,
+            r.mode.as_str(),
+            super::with_bytes(r.bytes_before),
+            super::with_bytes(r.bytes_after),
+            r.blocks_freed,
+            plural(r.blocks_freed as usize),
+            r.blocks_moved,
+        );
+    }
+    for w in vm.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 /// `vm hold`: open the VM, serve its control channel, wait for the end of
