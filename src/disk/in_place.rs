@@ -4,8 +4,11 @@
 //!
 //! - dynamic → fixed: check that the volume has room for every block the
 //!   file does not hold (refused with [`Error::NoSpace`], nothing
-//!   changed); give each such block zeroed space of its own, in batches of
-//!   log entries, with progress and cancel; then set LeaveBlocksAllocated
+//!   changed); give each such block zeroed space of its own, committed in
+//!   batches (a flush, one log entry, every 16 blocks or 1 GiB), with
+//!   progress and cancel; pack the blocks into the holes left (a quick
+//!   [`Disk::compact`], so that the file is as long as a fixed file is:
+//!   metadata and every block); then set LeaveBlocksAllocated
 //!   through the log. A crash leaves a dynamic disk (perhaps with more
 //!   blocks allocated, all reading what they read before) or the fixed
 //!   one; converting again finishes.
@@ -24,6 +27,11 @@ use super::compact::{CompactMode, CompactOptions};
 use super::merge::Progress;
 use super::{Disk, DiskKind};
 use crate::error::{Error, Result};
+
+/// Most bytes of blocks allocated between two flushes (dynamic → fixed).
+const BATCH_BYTES: u64 = 1 << 30;
+/// Most blocks allocated between two flushes.
+const BATCH_BLOCKS: u64 = 16;
 
 /// Options of [`Disk::convert_in_place`].
 #[derive(Default)]
@@ -171,11 +179,16 @@ impl Disk {
         let need = missing.len() as u64 * bs;
         self.check_room(need, opts.space_limit)?;
         top.kind_change_start()?;
+        let batch = (BATCH_BYTES / bs).clamp(1, BATCH_BLOCKS) as usize;
         let mut done = 0u64;
         let mut allocated = 0u64;
-        for &b in &missing {
+        for (k, &b) in missing.iter().enumerate() {
             if top.allocate_zeroed(b)? {
                 allocated += 1;
+            }
+            if (k + 1) % batch == 0 {
+                // A batch is durable: a crash later keeps it.
+                top.flush()?;
             }
             done += bs;
             let go_on = match opts.progress.as_mut() {
@@ -188,6 +201,18 @@ impl Disk {
             }
         }
         top.flush()?;
+        // Holes the new blocks did not fill (space given back by trims
+        // beyond what was missing) leave the file longer than a fixed
+        // file is: move the blocks above them down and cut the file.
+        let mut tick = |d: u64, t: u64| match opts.progress.as_mut() {
+            Some(p) => p(need + d, need + t),
+            None => true,
+        };
+        self.compact(CompactOptions {
+            mode: CompactMode::Quick,
+            progress: Some(&mut tick),
+        })?;
+        let top = self.top();
         // No I/O runs through this handle (`&mut`): every block is held.
         let left = top.blocks_not_held();
         if let Some(b) = left.first() {
