@@ -5,7 +5,7 @@
 //! - dynamic → fixed: check that the volume has room for every block the
 //!   file does not hold (refused with [`Error::NoSpace`], nothing
 //!   changed); give each such block zeroed space of its own, committed in
-//!   batches (a flush, one log entry, every 16 blocks or 1 GiB), with
+//!   batches (a flush, one log entry, every 8 blocks or 1 GiB), with
 //!   progress and cancel; pack the blocks into the holes left (a quick
 //!   [`Disk::compact`], so that the file is as long as a fixed file is:
 //!   metadata and every block); then set LeaveBlocksAllocated
@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 /// Most bytes of blocks allocated between two flushes (dynamic → fixed).
 const BATCH_BYTES: u64 = 1 << 30;
 /// Most blocks allocated between two flushes.
-const BATCH_BLOCKS: u64 = 16;
+const BATCH_BLOCKS: u64 = 8;
 
 /// Options of [`Disk::convert_in_place`].
 #[derive(Default)]
