@@ -330,7 +330,11 @@ fn assert_finished(disk: &Disk, to: DiskKind, model: &[u8]) {
         _ => {
             let info = disk.info();
             assert_eq!(info.kind, DiskKind::Dynamic);
-            assert_eq!(info.allocated_bytes, data_blocks(model, BS) * BS, "{info:?}");
+            assert_eq!(
+                info.allocated_bytes,
+                data_blocks(model, BS) * BS,
+                "{info:?}"
+            );
         }
     }
 }
@@ -438,7 +442,11 @@ fn an_error_at_every_event_then_convert_again() {
                     Err(_) => {}
                 }
                 let got = read_all(&d);
-                assert!(got == model, "after the error: {}", first_diff(&got, &model));
+                assert!(
+                    got == model,
+                    "after the error: {}",
+                    first_diff(&got, &model)
+                );
                 finish(&mut d, to);
                 assert_finished(&d, to, &model);
                 d.close().unwrap();
@@ -600,7 +608,10 @@ fn refusals_and_the_same_kind() {
     assert!(read_all(&chain) == model);
     drop(chain);
     // The same kind: nothing done, nothing written.
-    for (image, kind) in [(image.clone(), DiskKind::Dynamic), (fixed_image().0, DiskKind::Fixed)] {
+    for (image, kind) in [
+        (image.clone(), DiskKind::Dynamic),
+        (fixed_image().0, DiskKind::Fixed),
+    ] {
         let c = Counting::new(MemStorage::from_vec(image), true);
         let mut d = open_rw(c.clone());
         let before = c.mutations();
@@ -694,7 +705,9 @@ fn the_ckpt_convert_in_place_command() {
     // Back to dynamic (text output).
     let text = ok_text(&["convert", "--in-place", p, "--to", "DYNAMIC"]);
     assert!(
-        text.contains("Converted") && text.contains("fixed -> dynamic") && text.contains("15 blocks freed"),
+        text.contains("Converted")
+            && text.contains("fixed -> dynamic")
+            && text.contains("15 blocks freed"),
         "{text}"
     );
     assert!(file_len(&path) < before + MIB);

@@ -123,8 +123,7 @@ impl Disk {
         let top = self.top();
         if to == DiskKind::Differencing {
             return Err(Error::InvalidArgument(
-                "a disk can be converted in place to fixed or dynamic, not to differencing"
-                    .into(),
+                "a disk can be converted in place to fixed or dynamic, not to differencing".into(),
             ));
         }
         if top.has_parent() || self.layers.len() > 1 {

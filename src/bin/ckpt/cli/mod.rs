@@ -567,7 +567,9 @@ fn run(cli: Cli) -> CliResult {
                     no_sync,
                 },
             ),
-            None => Err(fail("convert needs SRC and DST, or --in-place FILE --to KIND")),
+            None => Err(fail(
+                "convert needs SRC and DST, or --in-place FILE --to KIND",
+            )),
         },
         Command::Read {
             file,
