@@ -14,6 +14,7 @@
 //!   the survivor passes `check_storage`, opens read-only and read-write,
 //!   reads the model, is of the old kind or the new one; converting again
 //!   (plus a full compact for an interrupted fixed → dynamic) finishes.
+//!   The same cuts on a storage with a volatile write cache (lossy sweeps).
 //! - An EIO or ENOSPC at every event, then convert again: it finishes.
 //! - A cancel in the middle leaves a usable disk; the space check refuses
 //!   with NoSpace and writes nothing; refusals (differencing, read-only,
@@ -35,6 +36,7 @@ use ckpt::{
 };
 
 use support::cli::{fail, fails, json, ok_text, run, s};
+use support::lossy::LossyStorage;
 use support::{first_diff, pattern, read_all, Counting, Ctx, Rng, MIB};
 
 const BS: u64 = MIB;
@@ -402,6 +404,57 @@ fn crash_sweep_of_fixed_to_dynamic() {
     let (image, model) = fixed_image();
     for cut in [Cut::Clean, Cut::Torn] {
         sweep(&image, &model, DiskKind::Fixed, DiskKind::Dynamic, cut);
+    }
+}
+
+/// The same cuts on a storage with a volatile write cache: at each cut,
+/// the writes since the last sync are lost or kept in several
+/// combinations (none, all, each alone, all but each); every survivor
+/// opens, reads the model and is of the old kind or the new one. This
+/// proves the order: zeroed space synced before its BAT entry, the flag
+/// in its own log entry.
+#[test]
+fn lossy_crash_sweeps_of_both_directions() {
+    for (image, model, from, to) in [
+        {
+            let (i, m) = dynamic_image();
+            (i, m, DiskKind::Dynamic, DiskKind::Fixed)
+        },
+        {
+            let (i, m) = fixed_image();
+            (i, m, DiskKind::Fixed, DiskKind::Dynamic)
+        },
+    ] {
+        let (opening, events) = count_events(&image, to);
+        let mut judged = 0;
+        for n in 0..events {
+            let _c = Ctx(format!(
+                "to {}: lossy cut at event {n} of {events}",
+                to.as_str()
+            ));
+            let l = Arc::new(LossyStorage::new(image.clone(), opening + n));
+            let mut d = open_rw(l.clone());
+            assert!(d.convert_in_place(to, no_opts()).is_err());
+            drop(d);
+            let k = l.unsynced();
+            let mut keeps: Vec<Box<dyn Fn(usize) -> bool>> =
+                vec![Box::new(|_| false), Box::new(|_| true)];
+            for j in 0..k {
+                keeps.push(Box::new(move |i| i == j));
+                keeps.push(Box::new(move |i| i != j));
+            }
+            for keep in keeps {
+                let m = MemStorage::from_vec(l.survivor(keep));
+                let d = Disk::open_storage(Arc::new(m), OpenMode::ReadOnly)
+                    .unwrap_or_else(|e| panic!("open: {e}"));
+                let kind = d.info().kind;
+                assert!(kind == from || kind == to, "a {kind:?} disk");
+                let got = read_all(&d);
+                assert!(got == model, "{}", first_diff(&got, &model));
+                judged += 1;
+            }
+        }
+        assert!(judged > events as usize);
     }
 }
 
