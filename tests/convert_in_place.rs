@@ -154,6 +154,14 @@ fn round_trips_against_a_byte_model_and_qemu() {
             len >= blocks * BS && len <= blocks * BS + 4 * MIB,
             "a fixed file of {len} bytes for {blocks} blocks"
         );
+        // Its blocks take space on the volume: reserved, not holes (the
+        // space of reused holes is reserved again).
+        let on_disk =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
+        assert!(
+            on_disk >= blocks * BS,
+            "a fixed file of {len} bytes uses only {on_disk} bytes of the volume"
+        );
         if qemu {
             support::qemu_check(&path);
             support::qemu_reads(&path, &model, t.path());
