@@ -710,6 +710,54 @@ typedef struct ckpt_iovec {
 } ckpt_iovec;
 
 /**
+ * What `ckpt_disk_convert_in_place` did (a versioned output struct).
+ *
+ * Set `struct_size` to `sizeof(ckpt_in_place_report)` before the call.
+ * The library writes the fields it knows and sets `struct_size` to the
+ * number of bytes it wrote; it writes nothing unless the call succeeds.
+ */
+typedef struct ckpt_in_place_report {
+    /**
+     * In: `sizeof(ckpt_in_place_report)` as compiled by the caller. Out:
+     * the number of bytes the library wrote.
+     */
+    uint32_t struct_size;
+    /**
+     * 0 when the disk was of that kind already (nothing was done), else 1.
+     */
+    int changed;
+    /**
+     * The kind before.
+     */
+    ckpt_disk_kind from;
+    /**
+     * The kind after.
+     */
+    ckpt_disk_kind to;
+    /**
+     * Blocks given zeroed space of their own (to fixed).
+     */
+    uint64_t blocks_allocated;
+    /**
+     * Blocks whose space was given back (to dynamic: blocks that read as
+     * zeros).
+     */
+    uint64_t blocks_freed;
+    /**
+     * Blocks moved to a lower place (to dynamic).
+     */
+    uint64_t blocks_moved;
+    /**
+     * The file's length before.
+     */
+    uint64_t bytes_before;
+    /**
+     * The file's length after.
+     */
+    uint64_t bytes_after;
+} ckpt_in_place_report;
+
+/**
  * What `ckpt_disk_resize` did (a versioned output struct).
  *
  * Set `struct_size` to `sizeof(ckpt_resize_report)` before the call.
@@ -1633,6 +1681,47 @@ ckpt_status ckpt_disk_writev(struct ckpt_disk *disk,
  * writing one pointer.
  */
 ckpt_status ckpt_disk_open_file(const char *path, uint32_t flags, struct ckpt_disk **out);
+
+/**
+ * Convert `disk` (a base disk opened read-write) to the kind `to` names
+ * (`CKPT_DISK_KIND_FIXED` or `CKPT_DISK_KIND_DYNAMIC`) in place. To fixed:
+ * every block the file lacks is given zeroed space of its own, after a
+ * check that the volume holds the room (else `CKPT_STATUS_NO_SPACE`,
+ * nothing changed), then the file is marked fixed. To dynamic: the file
+ * is marked dynamic, then the blocks that read as zeros are given back
+ * and the file shrinks (as `ckpt_disk_compact` in full mode). A disk of
+ * that kind already is left alone (`report->changed` is 0). What the
+ * disk reads does not change, nor its DataWriteGuid (children stay
+ * linked).
+ *
+ * `progress` (may be NULL) is called with bytes done and bytes to do;
+ * returning non-zero cancels (`CKPT_STATUS_CANCELLED`, the disk stays
+ * consistent and usable). `report` (may be NULL) receives what was done,
+ * on success only. A crash leaves a file that opens with the same data,
+ * of the old kind or the new one; converting to fixed again finishes an
+ * interrupted conversion to fixed.
+ *
+ * Not thread-safe on this handle: no other call on `disk` may run during
+ * this one (its kind changes).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`disk`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (a `to` that is not fixed or dynamic, a `report->struct_size` too
+ * small, a VM's disk handle from `ckpt_vm_disk`), `CKPT_STATUS_UNSUPPORTED`
+ * (a differencing disk), `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_READ_ONLY`,
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `disk` is NULL or a live handle no other thread uses during the call;
+ * `progress` is NULL or a function that may be called with `user` during
+ * this call; `report` is NULL or points to a `ckpt_in_place_report` of at
+ * least `report->struct_size` bytes, readable and writable.
+ */
+ckpt_status ckpt_disk_convert_in_place(struct ckpt_disk *disk,
+                                       int to,
+                                       ckpt_progress_fn progress,
+                                       void *user,
+                                       struct ckpt_in_place_report *report);
 
 /**
  * Copy this thread's last error message into `buf` as a NUL-terminated

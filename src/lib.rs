@@ -40,6 +40,7 @@ mod version;
 
 pub use disk::check::{check, check_storage, CheckReport};
 pub use disk::compact::{CompactMode, CompactOptions, CompactReport};
+pub use disk::in_place::{InPlaceOptions, InPlaceReport};
 pub use disk::live::LiveDisk;
 pub use disk::resize::{ResizeOptions, ResizeReport};
 pub use disk::{

@@ -236,6 +236,14 @@ fn c_resize() {
     run_c_program("tests/c/test_resize.c");
 }
 
+/// Convert in place (issue 14, convert): dynamic -> fixed -> dynamic with
+/// the same data, the reports, the same kind, NULL and bad arguments, a
+/// cancel, read-only and differencing disks.
+#[test]
+fn c_convert_in_place() {
+    run_c_program("tests/c/test_in_place.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -294,6 +302,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_hypervisor.c",
         "tests/c/test_compact.c",
         "tests/c/test_resize.c",
+        "tests/c/test_in_place.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

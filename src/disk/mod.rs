@@ -15,7 +15,8 @@
 //! - `chain.rs`: finding and opening parents, linkage checks, locators.
 //! - [`merge`]: merge, flatten, re-parent, finding children.
 //! - [`convert`]: raw and VHDX conversion; [`check`]: structural check;
-//!   [`compact`]: giving back the space of freed and zero blocks.
+//!   [`compact`]: giving back the space of freed and zero blocks;
+//!   [`in_place`]: converting a base disk between fixed and dynamic in place.
 //! - [`path`], `span.rs` (block-by-block walks), `user_item.rs`.
 //! - [`live`]: [`LiveDisk`](live::LiveDisk), a handle whose chain is switched
 //!   (a new child, another chain) while I/O goes on.
@@ -27,6 +28,7 @@ pub mod compact;
 pub mod convert;
 mod cursor;
 mod extents;
+pub mod in_place;
 pub mod live;
 pub mod merge;
 pub mod path;
@@ -79,6 +81,16 @@ impl DiskKind {
             DiskKind::Fixed => "fixed",
             DiskKind::Dynamic => "dynamic",
             DiskKind::Differencing => "differencing",
+        }
+    }
+
+    /// The kind named "fixed", "dynamic" or "differencing" (any case).
+    pub fn parse(s: &str) -> Option<DiskKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "fixed" => Some(DiskKind::Fixed),
+            "dynamic" => Some(DiskKind::Dynamic),
+            "differencing" => Some(DiskKind::Differencing),
+            _ => None,
         }
     }
 }

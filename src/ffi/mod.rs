@@ -31,7 +31,8 @@
 //!   `chain.rs`: differencing disks (create a child, merge,
 //!   changed ranges, re-parent, the chain's paths) and `ckpt_progress_fn`;
 //!   `compact.rs`: `ckpt_disk_compact` and its report; `resize.rs`:
-//!   `ckpt_disk_resize` and its report;
+//!   `ckpt_disk_resize` and its report; `in_place.rs`:
+//!   `ckpt_disk_convert_in_place` and its report;
 //! - `vm/`: `ckpt_vm` and the checkpoint tree — `mod.rs` the handle (one
 //!   call at a time) and shared helpers, `types.rs` the C enums and info
 //!   structs, `lifecycle.rs` create/open/close and the VM getters,
@@ -60,6 +61,7 @@ pub mod chain;
 pub mod compact;
 pub mod disk;
 pub mod disk_io;
+pub mod in_place;
 pub mod last_error;
 pub mod resize;
 pub mod status;
@@ -70,6 +72,7 @@ pub use chain::{ckpt_child_options, ckpt_progress_fn, ckpt_range};
 pub use compact::ckpt_compact_report;
 pub use disk::{ckpt_create_options, ckpt_disk, ckpt_disk_info, ckpt_disk_kind, ckpt_extent};
 pub use disk_io::ckpt_iovec;
+pub use in_place::ckpt_in_place_report;
 pub use resize::ckpt_resize_report;
 pub use status::ckpt_status;
 pub use vm::{

@@ -67,7 +67,7 @@ impl Vhdx {
     /// Add one BAT change under the state lock, flushing first when the
     /// dirty set has no room for `need` sectors. `change` returns what it
     /// did (None: nothing to do).
-    fn compact_change<T>(
+    pub(super) fn compact_change<T>(
         &self,
         need: usize,
         mut change: impl FnMut(&Vhdx, &mut WriteState) -> Result<T>,

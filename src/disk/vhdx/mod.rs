@@ -3,7 +3,8 @@
 //! The state of an open file and its accessors live here; each operation
 //! has its own file: [`open`], [`create`], [`read`], [`write`] (allocation,
 //! trim), [`bitmap`] (sector bitmaps) [`journal`] (session, metadata
-//! changes, flush, headers, close) and [`replay`] (log replay at open).
+//! changes, flush, headers, close), [`replay`] (log replay at open),
+//! [`compact`], [`resize`] and [`kind`] (fixed ↔ dynamic in place).
 //!
 //! Knows one file, not chains (the parent is only "read elsewhere": see
 //! [`Src::Parent`]). Depends on `crate::io`, `crate::format`,
@@ -14,6 +15,7 @@ mod bitmap;
 mod compact;
 mod create;
 mod journal;
+mod kind;
 mod open;
 mod read;
 mod replay;

@@ -13,7 +13,8 @@
 //! loop in `bench.rs`; `chain.rs` `merge`, `changes`, `reparent`, child
 //! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
 //! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
-//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `resize.rs` `resize`; `size.rs` SIZE
+//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `resize.rs` `resize`;
+//! `in_place.rs` `convert --in-place`; `size.rs` SIZE
 //! parsing and human-readable sizes; `target.rs` the VM a command
 //! changes, opened here or reached through its holder's control channel.
 //!
@@ -32,6 +33,7 @@ pub mod chain;
 pub mod checkpoint;
 mod compact;
 mod create;
+mod in_place;
 mod info;
 mod io_cmds;
 mod resize;
@@ -114,7 +116,8 @@ enum Command {
         /// The VHDX.
         file: PathBuf,
     },
-    /// Convert between raw and VHDX images (output is sparse).
+    /// Convert between raw and VHDX images (output is sparse), or with
+    /// --in-place a base VHDX between fixed and dynamic.
     ///
     /// A differencing SRC is read through its chain: the output is a
     /// standalone image with the chain's content and no parent.
@@ -123,11 +126,31 @@ enum Command {
     /// DST's from -O, else its extension (.vhdx/.avhdx → VHDX, else raw).
     /// A raw SRC whose length is not a multiple of 512 is rounded up with
     /// zeros. An existing DST is never overwritten.
+    ///
+    /// `convert --in-place FILE --to fixed|dynamic` changes FILE itself:
+    /// to fixed, every block it lacks is allocated (zeroed; refused, with
+    /// nothing changed, when the volume lacks the room); to dynamic, the
+    /// blocks that read as zeros are given back and the file shrinks. What
+    /// the disk reads does not change, nor its DataWriteGuid (children
+    /// stay linked). The file must not be in use; a differencing disk is
+    /// refused. An interrupted conversion leaves a disk that reads the
+    /// same, of the old kind or the new one; converting to fixed again
+    /// finishes it (to dynamic: `ckpt compact --mode full`).
     Convert {
-        /// The source image.
+        /// The source image (with --in-place: the VHDX to convert).
         src: PathBuf,
-        /// The new image (must not exist).
-        dst: PathBuf,
+        /// The new image (must not exist); not with --in-place.
+        #[arg(required_unless_present = "in_place", conflicts_with = "in_place")]
+        dst: Option<PathBuf>,
+        /// Convert SRC itself, to the kind --to names.
+        #[arg(long, requires = "to", conflicts_with_all = ["output_format", "fixed", "block_size", "no_sync"])]
+        in_place: bool,
+        /// With --in-place: fixed or dynamic.
+        #[arg(long, value_name = "KIND", value_parser = parse_in_place_kind, requires = "in_place")]
+        to: Option<ckpt::DiskKind>,
+        /// With --in-place: print one JSON object (the report) instead.
+        #[arg(long, requires = "in_place")]
+        json: bool,
         /// Output format, raw or vhdx [default: from DST's extension].
         #[arg(short = 'O', value_name = "FORMAT", value_parser = parse_format)]
         output_format: Option<Format>,
@@ -299,6 +322,13 @@ enum Command {
     /// checkpoints of a VM.
     #[command(subcommand)]
     Checkpoint(checkpoint::CheckpointCommand),
+}
+
+fn parse_in_place_kind(s: &str) -> Result<ckpt::DiskKind, String> {
+    match ckpt::DiskKind::parse(s) {
+        Some(k @ (ckpt::DiskKind::Fixed | ckpt::DiskKind::Dynamic)) => Ok(k),
+        _ => Err(format!("unknown kind '{s}' (expected fixed or dynamic)")),
+    }
 }
 
 fn parse_compact_mode(s: &str) -> Result<ckpt::CompactMode, String> {
@@ -516,21 +546,34 @@ fn run(cli: Cli) -> CliResult {
         Command::Check { file } => check(&file),
         Command::Convert {
             src,
+            in_place: true,
+            to: Some(to),
+            json,
+            ..
+        } => in_place::in_place_cmd(&src, to, json),
+        Command::Convert {
+            src,
             dst,
             output_format,
             fixed,
             block_size,
             no_sync,
-        } => convert_cmd(
-            &src,
-            &dst,
-            &ConvertOptions {
-                format: output_format,
-                fixed,
-                block_size,
-                no_sync,
-            },
-        ),
+            ..
+        } => match dst {
+            Some(dst) => convert_cmd(
+                &src,
+                &dst,
+                &ConvertOptions {
+                    format: output_format,
+                    fixed,
+                    block_size,
+                    no_sync,
+                },
+            ),
+            None => Err(fail(
+                "convert needs SRC and DST, or --in-place FILE --to KIND",
+            )),
+        },
         Command::Read {
             file,
             offset,
