@@ -20,9 +20,9 @@ use std::process::Command;
 use ckpt::checkpoint::backup::{read_manifest, verify_backup};
 use ckpt::checkpoint::{CheckpointType, Hooks, NoHooks, Vm, VmSpec};
 use ckpt::disk::merge::{self, Range};
-use ckpt::io::Cut;
+use ckpt::io::{faults, Cut};
 use ckpt::{CreateOptions, Disk, ErrorKind, OpenMode};
-use support::sweep::{every_cut, reopened};
+use support::sweep::reopened;
 use support::{have_pyvhdi, Rng, PYTHON};
 
 /// 16 MiB disks with 1 MiB blocks.
@@ -427,34 +427,41 @@ fn swept(root: &Path) -> Vm {
 /// restores.
 #[test]
 fn a_cut_or_cancelled_incremental_leaves_no_partial_files() {
-    let op = |vm: &mut Vm| {
-        let root = vm.dir().parent().unwrap().to_path_buf();
-        vm.export_incremental(
+    // Cut at event `n` (u64::MAX: only count), on a fresh VM in a memory
+    // folder; returns the result, the events seen, the VM and its folder.
+    let run = |n: u64| {
+        let t = support::fast_tempdir();
+        let mut vm = swept(t.path());
+        faults::arm(n, Cut::Clean);
+        let r = vm.export_incremental(
             Some("c1"),
             "c0",
-            &root.join("inc"),
-            &root.join("full"),
+            &t.path().join("inc"),
+            &t.path().join("full"),
             &mut NoHooks,
-        )
+        );
+        let events = faults::disarm();
+        (r, events, vm, t)
     };
-    let events = every_cut(swept, Cut::Clean, op, |run| {
-        let ctx = run.ctx();
-        let ok = run.result.is_ok();
-        let root = run.root.to_path_buf();
-        let vm = reopened(run.vm, &ctx);
-        let inc = root.join("inc");
+    let (r, events, _, _) = run(u64::MAX);
+    r.expect("the uncut export");
+    assert!(events > 5, "{events} events");
+    for n in 0..=events {
+        let (r, _, vm, t) = run(n);
+        let ctx = format!("cut at {n} of {events} ({r:?})");
+        let vm = reopened(vm, &ctx);
+        let inc = t.path().join("inc");
         let left: Vec<PathBuf> = std::fs::read_dir(&inc)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        if ok {
-            let v = verify_backup(&[root.join("full"), inc]).unwrap();
+        if r.is_ok() {
+            let v = verify_backup(&[t.path().join("full"), inc]).unwrap();
             assert!(v.iter().all(|d| d.error.is_none()), "{ctx}: {v:?}");
         } else {
             assert!(left.is_empty(), "{ctx}: left {left:?}");
         }
         drop(vm);
-    });
-    assert!(events > 5, "{events} events");
+    }
 
     // A cancel in the middle of the copy.
     let t = support::tempdir();
