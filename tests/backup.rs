@@ -140,13 +140,23 @@ fn assert_restores(what: &str, dirs: &[PathBuf], model: &[Vec<u8>], scratch: &Pa
         let top = newest.join(name);
         let d = Disk::open(&top, OpenMode::ReadOnly).unwrap();
         assert_eq!(d.depth(), dirs.len(), "{what}: {name}: chain depth");
-        support::assert_same(&format!("{what}: {name} (libckpt)"), &read_all(&d), &model[k], 0);
+        support::assert_same(
+            &format!("{what}: {name} (libckpt)"),
+            &read_all(&d),
+            &model[k],
+            0,
+        );
         drop(d);
         let flat = scratch.join(format!("flat-{name}"));
         merge::flatten(&top, &flat, &CreateOptions::new(0), None).unwrap();
         let f = Disk::open(&flat, OpenMode::ReadOnly).unwrap();
         assert_eq!(f.depth(), 1);
-        support::assert_same(&format!("{what}: {name} (flattened)"), &read_all(&f), &model[k], 0);
+        support::assert_same(
+            &format!("{what}: {name} (flattened)"),
+            &read_all(&f),
+            &model[k],
+            0,
+        );
         drop(f);
         std::fs::remove_file(&flat).unwrap();
         if have_pyvhdi() {
@@ -187,7 +197,10 @@ fn assert_holds(
             .unwrap()
             .changed_ranges(1)
             .unwrap();
-        assert_eq!(own, expect[k], "{what}: {name}: the incremental's own sectors");
+        assert_eq!(
+            own, expect[k],
+            "{what}: {name}: the incremental's own sectors"
+        );
         for s in (0..SIZE).step_by(SECTOR as usize) {
             let (a, b) = (s as usize, (s + SECTOR) as usize);
             if before[k][a..b] != after[k][a..b] {
@@ -218,10 +231,9 @@ fn full_then_incrementals_restore_the_model_through_a_merge() {
     let m1 = f.checkpoint("c1");
     let inc1 = f.dir("inc1");
     let ch = f.vm.changes("c0", Some("c1")).unwrap();
-    let files = f
-        .vm
-        .export_incremental(Some("c1"), "c0", &inc1, &full, &mut NoHooks)
-        .unwrap();
+    let files =
+        f.vm.export_incremental(Some("c1"), "c0", &inc1, &full, &mut NoHooks)
+            .unwrap();
     assert_eq!(files.len(), NAMES.len() + 1, "{files:?}");
     assert_holds("inc1", &inc1, &ch, &m0, &m1);
     assert_restores("full+inc1", &[full.clone(), inc1.clone()], &m1, t.path());
@@ -252,7 +264,12 @@ fn full_then_incrementals_restore_the_model_through_a_merge() {
     let chain = [full.clone(), inc1.clone(), inc2.clone(), inc3.clone()];
     assert_restores("full+inc1+inc2+inc3", &chain, &m3, t.path());
     // The earlier backups still restore (nothing wrote them).
-    assert_restores("full+inc1 again", &[full.clone(), inc1.clone()], &m1, t.path());
+    assert_restores(
+        "full+inc1 again",
+        &[full.clone(), inc1.clone()],
+        &m1,
+        t.path(),
+    );
 
     // c3 since c0 straight on the full export, across the merged c1.
     let inc03 = f.dir("inc0-3");
@@ -274,10 +291,9 @@ fn full_then_incrementals_restore_the_model_through_a_merge() {
     assert_restores("chain to the current state", &chain, &mcur, t.path());
     assert!(read_manifest(&cur).unwrap().captured.is_none());
     // An export of the current state captured no checkpoint: no base.
-    let e = f
-        .vm
-        .export_incremental(None, "c3", &f.dir("x"), &cur, &mut NoHooks)
-        .unwrap_err();
+    let e =
+        f.vm.export_incremental(None, "c3", &f.dir("x"), &cur, &mut NoHooks)
+            .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.to_string().contains("the current state"), "{e}");
     assert!(!f.dir("x").exists());
@@ -298,7 +314,9 @@ fn an_incremental_since_a_checkpoint_on_another_branch() {
     // The model goes back to root's content.
     f.model = {
         let d: Vec<Vec<u8>> = (0..NAMES.len())
-            .map(|k| read_all(&Disk::open(&f.vm.data().current.disks[k], OpenMode::ReadOnly).unwrap()))
+            .map(|k| {
+                read_all(&Disk::open(&f.vm.data().current.disks[k], OpenMode::ReadOnly).unwrap())
+            })
             .collect();
         d
     };
@@ -328,10 +346,9 @@ fn refused(
     text: &str,
 ) {
     let dest = f.dir("inc");
-    let e = f
-        .vm
-        .export_incremental(name, since, &dest, base, &mut NoHooks)
-        .unwrap_err();
+    let e =
+        f.vm.export_incremental(name, since, &dest, base, &mut NoHooks)
+            .unwrap_err();
     assert_eq!(e.kind(), kind, "{name:?} since {since}: {e}");
     assert!(e.to_string().contains(text), "{name:?} since {since}: {e}");
     assert!(!dest.exists(), "{e}: made {}", dest.display());
@@ -350,39 +367,104 @@ fn refusals_change_nothing() {
     f.vm.export(Some("c0"), &full, &mut NoHooks).unwrap();
     let dest = f.dir("inc");
     // REF not older than NAME.
-    refused(&mut f, Some("c0"), "c1", &full, ErrorKind::InvalidArgument, "taken after");
-    refused(&mut f, Some("c0"), "c0", &full, ErrorKind::InvalidArgument, "same checkpoint");
+    refused(
+        &mut f,
+        Some("c0"),
+        "c1",
+        &full,
+        ErrorKind::InvalidArgument,
+        "taken after",
+    );
+    refused(
+        &mut f,
+        Some("c0"),
+        "c0",
+        &full,
+        ErrorKind::InvalidArgument,
+        "same checkpoint",
+    );
     // Unknown names.
-    refused(&mut f, Some("c1"), "nope", &full, ErrorKind::NotFound, "nope");
-    refused(&mut f, Some("nope"), "c0", &full, ErrorKind::NotFound, "nope");
+    refused(
+        &mut f,
+        Some("c1"),
+        "nope",
+        &full,
+        ErrorKind::NotFound,
+        "nope",
+    );
+    refused(
+        &mut f,
+        Some("nope"),
+        "c0",
+        &full,
+        ErrorKind::NotFound,
+        "nope",
+    );
     // A base that captured another point than REF.
-    refused(&mut f, Some("c1"), "c1", &full, ErrorKind::InvalidArgument, "same checkpoint");
+    refused(
+        &mut f,
+        Some("c1"),
+        "c1",
+        &full,
+        ErrorKind::InvalidArgument,
+        "same checkpoint",
+    );
     f.writes(2);
     f.checkpoint("c2");
-    refused(&mut f, Some("c2"), "c1", &full, ErrorKind::InvalidArgument, "captured checkpoint \"c0\"");
+    refused(
+        &mut f,
+        Some("c2"),
+        "c1",
+        &full,
+        ErrorKind::InvalidArgument,
+        "captured checkpoint \"c0\"",
+    );
     // A missing base, a folder that is no export.
     let missing = f.dir("missing");
-    refused(&mut f, Some("c1"), "c0", &missing, ErrorKind::NotFound, "missing");
+    refused(
+        &mut f,
+        Some("c1"),
+        "c0",
+        &missing,
+        ErrorKind::NotFound,
+        "missing",
+    );
     let disks = t.path().join("disks");
-    refused(&mut f, Some("c1"), "c0", &disks, ErrorKind::NotFound, "not an export");
+    refused(
+        &mut f,
+        Some("c1"),
+        "c0",
+        &disks,
+        ErrorKind::NotFound,
+        "not an export",
+    );
     // A base whose disk was written after the export.
     let other = f.dir("full-changed");
     f.vm.export(Some("c0"), &other, &mut NoHooks).unwrap();
     let d = Disk::open(other.join(NAMES[0]), OpenMode::ReadWrite).unwrap();
     d.write_at(&[1u8; 512], 0).unwrap();
     d.close().unwrap();
-    refused(&mut f, Some("c1"), "c0", &other, ErrorKind::InvalidArgument, "changed after the export");
+    refused(
+        &mut f,
+        Some("c1"),
+        "c0",
+        &other,
+        ErrorKind::InvalidArgument,
+        "changed after the export",
+    );
     // The query refuses the same way.
     let e = f.vm.changes("c1", Some("c0")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    assert_eq!(f.vm.changes("nope", None).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        f.vm.changes("nope", None).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     // A destination that is not empty.
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::write(dest.join("x"), b"x").unwrap();
-    let e = f
-        .vm
-        .export_incremental(Some("c1"), "c0", &dest, &full, &mut NoHooks)
-        .unwrap_err();
+    let e =
+        f.vm.export_incremental(Some("c1"), "c0", &dest, &full, &mut NoHooks)
+            .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
     // verify_backup tells a broken chain: the changed base under an
@@ -514,4 +596,109 @@ fn an_incremental_of_a_running_vms_current_state() {
     let visible = f.vm.data().checkpoints.iter().filter(|c| !c.hidden).count();
     assert_eq!(visible, before, "the tree keeps its checkpoints");
     assert_restores("running: full+inc", &[full, inc], &f.model, t.path());
+}
+
+/// The command line: `ckpt checkpoint export … --since --base`, `ckpt
+/// changes DIR --since` (text and JSON, the same ranges as the library)
+/// and `ckpt verify-backup` (exit 0, then 1 once a base is written).
+#[cfg(feature = "cli")]
+#[test]
+fn the_command_line() {
+    use support::cli::{fail, fails, json, ok, ok_text, run, s, write_at};
+    let t = support::tempdir();
+    let root = t.path();
+    let disk = root.join("os.vhdx");
+    ok(&["create", s(&disk), "--size", "8M", "--block-size", "1M"]);
+    let vm = root.join("vm");
+    ok(&["vm", "create", s(&vm), "--name", "v", "--disk", s(&disk)]);
+    write_at(&disk, 0, b"hello");
+    ok(&["checkpoint", "create", s(&vm), "c0"]);
+    let full = root.join("full");
+    ok(&["checkpoint", "export", s(&vm), "c0", s(&full)]);
+    let cur = Vm::load(&vm).unwrap().current.disks[0].clone();
+    write_at(&cur, 1_000_000, b"world");
+    write_at(&cur, 5 << 20, &[7u8; 70_000]);
+    ok(&["checkpoint", "create", s(&vm), "c1"]);
+    let want = Vm::open(&vm).unwrap().changes("c0", Some("c1")).unwrap();
+    let want: Vec<serde_json::Value> = want[0]
+        .iter()
+        .map(|r| serde_json::json!({"offset": r.offset, "length": r.length}))
+        .collect();
+    assert_eq!(want.len(), 2, "{want:?}");
+    let got = json(&["changes", s(&vm), "--since", "c0", "--to", "c1", "--json"]);
+    assert_eq!(got, serde_json::Value::Array(want.clone()));
+    // The current state has nothing more.
+    let got = json(&["changes", s(&vm), "--since", "c0", "--current", "--json"]);
+    assert_eq!(got, serde_json::Value::Array(want));
+    let text = ok_text(&["changes", s(&vm), "--since", "c0", "--to", "c1"]);
+    assert!(text.starts_with("999936 512\n"), "{text}");
+    assert!(text.contains("in 2 ranges"), "{text}");
+    fail(&["changes", s(&vm), "--since", "c1", "--to", "c0"]);
+    fail(&["changes", s(&vm), "--since", "nope"]);
+
+    let inc = root.join("inc1");
+    let e = fail(&[
+        "checkpoint",
+        "export",
+        s(&vm),
+        "c1",
+        s(&inc),
+        "--since",
+        "c1",
+        "--base",
+        s(&full),
+    ]);
+    assert!(e.contains("same checkpoint"), "{e}");
+    fail(&[
+        "checkpoint",
+        "export",
+        s(&vm),
+        "c1",
+        s(&inc),
+        "--since",
+        "c0",
+    ]);
+    assert!(!inc.exists());
+    ok(&[
+        "checkpoint",
+        "export",
+        s(&vm),
+        "c1",
+        s(&inc),
+        "--since",
+        "c0",
+        "--base",
+        s(&full),
+    ]);
+    let text = ok_text(&["verify-backup", s(&full), s(&inc)]);
+    assert!(text.starts_with("OK "), "{text}");
+    let text = ok_text(&["verify-backup", s(&inc)]);
+    assert!(text.contains("a chain of 2 exports"), "{text}");
+    // The current state since c1 on inc1.
+    let now = Vm::load(&vm).unwrap().current.disks[0].clone();
+    write_at(&now, 3 << 20, b"later");
+    let inc2 = root.join("inc2");
+    ok(&[
+        "checkpoint",
+        "export",
+        s(&vm),
+        "--current",
+        s(&inc2),
+        "--since",
+        "c1",
+        "--base",
+        s(&inc),
+    ]);
+    ok_text(&["verify-backup", s(&full), s(&inc), s(&inc2)]);
+    let d = Disk::open(inc2.join("os.vhdx"), OpenMode::ReadOnly).unwrap();
+    let mut b = [0u8; 5];
+    d.read_at(&mut b, 3 << 20).unwrap();
+    assert_eq!(&b, b"later");
+    drop(d);
+    // A written base breaks the chain: verify-backup says so and exits 1.
+    write_at(&full.join("os.vhdx"), 0, b"x");
+    let o = run(&["verify-backup", s(&full), s(&inc)]);
+    let e = fails(&["verify-backup"], &o);
+    assert!(e.contains("does not match"), "{e}");
+    assert!(support::cli::stdout(&o).starts_with("FAILED "));
 }

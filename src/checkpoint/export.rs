@@ -116,7 +116,15 @@ impl Vm {
             None => None,
         };
         check_export_folder(dest)?;
-        self.export_into(&disks, &config, saved.as_deref(), dest, hooks, captured, None)
+        self.export_into(
+            &disks,
+            &config,
+            saved.as_deref(),
+            dest,
+            hooks,
+            captured,
+            None,
+        )
     }
 
     /// The copy of an export whose folder [`check_export_folder`] accepted:

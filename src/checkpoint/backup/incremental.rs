@@ -110,9 +110,7 @@ impl Vm {
             None => None,
         };
         self.check_order(&since, point.as_ref())?;
-        let base_dir = std::fs::canonicalize(base).map_err(|e| {
-            Error::from(e).in_file(base)
-        })?;
+        let base_dir = std::fs::canonicalize(base).map_err(|e| Error::from(e).in_file(base))?;
         let bases = check_base(&base_dir, self.data.id.as_deref(), &since, &since.disks)?;
         check_export_folder(dest)?;
         let inc = IncrementalBase {
