@@ -224,7 +224,7 @@ fn full_then_incrementals_restore_the_model_through_a_merge() {
     let man = read_manifest(&full).unwrap();
     assert_eq!(man.captured.as_ref().unwrap().name, "c0");
     assert!(man.since.is_none());
-    assert_restores("full", &[full.clone()], &m0, t.path());
+    assert_restores("full", std::slice::from_ref(&full), &m0, t.path());
 
     // inc1: c1 since c0.
     f.writes(8);
@@ -324,7 +324,7 @@ fn an_incremental_since_a_checkpoint_on_another_branch() {
     let mb = f.checkpoint("b");
     let full_a = f.dir("full-a");
     f.vm.export(Some("a"), &full_a, &mut NoHooks).unwrap();
-    assert_restores("full of a", &[full_a.clone()], &ma, t.path());
+    assert_restores("full of a", std::slice::from_ref(&full_a), &ma, t.path());
     let ch = f.vm.changes("a", Some("b")).unwrap();
     let inc = f.dir("b-since-a");
     f.vm.export_incremental(Some("b"), "a", &inc, &full_a, &mut NoHooks)
