@@ -511,10 +511,10 @@ fn swept(root: &Path) -> Vm {
 fn a_cut_or_cancelled_incremental_leaves_no_partial_files() {
     // Cut at event `n` (u64::MAX: only count), on a fresh VM in a memory
     // folder; returns the result, the events seen, the VM and its folder.
-    let run = |n: u64| {
+    let run = |n: u64, cut: Cut| {
         let t = support::fast_tempdir();
         let mut vm = swept(t.path());
-        faults::arm(n, Cut::Clean);
+        faults::arm(n, cut);
         let r = vm.export_incremental(
             Some("c1"),
             "c0",
@@ -525,25 +525,34 @@ fn a_cut_or_cancelled_incremental_leaves_no_partial_files() {
         let events = faults::disarm();
         (r, events, vm, t)
     };
-    let (r, events, _, _) = run(u64::MAX);
+    let (r, events, _, _) = run(u64::MAX, Cut::Clean);
     r.expect("the uncut export");
     assert!(events > 5, "{events} events");
-    for n in 0..=events {
-        let (r, _, vm, t) = run(n);
-        let ctx = format!("cut at {n} of {events} ({r:?})");
+    let mut failed = 0;
+    for (n, cut) in (0..=events).flat_map(|n| [(n, Cut::Clean), (n, Cut::Torn)]) {
+        let (r, _, vm, t) = run(n, cut);
+        failed += usize::from(r.is_err());
+        let ctx = format!("{cut:?} cut at {n} of {events} ({r:?})");
         let vm = reopened(vm, &ctx);
         let inc = t.path().join("inc");
         let left: Vec<PathBuf> = std::fs::read_dir(&inc)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         if r.is_ok() {
-            let v = verify_backup(&[t.path().join("full"), inc]).unwrap();
+            let v = verify_backup(&[t.path().join("full"), inc.clone()]).unwrap();
             assert!(v.iter().all(|d| d.error.is_none()), "{ctx}: {v:?}");
+            let c1 = vm.find("c1").unwrap().disks.clone();
+            for (k, name) in NAMES.iter().enumerate() {
+                let got = read_all(&Disk::open(inc.join(name), OpenMode::ReadOnly).unwrap());
+                let want = read_all(&Disk::open(&c1[k], OpenMode::ReadOnly).unwrap());
+                support::assert_same(&format!("{ctx}: {name}"), &got, &want, 0);
+            }
         } else {
             assert!(left.is_empty(), "{ctx}: left {left:?}");
         }
         drop(vm);
     }
+    assert!(failed as u64 >= events, "only {failed} cut runs failed");
 
     // A cancel in the middle of the copy.
     let t = support::tempdir();
@@ -701,4 +710,61 @@ fn the_command_line() {
     let e = fails(&["verify-backup"], &o);
     assert!(e.contains("does not match"), "{e}");
     assert!(support::cli::stdout(&o).starts_with("FAILED "));
+}
+
+/// `changes --since` and an incremental export through the control
+/// channel of a process holding the VM: the same ranges and a chain that
+/// verifies, the operations run on the holder's handle.
+#[cfg(feature = "cli")]
+#[test]
+fn the_command_line_through_the_holder() {
+    use std::sync::{Arc, Mutex};
+
+    use ckpt::checkpoint::control;
+    use support::cli::{json, ok, ok_text, s, write_at};
+    let t = support::tempdir();
+    let root = std::fs::canonicalize(t.path()).unwrap();
+    let disk = root.join("os.vhdx");
+    ok(&["create", s(&disk), "--size", "8M", "--block-size", "1M"]);
+    let vmdir = root.join("vm");
+    ok(&["vm", "create", s(&vmdir), "--name", "v", "--disk", s(&disk)]);
+    write_at(&disk, 0, b"hello");
+    ok(&["checkpoint", "create", s(&vmdir), "c0"]);
+    let full = root.join("full");
+    ok(&["checkpoint", "export", s(&vmdir), "c0", s(&full)]);
+    let cur = Vm::load(&vmdir).unwrap().current.disks[0].clone();
+    write_at(&cur, 3 << 20, &[5u8; 3000]);
+    ok(&["checkpoint", "create", s(&vmdir), "c1"]);
+
+    let vm = Arc::new(Mutex::new(Vm::open(&vmdir).unwrap()));
+    let server = control::serve(vm.clone(), None).unwrap();
+    let got = json(&[
+        "changes",
+        s(&vmdir),
+        "--since",
+        "c0",
+        "--to",
+        "c1",
+        "--json",
+    ]);
+    let want = vm.lock().unwrap().changes("c0", Some("c1")).unwrap();
+    assert_eq!(want[0].len(), 1);
+    assert_eq!(got[0]["offset"], want[0][0].offset);
+    assert_eq!(got[0]["length"], want[0][0].length);
+    let inc = root.join("inc");
+    ok(&[
+        "checkpoint",
+        "export",
+        s(&vmdir),
+        "c1",
+        s(&inc),
+        "--since",
+        "c0",
+        "--base",
+        s(&full),
+    ]);
+    ok_text(&["verify-backup", s(&full), s(&inc)]);
+    drop(server);
+    let m = read_manifest(&inc).unwrap();
+    assert_eq!(m.since.unwrap().name, "c0");
 }
