@@ -331,6 +331,11 @@ fn an_incremental_since_a_checkpoint_on_another_branch() {
         .unwrap();
     assert_holds("b since a", &inc, &ch, &ma, &mb);
     assert_restores("full a + (b since a)", &[full_a, inc], &mb, t.path());
+    // The backup set moved as a whole still opens (relative locators).
+    let moved = t.path().join("moved");
+    std::fs::rename(t.path().join("backups"), &moved).unwrap();
+    let dirs = [moved.join("full-a"), moved.join("b-since-a")];
+    assert_restores("the moved set", &dirs, &mb, t.path());
     // The changes are symmetric in what they cover.
     assert_eq!(f.vm.changes("b", Some("a")).unwrap(), ch);
 }
