@@ -405,15 +405,7 @@ fn refusals_change_nothing() {
         ErrorKind::NotFound,
         "nope",
     );
-    // A base that captured another point than REF.
-    refused(
-        &mut f,
-        Some("c1"),
-        "c1",
-        &full,
-        ErrorKind::InvalidArgument,
-        "same checkpoint",
-    );
+    // A base that captured another point than REF (c0, not c1).
     f.writes(2);
     f.checkpoint("c2");
     refused(

@@ -1,8 +1,11 @@
 //! Export ([`Vm::export`]), and how an export names its files: the one
 //! place that decides, for [`Vm::export`], the CLI and the C API.
 //!
-//! An export folder holds one VHDX per disk, `config.json`, and
-//! `memory.vmrs` when the state has memory. A disk file is named after the
+//! An export folder holds one VHDX per disk, `config.json` (with the
+//! export's backup manifest, [`crate::checkpoint::backup::Manifest`]), and
+//! `memory.vmrs` when the state has memory. An incremental export
+//! (`backup/incremental.rs`) shares the copy below, its disks written as
+//! differencing disks on a base export's. A disk file is named after the
 //! VM's disk (`NAME.vhdx`, whatever its extension was) when no other disk
 //! of the VM has that name; disks sharing a name get `-K` appended, K being
 //! the disk's index in the VM's disk order (0 first), and `-K` again while
