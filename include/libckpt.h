@@ -462,6 +462,18 @@ typedef struct ckpt_disk ckpt_disk;
 typedef struct ckpt_vm ckpt_vm;
 
 /**
+ * The changes of one disk between two points of a VM's tree (opaque),
+ * read with `ckpt_vm_changes_next`.
+ *
+ * Ownership: `ckpt_vm_changes_open` gives the caller the iterator; the
+ * caller frees it with `ckpt_vm_changes_free`, exactly once. It holds its
+ * own copy of the extents: the VM handle may change or close meanwhile.
+ *
+ * Thread safety: one call at a time per iterator.
+ */
+typedef struct ckpt_vm_changes ckpt_vm_changes;
+
+/**
  * The stream a `save_memory` hook writes the memory state into (opaque;
  * only valid during that callback).
  */
@@ -2789,6 +2801,113 @@ ckpt_status ckpt_vm_checkpoint_export_by_id(struct ckpt_vm *vm,
                                             const char *id,
                                             const char *dest_dir,
                                             const struct ckpt_hooks *hooks);
+
+/**
+ * Export checkpoint `name` (NULL: the current state) into the folder
+ * `dest_dir` as an incremental backup on the export folder `base_dir`:
+ * per disk a differencing VHDX whose parent is `base_dir`'s disk (its
+ * locator holds the relative and the absolute path, its linkage the
+ * parent's DataWriteGuid), holding exactly the sectors that may differ
+ * between checkpoint `since` (REF) and the point exported, with that
+ * point's content there; `config.json` (with the export's manifest) and
+ * the memory state as `ckpt_vm_checkpoint_export`. The chain full export
+ * → incremental → … opens with libckpt, libvhdi and Hyper-V.
+ *
+ * REF is an earlier checkpoint on the path to `name`, or one on another
+ * branch (then the changes of both sides since their common ancestor).
+ * `base_dir` must be the export that captured REF (a full export of REF,
+ * or an incremental up to REF), unchanged since: its manifest says so,
+ * and its disks still have the DataWriteGuids, virtual sizes and sector
+ * sizes it recorded. The current state of a running VM (its live disks
+ * handed out by `ckpt_vm_disk`) is exported through a temporary
+ * checkpoint, as `ckpt_vm_checkpoint_export` does.
+ *
+ * `hooks->progress` follows the copy and may cancel it. An export that
+ * fails or is cancelled leaves none of its files; a refusal changes
+ * nothing. `ckpt_vm_export_files_json` lists the files made.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`, `since`, `base_dir` or
+ * `dest_dir` NULL), `CKPT_STATUS_INVALID_ARGUMENT` (REF not older than
+ * the point exported, `base_dir` captured another point, belongs to
+ * another VM, was changed or has no manifest, `dest_dir` not empty),
+ * `CKPT_STATUS_NOT_FOUND` (no such checkpoint, `base_dir` missing or no
+ * export), `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`,
+ * `CKPT_STATUS_CANCELLED`, `CKPT_STATUS_UNSUPPORTED` (a disk resized
+ * between REF and the point exported), `CKPT_STATUS_IO`,
+ * `CKPT_STATUS_CORRUPT`, `CKPT_STATUS_PARENT_MISMATCH`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `since`, `base_dir` and `dest_dir` are NULL or NUL-terminated
+ * strings; `hooks` as for `ckpt_vm_checkpoint_create`.
+ */
+ckpt_status ckpt_vm_checkpoint_export_incremental(struct ckpt_vm *vm,
+                                                  const char *name,
+                                                  const char *since,
+                                                  const char *base_dir,
+                                                  const char *dest_dir,
+                                                  const struct ckpt_hooks *hooks);
+
+/**
+ * Open an iterator over the byte ranges of disk `disk_index` (in the
+ * VM's disk order) that may differ between checkpoint `since` (REF) and
+ * checkpoint `to` (NULL: the current state): exact to the logical
+ * sector, sorted, non-overlapping and coalesced; what an incremental
+ * export since REF copies. REF is an earlier checkpoint on the path to
+ * `to`, or one on another branch (then through their common ancestor).
+ * The ranges are computed by this call; for the current state of a
+ * running VM, they are those of its live disks now.
+ *
+ * `*out` receives the iterator; free it with `ckpt_vm_changes_free`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`, `since` or `out` NULL),
+ * `CKPT_STATUS_INVALID_ARGUMENT` (REF is `to` or was taken after it on its
+ * path, `disk_index` past the last disk, an empty name),
+ * `CKPT_STATUS_NOT_FOUND` (no such checkpoint), `CKPT_STATUS_BUSY`,
+ * `CKPT_STATUS_UNSUPPORTED` (the disk was resized in between),
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `since` is NULL or a NUL-terminated
+ * string; `to` is NULL or a NUL-terminated string; `out` is NULL or valid
+ * for writing one pointer.
+ */
+ckpt_status ckpt_vm_changes_open(struct ckpt_vm *vm,
+                                 const char *since,
+                                 const char *to,
+                                 size_t disk_index,
+                                 struct ckpt_vm_changes **out);
+
+/**
+ * The next range of `changes`: on success `*out_more` is true and `*out`
+ * holds the range, or, once every range was given, `*out_more` is false
+ * and `*out` is not touched (and every later call says the same).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`changes`, `out` or `out_more`
+ * NULL).
+ *
+ * # Safety
+ *
+ * `changes` is NULL or an iterator from `ckpt_vm_changes_open` not yet
+ * freed; `out` is NULL or valid for writing one `ckpt_range`; `out_more`
+ * is NULL or valid for writing one `bool`.
+ */
+ckpt_status ckpt_vm_changes_next(struct ckpt_vm_changes *changes,
+                                 struct ckpt_range *out,
+                                 bool *out_more);
+
+/**
+ * Free an iterator from `ckpt_vm_changes_open`. NULL is accepted (and
+ * does nothing).
+ *
+ * # Safety
+ *
+ * `changes` is NULL or an iterator from `ckpt_vm_changes_open` not yet
+ * freed; it must not be used afterwards.
+ */
+void ckpt_vm_changes_free(struct ckpt_vm_changes *changes);
 
 /**
  * Offer the VM's control channel: listen on the Unix socket

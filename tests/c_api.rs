@@ -244,6 +244,13 @@ fn c_convert_in_place() {
     run_c_program("tests/c/test_in_place.c");
 }
 
+/// Incremental backup (issue 15, part 1): the changes iterator and the
+/// incremental export, their refusals and NULL arguments.
+#[test]
+fn c_backup() {
+    run_c_program("tests/c/test_backup.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -303,6 +310,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_compact.c",
         "tests/c/test_resize.c",
         "tests/c/test_in_place.c",
+        "tests/c/test_backup.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

@@ -1,8 +1,11 @@
 //! Export ([`Vm::export`]), and how an export names its files: the one
 //! place that decides, for [`Vm::export`], the CLI and the C API.
 //!
-//! An export folder holds one VHDX per disk, `config.json`, and
-//! `memory.vmrs` when the state has memory. A disk file is named after the
+//! An export folder holds one VHDX per disk, `config.json` (with the
+//! export's backup manifest, [`crate::checkpoint::backup::Manifest`]), and
+//! `memory.vmrs` when the state has memory. An incremental export
+//! (`backup/incremental.rs`) shares the copy below, its disks written as
+//! differencing disks on a base export's. A disk file is named after the
 //! VM's disk (`NAME.vhdx`, whatever its extension was) when no other disk
 //! of the VM has that name; disks sharing a name get `-K` appended, K being
 //! the disk's index in the VM's disk order (0 first), and `-K` again while
@@ -14,6 +17,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::backup::incremental::{write_incremental, IncrementalPlan};
+use super::backup::manifest::config_with_manifest;
+use super::backup::{Manifest, Point};
 use super::create::*;
 use super::vm::*;
 use crate::checkpoint::model::*;
@@ -91,7 +97,7 @@ impl Vm {
         self.settle(None)?;
         self.seal_live()?;
         if name.is_none() && self.attached() {
-            return self.export_running(dest, hooks);
+            return self.export_running(dest, hooks, None);
         }
         let (disks, config, saved): (Vec<PathBuf>, VmConfig, Option<PathBuf>) = match name {
             Some(n) => {
@@ -108,13 +114,31 @@ impl Vm {
                 self.data.current.saved_state.clone(),
             ),
         };
+        let captured = match name {
+            Some(n) => Some(Point::of(self.usable(n)?)),
+            None => None,
+        };
         check_export_folder(dest)?;
-        self.export_into(&disks, &config, saved.as_deref(), dest, hooks)
+        self.export_into(
+            &disks,
+            &config,
+            saved.as_deref(),
+            dest,
+            hooks,
+            captured,
+            None,
+        )
     }
 
     /// The copy of an export whose folder [`check_export_folder`] accepted:
     /// the folder made, then journaled, `disks` flattened, `config` and the
     /// memory state `saved` written; on failure every file made goes.
+    ///
+    /// `captured` is the checkpoint exported (None: the current state),
+    /// recorded in the manifest; with `plan`, each disk is written as a
+    /// differencing disk on the base export's disk holding the plan's
+    /// ranges (an incremental export) instead of a flattened copy.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn export_into(
         &mut self,
         disks: &[PathBuf],
@@ -122,6 +146,8 @@ impl Vm {
         saved: Option<&Path>,
         dest: &Path,
         hooks: &mut dyn Hooks,
+        captured: Option<Point>,
+        plan: Option<&IncrementalPlan>,
     ) -> Result<Vec<PathBuf>> {
         remove_if_exists(&temp_of(&dest.join(CONFIG_FILE)))?;
         std::fs::create_dir_all(dest).map_err(|e| Error::from(e).in_file(dest))?;
@@ -140,7 +166,11 @@ impl Vm {
         let r = (|| -> Result<()> {
             // One progress over all disks: the bytes each copy reads.
             let mut sizes = Vec::with_capacity(disks.len());
-            for src in disks {
+            for (k, src) in disks.iter().enumerate() {
+                if let Some(p) = plan {
+                    sizes.push(p.ranges[k].iter().map(|r| r.length).sum::<u64>());
+                    continue;
+                }
                 let d = Disk::open(src, OpenMode::ReadOnly)?;
                 let extents = d.extents()?;
                 sizes.push(
@@ -153,12 +183,25 @@ impl Vm {
             }
             let grand_total: u64 = sizes.iter().sum();
             let mut base = 0u64;
-            for ((src, out), size) in disks.iter().zip(&files).zip(sizes) {
+            for (k, ((src, out), size)) in disks.iter().zip(&files).zip(sizes).enumerate() {
                 let mut cb = |done: u64, _total: u64| hooks.progress(base + done, grand_total);
-                merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?;
+                match plan {
+                    Some(p) => write_incremental(src, out, &p.bases[k], &p.ranges[k], &mut cb)?,
+                    None => merge::flatten(src, out, &CreateOptions::new(0), Some(&mut cb))?,
+                }
                 base += size;
             }
-            write_json(&dest.join(CONFIG_FILE), config)?;
+            let manifest = Manifest::of_export(
+                self.data.id.clone(),
+                &self.data.config.name,
+                captured,
+                plan.map(|p| (p.since.clone(), p.base_dir.clone())),
+                &files[..disks.len()],
+            )?;
+            write_json(
+                &dest.join(CONFIG_FILE),
+                &config_with_manifest(config, &manifest)?,
+            )?;
             if let Some(m) = saved {
                 let out = dest.join(MEMORY_FILE);
                 std::fs::copy(m, &out).map_err(|e| Error::from(e).in_file(m))?;

@@ -33,6 +33,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::backup::incremental::IncrementalBase;
 use super::create::*;
 use super::export::check_export_folder;
 use super::vm::*;
@@ -46,17 +47,33 @@ pub const EXPORT_CHECKPOINT_NAME: &str = "(temporary checkpoint of an export)";
 impl Vm {
     /// [`Vm::export`] of the current state of an attached VM (see the
     /// module doc).
+    ///
+    /// With `inc`, an incremental export on that base
+    /// ([`Vm::export_incremental`]): the changes are those up to the
+    /// temporary checkpoint.
     pub(super) fn export_running(
         &mut self,
         dest: &Path,
         hooks: &mut dyn Hooks,
+        inc: Option<&IncrementalBase>,
     ) -> Result<Vec<PathBuf>> {
         check_export_folder(dest)?;
         let config = self.data.config.clone();
         let saved = self.data.current.saved_state.clone();
         let id = self.take_temporary(hooks)?;
         let disks = self.data.checkpoints[self.index(&id)?].disks.clone();
-        let r = self.export_into(&disks, &config, saved.as_deref(), dest, hooks);
+        let r = match inc.map(|i| i.plan(&disks)).transpose() {
+            Ok(plan) => self.export_into(
+                &disks,
+                &config,
+                saved.as_deref(),
+                dest,
+                hooks,
+                None,
+                plan.as_ref(),
+            ),
+            Err(e) => Err(e),
+        };
         // The temporary checkpoint goes whatever the copy did; the delete
         // is not the export's to report or cancel.
         let d = self

@@ -26,12 +26,17 @@
 //!   the switches of checkpoint operations on a running guest.
 //! - `live_export.rs`: export of a running VM's current state through a
 //!   temporary checkpoint.
+//! - `backup/`: incremental backup: the export manifest, the changes
+//!   between two points ([`Vm::changes`]), incremental export
+//!   ([`Vm::export_incremental`]) and the restore check
+//!   ([`backup::verify_backup`]).
 //! - `resize.rs`: resizing a disk of the current state ([`Vm::resize_disk`]).
 //! - `space.rs`: compaction of a current disk ([`Vm::compact_disk`]),
 //!   live when the VM is attached.
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
+pub mod backup;
 mod by_id;
 pub mod control;
 mod create;

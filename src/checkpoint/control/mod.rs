@@ -55,7 +55,8 @@
 //! | `checkpoint.rename` | `name`, `new_name` | |
 //! | `checkpoint.list` | | `checkpoints` (as `ckpt checkpoint list --json`) |
 //! | `checkpoint.show` | `name` | `checkpoint` |
-//! | `checkpoint.export` | `name` (null: the current state), `dest` (absolute) | `files` |
+//! | `checkpoint.export` | `name` (null: the current state), `dest` (absolute); for an incremental (`Vm::export_incremental`) also `since` (REF) and `base` (absolute) | `files` |
+//! | `checkpoint.changes` | `since`, `to` (null: the current state) | `changes`: per disk, `[offset, length]` pairs |
 //! | `vm.show` | | `show` (as `ckpt vm show --json`, without `strays`) |
 //! | `vm.compact` | `index` (a current disk), `mode` (`quick` or `full`; default quick); progress lines | `report` (as `ckpt vm compact --json`) |
 //! | `vm.set` | `memory_mib`, `cpus`, `settings` (a whole [`Settings`](crate::checkpoint::Settings)), `state` — each optional, applied in this order | |

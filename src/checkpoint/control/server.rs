@@ -543,7 +543,15 @@ fn run(
                 dir: vm.dir().to_path_buf(),
                 holder,
             };
-            let files = vm.export(args.opt_str("name")?, &dest, &mut hooks)?;
+            let files = match args.opt_str("since")? {
+                None => vm.export(args.opt_str("name")?, &dest, &mut hooks)?,
+                Some(since) => {
+                    let base = args
+                        .abs_path("base")?
+                        .ok_or_else(|| args.bad("base", "an absolute path"))?;
+                    vm.export_incremental(args.opt_str("name")?, since, &dest, &base, &mut hooks)?
+                }
+            };
             result.insert("files".into(), to_json(&files)?);
         }
         "vm.compact" => {
@@ -573,6 +581,14 @@ fn run(
                 },
             )?;
             result.insert("report".into(), compact_report_json(&r));
+        }
+        "checkpoint.changes" => {
+            let changes = vm.changes(args.str("since")?, args.opt_str("to")?)?;
+            let v: Vec<Vec<[u64; 2]>> = changes
+                .iter()
+                .map(|d| d.iter().map(|r| [r.offset, r.length]).collect())
+                .collect();
+            result.insert("changes".into(), to_json(&v)?);
         }
         "vm.show" => {
             result.insert("show".into(), vm_json(vm.data()));

@@ -6,7 +6,8 @@
 //! and versioned structs; `hooks.rs` the callbacks adapter; `lifecycle.rs`
 //! create, open, close; `settings.rs`; `views.rs` and `getters.rs` what a
 //! caller reads; `checkpoints.rs` and `ids.rs` the checkpoint operations
-//! (by index, by id); `live.rs` the live disk handles (`ckpt_vm_disk`);
+//! (by index, by id); `backup.rs` incremental export and the changes
+//! iterator; `live.rs` the live disk handles (`ckpt_vm_disk`);
 //! `control.rs` the control channel. Depends on `crate::checkpoint` and the
 //! shared helpers of `ffi` (panic boundary, strings, versioned structs);
 //! nothing in the library depends on it.
@@ -48,12 +49,15 @@ mod getters;
 
 mod ids;
 
+mod backup;
+
 mod control;
 mod live;
 
 #[cfg(test)]
 mod tests;
 
+pub use backup::*;
 pub use checkpoints::*;
 pub use control::*;
 pub use getters::*;

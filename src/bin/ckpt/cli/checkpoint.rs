@@ -110,9 +110,20 @@ pub enum CheckpointCommand {
     },
     /// Export a checkpoint (or with --current the current state) into the
     /// folder DEST: one standalone VHDX per disk (no parent), the
-    /// configuration (config.json) and the memory state if any.
-    #[command(override_usage = "ckpt checkpoint export <DIR> <NAME> <DEST>\n       \
-                                ckpt checkpoint export <DIR> --current <DEST>")]
+    /// configuration (config.json, with the export's backup manifest) and
+    /// the memory state if any.
+    ///
+    /// With --since REF --base PREVIOUS: an incremental backup. Each disk
+    /// is a differencing VHDX holding only the sectors that may differ
+    /// between checkpoint REF and NAME, whose parent is the disk of the
+    /// export PREVIOUS (which must be the export that captured REF, left
+    /// unchanged): the chain full → incremental → … opens with any VHDX
+    /// reader. REF is an earlier checkpoint on the path to NAME, or one on
+    /// another branch. Check a backup chain with `ckpt verify-backup`.
+    #[command(override_usage = "ckpt checkpoint export <DIR> <NAME> <DEST> \
+                                [--since <REF> --base <PREVIOUS>]\n       \
+                                ckpt checkpoint export <DIR> --current <DEST> \
+                                [--since <REF> --base <PREVIOUS>]")]
     Export {
         /// The VM folder.
         dir: PathBuf,
@@ -123,6 +134,13 @@ pub enum CheckpointCommand {
         /// Export the current state instead of a checkpoint.
         #[arg(long)]
         current: bool,
+        /// Export only what changed since checkpoint REF (needs --base).
+        #[arg(long, value_name = "REF", requires = "base")]
+        since: Option<String>,
+        /// The export folder of REF (the last backup) the incremental
+        /// builds on (needs --since).
+        #[arg(long, value_name = "PREVIOUS", requires = "since")]
+        base: Option<PathBuf>,
     },
 }
 
@@ -196,6 +214,8 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             name,
             dest,
             current,
+            since,
+            base,
         } => {
             let (name, dest) =
                 match (current, dest) {
@@ -210,7 +230,8 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
                          name (try 'ckpt checkpoint export --help')",
                     )),
                 };
-            export(&dir, name.as_deref(), &dest)
+            let inc = since.zip(base);
+            export(&dir, name.as_deref(), &dest, inc.as_ref())
         }
     }
 }
@@ -761,18 +782,37 @@ fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
     Ok(())
 }
 
-fn export(dir: &Path, name: Option<&str>, dest: &Path) -> CliResult {
+/// `ckpt checkpoint export`; with `inc` (REF, PREVIOUS) an incremental.
+fn export(
+    dir: &Path,
+    name: Option<&str>,
+    dest: &Path,
+    inc: Option<&(String, PathBuf)>,
+) -> CliResult {
     let mut vm = open_vm(dir)?;
     if let Some(n) = name {
         find(&mut vm, n)?;
     }
+    if let Some((since, _)) = inc {
+        find(&mut vm, since)?;
+    }
     let mut hooks = CmdHooks::with_bar();
-    let r = vm.export(name, dest, &mut hooks);
+    let r = match inc {
+        Some((since, base)) => vm.export_incremental(name, since, dest, base, &mut hooks),
+        None => vm.export(name, dest, &mut hooks),
+    };
     hooks.finish();
     let files = r.map_err(vm_error)?;
     let what = match name {
         Some(n) => format!("checkpoint \"{n}\""),
         None => "the current state".to_string(),
+    };
+    let what = match inc {
+        Some((since, base)) => format!(
+            "the changes since \"{since}\" of {what} (on {})",
+            absolute(base).display()
+        ),
+        None => what,
     };
     println!(
         "Exported {what} of VM \"{}\" to {}: {}",

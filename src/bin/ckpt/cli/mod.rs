@@ -10,10 +10,11 @@
 //! and the one-line errors, the progress bar; `create.rs` `create` and
 //! `convert`; `info.rs` `info` (text and JSON) and `check`; `io_cmds.rs`
 //! `read`, `write` and `bench`'s argument handling, with the benchmark
-//! loop in `bench.rs`; `chain.rs` `merge`, `changes`, `reparent`, child
+//! loop in `bench.rs`; `chain.rs` `merge`, `changes` (of a file), `reparent`, child
 //! creation and absolute paths; `vm.rs` `ckpt vm …` and the helpers both
 //! VM groups share (opening a VM, JSON printing, errors); `checkpoint.rs`
-//! `ckpt checkpoint …` and its quiesce/thaw commands; `compact.rs` `compact`; `resize.rs` `resize`;
+//! `ckpt checkpoint …` and its quiesce/thaw commands; `backup.rs` `changes
+//! --since` (of a VM) and `verify-backup`; `compact.rs` `compact`; `resize.rs` `resize`;
 //! `in_place.rs` `convert --in-place`; `size.rs` SIZE
 //! parsing and human-readable sizes; `target.rs` the VM a command
 //! changes, opened here or reached through its holder's control channel.
@@ -28,6 +29,7 @@
 //! Exit status: 0 on success, 1 on any error (including usage errors), with
 //! one `error: …` line on stderr (`check` prints one per problem).
 
+mod backup;
 pub mod bench;
 pub mod chain;
 pub mod checkpoint;
@@ -236,21 +238,66 @@ enum Command {
         #[arg(long, value_name = "ANCESTOR")]
         into: Option<PathBuf>,
     },
-    /// List the byte ranges a differencing disk changed.
+    /// List the byte ranges a differencing disk changed, or (with --since)
+    /// the ranges of a VM's disk that changed since a checkpoint.
     ///
     /// Without --base: the ranges FILE itself holds (its own layer; for a
     /// base disk, the ranges it holds data for). With --base: every range
     /// that may differ between ANCESTOR (a disk of FILE's chain below FILE)
-    /// and FILE. Exact to the logical sector; sorted, adjacent ones joined.
+    /// and FILE. With --since, FILE is a VM folder: every range of its disk
+    /// K (--disk) that may differ between checkpoint REF and NAME (--to;
+    /// default and --current: the current state), REF on the path to NAME
+    /// or on another branch (then through their common ancestor); what an
+    /// incremental export since REF copies. Exact to the logical sector;
+    /// sorted, adjacent ones joined.
+    #[command(
+        override_usage = "ckpt changes <FILE> [--base <ANCESTOR>] [--json]\n       \
+                                ckpt changes <DIR> --since <REF> [--to <NAME> | --current] \
+                                [--disk <K>] [--json]"
+    )]
     Changes {
-        /// The VHDX.
+        /// The VHDX (with --since: the VM folder).
         file: PathBuf,
         /// Report the changes since this ancestor.
-        #[arg(long, value_name = "ANCESTOR")]
+        #[arg(long, value_name = "ANCESTOR", conflicts_with = "since")]
         base: Option<PathBuf>,
-        /// Print {"ranges": [{"offset": N, "length": N}, …]} instead.
+        /// FILE is a VM folder: report the changes since checkpoint REF.
+        #[arg(long, value_name = "REF")]
+        since: Option<String>,
+        /// With --since: up to checkpoint NAME [default: the current state].
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "since",
+            conflicts_with = "current"
+        )]
+        to: Option<String>,
+        /// With --since: up to the current state (the default).
+        #[arg(long, requires = "since")]
+        current: bool,
+        /// With --since: the VM's disk, by index in its disk order.
+        #[arg(long, value_name = "K", default_value_t = 0, requires = "since")]
+        disk: usize,
+        /// Print {"ranges": [{"offset": N, "length": N}, …]} instead (with
+        /// --since: the array [{"offset": N, "length": N}, …]).
         #[arg(long)]
         json: bool,
+    },
+    /// Check a backup set: export folders (a full export, then the
+    /// incrementals made on it, oldest first), or only the newest (its
+    /// chain is followed through the disks' parent locators).
+    ///
+    /// For each disk of the newest export: its whole chain opens (each
+    /// parent found, its DataWriteGuid matching the child's linkage, same
+    /// virtual size and sector size), every file's structure is sound and
+    /// unchanged since its export (the DataWriteGuid its manifest
+    /// recorded), each incremental starts where the export under it ended,
+    /// and the chain reads end to end. One line per disk, OK or what is
+    /// wrong; exit status 1 when any disk fails.
+    VerifyBackup {
+        /// The export folders, oldest first (or only the newest).
+        #[arg(required = true)]
+        dests: Vec<PathBuf>,
     },
     /// Point a differencing disk at another parent file (after the parent
     /// was moved or copied).
@@ -604,7 +651,18 @@ fn run(cli: Cli) -> CliResult {
             },
         ),
         Command::Merge { child, into } => chain::merge_cmd(&child, into.as_deref()),
-        Command::Changes { file, base, json } => chain::changes_cmd(&file, base.as_deref(), json),
+        Command::Changes {
+            file,
+            since: Some(since),
+            to,
+            disk,
+            json,
+            ..
+        } => backup::changes_vm_cmd(&file, &since, to.as_deref(), disk, json),
+        Command::Changes {
+            file, base, json, ..
+        } => chain::changes_cmd(&file, base.as_deref(), json),
+        Command::VerifyBackup { dests } => backup::verify_backup_cmd(&dests),
         Command::Reparent {
             child,
             new_parent,

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use ckpt::checkpoint::control::{vm_file_of, Client};
 use ckpt::checkpoint::{Checkpoint, Hooks, NoHooks, Settings, Vm, VmFile, VmState};
+use ckpt::disk::merge::Range;
 use ckpt::disk::path::absolute;
 use ckpt::{CompactMode, CompactOptions, CompactReport, Result};
 
@@ -87,6 +88,20 @@ impl Remote {
 /// absolute (the holder's working folder is not ours).
 fn abs(p: &Path) -> Result<String> {
     Ok(absolute(p)?.display().to_string())
+}
+
+/// The `files` of an export's reply, made under `abs_dest` by the
+/// holder, named under `dest` as the user gave it.
+fn files_under(v: &Value, abs_dest: &Path, dest: &Path) -> Result<Vec<PathBuf>> {
+    let files: Vec<PathBuf> = serde_json::from_value(v["files"].clone())
+        .map_err(|e| ckpt::Error::InvalidArgument(format!("control reply: not files ({e})")))?;
+    Ok(files
+        .into_iter()
+        .map(|f| match f.strip_prefix(abs_dest) {
+            Ok(rest) => dest.join(rest),
+            Err(_) => f,
+        })
+        .collect())
 }
 
 impl Target {
@@ -225,15 +240,53 @@ impl Target {
                 let abs_dest = absolute(dest)?;
                 let args = json!({"name": name, "dest": abs_dest.display().to_string()});
                 let v = r.call("checkpoint.export", args, hooks)?;
-                let files: Vec<PathBuf> =
-                    serde_json::from_value(v["files"].clone()).map_err(|e| {
-                        ckpt::Error::InvalidArgument(format!("control reply: not files ({e})"))
+                files_under(&v, &abs_dest, dest)
+            }
+        }
+    }
+
+    /// [`Vm::export_incremental`]: the files made, named under `dest` as
+    /// given.
+    pub(super) fn export_incremental(
+        &mut self,
+        name: Option<&str>,
+        since: &str,
+        dest: &Path,
+        base: &Path,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Vec<PathBuf>> {
+        match self {
+            Target::Local(vm) => vm.export_incremental(name, since, dest, base, hooks),
+            Target::Remote(r) => {
+                let abs_dest = absolute(dest)?;
+                let args = json!({"name": name, "dest": abs_dest.display().to_string(),
+                    "since": since, "base": abs(base)?});
+                let v = r.call("checkpoint.export", args, hooks)?;
+                files_under(&v, &abs_dest, dest)
+            }
+        }
+    }
+
+    /// [`Vm::changes`].
+    pub(super) fn changes(&mut self, since: &str, to: Option<&str>) -> Result<Vec<Vec<Range>>> {
+        match self {
+            Target::Local(vm) => vm.changes(since, to),
+            Target::Remote(r) => {
+                let v = r.call(
+                    "checkpoint.changes",
+                    json!({"since": since, "to": to}),
+                    &mut NoHooks,
+                )?;
+                let pairs: Vec<Vec<[u64; 2]>> = serde_json::from_value(v["changes"].clone())
+                    .map_err(|e| {
+                        ckpt::Error::InvalidArgument(format!("control reply: not changes ({e})"))
                     })?;
-                Ok(files
+                Ok(pairs
                     .into_iter()
-                    .map(|f| match f.strip_prefix(&abs_dest) {
-                        Ok(rest) => dest.join(rest),
-                        Err(_) => f,
+                    .map(|d| {
+                        d.into_iter()
+                            .map(|[offset, length]| Range { offset, length })
+                            .collect()
                     })
                     .collect())
             }
