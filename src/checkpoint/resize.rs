@@ -39,7 +39,7 @@ impl Vm {
                 self.data.config.name
             )));
         };
-        owner::refuse_foreign(&self.data, &[path.clone()], "resizing the disk")?;
+        owner::refuse_foreign(&self.data, std::slice::from_ref(&path), "resizing the disk")?;
         if let Some(live) = self.live.as_ref().map(|l| l[i].clone()) {
             return live.resize(new_size, opts);
         }
