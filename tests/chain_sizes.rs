@@ -15,8 +15,8 @@
 //! - Crash sweep of a differencing resize (clean and torn cuts at every
 //!   event): the survivor opens with the old or the new size and reads
 //!   the model of that size; resizing again finishes.
-//! - A model run: random writes, trims, resizes, new children and merges
-//!   against a byte vector.
+//! - A model run: random writes, trims, resizes, compactions (quick and
+//!   full), new children and merges against a byte vector.
 
 mod support;
 
@@ -514,7 +514,7 @@ fn model_of_writes_trims_resizes_children_and_merges() {
         for step in 0..40 {
             let _c = Ctx(format!("seed {seed} step {step}"));
             let size = model.len() as u64;
-            let op = rng.below(10);
+            let op = rng.below(12);
             if std::env::var("TRACE").is_ok() {
                 eprintln!("op {op}");
             }
@@ -550,7 +550,19 @@ fn model_of_writes_trims_resizes_children_and_merges() {
                     top = Disk::create_child(&p, chain.last().unwrap(), &child_opts()).unwrap();
                     chain.push(p);
                 }
-                _ if chain.len() > 1 => {
+                10 | 11 => {
+                    let mode = if op == 10 {
+                        ckpt::CompactMode::Quick
+                    } else {
+                        ckpt::CompactMode::Full
+                    };
+                    top.compact(ckpt::CompactOptions {
+                        mode,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                }
+                9 if chain.len() > 1 => {
                     top.close().unwrap();
                     let child = chain.pop().unwrap();
                     merge::merge(&child, MergeOptions::default()).unwrap();
