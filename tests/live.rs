@@ -372,7 +372,8 @@ fn a_crash_anywhere_in_a_switch_leaves_the_old_or_the_new_chain() {
 
 /// (d) `replace` under writers: the old chain holds every write that
 /// returned before the swap began, the new one every write that started
-/// after it returned; a chain of another size is refused and changes nothing.
+/// after it returned; a chain of another sector size is refused and changes
+/// nothing.
 #[test]
 fn replace_swaps_the_chain_under_writers() {
     const UNITS: u64 = 32;
@@ -384,7 +385,13 @@ fn replace_swaps_the_chain_under_writers() {
         Disk::create(&a, &CreateOptions::new(size)).unwrap(),
     ));
     let other = Disk::create(&b, &CreateOptions::new(size)).unwrap();
-    let wrong = Disk::create(dir.path().join("w.vhdx"), &CreateOptions::new(2 * size)).unwrap();
+    // Another sector size is refused (another virtual size is allowed:
+    // a checkpoint applied from before a resize).
+    let wrong = Disk::create(
+        dir.path().join("w.vhdx"),
+        &CreateOptions::new(size).logical_sector_size(4096),
+    )
+    .unwrap();
     let clock = Arc::new(AtomicU64::new(1));
     let writers = Writers::sharing(std::slice::from_ref(&live), UNITS, 2, 0, &clock);
     thread::sleep(Duration::from_millis(20));
