@@ -14,7 +14,8 @@
 //! - Refusal: resizing a disk that has a child.
 //! - Crash sweep of a differencing resize (clean and torn cuts at every
 //!   event): the survivor opens with the old or the new size and reads
-//!   the model of that size; resizing again finishes.
+//!   the model of that size; resizing again finishes. A transient EIO or
+//!   ENOSPC at every event, then the same handle resizes again.
 //! - A model run: random writes, trims, resizes, compactions (quick and
 //!   full), new children and merges against a byte vector.
 
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ckpt::disk::merge::{self, MergeOptions};
-use ckpt::io::{Cut, FaultStorage, MemStorage};
+use ckpt::io::{Cut, FaultStorage, MemStorage, Transient};
 use ckpt::{ChildOptions, CreateOptions, Disk, ErrorKind, OpenMode, ResizeOptions};
 
 use support::oracle::{self, have_pyvhdi};
@@ -480,6 +481,28 @@ fn sweep_child_resize(sizes: &[u64]) {
         }
     }
     assert!(seen[0] && seen[1], "the sweep saw only one size");
+    // One EIO or ENOSPC at every event, then the same handle resizes again.
+    for kind in [Transient::Eio, Transient::NoSpace] {
+        for n in 0..events.1 {
+            let _c = Ctx(format!("{sizes:?}: {kind:?} at event {n} of {}", events.1));
+            let f = Arc::new(FaultStorage::transient(
+                MemStorage::from_vec(start.clone()),
+                events.0 + n,
+                kind,
+            ));
+            let mut d = Disk::open_storage_chain(
+                vec![f.clone(), Arc::new(base.clone())],
+                OpenMode::ReadWrite,
+            )
+            .unwrap();
+            let _ = d.resize(new, SHRINK);
+            d.resize(new, SHRINK).unwrap();
+            assert_reads(&d, &new_model);
+            d.close().unwrap();
+            let d = open_chain(f.inner().snapshot(), &base, OpenMode::ReadOnly).unwrap();
+            assert_reads(&d, &new_model);
+        }
+    }
 }
 
 #[test]

@@ -2239,3 +2239,39 @@ fn vm_mode_apply_and_revert_switch_what_new_connections_read() {
     vm_disks_read_a_prefix("current after the revert", &vm_current_disks(&vm), 6, 6);
     drop(current);
 }
+
+/// A chain whose top is larger than its parent (a resized differencing
+/// disk): the plugin serves the top's size, the parent's data under its
+/// end and zeros past it; `qemu-img convert` over NBD reads the model, and
+/// a write past the parent's end lands in the top.
+#[test]
+fn a_chain_whose_top_is_larger_than_its_parent() {
+    if !tools() {
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path().join("base.vhdx");
+    let top = dir.path().join("top.avhdx");
+    let b = Disk::create(&base, &CreateOptions::new(4 * MIB)).unwrap();
+    let mut model = vec![0u8; 4 * MIB as usize];
+    write(&b, &mut model, 91, 0, 4 * MIB as usize);
+    b.close().unwrap();
+    let mut t = Disk::create_child(&top, &base, &ChildOptions::default()).unwrap();
+    t.resize(6 * MIB, ckpt::ResizeOptions::default()).unwrap();
+    model.resize(6 * MIB as usize, 0);
+    write(&t, &mut model, 92, 5 * MIB, 4096);
+    t.close().unwrap();
+
+    let server = Server::start(dir.path(), &top, false);
+    let out = dir.path().join("nbd.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &server.uri()])
+        .arg(&out));
+    assert_same("a larger top over NBD", &file_bytes(&out), &model, 0);
+    qemu_io(&server.uri(), &["write -P 0x3c 4194304 65536".to_string()]);
+    server.stop();
+    model[4 * MIB as usize..4 * MIB as usize + 65536].fill(0x3c);
+    let d = Disk::open(&top, OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.virtual_size(), 6 * MIB);
+    assert_same("after a write over NBD", &support::read_all(&d), &model, 0);
+}

@@ -3,7 +3,8 @@
 //! changes; every checkpoint keeps its size and applying one brings it
 //! back; deleting a checkpoint (a merge of layers of different sizes)
 //! keeps what the current state reads. Offline, and live while a writer
-//! writes through the attached VM's handle.
+//! writes through the attached VM's handle (a resize, then a live delete
+//! that grows the base).
 
 mod support;
 
@@ -102,17 +103,21 @@ fn live_resize_while_a_writer_writes_and_through_the_cli() {
     let w = {
         let (disk, stop) = (disk.clone(), stop.clone());
         thread::spawn(move || {
+            // The last byte value written to each 4 KiB unit of [0, 4 MiB).
+            let mut last: Vec<Option<u8>> = vec![None; 1024];
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let off = (n * 4096) % (4 * MIB);
-                disk.write_at(&[(n % 200) as u8 + 1; 4096], off).unwrap();
+                let unit = (n * 7) % 1024;
+                let v = (n % 200) as u8 + 1;
+                disk.write_at(&[v; 4096], unit * 4096).unwrap();
+                last[unit as usize] = Some(v);
                 if n % 16 == 0 {
                     disk.flush().unwrap();
                 }
                 n += 1;
             }
             disk.flush().unwrap();
-            n
+            last
         })
     };
     let r = vm.resize_disk(0, 16 * MIB, GROW).unwrap();
@@ -122,9 +127,31 @@ fn live_resize_while_a_writer_writes_and_through_the_cli() {
     let mut b = vec![0u8; 512];
     disk.read_at(&mut b, 12 * MIB).unwrap();
     assert_eq!(b, vec![0u8; 512], "new space reads zeros");
+    // Delete the checkpoint while the writer writes: a live merge of the
+    // 16 MiB top into the 8 MiB base, which grows.
+    vm.delete("c", false, &mut NoHooks).unwrap();
+    assert_eq!(disk.virtual_size(), 16 * MIB);
+    disk.read_at(&mut b, 15 * MIB).unwrap();
+    assert_eq!(b, vec![0x77u8; 512], "after the live delete");
+    disk.read_at(&mut b, 12 * MIB).unwrap();
+    assert_eq!(b, vec![0u8; 512], "new space still reads zeros");
     stop.store(true, Ordering::SeqCst);
-    let n = w.join().unwrap();
-    assert!(n > 0);
+    let last = w.join().unwrap();
+    assert!(last.iter().any(Option::is_some));
+    // Every write the writer made reads back, through the live handle.
+    let check_units = |read: &dyn Fn(&mut [u8], u64)| {
+        let mut buf = vec![0u8; 4096];
+        for (u, v) in last.iter().enumerate() {
+            read(&mut buf, u as u64 * 4096);
+            let at = u * 4096;
+            let want: Vec<u8> = match v {
+                Some(v) => vec![*v; 4096],
+                None => model[at..at + 4096].to_vec(),
+            };
+            assert!(buf == want, "unit {u}");
+        }
+    };
+    check_units(&|b, off| disk.read_at(b, off).unwrap());
     // What the writer did not touch still reads the base.
     let mut got = vec![0u8; 4 * MIB as usize];
     disk.read_at(&mut got, 4 * MIB).unwrap();
@@ -132,6 +159,20 @@ fn live_resize_while_a_writer_writes_and_through_the_cli() {
     drop(disk);
     vm.detach().unwrap();
     drop(vm);
+    // Reopened detached (the hidden merged layer collapses): the same.
+    let vm = Vm::open(&dir).unwrap();
+    let d = Disk::open(&vm.data().current.disks[0], OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.virtual_size(), 16 * MIB);
+    let mut got = vec![0u8; 4 * MIB as usize];
+    d.read_at(&mut got, 4 * MIB).unwrap();
+    assert!(
+        got == model[4 * MIB as usize..],
+        "past the writer's range, reopened"
+    );
+    d.read_at(&mut b, 15 * MIB).unwrap();
+    assert_eq!(b, vec![0x77u8; 512]);
+    check_units(&|b, off| d.read_at(b, off).unwrap());
+    drop((d, vm));
     // The CLI, on the detached VM: shrink refused over data, then allowed.
     let ckpt = env!("CARGO_BIN_EXE_ckpt");
     let dir_s = dir.to_str().unwrap();

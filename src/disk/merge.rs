@@ -325,6 +325,8 @@ pub(crate) struct MergePlan {
     pub(crate) total: u64,
     /// The disks to re-point at the destination.
     pub(crate) descendants: Vec<PathBuf>,
+    /// The merged child's virtual size: the destination's after the merge.
+    pub(crate) size: u64,
 }
 
 /// Step 1, plan: what merges into what, the refusals (nothing to merge
@@ -392,6 +394,7 @@ pub(crate) fn plan_merge(child: &Path, opts: &mut MergeOptions) -> Result<MergeP
         ranges,
         total,
         descendants,
+        size: view.virtual_size(),
     })
 }
 
@@ -416,7 +419,7 @@ pub(crate) fn copy_merged(
     // A child larger than the destination: the destination grows to its
     // size first (the new space reads zeros, as the child saw past the
     // destination's end), under the announced DataWriteGuid.
-    let size = open(&paths[0], false)?.geo.virtual_size;
+    let size = plan.size;
     if size > dest_file.geo.virtual_size {
         let below = chain::open_parents(&dest_file, dest)?
             .first()
@@ -474,8 +477,8 @@ pub(crate) fn copy_merged(
     // its size (what lies past it, the child never showed). The space of
     // the dropped blocks is reused when the file is next opened for
     // writing, or given back by a compaction.
-    if cm.virtual_size < d.geo.virtual_size {
-        let r = d.resize_file(cm.virtual_size, 0);
+    if size < d.geo.virtual_size {
+        let r = d.resize_file(size, 0);
         let closed = d.close();
         return r
             .and(closed)

@@ -3,7 +3,6 @@
 //! (the restore check of a backup set). The incremental export itself is
 //! `ckpt checkpoint export … --since REF --base PREVIOUS` (`checkpoint.rs`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ckpt::checkpoint::backup::verify_backup;
@@ -34,30 +33,8 @@ pub(super) fn changes_vm_cmd(
     }
     let all = vm.changes(since, to).map_err(vm_error)?;
     let ranges = &all[disk];
-    let text = if json {
-        let v: Vec<serde_json::Value> = ranges
-            .iter()
-            .map(|r| serde_json::json!({"offset": r.offset, "length": r.length}))
-            .collect();
-        serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
-    } else {
-        let mut s = String::new();
-        for r in ranges {
-            s.push_str(&format!("{} {}\n", r.offset, r.length));
-        }
-        let total: u64 = ranges.iter().map(|r| r.length).sum();
-        s.push_str(&format!(
-            "total: {} in {} range{}\n",
-            with_bytes(total),
-            ranges.len(),
-            if ranges.len() == 1 { "" } else { "s" }
-        ));
-        s
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| fail(format!("writing to stdout: {e}")))
+    let json_ranges = json.then(|| super::chain::ranges_json(ranges));
+    super::chain::print_ranges(ranges, json_ranges)
 }
 
 /// `ckpt verify-backup DEST…`: one line per disk of the newest export

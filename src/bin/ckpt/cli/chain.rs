@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ckpt::disk::merge::{self, MergeOptions};
+use ckpt::disk::merge::{self, MergeOptions, Range};
 use ckpt::{ChildOptions, Disk, Error, OpenMode};
 
 use super::size::human;
@@ -173,27 +173,39 @@ pub(super) fn changes_cmd(file: &Path, base: Option<&Path>, json: bool) -> CliRe
         None => 1,
     };
     let ranges = disk.changed_ranges(levels).map_err(|e| e.in_file(file))?;
-    let text = if json {
-        let v = serde_json::json!({
-            "ranges": ranges
-                .iter()
-                .map(|r| serde_json::json!({"offset": r.offset, "length": r.length}))
-                .collect::<Vec<_>>(),
-        });
-        serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
-    } else {
-        let mut s = String::new();
-        for r in &ranges {
-            s.push_str(&format!("{} {}\n", r.offset, r.length));
+    let json_ranges = json.then(|| serde_json::json!({ "ranges": ranges_json(&ranges) }));
+    print_ranges(&ranges, json_ranges)
+}
+
+/// `ranges` as a JSON array of `{"offset": N, "length": N}`.
+pub(super) fn ranges_json(ranges: &[Range]) -> serde_json::Value {
+    ranges
+        .iter()
+        .map(|r| serde_json::json!({"offset": r.offset, "length": r.length}))
+        .collect()
+}
+
+/// Print `json` when given, else `ranges` one `OFFSET LENGTH` line each
+/// and a total line.
+pub(super) fn print_ranges(ranges: &[Range], json: Option<serde_json::Value>) -> CliResult {
+    let text = match json {
+        Some(v) => {
+            serde_json::to_string_pretty(&v).map_err(|e| fail(format!("JSON output: {e}")))? + "\n"
         }
-        let total: u64 = ranges.iter().map(|r| r.length).sum();
-        s.push_str(&format!(
-            "total: {} in {} range{}\n",
-            with_bytes(total),
-            ranges.len(),
-            if ranges.len() == 1 { "" } else { "s" }
-        ));
-        s
+        None => {
+            let mut s = String::new();
+            for r in ranges {
+                s.push_str(&format!("{} {}\n", r.offset, r.length));
+            }
+            let total: u64 = ranges.iter().map(|r| r.length).sum();
+            s.push_str(&format!(
+                "total: {} in {} range{}\n",
+                with_bytes(total),
+                ranges.len(),
+                if ranges.len() == 1 { "" } else { "s" }
+            ));
+            s
+        }
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
