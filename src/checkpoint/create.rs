@@ -472,6 +472,7 @@ impl Vm {
                 Some(f) => read_json(f)?,
                 None => self.data.config.clone(),
             };
+            self.anchors_off(&old_files)?;
             self.data.config = config;
             self.data.current = Current {
                 parent: Some(target.id.clone()),

@@ -141,9 +141,13 @@ impl Vm {
         if kept.is_none() {
             self.check_delete_unused(id, &deps)?;
         }
-        let hide = deps.len() > 1 || kept.is_some();
+        // The anchor of a reference point under the current state is never
+        // made the disk the guest writes: kept hidden, merged once a
+        // checkpoint freezes the layer above it (see `backup::reference`).
+        let anchored = deps == [None] && self.is_anchor(&self.data.checkpoints[self.index(id)?].disks);
+        let hide = deps.len() > 1 || kept.is_some() || anchored;
         let r = match deps.len() {
-            _ if kept.is_some() => self.remove_node(id, true),
+            _ if kept.is_some() || anchored => self.remove_node(id, true),
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], Some(hooks)),
             _ => self.remove_node(id, true),
@@ -375,6 +379,11 @@ impl Vm {
 
     pub(super) fn commit_remove(&mut self, id: &str, hide: bool) -> Result<()> {
         if let Ok(i) = self.index(id) {
+            let c = &self.data.checkpoints[i];
+            if !hide && c.parent.is_some() {
+                let disks = c.disks.clone();
+                self.anchors_off(&disks)?;
+            }
             if hide {
                 let c = &mut self.data.checkpoints[i];
                 c.hidden = true;
@@ -437,6 +446,9 @@ impl Vm {
         }
         if deps == [None] && self.attached() {
             return Ok(()); // the guest writes right above it: once detached
+        }
+        if deps == [None] && self.is_anchor(&self.data.checkpoints[i].disks) {
+            return Ok(()); // a reference point's anchor: once a checkpoint freezes its child
         }
         match deps.len() {
             0 => self.remove_node(id, false),
@@ -618,6 +630,11 @@ impl Vm {
         for (k, target) in relinked {
             self.repoint_branches(k, target, &grand)?;
         }
+        // What each merge brings into a reference point's anchor is in its
+        // change map before a byte moves.
+        for (k, target, src, _) in &todo {
+            self.note_merge(*k, target, src)?;
+        }
         let mut base = 0u64;
         for (k, target, src, size) in todo {
             let mut descendants = Vec::new();
@@ -702,6 +719,8 @@ impl Vm {
     ) -> Result<()> {
         let id = node.id.as_str();
         let sources = self.disks_of(dep)?;
+        // Reference points anchored on a merged source follow its data.
+        self.move_anchors(&sources, &node.disks);
         // Commit: the dependant takes over the merged disks.
         match dep {
             Some(d) => {

@@ -86,6 +86,38 @@ pub fn vm_json(data: &VmFile) -> Value {
     })
 }
 
+/// The reference points as `checkpoint references --json` prints them:
+///
+/// ```json
+/// {"references": [{"name": "nightly", "id": "…", "type": "production",
+///    "created": 1700000000, "converted": 1700000100, "age_seconds": 12,
+///    "map_bytes": 65536, "anchors": ["/vms/web/os.vhdx"]}]}
+/// ```
+///
+/// `created` is when the checkpoint was taken, `converted` when it became
+/// a reference point; `map_bytes` what its change maps hold (the changes
+/// merged into the anchors since); `anchors` the files its changes are
+/// read from, per disk (null: lost, every byte counts as changed).
+pub fn references_json(data: &VmFile) -> Result<Value> {
+    let list: Vec<Value> = crate::checkpoint::backup::references_of(&data.references)?
+        .into_iter()
+        .map(|v| {
+            let r = &v.reference;
+            json!({
+                "name": r.name,
+                "id": r.id,
+                "type": r.taken.as_str(),
+                "created": r.created,
+                "converted": r.converted,
+                "age_seconds": v.age_seconds,
+                "map_bytes": v.map_bytes,
+                "anchors": r.disks.iter().map(|d| opt_path_value(d.anchor.as_deref())).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(json!({ "references": list }))
+}
+
 /// The checkpoint tree as `checkpoint list --json` prints it:
 ///
 /// ```json
@@ -260,6 +292,7 @@ mod tests {
             folder: None,
             related_vms: Vec::new(),
             pending_removals: Vec::new(),
+            references: Vec::new(),
         }
     }
 

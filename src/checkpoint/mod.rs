@@ -56,7 +56,7 @@ pub mod vm;
 pub use create::{Hooks, NoHooks};
 pub use export::export_names;
 pub use live_export::EXPORT_CHECKPOINT_NAME;
-pub use model::{
+pub use model::{ReferenceDisk, ReferencePoint, 
     same_name, Checkpoint, CheckpointType, Current, Journal, Settings, TakenType, VmConfig, VmFile,
     VmState,
 };

@@ -347,6 +347,47 @@ pub struct VmFile {
     /// ([`crate::checkpoint::Vm::take_warnings`], `vm show`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_removals: Vec<PathBuf>,
+    /// Reference points: checkpoints converted to keep only the answer to
+    /// "what changed since then" (see [`crate::checkpoint::backup`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<ReferencePoint>,
+}
+
+/// A reference point: what is left of a checkpoint converted with
+/// [`crate::checkpoint::Vm::convert_to_reference`]: no data, no
+/// configuration, no memory state, only what answers "what changed since".
+///
+/// Per disk, the changes since the point are the ranges of its change map
+/// plus whatever differs between its anchor file and the point asked
+/// about (read off the chains, as between two checkpoints). The anchor is
+/// a disk file of the tree that nothing writes (a checkpoint's disk, or a
+/// hidden node); the map holds what the merges into the anchor (and the
+/// removal of earlier anchors) brought in since the point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferencePoint {
+    /// The id of the checkpoint it was (an export that captured the
+    /// checkpoint is a base for incrementals since the reference point).
+    pub id: String,
+    /// The checkpoint's name.
+    pub name: String,
+    /// When the checkpoint was taken (seconds since the Unix epoch).
+    pub created: u64,
+    /// When it was converted.
+    pub converted: u64,
+    /// What the checkpoint really was.
+    pub taken: TakenType,
+    /// Per disk of the VM.
+    pub disks: Vec<ReferenceDisk>,
+}
+
+/// One disk of a [`ReferencePoint`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceDisk {
+    /// The file whose content the map leads to (None: lost, every byte
+    /// counts as changed).
+    pub anchor: Option<PathBuf>,
+    /// The change map file.
+    pub map: PathBuf,
 }
 
 impl VmFile {

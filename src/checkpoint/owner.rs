@@ -60,6 +60,12 @@ fn map_vm(data: &mut VmFile, f: &dyn Fn(&Path) -> PathBuf) {
     }
     data.past_checkpoint_locations.iter_mut().for_each(one);
     data.pending_removals.iter_mut().for_each(one);
+    for r in &mut data.references {
+        for d in &mut r.disks {
+            d.anchor.iter_mut().for_each(one);
+            one(&mut d.map);
+        }
+    }
 }
 
 /// Every path a journal holds, changed by `f`.

@@ -271,6 +271,7 @@ impl Vm {
             folder: Some(dir.clone()),
             related_vms: Vec::new(),
             pending_removals: Vec::new(),
+            references: Vec::new(),
         };
         write_json(&dir.join(VM_FILE), &owner::stored_vm(&dir, &data))?;
         let mut warnings = Vec::new();

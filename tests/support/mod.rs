@@ -26,6 +26,7 @@
 pub mod cli;
 #[cfg(feature = "cli")]
 pub mod guest;
+pub mod backup;
 pub mod lossy;
 pub mod marked;
 pub mod model;

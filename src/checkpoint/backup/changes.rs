@@ -9,7 +9,9 @@
 
 use std::path::PathBuf;
 
-use crate::checkpoint::model::Checkpoint;
+use super::manifest::Point;
+use super::reference::reference_disk_changes;
+use crate::checkpoint::model::{Checkpoint, ReferencePoint};
 use crate::checkpoint::vm::Vm;
 use crate::disk::merge::{coalesce, Range};
 use crate::disk::{Disk, OpenMode};
@@ -59,39 +61,97 @@ pub fn changes_between(from: &Disk, to: &Disk) -> Result<Vec<Range>> {
     Ok(coalesce(all))
 }
 
+/// The point the changes start from (REF): a checkpoint of the tree, or
+/// a reference point.
+#[derive(Debug, Clone)]
+pub(crate) enum Since {
+    /// A checkpoint (its disks hold its state).
+    Checkpoint(Checkpoint),
+    /// A reference point (its anchors and change maps).
+    Reference(ReferencePoint),
+}
+
+impl Since {
+    /// REF as a manifest names it.
+    pub(crate) fn point(&self) -> Point {
+        match self {
+            Since::Checkpoint(c) => Point::of(c),
+            Since::Reference(r) => Point {
+                id: r.id.clone(),
+                name: r.name.clone(),
+            },
+        }
+    }
+
+    /// The ranges of disk `k` that may differ between REF and the chain
+    /// `to`, sorted and coalesced.
+    pub(crate) fn disk_changes(&self, k: usize, to: &Disk) -> Result<Vec<Range>> {
+        match self {
+            Since::Checkpoint(c) => {
+                let f = c.disks.get(k).ok_or_else(|| {
+                    Error::InvalidArgument(format!("checkpoint {:?} has no disk {k}", c.name))
+                })?;
+                let fd = Disk::open(f, OpenMode::ReadOnly)?;
+                changes_between(&fd, to).map_err(|e| e.in_file(f))
+            }
+            Since::Reference(r) => reference_disk_changes(r, k, to),
+        }
+    }
+}
+
 impl Vm {
+    /// REF called `name`: a checkpoint (refused while it is being
+    /// deleted), else a reference point; `NotFound` when neither is.
+    pub(crate) fn since(&self, name: &str) -> Result<Since> {
+        match self.usable(name) {
+            Ok(c) => Ok(Since::Checkpoint(c.clone())),
+            Err(Error::NotFound(_)) => match self.reference(name) {
+                Some(r) => Ok(Since::Reference(r.clone())),
+                None => Err(Error::NotFound(format!(
+                    "no checkpoint or reference point is called {name:?}"
+                ))),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Per disk of the VM (in its disk order), the byte ranges that may
-    /// differ between checkpoint `since` and checkpoint `to` (None: the
-    /// current state), exact to the logical sector, sorted and coalesced:
-    /// what an incremental export since `since` copies.
+    /// differ between `since` and checkpoint `to` (None: the current
+    /// state), exact to the logical sector (to 64 KiB for what a reference
+    /// point's change map holds), sorted and coalesced: what an
+    /// incremental export since `since` copies.
     ///
-    /// `since` may be any checkpoint on the path to `to`, or on another
-    /// branch (then the changes of both sides since their common ancestor).
-    /// Refused (`InvalidArgument`) when `since` is `to` or was taken after
-    /// it on its path; `NotFound` for an unknown name. For the current
-    /// state of an attached VM the ranges are those of the live chains now
-    /// (a guest writing meanwhile may add more).
+    /// `since` is a checkpoint or a reference point
+    /// ([`Vm::convert_to_reference`]). A checkpoint may be any one on the
+    /// path to `to`, or on another branch (then the changes of both sides
+    /// since their common ancestor). Refused (`InvalidArgument`) when
+    /// `since` is `to` or was taken after it on its path; `NotFound` for an
+    /// unknown name. For the current state of an attached VM the ranges
+    /// are those of the live chains now (a guest writing meanwhile may add
+    /// more).
     pub fn changes(&mut self, since: &str, to: Option<&str>) -> Result<Vec<Vec<Range>>> {
         self.settle(None)?;
         self.seal_live()?;
-        let from = self.usable(since)?.clone();
+        let from = self.since(since)?;
         let to_ck = match to {
             Some(n) => Some(self.usable(n)?.clone()),
             None => None,
         };
-        self.check_order(&from, to_ck.as_ref())?;
-        let mut out = Vec::with_capacity(from.disks.len());
-        for (k, f) in from.disks.iter().enumerate() {
-            let fd = Disk::open(f, OpenMode::ReadOnly)?;
+        if let Since::Checkpoint(c) = &from {
+            self.check_order(c, to_ck.as_ref())?;
+        }
+        let n = self.data.current.disks.len();
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
             let r = match (&to_ck, &self.live) {
-                (Some(c), _) => changes_between(&fd, &Disk::open(&c.disks[k], OpenMode::ReadOnly)?),
-                (None, Some(live)) => live[k].with_disk(|d| changes_between(&fd, d)),
-                (None, None) => changes_between(
-                    &fd,
+                (Some(c), _) => from.disk_changes(k, &Disk::open(&c.disks[k], OpenMode::ReadOnly)?),
+                (None, Some(live)) => live[k].with_disk(|d| from.disk_changes(k, d)),
+                (None, None) => from.disk_changes(
+                    k,
                     &Disk::open(&self.data.current.disks[k], OpenMode::ReadOnly)?,
                 ),
             };
-            out.push(r.map_err(|e| e.in_file(f))?);
+            out.push(r?);
         }
         Ok(out)
     }

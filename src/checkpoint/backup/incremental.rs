@@ -14,12 +14,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::changes::changes_between;
+use super::changes::Since;
 use super::manifest::check_base;
 use super::Point;
 use crate::checkpoint::create::Hooks;
 use crate::checkpoint::export::check_export_folder;
-use crate::checkpoint::model::{read_json, Checkpoint, VmConfig};
+use crate::checkpoint::model::{read_json, VmConfig};
 use crate::checkpoint::vm::Vm;
 use crate::disk::merge::{Progress, Range};
 use crate::disk::{ChildOptions, Disk, OpenMode};
@@ -47,7 +47,7 @@ pub(crate) struct IncrementalPlan {
 #[derive(Debug, Clone)]
 pub(crate) struct IncrementalBase {
     /// REF.
-    pub since: Checkpoint,
+    pub since: Since,
     /// The base export's disk files.
     pub bases: Vec<PathBuf>,
     /// The base export's folder (absolute).
@@ -59,15 +59,14 @@ impl IncrementalBase {
     /// checkpoint's) on this base.
     pub(crate) fn plan(&self, disks: &[PathBuf]) -> Result<IncrementalPlan> {
         let mut ranges = Vec::with_capacity(disks.len());
-        for (f, t) in self.since.disks.iter().zip(disks) {
-            let from = Disk::open(f, OpenMode::ReadOnly)?;
+        for (k, t) in disks.iter().enumerate() {
             let to = Disk::open(t, OpenMode::ReadOnly)?;
-            ranges.push(changes_between(&from, &to).map_err(|e| e.in_file(t))?);
+            ranges.push(self.since.disk_changes(k, &to).map_err(|e| e.in_file(t))?);
         }
         Ok(IncrementalPlan {
             bases: self.bases.clone(),
             ranges,
-            since: Point::of(&self.since),
+            since: self.since.point(),
             base_dir: self.base_dir.clone(),
         })
     }
@@ -104,14 +103,36 @@ impl Vm {
     ) -> Result<Vec<PathBuf>> {
         self.settle(None)?;
         self.seal_live()?;
-        let since = self.usable(since)?.clone();
+        let since = self.since(since)?;
         let point = match name {
             Some(n) => Some(self.usable(n)?.clone()),
             None => None,
         };
-        self.check_order(&since, point.as_ref())?;
+        if let Since::Checkpoint(c) = &since {
+            self.check_order(c, point.as_ref())?;
+        }
         let base_dir = std::fs::canonicalize(base).map_err(|e| Error::from(e).in_file(base))?;
-        let bases = check_base(&base_dir, self.data.id.as_deref(), &since, &since.disks)?;
+        // Files whose virtual size the base must have (never one the
+        // guest writes).
+        let point_disks = match &point {
+            Some(c) => c.disks.clone(),
+            None => self.data.current.disks.clone(),
+        };
+        let sizes_of: Vec<PathBuf> = match &since {
+            Since::Checkpoint(c) => c.disks.clone(),
+            Since::Reference(r) => r
+                .disks
+                .iter()
+                .zip(&point_disks)
+                .map(|(d, p)| d.anchor.clone().unwrap_or_else(|| p.clone()))
+                .collect(),
+        };
+        let bases = check_base(
+            &base_dir,
+            self.data.id.as_deref(),
+            &since.point(),
+            &sizes_of,
+        )?;
         check_export_folder(dest)?;
         let inc = IncrementalBase {
             since,

@@ -209,7 +209,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 pub(crate) fn check_base(
     base: &Path,
     vm_id: Option<&str>,
-    since: &Checkpoint,
+    since: &Point,
     sources: &[PathBuf],
 ) -> Result<Vec<PathBuf>> {
     let m = read_manifest(base)?;
@@ -224,8 +224,8 @@ pub(crate) fn check_base(
     }
     if m.captured.as_ref().map(|p| p.id.as_str()) != Some(since.id.as_str()) {
         return Err(bad(format!(
-            "it captured {}, not checkpoint {:?} (id {}) that the changes start from: give \
-             the export of {:?} (the last backup made of it) as --base",
+            "it captured {}, not {:?} (id {}) that the changes start from: give the \
+             export of {:?} (the last backup made of it) as --base",
             m.captured_text(),
             since.name,
             since.id,

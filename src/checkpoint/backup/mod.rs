@@ -13,11 +13,14 @@
 //! - `incremental.rs`: [`Vm::export_incremental`](crate::checkpoint::Vm::export_incremental);
 //! - `verify.rs`: [`verify_backup`], the restore check of a backup set.
 //!
-//! Part 1 of issue 15: the point an incremental starts from (REF) is a
-//! checkpoint of the tree. Reference points (a checkpoint whose disks were
-//! merged away, kept only to answer "what changed since") are not there
-//! yet: [`Point`] names REF by id, so that a manifest can name a reference
-//! point the same way later.
+//! - `reference.rs`: reference points ([`Vm::convert_to_reference`](crate::checkpoint::Vm::convert_to_reference)),
+//!   what the changes since one are and how merges keep them exact;
+//! - `map.rs`: the change map file of a reference point's disk.
+//!
+//! The point an incremental starts from (REF) is a checkpoint of the tree
+//! or a reference point; [`Point`] names it by id (a reference point keeps
+//! the id of the checkpoint it was, so an export of that checkpoint is the
+//! base of an incremental since the reference point).
 //!
 //! Depends on `crate::disk` (open chains, changed ranges, children) and the
 //! rest of `crate::checkpoint`; never on `ffi` or the CLI.
@@ -25,8 +28,12 @@
 mod changes;
 pub(crate) mod incremental;
 pub(crate) mod manifest;
+pub mod map;
+pub mod reference;
 mod verify;
 
 pub use changes::changes_between;
 pub use manifest::{read_manifest, Manifest, ManifestDisk, Point, MANIFEST_KEY};
+pub use map::ChangeMap;
+pub use reference::{references_of, ReferenceView, REFERENCES_DIR};
 pub use verify::{verify_backup, DiskVerdict};

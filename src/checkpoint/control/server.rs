@@ -525,6 +525,17 @@ fn run(
             vm.delete(args.str("name")?, args.flag("subtree")?, &mut hooks)?;
         }
         "checkpoint.rename" => vm.rename(args.str("name")?, args.str("new_name")?)?,
+        "checkpoint.reference" => {
+            let mut hooks = ConnHooks {
+                conn,
+                client_hooks: false,
+                client_memory: false,
+                dir: vm.dir().to_path_buf(),
+                holder,
+            };
+            vm.convert_to_reference(args.str("name")?, &mut hooks)?;
+        }
+        "reference.delete" => vm.delete_reference(args.str("name")?)?,
         "checkpoint.list" => {
             result.insert("checkpoints".into(), checkpoints_json(vm.data())?);
         }

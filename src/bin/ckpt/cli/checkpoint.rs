@@ -99,6 +99,34 @@ pub enum CheckpointCommand {
         #[arg(long)]
         subtree: bool,
     },
+    /// Turn a checkpoint into a reference point: the checkpoint is deleted
+    /// (its disks merged, as `delete` does; its configuration copy and
+    /// memory state go) and what is left answers exactly what changed since
+    /// it: `ckpt changes DIR --since NAME`, and incremental exports
+    /// `--since NAME` on the export that captured it. A reference point
+    /// never blocks a merge or a delete.
+    Reference {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The checkpoint.
+        name: String,
+    },
+    /// List the reference points with their age.
+    References {
+        /// The VM folder.
+        dir: PathBuf,
+        /// Print JSON: {"references": [{"name", "id", "type", "created",
+        /// "converted", "age_seconds", "map_bytes", "anchors"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a reference point (nothing else changes).
+    DeleteReference {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The reference point.
+        name: String,
+    },
     /// Rename a checkpoint.
     Rename {
         /// The VM folder.
@@ -204,6 +232,9 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
         }
         CheckpointCommand::Revert { dir } => revert(&dir),
         CheckpointCommand::Delete { dir, name, subtree } => delete(&dir, &name, subtree),
+        CheckpointCommand::Reference { dir, name } => reference(&dir, &name),
+        CheckpointCommand::References { dir, json } => references(&dir, json),
+        CheckpointCommand::DeleteReference { dir, name } => delete_reference(&dir, &name),
         CheckpointCommand::Rename {
             dir,
             name,
@@ -773,6 +804,54 @@ fn warn(vm: &mut Target) {
     }
 }
 
+fn reference(dir: &Path, name: &str) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    find(&mut vm, name)?;
+    let mut hooks = CmdHooks::with_bar();
+    let r = vm.convert_to_reference(name, &mut hooks);
+    hooks.finish();
+    r.map_err(vm_error)?;
+    println!(
+        "Checkpoint \"{name}\" is now a reference point: its data was merged away; \
+         `ckpt changes {} --since \"{name}\"` and incremental exports since it still work",
+        dir.display()
+    );
+    warn(&mut vm);
+    Ok(())
+}
+
+fn references(dir: &Path, as_json: bool) -> CliResult {
+    let data = load_vm(dir)?;
+    if as_json {
+        return print(&json_text(&json::references_json(&data).map_err(vm_error)?)?);
+    }
+    let views = ckpt::checkpoint::backup::references_of(&data.references).map_err(vm_error)?;
+    let mut s = format!(
+        "VM \"{}\": {} reference point{}\n",
+        escaped(&data.config.name),
+        views.len(),
+        plural(views.len())
+    );
+    for v in &views {
+        s.push_str(&format!(
+            "  {}  ({}, taken {} ago, {} merged in since)\n",
+            escaped(&v.reference.name),
+            v.reference.taken.as_str(),
+            human_duration(v.age_seconds),
+            human(v.map_bytes)
+        ));
+    }
+    print(&s)
+}
+
+fn delete_reference(dir: &Path, name: &str) -> CliResult {
+    let mut vm = open_vm(dir)?;
+    vm.delete_reference(name).map_err(vm_error)?;
+    println!("Deleted reference point \"{name}\"");
+    warn(&mut vm);
+    Ok(())
+}
+
 fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
     let mut vm = open_vm(dir)?;
     find(&mut vm, name)?;
@@ -794,7 +873,9 @@ fn export(
         find(&mut vm, n)?;
     }
     if let Some((since, _)) = inc {
-        find(&mut vm, since)?;
+        if !vm.data().references.iter().any(|r| r.name == *since) {
+            find(&mut vm, since)?;
+        }
     }
     let mut hooks = CmdHooks::with_bar();
     let r = match inc {

@@ -214,6 +214,26 @@ impl Target {
     }
 
     /// [`Vm::rename`].
+    /// [`Vm::convert_to_reference`].
+    pub(super) fn convert_to_reference(&mut self, name: &str, hooks: &mut dyn Hooks) -> Result<()> {
+        match self {
+            Target::Local(vm) => vm.convert_to_reference(name, hooks),
+            Target::Remote(r) => r
+                .call("checkpoint.reference", json!({ "name": name }), hooks)
+                .map(drop),
+        }
+    }
+
+    /// [`Vm::delete_reference`].
+    pub(super) fn delete_reference(&mut self, name: &str) -> Result<()> {
+        match self {
+            Target::Local(vm) => vm.delete_reference(name),
+            Target::Remote(r) => r
+                .call("reference.delete", json!({ "name": name }), &mut NoHooks)
+                .map(drop),
+        }
+    }
+
     pub(super) fn rename(&mut self, name: &str, new_name: &str) -> Result<()> {
         match self {
             Target::Local(vm) => vm.rename(name, new_name),
