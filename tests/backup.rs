@@ -20,8 +20,8 @@ use ckpt::checkpoint::backup::{read_manifest, verify_backup};
 use ckpt::checkpoint::{Hooks, NoHooks, Vm};
 use ckpt::io::{faults, Cut};
 use ckpt::{Disk, ErrorKind, OpenMode};
-use support::sweep::reopened;
 use support::backup::*;
+use support::sweep::reopened;
 use support::Rng;
 
 #[test]

@@ -147,7 +147,23 @@ impl Vm {
         hooks: &mut dyn Hooks,
     ) -> Result<Checkpoint> {
         self.settle(None)?;
-        self.create_then(name, memory_file, hooks, None)
+        let c = self.create_then(name, memory_file, hooks, None)?;
+        // A hidden node kept under the current state (a reference point's
+        // anchor) now has a frozen checkpoint above it: merged now when
+        // detached (attached, at the next open, keeping the create fast).
+        let parent = c
+            .parent
+            .clone()
+            .filter(|p| self.index(p).is_ok_and(|i| self.data.checkpoints[i].hidden));
+        match parent {
+            Some(p) if !self.attached() => {
+                self.collapse_after_commit(&format!("taking checkpoint {name:?}"), &p);
+                Ok(self
+                    .index(&c.id)
+                    .map_or(c, |i| self.data.checkpoints[i].clone()))
+            }
+            _ => Ok(c),
+        }
     }
 
     fn create_then(

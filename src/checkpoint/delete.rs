@@ -144,7 +144,8 @@ impl Vm {
         // The anchor of a reference point under the current state is never
         // made the disk the guest writes: kept hidden, merged once a
         // checkpoint freezes the layer above it (see `backup::reference`).
-        let anchored = deps == [None] && self.is_anchor(&self.data.checkpoints[self.index(id)?].disks);
+        let anchored =
+            deps == [None] && self.is_anchor(&self.data.checkpoints[self.index(id)?].disks);
         let hide = deps.len() > 1 || kept.is_some() || anchored;
         let r = match deps.len() {
             _ if kept.is_some() || anchored => self.remove_node(id, true),

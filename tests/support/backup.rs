@@ -199,4 +199,3 @@ pub fn assert_holds(
         }
     }
 }
-

@@ -22,11 +22,11 @@
 
 #![allow(dead_code)]
 
+pub mod backup;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]
 pub mod guest;
-pub mod backup;
 pub mod lossy;
 pub mod marked;
 pub mod model;

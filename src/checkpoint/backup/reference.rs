@@ -104,7 +104,11 @@ impl Vm {
     pub fn convert_to_reference(&mut self, name: &str, hooks: &mut dyn Hooks) -> Result<()> {
         self.settle(Some(hooks))?;
         let c = self.usable(name)?.clone();
-        let exists = self.data.references.iter().find(|r| same_name(&r.name, name));
+        let exists = self
+            .data
+            .references
+            .iter()
+            .find(|r| same_name(&r.name, name));
         match exists {
             Some(r) if r.id == c.id => {} // interrupted: finish the delete
             Some(_) => {
@@ -274,7 +278,11 @@ impl Vm {
 
 /// The ranges of disk `k` that may differ between reference point `r` and
 /// the chain `to`, sorted and coalesced.
-pub(crate) fn reference_disk_changes(r: &ReferencePoint, k: usize, to: &Disk) -> Result<Vec<Range>> {
+pub(crate) fn reference_disk_changes(
+    r: &ReferencePoint,
+    k: usize,
+    to: &Disk,
+) -> Result<Vec<Range>> {
     let d = r.disks.get(k).ok_or_else(|| {
         Error::InvalidArgument(format!(
             "reference point {:?} has no disk {k} (it has {})",

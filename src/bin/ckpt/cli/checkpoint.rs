@@ -823,7 +823,9 @@ fn reference(dir: &Path, name: &str) -> CliResult {
 fn references(dir: &Path, as_json: bool) -> CliResult {
     let data = load_vm(dir)?;
     if as_json {
-        return print(&json_text(&json::references_json(&data).map_err(vm_error)?)?);
+        return print(&json_text(
+            &json::references_json(&data).map_err(vm_error)?,
+        )?);
     }
     let views = ckpt::checkpoint::backup::references_of(&data.references).map_err(vm_error)?;
     let mut s = format!(
