@@ -2813,8 +2813,9 @@ ckpt_status ckpt_vm_checkpoint_export_by_id(struct ckpt_vm *vm,
  * the memory state as `ckpt_vm_checkpoint_export`. The chain full export
  * → incremental → … opens with libckpt, libvhdi and Hyper-V.
  *
- * REF is an earlier checkpoint on the path to `name`, or one on another
- * branch (then the changes of both sides since their common ancestor).
+ * REF is an earlier checkpoint on the path to `name`, one on another
+ * branch (then the changes of both sides since their common ancestor),
+ * or a reference point (`ckpt_vm_checkpoint_reference`).
  * `base_dir` must be the export that captured REF (a full export of REF,
  * or an incremental up to REF), unchanged since: its manifest says so,
  * and its disks still have the DataWriteGuids, virtual sizes and sector
@@ -2855,7 +2856,9 @@ ckpt_status ckpt_vm_checkpoint_export_incremental(struct ckpt_vm *vm,
  * checkpoint `to` (NULL: the current state): exact to the logical
  * sector, sorted, non-overlapping and coalesced; what an incremental
  * export since REF copies. REF is an earlier checkpoint on the path to
- * `to`, or one on another branch (then through their common ancestor).
+ * `to`, one on another branch (then through their common ancestor), or a
+ * reference point (`ckpt_vm_checkpoint_reference`; what its change map
+ * holds is exact to 64 KiB).
  * The ranges are computed by this call; for the current state of a
  * running VM, they are those of its live disks now.
  *
@@ -2864,8 +2867,9 @@ ckpt_status ckpt_vm_checkpoint_export_incremental(struct ckpt_vm *vm,
  * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`, `since` or `out` NULL),
  * `CKPT_STATUS_INVALID_ARGUMENT` (REF is `to` or was taken after it on its
  * path, `disk_index` past the last disk, an empty name),
- * `CKPT_STATUS_NOT_FOUND` (no such checkpoint), `CKPT_STATUS_BUSY`,
- * `CKPT_STATUS_UNSUPPORTED` (the disk was resized in between),
+ * `CKPT_STATUS_NOT_FOUND` (no such checkpoint or reference point),
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_UNSUPPORTED` (the disk was resized in
+ * between),
  * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
  *
  * # Safety
@@ -2908,6 +2912,69 @@ ckpt_status ckpt_vm_changes_next(struct ckpt_vm_changes *changes,
  * freed; it must not be used afterwards.
  */
 void ckpt_vm_changes_free(struct ckpt_vm_changes *changes);
+
+/**
+ * Turn checkpoint `name` into a reference point: the checkpoint is
+ * deleted (its disks merged, as `ckpt_vm_checkpoint_delete` does; its
+ * configuration copy and memory state go), and what is left answers
+ * exactly what changed since it: `ckpt_vm_changes_open` and
+ * `ckpt_vm_checkpoint_export_incremental` with `since = name` (on the
+ * export that captured the checkpoint). A reference point keeps no data
+ * and never blocks a merge or a delete. A conversion interrupted after
+ * the reference point was recorded is finished by calling this again.
+ * `hooks` may be NULL (`progress` follows the merge).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+ * `CKPT_STATUS_ALREADY_EXISTS` (a reference point of that name exists),
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_NO_SPACE`, `CKPT_STATUS_CANCELLED`,
+ * `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string; `hooks` as for `ckpt_vm_checkpoint_create`.
+ */
+ckpt_status ckpt_vm_checkpoint_reference(struct ckpt_vm *vm,
+                                         const char *name,
+                                         const struct ckpt_hooks *hooks);
+
+/**
+ * Delete reference point `name` (its change maps go; nothing else
+ * changes).
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_INVALID_ARGUMENT`
+ * (empty name), `CKPT_STATUS_NOT_FOUND` (no such reference point),
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `name` is NULL or a NUL-terminated
+ * string.
+ */
+ckpt_status ckpt_vm_reference_delete(struct ckpt_vm *vm, const char *name);
+
+/**
+ * Copy the reference points as JSON into `buf` (a string getter, as
+ * described at `ckpt_vm_checkpoints_json`): `{"references": [{"name",
+ * "id", "type", "created", "converted", "age_seconds", "map_bytes",
+ * "anchors"}, ...]}`, oldest first. `created` is when the checkpoint was
+ * taken, `converted` when it became a reference point (seconds since the
+ * Unix epoch), `map_bytes` what its change maps hold.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER`, `CKPT_STATUS_BUFFER_TOO_SMALL`,
+ * `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT` (a damaged
+ * change map).
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `buf` is NULL or valid for writes of
+ * `len` bytes; `out_len` is NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_vm_references_json(const struct ckpt_vm *vm,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *out_len);
 
 /**
  * Offer the VM's control channel: listen on the Unix socket

@@ -182,6 +182,50 @@ int main(int argc, char **argv) {
         }
         EXPECT_OK(ckpt_disk_close(d));
     }
+
+    /* Reference points: c0 converted (c1's layer merges into it); the
+     * changes since it are still the two writes, rounded out to the change
+     * map's 64 KiB. */
+    EXPECT_OK(ckpt_vm_checkpoint_reference(vm, "c0", NULL));
+    EXPECT_STATUS(ckpt_vm_checkpoint_reference(vm, "c0", NULL), CKPT_STATUS_NOT_FOUND);
+    EXPECT_STATUS(ckpt_vm_checkpoint_reference(NULL, "c0", NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_checkpoint_reference(vm, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    char refs[4096];
+    EXPECT_OK(ckpt_vm_references_json(vm, refs, sizeof refs, NULL));
+    CHECK(strstr(refs, "\"name\": \"c0\"") != NULL);
+    EXPECT_STATUS(ckpt_vm_references_json(NULL, refs, sizeof refs, NULL),
+                  CKPT_STATUS_NULL_POINTER);
+    ckpt_vm_changes *since_ref = NULL;
+    EXPECT_OK(ckpt_vm_changes_open(vm, "c0", "c1", 0, &since_ref));
+    if (since_ref != NULL) {
+        ckpt_range r[4];
+        size_t n = 0;
+        bool more = true;
+        while (n < 4) {
+            EXPECT_OK(ckpt_vm_changes_next(since_ref, &r[n], &more));
+            if (!more) {
+                break;
+            }
+            n++;
+        }
+        CHECK(n == 2);
+        if (n == 2) {
+            CHECK(r[0].offset == MIB && r[0].length == 64 * 1024);
+            CHECK(r[1].offset == 5u * MIB && r[1].length == 64 * 1024);
+        }
+        ckpt_vm_changes_free(since_ref);
+    }
+    /* An incremental of the current state since the reference point, on
+     * the export that captured c0. */
+    char inc2[4096];
+    snprintf(inc2, sizeof inc2, "%s/inc2", dir);
+    write_bytes(current(vm), 3u * MIB, "later", 5);
+    EXPECT_OK(ckpt_vm_checkpoint_export_incremental(vm, NULL, "c0", full, inc2, NULL));
+    CHECK(chain_length(path_in(inc2, "os.vhdx")) == 2);
+    EXPECT_STATUS(ckpt_vm_reference_delete(vm, "nope"), CKPT_STATUS_NOT_FOUND);
+    EXPECT_STATUS(ckpt_vm_reference_delete(vm, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_OK(ckpt_vm_reference_delete(vm, "c0"));
+    EXPECT_STATUS(ckpt_vm_changes_open(vm, "c0", NULL, 0, &since_ref), CKPT_STATUS_NOT_FOUND);
     EXPECT_OK(ckpt_vm_close(vm));
     return check_finish("test_backup");
 }

@@ -31,8 +31,9 @@ pub struct ckpt_vm_changes {
 /// the memory state as `ckpt_vm_checkpoint_export`. The chain full export
 /// → incremental → … opens with libckpt, libvhdi and Hyper-V.
 ///
-/// REF is an earlier checkpoint on the path to `name`, or one on another
-/// branch (then the changes of both sides since their common ancestor).
+/// REF is an earlier checkpoint on the path to `name`, one on another
+/// branch (then the changes of both sides since their common ancestor),
+/// or a reference point (`ckpt_vm_checkpoint_reference`).
 /// `base_dir` must be the export that captured REF (a full export of REF,
 /// or an incremental up to REF), unchanged since: its manifest says so,
 /// and its disks still have the DataWriteGuids, virtual sizes and sector
@@ -93,7 +94,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_export_incremental(
 /// checkpoint `to` (NULL: the current state): exact to the logical
 /// sector, sorted, non-overlapping and coalesced; what an incremental
 /// export since REF copies. REF is an earlier checkpoint on the path to
-/// `to`, or one on another branch (then through their common ancestor).
+/// `to`, one on another branch (then through their common ancestor), or a
+/// reference point (`ckpt_vm_checkpoint_reference`; what its change map
+/// holds is exact to 64 KiB).
 /// The ranges are computed by this call; for the current state of a
 /// running VM, they are those of its live disks now.
 ///
@@ -102,8 +105,9 @@ pub unsafe extern "C" fn ckpt_vm_checkpoint_export_incremental(
 /// Errors: `CKPT_STATUS_NULL_POINTER` (`vm`, `since` or `out` NULL),
 /// `CKPT_STATUS_INVALID_ARGUMENT` (REF is `to` or was taken after it on its
 /// path, `disk_index` past the last disk, an empty name),
-/// `CKPT_STATUS_NOT_FOUND` (no such checkpoint), `CKPT_STATUS_BUSY`,
-/// `CKPT_STATUS_UNSUPPORTED` (the disk was resized in between),
+/// `CKPT_STATUS_NOT_FOUND` (no such checkpoint or reference point),
+/// `CKPT_STATUS_BUSY`, `CKPT_STATUS_UNSUPPORTED` (the disk was resized in
+/// between),
 /// `CKPT_STATUS_IO`, `CKPT_STATUS_CORRUPT`.
 ///
 /// # Safety

@@ -50,6 +50,8 @@ mod getters;
 mod ids;
 
 mod backup;
+/// Reference points.
+mod reference;
 
 mod control;
 mod live;
@@ -65,6 +67,7 @@ pub use hooks::*;
 pub use ids::*;
 pub use lifecycle::*;
 pub use live::*;
+pub use reference::*;
 pub use settings::*;
 pub use types::*;
 pub use views::*;
