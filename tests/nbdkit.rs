@@ -2275,3 +2275,162 @@ fn a_chain_whose_top_is_larger_than_its_parent() {
     assert_eq!(d.virtual_size(), 6 * MIB);
     assert_same("after a write over NBD", &support::read_all(&d), &model, 0);
 }
+
+/// `qemu-img map --output=json` of a changed-since export as (offset,
+/// length) of its data runs; asserts that no run is said to read as zeros
+/// (unchanged ranges are holes of unknown content, not zeros).
+fn changed_map(uri: &str) -> Vec<(u64, u64)> {
+    let out = run(Command::new("qemu-img").args(["map", "--output=json", "-f", "raw", uri]));
+    let entries: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("qemu-img map JSON ({e}):\n{out}"));
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for e in entries.as_array().expect("an array") {
+        let (start, length) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        assert_eq!(
+            e["zero"], false,
+            "an unchanged range said to read as zeros: {e}"
+        );
+        if e["data"] == true {
+            match runs.last_mut() {
+                Some(r) if r.0 + r.1 == start => r.1 += length,
+                _ => runs.push((start, length)),
+            }
+        }
+    }
+    runs
+}
+
+/// Issue 15: the export `ckpt:changed-since:REF` (and `K:…` for disk K)
+/// maps as data exactly the ranges `ckpt changes DIR --since REF` gives,
+/// for a checkpoint and for a reference point, reads as the disk does, is
+/// read-only, and a write through the disk's export shows in the next
+/// connection's map. An unknown REF or disk fails the connection.
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_serves_the_changes_since_a_point_as_block_status() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempdir();
+    let root = std::fs::canonicalize(tmp.path()).expect("canonical");
+    let vm = make_vm(&root);
+    let vms = vm.to_str().unwrap();
+    for k in 0..4 {
+        let (d, off, b) = vm_put(k);
+        let top = ckpt::checkpoint::Vm::load(&vm).unwrap().current.disks[d].clone();
+        let disk = Disk::open(&top, OpenMode::ReadWrite).unwrap();
+        disk.write_at(&vec![b; REGION as usize], off).unwrap();
+        disk.close().unwrap();
+    }
+    ckpt_ok(&["checkpoint", "create", vms, "r"]);
+    ckpt_ok(&["checkpoint", "create", vms, "c"]);
+    for k in 4..10 {
+        let (d, off, b) = vm_put(k);
+        let top = ckpt::checkpoint::Vm::load(&vm).unwrap().current.disks[d].clone();
+        let disk = Disk::open(&top, OpenMode::ReadWrite).unwrap();
+        disk.write_at(&vec![b; REGION as usize], off).unwrap();
+        disk.close().unwrap();
+    }
+    ckpt_ok(&["checkpoint", "reference", vms, "r"]);
+    let want = |since: &str, k: usize| -> Vec<(u64, u64)> {
+        let out = ckpt_ok(&[
+            "changes",
+            vms,
+            "--since",
+            since,
+            "--disk",
+            &k.to_string(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
+            .collect()
+    };
+    let (since_r, since_c) = ([want("r", 0), want("r", 1)], [want("c", 0), want("c", 1)]);
+    assert!(!since_r[0].is_empty() && !since_c[1].is_empty());
+    let sockdir = root.join("nbd");
+    std::fs::create_dir(&sockdir).expect("mkdir");
+    let server = Server::start_vm(&sockdir, &vm, false);
+    for k in 0..2 {
+        assert_eq!(
+            changed_map(&server.export_uri(&format!("{k}:ckpt:changed-since:r"))),
+            since_r[k],
+            "disk {k} since reference point r"
+        );
+        assert_eq!(
+            changed_map(&server.export_uri(&format!("{k}:ckpt:changed-since:c"))),
+            since_c[k],
+            "disk {k} since checkpoint c"
+        );
+    }
+    assert_eq!(
+        changed_map(&server.export_uri("ckpt:changed-since:r")),
+        since_r[0],
+        "no K: disk 0"
+    );
+    // It reads as the disk does, and refuses writes.
+    let model = vm_model(10);
+    let (_, off, b) = vm_put(8);
+    let out = run(Command::new("qemu-io").args([
+        "-r",
+        "-f",
+        "raw",
+        "-c",
+        &format!("read -P {b:#x} {off} {REGION}"),
+        &server.export_uri("ckpt:changed-since:r"),
+    ]));
+    assert!(!out.contains("fail") && !out.contains("error"), "{out}");
+    assert_eq!(model[0][off as usize], b);
+    let o = run_unchecked(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x11 0 4096",
+        &server.export_uri("ckpt:changed-since:r"),
+    ]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success() || text.contains("failed") || text.contains("read-only"),
+        "a write to a changed-since export: {text}"
+    );
+    // A write through disk 0's export: the next connection maps it too.
+    qemu_io(
+        &server.export_uri("0"),
+        &["write -P 0x5a 7340032 65536".into(), "flush".into()],
+    );
+    let after = changed_map(&server.export_uri("ckpt:changed-since:r"));
+    assert!(
+        after
+            .iter()
+            .any(|&(o, l)| o <= 7 << 20 && (7 << 20) + 65536 <= o + l),
+        "the new write is not in {after:?}"
+    );
+    // Unknown REF, disk past the end: the connection fails.
+    for bad in [
+        "ckpt:changed-since:nope",
+        "5:ckpt:changed-since:r",
+        "ckpt:changed-since:",
+    ] {
+        let o = run_unchecked(Command::new("qemu-img").args([
+            "map",
+            "--output=json",
+            "-f",
+            "raw",
+            &server.export_uri(bad),
+        ]));
+        assert!(!o.status.success(), "export {bad} was served");
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("nope"),
+        "the log names the unknown REF:\n{log}"
+    );
+    drop(server);
+}

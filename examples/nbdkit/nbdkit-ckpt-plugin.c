@@ -32,6 +32,21 @@
  * client reconnects to see it); a connection made before it keeps the old
  * size, and its requests past a smaller end fail with EINVAL.
  *
+ * Changes since a point (VM mode): the export named
+ * "ckpt:changed-since:REF" (disk 0) or "K:ckpt:changed-since:REF" (disk K)
+ * serves disk K read-only, and its block status (base:allocation) says
+ * which ranges changed since REF, a checkpoint or a reference point: a
+ * changed range is data (0), everything else a hole that is NOT said to
+ * read as zeros (NBDKIT_EXTENT_HOLE alone: unchanged, read it from the
+ * earlier backup). A backup tool that speaks NBD maps the export
+ * (`qemu-img map`, or NBD_CMD_BLOCK_STATUS) and reads only what changed.
+ * nbdkit plugins cannot define their own metadata contexts, so the
+ * context's name is the export's name. The changes are computed when the
+ * connection opens (ckpt_vm_changes_open, the live disk's state then; a
+ * guest writing meanwhile adds more, which the next connection sees);
+ * reads serve the live disk. Such exports are not in .list_exports. An
+ * unknown REF fails the connection with libckpt's message.
+ *
  * readonly=true in VM mode: the exports are read-only (nbdkit refuses
  * writes, trims and zeroes with EROFS), but the VM is still opened live
  * and the control channel still offered: the disks are opened for writing
@@ -104,6 +119,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nbdkit-plugin.h>
 
@@ -120,6 +136,11 @@ struct export {
     uint64_t size;
     bool read_only;
     uint32_t sector_size;       /* logical sector size of the disk */
+    /* A changed-since export (one per connection, freed by .close): the
+     * changed ranges, sorted and coalesced; NULL for a disk's export. */
+    ckpt_range *changes;
+    size_t change_count;
+    bool per_connection;
 };
 
 /* The exports (set in .get_ready, freed in .unload): one in file mode,
@@ -420,10 +441,167 @@ static struct export *lookup_export(const char *name) {
     return NULL;
 }
 
-/* A connection's handle is the export it chose (shared, never freed). */
+#define CHANGED_SINCE "ckpt:changed-since:"
+
+/* The most one .extents call maps (see ckpt_extents). */
+#define MAX_MAP (UINT64_C(1) << 30)
+
+/* Whether `name` is a changed-since export: sets *disk and *ref. */
+static bool changed_since_name(const char *name, size_t *disk, const char **ref) {
+    size_t k = 0;
+    const char *p = name;
+    if (*p >= '0' && *p <= '9') {
+        while (*p >= '0' && *p <= '9' && k <= export_count) {
+            k = k * 10 + (size_t)(*p - '0');
+            p++;
+        }
+        if (*p != ':') {
+            return false;
+        }
+        p++;
+    }
+    if (strncmp(p, CHANGED_SINCE, strlen(CHANGED_SINCE)) != 0) {
+        return false;
+    }
+    *disk = k;
+    *ref = p + strlen(CHANGED_SINCE);
+    return true;
+}
+
+/* A changed-since export of disk k since ref, for one connection. */
+static struct export *open_changes(size_t k, const char *ref) {
+    if (k >= export_count || ref[0] == '\0') {
+        nbdkit_error("ckpt: export '%s': give " CHANGED_SINCE "REF (disk 0) or "
+                     "K:" CHANGED_SINCE "REF with K below %zu", nbdkit_export_name(),
+                     export_count);
+        nbdkit_set_error(ENOENT);
+        return NULL;
+    }
+    ckpt_vm_changes *it = NULL;
+    ckpt_status s;
+    /* One call at a time per VM handle: the control channel may be busy. */
+    for (int tries = 0;; tries++) {
+        s = ckpt_vm_changes_open(vm, ref, NULL, k, &it);
+        if (s != CKPT_STATUS_BUSY || tries >= 500) {
+            break;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (s != CKPT_STATUS_OK) {
+        fail("changes since REF", s);
+        return NULL;
+    }
+    struct export *e = calloc(1, sizeof *e);
+    size_t cap = 0;
+    bool more = true;
+    while (e != NULL) {
+        ckpt_range r;
+        s = ckpt_vm_changes_next(it, &r, &more);
+        if (s != CKPT_STATUS_OK || !more) {
+            break;
+        }
+        if (e->change_count == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            ckpt_range *n = realloc(e->changes, ncap * sizeof *n);
+            if (n == NULL) {
+                s = CKPT_STATUS_IO;
+                break;
+            }
+            e->changes = n;
+            cap = ncap;
+        }
+        e->changes[e->change_count++] = r;
+    }
+    ckpt_vm_changes_free(it);
+    if (e == NULL || s != CKPT_STATUS_OK) {
+        if (e != NULL) {
+            free(e->changes);
+            free(e);
+        }
+        nbdkit_error("ckpt: changes since '%s': out of memory", ref);
+        nbdkit_set_error(ENOMEM);
+        return NULL;
+    }
+    e->disk = exports_tab[k].disk;
+    e->size = exports_tab[k].size;
+    e->sector_size = exports_tab[k].sector_size;
+    e->read_only = true;
+    e->per_connection = true;
+    nbdkit_debug("ckpt: disk %zu: %zu changed range(s) since '%s'", k, e->change_count, ref);
+    return e;
+}
+
+/* A connection's handle is the export it chose: a disk's export is shared
+ * and never freed; a changed-since export is the connection's own. */
 static void *ckpt_open(int readonly) {
     (void)readonly;
-    return lookup_export(nbdkit_export_name());
+    const char *name = nbdkit_export_name();
+    size_t k;
+    const char *ref;
+    if (vm != NULL && name != NULL && changed_since_name(name, &k, &ref)) {
+        return open_changes(k, ref);
+    }
+    return lookup_export(name);
+}
+
+static void ckpt_close(void *handle) {
+    struct export *e = handle;
+    if (e != NULL && e->per_connection) {
+        free(e->changes);
+        free(e);
+    }
+}
+
+/* Block status of a changed-since export: changed ranges as data, the
+ * rest as holes not said to read as zeros. */
+static int changes_extents(const struct export *ex, uint64_t offset, uint64_t size,
+                           uint32_t flags, struct nbdkit_extents *extents) {
+    /* The first range that ends after offset (binary search). */
+    size_t lo = 0, hi = ex->change_count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const ckpt_range *r = &ex->changes[mid];
+        if (r->offset + r->length <= offset) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    uint64_t end = size - offset > MAX_MAP ? offset + MAX_MAP : size;
+    uint64_t pos = offset;
+    for (size_t i = lo; pos < end; i++) {
+        uint64_t start = i < ex->change_count ? ex->changes[i].offset : end;
+        if (start > end) {
+            start = end;
+        }
+        if (start > pos) {
+            if (nbdkit_add_extent(extents, pos, start - pos, NBDKIT_EXTENT_HOLE) == -1) {
+                return -1;
+            }
+            pos = start;
+            if (flags & NBDKIT_FLAG_REQ_ONE) {
+                break;
+            }
+        }
+        if (i >= ex->change_count || pos >= end) {
+            break;
+        }
+        uint64_t stop = ex->changes[i].offset + ex->changes[i].length;
+        if (stop > end) {
+            stop = end;
+        }
+        if (stop > pos) {
+            if (nbdkit_add_extent(extents, pos, stop - pos, 0) == -1) {
+                return -1;
+            }
+            pos = stop;
+            if (flags & NBDKIT_FLAG_REQ_ONE) {
+                break;
+            }
+        }
+    }
+    return 0;
 }
 
 /* nbdkit calls .get_size once per connection (after .open) and keeps the
@@ -541,7 +719,6 @@ static int ckpt_can_extents(void *handle) {
  * (1 MiB at the smallest), so MAX_EXTENTS covers any 255 MiB, and 1 GiB
  * unless data and holes alternate in blocks smaller than 4 MiB; then the
  * range is halved until it fits. */
-#define MAX_MAP (UINT64_C(1) << 30)
 #define MAX_EXTENTS 256
 
 static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
@@ -553,6 +730,9 @@ static int ckpt_extents(void *handle, uint32_t count, uint64_t offset, uint32_t 
         nbdkit_error("ckpt: extents: offset %" PRIu64 " is past the end", offset);
         nbdkit_set_error(EINVAL);
         return -1;
+    }
+    if (ex->per_connection) {
+        return changes_extents(ex, offset, size, flags, extents);
     }
     uint64_t len = size - offset;
     if (len > MAX_MAP) {
@@ -628,6 +808,7 @@ static struct nbdkit_plugin plugin = {
     .after_fork = ckpt_after_fork,
     .list_exports = ckpt_list_exports,
     .open = ckpt_open,
+    .close = ckpt_close,
     .get_size = ckpt_get_size,
     .can_write = ckpt_can_write,
     .can_flush = ckpt_can_flush,
