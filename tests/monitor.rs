@@ -44,7 +44,9 @@ fn new_vm(root: &Path, name: &str) -> PathBuf {
 /// Take checkpoint `name` of the VM in `dir`; its creation time.
 fn checkpoint(dir: &Path, name: &str) -> u64 {
     let mut vm = Vm::open(dir).unwrap();
-    vm.create_checkpoint(name, None, &mut NoHooks).unwrap().created
+    vm.create_checkpoint(name, None, &mut NoHooks)
+        .unwrap()
+        .created
 }
 
 /// Write `len` bytes of 0x5a at `offset` into the VM's current disk 0.
@@ -118,7 +120,10 @@ fn plugin(o: &Output) -> Plugin {
     });
     let item = perf_item();
     // The same grammar without group names, to repeat it in the line.
-    let plain = Regex::new(r"\?P<[a-z]+>").unwrap().replace_all(&item, "?:").to_string();
+    let plain = Regex::new(r"\?P<[a-z]+>")
+        .unwrap()
+        .replace_all(&item, "?:")
+        .to_string();
     let line = Regex::new(&format!(
         r"^CKPT (?P<s>OK|WARNING|CRITICAL|UNKNOWN) - (?P<sum>[^|]+?)(?: \| (?P<p>{plain}(?: {plain})*))?$"
     ))
@@ -206,8 +211,11 @@ fn promtool(text: &str) -> Option<Result<(), String>> {
     })
 }
 
-/// The samples of an exposition: (metric, labels unescaped, value).
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample of an exposition: metric, labels (values unescaped), value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of an exposition.
+fn samples(text: &str) -> Vec<Sample> {
     let sample = Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$").unwrap();
     let label = Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)""#).unwrap();
     let mut out = Vec::new();
@@ -240,11 +248,7 @@ fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
     out
 }
 
-fn sample_of(
-    all: &[(String, Vec<(String, String)>, f64)],
-    metric: &str,
-    with: &[(&str, &str)],
-) -> f64 {
+fn sample_of(all: &[Sample], metric: &str, with: &[(&str, &str)]) -> f64 {
     all.iter()
         .find(|(m, l, _)| {
             m == metric
@@ -297,17 +301,38 @@ fn every_state_with_its_exit_status_as_checkpoints_age() {
 
     // --warn-age / --crit-age; then the VM's own age warning as default,
     // which --warn-age overrides.
-    let p = plugin(&monitor(&[v, "--warn-age", "1h", &now_arg(created + h + 1)]));
-    assert_eq!((p.state.as_str(), p.perf("web oldest_age").warn.as_str()), ("WARNING", "3600"));
+    let p = plugin(&monitor(&[
+        v,
+        "--warn-age",
+        "1h",
+        &now_arg(created + h + 1),
+    ]));
     assert_eq!(
-        plugin(&monitor(&[v, "--crit-age=90m", &now_arg(created + 91 * 60)])).code,
+        (p.state.as_str(), p.perf("web oldest_age").warn.as_str()),
+        ("WARNING", "3600")
+    );
+    assert_eq!(
+        plugin(&monitor(&[
+            v,
+            "--crit-age=90m",
+            &now_arg(created + 91 * 60)
+        ]))
+        .code,
         2
     );
     ok(&["vm", "set", v, "--age-warning", "2h"]);
     assert_eq!(plugin(&monitor(&[v, &now_arg(created + h + 1)])).code, 0);
-    assert_eq!(plugin(&monitor(&[v, &now_arg(created + 2 * h + 1)])).code, 1);
     assert_eq!(
-        plugin(&monitor(&[v, "--warn-age=3h", &now_arg(created + 2 * h + 1)])).code,
+        plugin(&monitor(&[v, &now_arg(created + 2 * h + 1)])).code,
+        1
+    );
+    assert_eq!(
+        plugin(&monitor(&[
+            v,
+            "--warn-age=3h",
+            &now_arg(created + 2 * h + 1)
+        ]))
+        .code,
         0
     );
 
@@ -345,7 +370,12 @@ fn every_state_with_its_exit_status_as_checkpoints_age() {
     // Several VMs: the worst state wins, CRITICAL over UNKNOWN; each
     // readable VM has its perfdata.
     let other = new_vm(t.path(), "db");
-    let p = plugin(&monitor(&[v, b, other.to_str().unwrap(), &now_arg(created + 80 * h)]));
+    let p = plugin(&monitor(&[
+        v,
+        b,
+        other.to_str().unwrap(),
+        &now_arg(created + 80 * h),
+    ]));
     assert_eq!(p.state, "CRITICAL");
     assert!(p.long_has("UNKNOWN: ") && p.long_has("CRITICAL: web ("));
     assert_eq!(p.perf("db checkpoints").value, 0.0);
@@ -414,7 +444,12 @@ fn size_and_depth_thresholds_crossed_as_disks_grow() {
         assert_eq!(m["size_bytes"], c["size_bytes"], "{}", c["name"]);
         assert_eq!(m["chain_depth"], c["chain_depth"], "{}", c["name"]);
     }
-    assert!(report["vms"][0]["checkpoints"][1]["size_bytes"].as_u64().unwrap() >= 16 * MIB);
+    assert!(
+        report["vms"][0]["checkpoints"][1]["size_bytes"]
+            .as_u64()
+            .unwrap()
+            >= 16 * MIB
+    );
 
     // Depth: the current state's chain, as the library opens it.
     let depth_args = |now: &str| {
@@ -432,12 +467,22 @@ fn size_and_depth_thresholds_crossed_as_disks_grow() {
         Disk::open(&cur, OpenMode::ReadOnly).unwrap().depth() as f64
     };
     let p = depth_args(&now_arg(created + 5));
-    assert_eq!((p.state.as_str(), p.perf("app depth").value), ("OK", real()));
+    assert_eq!(
+        (p.state.as_str(), p.perf("app depth").value),
+        ("OK", real())
+    );
     assert_eq!(real(), 3.0);
     checkpoint(&vm, "c");
     let p = depth_args(&now_arg(created + 5));
-    assert_eq!((p.state.as_str(), p.perf("app depth").value), ("WARNING", real()));
-    assert!(p.long_has("deepest disk chain has 4 layers (warning over 3)"), "{:?}", p.long);
+    assert_eq!(
+        (p.state.as_str(), p.perf("app depth").value),
+        ("WARNING", real())
+    );
+    assert!(
+        p.long_has("deepest disk chain has 4 layers (warning over 3)"),
+        "{:?}",
+        p.long
+    );
     checkpoint(&vm, "d");
     assert_eq!(depth_args(&now_arg(created + 5)).state, "CRITICAL");
 }
@@ -482,10 +527,18 @@ fn pending_operations_and_a_lock_held_too_long() {
         .as_secs();
     let p = plugin(&monitor(&[v, &now_arg(since + 30)]));
     assert_eq!(p.state, "UNKNOWN", "{p:?}");
-    assert!(p.summary.contains("a create operation was interrupted"), "{}", p.summary);
+    assert!(
+        p.summary.contains("a create operation was interrupted"),
+        "{}",
+        p.summary
+    );
     let prom = stdout(&monitor(&[v, "--format=prometheus"]));
     assert_eq!(
-        sample_of(&samples(&prom), "ckpt_vm_pending_operation", &[("vm", "ops")]),
+        sample_of(
+            &samples(&prom),
+            "ckpt_vm_pending_operation",
+            &[("vm", "ops")]
+        ),
         1.0
     );
     let j = json_of(&monitor(&[v, "--format=json"]));
@@ -502,11 +555,24 @@ fn pending_operations_and_a_lock_held_too_long() {
         let _held = ckpt::io::lock_file(&lock, ckpt::io::LockKind::Exclusive).unwrap();
         let p = plugin(&monitor(&[v, &now_arg(since + 30)]));
         assert_eq!(p.state, "OK", "{p:?}");
-        assert!(p.long_has("INFO: ops (") && p.long_has("operation is under way"), "{:?}", p.long);
+        assert!(
+            p.long_has("INFO: ops (") && p.long_has("operation is under way"),
+            "{:?}",
+            p.long
+        );
         let p = plugin(&monitor(&[v, &now_arg(since + 2 * 3600)]));
         assert_eq!(p.state, "UNKNOWN");
-        assert!(p.summary.contains("has held the VM's lock for 2h (over 1h)"), "{}", p.summary);
-        let p = plugin(&monitor(&[v, "--operation-timeout=3h", &now_arg(since + 2 * 3600)]));
+        assert!(
+            p.summary
+                .contains("has held the VM's lock for 2h (over 1h)"),
+            "{}",
+            p.summary
+        );
+        let p = plugin(&monitor(&[
+            v,
+            "--operation-timeout=3h",
+            &now_arg(since + 2 * 3600),
+        ]));
         assert_eq!(p.state, "OK");
     }
     // Opening the VM finishes or undoes it: OK, nothing pending.
@@ -515,7 +581,11 @@ fn pending_operations_and_a_lock_held_too_long() {
     assert_eq!(plugin(&monitor(&[v])).state, "OK");
     let prom = stdout(&monitor(&[v, "--format=prometheus"]));
     assert_eq!(
-        sample_of(&samples(&prom), "ckpt_vm_pending_operation", &[("vm", "ops")]),
+        sample_of(
+            &samples(&prom),
+            "ckpt_vm_pending_operation",
+            &[("vm", "ops")]
+        ),
         0.0
     );
 
@@ -580,10 +650,17 @@ fn prometheus_metrics_pass_promtool() {
     let age = sample_of(
         &all,
         "ckpt_checkpoint_age_seconds",
-        &[("vm", odd), ("checkpoint", "a \"quoted\" \\ name"), ("type", "production")],
+        &[
+            ("vm", odd),
+            ("checkpoint", "a \"quoted\" \\ name"),
+            ("type", "production"),
+        ],
     );
     assert_eq!(age, 100.0);
-    assert_eq!(sample_of(&all, "ckpt_vm_checkpoints", &[("vm", "plain")]), 1.0);
+    assert_eq!(
+        sample_of(&all, "ckpt_vm_checkpoints", &[("vm", "plain")]),
+        1.0
+    );
     assert_eq!(sample_of(&all, "ckpt_vm_chain_depth", &[("vm", odd)]), 2.0);
     assert_eq!(sample_of(&all, "ckpt_vm_status", &[("vm", "plain")]), 0.0);
     if let Some(r) = promtool(&text) {
@@ -598,7 +675,10 @@ fn prometheus_metrics_pass_promtool() {
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("vm.json"), b"[]").unwrap();
     let text = stdout(&monitor(&[bad.to_str().unwrap(), "--format=prometheus"]));
-    assert_eq!(sample_of(&samples(&text), "ckpt_vm_status", &[("vm", "bad")]), 3.0);
+    assert_eq!(
+        sample_of(&samples(&text), "ckpt_vm_status", &[("vm", "bad")]),
+        3.0
+    );
     if let Some(r) = promtool(&text) {
         r.unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
     }
@@ -645,7 +725,10 @@ fn json_report_shape() {
     assert_eq!(c["size_bytes"], 0, "its disk is the VM's base disk");
     assert_eq!(c["warnings"], serde_json::json!([]));
     assert_eq!(v["findings"][0]["state"], "WARNING");
-    assert!(v["findings"][0]["text"].as_str().unwrap().contains("is 2d old"));
+    assert!(v["findings"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("is 2d old"));
     assert_eq!(j["skipped"], serde_json::json!([]));
 }
 
@@ -671,12 +754,19 @@ fn recursive_search_skips_what_it_cannot_read() {
 
     let p = plugin(&monitor(&["--recursive", r, &now]));
     assert_eq!(p.state, "OK", "{p:?}");
-    assert!(p.summary.starts_with("2 VMs, 2 checkpoints"), "{}", p.summary);
+    assert!(
+        p.summary.starts_with("2 VMs, 2 checkpoints"),
+        "{}",
+        p.summary
+    );
     assert_eq!(p.perf("a checkpoints").value, 1.0);
     assert_eq!(p.perf("b checkpoints").value, 1.0);
     let dangling = root.join("dangling");
     assert!(
-        p.long_has(&format!("skipped {}: a symbolic link that cannot be followed", dangling.display())),
+        p.long_has(&format!(
+            "skipped {}: a symbolic link that cannot be followed",
+            dangling.display()
+        )),
         "{:?}",
         p.long
     );
@@ -684,7 +774,10 @@ fn recursive_search_skips_what_it_cannot_read() {
     assert_eq!(j["vms"].as_array().unwrap().len(), 2);
     assert_eq!(j["skipped"][0]["path"], dangling.to_str().unwrap());
     let prom = stdout(&monitor(&["-r", r, &now, "--format=prometheus"]));
-    assert_eq!(sample_of(&samples(&prom), "ckpt_monitor_skipped_paths", &[]), 1.0);
+    assert_eq!(
+        sample_of(&samples(&prom), "ckpt_monitor_skipped_paths", &[]),
+        1.0
+    );
 
     // A damaged VM file found by the search: UNKNOWN, the others still read.
     let c = root.join("group").join("c");
@@ -692,7 +785,11 @@ fn recursive_search_skips_what_it_cannot_read() {
     std::fs::write(c.join("vm.json"), b"not json").unwrap();
     let p = plugin(&monitor(&["-r", r, &now]));
     assert_eq!(p.state, "UNKNOWN");
-    assert!(p.long_has(&format!("UNKNOWN: {}: ", c.display())), "{:?}", p.long);
+    assert!(
+        p.long_has(&format!("UNKNOWN: {}: ", c.display())),
+        "{:?}",
+        p.long
+    );
     assert_eq!(p.perf.len(), 8, "two readable VMs' perfdata");
     // Without --recursive the folder of folders is no VM.
     assert_eq!(plugin(&monitor(&[r])).state, "UNKNOWN");
@@ -730,7 +827,10 @@ fn roles_warn_and_monitoring_reports_them() {
     assert!(stderr(&o).starts_with("warning: checkpoint \"risky\": the VM is a domain controller"));
     assert!(stderr(&o).contains("USN rollback"));
     let list = stdout(&ok(&["checkpoint", "list", v]));
-    assert!(list.contains("[warning: the VM is a domain controller"), "{list}");
+    assert!(
+        list.contains("[warning: the VM is a domain controller"),
+        "{list}"
+    );
     let lj: Value =
         serde_json::from_slice(&ok(&["checkpoint", "list", v, "--json"]).stdout).unwrap();
     let risky = lj["checkpoints"]
@@ -739,7 +839,10 @@ fn roles_warn_and_monitoring_reports_them() {
         .iter()
         .find(|c| c["name"] == "risky")
         .unwrap();
-    assert!(risky["warnings"][0].as_str().unwrap().contains("USN rollback"));
+    assert!(risky["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("USN rollback"));
     let stored = std::fs::read_to_string(vm.join("vm.json")).unwrap();
     assert!(stored.contains("\"role\": \"domain-controller\""));
 
@@ -750,8 +853,12 @@ fn roles_warn_and_monitoring_reports_them() {
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
     let p = plugin(&monitor(&[v, &now]));
     assert_eq!(p.state, "WARNING");
-    assert!(p.long_has("checkpoint \"risky\" was taken with a warning")
-        || p.long_has("checkpoint \"risky\": the VM is a domain controller"), "{:?}", p.long);
+    assert!(
+        p.long_has("checkpoint \"risky\" was taken with a warning")
+            || p.long_has("checkpoint \"risky\": the VM is a domain controller"),
+        "{:?}",
+        p.long
+    );
     assert!(!p.long_has("\"plain\""), "{:?}", p.long);
     let j = json_of(&monitor(&[v, &now, "--format=json"]));
     let states: Vec<&str> = j["vms"][0]["checkpoints"]
@@ -772,8 +879,16 @@ fn roles_warn_and_monitoring_reports_them() {
     let o = run(&["checkpoint", "create", v, "rep"]);
     assert!(stderr(&o).contains("replica"), "{}", stderr(&o));
     let p = plugin(&monitor(&[v, &now]));
-    assert!(p.long_has("stale cluster state") && p.long_has("replica"), "{:?}", p.long);
+    assert!(
+        p.long_has("stale cluster state") && p.long_has("replica"),
+        "{:?}",
+        p.long
+    );
     let o = run(&["vm", "set", v, "--role", "web-server"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown VM role 'web-server'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown VM role 'web-server'"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -221,7 +221,11 @@ pub fn evaluate(scan: Scan, t: &Thresholds, now: u64) -> Report {
     } else {
         State::Ok
     };
-    for s in vms.iter().map(|v| v.state).chain(findings.iter().map(|f| f.state)) {
+    for s in vms
+        .iter()
+        .map(|v| v.state)
+        .chain(findings.iter().map(|f| f.state))
+    {
         state = state.worst(s);
     }
     Report {
@@ -372,9 +376,7 @@ fn judge_vm(v: VmFacts, t: &Thresholds, now: u64) -> VmReport {
     }
     // Worst first; equal states keep their order.
     findings.sort_by_key(|f| std::cmp::Reverse(f.state.rank()));
-    let state = findings
-        .iter()
-        .fold(State::Ok, |s, f| s.worst(f.state));
+    let state = findings.iter().fold(State::Ok, |s, f| s.worst(f.state));
     let oldest_age = checkpoints.iter().map(|c| c.age_seconds).max().unwrap_or(0);
     VmReport {
         folder: v.folder.clone(),

@@ -210,12 +210,7 @@ pub fn read_vm(dir: &Path) -> Found {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return unreadable(format!("not a VM folder (it has no {VM_FILE})"))
         }
-        Err(e) => {
-            return unreadable(format!(
-                "cannot read {VM_FILE}: {}",
-                crate::Error::from(e)
-            ))
-        }
+        Err(e) => return unreadable(format!("cannot read {VM_FILE}: {}", crate::Error::from(e))),
         Ok(_) => {}
     }
     match Vm::load(dir) {

@@ -46,9 +46,10 @@ fn vm(v: &VmReport) -> Value {
         o["size_bytes"] = json!(f.size_bytes);
         o["chain_depth"] = json!(f.chain_depth);
         o["checkpoint_count"] = json!(f.checkpoints.len());
-        o["pending_operation"] = f.operation.as_ref().map_or(Value::Null, |op| {
-            json!({"op": op.op, "since": op.since, "under_way": op.under_way})
-        });
+        o["pending_operation"] = f.operation.as_ref().map_or(
+            Value::Null,
+            |op| json!({"op": op.op, "since": op.since, "under_way": op.under_way}),
+        );
         o["checkpoints"] = v
             .checkpoints
             .iter()

@@ -85,7 +85,11 @@ fn summary(r: &Report) -> String {
                 .map(|(v, f)| format!("{}: {}", v.name, f.text))
         }))
         .collect();
-    let all_problems: usize = r.vms.iter().map(|v| v.findings.iter().filter(|f| f.state != State::Ok).count()).sum::<usize>()
+    let all_problems: usize = r
+        .vms
+        .iter()
+        .map(|v| v.findings.iter().filter(|f| f.state != State::Ok).count())
+        .sum::<usize>()
         + r.findings.iter().filter(|f| f.state != State::Ok).count();
     match problems.first() {
         Some(first) if all_problems > 1 => {
@@ -139,7 +143,11 @@ pub fn nagios(r: &Report) -> String {
                 State::Ok => "INFO",
                 s => s.as_str(),
             };
-            s.push_str(&format!("{state}: {}: {}\n", one_line(&who), one_line(&f.text)));
+            s.push_str(&format!(
+                "{state}: {}: {}\n",
+                one_line(&who),
+                one_line(&f.text)
+            ));
         }
     }
     for k in &r.skipped {

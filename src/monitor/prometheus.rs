@@ -59,8 +59,14 @@ pub fn prometheus(r: &Report) -> String {
     let mut age = Vec::new();
     let mut size = Vec::new();
     let mut cstatus = Vec::new();
-    let (mut depth, mut count, mut bytes, mut pending, mut status, mut info) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut depth, mut count, mut bytes, mut pending, mut status, mut info) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for v in &r.vms {
         status.push((labels(v, &[]), v.state.code() as u64));
         let Some(f) = &v.facts else {

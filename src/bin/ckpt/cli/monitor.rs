@@ -91,10 +91,7 @@ pub fn is_monitor_call() -> bool {
 /// A failure as the plugin's UNKNOWN: one status line on stdout, exit 3.
 pub fn unknown(f: Failure) -> i32 {
     let msg = f.0.join("; ");
-    println!(
-        "CKPT UNKNOWN - {}",
-        super::one_line(&msg).replace('|', "/")
-    );
+    println!("CKPT UNKNOWN - {}", super::one_line(&msg).replace('|', "/"));
     3
 }
 
