@@ -628,8 +628,10 @@ fn prometheus_metrics_pass_promtool() {
     let created = checkpoint(&dir, "a \"quoted\" \\ name");
     let plain = new_vm(t.path(), "plain");
     checkpoint(&plain, "p");
+    // A folder given twice is one VM (no duplicate series).
     let o = monitor(&[
         dir.to_str().unwrap(),
+        plain.to_str().unwrap(),
         plain.to_str().unwrap(),
         "--format=prometheus",
         &now_arg(created + 100),

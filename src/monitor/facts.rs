@@ -118,8 +118,8 @@ pub struct Scan {
 
 /// Read the VM folders `paths`, or with `recursive` search each of them
 /// for VM folders (a folder holding `vm.json`; not searched further),
-/// skipping what cannot be read. Symbolic links are followed, each folder
-/// searched once.
+/// skipping what cannot be read. Symbolic links are followed; each folder
+/// is searched (and each VM read) once.
 pub fn scan(paths: &[PathBuf], recursive: bool) -> Scan {
     let mut out = Scan::default();
     let mut seen = HashSet::new();
@@ -131,7 +131,11 @@ pub fn scan(paths: &[PathBuf], recursive: bool) -> Scan {
                 out.empty.push(p.clone());
             }
         } else {
-            out.vms.push(read_vm(p));
+            // A folder given twice is read once.
+            let real = std::fs::canonicalize(p).ok();
+            if real.is_none_or(|r| seen.insert(r)) {
+                out.vms.push(read_vm(p));
+            }
         }
     }
     out

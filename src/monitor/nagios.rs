@@ -74,7 +74,7 @@ fn summary(r: &Report) -> String {
     let problems: Vec<String> = r
         .findings
         .iter()
-        .filter(|f| f.state != State::Ok)
+        .filter(|f| f.state != State::Ok && f.state == r.state)
         .map(|f| f.text.clone())
         .chain(r.vms.iter().flat_map(|v| {
             v.findings
@@ -158,4 +158,16 @@ pub fn nagios(r: &Report) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_lose_what_the_grammar_forbids() {
+        assert_eq!(label("it's a=b|c\nd"), "it_s a_b_c_d");
+        assert_eq!(count(1, "VM"), "1 VM");
+        assert_eq!(count(2, "VM"), "2 VMs");
+    }
 }
