@@ -886,6 +886,28 @@ fn roles_warn_and_monitoring_reports_them() {
         "{:?}",
         p.long
     );
+    // Given at creation.
+    let d2 = t.path().join("d2");
+    std::fs::create_dir(&d2).unwrap();
+    let disk2 = d2.join("os.vhdx");
+    Disk::create(&disk2, &CreateOptions::new(8 * MIB))
+        .unwrap()
+        .close()
+        .unwrap();
+    let d2s = d2.to_str().unwrap();
+    ok(&[
+        "vm",
+        "create",
+        d2s,
+        "--name",
+        "n2",
+        "--disk",
+        disk2.to_str().unwrap(),
+        "--role",
+        "cluster-member",
+    ]);
+    let show: Value = serde_json::from_slice(&ok(&["vm", "show", d2s, "--json"]).stdout).unwrap();
+    assert_eq!(show["settings"]["role"], "cluster-member");
     let o = run(&["vm", "set", v, "--role", "web-server"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

@@ -713,6 +713,8 @@ fn run(command: Command) -> CliResult {
         } => resize::resize_cmd(&file, size, allow_shrink, json),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Checkpoint(cmd) => checkpoint::run(cmd),
+        // `main` runs `monitor` itself, for its exit status; here only for
+        // completeness (a status other than OK as an error).
         Command::Monitor(a) => match monitor::run(&a) {
             0 => Ok(()),
             code => Err(fail(format!("the check ended with status {code}"))),
