@@ -553,8 +553,25 @@ fn usage_command(rendered: &str) -> String {
     if words.first() == Some(&"ckpt") {
         words.join(" ")
     } else {
-        "ckpt".to_string()
+        command_of_args()
     }
+}
+
+/// The command the process's arguments name ("ckpt", "ckpt vm set"): the
+/// leading words that are subcommands, for errors whose text has no
+/// "Usage:" line (an invalid value).
+fn command_of_args() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut words = vec!["ckpt".to_string()];
+    for a in std::env::args().skip(1) {
+        let Some(sub) = cmd.find_subcommand(&a).cloned() else {
+            break;
+        };
+        words.push(a);
+        cmd = sub;
+    }
+    words.join(" ")
 }
 
 fn run(command: Command) -> CliResult {
