@@ -2095,6 +2095,24 @@ ckpt_status ckpt_vm_set_checkpoint_location(struct ckpt_vm *vm, const char *loca
 ckpt_status ckpt_vm_set_age_warning(struct ckpt_vm *vm, uint64_t seconds);
 
 /**
+ * Mark the VM with a role whose checkpoints are risky to apply: `role`
+ * is "domain-controller", "cluster-member" or "replicated"; NULL or
+ * "none" clears it. A checkpoint of such a VM is still taken, with a
+ * warning recorded with it (`"warnings"` in `ckpt_vm_checkpoints_json`),
+ * and `ckpt monitor` reports it as WARNING. `ckpt_vm_show_json` has the
+ * role as `"role"`.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (unknown role), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `role` is NULL or a NUL-terminated
+ * string.
+ */
+ckpt_status ckpt_vm_set_role(struct ckpt_vm *vm, const char *role);
+
+/**
  * Replace the hypervisor's own settings with the JSON text `json` (kept as
  * it is, copied into checkpoints, restored by apply).
  *

@@ -266,6 +266,9 @@ impl Vm {
             fallback_reason,
         } = kind;
         let id = uuid::Uuid::new_v4().to_string();
+        // A risky role warns, never refuses: recorded with the checkpoint
+        // and reported once it is taken.
+        let role_warning = self.data.settings.role.map(VmRole::checkpoint_warning);
         let loc = self.checkpoint_location();
         let config_file = loc.join(format!("{id}.json"));
         let memory_path = loc.join(format!("{id}.vmrs"));
@@ -340,6 +343,7 @@ impl Vm {
             hidden: false,
             deleting: false,
             vm_state: Some(vm_state),
+            warnings: role_warning.iter().map(|w| w.to_string()).collect(),
         };
         self.data.checkpoints.push(ck.clone());
         self.data.current.parent = Some(id.clone());
@@ -357,6 +361,9 @@ impl Vm {
                     self.after_commit(&format!("creating checkpoint {name:?}"), Err(e));
                 }
             }
+        }
+        if let Some(w) = role_warning {
+            self.warnings.push(format!("checkpoint {name:?}: {w}"));
         }
         // Committed: the checkpoint exists, and what fails from here on is
         // tidying up ([`Vm::take_warnings`]; the next open removes the

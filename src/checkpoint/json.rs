@@ -31,12 +31,13 @@ fn opt_path_value(p: Option<&Path>) -> Value {
 /// ```json
 /// {"name": "web", "state": "off", "memory_mib": 1024, "cpus": 2,
 ///  "checkpoint_type": "production", "checkpoint_location": null,
-///  "age_warning_seconds": null, "current_checkpoint": "before-upgrade",
+///  "age_warning_seconds": null, "role": null,
+///  "current_checkpoint": "before-upgrade",
 ///  "current_checkpoint_id": "…", "saved_state": null,
 ///  "disks": [{"path": "/vms/web/os_….avhdx", "base": "/vms/web/os.vhdx"}],
 ///  "passthrough": ["/dev/sdb"], "hypervisor": {…},
 ///  "settings": {"checkpoint_type": "production", "checkpoint_location": null,
-///               "age_warning_seconds": null}}
+///               "age_warning_seconds": null, "role": null}}
 /// ```
 ///
 /// `disks[].path` is the file the VM writes to now; `base` is the disk the
@@ -45,7 +46,8 @@ fn opt_path_value(p: Option<&Path>) -> Value {
 /// hidden one nor one being deleted, but the nearest checkpoint above them
 /// (null when there is none);
 /// `checkpoint_location` null means the default, `checkpoints` in the VM
-/// folder. `pending_removals` lists old disks a committed apply could not
+/// folder; `role` is `"domain-controller"`, `"cluster-member"`,
+/// `"replicated"` or null. `pending_removals` lists old disks a committed apply could not
 /// remove because they were held (removed by the next open once free).
 pub fn vm_json(data: &VmFile) -> Value {
     let current = data.current_checkpoint();
@@ -66,6 +68,7 @@ pub fn vm_json(data: &VmFile) -> Value {
         "checkpoint_type": s.checkpoint_type.as_str(),
         "checkpoint_location": opt_path_value(s.checkpoint_location.as_deref()),
         "age_warning_seconds": s.age_warning_seconds,
+        "role": s.role.map(|r| r.as_str()),
     });
     json!({
         "name": data.config.name,
@@ -75,6 +78,7 @@ pub fn vm_json(data: &VmFile) -> Value {
         "checkpoint_type": s.checkpoint_type.as_str(),
         "checkpoint_location": opt_path_value(s.checkpoint_location.as_deref()),
         "age_warning_seconds": s.age_warning_seconds,
+        "role": s.role.map(|r| r.as_str()),
         "current_checkpoint": current.map(|c| c.name.as_str()),
         "current_checkpoint_id": current.map(|c| c.id.as_str()),
         "saved_state": opt_path_value(data.current.saved_state.as_deref()),
@@ -128,7 +132,7 @@ pub fn references_json(data: &VmFile) -> Result<Value> {
 ///    "delete_copy_bytes": 0, "saved_state": null,
 ///    "disks": ["/vms/web/os.vhdx"], "skipped_passthrough": [],
 ///    "hidden": false, "deleting": false, "memory_kept": false,
-///    "vm_state": "off"}],
+///    "vm_state": "off", "warnings": []}],
 ///  "current": {"parent": "…", "disks": ["…"], "saved_state": null}}
 /// ```
 ///
@@ -146,7 +150,8 @@ pub fn references_json(data: &VmFile) -> Result<Value> {
 /// memory state (a standard checkpoint of a running VM whose hypervisor
 /// handed over none did not), `vm_state` the VM's state when it was taken
 /// (`"off"`, `"running"`, `"saved"`; null for checkpoints recorded before
-/// it was kept).
+/// it was kept). `warnings` are those recorded when it was taken (the VM's
+/// role: why applying it is risky).
 pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
     let list: Vec<Value> = list_of(data)?
         .into_iter()
@@ -172,6 +177,7 @@ pub fn checkpoints_json(data: &VmFile) -> Result<Value> {
                 "deleting": c.deleting,
                 "memory_kept": c.memory_kept(),
                 "vm_state": c.vm_state.map(|s| s.as_str()),
+                "warnings": c.warnings,
             })
         })
         .collect();
@@ -264,6 +270,7 @@ mod tests {
                 checkpoint_type: CheckpointType::ProductionOnly,
                 checkpoint_location: None,
                 age_warning_seconds: Some(3600),
+                role: None,
             },
             state: VmState::Saved,
             current: Current {
@@ -286,6 +293,7 @@ mod tests {
                 hidden: false,
                 deleting: false,
                 vm_state: Some(VmState::Running),
+                warnings: Vec::new(),
             }],
             past_checkpoint_locations: Vec::new(),
             id: None,

@@ -157,6 +157,7 @@ impl Vm {
             hidden: true,
             deleting: false,
             vm_state: Some(self.data.state),
+            warnings: Vec::new(),
         };
         self.data.checkpoints.push(ck);
         self.data.current.parent = Some(id.clone());

@@ -58,7 +58,7 @@ pub use export::export_names;
 pub use live_export::EXPORT_CHECKPOINT_NAME;
 pub use model::{
     same_name, Checkpoint, CheckpointType, Current, Journal, ReferenceDisk, ReferencePoint,
-    Settings, TakenType, VmConfig, VmFile, VmState,
+    Settings, TakenType, VmConfig, VmFile, VmRole, VmState,
 };
 pub use report::{checkpoint_location_of, list_of, strays_of, CheckpointView};
 pub use vm::{Vm, VmSpec, MAX_NAME_CHARS};

@@ -214,6 +214,86 @@ pub struct Settings {
     /// Warn about checkpoints older than this many seconds.
     #[serde(default)]
     pub age_warning_seconds: Option<u64>,
+    /// What the VM is, when a checkpoint of it needs care ([`VmRole`]):
+    /// its checkpoints are then taken with a warning and monitoring
+    /// reports them. Absent from VM files of earlier versions (no role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<VmRole>,
+}
+
+/// A role that makes a checkpoint of the VM risky to apply: taking one is
+/// never refused, but warns ([`VmRole::checkpoint_warning`]), the warning
+/// is recorded with the checkpoint ([`Checkpoint::warnings`]) and `ckpt
+/// monitor` reports the VM's checkpoints as WARNING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmRole {
+    /// An Active Directory domain controller.
+    DomainController,
+    /// A node of a failover cluster.
+    ClusterMember,
+    /// A VM replicated to (or from) another host.
+    Replicated,
+}
+
+impl VmRole {
+    /// "domain-controller", "cluster-member" or "replicated".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmRole::DomainController => "domain-controller",
+            VmRole::ClusterMember => "cluster-member",
+            VmRole::Replicated => "replicated",
+        }
+    }
+    /// Every role, in the order their names are listed to users.
+    pub const ALL: [VmRole; 3] = [
+        VmRole::DomainController,
+        VmRole::ClusterMember,
+        VmRole::Replicated,
+    ];
+    /// The names a user may give: "domain-controller, cluster-member or replicated".
+    pub fn names() -> String {
+        one_of(Self::ALL.map(Self::as_str))
+    }
+    /// Why a checkpoint of a VM in this role is risky: the one text the
+    /// library records with such a checkpoint, the CLI prints and
+    /// monitoring reports.
+    pub fn checkpoint_warning(self) -> &'static str {
+        match self {
+            VmRole::DomainController => {
+                "the VM is a domain controller: applying this checkpoint rolls its directory \
+                 back (USN rollback: other domain controllers ignore the changes it makes \
+                 again, unless the guest detects the rollback through VM-GenerationID); back \
+                 it up with a directory-aware backup instead, and do not keep the checkpoint"
+            }
+            VmRole::ClusterMember => {
+                "the VM is a cluster member: applying this checkpoint brings back stale \
+                 cluster state (membership, quorum, replicated data) that the other nodes have \
+                 moved past; evict and rejoin the node instead, and do not keep the checkpoint"
+            }
+            VmRole::Replicated => {
+                "the VM is replicated: applying this checkpoint makes it diverge from its \
+                 replica, which then needs a full resynchronisation; do not keep the checkpoint \
+                 longer than needed"
+            }
+        }
+    }
+}
+
+impl fmt::Display for VmRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmRole {
+    type Err = Error;
+    /// A name [`VmRole::as_str`] gives.
+    fn from_str(s: &str) -> Result<VmRole> {
+        by_name(&Self::ALL, Self::as_str, s).ok_or_else(|| {
+            Error::InvalidArgument(format!("VM role {s:?} (use {} or none)", Self::names()))
+        })
+    }
 }
 
 /// One checkpoint: the frozen disks, a configuration copy, maybe memory state.
@@ -262,6 +342,11 @@ pub struct Checkpoint {
     /// memory state holds its disks as a power cut would leave them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_state: Option<VmState>,
+    /// Warnings recorded when the checkpoint was taken (the VM's
+    /// [`VmRole`]: why applying it is risky). Empty in files of earlier
+    /// versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Checkpoint {
@@ -618,6 +703,20 @@ pub enum Journal {
     },
 }
 
+impl Journal {
+    /// The operation's name as `journal.json` stores it ("create",
+    /// "apply", "merge", "remove", "export").
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Journal::Create { .. } => "create",
+            Journal::Apply { .. } => "apply",
+            Journal::Merge { .. } => "merge",
+            Journal::Remove { .. } => "remove",
+            Journal::Export { .. } => "export",
+        }
+    }
+}
+
 /// The temporary file [`write_atomic`] writes `path` through: `.NAME.tmp`
 /// beside it. Whoever finishes or undoes an interrupted write of `path`
 /// (reconcile, a new export) removes it too.
@@ -719,5 +818,25 @@ mod tests {
             Error::InvalidArgument("VM state \"x\" (use off, running or saved)".into()).to_string()
         );
         assert!("x".parse::<TakenType>().is_err());
+        for r in VmRole::ALL {
+            assert_eq!(r.to_string().parse::<VmRole>().unwrap(), r);
+        }
+        assert!("none".parse::<VmRole>().is_err());
+    }
+
+    /// A VM file of an earlier version (no role, no checkpoint warnings)
+    /// still reads, and the new fields are left out when empty.
+    #[test]
+    fn role_and_warnings_are_optional() {
+        let s: Settings = serde_json::from_str(r#"{"checkpoint_type": "standard"}"#).unwrap();
+        assert_eq!(s.role, None);
+        assert!(!serde_json::to_string(&s).unwrap().contains("role"));
+        let s = Settings {
+            role: Some(VmRole::DomainController),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""role":"domain-controller""#), "{text}");
+        assert_eq!(serde_json::from_str::<Settings>(&text).unwrap(), s);
     }
 }

@@ -198,6 +198,31 @@ fn who_holds(file: &File, key: (u64, u64), kind: LockKind) -> LockConflict {
     }
 }
 
+/// Whether someone (another process, or another open of the file in this
+/// one) holds the file at `path` locked exclusively, found with one
+/// non-blocking shared lock taken and at once released: never waits, and
+/// never makes a holder wait (a lock refused meanwhile is retried by
+/// [`lock_file`]). A missing file is not locked. For monitoring, which
+/// reads a VM without taking its lock.
+pub fn held_exclusive(path: &std::path::Path) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    loop {
+        match flock(&file, FlockOp::Shared) {
+            Ok(()) => {
+                let _ = flock(&file, FlockOp::Unlock);
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if would_block(&e) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether this process holds the file at `path` locked exclusively (as
 /// far as its own record knows: a lock shared by [`share_lock`] still
 /// counts). A caller that only peeks at such a file can skip the wait of

@@ -26,7 +26,9 @@ pub use fault::{FaultStorage, Transient};
 pub use file::FileStorage;
 pub(crate) use lock::held_exclusive_here;
 pub(crate) use lock::{exclusive_lock, share_lock};
-pub use lock::{lock_conflict, lock_file, FileLock, Holder, LockConflict, LockKind};
+pub use lock::{
+    held_exclusive, lock_conflict, lock_file, FileLock, Holder, LockConflict, LockKind,
+};
 pub use mem::MemStorage;
 
 /// The user id of the peer of a connected Unix socket (`SO_PEERCRED`).

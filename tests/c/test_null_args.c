@@ -136,6 +136,7 @@ static void vm_nulls(const char *dir) {
                   CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_set_checkpoint_location(NULL, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_set_age_warning(NULL, 1), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_set_role(NULL, "replicated"), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_set_hypervisor_settings(NULL, "{}"), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_show_json(NULL, text, sizeof text, &n), CKPT_STATUS_NULL_POINTER);
     EXPECT_STATUS(ckpt_vm_checkpoints_json(NULL, text, sizeof text, &n),

@@ -971,6 +971,20 @@ int main(int argc, char **argv) {
     }
     EXPECT_OK(ckpt_vm_set_checkpoint_location(vm, NULL));
     CHECK(vm_info(vm).age_warning_seconds == 3600);
+    /* A role: shown, refused when unknown, cleared by NULL. */
+    EXPECT_OK(ckpt_vm_set_role(vm, "domain-controller"));
+    EXPECT_STATUS(ckpt_vm_set_role(vm, "web-server"), CKPT_STATUS_INVALID_ARGUMENT);
+    {
+        char *show = json_of(ckpt_vm_show_json, vm);
+        CHECK(show != NULL && strstr(show, "\"role\": \"domain-controller\"") != NULL);
+        free(show);
+    }
+    EXPECT_OK(ckpt_vm_set_role(vm, NULL));
+    {
+        char *show = json_of(ckpt_vm_show_json, vm);
+        CHECK(show != NULL && strstr(show, "\"role\": null") != NULL);
+        free(show);
+    }
 
     /* ---- the lock: another process (and another handle) gets BUSY ---- */
     ckpt_vm *second = VM_SENTINEL;

@@ -315,6 +315,7 @@ pub(super) unsafe fn vm_spec(p: *const ckpt_vm_spec) -> FfiResult<VmSpec> {
         },
         checkpoint_location: location.map(|p| p.to_path_buf()),
         age_warning_seconds: (c.age_warning_seconds != 0).then_some(c.age_warning_seconds),
+        role: None,
     };
     spec.hypervisor = hypervisor;
     Ok(spec)

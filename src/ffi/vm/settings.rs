@@ -107,6 +107,37 @@ pub unsafe extern "C" fn ckpt_vm_set_age_warning(vm: *mut ckpt_vm, seconds: u64)
     })
 }
 
+/// Mark the VM with a role whose checkpoints are risky to apply: `role`
+/// is "domain-controller", "cluster-member" or "replicated"; NULL or
+/// "none" clears it. A checkpoint of such a VM is still taken, with a
+/// warning recorded with it (`"warnings"` in `ckpt_vm_checkpoints_json`),
+/// and `ckpt monitor` reports it as WARNING. `ckpt_vm_show_json` has the
+/// role as `"role"`.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER` (`vm`), `CKPT_STATUS_INVALID_ARGUMENT`
+/// (unknown role), `CKPT_STATUS_BUSY`, `CKPT_STATUS_IO`.
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle; `role` is NULL or a NUL-terminated
+/// string.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_vm_set_role(vm: *mut ckpt_vm, role: *const c_char) -> ckpt_status {
+    ffi_boundary!("ckpt_vm_set_role", {
+        let role = if role.is_null() {
+            None
+        } else {
+            // SAFETY: per this function's contract.
+            match unsafe { c_str(role, "role")? } {
+                "none" => None,
+                name => Some(name.parse::<crate::checkpoint::VmRole>()?),
+            }
+        };
+        // SAFETY: per this function's contract.
+        unsafe { change_settings(vm, |s| s.role = role) }
+    })
+}
+
 /// Replace the hypervisor's own settings with the JSON text `json` (kept as
 /// it is, copied into checkpoints, restored by apply).
 ///

@@ -573,6 +573,7 @@ fn node_text(v: &CheckpointView, age_warning: Option<u64>) -> String {
     if let Some(w) = c.crash_consistent_warning() {
         warnings.push(w.to_string());
     }
+    warnings.extend(c.warnings.iter().cloned());
     for w in warnings {
         s.push_str(&format!("  [warning: {w}]"));
     }

@@ -27,7 +27,10 @@
 //! checkpoint logic of its own.
 //!
 //! Exit status: 0 on success, 1 on any error (including usage errors), with
-//! one `error: …` line on stderr (`check` prints one per problem).
+//! one `error: …` line on stderr (`check` prints one per problem);
+//! `monitor.rs` (`ckpt monitor`) ends with a monitoring plugin's status
+//! instead (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, also for a bad
+//! command line).
 
 mod backup;
 pub mod bench;
@@ -38,6 +41,7 @@ mod create;
 mod in_place;
 mod info;
 mod io_cmds;
+mod monitor;
 mod resize;
 pub mod size;
 mod target;
@@ -369,6 +373,22 @@ enum Command {
     /// checkpoints of a VM.
     #[command(subcommand)]
     Checkpoint(checkpoint::CheckpointCommand),
+    /// Check VM folders for old, large or deep checkpoints, as a Nagios /
+    /// Icinga plugin (or print Prometheus metrics or JSON).
+    ///
+    /// Reads each VM's vm.json without taking its lock (never waits for an
+    /// operation, never holds one up) and the sizes of its differencing
+    /// disks from file metadata. Exit status (nagios format): 0 OK, 1
+    /// WARNING, 2 CRITICAL, 3 UNKNOWN (a VM folder that cannot be read, an
+    /// interrupted operation, an operation holding the lock longer than
+    /// --operation-timeout, no VM found, a bad command line). The first
+    /// line is `CKPT STATE - summary | perfdata` with, per VM, the oldest
+    /// checkpoint's age, the differencing disks' bytes, the deepest chain
+    /// and the number of checkpoints; each further line names a VM or
+    /// checkpoint over a threshold and why. Checkpoints of a VM with a role
+    /// (`ckpt vm set --role`) are WARNING. The prometheus and json formats
+    /// exit 0 once printed (the states are in the output).
+    Monitor(monitor::MonitorArgs),
 }
 
 fn parse_in_place_kind(s: &str) -> Result<ckpt::DiskKind, String> {
@@ -431,12 +451,24 @@ pub fn main() -> i32 {
             }
         }));
     }
+    // `ckpt monitor` ends with a plugin's exit status, 3 (UNKNOWN) for
+    // any failure, a bad command line included.
+    let monitoring = monitor::is_monitor_call();
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let cli = match Cli::try_parse() {
             Ok(cli) => cli,
-            Err(e) => return usage_error(e),
+            Err(e) if monitoring => {
+                return match usage_error(e) {
+                    Ok(()) => Ok(0),
+                    Err(f) => Ok(monitor::unknown(f)),
+                }
+            }
+            Err(e) => return usage_error(e).map(|()| 0),
         };
-        run(cli)
+        match cli.command {
+            Command::Monitor(a) => Ok(monitor::run(&a)),
+            command => run(command).map(|()| 0),
+        }
     }));
     let result = match outcome {
         Ok(r) => r,
@@ -446,11 +478,15 @@ pub fn main() -> i32 {
                 .ok()
                 .and_then(|g| g.clone())
                 .unwrap_or_else(|| "panic".into());
-            Err(fail(format!("internal error (a bug in libckpt): {msg}")))
+            let f = fail(format!("internal error (a bug in libckpt): {msg}"));
+            if monitoring {
+                return monitor::unknown(f);
+            }
+            Err(f)
         }
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(Failure(lines)) => {
             let mut err = std::io::stderr().lock();
             for l in lines {
@@ -517,12 +553,29 @@ fn usage_command(rendered: &str) -> String {
     if words.first() == Some(&"ckpt") {
         words.join(" ")
     } else {
-        "ckpt".to_string()
+        command_of_args()
     }
 }
 
-fn run(cli: Cli) -> CliResult {
-    match cli.command {
+/// The command the process's arguments name ("ckpt", "ckpt vm set"): the
+/// leading words that are subcommands, for errors whose text has no
+/// "Usage:" line (an invalid value).
+fn command_of_args() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut words = vec!["ckpt".to_string()];
+    for a in std::env::args().skip(1) {
+        let Some(sub) = cmd.find_subcommand(&a).cloned() else {
+            break;
+        };
+        words.push(a);
+        cmd = sub;
+    }
+    words.join(" ")
+}
+
+fn run(command: Command) -> CliResult {
+    match command {
         Command::Create {
             file,
             size,
@@ -677,6 +730,12 @@ fn run(cli: Cli) -> CliResult {
         } => resize::resize_cmd(&file, size, allow_shrink, json),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Checkpoint(cmd) => checkpoint::run(cmd),
+        // `main` runs `monitor` itself, for its exit status; here only for
+        // completeness (a status other than OK as an error).
+        Command::Monitor(a) => match monitor::run(&a) {
+            0 => Ok(()),
+            code => Err(fail(format!("the check ended with status {code}"))),
+        },
     }
 }
 

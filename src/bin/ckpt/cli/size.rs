@@ -45,23 +45,10 @@ pub fn parse_sector_size(s: &str) -> Result<u32, String> {
     }
 }
 
-/// `bytes` for people: "64 MiB", "1.5 GiB", "512 bytes".
+/// `bytes` for people: "64 MiB", "1.5 GiB", "512 bytes" (the library's
+/// [`ckpt::monitor::human_bytes`]).
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut unit = 0;
-    let mut scale = 1024u64;
-    while unit + 1 < UNITS.len() && bytes >= scale * 1024 {
-        scale *= 1024;
-        unit += 1;
-    }
-    if bytes % scale == 0 {
-        format!("{} {}", bytes / scale, UNITS[unit])
-    } else {
-        format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
-    }
+    ckpt::monitor::human_bytes(bytes)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use ckpt::checkpoint::model::{JOURNAL_FILE, VM_FILE};
-use ckpt::checkpoint::{json, CheckpointType, Settings, Vm, VmFile, VmSpec, VmState};
+use ckpt::checkpoint::{json, CheckpointType, Settings, Vm, VmFile, VmRole, VmSpec, VmState};
 use ckpt::OpenMode;
 
 use super::chain::absolute;
@@ -51,6 +51,10 @@ pub enum VmCommand {
         /// Flag checkpoints older than this (e.g. 72h, 30d, or seconds).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         age_warning: Option<u64>,
+        /// domain-controller, cluster-member, replicated or none: a role
+        /// whose checkpoints are risky to apply (taken with a warning).
+        #[arg(long, value_name = "ROLE", value_parser = parse_role)]
+        role: Option<Role>,
     },
     /// Show a VM: name, state, resources, checkpoint settings, the
     /// checkpoint the current state hangs under, and the files it writes to.
@@ -89,6 +93,13 @@ pub enum VmCommand {
         /// off, running or saved (as the hypervisor reports it).
         #[arg(long, value_name = "STATE", value_parser = parse_state)]
         state: Option<VmState>,
+        /// domain-controller, cluster-member, replicated or none. A
+        /// checkpoint of a VM in one of these roles is taken with a warning
+        /// (a domain controller: USN rollback; a cluster member: stale
+        /// cluster state; a replicated VM: a replica that needs a resync),
+        /// recorded with it, and `ckpt monitor` reports it as WARNING.
+        #[arg(long, value_name = "ROLE", value_parser = parse_role)]
+        role: Option<Role>,
     },
     /// Change the virtual size of disk INDEX of the current state (its top
     /// file; Resize-VHD on a VM's disk). Checkpoints keep their size:
@@ -141,6 +152,22 @@ pub enum VmCommand {
         /// The VM folder.
         dir: PathBuf,
     },
+}
+
+/// `--role`: a role, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Role(Option<VmRole>);
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "off" => Ok(Role(None)),
+        l => l.parse().map(|r| Role(Some(r))).map_err(|_| {
+            format!(
+                "unknown VM role '{s}' (expected {} or none)",
+                VmRole::names()
+            )
+        }),
+    }
 }
 
 /// `--age-warning` of `vm set`: a duration in seconds, or off.
@@ -197,17 +224,10 @@ fn parse_age_warning(s: &str) -> Result<AgeWarning, String> {
     }
 }
 
-/// `secs` for people: "45s", "12m", "3h 5m", "2d 4h".
+/// `secs` for people: "45s", "12m", "3h 5m", "2d 4h" (the library's
+/// [`ckpt::monitor::human_duration`]).
 pub fn human_duration(secs: u64) -> String {
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    match () {
-        _ if d > 0 && h > 0 => format!("{d}d {h}h"),
-        _ if d > 0 => format!("{d}d"),
-        _ if h > 0 && m > 0 => format!("{h}h {m}m"),
-        _ if h > 0 => format!("{h}h"),
-        _ if m > 0 => format!("{m}m"),
-        _ => format!("{secs}s"),
-    }
+    ckpt::monitor::human_duration(secs)
 }
 
 /// A library error as one message. Refusals (a bad argument, an unknown
@@ -278,6 +298,7 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
             memory_mib,
             cpus,
             age_warning,
+            role,
         } => {
             let mut spec = VmSpec::new(&name, disks);
             spec.passthrough = passthrough;
@@ -287,6 +308,7 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
                 checkpoint_type,
                 checkpoint_location,
                 age_warning_seconds: age_warning,
+                role: role.and_then(|Role(r)| r),
             };
             create(&dir, &spec)
         }
@@ -320,6 +342,7 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
             checkpoint_location,
             age_warning,
             state,
+            role,
         } => set(
             &dir,
             &Changes {
@@ -329,6 +352,7 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
                 checkpoint_location,
                 age_warning,
                 state,
+                role,
             },
         ),
     }
@@ -424,6 +448,9 @@ fn show(dir: &Path, as_json: bool) -> CliResult {
             None => "off".into(),
         },
     );
+    if let Some(r) = data.settings.role {
+        line("role:", r.as_str().to_string());
+    }
     let visible = data.checkpoints.iter().filter(|c| !c.hidden).count();
     line("checkpoints:", visible.to_string());
     line(
@@ -524,16 +551,19 @@ struct Changes {
     checkpoint_location: Option<PathBuf>,
     age_warning: Option<AgeWarning>,
     state: Option<VmState>,
+    role: Option<Role>,
 }
 
 fn set(dir: &Path, c: &Changes) -> CliResult {
-    let settings_change =
-        c.checkpoint_type.is_some() || c.checkpoint_location.is_some() || c.age_warning.is_some();
+    let settings_change = c.checkpoint_type.is_some()
+        || c.checkpoint_location.is_some()
+        || c.age_warning.is_some()
+        || c.role.is_some();
     let resources_change = c.memory_mib.is_some() || c.cpus.is_some();
     if !settings_change && !resources_change && c.state.is_none() {
         return Err(fail(
             "nothing to change: give --memory, --cpus, --checkpoint-type, \
-             --checkpoint-location, --age-warning or --state",
+             --checkpoint-location, --age-warning, --state or --role",
         ));
     }
     // Refuse bad values before anything changes.
@@ -562,6 +592,9 @@ fn set(dir: &Path, c: &Changes) -> CliResult {
         if let Some(AgeWarning(a)) = c.age_warning {
             s.age_warning_seconds = a;
         }
+        if let Some(Role(r)) = c.role {
+            s.role = r;
+        }
         vm.set_settings(s).map_err(vm_error)?;
     }
     if let Some(state) = c.state {
@@ -570,7 +603,7 @@ fn set(dir: &Path, c: &Changes) -> CliResult {
     let d = vm.data();
     let (loc, _) = location_of(vm.dir(), d);
     println!(
-        "VM \"{}\": {}, {} MiB, {} CPU{}, {} checkpoints in {}, age warning {}",
+        "VM \"{}\": {}, {} MiB, {} CPU{}, {} checkpoints in {}, age warning {}, role {}",
         d.config.name,
         d.state.as_str(),
         d.config.memory_mib,
@@ -582,6 +615,7 @@ fn set(dir: &Path, c: &Changes) -> CliResult {
             .age_warning_seconds
             .map(human_duration)
             .unwrap_or_else(|| "off".into()),
+        d.settings.role.map_or("none", |r| r.as_str()),
     );
     for w in vm.take_warnings() {
         eprintln!("warning: {w}");
