@@ -409,11 +409,11 @@ fn an_apply_that_removes_the_anchor_moves_it_to_its_parent() {
 /// below start from, and the models of `r` and of now.
 fn with_reference(root: &Path) -> (Vm, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut fx = fixture(root, 11);
-    fx.writes(5);
+    fx.writes(3);
     let m_r = fx.checkpoint("r");
-    fx.writes(5);
+    fx.writes(3);
     fx.checkpoint("c");
-    fx.writes(5);
+    fx.writes(3);
     fx.vm.convert_to_reference("r", &mut NoHooks).unwrap();
     (fx.vm, m_r, fx.model)
 }
@@ -446,8 +446,11 @@ fn a_cut_at_every_event_of_conversions_and_merges_never_loses_a_change() {
     // The models do not depend on the folder: built once.
     let t = support::tempdir();
     let (_, m_r, m_now) = with_reference(t.path());
-    for cut in [Cut::Clean, Cut::Torn] {
-        for (label, op) in ops {
+    // Torn writes matter where data is copied: the merge of op 2.
+    let plan = [(Cut::Clean, 0), (Cut::Clean, 1), (Cut::Torn, 1)];
+    for (cut, i) in plan {
+        let (label, op) = ops[i];
+        {
             let build = |root: &Path| with_reference(root).0;
             every_cut(build, cut, op, |run| {
                 let ctx = format!("{label}: {cut:?} {}", run.ctx());
