@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::disk::path::{absolute, normalize};
 use crate::disk::image::Image;
+use crate::disk::path::{absolute, normalize};
 use crate::disk::vhd::{Vhd, VhdParent};
 use crate::disk::vhdx::{ParentSpec, Vhdx};
 use crate::disk::{open_file, Layer, OpenMode, MAX_CHAIN_DEPTH};
@@ -223,11 +223,19 @@ pub(super) fn check_linkage(
     parent_path: Option<&Path>,
 ) -> Result<()> {
     let name = |p: Option<&Path>, d: &str| p.unwrap_or(Path::new(d)).to_path_buf();
-    match (child.as_vhdx(), parent.as_vhdx(), child.as_vhd(), parent.as_vhd()) {
+    match (
+        child.as_vhdx(),
+        parent.as_vhdx(),
+        child.as_vhd(),
+        parent.as_vhd(),
+    ) {
         (Some(c), Some(p), _, _) => check_vhdx_linkage(c, p, child_path, parent_path),
-        (_, _, Some(c), Some(p)) => {
-            check_vhd_linkage(c, p, &name(child_path, "(child)"), &name(parent_path, "(parent)"))
-        }
+        (_, _, Some(c), Some(p)) => check_vhd_linkage(
+            c,
+            p,
+            &name(child_path, "(child)"),
+            &name(parent_path, "(parent)"),
+        ),
         _ => Err(Error::Unsupported(format!(
             "{} ({}) has the parent {} ({}): a chain mixes VHD and VHDX files, which neither \
              Hyper-V nor libckpt allows",
@@ -243,7 +251,12 @@ pub(super) fn check_linkage(
 /// its timestamp (libckpt records the parent footer's timestamp; the
 /// specification's "modification time" that other tools record, the
 /// parent file's mtime, is accepted too).
-fn check_vhd_linkage(child: &Vhd, parent: &Vhd, child_path: &Path, parent_path: &Path) -> Result<()> {
+fn check_vhd_linkage(
+    child: &Vhd,
+    parent: &Vhd,
+    child_path: &Path,
+    parent_path: &Path,
+) -> Result<()> {
     let Some((id, ts)) = child.parent_link() else {
         return Err(Error::corrupt(
             Structure::VhdHeader,
@@ -266,22 +279,37 @@ fn check_vhd_linkage(child: &Vhd, parent: &Vhd, child_path: &Path, parent_path: 
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs().saturating_sub(crate::disk::vhd::footer::VHD_EPOCH) as u32);
+        .map(|d| {
+            d.as_secs()
+                .saturating_sub(crate::disk::vhd::footer::VHD_EPOCH) as u32
+        });
     if ts != parent.timestamp() && Some(ts) != mtime {
         return Err(stale(format!(
             "the child expects the parent timestamp {ts}, the parent's footer has {}{}",
             parent.timestamp(),
-            mtime.map(|m| format!(" and its file time is {m}")).unwrap_or_default()
+            mtime
+                .map(|m| format!(" and its file time is {m}"))
+                .unwrap_or_default()
         )));
     }
     Ok(())
 }
 
 /// What a new VHD child of the VHD `parent` (at `parent_path`) records.
-pub(super) fn vhd_parent_spec(child_path: &Path, parent_path: &Path, parent: &Vhd) -> Result<VhdParent> {
+pub(super) fn vhd_parent_spec(
+    child_path: &Path,
+    parent_path: &Path,
+    parent: &Vhd,
+) -> Result<VhdParent> {
     let loc = locator_for(child_path, parent_path, &uuid::Uuid::nil())?;
-    let abs = loc.get(locator::ABSOLUTE_WIN32_PATH).unwrap_or_default().to_string();
-    let rel = loc.get(locator::RELATIVE_PATH).unwrap_or_default().to_string();
+    let abs = loc
+        .get(locator::ABSOLUTE_WIN32_PATH)
+        .unwrap_or_default()
+        .to_string();
+    let rel = loc
+        .get(locator::RELATIVE_PATH)
+        .unwrap_or_default()
+        .to_string();
     Ok(VhdParent {
         unique_id: *parent.unique_id().as_bytes(),
         timestamp: parent.timestamp(),

@@ -1,8 +1,8 @@
 //! What the disk holds where: its extents, the ranges its layers change
 //! ([`Range`]), and a copy of what it holds into another disk.
 
-use super::merge::Progress;
 use super::image::Image;
+use super::merge::Progress;
 use super::vhdx::Src;
 use super::{Disk, Extent, MIB};
 use crate::error::{Error, Result};

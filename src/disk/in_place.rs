@@ -156,7 +156,9 @@ impl Disk {
                 report.blocks_allocated = self.make_fixed(&mut opts)?;
             }
             _ => {
-                self.top().vhdx_for("in-place conversion")?.set_leave_allocated(false)?;
+                self.top()
+                    .vhdx_for("in-place conversion")?
+                    .set_leave_allocated(false)?;
                 let r = self.compact(CompactOptions {
                     mode: CompactMode::Full,
                     progress: opts.progress.take(),

@@ -54,10 +54,10 @@ use crate::version::creator;
 
 pub use crate::format::MIB;
 pub use cursor::DiskCursor;
-pub use image::Format;
-pub use vhd_api::{vhd_max_size, VhdOptions};
 pub(crate) use extents::Range;
+pub use image::Format;
 pub use path::absolute;
+pub use vhd_api::{vhd_max_size, VhdOptions};
 
 /// How a disk is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,7 +511,12 @@ impl Disk {
         let (pss, disk_id, dwg, fwg) = match (top.as_vhdx(), top.as_vhd()) {
             (Some(v), _) => {
                 let (h, m) = (v.header(), v.metadata());
-                (m.physical_sector_size, m.disk_id, h.data_write_guid, h.file_write_guid)
+                (
+                    m.physical_sector_size,
+                    m.disk_id,
+                    h.data_write_guid,
+                    h.file_write_guid,
+                )
             }
             (None, Some(v)) => (512, v.unique_id(), uuid::Uuid::nil(), uuid::Uuid::nil()),
             (None, None) => unreachable!("an image is a VHDX or a VHD"),

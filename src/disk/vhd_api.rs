@@ -92,9 +92,10 @@ impl Disk {
         pdisk: &Disk,
         opts: &ChildOptions,
     ) -> Result<Disk> {
-        let top = pdisk.top().as_vhd().ok_or_else(|| {
-            Error::InvalidArgument("the parent is not a VHD".into())
-        })?;
+        let top = pdisk
+            .top()
+            .as_vhd()
+            .ok_or_else(|| Error::InvalidArgument("the parent is not a VHD".into()))?;
         let spec = chain::vhd_parent_spec(path, parent, top)?;
         let copts = VhdCreate {
             kind: DiskKind::Differencing,
@@ -112,9 +113,10 @@ impl Disk {
         parent: &Disk,
         opts: &ChildOptions,
     ) -> Result<()> {
-        let top = parent.top().as_vhd().ok_or_else(|| {
-            Error::InvalidArgument("the parent is not a VHD".into())
-        })?;
+        let top = parent
+            .top()
+            .as_vhd()
+            .ok_or_else(|| Error::InvalidArgument("the parent is not a VHD".into()))?;
         let spec = super::vhd::VhdParent {
             unique_id: *top.unique_id().as_bytes(),
             timestamp: top.timestamp(),

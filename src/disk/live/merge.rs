@@ -86,8 +86,8 @@ use std::sync::Arc;
 
 use super::LiveDisk;
 use crate::disk::chain;
-use crate::disk::merge::{self, copy_merged, plan_merge, MergeOptions, Progress};
 use crate::disk::image::Image;
+use crate::disk::merge::{self, copy_merged, plan_merge, MergeOptions, Progress};
 use crate::disk::vhdx::Vhdx;
 use crate::disk::{file_error, Disk, Layer};
 use crate::error::{Error, Result};

@@ -282,7 +282,8 @@ fn restore(g: &mut Disk, child: &Path) -> Result<()> {
     let r = new
         .file
         .vhdx()
-        .and_then(|f| copy_own(f, &rest)).and_then(|_| rest.flush());
+        .and_then(|f| copy_own(f, &rest))
+        .and_then(|_| rest.flush());
     match r {
         Ok(()) => {
             *g = rest;

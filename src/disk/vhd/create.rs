@@ -2,7 +2,9 @@
 //! parent locators), in the layout the module doc draws.
 
 use super::footer::{DiskType, Footer, FOOTER_SIZE, MAX_VHD_SIZE};
-use super::header::{DynHeader, LocatorEntry, HEADER_SIZE, LOCATORS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use super::header::{
+    DynHeader, LocatorEntry, HEADER_SIZE, LOCATORS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
 use super::locator::{encode_utf16le, W2KU, W2RU};
 use crate::disk::DiskKind;
 use crate::error::{Error, Result};
@@ -58,7 +60,11 @@ pub(crate) fn check_size(size: u64) -> Result<()> {
 
 impl super::Vhd {
     /// Write a new VHD on empty `storage` and sync it.
-    pub(crate) fn create(storage: &dyn Storage, opts: &VhdCreate, parent: Option<&VhdParent>) -> Result<()> {
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        opts: &VhdCreate,
+        parent: Option<&VhdParent>,
+    ) -> Result<()> {
         check_size(opts.size)?;
         if (opts.kind == DiskKind::Differencing) != parent.is_some() {
             return Err(Error::InvalidArgument(
@@ -85,7 +91,10 @@ impl super::Vhd {
         let mut locators = [LocatorEntry::default(); LOCATORS];
         let mut datas: Vec<(u64, Vec<u8>)> = Vec::new();
         let disk_type = if let Some(p) = parent {
-            for (i, (code, path)) in [(W2KU, &p.absolute), (W2RU, &p.relative)].into_iter().enumerate() {
+            for (i, (code, path)) in [(W2KU, &p.absolute), (W2RU, &p.relative)]
+                .into_iter()
+                .enumerate()
+            {
                 let d = encode_utf16le(path);
                 let space = (d.len() as u64).div_ceil(512).max(1) * 512;
                 let space = space.max(LOCATOR_SPACE);

@@ -166,7 +166,12 @@ pub(crate) fn chs_of(sectors: u64) -> (u16, u8, u8) {
 
 impl Footer {
     /// A new footer (checksum computed when serialised).
-    pub(crate) fn new(disk_type: DiskType, size: u64, data_offset: u64, unique_id: [u8; 16]) -> Footer {
+    pub(crate) fn new(
+        disk_type: DiskType,
+        size: u64,
+        data_offset: u64,
+        unique_id: [u8; 16],
+    ) -> Footer {
         Footer {
             features: FEATURE_RESERVED,
             data_offset,
@@ -216,18 +221,32 @@ impl Footer {
         }
         let version = be32(b, VERSION_OFFSET);
         if version >> 16 != 1 {
-            return Err(bad("format version", version as u64, "only version 1 is known"));
+            return Err(bad(
+                "format version",
+                version as u64,
+                "only version 1 is known",
+            ));
         }
         let disk_type = match be32(b, DISK_TYPE_OFFSET) {
             2 => DiskType::Fixed,
             3 => DiskType::Dynamic,
             4 => DiskType::Differencing,
-            t => return Err(bad("disk type", t as u64, "not fixed (2), dynamic (3) or differencing (4)")),
+            t => {
+                return Err(bad(
+                    "disk type",
+                    t as u64,
+                    "not fixed (2), dynamic (3) or differencing (4)",
+                ))
+            }
         };
         let current_size = be64(b, CURRENT_SIZE_OFFSET);
         let data_offset = be64(b, DATA_OFFSET_OFFSET);
         if disk_type != DiskType::Fixed && (data_offset % 512 != 0 || data_offset < 512) {
-            return Err(bad("data offset", data_offset, "a dynamic disk's header must lie on a sector after the footer copy"));
+            return Err(bad(
+                "data offset",
+                data_offset,
+                "a dynamic disk's header must lie on a sector after the footer copy",
+            ));
         }
         let mut creator_app = [0u8; 4];
         creator_app.copy_from_slice(&b[CREATOR_APP_OFFSET..CREATOR_APP_OFFSET + 4]);
@@ -256,7 +275,11 @@ impl Footer {
             return Err(bad("current size", size, "not a positive multiple of 512"));
         }
         if size > 1 << 41 {
-            return Err(bad("current size", size, "more than a VHD can address (2 TiB)"));
+            return Err(bad(
+                "current size",
+                size,
+                "more than a VHD can address (2 TiB)",
+            ));
         }
         Ok(f)
     }
@@ -268,7 +291,10 @@ impl Footer {
     /// size.
     pub(crate) fn virtual_size(&self) -> u64 {
         let chs = self.chs.0 as u64 * self.chs.1 as u64 * self.chs.2 as u64;
-        let by_current = matches!(&self.creator_app, b"win " | b"qem2" | b"d2v " | b"CTXS" | b"tap\0");
+        let by_current = matches!(
+            &self.creator_app,
+            b"win " | b"qem2" | b"d2v " | b"CTXS" | b"tap\0"
+        );
         if by_current || chs == MAX_CHS_SECTORS {
             self.current_size
         } else {
@@ -282,7 +308,8 @@ impl Footer {
         b[..8].copy_from_slice(COOKIE);
         b[FEATURES_OFFSET..FEATURES_OFFSET + 4].copy_from_slice(&self.features.to_be_bytes());
         b[VERSION_OFFSET..VERSION_OFFSET + 4].copy_from_slice(&VERSION.to_be_bytes());
-        b[DATA_OFFSET_OFFSET..DATA_OFFSET_OFFSET + 8].copy_from_slice(&self.data_offset.to_be_bytes());
+        b[DATA_OFFSET_OFFSET..DATA_OFFSET_OFFSET + 8]
+            .copy_from_slice(&self.data_offset.to_be_bytes());
         b[TIMESTAMP_OFFSET..TIMESTAMP_OFFSET + 4].copy_from_slice(&self.timestamp.to_be_bytes());
         b[CREATOR_APP_OFFSET..CREATOR_APP_OFFSET + 4].copy_from_slice(&self.creator_app);
         b[CREATOR_VERSION_OFFSET..CREATOR_VERSION_OFFSET + 4]
@@ -295,7 +322,8 @@ impl Footer {
         b[GEOMETRY_OFFSET..GEOMETRY_OFFSET + 2].copy_from_slice(&self.chs.0.to_be_bytes());
         b[GEOMETRY_OFFSET + 2] = self.chs.1;
         b[GEOMETRY_OFFSET + 3] = self.chs.2;
-        b[DISK_TYPE_OFFSET..DISK_TYPE_OFFSET + 4].copy_from_slice(&self.disk_type.code().to_be_bytes());
+        b[DISK_TYPE_OFFSET..DISK_TYPE_OFFSET + 4]
+            .copy_from_slice(&self.disk_type.code().to_be_bytes());
         b[UNIQUE_ID_OFFSET..UNIQUE_ID_OFFSET + 16].copy_from_slice(&self.unique_id);
         b[SAVED_STATE_OFFSET] = self.saved_state;
         let c = checksum(&b, CHECKSUM_OFFSET);
@@ -332,7 +360,11 @@ mod tests {
         let mut bad = b;
         bad[100] ^= 1;
         assert!(matches!(
-            Footer::parse(&bad).unwrap_err().corruption().unwrap().reason,
+            Footer::parse(&bad)
+                .unwrap_err()
+                .corruption()
+                .unwrap()
+                .reason,
             Reason::BadChecksum { .. }
         ));
     }

@@ -127,15 +127,28 @@ impl DynHeader {
         }
         let version = be32(b, VERSION_OFFSET);
         if version >> 16 != 1 {
-            return Err(bad("header version", version as u64, "only version 1 is known"));
+            return Err(bad(
+                "header version",
+                version as u64,
+                "only version 1 is known",
+            ));
         }
         let block_size = be32(b, BLOCK_SIZE_OFFSET);
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(bad("block size", block_size as u64, "not a power of two from 4 KiB to 256 MiB"));
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(bad(
+                "block size",
+                block_size as u64,
+                "not a power of two from 4 KiB to 256 MiB",
+            ));
         }
         let table_offset = be64(b, TABLE_OFFSET_OFFSET);
         if table_offset % 512 != 0 {
-            return Err(bad("table offset", table_offset, "not on a 512-byte sector"));
+            return Err(bad(
+                "table offset",
+                table_offset,
+                "not on a 512-byte sector",
+            ));
         }
         let mut parent_id = [0u8; 16];
         parent_id.copy_from_slice(&b[PARENT_ID_OFFSET..PARENT_ID_OFFSET + 16]);
@@ -170,14 +183,20 @@ impl DynHeader {
         let mut b = [0u8; HEADER_SIZE];
         b[..8].copy_from_slice(COOKIE);
         b[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-        b[TABLE_OFFSET_OFFSET..TABLE_OFFSET_OFFSET + 8].copy_from_slice(&self.table_offset.to_be_bytes());
+        b[TABLE_OFFSET_OFFSET..TABLE_OFFSET_OFFSET + 8]
+            .copy_from_slice(&self.table_offset.to_be_bytes());
         b[VERSION_OFFSET..VERSION_OFFSET + 4].copy_from_slice(&0x0001_0000u32.to_be_bytes());
-        b[MAX_ENTRIES_OFFSET..MAX_ENTRIES_OFFSET + 4].copy_from_slice(&self.max_entries.to_be_bytes());
+        b[MAX_ENTRIES_OFFSET..MAX_ENTRIES_OFFSET + 4]
+            .copy_from_slice(&self.max_entries.to_be_bytes());
         b[BLOCK_SIZE_OFFSET..BLOCK_SIZE_OFFSET + 4].copy_from_slice(&self.block_size.to_be_bytes());
         b[PARENT_ID_OFFSET..PARENT_ID_OFFSET + 16].copy_from_slice(&self.parent_id);
         b[PARENT_TIMESTAMP_OFFSET..PARENT_TIMESTAMP_OFFSET + 4]
             .copy_from_slice(&self.parent_timestamp.to_be_bytes());
-        let name: Vec<u16> = self.parent_name.encode_utf16().take(PARENT_NAME_LEN / 2 - 1).collect();
+        let name: Vec<u16> = self
+            .parent_name
+            .encode_utf16()
+            .take(PARENT_NAME_LEN / 2 - 1)
+            .collect();
         for (i, c) in name.iter().enumerate() {
             let at = PARENT_NAME_OFFSET + 2 * i;
             b[at..at + 2].copy_from_slice(&c.to_be_bytes());

@@ -182,7 +182,9 @@ impl Vhd {
             .checked_add(len)
             .filter(|&e| e / 512 < UNALLOCATED as u64)
             .ok_or_else(|| {
-                Error::NoSpace("a VHD file cannot grow past 2 TiB (its BAT counts 32-bit sectors)".into())
+                Error::NoSpace(
+                    "a VHD file cannot grow past 2 TiB (its BAT counts 32-bit sectors)".into(),
+                )
             })?;
         let mut fill = true;
         if end > st.footer_pos {
@@ -200,7 +202,9 @@ impl Vhd {
         if bitmap == 0xff {
             // Only the bits of real sectors are set.
             let sectors = self.block_size / 512;
-            bm.iter_mut().skip(sectors.div_ceil(8) as usize).for_each(|b| *b = 0);
+            bm.iter_mut()
+                .skip(sectors.div_ceil(8) as usize)
+                .for_each(|b| *b = 0);
         }
         self.storage.write_at(&bm, p)?;
         if fill && !self.has_parent() {

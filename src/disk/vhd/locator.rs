@@ -64,16 +64,32 @@ fn macx_path(b: &[u8]) -> Option<String> {
 /// the relative path, `W2ku` (else `MacX`, else `Wi2k`) the absolute one.
 pub(crate) fn as_parent_locator(entries: &[(u32, Vec<u8>)]) -> ParentLocator {
     let mut loc = ParentLocator::new(Vec::new());
-    let find = |code: u32| entries.iter().find(|(c, _)| *c == code).map(|(_, d)| d.as_slice());
+    let find = |code: u32| {
+        entries
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, d)| d.as_slice())
+    };
     if let Some(d) = find(W2RU) {
         loc.set(locator::RELATIVE_PATH, decode_utf16le(d));
     } else if let Some(d) = find(WI2R) {
-        loc.set(locator::RELATIVE_PATH, String::from_utf8_lossy(d).trim_end_matches('\0').to_string());
+        loc.set(
+            locator::RELATIVE_PATH,
+            String::from_utf8_lossy(d)
+                .trim_end_matches('\0')
+                .to_string(),
+        );
     }
     let abs = find(W2KU)
         .map(decode_utf16le)
         .or_else(|| find(MACX).and_then(macx_path))
-        .or_else(|| find(WI2K).map(|d| String::from_utf8_lossy(d).trim_end_matches('\0').to_string()));
+        .or_else(|| {
+            find(WI2K).map(|d| {
+                String::from_utf8_lossy(d)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+        });
     if let Some(a) = abs {
         loc.set(locator::ABSOLUTE_WIN32_PATH, a);
     }
@@ -92,7 +108,10 @@ mod tests {
         ];
         let l = as_parent_locator(&e);
         assert_eq!(l.get(locator::RELATIVE_PATH), Some(".\\base.vhd"));
-        assert_eq!(l.get(locator::ABSOLUTE_WIN32_PATH), Some("/tmp/a b/base.vhd"));
+        assert_eq!(
+            l.get(locator::ABSOLUTE_WIN32_PATH),
+            Some("/tmp/a b/base.vhd")
+        );
         assert_eq!(macx_path(b"file://x%"), Some("x%".into()));
     }
 }

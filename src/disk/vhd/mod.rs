@@ -58,11 +58,11 @@
 //! (a clear bit shows the parent), so there a trim writes zeros, which
 //! hides the parent's data, as [`crate::Disk::trim`] promises.
 
+mod create;
 pub(crate) mod footer;
 pub(crate) mod header;
 mod io;
 pub(crate) mod locator;
-mod create;
 mod open;
 pub(crate) use open::looks_like_vhd;
 
@@ -77,9 +77,9 @@ use crate::format::locator::ParentLocator;
 use crate::io::Storage;
 
 pub(crate) use create::{VhdCreate, VhdParent};
+pub use footer::MAX_VHD_SIZE;
 use footer::{DiskType, Footer};
 use header::DynHeader;
-pub use footer::MAX_VHD_SIZE;
 
 /// A BAT entry of an unallocated block.
 const UNALLOCATED: u32 = u32::MAX;

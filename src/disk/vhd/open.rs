@@ -25,13 +25,13 @@ fn layout(what: String) -> Error {
 /// or at offset 0): how the format is told from the content.
 pub(crate) fn looks_like_vhd(storage: &dyn Storage) -> Result<bool> {
     let len = storage.len()?;
-    if len < FOOTER_SIZE as u64 {
-        return Ok(false);
-    }
     let mut b = [0u8; 8];
     storage.read_at(&mut b, 0)?;
     if &b == super::footer::COOKIE {
         return Ok(true);
+    }
+    if len < FOOTER_SIZE as u64 {
+        return Ok(false);
     }
     for at in [len - FOOTER_SIZE as u64, len - 511] {
         storage.read_at(&mut b, at)?;
@@ -123,7 +123,10 @@ impl Vhd {
 
         // The dynamic header.
         let hoff = footer.data_offset;
-        if hoff.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > footer_pos) {
+        if hoff
+            .checked_add(HEADER_SIZE as u64)
+            .is_none_or(|e| e > footer_pos)
+        {
             return Err(layout(format!(
                 "the dynamic header at {hoff} does not lie before the footer at {footer_pos}"
             )));
@@ -146,7 +149,8 @@ impl Vhd {
         }
         let table = header.table_offset;
         let table_len = (header.max_entries as u64 * 4).div_ceil(512) * 512;
-        if table < FOOTER_SIZE as u64 || table.checked_add(table_len).is_none_or(|e| e > footer_pos) {
+        if table < FOOTER_SIZE as u64 || table.checked_add(table_len).is_none_or(|e| e > footer_pos)
+        {
             return Err(Error::corrupt(
                 Structure::Bat,
                 Some(table),
