@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Command;
 
 use ckpt::{ChildOptions, Disk, ErrorKind, OpenMode, VhdOptions};
-use support::{assert_same, have_pyvhdi, have_qemu, missing, pattern, read_all, run, tempdir, Rng, MIB};
+use support::{
+    assert_same, have_pyvhdi, have_qemu, missing, pattern, read_all, run, tempdir, Rng, MIB,
+};
 
 fn qemu_or_skip() -> bool {
     if have_qemu() {
@@ -137,7 +139,12 @@ fn qemu_made_images_read_and_write_right() {
                 want.len() as u64,
                 "{sub} force={force}: size"
             );
-            assert_same(&format!("{sub} force={force}: content"), &read_all(&d), &want, 0);
+            assert_same(
+                &format!("{sub} force={force}: content"),
+                &read_all(&d),
+                &want,
+                0,
+            );
         }
         // libckpt writes into QEMU's layout; QEMU reads the result.
         let mut model = want.clone();
@@ -178,7 +185,12 @@ fn libckpt_made_images_read_right_by_qemu() {
                 .arg(&p));
             model[MIB as usize..(MIB + 100 * 1024) as usize].fill(0x77);
             let d = Disk::open(&p, OpenMode::ReadOnly).unwrap();
-            assert_same(&format!("size {size} fixed {fixed}"), &read_all(&d), &model, 0);
+            assert_same(
+                &format!("size {size} fixed {fixed}"),
+                &read_all(&d),
+                &model,
+                0,
+            );
             let info = d.info();
             assert_eq!(info.format, ckpt::Format::Vhd);
             assert_eq!(info.virtual_size, size);
@@ -254,9 +266,24 @@ fn differencing_chains_read_the_same_in_libvhdi() {
         missing("pyvhdi");
         return;
     }
-    assert_same(&format!("libvhdi: base"), &pyvhdi_chain(&[&base]), &base_model, 0);
-    assert_same(&format!("libvhdi: mid → base"), &pyvhdi_chain(&[&mid, &base]), &mid_model, 0);
-    assert_same(&format!("libvhdi: top → mid → base"), &pyvhdi_chain(&[&top, &mid, &base]), &model, 0);
+    assert_same(
+        &format!("libvhdi: base"),
+        &pyvhdi_chain(&[&base]),
+        &base_model,
+        0,
+    );
+    assert_same(
+        &format!("libvhdi: mid → base"),
+        &pyvhdi_chain(&[&mid, &base]),
+        &mid_model,
+        0,
+    );
+    assert_same(
+        &format!("libvhdi: top → mid → base"),
+        &pyvhdi_chain(&[&top, &mid, &base]),
+        &model,
+        0,
+    );
 }
 
 #[test]
@@ -410,7 +437,10 @@ fn each_damage_is_a_clear_error_and_nothing_is_written() {
     let bat = BAT;
     // Block 0 holds the write at 1 MiB, block 1 the one at 3 MiB.
     let b1 = be32(&good, BAT) as usize * 512;
-    assert!(be32(&good, BAT + 4) != u32::MAX, "block 1 of the child is allocated");
+    assert!(
+        be32(&good, BAT + 4) != u32::MAX,
+        "block 1 of the child is allocated"
+    );
     let loc_off =
         u64::from_be_bytes(good[512 + 576 + 16..512 + 576 + 24].try_into().unwrap()) as usize;
     type Damage = (&'static str, Box<dyn Fn(&mut Vec<u8>)>, &'static str);
