@@ -16,7 +16,7 @@ fn info_json(path: &Path, i: &DiskInfo, chain: &[PathBuf]) -> serde_json::Value 
     let text = |p: &PathBuf| p.to_string_lossy().into_owned();
     serde_json::json!({
         "path": path.to_string_lossy(),
-        "format": "vhdx",
+        "format": i.format.as_str(),
         "kind": i.kind.as_str(),
         "virtual_size": i.virtual_size,
         "block_size": i.block_size,
@@ -55,7 +55,7 @@ pub(super) fn info(path: &Path, json: bool) -> CliResult {
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
         line("image:", path.display().to_string());
-        line("format:", format!("vhdx ({})", i.kind.as_str()));
+        line("format:", format!("{} ({})", i.format.as_str(), i.kind.as_str()));
         line("virtual size:", with_bytes(i.virtual_size));
         line("file size:", with_bytes(i.file_size));
         line("allocated:", with_bytes(i.allocated_bytes));
