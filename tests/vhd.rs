@@ -603,3 +603,89 @@ fn each_damage_is_a_clear_error_and_nothing_is_written() {
     d.read_at(&mut buf, MIB).unwrap();
     assert_eq!(buf, vec![2u8; 8192]);
 }
+
+// ------------------------------------------------------------ merge
+
+/// base ← mid ← top, each with data; returns the paths and the content
+/// of mid's and top's chains.
+fn three_layers(dir: &Path) -> ([std::path::PathBuf; 3], Vec<u8>, Vec<u8>) {
+    let size = 5 * MIB;
+    let p = [dir.join("base.vhd"), dir.join("mid.avhd"), dir.join("top.avhd")];
+    let mut model = vec![0u8; size as usize];
+    let d = Disk::create_vhd(&p[0], &VhdOptions::new(size)).unwrap();
+    scribble(&d, &mut model, 7, 12);
+    d.close().unwrap();
+    let d = Disk::create_child(&p[1], &p[0], &ChildOptions::default()).unwrap();
+    scribble(&d, &mut model, 8, 12);
+    d.close().unwrap();
+    let mid = model.clone();
+    let d = Disk::create_child(&p[2], &p[1], &ChildOptions::default()).unwrap();
+    scribble(&d, &mut model, 9, 12);
+    d.close().unwrap();
+    (p, mid, model)
+}
+
+#[test]
+fn merges_fold_a_vhd_chain_into_its_base() {
+    let t = tempdir();
+    let (p, _, model) = three_layers(t.path());
+    // mid has a child: refused, nothing changes.
+    let e = ckpt::disk::merge::merge(&p[1], Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(p[1].exists());
+    let r = ckpt::disk::merge::merge(&p[2], Default::default()).unwrap();
+    assert_eq!(r.removed, vec![p[2].clone()]);
+    assert!(!p[2].exists());
+    let d = Disk::open(&p[1], OpenMode::ReadOnly).unwrap();
+    assert_same("mid after merge", &read_all(&d), &model, 0);
+    drop(d);
+    ckpt::disk::merge::merge(&p[1], Default::default()).unwrap();
+    let d = Disk::open(&p[0], OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.depth(), 1);
+    assert_same("base after merges", &read_all(&d), &model, 0);
+    drop(d);
+    if qemu_or_skip() {
+        qemu_reads_vpc(&p[0], &model);
+    }
+}
+
+#[test]
+fn an_interrupted_merge_reads_the_same_and_finishes_when_run_again() {
+    use ckpt::io::{faults, Cut};
+    let t = tempdir();
+    let (p, _, _) = three_layers(t.path());
+    std::fs::remove_file(&p[2]).unwrap();
+    let d = Disk::open(&p[1], OpenMode::ReadOnly).unwrap();
+    let model = read_all(&d);
+    drop(d);
+    let saved: Vec<Vec<u8>> = p[..2].iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let restore = || {
+        for (f, b) in p[..2].iter().zip(&saved) {
+            std::fs::write(f, b).unwrap();
+        }
+    };
+    faults::arm(u64::MAX, Cut::Clean);
+    ckpt::disk::merge::merge(&p[1], Default::default()).unwrap();
+    let events = faults::disarm();
+    assert!(events > 3, "{events} events");
+    for cut in [Cut::Clean, Cut::Torn] {
+        for n in 0..events {
+            restore();
+            faults::arm(n, cut);
+            let r = ckpt::disk::merge::merge(&p[1], Default::default());
+            faults::disarm();
+            let ctx = format!("{cut:?} cut at {n} of {events} ({r:?})");
+            let top = if p[1].exists() { &p[1] } else { &p[0] };
+            let d = Disk::open(top, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_same(&ctx, &read_all(&d), &model, 0);
+            drop(d);
+            if p[1].exists() {
+                ckpt::disk::merge::merge(&p[1], Default::default())
+                    .unwrap_or_else(|e| panic!("{ctx}: merge again: {e}"));
+            }
+            let d = Disk::open(&p[0], OpenMode::ReadOnly).unwrap();
+            assert_same(&format!("{ctx}, finished"), &read_all(&d), &model, 0);
+        }
+    }
+    restore();
+}

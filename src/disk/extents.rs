@@ -35,7 +35,7 @@ pub fn coalesce(mut v: Vec<Range>) -> Vec<Range> {
 }
 
 /// The ranges a single layer holds (data, or zeros that hide its parent).
-fn layer_ranges(file: &Image) -> Result<Vec<Range>> {
+pub(super) fn layer_ranges(file: &Image) -> Result<Vec<Range>> {
     let size = file.geo.virtual_size;
     let bs = file.geo.block_size as u64;
     let has_parent = file.has_parent();

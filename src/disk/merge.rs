@@ -38,6 +38,14 @@ pub fn flatten(
     r
 }
 
+/// Whether the file at `path` is a VHD (from its content).
+fn is_vhd(path: &Path) -> bool {
+    crate::io::FileStorage::peek(path)
+        .ok()
+        .and_then(|s| super::Format::detect(&s).ok())
+        == Some(super::Format::Vhd)
+}
+
 /// Open one file of a chain alone (no parents).
 pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Image> {
     let s = open_file(path, writable)?;
@@ -181,7 +189,8 @@ fn folders_of(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The differencing disks in any of the folders `dirs` whose parent is `child`.
-/// A folder that cannot be listed, or a VHDX file in it that cannot be read
+/// A folder that cannot be listed, or a VHDX or VHD file in it (by its
+/// name: `.vhdx`, `.avhdx`, `.vhd`, `.avhd`) that cannot be read
 /// (unreadable, corrupt, held by a writer while `child` is held too), is an
 /// error naming it: whether it is a child cannot be known.
 pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -221,7 +230,7 @@ fn children_in(want: &Path, dir: &Path, known: &[PathBuf]) -> Result<Vec<PathBuf
             .extension()
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase());
-        if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
+        if !matches!(ext.as_deref(), Some("vhdx" | "avhdx" | "vhd" | "avhd")) || p == want {
             continue;
         }
         if !known.is_empty() && std::fs::canonicalize(&p).is_ok_and(|c| known.contains(&c)) {
@@ -296,6 +305,9 @@ pub fn merge_estimate_in(view: &Disk, into: &Path) -> Result<(u64, u64)> {
 /// Interrupted merges (a crash, an error, a cancel) leave a chain that
 /// reads the same data; running the same merge again finishes it.
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
+    if is_vhd(child) {
+        return super::vhd_merge::merge(child, opts);
+    }
     let plan = plan_merge(child, &mut opts)?;
     let dest_guid = copy_merged(&plan, &mut opts.progress, &open_single)?;
     let repointed = repoint(&plan.descendants, &plan.dest, &dest_guid)?;
