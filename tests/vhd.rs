@@ -689,3 +689,49 @@ fn an_interrupted_merge_reads_the_same_and_finishes_when_run_again() {
     }
     restore();
 }
+
+// ------------------------------------------------------------ CLI
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_creates_inspects_converts_and_merges_vhd() {
+    use support::cli::{fail, ok, ok_text, s};
+    let t = tempdir();
+    let base = t.path().join("base.vhd");
+    let child = t.path().join("child.avhd");
+    ok(&["create", "--format", "vhd", s(&base), "--size", "3M", "--dynamic"]);
+    ok(&["create", s(&child), "--parent", s(&base)]);
+    let e = fail(&["create", "--format", "vhdx", s(&t.path().join("x.avhdx")), "--parent", s(&base)]);
+    assert!(e.contains("mixing VHD and VHDX"), "{e}");
+    support::cli::write_at(&child, MIB + 5, b"hello");
+    let info = support::cli::info_json(&child);
+    assert_eq!(info["format"], "vhd");
+    assert_eq!(info["kind"], "differencing");
+    assert!(ok_text(&["check", s(&child)]).contains("ok"));
+    // A whole-chain conversion to VHDX (flattened) and back to raw.
+    let flat = t.path().join("flat.vhdx");
+    ok(&["convert", s(&child), s(&flat)]);
+    let raw = t.path().join("flat.raw");
+    ok(&["convert", s(&flat), s(&raw)]);
+    let bytes = std::fs::read(&raw).unwrap();
+    assert_eq!(&bytes[MIB as usize + 5..MIB as usize + 10], b"hello");
+    // Azure: a raw image of an odd size becomes a fixed VHD of whole MiB.
+    let odd = t.path().join("odd.raw");
+    std::fs::write(&odd, vec![7u8; 1536 * 1024 + 100]).unwrap();
+    let az = t.path().join("az.vhd");
+    ok(&["convert", "--azure", s(&odd), s(&az)]);
+    assert_eq!(std::fs::metadata(&az).unwrap().len(), 2 * MIB + 512);
+    let info = support::cli::info_json(&az);
+    assert_eq!(info["kind"], "fixed");
+    assert_eq!(info["virtual_size"], 2 * MIB);
+    if qemu_or_skip() {
+        let mut want = vec![7u8; 1536 * 1024 + 100];
+        want.resize(2 * MIB as usize, 0);
+        qemu_reads_vpc(&az, &want);
+    }
+    ok(&["merge", s(&child)]);
+    assert!(!child.exists());
+    let mut buf = [0u8; 5];
+    Disk::open(&base, OpenMode::ReadOnly).unwrap().read_at(&mut buf, MIB + 5).unwrap();
+    assert_eq!(&buf, b"hello");
+}
