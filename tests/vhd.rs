@@ -266,20 +266,15 @@ fn differencing_chains_read_the_same_in_libvhdi() {
         missing("pyvhdi");
         return;
     }
+    assert_same("libvhdi: base", &pyvhdi_chain(&[&base]), &base_model, 0);
     assert_same(
-        &format!("libvhdi: base"),
-        &pyvhdi_chain(&[&base]),
-        &base_model,
-        0,
-    );
-    assert_same(
-        &format!("libvhdi: mid → base"),
+        "libvhdi: mid → base",
         &pyvhdi_chain(&[&mid, &base]),
         &mid_model,
         0,
     );
     assert_same(
-        &format!("libvhdi: top → mid → base"),
+        "libvhdi: top → mid → base",
         &pyvhdi_chain(&[&top, &mid, &base]),
         &model,
         0,
@@ -434,15 +429,12 @@ fn each_damage_is_a_clear_error_and_nothing_is_written() {
     let n = good.len();
     let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
     const BAT: usize = 1536;
-    let bat = BAT;
     // Block 0 holds the write at 1 MiB, block 1 the one at 3 MiB.
     let b1 = be32(&good, BAT) as usize * 512;
     assert!(
         be32(&good, BAT + 4) != u32::MAX,
         "block 1 of the child is allocated"
     );
-    let loc_off =
-        u64::from_be_bytes(good[512 + 576 + 16..512 + 576 + 24].try_into().unwrap()) as usize;
     type Damage = (&'static str, Box<dyn Fn(&mut Vec<u8>)>, &'static str);
     let cases: Vec<Damage> = vec![
         (
@@ -554,7 +546,6 @@ fn each_damage_is_a_clear_error_and_nothing_is_written() {
         ),
         ("truncated", Box::new(|b| b.truncate(300)), "truncated"),
     ];
-    let _ = (b1, loc_off);
     for (what, damage, says) in cases {
         let mut b = good.clone();
         damage(&mut b);
@@ -610,7 +601,11 @@ fn each_damage_is_a_clear_error_and_nothing_is_written() {
 /// of mid's and top's chains.
 fn three_layers(dir: &Path) -> ([std::path::PathBuf; 3], Vec<u8>, Vec<u8>) {
     let size = 5 * MIB;
-    let p = [dir.join("base.vhd"), dir.join("mid.avhd"), dir.join("top.avhd")];
+    let p = [
+        dir.join("base.vhd"),
+        dir.join("mid.avhd"),
+        dir.join("top.avhd"),
+    ];
     let mut model = vec![0u8; size as usize];
     let d = Disk::create_vhd(&p[0], &VhdOptions::new(size)).unwrap();
     scribble(&d, &mut model, 7, 12);
@@ -699,9 +694,24 @@ fn the_cli_creates_inspects_converts_and_merges_vhd() {
     let t = tempdir();
     let base = t.path().join("base.vhd");
     let child = t.path().join("child.avhd");
-    ok(&["create", "--format", "vhd", s(&base), "--size", "3M", "--dynamic"]);
+    ok(&[
+        "create",
+        "--format",
+        "vhd",
+        s(&base),
+        "--size",
+        "3M",
+        "--dynamic",
+    ]);
     ok(&["create", s(&child), "--parent", s(&base)]);
-    let e = fail(&["create", "--format", "vhdx", s(&t.path().join("x.avhdx")), "--parent", s(&base)]);
+    let e = fail(&[
+        "create",
+        "--format",
+        "vhdx",
+        s(&t.path().join("x.avhdx")),
+        "--parent",
+        s(&base),
+    ]);
     assert!(e.contains("mixing VHD and VHDX"), "{e}");
     support::cli::write_at(&child, MIB + 5, b"hello");
     let info = support::cli::info_json(&child);
@@ -732,6 +742,9 @@ fn the_cli_creates_inspects_converts_and_merges_vhd() {
     ok(&["merge", s(&child)]);
     assert!(!child.exists());
     let mut buf = [0u8; 5];
-    Disk::open(&base, OpenMode::ReadOnly).unwrap().read_at(&mut buf, MIB + 5).unwrap();
+    Disk::open(&base, OpenMode::ReadOnly)
+        .unwrap()
+        .read_at(&mut buf, MIB + 5)
+        .unwrap();
     assert_eq!(&buf, b"hello");
 }

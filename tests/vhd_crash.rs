@@ -19,6 +19,9 @@ use support::lossy::LossyStorage;
 use support::ops::{read_window, Op, SECTOR};
 use support::KIB;
 
+/// Which unsynced writes survive a lossy crash.
+type Keep = fn(usize) -> bool;
+
 const SIZE: u64 = 1 << 20;
 const BLOCK: u32 = 64 * 1024;
 
@@ -269,7 +272,7 @@ fn a_lost_cache_leaves_the_old_or_the_new_state() {
         for n in 0..events {
             let l = Arc::new(LossyStorage::new(bytes.clone(), n));
             let (durable, pending) = run(l.clone(), &base, &init);
-            let keeps: [(&str, fn(usize) -> bool); 4] = [
+            let keeps: [(&str, Keep); 4] = [
                 ("all", |_| true),
                 ("none", |_| false),
                 ("even", |i| i % 2 == 0),

@@ -2169,11 +2169,8 @@ pub fn vhd_images() -> &'static [Vec<Vec<u8>>] {
         )
         .expect("create a child");
         drop(parent);
-        let c = Disk::open_storage_chain(
-            vec![child.clone(), base.clone()],
-            OpenMode::ReadWrite,
-        )
-        .expect("open the chain");
+        let c = Disk::open_storage_chain(vec![child.clone(), base.clone()], OpenMode::ReadWrite)
+            .expect("open the chain");
         c.write_at(&[0x44; 8192], 310 * KIB).expect("write");
         c.close().expect("close");
         vec![

@@ -163,7 +163,8 @@ pub fn detect_format(path: &Path) -> Result<Format> {
     }
     let len = f.seek(SeekFrom::End(0)).map_err(|e| in_file(e, path))?;
     let mut tail = [0u8; 8];
-    let footer = len >= 512 && f.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix";
+    let footer =
+        len >= 512 && f.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix";
     Ok(if &magic[..n] == b"conectix" || footer {
         Format::Vhd
     } else {

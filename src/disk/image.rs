@@ -151,16 +151,6 @@ impl Image {
         }
     }
 
-    /// The VHDX, taken out (a VHD is [`Error::Unsupported`]).
-    pub(crate) fn into_vhdx(self) -> Result<Vhdx> {
-        match self.inner {
-            Inner::Vhdx(v) => Ok(v),
-            Inner::Vhd(_) => Err(Error::Unsupported(
-                "this operation is not supported for VHD files yet (only for VHDX)".into(),
-            )),
-        }
-    }
-
     /// The unit a differencing top is written in (smaller writes are
     /// merged with what the chain reads around them): a VHDX's logical
     /// sector; for a differencing VHD 4 KiB, so that each byte of its

@@ -429,7 +429,7 @@ pub(crate) fn copy_merged(
     // or process has open fails here, with nothing written.
     let mut dest_img = open(dest, true)?;
     let dest_file = dest_img.vhdx_for("merging")?;
-    let new_guid = announce_new_guid(&paths[k - 1], &dest_file, open)?;
+    let new_guid = announce_new_guid(&paths[k - 1], dest_file, open)?;
 
     dest_file.set_next_data_write_guid(new_guid);
     // A child larger than the destination: the destination grows to its

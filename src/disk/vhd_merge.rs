@@ -45,7 +45,12 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
     drop(view);
     let dirs: Vec<PathBuf> = [child, dest.as_path()]
         .iter()
-        .filter_map(|p| std::fs::canonicalize(p).ok()?.parent().map(Path::to_path_buf))
+        .filter_map(|p| {
+            std::fs::canonicalize(p)
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf)
+        })
         .collect();
     let below = match &opts.descendants {
         Some(d) => d.clone(),
@@ -54,7 +59,11 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
     if !below.is_empty() {
         return Err(Error::Unsupported(format!(
             "merging a VHD that has children ({}): merge them first",
-            below.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            below
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let me = std::fs::canonicalize(child)?;
@@ -67,7 +76,11 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
             "refusing to merge {}: {} is also the parent of {}, which would be broken",
             child.display(),
             dest.display(),
-            siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            siblings
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     // The child alone (read-only), the parent's chain read-write.

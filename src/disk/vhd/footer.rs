@@ -371,10 +371,9 @@ mod tests {
 
     #[test]
     fn chs_follows_the_specification() {
-        // 127 MiB: 17 sectors per track, 15 heads (QEMU makes the same).
-        assert_eq!(chs_of(260096), (1020, 16, 17).min(chs_of(260096)));
-        let (c, h, s) = chs_of(20 << 11);
-        assert!(c as u64 * h as u64 * s as u64 <= 20 << 11);
+        // 10 MiB rounds down; QEMU's create rounds up to 302 × 4 × 17.
+        assert_eq!(chs_of(20480), (301, 4, 17));
+        assert_eq!(chs_of(20536), (302, 4, 17));
         assert_eq!(chs_of(u64::MAX), (65535, 16, 255));
     }
 }

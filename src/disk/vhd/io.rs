@@ -33,7 +33,7 @@ impl Vhd {
     /// (adjacent runs of one kind merged).
     pub(crate) fn map(&self, offset: u64, len: u64, out: &mut Vec<(u64, Src)>) -> Result<()> {
         self.check_range(offset, len)?;
-        let mut push = |out: &mut Vec<(u64, Src)>, l: u64, src: Src| {
+        let push = |out: &mut Vec<(u64, Src)>, l: u64, src: Src| {
             if let Some((pl, ps)) = out.last_mut() {
                 let merged = match (*ps, src) {
                     (Src::Data(a), Src::Data(b)) => a + *pl == b,

@@ -119,8 +119,6 @@ pub(crate) struct Vhd {
     /// 2 MiB "blocks" for its walks).
     pub(crate) geo: Geometry,
     footer: Footer,
-    /// File offset of the dynamic header.
-    header_offset: u64,
     /// Bytes of a block's sector bitmap (padded to 512).
     bitmap_len: u64,
     /// Block size in bytes (dynamic and differencing).
@@ -171,23 +169,12 @@ impl Vhd {
         self.footer.timestamp
     }
 
-    /// The CHS geometry of the footer.
-    pub(crate) fn chs(&self) -> (u16, u8, u8) {
-        self.footer.chs
-    }
-
     /// The parent's unique id and timestamp this differencing disk records.
     pub(crate) fn parent_link(&self) -> Option<(uuid::Uuid, u32)> {
         let st = lock(&self.state);
         let h = st.header.as_ref()?;
         self.has_parent()
             .then(|| (uuid::Uuid::from_bytes(h.parent_id), h.parent_timestamp))
-    }
-
-    /// The parent's file name stored in the dynamic header.
-    pub(crate) fn parent_name(&self) -> Option<String> {
-        let st = lock(&self.state);
-        st.header.as_ref().map(|h| h.parent_name.clone())
     }
 
     /// The parent's paths, in the shape of a VHDX parent locator.
@@ -213,15 +200,6 @@ impl Vhd {
         }
         let st = lock(&self.state);
         st.bat.iter().filter(|&&e| e != UNALLOCATED).count() as u64 * self.block_size
-    }
-
-    /// The block's file offset (of its bitmap), if allocated.
-    pub(crate) fn block_offset(&self, block: u64) -> Option<u64> {
-        let st = lock(&self.state);
-        st.bat
-            .get(block as usize)
-            .filter(|&&e| e != UNALLOCATED)
-            .map(|&e| e as u64 * 512)
     }
 
     /// Refuse a range past the virtual size.

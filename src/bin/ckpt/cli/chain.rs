@@ -71,7 +71,8 @@ fn ancestor_level(disk: &Disk, file: &Path, ancestor: &Path, what: &str) -> Resu
 /// Refuse `--format F` for a child of a parent of another format (a
 /// child always has its parent's format: mixed chains are refused).
 pub(super) fn refuse_other_format(parent: &Path, f: ckpt::Format) -> CliResult {
-    let s = ckpt::io::FileStorage::open(parent, false).map_err(|e| ckpt::Error::from(e).in_file(parent))?;
+    let s = ckpt::io::FileStorage::open(parent, false)
+        .map_err(|e| ckpt::Error::from(e).in_file(parent))?;
     let pf = ckpt::Format::detect(&s)?;
     if pf != f {
         return Err(fail(format!(

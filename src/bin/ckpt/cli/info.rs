@@ -55,7 +55,10 @@ pub(super) fn info(path: &Path, json: bool) -> CliResult {
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
         line("image:", path.display().to_string());
-        line("format:", format!("{} ({})", i.format.as_str(), i.kind.as_str()));
+        line(
+            "format:",
+            format!("{} ({})", i.format.as_str(), i.kind.as_str()),
+        );
         line("virtual size:", with_bytes(i.virtual_size));
         line("file size:", with_bytes(i.file_size));
         line("allocated:", with_bytes(i.allocated_bytes));

@@ -601,8 +601,10 @@ fn run(cli: Cli) -> CliResult {
             };
             let vhd = match format {
                 Some(f) => f == ckpt::Format::Vhd,
-                None => ckpt::disk::convert::format_from_extension(&file)
-                    == ckpt::disk::convert::Format::Vhd,
+                None => {
+                    ckpt::disk::convert::format_from_extension(&file)
+                        == ckpt::disk::convert::Format::Vhd
+                }
             };
             if vhd {
                 let refused: Vec<&str> = [
