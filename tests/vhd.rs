@@ -748,3 +748,55 @@ fn the_cli_creates_inspects_converts_and_merges_vhd() {
         .unwrap();
     assert_eq!(&buf, b"hello");
 }
+
+#[test]
+fn reparent_points_a_vhd_child_at_a_moved_or_another_parent() {
+    let t = tempdir();
+    let base = t.path().join("base.vhd");
+    let child = t.path().join("child.avhd");
+    let d = Disk::create_vhd(&base, &VhdOptions::new(4 * MIB)).unwrap();
+    d.write_at(&[1u8; 8192], 0).unwrap();
+    d.close().unwrap();
+    let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
+    c.write_at(&[2u8; 4096], 4096).unwrap();
+    c.close().unwrap();
+    // The parent moved to another folder (a copy: the same unique id).
+    let sub = t.path().join("moved");
+    std::fs::create_dir(&sub).unwrap();
+    let moved = sub.join("base-with-a-longer-name.vhd");
+    std::fs::copy(&base, &moved).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    assert_eq!(
+        Disk::open(&child, OpenMode::ReadOnly).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    ckpt::disk::merge::reparent(&child, &moved, false).unwrap();
+    let d = Disk::open(&child, OpenMode::ReadOnly).unwrap();
+    assert_eq!(
+        d.chain()[1].as_deref(),
+        Some(moved.canonicalize().unwrap().as_path())
+    );
+    let mut buf = vec![0u8; 8192];
+    d.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..4096], &[1u8; 4096][..]);
+    assert_eq!(&buf[4096..], &[2u8; 4096][..]);
+    drop(d);
+    // Another disk: refused, then forced.
+    let other = t.path().join("other.vhd");
+    let o = Disk::create_vhd(&other, &VhdOptions::new(4 * MIB)).unwrap();
+    o.write_at(&[9u8; 4096], 0).unwrap();
+    o.close().unwrap();
+    let e = ckpt::disk::merge::reparent(&child, &other, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ParentMismatch, "{e}");
+    ckpt::disk::merge::reparent(&child, &other, true).unwrap();
+    let d = Disk::open(&child, OpenMode::ReadOnly).unwrap();
+    d.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..4096], &[9u8; 4096][..]);
+    assert_eq!(&buf[4096..], &[2u8; 4096][..]);
+    drop(d);
+    if have_pyvhdi() {
+        let got = pyvhdi_chain(&[&child, &other]);
+        assert_eq!(&got[..4096], &[9u8; 4096][..]);
+        assert_eq!(&got[4096..8192], &[2u8; 4096][..]);
+    }
+}

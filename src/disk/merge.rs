@@ -77,8 +77,10 @@ pub(crate) fn look_at(path: &Path) -> Result<Image> {
 }
 
 /// Point `child` at `new_parent` (like `Set-VHD -ParentPath`). Refuses when
-/// the new parent's DataWriteGuid matches neither linkage of the child,
-/// unless `force` is set (then the linkage is rewritten to the new parent).
+/// the new parent's DataWriteGuid matches neither linkage of the child
+/// (for a VHD: its unique id and timestamp do not match the child's
+/// record), unless `force` is set (then the linkage is rewritten to the
+/// new parent). A VHD child and a VHDX parent (or the reverse) are refused.
 pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
     let me = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
     // The new parent's chain first (locked shared while the child is
@@ -101,6 +103,17 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
             "{} is not a differencing disk",
             child.display()
         )));
+    }
+    if let (Some(v), Some(pv)) = (c.as_vhd(), p.top().as_vhd()) {
+        // A VHD: its record of the parent (unique id, timestamp) is
+        // rewritten only with `force` when it does not match.
+        match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
+            Ok(()) => {}
+            Err(Error::ParentStale { .. }) if force => {}
+            Err(e) => return Err(e),
+        }
+        let spec = chain::vhd_parent_spec(child, new_parent, pv)?;
+        return v.set_parent(&spec).map_err(|e| e.in_file(child));
     }
     match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
         Ok(()) => {}

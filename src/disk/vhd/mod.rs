@@ -5,7 +5,7 @@
 //! Files: [`footer`] (the footer, CHS geometry, checksums), [`header`]
 //! (the dynamic disk header and its locator entries), [`locator`] (parent
 //! paths), `open.rs` (validation), `io.rs` (map, read, write, trim,
-//! flush), `create.rs`.
+//! flush), `create.rs`, `relink.rs` (a re-parent).
 //!
 //! Knows one file, not chains (the parent is "read elsewhere":
 //! [`Src::Parent`]). Depends on `crate::io`, `crate::format` (the
@@ -64,6 +64,7 @@ pub(crate) mod header;
 mod io;
 pub(crate) mod locator;
 mod open;
+mod relink;
 pub(crate) use open::looks_like_vhd;
 
 use std::collections::{BTreeSet, HashMap};
