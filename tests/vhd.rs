@@ -800,3 +800,46 @@ fn reparent_points_a_vhd_child_at_a_moved_or_another_parent() {
         assert_eq!(&got[4096..8192], &[2u8; 4096][..]);
     }
 }
+
+/// QEMU's creator rule: a Virtual PC image ("vpc ") takes its size from
+/// the CHS geometry (smaller than the current size here), a Hyper-V one
+/// ("win ") from the current size; libckpt and QEMU agree on both.
+#[test]
+fn the_creator_decides_between_chs_and_current_size() {
+    let t = tempdir();
+    // 10240 sectors: the CHS product (150 × 4 × 17 = 10200) is smaller.
+    let size = 5 * MIB;
+    let p = t.path().join("vpc.vhd");
+    Disk::create_vhd(&p, &VhdOptions::new(size))
+        .unwrap()
+        .close()
+        .unwrap();
+    let chs_size = {
+        let b = std::fs::read(&p).unwrap();
+        let f = &b[b.len() - 512..];
+        let c = u16::from_be_bytes([f[56], f[57]]) as u64;
+        c * f[58] as u64 * f[59] as u64 * 512
+    };
+    assert!(chs_size < size, "{chs_size}");
+    assert_eq!(
+        Disk::open(&p, OpenMode::ReadOnly).unwrap().virtual_size(),
+        size
+    );
+    if have_qemu() {
+        assert_eq!(qemu_vpc_size(&p), size);
+    }
+    let mut b = std::fs::read(&p).unwrap();
+    let n = b.len();
+    for at in [0, n - 512] {
+        b[at + 28..at + 32].copy_from_slice(b"vpc ");
+        fix_checksum(&mut b[at..at + 512], 64);
+    }
+    std::fs::write(&p, &b).unwrap();
+    assert_eq!(
+        Disk::open(&p, OpenMode::ReadOnly).unwrap().virtual_size(),
+        chs_size
+    );
+    if qemu_or_skip() {
+        assert_eq!(qemu_vpc_size(&p), chs_size);
+    }
+}

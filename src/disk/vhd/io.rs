@@ -227,8 +227,9 @@ impl Vhd {
         Ok(p)
     }
 
-    /// Zero `[offset, offset+len)` of a fixed or dynamic disk (the space
-    /// of the data it covers discarded where the storage can).
+    /// Zero `[offset, offset+len)` of a fixed disk (zeros written: it keeps
+    /// its space) or a dynamic one (the space of the data it covers
+    /// discarded where the storage can).
     pub(crate) fn trim(&self, offset: u64, len: u64) -> Result<()> {
         self.writable()?;
         self.check_range(offset, len)?;
@@ -239,8 +240,19 @@ impl Vhd {
         }
         let mut runs = Vec::new();
         self.map(offset, len, &mut runs)?;
+        let fixed = self.footer.disk_type == DiskType::Fixed;
         for (l, src) in runs {
-            if let Src::Data(f) = src {
+            let Src::Data(f) = src else { continue };
+            if fixed {
+                // A fixed disk keeps its space: zeros are written.
+                let zeros = vec![0u8; ZERO_CHUNK.min(l as usize)];
+                let mut at = 0u64;
+                while at < l {
+                    let m = (l - at).min(zeros.len() as u64);
+                    self.storage.write_at(&zeros[..m as usize], f + at)?;
+                    at += m;
+                }
+            } else {
                 self.storage.discard(f, l)?;
             }
         }

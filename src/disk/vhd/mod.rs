@@ -52,9 +52,9 @@
 //! as zeros. In a differencing disk a sector whose bit is clear, and every
 //! sector of an unallocated block, reads from the parent.
 //!
-//! A trim of a fixed or dynamic disk zeroes the data it covers (discarding
-//! the file's space where the storage can); unallocated blocks are left as
-//! they are. VHD has no "zero" state for a sector of a differencing disk
+//! A trim of a fixed disk writes zeros (it keeps its space); of a dynamic
+//! disk it zeroes the data it covers by discarding the file's space where
+//! the storage can (unallocated blocks are left as they are). VHD has no "zero" state for a sector of a differencing disk
 //! (a clear bit shows the parent), so there a trim writes zeros, which
 //! hides the parent's data, as [`crate::Disk::trim`] promises.
 
