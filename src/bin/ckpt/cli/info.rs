@@ -88,18 +88,32 @@ pub(super) fn info(path: &Path, json: bool) -> CliResult {
             }
             line(&format!("chain ({} files):", files.len()), list);
         }
-        line(
-            "log:",
+        if i.format == ckpt::Format::Vhd {
+            // A VHD has no log and one id (its footer's unique id).
             if i.log_dirty {
-                "dirty (replayed in memory; open read-write to replay into the file)".into()
-            } else {
-                "clean".into()
-            },
-        );
-        line("creator:", i.creator.clone());
-        line("disk id:", i.disk_id.to_string());
-        line("data write guid:", i.data_write_guid.to_string());
-        line("file write guid:", i.file_write_guid.to_string());
+                line(
+                    "footer:",
+                    "the trailing footer is lost; the copy at offset 0 is used (a read-write \
+                     open writes it again)"
+                        .into(),
+                );
+            }
+            line("creator:", i.creator.clone());
+            line("unique id:", i.disk_id.to_string());
+        } else {
+            line(
+                "log:",
+                if i.log_dirty {
+                    "dirty (replayed in memory; open read-write to replay into the file)".into()
+                } else {
+                    "clean".into()
+                },
+            );
+            line("creator:", i.creator.clone());
+            line("disk id:", i.disk_id.to_string());
+            line("data write guid:", i.data_write_guid.to_string());
+            line("file write guid:", i.file_write_guid.to_string());
+        }
         s
     };
     out.write_all(text.as_bytes())
