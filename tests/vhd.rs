@@ -843,3 +843,38 @@ fn the_creator_decides_between_chs_and_current_size() {
         assert_eq!(qemu_vpc_size(&p), chs_size);
     }
 }
+
+/// The sector bitmap is read most significant bit first (bit 7 of byte 0
+/// is sector 0), as the specification and libvhdi have it: a hand-set
+/// byte 0x40 shows the child's sector 1 and the parent's sector 0.
+#[test]
+fn bitmap_bits_count_from_the_most_significant() {
+    let t = tempdir();
+    let base = t.path().join("base.vhd");
+    let child = t.path().join("child.avhd");
+    let d = Disk::create_vhd(&base, &VhdOptions::new(2 * MIB)).unwrap();
+    d.write_at(&[1u8; 4096], 0).unwrap();
+    d.close().unwrap();
+    let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
+    c.write_at(&[2u8; 4096], 0).unwrap();
+    c.close().unwrap();
+    let mut b = std::fs::read(&child).unwrap();
+    let block0 = u32::from_be_bytes(b[1536..1540].try_into().unwrap()) as usize * 512;
+    assert_eq!(b[block0], 0xff);
+    b[block0] = 0x40;
+    std::fs::write(&child, &b).unwrap();
+    let d = Disk::open(&child, OpenMode::ReadOnly).unwrap();
+    let mut buf = vec![0u8; 1024];
+    d.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..512], &[1u8; 512][..], "sector 0: the parent's");
+    assert_eq!(&buf[512..], &[2u8; 512][..], "sector 1: the child's");
+    drop(d);
+    if have_pyvhdi() {
+        let got = pyvhdi_chain(&[&child, &base]);
+        assert_eq!(
+            &got[..1024],
+            &buf[..],
+            "libvhdi reads the bits the same way"
+        );
+    }
+}
