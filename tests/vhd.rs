@@ -878,3 +878,67 @@ fn bitmap_bits_count_from_the_most_significant() {
         );
     }
 }
+
+/// A model run: random writes (any alignment), trims, flushes, reopens
+/// and new children on a VHD chain, every read against a byte model; the
+/// final chain read by libvhdi too.
+#[test]
+fn a_model_run_of_a_growing_vhd_chain() {
+    for seed in 1..=3u64 {
+        let t = tempdir();
+        let size = 3 * MIB + 512 * 5;
+        let mut rng = Rng::new(seed);
+        let mut model = vec![0u8; size as usize];
+        let mut files = vec![t.path().join("base.vhd")];
+        let mut d =
+            Disk::create_vhd(&files[0], &VhdOptions::new(size).block_size(64 * 1024)).unwrap();
+        for step in 0..60u64 {
+            match rng.below(10) {
+                0..=5 => {
+                    let len = rng.range(1, 200 * 1024).min(size);
+                    let off = rng.below(size - len + 1);
+                    let data = pattern(seed * 1000 + step, off, len as usize);
+                    d.write_at(&data, off).unwrap();
+                    model[off as usize..(off + len) as usize].copy_from_slice(&data);
+                }
+                6 => {
+                    let len = rng.range(1, 300 * 1024).min(size);
+                    let off = rng.below(size - len + 1);
+                    d.trim(off, len).unwrap();
+                    model[off as usize..(off + len) as usize].fill(0);
+                }
+                7 => d.flush().unwrap(),
+                8 => {
+                    let top = files.last().unwrap().clone();
+                    d.close().unwrap();
+                    d = Disk::open(&top, OpenMode::ReadWrite).unwrap();
+                    assert_same(
+                        &format!("seed {seed} step {step} reopen"),
+                        &read_all(&d),
+                        &model,
+                        0,
+                    );
+                }
+                _ if files.len() < 4 => {
+                    d.close().unwrap();
+                    let next = t.path().join(format!("c{}.avhd", files.len()));
+                    d = Disk::create_child(&next, files.last().unwrap(), &ChildOptions::default())
+                        .unwrap();
+                    files.push(next);
+                }
+                _ => {}
+            }
+        }
+        assert_same(&format!("seed {seed} end"), &read_all(&d), &model, 0);
+        d.close().unwrap();
+        if have_pyvhdi() {
+            let chain: Vec<&Path> = files.iter().rev().map(|p| p.as_path()).collect();
+            assert_same(
+                &format!("seed {seed}: libvhdi"),
+                &pyvhdi_chain(&chain),
+                &model,
+                0,
+            );
+        }
+    }
+}
