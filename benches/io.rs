@@ -109,6 +109,7 @@ fn convert_raw(c: &mut Criterion) {
         fixed: false,
         block_size: None,
         no_sync: false,
+        azure: false,
     };
 
     let mut g = c.benchmark_group("convert");

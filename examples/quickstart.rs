@@ -122,6 +122,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         fixed: false,
         block_size: None,
         no_sync: false,
+        azure: false,
     };
     let s = convert::convert(&vhdx, &raw, &opts(convert::Format::Raw), &mut |_, _| {})?;
     println!(

@@ -187,6 +187,16 @@
 #define CKPT_CREATE_FIXED 1
 
 /**
+ * `ckpt_create_options.flags` of `ckpt_disk_create`: make a legacy VHD
+ * (fixed with `CKPT_CREATE_FIXED`, else dynamic) instead of a VHDX. Its
+ * sectors are 512 bytes and it has no log: `logical_sector_size`,
+ * `physical_sector_size` and `log_size` must be 0; `block_size` 0 means
+ * 2 MiB (a power of two from 4 KiB to 256 MiB otherwise). The virtual
+ * size is at most 2040 GiB.
+ */
+#define CKPT_CREATE_VHD 2
+
+/**
  * `ckpt_extent.flags`: no file of the chain holds data for the range (no
  * space is allocated for it). Always set together with
  * `CKPT_EXTENT_ZERO`. The same value as NBD's `NBD_STATE_HOLE` (and
@@ -1413,7 +1423,8 @@ ckpt_status ckpt_disk_compact(struct ckpt_disk *disk,
                               struct ckpt_compact_report *report);
 
 /**
- * Create a new VHDX file at `path` (which must not exist yet) holding a
+ * Create a new VHDX file (or, with `CKPT_CREATE_VHD` in
+ * `options->flags`, a VHD) at `path` (which must not exist yet) holding a
  * virtual disk of `virtual_size` bytes, and open it read-write.
  *
  * `options` may be NULL for the defaults (a dynamic disk with 32 MiB

@@ -38,6 +38,10 @@ pub enum Structure {
     CheckpointTree,
     /// A VM folder's own JSON file.
     VmFile,
+    /// The footer of a VHD (or its copy at offset 0).
+    VhdFooter,
+    /// The dynamic disk header of a VHD.
+    VhdHeader,
 }
 
 impl std::fmt::Display for Structure {
@@ -57,6 +61,8 @@ impl std::fmt::Display for Structure {
             Structure::Chain => "disk chain",
             Structure::CheckpointTree => "checkpoint tree",
             Structure::VmFile => "VM file",
+            Structure::VhdFooter => "VHD footer",
+            Structure::VhdHeader => "VHD dynamic disk header",
         })
     }
 }
@@ -279,6 +285,18 @@ pub enum Error {
         found: uuid::Uuid,
     },
 
+    /// A VHD parent's unique id or timestamp differs from what its child
+    /// records: the parent was replaced or modified since the child was made.
+    #[error("{}: parent {} does not match: {detail} (it was modified or replaced since the child was created, or it is not the child's parent)", child.display(), parent.display())]
+    ParentStale {
+        /// The differencing disk.
+        child: PathBuf,
+        /// The parent found.
+        parent: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+
     /// An error the holder of a VM reported over its control channel
     /// ([`crate::checkpoint::control`]): its class and its message as the
     /// holder's error displayed it.
@@ -329,7 +347,8 @@ impl Error {
         match self {
             e @ (Error::InFile { .. }
             | Error::ParentNotFound { .. }
-            | Error::ParentMismatch { .. }) => e,
+            | Error::ParentMismatch { .. }
+            | Error::ParentStale { .. }) => e,
             e => Error::InFile {
                 path: path.into(),
                 source: Box::new(e),
@@ -358,7 +377,7 @@ impl Error {
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::ParentNotFound { .. } => ErrorKind::NotFound,
-            Error::ParentMismatch { .. } => ErrorKind::ParentMismatch,
+            Error::ParentMismatch { .. } | Error::ParentStale { .. } => ErrorKind::ParentMismatch,
             Error::Busy(_) => ErrorKind::Busy,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,

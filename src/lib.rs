@@ -46,7 +46,8 @@ pub use disk::in_place::{InPlaceOptions, InPlaceReport};
 pub use disk::live::LiveDisk;
 pub use disk::resize::{ResizeOptions, ResizeReport};
 pub use disk::{
-    ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, OpenMode,
+    ChildOptions, CreateOptions, Disk, DiskCursor, DiskInfo, DiskKind, Extent, Format, OpenMode,
+    VhdOptions,
 };
 pub use error::{Corruption, Error, ErrorKind, Reason, Result, Structure};
 

@@ -251,6 +251,13 @@ fn c_backup() {
     run_c_program("tests/c/test_backup.c");
 }
 
+/// Legacy VHD (issue 16): `CKPT_CREATE_VHD` makes fixed and dynamic
+/// VHDs that read back after a reopen; VHDX-only fields are refused.
+#[test]
+fn c_vhd() {
+    run_c_program("tests/c/test_vhd.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.

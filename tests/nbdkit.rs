@@ -2434,3 +2434,46 @@ fn vm_mode_serves_the_changes_since_a_point_as_block_status() {
     );
     drop(server);
 }
+
+/// A VHD chain (dynamic base, differencing top) served: qemu-img reads the
+/// chain's bytes, qemu-io writes, zeroes and discards land in the top
+/// file (the base unchanged), and libckpt reads them back after the stop.
+#[test]
+fn a_vhd_chain_is_served_like_a_vhdx_one() {
+    if !tools() {
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path().join("base.vhd");
+    let top = dir.path().join("top.avhd");
+    let mut model = vec![0u8; SIZE as usize];
+    let d = Disk::create_vhd(&base, &ckpt::VhdOptions::new(SIZE)).unwrap();
+    write(&d, &mut model, 1, 0, 3 * MIB as usize);
+    d.close().unwrap();
+    let d = Disk::create_child(&top, &base, &ChildOptions::default()).unwrap();
+    write(&d, &mut model, 2, 2 * MIB + 777, 100_000);
+    d.close().unwrap();
+    let base_before = file_bytes(&base);
+    let server = Server::start(dir.path(), &top, false);
+    let uri = server.uri();
+    let got = dir.path().join("served.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&got));
+    assert_same("NBD reads the VHD chain", &file_bytes(&got), &model, 0);
+    let ops: [(&str, u64, u64, u8); 3] = [
+        ("write -P 0x5a", 100_000, 70_000, 0x5a),
+        ("write -z", MIB - 512, 4096, 0),
+        ("discard", 2 * MIB, 2 * MIB, 0),
+    ];
+    let mut cmds: Vec<String> = Vec::new();
+    for (cmd, off, len, byte) in ops {
+        cmds.push(format!("{cmd} {off} {len}"));
+        model[off as usize..(off + len) as usize].fill(byte);
+    }
+    cmds.push("flush".into());
+    qemu_io(&uri, &cmds);
+    server.stop();
+    assert_same("libckpt after NBD writes", &read_all(&top), &model, 0);
+    assert!(file_bytes(&base) == base_before, "base.vhd changed");
+}

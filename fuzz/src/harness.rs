@@ -33,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "log_replay",
     "disk_ops",
     "vm_ops",
+    "vhd",
 ];
 
 /// Run the body of `target` on `data`.
@@ -43,6 +44,7 @@ pub fn run(target: &str, data: &[u8]) -> Outcome {
         "log_replay" => log_replay(data),
         "disk_ops" => disk_ops(data).or_else(known),
         "vm_ops" => vm_ops(data).or_else(known),
+        "vhd" => vhd(data),
         _ => Err(format!("unknown target {target}")),
     }
 }
@@ -2138,6 +2140,87 @@ pub fn vm_ops(data: &[u8]) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------
+// Target `vhd`: structure-aware damage of valid VHD files.
+
+/// Three small valid VHDs: a dynamic disk with data, a fixed disk, and a
+/// differencing child (with data) over the dynamic one; made once.
+pub fn vhd_images() -> &'static [Vec<Vec<u8>>] {
+    static IMAGES: std::sync::OnceLock<Vec<Vec<Vec<u8>>>> = std::sync::OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let opts = ckpt::VhdOptions::new(MIB).block_size(64 * 1024);
+        let base = Arc::new(MemStorage::new());
+        let d = Disk::create_vhd_on(base.clone(), &opts).expect("create a VHD");
+        d.write_at(&[0x11; 4096], 0).expect("write");
+        d.write_at(&[0x22; 70000], 300 * KIB).expect("write");
+        d.close().expect("close");
+        let fixed = Arc::new(MemStorage::new());
+        let f = Disk::create_vhd_on(fixed.clone(), &opts.clone().fixed(true)).expect("create");
+        f.write_at(&[0x33; 512], 512).expect("write");
+        f.close().expect("close");
+        let parent = Disk::open_storage(base.clone(), OpenMode::ReadOnly).expect("open");
+        let child = Arc::new(MemStorage::new());
+        Disk::create_child_on(
+            child.clone(),
+            &parent,
+            &ckpt::ChildOptions {
+                block_size: 64 * 1024,
+                ..Default::default()
+            },
+        )
+        .expect("create a child");
+        drop(parent);
+        let c = Disk::open_storage_chain(vec![child.clone(), base.clone()], OpenMode::ReadWrite)
+            .expect("open the chain");
+        c.write_at(&[0x44; 8192], 310 * KIB).expect("write");
+        c.close().expect("close");
+        vec![
+            vec![base.snapshot()],
+            vec![fixed.snapshot()],
+            vec![child.snapshot(), base.snapshot()],
+        ]
+    })
+}
+
+/// `vhd`: pick one of [`vhd_images`], damage its top with up to 8
+/// byte edits aimed at its structures (0: the trailing footer, 1: the
+/// footer copy, 2: the dynamic header, 3: the BAT, 4: the locators' data,
+/// 5: a block's sector bitmap, 6: anywhere; then an offset and a value,
+/// set or xor), optionally cut its length, then run every operation
+/// [`exercise`] runs.
+pub fn vhd(data: &[u8]) -> Outcome {
+    let mut inp = In::new(data);
+    let images = vhd_images();
+    let mut layers = images[inp.u8() as usize % images.len()].clone();
+    let b = &mut layers[0];
+    let n = b.len();
+    for _ in 0..(inp.u8() % 9) {
+        let region = inp.u8() % 7;
+        let at = inp.u16() as usize;
+        let v = inp.u8();
+        let xor = inp.u8() & 1 == 1;
+        let pos = match region {
+            0 => n - 512 + at % 512,
+            1 => at % 512,
+            2 => 512 + at % 1024,
+            3 => 1536 + at % 512,
+            4 => 2048 + at % 8192,
+            5 => 3584 + at % 1024,
+            _ => (at * 97) % n,
+        } % n;
+        if xor {
+            b[pos] ^= v;
+        } else {
+            b[pos] = v;
+        }
+    }
+    if inp.u8() == 0xff {
+        let cut = inp.u32() as usize % n;
+        b.truncate(cut);
+    }
+    exercise(layers, &mut inp)
+}
+
+// ---------------------------------------------------------------------------
 // Seeds.
 
 /// A few small inputs per target, generated (not stored in git).
@@ -2177,6 +2260,14 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         ],
         "vm_ops" => vec![
             vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11, 2, 5],
+            (0..64u8).collect(),
+        ],
+        "vhd" => vec![
+            vec![0, 0],
+            vec![1, 0],
+            vec![2, 0],
+            vec![2, 1, 3, 4, 0, 0x10, 1],
+            vec![0, 2, 2, 28, 0, 0xff, 0, 0, 0, 0, 0, 0],
             (0..64u8).collect(),
         ],
         _ => Vec::new(),

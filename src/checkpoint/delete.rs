@@ -704,7 +704,10 @@ impl Vm {
         if others.is_empty() {
             return Ok(());
         }
-        let guid = merge::open_single(target, false)?.header().data_write_guid;
+        let guid = merge::open_single(target, false)?
+            .vhdx()?
+            .header()
+            .data_write_guid;
         merge::repoint(&others, target, &guid)?;
         Ok(())
     }

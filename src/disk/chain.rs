@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::disk::image::Image;
 use crate::disk::path::{absolute, normalize};
+use crate::disk::vhd::{Vhd, VhdParent};
 use crate::disk::vhdx::{ParentSpec, Vhdx};
 use crate::disk::{open_file, Layer, OpenMode, MAX_CHAIN_DEPTH};
 use crate::error::{Error, Reason, Result, Structure};
@@ -18,7 +20,7 @@ pub(super) fn open_chain(path: &Path, mode: OpenMode) -> Result<Vec<Layer>> {
 
 /// Open the parents of `file` (already open, stored at `path`), read-only,
 /// with the linkage of `file` to the first checked; empty for a base disk.
-pub(super) fn open_parents(file: &Vhdx, path: &Path) -> Result<Vec<Layer>> {
+pub(super) fn open_parents(file: &Image, path: &Path) -> Result<Vec<Layer>> {
     if !file.has_parent() {
         return Ok(Vec::new());
     }
@@ -63,7 +65,7 @@ fn walk_chain(path: &Path, mode: OpenMode, mut seen: HashSet<PathBuf>) -> Result
             ));
         }
         let storage = open_file(&next, !ro)?;
-        let file = Vhdx::open(Arc::new(storage), ro).map_err(|e| e.in_file(&next))?;
+        let file = Image::open(Arc::new(storage), ro).map_err(|e| e.in_file(&next))?;
         if let Some(child) = layers.last() {
             check_linkage(&child.file, &file, child.path.as_deref(), Some(&next))?;
         }
@@ -93,6 +95,10 @@ fn walk_chain(path: &Path, mode: OpenMode, mut seen: HashSet<PathBuf>) -> Result
 /// Windows host wrote, `C:\…`, is kept).
 fn refresh_stale_paths(child: &Layer, parent: &Layer) -> Result<()> {
     let (Some(cpath), Some(ppath)) = (child.path.as_deref(), parent.path.as_deref()) else {
+        return Ok(());
+    };
+    // A VHD's locators are kept as they are (a re-parent rewrites them).
+    let Some(vchild) = child.file.as_vhdx() else {
         return Ok(());
     };
     let mut loc = locator_of(&child.file)?;
@@ -129,13 +135,23 @@ fn refresh_stale_paths(child: &Layer, parent: &Layer) -> Result<()> {
         }
     }
     if changed {
-        child.file.set_parent_locator(loc.to_bytes())?;
+        vchild.set_parent_locator(loc.to_bytes())?;
     }
     Ok(())
 }
 
-/// The parent locator of a differencing file.
-pub(super) fn locator_of(file: &Vhdx) -> Result<ParentLocator> {
+/// The parent locator of a differencing file (a VHD's locator entries in
+/// the same shape).
+pub(super) fn locator_of(file: &Image) -> Result<ParentLocator> {
+    match (file.as_vhdx(), file.as_vhd()) {
+        (Some(v), _) => vhdx_locator_of(v),
+        (None, Some(v)) => Ok(v.parent_locator()),
+        (None, None) => unreachable!("an image is a VHDX or a VHD"),
+    }
+}
+
+/// The parent locator of a differencing VHDX.
+pub(super) fn vhdx_locator_of(file: &Vhdx) -> Result<ParentLocator> {
     let raw = file.metadata().parent_locator.ok_or_else(|| {
         Error::corrupt(
             Structure::MetadataTable,
@@ -166,7 +182,7 @@ pub(super) fn parent_candidates(loc: &ParentLocator, child_path: &Path) -> Vec<P
     out
 }
 
-fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
+fn find_parent(file: &Image, child_path: &Path) -> Result<PathBuf> {
     let loc = locator_of(file).map_err(|e| e.in_file(child_path))?;
     // Each path once: the relative and the absolute path often name the
     // same file (compared with their folders resolved, as the file may be
@@ -197,14 +213,123 @@ fn find_parent(file: &Vhdx, child_path: &Path) -> Result<PathBuf> {
         })
 }
 
-/// Check that `parent`'s DataWriteGuid is what `child` links to.
+/// Check that `parent` is what `child` links to: both of one format
+/// (Hyper-V refuses mixed chains too), then the VHDX DataWriteGuid or the
+/// VHD unique id and timestamp.
 pub(super) fn check_linkage(
+    child: &Image,
+    parent: &Image,
+    child_path: Option<&Path>,
+    parent_path: Option<&Path>,
+) -> Result<()> {
+    let name = |p: Option<&Path>, d: &str| p.unwrap_or(Path::new(d)).to_path_buf();
+    match (
+        child.as_vhdx(),
+        parent.as_vhdx(),
+        child.as_vhd(),
+        parent.as_vhd(),
+    ) {
+        (Some(c), Some(p), _, _) => check_vhdx_linkage(c, p, child_path, parent_path),
+        (_, _, Some(c), Some(p)) => check_vhd_linkage(
+            c,
+            p,
+            &name(child_path, "(child)"),
+            &name(parent_path, "(parent)"),
+        ),
+        _ => Err(Error::Unsupported(format!(
+            "{} ({}) has the parent {} ({}): a chain mixes VHD and VHDX files, which neither \
+             Hyper-V nor libckpt allows",
+            name(child_path, "(child)").display(),
+            child.format().as_str(),
+            name(parent_path, "(parent)").display(),
+            parent.format().as_str()
+        ))),
+    }
+}
+
+/// A VHD child's link to its parent: the parent footer's unique id, and
+/// its timestamp (libckpt records the parent footer's timestamp; the
+/// specification's "modification time" that other tools record, the
+/// parent file's mtime, is accepted too).
+fn check_vhd_linkage(
+    child: &Vhd,
+    parent: &Vhd,
+    child_path: &Path,
+    parent_path: &Path,
+) -> Result<()> {
+    let Some((id, ts)) = child.parent_link() else {
+        return Err(Error::corrupt(
+            Structure::VhdHeader,
+            None,
+            Reason::Missing("the dynamic header of a differencing VHD"),
+        ));
+    };
+    let stale = |detail: String| Error::ParentStale {
+        child: child_path.to_path_buf(),
+        parent: parent_path.to_path_buf(),
+        detail,
+    };
+    if id != parent.unique_id() {
+        return Err(stale(format!(
+            "the child expects the parent unique id {id}, the parent has {}",
+            parent.unique_id()
+        )));
+    }
+    let mtime = std::fs::metadata(parent_path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            d.as_secs()
+                .saturating_sub(crate::disk::vhd::footer::VHD_EPOCH) as u32
+        });
+    if ts != parent.timestamp() && Some(ts) != mtime {
+        return Err(stale(format!(
+            "the child expects the parent timestamp {ts}, the parent's footer has {}{}",
+            parent.timestamp(),
+            mtime
+                .map(|m| format!(" and its file time is {m}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// What a new VHD child of the VHD `parent` (at `parent_path`) records.
+pub(super) fn vhd_parent_spec(
+    child_path: &Path,
+    parent_path: &Path,
+    parent: &Vhd,
+) -> Result<VhdParent> {
+    let loc = locator_for(child_path, parent_path, &uuid::Uuid::nil())?;
+    let abs = loc
+        .get(locator::ABSOLUTE_WIN32_PATH)
+        .unwrap_or_default()
+        .to_string();
+    let rel = loc
+        .get(locator::RELATIVE_PATH)
+        .unwrap_or_default()
+        .to_string();
+    Ok(VhdParent {
+        unique_id: *parent.unique_id().as_bytes(),
+        timestamp: parent.timestamp(),
+        name: parent_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        absolute: abs,
+        relative: rel,
+    })
+}
+
+/// Check that `parent`'s DataWriteGuid is what the VHDX `child` links to.
+fn check_vhdx_linkage(
     child: &Vhdx,
     parent: &Vhdx,
     child_path: Option<&Path>,
     parent_path: Option<&Path>,
 ) -> Result<()> {
-    let loc = locator_of(child)?;
+    let loc = vhdx_locator_of(child)?;
     let found = parent.header().data_write_guid;
     let l1 = loc.linkage(locator::PARENT_LINKAGE);
     let l2 = loc
@@ -307,8 +432,9 @@ pub(super) fn locator_for(
 pub(super) fn parent_spec(
     child_path: &Path,
     parent_path: &Path,
-    parent: &Vhdx,
+    parent: &Image,
 ) -> Result<ParentSpec> {
+    let parent = parent.vhdx_for("a VHDX child of a VHD")?;
     let h = parent.header();
     Ok(ParentSpec {
         disk_id: parent.metadata().disk_id,

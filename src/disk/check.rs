@@ -1,4 +1,4 @@
-//! Read-only structural check of a VHDX file.
+//! Read-only structural check of a VHDX or VHD file.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +27,35 @@ impl CheckReport {
     }
 }
 
+/// A VHD's check: its open validates every structure (footer, dynamic
+/// header, BAT bounds and overlaps, locators); a lost trailing footer is a
+/// note (the copy at offset 0 stands in).
+fn check_vhd(storage: Arc<dyn Storage>) -> CheckReport {
+    let mut r = CheckReport::default();
+    match crate::disk::vhd::Vhd::open(storage, true) {
+        Ok(v) => {
+            if v.repaired {
+                r.notes.push(
+                    "the trailing footer is missing or damaged; the copy at offset 0 is used \
+                     (a read-write open writes it again)"
+                        .into(),
+                );
+            }
+            r.summary = format!(
+                "VHD, {}, virtual size {} bytes, {} bytes of blocks allocated",
+                v.kind().as_str(),
+                v.geo.virtual_size,
+                v.allocated_bytes()
+            );
+        }
+        Err(e) => {
+            r.problems.push(e.to_string());
+            r.summary = "not a usable VHD file".into();
+        }
+    }
+    r
+}
+
 /// Check the VHDX at `path` without writing to it. Errors only when the file
 /// cannot be read at all; damage is reported in the [`CheckReport`].
 pub fn check(path: &Path) -> Result<CheckReport> {
@@ -34,9 +63,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     Ok(check_storage(Arc::new(storage)))
 }
 
-/// Check the VHDX held by `storage` without writing to it.
+/// Check the VHDX or VHD held by `storage` without writing to it.
 pub fn check_storage(storage: Arc<dyn Storage>) -> CheckReport {
     let mut r = CheckReport::default();
+    if crate::disk::Format::detect(storage.as_ref()).ok() == Some(crate::disk::Format::Vhd) {
+        return check_vhd(storage);
+    }
     let (v, layout) = match Vhdx::open_with_layout(storage, true) {
         Ok(x) => x,
         Err(e) => {

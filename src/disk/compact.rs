@@ -117,7 +117,7 @@ impl Disk {
     }
 
     fn compact_inner(&self, mut opts: CompactOptions<'_>) -> Result<CompactReport> {
-        let top = self.top();
+        let top = self.top().vhdx_for("compaction")?;
         if top.is_read_only() {
             return Err(Error::ReadOnly);
         }

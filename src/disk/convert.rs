@@ -1,5 +1,5 @@
-//! Conversion between raw images and VHDX: raw → VHDX, VHDX → raw and
-//! VHDX → VHDX (a chain is flattened), sparse on output. The `ckpt convert`
+//! Conversion between raw images, VHDX and VHD, in any direction (a chain
+//! of either format is flattened), sparse on output. The `ckpt convert`
 //! command is a thin shell over [`convert`] (it adds the progress bar).
 //!
 //! Depends on the rest of `disk` and on `std`; knows nothing of the CLI.
@@ -12,6 +12,7 @@
 //!     fixed: false,
 //!     block_size: None,
 //!     no_sync: false,
+//!     azure: false,
 //! };
 //! let stats = convert("disk.vhdx".as_ref(), "disk.raw".as_ref(), &opts, &mut |_, _| {})?;
 //! println!("{} bytes of data", stats.data_bytes);
@@ -19,7 +20,12 @@
 //! ```
 //!
 //! * The source's format is read from its content: a file starting with
-//!   `vhdxfile` is a VHDX, anything else is raw.
+//!   `vhdxfile` is a VHDX, one starting or ending with a VHD footer
+//!   (`conectix`) a VHD, anything else is raw.
+//! * An Azure-ready VHD ([`ConvertOptions::azure`]): fixed, its virtual
+//!   size rounded up to a whole MiB (the tail reads as zeros), the footer
+//!   with the current size Azure reads (creator "win ", the CHS geometry
+//!   of the specification), nothing after the footer.
 //! * A raw source whose length is not a multiple of 512 is **rounded up** to
 //!   the next multiple of 512 (the tail reads as zeros), because a VHDX's
 //!   virtual size must be a whole number of sectors; VHDX → raw then gives
@@ -44,7 +50,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::disk::{CreateOptions, Disk, Extent, OpenMode};
+use crate::disk::{CreateOptions, Disk, Extent, OpenMode, VhdOptions, MIB};
 use crate::error::{Error, Result};
 
 /// How much is read and written at a time.
@@ -61,6 +67,8 @@ pub enum Format {
     Raw,
     /// A Hyper-V VHDX.
     Vhdx,
+    /// A legacy VHD (fixed or dynamic on output).
+    Vhd,
 }
 
 impl Format {
@@ -69,6 +77,7 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::Vhdx => "vhdx",
+            Format::Vhd => "vhd",
         }
     }
 }
@@ -78,10 +87,14 @@ impl Format {
 pub struct ConvertOptions {
     /// The destination format; `None`: from the destination's extension.
     pub format: Option<Format>,
-    /// Make a fixed VHDX (VHDX output only).
+    /// Make a fixed VHDX or VHD (not for raw output).
     pub fixed: bool,
-    /// Block size of a VHDX output; `None`: the source's, or the default.
+    /// Block size of a VHDX or VHD output; `None`: for a VHDX the
+    /// source's, or the default; for a VHD 2 MiB.
     pub block_size: Option<u32>,
+    /// Make an Azure-ready VHD: fixed, the size rounded up to a whole MiB
+    /// (VHD output only; implies `fixed`).
+    pub azure: bool,
     /// Skip every sync of the destination (see the module doc): faster,
     /// not durable across a power loss until the system writes it back.
     pub no_sync: bool,
@@ -138,13 +151,22 @@ fn in_file(e: impl Into<Error>, path: &Path) -> Error {
     e.into().in_file(path)
 }
 
-/// The format of the file at `path`, from its first 8 bytes.
+/// The format of the file at `path`, from its content: its first 8 bytes
+/// (`vhdxfile`, or a VHD footer copy's `conectix`), or its last 512 (a
+/// VHD footer).
 pub fn detect_format(path: &Path) -> Result<Format> {
     let mut f = File::open(path).map_err(|e| in_file(e, path))?;
     let mut magic = [0u8; 8];
     let n = read_full(&mut f, &mut magic).map_err(|e| in_file(e, path))?;
-    Ok(if &magic[..n] == b"vhdxfile" {
-        Format::Vhdx
+    if &magic[..n] == b"vhdxfile" {
+        return Ok(Format::Vhdx);
+    }
+    let len = f.seek(SeekFrom::End(0)).map_err(|e| in_file(e, path))?;
+    let mut tail = [0u8; 8];
+    let footer =
+        len >= 512 && f.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix";
+    Ok(if &magic[..n] == b"conectix" || footer {
+        Format::Vhd
     } else {
         Format::Raw
     })
@@ -166,12 +188,13 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// The format a destination path asks for: `.vhdx` / `.avhdx` → VHDX,
-/// anything else → raw.
+/// `.vhd` / `.avhd` → VHD, anything else → raw.
 pub fn format_from_extension(path: &Path) -> Format {
     match path.extension().and_then(|e| e.to_str()) {
         Some(e) if e.eq_ignore_ascii_case("vhdx") || e.eq_ignore_ascii_case("avhdx") => {
             Format::Vhdx
         }
+        Some(e) if e.eq_ignore_ascii_case("vhd") || e.eq_ignore_ascii_case("avhd") => Format::Vhd,
         _ => Format::Raw,
     }
 }
@@ -204,12 +227,26 @@ pub fn create_vhdx(path: &Path, opts: &CreateOptions) -> Result<Disk> {
     })
 }
 
-/// [`create_vhdx`] on a [`NoSync`] file.
-fn create_vhdx_no_sync(path: &Path, opts: &CreateOptions) -> Result<Disk> {
+/// A new VHD at `path`, as [`create_vhdx`] makes a VHDX.
+pub fn create_vhd(path: &Path, opts: &VhdOptions) -> Result<Disk> {
+    Disk::create_vhd(path, opts).map_err(|e| {
+        if !is_already_exists(&e) {
+            let _ = std::fs::remove_file(path);
+        }
+        e.in_file(path)
+    })
+}
+
+/// [`create_vhdx`] (or a VHD) on a [`NoSync`] file.
+fn create_no_sync(path: &Path, opts: &CreateOptions, vhd: Option<&VhdOptions>) -> Result<Disk> {
     let made = (|| {
         let f = crate::io::FileStorage::create(path).map_err(|e| in_file(e, path))?;
         let s: std::sync::Arc<dyn crate::io::Storage> = std::sync::Arc::new(NoSync(f));
-        Disk::create_on(s, opts).map_err(|e| e.in_file(path))
+        match vhd {
+            Some(v) => Disk::create_vhd_on(s, v),
+            None => Disk::create_on(s, opts),
+        }
+        .map_err(|e| e.in_file(path))
     })();
     made.inspect_err(|e| {
         if !is_already_exists(e) {
@@ -275,7 +312,12 @@ pub fn convert(
     let dst_format = opts.format.unwrap_or_else(|| format_from_extension(dst));
     if dst_format == Format::Raw && (opts.fixed || opts.block_size.is_some()) {
         return Err(Error::InvalidArgument(
-            "--fixed and --block-size apply to VHDX output only".into(),
+            "--fixed and --block-size apply to VHDX and VHD output only".into(),
+        ));
+    }
+    if opts.azure && dst_format != Format::Vhd {
+        return Err(Error::InvalidArgument(
+            "--azure makes a VHD: the output format must be vhd".into(),
         ));
     }
     // Refuse early, before reading anything (create_new below closes the race).
@@ -292,7 +334,7 @@ pub fn convert(
     let src_format = detect_format(src)?;
     let mut rounded_up = false;
     let source = match src_format {
-        Format::Vhdx => Source::Vhdx(Box::new(
+        Format::Vhdx | Format::Vhd => Source::Vhdx(Box::new(
             Disk::open(src, OpenMode::ReadOnly).map_err(|e| e.in_file(src))?,
         )),
         Format::Raw => {
@@ -333,10 +375,27 @@ pub fn convert(
     if let Some(bs) = opts.block_size {
         create = create.block_size(bs);
     }
+    // A VHD output: Azure's whole MiB, and the VHD's own default block.
+    let virtual_size = if opts.azure {
+        virtual_size.div_ceil(MIB) * MIB
+    } else {
+        virtual_size
+    };
+    let vhd = (dst_format == Format::Vhd).then(|| {
+        VhdOptions::new(virtual_size)
+            .fixed(opts.fixed || opts.azure)
+            .block_size(opts.block_size.unwrap_or(2 << 20))
+    });
 
     let sink = match dst_format {
-        Format::Vhdx if opts.no_sync => Sink::Vhdx(Box::new(create_vhdx_no_sync(dst, &create)?)),
+        Format::Vhdx | Format::Vhd if opts.no_sync => {
+            Sink::Vhdx(Box::new(create_no_sync(dst, &create, vhd.as_ref())?))
+        }
         Format::Vhdx => Sink::Vhdx(Box::new(create_vhdx(dst, &create)?)),
+        Format::Vhd => Sink::Vhdx(Box::new(create_vhd(
+            dst,
+            vhd.as_ref().expect("made for a VHD output"),
+        )?)),
         Format::Raw => {
             let f = OpenOptions::new()
                 .write(true)

@@ -1,8 +1,9 @@
 //! What the disk holds where: its extents, the ranges its layers change
 //! ([`Range`]), and a copy of what it holds into another disk.
 
+use super::image::Image;
 use super::merge::Progress;
-use super::vhdx::{Src, Vhdx};
+use super::vhdx::Src;
 use super::{Disk, Extent, MIB};
 use crate::error::{Error, Result};
 
@@ -34,7 +35,7 @@ pub fn coalesce(mut v: Vec<Range>) -> Vec<Range> {
 }
 
 /// The ranges a single layer holds (data, or zeros that hide its parent).
-fn layer_ranges(file: &Vhdx) -> Result<Vec<Range>> {
+pub(super) fn layer_ranges(file: &Image) -> Result<Vec<Range>> {
     let size = file.geo.virtual_size;
     let bs = file.geo.block_size as u64;
     let has_parent = file.has_parent();

@@ -120,7 +120,7 @@ impl Disk {
         to: DiskKind,
         mut opts: InPlaceOptions<'_>,
     ) -> Result<InPlaceReport> {
-        let top = self.top();
+        let top = self.top().vhdx_for("in-place conversion")?;
         if to == DiskKind::Differencing {
             return Err(Error::InvalidArgument(
                 "a disk can be converted in place to fixed or dynamic, not to differencing".into(),
@@ -156,7 +156,9 @@ impl Disk {
                 report.blocks_allocated = self.make_fixed(&mut opts)?;
             }
             _ => {
-                self.top().set_leave_allocated(false)?;
+                self.top()
+                    .vhdx_for("in-place conversion")?
+                    .set_leave_allocated(false)?;
                 let r = self.compact(CompactOptions {
                     mode: CompactMode::Full,
                     progress: opts.progress.take(),
@@ -172,7 +174,7 @@ impl Disk {
     /// dynamic → fixed: the space check, the allocations, the flag.
     /// Returns how many blocks were allocated.
     fn make_fixed(&self, opts: &mut InPlaceOptions<'_>) -> Result<u64> {
-        let top = self.top();
+        let top = self.top().vhdx_for("in-place conversion")?;
         let bs = top.geo.block_size as u64;
         let missing = top.blocks_not_held();
         let need = missing.len() as u64 * bs;
@@ -211,7 +213,7 @@ impl Disk {
             mode: CompactMode::Quick,
             progress: Some(&mut tick),
         })?;
-        let top = self.top();
+        let top = self.top().vhdx_for("in-place conversion")?;
         // No I/O runs through this handle (`&mut`): every block is held.
         let left = top.blocks_not_held();
         if let Some(b) = left.first() {

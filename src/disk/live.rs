@@ -547,7 +547,7 @@ impl LiveDisk {
             // The top's DataWriteGuid is fixed for the whole session: once
             // it runs, the child links to the guid the top keeps until the
             // switch (no re-link in the pause).
-            d.ctx(d.top().start_session())?;
+            d.ctx(d.top().vhdx().and_then(|v| v.start_session()))?;
             let spec = chain::parent_spec(path, &parent, d.top())?;
             (parent, spec, child_create_options(&d, opts))
         };
@@ -675,11 +675,11 @@ impl Pause<'_> {
             let mut new = Vec::with_capacity(layers.len() + 2);
             new.push(Layer {
                 path: Some(c.path.clone()),
-                file,
+                file: file.into(),
             });
             new.push(Layer {
                 path: top_path,
-                file: f.top,
+                file: f.top.into(),
             });
             new.extend(layers);
             // The old writable handle's session is over: dropping it writes nothing.
@@ -728,7 +728,7 @@ fn freeze(disk: &Disk, child: &NewChild) -> Result<Frozen> {
     };
     let top = disk.top();
     disk.ctx(top.close())?;
-    let guid = top.header().data_write_guid;
+    let guid = top.vhdx()?.header().data_write_guid;
     if guid != child.linked {
         let loc = chain::locator_for(&child.path, &child.parent, &guid)?;
         file.set_parent_locator(loc.to_bytes())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::disk::chain::{self, locator_of};
 use crate::disk::extents::CHUNK;
 pub use crate::disk::extents::{coalesce, Range};
+use crate::disk::image::Image;
 use crate::disk::span::spans;
 use crate::disk::vhdx::{Src, Vhdx};
 use crate::disk::{open_file, CreateOptions, Disk, Layer, OpenMode};
@@ -37,10 +38,18 @@ pub fn flatten(
     r
 }
 
+/// Whether the file at `path` is a VHD (from its content).
+fn is_vhd(path: &Path) -> bool {
+    crate::io::FileStorage::peek(path)
+        .ok()
+        .and_then(|s| super::Format::detect(&s).ok())
+        == Some(super::Format::Vhd)
+}
+
 /// Open one file of a chain alone (no parents).
-pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
+pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Image> {
     let s = open_file(path, writable)?;
-    Vhdx::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
+    Image::open(Arc::new(s), !writable).map_err(|e| e.in_file(path))
 }
 
 /// Open one file alone, read-only, to look at it even while a writer
@@ -50,11 +59,11 @@ pub(crate) fn open_single(path: &Path, writable: bool) -> Result<Vhdx> {
 /// mid-update, so only for facts a writer does not change, such as the
 /// parent locator or a user item). When that fails too, the writer's
 /// refusal stands.
-pub(crate) fn look_at(path: &Path) -> Result<Vhdx> {
+pub(crate) fn look_at(path: &Path) -> Result<Image> {
     let peek = || {
         crate::io::FileStorage::peek(path)
             .map_err(Error::from)
-            .and_then(|s| Vhdx::open(Arc::new(s), true))
+            .and_then(|s| Image::open(Arc::new(s), true))
     };
     if crate::io::held_exclusive_here(path) {
         if let Ok(f) = peek() {
@@ -68,8 +77,10 @@ pub(crate) fn look_at(path: &Path) -> Result<Vhdx> {
 }
 
 /// Point `child` at `new_parent` (like `Set-VHD -ParentPath`). Refuses when
-/// the new parent's DataWriteGuid matches neither linkage of the child,
-/// unless `force` is set (then the linkage is rewritten to the new parent).
+/// the new parent's DataWriteGuid matches neither linkage of the child
+/// (for a VHD: its unique id and timestamp do not match the child's
+/// record), unless `force` is set (then the linkage is rewritten to the
+/// new parent). A VHD child and a VHDX parent (or the reverse) are refused.
 pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
     let me = std::fs::canonicalize(child).map_err(|e| Error::from(e).in_file(child))?;
     // The new parent's chain first (locked shared while the child is
@@ -93,10 +104,21 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
             child.display()
         )));
     }
+    if let (Some(v), Some(pv)) = (c.as_vhd(), p.top().as_vhd()) {
+        // A VHD: its record of the parent (unique id, timestamp) is
+        // rewritten only with `force` when it does not match.
+        match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
+            Ok(()) => {}
+            Err(Error::ParentStale { .. }) if force => {}
+            Err(e) => return Err(e),
+        }
+        let spec = chain::vhd_parent_spec(child, new_parent, pv)?;
+        return v.set_parent(&spec).map_err(|e| e.in_file(child));
+    }
     match chain::check_linkage(&c, p.top(), Some(child), Some(new_parent)) {
         Ok(()) => {}
         Err(Error::ParentMismatch { .. }) if force => {
-            let (cm, pm) = (c.metadata(), p.top().metadata());
+            let (cm, pm) = (c.vhdx()?.metadata(), p.top().vhdx()?.metadata());
             if cm.logical_sector_size != pm.logical_sector_size {
                 return Err(Error::InvalidArgument(format!(
                     "{} has another logical sector size than {}",
@@ -107,7 +129,7 @@ pub fn reparent(child: &Path, new_parent: &Path, force: bool) -> Result<()> {
         }
         Err(e) => return Err(e),
     }
-    let loc = chain::locator_for(child, new_parent, &p.top().header().data_write_guid)?;
+    let loc = chain::locator_for(child, new_parent, &p.top().vhdx()?.header().data_write_guid)?;
     c.set_parent_locator(loc.to_bytes())
         .map_err(|e| e.in_file(child))?;
     c.close().map_err(|e| e.in_file(child))
@@ -180,7 +202,8 @@ fn folders_of(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The differencing disks in any of the folders `dirs` whose parent is `child`.
-/// A folder that cannot be listed, or a VHDX file in it that cannot be read
+/// A folder that cannot be listed, or a VHDX or VHD file in it (by its
+/// name: `.vhdx`, `.avhdx`, `.vhd`, `.avhd`) that cannot be read
 /// (unreadable, corrupt, held by a writer while `child` is held too), is an
 /// error naming it: whether it is a child cannot be known.
 pub fn find_children_in(child: &Path, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -220,7 +243,7 @@ fn children_in(want: &Path, dir: &Path, known: &[PathBuf]) -> Result<Vec<PathBuf
             .extension()
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase());
-        if !matches!(ext.as_deref(), Some("vhdx" | "avhdx")) || p == want {
+        if !matches!(ext.as_deref(), Some("vhdx" | "avhdx" | "vhd" | "avhd")) || p == want {
             continue;
         }
         if !known.is_empty() && std::fs::canonicalize(&p).is_ok_and(|c| known.contains(&c)) {
@@ -247,7 +270,7 @@ fn children_in(want: &Path, dir: &Path, known: &[PathBuf]) -> Result<Vec<PathBuf
 
 /// The bytes a merge copying `ranges` into `d` may allocate there: every
 /// block the copy touches that is not yet fully present.
-fn space_needed(d: &Vhdx, ranges: &[Range]) -> u64 {
+fn space_needed(d: &Image, ranges: &[Range]) -> u64 {
     let bs = d.geo.block_size as u64;
     let mut need = 0u64;
     let mut last_block = u64::MAX;
@@ -260,7 +283,9 @@ fn space_needed(d: &Vhdx, ranges: &[Range]) -> u64 {
             use crate::format::bat::PayloadState;
             // Blocks past the destination's end come with its growth.
             if b >= d.geo.data_blocks
-                || d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent)
+                || d.as_vhdx().is_none_or(|d| {
+                    d.block_entry(b).payload_state() != Some(PayloadState::FullyPresent)
+                })
             {
                 need += bs;
             }
@@ -293,6 +318,9 @@ pub fn merge_estimate_in(view: &Disk, into: &Path) -> Result<(u64, u64)> {
 /// Interrupted merges (a crash, an error, a cancel) leave a chain that
 /// reads the same data; running the same merge again finishes it.
 pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
+    if is_vhd(child) {
+        return super::vhd_merge::merge(child, opts);
+    }
     let plan = plan_merge(child, &mut opts)?;
     let dest_guid = copy_merged(&plan, &mut opts.progress, &open_single)?;
     let repointed = repoint(&plan.descendants, &plan.dest, &dest_guid)?;
@@ -309,7 +337,7 @@ pub fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport> {
 /// not): [`open_single`] for a merge of files nobody holds, the live
 /// merge's own opener for files its live chain holds (see
 /// [`crate::disk::live`]).
-pub(crate) type Opener<'a> = &'a dyn Fn(&Path, bool) -> Result<Vhdx>;
+pub(crate) type Opener<'a> = &'a dyn Fn(&Path, bool) -> Result<Image>;
 
 /// What a merge does, decided before anything changes.
 pub(crate) struct MergePlan {
@@ -412,8 +440,9 @@ pub(crate) fn copy_merged(
     // The destination is locked (opened for writing) before anything
     // changes and stays so to the end: a merge into a file another handle
     // or process has open fails here, with nothing written.
-    let mut dest_file = open(dest, true)?;
-    let new_guid = announce_new_guid(&paths[k - 1], &dest_file, open)?;
+    let mut dest_img = open(dest, true)?;
+    let dest_file = dest_img.vhdx_for("merging")?;
+    let new_guid = announce_new_guid(&paths[k - 1], dest_file, open)?;
 
     dest_file.set_next_data_write_guid(new_guid);
     // A child larger than the destination: the destination grows to its
@@ -421,16 +450,16 @@ pub(crate) fn copy_merged(
     // destination's end), under the announced DataWriteGuid.
     let size = plan.size;
     if size > dest_file.geo.virtual_size {
-        let below = chain::open_parents(&dest_file, dest)?
+        let below = chain::open_parents(&dest_img, dest)?
             .first()
             .map(|l| l.file.geo.virtual_size)
             .unwrap_or(0);
         let r = dest_file.resize_file(size, below);
         let closed = dest_file.close();
         r.and(closed).map_err(|e| e.in_file(dest))?;
-        drop(dest_file);
-        dest_file = open(dest, true)?;
-        dest_file.set_next_data_write_guid(new_guid);
+        drop(dest_img);
+        dest_img = open(dest, true)?;
+        dest_img.vhdx()?.set_next_data_write_guid(new_guid);
     }
     let mut layers = Vec::new();
     for p in &paths[..k] {
@@ -441,14 +470,14 @@ pub(crate) fn copy_merged(
     }
     layers.push(Layer {
         path: Some(dest.clone()),
-        file: dest_file,
+        file: dest_img,
     });
     // The destination's own parents, when it is a differencing disk too
     // (the destination itself is open for writing above: not again).
     let below = chain::open_parents(&layers[k].file, dest)?;
     layers.extend(below);
     let work = Disk::from_layers_uncached(layers);
-    let d = &work.layers[k].file;
+    let d = work.layers[k].file.vhdx()?;
     let mut done = 0u64;
     for r in &plan.ranges {
         let mut pos = r.offset;
@@ -467,7 +496,7 @@ pub(crate) fn copy_merged(
     }
     // The destination takes the merged child's virtual-disk items (the disk
     // ID and physical sector size; the logical one is equal in any chain).
-    let (cm, mut dm) = (work.layers[0].file.metadata(), d.metadata());
+    let (cm, mut dm) = (work.layers[0].file.vhdx()?.metadata(), d.metadata());
     if (cm.disk_id, cm.physical_sector_size) != (dm.disk_id, dm.physical_sector_size) {
         dm.disk_id = cm.disk_id;
         dm.physical_sector_size = cm.physical_sector_size;
@@ -495,7 +524,8 @@ pub(crate) fn copy_merged(
 /// an interrupted run of this merge already chose, if any).
 fn announce_new_guid(above: &Path, dest_file: &Vhdx, open: Opener) -> Result<uuid::Uuid> {
     let a = open(above, true)?;
-    let mut loc = locator_of(&a).map_err(|e| e.in_file(above))?;
+    let a = a.vhdx_for("merging")?;
+    let mut loc = chain::vhdx_locator_of(a).map_err(|e| e.in_file(above))?;
     let current = dest_file.header().data_write_guid;
     let pending = loc
         .linkage(locator::PARENT_LINKAGE2)
@@ -564,7 +594,10 @@ fn refuse_breaking_siblings(
         .and_then(|l| l.linkage(locator::PARENT_LINKAGE2))
         .filter(|g| !g.is_nil());
     for i in 1..=k {
-        let guid = open_single(&paths[i], false)?.header().data_write_guid;
+        let guid = open_single(&paths[i], false)?
+            .vhdx_for("merging")?
+            .header()
+            .data_write_guid;
         let above = std::fs::canonicalize(&paths[i - 1]).unwrap_or(paths[i - 1].clone());
         let mut others = Vec::new();
         for c in find_children_in(&paths[i], dirs)? {
@@ -598,8 +631,8 @@ fn refuse_breaking_siblings(
 /// layer `k` (the destination), run by run: data straight from the layer's
 /// file, zeroed ranges as zeros; what they leave to the destination stays.
 fn copy_down(work: &Disk, level: usize, k: usize, pos: u64, len: u64) -> Result<()> {
-    let layer = &work.layers[level].file;
-    let d = &work.layers[k].file;
+    let layer = work.layers[level].file.vhdx()?;
+    let d = work.layers[k].file.vhdx()?;
     let mut done = 0u64;
     while done < len {
         let p = pos + done;

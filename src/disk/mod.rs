@@ -28,6 +28,7 @@ pub mod compact;
 pub mod convert;
 mod cursor;
 mod extents;
+pub(crate) mod image;
 pub mod in_place;
 pub mod live;
 pub mod merge;
@@ -36,6 +37,9 @@ mod read;
 pub mod resize;
 mod span;
 pub(crate) mod user_item;
+pub(crate) mod vhd;
+mod vhd_api;
+mod vhd_merge;
 mod vhdx;
 mod write;
 
@@ -52,7 +56,9 @@ use crate::version::creator;
 pub use crate::format::MIB;
 pub use cursor::DiskCursor;
 pub(crate) use extents::Range;
+pub use image::Format;
 pub use path::absolute;
+pub use vhd_api::{vhd_max_size, VhdOptions};
 
 /// How a disk is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +160,8 @@ impl CreateOptions {
 /// What [`Disk::info`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskInfo {
+    /// VHDX or VHD.
+    pub format: Format,
     /// Fixed, dynamic or differencing.
     pub kind: DiskKind,
     /// Virtual size in bytes.
@@ -174,7 +182,7 @@ pub struct DiskInfo {
     pub log_dirty: bool,
     /// The creator string of the file identifier.
     pub creator: String,
-    /// The virtual disk ID.
+    /// The virtual disk ID (a VHD's unique id).
     pub disk_id: uuid::Uuid,
     /// The header's DataWriteGuid.
     pub data_write_guid: uuid::Uuid,
@@ -219,7 +227,7 @@ pub struct Disk {
 #[derive(Debug)]
 struct Layer {
     path: Option<PathBuf>,
-    file: vhdx::Vhdx,
+    file: image::Image,
 }
 
 const MIXED: u8 = u8::MAX;
@@ -260,7 +268,7 @@ impl Disk {
         }
     }
 
-    fn top(&self) -> &vhdx::Vhdx {
+    fn top(&self) -> &image::Image {
         &self.layers[0].file
     }
 
@@ -284,7 +292,7 @@ impl Disk {
         let file = vhdx::Vhdx::open(storage, false).map_err(|e| e.in_file(path))?;
         Ok(Disk::from_layers(vec![Layer {
             path: Some(path.to_path_buf()),
-            file,
+            file: file.into(),
         }]))
     }
 
@@ -297,7 +305,10 @@ impl Disk {
         }
         vhdx::Vhdx::create(storage.as_ref(), opts, &creator(), None, &[])?;
         let file = vhdx::Vhdx::open(storage, false)?;
-        Ok(Disk::from_layers(vec![Layer { path: None, file }]))
+        Ok(Disk::from_layers(vec![Layer {
+            path: None,
+            file: file.into(),
+        }]))
     }
 
     /// Create a differencing disk at `path` (which must not exist) on top of
@@ -321,6 +332,15 @@ impl Disk {
         // The parent's chain stays open (locked shared) until the child's
         // chain holds it: nobody can write the parent in between.
         let pdisk = Disk::open(parent, OpenMode::ReadOnly)?;
+        if pdisk.format() == Format::Vhd {
+            // A child has its parent's format (mixed chains are refused).
+            if !user_items.is_empty() {
+                return Err(Error::Unsupported(
+                    "a VHD has no metadata items: a VHD child cannot carry user items".into(),
+                ));
+            }
+            return Disk::create_vhd_child_of(path, parent, &pdisk, opts);
+        }
         let spec = chain::parent_spec(path, parent, pdisk.top())?;
         let copts = child_create_options(&pdisk, opts);
         create_file(path, |s| {
@@ -344,7 +364,10 @@ impl Disk {
                 "storage for a new disk must be empty".into(),
             ));
         }
-        let h = parent.top().header();
+        if parent.top().format() == Format::Vhd {
+            return Disk::create_vhd_child_on(storage, parent, opts);
+        }
+        let h = parent.top().vhdx()?.header();
         let mut loc = ParentLocator::new(Vec::new());
         loc.set(
             locator::PARENT_LINKAGE,
@@ -352,7 +375,7 @@ impl Disk {
         );
         loc.set(locator::RELATIVE_PATH, ".\\parent.vhdx".into());
         let spec = vhdx::ParentSpec {
-            disk_id: parent.top().metadata().disk_id,
+            disk_id: parent.top().vhdx()?.metadata().disk_id,
             locator: loc,
         };
         let copts = child_create_options(parent, opts);
@@ -378,7 +401,7 @@ impl Disk {
     pub fn open_single(path: impl AsRef<Path>) -> Result<Disk> {
         let path = path.as_ref();
         let storage = open_file(path, false)?;
-        let file = vhdx::Vhdx::open(Arc::new(storage), true).map_err(|e| e.in_file(path))?;
+        let file = image::Image::open(Arc::new(storage), true).map_err(|e| e.in_file(path))?;
         Ok(Disk::from_layers(vec![Layer {
             path: Some(path.to_path_buf()),
             file,
@@ -403,7 +426,7 @@ impl Disk {
         let mut layers: Vec<Layer> = Vec::new();
         for (i, s) in storages.into_iter().enumerate() {
             let ro = i > 0 || mode == OpenMode::ReadOnly;
-            let file = vhdx::Vhdx::open(s, ro)?;
+            let file = image::Image::open(s, ro)?;
             if let Some(child) = layers.last() {
                 chain::check_linkage(&child.file, &file, None, None)?;
             }
@@ -485,24 +508,42 @@ impl Disk {
     /// Facts about the disk (about its top file).
     pub fn info(&self) -> DiskInfo {
         let top = self.top();
-        let h = top.header();
-        let m = top.metadata();
+        // A VHD has one id (its footer's unique id) and 512-byte sectors.
+        let (pss, disk_id, dwg, fwg) = match (top.as_vhdx(), top.as_vhd()) {
+            (Some(v), _) => {
+                let (h, m) = (v.header(), v.metadata());
+                (
+                    m.physical_sector_size,
+                    m.disk_id,
+                    h.data_write_guid,
+                    h.file_write_guid,
+                )
+            }
+            (None, Some(v)) => (512, v.unique_id(), uuid::Uuid::nil(), uuid::Uuid::nil()),
+            (None, None) => unreachable!("an image is a VHDX or a VHD"),
+        };
         DiskInfo {
+            format: top.format(),
             kind: top.kind(),
             virtual_size: top.geo.virtual_size,
             block_size: top.geo.block_size,
-            logical_sector_size: m.logical_sector_size,
-            physical_sector_size: m.physical_sector_size,
+            logical_sector_size: top.geo.logical_sector_size,
+            physical_sector_size: pss,
             file_size: top.file_len().unwrap_or(0),
             allocated_bytes: top.allocated_bytes(),
             parent: self.layers.get(1).and_then(|l| l.path.clone()),
-            log_dirty: top.log_dirty,
-            creator: top.creator.clone(),
-            disk_id: m.disk_id,
-            data_write_guid: h.data_write_guid,
-            file_write_guid: h.file_write_guid,
+            log_dirty: top.log_dirty(),
+            creator: top.creator(),
+            disk_id,
+            data_write_guid: dwg,
+            file_write_guid: fwg,
             read_only: top.is_read_only(),
         }
+    }
+
+    /// The top file's format.
+    pub fn format(&self) -> Format {
+        self.top().format()
     }
 
     /// Flush, leave an empty log, and close.
@@ -553,13 +594,16 @@ fn create_file(
 }
 
 fn child_create_options(parent: &Disk, opts: &ChildOptions) -> CreateOptions {
-    let m = parent.top().metadata();
+    let top = parent.top();
     CreateOptions {
-        virtual_size: m.virtual_size,
+        virtual_size: top.geo.virtual_size,
         fixed: false,
         block_size: opts.block_size,
-        logical_sector_size: m.logical_sector_size,
-        physical_sector_size: m.physical_sector_size,
+        logical_sector_size: top.geo.logical_sector_size,
+        physical_sector_size: top
+            .as_vhdx()
+            .map(|v| v.metadata().physical_sector_size)
+            .unwrap_or(4096),
         log_size: opts.log_size,
     }
 }

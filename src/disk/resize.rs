@@ -71,7 +71,7 @@ impl Disk {
     }
 
     fn resize_inner(&mut self, new_size: u64, opts: ResizeOptions) -> Result<ResizeReport> {
-        let top = self.top();
+        let top = self.top().vhdx_for("resize")?;
         if top.is_read_only() {
             return Err(Error::ReadOnly);
         }
@@ -135,11 +135,11 @@ impl Disk {
         let storage = top.host_storage();
         match Vhdx::open(storage, false) {
             Ok(file) => {
-                self.layers[0].file = file;
+                self.layers[0].file = file.into();
                 self.reset_caches();
             }
             Err(e) => {
-                self.top().poison(&format!(
+                top.poison(&format!(
                     "the file could not be reopened after a resize: {e}"
                 ));
                 return Err(done.err().unwrap_or(e));
@@ -148,7 +148,7 @@ impl Disk {
         let done = done?;
         report.bat_relocated = done.bat_relocated;
         // Give back the space of dropped blocks (and of a moved BAT).
-        report.file_size_after = self.top().shrink()?;
+        report.file_size_after = self.top().vhdx()?.shrink()?;
         Ok(report)
     }
 

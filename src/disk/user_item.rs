@@ -27,7 +27,8 @@ fn find(m: &Metadata, id: &Uuid) -> Option<Vec<u8>> {
 /// that a writer holds is read unlocked: [`look_at`]).
 pub(crate) fn user_item(path: &Path, id: &Uuid) -> Result<Option<Vec<u8>>> {
     let f = look_at(path)?;
-    Ok(find(&f.metadata(), id))
+    // A VHD has no metadata items.
+    Ok(f.as_vhdx().and_then(|f| find(&f.metadata(), id)))
 }
 
 /// Set the user item `id` of the file `path` to `data` (neither required

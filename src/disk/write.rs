@@ -20,7 +20,7 @@ impl Disk {
             return Err(Error::ReadOnly);
         }
         top.check_range(offset, buf.len() as u64)?;
-        let lss = top.geo.logical_sector_size as u64;
+        let lss = top.write_granularity();
         if !top.has_parent() {
             return top.write_at(buf, offset);
         }

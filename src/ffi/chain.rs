@@ -473,6 +473,13 @@ pub unsafe extern "C" fn ckpt_disk_flatten(
         // SAFETY: per this function's contract (the size is replaced by
         // the source's).
         let opts = unsafe { create_options(options, 0)? };
+        // SAFETY: as above.
+        if unsafe { crate::ffi::disk::vhd_options(options, 0)? }.is_some() {
+            return Err(crate::Error::Unsupported(
+                "flattening into a VHD (CKPT_CREATE_VHD): use ckpt convert".into(),
+            )
+            .into());
+        }
         let cb = CProgress { f: progress, user };
         let mut call = |done: u64, total: u64| cb.call(done, total);
         merge::flatten(src, dst, &opts, Some(&mut call))?;

@@ -105,6 +105,14 @@ pub const CKPT_OPEN_READ_WRITE: u32 = 1;
 /// Without it the disk is dynamic (blocks are allocated on first write).
 pub const CKPT_CREATE_FIXED: u32 = 1;
 
+/// `ckpt_create_options.flags` of `ckpt_disk_create`: make a legacy VHD
+/// (fixed with `CKPT_CREATE_FIXED`, else dynamic) instead of a VHDX. Its
+/// sectors are 512 bytes and it has no log: `logical_sector_size`,
+/// `physical_sector_size` and `log_size` must be 0; `block_size` 0 means
+/// 2 MiB (a power of two from 4 KiB to 256 MiB otherwise). The virtual
+/// size is at most 2040 GiB.
+pub const CKPT_CREATE_VHD: u32 = 2;
+
 /// Options of `ckpt_disk_create` (a versioned struct).
 ///
 /// Set `struct_size` to `sizeof(ckpt_create_options)` and every other
@@ -206,10 +214,10 @@ pub(crate) unsafe fn create_options(
     let Some(c) = (unsafe { read_versioned(p, "options", "ckpt_create_options")? }) else {
         return Ok(o);
     };
-    if c.flags & !CKPT_CREATE_FIXED != 0 {
+    if c.flags & !(CKPT_CREATE_FIXED | CKPT_CREATE_VHD) != 0 {
         return Err(FfiError::invalid(format!(
             "options->flags has unknown bits {:#x}",
-            c.flags & !CKPT_CREATE_FIXED
+            c.flags & !(CKPT_CREATE_FIXED | CKPT_CREATE_VHD)
         )));
     }
     o = o.fixed(c.flags & CKPT_CREATE_FIXED != 0);
@@ -228,13 +236,45 @@ pub(crate) unsafe fn create_options(
     Ok(o)
 }
 
+/// The VHD options of `ckpt_create_options` with `CKPT_CREATE_VHD` set
+/// (`None` without it).
+///
+/// # Safety
+///
+/// As [`create_options`].
+pub(crate) unsafe fn vhd_options(
+    p: *const ckpt_create_options,
+    virtual_size: u64,
+) -> FfiResult<Option<crate::VhdOptions>> {
+    // SAFETY: forwarded from the caller; the struct has only integers.
+    let Some(c) = (unsafe { read_versioned(p, "options", "ckpt_create_options")? }) else {
+        return Ok(None);
+    };
+    if c.flags & CKPT_CREATE_VHD == 0 {
+        return Ok(None);
+    }
+    if c.logical_sector_size != 0 || c.physical_sector_size != 0 || c.log_size != 0 {
+        return Err(FfiError::invalid(
+            "a VHD (CKPT_CREATE_VHD) has 512-byte sectors and no log: logical_sector_size, \
+             physical_sector_size and log_size must be 0"
+                .to_string(),
+        ));
+    }
+    let mut o = crate::VhdOptions::new(virtual_size).fixed(c.flags & CKPT_CREATE_FIXED != 0);
+    if c.block_size != 0 {
+        o = o.block_size(c.block_size);
+    }
+    Ok(Some(o))
+}
+
 pub(crate) fn new_handle(disk: Disk) -> *mut ckpt_disk {
     Box::into_raw(Box::new(ckpt_disk {
         disk: DiskHandle::Owned(disk),
     }))
 }
 
-/// Create a new VHDX file at `path` (which must not exist yet) holding a
+/// Create a new VHDX file (or, with `CKPT_CREATE_VHD` in
+/// `options->flags`, a VHD) at `path` (which must not exist yet) holding a
 /// virtual disk of `virtual_size` bytes, and open it read-write.
 ///
 /// `options` may be NULL for the defaults (a dynamic disk with 32 MiB
@@ -265,8 +305,15 @@ pub unsafe extern "C" fn ckpt_disk_create(
         // SAFETY: per this function's contract.
         let path = unsafe { c_path(path, "path")? };
         // SAFETY: per this function's contract.
-        let opts = unsafe { create_options(options, virtual_size)? };
-        let disk = Disk::create(path, &opts)?;
+        // SAFETY: per this function's contract.
+        let disk = match unsafe { vhd_options(options, virtual_size)? } {
+            Some(v) => Disk::create_vhd(path, &v)?,
+            None => {
+                // SAFETY: per this function's contract.
+                let opts = unsafe { create_options(options, virtual_size)? };
+                Disk::create(path, &opts)?
+            }
+        };
         // SAFETY: `out` is not NULL and writable per the contract.
         unsafe { out.write(new_handle(disk)) };
         Ok(())

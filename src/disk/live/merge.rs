@@ -86,6 +86,7 @@ use std::sync::Arc;
 
 use super::LiveDisk;
 use crate::disk::chain;
+use crate::disk::image::Image;
 use crate::disk::merge::{self, copy_merged, plan_merge, MergeOptions, Progress};
 use crate::disk::vhdx::Vhdx;
 use crate::disk::{file_error, Disk, Layer};
@@ -198,7 +199,7 @@ impl LiveDisk {
             .iter_mut()
             .find(|l| same(&l.file.host_storage(), host))
         {
-            l.file = fresh;
+            l.file = fresh.into();
         }
         Ok(())
     }
@@ -283,7 +284,7 @@ impl LiveDisk {
         for (p, host, rw) in [(&src, &src_live, &src_rw), (&dest, &dest_live, &dest_rw)] {
             self.settle(p, host, rw)?;
         }
-        let open = |p: &Path, writable: bool| -> Result<Vhdx> {
+        let open = |p: &Path, writable: bool| -> Result<Image> {
             let s = if p == plan.paths[0] {
                 &src_rw
             } else if p == plan.dest {
@@ -291,7 +292,9 @@ impl LiveDisk {
             } else {
                 return merge::open_single(p, writable);
             };
-            Vhdx::open(Arc::clone(s), !writable).map_err(|e| e.in_file(p))
+            Vhdx::open(Arc::clone(s), !writable)
+                .map(Image::from)
+                .map_err(|e| e.in_file(p))
         };
 
         // 3. Copy, while I/O goes on.
@@ -346,10 +349,10 @@ impl LiveDisk {
             let old = layers.remove(j);
             layers[j] = Layer {
                 path: Some(dest.clone()),
-                file: new_dest,
+                file: new_dest.into(),
             };
             if let Some(f) = new_above {
-                layers[j - 1].file = f;
+                layers[j - 1].file = f.into();
             }
             *g = Disk::from_layers(layers);
             drop(old);

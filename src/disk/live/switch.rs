@@ -42,7 +42,7 @@ impl<'a> Pause<'a> {
             // On error `children` is dropped: their files are removed.
             check_child(g, c)?;
             let top = g.top();
-            let guid = top.header().data_write_guid;
+            let guid = top.vhdx()?.header().data_write_guid;
             if guid != c.linked {
                 let loc = chain::locator_for(&c.path, &c.parent, &guid)?;
                 let file = c.file.as_ref().expect("checked");
@@ -69,7 +69,7 @@ impl<'a> Pause<'a> {
                 0,
                 Layer {
                     path: Some(c.path.clone()),
-                    file,
+                    file: file.into(),
                 },
             );
             **g = Disk::from_layers(layers);
@@ -254,7 +254,7 @@ fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
     match g.layers.iter_mut().skip(1).find(|l| below(l)) {
         Some(l) => {
             // Its session is over: dropping the writable handle writes nothing.
-            drop(std::mem::replace(&mut l.file, ro));
+            drop(std::mem::replace(&mut l.file, ro.into()));
         }
         _ => return Ok(()),
     }
@@ -279,7 +279,11 @@ fn restore(g: &mut Disk, child: &Path) -> Result<()> {
     let mut layers = std::mem::take(&mut g.layers);
     let new = layers.remove(0);
     let mut rest = Disk::from_layers(layers);
-    let r = copy_own(&new.file, &rest).and_then(|_| rest.flush());
+    let r = new
+        .file
+        .vhdx()
+        .and_then(|f| copy_own(f, &rest))
+        .and_then(|_| rest.flush());
     match r {
         Ok(()) => {
             *g = rest;

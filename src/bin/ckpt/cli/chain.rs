@@ -68,6 +68,23 @@ fn ancestor_level(disk: &Disk, file: &Path, ancestor: &Path, what: &str) -> Resu
 }
 
 /// `ckpt create CHILD --parent PARENT`.
+/// Refuse `--format F` for a child of a parent of another format (a
+/// child always has its parent's format: mixed chains are refused).
+pub(super) fn refuse_other_format(parent: &Path, f: ckpt::Format) -> CliResult {
+    let s = ckpt::io::FileStorage::open(parent, false)
+        .map_err(|e| ckpt::Error::from(e).in_file(parent))?;
+    let pf = ckpt::Format::detect(&s)?;
+    if pf != f {
+        return Err(fail(format!(
+            "{} is a {}: its child is a {} too (a chain mixing VHD and VHDX is refused)",
+            parent.display(),
+            pf.as_str(),
+            pf.as_str()
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn create_child(path: &Path, parent: &Path, opts: &ChildOptions) -> CliResult {
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(fail(format!(

@@ -30,6 +30,26 @@ pub(super) fn create(path: &Path, opts: &CreateOptions) -> CliResult {
     Ok(())
 }
 
+/// `ckpt create --format vhd`: a fixed or dynamic VHD.
+pub(super) fn create_vhd(path: &Path, opts: &ckpt::VhdOptions) -> CliResult {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(fail(format!(
+            "{}: already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
+    let disk = convert::create_vhd(path, opts)?;
+    disk.close().map_err(|e| e.in_file(path))?;
+    println!(
+        "Created {} (VHD, {}, virtual size {}, block size {})",
+        path.display(),
+        if opts.fixed { "fixed" } else { "dynamic" },
+        human(opts.virtual_size),
+        human(opts.block_size as u64),
+    );
+    Ok(())
+}
+
 pub(super) fn convert_cmd(src: &Path, dst: &Path, opts: &ConvertOptions) -> CliResult {
     let bar = progress_bar();
     let mut progress = |done: u64, total: u64| {

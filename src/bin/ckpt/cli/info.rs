@@ -16,7 +16,7 @@ fn info_json(path: &Path, i: &DiskInfo, chain: &[PathBuf]) -> serde_json::Value 
     let text = |p: &PathBuf| p.to_string_lossy().into_owned();
     serde_json::json!({
         "path": path.to_string_lossy(),
-        "format": "vhdx",
+        "format": i.format.as_str(),
         "kind": i.kind.as_str(),
         "virtual_size": i.virtual_size,
         "block_size": i.block_size,
@@ -55,7 +55,10 @@ pub(super) fn info(path: &Path, json: bool) -> CliResult {
         let mut s = String::new();
         let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22}{v}\n"));
         line("image:", path.display().to_string());
-        line("format:", format!("vhdx ({})", i.kind.as_str()));
+        line(
+            "format:",
+            format!("{} ({})", i.format.as_str(), i.kind.as_str()),
+        );
         line("virtual size:", with_bytes(i.virtual_size));
         line("file size:", with_bytes(i.file_size));
         line("allocated:", with_bytes(i.allocated_bytes));
@@ -85,18 +88,32 @@ pub(super) fn info(path: &Path, json: bool) -> CliResult {
             }
             line(&format!("chain ({} files):", files.len()), list);
         }
-        line(
-            "log:",
+        if i.format == ckpt::Format::Vhd {
+            // A VHD has no log and one id (its footer's unique id).
             if i.log_dirty {
-                "dirty (replayed in memory; open read-write to replay into the file)".into()
-            } else {
-                "clean".into()
-            },
-        );
-        line("creator:", i.creator.clone());
-        line("disk id:", i.disk_id.to_string());
-        line("data write guid:", i.data_write_guid.to_string());
-        line("file write guid:", i.file_write_guid.to_string());
+                line(
+                    "footer:",
+                    "the trailing footer is lost; the copy at offset 0 is used (a read-write \
+                     open writes it again)"
+                        .into(),
+                );
+            }
+            line("creator:", i.creator.clone());
+            line("unique id:", i.disk_id.to_string());
+        } else {
+            line(
+                "log:",
+                if i.log_dirty {
+                    "dirty (replayed in memory; open read-write to replay into the file)".into()
+                } else {
+                    "clean".into()
+                },
+            );
+            line("creator:", i.creator.clone());
+            line("disk id:", i.disk_id.to_string());
+            line("data write guid:", i.data_write_guid.to_string());
+            line("file write guid:", i.file_write_guid.to_string());
+        }
         s
     };
     out.write_all(text.as_bytes())

@@ -56,7 +56,7 @@ use clap::{Parser, Subcommand};
 
 use ckpt::{CreateOptions, Disk, OpenMode};
 
-use self::create::{convert_cmd, create};
+use self::create::{convert_cmd, create, create_vhd};
 use self::info::{check, info, with_bytes};
 use self::io_cmds::{bench_cmd, read, write};
 use self::size::{parse_sector_size, parse_size, parse_size_u32};
@@ -107,6 +107,14 @@ enum Command {
         /// Log size, a multiple of 1M [default: 1M].
         #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
         log_size: Option<u32>,
+        /// vhdx or vhd [default: vhd for a .vhd / .avhd FILE, else vhdx;
+        /// with --parent, the parent's]. A VHD has 512-byte sectors and
+        /// 2M blocks by default, and no log.
+        #[arg(long, value_name = "FORMAT", value_parser = parse_image_format)]
+        format: Option<ckpt::Format>,
+        /// A dynamic disk (the default).
+        #[arg(long, conflicts_with = "fixed")]
+        dynamic: bool,
     },
     /// Show facts about a VHDX and its chain of parents (opens it read-only).
     Info {
@@ -160,12 +168,17 @@ enum Command {
         /// Output format, raw or vhdx [default: from DST's extension].
         #[arg(short = 'O', value_name = "FORMAT", value_parser = parse_format)]
         output_format: Option<Format>,
-        /// Make a fixed VHDX.
+        /// Make a fixed VHDX or VHD.
         #[arg(long)]
         fixed: bool,
-        /// Block size of a VHDX output [default: the source's, or 32M].
+        /// Block size of a VHDX or VHD output [default: VHDX the source's,
+        /// or 32M; VHD 2M].
         #[arg(long, value_name = "SIZE", value_parser = parse_size_u32)]
         block_size: Option<u32>,
+        /// Make an Azure-ready fixed VHD: the virtual size rounded up to a
+        /// whole MiB (zeros at the end), then the footer.
+        #[arg(long, conflicts_with = "in_place")]
+        azure: bool,
         /// Do not sync the new image: faster, and complete for every reader
         /// when the command ends, but a power loss before the system writes
         /// it back may leave it torn (qemu-img convert's default; run
@@ -403,11 +416,16 @@ fn parse_compact_mode(s: &str) -> Result<ckpt::CompactMode, String> {
         .ok_or_else(|| format!("unknown mode '{s}' (expected quick or full)"))
 }
 
+fn parse_image_format(s: &str) -> Result<ckpt::Format, String> {
+    ckpt::Format::parse(s).ok_or_else(|| format!("unknown format '{s}' (expected vhdx or vhd)"))
+}
+
 fn parse_format(s: &str) -> Result<Format, String> {
     match s.to_ascii_lowercase().as_str() {
         "raw" => Ok(Format::Raw),
         "vhdx" => Ok(Format::Vhdx),
-        _ => Err(format!("unknown format '{s}' (expected raw or vhdx)")),
+        "vhd" | "vpc" => Ok(Format::Vhd),
+        _ => Err(format!("unknown format '{s}' (expected raw, vhdx or vhd)")),
     }
 }
 
@@ -585,7 +603,12 @@ fn run(command: Command) -> CliResult {
             logical_sector,
             physical_sector,
             log_size,
+            format,
+            dynamic: _,
         } => {
+            if let Some(f) = format {
+                chain::refuse_other_format(&parent, f)?;
+            }
             let refused: Vec<&str> = [
                 (size.is_some(), "--size"),
                 (fixed, "--fixed"),
@@ -620,6 +643,8 @@ fn run(command: Command) -> CliResult {
             logical_sector,
             physical_sector,
             log_size,
+            format,
+            dynamic: _,
         } => {
             let Some(size) = size else {
                 return Err(fail(
@@ -627,6 +652,34 @@ fn run(command: Command) -> CliResult {
                      (try 'ckpt --help')",
                 ));
             };
+            let vhd = match format {
+                Some(f) => f == ckpt::Format::Vhd,
+                None => {
+                    ckpt::disk::convert::format_from_extension(&file)
+                        == ckpt::disk::convert::Format::Vhd
+                }
+            };
+            if vhd {
+                let refused: Vec<&str> = [
+                    (logical_sector.is_some(), "--logical-sector"),
+                    (physical_sector.is_some(), "--physical-sector"),
+                    (log_size.is_some(), "--log-size"),
+                ]
+                .into_iter()
+                .filter_map(|(given, flag)| given.then_some(flag))
+                .collect();
+                if !refused.is_empty() {
+                    return Err(fail(format!(
+                        "{} cannot be used for a VHD (512-byte sectors, no log)",
+                        refused.join(", ")
+                    )));
+                }
+                let mut opts = ckpt::VhdOptions::new(size).fixed(fixed);
+                if let Some(v) = block_size {
+                    opts = opts.block_size(v);
+                }
+                return create_vhd(&file, &opts);
+            }
             let mut opts = CreateOptions::new(size).fixed(fixed);
             if let Some(v) = block_size {
                 opts = opts.block_size(v);
@@ -658,6 +711,7 @@ fn run(command: Command) -> CliResult {
             fixed,
             block_size,
             no_sync,
+            azure,
             ..
         } => match dst {
             Some(dst) => convert_cmd(
@@ -668,6 +722,7 @@ fn run(command: Command) -> CliResult {
                     fixed,
                     block_size,
                     no_sync,
+                    azure,
                 },
             ),
             None => Err(fail(
