@@ -83,6 +83,7 @@ fn make_vm(root: &Path, k: usize, now: u64) -> std::io::Result<()> {
         folder: Some(dir.clone()),
         related_vms: Vec::new(),
         pending_removals: Vec::new(),
+        references: Vec::new(),
     };
     let text = serde_json::to_vec_pretty(&data).map_err(std::io::Error::other)?;
     std::fs::write(dir.join(VM_FILE), text)
