@@ -2943,6 +2943,42 @@ ckpt_status ckpt_vm_changes_next(struct ckpt_vm_changes *changes,
 void ckpt_vm_changes_free(struct ckpt_vm_changes *changes);
 
 /**
+ * The restore check of a backup set (as `ckpt verify-backup`): open the
+ * chain of every disk of the newest export, check its linkage, sizes,
+ * structure and each file's DataWriteGuid against its export's manifest,
+ * and read it end to end. `dirs` holds `dir_count` export folders: the
+ * whole set, oldest (the full export) first, or only the newest (its
+ * chain is followed through the parent locators).
+ *
+ * `*out_ok` is set to whether every disk restores (whenever the check
+ * ran). The report goes into `buf` as a string (the buffer rules of
+ * `ckpt_disk_get_parent_path`; a call that finds the buffer too small
+ * runs the whole check again when called with a larger one): JSON
+ * `{"ok": bool, "disks": [{"file", "chain" (newest first),
+ * "virtual_size", "error" (null, or what is wrong)}]}`, in the VM's disk
+ * order. A damaged backup is not an error of the call: `*out_ok` is
+ * false and the report says why.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`dirs`, an element, or `out_ok`
+ * NULL), `CKPT_STATUS_INVALID_ARGUMENT` (`dir_count` 0, an empty path, no
+ * manifest in the newest export), `CKPT_STATUS_NOT_FOUND` (the newest
+ * folder missing), `CKPT_STATUS_BUFFER_TOO_SMALL`, `CKPT_STATUS_IO`.
+ *
+ * # Safety
+ *
+ * `dirs` is NULL or valid for reads of `dir_count` pointers, each NULL or
+ * a NUL-terminated string; `out_ok` is NULL or valid for writing one
+ * `bool`; `buf` is NULL or valid for writes of `len` bytes; `out_len` is
+ * NULL or valid for writing one `size_t`.
+ */
+ckpt_status ckpt_verify_backup(const char *const *dirs,
+                               size_t dir_count,
+                               bool *out_ok,
+                               char *buf,
+                               size_t len,
+                               size_t *out_len);
+
+/**
  * Turn checkpoint `name` into a reference point: the checkpoint is
  * deleted (its disks merged, as `ckpt_vm_checkpoint_delete` does; its
  * configuration copy and memory state go), and what is left answers

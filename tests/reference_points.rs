@@ -506,10 +506,12 @@ fn writer_child() {
     }
 }
 
-/// A process writing to the VM's disk is killed (`kill -9`) in the middle
-/// of its writes, several times at different moments: every unit it
-/// flushed is on the disk, and the changes since the reference point cover
-/// whatever reached the disk.
+/// The issue's scenario with a crash: full export, writes, conversion to
+/// a reference point, then a process writing to the VM's disk is killed
+/// (`kill -9`) in the middle of its writes, at several moments: every unit
+/// it flushed is on the disk, the changes since the reference point cover
+/// whatever reached the disk, and the incremental made after the crash
+/// restores it (libckpt, flattened, libvhdi, verify).
 #[test]
 fn kill_9_of_a_writer_loses_no_change() {
     if std::env::var(WRITER_ENV).is_ok() {
@@ -517,7 +519,14 @@ fn kill_9_of_a_writer_loses_no_change() {
     }
     for delay_ms in [30u64, 120, 400] {
         let t = support::tempdir();
-        let (vm, m_r, _) = with_reference(t.path());
+        let mut fx = fixture(t.path(), 13);
+        fx.writes(3);
+        let m_r = fx.checkpoint("r");
+        let full = fx.dir("full");
+        fx.vm.export(Some("r"), &full, &mut NoHooks).unwrap();
+        fx.writes(3);
+        fx.vm.convert_to_reference("r", &mut NoHooks).unwrap();
+        let vm = fx.vm;
         let disk = vm.data().current.disks[0].clone();
         let dir = vm.dir().to_path_buf();
         drop(vm);
@@ -566,6 +575,19 @@ fn kill_9_of_a_writer_loses_no_change() {
             "kill -9 after {delay_ms} ms: units flushed {flushed:?}, {} bytes reported, {} \
              differ",
             v.reported, v.differing
+        );
+        // The incremental since the reference point, made after the
+        // crash, restores what the disk holds now.
+        let inc = t.path().join("backups").join("inc");
+        vm.export_incremental(None, "r", &inc, &full, &mut NoHooks)
+            .unwrap();
+        let scratch = t.path().join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        assert_restores(
+            &format!("killed after {delay_ms} ms"),
+            &[full, inc],
+            &now,
+            &scratch,
         );
     }
 }

@@ -222,6 +222,32 @@ int main(int argc, char **argv) {
     write_bytes(current(vm), 3u * MIB, "later", 5);
     EXPECT_OK(ckpt_vm_checkpoint_export_incremental(vm, NULL, "c0", full, inc2, NULL));
     CHECK(chain_length(path_in(inc2, "os.vhdx")) == 2);
+    /* The restore check: the set, the newest alone, then a damaged base. */
+    const char *set[] = {full, inc2};
+    bool all_ok = false;
+    char report[8192];
+    size_t need = 0;
+    EXPECT_STATUS(ckpt_verify_backup(set, 2, &all_ok, NULL, 0, &need),
+                  CKPT_STATUS_BUFFER_TOO_SMALL);
+    CHECK(need > 0 && need < sizeof report);
+    EXPECT_OK(ckpt_verify_backup(set, 2, &all_ok, report, sizeof report, NULL));
+    CHECK(all_ok);
+    CHECK(strstr(report, "\"ok\":true") != NULL);
+    EXPECT_OK(ckpt_verify_backup(set + 1, 1, &all_ok, report, sizeof report, NULL));
+    CHECK(all_ok);
+    EXPECT_STATUS(ckpt_verify_backup(NULL, 1, &all_ok, report, sizeof report, NULL),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_verify_backup(set, 0, &all_ok, report, sizeof report, NULL),
+                  CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_verify_backup(set, 2, NULL, report, sizeof report, NULL),
+                  CKPT_STATUS_NULL_POINTER);
+    const char *holes[] = {full, NULL};
+    EXPECT_STATUS(ckpt_verify_backup(holes, 2, &all_ok, report, sizeof report, NULL),
+                  CKPT_STATUS_NULL_POINTER);
+    write_bytes(path_in(full, "os.vhdx"), 0, "x", 1);
+    EXPECT_OK(ckpt_verify_backup(set, 2, &all_ok, report, sizeof report, NULL));
+    CHECK(!all_ok);
+    CHECK(strstr(report, "\"ok\":false") != NULL);
     EXPECT_STATUS(ckpt_vm_reference_delete(vm, "nope"), CKPT_STATUS_NOT_FOUND);
     EXPECT_STATUS(ckpt_vm_reference_delete(vm, NULL), CKPT_STATUS_NULL_POINTER);
     EXPECT_OK(ckpt_vm_reference_delete(vm, "c0"));

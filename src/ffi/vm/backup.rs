@@ -7,6 +7,7 @@
 use super::*;
 use crate::disk::merge::Range;
 use crate::ffi::chain::ckpt_range;
+use crate::ffi::{c_path, write_string};
 
 /// The changes of one disk between two points of a VM's tree (opaque),
 /// read with `ckpt_vm_changes_next`.
@@ -219,4 +220,76 @@ pub unsafe extern "C" fn ckpt_vm_changes_free(changes: *mut ckpt_vm_changes) {
         },
         panic_default = ()
     )
+}
+
+/// The restore check of a backup set (as `ckpt verify-backup`): open the
+/// chain of every disk of the newest export, check its linkage, sizes,
+/// structure and each file's DataWriteGuid against its export's manifest,
+/// and read it end to end. `dirs` holds `dir_count` export folders: the
+/// whole set, oldest (the full export) first, or only the newest (its
+/// chain is followed through the parent locators).
+///
+/// `*out_ok` is set to whether every disk restores (whenever the check
+/// ran). The report goes into `buf` as a string (the buffer rules of
+/// `ckpt_disk_get_parent_path`; a call that finds the buffer too small
+/// runs the whole check again when called with a larger one): JSON
+/// `{"ok": bool, "disks": [{"file", "chain" (newest first),
+/// "virtual_size", "error" (null, or what is wrong)}]}`, in the VM's disk
+/// order. A damaged backup is not an error of the call: `*out_ok` is
+/// false and the report says why.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER` (`dirs`, an element, or `out_ok`
+/// NULL), `CKPT_STATUS_INVALID_ARGUMENT` (`dir_count` 0, an empty path, no
+/// manifest in the newest export), `CKPT_STATUS_NOT_FOUND` (the newest
+/// folder missing), `CKPT_STATUS_BUFFER_TOO_SMALL`, `CKPT_STATUS_IO`.
+///
+/// # Safety
+///
+/// `dirs` is NULL or valid for reads of `dir_count` pointers, each NULL or
+/// a NUL-terminated string; `out_ok` is NULL or valid for writing one
+/// `bool`; `buf` is NULL or valid for writes of `len` bytes; `out_len` is
+/// NULL or valid for writing one `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_verify_backup(
+    dirs: *const *const c_char,
+    dir_count: usize,
+    out_ok: *mut bool,
+    buf: *mut c_char,
+    len: usize,
+    out_len: *mut usize,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_verify_backup", {
+        if dirs.is_null() {
+            return Err(FfiError::null("dirs"));
+        }
+        let ok_out = out_ptr(out_ok, "out_ok")?;
+        if dir_count == 0 {
+            return Err(FfiError::invalid("dir_count is 0: give the export folders"));
+        }
+        let mut paths = Vec::with_capacity(dir_count.min(4096));
+        for i in 0..dir_count {
+            // SAFETY: `dirs` is valid for `dir_count` reads per the contract.
+            let p = unsafe { *dirs.add(i) };
+            // SAFETY: NULL or a NUL-terminated string per the contract.
+            paths.push(unsafe { c_path(p, "dirs[i]")? }.to_path_buf());
+        }
+        let verdicts = crate::checkpoint::backup::verify_backup(&paths)?;
+        let all_ok = verdicts.iter().all(|v| v.error.is_none());
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { ok_out.write(all_ok) };
+        let disks: Vec<serde_json::Value> = verdicts
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "file": v.file.to_string_lossy(),
+                    "chain": v.chain.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
+                    "virtual_size": v.virtual_size,
+                    "error": v.error,
+                })
+            })
+            .collect();
+        let text = serde_json::json!({ "ok": all_ok, "disks": disks }).to_string();
+        // SAFETY: per this function's contract.
+        unsafe { write_string(text.as_bytes(), buf, len, out_len, "the verify report") }
+    })
 }

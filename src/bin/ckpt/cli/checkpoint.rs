@@ -146,8 +146,9 @@ pub enum CheckpointCommand {
     /// between checkpoint REF and NAME, whose parent is the disk of the
     /// export PREVIOUS (which must be the export that captured REF, left
     /// unchanged): the chain full → incremental → … opens with any VHDX
-    /// reader. REF is an earlier checkpoint on the path to NAME, or one on
-    /// another branch. Check a backup chain with `ckpt verify-backup`.
+    /// reader. REF is an earlier checkpoint on the path to NAME, one on
+    /// another branch, or a reference point (`checkpoint reference`). Check
+    /// a backup chain with `ckpt verify-backup`.
     #[command(override_usage = "ckpt checkpoint export <DIR> <NAME> <DEST> \
                                 [--since <REF> --base <PREVIOUS>]\n       \
                                 ckpt checkpoint export <DIR> --current <DEST> \
@@ -162,7 +163,8 @@ pub enum CheckpointCommand {
         /// Export the current state instead of a checkpoint.
         #[arg(long)]
         current: bool,
-        /// Export only what changed since checkpoint REF (needs --base).
+        /// Export only what changed since checkpoint or reference point REF
+        /// (needs --base).
         #[arg(long, value_name = "REF", requires = "base")]
         since: Option<String>,
         /// The export folder of REF (the last backup) the incremental

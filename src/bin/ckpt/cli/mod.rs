@@ -264,9 +264,11 @@ enum Command {
     /// and FILE. With --since, FILE is a VM folder: every range of its disk
     /// K (--disk) that may differ between checkpoint REF and NAME (--to;
     /// default and --current: the current state), REF on the path to NAME
-    /// or on another branch (then through their common ancestor); what an
-    /// incremental export since REF copies. Exact to the logical sector;
-    /// sorted, adjacent ones joined.
+    /// or on another branch (then through their common ancestor), or a
+    /// reference point (`ckpt checkpoint reference`); what an incremental
+    /// export since REF copies. Exact to the logical sector (to 64 KiB for
+    /// what a reference point's change map holds); sorted, adjacent ones
+    /// joined.
     #[command(
         override_usage = "ckpt changes <FILE> [--base <ANCESTOR>] [--json]\n       \
                                 ckpt changes <DIR> --since <REF> [--to <NAME> | --current] \
@@ -278,7 +280,8 @@ enum Command {
         /// Report the changes since this ancestor.
         #[arg(long, value_name = "ANCESTOR", conflicts_with = "since")]
         base: Option<PathBuf>,
-        /// FILE is a VM folder: report the changes since checkpoint REF.
+        /// FILE is a VM folder: report the changes since checkpoint (or
+        /// reference point) REF.
         #[arg(long, value_name = "REF")]
         since: Option<String>,
         /// With --since: up to checkpoint NAME [default: the current state].
