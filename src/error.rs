@@ -38,6 +38,8 @@ pub enum Structure {
     CheckpointTree,
     /// A VM folder's own JSON file.
     VmFile,
+    /// An RBD stream ("rbd diff v1"), read from `rbd export-diff`.
+    RbdStream,
 }
 
 impl std::fmt::Display for Structure {
@@ -57,6 +59,7 @@ impl std::fmt::Display for Structure {
             Structure::Chain => "disk chain",
             Structure::CheckpointTree => "checkpoint tree",
             Structure::VmFile => "VM file",
+            Structure::RbdStream => "RBD diff stream",
         })
     }
 }

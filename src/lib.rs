@@ -5,7 +5,8 @@
 //!
 //! Layers, each depending only on the ones before it:
 //! [`io`] (storage) → [`format`](mod@format) (on-disk structures) → [`disk`] (an open
-//! virtual disk) → [`checkpoint`] (checkpoint tree) → `ffi` (C ABI) and the `ckpt` CLI.
+//! virtual disk) → [`rbd`] (Ceph RBD streams of a disk) → [`checkpoint`] (checkpoint tree)
+//! → `ffi` (C ABI) and the `ckpt` CLI.
 //!
 //! ```
 //! use ckpt::{CreateOptions, Disk, OpenMode};
@@ -36,6 +37,7 @@ mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+pub mod rbd;
 mod version;
 
 pub use disk::check::{check, check_storage, CheckReport};

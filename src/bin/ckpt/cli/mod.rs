@@ -36,6 +36,7 @@ pub mod checkpoint;
 mod compact;
 mod create;
 mod in_place;
+mod rbd;
 mod info;
 mod io_cmds;
 mod resize;

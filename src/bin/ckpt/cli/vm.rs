@@ -132,6 +132,59 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export the checkpoint tree into Ceph RBD images through the `rbd`
+    /// tool: per disk K an image PREFIX-diskK with one snapshot per
+    /// checkpoint from the root to the current state (oldest first, named
+    /// after the checkpoint: a name with other characters than ASCII
+    /// letters, digits, '.', '_', '-', '+' has them replaced by '_' and
+    /// '~' plus the first 8 characters of the checkpoint's id appended),
+    /// and the current state as the image's head. Checkpoints on other
+    /// branches become clones PREFIX-diskK--SNAP of their branch point's
+    /// snapshot (protected).
+    ///
+    /// Incremental: run again, it sends only the checkpoints the images do
+    /// not have yet and the head's changes. Each state is imported into
+    /// the head, verified (rbd export-diff read back) and only then
+    /// snapshotted: an interrupted run leaves complete snapshots only, and
+    /// running it again finishes. Snapshots of checkpoints deleted since
+    /// stay unless --prune. Progress on stderr. The VM must not be held by
+    /// another process.
+    ExportRbd {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The RBD pool.
+        #[arg(long)]
+        pool: String,
+        /// The image name prefix [default: the VM's name].
+        #[arg(long, value_name = "NAME")]
+        prefix: Option<String>,
+        /// Remove the snapshots of checkpoints deleted locally.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        cluster: super::rbd::ClusterArgs,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new VM in DIR from RBD images (one disk per image, in
+    /// order): a base VHDX filled from each image's first snapshot, one
+    /// checkpoint (an AVHDX per disk) per snapshot, named after it, and
+    /// the images' heads as the current state. The images must have the
+    /// same snapshots.
+    ImportRbd {
+        /// The images, as POOL/IMAGE.
+        #[arg(required = true, num_args = 1..)]
+        images: Vec<String>,
+        /// The new VM folder (the base disks go into it).
+        #[arg(required = true)]
+        dir: PathBuf,
+        /// The new VM's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        cluster: super::rbd::ClusterArgs,
+    },
     /// Hold a VM open and offer its control channel until standard input
     /// ends (for tests and scripts): `ckpt checkpoint …` and `ckpt vm
     /// show|set` from other processes are then carried out by this one.
@@ -292,6 +345,20 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
         }
         VmCommand::Show { dir, json } => show(&dir, json),
         VmCommand::Hold { dir } => hold(&dir),
+        VmCommand::ExportRbd {
+            dir,
+            pool,
+            prefix,
+            prune,
+            cluster,
+            json,
+        } => super::rbd::export(&dir, pool, prefix, prune, &cluster, json),
+        VmCommand::ImportRbd {
+            images,
+            dir,
+            name,
+            cluster,
+        } => super::rbd::import(&images, &dir, name, &cluster),
         VmCommand::DiskResize {
             dir,
             index,
