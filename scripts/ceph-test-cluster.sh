@@ -16,6 +16,8 @@
 #   export CKPT_CEPH_POOL=ckpt
 #
 # on stdout (everything else goes to stderr), for `eval "$(... start DIR)"`.
+# With CKPT_CEPH_WATCH_PID set, a watcher stops the cluster and removes
+# DIR once that process has ended (a test binary's own cluster).
 # Needs Debian's ceph-mon, ceph-osd and ceph-common.
 set -euo pipefail
 
@@ -158,6 +160,11 @@ if ((!ready)); then
     echo "$0: the cluster in $dir did not accept rbd commands in time; logs in $dir/log" >&2
     stop
     exit 1
+fi
+
+if [[ -n ${CKPT_CEPH_WATCH_PID:-} ]]; then
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"; rm -rf "$3"' \
+        watcher "$CKPT_CEPH_WATCH_PID" "$0" "$dir" </dev/null >/dev/null 2>&1 &
 fi
 
 echo "ceph test cluster up: mon on 127.0.0.1:$port, pool $pool, in $dir" >&2

@@ -24,6 +24,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod ceph;
 #[cfg(feature = "cli")]
 pub mod guest;
 pub mod lossy;
