@@ -200,6 +200,15 @@ fn every_snapshot_clone_and_head_read_as_the_checkpoints() {
     for (k, w) in cur.iter().enumerate() {
         reads(c, &format!("{}/{p}-disk{k}", c.pool), w);
     }
+    // A revert drops the current state's writes: the head must lose them
+    // too (they are found in the image's head, not in the local changes).
+    vm.revert().unwrap();
+    vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap();
+    let b1 = state(&mut vm, Some("b1"));
+    assert_ne!(b1, cur);
+    for (k, w) in b1.iter().enumerate() {
+        reads(c, &format!("{}/{p}-disk{k}", c.pool), w);
+    }
 }
 
 #[test]
@@ -344,6 +353,37 @@ fn a_cut_stream_leaves_complete_snapshots_and_a_rerun_finishes() {
             reads(c, &img, &state(&mut vm, None)[k]);
         }
     }
+}
+
+#[test]
+fn an_import_that_did_not_land_is_caught_before_the_snapshot() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("lying");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = two_disk_vm(tmp.path(), "lying");
+    write(&vm, 0, 0, MIB, 1);
+    checkpoint(&mut vm, "a");
+    // An rbd whose import-diff swallows the stream and reports success.
+    let script = tmp.path().join("rbd-lies.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\ncase \" $* \" in *\" import-diff \"*) cat >/dev/null; exit 0;; esac\nexec rbd \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut o = opts(c, &p);
+    o.tool = RbdTool {
+        program: Some(script),
+        ..c.tool()
+    };
+    let e = vm.export_rbd(&o, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("does not hold the state"), "{e}");
+    let img = format!("{}/{p}-disk0", c.pool);
+    assert!(c.snaps(&img).is_empty(), "no snapshot of a state that did not land");
+    vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap();
+    reads(c, &format!("{img}@a"), &state(&mut vm, Some("a"))[0]);
 }
 
 #[test]
