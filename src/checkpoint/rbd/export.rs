@@ -162,7 +162,9 @@ impl Vm {
 
 fn context(e: Error, image: &str) -> Error {
     match e {
-        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{image}: {io}"))),
+        Error::Io(io) if !io.to_string().contains(image) => {
+            Error::Io(std::io::Error::new(io.kind(), format!("{image}: {io}")))
+        }
         e => e,
     }
 }

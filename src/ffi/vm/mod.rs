@@ -7,7 +7,7 @@
 //! create, open, close; `settings.rs`; `views.rs` and `getters.rs` what a
 //! caller reads; `checkpoints.rs` and `ids.rs` the checkpoint operations
 //! (by index, by id); `backup.rs` incremental export and the changes
-//! iterator; `live.rs` the live disk handles (`ckpt_vm_disk`);
+//! iterator; `rbd.rs` RBD diff streams; `live.rs` the live disk handles (`ckpt_vm_disk`);
 //! `control.rs` the control channel. Depends on `crate::checkpoint` and the
 //! shared helpers of `ffi` (panic boundary, strings, versioned structs);
 //! nothing in the library depends on it.
@@ -51,6 +51,8 @@ mod ids;
 
 mod backup;
 
+mod rbd;
+
 mod control;
 mod live;
 
@@ -58,6 +60,7 @@ mod live;
 mod tests;
 
 pub use backup::*;
+pub use rbd::*;
 pub use checkpoints::*;
 pub use control::*;
 pub use getters::*;
