@@ -159,12 +159,17 @@ fn every_snapshot_clone_and_head_read_as_the_checkpoints() {
     let _clean = Cleanup(c, p.clone());
     let tmp = support::tempdir();
     let mut vm = tree_vm(tmp.path());
-    let r = vm.export_rbd(&opts(c, &p), &mut |l| eprintln!("{l}")).unwrap();
+    let r = vm
+        .export_rbd(&opts(c, &p), &mut |l| eprintln!("{l}"))
+        .unwrap();
     let main_snaps: Vec<String> = ["base", "second step", "b1"]
         .iter()
         .map(|n| snap(&vm, n))
         .collect();
-    assert_eq!(main_snaps[1], format!("second_step~{}", &vm.find("second step").unwrap().id[..8]));
+    assert_eq!(
+        main_snaps[1],
+        format!("second_step~{}", &vm.find("second step").unwrap().id[..8])
+    );
     let branch = format!("{p}-disk{{}}--{}", snap(&vm, "c3"));
     for k in 0..2 {
         let img = format!("{}/{p}-disk{k}", c.pool);
@@ -190,7 +195,11 @@ fn every_snapshot_clone_and_head_read_as_the_checkpoints() {
         reads(c, &format!("{}/{p}-disk{k}", c.pool), w);
         // The clone's head is its last checkpoint.
         let clone = branch.replace("{}", &k.to_string());
-        reads(c, &format!("{}/{clone}", c.pool), &state(&mut vm, Some("tip"))[k]);
+        reads(
+            c,
+            &format!("{}/{clone}", c.pool),
+            &state(&mut vm, Some("tip"))[k],
+        );
     }
     // Nothing new: no snapshot sent, only the head rewritten where it
     // differs from b1 (32 KiB on disk 1).
@@ -246,10 +255,10 @@ fn a_second_export_sends_only_what_is_new_and_prune_removes_deleted() {
     // d, which holds it), the new head's 32 KiB.
     assert!(second.data_bytes >= 224 * KIB, "{second:?}");
     assert!(second.data_bytes <= 224 * KIB + 16 * KIB, "{second:?}");
-    for k in 0..2 {
+    for (k, bk) in b.iter().enumerate() {
         let img = format!("{}/{p}-disk{k}", c.pool);
         assert_eq!(c.snaps(&img), ["a", "b", "c", "d"]);
-        reads(c, &format!("{img}@b"), &b[k]);
+        reads(c, &format!("{img}@b"), bk);
         for n in ["a", "c", "d"] {
             reads(c, &format!("{img}@{n}"), &state(&mut vm, Some(n))[k]);
         }
@@ -381,7 +390,10 @@ fn an_import_that_did_not_land_is_caught_before_the_snapshot() {
     let e = vm.export_rbd(&o, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("does not hold the state"), "{e}");
     let img = format!("{}/{p}-disk0", c.pool);
-    assert!(c.snaps(&img).is_empty(), "no snapshot of a state that did not land");
+    assert!(
+        c.snaps(&img).is_empty(),
+        "no snapshot of a state that did not land"
+    );
     vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap();
     reads(c, &format!("{img}@a"), &state(&mut vm, Some("a"))[0]);
 }
@@ -415,7 +427,12 @@ fn import_rbd_brings_the_checkpoints_back() {
         &mut |_| {},
     )
     .unwrap();
-    let names: Vec<&str> = back.data().checkpoints.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = back
+        .data()
+        .checkpoints
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(names, ["one", "two"]);
     for n in ["one", "two"] {
         assert_eq!(state(&mut back, Some(n)), state(&mut vm, Some(n)), "{n}");
@@ -431,7 +448,15 @@ fn import_rbd_brings_the_checkpoints_back() {
     let dest2 = tmp.path().join("back2");
     let mut args = vec!["vm", "import-rbd"];
     args.extend(images.iter().map(String::as_str));
-    args.extend([dest2.to_str().unwrap(), "--name", "back2", "--conf", &conf, "--id", "admin"]);
+    args.extend([
+        dest2.to_str().unwrap(),
+        "--name",
+        "back2",
+        "--conf",
+        &conf,
+        "--id",
+        "admin",
+    ]);
     cli_ok(&args);
     let mut back2 = Vm::open(&dest2).unwrap();
     assert_eq!(state(&mut back2, Some("two")), state(&mut vm, Some("two")));
@@ -469,7 +494,14 @@ fn diff_streams_are_judged_by_rbd_import_and_export_diff() {
     reads(c, &format!("{img}@a"), &state(&mut vm, Some("a"))[0]);
     reads(c, &format!("{img}@b"), &state(&mut vm, Some("b"))[0]);
     // rbd's own export-diff, read by our reader, rebuilds b from a.
-    let out = c.rbd_ok(&["export-diff", "--no-progress", "--from-snap", "a", &format!("{img}@b"), "-"]);
+    let out = c.rbd_ok(&[
+        "export-diff",
+        "--no-progress",
+        "--from-snap",
+        "a",
+        &format!("{img}@b"),
+        "-",
+    ]);
     let mut model = state(&mut vm, Some("a"))[0].clone();
     let mut r = DiffReader::new(&out[..]).unwrap();
     let mut saw = (false, false);
@@ -488,5 +520,9 @@ fn diff_streams_are_judged_by_rbd_import_and_export_diff() {
         }
     }
     assert_eq!(saw, (true, true));
-    assert!(model == state(&mut vm, Some("b"))[0], "{}", first_diff(&model, &state(&mut vm, Some("b"))[0]));
+    assert!(
+        model == state(&mut vm, Some("b"))[0],
+        "{}",
+        first_diff(&model, &state(&mut vm, Some("b"))[0])
+    );
 }

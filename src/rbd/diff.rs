@@ -325,12 +325,8 @@ impl<R: Read> DiffReader<R> {
         }
         let mut name = vec![0u8; len as usize];
         self.exact(&mut name, "a snapshot name")?;
-        String::from_utf8(name).map_err(|_| {
-            corrupt(
-                at,
-                Reason::Invalid("a snapshot name is not UTF-8".into()),
-            )
-        })
+        String::from_utf8(name)
+            .map_err(|_| corrupt(at, Reason::Invalid("a snapshot name is not UTF-8".into())))
     }
 
     /// The next record; after `End`, an error. The data of a `w` record

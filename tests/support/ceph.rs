@@ -95,7 +95,10 @@ impl Cluster {
                     .args(["snap", "unprotect", &format!("{spec}@{s}")])
                     .output();
             }
-            let _ = self.rbd().args(["snap", "purge", "--no-progress", &spec]).output();
+            let _ = self
+                .rbd()
+                .args(["snap", "purge", "--no-progress", &spec])
+                .output();
             let _ = self.rbd().args(["rm", "--no-progress", &spec]).output();
         }
     }

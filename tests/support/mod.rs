@@ -22,9 +22,9 @@
 
 #![allow(dead_code)]
 
+pub mod ceph;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod ceph;
 #[cfg(feature = "cli")]
 pub mod guest;
 pub mod lossy;

@@ -244,7 +244,10 @@ fn export_line(
             };
             continue;
         }
-        progress(&format!("{name}@{}: sending checkpoint {:?}", step.snap, step.name));
+        progress(&format!(
+            "{name}@{}: sending checkpoint {:?}",
+            step.snap, step.name
+        ));
         let st = send_state(tool, name, &base, &step.disks[k])?;
         tool.snap_create(name, &step.snap)?;
         progress(&format!(
@@ -321,7 +324,13 @@ fn send_state(tool: &RbdTool, image: &str, base: &Base, to: &Path) -> Result<Dif
     let st = tool.import_diff(image, |w| {
         write_disk_diff(&to_disk, &ranges, names, w, &mut |_, _| true)
     })?;
-    verify_head(tool, image, base.snap.as_deref(), from_disk.as_ref(), &to_disk)?;
+    verify_head(
+        tool,
+        image,
+        base.snap.as_deref(),
+        from_disk.as_ref(),
+        &to_disk,
+    )?;
     Ok(st)
 }
 
@@ -359,7 +368,10 @@ fn verify_head(
                     buf.resize(data.len(), 0);
                     to.read_at(&mut buf, offset)?;
                     if buf != data {
-                        return Err(mismatch(image, format!("data differs in [{offset}, +{len})")));
+                        return Err(mismatch(
+                            image,
+                            format!("data differs in [{offset}, +{len})"),
+                        ));
                     }
                     covered.push(Range {
                         offset,
@@ -414,10 +426,7 @@ fn verify_head(
                 _ => b.iter_mut().for_each(|x| *x = 0),
             }
             if a != b {
-                return Err(mismatch(
-                    image,
-                    format!("[{pos}, +{n}) was not written"),
-                ));
+                return Err(mismatch(image, format!("[{pos}, +{n}) was not written")));
             }
             pos += n as u64;
         }

@@ -42,7 +42,9 @@ pub fn import_rbd(
 ) -> Result<Vm> {
     let tool = &opts.tool;
     if images.is_empty() {
-        return Err(Error::InvalidArgument("name at least one POOL/IMAGE".into()));
+        return Err(Error::InvalidArgument(
+            "name at least one POOL/IMAGE".into(),
+        ));
     }
     let mut snaps: Option<Vec<String>> = None;
     for img in images {
@@ -87,7 +89,10 @@ pub fn import_rbd(
             .info(&spec)?
             .ok_or_else(|| Error::NotFound(format!("there is no image {spec}")))?
             .size;
-        progress(&format!("{spec}: base disk {} ({size} bytes)", path.display()));
+        progress(&format!(
+            "{spec}: base disk {} ({size} bytes)",
+            path.display()
+        ));
         let d = Disk::create(&path, &CreateOptions::new(size))?;
         tool.export_diff(&spec, None, |r| apply_diff(&d, r))?;
         d.close()?;
@@ -96,7 +101,14 @@ pub fn import_rbd(
     let mut vm = Vm::create(dir, &VmSpec::new(&opts.name, disks))?;
     for (i, snap) in snaps.iter().enumerate() {
         if i > 0 {
-            fill(&mut vm, tool, images, Some(&snaps[i - 1]), Some(snap), progress)?;
+            fill(
+                &mut vm,
+                tool,
+                images,
+                Some(&snaps[i - 1]),
+                Some(snap),
+                progress,
+            )?;
         }
         vm.create_checkpoint(snap, None, &mut NoHooks)?;
         progress(&format!("checkpoint {snap:?} taken"));

@@ -32,7 +32,11 @@ pub fn snap_name(name: &str, id: &str) -> String {
     if s.starts_with(['-', '.']) {
         s.insert(0, '_');
     }
-    let short: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+    let short: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
     format!("{s}~{short}")
 }
 

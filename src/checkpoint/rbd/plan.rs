@@ -79,7 +79,10 @@ pub fn plan_of(data: &VmFile) -> Plan {
         .iter()
         .filter(|c| !c.hidden && !c.deleting)
         .collect();
-    let parent_of = |c: &Checkpoint| data.visible_ancestor(c.parent.as_deref()).map(|p| p.id.clone());
+    let parent_of = |c: &Checkpoint| {
+        data.visible_ancestor(c.parent.as_deref())
+            .map(|p| p.id.clone())
+    };
     let children = |id: Option<&str>| -> Vec<&Checkpoint> {
         visible
             .iter()

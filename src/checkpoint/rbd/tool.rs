@@ -203,8 +203,13 @@ impl RbdTool {
 
     /// Create snapshot `image@snap`.
     pub fn snap_create(&self, image: &str, snap: &str) -> Result<()> {
-        self.run(&["snap", "create", "--no-progress", &format!("{image}@{snap}")])
-            .map(drop)
+        self.run(&[
+            "snap",
+            "create",
+            "--no-progress",
+            &format!("{image}@{snap}"),
+        ])
+        .map(drop)
     }
 
     /// Protect `image@snap` (clone format 1 needs it; harmless for 2).

@@ -60,7 +60,6 @@ mod live;
 mod tests;
 
 pub use backup::*;
-pub use rbd::*;
 pub use checkpoints::*;
 pub use control::*;
 pub use getters::*;
@@ -68,6 +67,7 @@ pub use hooks::*;
 pub use ids::*;
 pub use lifecycle::*;
 pub use live::*;
+pub use rbd::*;
 pub use settings::*;
 pub use types::*;
 pub use views::*;

@@ -71,10 +71,9 @@ pub unsafe extern "C" fn ckpt_vm_write_rbd_diff(
             Some(unsafe { c_str(to, "to")? })
         };
         if fd < 0 {
-            return Err(crate::Error::InvalidArgument(format!(
-                "fd {fd} is not a file descriptor"
-            ))
-            .into());
+            return Err(
+                crate::Error::InvalidArgument(format!("fd {fd} is not a file descriptor")).into(),
+            );
         }
         // SAFETY: the caller keeps `fd` open during the call; ManuallyDrop
         // never closes it.
