@@ -526,3 +526,42 @@ fn diff_streams_are_judged_by_rbd_import_and_export_diff() {
         first_diff(&model, &state(&mut vm, Some("b"))[0])
     );
 }
+
+#[test]
+fn a_whole_image_in_export_format_2_imports_with_its_snapshots() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("format2");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = tree_vm(tmp.path());
+    for k in 0..2 {
+        let mut img = Vec::new();
+        let st = vm.write_rbd_image(k, &mut img).unwrap();
+        assert_eq!(st.stream_bytes, img.len() as u64);
+        assert!(img.starts_with(b"rbd image v2\n"));
+        let f = tmp.path().join(format!("image{k}"));
+        std::fs::write(&f, &img).unwrap();
+        let name = format!("{}/{p}-f2-{k}", c.pool);
+        c.rbd_ok(&[
+            "import",
+            "--no-progress",
+            "--export-format",
+            "2",
+            f.to_str().unwrap(),
+            &name,
+        ]);
+        let snaps: Vec<String> = ["base", "second step", "b1"]
+            .iter()
+            .map(|n| snap(&vm, n))
+            .collect();
+        assert_eq!(c.snaps(&name), snaps);
+        for n in ["base", "second step", "b1"] {
+            reads(
+                c,
+                &format!("{name}@{}", snap(&vm, n)),
+                &state(&mut vm, Some(n))[k],
+            );
+        }
+        reads(c, &name, &state(&mut vm, None)[k]);
+    }
+}

@@ -25,6 +25,8 @@ use crate::error::{Error, Reason, Result, Structure};
 
 /// The first bytes of every v1 diff stream.
 pub const DIFF_V1_HEADER: &[u8; 12] = b"rbd diff v1\n";
+/// The first bytes of a v2 diff (inside an export-format 2 image).
+pub const DIFF_V2_HEADER: &[u8; 12] = b"rbd diff v2\n";
 /// Tag of the "from snapshot" record.
 pub const TAG_FROM_SNAP: u8 = b'f';
 /// Tag of the "to snapshot" record.
@@ -105,21 +107,51 @@ pub struct DiffWriter<W: Write> {
     stats: DiffStats,
     data_started: bool,
     ended: bool,
+    /// "rbd diff v2" (inside an export-format 2 image): every record but
+    /// `e` carries a le64 length of its data after the tag.
+    v2: bool,
 }
 
 impl<W: Write> DiffWriter<W> {
     /// Start a stream on `out` (writes the header).
-    pub fn new(mut out: W) -> Result<DiffWriter<W>> {
-        out.write_all(DIFF_V1_HEADER)?;
+    pub fn new(out: W) -> Result<DiffWriter<W>> {
+        Self::with_header(out, DIFF_V1_HEADER, false)
+    }
+
+    /// Start an "rbd diff v2" stream (the diffs of an `rbd export
+    /// --export-format 2` image, see [`crate::rbd::image`]): the same
+    /// records, each but `e` with a le64 length after its tag.
+    pub fn new_v2(out: W) -> Result<DiffWriter<W>> {
+        Self::with_header(out, DIFF_V2_HEADER, true)
+    }
+
+    fn with_header(mut out: W, header: &[u8], v2: bool) -> Result<DiffWriter<W>> {
+        out.write_all(header)?;
         Ok(DiffWriter {
             out,
             stats: DiffStats {
-                stream_bytes: DIFF_V1_HEADER.len() as u64,
+                stream_bytes: header.len() as u64,
                 ..DiffStats::default()
             },
             data_started: false,
             ended: false,
+            v2,
         })
+    }
+
+    /// One record: the tag, in v2 the length of `parts`, then `parts`.
+    fn record(&mut self, tag: u8, parts: &[&[u8]]) -> Result<()> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.out.write_all(&[tag])?;
+        self.stats.stream_bytes += 1 + len;
+        if self.v2 {
+            self.out.write_all(&len.to_le_bytes())?;
+            self.stats.stream_bytes += 8;
+        }
+        for p in parts {
+            self.out.write_all(p)?;
+        }
+        Ok(())
     }
 
     /// What was written so far.
@@ -157,11 +189,7 @@ impl<W: Write> DiffWriter<W> {
                     name.len()
                 ))
             })?;
-        self.out.write_all(&[tag])?;
-        self.out.write_all(&len.to_le_bytes())?;
-        self.out.write_all(name.as_bytes())?;
-        self.stats.stream_bytes += 5 + len as u64;
-        Ok(())
+        self.record(tag, &[&len.to_le_bytes(), name.as_bytes()])
     }
 
     /// The `f` record: the diff starts from snapshot `name`.
@@ -180,10 +208,7 @@ impl<W: Write> DiffWriter<W> {
     /// The `s` record: the image has `size` bytes at the end.
     pub fn size(&mut self, size: u64) -> Result<()> {
         self.meta_allowed("size")?;
-        self.out.write_all(&[TAG_SIZE])?;
-        self.out.write_all(&size.to_le_bytes())?;
-        self.stats.stream_bytes += 9;
-        Ok(())
+        self.record(TAG_SIZE, &[&size.to_le_bytes()])
     }
 
     /// A `w` record: `data` at `offset`. Empty data writes nothing.
@@ -192,11 +217,14 @@ impl<W: Write> DiffWriter<W> {
         if data.is_empty() {
             return Ok(());
         }
-        self.out.write_all(&[TAG_WRITE])?;
-        self.out.write_all(&offset.to_le_bytes())?;
-        self.out.write_all(&(data.len() as u64).to_le_bytes())?;
-        self.out.write_all(data)?;
-        self.stats.stream_bytes += 17 + data.len() as u64;
+        self.record(
+            TAG_WRITE,
+            &[
+                &offset.to_le_bytes(),
+                &(data.len() as u64).to_le_bytes(),
+                data,
+            ],
+        )?;
         self.stats.data_bytes += data.len() as u64;
         self.stats.writes += 1;
         Ok(())
@@ -209,10 +237,7 @@ impl<W: Write> DiffWriter<W> {
         if length == 0 {
             return Ok(());
         }
-        self.out.write_all(&[TAG_ZERO])?;
-        self.out.write_all(&offset.to_le_bytes())?;
-        self.out.write_all(&length.to_le_bytes())?;
-        self.stats.stream_bytes += 17;
+        self.record(TAG_ZERO, &[&offset.to_le_bytes(), &length.to_le_bytes()])?;
         self.stats.zero_bytes += length;
         self.stats.zeros += 1;
         Ok(())
@@ -478,6 +503,29 @@ mod tests {
             w.into_inner(),
             b"rbd diff v1\nt\x02\x00\x00\x00s1s\x00\x00\x00\x01\x00\x00\x00\x00e"
         );
+    }
+
+    #[test]
+    fn v2_records_carry_their_length() {
+        let mut w = DiffWriter::new_v2(Vec::new()).unwrap();
+        w.to_snap("s1").unwrap();
+        w.size(1 << 23).unwrap();
+        w.zero(512, 512).unwrap();
+        let st = w.end().unwrap();
+        let b = w.into_inner();
+        let mut want = b"rbd diff v2\nt".to_vec();
+        want.extend_from_slice(&6u64.to_le_bytes());
+        want.extend_from_slice(&2u32.to_le_bytes());
+        want.extend_from_slice(b"s1s");
+        want.extend_from_slice(&8u64.to_le_bytes());
+        want.extend_from_slice(&(1u64 << 23).to_le_bytes());
+        want.push(b'z');
+        want.extend_from_slice(&16u64.to_le_bytes());
+        want.extend_from_slice(&512u64.to_le_bytes());
+        want.extend_from_slice(&512u64.to_le_bytes());
+        want.push(b'e');
+        assert_eq!(b, want);
+        assert_eq!(st.stream_bytes, b.len() as u64);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Ceph RBD streams: the "rbd diff v1" format of `rbd export-diff` and
-//! `rbd import-diff` (`diff.rs`: records, writer, reader) and a disk state
+//! `rbd import-diff` (`diff.rs`: records, writer, reader), whole images with
+//! their snapshots as `rbd export --export-format 2` (`image.rs`), and a disk state
 //! written as, or filled from, such a stream (`stream.rs`).
 //!
 //! This module knows disks and bytes, not checkpoints: which ranges a
@@ -8,6 +9,7 @@
 //! [`crate::checkpoint::rbd`].
 
 pub mod diff;
+pub mod image;
 pub mod stream;
 
 pub use diff::{DiffReader, DiffRecord, DiffStats, DiffWriter, DIFF_V1_HEADER};

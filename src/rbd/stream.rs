@@ -58,19 +58,22 @@ pub fn write_disk_diff<W: Write>(
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<DiffStats> {
     let size = disk.virtual_size();
-    let ranges: Vec<Range> = coalesce(
-        ranges
-            .iter()
-            .filter(|r| r.offset < size)
-            .map(|r| Range {
-                offset: r.offset,
-                length: r.length.min(size - r.offset),
-            })
-            .filter(|r| r.length > 0)
-            .collect(),
-    );
-    let total: u64 = ranges.iter().map(|r| r.length).sum();
+    let ranges = clip(ranges, size);
     let mut w = DiffWriter::new(out)?;
+    write_records(&mut w, disk, &ranges, names, progress)
+}
+
+/// The records of [`write_disk_diff`] (after the header) into `w`, which
+/// may be a v2 writer; `ranges` are already clipped and coalesced.
+pub(crate) fn write_records<W: Write>(
+    w: &mut DiffWriter<W>,
+    disk: &Disk,
+    ranges: &[Range],
+    names: DiffNames<'_>,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<DiffStats> {
+    let size = disk.virtual_size();
+    let total: u64 = ranges.iter().map(|r| r.length).sum();
     if let Some(f) = names.from_snap {
         w.from_snap(f)?;
     }
@@ -84,7 +87,7 @@ pub fn write_disk_diff<W: Write>(
     let mut data: Vec<u8> = Vec::new();
     let mut data_at = 0u64;
     let mut zero: Option<(u64, u64)> = None;
-    for r in &ranges {
+    for r in ranges {
         let end = r.offset + r.length;
         let mut pos = r.offset;
         while pos < end {
@@ -142,6 +145,21 @@ pub fn write_disk_diff<W: Write>(
         w.zero(s, l)?;
     }
     w.end()
+}
+
+/// `ranges` clipped to `size`, sorted and coalesced.
+pub(crate) fn clip(ranges: &[Range], size: u64) -> Vec<Range> {
+    coalesce(
+        ranges
+            .iter()
+            .filter(|r| r.offset < size)
+            .map(|r| Range {
+                offset: r.offset,
+                length: r.length.min(size - r.offset),
+            })
+            .filter(|r| r.length > 0)
+            .collect(),
+    )
 }
 
 /// What a stream held, as [`apply_diff`] read it.

@@ -1,14 +1,18 @@
 //! [`Vm::write_rbd_diff`]: one disk's state, or its changes between two
-//! points of the tree, as an "rbd diff v1" stream for `rbd import-diff`.
+//! points of the tree, as an "rbd diff v1" stream for `rbd import-diff`;
+//! [`Vm::write_rbd_image`]: one disk with its checkpoints as an `rbd
+//! export --export-format 2` image.
 
 use std::io::Write;
 
 use super::names::snap_name;
 use crate::checkpoint::backup::changes_between;
 use crate::checkpoint::vm::Vm;
+use crate::disk::merge::Range;
 use crate::disk::{Disk, OpenMode};
 use crate::error::{Error, Result};
 use crate::rbd::diff::DiffStats;
+use crate::rbd::image::{write_image_v2, ImageState};
 use crate::rbd::stream::{allocated_ranges, write_disk_diff, DiffNames};
 
 impl Vm {
@@ -76,5 +80,61 @@ impl Vm {
             to_snap: to_snap.as_deref(),
         };
         write_disk_diff(&to_disk, &ranges, names, out, &mut |_, _| true)
+    }
+}
+
+impl Vm {
+    /// Write disk `disk` as a whole RBD image in `rbd export
+    /// --export-format 2` form into `out` (for `rbd import
+    /// --export-format 2 - POOL/IMAGE`): one snapshot per checkpoint on
+    /// the path from the root to the current state, oldest first, named
+    /// as [`snap_name`] says, each sent as its changes since the one
+    /// before, and the current state as the head; objects of 4 MiB.
+    /// Checkpoints on other branches are not in it. Refused for an
+    /// attached VM.
+    pub fn write_rbd_image(&mut self, disk: usize, out: &mut dyn Write) -> Result<DiffStats> {
+        self.settle(None)?;
+        if disk >= self.data.disks.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the VM has {} disks; there is no disk {disk}",
+                self.data.disks.len()
+            )));
+        }
+        if self.attached() {
+            return Err(Error::Busy(
+                "the VM is attached: its current state changes while it is written".into(),
+            ));
+        }
+        let plan = super::plan::plan_of(&self.data);
+        let main = &plan.lines[0];
+        let mut paths: Vec<(Option<String>, std::path::PathBuf)> = main
+            .steps
+            .iter()
+            .map(|s| (Some(s.snap.clone()), s.disks[disk].clone()))
+            .collect();
+        paths.push((None, self.data.current.disks[disk].clone()));
+        let disks: Vec<Disk> = paths
+            .iter()
+            .map(|(_, p)| Disk::open(p, OpenMode::ReadOnly).map_err(|e| e.in_file(p)))
+            .collect::<Result<_>>()?;
+        let mut states = Vec::with_capacity(disks.len());
+        for (i, d) in disks.iter().enumerate() {
+            let ranges = match i.checked_sub(1).map(|j| &disks[j]) {
+                None => allocated_ranges(d)?,
+                Some(prev) if prev.virtual_size() == d.virtual_size() => {
+                    changes_between(prev, d).map_err(|e| e.in_file(&paths[i].1))?
+                }
+                Some(_) => vec![Range {
+                    offset: 0,
+                    length: d.virtual_size(),
+                }],
+            };
+            states.push(ImageState {
+                snap: paths[i].0.as_deref(),
+                disk: d,
+                ranges,
+            });
+        }
+        write_image_v2(&states, 22, out)
     }
 }
