@@ -565,3 +565,50 @@ fn a_whole_image_in_export_format_2_imports_with_its_snapshots() {
         reads(c, &name, &state(&mut vm, None)[k]);
     }
 }
+
+#[test]
+fn the_cli_streams_go_through_rbd() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("clistream");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = two_disk_vm(tmp.path(), "cli streams");
+    write(&vm, 1, 0, 2 * MIB, 1);
+    checkpoint(&mut vm, "a");
+    write(&vm, 1, MIB, 4 * KIB, 2);
+    let (a, cur) = (state(&mut vm, Some("a")), state(&mut vm, None));
+    drop(vm);
+    let dir = tmp.path().join("vm");
+    let d = dir.to_str().unwrap();
+    let img = format!("{}/{p}-x", c.pool);
+    c.rbd_ok(&["create", "--size", "16M", &img]);
+    let full = cli_ok(&["vm", "rbd-diff", d, "--disk", "1", "--to", "a"]).stdout;
+    let inc = cli_ok(&["vm", "rbd-diff", d, "--disk", "1", "--from", "a"]).stdout;
+    assert!(
+        inc.len() < 64 * KIB as usize,
+        "only the change: {} bytes",
+        inc.len()
+    );
+    for (i, s) in [full, inc].iter().enumerate() {
+        let f = tmp.path().join(format!("s{i}"));
+        std::fs::write(&f, s).unwrap();
+        c.rbd_ok(&["import-diff", "--no-progress", f.to_str().unwrap(), &img]);
+    }
+    reads(c, &format!("{img}@a"), &a[1]);
+    reads(c, &img, &cur[1]);
+    let whole = cli_ok(&["vm", "rbd-diff", d, "--disk", "1", "--image"]).stdout;
+    let f = tmp.path().join("whole");
+    std::fs::write(&f, whole).unwrap();
+    let img2 = format!("{}/{p}-y", c.pool);
+    c.rbd_ok(&[
+        "import",
+        "--no-progress",
+        "--export-format",
+        "2",
+        f.to_str().unwrap(),
+        &img2,
+    ]);
+    assert_eq!(c.snaps(&img2), ["a"]);
+    reads(c, &format!("{img2}@a"), &a[1]);
+    reads(c, &img2, &cur[1]);
+}

@@ -83,6 +83,29 @@ pub fn export(
     print(&s)
 }
 
+/// `ckpt vm rbd-diff`: a stream on stdout.
+pub fn diff(
+    dir: &Path,
+    disk: usize,
+    from: Option<&str>,
+    to: Option<&str>,
+    image: bool,
+) -> CliResult {
+    require_vm(dir)?;
+    let mut vm = Vm::open(dir).map_err(vm_error)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let r = if image {
+        vm.write_rbd_image(disk, &mut out)
+    } else {
+        vm.write_rbd_diff(disk, from, to, &mut out)
+    };
+    r.map_err(vm_error)?;
+    use std::io::Write;
+    out.flush()
+        .map_err(|e| super::fail(format!("writing to stdout: {e}")))
+}
+
 /// `ckpt vm import-rbd`.
 pub fn import(images: &[String], dir: &Path, name: String, cluster: &ClusterArgs) -> CliResult {
     let opts = RbdImportOptions {

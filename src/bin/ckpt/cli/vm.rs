@@ -167,6 +167,29 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write one disk as an RBD stream on stdout: the state at --to (default:
+    /// the current state) as an "rbd diff v1" stream for `rbd import-diff -
+    /// POOL/IMAGE`, only its changes since --from when given (with the
+    /// snapshot records `f` / `t` named as export-rbd names snapshots); or,
+    /// with --image, the whole disk with one snapshot per checkpoint from
+    /// the root to the current state, for `rbd import --export-format 2 -
+    /// POOL/IMAGE`.
+    RbdDiff {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The disk (0 for the first).
+        #[arg(long, default_value_t = 0)]
+        disk: usize,
+        /// The checkpoint the diff starts from.
+        #[arg(long, value_name = "NAME", conflicts_with = "image")]
+        from: Option<String>,
+        /// The checkpoint it ends at [default: the current state].
+        #[arg(long, value_name = "NAME", conflicts_with = "image")]
+        to: Option<String>,
+        /// Write the whole image with its snapshots (export format 2).
+        #[arg(long)]
+        image: bool,
+    },
     /// Make a new VM in DIR from RBD images (one disk per image, in
     /// order): a base VHDX filled from each image's first snapshot, one
     /// checkpoint (an AVHDX per disk) per snapshot, named after it, and
@@ -353,6 +376,13 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
             cluster,
             json,
         } => super::rbd::export(&dir, pool, prefix, prune, &cluster, json),
+        VmCommand::RbdDiff {
+            dir,
+            disk,
+            from,
+            to,
+            image,
+        } => super::rbd::diff(&dir, disk, from.as_deref(), to.as_deref(), image),
         VmCommand::ImportRbd {
             images,
             dir,
