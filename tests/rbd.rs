@@ -612,3 +612,31 @@ fn the_cli_streams_go_through_rbd() {
     reads(c, &format!("{img2}@a"), &a[1]);
     reads(c, &img2, &cur[1]);
 }
+
+#[test]
+fn an_image_export_rbd_did_not_make_is_never_written() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("foreign");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = two_disk_vm(tmp.path(), "foreign");
+    write(&vm, 0, 0, MIB, 1);
+    checkpoint(&mut vm, "a");
+    // Someone else's image under the name disk 0 would get.
+    let img = format!("{}/{p}-disk0", c.pool);
+    c.rbd_ok(&["create", "--size", "8M", &img]);
+    c.rbd_ok(&["snap", "create", "--no-progress", &format!("{img}@theirs")]);
+    let e = vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("not made by export-rbd"), "{e}");
+    assert_eq!(c.snaps(&img), ["theirs"]);
+    reads(c, &img, &vec![0u8; 8 << 20]);
+    // Another VM's export under the same prefix is refused too.
+    let p2 = prefix("foreign2");
+    let _clean2 = Cleanup(c, p2.clone());
+    vm.export_rbd(&opts(c, &p2), &mut |_| {}).unwrap();
+    let tmp2 = support::tempdir();
+    let mut other = two_disk_vm(tmp2.path(), "other");
+    checkpoint(&mut other, "a");
+    let e = other.export_rbd(&opts(c, &p2), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("not made by export-rbd"), "{e}");
+}

@@ -20,7 +20,10 @@
 //! 4. only then `rbd snap create`.
 //!
 //! A failure at any point leaves only complete snapshots; running the
-//! export again starts each image from its newest snapshot and finishes.
+//! export again starts each image from its newest snapshot and finishes
+//! (an image without any snapshot yet is made again). Every image made
+//! carries its VM's id in the image-meta [`OWNER_KEY`]; an existing image
+//! without it is refused, never written.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +37,10 @@ use crate::disk::{Disk, OpenMode};
 use crate::error::{Error, Result};
 use crate::rbd::diff::{DiffReader, DiffRecord, DiffStats};
 use crate::rbd::stream::{allocated_ranges, write_disk_diff, DiffNames};
+
+/// The image-meta key that names the VM (its id) an image was made for:
+/// export-rbd writes only into images that carry its VM's id.
+pub const OWNER_KEY: &str = "ckpt.vm";
 
 /// What [`Vm::export_rbd`] is asked to do.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +142,11 @@ impl Vm {
             None => default_prefix(&self.data.config.name),
         };
         let plan = plan_of(&self.data);
+        let vm_id = self
+            .data
+            .id
+            .clone()
+            .unwrap_or_else(|| self.data.config.name.clone());
         let mut report = RbdExportReport::default();
         for k in 0..self.data.disks.len() {
             for (li, line) in plan.lines.iter().enumerate() {
@@ -148,7 +160,7 @@ impl Vm {
                         bp.step.clone(),
                     )
                 });
-                let r = export_line(opts, k, &name, line, parent, progress)
+                let r = export_line(opts, &vm_id, k, &name, line, parent, progress)
                     .map_err(|e| context(e, &name))?;
                 let _ = li;
                 report.data_bytes += r.data_bytes;
@@ -180,6 +192,7 @@ fn line_image(pool: &str, prefix: &str, k: usize, line: &Line) -> String {
 /// Bring image `name` up to `line` for disk `k`.
 fn export_line(
     opts: &RbdExportOptions,
+    vm_id: &str,
     k: usize,
     name: &str,
     line: &Line,
@@ -198,7 +211,29 @@ fn export_line(
         disk: parent.as_ref().map(|(_, s)| s.disks[k].clone()),
         dirty: true,
     };
-    let snaps = match tool.snaps(name)? {
+    let existing = match tool.snaps(name)? {
+        Some(s) => {
+            let owner = tool.meta_get(name, OWNER_KEY)?;
+            if owner.as_deref() != Some(vm_id) {
+                return Err(Error::AlreadyExists(format!(
+                    "{name} exists and was not made by export-rbd of this VM (its image-meta \
+                     {OWNER_KEY} is {owner:?}, not {vm_id:?}): remove it or choose another \
+                     --prefix"
+                )));
+            }
+            if s.is_empty() {
+                // Only a first state that never completed: start it over
+                // (a clone's parent may have changed since).
+                progress(&format!("{name}: removing an incomplete image"));
+                tool.run(&["rm", "--no-progress", name])?;
+                None
+            } else {
+                Some(s)
+            }
+        }
+        None => None,
+    };
+    let snaps = match existing {
         Some(s) => s,
         None => {
             match &parent {
@@ -228,6 +263,7 @@ fn export_line(
                     tool.create(name, size)?;
                 }
             }
+            tool.meta_set(name, OWNER_KEY, vm_id)?;
             rep.created = true;
             // A new image's head is exactly its parent's snapshot (or empty).
             base.dirty = false;

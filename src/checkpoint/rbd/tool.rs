@@ -201,6 +201,21 @@ impl RbdTool {
             .map(drop)
     }
 
+    /// The image-meta value `key` of `image` (None: not set).
+    pub fn meta_get(&self, image: &str, key: &str) -> Result<Option<String>> {
+        match self.run(&["image-meta", "get", image, key]) {
+            Ok(out) => Ok(Some(String::from_utf8_lossy(&out).trim_end().to_string())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set the image-meta `key` of `image` to `value`.
+    pub fn meta_set(&self, image: &str, key: &str, value: &str) -> Result<()> {
+        self.run(&["image-meta", "set", image, key, value])
+            .map(drop)
+    }
+
     /// Create snapshot `image@snap`.
     pub fn snap_create(&self, image: &str, snap: &str) -> Result<()> {
         self.run(&[
