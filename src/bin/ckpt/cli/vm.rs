@@ -148,7 +148,8 @@ pub enum VmCommand {
     /// snapshotted: an interrupted run leaves complete snapshots only, and
     /// running it again finishes. Snapshots of checkpoints deleted since
     /// stay unless --prune. Progress on stderr. The VM must not be held by
-    /// another process.
+    /// another process. Images carry the VM's id (image-meta ckpt.vm): an
+    /// existing image without it is refused, never written.
     ExportRbd {
         /// The VM folder.
         dir: PathBuf,
