@@ -1134,6 +1134,24 @@ typedef struct ckpt_hooks {
     ckpt_resume_fn resume;
 } ckpt_hooks;
 
+/**
+ * What `ckpt_vm_write_rbd_diff` wrote (a plain output struct).
+ */
+typedef struct ckpt_rbd_diff_stats {
+    /**
+     * Bytes of the stream (header and records).
+     */
+    uint64_t stream_bytes;
+    /**
+     * Data bytes in `w` records.
+     */
+    uint64_t data_bytes;
+    /**
+     * Bytes covered by `z` records (ranges that read zeros).
+     */
+    uint64_t zero_bytes;
+} ckpt_rbd_diff_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -3040,6 +3058,39 @@ ckpt_status ckpt_vm_references_json(const struct ckpt_vm *vm,
                                     char *buf,
                                     size_t len,
                                     size_t *out_len);
+ * Write disk `disk_index`'s state at checkpoint `to` (NULL: the current
+ * state) as an "rbd diff v1" stream to the file descriptor `fd` (a file
+ * or a pipe into `rbd import-diff - POOL/IMAGE`; it is not closed). With
+ * `from` (a checkpoint older than `to`, or on another branch) only the
+ * ranges that differ from `from` go, after an `f` record naming `from`'s
+ * snapshot; without it, every allocated range. A `to` checkpoint adds a
+ * `t` record (then `rbd import-diff` creates that snapshot once applied).
+ * Ranges that read zeros go as `z` records. Snapshot names are the
+ * checkpoint names, mapped as `ckpt vm export-rbd` maps them (README,
+ * "RBD"). `*out_stats` (when not NULL) receives what was written.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm` NULL),
+ * `CKPT_STATUS_INVALID_ARGUMENT` (`disk_index` past the last disk, `from`
+ * is `to`, an empty name), `CKPT_STATUS_NOT_FOUND` (no such checkpoint),
+ * `CKPT_STATUS_BUSY` (the current state of an attached VM),
+ * `CKPT_STATUS_UNSUPPORTED` (the disk was resized in between),
+ * `CKPT_STATUS_IO` (a write to `fd` failed, e.g. a closed pipe),
+ * `CKPT_STATUS_CORRUPT`. On an error part of the stream may have been
+ * written (without its end record, so `rbd import-diff` refuses it).
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `from` and `to` are NULL or
+ * NUL-terminated strings; `fd` is an open file descriptor the caller
+ * keeps open during the call; `out_stats` is NULL or valid for writing
+ * one `ckpt_rbd_diff_stats`.
+ */
+ckpt_status ckpt_vm_write_rbd_diff(struct ckpt_vm *vm,
+                                   size_t disk_index,
+                                   const char *from,
+                                   const char *to,
+                                   int fd,
+                                   struct ckpt_rbd_diff_stats *out_stats);
 
 /**
  * Offer the VM's control channel: listen on the Unix socket

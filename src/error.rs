@@ -42,6 +42,8 @@ pub enum Structure {
     VhdFooter,
     /// The dynamic disk header of a VHD.
     VhdHeader,
+    /// An RBD stream ("rbd diff v1"), read from `rbd export-diff`.
+    RbdStream,
 }
 
 impl std::fmt::Display for Structure {
@@ -63,6 +65,7 @@ impl std::fmt::Display for Structure {
             Structure::VmFile => "VM file",
             Structure::VhdFooter => "VHD footer",
             Structure::VhdHeader => "VHD dynamic disk header",
+            Structure::RbdStream => "RBD diff stream",
         })
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! Layers, each depending only on the ones before it:
 //! [`io`] (storage) → [`format`](mod@format) (on-disk structures) → [`disk`] (an open
-//! virtual disk) → [`checkpoint`] (checkpoint tree) → [`monitor`] (reports for monitoring
-//! systems) → `ffi` (C ABI) and the `ckpt` CLI.
+//! virtual disk) → [`rbd`] (Ceph RBD streams of a disk) → [`checkpoint`] (checkpoint tree)
+//! → [`monitor`] (reports for monitoring systems) → `ffi` (C ABI) and the `ckpt` CLI.
 //!
 //! ```
 //! use ckpt::{CreateOptions, Disk, OpenMode};
@@ -38,6 +38,7 @@ pub mod ffi;
 pub mod format;
 pub mod io;
 pub mod monitor;
+pub mod rbd;
 mod version;
 
 pub use disk::check::{check, check_storage, CheckReport};

@@ -258,6 +258,13 @@ fn c_vhd() {
     run_c_program("tests/c/test_vhd.c");
 }
 
+/// RBD diff streams (issue 17): `ckpt_vm_write_rbd_diff` into a file
+/// descriptor, parsed byte by byte; its refusals.
+#[test]
+fn c_rbd() {
+    run_c_program("tests/c/test_rbd.c");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
@@ -318,6 +325,7 @@ fn c_tests_under_sanitizers() {
         "tests/c/test_resize.c",
         "tests/c/test_in_place.c",
         "tests/c/test_backup.c",
+        "tests/c/test_rbd.c",
     ] {
         let name = Path::new(test).file_stem().expect("file name");
         let exe = scratch.path().join(name);

@@ -33,6 +33,8 @@
 //! - `resize.rs`: resizing a disk of the current state ([`Vm::resize_disk`]).
 //! - `space.rs`: compaction of a current disk ([`Vm::compact_disk`]),
 //!   live when the VM is attached.
+//! - `rbd/`: the tree to and from Ceph RBD images ([`Vm::export_rbd`],
+//!   [`rbd::import_rbd`], [`Vm::write_rbd_diff`]).
 //! - `by_id.rs`: find, apply, delete, rename and export by stable id.
 //! - `control/`: the control channel, a Unix socket through which other
 //!   processes of the same user run these operations on the holder's `Vm`.
@@ -47,6 +49,7 @@ mod live;
 mod live_export;
 pub mod model;
 pub mod owner;
+pub mod rbd;
 mod recover;
 mod report;
 mod resize;

@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 pub mod backup;
+pub mod ceph;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]

@@ -7,7 +7,7 @@
 //! create, open, close; `settings.rs`; `views.rs` and `getters.rs` what a
 //! caller reads; `checkpoints.rs` and `ids.rs` the checkpoint operations
 //! (by index, by id); `backup.rs` incremental export and the changes
-//! iterator; `live.rs` the live disk handles (`ckpt_vm_disk`);
+//! iterator; `rbd.rs` RBD diff streams; `live.rs` the live disk handles (`ckpt_vm_disk`);
 //! `control.rs` the control channel. Depends on `crate::checkpoint` and the
 //! shared helpers of `ffi` (panic boundary, strings, versioned structs);
 //! nothing in the library depends on it.
@@ -53,6 +53,8 @@ mod backup;
 /// Reference points.
 mod reference;
 
+mod rbd;
+
 mod control;
 mod live;
 
@@ -68,6 +70,7 @@ pub use ids::*;
 pub use lifecycle::*;
 pub use live::*;
 pub use reference::*;
+pub use rbd::*;
 pub use settings::*;
 pub use types::*;
 pub use views::*;

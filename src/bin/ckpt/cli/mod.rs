@@ -42,6 +42,7 @@ mod in_place;
 mod info;
 mod io_cmds;
 mod monitor;
+mod rbd;
 mod resize;
 pub mod size;
 mod target;

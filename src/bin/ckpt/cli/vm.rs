@@ -143,6 +143,83 @@ pub enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export the checkpoint tree into Ceph RBD images through the `rbd`
+    /// tool: per disk K an image PREFIX-diskK with one snapshot per
+    /// checkpoint from the root to the current state (oldest first, named
+    /// after the checkpoint: a name with other characters than ASCII
+    /// letters, digits, '.', '_', '-', '+' has them replaced by '_' and
+    /// '~' plus the first 8 characters of the checkpoint's id appended),
+    /// and the current state as the image's head. Checkpoints on other
+    /// branches become clones PREFIX-diskK--SNAP of their branch point's
+    /// snapshot (protected).
+    ///
+    /// Incremental: run again, it sends only the checkpoints the images do
+    /// not have yet and the head's changes. Each state is imported into
+    /// the head, verified (rbd export-diff read back) and only then
+    /// snapshotted: an interrupted run leaves complete snapshots only, and
+    /// running it again finishes. Snapshots of checkpoints deleted since
+    /// stay unless --prune. Progress on stderr. The VM must not be held by
+    /// another process. Images carry the VM's id (image-meta ckpt.vm): an
+    /// existing image without it is refused, never written.
+    ExportRbd {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The RBD pool.
+        #[arg(long)]
+        pool: String,
+        /// The image name prefix [default: the VM's name].
+        #[arg(long, value_name = "NAME")]
+        prefix: Option<String>,
+        /// Remove the snapshots of checkpoints deleted locally.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        cluster: super::rbd::ClusterArgs,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one disk as an RBD stream on stdout: the state at --to (default:
+    /// the current state) as an "rbd diff v1" stream for `rbd import-diff -
+    /// POOL/IMAGE`, only its changes since --from when given (with the
+    /// snapshot records `f` / `t` named as export-rbd names snapshots); or,
+    /// with --image, the whole disk with one snapshot per checkpoint from
+    /// the root to the current state, for `rbd import --export-format 2 -
+    /// POOL/IMAGE`.
+    RbdDiff {
+        /// The VM folder.
+        dir: PathBuf,
+        /// The disk (0 for the first).
+        #[arg(long, default_value_t = 0)]
+        disk: usize,
+        /// The checkpoint the diff starts from.
+        #[arg(long, value_name = "NAME", conflicts_with = "image")]
+        from: Option<String>,
+        /// The checkpoint it ends at [default: the current state].
+        #[arg(long, value_name = "NAME", conflicts_with = "image")]
+        to: Option<String>,
+        /// Write the whole image with its snapshots (export format 2).
+        #[arg(long)]
+        image: bool,
+    },
+    /// Make a new VM in DIR from RBD images (one disk per image, in
+    /// order): a base VHDX filled from each image's first snapshot, one
+    /// checkpoint (an AVHDX per disk) per snapshot, named after it, and
+    /// the images' heads as the current state. The images must have the
+    /// same snapshots.
+    ImportRbd {
+        /// The images, as POOL/IMAGE.
+        #[arg(required = true, num_args = 1..)]
+        images: Vec<String>,
+        /// The new VM folder (the base disks go into it).
+        #[arg(required = true)]
+        dir: PathBuf,
+        /// The new VM's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        cluster: super::rbd::ClusterArgs,
+    },
     /// Hold a VM open and offer its control channel until standard input
     /// ends (for tests and scripts): `ckpt checkpoint …` and `ckpt vm
     /// show|set` from other processes are then carried out by this one.
@@ -314,6 +391,27 @@ pub(super) fn run(cmd: VmCommand) -> CliResult {
         }
         VmCommand::Show { dir, json } => show(&dir, json),
         VmCommand::Hold { dir } => hold(&dir),
+        VmCommand::ExportRbd {
+            dir,
+            pool,
+            prefix,
+            prune,
+            cluster,
+            json,
+        } => super::rbd::export(&dir, pool, prefix, prune, &cluster, json),
+        VmCommand::RbdDiff {
+            dir,
+            disk,
+            from,
+            to,
+            image,
+        } => super::rbd::diff(&dir, disk, from.as_deref(), to.as_deref(), image),
+        VmCommand::ImportRbd {
+            images,
+            dir,
+            name,
+            cluster,
+        } => super::rbd::import(&images, &dir, name, &cluster),
         VmCommand::DiskResize {
             dir,
             index,
