@@ -3058,6 +3058,8 @@ ckpt_status ckpt_vm_references_json(const struct ckpt_vm *vm,
                                     char *buf,
                                     size_t len,
                                     size_t *out_len);
+
+/**
  * Write disk `disk_index`'s state at checkpoint `to` (NULL: the current
  * state) as an "rbd diff v1" stream to the file descriptor `fd` (a file
  * or a pipe into `rbd import-diff - POOL/IMAGE`; it is not closed). With
