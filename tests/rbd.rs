@@ -640,3 +640,97 @@ fn an_image_export_rbd_did_not_make_is_never_written() {
     let e = other.export_rbd(&opts(c, &p2), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("not made by export-rbd"), "{e}");
 }
+
+/// Issue 17 after issue 15: `ckpt checkpoint export DIR NAME DEST --since
+/// REF --format rbd-diff` writes, per disk, the stream `rbd import-diff`
+/// applies on the image holding REF's snapshot, also when REF is a
+/// reference point (its data merged away): the new snapshot reads as the
+/// checkpoint. A full stream (no --since) makes the first snapshot;
+/// refusals: --base with rbd-diff, --since without --base for VHDX.
+#[cfg(feature = "cli")]
+#[test]
+fn checkpoint_export_as_rbd_diff_since_a_reference_point() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("ckexport");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = two_disk_vm(tmp.path(), "rbd-diff export");
+    write(&vm, 0, 0, 3 * MIB, 1);
+    write(&vm, 1, 5 * MIB, 64 * KIB, 2);
+    checkpoint(&mut vm, "nightly");
+    let at_nightly = state(&mut vm, Some("nightly"));
+    write(&vm, 0, 2 * MIB, 8 * KIB, 3);
+    zero(&vm, 1, 5 * MIB, 4 * KIB);
+    checkpoint(&mut vm, "next");
+    let at_next = state(&mut vm, Some("next"));
+    drop(vm);
+    let dir = tmp.path().join("vm");
+    let d = dir.to_str().unwrap();
+    let full = tmp.path().join("full");
+    cli_ok(&[
+        "checkpoint",
+        "export",
+        d,
+        "nightly",
+        full.to_str().unwrap(),
+        "--format",
+        "rbd-diff",
+    ]);
+    cli_ok(&["checkpoint", "reference", d, "nightly"]);
+    let inc = tmp.path().join("inc");
+    cli_ok(&[
+        "checkpoint",
+        "export",
+        d,
+        "next",
+        inc.to_str().unwrap(),
+        "--since",
+        "nightly",
+        "--format",
+        "rbd-diff",
+    ]);
+    for k in 0..2 {
+        let img = format!("{}/{p}-disk{k}", c.pool);
+        c.rbd_ok(&["create", "--size", "16M", &img]);
+        for set in [&full, &inc] {
+            let f = set.join(format!("disk{k}.rbd-diff"));
+            c.rbd_ok(&["import-diff", "--no-progress", f.to_str().unwrap(), &img]);
+        }
+        assert_eq!(c.snaps(&img), ["nightly", "next"], "disk {k}");
+        reads(c, &format!("{img}@nightly"), &at_nightly[k]);
+        reads(c, &format!("{img}@next"), &at_next[k]);
+        let inc_len = std::fs::metadata(inc.join(format!("disk{k}.rbd-diff")))
+            .unwrap()
+            .len();
+        assert!(
+            inc_len < 200 * KIB,
+            "disk {k}: only the changes ({inc_len} bytes)"
+        );
+    }
+    let o = support::cli::run(&[
+        "checkpoint",
+        "export",
+        d,
+        "next",
+        "/nonexistent/x",
+        "--since",
+        "nightly",
+        "--base",
+        full.to_str().unwrap(),
+        "--format",
+        "rbd-diff",
+    ]);
+    assert!(!o.status.success());
+    assert!(support::cli::stderr(&o).contains("--base"), "{o:?}");
+    let o = support::cli::run(&[
+        "checkpoint",
+        "export",
+        d,
+        "next",
+        "/nonexistent/y",
+        "--since",
+        "nightly",
+    ]);
+    assert!(!o.status.success());
+    assert!(support::cli::stderr(&o).contains("--base"), "{o:?}");
+}

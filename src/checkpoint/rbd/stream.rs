@@ -18,7 +18,8 @@ use crate::rbd::stream::{allocated_ranges, write_disk_diff, DiffNames};
 impl Vm {
     /// Write disk `disk`'s state at checkpoint `to` (None: the current
     /// state) as an rbd diff v1 stream into `out`. With `from` (a
-    /// checkpoint older than `to`, or on another branch), only what
+    /// checkpoint older than `to`, one on another branch, or a reference
+    /// point: the ranges [`Vm::changes`] gives), only what
     /// changed since `from` goes (the ranges that differ, whichever of the
     /// two is older), after an `f` record naming `from`'s snapshot; without it, every allocated range. A `to` checkpoint
     /// adds a `t` record (`rbd import-diff` then creates that snapshot).
@@ -50,14 +51,14 @@ impl Vm {
             None => None,
         };
         let from_ck = match from {
-            Some(n) => Some(self.usable(n)?.clone()),
+            Some(n) => Some(self.since(n)?),
             None => None,
         };
         if let (Some(f), Some(t)) = (&from_ck, &to_ck) {
-            if f.id == t.id {
+            if f.point().id == t.id {
                 return Err(Error::InvalidArgument(format!(
                     "the diff from checkpoint {:?} to itself is empty: name an earlier one",
-                    f.name
+                    t.name
                 )));
             }
         }
@@ -67,13 +68,15 @@ impl Vm {
         };
         let to_disk = Disk::open(&to_path, OpenMode::ReadOnly)?;
         let ranges = match &from_ck {
-            Some(f) => {
-                let fd = Disk::open(&f.disks[disk], OpenMode::ReadOnly)?;
-                changes_between(&fd, &to_disk).map_err(|e| e.in_file(&to_path))?
-            }
+            Some(f) => f
+                .disk_changes(disk, &to_disk)
+                .map_err(|e| e.in_file(&to_path))?,
             None => allocated_ranges(&to_disk)?,
         };
-        let from_snap = from_ck.as_ref().map(|c| snap_name(&c.name, &c.id));
+        let from_snap = from_ck.as_ref().map(|f| {
+            let p = f.point();
+            snap_name(&p.name, &p.id)
+        });
         let to_snap = to_ck.as_ref().map(|c| snap_name(&c.name, &c.id));
         let names = DiffNames {
             from_snap: from_snap.as_deref(),

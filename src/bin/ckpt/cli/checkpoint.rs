@@ -164,13 +164,22 @@ pub enum CheckpointCommand {
         #[arg(long)]
         current: bool,
         /// Export only what changed since checkpoint or reference point REF
-        /// (needs --base).
-        #[arg(long, value_name = "REF", requires = "base")]
+        /// (a VHDX export needs --base).
+        #[arg(long, value_name = "REF")]
         since: Option<String>,
         /// The export folder of REF (the last backup) the incremental
         /// builds on (needs --since).
         #[arg(long, value_name = "PREVIOUS", requires = "since")]
         base: Option<PathBuf>,
+        /// vhdx (default): VHDX files. rbd-diff: per disk K the file
+        /// DEST/diskK.rbd-diff, an "rbd diff v1" stream for `rbd
+        /// import-diff` (with --since REF: only what changed since REF, from
+        /// the RBD snapshot named after it, as `ckpt vm export-rbd` names
+        /// snapshots; the checkpoint exported becomes a snapshot). Needs
+        /// the VM not held by another process.
+        #[arg(long, value_name = "FORMAT", default_value = "vhdx",
+              value_parser = ["vhdx", "rbd-diff"])]
+        format: String,
     },
 }
 
@@ -249,6 +258,7 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
             current,
             since,
             base,
+            format,
         } => {
             let (name, dest) =
                 match (current, dest) {
@@ -263,6 +273,21 @@ pub(super) fn run(cmd: CheckpointCommand) -> CliResult {
                          name (try 'ckpt checkpoint export --help')",
                     )),
                 };
+            if format == "rbd-diff" {
+                if base.is_some() {
+                    return Err(fail(
+                        "--base names the previous VHDX export; an rbd-diff stream builds on \
+                         the RBD snapshot of REF instead: drop --base",
+                    ));
+                }
+                return export_rbd_diff(&dir, name.as_deref(), &dest, since.as_deref());
+            }
+            if since.is_some() && base.is_none() {
+                return Err(fail(
+                    "--since REF needs --base PREVIOUS (the export that captured REF) for a \
+                     VHDX export (try 'ckpt checkpoint export --help')",
+                ));
+            }
             let inc = since.zip(base);
             export(&dir, name.as_deref(), &dest, inc.as_ref())
         }
@@ -864,6 +889,51 @@ fn rename(dir: &Path, name: &str, new_name: &str) -> CliResult {
     println!("Renamed checkpoint \"{name}\" to \"{new_name}\"");
     warn(&mut vm);
     Ok(())
+}
+
+/// `ckpt checkpoint export --format rbd-diff`: per disk a stream file in
+/// `dest` (made; it must not exist or be empty). A failure removes what
+/// was written.
+fn export_rbd_diff(dir: &Path, name: Option<&str>, dest: &Path, since: Option<&str>) -> CliResult {
+    let mut vm = ckpt::checkpoint::Vm::open(dir).map_err(vm_error)?;
+    if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(fail(format!(
+            "{}: the folder is not empty: give a new or empty folder",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(dest).map_err(|e| fail(format!("{}: {e}", dest.display())))?;
+    let mut made = Vec::new();
+    let r = (|| -> Result<(), Failure> {
+        for k in 0..vm.data().disks.len() {
+            let path = dest.join(format!("disk{k}.rbd-diff"));
+            let f = std::fs::File::create(&path)
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            made.push(path.clone());
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+            let stats = vm
+                .write_rbd_diff(k, since, name, &mut out)
+                .map_err(vm_error)?;
+            let f = out
+                .into_inner()
+                .map_err(|e| fail(format!("{}: {}", path.display(), e.error())))?;
+            f.sync_all()
+                .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            println!(
+                "{}: {} bytes of data ({} in the stream)",
+                path.display(),
+                stats.data_bytes,
+                stats.stream_bytes
+            );
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        for p in &made {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    r
 }
 
 /// `ckpt checkpoint export`; with `inc` (REF, PREVIOUS) an incremental.
