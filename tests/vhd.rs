@@ -623,11 +623,35 @@ fn three_layers(dir: &Path) -> ([std::path::PathBuf; 3], Vec<u8>, Vec<u8>) {
 #[test]
 fn merges_fold_a_vhd_chain_into_its_base() {
     let t = tempdir();
-    let (p, _, model) = three_layers(t.path());
-    // mid has a child: refused, nothing changes.
-    let e = ckpt::disk::merge::merge(&p[1], Default::default()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    assert!(p[1].exists());
+    let (p, mid, model) = three_layers(t.path());
+    // mid has a child: merged into base, the child re-pointed at base.
+    let t2 = tempdir();
+    let q: Vec<_> = p
+        .iter()
+        .map(|f| t2.path().join(f.file_name().unwrap()))
+        .collect();
+    for (a, b) in p.iter().zip(&q) {
+        std::fs::copy(a, b).unwrap();
+    }
+    let r = ckpt::disk::merge::merge(&q[1], Default::default()).unwrap();
+    assert_eq!(r.removed, vec![q[1].clone()]);
+    assert_eq!(r.repointed, vec![q[2].clone()]);
+    let d = Disk::open(&q[0], OpenMode::ReadOnly).unwrap();
+    assert_same("base after merging mid", &read_all(&d), &mid, 0);
+    drop(d);
+    let d = Disk::open(&q[2], OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.depth(), 2);
+    assert_same("top re-pointed at base", &read_all(&d), &model, 0);
+    drop(d);
+    if have_pyvhdi() {
+        assert_same(
+            "top re-pointed (libvhdi)",
+            &pyvhdi_chain(&[&q[2], &q[0]]),
+            &model,
+            0,
+        );
+    }
+    // Top first, then mid.
     let r = ckpt::disk::merge::merge(&p[2], Default::default()).unwrap();
     assert_eq!(r.removed, vec![p[2].clone()]);
     assert!(!p[2].exists());

@@ -110,7 +110,9 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A name for a new differencing disk next to `parent`, unique by `id`.
+/// A name for a new differencing disk next to `parent`, unique by `id`:
+/// `.avhdx` on a VHDX, `.avhd` on a VHD (as Hyper-V names them; the
+/// format comes from `parent`'s content).
 pub(super) fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
     let stem = original
         .file_stem()
@@ -119,7 +121,15 @@ pub(super) fn child_path(parent: &Path, original: &Path, id: &str) -> PathBuf {
     parent
         .parent()
         .unwrap_or(Path::new("."))
-        .join(format!("{stem}_{id}.avhdx"))
+        .join(format!("{stem}_{id}.{}", child_extension(parent)))
+}
+
+/// The extension of a differencing disk on `parent`.
+fn child_extension(parent: &Path) -> &'static str {
+    match crate::disk::Format::of_file(parent) {
+        Some(crate::disk::Format::Vhd) => "avhd",
+        _ => "avhdx",
+    }
 }
 
 impl Vm {
@@ -437,12 +447,17 @@ impl Vm {
     }
 
     /// A new differencing disk at `new` on each `(parent, new)`, stamped
-    /// as this VM's from the start, one thread per disk. On an error some
-    /// may be made: the caller's journal removes a partial set.
+    /// as this VM's from the start (a VHDX; a VHD has no place for the
+    /// stamp), one thread per disk. On an error some may be made: the
+    /// caller's journal removes a partial set.
     fn make_children(&self, pairs: &[(&PathBuf, &PathBuf)]) -> Result<()> {
         let item = [owner::stamp_item(&self.dir, &self.data)?];
         par_map(pairs, |(parent, new)| {
-            Disk::create_child_with(new, parent, &ChildOptions::default(), &item)
+            let items: &[_] = match crate::disk::Format::of_file(parent) {
+                Some(crate::disk::Format::Vhd) => &[],
+                _ => &item,
+            };
+            Disk::create_child_with(new, parent, &ChildOptions::default(), items)
                 .and_then(|d| d.close())
         })
         .into_iter()

@@ -271,8 +271,13 @@ pub fn stamp_item(dir: &Path, data: &VmFile) -> Result<(uuid::Uuid, Vec<u8>)> {
     Ok((STAMP_ITEM, bytes))
 }
 
-/// Stamp the disk file `disk` as owned by the VM `data` (in `dir`).
+/// Stamp the disk file `disk` as owned by the VM `data` (in `dir`). A VHD
+/// has no metadata items to hold a stamp: it stays unstamped (guarded only
+/// by the locks and the VM files that name it), and this does nothing.
 pub fn stamp(disk: &Path, dir: &Path, data: &VmFile) -> Result<()> {
+    if crate::disk::Format::of_file(disk) == Some(crate::disk::Format::Vhd) {
+        return Ok(());
+    }
     let (id, bytes) = stamp_item(dir, data)?;
     crate::disk::user_item::set_user_item(disk, &id, &bytes)
 }

@@ -41,6 +41,14 @@ impl Format {
         }
     }
 
+    /// The format of the file at `path`, from its content (looked at
+    /// without a lock); None when it cannot be read.
+    pub fn of_file(path: &std::path::Path) -> Option<Format> {
+        crate::io::FileStorage::peek(path)
+            .ok()
+            .and_then(|s| Format::detect(&s).ok())
+    }
+
     /// The format of the image held by `storage`, from its content: VHDX
     /// files start with "vhdxfile", VHD files end with (or start with) the
     /// footer cookie "conectix". Anything else is taken for a VHDX (whose

@@ -547,7 +547,11 @@ impl LiveDisk {
             // The top's DataWriteGuid is fixed for the whole session: once
             // it runs, the child links to the guid the top keeps until the
             // switch (no re-link in the pause).
-            d.ctx(d.top().vhdx().and_then(|v| v.start_session()))?;
+            d.ctx(
+                d.top()
+                    .vhdx_for("a live switch to a new child (a checkpoint of a running disk)")
+                    .and_then(|v| v.start_session()),
+            )?;
             let spec = chain::parent_spec(path, &parent, d.top())?;
             (parent, spec, child_create_options(&d, opts))
         };

@@ -40,10 +40,7 @@ pub fn flatten(
 
 /// Whether the file at `path` is a VHD (from its content).
 fn is_vhd(path: &Path) -> bool {
-    crate::io::FileStorage::peek(path)
-        .ok()
-        .and_then(|s| super::Format::detect(&s).ok())
-        == Some(super::Format::Vhd)
+    super::Format::of_file(path) == Some(super::Format::Vhd)
 }
 
 /// Open one file of a chain alone (no parents).
@@ -159,7 +156,9 @@ pub struct MergeOptions<'a> {
     /// layer, which make it refuse), in the folders of every file of the
     /// chain. A differencing disk in any other folder cannot be known: a
     /// caller that knows the tree (as the checkpoint tree does) passes the
-    /// list, and is then responsible for there being no siblings.
+    /// list, and is then responsible for there being no siblings. A merged
+    /// VHD child is then kept, for the caller to remove once it has
+    /// recorded the merge (a VHD has no DataWriteGuid to show it later).
     pub descendants: Option<Vec<PathBuf>>,
     /// Progress of the copy.
     pub progress: Option<Progress<'a>>,

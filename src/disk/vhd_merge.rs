@@ -2,13 +2,20 @@
 //! to announce, so the VHDX merge protocol does not apply).
 //!
 //! The child's own sectors (exactly those its bitmaps hold) are written
-//! into the parent, which is flushed; then the child is removed. Until the
-//! removal the child still links to the parent (the parent's unique id and
-//! footer timestamp never change), and every sector the parent changed is
-//! one the child holds, so an interrupted merge leaves a chain that reads
-//! the same; running it again finishes it. Refused: a merge into another
-//! ancestor than the parent, a child that has children of its own, a
-//! parent with other children, and layers of different sizes.
+//! into the parent, which is flushed; then the child's own children (the
+//! descendants) are re-pointed at the parent, each synced; then the child
+//! is removed. Until the removal the child still links to the parent (the
+//! parent's unique id and footer timestamp never change), and every sector
+//! the parent changed is one the child holds, so an interrupted merge
+//! leaves a chain that reads the same, and a descendant reads the same
+//! through the child or through the merged parent; running it again
+//! finishes it. With the descendants given by a caller that knows the tree
+//! ([`MergeOptions::descendants`]), the child is kept for the caller to
+//! remove once it has recorded the merge: a VHD has no DataWriteGuid whose
+//! change would show afterwards that the merge happened. Refused: a merge
+//! into another ancestor than the parent, a parent with other children
+//! (unless the caller gives the descendants), and layers of different
+//! sizes.
 
 use std::path::{Path, PathBuf};
 
@@ -56,16 +63,6 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
         Some(d) => d.clone(),
         None => find_children_in(child, &dirs)?,
     };
-    if !below.is_empty() {
-        return Err(Error::Unsupported(format!(
-            "merging a VHD that has children ({}): merge them first",
-            below
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
     let me = std::fs::canonicalize(child)?;
     let siblings: Vec<PathBuf> = find_children_in(&dest, &dirs)?
         .into_iter()
@@ -108,11 +105,45 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
     }
     d.close()?;
     drop(src);
-    std::fs::remove_file(child).map_err(|e| Error::from(e).in_file(child))?;
+    let repointed = repoint(&below, &dest)?;
+    let removed = if opts.descendants.is_some() {
+        Vec::new()
+    } else {
+        std::fs::remove_file(child).map_err(|e| Error::from(e).in_file(child))?;
+        vec![child.to_path_buf()]
+    };
     Ok(MergeReport {
         destination: dest,
-        removed: vec![child.to_path_buf()],
-        repointed: Vec::new(),
+        removed,
+        repointed,
         bytes_copied: total,
     })
+}
+
+/// Point each differencing VHD in `descendants` at `dest` (its locators,
+/// then its header with `dest`'s unique id and timestamp; each synced). A
+/// descendant that already names `dest` is written the same again.
+fn repoint(descendants: &[PathBuf], dest: &Path) -> Result<Vec<PathBuf>> {
+    let parent = super::merge::open_single(dest, false)?;
+    let Some(pv) = parent.as_vhd() else {
+        return Err(Error::Unsupported(format!(
+            "{}: a VHD's descendants can only be re-pointed at a VHD",
+            dest.display()
+        )));
+    };
+    let mut out = Vec::new();
+    for x in descendants {
+        let f = super::merge::open_single(x, true)?;
+        let Some(v) = f.as_vhd() else {
+            return Err(Error::Unsupported(format!(
+                "{}: a VHDX cannot have a VHD parent (mixed chains are refused)",
+                x.display()
+            )));
+        };
+        let spec = super::chain::vhd_parent_spec(x, dest, pv)?;
+        v.set_parent(&spec).map_err(|e| e.in_file(x))?;
+        f.close().map_err(|e| e.in_file(x))?;
+        out.push(x.clone());
+    }
+    Ok(out)
 }
