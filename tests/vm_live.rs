@@ -374,6 +374,16 @@ fn delete_off_the_live_chain_works_on_it_runs_live() {
 /// current state, and in the new checkpoint when it was committed).
 #[test]
 fn crash_at_every_step_of_a_live_create() {
+    crash_live_create(false);
+}
+
+/// The same with VHD disks (`.avhd` children).
+#[test]
+fn crash_at_every_step_of_a_live_create_of_vhd_disks() {
+    crash_live_create(true);
+}
+
+fn crash_live_create(vhd: bool) {
     let mut events = None;
     let mut n = 0u64;
     loop {
@@ -381,11 +391,13 @@ fn crash_at_every_step_of_a_live_create() {
             break;
         }
         let t = support::fast_tempdir();
-        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+        let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, vhd);
         for (d, disk) in disks.iter().enumerate() {
             disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();
         }
         let first = vm.create_checkpoint("first", None, &mut NoHooks).unwrap();
+        let ext = if vhd { "avhd" } else { "avhdx" };
+        assert_eq!(vm.data().current.disks[0].extension().unwrap(), ext);
         let kept: Vec<u64> = first.disks.iter().map(|p| file_hash(p)).collect();
         let clock = Arc::new(AtomicU64::new(0));
         let writers = Writers::start(&disks, 4, &clock);
@@ -402,6 +414,7 @@ fn crash_at_every_step_of_a_live_create() {
             r.unwrap();
             events = Some(seen);
             assert!(seen > 5, "{seen} events");
+            eprintln!("a live create (vhd: {vhd}): {seen} events");
             let _ = writers.finish();
             continue;
         }
@@ -433,10 +446,20 @@ fn crash_at_every_step_of_a_live_create() {
 /// handles keep working on the current state) or done; a retry succeeds.
 #[test]
 fn transient_error_then_retry_of_a_live_create() {
+    transient_live_create(false);
+}
+
+/// The same with VHD disks.
+#[test]
+fn transient_error_then_retry_of_a_live_create_of_vhd_disks() {
+    transient_live_create(true);
+}
+
+fn transient_live_create(vhd: bool) {
     let mut n = 0u64;
     loop {
         let t = support::fast_tempdir();
-        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+        let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, vhd);
         let mut disks = disks;
         for (d, disk) in disks.iter().enumerate() {
             disk.write_at(&unit_bytes(d, 0, 1), 0).unwrap();

@@ -10,15 +10,17 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use ckpt::checkpoint::{CheckpointType, NoHooks, Vm, VmSpec};
 use ckpt::io::Cut;
-use ckpt::{CreateOptions, Disk, ErrorKind, Format, OpenMode, VhdOptions};
+use ckpt::{CreateOptions, Disk, Format, LiveDisk, OpenMode, VhdOptions};
 use support::backup::pyvhdi_reads;
 use support::sweep::{every_cut, reopened};
 use support::{assert_same, have_pyvhdi, have_qemu, missing, read_all, run, Rng};
 
-const SIZE: u64 = 8 << 20;
+include!("support/live_units.rs");
 
 /// Disk 0 a dynamic VHD (2 MiB blocks), disk 1 a VHDX.
 fn build_vm(root: &Path) -> (Vm, Vec<Vec<u8>>) {
@@ -306,46 +308,131 @@ fn a_cut_at_every_event_of_a_vhd_delete_loses_nothing() {
     eprintln!("{runs} cut runs");
 }
 
-/// A VM with a VHD disk held by this process (attached): writes go on
-/// through its live handle; a live checkpoint of it is refused with a
-/// clear error that changes nothing (live switches are VHDX-only), and a
-/// detached VM checkpoints it.
+/// A running VM with two VHD disks (attached, one writer thread per disk
+/// writing self-describing units and flushing): live checkpoints (`.avhd`
+/// children switched in a short pause), a live delete (kept as a hidden
+/// node, with a warning, until the VM is detached: VHD has no live
+/// merge), a live export of the current state; every checkpoint and the
+/// export hold, per unit, a write between the last one that returned
+/// before the operation and the last one that began before it returned
+/// (libckpt and libvhdi); once detached and reopened the hidden layers are
+/// merged and every state reads the same.
 #[test]
-fn an_attached_vm_with_a_vhd_disk_is_refused_a_live_checkpoint_cleanly() {
+fn a_running_vm_with_vhd_disks_checkpoints_deletes_and_exports_live() {
+    use std::sync::atomic::Ordering;
     let t = support::tempdir();
-    let (mut vm, _) = build_vm(t.path());
-    let live = vm.disk(0).unwrap();
-    live.write_at(&[5u8; 4096], 4096).unwrap();
-    let files_before: Vec<_> = std::fs::read_dir(t.path().join("disks"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let e = vm
-        .create_checkpoint("live", None, &mut NoHooks)
-        .expect_err("a live checkpoint of a VHD");
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    assert!(
-        e.to_string().contains("VHD") && e.to_string().contains("live"),
-        "{e}"
-    );
-    assert!(vm.data().checkpoints.is_empty());
-    let mut files_after: Vec<_> = std::fs::read_dir(t.path().join("disks"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    files_after.sort();
-    let mut files_before = files_before;
-    files_before.sort();
-    assert_eq!(files_before, files_after, "no file left behind");
-    live.write_at(&[6u8; 4096], 8192).unwrap();
-    live.flush().unwrap();
-    drop(live);
+    let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, true);
+    let clock = Arc::new(AtomicU64::new(0));
+    let writers = Writers::start(&disks, 8, &clock);
+    let wait = |n: u64| {
+        let until = clock.load(Ordering::SeqCst) + n;
+        while clock.load(Ordering::SeqCst) < until {
+            std::thread::yield_now();
+        }
+    };
+    let mut made = Vec::new();
+    for name in ["c1", "c2"] {
+        wait(300);
+        let begin = clock.fetch_add(1, Ordering::SeqCst);
+        vm.create_checkpoint(name, None, &mut NoHooks).unwrap();
+        let end = clock.fetch_add(1, Ordering::SeqCst);
+        made.push((name, begin, end));
+        for (k, d) in disks.iter().enumerate() {
+            let top = d.path().unwrap();
+            assert_eq!(top, vm.data().current.disks[k]);
+            assert_eq!(top.extension().unwrap(), "avhd", "{}", top.display());
+        }
+    }
+    wait(300);
+    vm.delete("c1", false, &mut NoHooks).unwrap();
+    let w = vm.take_warnings();
+    assert!(w.iter().any(|w| w.contains("detached")), "{w:?}");
+    assert!(vm.find("c1").is_err());
+    wait(300);
+    let out = t.path().join("export-now");
+    let begin = clock.fetch_add(1, Ordering::SeqCst);
+    let files = vm.export(None, &out, &mut NoHooks).unwrap();
+    let end = clock.fetch_add(1, Ordering::SeqCst);
+    wait(200);
+    let log = writers.finish();
+    assert!(log.error.is_none(), "a writer failed: {:?}", log.error);
+    assert!(log.recs.len() > 300, "writers wrote {}", log.recs.len());
+    let within = |what: &str, units: &[Vec<u8>], k: usize, begin: u64, end: u64| {
+        for u in 0..UNITS {
+            let seq = decode(k, u, &units[u as usize], what);
+            let (lo, hi) = allowed(&log.recs, k, u, begin, end);
+            assert!(
+                lo <= seq && seq <= hi,
+                "{what}: disk {k} unit {u}: {seq} not in {lo}..={hi}"
+            );
+        }
+    };
+    for (k, f) in files.iter().take(2).enumerate() {
+        within("export", &read_units(f), k, begin, end);
+    }
+    let (_, b2, e2) = made[1];
+    let c2 = vm.find("c2").unwrap().clone();
+    let py = support::units::pyvhdi();
+    for (k, (frozen, live)) in c2.disks.iter().zip(&disks).enumerate() {
+        within("c2", &read_units(frozen), k, b2, e2);
+        if py {
+            within("c2 (libvhdi)", &vhdi_units(frozen), k, b2, e2);
+        }
+        let now = live_units(live);
+        for u in 0..UNITS {
+            assert_eq!(
+                decode(k, u, &now[u as usize], "now"),
+                last_seq(&log.recs, k, u)
+            );
+        }
+    }
+    let c2_units: Vec<_> = (0..2).map(|k| read_units(&c2.disks[k])).collect();
+    let now_units: Vec<_> = disks.iter().map(|d| live_units(d)).collect();
+    for d in &disks {
+        d.flush().unwrap();
+    }
+    drop(disks);
     vm.detach().unwrap();
-    vm.create_checkpoint("offline", None, &mut NoHooks).unwrap();
-    let d = Disk::open(&vm.data().current.disks[0], OpenMode::ReadOnly).unwrap();
-    let mut b = vec![0u8; 8192];
-    d.read_at(&mut b, 4096).unwrap();
-    assert!(b[..4096].iter().all(|&x| x == 5) && b[4096..].iter().all(|&x| x == 6));
+    drop(vm);
+    // The next process merges the hidden VHD layers offline.
+    let vm = Vm::open(&dir).unwrap();
+    let vm = reopened(vm, "after detach");
+    assert!(
+        vm.data().checkpoints.iter().all(|c| !c.hidden),
+        "{:?}",
+        vm.data().checkpoints
+    );
+    let names: Vec<&str> = vm
+        .data()
+        .checkpoints
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["c2"]);
+    let c2 = vm.find("c2").unwrap();
+    for k in 0..2 {
+        assert_eq!(
+            read_units(&c2.disks[k]),
+            c2_units[k],
+            "c2 disk {k} after the collapse"
+        );
+        let cur = &vm.data().current.disks[k];
+        assert_eq!(
+            read_units(cur),
+            now_units[k],
+            "now disk {k} after the collapse"
+        );
+        // c2's layer merged into the base (c1 deleted), the export's
+        // temporary layer into the current one.
+        assert_eq!(
+            chain_files(cur).len(),
+            2,
+            "c2's disk (the base) and the current layer"
+        );
+        if py {
+            assert_eq!(vhdi_units(cur), now_units[k], "now disk {k} (libvhdi)");
+        }
+    }
 }
 
 #[cfg(feature = "cli")]

@@ -160,6 +160,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::chain;
+use super::image::Image;
 use super::vhdx::Vhdx;
 use super::{child_create_options, create_file, ChildOptions, Disk, DiskInfo, Extent, Layer};
 use crate::error::{Error, Result};
@@ -274,9 +275,10 @@ pub struct NewChild {
     path: PathBuf,
     /// The top it was made for.
     parent: PathBuf,
-    /// The DataWriteGuid it links to.
-    linked: Uuid,
-    file: Option<Vhdx>,
+    /// The DataWriteGuid it links to (None for a VHD: it links to the
+    /// top's unique id and timestamp, which writes never change).
+    linked: Option<Uuid>,
+    file: Option<Image>,
 }
 
 impl NewChild {
@@ -544,19 +546,40 @@ impl LiveDisk {
             if d.top().is_read_only() {
                 return Err(Error::ReadOnly);
             }
+            if let Some(v) = d.top().as_vhd() {
+                // A VHD child links to the top's unique id and timestamp.
+                let spec = chain::vhd_parent_spec(path, &parent, v)?;
+                let copts = crate::disk::vhd::VhdCreate {
+                    kind: crate::disk::DiskKind::Differencing,
+                    size: d.virtual_size(),
+                    block_size: opts.block_size,
+                };
+                drop(d);
+                let storage = create_file(path, |s| {
+                    crate::disk::vhd::Vhd::create(s, &copts, Some(&spec))
+                })?;
+                return match Image::open(storage, false) {
+                    Ok(file) => Ok(NewChild {
+                        path: path.to_path_buf(),
+                        parent,
+                        linked: None,
+                        file: Some(file),
+                    }),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(path);
+                        Err(e.in_file(path))
+                    }
+                };
+            }
             // The top's DataWriteGuid is fixed for the whole session: once
             // it runs, the child links to the guid the top keeps until the
             // switch (no re-link in the pause).
-            d.ctx(
-                d.top()
-                    .vhdx_for("a live switch to a new child (a checkpoint of a running disk)")
-                    .and_then(|v| v.start_session()),
-            )?;
+            d.ctx(d.top().vhdx().and_then(|v| v.start_session()))?;
             let spec = chain::parent_spec(path, &parent, d.top())?;
             (parent, spec, child_create_options(&d, opts))
         };
         let linked = match spec.locator.linkage(crate::format::locator::PARENT_LINKAGE) {
-            Some(g) => g,
+            Some(g) => Some(g),
             None => {
                 return Err(Error::corrupt(
                     crate::error::Structure::ParentLocator,
@@ -568,7 +591,9 @@ impl LiveDisk {
         let storage = create_file(path, |s| {
             Vhdx::create(s, &copts, &creator(), Some(&spec), &[])
         })?;
-        let ready = Vhdx::open(storage, false).and_then(|f| f.start_session().map(|_| f));
+        let ready = Vhdx::open(storage, false)
+            .and_then(|f| f.start_session().map(|_| f))
+            .map(Image::from);
         match ready {
             Ok(file) => Ok(NewChild {
                 path: path.to_path_buf(),
@@ -633,7 +658,7 @@ impl LiveDisk {
 
 /// What steps 2–4 leave for step 5.
 struct Frozen {
-    top: Vhdx,
+    top: Image,
 }
 
 impl Pause<'_> {
@@ -679,11 +704,11 @@ impl Pause<'_> {
             let mut new = Vec::with_capacity(layers.len() + 2);
             new.push(Layer {
                 path: Some(c.path.clone()),
-                file: file.into(),
+                file,
             });
             new.push(Layer {
                 path: top_path,
-                file: f.top.into(),
+                file: f.top,
             });
             new.extend(layers);
             // The old writable handle's session is over: dropping it writes nothing.
@@ -732,14 +757,25 @@ fn freeze(disk: &Disk, child: &NewChild) -> Result<Frozen> {
     };
     let top = disk.top();
     disk.ctx(top.close())?;
+    relink_if_moved(top, child, file)?;
+    let ro = Image::open(top.storage_arc(), true).map_err(|e| e.in_file(&child.parent))?;
+    Ok(Frozen { top: ro })
+}
+
+/// A VHDX child made for a top whose DataWriteGuid moved since (a write
+/// path that had to change it) is pointed at the new one; a VHD child
+/// links to what never moves.
+fn relink_if_moved(top: &Image, child: &NewChild, file: &Image) -> Result<()> {
+    let Some(linked) = child.linked else {
+        return Ok(());
+    };
     let guid = top.vhdx()?.header().data_write_guid;
-    if guid != child.linked {
+    if guid != linked {
         let loc = chain::locator_for(&child.path, &child.parent, &guid)?;
         file.set_parent_locator(loc.to_bytes())
             .map_err(|e| e.in_file(&child.path))?;
     }
-    let ro = Vhdx::open(top.storage_arc(), true).map_err(|e| e.in_file(&child.parent))?;
-    Ok(Frozen { top: ro })
+    Ok(())
 }
 
 #[cfg(test)]

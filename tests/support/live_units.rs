@@ -86,14 +86,25 @@ fn pyvhdi() -> bool {
 /// A VM with `n` disks of SIZE bytes (1 MiB blocks) in `root`.
 #[allow(dead_code)]
 fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
+    build_as(root, n, kind, false)
+}
+
+/// [`build`], the disks dynamic VHDs (2 MiB blocks) when `vhd`.
+#[allow(dead_code)]
+fn build_as(root: &Path, n: usize, kind: CheckpointType, vhd: bool) -> PathBuf {
     let mut disks = Vec::new();
     for i in 0..n {
-        let p = root.join(format!("d{i}")).join(format!("disk{i}.vhdx"));
+        let ext = if vhd { "vhd" } else { "vhdx" };
+        let p = root.join(format!("d{i}")).join(format!("disk{i}.{ext}"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
-            .unwrap()
-            .close()
-            .unwrap();
+        if vhd {
+            Disk::create_vhd(&p, &ckpt::VhdOptions::new(SIZE))
+        } else {
+            Disk::create(&p, &CreateOptions::new(SIZE).block_size(1 << 20))
+        }
+        .unwrap()
+        .close()
+        .unwrap();
         disks.push(p);
     }
     let dir = root.join("vm");
@@ -107,7 +118,13 @@ fn build(root: &Path, n: usize, kind: CheckpointType) -> PathBuf {
 /// its folder, the VM and its two live handles.
 #[allow(dead_code)]
 fn attached(root: &Path, kind: CheckpointType) -> (PathBuf, Vm, Vec<Arc<LiveDisk>>) {
-    let dir = build(root, 2, kind);
+    attached_as(root, kind, false)
+}
+
+/// [`attached`], the disks VHDs when `vhd`.
+#[allow(dead_code)]
+fn attached_as(root: &Path, kind: CheckpointType, vhd: bool) -> (PathBuf, Vm, Vec<Arc<LiveDisk>>) {
+    let dir = build_as(root, 2, kind, vhd);
     let mut vm = Vm::open(&dir).unwrap();
     let disks = vec![vm.disk(0).unwrap(), vm.disk(1).unwrap()];
     (dir, vm, disks)

@@ -41,14 +41,7 @@ impl<'a> Pause<'a> {
         for (g, c) in self.guards.iter().zip(children.iter()) {
             // On error `children` is dropped: their files are removed.
             check_child(g, c)?;
-            let top = g.top();
-            let guid = top.vhdx()?.header().data_write_guid;
-            if guid != c.linked {
-                let loc = chain::locator_for(&c.path, &c.parent, &guid)?;
-                let file = c.file.as_ref().expect("checked");
-                file.set_parent_locator(loc.to_bytes())
-                    .map_err(|e| e.in_file(&c.path))?;
-            }
+            super::relink_if_moved(g.top(), c, c.file.as_ref().expect("checked"))?;
         }
         let mut sw = Switch {
             disks: Vec::with_capacity(children.len()),
@@ -69,7 +62,7 @@ impl<'a> Pause<'a> {
                 0,
                 Layer {
                     path: Some(c.path.clone()),
-                    file: file.into(),
+                    file,
                 },
             );
             **g = Disk::from_layers(layers);
@@ -239,7 +232,7 @@ fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
                     return Err(e.in_file(top));
                 }
             }
-            Vhdx::open(l.file.storage_arc(), true)
+            Image::open(l.file.storage_arc(), true)
                 .map(Some)
                 .map_err(|e| e.in_file(top))
         }
@@ -254,7 +247,7 @@ fn seal(d: &LiveDisk, top: &Path) -> Result<()> {
     match g.layers.iter_mut().skip(1).find(|l| below(l)) {
         Some(l) => {
             // Its session is over: dropping the writable handle writes nothing.
-            drop(std::mem::replace(&mut l.file, ro.into()));
+            drop(std::mem::replace(&mut l.file, ro));
         }
         _ => return Ok(()),
     }
@@ -279,11 +272,7 @@ fn restore(g: &mut Disk, child: &Path) -> Result<()> {
     let mut layers = std::mem::take(&mut g.layers);
     let new = layers.remove(0);
     let mut rest = Disk::from_layers(layers);
-    let r = new
-        .file
-        .vhdx()
-        .and_then(|f| copy_own(f, &rest))
-        .and_then(|_| rest.flush());
+    let r = copy_own(&new.file, &rest).and_then(|_| rest.flush());
     match r {
         Ok(()) => {
             *g = rest;
@@ -303,7 +292,7 @@ fn restore(g: &mut Disk, child: &Path) -> Result<()> {
 
 /// Write every sector that `layer` holds itself (data, or zeros where it
 /// says so) into `to` at the same place.
-fn copy_own(layer: &Vhdx, to: &Disk) -> Result<()> {
+fn copy_own(layer: &Image, to: &Disk) -> Result<()> {
     let bs = layer.geo.block_size as u64;
     let size = layer.geo.virtual_size;
     let mut runs = Vec::new();
