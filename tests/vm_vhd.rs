@@ -205,6 +205,17 @@ fn every_tree_operation_works_on_vhd_disks() {
         }
     }
 
+    // Sizes count the .avhd files; a leftover .avhd is a stray.
+    let list = vm.list().unwrap();
+    let third = list.iter().find(|c| c.checkpoint.name == "third").unwrap();
+    assert!(third.size_bytes > 0, "{third:?}");
+    let stray = t
+        .path()
+        .join("disks")
+        .join(format!("os_{}.avhd", uuid::Uuid::new_v4()));
+    std::fs::write(&stray, b"left over").unwrap();
+    assert_eq!(vm.strays().unwrap(), vec![stray.clone()]);
+    std::fs::remove_file(&stray).unwrap();
     // The next process sees the same tree, with no journal or stray.
     let dir = vm.dir().to_path_buf();
     let vm = reopened(vm, "reopen");

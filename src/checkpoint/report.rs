@@ -47,13 +47,13 @@ pub fn list_of(data: &VmFile) -> Result<Vec<CheckpointView>> {
     let mut out = Vec::new();
     for c in &data.checkpoints {
         let age = t.saturating_sub(c.created);
+        // Its differencing files, each looked at alone (no chain to open,
+        // no lock to wait for: a file a writer holds is still counted).
         let mut size = 0u64;
         for d in &c.disks {
-            if let Ok(disk) = Disk::open(d, OpenMode::ReadOnly) {
-                if disk.depth() > 1 {
-                    use std::os::unix::fs::MetadataExt;
-                    size += std::fs::metadata(d).map(|m| m.blocks() * 512).unwrap_or(0);
-                }
+            if crate::disk::merge::look_at(d).is_ok_and(|f| f.has_parent()) {
+                use std::os::unix::fs::MetadataExt;
+                size += std::fs::metadata(d).map(|m| m.blocks() * 512).unwrap_or(0);
             }
         }
         let chain_depth = c
@@ -107,7 +107,8 @@ pub fn checkpoint_location_of(dir: &Path, data: &VmFile) -> PathBuf {
 /// configuration copies and memory state in the checkpoint location)
 /// but that no node of the tree owns.
 ///
-/// Only names the tree gives: `<disk>_<anything>.avhdx` next to a disk,
+/// Only names the tree gives: `<disk>_<anything>.avhdx` (`.avhd` for a
+/// VHD) next to a disk,
 /// `<id>.json` and `<id>.vmrs` (`<id>` a UUID) in the checkpoint location
 /// or in one the VM used before; never the VM's own files (`vm.json`, the
 /// journal, the lock file) nor any file the VM uses.
@@ -160,7 +161,8 @@ pub fn strays_of(dir: &Path, data: &VmFile) -> Result<Vec<PathBuf>> {
                 name.strip_suffix(ext)
                     .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
             });
-            let ours = (name.ends_with(".avhdx") && stems.iter().any(|s| name.starts_with(s)))
+            let differencing = name.ends_with(".avhdx") || name.ends_with(".avhd");
+            let ours = (differencing && stems.iter().any(|s| name.starts_with(s)))
                 || (locations.contains(&d) && id_named);
             if ours && !owned.contains(&p) {
                 out.push(p);
