@@ -252,6 +252,27 @@ typedef uint32_t ckpt_checkpoint_type;
 #endif // __cplusplus
 
 /**
+ * The format of a disk's top file, in `ckpt_disk_info.format`.
+ */
+enum ckpt_disk_format
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+    /**
+     * VHDX ([MS-VHDX]), also `.avhdx`.
+     */
+    CKPT_DISK_FORMAT_VHDX = 1,
+    /**
+     * The legacy VHD (also `.avhd`).
+     */
+    CKPT_DISK_FORMAT_VHD = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t ckpt_disk_format;
+#endif // __cplusplus
+
+/**
  * The kind of a VHDX, in `ckpt_disk_info.kind`.
  */
 enum ckpt_disk_kind
@@ -686,6 +707,17 @@ typedef struct ckpt_disk_info {
      * gives the usual GUID text.
      */
     uint8_t disk_id[16];
+    /**
+     * The top file's format. A later field: a caller compiled against a
+     * header without it (`struct_size` 64) does not get it, and a library
+     * older than the caller's header leaves it as the caller set it (set
+     * it to 0 to tell "not known").
+     */
+    ckpt_disk_format format;
+    /**
+     * Always 0.
+     */
+    uint32_t reserved2;
 } ckpt_disk_info;
 
 /**

@@ -7,7 +7,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use super::{
-    c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, write_versioned,
+    c_path, ckpt_status, ffi_boundary, non_null, out_ptr, read_versioned, write_versioned_grown,
     FfiError, FfiResult,
 };
 use crate::{CreateOptions, Disk, DiskKind, LiveDisk, OpenMode};
@@ -152,6 +152,16 @@ pub enum ckpt_disk_kind {
     Differencing = 3,
 }
 
+/// The format of a disk's top file, in `ckpt_disk_info.format`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_disk_format {
+    /// VHDX ([MS-VHDX]), also `.avhdx`.
+    Vhdx = 1,
+    /// The legacy VHD (also `.avhd`).
+    Vhd = 2,
+}
+
 /// Facts about an open disk, filled by `ckpt_disk_get_info` (a versioned
 /// struct).
 ///
@@ -192,11 +202,20 @@ pub struct ckpt_disk_info {
     /// the bytes in order as hex, with a dash after bytes 4, 6, 8 and 10,
     /// gives the usual GUID text.
     pub disk_id: [u8; 16],
+    /// The top file's format. A later field: a caller compiled against a
+    /// header without it (`struct_size` 64) does not get it, and a library
+    /// older than the caller's header leaves it as the caller set it (set
+    /// it to 0 to tell "not known").
+    pub format: ckpt_disk_format,
+    /// Always 0.
+    pub reserved2: u32,
 }
 
-// The layout is ABI: no hidden padding, fixed size.
+// The layout is ABI: no hidden padding, fixed size; version 1 of
+// `ckpt_disk_info` ended after `disk_id` (64 bytes).
 const _: () = assert!(size_of::<ckpt_create_options>() == 24);
-const _: () = assert!(size_of::<ckpt_disk_info>() == 64);
+const _: () = assert!(size_of::<ckpt_disk_info>() == 72);
+const DISK_INFO_V1: usize = 64;
 
 /// The library's options from the caller's versioned struct (NULL: the
 /// defaults).
@@ -400,9 +419,14 @@ pub unsafe extern "C" fn ckpt_disk_get_info(
             read_only: i.read_only,
             reserved: 0,
             disk_id: *i.disk_id.as_bytes(),
+            format: match i.format {
+                crate::disk::Format::Vhdx => ckpt_disk_format::Vhdx,
+                crate::disk::Format::Vhd => ckpt_disk_format::Vhd,
+            },
+            reserved2: 0,
         };
         // SAFETY: per this function's contract.
-        unsafe { write_versioned(info, value, "info", "ckpt_disk_info") }
+        unsafe { write_versioned_grown(info, value, DISK_INFO_V1, "info", "ckpt_disk_info") }
     })
 }
 

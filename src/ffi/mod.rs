@@ -450,6 +450,40 @@ pub(crate) unsafe fn write_string(
     Ok(())
 }
 
+/// [`write_versioned`] for a struct that grew at its end since its first
+/// version of `first` bytes: a caller whose `struct_size` is at least
+/// `first` (compiled against an older header) gets the fields that fit,
+/// `struct_size` set to the bytes written; a newer one gets all of them.
+///
+/// # Safety
+///
+/// As for [`write_versioned`].
+pub(crate) unsafe fn write_versioned_grown<T: Copy>(
+    p: *mut T,
+    mut value: T,
+    first: usize,
+    what: &str,
+    c_type: &str,
+) -> FfiResult {
+    let p = out_ptr(p, what)?;
+    let ours = std::mem::size_of::<T>();
+    // SAFETY: not NULL; the first field of every version is the u32 size.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    if size < first {
+        return Err(FfiError::invalid(format!(
+            "{what}->struct_size is {size}, expected at least {first} (sizeof({c_type}))"
+        )));
+    }
+    let n = size.min(ours);
+    // SAFETY: `value` is a plain struct whose first field is the u32 size.
+    unsafe { std::ptr::addr_of_mut!(value).cast::<u32>().write(n as u32) };
+    // SAFETY: `n <= size` writable bytes per the contract; `value` is ours.
+    unsafe {
+        std::ptr::copy_nonoverlapping(std::ptr::addr_of!(value).cast::<u8>(), p.cast::<u8>(), n)
+    };
+    Ok(())
+}
+
 /// Write a versioned output struct (one whose first field is the `u32`
 /// `struct_size`): the caller's `struct_size` must be at least
 /// `size_of::<T>()`; the library writes `size_of::<T>()` bytes (`value`,

@@ -65,6 +65,18 @@ static void create_write_read(const char *path) {
     CHECK(!info.log_dirty && !info.has_parent && !info.read_only);
     CHECK(!all_zero(info.disk_id, sizeof info.disk_id));
 
+    CHECK(info.format == CKPT_DISK_FORMAT_VHDX && info.reserved2 == 0);
+
+    /* A caller compiled against the first version of the struct (64
+       bytes, up to disk_id) gets those fields and nothing past them. */
+    ckpt_disk_info v1;
+    memset(&v1, 0x44, sizeof v1);
+    v1.struct_size = 64;
+    EXPECT_OK(ckpt_disk_get_info(disk, &v1));
+    CHECK(v1.struct_size == 64 && v1.virtual_size == info.virtual_size);
+    CHECK(memcmp(v1.disk_id, info.disk_id, sizeof v1.disk_id) == 0);
+    CHECK(v1.format == 0x44444444u && v1.reserved2 == 0x44444444u);
+
     /* struct_size too small: refused, nothing written */
     ckpt_disk_info small;
     memset(&small, 0x33, sizeof small);

@@ -40,6 +40,7 @@ int main(int argc, char **argv) {
         i.struct_size = sizeof i;
         EXPECT_OK(ckpt_disk_get_info(d, &i));
         CHECK(i.kind == (fixed ? CKPT_DISK_KIND_FIXED : CKPT_DISK_KIND_DYNAMIC));
+        CHECK(i.format == CKPT_DISK_FORMAT_VHD);
         CHECK(i.virtual_size == 3u * MIB);
         EXPECT_OK(ckpt_disk_close(d));
     }
