@@ -217,6 +217,12 @@
 #define CKPT_IOV_MAX 1024
 
 /**
+ * `ckpt_rbd_options.flags`: remove the snapshots of checkpoints deleted
+ * locally since an earlier export (`--prune`).
+ */
+#define CKPT_RBD_PRUNE 1
+
+/**
  * The per-VM checkpoint setting (`ckpt_vm_spec.checkpoint_type`,
  * `ckpt_vm_set_checkpoint_type`, `ckpt_vm_info.checkpoint_type`,
  * `ckpt_checkpoint_info.requested`). Where a function takes it as a
@@ -1183,6 +1189,89 @@ typedef struct ckpt_rbd_diff_stats {
      */
     uint64_t zero_bytes;
 } ckpt_rbd_diff_stats;
+
+/**
+ * A line of progress text (NUL-terminated, no newline), valid during the
+ * call only.
+ */
+typedef void (*ckpt_message_fn)(const char *line, void *user);
+
+/**
+ * Options of `ckpt_vm_export_rbd` and `ckpt_vm_import_rbd` (a versioned
+ * input struct: set `struct_size` to `sizeof(ckpt_rbd_options)` and every
+ * field you do not use to 0 / NULL; NULL options are all defaults).
+ */
+typedef struct ckpt_rbd_options {
+    /**
+     * `sizeof(ckpt_rbd_options)` as compiled by the caller.
+     */
+    uint32_t struct_size;
+    /**
+     * `CKPT_RBD_PRUNE` (export only), or 0.
+     */
+    uint32_t flags;
+    /**
+     * The `rbd` program to run (NULL: `$CKPT_RBD`, else `rbd` on the
+     * PATH).
+     */
+    const char *program;
+    /**
+     * The ceph.conf passed as `--conf` (NULL: rbd's own default, which
+     * honours `CEPH_CONF`).
+     */
+    const char *conf;
+    /**
+     * The client id passed as `--id` (NULL: rbd's own default).
+     */
+    const char *client_id;
+    /**
+     * Called with each progress line (NULL: none).
+     */
+    ckpt_message_fn message;
+    /**
+     * Passed to `message`.
+     */
+    void *user;
+} ckpt_rbd_options;
+
+/**
+ * What `ckpt_vm_export_rbd` did (a versioned output struct: set
+ * `struct_size` to `sizeof(ckpt_rbd_export_stats)` first).
+ */
+typedef struct ckpt_rbd_export_stats {
+    /**
+     * In: `sizeof(ckpt_rbd_export_stats)`. Out: the bytes written.
+     */
+    uint32_t struct_size;
+    /**
+     * Images made or brought up to date (main lines and clones).
+     */
+    uint32_t images;
+    /**
+     * Images made by this call.
+     */
+    uint32_t images_created;
+    /**
+     * Snapshots made by this call (checkpoints sent).
+     */
+    uint32_t snapshots_sent;
+    /**
+     * Snapshots removed (`CKPT_RBD_PRUNE`).
+     */
+    uint32_t snapshots_pruned;
+    /**
+     * Always 0.
+     */
+    uint32_t reserved;
+    /**
+     * Data bytes sent (`w` records).
+     */
+    uint64_t data_bytes;
+    /**
+     * Bytes of all streams sent.
+     */
+    uint64_t stream_bytes;
+} ckpt_rbd_export_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -3095,9 +3184,10 @@ ckpt_status ckpt_vm_references_json(const struct ckpt_vm *vm,
  * Write disk `disk_index`'s state at checkpoint `to` (NULL: the current
  * state) as an "rbd diff v1" stream to the file descriptor `fd` (a file
  * or a pipe into `rbd import-diff - POOL/IMAGE`; it is not closed). With
- * `from` (a checkpoint older than `to`, or on another branch) only the
- * ranges that differ from `from` go, after an `f` record naming `from`'s
- * snapshot; without it, every allocated range. A `to` checkpoint adds a
+ * `from` (a checkpoint older than `to`, one on another branch, or a
+ * reference point: its exact changes, as `ckpt_vm_changes_open` gives)
+ * only the ranges that differ from `from` go, after an `f` record naming
+ * `from`'s snapshot; without it, every allocated range. A `to` checkpoint adds a
  * `t` record (then `rbd import-diff` creates that snapshot once applied).
  * Ranges that read zeros go as `z` records. Snapshot names are the
  * checkpoint names, mapped as `ckpt vm export-rbd` maps them (README,
@@ -3125,6 +3215,70 @@ ckpt_status ckpt_vm_write_rbd_diff(struct ckpt_vm *vm,
                                    const char *to,
                                    int fd,
                                    struct ckpt_rbd_diff_stats *out_stats);
+
+/**
+ * Export the VM's checkpoint tree into Ceph RBD images in `pool` through
+ * the `rbd` tool, as `ckpt vm export-rbd` does (README, "RBD"): per disk
+ * K an image `PREFIX-diskK` (`prefix` NULL: the VM's name) with one
+ * snapshot per checkpoint from the root to the current state and the
+ * current state as its head; other branches as clones. Run again, only
+ * what the cluster lacks is sent. An interrupted export leaves complete
+ * snapshots only, and running it again finishes. `*out_stats` (when not
+ * NULL; set its `struct_size` first) receives what was sent.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`, `pool`),
+ * `CKPT_STATUS_INVALID_ARGUMENT` (an empty pool or one with `/` or `@`,
+ * unknown flags, a bad prefix, an image of that name that another VM
+ * made), `CKPT_STATUS_BUSY` (the VM is attached: detach it first),
+ * `CKPT_STATUS_NOT_FOUND` (the `rbd` program), `CKPT_STATUS_IO` (`rbd`
+ * failed: its message is in `ckpt_last_error`), `CKPT_STATUS_CORRUPT`
+ * (what `rbd` read back differs from what was sent).
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `pool` and `prefix` are NULL or
+ * NUL-terminated strings; `options` is NULL or points to a readable
+ * struct of at least `options->struct_size` bytes whose strings are NULL
+ * or NUL-terminated and whose `message` (if set) may be called with
+ * `user` during the call; `out_stats` is NULL or points to a writable
+ * struct of at least `out_stats->struct_size` bytes.
+ */
+ckpt_status ckpt_vm_export_rbd(struct ckpt_vm *vm,
+                               const char *pool,
+                               const char *prefix,
+                               const struct ckpt_rbd_options *options,
+                               struct ckpt_rbd_export_stats *out_stats);
+
+/**
+ * Make a new VM in folder `dir` from `count` RBD images (`images[i]` is
+ * "POOL/IMAGE", one disk each, in order), as `ckpt vm import-rbd` does: a
+ * base VHDX per image filled from its first snapshot, one checkpoint per
+ * later snapshot (named after it), and the images' heads as the current
+ * state; the images must have the same snapshots. `name` is the new VM's
+ * name. On success `*out` is a handle to the new VM (free it with
+ * `ckpt_vm_close`). A failed import leaves what it made in `dir`: remove
+ * the folder and import again.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`images` with `count > 0`, an
+ * element, `dir`, `name`, `out`), `CKPT_STATUS_INVALID_ARGUMENT` (`count`
+ * 0, an image without a pool, a snapshot given, images with different
+ * snapshots, `dir` holding a VM), `CKPT_STATUS_NOT_FOUND` (the `rbd`
+ * program, an image), `CKPT_STATUS_IO` (`rbd` failed),
+ * `CKPT_STATUS_CORRUPT` (a stream `rbd` sent is malformed).
+ *
+ * # Safety
+ *
+ * `images` is NULL or points to `count` readable pointers, each NULL or
+ * a NUL-terminated string; `dir` and `name` are NULL or NUL-terminated
+ * strings; `options` as for `ckpt_vm_export_rbd` (its flags must be 0);
+ * `out` is NULL or valid for writing one pointer.
+ */
+ckpt_status ckpt_vm_import_rbd(const char *const *images,
+                               size_t count,
+                               const char *dir,
+                               const char *name,
+                               const struct ckpt_rbd_options *options,
+                               struct ckpt_vm **out);
 
 /**
  * Offer the VM's control channel: listen on the Unix socket

@@ -265,6 +265,39 @@ fn c_rbd() {
     run_c_program("tests/c/test_rbd.c");
 }
 
+/// `ckpt_vm_export_rbd` / `ckpt_vm_import_rbd` against the Ceph test
+/// cluster (`support::ceph`); the images it made are removed after.
+#[test]
+fn c_rbd_export_and_import_through_a_cluster() {
+    if !have(&c_compiler()) {
+        return;
+    }
+    let Some(cluster) = support::ceph::cluster() else {
+        return;
+    };
+    struct Remove<'a>(&'a support::ceph::Cluster, String);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            self.0.remove_images(&self.1);
+        }
+    }
+    let prefix = format!("c-api-{}", std::process::id());
+    let _remove = Remove(cluster, prefix.clone());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let exe = scratch.path().join("prog");
+    compile_c(&root().join("tests/c/test_rbd_cluster.c"), &exe);
+    let data = scratch.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let stdout = run_ok(
+        Command::new(&exe)
+            .arg(&data)
+            .arg(&cluster.conf)
+            .arg(&cluster.pool)
+            .arg(&prefix),
+    );
+    eprint!("{stdout}");
+}
+
 /// The flags of the sanitizer builds: AddressSanitizer (with leak
 /// detection, so a handle that is never freed fails the test) and
 /// UndefinedBehaviorSanitizer, both fatal.
