@@ -320,14 +320,47 @@ fn cutting_rbd(dir: &Path, cut: u32, bytes: u64) -> PathBuf {
     script
 }
 
+/// A wrapper around `rbd` that, in the `kill`-th `import-diff`, hands the
+/// real `rbd` the first `bytes` bytes of the stream through a pipe it
+/// keeps open, then kills it with SIGKILL while it waits for more (a
+/// process that dies half-way, not a stream that ends).
+fn killing_rbd(dir: &Path, kill: u32, bytes: u64) -> PathBuf {
+    let script = dir.join("rbd-kill.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash
+             case \" $* \" in *\" import-diff \"*)
+               n=$(( $(cat {d}/count 2>/dev/null || echo 0) + 1 )); echo $n > {d}/count
+               if [ $n -eq {kill} ]; then
+                 f={d}/fifo.$$; mkfifo $f
+                 rbd \"$@\" < $f & pid=$!
+                 exec 3> $f
+                 head -c {bytes} >&3
+                 sleep 1
+                 kill -9 $pid; wait $pid; rm -f $f; exit 137
+               fi;;
+             esac
+             exec rbd \"$@\"
+",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 #[test]
 fn a_cut_stream_leaves_complete_snapshots_and_a_rerun_finishes() {
     let Some(c) = cluster() else { return };
-    // Cut the 1st (creation of a's first state), 2nd (b) and 4th (disk 0's
-    // head... the 3rd) imports half-way through their data.
-    for cut in [1u32, 2, 3] {
-        let _ctx = Ctx(format!("cut of import {cut}"));
-        let p = prefix(&format!("cut{cut}"));
+    // Cut the 1st (creation of a's first state), 2nd (b) and 3rd (disk 0's
+    // head) imports half-way through their data; then kill the rbd of the
+    // 1st and the 3rd half-way.
+    for (cut, kill) in [(1u32, false), (2, false), (3, false), (1, true), (3, true)] {
+        let _ctx = Ctx(format!("cut of import {cut} (kill: {kill})"));
+        let p = prefix(&format!("cut{cut}{}", if kill { "k" } else { "" }));
         let _clean = Cleanup(c, p.clone());
         let tmp = support::tempdir();
         let mut vm = two_disk_vm(tmp.path(), "cut");
@@ -337,8 +370,13 @@ fn a_cut_stream_leaves_complete_snapshots_and_a_rerun_finishes() {
         checkpoint(&mut vm, "b");
         write(&vm, 0, 9 * MIB, 4 * MIB, 3);
         let mut o = opts(c, &p);
+        let wrapper = if kill {
+            killing_rbd(tmp.path(), cut, 3 * MIB)
+        } else {
+            cutting_rbd(tmp.path(), cut, 3 * MIB)
+        };
         o.tool = RbdTool {
-            program: Some(cutting_rbd(tmp.path(), cut, 3 * MIB)),
+            program: Some(wrapper),
             ..c.tool()
         };
         let e = vm.export_rbd(&o, &mut |_| {}).unwrap_err();

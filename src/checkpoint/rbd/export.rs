@@ -21,7 +21,9 @@
 //!
 //! A failure at any point leaves only complete snapshots; running the
 //! export again starts each image from its newest snapshot and finishes
-//! (an image without any snapshot yet is made again). Every image made
+//! (an image without any snapshot yet gets its first state sent again,
+//! over whatever its head holds; a clone whose parent is no longer its
+//! branch point is made again). Every image made
 //! carries its VM's id in the image-meta [`OWNER_KEY`]; an existing image
 //! without it is refused, never written.
 
@@ -221,13 +223,17 @@ fn export_line(
                      --prefix"
                 )));
             }
-            if s.is_empty() {
-                // Only a first state that never completed: start it over
-                // (a clone's parent may have changed since).
-                progress(&format!("{name}: removing an incomplete image"));
+            if s.is_empty() && !same_parent(tool, name, parent.as_ref())? {
+                // A clone of another snapshot than its branch point's
+                // now: start it over.
+                progress(&format!("{name}: removing an incomplete clone"));
                 tool.run(&["rm", "--no-progress", name])?;
                 None
             } else {
+                // An image without snapshots holds a first state that
+                // never completed: kept (its head is sent again whole; a
+                // killed `rbd` can leave a watcher that forbids removing
+                // the image for a while).
                 Some(s)
             }
         }
@@ -324,6 +330,23 @@ fn export_line(
         }
     }
     Ok(rep)
+}
+
+/// Whether `image` has the parent a new image of its line would have (none,
+/// or the clone's branch-point snapshot).
+fn same_parent(
+    tool: &RbdTool,
+    image: &str,
+    parent: Option<&(String, super::plan::Step)>,
+) -> Result<bool> {
+    let have = tool.info(image)?.and_then(|i| i.parent);
+    Ok(match (have, parent) {
+        (None, None) => true,
+        (Some(h), Some((pimg, step))) => {
+            format!("{}/{}", h.pool, h.image) == *pimg && h.snapshot == step.snap
+        }
+        _ => false,
+    })
 }
 
 /// Make `image`'s head hold the disk state `to` (steps 1 to 3 of the
