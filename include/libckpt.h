@@ -1260,9 +1260,9 @@ typedef struct ckpt_rbd_export_stats {
      */
     uint32_t snapshots_pruned;
     /**
-     * Always 0.
+     * Clones removed (`CKPT_RBD_PRUNE`: branches deleted locally).
      */
-    uint32_t reserved;
+    uint32_t clones_pruned;
     /**
      * Data bytes sent (`w` records).
      */

@@ -218,6 +218,31 @@ fn every_snapshot_clone_and_head_read_as_the_checkpoints() {
     for (k, w) in b1.iter().enumerate() {
         reads(c, &format!("{}/{p}-disk{k}", c.pool), w);
     }
+    // The branch deleted locally: without prune its clones stay; with it
+    // they go, and the main line is untouched.
+    vm.delete("tip", false, &mut NoHooks).unwrap();
+    vm.delete("c3", false, &mut NoHooks).unwrap();
+    let kept = vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap();
+    assert!(kept.pruned_images.is_empty());
+    assert_eq!(c.images(&p).len(), 4, "{:?}", c.images(&p));
+    let mut o = opts(c, &p);
+    o.prune = true;
+    let pruned = vm.export_rbd(&o, &mut |l| eprintln!("{l}")).unwrap();
+    let mut want: Vec<String> = (0..2)
+        .map(|k| format!("{}/{}", c.pool, branch.replace("{}", &k.to_string())))
+        .collect();
+    want.sort();
+    let mut got = pruned.pruned_images.clone();
+    got.sort();
+    assert_eq!(got, want);
+    let mut left = c.images(&p);
+    left.sort();
+    assert_eq!(left, [format!("{p}-disk0"), format!("{p}-disk1")]);
+    for (k, w) in b1.iter().enumerate() {
+        let img = format!("{}/{p}-disk{k}", c.pool);
+        assert_eq!(c.snaps(&img), main_snaps, "{img}");
+        reads(c, &img, w);
+    }
 }
 
 #[test]

@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
     CHECK(st.images == 1 && st.images_created == 1);
     CHECK(st.snapshots_sent == 2 && st.snapshots_pruned == 0);
     CHECK(st.data_bytes >= 3 * 4096 && st.stream_bytes > st.data_bytes);
-    CHECK(st.reserved == 0);
+    CHECK(st.clones_pruned == 0);
     CHECK(lines > 0);
 
     /* Again: the cluster has both snapshots. */

@@ -93,6 +93,8 @@ pub struct RbdExportReport {
     pub data_bytes: u64,
     /// Bytes of all streams sent.
     pub stream_bytes: u64,
+    /// Clones removed (`prune`): branches deleted locally (POOL/NAME).
+    pub pruned_images: Vec<String>,
 }
 
 /// The states of one image's head: which snapshot it has last, and that
@@ -150,6 +152,14 @@ impl Vm {
             .clone()
             .unwrap_or_else(|| self.data.config.name.clone());
         let mut report = RbdExportReport::default();
+        if opts.prune {
+            let wanted: Vec<String> = (0..self.data.disks.len())
+                .flat_map(|k| plan.lines.iter().map(move |l| (k, l)))
+                .map(|(k, l)| line_image(&opts.pool, &prefix, k, l))
+                .collect();
+            let disks = self.data.disks.len();
+            report.pruned_images = prune_clones(opts, &prefix, disks, &wanted, &vm_id, progress)?;
+        }
         for k in 0..self.data.disks.len() {
             for (li, line) in plan.lines.iter().enumerate() {
                 if line.steps.is_empty() && line.head.is_none() {
@@ -171,6 +181,66 @@ impl Vm {
             }
         }
         Ok(report)
+    }
+}
+
+/// `prune`: remove this VM's clones whose branch is gone locally (images
+/// `PREFIX-diskK--…` carrying this VM's id, not in `wanted`), each with its
+/// snapshots, clones of clones first; before the lines are sent, so that
+/// their branch-point snapshots can be pruned too. A clone that cannot be
+/// removed (a clone of it made by someone else) is kept, with a message.
+fn prune_clones(
+    opts: &RbdExportOptions,
+    prefix: &str,
+    disks: usize,
+    wanted: &[String],
+    vm_id: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<String>> {
+    let tool = &opts.tool;
+    let mut todo = Vec::new();
+    for n in tool.list(&opts.pool)? {
+        let spec = format!("{}/{n}", opts.pool);
+        let ours = (0..disks).any(|k| n.starts_with(&format!("{}--", image_name(prefix, k))));
+        if ours
+            && !wanted.contains(&spec)
+            && tool.meta_get(&spec, OWNER_KEY)?.as_deref() == Some(vm_id)
+        {
+            todo.push(spec);
+        }
+    }
+    let mut removed = Vec::new();
+    // A clone with clones of its own fails this round and goes in a later one.
+    loop {
+        let n = todo.len();
+        let mut left = Vec::new();
+        let mut why = String::new();
+        for img in std::mem::take(&mut todo) {
+            let r = (|| -> Result<()> {
+                for s in tool.snaps(&img)?.unwrap_or_default().iter().rev() {
+                    tool.snap_remove(&img, &s.name, s.protected)?;
+                }
+                tool.remove(&img)
+            })();
+            match r {
+                Ok(()) => {
+                    progress(&format!("{img}: pruned (its branch is gone)"));
+                    removed.push(img);
+                }
+                Err(e) => {
+                    why = e.to_string();
+                    left.push(img);
+                }
+            }
+        }
+        if left.len() == n {
+            // Nothing moved this round (or nothing was left).
+            for img in &left {
+                progress(&format!("{img}: not pruned ({why})"));
+            }
+            return Ok(removed);
+        }
+        todo = left;
     }
 }
 
@@ -227,7 +297,7 @@ fn export_line(
                 // A clone of another snapshot than its branch point's
                 // now: start it over.
                 progress(&format!("{name}: removing an incomplete clone"));
-                tool.run(&["rm", "--no-progress", name])?;
+                tool.remove(name)?;
                 None
             } else {
                 // An image without snapshots holds a first state that

@@ -216,6 +216,16 @@ impl RbdTool {
             .map(drop)
     }
 
+    /// The image names of `pool`.
+    pub fn list(&self, pool: &str) -> Result<Vec<String>> {
+        self.json(&["ls", "--format", "json", pool])
+    }
+
+    /// Remove `image` (it must have no snapshots left).
+    pub fn remove(&self, image: &str) -> Result<()> {
+        self.run(&["rm", "--no-progress", image]).map(drop)
+    }
+
     /// Create snapshot `image@snap`.
     pub fn snap_create(&self, image: &str, snap: &str) -> Result<()> {
         self.run(&[

@@ -151,8 +151,8 @@ pub struct ckpt_rbd_export_stats {
     pub snapshots_sent: u32,
     /// Snapshots removed (`CKPT_RBD_PRUNE`).
     pub snapshots_pruned: u32,
-    /// Always 0.
-    pub reserved: u32,
+    /// Clones removed (`CKPT_RBD_PRUNE`: branches deleted locally).
+    pub clones_pruned: u32,
     /// Data bytes sent (`w` records).
     pub data_bytes: u64,
     /// Bytes of all streams sent.
@@ -300,7 +300,7 @@ pub unsafe extern "C" fn ckpt_vm_export_rbd(
                 images_created: count(&|i| usize::from(i.created)),
                 snapshots_sent: count(&|i| i.sent.len()),
                 snapshots_pruned: count(&|i| i.pruned.len()),
-                reserved: 0,
+                clones_pruned: report.pruned_images.len() as u32,
                 data_bytes: report.data_bytes,
                 stream_bytes: report.stream_bytes,
             };

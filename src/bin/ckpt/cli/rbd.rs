@@ -76,6 +76,9 @@ pub fn export(
             i.data_bytes
         ));
     }
+    for img in &r.pruned_images {
+        s.push_str(&format!("{img}: removed (its branch was deleted)\n"));
+    }
     s.push_str(&format!(
         "sent {} data bytes in {} stream bytes\n",
         r.data_bytes, r.stream_bytes

@@ -158,7 +158,8 @@ pub enum VmCommand {
     /// the head, verified (rbd export-diff read back) and only then
     /// snapshotted: an interrupted run leaves complete snapshots only, and
     /// running it again finishes. Snapshots of checkpoints deleted since
-    /// stay unless --prune. Progress on stderr. The VM must not be held by
+    /// stay unless --prune (which also removes the clones of branches
+    /// deleted locally). Progress on stderr. The VM must not be held by
     /// another process. Images carry the VM's id (image-meta ckpt.vm): an
     /// existing image without it is refused, never written.
     ExportRbd {
@@ -170,7 +171,8 @@ pub enum VmCommand {
         /// The image name prefix [default: the VM's name].
         #[arg(long, value_name = "NAME")]
         prefix: Option<String>,
-        /// Remove the snapshots of checkpoints deleted locally.
+        /// Remove the snapshots of checkpoints deleted locally, and the
+        /// clones of branches deleted locally.
         #[arg(long)]
         prune: bool,
         #[command(flatten)]
