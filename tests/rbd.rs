@@ -461,6 +461,90 @@ fn an_import_that_did_not_land_is_caught_before_the_snapshot() {
     reads(c, &format!("{img}@a"), &state(&mut vm, Some("a"))[0]);
 }
 
+/// The tree with a branch exported, then imported: the clones come back
+/// as the branch (under the branch point, each checkpoint reading as the
+/// original), the branch's first layer holding only what differs from
+/// the branch point, and the current state under b1 as before.
+#[test]
+fn import_rbd_brings_a_tree_back_with_its_branches() {
+    let Some(c) = cluster() else { return };
+    let p = prefix("itree");
+    let _clean = Cleanup(c, p.clone());
+    let tmp = support::tempdir();
+    let mut vm = tree_vm(tmp.path());
+    vm.export_rbd(&opts(c, &p), &mut |_| {}).unwrap();
+    let images: Vec<String> = (0..2).map(|k| format!("{}/{p}-disk{k}", c.pool)).collect();
+    let dest = tmp.path().join("back");
+    let mut lines = Vec::new();
+    let mut back = import_rbd(
+        &images,
+        &dest,
+        &RbdImportOptions {
+            name: "back".into(),
+            tool: c.tool(),
+        },
+        &mut |l| lines.push(l.to_string()),
+    )
+    .unwrap();
+    let name_of = |vm: &Vm, n: &str| snap(vm, n);
+    let mut want: Vec<String> = ["base", "second step", "b1", "c3", "tip"]
+        .iter()
+        .map(|n| name_of(&vm, n))
+        .collect();
+    want.sort();
+    let mut names: Vec<String> = back
+        .data()
+        .checkpoints
+        .iter()
+        .filter(|c| !c.hidden)
+        .map(|c| c.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, want, "{lines:?}");
+    let parent_of = |vm: &Vm, n: &str| {
+        let id = vm.find(n).unwrap().parent.clone();
+        id.map(|id| {
+            vm.data()
+                .checkpoints
+                .iter()
+                .find(|c| c.id == id)
+                .unwrap()
+                .name
+                .clone()
+        })
+    };
+    let second = name_of(&vm, "second step");
+    assert_eq!(parent_of(&back, "c3").as_deref(), Some(second.as_str()));
+    assert_eq!(parent_of(&back, "tip").as_deref(), Some("c3"));
+    assert_eq!(parent_of(&back, "b1").as_deref(), Some(second.as_str()));
+    let cur = back.data().current.parent.clone().unwrap();
+    assert_eq!(
+        back.data()
+            .checkpoints
+            .iter()
+            .find(|c| c.id == cur)
+            .unwrap()
+            .name,
+        "b1"
+    );
+    for n in ["base", "second step", "b1", "c3", "tip"] {
+        let _ctx = Ctx(format!("checkpoint {n}"));
+        let mapped = name_of(&vm, n);
+        assert_eq!(
+            state(&mut back, Some(&mapped)),
+            state(&mut vm, Some(n)),
+            "{n}"
+        );
+    }
+    assert_eq!(state(&mut back, None), state(&mut vm, None));
+    // c3's layer of disk 0 holds its own 64 KiB write, not the branch
+    // point's content (which a clone's stream also carries).
+    let c3 = &back.find("c3").unwrap().disks[0];
+    let d = Disk::open(c3, OpenMode::ReadOnly).unwrap();
+    assert_eq!(d.depth(), 3, "base, second step, c3");
+    assert!(d.info().allocated_bytes <= 2 * MIB, "{:?}", d.info());
+}
+
 #[test]
 fn import_rbd_brings_the_checkpoints_back() {
     let Some(c) = cluster() else { return };

@@ -13,4 +13,6 @@ pub mod image;
 pub mod stream;
 
 pub use diff::{DiffReader, DiffRecord, DiffStats, DiffWriter, DIFF_V1_HEADER};
-pub use stream::{allocated_ranges, apply_diff, write_disk_diff, AppliedDiff, DiffNames};
+pub use stream::{
+    allocated_ranges, apply_diff, apply_diff_over, write_disk_diff, AppliedDiff, DiffNames,
+};

@@ -183,6 +183,43 @@ pub struct AppliedDiff {
 /// (resize it first). Records past the disk's end are refused. Does not
 /// flush.
 pub fn apply_diff<R: Read>(disk: &Disk, input: R) -> Result<AppliedDiff> {
+    apply(disk, input, false)
+}
+
+/// [`apply_diff`] onto a disk that may already read much of the stream
+/// (a differencing disk over the state a clone was made from, given the
+/// clone's whole content): each record is compared with what `disk` reads
+/// and only the 4 KiB units that differ are written (or zeroed), so the
+/// top layer takes only the differences. `data_bytes` / `zero_bytes`
+/// count what the stream held, not what was written.
+pub fn apply_diff_over<R: Read>(disk: &Disk, input: R) -> Result<AppliedDiff> {
+    apply(disk, input, true)
+}
+
+/// The 4 KiB units of `data` (at `offset` of `disk`) that differ from what
+/// `disk` reads, as (offset, range in `data`) runs.
+fn differing(disk: &Disk, offset: u64, data: &[u8]) -> Result<Vec<(u64, std::ops::Range<usize>)>> {
+    const UNIT: u64 = 4096;
+    let mut have = vec![0u8; data.len()];
+    disk.read_at(&mut have, offset)?;
+    let mut runs: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+    let mut i = 0usize;
+    while i < data.len() {
+        // Unit boundaries are aligned to the disk, not to the record.
+        let at = offset + i as u64;
+        let n = ((UNIT - at % UNIT) as usize).min(data.len() - i);
+        if data[i..i + n] != have[i..i + n] {
+            match runs.last_mut() {
+                Some((_, r)) if r.end == i => r.end = i + n,
+                _ => runs.push((at, i..i + n)),
+            }
+        }
+        i += n;
+    }
+    Ok(runs)
+}
+
+fn apply<R: Read>(disk: &Disk, input: R, only_changes: bool) -> Result<AppliedDiff> {
     let mut r = DiffReader::new(input)?;
     let mut out = AppliedDiff::default();
     let size = disk.virtual_size();
@@ -200,12 +237,30 @@ pub fn apply_diff<R: Read>(disk: &Disk, input: R) -> Result<AppliedDiff> {
             }
             DiffRecord::Write { offset, data } => {
                 check_inside(offset, data.len() as u64, size)?;
-                disk.write_at(&data, offset)?;
+                if only_changes {
+                    for (at, range) in differing(disk, offset, &data)? {
+                        disk.write_at(&data[range], at)?;
+                    }
+                } else {
+                    disk.write_at(&data, offset)?;
+                }
                 out.data_bytes += data.len() as u64;
             }
             DiffRecord::Zero { offset, length } => {
                 check_inside(offset, length, size)?;
-                zero_range(disk, offset, length)?;
+                if only_changes {
+                    let mut pos = offset;
+                    while pos < offset + length {
+                        let n = READ_STEP.min(offset + length - pos);
+                        let zeros = vec![0u8; n as usize];
+                        for (at, range) in differing(disk, pos, &zeros)? {
+                            zero_range(disk, at, range.len() as u64)?;
+                        }
+                        pos += n;
+                    }
+                } else {
+                    zero_range(disk, offset, length)?;
+                }
                 out.zero_bytes += length;
             }
             DiffRecord::End => return Ok(out),

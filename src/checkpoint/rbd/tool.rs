@@ -216,6 +216,27 @@ impl RbdTool {
             .map(drop)
     }
 
+    /// The clones of snapshot `spec` (POOL/IMAGE@SNAP), as POOL/IMAGE.
+    pub fn children(&self, spec: &str) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Child {
+            pool: String,
+            #[serde(default)]
+            pool_namespace: String,
+            image: String,
+        }
+        let v: Vec<Child> = self.json(&["children", "--format", "json", spec])?;
+        Ok(v.into_iter()
+            .map(|c| {
+                if c.pool_namespace.is_empty() {
+                    format!("{}/{}", c.pool, c.image)
+                } else {
+                    format!("{}/{}/{}", c.pool, c.pool_namespace, c.image)
+                }
+            })
+            .collect())
+    }
+
     /// The image names of `pool`.
     pub fn list(&self, pool: &str) -> Result<Vec<String>> {
         self.json(&["ls", "--format", "json", pool])

@@ -208,7 +208,9 @@ pub enum VmCommand {
     /// order): a base VHDX filled from each image's first snapshot, one
     /// checkpoint (an AVHDX per disk) per snapshot, named after it, and
     /// the images' heads as the current state. The images must have the
-    /// same snapshots.
+    /// same snapshots. Clones of their snapshots (as export-rbd makes
+    /// them: one per disk, PREFIX-diskK--SNAP) come back as branches of
+    /// the tree, each holding only what differs from its branch point.
     ImportRbd {
         /// The images, as POOL/IMAGE.
         #[arg(required = true, num_args = 1..)]
