@@ -3281,6 +3281,34 @@ ckpt_status ckpt_vm_import_rbd(const char *const *images,
                                struct ckpt_vm **out);
 
 /**
+ * Write disk `disk_index` as a whole RBD image in the `rbd export
+ * --export-format 2` layout to the file descriptor `fd` (for `rbd import
+ * --export-format 2 - POOL/IMAGE`; it is not closed): one snapshot per
+ * checkpoint on the path from the root to the current state, oldest
+ * first, named as `ckpt vm export-rbd` names them, each as its changes
+ * since the one before, and the current state as the image's head.
+ * Checkpoints on other branches are not in it. `*out_stats` (when not
+ * NULL) receives what was written.
+ *
+ * Errors: `CKPT_STATUS_NULL_POINTER` (`vm`), `CKPT_STATUS_INVALID_ARGUMENT`
+ * (`disk_index` past the last disk, a bad `fd`), `CKPT_STATUS_BUSY` (an
+ * attached VM), `CKPT_STATUS_UNSUPPORTED` (the disk was resized along the
+ * path), `CKPT_STATUS_IO` (a write to `fd` failed), `CKPT_STATUS_CORRUPT`.
+ * On an error part of the stream may have been written (without its end,
+ * so `rbd import` refuses it).
+ *
+ * # Safety
+ *
+ * `vm` is NULL or a live handle; `fd` is an open file descriptor the
+ * caller keeps open during the call; `out_stats` is NULL or valid for
+ * writing one `ckpt_rbd_diff_stats`.
+ */
+ckpt_status ckpt_vm_write_rbd_image(struct ckpt_vm *vm,
+                                    size_t disk_index,
+                                    int fd,
+                                    struct ckpt_rbd_diff_stats *out_stats);
+
+/**
  * Offer the VM's control channel: listen on the Unix socket
  * `DIR/ckpt-control.sock` (mode 0600) and carry out, on this handle, the
  * checkpoint operations that processes of the same user send (the `ckpt`

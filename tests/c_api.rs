@@ -296,6 +296,26 @@ fn c_rbd_export_and_import_through_a_cluster() {
             .arg(&prefix),
     );
     eprint!("{stdout}");
+    // rbd itself imports the export-format 2 stream: the same snapshots,
+    // each reading as export-rbd's.
+    let made = format!("{}/{prefix}-v2", cluster.pool);
+    cluster.rbd_ok(&[
+        "import",
+        "--no-progress",
+        "--export-format",
+        "2",
+        data.join("image.rbd").to_str().unwrap(),
+        &made,
+    ]);
+    assert_eq!(cluster.snaps(&made), ["one", "two"]);
+    let main = format!("{}/{prefix}-disk0", cluster.pool);
+    for s in ["one", "two"] {
+        assert!(
+            cluster.export(&format!("{made}@{s}")) == cluster.export(&format!("{main}@{s}")),
+            "snapshot {s} of the imported stream"
+        );
+    }
+    assert!(cluster.export(&made) == cluster.export(&main), "the head");
 }
 
 /// The flags of the sanitizer builds: AddressSanitizer (with leak

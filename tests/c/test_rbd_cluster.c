@@ -3,17 +3,23 @@
  * 17): ckpt_vm_export_rbd of a VM with two checkpoints (stats, the
  * progress lines, a second run that sends no snapshot again), its
  * refusals (NULL pool, a bad pool, unknown flags, a short stats struct,
- * an attached VM), then ckpt_vm_import_rbd of the image into a new VM
+ * an attached VM), ckpt_vm_write_rbd_image (an export-format 2 stream
+ * in DIR/image.rbd, which tests/c_api.rs imports with rbd itself), then
+ * ckpt_vm_import_rbd of the image into a new VM
  * whose checkpoints and current state read what was written, and its
  * refusals. tests/c_api.rs runs it against the cluster of tests/rbd.rs
  * (support/ceph.rs) and removes the images afterwards.
  *
  * Usage: test_rbd_cluster DIR CEPH_CONF POOL PREFIX
  */
+#define _POSIX_C_SOURCE 200809L
+
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "test_util.h"
 
@@ -143,10 +149,28 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_vm_export_rbd(vm, pool, prefix, &o, &st));
     CHECK(st.images == 1 && st.images_created == 0 && st.snapshots_sent == 0);
 
+    /* The whole image with its snapshots as one export-format 2 stream
+       (tests/c_api.rs imports it with rbd and compares). */
+    char img_file[4096];
+    snprintf(img_file, sizeof img_file, "%s/image.rbd", dir);
+    int fd = open(img_file, O_CREAT | O_TRUNC | O_RDWR, 0644);
+    CHECK(fd >= 0);
+    ckpt_rbd_diff_stats ds;
+    memset(&ds, 0, sizeof ds);
+    EXPECT_OK(ckpt_vm_write_rbd_image(vm, 0, fd, &ds));
+    EXPECT_STATUS(ckpt_vm_write_rbd_image(vm, 5, fd, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_write_rbd_image(vm, 0, -1, NULL), CKPT_STATUS_INVALID_ARGUMENT);
+    EXPECT_STATUS(ckpt_vm_write_rbd_image(NULL, 0, fd, NULL), CKPT_STATUS_NULL_POINTER);
+    char head[13] = {0};
+    CHECK(pread(fd, head, 12, 0) == 12 && memcmp(head, "rbd image v2", 12) == 0);
+    CHECK(ds.data_bytes >= 3 * 4096 && (off_t)ds.stream_bytes == lseek(fd, 0, SEEK_END));
+    close(fd);
+
     /* An attached VM (its disk handed out) is refused. */
     ckpt_disk *live = NULL;
     EXPECT_OK(ckpt_vm_disk(vm, 0, &live));
     EXPECT_STATUS(ckpt_vm_export_rbd(vm, pool, prefix, &o, NULL), CKPT_STATUS_BUSY);
+    EXPECT_STATUS(ckpt_vm_write_rbd_image(vm, 0, 1, NULL), CKPT_STATUS_BUSY);
     EXPECT_OK(ckpt_vm_close(vm)); /* closes the borrowed disk handle too */
 
     /* Import refusals. */

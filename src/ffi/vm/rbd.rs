@@ -375,3 +375,62 @@ pub unsafe extern "C" fn ckpt_vm_import_rbd(
         Ok(())
     })
 }
+
+/// Write disk `disk_index` as a whole RBD image in the `rbd export
+/// --export-format 2` layout to the file descriptor `fd` (for `rbd import
+/// --export-format 2 - POOL/IMAGE`; it is not closed): one snapshot per
+/// checkpoint on the path from the root to the current state, oldest
+/// first, named as `ckpt vm export-rbd` names them, each as its changes
+/// since the one before, and the current state as the image's head.
+/// Checkpoints on other branches are not in it. `*out_stats` (when not
+/// NULL) receives what was written.
+///
+/// Errors: `CKPT_STATUS_NULL_POINTER` (`vm`), `CKPT_STATUS_INVALID_ARGUMENT`
+/// (`disk_index` past the last disk, a bad `fd`), `CKPT_STATUS_BUSY` (an
+/// attached VM), `CKPT_STATUS_UNSUPPORTED` (the disk was resized along the
+/// path), `CKPT_STATUS_IO` (a write to `fd` failed), `CKPT_STATUS_CORRUPT`.
+/// On an error part of the stream may have been written (without its end,
+/// so `rbd import` refuses it).
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle; `fd` is an open file descriptor the
+/// caller keeps open during the call; `out_stats` is NULL or valid for
+/// writing one `ckpt_rbd_diff_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_vm_write_rbd_image(
+    vm: *mut ckpt_vm,
+    disk_index: usize,
+    fd: c_int,
+    out_stats: *mut ckpt_rbd_diff_stats,
+) -> ckpt_status {
+    ffi_boundary!("ckpt_vm_write_rbd_image", {
+        if fd < 0 {
+            return Err(
+                crate::Error::InvalidArgument(format!("fd {fd} is not a file descriptor")).into(),
+            );
+        }
+        // SAFETY: the caller keeps `fd` open during the call; ManuallyDrop
+        // never closes it.
+        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &*file);
+        // SAFETY: per this function's contract.
+        let st = unsafe {
+            change(vm, |v| {
+                let st = v.write_rbd_image(disk_index, &mut out)?;
+                out.flush()?;
+                Ok(st)
+            })?
+        };
+        if !out_stats.is_null() {
+            let s = ckpt_rbd_diff_stats {
+                stream_bytes: st.stream_bytes,
+                data_bytes: st.data_bytes,
+                zero_bytes: st.zero_bytes,
+            };
+            // SAFETY: not NULL, writable per the contract.
+            unsafe { out_stats.write(s) };
+        }
+        Ok(())
+    })
+}
