@@ -966,3 +966,79 @@ fn a_model_run_of_a_growing_vhd_chain() {
         }
     }
 }
+
+/// A cut at every file event of a re-parent, clean and torn, with both
+/// parents present (the old one, and a copy of it under a longer name, so
+/// the locator data changes length): the child always opens, reads the
+/// same, and names the old parent or the new one; running the re-parent
+/// again finishes it. The new header is written to fresh space and named
+/// by the footer last (`src/disk/vhd/relink.rs`), so even a header torn in
+/// its first sector never reaches a reader: the sweep also damages, at
+/// each cut, the bytes past the old footer (where the new header goes).
+#[test]
+fn a_cut_at_every_event_of_a_vhd_reparent_keeps_the_child_whole() {
+    use ckpt::io::{faults, Cut};
+    let t = tempdir();
+    let base = t.path().join("base.vhd");
+    let child = t.path().join("child.avhd");
+    let d = Disk::create_vhd(&base, &VhdOptions::new(4 * MIB)).unwrap();
+    let mut model = vec![0u8; 4 * MIB as usize];
+    scribble(&d, &mut model, 3, 6);
+    d.close().unwrap();
+    let c = Disk::create_child(&child, &base, &ChildOptions::default()).unwrap();
+    scribble(&c, &mut model, 4, 6);
+    c.close().unwrap();
+    let sub = t.path().join("moved");
+    std::fs::create_dir(&sub).unwrap();
+    let moved = sub.join("the-same-base-under-a-much-longer-name.vhd");
+    std::fs::copy(&base, &moved).unwrap();
+    let saved = std::fs::read(&child).unwrap();
+    faults::arm(u64::MAX, Cut::Clean);
+    ckpt::disk::merge::reparent(&child, &moved, false).unwrap();
+    let events = faults::disarm();
+    assert!(events >= 3, "{events} events");
+    let (old_p, new_p) = (base.canonicalize().unwrap(), moved.canonicalize().unwrap());
+    for cut in [Cut::Clean, Cut::Torn] {
+        for n in 0..events {
+            std::fs::write(&child, &saved).unwrap();
+            faults::arm(n, cut);
+            let r = ckpt::disk::merge::reparent(&child, &moved, false);
+            faults::disarm();
+            let ctx = format!("{cut:?} cut at {n} of {events} ({r:?})");
+            // Until a trailing footer names the new header, whatever lies
+            // past the old end is garbage to every reader, and a cut
+            // before the header's sync may have torn it anywhere: tear
+            // its first sector too.
+            let bytes = std::fs::read(&child).unwrap();
+            let tail = &bytes[bytes.len() - 512..];
+            let data_offset = u64::from_be_bytes(tail[16..24].try_into().unwrap());
+            let names_new = &tail[..8] == b"conectix" && data_offset != 512;
+            if r.is_err() && !names_new && bytes.len() > saved.len() {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&child)
+                    .unwrap();
+                f.write_all_at(&[0xA5u8; 100], saved.len() as u64 - 512 + 200)
+                    .unwrap();
+            }
+            let d = Disk::open(&child, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            let parent = d.chain()[1].clone().unwrap();
+            assert!(
+                parent == old_p || parent == new_p,
+                "{ctx}: {}",
+                parent.display()
+            );
+            assert_same(&ctx, &read_all(&d), &model, 0);
+            drop(d);
+            ckpt::disk::merge::reparent(&child, &moved, false)
+                .unwrap_or_else(|e| panic!("{ctx}: again: {e}"));
+            let d = Disk::open(&child, OpenMode::ReadOnly).unwrap();
+            assert_eq!(d.chain()[1].as_deref(), Some(new_p.as_path()), "{ctx}");
+            assert_same(&format!("{ctx}, again"), &read_all(&d), &model, 0);
+        }
+    }
+    if have_pyvhdi() {
+        assert_same("libvhdi", &pyvhdi_chain(&[&child, &moved]), &model, 0);
+    }
+}

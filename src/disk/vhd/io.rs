@@ -120,7 +120,7 @@ impl Vhd {
         Ok(self.storage.read_at(buf, file_offset)?)
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(super) fn writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -189,7 +189,7 @@ impl Vhd {
         let mut fill = true;
         if end > st.footer_pos {
             // 1. The footer moves past the new block first, and is synced.
-            self.storage.write_at(&self.footer.to_bytes(), end)?;
+            self.storage.write_at(&self.footer_bytes(&st), end)?;
             if let Err(e) = self.storage.sync() {
                 return Err(self.poison(&mut st, e.to_string()));
             }

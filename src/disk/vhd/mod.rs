@@ -105,6 +105,9 @@ struct State {
     next_free: u64,
     /// Where the footer is (the end of the file's structures).
     footer_pos: u64,
+    /// Where the dynamic header is (the footer's `data_offset`; a
+    /// re-parent moves it).
+    data_offset: u64,
     /// Set when a sync failed: what reached the disk is unknown.
     poisoned: Option<String>,
     /// The dynamic header (a re-parent changes it).
@@ -213,6 +216,16 @@ impl Vhd {
                 size: self.geo.virtual_size,
             }),
         }
+    }
+
+    /// The footer as it is to be written now (its `data_offset` is the
+    /// state's).
+    fn footer_bytes(&self, st: &State) -> [u8; footer::FOOTER_SIZE] {
+        let mut f = self.footer.clone();
+        if f.disk_type != footer::DiskType::Fixed {
+            f.data_offset = st.data_offset;
+        }
+        f.to_bytes()
     }
 
     fn poison(&self, st: &mut State, why: String) -> Error {

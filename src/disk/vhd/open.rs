@@ -111,6 +111,7 @@ impl Vhd {
                     dirty_bitmaps: BTreeSet::new(),
                     next_free: footer_pos,
                     footer_pos,
+                    data_offset: u64::MAX,
                     poisoned: None,
                     header: None,
                 }),
@@ -267,6 +268,7 @@ impl Vhd {
                 dirty_bitmaps: BTreeSet::new(),
                 next_free,
                 footer_pos,
+                data_offset: hoff,
                 poisoned: None,
                 header: Some(header),
             }),
@@ -283,8 +285,8 @@ impl Vhd {
     /// After a read-write open: write the trailing footer again if it was
     /// lost, and the copy at offset 0 if it is damaged or stale.
     fn repair_footers(&self, trailing_lost: bool) -> Result<()> {
-        let bytes = self.footer.to_bytes();
         let st = super::lock(&self.state);
+        let bytes = self.footer_bytes(&st);
         let mut changed = false;
         if trailing_lost {
             self.storage.write_at(&bytes, st.footer_pos)?;

@@ -1,12 +1,18 @@
-//! Pointing a differencing VHD at another parent (a re-parent): new
-//! locator data, then the dynamic header with the parent's unique id,
-//! timestamp and name.
+//! Pointing a differencing VHD at another parent (a re-parent): a new
+//! dynamic header (the parent's unique id, timestamp and name) and new
+//! locator data, written to fresh space, then the footer that names them.
 //!
-//! The locator data is written first (in the space each entry reserved;
-//! more is refused) and synced, then the header, then synced again. VHD
-//! has no log: a cut during the header's write (two sectors) can leave a
-//! header whose checksum fails; the operation is rare and short, and the
-//! error then names the header.
+//! VHD has no log, and a header is two sectors, so it is never rewritten
+//! in place: a cut in the middle of that write could leave a header whose
+//! checksum fails, and the file would not open. Instead the new locator
+//! data and header go where the footer is (the file grows by the header
+//! and the locators' space, a few KiB per re-parent), synced; then the
+//! trailing footer, naming the new header (`data_offset`), one sector
+//! past them, synced; then the footer copy at offset 0, synced. Until the
+//! trailing footer is durable the file opens as before (a lost trailing
+//! footer falls back to the copy at offset 0, which still names the old
+//! header, whose data is untouched); after it, with the new parent. The
+//! old header and locator data stay behind as unused space.
 
 use super::create::VhdParent;
 use super::header::LOCATORS;
@@ -23,10 +29,14 @@ impl Vhd {
         if !self.has_parent() {
             return Err(Error::InvalidArgument("not a differencing VHD".into()));
         }
+        self.writable()?;
         let mut st = lock(&self.state);
         let Some(mut h) = st.header.clone() else {
             return Err(Error::InvalidArgument("not a differencing VHD".into()));
         };
+        // Fresh space: the new header first, then each locator's data.
+        let start = st.footer_pos.div_ceil(512) * 512;
+        let mut at = start + super::header::HEADER_SIZE as u64;
         let mut datas = Vec::new();
         for (code, path) in [(W2KU, &parent.absolute), (W2RU, &parent.relative)] {
             let d = encode_utf16le(path);
@@ -37,29 +47,55 @@ impl Vhd {
                 )));
             };
             let e = &mut h.locators[i];
-            if d.len() as u64 > e.space_bytes() {
-                return Err(Error::Unsupported(format!(
-                    "the new parent path needs {} bytes, more than the {} the locator reserved",
-                    d.len(),
-                    e.space_bytes()
-                )));
+            let need = (d.len() as u64).div_ceil(512).max(1) * 512;
+            if need > e.space_bytes() {
+                // The same unit as before: sectors (the specification's)
+                // when the entry counted sectors, else bytes.
+                e.space = if e.space < 512 {
+                    (need / 512) as u32
+                } else {
+                    need as u32
+                };
             }
             e.length = d.len() as u32;
+            e.offset = at;
+            at += e.space_bytes();
             datas.push((e.offset, d));
-        }
-        for (off, d) in &datas {
-            self.storage.write_at(d, *off)?;
-        }
-        if let Err(e) = self.storage.sync() {
-            return Err(self.poison(&mut st, e.to_string()));
         }
         h.parent_id = parent.unique_id;
         h.parent_timestamp = parent.timestamp;
         h.parent_name = parent.name.clone();
-        self.storage
-            .write_at(&h.to_bytes(), self.footer.data_offset)?;
+        let footer_at = at;
+        if footer_at / 512 >= super::UNALLOCATED as u64 {
+            return Err(Error::NoSpace(
+                "a VHD file cannot grow past 2 TiB (its BAT counts 32-bit sectors)".into(),
+            ));
+        }
+        // 1. The new header and data, durable before anything names them.
+        for (off, d) in &datas {
+            self.storage.write_at(d, *off)?;
+        }
+        self.storage.write_at(&h.to_bytes(), start)?;
         if let Err(e) = self.storage.sync() {
             return Err(self.poison(&mut st, e.to_string()));
+        }
+        // 2. The trailing footer that names the new header; 3. its copy.
+        let old_offset = st.data_offset;
+        st.data_offset = start;
+        let footer = self.footer_bytes(&st);
+        for at in [footer_at, 0] {
+            let r = self.storage.write_at(&footer, at).map_err(Error::from);
+            let r = r.and_then(|()| self.storage.sync().map_err(Error::from));
+            if let Err(e) = r {
+                if at == footer_at {
+                    st.data_offset = old_offset;
+                }
+                return Err(self.poison(&mut st, e.to_string()));
+            }
+            if at == footer_at {
+                st.footer_pos = footer_at;
+                st.next_free = st.next_free.max(footer_at);
+            }
         }
         st.header = Some(h);
         let mut l = self.locators.write().unwrap_or_else(|e| e.into_inner());
