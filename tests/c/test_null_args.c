@@ -118,6 +118,22 @@ static void vm_nulls(const char *dir) {
     CHECK(vm == VM_SENTINEL);
     EXPECT_OK(ckpt_vm_close(NULL));
 
+    /* RBD: NULL before anything runs (no rbd needed). */
+    EXPECT_STATUS(ckpt_vm_export_rbd(NULL, "rbd", NULL, NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_write_rbd_image(NULL, 0, 1, NULL), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_write_rbd_diff(NULL, 0, NULL, NULL, 1, NULL), CKPT_STATUS_NULL_POINTER);
+    const char *no_images[] = {NULL};
+    EXPECT_STATUS(ckpt_vm_import_rbd(NULL, 1, vmdir, "n", NULL, &vm), CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_import_rbd(no_images, 1, vmdir, "n", NULL, &vm),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_import_rbd(NULL, 0, vmdir, "n", NULL, NULL), CKPT_STATUS_NULL_POINTER);
+    const char *one_image[] = {"rbd/x"};
+    EXPECT_STATUS(ckpt_vm_import_rbd(one_image, 1, NULL, "n", NULL, &vm),
+                  CKPT_STATUS_NULL_POINTER);
+    EXPECT_STATUS(ckpt_vm_import_rbd(one_image, 1, vmdir, NULL, NULL, &vm),
+                  CKPT_STATUS_NULL_POINTER);
+    CHECK(vm == VM_SENTINEL);
+
     /* every function on a NULL handle */
     ckpt_vm_info vi;
     memset(&vi, 0, sizeof vi);
