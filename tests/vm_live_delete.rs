@@ -119,8 +119,19 @@ fn check_all(mut vm: Vm, disks: Vec<Arc<LiveDisk>>, log: &Log, kept: &[(String, 
 
 #[test]
 fn delete_middle_then_current_parent_while_writers_write() {
+    delete_middle_then_current_parent(false);
+}
+
+/// The same with VHD disks (a VHD live merge: no DataWriteGuid; the layer
+/// above re-pointed through a new header in fresh space).
+#[test]
+fn delete_middle_then_current_parent_while_writers_write_on_vhd() {
+    delete_middle_then_current_parent(true);
+}
+
+fn delete_middle_then_current_parent(vhd: bool) {
     let t = support::tempdir();
-    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+    let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, vhd);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -213,7 +224,7 @@ fn cancel_half_way_then_retry_while_writers_write() {
 /// unlink of the main thread while writers write: the VM reopens
 /// reconciled, every other checkpoint intact, the victim either intact or
 /// gone, every write flushed before the cut present.
-fn crash_sweep(victim: &str) {
+fn crash_sweep(victim: &str, vhd: bool) {
     let mut events = None;
     let mut n = 0u64;
     loop {
@@ -221,7 +232,7 @@ fn crash_sweep(victim: &str) {
             break;
         }
         let t = support::fast_tempdir();
-        let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+        let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, vhd);
         let clock = Arc::new(AtomicU64::new(0));
         let writers = Writers::start(&disks, 4, &clock);
         let mut made = Vec::new();
@@ -272,12 +283,22 @@ fn crash_sweep(victim: &str) {
 
 #[test]
 fn crash_at_every_step_of_a_live_delete_of_a_middle_checkpoint() {
-    crash_sweep("a");
+    crash_sweep("a", false);
 }
 
 #[test]
 fn crash_at_every_step_of_a_live_delete_of_the_current_parent() {
-    crash_sweep("b");
+    crash_sweep("b", false);
+}
+
+#[test]
+fn crash_at_every_step_of_a_live_delete_of_a_middle_checkpoint_on_vhd() {
+    crash_sweep("a", true);
+}
+
+#[test]
+fn crash_at_every_step_of_a_live_delete_of_the_current_parent_on_vhd() {
+    crash_sweep("b", true);
 }
 
 // ------------------------------------------------------------ branch point

@@ -146,22 +146,13 @@ impl Vm {
         // checkpoint freezes the layer above it (see `backup::reference`).
         let anchored =
             deps == [None] && self.is_anchor(&self.data.checkpoints[self.index(id)?].disks);
-        // A VHD layer in a running guest's chain is not merged live (VHD has
-        // no live merge): kept hidden, merged once the VM is detached.
-        let vhd_live = deps.len() == 1 && self.merge_touches_live_vhd(id, &deps[0])?;
-        let hide = deps.len() > 1 || kept.is_some() || anchored || vhd_live;
+        let hide = deps.len() > 1 || kept.is_some() || anchored;
         let r = match deps.len() {
-            _ if kept.is_some() || anchored || vhd_live => self.remove_node(id, true),
+            _ if kept.is_some() || anchored => self.remove_node(id, true),
             0 => self.remove_node(id, false),
             1 => self.merge_away(id, &deps[0], Some(hooks)),
             _ => self.remove_node(id, true),
         };
-        if let (Ok(()), true) = (&r, vhd_live) {
-            self.warnings.push(format!(
-                "checkpoint {name:?} was deleted; its VHD layers are merged once the VM is \
-                 detached (a VHD has no live merge): until then they stay as a hidden node"
-            ));
-        }
         if let (Ok(()), Some(why)) = (&r, kept) {
             self.warnings.push(format!(
                 "checkpoint {name:?} was deleted, but its disk layer is kept as a hidden node \
@@ -203,25 +194,6 @@ impl Vm {
         self.data.checkpoints[i].deleting = true;
         self.save()?;
         self.finish_merge(id, dep, hooks, &guids, &sizes, &children)
-    }
-
-    /// Whether merging `dep` into `id` would change a VHD file of the
-    /// attached VM's live chains (VHD layers are merged offline only).
-    fn merge_touches_live_vhd(&self, id: &str, dep: &Option<String>) -> Result<bool> {
-        if !self.attached() {
-            return Ok(false);
-        }
-        let node = &self.data.checkpoints[self.index(id)?];
-        let dep_disks = self.disks_of(dep)?;
-        Ok(node
-            .disks
-            .iter()
-            .zip(&dep_disks)
-            .enumerate()
-            .any(|(k, (a, b))| {
-                (self.live_layer(k, a).is_some() || self.live_layer(k, b).is_some())
-                    && crate::disk::Format::of_file(a) == Some(crate::disk::Format::Vhd)
-            }))
     }
 
     /// The files of the attached VM's live chains (none when detached):
@@ -475,9 +447,6 @@ impl Vm {
         }
         if deps == [None] && self.attached() {
             return Ok(()); // the guest writes right above it: once detached
-        }
-        if deps.len() == 1 && self.merge_touches_live_vhd(id, &deps[0])? {
-            return Ok(()); // no live merge of a VHD: once detached
         }
         if deps == [None] && self.is_anchor(&self.data.checkpoints[i].disks) {
             return Ok(()); // a reference point's anchor: once a checkpoint freezes its child
@@ -734,6 +703,9 @@ impl Vm {
         }
         if others.is_empty() {
             return Ok(());
+        }
+        if crate::disk::Format::of_file(target) == Some(crate::disk::Format::Vhd) {
+            return crate::disk::vhd_merge::repoint_vhd(&others, target).map(drop);
         }
         let guid = merge::open_single(target, false)?
             .vhdx()?

@@ -39,7 +39,7 @@ mod span;
 pub(crate) mod user_item;
 pub(crate) mod vhd;
 mod vhd_api;
-mod vhd_merge;
+pub(crate) mod vhd_merge;
 mod vhdx;
 mod write;
 

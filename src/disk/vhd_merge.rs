@@ -105,7 +105,7 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
     }
     d.close()?;
     drop(src);
-    let repointed = repoint(&below, &dest)?;
+    let repointed = repoint_vhd(&below, &dest)?;
     let removed = if opts.descendants.is_some() {
         Vec::new()
     } else {
@@ -123,7 +123,7 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
 /// Point each differencing VHD in `descendants` at `dest` (its locators,
 /// then its header with `dest`'s unique id and timestamp; each synced). A
 /// descendant that already names `dest` is written the same again.
-fn repoint(descendants: &[PathBuf], dest: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn repoint_vhd(descendants: &[PathBuf], dest: &Path) -> Result<Vec<PathBuf>> {
     let parent = super::merge::open_single(dest, false)?;
     let Some(pv) = parent.as_vhd() else {
         return Err(Error::Unsupported(format!(

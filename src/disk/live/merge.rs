@@ -259,6 +259,10 @@ impl LiveDisk {
             )
         };
 
+        if self.with_disk(|d| d.layers[k].file.as_vhd().is_some()) {
+            return self.merge_down_vhd(k, src, dest, src_live, dest_live, opts);
+        }
+
         // 1. Plan.
         let plan = plan_merge(
             &src,
@@ -364,6 +368,177 @@ impl LiveDisk {
             destination: dest,
             relinked,
             bytes_copied: plan.total,
+        })
+    }
+}
+
+impl LiveDisk {
+    /// [`LiveDisk::merge_down`] of a VHD layer `k` (file `src`) into layer
+    /// `k + 1` (`dest`). The same steps without a DataWriteGuid (a VHD child
+    /// links to its parent's unique id and timestamp, which writes never
+    /// change): take the files exclusively; copy, while I/O goes on, every
+    /// 4 KiB unit layer `k` holds any sector of, as the chain from layer
+    /// `k` down reads it, into `dest` (whole units: libvhdi misreads
+    /// bitmap bytes half set), synced; then in one pause point layer
+    /// `k - 1` at `dest` (its new header goes to fresh space and its footer
+    /// flips last: `vhd/relink.rs`) and drop layer `k` from the chain.
+    /// Until the re-link is durable the files open as the old chain (layer
+    /// `k - 1` names `src`, which still holds everything it did, over a
+    /// `dest` that gained only what `src` covers); after it as the new one;
+    /// both read the same.
+    fn merge_down_vhd(
+        &self,
+        k: usize,
+        src: PathBuf,
+        dest: PathBuf,
+        src_live: Arc<dyn Storage>,
+        dest_live: Arc<dyn Storage>,
+        mut opts: LiveMergeOptions,
+    ) -> Result<LiveMergeReport> {
+        let (size, below) = self.with_disk(|d| {
+            (
+                d.layers[k + 1].file.geo.virtual_size,
+                d.layers.get(k + 2).and_then(|l| l.path.clone()),
+            )
+        });
+        let same_size = self.with_disk(|d| d.layers[k].file.geo.virtual_size == size);
+        if !same_size || self.with_disk(|d| d.layers[k + 1].file.as_vhd().is_none()) {
+            return Err(Error::Unsupported(
+                "a live merge of a VHD layer into a layer of another size or format".into(),
+            ));
+        }
+        // 2. Take the files: layer k read through a descriptor of its own,
+        // layer k + 1 written through one.
+        let held = Exclusive::take(&[&src_live, &dest_live], &[&src, &dest])?;
+        let src_img = Image::open(beside(&src, &src_live)?, true).map_err(|e| e.in_file(&src))?;
+        let dest_img =
+            Image::open(beside(&dest, &dest_live)?, false).map_err(|e| e.in_file(&dest))?;
+        let ranges = crate::disk::extents::layer_ranges(&src_img).map_err(|e| e.in_file(&src))?;
+        let mut layers = vec![
+            Layer {
+                path: Some(src.clone()),
+                file: src_img,
+            },
+            Layer {
+                path: Some(dest.clone()),
+                file: dest_img,
+            },
+        ];
+        if let Some(b) = &below {
+            layers.extend(Disk::open(b, crate::disk::OpenMode::ReadOnly)?.layers);
+        }
+        let view = Disk::from_layers(layers);
+        // 3. Copy, unit by unit of 4 KiB, while I/O goes on.
+        const UNIT: u64 = 4096;
+        const STEP: u64 = 4 << 20;
+        let total: u64 = ranges.iter().map(|r| r.length).sum();
+        let mut done = 0u64;
+        let mut buf = Vec::new();
+        for r in &ranges {
+            let start = r.offset / UNIT * UNIT;
+            let end = (r.offset + r.length).div_ceil(UNIT) * UNIT;
+            let end = end.min(size);
+            let mut pos = start;
+            while pos < end {
+                let n = STEP.min(end - pos);
+                buf.resize(n as usize, 0);
+                view.read_at(&mut buf, pos)?;
+                view.layers[1]
+                    .file
+                    .write_at(&buf, pos)
+                    .map_err(|e| e.in_file(&dest))?;
+                pos += n;
+            }
+            done += r.length;
+            if let Some(p) = opts.progress.as_mut() {
+                if !p(done, total) {
+                    view.layers[1].file.flush().map_err(|e| e.in_file(&dest))?;
+                    return Err(Error::Cancelled);
+                }
+            }
+        }
+        view.layers[1].file.close().map_err(|e| e.in_file(&dest))?;
+        drop(view);
+
+        // 4. Re-link, in one pause.
+        let relinked = {
+            let mut g = self.exclusive();
+            let j = g
+                .layers
+                .iter()
+                .position(|l| same(&l.file.host_storage(), &src_live))
+                .filter(|&j| {
+                    j >= 1
+                        && g.layers
+                            .get(j + 1)
+                            .is_some_and(|l| same(&l.file.host_storage(), &dest_live))
+                })
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "the live chain no longer holds {} above {}: its data is merged, the \
+                         chain is unchanged",
+                        src.display(),
+                        dest.display()
+                    ))
+                })?;
+            let above = g.layers[j - 1].path.clone().ok_or_else(|| {
+                Error::InvalidArgument("the layer above the merged one has no path".into())
+            })?;
+            let new_dest =
+                Image::open(Arc::clone(&dest_live), true).map_err(|e| e.in_file(&dest))?;
+            let spec = {
+                let Some(v) = new_dest.as_vhd() else {
+                    return Err(Error::Unsupported("the destination is not a VHD".into()));
+                };
+                chain::vhd_parent_spec(&above, &dest, v)?
+            };
+            let new_above = {
+                let a = &g.layers[j - 1].file;
+                if a.is_read_only() {
+                    let live = a.host_storage();
+                    let _x = Exclusive::take(&[&live], &[&above])?;
+                    let f = Image::open(beside(&above, &live)?, false)
+                        .map_err(|e| e.in_file(&above))?;
+                    let r = match f.as_vhd() {
+                        Some(v) => v.set_parent(&spec).and_then(|_| f.close()),
+                        None => Err(Error::Unsupported(
+                            "a VHDX layer over a VHD (a mixed chain)".into(),
+                        )),
+                    };
+                    r.map_err(|e| e.in_file(&above))?;
+                    drop(f);
+                    Some(Image::open(live, true).map_err(|e| e.in_file(&above))?)
+                } else {
+                    match a.as_vhd() {
+                        Some(v) => v.set_parent(&spec).map_err(|e| e.in_file(&above))?,
+                        None => {
+                            return Err(Error::Unsupported(
+                                "a VHDX layer over a VHD (a mixed chain)".into(),
+                            ))
+                        }
+                    }
+                    None
+                }
+            };
+            let mut layers = std::mem::take(&mut g.layers);
+            let old = layers.remove(j);
+            layers[j] = Layer {
+                path: Some(dest.clone()),
+                file: new_dest,
+            };
+            if let Some(f) = new_above {
+                layers[j - 1].file = f;
+            }
+            *g = Disk::from_layers(layers);
+            drop(old);
+            above
+        };
+        drop(held);
+        Ok(LiveMergeReport {
+            merged: src,
+            destination: dest,
+            relinked,
+            bytes_copied: total,
         })
     }
 }
