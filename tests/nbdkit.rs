@@ -1142,12 +1142,27 @@ fn ckpt_ok(args: &[&str]) -> Vec<u8> {
 
 /// A 2-disk VM `root/vm` over `root/d0.vhdx` and `root/d1.vhdx`.
 fn make_vm(root: &Path) -> PathBuf {
+    make_vm_as(root, "vhdx")
+}
+
+/// [`make_vm`] with disks of `format` ("vhdx" or "vhd").
+fn make_vm_as(root: &Path, format: &str) -> PathBuf {
     let vm = root.join("vm");
-    for d in ["d0.vhdx", "d1.vhdx"] {
-        let p = root.join(d);
-        ckpt_ok(&["create", p.to_str().unwrap(), "--size", "8M"]);
+    for d in ["d0", "d1"] {
+        let p = root.join(format!("{d}.{format}"));
+        ckpt_ok(&[
+            "create",
+            p.to_str().unwrap(),
+            "--size",
+            "8M",
+            "--format",
+            format,
+        ]);
     }
-    let (d0, d1) = (root.join("d0.vhdx"), root.join("d1.vhdx"));
+    let (d0, d1) = (
+        root.join(format!("d0.{format}")),
+        root.join(format!("d1.{format}")),
+    );
     ckpt_ok(&[
         "vm",
         "create",
@@ -1279,6 +1294,18 @@ fn wait_done(done: &std::sync::atomic::AtomicUsize, n: usize) {
 #[cfg(feature = "cli")]
 #[test]
 fn vm_mode_serves_every_disk_live_through_checkpoints() {
+    vm_mode_serves("vhdx");
+}
+
+/// The same with VHD disks (`.avhd` children, VHD live merges).
+#[cfg(feature = "cli")]
+#[test]
+fn vm_mode_serves_every_vhd_disk_live_through_checkpoints() {
+    vm_mode_serves("vhd");
+}
+
+#[cfg(feature = "cli")]
+fn vm_mode_serves(format: &str) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     if !tools() {
@@ -1286,7 +1313,7 @@ fn vm_mode_serves_every_disk_live_through_checkpoints() {
     }
     let tmp = tempdir();
     let root = std::fs::canonicalize(tmp.path()).expect("canonical");
-    let vm = make_vm(&root);
+    let vm = make_vm_as(&root, format);
     let vms = vm.to_str().unwrap().to_string();
     let sockdir = root.join("nbd");
     std::fs::create_dir(&sockdir).expect("mkdir");
