@@ -308,27 +308,7 @@ impl LiveDisk {
         // 4. Re-link, in one pause.
         let relinked = {
             let mut g = self.exclusive();
-            let j = g
-                .layers
-                .iter()
-                .position(|l| same(&l.file.host_storage(), &src_live))
-                .filter(|&j| {
-                    j >= 1
-                        && g.layers
-                            .get(j + 1)
-                            .is_some_and(|l| same(&l.file.host_storage(), &dest_live))
-                })
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "the live chain no longer holds {} above {}: its data is merged, the \
-                         chain is unchanged",
-                        src.display(),
-                        dest.display()
-                    ))
-                })?;
-            let above = g.layers[j - 1].path.clone().ok_or_else(|| {
-                Error::InvalidArgument("the layer above the merged one has no path".into())
-            })?;
+            let (j, above) = merged_layer(&g, &src_live, &dest_live, &src, &dest)?;
             let new_dest =
                 Vhdx::open(Arc::clone(&dest_live), true).map_err(|e| e.in_file(&dest))?;
             let loc = chain::locator_for(&above, &dest, &guid)?.to_bytes();
@@ -463,27 +443,7 @@ impl LiveDisk {
         // 4. Re-link, in one pause.
         let relinked = {
             let mut g = self.exclusive();
-            let j = g
-                .layers
-                .iter()
-                .position(|l| same(&l.file.host_storage(), &src_live))
-                .filter(|&j| {
-                    j >= 1
-                        && g.layers
-                            .get(j + 1)
-                            .is_some_and(|l| same(&l.file.host_storage(), &dest_live))
-                })
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "the live chain no longer holds {} above {}: its data is merged, the \
-                         chain is unchanged",
-                        src.display(),
-                        dest.display()
-                    ))
-                })?;
-            let above = g.layers[j - 1].path.clone().ok_or_else(|| {
-                Error::InvalidArgument("the layer above the merged one has no path".into())
-            })?;
+            let (j, above) = merged_layer(&g, &src_live, &dest_live, &src, &dest)?;
             let new_dest =
                 Image::open(Arc::clone(&dest_live), true).map_err(|e| e.in_file(&dest))?;
             let spec = {
@@ -541,6 +501,40 @@ impl LiveDisk {
             bytes_copied: total,
         })
     }
+}
+
+/// In the pause of step 4: the index of the merged layer (on `src_live`,
+/// right above `dest_live`) in the live chain `g`, and the path of the
+/// layer above it (the one re-linked).
+fn merged_layer(
+    g: &Disk,
+    src_live: &Arc<dyn Storage>,
+    dest_live: &Arc<dyn Storage>,
+    src: &Path,
+    dest: &Path,
+) -> Result<(usize, PathBuf)> {
+    let j = g
+        .layers
+        .iter()
+        .position(|l| same(&l.file.host_storage(), src_live))
+        .filter(|&j| {
+            j >= 1
+                && g.layers
+                    .get(j + 1)
+                    .is_some_and(|l| same(&l.file.host_storage(), dest_live))
+        })
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the live chain no longer holds {} above {}: its data is merged, the chain is \
+                 unchanged",
+                src.display(),
+                dest.display()
+            ))
+        })?;
+    let above = g.layers[j - 1].path.clone().ok_or_else(|| {
+        Error::InvalidArgument("the layer above the merged one has no path".into())
+    })?;
+    Ok((j, above))
 }
 
 /// Whether two paths name one file.

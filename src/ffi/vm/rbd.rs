@@ -23,6 +23,49 @@ pub struct ckpt_rbd_diff_stats {
 
 const _: () = assert!(size_of::<ckpt_rbd_diff_stats>() == 24);
 
+/// Run `write` on the VM with a buffered writer on `fd` (flushed before
+/// the VM is released; `fd` is never closed), and store its stats in
+/// `*out_stats` when not NULL.
+///
+/// # Safety
+///
+/// `vm` is NULL or a live handle; `fd` is open for the call; `out_stats`
+/// is NULL or valid for writing one `ckpt_rbd_diff_stats`.
+unsafe fn stream_to_fd(
+    vm: *mut ckpt_vm,
+    fd: c_int,
+    out_stats: *mut ckpt_rbd_diff_stats,
+    write: impl FnOnce(&mut Vm, &mut dyn std::io::Write) -> crate::Result<crate::rbd::DiffStats>,
+) -> FfiResult {
+    if fd < 0 {
+        return Err(
+            crate::Error::InvalidArgument(format!("fd {fd} is not a file descriptor")).into(),
+        );
+    }
+    // SAFETY: the caller keeps `fd` open during the call; ManuallyDrop
+    // never closes it.
+    let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &*file);
+    // SAFETY: forwarded.
+    let st = unsafe {
+        change(vm, |v| {
+            let st = write(v, &mut out)?;
+            out.flush()?;
+            Ok(st)
+        })?
+    };
+    if !out_stats.is_null() {
+        let s = ckpt_rbd_diff_stats {
+            stream_bytes: st.stream_bytes,
+            data_bytes: st.data_bytes,
+            zero_bytes: st.zero_bytes,
+        };
+        // SAFETY: not NULL, writable per the contract.
+        unsafe { out_stats.write(s) };
+    }
+    Ok(())
+}
+
 /// Write disk `disk_index`'s state at checkpoint `to` (NULL: the current
 /// state) as an "rbd diff v1" stream to the file descriptor `fd` (a file
 /// or a pipe into `rbd import-diff - POOL/IMAGE`; it is not closed). With
@@ -72,33 +115,12 @@ pub unsafe extern "C" fn ckpt_vm_write_rbd_diff(
             // SAFETY: per this function's contract.
             Some(unsafe { c_str(to, "to")? })
         };
-        if fd < 0 {
-            return Err(
-                crate::Error::InvalidArgument(format!("fd {fd} is not a file descriptor")).into(),
-            );
-        }
-        // SAFETY: the caller keeps `fd` open during the call; ManuallyDrop
-        // never closes it.
-        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &*file);
         // SAFETY: per this function's contract.
-        let st = unsafe {
-            change(vm, |v| {
-                let st = v.write_rbd_diff(disk_index, from, to, &mut out)?;
-                out.flush()?;
-                Ok(st)
-            })?
-        };
-        if !out_stats.is_null() {
-            let s = ckpt_rbd_diff_stats {
-                stream_bytes: st.stream_bytes,
-                data_bytes: st.data_bytes,
-                zero_bytes: st.zero_bytes,
-            };
-            // SAFETY: not NULL, writable per the contract.
-            unsafe { out_stats.write(s) };
+        unsafe {
+            stream_to_fd(vm, fd, out_stats, |v, out| {
+                v.write_rbd_diff(disk_index, from, to, out)
+            })
         }
-        Ok(())
     })
 }
 
@@ -405,32 +427,11 @@ pub unsafe extern "C" fn ckpt_vm_write_rbd_image(
     out_stats: *mut ckpt_rbd_diff_stats,
 ) -> ckpt_status {
     ffi_boundary!("ckpt_vm_write_rbd_image", {
-        if fd < 0 {
-            return Err(
-                crate::Error::InvalidArgument(format!("fd {fd} is not a file descriptor")).into(),
-            );
-        }
-        // SAFETY: the caller keeps `fd` open during the call; ManuallyDrop
-        // never closes it.
-        let file = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &*file);
         // SAFETY: per this function's contract.
-        let st = unsafe {
-            change(vm, |v| {
-                let st = v.write_rbd_image(disk_index, &mut out)?;
-                out.flush()?;
-                Ok(st)
-            })?
-        };
-        if !out_stats.is_null() {
-            let s = ckpt_rbd_diff_stats {
-                stream_bytes: st.stream_bytes,
-                data_bytes: st.data_bytes,
-                zero_bytes: st.zero_bytes,
-            };
-            // SAFETY: not NULL, writable per the contract.
-            unsafe { out_stats.write(s) };
+        unsafe {
+            stream_to_fd(vm, fd, out_stats, |v, out| {
+                v.write_rbd_image(disk_index, out)
+            })
         }
-        Ok(())
     })
 }
