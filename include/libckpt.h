@@ -217,6 +217,26 @@
 #define CKPT_IOV_MAX 1024
 
 /**
+ * `ckpt_vm_info.role`: no role.
+ */
+#define CKPT_VM_ROLE_NONE 0
+
+/**
+ * `ckpt_vm_info.role`: an Active Directory domain controller.
+ */
+#define CKPT_VM_ROLE_DOMAIN_CONTROLLER 1
+
+/**
+ * `ckpt_vm_info.role`: a node of a failover cluster.
+ */
+#define CKPT_VM_ROLE_CLUSTER_MEMBER 2
+
+/**
+ * `ckpt_vm_info.role`: a VM replicated to or from another host.
+ */
+#define CKPT_VM_ROLE_REPLICATED 3
+
+/**
  * `ckpt_rbd_options.flags`: remove the snapshots of checkpoints deleted
  * locally since an earlier export (`--prune`).
  */
@@ -950,7 +970,7 @@ typedef struct ckpt_vm_info {
      */
     uint64_t memory_mib;
     /**
-     * Number of VHDX disks (see `ckpt_vm_current_disk_path`).
+     * Number of disks, VHDX or VHD (see `ckpt_vm_current_disk_path`).
      */
     uint32_t disk_count;
     /**
@@ -982,9 +1002,12 @@ typedef struct ckpt_vm_info {
      */
     bool delete_pending;
     /**
-     * Always 0.
+     * The VM's role (`ckpt_vm_set_role`): `CKPT_VM_ROLE_NONE` (0),
+     * `CKPT_VM_ROLE_DOMAIN_CONTROLLER`, `CKPT_VM_ROLE_CLUSTER_MEMBER` or
+     * `CKPT_VM_ROLE_REPLICATED`. Added after 0.2.0 (the byte was reserved,
+     * always 0, before: an older library reports no role).
      */
-    uint8_t reserved[1];
+    uint8_t role;
     /**
      * The age warning in seconds (0: none).
      */

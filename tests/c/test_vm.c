@@ -972,14 +972,23 @@ int main(int argc, char **argv) {
     EXPECT_OK(ckpt_vm_set_checkpoint_location(vm, NULL));
     CHECK(vm_info(vm).age_warning_seconds == 3600);
     /* A role: shown, refused when unknown, cleared by NULL. */
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_NONE);
+    EXPECT_OK(ckpt_vm_set_role(vm, "domain-controller"));
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_DOMAIN_CONTROLLER);
+    EXPECT_OK(ckpt_vm_set_role(vm, "replicated"));
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_REPLICATED);
+    EXPECT_OK(ckpt_vm_set_role(vm, "cluster-member"));
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_CLUSTER_MEMBER);
     EXPECT_OK(ckpt_vm_set_role(vm, "domain-controller"));
     EXPECT_STATUS(ckpt_vm_set_role(vm, "web-server"), CKPT_STATUS_INVALID_ARGUMENT);
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_DOMAIN_CONTROLLER);
     {
         char *show = json_of(ckpt_vm_show_json, vm);
         CHECK(show != NULL && strstr(show, "\"role\": \"domain-controller\"") != NULL);
         free(show);
     }
     EXPECT_OK(ckpt_vm_set_role(vm, NULL));
+    CHECK(vm_info(vm).role == CKPT_VM_ROLE_NONE);
     {
         char *show = json_of(ckpt_vm_show_json, vm);
         CHECK(show != NULL && strstr(show, "\"role\": null") != NULL);

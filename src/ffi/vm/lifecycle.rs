@@ -131,7 +131,16 @@ pub unsafe extern "C" fn ckpt_vm_get_info(
                     has_current_checkpoint: d.current_checkpoint().is_some(),
                     has_saved_state: d.current.saved_state.is_some(),
                     delete_pending: h.vm.delete_pending(),
-                    reserved: [0; 1],
+                    role: match d.settings.role {
+                        None => CKPT_VM_ROLE_NONE,
+                        Some(crate::checkpoint::VmRole::DomainController) => {
+                            CKPT_VM_ROLE_DOMAIN_CONTROLLER
+                        }
+                        Some(crate::checkpoint::VmRole::ClusterMember) => {
+                            CKPT_VM_ROLE_CLUSTER_MEMBER
+                        }
+                        Some(crate::checkpoint::VmRole::Replicated) => CKPT_VM_ROLE_REPLICATED,
+                    },
                     age_warning_seconds: d.settings.age_warning_seconds.unwrap_or(0),
                 })
             })?

@@ -167,7 +167,7 @@ pub struct ckpt_vm_info {
     pub cpus: u32,
     /// Memory in MiB.
     pub memory_mib: u64,
-    /// Number of VHDX disks (see `ckpt_vm_current_disk_path`).
+    /// Number of disks, VHDX or VHD (see `ckpt_vm_current_disk_path`).
     pub disk_count: u32,
     /// Number of pass-through devices.
     pub passthrough_count: u32,
@@ -187,11 +187,23 @@ pub struct ckpt_vm_info {
     /// deleting that checkpoint again finishes it now. Added in 0.2 (the
     /// byte was reserved, always 0, before).
     pub delete_pending: bool,
-    /// Always 0.
-    pub reserved: [u8; 1],
+    /// The VM's role (`ckpt_vm_set_role`): `CKPT_VM_ROLE_NONE` (0),
+    /// `CKPT_VM_ROLE_DOMAIN_CONTROLLER`, `CKPT_VM_ROLE_CLUSTER_MEMBER` or
+    /// `CKPT_VM_ROLE_REPLICATED`. Added after 0.2.0 (the byte was reserved,
+    /// always 0, before: an older library reports no role).
+    pub role: u8,
     /// The age warning in seconds (0: none).
     pub age_warning_seconds: u64,
 }
+
+/// `ckpt_vm_info.role`: no role.
+pub const CKPT_VM_ROLE_NONE: u8 = 0;
+/// `ckpt_vm_info.role`: an Active Directory domain controller.
+pub const CKPT_VM_ROLE_DOMAIN_CONTROLLER: u8 = 1;
+/// `ckpt_vm_info.role`: a node of a failover cluster.
+pub const CKPT_VM_ROLE_CLUSTER_MEMBER: u8 = 2;
+/// `ckpt_vm_info.role`: a VM replicated to or from another host.
+pub const CKPT_VM_ROLE_REPLICATED: u8 = 3;
 
 /// One checkpoint, filled by `ckpt_vm_checkpoint_get` (a versioned output
 /// struct, used like `ckpt_disk_info`). Its strings (name, id, fallback
