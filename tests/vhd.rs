@@ -624,7 +624,15 @@ fn three_layers(dir: &Path) -> ([std::path::PathBuf; 3], Vec<u8>, Vec<u8>) {
 fn merges_fold_a_vhd_chain_into_its_base() {
     let t = tempdir();
     let (p, mid, model) = three_layers(t.path());
-    // mid has a child: merged into base, the child re-pointed at base.
+    // mid has a child: refused without the list of its children, and
+    // nothing changes; with it (as the checkpoint tree passes it), merged
+    // into base, the child re-pointed at base, mid kept for the caller.
+    let before: Vec<Vec<u8>> = p.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let e = ckpt::disk::merge::merge(&p[1], Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    for (f, b) in p.iter().zip(&before) {
+        assert!(std::fs::read(f).unwrap() == *b, "{} changed", f.display());
+    }
     let t2 = tempdir();
     let q: Vec<_> = p
         .iter()
@@ -633,8 +641,13 @@ fn merges_fold_a_vhd_chain_into_its_base() {
     for (a, b) in p.iter().zip(&q) {
         std::fs::copy(a, b).unwrap();
     }
-    let r = ckpt::disk::merge::merge(&q[1], Default::default()).unwrap();
-    assert_eq!(r.removed, vec![q[1].clone()]);
+    let opts = ckpt::disk::merge::MergeOptions {
+        descendants: Some(vec![q[2].clone()]),
+        ..Default::default()
+    };
+    let r = ckpt::disk::merge::merge(&q[1], opts).unwrap();
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert!(q[1].exists());
     assert_eq!(r.repointed, vec![q[2].clone()]);
     let d = Disk::open(&q[0], OpenMode::ReadOnly).unwrap();
     assert_same("base after merging mid", &read_all(&d), &mid, 0);
@@ -967,7 +980,8 @@ fn a_model_run_of_a_growing_vhd_chain() {
     }
 }
 
-/// A cut at every file event of a re-parent, clean and torn, with both
+/// A cut at every file event of a re-parent, clean and torn (and an EIO
+/// at each, then a retry), with both
 /// parents present (the old one, and a copy of it under a longer name, so
 /// the locator data changes length): the child always opens, reads the
 /// same, and names the old parent or the new one; running the re-parent
@@ -1041,4 +1055,24 @@ fn a_cut_at_every_event_of_a_vhd_reparent_keeps_the_child_whole() {
     if have_pyvhdi() {
         assert_same("libvhdi", &pyvhdi_chain(&[&child, &moved]), &model, 0);
     }
+    // An EIO at each event, then a retry: the retry finishes.
+    for n in 0..events {
+        std::fs::write(&child, &saved).unwrap();
+        faults::arm_transient(n, ckpt::io::Transient::Eio);
+        let r = ckpt::disk::merge::reparent(&child, &moved, false);
+        faults::disarm();
+        let ctx = format!("EIO at {n} of {events} ({r:?})");
+        ckpt::disk::merge::reparent(&child, &moved, false)
+            .unwrap_or_else(|e| panic!("{ctx}: retry: {e}"));
+        let d = Disk::open(&child, OpenMode::ReadOnly).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert_eq!(d.chain()[1].as_deref(), Some(new_p.as_path()), "{ctx}");
+        assert_same(&ctx, &read_all(&d), &model, 0);
+    }
+    // Pointing it at the parent it already names writes nothing.
+    let before = std::fs::read(&child).unwrap();
+    ckpt::disk::merge::reparent(&child, &moved, false).unwrap();
+    assert!(
+        std::fs::read(&child).unwrap() == before,
+        "a re-parent to the same parent wrote"
+    );
 }

@@ -177,8 +177,17 @@ fn delete_middle_then_current_parent(vhd: bool) {
 
 #[test]
 fn cancel_half_way_then_retry_while_writers_write() {
+    cancel_half_way_then_retry(false);
+}
+
+#[test]
+fn cancel_half_way_then_retry_while_writers_write_on_vhd() {
+    cancel_half_way_then_retry(true);
+}
+
+fn cancel_half_way_then_retry(vhd: bool) {
     let t = support::tempdir();
-    let (dir, mut vm, disks) = attached(t.path(), CheckpointType::Standard);
+    let (dir, mut vm, disks) = attached_as(t.path(), CheckpointType::Standard, vhd);
     let clock = Arc::new(AtomicU64::new(0));
     let writers = Writers::start(&disks, 4, &clock);
     let mut made = Vec::new();
@@ -342,7 +351,12 @@ struct Branch {
 }
 
 fn branch(root: &Path, n: usize, with_c: bool, gap: u64) -> (PathBuf, Branch) {
-    let dir = build(root, n, CheckpointType::Standard);
+    branch_as(root, n, with_c, gap, false)
+}
+
+/// [`branch`], the disks VHDs when `vhd`.
+fn branch_as(root: &Path, n: usize, with_c: bool, gap: u64, vhd: bool) -> (PathBuf, Branch) {
+    let dir = build_as(root, n, CheckpointType::Standard, vhd);
     let mut vm = Vm::open(&dir).unwrap();
     let disks: Vec<Arc<LiveDisk>> = (0..n).map(|i| vm.disk(i).unwrap()).collect();
     let clock = Arc::new(AtomicU64::new(0));
@@ -582,6 +596,17 @@ fn check_branch_after(
 /// it meets there waits about 0.2 s, so two disks make each run ~4x slower.
 #[test]
 fn crash_at_every_step_of_a_live_delete_above_a_branch_point() {
+    crash_above_a_branch_point(false);
+}
+
+/// The same with a VHD disk (the other branch re-pointed through new
+/// VHD headers).
+#[test]
+fn crash_at_every_step_of_a_live_delete_above_a_branch_point_on_vhd() {
+    crash_above_a_branch_point(true);
+}
+
+fn crash_above_a_branch_point(vhd: bool) {
     let mut events = None;
     let mut n = 0u64;
     loop {
@@ -589,7 +614,7 @@ fn crash_at_every_step_of_a_live_delete_above_a_branch_point() {
             break;
         }
         let t = support::fast_tempdir();
-        let (dir, br) = branch(t.path(), 1, true, 12);
+        let (dir, br) = branch_as(t.path(), 1, true, 12, vhd);
         let Branch {
             mut vm,
             disks,
@@ -629,10 +654,19 @@ fn crash_at_every_step_of_a_live_delete_above_a_branch_point() {
 /// other branch after a live merge that succeeded), and everything holds.
 #[test]
 fn transient_error_then_retry_of_a_live_delete_above_a_branch_point() {
+    transient_above_a_branch_point(false);
+}
+
+#[test]
+fn transient_error_then_retry_of_a_live_delete_above_a_branch_point_on_vhd() {
+    transient_above_a_branch_point(true);
+}
+
+fn transient_above_a_branch_point(vhd: bool) {
     let mut n = 0u64;
     loop {
         let t = support::fast_tempdir();
-        let (dir, br) = branch(t.path(), 1, true, 12);
+        let (dir, br) = branch_as(t.path(), 1, true, 12, vhd);
         let Branch {
             mut vm,
             mut disks,

@@ -549,15 +549,9 @@ impl LiveDisk {
             if let Some(v) = d.top().as_vhd() {
                 // A VHD child links to the top's unique id and timestamp.
                 let spec = chain::vhd_parent_spec(path, &parent, v)?;
-                let copts = crate::disk::vhd::VhdCreate {
-                    kind: crate::disk::DiskKind::Differencing,
-                    size: d.virtual_size(),
-                    block_size: opts.block_size,
-                };
+                let size = d.virtual_size();
                 drop(d);
-                let storage = create_file(path, |s| {
-                    crate::disk::vhd::Vhd::create(s, &copts, Some(&spec))
-                })?;
+                let storage = super::vhd_api::create_vhd_child_file(path, &spec, size, opts)?;
                 return match Image::open(storage, false) {
                     Ok(file) => Ok(NewChild {
                         path: path.to_path_buf(),

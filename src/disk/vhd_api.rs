@@ -97,12 +97,7 @@ impl Disk {
             .as_vhd()
             .ok_or_else(|| Error::InvalidArgument("the parent is not a VHD".into()))?;
         let spec = chain::vhd_parent_spec(path, parent, top)?;
-        let copts = VhdCreate {
-            kind: DiskKind::Differencing,
-            size: pdisk.virtual_size(),
-            block_size: opts.block_size,
-        };
-        create_file(path, |s| Vhd::create(s, &copts, Some(&spec)))?;
+        create_vhd_child_file(path, &spec, pdisk.virtual_size(), opts)?;
         Disk::open(path, OpenMode::ReadWrite)
     }
 
@@ -136,4 +131,21 @@ impl Disk {
 /// The largest virtual size of a VHD libckpt creates (2040 GiB).
 pub fn vhd_max_size() -> u64 {
     super::vhd::MAX_VHD_SIZE
+}
+
+/// Create the differencing VHD `path` (which must not exist) of `size`
+/// bytes with the parent `spec` (`chain::vhd_parent_spec`); its storage,
+/// for the caller to open.
+pub(super) fn create_vhd_child_file(
+    path: &Path,
+    spec: &super::vhd::VhdParent,
+    size: u64,
+    opts: &ChildOptions,
+) -> Result<Arc<dyn Storage>> {
+    let copts = VhdCreate {
+        kind: DiskKind::Differencing,
+        size,
+        block_size: opts.block_size,
+    };
+    create_file(path, |s| Vhd::create(s, &copts, Some(spec)))
 }

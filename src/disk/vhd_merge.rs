@@ -13,9 +13,11 @@
 //! ([`MergeOptions::descendants`]), the child is kept for the caller to
 //! remove once it has recorded the merge: a VHD has no DataWriteGuid whose
 //! change would show afterwards that the merge happened. Refused: a merge
-//! into another ancestor than the parent, a parent with other children
-//! (unless the caller gives the descendants), and layers of different
-//! sizes.
+//! into another ancestor than the parent; without that list (a merge of
+//! files, `ckpt merge`), a child that has children of its own (after a
+//! crash between two re-points, the children already re-pointed could not
+//! be told from the parent's other children, so a second run could not
+//! finish) and a parent with other children; layers of different sizes.
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +65,16 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
         Some(d) => d.clone(),
         None => find_children_in(child, &dirs)?,
     };
+    if opts.descendants.is_none() && !below.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "merging a VHD that has children ({}): merge them first",
+            below
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let me = std::fs::canonicalize(child)?;
     let siblings: Vec<PathBuf> = find_children_in(&dest, &dirs)?
         .into_iter()
@@ -120,9 +132,9 @@ pub(super) fn merge(child: &Path, mut opts: MergeOptions) -> Result<MergeReport>
     })
 }
 
-/// Point each differencing VHD in `descendants` at `dest` (its locators,
-/// then its header with `dest`'s unique id and timestamp; each synced). A
-/// descendant that already names `dest` is written the same again.
+/// Point each differencing VHD in `descendants` at `dest` (its new header
+/// and locators in fresh space, then its footer: `vhd/relink.rs`). A
+/// descendant that already names `dest` is left as it is.
 pub(crate) fn repoint_vhd(descendants: &[PathBuf], dest: &Path) -> Result<Vec<PathBuf>> {
     let parent = super::merge::open_single(dest, false)?;
     let Some(pv) = parent.as_vhd() else {

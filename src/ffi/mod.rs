@@ -500,18 +500,9 @@ pub(crate) unsafe fn write_versioned<T: Copy>(
     what: &str,
     c_type: &str,
 ) -> FfiResult {
-    let p = out_ptr(p, what)?;
-    let ours = std::mem::size_of::<T>();
-    // SAFETY: not NULL; the first field of every version is the u32 size.
-    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
-    if size < ours {
-        return Err(FfiError::invalid(format!(
-            "{what}->struct_size is {size}, expected at least {ours} (sizeof({c_type}))"
-        )));
-    }
-    // SAFETY: at least `size >= ours` writable bytes per the contract.
-    unsafe { p.write_unaligned(value) };
-    Ok(())
+    // A struct that never grew: its first version is the current one.
+    // SAFETY: forwarded.
+    unsafe { write_versioned_grown(p, value, std::mem::size_of::<T>(), what, c_type) }
 }
 
 /// A path's bytes as the operating system holds them.

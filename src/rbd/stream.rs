@@ -249,11 +249,11 @@ fn apply<R: Read>(disk: &Disk, input: R, only_changes: bool) -> Result<AppliedDi
             DiffRecord::Zero { offset, length } => {
                 check_inside(offset, length, size)?;
                 if only_changes {
+                    let zeros = vec![0u8; READ_STEP.min(length) as usize];
                     let mut pos = offset;
                     while pos < offset + length {
                         let n = READ_STEP.min(offset + length - pos);
-                        let zeros = vec![0u8; n as usize];
-                        for (at, range) in differing(disk, pos, &zeros)? {
+                        for (at, range) in differing(disk, pos, &zeros[..n as usize])? {
                             zero_range(disk, at, range.len() as u64)?;
                         }
                         pos += n;

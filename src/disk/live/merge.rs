@@ -306,42 +306,10 @@ impl LiveDisk {
         drop((src_rw, dest_rw));
 
         // 4. Re-link, in one pause.
-        let relinked = {
-            let mut g = self.exclusive();
-            let (j, above) = merged_layer(&g, &src_live, &dest_live, &src, &dest)?;
-            let new_dest =
-                Vhdx::open(Arc::clone(&dest_live), true).map_err(|e| e.in_file(&dest))?;
-            let loc = chain::locator_for(&above, &dest, &guid)?.to_bytes();
-            let new_above = {
-                let a = &g.layers[j - 1].file;
-                if a.is_read_only() {
-                    let live = a.host_storage();
-                    let _x = Exclusive::take(&[&live], &[&above])?;
-                    let f =
-                        Vhdx::open(beside(&above, &live)?, false).map_err(|e| e.in_file(&above))?;
-                    f.set_parent_locator(loc)
-                        .and_then(|_| f.close())
-                        .map_err(|e| e.in_file(&above))?;
-                    drop(f);
-                    Some(Vhdx::open(live, true).map_err(|e| e.in_file(&above))?)
-                } else {
-                    a.set_parent_locator(loc).map_err(|e| e.in_file(&above))?;
-                    None
-                }
-            };
-            let mut layers = std::mem::take(&mut g.layers);
-            let old = layers.remove(j);
-            layers[j] = Layer {
-                path: Some(dest.clone()),
-                file: new_dest.into(),
-            };
-            if let Some(f) = new_above {
-                layers[j - 1].file = f.into();
-            }
-            *g = Disk::from_layers(layers);
-            drop(old);
-            above
-        };
+        let relinked =
+            self.relink_in_pause(&src_live, &dest_live, &src, &dest, |f, above, _| {
+                f.set_parent_locator(chain::locator_for(above, &dest, &guid)?.to_bytes())
+            })?;
         drop(held);
         Ok(LiveMergeReport {
             merged: src,
@@ -375,14 +343,15 @@ impl LiveDisk {
         dest_live: Arc<dyn Storage>,
         mut opts: LiveMergeOptions,
     ) -> Result<LiveMergeReport> {
-        let (size, below) = self.with_disk(|d| {
+        let (size, below, fits) = self.with_disk(|d| {
+            let (a, b) = (&d.layers[k].file, &d.layers[k + 1].file);
             (
-                d.layers[k + 1].file.geo.virtual_size,
+                b.geo.virtual_size,
                 d.layers.get(k + 2).and_then(|l| l.path.clone()),
+                b.as_vhd().is_some() && a.geo.virtual_size == b.geo.virtual_size,
             )
         });
-        let same_size = self.with_disk(|d| d.layers[k].file.geo.virtual_size == size);
-        if !same_size || self.with_disk(|d| d.layers[k + 1].file.as_vhd().is_none()) {
+        if !fits {
             return Err(Error::Unsupported(
                 "a live merge of a VHD layer into a layer of another size or format".into(),
             ));
@@ -441,58 +410,15 @@ impl LiveDisk {
         drop(view);
 
         // 4. Re-link, in one pause.
-        let relinked = {
-            let mut g = self.exclusive();
-            let (j, above) = merged_layer(&g, &src_live, &dest_live, &src, &dest)?;
-            let new_dest =
-                Image::open(Arc::clone(&dest_live), true).map_err(|e| e.in_file(&dest))?;
-            let spec = {
-                let Some(v) = new_dest.as_vhd() else {
-                    return Err(Error::Unsupported("the destination is not a VHD".into()));
-                };
-                chain::vhd_parent_spec(&above, &dest, v)?
-            };
-            let new_above = {
-                let a = &g.layers[j - 1].file;
-                if a.is_read_only() {
-                    let live = a.host_storage();
-                    let _x = Exclusive::take(&[&live], &[&above])?;
-                    let f = Image::open(beside(&above, &live)?, false)
-                        .map_err(|e| e.in_file(&above))?;
-                    let r = match f.as_vhd() {
-                        Some(v) => v.set_parent(&spec).and_then(|_| f.close()),
-                        None => Err(Error::Unsupported(
-                            "a VHDX layer over a VHD (a mixed chain)".into(),
-                        )),
-                    };
-                    r.map_err(|e| e.in_file(&above))?;
-                    drop(f);
-                    Some(Image::open(live, true).map_err(|e| e.in_file(&above))?)
-                } else {
-                    match a.as_vhd() {
-                        Some(v) => v.set_parent(&spec).map_err(|e| e.in_file(&above))?,
-                        None => {
-                            return Err(Error::Unsupported(
-                                "a VHDX layer over a VHD (a mixed chain)".into(),
-                            ))
-                        }
-                    }
-                    None
+        let relinked =
+            self.relink_in_pause(&src_live, &dest_live, &src, &dest, |f, above, d| {
+                match (f.as_vhd(), d.as_vhd()) {
+                    (Some(v), Some(pv)) => v.set_parent(&chain::vhd_parent_spec(above, &dest, pv)?),
+                    _ => Err(Error::Unsupported(
+                        "a VHDX layer over a VHD (a mixed chain)".into(),
+                    )),
                 }
-            };
-            let mut layers = std::mem::take(&mut g.layers);
-            let old = layers.remove(j);
-            layers[j] = Layer {
-                path: Some(dest.clone()),
-                file: new_dest,
-            };
-            if let Some(f) = new_above {
-                layers[j - 1].file = f;
-            }
-            *g = Disk::from_layers(layers);
-            drop(old);
-            above
-        };
+            })?;
         drop(held);
         Ok(LiveMergeReport {
             merged: src,
@@ -500,6 +426,57 @@ impl LiveDisk {
             relinked,
             bytes_copied: total,
         })
+    }
+}
+
+impl LiveDisk {
+    /// Step 4 for both formats, in one pause (the gate exclusive): find the
+    /// merged layer, open the destination again on the live descriptor,
+    /// point the layer above at it with `relink(file, its path, new
+    /// destination)` (through the top's own handle when it is the writable
+    /// top, else through a second descriptor of its own, then reopened
+    /// read-only), and drop the merged layer from the chain. Returns the
+    /// path of the layer re-linked.
+    fn relink_in_pause(
+        &self,
+        src_live: &Arc<dyn Storage>,
+        dest_live: &Arc<dyn Storage>,
+        src: &Path,
+        dest: &Path,
+        relink: impl Fn(&Image, &Path, &Image) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let mut g = self.exclusive();
+        let (j, above) = merged_layer(&g, src_live, dest_live, src, dest)?;
+        let new_dest = Image::open(Arc::clone(dest_live), true).map_err(|e| e.in_file(dest))?;
+        let new_above = {
+            let a = &g.layers[j - 1].file;
+            if a.is_read_only() {
+                let live = a.host_storage();
+                let _x = Exclusive::take(&[&live], &[&above])?;
+                let f =
+                    Image::open(beside(&above, &live)?, false).map_err(|e| e.in_file(&above))?;
+                relink(&f, &above, &new_dest)
+                    .and_then(|_| f.close())
+                    .map_err(|e| e.in_file(&above))?;
+                drop(f);
+                Some(Image::open(live, true).map_err(|e| e.in_file(&above))?)
+            } else {
+                relink(a, &above, &new_dest).map_err(|e| e.in_file(&above))?;
+                None
+            }
+        };
+        let mut layers = std::mem::take(&mut g.layers);
+        let old = layers.remove(j);
+        layers[j] = Layer {
+            path: Some(dest.to_path_buf()),
+            file: new_dest,
+        };
+        if let Some(f) = new_above {
+            layers[j - 1].file = f;
+        }
+        *g = Disk::from_layers(layers);
+        drop(old);
+        Ok(above)
     }
 }
 

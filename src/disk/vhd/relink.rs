@@ -21,19 +21,34 @@ use super::{lock, Vhd};
 use crate::error::{Error, Result};
 
 impl Vhd {
-    /// Record `parent` as this differencing disk's parent.
+    /// Record `parent` as this differencing disk's parent. Nothing is
+    /// written when the file records it already (a retry, or a journal's
+    /// finish, re-points the same file again: the file does not grow).
     pub(crate) fn set_parent(&self, parent: &VhdParent) -> Result<()> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
+        self.writable()?;
         if !self.has_parent() {
             return Err(Error::InvalidArgument("not a differencing VHD".into()));
         }
-        self.writable()?;
         let mut st = lock(&self.state);
         let Some(mut h) = st.header.clone() else {
             return Err(Error::InvalidArgument("not a differencing VHD".into()));
         };
+        let same_paths = {
+            let l = self.locators.read().unwrap_or_else(|e| e.into_inner());
+            [(W2KU, &parent.absolute), (W2RU, &parent.relative)]
+                .into_iter()
+                .all(|(code, path)| {
+                    l.iter()
+                        .any(|(c, d)| *c == code && *d == encode_utf16le(path))
+                })
+        };
+        if same_paths
+            && h.parent_id == parent.unique_id
+            && h.parent_timestamp == parent.timestamp
+            && h.parent_name == parent.name
+        {
+            return Ok(());
+        }
         // Fresh space: the new header first, then each locator's data.
         let start = st.footer_pos.div_ceil(512) * 512;
         let mut at = start + super::header::HEADER_SIZE as u64;
