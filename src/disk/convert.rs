@@ -45,13 +45,14 @@
 //! * The source is read on a thread of its own, a few chunks ahead of the
 //!   writes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::disk::{CreateOptions, Disk, Extent, OpenMode, VhdOptions, MIB};
 use crate::error::{Error, Result};
+use crate::io::{FileStorage, Storage};
 
 /// How much is read and written at a time.
 const CHUNK: u64 = 1 << 20;
@@ -279,21 +280,21 @@ impl Source {
 
 /// The destination image, being written.
 enum Sink {
-    Raw { file: File, sync: bool },
+    Raw { file: FileStorage, sync: bool },
     Vhdx(Box<Disk>),
 }
 
 impl Sink {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         match self {
-            Sink::Raw { file, .. } => Ok(file.write_all_at(buf, offset)?),
+            Sink::Raw { file, .. } => Ok(file.write_at(buf, offset)?),
             Sink::Vhdx(d) => d.write_at(buf, offset),
         }
     }
 
     fn finish(self) -> Result<()> {
         match self {
-            Sink::Raw { file, sync: true } => Ok(file.sync_all()?),
+            Sink::Raw { file, sync: true } => Ok(file.sync()?),
             Sink::Raw { sync: false, .. } => Ok(()),
             Sink::Vhdx(d) => d.close(),
         }
@@ -396,18 +397,19 @@ pub fn convert(
             dst,
             vhd.as_ref().expect("made for a VHD output"),
         )?)),
-        Format::Raw => {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(dst)
-                .map_err(|e| in_file(e, dst))?;
-            Sink::Raw {
-                file: f,
-                sync: !opts.no_sync,
-            }
-        }
+        Format::Raw => Sink::Raw {
+            file: FileStorage::create(dst).map_err(|e| in_file(e, dst))?,
+            sync: !opts.no_sync,
+        },
     };
+    // A durable bulk copy: written back as it goes, and out of the page
+    // cache (a --no-sync copy leaves the write-back to the system).
+    if !opts.no_sync {
+        match &sink {
+            Sink::Raw { file, .. } => file.set_write_behind(true),
+            Sink::Vhdx(d) => d.set_write_behind(true),
+        }
+    }
     // From here on the destination is ours: remove it if anything fails.
     let result = copy(&source, sink, virtual_size, &extents, src, dst, progress);
     match result {

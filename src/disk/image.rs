@@ -243,7 +243,7 @@ impl Image {
     /// Held while offsets found by a map are used (a VHD never moves data).
     pub(crate) fn io_guard(&self) -> Option<RwLockReadGuard<'_, ()>> {
         match &self.inner {
-            Inner::Vhdx(v) => Some(v.io_guard()),
+            Inner::Vhdx(v) => v.io_guard(),
             Inner::Vhd(_) => None,
         }
     }
@@ -276,6 +276,12 @@ impl Image {
     /// Flush and close.
     pub(crate) fn close(&self) -> Result<()> {
         both!(self, f => f.close())
+    }
+
+    /// Switch the write-behind of a bulk stream on or off for this file
+    /// (see [`Storage::set_write_behind`]).
+    pub(crate) fn set_write_behind(&self, on: bool) {
+        self.storage_arc().set_write_behind(on);
     }
 
     /// The storage under the file.

@@ -477,6 +477,8 @@ pub(crate) fn copy_merged(
     layers.extend(below);
     let work = Disk::from_layers_uncached(layers);
     let d = work.layers[k].file.vhdx()?;
+    // A bulk copy: written back as it goes, and out of the page cache.
+    work.layers[k].file.set_write_behind(true);
     let mut done = 0u64;
     for r in &plan.ranges {
         let mut pos = r.offset;

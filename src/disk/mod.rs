@@ -268,6 +268,12 @@ impl Disk {
         }
     }
 
+    /// Switch the write-behind of a bulk stream (convert) on or off for
+    /// the top file (see [`crate::io::Storage::set_write_behind`]).
+    pub(crate) fn set_write_behind(&self, on: bool) {
+        self.top().set_write_behind(on);
+    }
+
     fn top(&self) -> &image::Image {
         &self.layers[0].file
     }

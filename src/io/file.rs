@@ -8,6 +8,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::behind::WriteBehind;
+use super::mapped::Mapping;
 use super::platform::{self, Seek};
 #[allow(unused_imports)] // named in the docs
 use super::LockConflict;
@@ -18,12 +23,44 @@ use super::{faults, lock_file, read_only_error, write_zeros, Cut, FileLock, Lock
 pub struct FileStorage {
     file: File,
     writable: bool,
+    /// Write-behind ([`Storage::set_write_behind`]): on, its state, and
+    /// whether a write-back it waited for failed (then every later sync
+    /// fails: the kernel reported that error here, not to the sync).
+    behind_on: AtomicBool,
+    behind: Mutex<WriteBehind>,
+    behind_failed: AtomicBool,
+    /// Reads of a read-only open go through this mapping of the file as it
+    /// was at open (see `mapped.rs`); `None`: all through `pread`.
+    map: Option<Mapping>,
     /// Dropped after `file` (whose closing releases the lock). `None` only
     /// for [`FileStorage::peek`] and [`FileStorage::open_beside`].
     _lock: Option<FileLock>,
 }
 
 impl FileStorage {
+    fn new(file: File, writable: bool, lock: Option<FileLock>) -> FileStorage {
+        FileStorage {
+            file,
+            writable,
+            behind_on: AtomicBool::new(false),
+            behind: Mutex::new(WriteBehind::default()),
+            behind_failed: AtomicBool::new(false),
+            map: None,
+            _lock: lock,
+        }
+    }
+
+    /// The write-behind's part of a write of `[offset, offset+len)`.
+    fn behind(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.behind_on.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        use std::os::unix::io::AsRawFd;
+        let mut wb = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        wb.wrote(self.file.as_raw_fd(), offset, len)
+            .inspect_err(|_| self.behind_failed.store(true, Ordering::SeqCst))
+    }
+
     /// Open an existing file and lock it (`flock`, see [`lock_file`]): a
     /// writable open takes an exclusive lock, a read-only open a shared
     /// one, so that nobody writes a file another handle or process reads or
@@ -37,11 +74,13 @@ impl FileStorage {
             LockKind::Shared
         };
         let lock = lock_file(&file, kind)?;
-        Ok(FileStorage {
-            file,
-            writable,
-            _lock: Some(lock),
-        })
+        let mut s = FileStorage::new(file, writable, Some(lock));
+        if !writable {
+            use std::os::unix::io::AsRawFd;
+            let len = s.file.metadata()?.len();
+            s.map = Mapping::new(s.file.as_raw_fd(), len);
+        }
+        Ok(s)
     }
 
     /// Open an existing file read-only **without** locking it, to look at a
@@ -51,11 +90,7 @@ impl FileStorage {
     /// locator), and treat a failure as "cannot tell".
     pub(crate) fn peek(path: &Path) -> io::Result<FileStorage> {
         let file = OpenOptions::new().read(true).open(path)?;
-        Ok(FileStorage {
-            file,
-            writable: false,
-            _lock: None,
-        })
+        Ok(FileStorage::new(file, false, None))
     }
 
     /// Open `path` for writing without a lock of its own, beside the open
@@ -80,11 +115,7 @@ impl FileStorage {
                 ),
             ));
         }
-        Ok(FileStorage {
-            file,
-            writable: true,
-            _lock: None,
-        })
+        Ok(FileStorage::new(file, true, None))
     }
 
     /// Create a new file (locked exclusively); fails if it already exists.
@@ -103,11 +134,7 @@ impl FileStorage {
                 return Err(e);
             }
         };
-        Ok(FileStorage {
-            file,
-            writable: true,
-            _lock: Some(lock),
-        })
+        Ok(FileStorage::new(file, true, Some(lock)))
     }
 }
 
@@ -117,6 +144,11 @@ impl Storage for FileStorage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(m) = &self.map {
+            if m.read(buf, offset) {
+                return Ok(());
+            }
+        }
         let mut done = 0usize;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -144,7 +176,8 @@ impl Storage for FileStorage {
             }
             return Err(faults::crash());
         }
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        self.behind(offset, buf.len() as u64)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -164,7 +197,22 @@ impl Storage for FileStorage {
         if faults::event()?.is_some() {
             return Err(faults::crash());
         }
+        if self.behind_failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "an earlier write-back of this file failed: what was written since the last sync may be lost",
+            ));
+        }
         self.file.sync_data()
+    }
+
+    fn set_write_behind(&self, on: bool) {
+        if self.writable {
+            self.behind_on.store(on, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote_directly(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.behind(offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

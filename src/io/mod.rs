@@ -7,19 +7,25 @@
 //!
 //! Files: `file.rs` (host files), `mem.rs` (memory), `fault.rs` and
 //! `faults.rs` (fault injection), `lock.rs` (who holds a file),
-//! `platform.rs` (every system call, the only `unsafe` here). Depends on
+//! `behind.rs` (write-behind of bulk streams), `platform.rs` (every system
+//! call) and `mapped.rs` (guarded reads through a memory mapping): the only
+//! two files with `unsafe` here. Depends on
 //! nothing else in the crate.
 
 use std::io;
 use std::path::Path;
 
+mod behind;
 mod fault;
 pub mod faults;
 mod file;
 mod lock;
+mod mapped;
 mod mem;
 mod platform;
 
+#[cfg(feature = "fault-injection")]
+pub use behind::set_write_behind_sizes;
 pub use fault::Cut;
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultStorage, Transient};
@@ -99,6 +105,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn sync_retry_is_safe(&self) -> bool {
         false
     }
+    /// Bulk streams (convert, merge) switch this on for the file they fill:
+    /// what they write is sent to the disk while they go on, and leaves the
+    /// page cache once it is there (see `behind.rs`). Durability is
+    /// unchanged: only [`Storage::sync`] makes writes durable. The default
+    /// does nothing.
+    fn set_write_behind(&self, _on: bool) {}
+    /// `[offset, offset+len)` was written other than by [`Storage::write_at`]
+    /// (inside the kernel, by [`copy_range`]): for the write-behind. An
+    /// error is a failed write.
+    fn wrote_directly(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// The next range `(start, end)` at or after `offset` that may hold
     /// data, or `None` when only holes (or the end) follow: lets a scan skip
     /// the holes of a sparse file. The default says every byte up to the
@@ -135,7 +153,10 @@ pub fn copy_range<S: Storage + ?Sized, D: Storage + ?Sized>(
                 let want = (len - done).min(1 << 30) as usize;
                 match platform::copy_file_range(sfd, &mut so, dfd, &mut doff, want) {
                     Ok(0) => kernel = false, // past the source's end: zeros below
-                    Ok(n) => done += n as u64,
+                    Ok(n) => {
+                        dst.wrote_directly(dst_offset + done, n as u64)?;
+                        done += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // Not supported between these files: copy by hand.
                     Err(_) => kernel = false,

@@ -200,3 +200,33 @@ pub(crate) fn shutdown_listener(fd: RawFd) -> io::Result<()> {
     // no memory is involved.
     check(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) })
 }
+
+/// `sync_file_range(WRITE)`: start writing back the dirty pages of a range
+/// (a hint: nothing becomes durable, metadata is not written).
+pub(crate) fn start_writeback(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(());
+    };
+    // SAFETY: sync_file_range on a descriptor the caller keeps open for the
+    // call; no memory is involved.
+    check(unsafe { libc::sync_file_range(fd, off, n, libc::SYNC_FILE_RANGE_WRITE) })
+}
+
+/// Wait until the pages of a range are written back (reporting a write-back
+/// error), then drop them from the page cache (`POSIX_FADV_DONTNEED`; a
+/// hint: pages dirtied again meanwhile stay).
+pub(crate) fn settle_writeback(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(());
+    };
+    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range on a descriptor the caller keeps open for the
+    // call; no memory is involved.
+    check(unsafe { libc::sync_file_range(fd, off, n, all) })?;
+    // SAFETY: posix_fadvise on the same descriptor; no memory is involved.
+    // Its result is only advice taken or not: ignored.
+    let _ = unsafe { libc::posix_fadvise(fd, off, n, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
+}

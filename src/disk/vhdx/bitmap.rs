@@ -38,9 +38,13 @@ impl Vhdx {
         let mut value = None;
         while bit < first + max {
             let k = bit / bits_per_sector;
-            self.bitmap_sector(chunk, k)?;
+            // One lookup when the sector is cached (the common case).
             let maps = rlock(&self.bitmaps);
-            let sec = &maps[&(chunk, k)];
+            let Some(sec) = maps.get(&(chunk, k)) else {
+                drop(maps);
+                self.bitmap_sector(chunk, k)?;
+                continue;
+            };
             let sector_end = ((k + 1) * bits_per_sector).min(first + max);
             while bit < sector_end {
                 let i = (bit % bits_per_sector) as usize;

@@ -125,7 +125,28 @@ enum Prep {
 }
 
 /// Cached sector-bitmap sectors, by (chunk, sector of the bitmap block).
-type BitmapCache = HashMap<(u64, u64), Box<[u8]>>;
+type BitmapCache = HashMap<(u64, u64), Box<[u8]>, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// A cheap hasher for the bitmap cache (looked up on every read of a
+/// partly present block; SipHash cost more than the lookup). Its keys come
+/// from the file's own geometry, bounded by the number of bitmap sectors,
+/// so nothing gains from a keyed hash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
 
 /// A log entry that was built (and perhaps partly written) by a flush that
 /// failed before the entry was known to be applied. The next flush writes

@@ -168,7 +168,7 @@ impl Vhdx {
             bat_offset: bat_region.file_offset,
             meta_offset: meta_region.file_offset,
             meta_len: meta_region.length as u64,
-            bitmaps: RwLock::new(HashMap::new()),
+            bitmaps: RwLock::new(HashMap::default()),
             log_offset,
             log_length,
             bat: entries,

@@ -117,8 +117,12 @@ impl Vhdx {
     /// space they name is not given to another block until it is dropped.
     /// Never take it twice on one thread (a flush waiting in between would
     /// deadlock).
-    pub(crate) fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
-        rlock(&self.gate)
+    ///
+    /// A read-only file takes nothing: only a flush or a compaction of this
+    /// handle moves space, and neither runs on one (and two readers on
+    /// two cores then share no lock word).
+    pub(crate) fn io_guard(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        (!self.read_only).then(|| rlock(&self.gate))
     }
 
     /// Read file bytes of this layer (for runs returned by [`Vhdx::map`]).
