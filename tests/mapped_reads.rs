@@ -115,7 +115,7 @@ fn ckpt_bench_over_a_file_cut_shorter_ends_by_itself_not_by_sigbus() {
     let path = dir.path().join("d.vhdx");
     make(&path);
     let len = std::fs::metadata(&path).unwrap().len();
-    let mut child = support::cli::ckpt()
+    let child = support::cli::ckpt()
         .args(["bench", "-c", "3000000", "-s", "4K", "-S", "68K"])
         .arg(&path)
         .stdout(std::process::Stdio::null())
