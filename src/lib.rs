@@ -24,8 +24,9 @@
 //! ```
 
 #![warn(missing_docs)]
-// `unsafe` only where audited: the C ABI (`ffi`) and the system calls in
-// `io/platform.rs`, each allowed where it is declared.
+// `unsafe` only where audited: the C ABI (`ffi`), the system calls in
+// `io/platform.rs` and the guarded mapped reads of `io/mapped.rs`, each
+// allowed where it is declared.
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
