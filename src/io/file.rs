@@ -1,13 +1,13 @@
 //! [`FileStorage`]: an image file on the host, locked while open. Every
 //! mutating call counts as one event of [`super::faults`] (compiled out
 //! without the `fault-injection` feature); system calls go through
-//! [`super::platform`].
+//! [`super::platform`]. A read-only open reads through a guarded mapping
+//! (`mapped.rs`); a bulk stream can switch on write-behind (`behind.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -21,6 +21,10 @@ use super::{faults, lock_file, read_only_error, write_zeros, Cut, FileLock, Lock
 /// A file on the host file system (positional I/O, safe to share between threads).
 #[derive(Debug)]
 pub struct FileStorage {
+    /// Reads of a read-only open go through this mapping of the file as it
+    /// was at open (see `mapped.rs`); `None`: all through `pread`. Unmapped
+    /// before the file is closed and its lock released.
+    map: Option<Mapping>,
     file: File,
     writable: bool,
     /// Write-behind ([`Storage::set_write_behind`]): on, its state, and
@@ -29,9 +33,6 @@ pub struct FileStorage {
     behind_on: AtomicBool,
     behind: Mutex<WriteBehind>,
     behind_failed: AtomicBool,
-    /// Reads of a read-only open go through this mapping of the file as it
-    /// was at open (see `mapped.rs`); `None`: all through `pread`.
-    map: Option<Mapping>,
     /// Dropped after `file` (whose closing releases the lock). `None` only
     /// for [`FileStorage::peek`] and [`FileStorage::open_beside`].
     _lock: Option<FileLock>,
