@@ -101,11 +101,24 @@
  *   the two are compatible (see ckpt_version_check).
  *
  * Threads: the library has no global state except the per-thread last
- *   error and a record of the files this process holds locked (used only
- *   to word BUSY messages). Each handle type states what may run
- *   concurrently on one handle; a ckpt_disk allows concurrent reads and
- *   writes from several threads; a ckpt_vm takes one call at a time (an
- *   overlapping call on the same handle fails with CKPT_STATUS_BUSY).
+ *   error, a record of the files this process holds locked (used only
+ *   to word BUSY messages) and the SIGBUS handler below. Each handle type
+ *   states what may run concurrently on one handle; a ckpt_disk allows
+ *   concurrent reads and writes from several threads; a ckpt_vm takes one
+ *   call at a time (an overlapping call on the same handle fails with
+ *   CKPT_STATUS_BUSY).
+ *
+ * Signals: files opened read-only (a read-only disk, every parent of an
+ *   open chain) are read through a shared memory mapping. A page of it that
+ *   cannot be read (an I/O error, a file cut shorter by another program)
+ *   raises SIGBUS, so the first such open installs a SIGBUS handler
+ *   (sigaction, SA_SIGINFO | SA_ONSTACK) for the process: a fault inside a
+ *   mapping being read turns into the answer pread(2) gives (an error, or
+ *   zeros past the new end); any other SIGBUS is passed to the handler that
+ *   was installed before, or ends the process as it would have. A program
+ *   that installs its own SIGBUS handler after opening a disk replaces this
+ *   one: set CKPT_MMAP=0 in the environment before the first open to read
+ *   with pread(2) only (no mapping, no handler).
  *
  * Locks: every image file the library opens is locked with flock(2),
  *   without waiting: shared while it is open read-only (a read-only disk,

@@ -26,7 +26,8 @@
 //!   it again (the process ends as it would have without this library).
 //!
 //! `CKPT_MMAP=0` in the environment turns mapped reads off for the process
-//! (for hosts whose own `SIGBUS` handling must not be chained).
+//! (for hosts whose own `SIGBUS` handling must not be chained); it is read
+//! once, at the first read-only open.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
