@@ -12,7 +12,8 @@
 //! `CI=true` a missing pyvhdi fails), the views of the frozen layers read
 //! as before, and the layers below the destination are byte-identical.
 //! Faults and crashes go through `ckpt::io::faults` on the merging thread
-//! (the writers are not armed).
+//! (the writers are not armed), with the copy's write-behind shrunk so that
+//! its steps are among the events.
 
 mod support;
 
@@ -52,6 +53,11 @@ impl Setup {
     /// writes units `u % (h + 2) == 0` with seq `1000 * (h + 1) + u`; layer
     /// 2 also zeroes its second block whole (trim), layer 1 its third.
     fn build(dir: &Path, depth: usize, size: u64, units: u64) -> Setup {
+        // The copy's write-behind in runs of 64 KiB with 256 KiB in flight
+        // (instead of 8 / 32 MiB), so that these small merges start and
+        // settle write-backs while the writers write, and the fault and
+        // crash sweeps below go through those steps too.
+        ckpt::io::set_write_behind_sizes(64 << 10, 256 << 10);
         let mut s = Setup {
             size,
             units,
